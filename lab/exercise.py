@@ -1,0 +1,106 @@
+"""The exercise contract: typed config per profile + one `run(config, ctx)` function.
+
+Every exercise module (``phaseNN_x/<name>.py``) builds one ``Exercise`` and ends with::
+
+    if __name__ == "__main__":
+        EXERCISE.main()
+
+so it runs as ``python -m phaseNN_x.name`` and through ``lab run``. Heavy imports (torch,
+transformers, chromadb...) live inside the run function so that importing a module is instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lab.errors import ConfigError
+
+
+class ExerciseConfig(BaseModel):
+    """Base class for exercise configs: unknown keys are an error, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One figure the seed curriculum published, compared against the metric of the same name."""
+
+    metric: str
+    value: float | str
+    unit: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A registered exercise: id ``phaseNN.name``, its profiles and the function that runs it."""
+
+    id: str
+    title: str
+    run: Callable[..., None]
+    config_cls: type[ExerciseConfig]
+    profiles: Mapping[str, Mapping[str, Any]]
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+    references: tuple[Reference, ...] = ()
+    version: str = "1"
+    summary_metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if "." not in self.id or not self.id.startswith("phase"):
+            raise ValueError(f"exercise id {self.id!r} must look like 'phaseNN.name'")
+        if "cpu" not in self.profiles:
+            raise ValueError(f"exercise {self.id} must define a 'cpu' profile")
+
+    @property
+    def phase(self) -> str:
+        return self.id.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.id.split(".", 1)[1]
+
+    def config(self, profile: str = "cpu", overrides: Mapping[str, Any] | None = None) -> ExerciseConfig:
+        """Resolve profile defaults + overrides into a validated config (errors name the key)."""
+        if profile not in self.profiles:
+            raise ConfigError(
+                f"{self.id}: unknown profile {profile!r}; choose one of {sorted(self.profiles)}"
+            )
+        values = {**self.profiles[profile], **(overrides or {})}
+        unknown = sorted(set(values) - set(self.config_cls.model_fields))
+        if unknown:
+            raise ConfigError(
+                f"{self.id}: unknown config key(s) {', '.join(unknown)}; "
+                f"valid keys: {', '.join(sorted(self.config_cls.model_fields))}"
+            )
+        try:
+            return self.config_cls(**values)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            )
+            raise ConfigError(f"{self.id} (profile {profile}): invalid config: {problems}") from None
+
+    def execute(
+        self,
+        profile: str = "cpu",
+        overrides: Mapping[str, Any] | None = None,
+        out: Path | None = None,
+        results_root: Path | None = None,
+    ):
+        """Run with provenance and write the result; returns the result dict (see lab.results)."""
+        from lab.runner import execute
+
+        return execute(self, profile, dict(overrides or {}), out=out, results_root=results_root)
+
+    def main(self, argv: list[str] | None = None) -> None:
+        """Entry point for ``python -m phaseNN_x.module`` (same options as ``lab run``)."""
+        from lab.cli import exercise_main
+
+        exercise_main(self, argv)

@@ -1,0 +1,114 @@
+"""One small chat interface for every phase: messages in; text, tool calls, usage, latency, cost out.
+
+Messages are plain dicts::
+
+    {"role": "user" | "assistant", "content": "..."}
+    {"role": "assistant", "content": "...", "tool_calls": [ToolCall, ...]}   # a model's tool request
+    {"role": "tool", "tool_call_id": "...", "name": "...", "content": "..."}  # your tool's result
+
+Tools use the Anthropic-style schema ``{"name", "description", "input_schema": {...JSON schema}}``;
+each provider converts to its own wire format.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lab.errors import LabError
+
+
+class LLMError(LabError):
+    """A provider call failed (HTTP error, bad reply); the message names provider and model."""
+
+
+class JSONReplyError(LLMError):
+    """The model was asked for JSON and did not return parseable JSON."""
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class ChatResponse:
+    text: str
+    provider: str
+    model: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    cost_usd: float | None = None
+    stop_reason: str | None = None
+
+    def json(self) -> Any:
+        """Parse the reply as JSON, tolerating a ```json fence or prose around one object."""
+        return parse_json_reply(self.text)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def parse_json_reply(text: str) -> Any:
+    candidates = [text.strip()] + [m.strip() for m in _FENCE.findall(text)]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    raise JSONReplyError(f"reply is not JSON: {text[:200]!r}")
+
+
+class LLM(ABC):
+    """A chat model behind one provider. Construct with ``lab.llm.from_spec``."""
+
+    provider: str = ""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    @property
+    def spec(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    @abstractmethod
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        json_schema: dict[str, Any] | None = None,
+    ) -> ChatResponse:
+        """One completion. ``json_schema`` asks for a JSON reply matching it (parse with ``.json()``)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Fields for ``ctx.model(...)`` provenance."""
+        return {"id": self.spec}
+
+
+def json_instruction(schema: dict[str, Any]) -> str:
+    """The prompt suffix used by providers without native structured output."""
+    return (
+        "Reply with a single JSON object and nothing else. It must match this JSON schema:\n"
+        + json.dumps(schema, indent=None, sort_keys=True)
+    )

@@ -1,0 +1,70 @@
+"""Exercise registry: each phase package lists its exercise modules in ``EXERCISES``.
+
+A phase package's ``__init__.py`` declares::
+
+    TITLE = "Modern LLM architecture for agentic workloads"
+    EXERCISES = ("phase08_architecture.architecture", "phase08_architecture.kv_cache")
+
+Exercise modules keep heavy imports inside functions, so importing them here is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from lab.errors import ConfigError
+from lab.exercise import Exercise
+from lab.paths import REPO_ROOT
+
+
+@dataclass(frozen=True)
+class Phase:
+    key: str  # "phase08"
+    package: str  # "phase08_architecture"
+    title: str
+    exercises: tuple[Exercise, ...]
+
+
+def _phase_packages() -> list[str]:
+    return sorted(
+        p.name for p in REPO_ROOT.glob("phase[0-9][0-9]_*") if (p / "__init__.py").exists()
+    )
+
+
+@lru_cache(maxsize=1)
+def phases() -> tuple[Phase, ...]:
+    found = []
+    for package in _phase_packages():
+        mod = importlib.import_module(package)
+        exercises = tuple(importlib.import_module(m).EXERCISE for m in getattr(mod, "EXERCISES", ()))
+        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises))
+    return tuple(found)
+
+
+def all_exercises() -> list[Exercise]:
+    return [ex for phase in phases() for ex in phase.exercises]
+
+
+def resolve(target: str) -> list[Exercise]:
+    """'all'; 'phase08' (or 'phase08_architecture') -> its exercises; 'phase08.kv_cache' -> that one."""
+    if target == "all":
+        return all_exercises()
+    for phase in phases():
+        if target in (phase.key, phase.package):
+            if not phase.exercises:
+                raise ConfigError(f"{target}: this phase has no exercises yet")
+            return list(phase.exercises)
+    for ex in all_exercises():
+        if ex.id == target:
+            return [ex]
+    known = ", ".join([p.key for p in phases()] + [e.id for e in all_exercises()])
+    raise ConfigError(f"unknown phase or exercise {target!r}; known: {known}")
+
+
+def phase_of(exercise: Exercise) -> Phase:
+    for phase in phases():
+        if exercise in phase.exercises:
+            return phase
+    raise KeyError(exercise.id)

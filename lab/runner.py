@@ -1,0 +1,133 @@
+"""Run one exercise with provenance: resolve config, seed, time, catch failure, write result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lab import provenance, results
+from lab.context import RunContext
+from lab.errors import SkipExercise
+from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
+from lab.schema import SCHEMA_VERSION
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(3)
+
+
+def config_sha256(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def _reference_rows(exercise, metrics: dict) -> list[dict]:
+    rows = []
+    for ref in exercise.references:
+        ours = metrics.get(ref.metric, {}).get("value")
+        delta = None
+        if isinstance(ref.value, (int, float)) and isinstance(ours, (int, float)):
+            delta = round(ours - ref.value, 6)
+        rows.append(dict(metric=ref.metric, seed=ref.value, ours=ours, unit=ref.unit, delta=delta, note=ref.note))
+    return rows
+
+
+def target_root(overrides: dict, out: Path | None, results_root: Path | None) -> Path:
+    """Where the result goes: --out, else scratch for overridden runs, else the committed slot."""
+    if out is not None:
+        return Path(out)
+    if overrides:
+        return SCRATCH_ROOT
+    return results_root or RESULTS_ROOT
+
+
+def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None = None,
+            results_root: Path | None = None, quiet: bool = False) -> dict:
+    config = exercise.config(profile, overrides)  # raises ConfigError before anything is touched
+    root = target_root(overrides, out, results_root)
+    run_id = new_run_id()
+    target = results.result_dir(root, exercise.id, profile)
+    if root == SCRATCH_ROOT:
+        target = target / run_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".staging-{target.name}-{run_id}"
+    staging.mkdir(parents=True)
+    ctx = RunContext(exercise.id, profile, staging, quiet=quiet)
+
+    seed_everything(config.seed)
+    started = time.time()
+    status, reason, error = "ok", None, None
+    try:
+        exercise.run(config, ctx)
+    except SkipExercise as skip:
+        status, reason = "skipped", str(skip)
+    except KeyboardInterrupt:
+        status, reason = "failed", "interrupted"
+        error = {"type": "KeyboardInterrupt", "message": "interrupted", "traceback": ""}
+    except Exception as exc:  # a failed run is a result too: record it, keep the last good one
+        status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+    ended = time.time()
+
+    cfg = config.model_dump(mode="json")
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "exercise": {"id": exercise.id, "version": exercise.version, "title": exercise.title},
+        "run_id": run_id,
+        "profile": profile,
+        "status": status,
+        "reason": reason,
+        "started_at": _utc(started),
+        "ended_at": _utc(ended),
+        "duration_s": round(ended - started, 3),
+        "git": provenance.git_info(),
+        "config": cfg,
+        "config_sha256": config_sha256(cfg),
+        "overrides": overrides,
+        "seed": config.seed,
+        "models": ctx.models,
+        "data": ctx.data,
+        "env": provenance.env_info(),
+        "hardware": provenance.hardware_info(),
+        "metrics": ctx.metrics,
+        "tables": ctx.tables,
+        "findings": ctx.findings,
+        "failure_modes": ctx.failure_modes,
+        "reference": _reference_rows(exercise, ctx.metrics),
+        "artifacts": [a for a in ctx.artifacts if (staging / a).exists()],
+        "error": error,
+    }
+    doc = results.redact(doc)
+    results.record_history(root, doc)
+
+    from lab.report import render_result_md
+
+    published = results.publish(staging, target, doc, render_result_md(doc))
+    doc["_path"] = str(target / "result.json") if published else None
+    if status == "failed" and isinstance(error, dict) and error.get("type") == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    return doc

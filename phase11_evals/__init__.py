@@ -1,0 +1,4 @@
+"""Evals: measuring model behavior."""
+
+TITLE = "Evals: measuring model behavior"
+EXERCISES: tuple[str, ...] = ()

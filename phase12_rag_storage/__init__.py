@@ -1,0 +1,4 @@
+"""RAG + storage architecture."""
+
+TITLE = "RAG + storage architecture"
+EXERCISES: tuple[str, ...] = ()

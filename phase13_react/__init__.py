@@ -1,0 +1,4 @@
+"""Tool use and the ReAct pattern."""
+
+TITLE = "Tool use and the ReAct pattern"
+EXERCISES: tuple[str, ...] = ()

@@ -1,0 +1,4 @@
+"""Agent frameworks: LangGraph, OpenClaw, CrewAI."""
+
+TITLE = "Agent frameworks: LangGraph, OpenClaw, CrewAI"
+EXERCISES: tuple[str, ...] = ()

@@ -1,0 +1,4 @@
+"""Production agentic infrastructure."""
+
+TITLE = "Production agentic infrastructure"
+EXERCISES: tuple[str, ...] = ()

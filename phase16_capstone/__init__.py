@@ -1,0 +1,4 @@
+"""Capstone: the multi-agent content engine."""
+
+TITLE = "Capstone: the multi-agent content engine"
+EXERCISES: tuple[str, ...] = ()

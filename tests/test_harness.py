@@ -1,0 +1,160 @@
+"""The harness contract: config validation, results with provenance, atomic writes, report."""
+
+import json
+
+import pytest
+
+from lab import ConfigError, Exercise, ExerciseConfig, Reference, RunContext
+from lab import report, results
+from lab.registry import Phase
+from lab.runner import execute
+from lab.schema import REQUIRED_KEYS, SCHEMA_VERSION, validate
+
+
+class FakeConfig(ExerciseConfig):
+    n: int = 3
+    fail: bool = False
+    api_key: str = ""
+
+
+def fake_run(cfg: FakeConfig, ctx: RunContext) -> None:
+    if cfg.fail:
+        raise RuntimeError("boom on purpose")
+    ctx.metric("total", sum(range(cfg.n)), "items", higher_is_better=True)
+    ctx.metric("ratio", 0.5, "", higher_is_better=None)
+    ctx.table("rows", [[i, i * i] for i in range(cfg.n)], ["i", "i²"], title="Squares")
+    ctx.finding(f"summed {cfg.n} numbers")
+    ctx.model("fake/model", dtype="fp32", n_params=10)
+    ctx.dataset("fake-data", n=cfg.n, sha256="ab" * 32)
+    ctx.artifact("note.txt").write_text("artifact\n")
+
+
+FAKE = Exercise(
+    id="phase99.fake", title="Fake exercise", run=fake_run, config_cls=FakeConfig,
+    profiles={"cpu": {"n": 4}, "a100": {"n": 8}}, tiny={"n": 2},
+    references=(Reference("total", 6, "items", "seed figure"), Reference("missing", 1.0)),
+    summary_metrics=("total",),
+)
+
+
+def _run(tmp_path, **overrides):
+    return execute(FAKE, "cpu", overrides, out=tmp_path, quiet=True)
+
+
+def test_result_round_trip_has_provenance(tmp_path):
+    doc = _run(tmp_path)
+    path = tmp_path / "phase99" / "fake" / "cpu" / "result.json"
+    loaded = results.load_result(path)
+    assert set(REQUIRED_KEYS) <= set(loaded)
+    assert loaded["schema_version"] == SCHEMA_VERSION
+    assert loaded["status"] == "ok" and loaded["reason"] is None
+    assert loaded["metrics"]["total"] == {"value": 6, "unit": "items", "higher_is_better": True, "description": ""}
+    assert loaded["config"]["n"] == 4 and len(loaded["config_sha256"]) == 64
+    assert loaded["exercise"] == {"id": "phase99.fake", "version": "1", "title": "Fake exercise"}
+    assert loaded["hardware"]["cores"] >= 1 and loaded["env"]["python"]
+    assert "sha" in loaded["git"] and "dirty" in loaded["git"]
+    assert loaded["reference"][0] == {"metric": "total", "seed": 6, "ours": 6, "unit": "items", "delta": 0, "note": "seed figure"}
+    assert loaded["reference"][1]["ours"] is None and loaded["reference"][1]["delta"] is None
+    assert loaded["artifacts"] == ["note.txt"]
+    assert (path.parent / "note.txt").read_text() == "artifact\n"
+    assert (path.parent / "result.md").read_text().startswith("## `phase99.fake`")
+    assert doc["run_id"] == loaded["run_id"]
+
+
+def test_failed_run_keeps_last_good_result(tmp_path):
+    good = _run(tmp_path)
+    path = tmp_path / "phase99" / "fake" / "cpu" / "result.json"
+    bad = _run(tmp_path, fail=True)
+    assert bad["status"] == "failed" and "boom on purpose" in bad["reason"]
+    assert bad["error"]["type"] == "RuntimeError" and "Traceback" in bad["error"]["traceback"]
+    assert bad["_path"] is None
+    assert json.loads(path.read_text())["run_id"] == good["run_id"]
+    history = sorted((tmp_path / "phase99" / "fake" / ".history").glob("cpu-*.json"))
+    assert [json.loads(h.read_text())["status"] for h in history] == ["ok", "failed"]
+    assert not list((tmp_path / "phase99" / "fake").glob(".staging-*"))
+
+
+def test_first_failed_run_is_written_so_the_failure_is_visible(tmp_path):
+    bad = _run(tmp_path, fail=True)
+    assert bad["_path"] is not None
+    assert results.load_result(tmp_path / "phase99" / "fake" / "cpu" / "result.json")["status"] == "failed"
+
+
+def test_history_is_pruned(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "HISTORY_KEEP", 2)
+    for _ in range(4):
+        _run(tmp_path)
+    assert len(list((tmp_path / "phase99" / "fake" / ".history").glob("cpu-*.json"))) == 2
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ConfigError, match="unknown config key.*nn"):
+        FAKE.config("cpu", {"nn": 3})
+    with pytest.raises(ConfigError, match="n: Input should be a valid integer"):
+        FAKE.config("cpu", {"n": "many"})
+    with pytest.raises(ConfigError, match="unknown profile 'h100'"):
+        FAKE.config("h100")
+    assert FAKE.config("a100").n == 8
+    assert FAKE.config("cpu", FAKE.tiny).n == 2
+
+
+def test_secrets_are_redacted(tmp_path):
+    doc = _run(tmp_path, api_key="sk-ant-abcdefghijklmnop")
+    text = (tmp_path / "phase99" / "fake" / "cpu" / "result.json").read_text()
+    assert "abcdefghijklmnop" not in text and doc["config"]["api_key"] == "***"
+    red = results.redact({"url": "postgresql://bob:hunter2@db:5432/x", "note": "token hf_abcdefghijkl used",
+                          "HF_TOKEN": "x", "nested": [{"password": "p"}]})
+    assert red == {"url": "postgresql://bob:***@db:5432/x", "note": "token *** used",
+                   "HF_TOKEN": "***", "nested": [{"password": "***"}]}
+
+
+def test_schema_validation_names_the_field(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / "phase99" / "fake" / "cpu" / "result.json"
+    doc = json.loads(path.read_text())
+    del doc["metrics"]["total"]["unit"]
+    with pytest.raises(ValueError, match="metrics.total lacks 'unit'"):
+        validate(doc, "x.json")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"result.json: not valid JSON \(line 1"):
+        results.load_result(path)
+
+
+def _fake_repo(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "phase99_fake").mkdir(parents=True)
+    (repo / "phase99_fake" / "README.md").write_text(f"# Fake\n\nlesson\n\n{report.BEGIN}\nold\n{report.END}\n\ntail\n")
+    (repo / "README.md").write_text(f"# Top\n{report.BEGIN}\n{report.END}\n")
+    return repo, (Phase("phase99", "phase99_fake", "Fake phase", (FAKE,)),)
+
+
+def test_report_is_idempotent_and_check_catches_stale(tmp_path):
+    root = tmp_path / "results"
+    execute(FAKE, "cpu", {}, out=root, quiet=True)
+    repo, phases = _fake_repo(tmp_path)
+    changed = report.write_all(root, repo, phases)
+    assert repo / "phase99_fake" / "README.md" in changed
+    assert report.stale(root, repo, phases) == []
+    assert report.write_all(root, repo, phases) == []  # idempotent
+    readme = (repo / "phase99_fake" / "README.md").read_text()
+    assert "lesson" in readme and "tail" in readme and "old" not in readme
+    assert "../results/phase99/fake/cpu/note.txt" in readme
+    assert "total = 6 items" in (root / "README.md").read_text()
+    assert "1/1 cpu ok" in (repo / "README.md").read_text()
+    # a new result makes the tables stale until regenerated
+    execute(FAKE, "cpu", {}, out=root, quiet=True)
+    assert repo / "phase99_fake" / "README.md" in report.stale(root, repo, phases)
+    (repo / "phase99_fake" / "README.md").write_text("no markers")
+    with pytest.raises(ValueError, match="missing the generated-results markers"):
+        report.render_all(root, repo, phases)
+
+
+def test_overridden_run_never_replaces_the_canonical_result(tmp_path, monkeypatch):
+    from lab import runner
+
+    monkeypatch.setattr(runner, "SCRATCH_ROOT", tmp_path / "scratch")
+    root = tmp_path / "results"
+    good = execute(FAKE, "cpu", {}, results_root=root, quiet=True)
+    custom = execute(FAKE, "cpu", {"n": 5}, results_root=root, quiet=True)
+    assert json.loads((root / "phase99/fake/cpu/result.json").read_text())["run_id"] == good["run_id"]
+    assert custom["_path"].startswith(str(tmp_path / "scratch"))
