@@ -192,7 +192,11 @@ def models_cmd(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    try:
+        app()
+    except LabError as exc:  # e.g. a broken phase registration found while listing
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
 
 
 def exercise_main(exercise, argv: list[str] | None = None) -> None:

@@ -16,6 +16,10 @@ from lab.paths import cache_dir
 
 @lru_cache(maxsize=1)
 def _embedded_server():
+    if "XDG_RUNTIME_DIR" not in os.environ:  # set before import: pgserver reads it, wants mode 0700
+        runtime = cache_dir() / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         import pgserver
     except ImportError as exc:
@@ -23,7 +27,6 @@ def _embedded_server():
             "no LAB_DATABASE_URL set and the embedded PostgreSQL (`pgserver`) is not installed; "
             "run `make setup` or set LAB_DATABASE_URL=postgresql://user:pass@host/db"
         ) from exc
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(cache_dir()))
     return pgserver.get_server(str(cache_dir() / "pgdata"), cleanup_mode="stop")
 
 
@@ -54,9 +57,7 @@ def connect(url: str | None = None, **kwargs):
 
 
 def ensure_pgvector(url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+    with connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 

@@ -31,7 +31,8 @@ def checks() -> Iterator[Check]:
             yield "GPU / CUDA", True, f"{names}; CUDA {torch.version.cuda}"
         else:
             yield "GPU / CUDA", None, "no GPU: the cpu profile runs; the a100 profile needs a CUDA GPU"
-    for pkg in ("transformers", "peft", "trl", "sentence-transformers", "chromadb", "psycopg", "pgserver"):
+    for pkg in ("transformers", "peft", "trl", "sentence-transformers", "chromadb", "psycopg", "pgserver",
+                "anthropic", "openai", "tenacity"):
         v = _version(pkg)
         yield pkg, v is not None, v or "not installed: run `make setup`"
 

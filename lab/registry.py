@@ -38,9 +38,23 @@ def phases() -> tuple[Phase, ...]:
     found = []
     for package in _phase_packages():
         mod = importlib.import_module(package)
-        exercises = tuple(importlib.import_module(m).EXERCISE for m in getattr(mod, "EXERCISES", ()))
+        exercises = tuple(_load_exercise(package, m) for m in getattr(mod, "EXERCISES", ()))
         found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises))
     return tuple(found)
+
+
+def _load_exercise(package: str, module: str) -> Exercise:
+    try:
+        exercise = importlib.import_module(module).EXERCISE
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            raise ConfigError(f"{package}/__init__.py lists {module!r}, but that module does not exist") from None
+        raise
+    except AttributeError:
+        raise ConfigError(f"{module} defines no EXERCISE") from None
+    if not isinstance(exercise, Exercise):
+        raise ConfigError(f"{module}.EXERCISE is {type(exercise).__name__}, not lab.Exercise")
+    return exercise
 
 
 def all_exercises() -> list[Exercise]:

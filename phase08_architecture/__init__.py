@@ -1,4 +1,8 @@
 """Modern LLM architecture for agentic workloads."""
 
 TITLE = "Modern LLM architecture for agentic workloads"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase08_architecture.architecture",
+    "phase08_architecture.kv_cache",
+    "phase08_architecture.moe_routing",
+)

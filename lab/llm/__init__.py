@@ -1,7 +1,8 @@
 """LLM clients selected by one spec string (``--llm`` / ``LAB_LLM``).
 
 - ``local:<hf-id | dir | file.gguf>``: transformers on this machine (default: embedded SmolLM2-135M)
-- ``anthropic:<model>``: the official Anthropic SDK (ANTHROPIC_API_KEY), tool use included
+- ``anthropic:<model>``: the official Anthropic SDK (ANTHROPIC_API_KEY), tool use included;
+  ``anthropic:<model>@<base_url>`` talks to a proxy or gateway instead of api.anthropic.com
 - ``openai:<model>@<base_url>``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server);
   ``openai:<model>`` alone talks to api.openai.com (OPENAI_API_KEY)
 """
@@ -36,7 +37,8 @@ def from_spec(spec: str | None = None) -> LLM:
     elif provider == "anthropic":
         from lab.llm.anthropic_client import AnthropicLLM
 
-        client = AnthropicLLM(rest)
+        model, _, base_url = rest.partition("@")
+        client = AnthropicLLM(model, base_url=base_url or None)
     elif provider == "openai":
         from lab.llm.openai_client import OpenAILLM
 

@@ -22,7 +22,14 @@ from lab.errors import LabError
 
 
 class LLMError(LabError):
-    """A provider call failed (HTTP error, bad reply); the message names provider and model."""
+    """A provider call failed (HTTP error, bad reply); the message names provider and model.
+
+    ``status`` is the HTTP status when the server answered (None for connection errors).
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class JSONReplyError(LLMError):
@@ -104,6 +111,12 @@ class LLM(ABC):
     def describe(self) -> dict[str, Any]:
         """Fields for ``ctx.model(...)`` provenance."""
         return {"id": self.spec}
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
+    """The tool calls of an assistant message, as ToolCall whether stored as objects or dicts."""
+    return [c if isinstance(c, ToolCall) else ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}))
+            for c in message.get("tool_calls") or []]
 
 
 def json_instruction(schema: dict[str, Any]) -> str:

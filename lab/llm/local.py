@@ -14,7 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lab.llm.base import LLM, ChatResponse, ToolCall, Usage, json_instruction, parse_json_reply
+from lab.llm.base import (
+    LLM, ChatResponse, JSONReplyError, ToolCall, Usage, json_instruction, parse_json_reply, tool_calls_of,
+)
 from lab.llm.prices import cost_usd
 
 
@@ -82,7 +84,7 @@ class LocalLLM(LLM):
             if m["role"] == "tool":
                 out.append({"role": "user", "content": f"Tool {m.get('name', '')} returned: {m['content']}"})
             elif m.get("tool_calls"):
-                calls = [{"tool": c.name, "arguments": c.arguments} for c in m["tool_calls"]]
+                calls = [{"tool": c.name, "arguments": c.arguments} for c in tool_calls_of(m)]
                 out.append({"role": "assistant", "content": json.dumps(calls[0] if len(calls) == 1 else calls)})
             else:
                 out.append({"role": m["role"], "content": str(m["content"])})
@@ -97,7 +99,8 @@ class LocalLLM(LLM):
         inputs = tok.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         inputs = {k: v.to(model.device) for k, v in inputs.items()}
         n_in = inputs["input_ids"].shape[1]
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        pad = tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, pad_token_id=pad)
         if temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=temperature)
         else:
@@ -147,7 +150,7 @@ class LocalLLM(LLM):
             return []
         try:
             reply = parse_json_reply(text)
-        except ValueError:
+        except JSONReplyError:  # a plain-text answer, not a tool call
             return []
         names = {t["name"] for t in tools}
         if isinstance(reply, dict) and reply.get("tool") in names and isinstance(reply.get("arguments", {}), dict):

@@ -1,0 +1,84 @@
+"""Batched chat generation + the mechanical checks 9.4 applies to answers (Phase 10 reuses them)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+EVAL_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl"
+# Greedy decoding with a mild repetition penalty: deterministic, and small models loop less.
+GEN_KWARGS = dict(do_sample=False, repetition_penalty=1.1)
+
+
+def load_eval_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
+    """The 10 domain prompts {"id", "topic", "prompt", "key_terms"} used by 9.4 and Phase 10.3."""
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = [k for k in ("id", "prompt", "key_terms") if k not in row]
+        if missing:
+            raise ValueError(f"{path.name}:{lineno}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
+    return rows
+
+
+def _chat_inputs(tok, prompts: list[str]):
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                     add_generation_prompt=True) for p in prompts]
+    tok.padding_side = "left"  # decoder-only batches pad on the left so every row ends at its prompt
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def timed_generate(model, tok, prompts: list[str], max_new_tokens: int = 96, *, batch_size: int = 10,
+                   min_new_tokens: int | None = None) -> tuple[list[str], int, float]:
+    """(answers, new tokens generated, seconds). Pass min_new_tokens=max_new_tokens to force equal
+    lengths when timing throughput, so models that stop early are not credited with speed."""
+    import torch
+
+    answers, n_new, seconds = [], 0, 0.0
+    for start in range(0, len(prompts), batch_size):
+        batch = _chat_inputs(tok, prompts[start:start + batch_size]).to(model.device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                 pad_token_id=tok.pad_token_id, **GEN_KWARGS)
+        seconds += time.perf_counter() - t0
+        new = out[:, batch["input_ids"].shape[1]:]
+        for row in new:
+            ids = row.tolist()
+            if tok.eos_token_id in ids:
+                ids = ids[:ids.index(tok.eos_token_id)]
+            n_new += len(ids)
+            answers.append(tok.decode(ids, skip_special_tokens=True).strip())
+    return answers, n_new, seconds
+
+
+def generate(model, tok, prompts: list[str], max_new_tokens: int = 96, *, batch_size: int = 10) -> list[str]:
+    """Greedy chat completions for a list of user prompts (the model's own chat template)."""
+    return timed_generate(model, tok, prompts, max_new_tokens, batch_size=batch_size)[0]
+
+
+_SENTENCE = re.compile(r"[^.!?]+[.!?]?")
+
+
+def answers_with_question(text: str) -> bool:
+    """The seed's new failure mode, detected mechanically: the reply ends on a question, or at
+    least half of its sentences are questions (a Socratic reply instead of an answer)."""
+    sentences = [s.strip() for s in _SENTENCE.findall(text.strip()) if s.strip()]
+    if not sentences:
+        return False
+    questions = sum(s.endswith("?") for s in sentences)
+    return sentences[-1].endswith("?") or questions * 2 >= len(sentences)
+
+
+def key_term_coverage(text: str, key_terms: list[str]) -> float:
+    """Share of a prompt's key terms that the answer mentions (case-insensitive): a crude, honest
+    proxy for 'talks about the right thing', not a correctness score."""
+    low = text.lower()
+    return sum(term.lower() in low for term in key_terms) / len(key_terms) if key_terms else 0.0

@@ -1,0 +1,303 @@
+"""SFT with LoRA or QLoRA through trl + peft: the one training function Phases 9 and 10 share.
+
+SFT, LoRA and QLoRA stack rather than compete: SFT is the objective (next-token loss on the
+answer), LoRA freezes the base and trains low-rank adapters A·B on chosen projections, QLoRA also
+stores the frozen base in 4-bit NF4 while the adapters (and the matmul compute) stay in bf16.
+``train_sft`` does all three; ``qlora=False`` is plain LoRA on a full-precision base.
+
+Adapters are written with ``save_pretrained`` on the PEFT model only (adapter_config.json +
+adapter_model.safetensors): no optimizer state, no trainer checkpoints (``save_strategy="no"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lab.paths import cache_dir
+
+# All attention and FFN projections of a Llama-style block (the seed's choice for Llama 3.1 8B).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
+SMOLLM = "smollm2-135m-instruct"
+
+# The adapter each profile publishes for later phases (Phase 10 DPO starts from it). The qlora
+# exercise's canonical run trains exactly this recipe; ensure_sft_adapter() trains it if absent.
+SFT_RECIPES: dict[str, dict[str, Any]] = {
+    # cpu: a step budget sized for 2 shared cores (one fp32 step of 4 x 160 tokens is seconds).
+    # lr 5e-4 (not the 2e-4 of the 8B recipe) so a 135M model moves visibly within that budget.
+    "cpu": dict(model_id=SMOLLM, lora_r=16, qlora=False, max_steps=12, lr=5e-4, batch_size=2,
+                max_length=128),
+    # The seed's run: Llama 3.1 8B Instruct, NF4 base + bf16 LoRA r=16 on q,k,v,o,gate,up,down,
+    # 3 epochs at an effective batch of 16 (the seed's 102 steps over ~550 pairs = ~34 steps/epoch).
+    "a100": dict(model_id=LLAMA_8B, lora_r=16, qlora=True, epochs=3, lr=2e-4, batch_size=4,
+                 grad_accum=4, max_length=1024),
+}
+
+
+def sft_adapter_dir(profile: str) -> Path:
+    """Where the profile's published SFT adapter lives (never in git: adapters are in the cache)."""
+    return cache_dir() / "adapters" / "phase09" / profile / "sft"
+
+
+def lora_config(r: int, alpha: int | None = None, dropout: float = 0.05):
+    """LoRA on every attention and FFN projection; alpha = 2r keeps the update scale (alpha/r) fixed
+    across ranks, so the rank sweep changes capacity, not the effective learning rate."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, bias="none",
+                      target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+
+
+def nf4_config(compute_dtype=None):
+    """QLoRA's base-weight storage: 4-bit NormalFloat, double-quantized constants, bf16 compute.
+
+    On a CPU without native bf16 the compute dtype falls back to fp32 (bf16 matmuls are emulated
+    there and were several times slower on this project's build machine); storage stays NF4.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if compute_dtype is None:
+        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_base(model_id: str, *, qlora: bool = False):
+    """(model, tokenizer) for training: the embedded SmolLM2 folder or a hub id, NF4 if qlora.
+
+    A 4-bit model must be loaded fresh for training: on CPU, any eval-mode forward of a bitsandbytes
+    Linear4bit first repacks its weights for inference and later training is silently wrong.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lab import models
+
+    path = str(models.hf_folder()) if model_id == SMOLLM else models.resolve(model_id)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kwargs: dict[str, Any] = {}
+    if qlora:
+        cuda = torch.cuda.is_available()
+        kwargs.update(quantization_config=nf4_config(), dtype=torch.bfloat16 if cuda else torch.float32,
+                      device_map={"": 0} if cuda else {"": "cpu"})
+    elif torch.cuda.is_available():
+        kwargs.update(dtype=torch.bfloat16, device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model, tok, path
+
+
+def to_prompt_completion(rows: list[dict]) -> list[dict]:
+    """Chat rows {"messages": [..., assistant]} -> trl's conversational prompt/completion form, so
+    the loss covers only the answer tokens (completion_only_loss) and not the question."""
+    out = []
+    for i, row in enumerate(rows):
+        msgs = row.get("messages")
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise ValueError(f"training row {i}: expected 'messages' ending with an assistant turn")
+        out.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
+    return out
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    """(bytes, what was measured): CUDA peak allocation, else the process's peak resident set."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda max_memory_allocated"
+    # ru_maxrss is KiB on Linux: the whole process's peak resident set, base weights included.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def train_sft(
+    model_id: str,
+    rows: list[dict],
+    out_dir: str | Path | None,
+    *,
+    lora_r: int = 16,
+    qlora: bool = False,
+    max_steps: int | None = None,
+    epochs: float | None = None,
+    lr: float = 2e-4,
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    max_length: int = 256,
+    seed: int = 0,
+    gradient_checkpointing: bool | None = None,
+    eval_rows: list[dict] | None = None,
+    eval_before: bool = False,
+    ctx=None,
+) -> dict[str, Any]:
+    """Train a LoRA (or QLoRA) SFT adapter on chat rows and save only the adapter to out_dir.
+
+    Returns losses per step, train_time_s, trainable/total params, adapter_bytes and peak memory.
+    ``max_steps`` wins over ``epochs`` when both are given (cpu runs are step-budgeted).
+    ``eval_rows``: held-out rows scored after training (answer-token loss -> "eval_loss") and, with
+    ``eval_before``, also before it ("eval_loss_before"; not for QLoRA on CPU, see load_base).
+    """
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from trl import SFTConfig, SFTTrainer
+
+    if not rows:
+        raise ValueError("train_sft: no training rows")
+    cuda = torch.cuda.is_available()
+    if gradient_checkpointing is None:
+        gradient_checkpointing = cuda  # on CPU recomputation only costs time; memory is plentiful
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model, tok, path = load_base(model_id, qlora=qlora)
+    base_bytes = model.get_memory_footprint()  # weights (+buffers) as stored: NF4 vs fp32/bf16
+    if qlora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    model = get_peft_model(model, lora_config(lora_r))
+    trainable, total = model.get_nb_trainable_parameters()
+
+    scratch = Path(tempfile.mkdtemp(prefix="phase09-sft-"))
+    args = SFTConfig(
+        output_dir=str(scratch),
+        max_length=max_length,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=lr,
+        lr_scheduler_type="cosine" if cuda else "linear",
+        warmup_steps=0.03 if cuda else 0,
+        max_steps=max_steps if max_steps else -1,
+        num_train_epochs=epochs if epochs else 1.0,
+        logging_steps=1,
+        save_strategy="no",  # no optimizer checkpoints: only the adapter is kept
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda,  # CPU: fp32 (emulated bf16 autocast was slower, not faster, on the build machine)
+        gradient_checkpointing=gradient_checkpointing,
+        optim="paged_adamw_8bit" if (qlora and cuda) else "adamw_torch",
+        seed=seed,
+        data_seed=seed,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        disable_tqdm=bool(ctx is None or getattr(ctx, "quiet", True)),
+    )
+    dataset = Dataset.from_list(to_prompt_completion(rows))
+    eval_dataset = Dataset.from_list(to_prompt_completion(eval_rows)) if eval_rows else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                         processing_class=tok)
+    if ctx is not None:
+        ctx.log(f"SFT {model_id} r={lora_r} qlora={qlora}: {trainable:,} trainable params, "
+                f"{len(rows)} rows, steps={trainer.state.max_steps or max_steps}")
+    eval_before_loss = None
+    if eval_before and eval_dataset is not None:
+        if qlora and not cuda:
+            raise ValueError("eval_before with qlora on CPU corrupts training (Linear4bit inference repack)")
+        eval_before_loss = trainer.evaluate()["eval_loss"]
+    started = time.perf_counter()
+    out = trainer.train()
+    train_time = time.perf_counter() - started
+    peak, peak_kind = peak_memory_bytes()
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_dataset is not None else None
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+
+    adapter_bytes = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(tmp)
+        meta = dict(base_model=model_id, base_path=path, lora_r=lora_r, qlora=qlora, lr=lr,
+                    batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+                    steps=out.global_step, n_rows=len(rows), final_loss=losses[-1][1] if losses else None)
+        (tmp / "sft_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out_dir)
+        adapter_bytes = sum(f.stat().st_size for f in out_dir.glob("adapter_model.*"))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return dict(
+        losses=[loss for _, loss in losses], loss_steps=[s for s, _ in losses], steps=out.global_step,
+        train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1),
+        trainable_params=int(trainable), total_params=int(total), adapter_bytes=adapter_bytes,
+        peak_memory_bytes=peak, peak_memory_kind=peak_kind, adapter_dir=str(out_dir) if out_dir else None,
+        base_path=path, eval_loss=eval_loss, eval_loss_before=eval_before_loss, base_memory_bytes=base_bytes,
+    )
+
+
+def ensure_sft_adapter(profile: str, ctx=None) -> Path:
+    """The profile's published SFT adapter dir; trains it with SFT_RECIPES[profile] if absent."""
+    if profile not in SFT_RECIPES:
+        raise ValueError(f"no SFT recipe for profile {profile!r}; choose one of {sorted(SFT_RECIPES)}")
+    target = sft_adapter_dir(profile)
+    recipe = dict(SFT_RECIPES[profile])
+    meta_path = target / "sft_meta.json"
+    if (target / "adapter_config.json").exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("base_model") == recipe["model_id"] and all(
+                meta.get(k) == v for k, v in recipe.items() if k in ("lora_r", "qlora", "lr", "batch_size",
+                                                                    "max_length")):
+            return target  # trained with the current recipe; otherwise retrain below
+    from phase09_finetuning.dataset import load_training_set
+
+    train_sft(recipe.pop("model_id"), load_training_set("train"), target, ctx=ctx, **recipe)
+    return target
+
+
+def load_with_adapter(adapter_dir: str | Path, *, merge: bool = False):
+    """(model, tokenizer) = base + the saved adapter for inference; merge folds B·A into W."""
+    from peft import PeftModel
+
+    meta = json.loads((Path(adapter_dir) / "sft_meta.json").read_text())
+    model, tok, _ = load_base(meta["base_model"], qlora=False)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tok
+
+
+def llama31_8b_config():
+    """Llama 3.1 8B's published architecture (its config.json), for exact counts without weights."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )
+
+
+def meta_model(config):
+    """The architecture on the meta device: shapes without weights (an 8B model in seconds, no GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def lora_param_count(model, r: int) -> int:
+    """Exact LoRA trainable params from the targeted Linear shapes: r·(in + out) per matrix."""
+    import torch
+
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS)
+
+
+def peft_trainable_count(model, r: int) -> int:
+    """What peft actually creates on (a copy of) the model: the cross-check of lora_param_count."""
+    import copy
+
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model), lora_config(r))
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

@@ -1,0 +1,56 @@
+"""How every Phase 11 exercise builds, records and runs its judge (the Phase 10 ``Judge``).
+
+One place decides: which LLM judges (``judge_llm`` config, else ``--llm`` / ``LAB_LLM``, else the
+embedded SmolLM2-135M), that a local judge gets the prefix KV cache, and what goes into the
+results so a score can be traced to its instrument (judge model, method, rubric and prompt sha256).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from phase10_alignment.judge import Judge, JudgeFailure, Rubric, Verdict
+
+
+def build_judge(spec: str, rubric: Rubric) -> Judge:
+    """A Judge on ``spec`` ("" = --llm / LAB_LLM / SmolLM2); local models use choice_probs, hosted json."""
+    from lab.llm import from_spec
+    from phase11_evals.prefix_cache import PrefixCachedLLM
+
+    llm = from_spec(spec or None)
+    if callable(getattr(llm, "choice_probs", None)):
+        llm = PrefixCachedLLM(llm)
+    return Judge(llm, rubric, method="auto")
+
+
+def record_judge(ctx, judge: Judge, name: str) -> None:
+    """Model provenance once per run, and the instrument (rubric + prompt hashes) as a table row."""
+    desc = judge.llm.describe()
+    if not any(m["id"] == desc["id"] for m in ctx.models):
+        ctx.model(**desc, role="judge")
+    rows = ctx.tables["judge_instruments"]["rows"] if "judge_instruments" in ctx.tables else []
+    info = judge.describe()
+    rows.append([name, info["judge_model"], info["method"], info["rubric"], info["rubric_sha256"], info["prompt_sha256"]])
+    ctx.table("judge_instruments", rows, ["used for", "judge model", "method", "rubric", "rubric sha256",
+                                          "judge prompt sha256"], title="Judge instruments (what produced the scores)")
+
+
+def score_all(judge: Judge, items: Sequence[tuple[str, str, str | None]], ctx, description: str
+              ) -> list[Verdict | JudgeFailure]:
+    """Score (prompt, response, reference) items; failures stay in the list as JudgeFailure."""
+    return [judge.score(p, r, reference=ref) for p, r, ref in ctx.progress(items, description, total=len(items))]
+
+
+def failures_note(results: Sequence[Verdict | JudgeFailure]) -> str | None:
+    failed = [r for r in results if isinstance(r, JudgeFailure)]
+    if not failed:
+        return None
+    return f"{len(failed)}/{len(results)} items could not be scored (first: {failed[0].reason[:160]})"
+
+
+def local_cache_saving(judge: Judge) -> dict[str, Any] | None:
+    """Tokens run vs tokens a cache-less choice_probs would have run (None for hosted judges)."""
+    computed = getattr(judge.llm, "tokens_computed", None)
+    if not computed:
+        return None
+    return {"computed": computed, "requested": judge.llm.tokens_requested}

@@ -1,0 +1,230 @@
+"""Exercise 11.4 — score BASE / SFT / SFT+DPO on the eval set with the calibrated rubric.
+
+Phase 10's helpfulness rubric ranked BASE first; the seed's Phase 11 rubric, which punishes
+confident hallucination, reversed the ranking and split the dimensions in two: fine-tuning raised
+the *style* dimensions (mechanistic_depth, audience_calibration) and lowered the *accuracy*
+dimensions (technical_accuracy, calibration) — the model learned to write like an expert without
+becoming one. This exercise repeats that measurement:
+
+1. every available variant (Phase 10's ``load_variant``, fresh base + one merged adapter) answers
+   the eval prompts (cpu: one per category and short answers; a100: all 50, seed-length answers);
+2. the judge scores every answer with rubric v1.1 (scores + confident_hallucination flag);
+3. per variant: mean score, flag rate, Editor-gate approval rate; per dimension; per category;
+4. the two-by-two: change in style mean vs change in accuracy mean, each fine-tuned variant vs BASE.
+
+Variants whose adapters are not in the cache are listed with the reason and left out; nothing is
+trained here. A 135M choice_probs judge scores nearly everything alike (see phase11.calibration),
+so on cpu the differences between variants are within judge noise; the numbers are reported anyway.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+from lab import Exercise, ExerciseConfig, Reference, RunContext
+
+STYLE = ("mechanistic_depth", "audience_calibration")
+ACCURACY = ("technical_accuracy", "calibration")
+
+
+class Config(ExerciseConfig):
+    variants: list[str] = ["base", "sft", "dpo"]
+    judge_llm: str = ""  # "" = --llm / LAB_LLM, else the embedded SmolLM2-135M (choice_probs)
+    rubric_version: str = "1.1"
+    per_category: int | None = 1  # prompts per category, first in file order (None = all 50)
+    limit: int | None = None  # cap on prompts after per_category (tests)
+    max_new_tokens: int = 48
+
+
+def _mean(xs) -> float | None:
+    xs = list(xs)
+    return math.fsum(xs) / len(xs) if xs else None
+
+
+def quadrant(d_style: float, d_accuracy: float, eps: float = 0.05) -> str:
+    """Name the two-by-two cell of a (style change, accuracy change) pair; |change| < eps is 'flat'."""
+    def word(d):
+        return "up" if d >= eps else "down" if d <= -eps else "flat"
+
+    return f"style {word(d_style)}, accuracy {word(d_accuracy)}"
+
+
+def run(cfg: Config, ctx: RunContext) -> None:
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lab.errors import MissingResource
+    from phase10_alignment.judge import JudgeFailure
+    from phase11_evals import editor_gate
+    from phase11_evals.evaldata import DIMENSIONS, FLAG, load_eval_set, load_rubric
+    from phase11_evals.judging import build_judge, failures_note, record_judge, score_all
+    from phase11_evals.responders import Responder, missing_reason
+
+    if ctx.profile == "a100" and not torch.cuda.is_available():
+        ctx.skip("the a100 profile answers with Llama 3.1 8B variants and needs a CUDA GPU")
+    eval_set = load_eval_set()
+    prompts = eval_set.subset(cfg.per_category)[: cfg.limit]
+    ctx.dataset(f"{eval_set.name} v{eval_set.version}", n=len(prompts), sha256=eval_set.sha256,
+                selection=f"{cfg.per_category or 'all'} per category" + (f", first {cfg.limit}" if cfg.limit else ""))
+
+    status_rows, variants = [], []
+    for name in cfg.variants:
+        reason = missing_reason(name, ctx.profile)
+        status_rows.append([name, "scored" if reason is None else "unavailable", reason or ""])
+        if reason is None:
+            variants.append(name)
+        else:
+            ctx.failure_mode(f"variant {name} left out: {reason}")
+    ctx.table("variants", status_rows, ["variant", "status", "reason"], title="Variants requested")
+    if not variants:
+        raise RuntimeError(f"none of the variants {cfg.variants} is available: {status_rows}")
+
+    answers: dict[str, list] = {}
+    for name in variants:
+        responder = Responder(name, ctx.profile)
+        ctx.model(**responder.describe())
+        answers[name] = [responder.answer(p.prompt, cfg.max_new_tokens)
+                         for p in ctx.progress(prompts, f"{name} answering {len(prompts)} prompts")]
+        del responder
+        gc.collect()
+    tokens = sum(a.new_tokens for v in answers.values() for a in v)
+    seconds = sum(a.seconds for v in answers.values() for a in v)
+    ctx.metric("generation_tokens_per_s", tokens / seconds, "tokens/s", higher_is_better=True)
+
+    judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
+    record_judge(ctx, judge, "model comparison")
+    verdicts: dict[str, list] = {}
+    try:
+        for name in variants:
+            verdicts[name] = score_all(judge, [(p.prompt, a.text, p.key_facts) for p, a in zip(prompts, answers[name])],
+                                       ctx, f"judging {name}")
+    except MissingResource as err:
+        ctx.skip(str(err))
+
+    summary_rows, response_rows, dim_means, cat_means, style_acc = [], [], {}, {}, {}
+    for name in variants:
+        note = failures_note(verdicts[name])
+        if note:
+            ctx.failure_mode(f"{name}: {note}")
+        scored = [(p, a, v) for p, a, v in zip(prompts, answers[name], verdicts[name]) if not isinstance(v, JudgeFailure)]
+        if not scored:
+            raise RuntimeError(f"variant {name}: the judge scored none of its answers")
+        means = [_mean(v.scores.values()) for _, _, v in scored]
+        gates = [editor_gate.decide(v).verdict for _, _, v in scored]
+        flags = sum(v.flags[FLAG] for _, _, v in scored)
+        mean = _mean(means)
+        summary_rows.append([name, len(scored), round(mean, 3), f"{flags}/{len(scored)}",
+                             f"{gates.count('APPROVE')}/{len(scored)}"])
+        ctx.metric(f"mean_{name}", mean, "points", higher_is_better=True)
+        ctx.metric(f"flag_rate_{name}", flags / len(scored), "fraction", higher_is_better=False)
+        ctx.metric(f"gate_approval_rate_{name}", gates.count("APPROVE") / len(scored), "fraction", higher_is_better=True)
+        dim_means[name] = {d: _mean(v.scores[d] for _, _, v in scored) for d in DIMENSIONS}
+        for d in DIMENSIONS:
+            ctx.metric(f"{d}_{name}", dim_means[name][d], "points", higher_is_better=True)
+        cat_means[name] = {c: _mean(m for (p, _, _), m in zip(scored, means) if p.category == c) for c in eval_set.categories}
+        ctx.metric(f"agent_infrastructure_{name}", cat_means[name]["agent_infrastructure"], "points", higher_is_better=True)
+        style_acc[name] = (_mean(dim_means[name][d] for d in STYLE), _mean(dim_means[name][d] for d in ACCURACY))
+        for (p, a, v), g in zip(scored, gates):
+            response_rows.append([name, p.id, p.category, *[round(v.scores[d], 2) for d in DIMENSIONS], v.flags[FLAG],
+                                  g, a.new_tokens, a.text])
+
+    ctx.table("by_variant", summary_rows, ["variant", "answers scored", "mean score", f"{FLAG} flags",
+                                           "Editor gate approvals"], title="Per variant (rubric v" + cfg.rubric_version + ")")
+    ctx.table("by_dimension", [[d, *[round(dim_means[n][d], 3) for n in variants]] for d in DIMENSIONS],
+              ["dimension", *variants], title="Mean score per dimension")
+    ctx.table("by_category", [[c, sum(p.category == c for p in prompts),
+                               *[None if cat_means[n][c] is None else round(cat_means[n][c], 3) for n in variants]]
+                              for c in eval_set.categories],
+              ["category", "prompts", *variants], title="Mean score per category")
+    ctx.table("responses", response_rows, ["variant", "prompt", "category", *DIMENSIONS, FLAG, "gate", "tokens", "answer"],
+              title="Every scored answer")
+
+    # the two-by-two: each fine-tuned variant against BASE
+    if "base" in variants and len(variants) > 1:
+        rows = []
+        for name in variants:
+            if name == "base":
+                continue
+            d_style = style_acc[name][0] - style_acc["base"][0]
+            d_acc = style_acc[name][1] - style_acc["base"][1]
+            rows.append([name, round(d_style, 3), round(d_acc, 3), quadrant(d_style, d_acc)])
+            ctx.metric(f"style_change_{name}", d_style, "points")
+            ctx.metric(f"accuracy_change_{name}", d_acc, "points")
+        ctx.table("two_by_two", rows, ["variant", "Δ style (depth, audience)", "Δ accuracy (accuracy, calibration)",
+                                       "cell"], title="Two-by-two: change vs BASE in style and in accuracy dimensions")
+        for name, d_style, d_acc, cell in rows:
+            ctx.finding(f"{name} vs base: style dimensions {d_style:+.2f}, accuracy dimensions {d_acc:+.2f} -> {cell} "
+                        "(seed, Llama 3.1 8B with a Claude judge: style up, accuracy down for both SFT and DPO).")
+    else:
+        ctx.finding(f"Only {variants} could be scored, so the two-by-two (fine-tuned vs BASE) is not computed here; "
+                    "see the 'Variants requested' table for what is missing and which command produces it.")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(variants)
+    for i, name in enumerate(variants):
+        ax.bar([x + i * width for x in range(len(DIMENSIONS))], [dim_means[name][d] for d in DIMENSIONS], width, label=name)
+    ax.set_xticks([x + width * (len(variants) - 1) / 2 for x in range(len(DIMENSIONS))], DIMENSIONS, fontsize=8)
+    ax.set_ylim(1, 5)
+    ax.set_ylabel(f"mean judge score (rubric v{cfg.rubric_version})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(ctx.artifact("dimensions_by_variant.png"), dpi=110)
+    plt.close(fig)
+
+    for a_name, b_name in (("sft", "dpo"), ("base", "sft")):
+        if a_name in answers and b_name in answers:
+            same = sum(x.text == y.text for x, y in zip(answers[a_name], answers[b_name]))
+            ctx.metric(f"identical_answers_{a_name}_{b_name}", same, "prompts",
+                       description=f"prompts (of {len(prompts)}) where {a_name} and {b_name} gave the same greedy answer")
+            if same:
+                ctx.finding(f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts: "
+                            "its adapter barely moved the policy (see the adapter's training record under Models).")
+    best = max(summary_rows, key=lambda r: r[2])
+    ctx.finding(f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers; gate approvals per variant: "
+                + ", ".join(f"{r[0]} {r[4]}" for r in summary_rows) + ". Seed: no variant above 2.6/5.")
+    spread = max(r[2] for r in summary_rows) - min(r[2] for r in summary_rows)
+    if judge.method == "choice_probs":
+        ctx.finding(f"Variant means span {spread:.2f} points with a 135M choice_probs judge whose scores barely move with "
+                    "answer quality (phase11.calibration): read these as the judge's limits, not as a ranking of variants.")
+
+
+_SEED = "seed: Llama 3.1 8B variants, 50 prompts, Claude judge"
+EXERCISE = Exercise(
+    id="phase11.model_comparison",
+    title="BASE vs SFT vs DPO on the eval set, rubric v1.1",
+    run=run,
+    config_cls=Config,
+    profiles={"cpu": {}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5", "per_category": None,
+                                  "max_new_tokens": 512}},
+    tiny={"variants": ["base"], "limit": 1, "max_new_tokens": 8},
+    references=(
+        Reference("mean_base", 2.400, "points", _SEED),
+        Reference("mean_sft", 2.520, "points", _SEED),
+        Reference("mean_dpo", 2.575, "points", _SEED),
+        Reference("flag_rate_base", 0.54, "fraction", "seed: 27/50"),
+        Reference("flag_rate_sft", 0.74, "fraction", "seed: 37/50"),
+        Reference("flag_rate_dpo", 0.74, "fraction", "seed: 37/50"),
+        Reference("technical_accuracy_base", 2.020, "points", _SEED),
+        Reference("technical_accuracy_sft", 1.820, "points", _SEED),
+        Reference("technical_accuracy_dpo", 1.920, "points", _SEED),
+        Reference("calibration_base", 2.460, "points", _SEED),
+        Reference("calibration_sft", 2.040, "points", _SEED),
+        Reference("calibration_dpo", 2.060, "points", _SEED),
+        Reference("mechanistic_depth_base", 2.040, "points", _SEED),
+        Reference("mechanistic_depth_sft", 2.720, "points", _SEED),
+        Reference("mechanistic_depth_dpo", 2.760, "points", _SEED),
+        Reference("audience_calibration_base", 3.080, "points", _SEED),
+        Reference("audience_calibration_sft", 3.500, "points", _SEED),
+        Reference("audience_calibration_dpo", 3.560, "points", _SEED),
+        Reference("agent_infrastructure_base", 2.679, "points", "seed: category mean"),
+        Reference("agent_infrastructure_sft", 1.964, "points", "seed: the largest single-category regression"),
+    ),
+    summary_metrics=("mean_base", "mean_sft", "mean_dpo", "flag_rate_base"),
+)
+
+if __name__ == "__main__":
+    EXERCISE.main()

@@ -1,0 +1,367 @@
+"""The LLM client layer: hosted providers through their real SDKs against a loopback server that
+speaks their wire format, and the embedded local model generating real text."""
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lab.errors import ConfigError, MissingResource
+from lab.llm import ChatResponse, JSONReplyError, LLMError, ToolCall, from_spec, parse_json_reply
+from lab.llm.anthropic_client import AnthropicLLM
+from lab.llm.base import json_instruction
+from lab.llm.local import LocalLLM
+from lab.llm.openai_client import OpenAILLM
+from lab.llm.prices import cost_usd
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+VERDICT_SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}}, "required": ["verdict"]}
+# a conversation where the model already asked for two tools and both answered
+HISTORY = [
+    {"role": "user", "content": "Weather in Paris and Oslo?"},
+    {"role": "assistant", "content": "Checking both.", "tool_calls": [
+        ToolCall("call_1", "get_weather", {"city": "Paris"}),
+        {"id": "call_2", "name": "get_weather", "arguments": {"city": "Oslo"}},  # dict form works too
+    ]},
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18C sunny"},
+    {"role": "tool", "tool_call_id": "call_2", "name": "get_weather", "content": {"temp_c": 4}},
+]
+
+
+class Loopback:
+    """An HTTP server on 127.0.0.1 (random port) that records each request and answers from a script."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.script: list[tuple[int, dict, dict]] = []
+        loopback = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                loopback.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                          "body": json.loads(body)})
+                status, payload, headers = loopback.script.pop(0)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def reply(self, payload: dict, status: int = 200, headers: dict | None = None) -> "Loopback":
+        self.script.append((status, payload, headers or {}))
+        return self
+
+
+@pytest.fixture
+def server():
+    loopback = Loopback()
+    loopback.thread.start()
+    yield loopback
+    loopback.server.shutdown()
+    loopback.server.server_close()
+
+
+@pytest.fixture
+def keys(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+# --- Anthropic --------------------------------------------------------------------------------
+
+def anthropic_message(content: list[dict], stop="end_turn", model="claude-haiku-4-5-20251001", usage=(1000, 200)):
+    return {"id": "msg_01", "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+
+
+def test_anthropic_tool_use_round_trip(server, keys):
+    server.reply(anthropic_message(
+        [{"type": "text", "text": "One more city."},
+         {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Rome"}}], stop="tool_use"))
+    llm = from_spec(f"anthropic:claude-haiku-4-5@{server.url}")
+    reply = llm.chat(HISTORY, system="You are terse.", tools=[WEATHER_TOOL], max_tokens=64)
+
+    [req] = server.requests
+    assert req["path"] == "/v1/messages"
+    assert req["headers"]["anthropic-version"]
+    assert "sk-ant-test-key" in (req["headers"].get("authorization", "") + req["headers"].get("x-api-key", ""))
+    body = req["body"]
+    assert body["model"] == "claude-haiku-4-5" and body["max_tokens"] == 64 and "temperature" not in body
+    assert body["system"] == "You are terse."
+    assert body["tools"] == [WEATHER_TOOL]
+    assert body["messages"] == [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Checking both."},
+            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [  # both results in ONE user turn, as the API requires
+            {"type": "tool_result", "tool_use_id": "call_1", "content": "18C sunny"},
+            {"type": "tool_result", "tool_use_id": "call_2", "content": '{"temp_c": 4}'}]},
+    ]
+
+    assert isinstance(reply, ChatResponse)
+    assert reply.text == "One more city."
+    assert reply.tool_calls == [ToolCall("toolu_9", "get_weather", {"city": "Rome"})]
+    assert reply.stop_reason == "tool_use" and reply.provider == "anthropic"
+    assert reply.model == "claude-haiku-4-5-20251001"
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (1000, 200)
+    assert reply.cost_usd == pytest.approx(1000 * 1.0 / 1e6 + 200 * 5.0 / 1e6)  # haiku-4-5: $1 / $5 per MTok
+    assert reply.latency_s > 0
+    assert llm.describe() == {"id": f"anthropic:claude-haiku-4-5@{server.url}"}
+
+
+def test_anthropic_json_schema_is_a_forced_tool(server, keys):
+    server.reply(anthropic_message([{"type": "tool_use", "id": "toolu_1", "name": "json_reply",
+                                     "input": {"verdict": "pass"}}], stop="tool_use"))
+    llm = AnthropicLLM("claude-sonnet-4-5", base_url=server.url)
+    reply = llm.chat([{"role": "user", "content": "Judge this."}], json_schema=VERDICT_SCHEMA)
+    body = server.requests[0]["body"]
+    assert body["tool_choice"] == {"type": "tool", "name": "json_reply"}
+    assert body["tools"][0]["input_schema"] == VERDICT_SCHEMA
+    assert reply.json() == {"verdict": "pass"}
+    assert reply.tool_calls == [] and reply.stop_reason == "end_turn"
+
+
+def test_anthropic_json_schema_with_tools_becomes_an_instruction(server, keys):
+    server.reply(anthropic_message([{"type": "text", "text": '{"verdict": "fail"}'}]))
+    llm = AnthropicLLM("claude-sonnet-4-5", base_url=server.url)
+    reply = llm.chat([{"role": "user", "content": "Judge."}], tools=[WEATHER_TOOL], json_schema=VERDICT_SCHEMA)
+    body = server.requests[0]["body"]
+    assert "tool_choice" not in body and body["system"] == json_instruction(VERDICT_SCHEMA)
+    assert reply.json() == {"verdict": "fail"}
+
+
+def test_anthropic_retries_a_5xx_then_succeeds(server, keys):
+    server.reply({"type": "error", "error": {"type": "api_error", "message": "hiccup"}}, status=500)
+    server.reply({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, status=529)
+    server.reply(anthropic_message([{"type": "text", "text": "fine"}]))
+    llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url, retry_wait_s=0.01)
+    assert llm.chat([{"role": "user", "content": "hi"}]).text == "fine"
+    assert len(server.requests) == 3
+
+
+def test_anthropic_400_is_an_llm_error_naming_provider_model_status(server, keys):
+    server.reply({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens too large"}},
+                 status=400)
+    llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url, retry_wait_s=0.01)
+    with pytest.raises(LLMError, match=r"anthropic:claude-haiku-4-5 at http://127\.0\.0\.1:\d+: HTTP 400.*max_tokens too large") as err:
+        llm.chat([{"role": "user", "content": "hi"}])
+    assert err.value.status == 400
+    assert len(server.requests) == 1  # a client error is not retried
+
+
+def test_anthropic_without_key_is_a_missing_resource(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(MissingResource, match="ANTHROPIC_API_KEY is not set"):
+        AnthropicLLM("claude-haiku-4-5")
+
+
+def test_unreachable_server_is_an_llm_error_after_bounded_retries(keys):
+    llm = AnthropicLLM("claude-haiku-4-5", base_url=closed_port_url(), max_attempts=2, retry_wait_s=0.01)
+    with pytest.raises(LLMError, match="APIConnectionError after 2 attempts") as err:
+        llm.chat([{"role": "user", "content": "hi"}])
+    assert err.value.status is None
+
+
+# --- OpenAI-compatible ------------------------------------------------------------------------
+
+def openai_completion(message: dict, finish="stop", model="gpt-4o-mini-2024-07-18", usage=(2000, 100)):
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}
+
+
+def test_openai_compatible_tool_calls_round_trip(server, keys):
+    server.reply(openai_completion({"content": None, "tool_calls": [
+        {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+        finish="tool_calls"))
+    llm = from_spec(f"openai:gpt-4o-mini@{server.url}/v1")
+    reply = llm.chat(HISTORY, system="You are terse.", tools=[WEATHER_TOOL], max_tokens=32)
+
+    [req] = server.requests
+    assert req["path"] == "/v1/chat/completions"
+    assert req["headers"]["authorization"] == "Bearer not-needed"  # local server, no OPENAI_API_KEY
+    body = req["body"]
+    assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 32 and body["temperature"] == 0.0
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": WEATHER_TOOL["description"], "parameters": WEATHER_TOOL["input_schema"]}}]
+    assert body["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {"role": "assistant", "content": "Checking both.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": '{"temp_c": 4}'},
+    ]
+
+    assert reply.tool_calls == [ToolCall("call_9", "get_weather", {"city": "Rome"})]
+    assert reply.text == "" and reply.stop_reason == "tool_use" and reply.provider == "openai"
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (2000, 100)
+    # the dated snapshot is priced as gpt-4o-mini ($0.15 / $0.60), not as gpt-4o
+    assert reply.cost_usd == pytest.approx(2000 * 0.15 / 1e6 + 100 * 0.6 / 1e6)
+
+
+def test_openai_json_schema_uses_response_format(server, keys):
+    server.reply(openai_completion({"content": '{"verdict": "pass"}'}, model="qwen2.5-7b-instruct"))
+    llm = OpenAILLM("qwen2.5-7b-instruct", base_url=f"{server.url}/v1")
+    reply = llm.chat([{"role": "user", "content": "Judge."}], json_schema=VERDICT_SCHEMA)
+    assert server.requests[0]["body"]["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "reply", "schema": VERDICT_SCHEMA}}
+    assert reply.json() == {"verdict": "pass"} and reply.stop_reason == "end_turn"
+    assert reply.cost_usd is None  # a self-hosted model has no list price: no guess
+
+
+def test_openai_server_without_structured_output_falls_back_to_an_instruction(server, keys):
+    server.reply({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}}, status=400)
+    server.reply(openai_completion({"content": 'Sure: {"verdict": "fail"}'}))
+    server.reply(openai_completion({"content": '{"verdict": "pass"}'}))
+    llm = OpenAILLM("llama3", base_url=f"{server.url}/v1", retry_wait_s=0.01)
+    ask = [{"role": "user", "content": "Judge."}]
+    assert llm.chat(ask, system="Be fair.", json_schema=VERDICT_SCHEMA).json() == {"verdict": "fail"}
+    assert llm.chat(ask, json_schema=VERDICT_SCHEMA).json() == {"verdict": "pass"}
+    first, fallback, later = (r["body"] for r in server.requests)
+    assert "response_format" in first
+    assert "response_format" not in fallback and "response_format" not in later  # remembered
+    assert fallback["messages"][0] == {"role": "system", "content": "Be fair.\n\n" + json_instruction(VERDICT_SCHEMA)}
+    assert later["messages"][0] == {"role": "system", "content": json_instruction(VERDICT_SCHEMA)}
+
+
+def test_openai_retries_429_and_gives_up_after_bounded_5xx(server, keys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai-key")
+    server.reply({"error": {"message": "slow down"}}, status=429, headers={"retry-after": "0"})
+    server.reply(openai_completion({"content": "ok"}))
+    for _ in range(3):
+        server.reply({"error": {"message": "upstream down"}}, status=503)
+    llm = OpenAILLM("gpt-4o", base_url=f"{server.url}/v1", retry_wait_s=0.01)
+    assert llm.chat([{"role": "user", "content": "hi"}]).text == "ok"
+    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-test-openai-key"
+    with pytest.raises(LLMError, match=r"openai:gpt-4o at .*: HTTP 503 after 3 attempts") as err:
+        llm.chat([{"role": "user", "content": "hi"}])
+    assert err.value.status == 503 and len(server.requests) == 5
+
+
+def test_openai_api_without_base_url_sends_max_completion_tokens(server, keys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")  # the SDK's own override of api.openai.com
+    server.reply(openai_completion({"content": "hi"}, model="gpt-4o-2024-08-06"))
+    server.reply({"error": {"message": "bad key"}}, status=401)
+    llm = OpenAILLM("gpt-4o")  # not from_spec: its per-process cache would outlive this server
+    assert llm.chat([{"role": "user", "content": "hi"}], max_tokens=16).text == "hi"
+    body = server.requests[0]["body"]
+    assert body["max_completion_tokens"] == 16 and "max_tokens" not in body  # newer OpenAI models need it
+    with pytest.raises(LLMError, match=rf"openai:gpt-4o at {server.url}/v1/?: HTTP 401: .*bad key"):
+        llm.chat([{"role": "user", "content": "hi"}])
+
+
+def test_openai_tool_arguments_that_are_not_json_are_named(server, keys):
+    server.reply(openai_completion({"content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Rome"}}]},
+        finish="tool_calls"))
+    llm = OpenAILLM("llama3", base_url=f"{server.url}/v1")
+    with pytest.raises(LLMError, match="tool call 'get_weather' has arguments that are not JSON"):
+        llm.chat([{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL])
+
+
+def test_openai_without_base_url_needs_a_key(keys):
+    with pytest.raises(MissingResource, match="OPENAI_API_KEY is not set"):
+        OpenAILLM("gpt-4o")
+
+
+# --- specs, prices, JSON replies --------------------------------------------------------------
+
+def test_from_spec_rejects_bad_specs_and_caches():
+    with pytest.raises(ConfigError, match="expected provider:model"):
+        from_spec("smollm2")
+    with pytest.raises(ConfigError, match="unknown provider 'mistral'"):
+        from_spec("mistral:large")
+    local = from_spec("local:smollm2-135m-instruct")  # constructing loads nothing
+    assert isinstance(local, LocalLLM) and local is from_spec("local:smollm2-135m-instruct")
+    assert local.spec == "local:smollm2-135m-instruct"
+
+
+def test_price_table():
+    assert cost_usd("anthropic", "claude-sonnet-4-5", 1_000_000, 1_000_000) == 18.0
+    assert cost_usd("anthropic", "claude-sonnet-4-5-20250929", 2_000, 0) == pytest.approx(0.006)
+    assert cost_usd("openai", "gpt-4o-2024-08-06", 0, 1_000_000) == 10.0
+    assert cost_usd("openai", "gpt-4o-mini", 1_000_000, 0) == 0.15
+    assert cost_usd("openai", "gpt-4omega", 10, 10) is None  # a family prefix needs the dash
+    assert cost_usd("openai", "llama3", 10, 10) is None
+    assert cost_usd("local", "smollm2-135m-instruct", 10_000, 10_000) == 0.0
+
+
+def test_parse_json_reply_tolerates_fences_and_prose():
+    assert parse_json_reply('{"a": 1}') == {"a": 1}
+    assert parse_json_reply('Here:\n```json\n{"a": [1, 2]}\n```\nDone.') == {"a": [1, 2]}
+    assert parse_json_reply('The answer is {"a": {"b": 2}} as asked.') == {"a": {"b": 2}}
+    with pytest.raises(JSONReplyError, match="reply is not JSON: 'no json here'"):
+        parse_json_reply("no json here")
+
+
+def test_local_tool_call_parsing_without_a_model():
+    assert LocalLLM._tool_calls('{"tool": "get_weather", "arguments": {"city": "Rome"}}', [WEATHER_TOOL])[0].arguments \
+        == {"city": "Rome"}
+    assert LocalLLM._tool_calls("It is sunny.", [WEATHER_TOOL]) == []  # prose is an answer, not an error
+    assert LocalLLM._tool_calls('{"tool": "delete_db", "arguments": {}}', [WEATHER_TOOL]) == []  # unknown tool
+    turns = LocalLLM._plain_messages(HISTORY)
+    assert json.loads(turns[1]["content"]) == [{"tool": "get_weather", "arguments": {"city": "Paris"}},
+                                               {"tool": "get_weather", "arguments": {"city": "Oslo"}}]
+    assert turns[2] == {"role": "user", "content": "Tool get_weather returned: 18C sunny"}
+
+
+# --- the embedded local model -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smollm():
+    return LocalLLM("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_local_model_generates_text(smollm):
+    reply = smollm.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=8)
+    assert reply.text.strip() and reply.provider == "local"
+    assert reply.usage.input_tokens > 5 and 1 <= reply.usage.output_tokens <= 8
+    assert reply.cost_usd == 0.0 and reply.latency_s > 0
+    assert reply.stop_reason in ("end_turn", "max_tokens")
+    info = smollm.describe()
+    assert info["n_params"] == 134_515_008 and info["dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_local_choice_probs(smollm):
+    probs = smollm.choice_probs([{"role": "user", "content": "Rate 'The cat sat on the mat.' for grammar, 1-5."}],
+                                choices=["1", "2", "3", "4", "5"], prefix="Score: ")
+    assert list(probs) == ["1", "2", "3", "4", "5"]
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and all(p > 0 for p in probs.values())
+    with pytest.raises(ValueError, match="choices must be single tokens"):
+        smollm.choice_probs([{"role": "user", "content": "hi"}], choices=["excellent"])

@@ -1,0 +1,104 @@
+"""Phase 9.2-9.4: a tiny SFT run whose loss falls, exact LoRA counts, and each exercise end to end."""
+
+import json
+
+import pytest
+
+from phase09_finetuning import generation, sft
+
+
+def test_llama8b_lora_counts_are_exact_on_the_meta_device():
+    model = sft.meta_model(sft.llama31_8b_config())
+    assert sum(p.numel() for p in model.parameters()) == 8_030_261_248
+    assert {r: sft.lora_param_count(model, r) for r in (4, 16, 64)} == {
+        4: 10_485_760, 16: 41_943_040, 64: 167_772_160}
+
+
+def test_answers_with_question_detector():
+    assert generation.answers_with_question("Good question. What do you think limits decoding speed?")
+    assert generation.answers_with_question("Is it memory? Is it compute? It is memory.")
+    assert not generation.answers_with_question("Decoding is memory-bound. Batching raises intensity.")
+    assert not generation.answers_with_question("")
+
+
+def test_eval_prompts_are_ten_with_key_terms():
+    prompts = generation.load_eval_prompts()
+    assert len(prompts) == 10 and len({p["id"] for p in prompts}) == 10
+    assert all(p["key_terms"] for p in prompts)
+    assert generation.key_term_coverage("Arithmetic intensity vs bandwidth", prompts[0]["key_terms"]) == 0.4
+
+
+def test_chat_rows_become_prompt_completion_and_bad_rows_are_named():
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    assert sft.to_prompt_completion(rows) == [{"prompt": [{"role": "user", "content": "q"}],
+                                               "completion": [{"role": "assistant", "content": "a"}]}]
+    with pytest.raises(ValueError, match="training row 0"):
+        sft.to_prompt_completion([{"messages": [{"role": "user", "content": "q"}]}])
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory):
+    """Six steps on one repeated batch at a high lr: the loss must fall. The adapter is reused below."""
+    from phase09_finetuning.dataset import load_training_set
+
+    rows = load_training_set("train")[:2]
+    out = tmp_path_factory.mktemp("adapter") / "sft"
+    res = sft.train_sft(sft.SMOLLM, rows, out, lora_r=8, max_steps=6, batch_size=2, max_length=64, lr=2e-3)
+    return out, res
+
+
+@pytest.mark.slow
+def test_tiny_sft_run_loss_decreases_and_saves_only_the_adapter(tiny_adapter):
+    out, res = tiny_adapter
+    assert len(res["losses"]) == 6 and res["steps"] == 6
+    assert min(res["losses"][-2:]) < res["losses"][0] - 0.2, res["losses"]
+    assert res["trainable_params"] == 305_280 * 8  # SmolLM2-135M: 305,280 x r
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "sft_meta.json"]
+    assert res["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
+    assert json.loads((out / "sft_meta.json").read_text())["steps"] == 6
+
+
+@pytest.mark.slow
+def test_qlora_exercise_tiny(tmp_path):
+    from phase09_finetuning.qlora import EXERCISE
+
+    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    m = {k: v["value"] for k, v in doc["metrics"].items()}
+    assert m["llama8b_lora_params"] == 41_943_040 and abs(m["llama8b_lora_pct"] - 0.52) < 0.01
+    assert m["trainable_params"] == 305_280 * 16 and m["adapter_mb"] > 0
+    runs = {r[0]: r for r in doc["tables"]["runs"]["rows"]}
+    assert set(runs) == {"lora", "qlora"} and runs["qlora"][7] == runs["lora"][7]  # same trainable params
+    assert runs["qlora"][9] < runs["lora"][9]  # NF4 base weights are smaller
+    assert m["eval_loss_before"] > 0 and m["eval_loss_after"] > 0
+    assert (tmp_path / "phase09" / "qlora" / "cpu" / "loss_curve.png").stat().st_size > 1000
+    assert not list(tmp_path.rglob("optimizer.pt")) and not list(tmp_path.rglob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_rank_sweep_exercise_tiny(tmp_path):
+    from phase09_finetuning.rank_sweep import EXERCISE
+
+    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    m = {k: v["value"] for k, v in doc["metrics"].items()}
+    assert m["trainable_params_r16"] == 4 * m["trainable_params_r4"]
+    assert m["llama8b_params_r4"] == 10_485_760 and m["llama8b_params_r16"] == 41_943_040
+    assert m["eval_loss_r4"] > 0 and m["final_loss_r16"] > 0
+    assert [row[0] for row in doc["tables"]["sweep"]["rows"]] == [4, 16]
+
+
+@pytest.mark.slow
+def test_before_after_exercise_tiny(tmp_path, tiny_adapter):
+    from phase09_finetuning.before_after import EXERCISE
+
+    overrides = dict(EXERCISE.tiny, adapter_steps=0, adapter_dir=str(tiny_adapter[0]))
+    doc = EXERCISE.execute("cpu", overrides, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    m = {k: v["value"] for k, v in doc["metrics"].items()}
+    assert m["tokens_per_s_base"] > 0 and m["tokens_per_s_unmerged"] > 0 and m["tokens_per_s_merged"] > 0
+    assert m["merged_matches_unmerged"] == 1.0  # merge_and_unload is numerically the same model
+    assert len(doc["tables"]["prompts"]["rows"]) == 2
+    md = (tmp_path / "phase09" / "before_after" / "cpu" / "before_after.md").read_text()
+    assert "p01-roofline" in md and "| answer |" in md

@@ -1,0 +1,234 @@
+"""Phase 11: the data as instruments, the statistics, the prefix cache, and each exercise end to end."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phase11_evals.calibration import agreement, pearson, status
+from phase11_evals.contamination import is_contamination_signal, verbatim_overlap
+from phase11_evals.evaldata import (DATA_DIR, DIMENSIONS, FLAG, EvalDataError, load_calibration,
+                                    load_contamination_pairs, load_eval_set, load_rubric)
+from phase11_evals.model_comparison import quadrant
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+def test_eval_set_has_50_prompts_in_7_categories_with_a_stable_hash():
+    es = load_eval_set()
+    assert len(es.prompts) == 50 and len(es.categories) == 7
+    assert "agent_infrastructure" in es.categories
+    assert all(len(es.in_category(c)) >= 7 for c in es.categories)
+    assert len({p.id for p in es.prompts}) == 50
+    assert es.sha256 == load_eval_set().sha256 and len(es.sha256) == 64
+    assert [p.category for p in es.subset(2)] == [c for c in es.categories for _ in range(2)]
+
+
+def _copy_data(tmp_path):
+    shutil.copytree(DATA_DIR, tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_editing_the_eval_set_changes_its_hash(tmp_path):
+    data = _copy_data(tmp_path)
+    path = data / "eval_set.yaml"
+    path.write_text(path.read_text().replace("why does it shrink the KV cache?", "why does it shrink the cache?"))
+    assert load_eval_set(path).sha256 != load_eval_set().sha256
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("    category: fine_tuning\n    prompt: What does QLoRA", "    category: finetune\n    prompt: What does QLoRA"),
+     r"prompts\[23\] \(id ft-02\): field 'category' = 'finetune'"),
+    (lambda t: t.replace("  - id: ft-03", "  - id: ft-02"), r"duplicate id 'ft-02'"),
+    (lambda t: t.replace("    key_facts: >-\n      Prompt tokens", "    facts: >-\n      Prompt tokens"),
+     r"prompts\[24\] \(id ft-03\): missing field 'key_facts'"),
+])
+def test_bad_eval_set_names_the_row_and_field(tmp_path, edit, message):
+    path = _copy_data(tmp_path) / "eval_set.yaml"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(EvalDataError, match=message):
+        load_eval_set(path)
+
+
+def test_rubrics_load_as_phase10_rubrics_and_v1_1_tightens_only_accuracy():
+    from phase10_alignment.judge import Rubric
+
+    v10, v11 = load_rubric("1.0"), load_rubric("1.1")
+    assert isinstance(v11, Rubric) and tuple(d.name for d in v11.dimensions) == DIMENSIONS
+    assert v11.flags == (FLAG,) and v10.sha256() != v11.sha256()
+    for old, new in zip(v10.dimensions, v11.dimensions):
+        assert (old.anchors == new.anchors) == (new.name != "technical_accuracy")
+    assert "caps technical_accuracy at 2" in v11.instructions and "caps" not in v10.instructions
+    assert "core definition is wrong" in v11.dimensions[0].anchors[2]
+
+
+def test_bad_rubric_names_the_field(tmp_path):
+    data = _copy_data(tmp_path)
+    path = data / "rubrics" / "v1.1.yaml"
+    path.write_text(path.read_text().replace("      5: fully correct and precise", "      6: fully correct and precise"))
+    with pytest.raises(EvalDataError, match=r"dimensions\[0\]: field 'anchors' must have exactly the keys 1..5"):
+        load_rubric("1.1", data_dir=data)
+
+
+def test_calibration_set_spans_the_score_range_and_says_who_labelled_it():
+    cs = load_calibration(load_eval_set())
+    assert len(cs.items) == 20
+    assert "AI assistant" in cs.labeller and "not a human" in cs.labeller
+    for dim in DIMENSIONS:
+        assert {i.scores[dim] for i in cs.items} >= {1, 3, 5} or dim == "audience_calibration"
+        assert all(i.rationales[dim] for i in cs.items)
+    assert {i.scores["audience_calibration"] for i in cs.items} >= {1, 2, 4, 5}
+    flagged = [i for i in cs.items if i.flag]
+    assert 5 <= len(flagged) <= 15  # both classes present, so flag agreement means something
+    assert all(i.scores["technical_accuracy"] <= 3 for i in flagged)
+
+
+def test_bad_calibration_score_names_item_and_field(tmp_path):
+    path = _copy_data(tmp_path) / "calibration.yaml"
+    path.write_text(path.read_text().replace("calibration: [5, \"states only", "calibration: [7, \"states only"))
+    with pytest.raises(EvalDataError, match=r"items\[0\] \(id cal-01\): field 'reference.calibration'"):
+        load_calibration(load_eval_set(), path)
+
+
+def test_contamination_pairs_point_into_the_eval_set():
+    pairs, sha = load_contamination_pairs(load_eval_set())
+    assert len(pairs) == 10 and len(sha) == 64
+    assert all(p.rephrased.lower() != p.original.prompt.lower() for p in pairs)
+    assert {p.original.id for p in pairs} >= {"arch-01", "align-01"}  # the seed's two hallucination topics
+
+
+# --- statistics and signals ------------------------------------------------------------------------------
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.floats(1, 5)), min_size=3, max_size=20))
+def test_pearson_matches_numpy(pairs):
+    xs, ys = [float(a) for a, _ in pairs], [b for _, b in pairs]
+    r = pearson(xs, ys)
+    if np.std(xs) < 1e-9 or np.std(ys) < 1e-6:
+        return
+    assert r == pytest.approx(float(np.corrcoef(xs, ys)[0, 1]), abs=1e-6)
+
+
+def test_agreement_reports_r_mae_and_bias_direction():
+    a = agreement([2, 3, 4, 5], [1, 2, 3, 4])  # judge one point lenient everywhere
+    assert a["r"] == pytest.approx(1.0) and a["mae"] == 1.0 and a["mean_error"] == 1.0
+    assert (a["judge_higher"], a["judge_lower"], a["n"]) == (4, 0, 4)
+    assert agreement([3.3, 3.3, 3.3], [1, 3, 5])["r"] is None  # a constant judge has no ranking
+    assert status(None, 0.75).startswith("NO SIGNAL") and status(0.75, 0.75) == "PASS"
+    assert status(0.72, 0.75) == "NEEDS REVIEW"
+
+
+def test_verbatim_overlap_and_the_contamination_definition():
+    ref = "GQA shares each key value head across a group of query heads"
+    assert verbatim_overlap(ref, ref) == 1.0
+    assert verbatim_overlap("Sure. " + ref + " which shrinks the cache.", ref) == 1.0
+    assert verbatim_overlap("GQA is a visual question answering benchmark", ref) == 0.0
+    assert 0 < verbatim_overlap("GQA shares each key value head but nothing else", ref) < 1
+    assert verbatim_overlap("anything", "too short") == 0.0
+    assert is_contamination_signal(0.6, 0.7, 0.5, 0.5)
+    assert not is_contamination_signal(0.6, 0.1, 0.5, 0.5)  # a score gap alone is not contamination
+    assert not is_contamination_signal(0.1, 0.9, 0.5, 0.5)  # knowing the standard phrasing alone is not either
+
+
+def test_quadrant_names_the_two_by_two_cell():
+    assert quadrant(0.6, -0.2) == "style up, accuracy down"
+    assert quadrant(0.01, 0.3) == "style flat, accuracy up"
+
+
+# --- the prefix cache gives the same probabilities ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_prefix_cached_choice_probs_equal_plain_choice_probs():
+    from lab.llm import from_spec
+    from phase11_evals.prefix_cache import PrefixCachedLLM
+
+    llm = from_spec("local:smollm2-135m-instruct")
+    cached = PrefixCachedLLM(llm)
+    system = "You are a strict grader. " * 5
+    asks = [("Q: what is 2+2? A: 4. Rate accuracy.", "accuracy score: "),
+            ("Q: what is 2+2? A: 4. Rate depth.", "depth score: "),  # shares a prefix: crop + extend
+            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: "),
+            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: ")]  # identical: recompute last token
+    for text, prefix in asks:
+        msgs = [{"role": "user", "content": text}]
+        plain = llm.choice_probs(msgs, list("12345"), system=system, prefix=prefix)
+        fast = cached.choice_probs(msgs, list("12345"), system=system, prefix=prefix)
+        assert fast == pytest.approx(plain, abs=1e-4)
+    assert cached.tokens_computed < cached.tokens_requested / 2
+
+
+# --- the exercises end to end ---------------------------------------------------------------------------
+
+def _result(tmp_path, name):
+    return json.loads((tmp_path / "phase11" / name / "cpu" / "result.json").read_text())
+
+
+def test_eval_set_exercise_records_hashes_and_the_gate_on_reference_scores(tmp_path):
+    from phase11_evals.eval_set import EXERCISE
+
+    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    res = _result(tmp_path, "eval_set")
+    assert res["metrics"]["n_prompts"]["value"] == 50 and res["metrics"]["n_categories"]["value"] == 7
+    assert res["data"][0]["sha256"] == load_eval_set().sha256
+    assert res["metrics"]["gate_bad_responses_approved"]["value"] == 0
+    gate = res["tables"]["gate_on_reference"]["rows"]
+    assert len(gate) == 20 and {r[-2] for r in gate} == {"APPROVE", "REJECT"}
+    assert {r[0] for r in res["tables"]["rubrics"]["rows"]} == {"v1.0", "v1.1"}
+    assert res["tables"]["rubric_v1_1_changes"]["rows"][0][0] == "technical_accuracy"
+    assert 0 < res["metrics"]["max_prompt_cosine"]["value"] < 1
+    assert {r["metric"] for r in res["reference"]} == {"n_prompts", "n_categories"}
+
+
+@pytest.mark.slow
+def test_calibration_exercise_compares_both_rubrics(tmp_path):
+    from phase11_evals.calibration import EXERCISE
+
+    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    res = _result(tmp_path, "calibration")
+    overall = res["tables"]["calibration_overall"]["rows"]
+    assert [r[0] for r in overall] == ["v1.0", "v1.1"]
+    assert all(0 <= r[2] <= 4 for r in overall)  # pooled MAE on a 1..5 scale
+    assert len(res["tables"]["calibration_by_dimension"]["rows"]) == 8
+    assert len(res["tables"]["items"]["rows"]) == 6  # 3 items x 2 rubrics
+    instruments = res["tables"]["judge_instruments"]["rows"]
+    assert [r[4] for r in instruments] == [load_rubric("1.0").sha256(), load_rubric("1.1").sha256()]
+    assert instruments[0][2] == "choice_probs" and len(instruments[0][5]) == 64
+    ref = {r["metric"]: r for r in res["reference"]}
+    assert ref["overall_r_v1_0"]["seed"] == 0.861
+    assert "calibration_scatter.png" in res["artifacts"]
+
+
+@pytest.mark.slow
+def test_contamination_exercise_scores_both_wordings(tmp_path):
+    from phase11_evals.contamination import EXERCISE
+
+    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    res = _result(tmp_path, "contamination")
+    row = res["tables"]["pairs"]["rows"][0]
+    assert row[0] == "arch-01" and row[3] == pytest.approx(row[1] - row[2], abs=2e-3)
+    assert 1 <= row[1] <= 5 and 1 <= row[2] <= 5 and row[7] in ("SIGNAL", "no")
+    assert res["metrics"]["pairs_scored"]["value"] == 1
+    assert res["metrics"]["contamination_signals"]["value"] in (0, 1)
+    assert any(m.get("role") == "model under test" for m in res["models"])
+
+
+@pytest.mark.slow
+def test_model_comparison_exercise_scores_base_and_applies_the_gate(tmp_path):
+    from phase11_evals.model_comparison import EXERCISE
+
+    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    res = _result(tmp_path, "model_comparison")
+    assert res["tables"]["variants"]["rows"] == [["base", "scored", ""]]
+    answer = res["tables"]["responses"]["rows"][0]
+    assert answer[0] == "base" and answer[1] == "arch-01" and answer[8] in ("APPROVE", "REJECT", "ESCALATE")
+    assert 1 <= res["metrics"]["mean_base"]["value"] <= 5
+    assert math.isclose(res["metrics"]["mean_base"]["value"], sum(answer[3:7]) / 4, abs_tol=0.01)
+    assert "two-by-two" in " ".join(res["findings"])
