@@ -1,7 +1,7 @@
 """How every Phase 11 exercise builds, records and runs its judge (the Phase 10 ``Judge``).
 
 One place decides: which LLM judges (``judge_llm`` config, else ``--llm`` / ``LAB_LLM``, else the
-embedded SmolLM2-135M), that a local judge gets the prefix KV cache, and what goes into the
+embedded SmolLM2-135M), and what goes into the
 results so a score can be traced to its instrument (judge model, method, rubric and prompt sha256).
 """
 
@@ -15,11 +15,10 @@ from phase10_alignment.judge import Judge, JudgeFailure, Rubric, Verdict
 def build_judge(spec: str, rubric: Rubric) -> Judge:
     """A Judge on ``spec`` ("" = --llm / LAB_LLM / SmolLM2); local models use choice_probs, hosted json."""
     from lab.llm import from_spec
-    from phase11_evals.prefix_cache import PrefixCachedLLM
 
     llm = from_spec(spec or None)
-    if callable(getattr(llm, "choice_probs", None)):
-        llm = PrefixCachedLLM(llm)
+    if hasattr(llm, "reset_prefix_cache"):  # local: count this judge's prefix-cache saving from zero
+        llm.reset_prefix_cache()
     return Judge(llm, rubric, method="auto")
 
 
@@ -50,7 +49,5 @@ def failures_note(results: Sequence[Verdict | JudgeFailure]) -> str | None:
 
 def local_cache_saving(judge: Judge) -> dict[str, Any] | None:
     """Tokens run vs tokens a cache-less choice_probs would have run (None for hosted judges)."""
-    computed = getattr(judge.llm, "tokens_computed", None)
-    if not computed:
-        return None
-    return {"computed": computed, "requested": judge.llm.tokens_requested}
+    stats = getattr(judge.llm, "prefix_cache_stats", None)
+    return dict(stats) if stats and stats["computed"] else None

@@ -365,3 +365,22 @@ def test_local_choice_probs(smollm):
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and all(p > 0 for p in probs.values())
     with pytest.raises(ValueError, match="choices must be single tokens"):
         smollm.choice_probs([{"role": "user", "content": "hi"}], choices=["excellent"])
+
+
+@pytest.mark.slow
+def test_prefix_cached_choice_probs_equal_a_full_forward_pass():
+    """The local judge's prefix KV cache gives the same probabilities for a fraction of the tokens."""
+    llm = from_spec("local:smollm2-135m-instruct")
+    llm.reset_prefix_cache()
+    system = "You are a strict grader. " * 5
+    asks = [("Q: what is 2+2? A: 4. Rate accuracy.", "accuracy score: "),
+            ("Q: what is 2+2? A: 4. Rate depth.", "depth score: "),  # shares a prefix: crop + extend
+            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: "),
+            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: ")]  # identical: recompute last token
+    for text, prefix in asks:
+        msgs = [{"role": "user", "content": text}]
+        plain = llm.choice_probs(msgs, list("12345"), system=system, prefix=prefix, use_prefix_cache=False)
+        fast = llm.choice_probs(msgs, list("12345"), system=system, prefix=prefix)
+        assert fast == pytest.approx(plain, abs=1e-4)
+    stats = llm.prefix_cache_stats
+    assert stats["computed"] < stats["requested"] / 2

@@ -139,28 +139,6 @@ def test_quadrant_names_the_two_by_two_cell():
     assert quadrant(0.01, 0.3) == "style flat, accuracy up"
 
 
-# --- the prefix cache gives the same probabilities ---------------------------------------------------------
-
-@pytest.mark.slow
-def test_prefix_cached_choice_probs_equal_plain_choice_probs():
-    from lab.llm import from_spec
-    from phase11_evals.prefix_cache import PrefixCachedLLM
-
-    llm = from_spec("local:smollm2-135m-instruct")
-    cached = PrefixCachedLLM(llm)
-    system = "You are a strict grader. " * 5
-    asks = [("Q: what is 2+2? A: 4. Rate accuracy.", "accuracy score: "),
-            ("Q: what is 2+2? A: 4. Rate depth.", "depth score: "),  # shares a prefix: crop + extend
-            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: "),
-            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: ")]  # identical: recompute last token
-    for text, prefix in asks:
-        msgs = [{"role": "user", "content": text}]
-        plain = llm.choice_probs(msgs, list("12345"), system=system, prefix=prefix)
-        fast = cached.choice_probs(msgs, list("12345"), system=system, prefix=prefix)
-        assert fast == pytest.approx(plain, abs=1e-4)
-    assert cached.tokens_computed < cached.tokens_requested / 2
-
-
 # --- the exercises end to end ---------------------------------------------------------------------------
 
 def _result(tmp_path, name):

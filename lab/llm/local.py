@@ -120,19 +120,25 @@ class LocalLLM(LLM):
             stop_reason="tool_use" if calls else stop,
         )
 
-    def choice_probs(self, messages, choices: list[str], system: str | None = None, prefix: str = "") -> dict[str, float]:
+    def choice_probs(self, messages, choices: list[str], system: str | None = None, prefix: str = "",
+                     use_prefix_cache: bool = True) -> dict[str, float]:
         """Probability of each single-token choice as the next token of the assistant's reply.
 
         Constrained choice for small local models that cannot be relied on to emit valid JSON:
         e.g. a judge reads P("1".."5") for one rubric dimension instead of parsing free text.
         ``prefix`` is text already placed at the start of the assistant turn ("Score: ").
+
+        A judge asks one such question per rubric dimension, each sharing long prompt prefixes with
+        earlier calls, so the KV caches of the last ``PREFIX_SLOTS`` calls are kept and a new call
+        only runs the tokens after its longest cached common prefix (same logits as a full forward
+        pass; ``use_prefix_cache=False`` runs the full pass). ``prefix_cache_stats`` counts the saving.
         """
         import torch
 
         model, tok = self._load()
         turns = ([{"role": "system", "content": system}] if system else []) + self._plain_messages(messages)
         prompt = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) + prefix
-        ids = tok(prompt, return_tensors="pt").input_ids.to(model.device)
+        ids = tok(prompt).input_ids
         choice_ids = []
         for choice in choices:
             toks = tok.encode(choice, add_special_tokens=False)
@@ -140,9 +146,49 @@ class LocalLLM(LLM):
                 raise ValueError(f"choice {choice!r} is {len(toks)} tokens; choices must be single tokens")
             choice_ids.append(toks[0])
         with torch.inference_mode():
-            logits = model(ids).logits[0, -1, choice_ids].float()
-        probs = torch.softmax(logits, dim=-1).tolist()
+            if use_prefix_cache:
+                logits = self._cached_next_logits(model, ids)
+            else:
+                logits = model(torch.tensor([ids], device=model.device)).logits[0, -1]
+        probs = torch.softmax(logits[choice_ids].float(), dim=-1).tolist()
         return dict(zip(choices, probs))
+
+    PREFIX_SLOTS = 12
+
+    def reset_prefix_cache(self) -> None:
+        self._prefix_entries: list[tuple[list[int], Any]] = []  # (token ids, DynamicCache), most recent last
+        self.prefix_cache_stats = {"computed": 0, "requested": 0}  # tokens run vs tokens a full pass runs
+
+    def _cached_next_logits(self, model, ids: list[int]):
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        if not hasattr(self, "_prefix_entries"):
+            self.reset_prefix_cache()
+        entries = self._prefix_entries
+        best, common = None, 0
+        for k, (cached_ids, _) in enumerate(entries):
+            n = _common_prefix(cached_ids, ids)
+            if n > common:
+                best, common = k, n
+        common = min(common, len(ids) - 1)  # at least one new token, to get the next-token logits
+        if best is None or common == 0:
+            cache, common = DynamicCache(), 0
+        elif common == len(entries[best][0]):  # a pure extension: grow that entry in place
+            cache = entries.pop(best)[1]
+        else:  # a partial match: copy, so the entry stays usable for the calls that match it fully
+            cached_ids, cached = entries[best]
+            cache = copy.deepcopy(cached)
+            cache.crop(common - len(cached_ids))
+        if len(entries) >= self.PREFIX_SLOTS:
+            entries.pop(0)
+        out = model(torch.tensor([ids[common:]], device=model.device), cache=cache, use_cache=True)
+        entries.append((list(ids), cache))  # the DynamicCache was extended in place
+        self.prefix_cache_stats["computed"] += len(ids) - common
+        self.prefix_cache_stats["requested"] += len(ids)
+        return out.logits[0, -1]
 
     @staticmethod
     def _tool_calls(text: str, tools) -> list[ToolCall]:
@@ -156,3 +202,12 @@ class LocalLLM(LLM):
         if isinstance(reply, dict) and reply.get("tool") in names and isinstance(reply.get("arguments", {}), dict):
             return [ToolCall(id=f"local-{uuid.uuid4().hex[:8]}", name=reply["tool"], arguments=reply.get("arguments", {}))]
         return []
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
