@@ -26,11 +26,12 @@ def _git(*args: str, cwd: Path = REPO_ROOT) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_info() -> dict:
-    status = _git("status", "--porcelain", "--untracked-files=no")
+def git_info(repo: Path = REPO_ROOT) -> dict:
+    """sha, branch, and whether tracked code differs from it (results/ are outputs, not code)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", cwd=repo)
     return {
-        "sha": _git("rev-parse", "HEAD"),
-        "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "sha": _git("rev-parse", "HEAD", cwd=repo),
+        "branch": _git("rev-parse", "--abbrev-ref", "HEAD", cwd=repo),
         "dirty": bool(status) if status is not None else None,
     }
 

@@ -158,3 +158,25 @@ def test_overridden_run_never_replaces_the_canonical_result(tmp_path, monkeypatc
     custom = execute(FAKE, "cpu", {"n": 5}, results_root=root, quiet=True)
     assert json.loads((root / "phase99/fake/cpu/result.json").read_text())["run_id"] == good["run_id"]
     assert custom["_path"].startswith(str(tmp_path / "scratch"))
+
+
+def test_git_dirty_flag_ignores_written_results(tmp_path):
+    import subprocess
+
+    from lab.provenance import git_info
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "r.json").write_text('{"new": 1}\n')  # a run rewrote its result
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    info = git_info(tmp_path)
+    assert info["dirty"] is True and len(info["sha"]) == 40
