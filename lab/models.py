@@ -15,7 +15,6 @@ returns the hub id unchanged, and transformers downloads it with your HF_TOKEN.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import MissingResource
+from lab.hashing import sha256_file
 from lab.paths import cache_dir
 
 
@@ -64,14 +64,6 @@ EMBEDDED = {
 }
 DEFAULT_LLM = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _embedded(key_or_hub_id: str) -> EmbeddedModel | None:

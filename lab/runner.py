@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import secrets
 import sys
@@ -16,6 +14,7 @@ from typing import Any
 from lab import provenance, results
 from lab.context import RunContext
 from lab.errors import SkipExercise
+from lab.hashing import json_sha256
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
 from lab.schema import SCHEMA_VERSION
 
@@ -29,7 +28,7 @@ def new_run_id() -> str:
 
 
 def config_sha256(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return json_sha256(config)
 
 
 def seed_everything(seed: int) -> None:

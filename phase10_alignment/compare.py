@@ -13,13 +13,13 @@ these answers without generating them again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.hashing import json_sha256
 from lab.paths import cache_dir
 
 PROBE = "Explain what a KV cache stores."  # fixed input whose logits fingerprint a loaded variant
@@ -57,8 +57,7 @@ def generations(cfg: Config, profile: str, ctx=None) -> dict[str, Any]:
                 "sft": Path(cfg.sft_adapter) if cfg.sft_adapter else adapter_dir("sft", profile, ctx),
                 "dpo": Path(cfg.dpo_adapter) if cfg.dpo_adapter else adapter_dir("dpo", profile, ctx)}
     shas = {v: adapter_weights_sha256(p) if p else None for v, p in adapters.items()}
-    key = hashlib.sha256(json.dumps([profile, [p["prompt"] for p in prompts], cfg.max_new_tokens, shas],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = json_sha256([profile, [p["prompt"] for p in prompts], cfg.max_new_tokens, shas])[:16]
     cache = cache_dir() / "phase10" / profile / f"generations-{key}.json"
     if cache.exists():
         return {**json.loads(cache.read_text()), "cache_file": str(cache), "cache_hit": True}
@@ -125,7 +124,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.model(base_model_id(ctx.profile), sha256=info["sha256"], adapter=f"{name}: {info['path'] or 'none'}")
     prompts, answers = doc["prompts"], doc["answers"]
     ctx.dataset("phase09_finetuning/data/eval_prompts.jsonl", n=len(prompts),
-                sha256=hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest())
+                sha256=json_sha256(prompts))
 
     ctx.table("generations", [[p.get("id") or str(i + 1)] + [_short(answers[v][i]) for v in ("base", "sft", "dpo")]
                               for i, p in enumerate(prompts)],

@@ -275,7 +275,7 @@ def resolve_sft_adapter(path: str, profile: str, ctx=None) -> Path:
 
 
 def adapter_weights_sha256(adapter_dir: str | Path) -> str:
-    from lab.models import sha256_file
+    from lab.hashing import sha256_file
 
     return sha256_file(Path(adapter_dir) / "adapter_model.safetensors")
 

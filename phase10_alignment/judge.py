@@ -24,6 +24,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from lab.hashing import json_sha256
+
 SCORES = ("1", "2", "3", "4", "5")
 YES_NO = (" Yes", " No")  # after "flag:", the natural tokenization is ":" + " Yes"
 
@@ -67,7 +69,7 @@ class Rubric:
 
     def sha256(self) -> str:
         """Hash of a canonical JSON of the whole rubric: record it with every score."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return json_sha256(self.to_dict())
 
     def render(self, only: str | None = None) -> str:
         """The rubric as the judge reads it; ``only`` keeps one dimension or flag (the choice_probs

@@ -8,12 +8,11 @@ instrument produced them (lm-evaluation-harness habit: hash inputs rather than t
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.hashing import json_sha256
 from phase10_alignment.judge import Dimension, Rubric
 from phase11_evals.editor_gate import DIMENSIONS, FLAG
 
@@ -26,7 +25,7 @@ class EvalDataError(ValueError):
 
 
 def canonical_sha256(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return json_sha256(obj, ascii_only=False)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
