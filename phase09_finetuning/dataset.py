@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.hashing import sha256_file
 from lab.paths import cache_dir
 from phase09_finetuning import pipeline
 
@@ -29,7 +30,7 @@ class Config(ExerciseConfig):
 
 def dataset_dir(raw_path: Path = RAW_PATH) -> Path:
     """Built datasets are keyed by the raw file's hash and the pipeline version (never stale)."""
-    raw_sha = pipeline.sha256_bytes(raw_path.read_bytes())
+    raw_sha = sha256_file(raw_path)
     return cache_dir() / "datasets" / "phase09" / f"raw-{raw_sha[:12]}-p{pipeline.PIPELINE_VERSION}"
 
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.hashing import sha256_file
+
 PIPELINE_VERSION = "1"
 FIELDS = ("id", "topic", "question", "answer")
 MIN_ANSWER_WORDS = 75
@@ -244,12 +246,9 @@ def build(raw_path: Path) -> BuildResult:
         counts[reason] = sum(q["reason"] == reason for q in quarantine)
     counts.update(kept=len(unique), train=len(train), eval=len(evals))
     return BuildResult(train=train, eval=evals, quarantine=quarantine, counts=counts,
-                       sha256=content_sha256(train, evals), raw_sha256=sha256_bytes(raw_path.read_bytes()),
+                       sha256=content_sha256(train, evals), raw_sha256=sha256_file(raw_path),
                        raw_pairs=n_raw, repaired=repaired, max_kept_jaccard=round(max_kept, 4))
 
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def write(result: BuildResult, out_dir: Path) -> Path:
