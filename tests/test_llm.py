@@ -298,6 +298,54 @@ def test_openai_without_base_url_needs_a_key(keys):
         OpenAILLM("gpt-4o")
 
 
+def test_openai_tool_choice_parallel_and_stop_map_to_native_fields(server, keys):
+    calc = {"name": "calc", "description": "Arithmetic.", "input_schema": {"type": "object", "properties": {}}}
+    for _ in range(4):
+        server.reply(openai_completion({"content": "ok"}))
+    llm = OpenAILLM("qwen2.5-7b-instruct", base_url=f"{server.url}/v1")
+    ask = [{"role": "user", "content": "hi"}]
+    llm.chat(ask, tools=[WEATHER_TOOL, calc], tool_choice="required", parallel_tool_calls=False, stop=["\n\n"])
+    llm.chat(ask, tools=[WEATHER_TOOL, calc], tool_choice={"name": "calc"})
+    llm.chat(ask, tools=[WEATHER_TOOL], tool_choice="none")
+    llm.chat(ask, tools=[WEATHER_TOOL])  # auto: the API default, not sent
+    required, named, none, auto = (r["body"] for r in server.requests)
+    assert required["tool_choice"] == "required" and required["parallel_tool_calls"] is False
+    assert required["stop"] == ["\n\n"]
+    assert named["tool_choice"] == {"type": "function", "function": {"name": "calc"}}
+    assert "parallel_tool_calls" not in named and "stop" not in named
+    assert none["tool_choice"] == "none"
+    assert "tool_choice" not in auto
+
+
+def test_anthropic_tool_choice_parallel_and_stop_map_to_native_fields(server, keys):
+    for _ in range(4):
+        server.reply(anthropic_message([{"type": "text", "text": "ok"}]))
+    llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url)
+    ask = [{"role": "user", "content": "hi"}]
+    llm.chat(ask, tools=[WEATHER_TOOL], tool_choice="required", stop=["END"])
+    llm.chat(ask, tools=[WEATHER_TOOL], tool_choice={"name": "get_weather"}, parallel_tool_calls=False)
+    llm.chat(ask, tools=[WEATHER_TOOL], tool_choice="none")
+    llm.chat(ask, tools=[WEATHER_TOOL], parallel_tool_calls=False)
+    required, named, none, auto_single = (r["body"] for r in server.requests)
+    assert required["tool_choice"] == {"type": "any"} and required["stop_sequences"] == ["END"]
+    assert named["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+    assert none["tool_choice"] == {"type": "none"}
+    assert auto_single["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize("choice, tools, message", [
+    ("sometimes", [WEATHER_TOOL], "expected one of auto, required, none"),
+    ("required", None, "needs at least one tool"),
+    ({"name": "delete_db"}, [WEATHER_TOOL], "names tool 'delete_db', which is not among the tools given"),
+    ({"type": "function"}, [WEATHER_TOOL], "needs a tool name"),
+])
+def test_bad_tool_choice_is_refused_before_any_request(server, keys, choice, tools, message):
+    llm = OpenAILLM("m", base_url=f"{server.url}/v1")
+    with pytest.raises(ValueError, match=message):
+        llm.chat([{"role": "user", "content": "hi"}], tools=tools, tool_choice=choice)
+    assert server.requests == []
+
+
 # --- specs, prices, JSON replies --------------------------------------------------------------
 
 def test_from_spec_rejects_bad_specs_and_caches():
@@ -326,17 +374,6 @@ def test_parse_json_reply_tolerates_fences_and_prose():
     assert parse_json_reply('The answer is {"a": {"b": 2}} as asked.') == {"a": {"b": 2}}
     with pytest.raises(JSONReplyError, match="reply is not JSON: 'no json here'"):
         parse_json_reply("no json here")
-
-
-def test_local_tool_call_parsing_without_a_model():
-    assert LocalLLM._tool_calls('{"tool": "get_weather", "arguments": {"city": "Rome"}}', [WEATHER_TOOL])[0].arguments \
-        == {"city": "Rome"}
-    assert LocalLLM._tool_calls("It is sunny.", [WEATHER_TOOL]) == []  # prose is an answer, not an error
-    assert LocalLLM._tool_calls('{"tool": "delete_db", "arguments": {}}', [WEATHER_TOOL]) == []  # unknown tool
-    turns = LocalLLM._plain_messages(HISTORY)
-    assert json.loads(turns[1]["content"]) == [{"tool": "get_weather", "arguments": {"city": "Paris"}},
-                                               {"tool": "get_weather", "arguments": {"city": "Oslo"}}]
-    assert turns[2] == {"role": "user", "content": "Tool get_weather returned: 18C sunny"}
 
 
 # --- the embedded local model -----------------------------------------------------------------

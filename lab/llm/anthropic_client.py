@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lab.llm.base import ChatResponse, ToolCall, Usage, json_instruction, tool_calls_of
+from lab.llm.base import ChatResponse, ToolCall, Usage, json_instruction, normalize_tool_choice, tool_calls_of
 from lab.llm.hosted import HostedLLM
 from lab.llm.prices import cost_usd
 
 JSON_TOOL = "json_reply"
+# our tool_choice modes -> the Messages API's tool_choice types
+TOOL_CHOICE_TYPES = {"auto": "auto", "required": "any", "named": "tool", "none": "none"}
 
 
 def _text(content: Any) -> str:
@@ -67,7 +69,9 @@ class AnthropicLLM(HostedLLM):
             api_key=self._require_key(), base_url=base_url, max_retries=0, timeout=self.timeout_s
         )
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None) -> ChatResponse:
+    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+        mode, name = normalize_tool_choice(tool_choice, tools)
         systems, turns = to_anthropic(messages)
         if system:
             systems.insert(0, system)
@@ -82,10 +86,19 @@ class AnthropicLLM(HostedLLM):
                 request["tools"] = [{"name": t["name"], "description": t.get("description", ""),
                                      "input_schema": t.get("input_schema") or {"type": "object", "properties": {}}}
                                     for t in tools]
+                if mode != "auto" or not parallel_tool_calls:  # auto + parallel is the API's default
+                    choice: dict[str, Any] = {"type": TOOL_CHOICE_TYPES[mode]}
+                    if mode == "named":
+                        choice["name"] = name
+                    if not parallel_tool_calls and mode != "none":
+                        choice["disable_parallel_tool_use"] = True
+                    request["tool_choice"] = choice
             if json_schema:
                 systems.append(json_instruction(json_schema))
         if systems:
             request["system"] = "\n\n".join(systems)
+        if stop:
+            request["stop_sequences"] = list(stop)
 
         reply, latency = self._send(lambda: self._client.messages.create(**request))
 
@@ -97,13 +110,13 @@ class AnthropicLLM(HostedLLM):
                 texts.append(json.dumps(block.input))
             elif block.type == "tool_use":
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input or {})))
-        stop = reply.stop_reason
-        if forced_json and stop == "tool_use":
-            stop = "end_turn"  # the forced JSON tool is the answer, not a tool to run
+        stop_reason = reply.stop_reason
+        if forced_json and stop_reason == "tool_use":
+            stop_reason = "end_turn"  # the forced JSON tool is the answer, not a tool to run
         n_in, n_out = reply.usage.input_tokens, reply.usage.output_tokens
         model = reply.model or self.model
         return ChatResponse(
             text="".join(texts), provider=self.provider, model=model, tool_calls=calls,
             usage=Usage(n_in, n_out), latency_s=latency, cost_usd=cost_usd(self.provider, model, n_in, n_out),
-            stop_reason=stop,
+            stop_reason=stop_reason, stop_sequence=getattr(reply, "stop_sequence", None),
         )

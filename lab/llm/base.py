@@ -7,7 +7,9 @@ Messages are plain dicts::
     {"role": "tool", "tool_call_id": "...", "name": "...", "content": "..."}  # your tool's result
 
 Tools use the Anthropic-style schema ``{"name", "description", "input_schema": {...JSON schema}}``;
-each provider converts to its own wire format.
+each provider converts to its own wire format. ``tool_choice`` says whether the model may
+(``"auto"``), must (``"required"``, or ``{"name": ...}`` for one tool) or must not (``"none"``)
+call a tool; ``parallel_tool_calls=False`` allows at most one call per reply.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator, Union
 
 from lab.errors import LabError
+
+ToolChoice = Union[str, dict]  # "auto" | "required" | "none" | {"name": "<tool>"}
+TOOL_CHOICE_MODES = ("auto", "required", "none")
 
 
 class LLMError(LabError):
@@ -34,6 +39,13 @@ class LLMError(LabError):
 
 class JSONReplyError(LLMError):
     """The model was asked for JSON and did not return parseable JSON."""
+
+
+class PromptTooLongError(LLMError):
+    """The prompt does not fit the model's context window (HTTP 413 when served)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=413)
 
 
 @dataclass
@@ -59,6 +71,7 @@ class ChatResponse:
     latency_s: float = 0.0
     cost_usd: float | None = None
     stop_reason: str | None = None
+    stop_sequence: str | None = None  # which of the ``stop`` strings ended the reply
 
     def json(self) -> Any:
         """Parse the reply as JSON, tolerating a ```json fence or prose around one object."""
@@ -105,12 +118,58 @@ class LLM(ABC):
         max_tokens: int = 512,
         temperature: float = 0.0,
         json_schema: dict[str, Any] | None = None,
+        tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = True,
+        stop: list[str] | None = None,
     ) -> ChatResponse:
-        """One completion. ``json_schema`` asks for a JSON reply matching it (parse with ``.json()``)."""
+        """One completion. ``json_schema`` asks for a JSON reply matching it (parse with ``.json()``);
+        ``{"type": "object"}`` asks for any JSON object. ``stop`` ends the reply at any of its strings."""
+
+    def stream(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[str | ChatResponse]:
+        """The reply as it is generated: text deltas (``str``), then the whole ``ChatResponse``.
+
+        This default sends one request and yields its text at once; providers that can stream
+        tokens override it. Closing the iterator early stops generation where the provider can.
+        """
+        reply = self.chat(messages, **kwargs)
+        if reply.text:
+            yield reply.text
+        yield reply
+
+    def count_tokens(self, messages: list[dict[str, Any]], **kwargs: Any) -> int | None:
+        """Prompt tokens a ``chat`` call with these arguments would send; None where it cannot be known
+        without a request (a hosted model's tokenizer is not public)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Fields for ``ctx.model(...)`` provenance."""
         return {"id": self.spec}
+
+
+def normalize_tool_choice(tool_choice: ToolChoice | None, tools: list[dict[str, Any]] | None) -> tuple[str, str | None]:
+    """``(mode, tool name)``: mode is auto | required | none | named; checks names against ``tools``.
+
+    Accepts the common forms (``"auto"``, ``"required"``, ``"none"``, ``{"name": ...}``) and the
+    OpenAI form ``{"type": "function", "function": {"name": ...}}``; anything else is a ValueError
+    naming the bad value, raised before a request is sent.
+    """
+    if tool_choice is None:
+        tool_choice = "auto"
+    if isinstance(tool_choice, str):
+        if tool_choice not in TOOL_CHOICE_MODES:
+            raise ValueError(f"tool_choice {tool_choice!r}: expected one of {', '.join(TOOL_CHOICE_MODES)} or {{'name': ...}}")
+        if tool_choice == "required" and not tools:
+            raise ValueError("tool_choice 'required' needs at least one tool")
+        return tool_choice, None
+    if isinstance(tool_choice, dict):
+        name = tool_choice.get("name") or (tool_choice.get("function") or {}).get("name")
+        known = [t["name"] for t in tools or []]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tool_choice {tool_choice!r}: a named choice needs a tool name")
+        if name not in known:
+            raise ValueError(f"tool_choice names tool {name!r}, which is not among the tools given ({', '.join(known) or 'none'})")
+        return "named", name
+    raise ValueError(f"tool_choice {tool_choice!r}: expected a string or {{'name': ...}}")
 
 
 def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:

@@ -1,34 +1,79 @@
 """A local transformers chat model (default: the embedded SmolLM2-135M-Instruct).
 
-Small local models have no native tool calling or structured output, so both are done by prompt:
-tools are listed in the system prompt and a reply of the form ``{"tool": name, "arguments": {...}}``
-becomes a ToolCall; a JSON schema is appended as an instruction and parsed by the caller.
-Greedy decoding at temperature 0 keeps runs repeatable.
+Small local models have no native tool calling or structured output. Tools are listed in the
+system prompt in the Hermes format open models are trained on, and generation is constrained by
+a grammar (``lab.llm.constrained``, xgrammar) whenever a reply has a shape to keep: a forced tool
+call (``tool_choice="required"`` or a named tool), the tool-call branch under ``"auto"``, or a JSON
+reply (``json_schema``). ``LocalLLM(..., constrained=False)`` keeps the same prompt without the
+grammar: the prompt-only baseline that ``benchmarks/tool_calls.py`` compares against.
+
+Greedy decoding at temperature 0 keeps runs repeatable. ``stream`` yields text as it is decoded.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lab.llm.base import (
-    LLM, ChatResponse, JSONReplyError, ToolCall, Usage, json_instruction, parse_json_reply, tool_calls_of,
+    LLM, ChatResponse, PromptTooLongError, ToolCall, Usage, json_instruction, normalize_tool_choice, tool_calls_of,
+)
+from lab.llm.constrained import (
+    TOOL_CALL_OPEN, TOOL_RESPONSE, Constraint, Grammars, parse_tool_calls, render_tool_call, tools_prompt,
 )
 from lab.llm.prices import cost_usd
+
+
+@dataclass
+class _Request:
+    """One prepared generation: model inputs, decoding arguments and what the reply must look like."""
+
+    inputs: dict
+    gen_kwargs: dict
+    constraint: Constraint
+    tools: list[dict[str, Any]]
+    stop: list[str]
+    max_tokens: int
+    processors: list = field(default_factory=list)
+
+    @property
+    def n_in(self) -> int:
+        return int(self.inputs["input_ids"].shape[1])
+
+    @property
+    def streams_text(self) -> bool:
+        """A forced tool call has no text to stream; everything else streams as it decodes."""
+        return not self.constraint.forces_call
+
+    def constrained_by(self, constraint: Constraint, grammars: Grammars) -> "_Request":
+        """This request decoded under another constraint (a tighter retry)."""
+        processors = [grammars.logits_processor(constraint)]
+        return _Request(self.inputs, {**self.gen_kwargs, "logits_processor": processors}, constraint, self.tools,
+                        self.stop, self.max_tokens, processors)
 
 
 class LocalLLM(LLM):
     provider = "local"
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, constrained: bool = True):
         super().__init__(model)
+        self.constrained = constrained
         self._model = None
         self._tok = None
+        self._grammars: Grammars | None = None
+        # one generation at a time per model: callers in several threads (a server and an exercise in
+        # one process) queue here instead of interleaving two generate() calls on one model
+        self._busy = threading.RLock()
 
     def _load(self):
+        with self._busy:  # two threads asking first must not load the model twice
+            return self._load_once()
+
+    def _load_once(self):
         if self._model is None:
             import torch
 
@@ -52,6 +97,12 @@ class LocalLLM(LLM):
     def tokenizer(self):
         return self._load()[1]
 
+    @property
+    def context_window(self) -> int:
+        """Tokens the model attends over (prompt + reply); longer prompts are refused, not truncated."""
+        config = self._load()[0].config
+        return int(getattr(config, "max_position_embeddings", 0) or 2048)
+
     def describe(self) -> dict[str, Any]:
         model, _ = self._load()
         return {
@@ -59,66 +110,188 @@ class LocalLLM(LLM):
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "n_params": sum(p.numel() for p in model.parameters()),
             "quantization": "Q4_1 GGUF, dequantized" if "smollm2" in self.model.lower() else None,
+            "constrained_decoding": "xgrammar" if self.constrained else None,
         }
 
-    def _system_prompt(self, system: str | None, tools, json_schema) -> str | None:
-        parts = [system] if system else []
-        if tools:
-            listing = "\n".join(
-                f"- {t['name']}: {t.get('description', '')} arguments schema: {json.dumps(t.get('input_schema', {}))}"
-                for t in tools
-            )
-            parts.append(
-                "You can call these tools:\n" + listing + "\nTo call one, reply with only "
-                '{"tool": "<name>", "arguments": {...}}. Otherwise reply with your answer.'
-            )
-        if json_schema:
-            parts.append(json_instruction(json_schema))
-        return "\n\n".join(parts) or None
+    # --- prompt -------------------------------------------------------------------------------
 
     @staticmethod
-    def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-        """Tool requests/results become ordinary turns the chat template understands."""
-        out = []
+    def _chat_turns(messages: list[dict[str, Any]], system: str | None = None,
+                    extra_system: list[str] = ()) -> list[dict[str, str]]:
+        """Our messages as the plain turns a chat template understands.
+
+        System texts (the ``system`` argument, system turns, the tool listing) become one system turn;
+        assistant tool calls are written as ``<tool_call>`` blocks and tool results as a user turn of
+        ``<tool_response>`` blocks (consecutive results share one turn), as Hermes-format models expect.
+        """
+        systems = [system] if system else []
+        turns: list[dict[str, str]] = []
         for m in messages:
-            if m["role"] == "tool":
-                out.append({"role": "user", "content": f"Tool {m.get('name', '')} returned: {m['content']}"})
-            elif m.get("tool_calls"):
-                calls = [{"tool": c.name, "arguments": c.arguments} for c in tool_calls_of(m)]
-                out.append({"role": "assistant", "content": json.dumps(calls[0] if len(calls) == 1 else calls)})
+            role, content = m["role"], m.get("content")
+            text = content if isinstance(content, str) else json.dumps(content) if content is not None else ""
+            if role == "system":
+                systems.append(text)
+            elif role == "tool":
+                block = TOOL_RESPONSE.format(text)
+                if turns and turns[-1]["role"] == "user" and turns[-1]["content"].startswith("<tool_response>"):
+                    turns[-1]["content"] += "\n" + block
+                else:
+                    turns.append({"role": "user", "content": block})
+            elif role == "assistant" and (calls := tool_calls_of(m)):
+                turns.append({"role": "assistant",
+                              "content": "\n".join(filter(None, [text] + [render_tool_call(c) for c in calls]))})
             else:
-                out.append({"role": m["role"], "content": str(m["content"])})
-        return out
+                turns.append({"role": role, "content": text})
+        systems += list(extra_system)
+        return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + turns
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None) -> ChatResponse:
-        import torch
-
+    def _prompt(self, messages, system=None, tools=None, json_schema=None, tool_choice="auto"):
+        """(model inputs, the tools offered, tool-choice mode, forced tool name) of one request."""
+        mode, name = normalize_tool_choice(tool_choice, tools)
+        offered = [t for t in tools or [] if mode != "named" or t["name"] == name] if mode != "none" else []
+        extra = ([tools_prompt(offered)] if offered else []) + ([json_instruction(json_schema)] if json_schema else [])
         model, tok = self._load()
-        sys_prompt = self._system_prompt(system, tools, json_schema)
-        turns = ([{"role": "system", "content": sys_prompt}] if sys_prompt else []) + self._plain_messages(messages)
+        turns = self._chat_turns(messages, system, extra)
         inputs = tok.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        inputs = {k: v.to(model.device) for k, v in inputs.items()}
-        n_in = inputs["input_ids"].shape[1]
+        return {k: v.to(model.device) for k, v in inputs.items()}, offered, mode, name
+
+    def count_tokens(self, messages, system=None, tools=None, json_schema=None, tool_choice="auto", **_) -> int:
+        return int(self._prompt(messages, system, tools, json_schema, tool_choice)[0]["input_ids"].shape[1])
+
+    def _prepare(self, messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
+                 parallel_tool_calls, stop) -> _Request:
+        inputs, offered, mode, name = self._prompt(messages, system, tools, json_schema, tool_choice)
+        model, tok = self._load()
+        n_in = int(inputs["input_ids"].shape[1])
+        if n_in >= self.context_window:
+            raise PromptTooLongError(f"{self.spec}: the prompt is {n_in} tokens; the model's context window is "
+                                     f"{self.context_window} tokens")
+        max_tokens = min(max_tokens, self.context_window - n_in)
+        constraint = Constraint.of(offered, mode if offered else "none", name, parallel_tool_calls, json_schema)
         pad = tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, pad_token_id=pad)
         if temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=temperature)
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(**inputs, **gen_kwargs)
-        latency = time.perf_counter() - start
-        new = out[0, n_in:]
-        text = tok.decode(new, skip_special_tokens=True).strip()
-        n_out = int(new.shape[0])
-        stop = "max_tokens" if n_out >= max_tokens else "end_turn"
-        calls = self._tool_calls(text, tools)
+        processors = []
+        if self.constrained and constraint.active:
+            if self._grammars is None:
+                self._grammars = Grammars(tok, model.config.vocab_size)
+            processors = [self._grammars.logits_processor(constraint)]
+            gen_kwargs["logits_processor"] = processors
+            stop = None  # a stop string could cut a constrained reply in two: the grammar ends it
+        if stop:
+            gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
+        return _Request(inputs, gen_kwargs, constraint, offered, list(stop or []), max_tokens, processors)
+
+    # --- reply --------------------------------------------------------------------------------
+
+    def _response(self, req: _Request, raw: str, new_ids: list[int], latency: float) -> ChatResponse:
+        """The reply; a grammar-bound reply that did not reach its end token was cut off by the budget."""
+        text, stopped = _cut_at_stop(raw.strip(), req.stop)
+        calls: list[ToolCall] = []
+        if req.tools:  # only complete <tool_call> blocks count: under a grammar each one validates
+            text, calls = parse_tool_calls(text, req.tools)
+        ended = bool(new_ids) and new_ids[-1] in self._end_ids
+        stop = "tool_use" if calls else "stop_sequence" if stopped else "end_turn" if ended else "max_tokens"
+        n_out = len(new_ids)
         return ChatResponse(
             text=text, provider=self.provider, model=self.model, tool_calls=calls,
-            usage=Usage(n_in, n_out), latency_s=latency, cost_usd=cost_usd("local", self.model, n_in, n_out),
-            stop_reason="tool_use" if calls else stop,
+            usage=Usage(req.n_in, n_out), latency_s=latency,
+            cost_usd=cost_usd("local", self.model, req.n_in, n_out), stop_reason=stop,
+            stop_sequence=stopped if stop == "stop_sequence" else None,
         )
+
+    @property
+    def _end_ids(self) -> set[int]:
+        model, tok = self._load()
+        ids = model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids]) | {tok.eos_token_id}
+        return {i for i in ids if i is not None}
+
+    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+        """One reply. A grammar-bound reply cut off by the budget is decoded again with tighter bounds
+        (``constrained.BOUNDS``); usage and latency count every attempt."""
+        import torch
+
+        req = self._prepare(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
+                            parallel_tool_calls, stop)
+        model, tok = self._load()
+        spent_tokens, spent_s = 0, 0.0
+        while True:
+            start = time.perf_counter()
+            with self._busy, torch.inference_mode():
+                out = model.generate(**req.inputs, **req.gen_kwargs)
+            new = out[0, req.n_in:].tolist()
+            reply = self._response(req, tok.decode(new, skip_special_tokens=True), new, time.perf_counter() - start)
+            tighter = req.constraint.tighter() if _cut_inside_grammar(reply, req) else None
+            if tighter is None:
+                break
+            spent_tokens, spent_s = spent_tokens + reply.usage.output_tokens, spent_s + reply.latency_s
+            req = req.constrained_by(tighter, self._grammars)
+        reply.usage.output_tokens += spent_tokens
+        reply.latency_s += spent_s
+        return reply
+
+    def stream(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+               tool_choice="auto", parallel_tool_calls=True, stop=None) -> Iterator[str | ChatResponse]:
+        """Text deltas while the model decodes (in a worker thread), then the ChatResponse.
+
+        What is released is exactly what the final reply's ``text`` holds: leading and trailing
+        whitespace, a possible start of ``<tool_call>`` and of a stop string are held back until
+        the following tokens show what they are. Closing the iterator stops generation.
+        """
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        req = self._prepare(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
+                            parallel_tool_calls, stop)
+        if not req.streams_text:  # a forced call comes whole (and may need a tighter retry): no deltas
+            yield self.chat(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
+                            parallel_tool_calls, stop)
+            return
+        model, tok = self._load()
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        outcome: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                with self._busy, torch.inference_mode():
+                    outcome["ids"] = model.generate(**req.inputs, **req.gen_kwargs, streamer=streamer,
+                                                    stopping_criteria=StoppingCriteriaList([Cancelled()]))
+            except BaseException as exc:  # re-raised in the caller's thread below
+                outcome["error"] = exc
+                streamer.end()
+
+        start = time.perf_counter()
+        worker = threading.Thread(target=generate, name="local-llm-generate", daemon=True)
+        worker.start()
+        raw, released = "", 0
+        try:
+            for piece in streamer:
+                raw += piece
+                if req.streams_text:
+                    safe = _releasable(raw, req)
+                    if len(safe) > released:
+                        yield safe[released:]
+                        released = len(safe)
+        finally:
+            cancel.set()  # a no-op when generation already ended; stops it when the caller left early
+            worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        reply = self._response(req, raw, outcome["ids"][0, req.n_in:].tolist(), time.perf_counter() - start)
+        if req.streams_text and len(reply.text) > released:  # what was held back and turned out to be text
+            yield reply.text[released:]
+        yield reply
 
     def choice_probs(self, messages, choices: list[str], system: str | None = None, prefix: str = "",
                      use_prefix_cache: bool = True) -> dict[str, float]:
@@ -136,7 +309,7 @@ class LocalLLM(LLM):
         import torch
 
         model, tok = self._load()
-        turns = ([{"role": "system", "content": system}] if system else []) + self._plain_messages(messages)
+        turns = self._chat_turns(messages, system)
         prompt = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) + prefix
         ids = tok(prompt).input_ids
         choice_ids = []
@@ -145,7 +318,7 @@ class LocalLLM(LLM):
             if len(toks) != 1:
                 raise ValueError(f"choice {choice!r} is {len(toks)} tokens; choices must be single tokens")
             choice_ids.append(toks[0])
-        with torch.inference_mode():
+        with self._busy, torch.inference_mode():
             if use_prefix_cache:
                 logits = self._cached_next_logits(model, ids)
             else:
@@ -190,18 +363,34 @@ class LocalLLM(LLM):
         self.prefix_cache_stats["requested"] += len(ids)
         return out.logits[0, -1]
 
-    @staticmethod
-    def _tool_calls(text: str, tools) -> list[ToolCall]:
-        if not tools:
-            return []
-        try:
-            reply = parse_json_reply(text)
-        except JSONReplyError:  # a plain-text answer, not a tool call
-            return []
-        names = {t["name"] for t in tools}
-        if isinstance(reply, dict) and reply.get("tool") in names and isinstance(reply.get("arguments", {}), dict):
-            return [ToolCall(id=f"local-{uuid.uuid4().hex[:8]}", name=reply["tool"], arguments=reply.get("arguments", {}))]
-        return []
+
+def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """(``text`` up to the first stop string, that string): transformers stops after it, the APIs omit it."""
+    hits = sorted((i, s) for s in stops if (i := text.find(s)) >= 0)
+    return (text[: hits[0][0]].rstrip(), hits[0][1]) if hits else (text, None)
+
+
+def _cut_inside_grammar(reply: ChatResponse, req: _Request) -> bool:
+    """Did the budget end a reply whose shape the grammar holds (a call, or a JSON reply) half-way?"""
+    if not req.processors or reply.stop_reason != "max_tokens" or reply.tool_calls:
+        return False
+    return req.constraint.forces_call or req.constraint.json_schema is not None or TOOL_CALL_OPEN in reply.text
+
+
+def _releasable(raw: str, req: _Request) -> str:
+    """The prefix of a partial reply that the final reply's text is sure to start with."""
+    text = raw.lstrip()
+    end = len(text)
+    for marker in ([TOOL_CALL_OPEN] if req.tools else []) + req.stop:
+        at = text.find(marker)
+        if at >= 0:
+            end = min(end, at)
+            continue
+        for k in range(min(len(marker) - 1, len(text)), 0, -1):  # a possible start of the marker
+            if text.endswith(marker[:k]):
+                end = min(end, len(text) - k)
+                break
+    return text[:end].rstrip()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

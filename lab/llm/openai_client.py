@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lab.llm.base import ChatResponse, LLMError, ToolCall, Usage, json_instruction, tool_calls_of
+from lab.llm.base import ChatResponse, LLMError, ToolCall, Usage, json_instruction, normalize_tool_choice, tool_calls_of
 from lab.llm.hosted import HostedLLM
 from lab.llm.prices import cost_usd
 
@@ -57,7 +57,9 @@ class OpenAILLM(HostedLLM):
         self._client = openai.OpenAI(api_key=key, max_retries=0, timeout=self.timeout_s, **endpoint)
         self._native_json = True
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None) -> ChatResponse:
+    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+        mode, name = normalize_tool_choice(tool_choice, tools)
         request: dict[str, Any] = dict(model=self.model, temperature=temperature)
         # api.openai.com's newer models only take max_completion_tokens; local servers know max_tokens
         request["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
@@ -65,6 +67,12 @@ class OpenAILLM(HostedLLM):
             request["tools"] = [{"type": "function", "function": {
                 "name": t["name"], "description": t.get("description", ""),
                 "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}} for t in tools]
+            if mode != "auto":  # auto is the API's default: leave it out for servers that lack the field
+                request["tool_choice"] = {"type": "function", "function": {"name": name}} if mode == "named" else mode
+            if not parallel_tool_calls:
+                request["parallel_tool_calls"] = False
+        if stop:
+            request["stop"] = list(stop)
         if json_schema and self._native_json:
             request["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": json_schema}}
         elif json_schema:
@@ -75,7 +83,8 @@ class OpenAILLM(HostedLLM):
         except LLMError as exc:
             if "response_format" in request and exc.status in (400, 422):
                 self._native_json = False  # this server has no structured output: say it in the prompt
-                return self.chat(messages, system, tools, max_tokens, temperature, json_schema)
+                return self.chat(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
+                                 parallel_tool_calls, stop)
             raise
         return self._response(reply, latency)
 

@@ -1,0 +1,248 @@
+"""Structured generation for local models: tool calls and JSON replies that are valid by construction.
+
+A 135M model asked for JSON by prompt alone writes broken JSON, unknown tool names and missing
+fields. Constrained decoding fixes that at the source: a grammar compiled from the JSON schema
+masks, at every step, each token that could not continue a valid reply, so whatever the model
+picks parses and validates. The grammar engine is xgrammar (what vLLM and SGLang use), through
+its transformers logits processor; nothing here is a hand-written grammar engine.
+
+Tool calls use the Hermes / Qwen format that open chat models are trained on::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+and xgrammar's built-in structural tag for it: with ``tool_choice="auto"`` the model writes free
+text and, once it opens ``<tool_call>``, the name must be one of the tools and the arguments must
+match that tool's schema; ``required`` / a named tool force the call from the first token.
+
+A grammar bounds the *shape* of a reply, not its length: a small model happily loops inside a
+free string, an array or an unbounded number until the token budget runs out, and a cut-off reply
+is not valid JSON. So every free element is bounded before compiling (``bounded_schema``): strings
+get a ``maxLength``, arrays a ``maxItems``, numbers a range. The bounded schema accepts a subset of
+what the original accepts, so every reply still validates against the schema the caller gave.
+Bounds come in ``BOUNDS`` levels: the first is generous; when a reply still hits the budget inside
+the grammar, the local provider decodes it again one level tighter (the last level allows only as
+many items and characters as the schema demands at minimum, plus a little). If even that runs out
+the reply is reported as cut off (``stop_reason="max_tokens"``) and carries no tool call: a
+truncated call is never passed on as a call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from lab.llm.base import LLMError, ToolCall
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+TOOL_RESPONSE = "<tool_response>\n{}\n</tool_response>"
+_CALL_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_CLOSE), re.S)
+
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Limits given to the free elements of a schema (see the module docstring)."""
+
+    string_chars: int
+    array_items: int
+    number_abs: int
+
+
+# Level 0 is generous enough for real arguments (a search query, a path, a short paragraph);
+# the later levels are the retries of a reply that ran out of budget.
+BOUNDS = (Bounds(160, 6, 10**9), Bounds(32, 2, 10**6), Bounds(8, 0, 10**3))
+ANY_DEPTH = 2  # how deep an untyped value ("any JSON") may nest once bounded
+KEY_MAX_CHARS = 32  # the length of a free object key
+WHITESPACE_MAX = 2  # consecutive whitespace inside tool-call JSON: "{\n  " but not a whitespace loop
+
+_FIXED_STRINGS = ("enum", "const", "pattern", "format")  # strings whose shape already bounds them
+
+
+def tools_prompt(tools: list[dict[str, Any]]) -> str:
+    """The system-prompt section that lists the tools, in the Hermes wording models are trained on."""
+    listing = "\n".join(json.dumps({"type": "function", "function": {
+        "name": t["name"], "description": t.get("description", ""),
+        "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}}) for t in tools)
+    return (
+        "You may call one or more functions to assist with the user query.\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n"
+        f"<tools>\n{listing}\n</tools>\n"
+        "For each function call, return a json object with function name and arguments within "
+        f"{TOOL_CALL_OPEN}{TOOL_CALL_CLOSE} XML tags:\n"
+        f'{TOOL_CALL_OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}\n{TOOL_CALL_CLOSE}'
+    )
+
+
+def render_tool_call(call: ToolCall) -> str:
+    return f"{TOOL_CALL_OPEN}\n{json.dumps({'name': call.name, 'arguments': call.arguments})}\n{TOOL_CALL_CLOSE}"
+
+
+def bounded_schema(schema: dict[str, Any], bounds: Bounds = BOUNDS[0]) -> dict[str, Any]:
+    """A copy of ``schema`` whose free strings, arrays and numbers are bounded (see module docstring).
+
+    An explicit ``maxLength`` / ``maxItems`` / range is kept when it is tighter; ``minLength`` and
+    ``minItems`` always win, so the result never contradicts the caller's schema.
+    """
+
+    def bound(node: Any) -> Any:
+        if isinstance(node, list):
+            return [bound(n) for n in node]
+        if node is True or node == {}:  # any JSON value: a bounded stand-in
+            return bound(_any_json(ANY_DEPTH))
+        if not isinstance(node, dict):
+            return node
+        node = {k: bound(v) if k not in ("enum", "const", "default", "examples") else v for k, v in node.items()}
+        kinds = node.get("type")
+        kinds = set(kinds) if isinstance(kinds, list) else {kinds} if isinstance(kinds, str) else set()
+        if "object" in kinds and not node.get("properties") and node.get("additionalProperties", True) is not False:
+            # free keys: bound how many, and what each value may be
+            node["additionalProperties"] = bound(node.get("additionalProperties", True))
+            node["maxProperties"] = max(min(node.get("maxProperties", bounds.array_items), bounds.array_items),
+                                        node.get("minProperties", 0))
+            node.setdefault("propertyNames", {"maxLength": min(KEY_MAX_CHARS, bounds.string_chars)})
+        if "string" in kinds and not any(k in node for k in _FIXED_STRINGS):
+            node["maxLength"] = max(min(node.get("maxLength", bounds.string_chars), bounds.string_chars),
+                                    node.get("minLength", 0))
+        if "array" in kinds:
+            node["maxItems"] = max(min(node.get("maxItems", bounds.array_items), bounds.array_items),
+                                   node.get("minItems", 0))
+        if kinds & {"integer", "number"} and "enum" not in node and "const" not in node:
+            if "minimum" not in node:  # an open end gets a bound; a range the caller gave is kept
+                node["minimum"] = -bounds.number_abs if "maximum" not in node else node["maximum"] - 2 * bounds.number_abs
+            node.setdefault("maximum", node["minimum"] + 2 * bounds.number_abs)
+        return node
+
+    return bound(copy.deepcopy(schema))
+
+
+def _any_json(depth: int) -> dict[str, Any]:
+    """A schema for "any JSON value" whose nesting stops at ``depth`` (bounded_schema bounds the rest)."""
+    alternatives: list[dict[str, Any]] = [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]
+    if depth > 0:
+        alternatives += [{"type": "array", "items": _any_json(depth - 1)},
+                         {"type": "object", "additionalProperties": _any_json(depth - 1)}]
+    return {"anyOf": alternatives}
+
+
+def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[ToolCall]]:
+    """(text before the first call, the calls) from a Hermes-format reply.
+
+    Under a grammar every block parses; without one (the prompt-only baseline) a block that is not
+    a JSON object naming a known tool with object arguments is not a call — it stays in the text.
+    A small model often repeats a call word for word; the repeat is dropped (asking twice in one
+    turn for the same result is never useful, and a side-effecting tool must not run twice).
+    """
+    names = {t["name"] for t in tools}
+    calls: list[ToolCall] = []
+    seen: set[str] = set()
+    for block in _CALL_BLOCK.findall(text):
+        try:
+            call = json.loads(block)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(call, dict) and call.get("name") in names and isinstance(call.get("arguments", {}), dict):
+            key = json.dumps([call["name"], call.get("arguments") or {}], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                calls.append(ToolCall(f"call_{uuid.uuid4().hex[:12]}", call["name"], call.get("arguments") or {}))
+    head = text.split(TOOL_CALL_OPEN, 1)[0] if calls else text
+    return head.strip(), calls
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What one request constrains: the tool calls (mode auto/required/named) and/or a JSON reply."""
+
+    tools: tuple[str, ...] = ()  # canonical JSON of each offered tool, for the compile cache key
+    mode: str = "none"  # auto | required | named | none
+    name: str | None = None  # the forced tool when mode == "named"
+    parallel: bool = True
+    json_schema: str | None = None  # canonical JSON of the reply schema
+    level: int = 0  # index into BOUNDS: how tightly free elements are bounded
+
+    @classmethod
+    def of(cls, tools, mode: str, name: str | None, parallel: bool, json_schema) -> "Constraint":
+        return cls(
+            tools=tuple(json.dumps(t, sort_keys=True) for t in tools or ()) if mode != "none" else (),
+            mode=mode if tools else "none", name=name, parallel=parallel,
+            json_schema=json.dumps(json_schema, sort_keys=True) if json_schema is not None else None,
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "none" or self.json_schema is not None
+
+    @property
+    def forces_call(self) -> bool:
+        return self.mode in ("required", "named")
+
+    def tighter(self) -> "Constraint | None":
+        """The same constraint one bounds level tighter (and one call only), or None at the last level."""
+        if self.level + 1 >= len(BOUNDS):
+            return None
+        return Constraint(self.tools, self.mode, self.name, False, self.json_schema, self.level + 1)
+
+
+class Grammars:
+    """Compiles constraints to xgrammar grammars for one tokenizer; compiled grammars are cached."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        import xgrammar as xgr
+
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgr.GrammarCompiler(info)
+        self._cache: dict[Constraint, Any] = {}
+
+    def logits_processor(self, constraint: Constraint):
+        """A fresh transformers LogitsProcessor (one per generate call, as xgrammar requires)."""
+        import xgrammar as xgr
+
+        if constraint not in self._cache:
+            self._cache[constraint] = self._compile(constraint)
+        return xgr.contrib.hf.LogitsProcessor(self._cache[constraint])
+
+    def _compile(self, c: Constraint):
+        import xgrammar as xgr
+
+        bounds = BOUNDS[c.level]
+        reply_schema = bounded_schema(json.loads(c.json_schema), bounds) if c.json_schema is not None else None
+        if c.mode == "none":
+            try:
+                return self._compiler.compile_json_schema(json.dumps(reply_schema), any_whitespace=False)
+            except Exception as exc:  # xgrammar's own error names the unsupported keyword
+                raise LLMError(f"json_schema cannot be compiled to a grammar: {exc}") from None
+        tools = [json.loads(t) for t in c.tools]
+        openai_tools = [{"type": "function", "function": {
+            "name": t["name"], "description": t.get("description", ""),
+            "parameters": bounded_schema(t.get("input_schema") or {"type": "object", "properties": {}}, bounds)}}
+            for t in tools]
+        try:
+            from xgrammar.structural_tag import JSONSchemaFormat, OrFormat, StructuralTag, TagsWithSeparatorFormat
+
+            def tag(choice: Any):
+                return xgr.get_model_structural_tag(
+                    "qwen_3", tools=openai_tools, tool_choice=choice, reasoning="disabled",
+                    parallel_tool_calls=c.parallel, max_whitespace_cnt=WHITESPACE_MAX).format
+
+            if c.mode == "named":  # exactly one call of that tool, then the end
+                fmt = tag({"type": "function", "function": {"name": c.name}})
+            else:  # calls from the first token on, one per line, then the end (no trailing prose)
+                forced = TagsWithSeparatorFormat(tags=tag("required").tags, separator="\n", at_least_one=True,
+                                                 stop_after_first=not c.parallel)
+                if c.mode == "required":
+                    fmt = forced
+                elif reply_schema is not None:  # auto with a reply schema: that JSON, or tool calls
+                    fmt = OrFormat(elements=[JSONSchemaFormat(json_schema=reply_schema,
+                                                              max_whitespace_cnt=WHITESPACE_MAX), forced])
+                else:  # auto: free text; once the model opens <tool_call> the call is constrained
+                    fmt = tag("auto")
+            return self._compiler.compile_structural_tag(StructuralTag(format=fmt))
+        except Exception as exc:
+            raise LLMError(f"tools cannot be compiled to a grammar: {exc}") from None
