@@ -1,4 +1,4 @@
-"""The `lab` command: list, run, report, doctor, models. Imports stay light so --help is instant."""
+"""The `lab` command: list, run, report, doctor, models, serve. Imports stay light so --help is instant."""
 
 from __future__ import annotations
 
@@ -190,7 +190,32 @@ def models_cmd(
     console.print(table)
 
 
+@app.command("serve")
+def serve_cmd(
+    llm: Optional[str] = typer.Option(None, "--llm", help="LLM spec to serve (default: $LAB_LLM, else the embedded SmolLM2)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you say otherwise."),
+    port: int = typer.Option(8088, "--port", help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LAB_SERVE_API_KEY", show_default=False,
+                                          help="Require this key (Authorization: Bearer or x-api-key)."),
+    max_queue: int = typer.Option(8, "--max-queue", min=0, help="Requests that may wait per model; more get 429."),
+    embedder: list[str] = typer.Option([], "--embedder", help="Embedding model to serve, repeatable "
+                                       "(default: all-minilm-l6-v2; a local path or an HF-cached id)."),
+) -> None:
+    """Serve an LLM over OpenAI- and Anthropic-compatible HTTP (/v1/chat/completions, /v1/messages, /v1/embeddings)."""
+    from lab.serve.app import DEFAULT_EMBEDDERS, serve
+
+    try:
+        serve(llm, host=host, port=port, api_key=api_key, max_queue=max_queue,
+              embedders=embedder or DEFAULT_EMBEDDERS, say=err.print)
+    except LabError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
 def main() -> None:
+    from lab.toolchain import quiet_frameworks
+
+    quiet_frameworks()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()

@@ -1,0 +1,58 @@
+"""Serve a model on a free loopback port in a background thread, for tests and exercises::
+
+    from lab.serve.background import serving
+
+    with serving("local:smollm2-135m-instruct", api_key="sk-test") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test")      # OpenAI SDKs: url + /v1
+        claude = anthropic.Anthropic(base_url=url, api_key="sk-test")         # Anthropic SDK: url
+
+The port is bound before the server starts (no race for a "free" port); leaving the block stops
+the server and joins its thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from lab.llm.base import LLM
+
+START_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def serving(llm: LLM | str | None = None, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+            **app_kwargs: Any) -> Iterator[str]:
+    """Yield the root URL (``http://127.0.0.1:PORT``) of ``lab serve`` for ``llm`` (an LLM or a spec;
+    None = $LAB_LLM or the embedded SmolLM2). ``app_kwargs`` go to ``create_app`` (api_key,
+    max_queue, embedders, default_max_tokens, model_names)."""
+    import uvicorn
+
+    from lab.llm import from_spec
+    from lab.serve.app import create_app
+
+    model = llm if isinstance(llm, LLM) else from_spec(llm)
+    app = create_app(model, **app_kwargs)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"lab-serve-{bound}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"lab serve on {host}:{bound} stopped while starting (see the log above)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lab serve on {host}:{bound} did not start within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.01)
+        yield f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
