@@ -5,11 +5,27 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 
+# OpenClaw (Phases 14, 16) needs Node >= 24.16; machines often carry an older one. A pinned Node 24
+# comes from the npm package node-linux-<arch> (the binary inside a registry package) and a pinned
+# openclaw is installed with it, both into $(VENV)/node — never globally. See lab/toolchain.py.
+NODE_VERSION     ?= 24.22.3
+OPENCLAW_VERSION ?= 2026.9.6
+NODE_ARCH   := $(shell uname -m | sed -e 's/x86_64/x64/' -e 's/aarch64/arm64/')
+NODE_PREFIX := $(VENV)/node
+NODE_BIN    := $(NODE_PREFIX)/node_modules/node-linux-$(NODE_ARCH)/bin
+NPM_FLAGS   := --prefix $(NODE_PREFIX) --no-audit --no-fund --loglevel=error
+
 # 2 shared cores: one OpenMP thread per process is 2-3x faster than two fighting threads.
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM = false
+# frameworks' phone-home off (lab.toolchain.quiet_frameworks sets the same defaults in-process)
 export ANONYMIZED_TELEMETRY = False
 export RAGAS_DO_NOT_TRACK = true
+export CREWAI_DISABLE_TELEMETRY = true
+export CREWAI_DISABLE_TRACKING = true
+export CREWAI_TRACING_ENABLED = false
+export HF_HUB_DISABLE_TELEMETRY = 1
+export DO_NOT_TRACK = 1
 
 .PHONY: setup demo test report clean-venv
 
@@ -19,7 +35,10 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,agents]"
+	$(BIN)/python -m pip check
+	npm install $(NPM_FLAGS) node-linux-$(NODE_ARCH)@$(NODE_VERSION)
+	PATH="$(CURDIR)/$(NODE_BIN):$$PATH" npm install $(NPM_FLAGS) openclaw@$(OPENCLAW_VERSION)
 	$(BIN)/lab models fetch
 	rm -f $(VENV)/.installed-*
 	touch $@

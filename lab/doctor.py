@@ -19,6 +19,33 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+# the agent layer (Phases 13-16): structured generation, the HTTP face, frameworks, resilience, tracing
+AGENT_PACKAGES = ("xgrammar", "fastapi", "uvicorn", "langgraph", "langgraph-checkpoint-postgres",
+                  "langchain-openai", "crewai", "python-telegram-bot", "opentelemetry-sdk", "pybreaker")
+
+
+def agent_toolchain() -> Iterator[Check]:
+    from lab import toolchain
+
+    for pkg in AGENT_PACKAGES:
+        v = _version(pkg)
+        yield pkg, v is not None, v or "not installed: run `make setup`"
+    node = toolchain.node_bin()
+    node_v = toolchain.version_of([str(node), "--version"]) if node else None
+    if node_v:
+        ok = toolchain.node_ok(node_v)
+        yield "node (for OpenClaw)", ok, f"{node_v} at {node}" + ("" if ok else ": OpenClaw needs 24.16+ or 26.1+")
+    else:
+        yield "node (for OpenClaw)", False, f"not in {toolchain.node_prefix()}: run `make setup`"
+    claw = toolchain.openclaw_bin()
+    claw_v = toolchain.version_of([str(claw), "--version"]) if claw and node_v else None
+    yield "openclaw", claw_v is not None, claw_v or f"not in {toolchain.node_prefix()}: run `make setup`"
+    quiet = [k for k, v in toolchain.TELEMETRY_OFF.items() if os.environ.get(k) == v]
+    loud = [k for k in toolchain.TELEMETRY_OFF if k not in quiet]
+    yield "framework telemetry", not loud, ("off (lab.toolchain.TELEMETRY_OFF)" if not loud
+                                            else "switched back on in the environment: " + ", ".join(loud))
+
+
 def checks() -> Iterator[Check]:
     yield "python", platform.python_version() >= "3.10", platform.python_version()
     torch_v = _version("torch")
@@ -35,6 +62,7 @@ def checks() -> Iterator[Check]:
                 "anthropic", "openai", "tenacity"):
         v = _version(pkg)
         yield pkg, v is not None, v or "not installed: run `make setup`"
+    yield from agent_toolchain()
 
     from lab import models
 
