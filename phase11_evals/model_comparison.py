@@ -23,6 +23,7 @@ import gc
 import math
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from phase10_alignment.variants import VARIANT_ADAPTERS
 
 STYLE = ("mechanistic_depth", "audience_calibration")
 ACCURACY = ("technical_accuracy", "calibration")
@@ -87,6 +88,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for name in variants:
         responder = Responder(name, ctx.profile)
         ctx.model(**responder.describe())
+        if responder.adapter is not None:
+            ctx.record_artifact(responder.adapter, "used")
         answers[name] = [responder.answer(p.prompt, cfg.max_new_tokens)
                          for p in ctx.progress(prompts, f"{name} answering {len(prompts)} prompts")]
         del responder
@@ -224,7 +227,10 @@ EXERCISE = Exercise(
         Reference("agent_infrastructure_sft", 1.964, "points", "seed: the largest single-category regression"),
     ),
     summary_metrics=("mean_base", "mean_sft", "mean_dpo", "flag_rate_base"),
+    needs=tuple(VARIANT_ADAPTERS.values()),
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)
