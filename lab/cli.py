@@ -107,7 +107,7 @@ def _run_plans(plans: list, profile: str, out: Optional[Path], llm: Optional[str
 
 @app.command("run")
 def run_cmd(
-    target: str = typer.Argument(..., help="A phase (phase08), an exercise id (phase08.kv_cache) or all."),
+    targets: list[str] = typer.Argument(..., help="Phases (phase08), exercise ids (phase08.kv_cache) or all."),
     profile: str = typer.Option("cpu", "--profile", "-p", help=PROFILE_HELP),
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config overrides."),
@@ -119,7 +119,8 @@ def run_cmd(
     from lab.registry import resolve
 
     try:
-        plans = plan_runs(resolve(target), profile, parse_overrides(sets, config))
+        selected = list({ex.id: ex for target in targets for ex in resolve(target)}.values())  # in order, once each
+        plans = plan_runs(selected, profile, parse_overrides(sets, config))
         failures = _run_plans(plans, profile, out, llm, jobs)
     except LabError as exc:
         err.print(f"[red]error:[/red] {exc}")

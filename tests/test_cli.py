@@ -158,7 +158,7 @@ def test_doctor_reports_an_unreachable_database_without_its_password(monkeypatch
 def test_help_lists_the_commands():
     res = lab("--help")
     assert res.returncode == 0
-    for command in ("run", "list", "report", "doctor", "models"):
+    for command in ("run", "list", "report", "artifacts", "doctor", "models"):
         assert f" {command} " in res.stdout
 
 
