@@ -140,6 +140,30 @@ def test_exercise_module_entry_point_validates_like_lab_run(capsys):
     assert "unknown config key(s) nn" in flat(capsys.readouterr().err)
 
 
+def test_artifacts_lists_declared_kinds_and_builds_one_with_its_needs(monkeypatch, tmp_path):
+    from lab.artifacts import ArtifactKind
+
+    def build(profile, folder, reporter):
+        (folder / "weights.txt").write_text(profile)
+
+    base = ArtifactKind("phase99.base", params=lambda p: {"p": p, "steps": 2}, build=build)
+    tuned = ArtifactKind("phase99.tuned", params=lambda p: {"p": p, "lr": 0.1}, build=build, needs=(base,))
+    user = Exercise(id="phase99.user", title="User", run=echo_run, config_cls=EchoConfig, profiles={"cpu": {}},
+                    needs=(tuned,))
+    monkeypatch.setattr(registry, "phases", lambda: (Phase("phase99", "phase99_echo", "Echo", (ECHO, user)),))
+    monkeypatch.setenv("LAB_ARTIFACTS", str(tmp_path / "store"))
+    res = runner.invoke(cli.app, ["artifacts"])
+    assert res.exit_code == 0 and "phase99.tuned" in res.output and "phase99.base" in res.output
+    assert "phase99.user" in res.output and " no " in res.output
+    res = runner.invoke(cli.app, ["artifacts", "build", "phase99.tuned"])
+    assert res.exit_code == 0, res.output
+    assert f"{tuned.recipe('cpu').id} (recipe sha256" in flat(res.output)
+    stored = sorted(p.parent.parent.name for p in (tmp_path / "store").glob("*/*/artifact.json"))
+    assert stored == ["phase99.base", "phase99.tuned"]
+    res = runner.invoke(cli.app, ["artifacts", "build", "phase99.nothing"])
+    assert res.exit_code == 2 and "unknown artifact 'phase99.nothing'; known: phase99.base, phase99.tuned" in flat(res.output)
+
+
 def test_doctor_reports_an_unreachable_database_without_its_password(monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
