@@ -139,19 +139,23 @@ class Runner:
         ready = [j for j in self.jobs.values() if j.status == "waiting" and j.deps <= done]
         return sorted(ready, key=lambda j: -self.priority[j.key])
 
-    def _start(self, job: Job) -> subprocess.Popen:
+    def _log(self, job: Job) -> Path:
+        return self.log_dir / f"{job.key.replace(':', '-')}.log"
+
+    def _start(self, job: Job) -> tuple[subprocess.Popen, Any]:
+        """The job's process, and its open log file (None when one job at a time prints live)."""
         env = {**os.environ, **ONE_THREAD}
         cmd = [sys.executable, "-m", "lab", *job.argv]
-        if self.workers == 1:  # one at a time: the child's own output, live
-            return subprocess.Popen(cmd, env=env)
-        log = open(self.log_dir / f"{job.key.replace(':', '-')}.log", "w")
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if self.workers == 1:
+            return subprocess.Popen(cmd, env=env), None
+        log = open(self._log(job), "w")
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
     def run(self) -> list[Job]:
         """Run every job; a job whose dependency failed still runs (it builds or reports what is missing)."""
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        running: dict[str, tuple[subprocess.Popen, float]] = {}
+        running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=self.console, disable=self.workers == 1) as progress:
             overall = progress.add_task(f"{len(self.jobs)} jobs, {self.workers} at a time", total=len(self.jobs))
@@ -162,12 +166,14 @@ class Runner:
                         job.status, job.started = "running", new_run_id()
                         if self.workers == 1:
                             self.console.print(f"[bold]▶ {job.key}[/bold]")
-                        running[job.key] = (self._start(job), time.perf_counter())
+                        running[job.key] = (*self._start(job), time.perf_counter())
                         progress.start_task(rows[job.key])
                         progress.update(rows[job.key], description=self._label(job))
-                    for key, (proc, began) in list(running.items()):
+                    for key, (proc, log, began) in list(running.items()):
                         if proc.poll() is None:
                             continue
+                        if log is not None:
+                            log.close()
                         job = self.jobs[key]
                         job.seconds = time.perf_counter() - began
                         _outcome(job, proc.returncode, self.profile)
@@ -177,9 +183,9 @@ class Runner:
                         self._report(job, progress)
                     time.sleep(0.2)
             except KeyboardInterrupt:
-                for proc, _ in running.values():
+                for proc, _, _ in running.values():
                     proc.terminate()
-                for proc, _ in running.values():
+                for proc, _, _ in running.values():
                     proc.wait()
                 raise
         return list(self.jobs.values())
@@ -196,7 +202,7 @@ class Runner:
         progress.console.print(f"[{colour}]{job.status}[/{colour}] {job.key} in {job.seconds:.1f} s"
                                + (f": {job.detail}" if job.detail else ""))
         if job.status == "failed" and self.workers > 1:
-            log = self.log_dir / f"{job.key.replace(':', '-')}.log"
+            log = self._log(job)
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
             progress.console.print("\n".join(tail) + f"\n[dim](full log: {log})[/dim]", markup=False)
 
