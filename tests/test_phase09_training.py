@@ -83,10 +83,10 @@ def test_rank_sweep_exercise_tiny(tmp_path):
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     m = {k: v["value"] for k, v in doc["metrics"].items()}
-    assert m["trainable_params_r16"] == 4 * m["trainable_params_r4"]
-    assert m["llama8b_params_r4"] == 10_485_760 and m["llama8b_params_r16"] == 41_943_040
-    assert m["eval_loss_r4"] > 0 and m["final_loss_r16"] > 0
-    assert [row[0] for row in doc["tables"]["sweep"]["rows"]] == [4, 16]
+    assert m["trainable_params_r64"] == 16 * m["trainable_params_r4"]
+    assert m["llama8b_params_r4"] == 10_485_760 and m["llama8b_params_r64"] == 167_772_160
+    assert m["eval_loss_r4"] > 0 and m["final_loss_r64"] > 0
+    assert [row[0] for row in doc["tables"]["sweep"]["rows"]] == [4, 64]
 
 
 @pytest.mark.slow
