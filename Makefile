@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+# exercises run side by side, one process and one thread each (lab run --jobs; default: all cores)
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
 
@@ -44,7 +46,7 @@ $(STAMP):
 	touch $@
 
 demo: setup
-	status=0; $(BIN)/lab run all --profile cpu || status=$$?; $(BIN)/lab report; exit $$status
+	status=0; $(BIN)/lab run all --profile cpu --jobs $(JOBS) || status=$$?; $(BIN)/lab report; exit $$status
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

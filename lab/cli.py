@@ -1,4 +1,4 @@
-"""The `lab` command: list, run, report, doctor, models, serve. Imports stay light so --help is instant."""
+"""The `lab` command: list, run, report, artifacts, doctor, models, serve. Imports stay light so --help is instant."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ err = Console(stderr=True)
 
 PROFILE_HELP = "Run profile: cpu (small real models, minutes on a laptop) or a100 (the seed's full setup)."
 SET_HELP = "Override one config key, e.g. --set context=32768 (YAML scalar syntax; repeatable)."
+LLM_HELP = ("LLM spec for this run, e.g. anthropic:claude-sonnet-4-5. An override like --set: recorded, hashed, "
+            "and the result goes to runs/ unless --out is given.")
+JOBS_HELP = "Exercises run side by side, one process and one thread each (default: the number of cores)."
 
 
 def parse_overrides(sets: list[str], config_file: Optional[Path]) -> dict[str, Any]:
@@ -66,42 +69,59 @@ def plan_runs(targets: list, profile: str, overrides: dict[str, Any]) -> list[tu
     return plans
 
 
-def _run(targets: list, profile: str, overrides: dict, out: Optional[Path]) -> int:
+def _run_here(exercise, profile: str, overrides: dict, out: Optional[Path], llm: Optional[str]) -> int:
+    """One exercise in this process, its output live; returns 1 if it failed."""
     from lab.runner import execute
 
-    failures = 0
-    for ex in targets:
-        if profile not in ex.profiles:
+    err.print(f"[bold]▶ {exercise.id}[/bold] (profile {profile})")
+    doc = execute(exercise, profile, overrides, out=out, llm=llm)
+    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[doc["status"]]
+    where = doc["_path"] or "history only (the last good result was kept)"
+    err.print(f"[{colour}]{doc['status']}[/{colour}] {exercise.id} in {doc['duration_s']:.1f} s → {where}")
+    if doc["status"] == "failed":
+        err.print(f"[red]{doc['reason']}[/red]")
+        return 1
+    return 0
+
+
+def _run_plans(plans: list, profile: str, out: Optional[Path], llm: Optional[str], jobs: int) -> int:
+    """Run planned exercises: one in this process, several through the scheduler; returns failures."""
+    runnable = []
+    for ex, own in plans:
+        if profile in ex.profiles:
+            runnable.append((ex, own))
+        else:
             err.print(f"[yellow]{ex.id}: no {profile!r} profile, skipped[/yellow]")
-            continue
-        err.print(f"[bold]▶ {ex.id}[/bold] (profile {profile})")
-        doc = execute(ex, profile, overrides, out=out)
-        colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[doc["status"]]
-        where = doc["_path"] or "history only (the last good result was kept)"
-        err.print(f"[{colour}]{doc['status']}[/{colour}] {ex.id} in {doc['duration_s']:.1f} s → {where}")
-        if doc["status"] == "failed":
-            failures += 1
-            err.print(f"[red]{doc['reason']}[/red]")
-    return failures
+    if len(runnable) == 1:
+        exercise, own = runnable[0]
+        return _run_here(exercise, profile, own, out, llm)
+    from lab.scheduler import run_all
+
+    finished = run_all(runnable, profile, jobs, out=out, llm=llm, console=err)
+    table = Table("job", "status", "wall s", "detail", title=f"lab run ({jobs} at a time)")
+    for job in finished:
+        table.add_row(job.key, job.status, f"{job.seconds:.1f}" if job.seconds is not None else "", job.detail[:120])
+    err.print(table)
+    return sum(job.status == "failed" for job in finished)
 
 
 @app.command("run")
 def run_cmd(
-    target: str = typer.Argument(..., help="A phase (phase08) or an exercise id (phase08.kv_cache)."),
+    targets: list[str] = typer.Argument(..., help="Phases (phase08), exercise ids (phase08.kv_cache) or all."),
     profile: str = typer.Option("cpu", "--profile", "-p", help=PROFILE_HELP),
     sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config overrides."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write results under DIR instead of results/."),
-    llm: Optional[str] = typer.Option(None, "--llm", help="LLM spec for this run, e.g. anthropic:claude-sonnet-4-5."),
+    llm: Optional[str] = typer.Option(None, "--llm", help=LLM_HELP),
+    jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help=JOBS_HELP),
 ) -> None:
     """Run exercises and write result.json + result.md (+ plots)."""
     from lab.registry import resolve
 
     try:
-        if llm:
-            os.environ["LAB_LLM"] = llm
-        plans = plan_runs(resolve(target), profile, parse_overrides(sets, config))
-        failures = sum(_run([ex], profile, own, out) for ex, own in plans)
+        selected = list({ex.id: ex for target in targets for ex in resolve(target)}.values())  # in order, once each
+        plans = plan_runs(selected, profile, parse_overrides(sets, config))
+        failures = _run_plans(plans, profile, out, llm, jobs)
     except LabError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
@@ -132,10 +152,12 @@ def list_cmd() -> None:
 def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any generated table is stale.")) -> None:
     """Regenerate results/README.md, every result.md and the results section of each README."""
     from lab import report
+    from lab.paths import REPO_ROOT, RESULTS_ROOT
+    from lab.registry import phases
 
     try:
         if check:
-            stale = report.stale()
+            stale = report.stale(RESULTS_ROOT, REPO_ROOT, phases())
             if stale:
                 for path in stale:
                     err.print(f"[red]stale:[/red] {path}")
@@ -143,11 +165,52 @@ def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any ge
                 raise typer.Exit(1)
             console.print("generated tables are up to date")
             return
-        changed = report.write_all()
+        changed = report.write_all(RESULTS_ROOT, REPO_ROOT, phases())
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
     console.print(f"regenerated {len(changed)} file(s)" + "".join(f"\n  {p}" for p in changed))
+
+
+@app.command("artifacts")
+def artifacts_cmd(
+    action: str = typer.Argument("list", help="list | build"),
+    name: Optional[str] = typer.Argument(None, help="The artifact to build, e.g. phase09.sft_adapter."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help=PROFILE_HELP),
+) -> None:
+    """Trained artifacts (adapters, datasets...): what each exercise needs, what is stored, build one."""
+    from lab import artifacts
+    from lab.registry import artifact_kinds, artifact_users
+
+    try:
+        kinds = artifact_kinds()
+        store = artifacts.default_store()
+        if action == "build":
+            if not name:
+                raise ConfigError("lab artifacts build NAME: name the artifact, e.g. " + ", ".join(k.name for k in kinds))
+            kind = artifacts.kind_named(name, kinds)
+            found = artifacts.ensure(kind, profile, artifacts.ConsoleReporter(), store=store,
+                                     producer={"command": f"lab artifacts build {name} --profile {profile}"})
+            console.print(f"{found.id} (recipe sha256 {found.recipe.sha256[:12]}) is in the store")
+            return
+        if action != "list":
+            raise ConfigError(f"unknown action {action!r}; use list or build")
+        table = Table("artifact", f"profile {profile}: recipe id", "stored", "needed by", "produced by")
+        users = artifact_users()
+        for kind in kinds:
+            recipe = kind.recipe(profile)
+            table.add_row(kind.name, recipe.id, "yes" if store.find(recipe) else "no",
+                          ", ".join(users[kind.name][0]), ", ".join(users[kind.name][1]))
+        console.print(table)
+        stored = Table("stored id", "created", "producer", "flags", title=f"store: {store.root}")
+        for item in store.list():
+            producer = item.meta.get("producer", {})
+            stored.add_row(item.id, item.meta.get("created_at", ""),
+                           producer.get("exercise") or producer.get("command", ""), ", ".join(item.flags))
+        console.print(stored)
+    except LabError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
 
 
 @app.command("doctor")
@@ -234,14 +297,12 @@ def exercise_main(exercise, argv: list[str] | None = None) -> None:
         sets: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config overrides."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write results under DIR instead of results/."),
-        llm: Optional[str] = typer.Option(None, "--llm", help="LLM spec for this run."),
+        llm: Optional[str] = typer.Option(None, "--llm", help=LLM_HELP),
     ) -> None:
         try:
-            if llm:
-                os.environ["LAB_LLM"] = llm
             overrides = parse_overrides(sets, config)
             exercise.config(profile, overrides)
-            failures = _run([exercise], profile, overrides, out)
+            failures = _run_here(exercise, profile, overrides, out, llm)
         except LabError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2)

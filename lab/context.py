@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, TypeVar
 
 from lab.errors import SkipExercise
 from lab.schema import Metric, Table
+
+if TYPE_CHECKING:
+    from lab.artifacts import Artifact, ArtifactKind, Recipe
 
 T = TypeVar("T")
 
@@ -24,11 +27,14 @@ def _plain(value: Any) -> Any:
 class RunContext:
     """Collects metrics, tables, findings, models, data and artifacts during one run."""
 
-    def __init__(self, exercise_id: str, profile: str, out_dir: Path, quiet: bool = False):
+    ARTIFACT_ROLES = ("used", "built", "published", "kept")
+
+    def __init__(self, exercise_id: str, profile: str, out_dir: Path, quiet: bool = False, run_id: str = ""):
         self.exercise_id = exercise_id
         self.profile = profile
         self.out_dir = out_dir
         self.quiet = quiet
+        self.run_id = run_id
         self.metrics: dict[str, Metric] = {}
         self.tables: dict[str, Table] = {}
         self.findings: list[str] = []
@@ -36,6 +42,7 @@ class RunContext:
         self.models: list[dict[str, Any]] = []
         self.data: list[dict[str, Any]] = []
         self.artifacts: list[str] = []
+        self.stored_artifacts: list[dict[str, Any]] = []
 
     # --- what was measured -------------------------------------------------------------
     def metric(
@@ -81,6 +88,53 @@ class RunContext:
         if filename not in self.artifacts:
             self.artifacts.append(filename)
         return self.out_dir / filename
+
+    # --- trained artifacts (lab/artifacts.py) ------------------------------------------------
+    @property
+    def producer(self) -> dict[str, str]:
+        """What an artifact stored by this run records as its producer."""
+        return {"exercise": self.exercise_id, "profile": self.profile, "run_id": self.run_id}
+
+    def load_artifact(self, kind: "ArtifactKind") -> "Artifact":
+        """The profile's stored artifact of ``kind``; never trains (MissingArtifact names the command)."""
+        from lab import artifacts
+
+        found = artifacts.load(kind, self.profile)
+        self.record_artifact(found, "used")
+        return found
+
+    def require_artifact(self, kind: "ArtifactKind") -> "Artifact":
+        """The profile's stored artifact of ``kind``, trained here first if it is missing — explicitly:
+        the run logs it, adds a finding and records the artifact as "built"."""
+        from lab import artifacts
+
+        found = artifacts.ensure(kind, self.profile, self, producer=self.producer,
+                                 on_built=lambda a: self.record_artifact(a, "built"))
+        self.record_artifact(found, "used")
+        return found
+
+    def build_artifact(self, recipe: "Recipe", make) -> "Artifact":
+        """The stored artifact of ``recipe``, made here by ``make(folder)`` if missing (recorded as
+        "built", with a finding); for recipes of the run's own (e.g. changed by --set)."""
+        from lab.artifacts import default_store
+
+        found, built = default_store().build(recipe, make, producer=self.producer)
+        self.record_artifact(found, "built" if built else "used")
+        return found
+
+    def record_artifact(self, artifact: "Artifact", role: str) -> None:
+        """Name a stored artifact in the result (id + recipe hash; see lab.schema for the roles)."""
+        if role not in self.ARTIFACT_ROLES:
+            raise ValueError(f"artifact role {role!r}: expected one of {self.ARTIFACT_ROLES}")
+        entry = {**artifact.describe(), "role": role}
+        if any(e["id"] == entry["id"] for e in self.stored_artifacts):  # "built" already implies "used"
+            return
+        self.stored_artifacts.append(entry)
+        if role == "built":
+            took = artifact.meta.get("build_s")
+            self.finding(f"{artifact.id} was not in the artifact store, so this run made it first "
+                         f"(recipe {artifact.recipe.sha256[:12]}" + (f", {took:.0f} s" if took is not None else "")
+                         + "); later runs reuse it.")
 
     def skip(self, reason: str) -> None:
         raise SkipExercise(reason)

@@ -3,20 +3,23 @@
 Every exercise module (``phaseNN_x/<name>.py``) builds one ``Exercise`` and ends with::
 
     if __name__ == "__main__":
-        EXERCISE.main()
+        from lab.cli import exercise_main
 
-so it runs as ``python -m phaseNN_x.name`` and through ``lab run``. Heavy imports (torch,
-transformers, chromadb...) live inside the run function so that importing a module is instant.
+        exercise_main(EXERCISE)
+
+so it runs as ``python -m phaseNN_x.name`` and through ``lab run``. This module is a declaration
+only: it knows nothing of the runner or the CLI (they import it, never the other way round). Heavy
+imports (torch, transformers, chromadb...) live inside the run function so importing is instant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lab.artifacts import ArtifactKind
 from lab.errors import ConfigError
 
 
@@ -40,7 +43,11 @@ class Reference:
 
 @dataclass(frozen=True)
 class Exercise:
-    """A registered exercise: id ``phaseNN.name``, its profiles and the function that runs it."""
+    """A registered exercise: id ``phaseNN.name``, its profiles and the function that runs it.
+
+    ``needs``: stored artifacts the profile's run reads (``lab run`` orders it after their
+    producers and builds missing ones first); ``produces``: artifacts its canonical run stores.
+    """
 
     id: str
     title: str
@@ -51,6 +58,8 @@ class Exercise:
     references: tuple[Reference, ...] = ()
     version: str = "1"
     summary_metrics: tuple[str, ...] = ()
+    needs: tuple[ArtifactKind, ...] = ()
+    produces: tuple[ArtifactKind, ...] = ()
 
     def __post_init__(self) -> None:
         if "." not in self.id or not self.id.startswith("phase"):
@@ -86,21 +95,3 @@ class Exercise:
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
             )
             raise ConfigError(f"{self.id} (profile {profile}): invalid config: {problems}") from None
-
-    def execute(
-        self,
-        profile: str = "cpu",
-        overrides: Mapping[str, Any] | None = None,
-        out: Path | None = None,
-        results_root: Path | None = None,
-    ):
-        """Run with provenance and write the result; returns the result dict (see lab.results)."""
-        from lab.runner import execute
-
-        return execute(self, profile, dict(overrides or {}), out=out, results_root=results_root)
-
-    def main(self, argv: list[str] | None = None) -> None:
-        """Entry point for ``python -m phaseNN_x.module`` (same options as ``lab run``)."""
-        from lab.cli import exercise_main
-
-        exercise_main(self, argv)

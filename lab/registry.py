@@ -14,6 +14,7 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from lab.artifacts import ArtifactKind
 from lab.errors import ConfigError
 from lab.exercise import Exercise
 from lab.paths import REPO_ROOT
@@ -82,3 +83,30 @@ def phase_of(exercise: Exercise) -> Phase:
         if exercise in phase.exercises:
             return phase
     raise KeyError(exercise.id)
+
+
+def artifact_kinds() -> list[ArtifactKind]:
+    """Every artifact kind an exercise needs or produces (and what those need), once each, by name."""
+    found: dict[str, ArtifactKind] = {}
+
+    def add(kind: ArtifactKind) -> None:
+        if kind.name not in found:
+            found[kind.name] = kind
+            for need in kind.needs:
+                add(need)
+
+    for ex in all_exercises():
+        for kind in (*ex.needs, *ex.produces):
+            add(kind)
+    return sorted(found.values(), key=lambda k: k.name)
+
+
+def artifact_users() -> dict[str, tuple[list[str], list[str]]]:
+    """Artifact name -> (ids of the exercises that need it, ids of those that produce it)."""
+    users: dict[str, tuple[list[str], list[str]]] = {k.name: ([], []) for k in artifact_kinds()}
+    for ex in all_exercises():
+        for kind in ex.needs:
+            users[kind.name][0].append(ex.id)
+        for kind in ex.produces:
+            users[kind.name][1].append(ex.id)
+    return users

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import secrets
 import sys
@@ -9,14 +11,17 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lab import provenance, results
 from lab.context import RunContext
 from lab.errors import SkipExercise
 from lab.hashing import json_sha256
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
+from lab.report import render_result_md
 from lab.schema import SCHEMA_VERSION
+
+LLM_OVERRIDE = "--llm"  # the key under which a run's LLM spec is recorded in its overrides
 
 
 def _utc(ts: float) -> str:
@@ -27,8 +32,29 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(3)
 
 
-def config_sha256(config: dict) -> str:
-    return json_sha256(config)
+def config_sha256(config: dict, llm: str | None = None) -> str:
+    """Hash of what the run was configured with; an --llm spec is part of it (a different model)."""
+    return json_sha256({**config, LLM_OVERRIDE: llm} if llm else config)
+
+
+def llm_override(llm: str | None) -> str | None:
+    """The LLM spec this run overrides the default with: --llm, else a non-empty $LAB_LLM."""
+    return llm or os.environ.get("LAB_LLM") or None
+
+
+@contextlib.contextmanager
+def llm_env(spec: str | None) -> Iterator[None]:
+    """$LAB_LLM = spec while the exercise runs (lab.llm.from_spec() reads it), restored after."""
+    previous = os.environ.get("LAB_LLM")
+    if spec:
+        os.environ["LAB_LLM"] = spec
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LAB_LLM", None)
+        else:
+            os.environ["LAB_LLM"] = previous
 
 
 def seed_everything(seed: int) -> None:
@@ -56,7 +82,8 @@ def _reference_rows(exercise, metrics: dict) -> list[dict]:
 
 
 def target_root(overrides: dict, out: Path | None, results_root: Path | None) -> Path:
-    """Where the result goes: --out, else scratch for overridden runs, else the committed slot."""
+    """Where the result goes: --out, else scratch for overridden runs (--set, --config, --llm), else
+    the committed slot."""
     if out is not None:
         return Path(out)
     if overrides:
@@ -65,9 +92,16 @@ def target_root(overrides: dict, out: Path | None, results_root: Path | None) ->
 
 
 def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None = None,
-            results_root: Path | None = None, quiet: bool = False) -> dict:
+            results_root: Path | None = None, quiet: bool = False, llm: str | None = None) -> dict:
+    """Run ``exercise`` once and write its result; returns the result dict (``_path``: where it went).
+
+    ``llm``: the --llm spec (else $LAB_LLM). Like ``overrides`` it is recorded, hashed into
+    config_sha256 and sends the result to runs/ unless ``out`` is given.
+    """
     config = exercise.config(profile, overrides)  # raises ConfigError before anything is touched
-    root = target_root(overrides, out, results_root)
+    spec = llm_override(llm)
+    recorded = {**overrides, LLM_OVERRIDE: spec} if spec else dict(overrides)
+    root = target_root(recorded, out, results_root)
     run_id = new_run_id()
     target = results.result_dir(root, exercise.id, profile)
     if root == SCRATCH_ROOT:
@@ -75,13 +109,14 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".staging-{target.name}-{run_id}"
     staging.mkdir(parents=True)
-    ctx = RunContext(exercise.id, profile, staging, quiet=quiet)
+    ctx = RunContext(exercise.id, profile, staging, quiet=quiet, run_id=run_id)
 
     seed_everything(config.seed)
     started = time.time()
     status, reason, error = "ok", None, None
     try:
-        exercise.run(config, ctx)
+        with llm_env(spec):
+            exercise.run(config, ctx)
     except SkipExercise as skip:
         status, reason = "skipped", str(skip)
     except KeyboardInterrupt:
@@ -105,8 +140,8 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "duration_s": round(ended - started, 3),
         "git": provenance.git_info(),
         "config": cfg,
-        "config_sha256": config_sha256(cfg),
-        "overrides": overrides,
+        "config_sha256": config_sha256(cfg, spec),
+        "overrides": recorded,
         "seed": config.seed,
         "models": ctx.models,
         "data": ctx.data,
@@ -118,13 +153,11 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "failure_modes": ctx.failure_modes,
         "reference": _reference_rows(exercise, ctx.metrics),
         "artifacts": [a for a in ctx.artifacts if (staging / a).exists()],
+        "stored_artifacts": ctx.stored_artifacts,
         "error": error,
     }
     doc = results.redact(doc)
     results.record_history(root, doc)
-
-    from lab.report import render_result_md
-
     published = results.publish(staging, target, doc, render_result_md(doc))
     doc["_path"] = str(target / "result.json") if published else None
     if status == "failed" and isinstance(error, dict) and error.get("type") == "KeyboardInterrupt":

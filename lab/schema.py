@@ -3,9 +3,9 @@
 JSON is the source of truth; ``result.md``, the phase README sections and ``results/README.md``
 are rendered from it by ``lab report`` and never edited by hand.
 
-Schema 1.0 (one ``ResultDoc`` per run)::
+Schema 1.1 (one ``ResultDoc`` per run; 1.0 is 1.1 without ``stored_artifacts`` and still reads)::
 
-    schema_version  "1.0"
+    schema_version  "1.1"
     exercise        {id, version, title}
     run_id          "<UTC yyyymmddThhmmssffffff>-<6 hex>", unique per run, sorts by time
     profile         "cpu" | "a100" | ...
@@ -13,7 +13,9 @@ Schema 1.0 (one ``ResultDoc`` per run)::
     started_at / ended_at   ISO-8601 UTC ("2026-11-25T13:10:08Z");  duration_s: float seconds
     git             {sha, branch, dirty}: the commit the code ran from; dirty = uncommitted changes
     config          resolved config (profile defaults + overrides); config_sha256 over its canonical JSON
-    overrides       the --set / --config values applied on top of the profile ({} for a canonical run)
+    overrides       the --set / --config values applied on top of the profile ({} for a canonical run);
+                    "--llm": the LLM spec when --llm (or $LAB_LLM) picked the model, which also
+                    enters config_sha256 (a run with any override never fills the committed slot)
     seed            the seed the run was given
     models          [{id, revision, sha256, dtype, n_params, quantization, adapter, ...}]
     data            [{id, n, sha256, ...}]
@@ -26,6 +28,11 @@ Schema 1.0 (one ``ResultDoc`` per run)::
     reference       [{metric, seed, ours, unit, delta, note}]: the seed's published figure next to
                     ours (ours/delta are null when this run did not produce that metric)
     artifacts       [file names next to result.json, e.g. PNG plots]
+    stored_artifacts  [{id, recipe_sha256, role}]: trained artifacts from the lab's artifact store
+                    (lab/artifacts.py), named by store-relative id and recipe hash, never by a local
+                    path. role: "used" (read by this run), "built" (missing, so this run trained it
+                    first), "published" (this run trained and stored it), "kept" (this run trained
+                    the same recipe again; the stored copy was kept)
     error           {type, message, traceback} when status == "failed", else null
 
 Secrets (API keys, tokens, passwords in URLs) are redacted before anything is written.
@@ -35,7 +42,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+ADDED_IN = {"stored_artifacts": "1.1"}  # fields newer than 1.0, so older results stay readable
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -87,21 +95,30 @@ class ResultDoc(TypedDict):
     failure_modes: list[str]
     reference: list[ReferenceRow]
     artifacts: list[str]
+    stored_artifacts: list[dict[str, str]]
     error: dict[str, str] | None
 
 
-REQUIRED_KEYS = tuple(ResultDoc.__annotations__)
+def required_keys(version: str = SCHEMA_VERSION) -> tuple[str, ...]:
+    """The fields a result of schema ``version`` must have."""
+    def as_tuple(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split("."))
+
+    return tuple(k for k in ResultDoc.__annotations__ if as_tuple(ADDED_IN.get(k, "1.0")) <= as_tuple(version))
+
+
+READABLE_VERSIONS = ("1.0", SCHEMA_VERSION)
+REQUIRED_KEYS = required_keys()
 
 
 def validate(doc: dict[str, Any], source: str = "result") -> None:
     """Raise ValueError naming the file and the first missing/invalid field."""
-    missing = [k for k in REQUIRED_KEYS if k not in doc]
+    version = doc.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{source}: schema_version {version!r}, this lab reads {', '.join(READABLE_VERSIONS)}")
+    missing = [k for k in required_keys(version) if k not in doc]
     if missing:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
-    if doc["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(
-            f"{source}: schema_version {doc['schema_version']!r}, this lab reads {SCHEMA_VERSION!r}"
-        )
     if doc["status"] not in ("ok", "failed", "skipped"):
         raise ValueError(f"{source}: status {doc['status']!r} is not ok/failed/skipped")
     for name, metric in doc["metrics"].items():

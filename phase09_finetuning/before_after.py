@@ -13,12 +13,10 @@ deployment form). The seed saw a 39% penalty for the unmerged adapter.
 
 from __future__ import annotations
 
-import shutil
 import statistics
-import tempfile
-from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.artifacts import Artifact, Recipe
 from phase09_finetuning import generation, sft
 
 
@@ -29,8 +27,7 @@ class Config(ExerciseConfig):
     tput_tokens: int = 32  # forced output length when timing
     tput_repeats: int = 2  # interleaved timing rounds per variant (the median is reported)
     n_prompts: int = 10  # the first N eval prompts (tests use fewer)
-    adapter_dir: str = ""  # an existing adapter folder (with sft_meta.json) instead of the published one
-    adapter_steps: int = 0  # >0: train a throwaway adapter with this many steps instead of the published one
+    adapter_steps: int = 0  # 0: the profile's SFT adapter; >0: a small one of this many steps on 4 rows (tests)
 
 
 def _tps(model, tok, prompts, cfg: Config) -> tuple[float, list[str]]:
@@ -56,46 +53,50 @@ def _interleaved_throughput(model, tok, prompts, cfg: Config) -> tuple[dict[str,
     return rates, unmerged_texts
 
 
-def _adapter(cfg: Config, ctx: RunContext) -> Path:
-    if cfg.adapter_dir:
-        return Path(cfg.adapter_dir)
+def _adapter(cfg: Config, ctx: RunContext) -> Artifact:
+    """The profile's stored SFT adapter (trained first if missing, and the run says so), or with
+    ``adapter_steps`` a small adapter of its own recipe (stored too, so a rerun reuses it)."""
     if not cfg.adapter_steps:
-        return sft.ensure_sft_adapter(ctx.profile, ctx=ctx)
+        return ctx.require_artifact(sft.SFT_ADAPTER)
     from phase09_finetuning.dataset import load_training_set
 
-    recipe = sft.SFT_RECIPES[ctx.profile]
-    out = Path(tempfile.mkdtemp(prefix="phase09-ba-")) / "adapter"
-    sft.train_sft(recipe["model_id"], load_training_set("train")[:4], out, lora_r=recipe["lora_r"],
-                  max_steps=cfg.adapter_steps, batch_size=2, max_length=64, lr=recipe["lr"], ctx=ctx)
-    return out
+    model_id, lr, lora_r = (sft.profile_recipe(ctx.profile)[k] for k in ("model_id", "lr", "lora_r"))
+    shape = dict(batch_size=2, max_length=64, subset=4)
+    recipe = Recipe(sft.SFT_ADAPTER.name, sft.sft_params(model_id=model_id, lora_r=lora_r, qlora=False, lr=lr,
+                                                         max_steps=cfg.adapter_steps, **shape))
+
+    def train(folder):
+        res = sft.train_sft(model_id, load_training_set("train")[:shape["subset"]], folder, lora_r=lora_r,
+                            max_steps=cfg.adapter_steps, batch_size=shape["batch_size"],
+                            max_length=shape["max_length"], lr=lr, ctx=ctx)
+        return {"metrics": sft.adapter_metrics(res)}
+
+    return ctx.build_artifact(recipe, train)
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import json
-
     import torch
     from peft import PeftModel
 
     if ctx.profile == "a100" and not torch.cuda.is_available():
         ctx.skip("the a100 profile compares Llama 3.1 8B with its QLoRA adapter on a CUDA GPU; no CUDA device here.")
-    adapter_dir = _adapter(cfg, ctx)
-    throwaway = bool(cfg.adapter_steps and not cfg.adapter_dir)
-    meta = json.loads((adapter_dir / "sft_meta.json").read_text())
+    adapter = _adapter(cfg, ctx)
+    base_id, lora_r, steps = adapter.params["base_model"], adapter.params["lora_r"], adapter.metrics.get("steps")
     prompts = generation.load_eval_prompts()[:cfg.n_prompts]
     texts = [p["prompt"] for p in prompts]
     tput_texts = texts[:cfg.tput_prompts]
 
     # The adapter is applied to a full-precision base (bf16 on GPU): merging into an NF4 base is lossy.
-    model, tok, _ = sft.load_base(meta["base_model"], qlora=False)
+    model, tok, _ = sft.load_base(base_id, qlora=False)
     model.eval()
-    ctx.model(meta["base_model"], dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+    ctx.model(base_id, dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
               n_params=sum(p.numel() for p in model.parameters()))
     ctx.log("generating with the base model")
     base_answers = generation.generate(model, tok, texts, cfg.max_new_tokens, batch_size=cfg.batch_size)
 
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model = PeftModel.from_pretrained(model, str(adapter.path))
     model.eval()
-    ctx.model(meta["base_model"], adapter=f"{adapter_dir} (r={meta['lora_r']}, {meta['steps']} steps)")
+    ctx.model(base_id, adapter=f"{adapter.id} (r={lora_r}, {steps} steps)")
     ctx.log("generating with the adapter (unmerged)")
     tuned_answers = generation.generate(model, tok, texts, cfg.max_new_tokens, batch_size=cfg.batch_size)
     ctx.log("timing base / unmerged / merged, interleaved")
@@ -103,14 +104,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
     model = model.merge_and_unload()  # the deployment form: plain Linear layers again
     rate, merged_texts = _tps(model, tok, tput_texts, cfg)
     rates["merge_and_unload"] = [rate]
-    if throwaway:
-        shutil.rmtree(adapter_dir.parent, ignore_errors=True)
     tput = {k: statistics.median(v) for k, v in rates.items()}
 
     # --- mechanical checks --------------------------------------------------------------------
     rows, md = [], ["# Before/after: base vs SFT adapter", "",
-                    f"Base `{meta['base_model']}`; adapter r={meta['lora_r']} after {meta['steps']} steps "
-                    f"on {meta['n_rows']} rows. Greedy decoding, repetition penalty "
+                    f"Base `{base_id}`; adapter `{adapter.id}`, r={lora_r} after {steps} steps "
+                    f"on {adapter.params['subset'] or 'all'} training rows. Greedy decoding, repetition penalty "
                     f"{generation.GEN_KWARGS['repetition_penalty']}, max {cfg.max_new_tokens} new tokens.", ""]
     cov = {"base": [], "tuned": []}
     asks = {"base": 0, "tuned": 0}
@@ -213,7 +212,10 @@ EXERCISE = Exercise(
         Reference("tuned_red_flags", 0, "answers", "seed: both hallucinations corrected"),
     ),
     summary_metrics=("base_key_term_coverage", "tuned_key_term_coverage", "unmerged_penalty_pct"),
+    needs=(sft.SFT_ADAPTER,),
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

@@ -8,6 +8,8 @@ contains each failure mode, so every count on the dataset card is a real one; th
 each rejected row with its reason. Stages live in ``pipeline.py``.
 
 Other phases call ``load_training_set("train")`` (Phase 10 builds DPO on the SFT adapter trained on it).
+The built set is an artifact of the lab's store (``phase09.dataset``), keyed by the raw file's hash
+and the pipeline version, so an edited raw file or pipeline yields a new set, never a stale one.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import shutil
 from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.artifacts import Artifact, Recipe, default_store
 from lab.hashing import sha256_file
-from lab.paths import cache_dir
 from phase09_finetuning import pipeline
 
 RAW_PATH = Path(__file__).resolve().parent / "data" / "raw" / "qa_raw.jsonl"
@@ -28,50 +30,53 @@ class Config(ExerciseConfig):
     raw_path: str = ""  # empty = the shipped raw extraction
 
 
-def dataset_dir(raw_path: Path = RAW_PATH) -> Path:
-    """Built datasets are keyed by the raw file's hash and the pipeline version (never stale)."""
-    raw_sha = sha256_file(raw_path)
-    return cache_dir() / "datasets" / "phase09" / f"raw-{raw_sha[:12]}-p{pipeline.PIPELINE_VERSION}"
+def dataset_recipe(raw_path: Path = RAW_PATH) -> Recipe:
+    """What determines the built set: the raw file's content and the pipeline version."""
+    return Recipe("phase09.dataset", {"raw_sha256": sha256_file(raw_path), "pipeline": pipeline.PIPELINE_VERSION})
 
 
-def build_dataset(raw_path: Path = RAW_PATH) -> tuple[pipeline.BuildResult, Path]:
-    """Run the pipeline and write train/eval/quarantine + card under dataset_dir()."""
+def build_dataset(raw_path: Path = RAW_PATH) -> tuple[pipeline.BuildResult, Artifact, bool]:
+    """Run the pipeline; store train/eval/quarantine + card unless that recipe is stored already.
+
+    Returns (result, artifact, stored): the pipeline is deterministic, so a stored set of the same
+    recipe is the same set and is kept.
+    """
     result = pipeline.build(raw_path)
-    target = dataset_dir(raw_path)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.write(result, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return result, target
+    store, recipe = default_store(), dataset_recipe(raw_path)
+    with store.staging(recipe) as folder:
+        pipeline.write(result, folder)
+        artifact, stored = store.publish(recipe, folder, metrics={"kept_pairs": result.kept_pairs,
+                                                                  "sha256": result.sha256})
+    return result, artifact, stored
+
+
+def built_dataset() -> Artifact:
+    """The shipped raw file's built set (built now if absent: seconds of deterministic parsing, no training)."""
+    return default_store().find(dataset_recipe()) or build_dataset()[1]
 
 
 def load_training_set(split: str = "train") -> list[dict]:
-    """Chat rows {"id", "topic", "messages": [user, assistant]} of the built set (built if absent)."""
+    """Chat rows {"id", "topic", "messages": [user, assistant]} of the built set."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
-    target = dataset_dir()
-    if not (target / "card.json").exists():
-        build_dataset()
-    with open(target / f"{split}.jsonl", encoding="utf-8") as fh:
+    with open(built_dataset().path / f"{split}.jsonl", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
 
 
 def dataset_sha256() -> str:
     """Content hash (the version) of the built set, for provenance in training runs."""
-    if not (dataset_dir() / "card.json").exists():
-        build_dataset()
-    return json.loads((dataset_dir() / "card.json").read_text())["sha256"]
+    return json.loads((built_dataset().path / "card.json").read_text())["sha256"]
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
     raw = Path(cfg.raw_path) if cfg.raw_path else RAW_PATH
     if not raw.exists():
         raise FileNotFoundError(f"raw_path {raw}: no such file")
-    result, out = build_dataset(raw)
+    result, built, stored = build_dataset(raw)
+    ctx.record_artifact(built, "published" if stored else "kept")
     c = pipeline.card(result)
     ctx.dataset("phase09-ai-infra-qa", n=result.kept_pairs, sha256=result.sha256,
-                raw_sha256=result.raw_sha256, path=str(out), train=len(result.train), eval=len(result.eval))
+                raw_sha256=result.raw_sha256, artifact=built.id, train=len(result.train), eval=len(result.eval))
 
     ctx.metric("raw_pairs", result.raw_pairs, "rows", description="non-blank lines in the raw extraction")
     ctx.metric("kept_pairs", result.kept_pairs, "pairs", higher_is_better=True)
@@ -97,7 +102,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.table("topics", sorted(c["topics"].items()), ["topic", "kept pairs"], title="Kept pairs per topic")
 
     ctx.artifact("dataset_card.md").write_text(pipeline.card_markdown(result))
-    shutil.copy(out / "quarantine.jsonl", ctx.artifact("quarantine.jsonl"))
+    shutil.copy(built.path / "quarantine.jsonl", ctx.artifact("quarantine.jsonl"))
 
     ctx.finding(f"{result.raw_pairs} raw rows -> {result.kept_pairs} kept pairs "
                 f"({100 * result.filter_rate:.1f}% filtered; the seed: 589 -> 550, 6.6%). "
@@ -131,4 +136,6 @@ EXERCISE = Exercise(
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

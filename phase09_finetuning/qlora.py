@@ -6,18 +6,17 @@ batch 4 x grad-accum 4, paged 8-bit AdamW, cosine schedule, gradient checkpointi
 published r, epochs and step count only; the rest is the standard QLoRA recipe (see sft.SFT_RECIPES).
 
 cpu profile: SmolLM2-135M-Instruct, the same code path twice on a small step budget, once as plain
-LoRA (fp32 base; this adapter is published for Phase 10) and once as NF4 QLoRA (bitsandbytes on
+LoRA (fp32 base; this adapter is stored as ``phase09.sft_adapter`` for Phase 10) and once as NF4 QLoRA (bitsandbytes on
 CPU), so the two can be compared on loss, time and memory. The exact trainable-parameter count of
 Llama 3.1 8B at r=16 is computed on the meta device either way (no weights needed).
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
-from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.artifacts import Recipe, default_store
 from phase09_finetuning import sft
 
 
@@ -33,7 +32,7 @@ class Config(ExerciseConfig):
     max_length: int = 256
     lr: float = 2e-4
     subset: int = 0  # use only the first N training rows (0 = all)
-    publish_adapter: bool = True  # write the canonical run's adapter to sft.sft_adapter_dir(profile)
+    publish_adapter: bool = True  # store the canonical run's adapter (phase09.sft_adapter, keyed by its recipe)
     check_peft_count: bool = True  # cross-check the meta-device count with peft (slower)
     eval_rows: int = 8  # held-out rows scored after training (and before it, for the canonical LoRA run)
     last_k: int = 3  # final loss = mean of the last k logged steps (one batch of 2 is noisy)
@@ -71,24 +70,32 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset("phase09-ai-infra-qa/train", n=len(rows), sha256=dataset_sha256())
 
     results = {}
+    store = default_store()
     for i, kind in enumerate(cfg.runs):
         if kind not in ("lora", "qlora"):
             raise ValueError(f"runs: unknown run kind {kind!r} (use 'lora' or 'qlora')")
         canonical = i == 0
-        publish = canonical and cfg.publish_adapter
-        scratch = None if publish else tempfile.mkdtemp(prefix=f"phase09-{kind}-")
-        out = sft.sft_adapter_dir(ctx.profile) if publish else Path(scratch) / "adapter"
         steps = cfg.max_steps if (canonical or not cfg.qlora_max_steps) else cfg.qlora_max_steps
         ctx.log(f"training {kind} ({'canonical' if canonical else 'comparison'}) for "
                 f"{steps or cfg.epochs} {'steps' if steps else 'epochs'}")
-        res = sft.train_sft(cfg.model, rows, out, lora_r=cfg.lora_r, qlora=kind == "qlora",
-                            max_steps=steps or None, epochs=None if steps else cfg.epochs, lr=cfg.lr,
-                            batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                            max_length=cfg.max_length, seed=cfg.seed, eval_rows=held_out,
-                            eval_before=canonical and not (kind == "qlora" and not on_gpu), ctx=ctx)
+        recipe = None
+        if canonical and cfg.publish_adapter:  # stored under its recipe: --set changes give a new adapter
+            recipe = Recipe(sft.SFT_ADAPTER.name, sft.sft_params(
+                model_id=cfg.model, lora_r=cfg.lora_r, qlora=kind == "qlora", lr=cfg.lr, batch_size=cfg.batch_size,
+                max_length=cfg.max_length, max_steps=steps or None, epochs=cfg.epochs, grad_accum=cfg.grad_accum,
+                seed=cfg.seed, subset=cfg.subset))
+        # the canonical adapter is built beside its place in the store; a comparison one is measured, then dropped
+        with (store.staging(recipe) if recipe else tempfile.TemporaryDirectory(prefix=f"phase09-{kind}-")) as out:
+            res = sft.train_sft(cfg.model, rows, out, lora_r=cfg.lora_r, qlora=kind == "qlora",
+                                max_steps=steps or None, epochs=None if steps else cfg.epochs, lr=cfg.lr,
+                                batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                max_length=cfg.max_length, seed=cfg.seed, eval_rows=held_out,
+                                eval_before=canonical and not (kind == "qlora" and not on_gpu), ctx=ctx)
+            if recipe is not None:
+                stored, new = store.publish(recipe, out, producer=ctx.producer, metrics=sft.adapter_metrics(res),
+                                            build_s=res["train_time_s"])
+                ctx.record_artifact(stored, "published" if new else "kept")
         results[kind] = res
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)  # a comparison adapter: measured, then discarded
         ctx.model(cfg.model, dtype="nf4 base + lora" if kind == "qlora" else "fp32 base + lora",
                   n_params=res["total_params"], quantization="bnb nf4 double-quant" if kind == "qlora" else None,
                   adapter=f"lora r={cfg.lora_r} ({res['trainable_params']:,} trainable)")
@@ -208,7 +215,10 @@ EXERCISE = Exercise(
         Reference("peak_memory_gb", 19, "GB", "seed: 'base model VRAM (NF4)', ~23% of 80 GB total"),
     ),
     summary_metrics=("loss_first", "loss_final", "train_time_s", "trainable_params", "adapter_mb"),
+    produces=(sft.SFT_ADAPTER,),
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

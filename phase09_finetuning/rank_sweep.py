@@ -140,7 +140,7 @@ EXERCISE = Exercise(
         "a100": dict(model=sft.LLAMA_8B, ranks=[4, 8, 16, 32, 64], qlora=True, epochs=3.0, max_steps=0,
                      batch_size=4, grad_accum=4, max_length=1024, lr=2e-4, eval_rows=30),
     },
-    tiny=dict(ranks=[4, 16], max_steps=2, batch_size=2, max_length=64, subset=4, eval_rows=2, last_k=1),
+    tiny=dict(ranks=[4, 64], max_steps=2, batch_size=2, max_length=64, subset=4, eval_rows=2, last_k=1),
     references=(
         Reference("llama8b_params_r4", 10_485_760, "params", "seed"),
         Reference("llama8b_params_r64", 167_772_160, "params", "seed"),
@@ -155,4 +155,6 @@ EXERCISE = Exercise(
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

@@ -7,12 +7,13 @@ stores the frozen base in 4-bit NF4 while the adapters (and the matmul compute) 
 
 Adapters are written with ``save_pretrained`` on the PEFT model only (adapter_config.json +
 adapter_model.safetensors): no optimizer state, no trainer checkpoints (``save_strategy="no"``).
+The profile's published adapter lives in the lab's artifact store (``SFT_ADAPTER``), keyed by its
+recipe: every setting that changes the weights is in ``sft_params``, so a changed recipe is a new
+adapter and never a stale one.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import shutil
 import tempfile
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab.paths import cache_dir
+from lab.artifacts import ArtifactKind, Reporter
+from lab.errors import ConfigError
 
 # All attention and FFN projections of a Llama-style block (the seed's choice for Llama 3.1 8B).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -28,7 +30,7 @@ LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 SMOLLM = "smollm2-135m-instruct"
 
 # The adapter each profile publishes for later phases (Phase 10 DPO starts from it). The qlora
-# exercise's canonical run trains exactly this recipe; ensure_sft_adapter() trains it if absent.
+# exercise's canonical run trains exactly this recipe; `lab artifacts build phase09.sft_adapter` too.
 SFT_RECIPES: dict[str, dict[str, Any]] = {
     # cpu: a step budget sized for 2 shared cores (one fp32 step of 4 x 160 tokens is seconds).
     # lr 5e-4 (not the 2e-4 of the 8B recipe) so a 135M model moves visibly within that budget.
@@ -41,9 +43,67 @@ SFT_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def sft_adapter_dir(profile: str) -> Path:
-    """Where the profile's published SFT adapter lives (never in git: adapters are in the cache)."""
-    return cache_dir() / "adapters" / "phase09" / profile / "sft"
+# Bump when train_sft changes what it trains from the same settings: stored adapters then stop matching.
+TRAINER_VERSION = "train_sft/1"
+
+
+def sft_params(*, model_id: str, lora_r: int, qlora: bool, lr: float, batch_size: int, max_length: int,
+               max_steps: int | None = None, epochs: float | None = None, grad_accum: int = 1, seed: int = 0,
+               subset: int = 0) -> dict[str, Any]:
+    """The recipe of an SFT adapter: everything that determines its weights, normalised so that the
+    same training written two ways (epochs ignored when steps are set, 3 vs 3.0) hashes the same."""
+    from phase09_finetuning.dataset import dataset_sha256
+
+    return dict(base_model=model_id, data_sha256=dataset_sha256(), subset=subset or None, lora_r=lora_r,
+                lora_targets=list(LORA_TARGETS), qlora=bool(qlora), max_steps=max_steps or None,
+                epochs=None if max_steps else float(epochs or 1.0), lr=float(lr), batch_size=batch_size,
+                grad_accum=grad_accum, max_length=max_length, seed=seed, trainer=TRAINER_VERSION)
+
+
+def profile_recipe(profile: str) -> dict[str, Any]:
+    """SFT_RECIPES[profile], or a ConfigError naming the profiles that have one."""
+    if profile not in SFT_RECIPES:
+        raise ConfigError(f"no SFT recipe for profile {profile!r}; choose one of {sorted(SFT_RECIPES)}")
+    return SFT_RECIPES[profile]
+
+
+def adapter_metrics(res: dict[str, Any]) -> dict[str, Any]:
+    """What a stored SFT adapter records about its training (read by Phase 10/11 provenance)."""
+    return dict(steps=res["steps"], final_loss=res["losses"][-1] if res["losses"] else None,
+                train_time_s=round(res["train_time_s"], 1), adapter_bytes=res["adapter_bytes"])
+
+
+def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> dict[str, Any]:
+    from phase09_finetuning.dataset import load_training_set
+
+    recipe = dict(profile_recipe(profile))
+    res = train_sft(recipe.pop("model_id"), load_training_set("train"), folder, ctx=reporter, **recipe)
+    return {"metrics": adapter_metrics(res)}
+
+
+SFT_ADAPTER = ArtifactKind(
+    name="phase09.sft_adapter",
+    params=lambda profile: sft_params(**profile_recipe(profile)),
+    build=_build_profile_adapter,
+    description="the profile's SFT LoRA adapter (SFT_RECIPES); Phase 10 DPO starts from it",
+)
+
+
+def model_path(model_id: str) -> str:
+    """Local folder or hub id to load: the embedded SmolLM2 as a trainable folder, else the HF cache/hub."""
+    from lab import models
+
+    return str(models.hf_folder()) if model_id == SMOLLM else models.resolve(model_id)
+
+
+def load_tokenizer(model_id: str):
+    """The tokenizer alone (cheap): for data filtering before any model is loaded."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path(model_id))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def lora_config(r: int, alpha: int | None = None, dropout: float = 0.05):
@@ -77,14 +137,10 @@ def load_base(model_id: str, *, qlora: bool = False):
     Linear4bit first repacks its weights for inference and later training is silently wrong.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from lab import models
-
-    path = str(models.hf_folder()) if model_id == SMOLLM else models.resolve(model_id)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    path = model_path(model_id)
+    tok = load_tokenizer(model_id)
     kwargs: dict[str, Any] = {}
     if qlora:
         cuda = torch.cuda.is_available()
@@ -137,7 +193,8 @@ def train_sft(
     eval_before: bool = False,
     ctx=None,
 ) -> dict[str, Any]:
-    """Train a LoRA (or QLoRA) SFT adapter on chat rows and save only the adapter to out_dir.
+    """Train a LoRA (or QLoRA) SFT adapter on chat rows and save only the adapter into out_dir
+    (an empty folder: a store staging folder for an adapter that is kept, else a scratch one).
 
     Returns losses per step, train_time_s, trainable/total params, adapter_bytes and peak memory.
     ``max_steps`` wins over ``epochs`` when both are given (cpu runs are step-budgeted).
@@ -156,7 +213,7 @@ def train_sft(
         gradient_checkpointing = cuda  # on CPU recomputation only costs time; memory is plentiful
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model, tok, path = load_base(model_id, qlora=qlora)
+    model, tok, _ = load_base(model_id, qlora=qlora)
     base_bytes = model.get_memory_footprint()  # weights (+buffers) as stored: NF4 vs fp32/bf16
     if qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -209,58 +266,16 @@ def train_sft(
 
     adapter_bytes = None
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp)
-        meta = dict(base_model=model_id, base_path=path, lora_r=lora_r, qlora=qlora, lr=lr,
-                    batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-                    steps=out.global_step, n_rows=len(rows), final_loss=losses[-1][1] if losses else None)
-        (tmp / "sft_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, out_dir)
-        adapter_bytes = sum(f.stat().st_size for f in out_dir.glob("adapter_model.*"))
+        trainer.model.save_pretrained(str(out_dir))
+        adapter_bytes = sum(f.stat().st_size for f in Path(out_dir).glob("adapter_model.*"))
     shutil.rmtree(scratch, ignore_errors=True)
     return dict(
         losses=[loss for _, loss in losses], loss_steps=[s for s, _ in losses], steps=out.global_step,
         train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1),
         trainable_params=int(trainable), total_params=int(total), adapter_bytes=adapter_bytes,
-        peak_memory_bytes=peak, peak_memory_kind=peak_kind, adapter_dir=str(out_dir) if out_dir else None,
-        base_path=path, eval_loss=eval_loss, eval_loss_before=eval_before_loss, base_memory_bytes=base_bytes,
+        peak_memory_bytes=peak, peak_memory_kind=peak_kind, eval_loss=eval_loss, eval_loss_before=eval_before_loss,
+        base_memory_bytes=base_bytes,
     )
-
-
-def ensure_sft_adapter(profile: str, ctx=None) -> Path:
-    """The profile's published SFT adapter dir; trains it with SFT_RECIPES[profile] if absent."""
-    if profile not in SFT_RECIPES:
-        raise ValueError(f"no SFT recipe for profile {profile!r}; choose one of {sorted(SFT_RECIPES)}")
-    target = sft_adapter_dir(profile)
-    recipe = dict(SFT_RECIPES[profile])
-    meta_path = target / "sft_meta.json"
-    if (target / "adapter_config.json").exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("base_model") == recipe["model_id"] and all(
-                meta.get(k) == v for k, v in recipe.items() if k in ("lora_r", "qlora", "lr", "batch_size",
-                                                                    "max_length")):
-            return target  # trained with the current recipe; otherwise retrain below
-    from phase09_finetuning.dataset import load_training_set
-
-    train_sft(recipe.pop("model_id"), load_training_set("train"), target, ctx=ctx, **recipe)
-    return target
-
-
-def load_with_adapter(adapter_dir: str | Path, *, merge: bool = False):
-    """(model, tokenizer) = base + the saved adapter for inference; merge folds B·A into W."""
-    from peft import PeftModel
-
-    meta = json.loads((Path(adapter_dir) / "sft_meta.json").read_text())
-    model, tok, _ = load_base(meta["base_model"], qlora=False)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    if merge:
-        model = model.merge_and_unload()
-    model.eval()
-    return model, tok
 
 
 def llama31_8b_config():

@@ -6,9 +6,9 @@ can fill), and how little a weak DPO signal changes. Each variant is loaded fres
 (``variants.load_variant``); the run proves it by checking the module tree of every load and by
 reloading SFT after DPO and comparing its logits with the first load.
 
-Generations are greedy (repeatable) and cached under ``lab.paths.cache_dir()/phase10/<profile>/``
-keyed by prompts, settings and the adapters' weight hashes, so ``phase10.judge`` scores exactly
-these answers without generating them again.
+Generations are greedy (repeatable) and stored in the lab's artifact store (``phase10.generations``)
+keyed by prompts, settings and the adapters' recipes, so ``phase10.judge`` scores exactly these
+answers without generating them again.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.artifacts import Artifact, Recipe
 from lab.hashing import json_sha256
-from lab.paths import cache_dir
+from phase09_finetuning.sft import SFT_ADAPTER
+from phase10_alignment.dpo import DPO_ADAPTER
 
 PROBE = "Explain what a KV cache stores."  # fixed input whose logits fingerprint a loaded variant
 
@@ -29,8 +31,6 @@ class Config(ExerciseConfig):
     max_new_tokens: int = 48
     n_prompts: int | None = None  # None: all 10 Phase 9 eval prompts
     batch_size: int = 10
-    sft_adapter: str = ""  # empty: the profile's Phase 9 adapter
-    dpo_adapter: str = ""  # empty: the profile's phase10.dpo adapter
     require_cuda: bool = False
 
 
@@ -44,25 +44,33 @@ def probe_logits(model, tok):
         return model(**{k: v.to(model.device) for k, v in enc.items()}).logits[0, -1].float().cpu()
 
 
-def generations(cfg: Config, profile: str, ctx=None) -> dict[str, Any]:
-    """Answers of every variant to the eval prompts, with per-load checks; cached by content."""
+def generations(cfg: Config, ctx: RunContext) -> tuple[dict[str, Any], bool]:
+    """(answers of every variant to the eval prompts with per-load checks, whether they were stored
+    before this run). The adapters come from the store (trained first if missing, and the run says
+    so); the answers are a stored artifact of their own, keyed by prompts, settings and adapters."""
     import torch
 
-    from phase09_finetuning.generation import load_eval_prompts, timed_generate
-    from phase10_alignment.dpo import adapter_weights_sha256
-    from phase10_alignment.variants import VARIANTS, adapter_dir, lora_layers, load_variant
+    from phase09_finetuning.generation import load_eval_prompts
+    from phase10_alignment.variants import VARIANT_ADAPTERS, base_model_id
 
     prompts = load_eval_prompts()[: cfg.n_prompts]
-    adapters = {"base": None,
-                "sft": Path(cfg.sft_adapter) if cfg.sft_adapter else adapter_dir("sft", profile, ctx),
-                "dpo": Path(cfg.dpo_adapter) if cfg.dpo_adapter else adapter_dir("dpo", profile, ctx)}
-    shas = {v: adapter_weights_sha256(p) if p else None for v, p in adapters.items()}
-    key = json_sha256([profile, [p["prompt"] for p in prompts], cfg.max_new_tokens, shas])[:16]
-    cache = cache_dir() / "phase10" / profile / f"generations-{key}.json"
-    if cache.exists():
-        return {**json.loads(cache.read_text()), "cache_file": str(cache), "cache_hit": True}
+    adapters = {"base": None, **{v: ctx.require_artifact(kind) for v, kind in VARIANT_ADAPTERS.items()}}
+    recipe = Recipe("phase10.generations", dict(
+        base_model=base_model_id(ctx.profile), prompts_sha256=json_sha256([p["prompt"] for p in prompts]),
+        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, device="cuda" if torch.cuda.is_available() else "cpu",
+        adapters={v: a.recipe.sha256 if a else None for v, a in adapters.items()}))
+    stored = ctx.build_artifact(recipe, lambda folder: _generate(cfg, ctx.profile, prompts, adapters, folder))
+    doc = json.loads((stored.path / "generations.json").read_text())
+    return doc, stored.meta.get("producer", {}).get("run_id") != ctx.run_id
+
+
+def _generate(cfg: Config, profile: str, prompts: list[dict], adapters: dict[str, Artifact | None], folder: Path) -> None:
+    """Load each variant fresh, fingerprint it, generate; reload SFT last to prove loads do not leak."""
+    from phase09_finetuning.generation import timed_generate
+    from phase10_alignment.variants import VARIANTS, load_variant, lora_layers
+
     doc: dict[str, Any] = {"prompts": prompts, "max_new_tokens": cfg.max_new_tokens, "answers": {}, "loads": {},
-                           "adapters": {v: {"path": str(p) if p else None, "sha256": shas[v]} for v, p in adapters.items()}}
+                           "adapters": {v: a.id if a else None for v, a in adapters.items()}}
     fingerprints = {}
     for name in VARIANTS:
         began = time.perf_counter()
@@ -78,18 +86,13 @@ def generations(cfg: Config, profile: str, ctx=None) -> dict[str, Any]:
                               "nested_peft": any("base_model.model.base_model" in n for n, _ in model.named_modules())}
         del model
     # fresh-load isolation: SFT loaded again after DPO must compute exactly what it did the first time
-    if adapter_weights_sha256(adapters["sft"]) != shas["sft"]:
-        raise RuntimeError(f"{adapters['sft']} was rewritten during this run (Phase 9 retrained it?): rerun")
     model, tok = load_variant("sft", profile, adapter=adapters["sft"])
     doc["sft_reload_max_abs_diff"] = (probe_logits(model, tok) - fingerprints["sft"]).abs().max().item()
     doc["sft_vs_base_max_abs_diff"] = (fingerprints["sft"] - fingerprints["base"]).abs().max().item()
     doc["dpo_vs_sft_max_abs_diff"] = (fingerprints["dpo"] - fingerprints["sft"]).abs().max().item()
     del model
-    doc["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     doc["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(doc, indent=1))
-    return {**doc, "cache_file": str(cache), "cache_hit": False}
+    (folder / "generations.json").write_text(json.dumps(doc, indent=1))
 
 
 def _short(text: str, n: int = 160) -> str:
@@ -117,11 +120,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if cfg.require_cuda and not torch.cuda.is_available():
         ctx.skip("the a100 profile generates with Llama 3.1 8B + adapters: it needs a CUDA GPU")
     try:
-        doc = generations(cfg, ctx.profile, ctx)
+        doc, from_store = generations(cfg, ctx)
     except MissingResource as err:
         ctx.skip(str(err))
-    for name, info in doc["adapters"].items():
-        ctx.model(base_model_id(ctx.profile), sha256=info["sha256"], adapter=f"{name}: {info['path'] or 'none'}")
+    for name, adapter_id in doc["adapters"].items():
+        ctx.model(base_model_id(ctx.profile), adapter=f"{name}: {adapter_id or 'none'}")
     prompts, answers = doc["prompts"], doc["answers"]
     ctx.dataset("phase09_finetuning/data/eval_prompts.jsonl", n=len(prompts),
                 sha256=json_sha256(prompts))
@@ -155,10 +158,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("identical_sft_dpo", same_sft_dpo, "prompts", description="SFT and SFT+DPO answers identical")
     ctx.metric("identical_base_sft", same_base_sft, "prompts", description="BASE and SFT answers identical")
 
-    if doc["cache_hit"]:
-        ctx.finding(f"Generations (and the load checks and timings below) come from the cache, made at "
-                    f"{doc.get('generated_at', '?')} from the same prompts, settings and adapter weights (sha256 in "
-                    "Models); delete the cache file to regenerate.")
+    if from_store:
+        ctx.finding(f"Generations (and the load checks and timings below) come from the artifact store, made at "
+                    f"{doc.get('generated_at', '?')} from the same prompts, settings and adapter recipes (see Stored "
+                    "artifacts); a change to any of them generates anew.")
     ctx.finding(
         f"Fresh loads: every adapter variant carries exactly one adapter per LoRA layer "
         f"({loads['sft']['lora_layers']} layers) and no PeftModel inside a PeftModel; SFT reloaded after DPO "
@@ -191,7 +194,10 @@ EXERCISE = Exercise(
         Reference("sft_tokens_per_s", 11.0, "tokens/s", "seed: with a PEFT adapter (unmerged): 39% slower"),
     ),
     summary_metrics=("identical_sft_dpo", "sft_reload_max_abs_diff"),
+    needs=(SFT_ADAPTER, DPO_ADAPTER),
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

@@ -21,13 +21,12 @@ does to the model's behaviour on held-out text (per-token KL from the SFT start,
 log-probability of held-out answers).
 
 The trained adapter (SFT+DPO in one LoRA, loaded on a fresh base by ``variants.load_variant``) is
-saved to ``lab.paths.cache_dir()/adapters/phase10/<profile>/dpo`` — never into git.
+stored in the lab's artifact store as ``phase10.dpo_adapter``, keyed by its recipe (the SFT
+adapter's recipe, the pair selection, β, learning rate, steps, seed) — never into git.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
-from lab.paths import cache_dir
+from lab.artifacts import Artifact, ArtifactKind, Recipe, Reporter, default_store
+from phase09_finetuning.sft import SFT_ADAPTER, load_tokenizer
 
 
 class Config(ExerciseConfig):
@@ -56,23 +56,54 @@ class Config(ExerciseConfig):
     n_drift: int = 4  # Phase 9 held-out domain answers on which behaviour drift is measured
     drift_tokens: int = 48  # answer tokens read per drift answer
     sample_tokens: int = 24  # greedy tokens of one domain prompt per model, to read the drift
-    sft_adapter: str = ""  # empty: the profile's Phase 9 adapter (trained if absent)
-    save_adapter: bool = True
+    save_adapter: bool = True  # store the main run's adapter (phase10.dpo_adapter, keyed by its recipe)
     require_cuda: bool = False
 
 
-def dpo_adapter_dir(profile: str) -> Path:
-    """Where the profile's SFT+DPO adapter lives (the cache, never git)."""
-    return cache_dir() / "adapters" / "phase10" / profile / "dpo"
+# Bump when train_dpo changes what it trains from the same settings: stored adapters then stop matching.
+TRAINER_VERSION = "train_dpo/1"
 
 
-def adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
-    """The training record saved next to a Phase 9 or Phase 10 adapter."""
-    d = Path(adapter_dir)
-    for name in ("dpo_meta.json", "sft_meta.json"):
-        if (d / name).exists():
-            return json.loads((d / name).read_text())
-    raise FileNotFoundError(f"{d}: no sft_meta.json or dpo_meta.json (not an adapter saved by Phase 9/10)")
+def dpo_params(cfg: Config, sft: Recipe) -> dict[str, Any]:
+    """The recipe of the main-run DPO adapter: the SFT adapter it starts from, the pairs, the training."""
+    from lab.hashing import sha256_file
+    from phase10_alignment.data import HUB_ID, LOCAL_FILE
+
+    data = dict(source=cfg.data_source, split=cfg.split, start=cfg.data_start, candidates=cfg.n_candidates,
+                n_train=cfg.n_train, n_eval=cfg.n_eval,
+                sha256=sha256_file(LOCAL_FILE) if cfg.data_source == "local" else None,
+                hub_id=HUB_ID if cfg.data_source == "hub" else None)
+    return dict(base_model=sft.params["base_model"], qlora=sft.params["qlora"], sft_recipe_sha256=sft.sha256,
+                data=data, max_length=cfg.max_length, beta=cfg.beta, lr=cfg.learning_rate, max_steps=cfg.max_steps,
+                epochs=None if cfg.max_steps else cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                seed=cfg.seed, trainer=TRAINER_VERSION)
+
+
+def adapter_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """What a stored DPO adapter records about its training (read by later phases' provenance)."""
+    hist = result["history"]
+    return dict(steps=result["steps"], lr=result["lr"], final_loss=hist[-1]["loss"] if hist else None,
+                reward_margin=hist[-1]["rewards/margins"] if hist else None,
+                train_time_s=round(result["train_time_s"], 1), reference=result["reference"])
+
+
+def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> dict[str, Any]:
+    from lab.artifacts import load
+
+    cfg = EXERCISE.config(profile)
+    sft = load(SFT_ADAPTER, profile)
+    train_rows, _, _, _ = prepare_data(cfg, load_tokenizer(sft.params["base_model"]))
+    result = train_dpo(cfg, sft, train_rows, [], cfg.learning_rate, save_to=folder, ctx=reporter)
+    return {"metrics": adapter_metrics(result)}
+
+
+DPO_ADAPTER = ArtifactKind(
+    name="phase10.dpo_adapter",
+    params=lambda profile: dpo_params(EXERCISE.config(profile), SFT_ADAPTER.recipe(profile)),
+    build=_build_profile_adapter,
+    needs=(SFT_ADAPTER,),
+    description="the profile's SFT+DPO LoRA adapter (phase10.dpo's main run: the SFT adapter trained on with DPO)",
+)
 
 
 def select_pairs(pairs, tok, max_length: int):
@@ -93,18 +124,18 @@ def select_pairs(pairs, tok, max_length: int):
     return kept
 
 
-def load_policy(sft_dir: str | Path, *, trainable: bool):
-    """(peft model, tokenizer, meta): a fresh base (NF4 when the SFT run was QLoRA) + the SFT adapter."""
+def load_policy(sft: Artifact, *, trainable: bool):
+    """(peft model, tokenizer): a fresh base (NF4 when the SFT run was QLoRA) + the stored SFT adapter."""
     from peft import PeftModel, prepare_model_for_kbit_training
 
     from phase09_finetuning.sft import load_base
 
-    meta = adapter_meta(sft_dir)
-    model, tok, _ = load_base(meta["base_model"], qlora=bool(meta.get("qlora")) and trainable)
-    if meta.get("qlora") and trainable:
+    qlora = bool(sft.params.get("qlora"))
+    model, tok, _ = load_base(sft.params["base_model"], qlora=qlora and trainable)
+    if qlora and trainable:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = PeftModel.from_pretrained(model, str(sft_dir), is_trainable=trainable)
-    return model, tok, meta
+    model = PeftModel.from_pretrained(model, str(sft.path), is_trainable=trainable)
+    return model, tok
 
 
 def build_trainer(model, tok, train_rows, eval_rows, *, lr: float, beta: float, max_steps: int | None,
@@ -147,18 +178,6 @@ def reference_kind(model) -> str:
     """Which reference the trainer uses with ref_model=None (see the module docstring)."""
     return ("frozen copy of the SFT adapter ('ref')" if "ref" in getattr(model, "peft_config", {})
             else "adapter disabled (the base model)")
-
-
-def save_adapter(model, out_dir: Path, meta: dict[str, Any]) -> Path:
-    """Write only the trained 'default' adapter (not trl's frozen 'ref' copy) plus dpo_meta.json."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    (tmp / "dpo_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
-    return out_dir
 
 
 # --- drift: what a learning rate does to the model's behaviour ------------------------------------------
@@ -222,9 +241,12 @@ def prepare_data(cfg: Config, tok) -> tuple[list[dict], list[dict], dict[str, An
     return rows[:n_train], rows[n_train:need], prov, counts
 
 
-def train_dpo(cfg: Config, sft_dir: Path, train_rows, eval_rows, lr: float, drift_rows=(), sample_prompt=None,
+def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drift_rows=(), sample_prompt=None,
               save_to: Path | None = None, ctx=None) -> dict[str, Any]:
-    """One DPO run from the SFT adapter; returns its log, eval metrics, drift and memory."""
+    """One DPO run from the stored SFT adapter; returns its log, eval metrics, drift and memory.
+
+    ``save_to``: an empty folder that receives only the trained 'default' adapter (not trl's frozen
+    'ref' copy), e.g. a store staging folder."""
     import torch
 
     from phase09_finetuning.generation import generate
@@ -232,7 +254,7 @@ def train_dpo(cfg: Config, sft_dir: Path, train_rows, eval_rows, lr: float, drif
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    model, tok, sft_meta = load_policy(sft_dir, trainable=True)
+    model, tok = load_policy(sft, trainable=True)
     start = answer_logprobs(model, tok, list(drift_rows), cfg.drift_tokens) if drift_rows else None
     sample_before = generate(model, tok, [sample_prompt], cfg.sample_tokens)[0] if sample_prompt else None
     scratch = tempfile.mkdtemp(prefix="phase10-dpo-")
@@ -258,42 +280,10 @@ def train_dpo(cfg: Config, sft_dir: Path, train_rows, eval_rows, lr: float, drif
         if sample_prompt:
             result["sample_after"] = generate(trainer.model, tok, [sample_prompt], cfg.sample_tokens)[0]
         if save_to is not None:
-            meta = dict(base_model=sft_meta["base_model"], qlora=bool(sft_meta.get("qlora")), sft_adapter=str(sft_dir),
-                        sft_adapter_sha256=adapter_weights_sha256(sft_dir), method="dpo", beta=cfg.beta, lr=lr, steps=out.global_step, n_pairs=len(train_rows),
-                        max_length=cfg.max_length, reference=reference)
-            result["adapter_dir"] = str(save_adapter(trainer.model, Path(save_to), meta))
+            trainer.model.save_pretrained(str(save_to), selected_adapters=["default"])
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def resolve_sft_adapter(path: str, profile: str, ctx=None) -> Path:
-    """The configured SFT adapter, else the profile's Phase 9 adapter (trained if absent)."""
-    from phase09_finetuning.sft import ensure_sft_adapter
-
-    return Path(path) if path else ensure_sft_adapter(profile, ctx=ctx)
-
-
-def adapter_weights_sha256(adapter_dir: str | Path) -> str:
-    from lab.hashing import sha256_file
-
-    return sha256_file(Path(adapter_dir) / "adapter_model.safetensors")
-
-
-def ensure_dpo_adapter(profile: str, ctx=None) -> Path:
-    """The profile's SFT+DPO adapter; (re)trains it with the profile's main (non-ablation) run if it is
-    absent or was trained from a different SFT adapter than the one Phase 9 publishes now."""
-    from phase10_alignment.variants import load_tokenizer
-
-    cfg = EXERCISE.config(profile)
-    sft_dir = resolve_sft_adapter(cfg.sft_adapter, profile, ctx)
-    target = dpo_adapter_dir(profile)
-    if (target / "adapter_config.json").exists():
-        if adapter_meta(target).get("sft_adapter_sha256") == adapter_weights_sha256(sft_dir):
-            return target
-    train_rows, _, _, _ = prepare_data(cfg, load_tokenizer(adapter_meta(sft_dir)["base_model"]))
-    train_dpo(cfg, sft_dir, train_rows, [], cfg.learning_rate, save_to=target, ctx=ctx)
-    return target
 
 
 # --- the exercise ---------------------------------------------------------------------------------------------
@@ -312,31 +302,27 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.errors import MissingResource
     from phase09_finetuning.dataset import dataset_sha256
     from phase09_finetuning.generation import load_eval_prompts
-    from phase10_alignment.variants import load_tokenizer
 
     if cfg.require_cuda and not torch.cuda.is_available():
         ctx.skip("the a100 profile trains DPO on Llama 3.1 8B (NF4) + the Phase 9 adapter: it needs a CUDA GPU")
     try:
-        sft_dir = resolve_sft_adapter(cfg.sft_adapter, ctx.profile, ctx)
-        sft_meta = adapter_meta(sft_dir)
-        tok = load_tokenizer(sft_meta["base_model"])
+        sft = ctx.require_artifact(SFT_ADAPTER)  # trained first (and said so) if the store lacks it
+        tok = load_tokenizer(sft.params["base_model"])
     except MissingResource as err:
         ctx.skip(str(err))
     train_rows, eval_rows, prov, counts = prepare_data(cfg, tok)
     ctx.dataset(prov["id"], n=counts["train"] + counts["eval"], sha256=prov["sha256"], **counts)
     drift_rows = domain_answers(cfg.n_drift)
     ctx.dataset("phase09 domain Q&A, eval split (drift probe)", n=len(drift_rows), sha256=dataset_sha256())
-    ctx.model(sft_meta["base_model"], adapter=f"Phase 9 SFT LoRA r={sft_meta.get('lora_r')} ({sft_dir.name}), "
-              "trained on with DPO", quantization="NF4" if sft_meta.get("qlora") else None)
+    ctx.model(sft.params["base_model"], adapter=f"{sft.id}: Phase 9 SFT LoRA r={sft.params['lora_r']}, "
+              "trained on with DPO", quantization="NF4" if sft.params.get("qlora") else None)
     sample_prompt = load_eval_prompts()[0]["prompt"]
 
     rates = [cfg.learning_rate] + ([cfg.ablation_learning_rate] if cfg.ablation_learning_rate else [])
-    runs = []
-    for i, lr in enumerate(rates):
-        runs.append(train_dpo(cfg, sft_dir, train_rows, eval_rows, lr, drift_rows=drift_rows,
-                              sample_prompt=sample_prompt,
-                              save_to=dpo_adapter_dir(ctx.profile) if (i == 0 and cfg.save_adapter) else None,
-                              ctx=ctx))
+    runs = [_main_run(cfg, ctx, sft, train_rows, eval_rows, drift_rows, sample_prompt)]
+    for lr in rates[1:]:
+        runs.append(train_dpo(cfg, sft, train_rows, eval_rows, lr, drift_rows=drift_rows,
+                              sample_prompt=sample_prompt, ctx=ctx))
     main = runs[0]
     hist = main["history"]
     ctx.metric("final_train_loss", _final(hist, "loss"), "", higher_is_better=False,
@@ -412,6 +398,21 @@ def run(cfg: Config, ctx: RunContext) -> None:
         )
 
 
+def _main_run(cfg: Config, ctx: RunContext, sft: Artifact, train_rows, eval_rows, drift_rows, sample_prompt):
+    """The run at ``learning_rate``; with ``save_adapter`` its adapter is stored under its recipe."""
+    if not cfg.save_adapter:
+        return train_dpo(cfg, sft, train_rows, eval_rows, cfg.learning_rate, drift_rows=drift_rows,
+                         sample_prompt=sample_prompt, ctx=ctx)
+    store, recipe = default_store(), Recipe(DPO_ADAPTER.name, dpo_params(cfg, sft.recipe))
+    with store.staging(recipe) as folder:
+        result = train_dpo(cfg, sft, train_rows, eval_rows, cfg.learning_rate, drift_rows=drift_rows,
+                           sample_prompt=sample_prompt, save_to=folder, ctx=ctx)
+        stored, new = store.publish(recipe, folder, producer=ctx.producer, metrics=adapter_metrics(result),
+                                    build_s=result["train_time_s"])
+    ctx.record_artifact(stored, "published" if new else "kept")
+    return result
+
+
 def _round(value, digits: int = 4):
     return None if value is None else round(value, digits)
 
@@ -441,7 +442,11 @@ EXERCISE = Exercise(
         Reference("peak_memory_gb", 51.0, "GB", "seed: VRAM on an A100 80GB"),
     ),
     summary_metrics=("final_train_loss", "train_reward_margin", "kl_per_token"),
+    needs=(SFT_ADAPTER,),
+    produces=(DPO_ADAPTER,),
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

@@ -61,7 +61,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if cfg.require_cuda and not torch.cuda.is_available():
         ctx.skip("the a100 profile judges Llama 3.1 8B generations: it needs a CUDA GPU to produce them")
     try:
-        doc = compare.generations(cfg, ctx.profile, ctx)
+        doc, _ = compare.generations(cfg, ctx)
         llm = from_spec(cfg.llm or None)
         judge = Judge(llm, RUBRIC, method=cfg.method, max_retries=cfg.max_retries, max_tokens=cfg.max_tokens)
         ctx.model(**llm.describe())
@@ -173,7 +173,10 @@ EXERCISE = Exercise(
         Reference("dpo_mean", 1.83, "score 1-5", "seed: SFT+DPO"),
     ),
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
+    needs=compare.EXERCISE.needs,  # it scores phase10.compare's generations of the same adapters
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

@@ -73,7 +73,7 @@ def load_reward_model(model_id: str, dtype: str, device: str):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from phase10_alignment.variants import model_path
+    from phase09_finetuning.sft import model_path
 
     path = model_path(model_id)
     tok = AutoTokenizer.from_pretrained(path)
@@ -287,4 +287,6 @@ EXERCISE = Exercise(
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

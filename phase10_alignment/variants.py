@@ -1,5 +1,7 @@
 """BASE / SFT / SFT+DPO, each loaded fresh from the base weights — the one loader Phases 10 and 11 use.
 
+Adapters come from the lab's artifact store, found by recipe; loading never trains.
+
 The seed's failure mode: swapping adapters on a live PEFT model (``PeftModel.from_pretrained`` on a
 model that already is one) nests ``base_model.model.base_model.model…`` and silently computes with
 the wrong weights. So every variant here starts from a freshly loaded base, gets at most one
@@ -8,77 +10,47 @@ adapter, and is checked: one LoRA adapter per targeted layer, no PEFT wrapper in
 
 from __future__ import annotations
 
-from pathlib import Path
+from lab.artifacts import Artifact
+from phase09_finetuning.sft import SFT_ADAPTER
+from phase10_alignment.dpo import DPO_ADAPTER
 
 VARIANTS = ("base", "sft", "dpo")
-
-
-def model_path(model_id: str) -> str:
-    """Local folder or hub id to load: the embedded SmolLM2 as a trainable folder, else the HF cache/hub."""
-    from lab import models
-    from phase09_finetuning.sft import SMOLLM
-
-    return str(models.hf_folder()) if model_id == SMOLLM else models.resolve(model_id)
-
-
-def load_tokenizer(model_id: str):
-    """The tokenizer alone (cheap): for data filtering before any model is loaded."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_path(model_id))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+# The stored artifact each adapter variant loads (lab/artifacts.py): callers fetch it with
+# ``ctx.load_artifact`` / ``ctx.require_artifact`` and pass it in; this module never trains.
+VARIANT_ADAPTERS = {"sft": SFT_ADAPTER, "dpo": DPO_ADAPTER}
 
 
 def base_model_id(profile: str) -> str:
     """The base model of the profile's Phase 9 recipe (Phase 10 tunes on top of it)."""
-    from phase09_finetuning.sft import SFT_RECIPES
+    from phase09_finetuning.sft import profile_recipe
 
-    if profile not in SFT_RECIPES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(SFT_RECIPES)}")
-    return SFT_RECIPES[profile]["model_id"]
+    return profile_recipe(profile)["model_id"]
 
 
-def adapter_dir(name: str, profile: str, ctx=None) -> Path | None:
-    """The published adapter of a variant (None for base); trained first if it is not in the cache."""
-    if name == "base":
-        return None
-    if name == "sft":
-        from phase09_finetuning.sft import ensure_sft_adapter
-
-        return ensure_sft_adapter(profile, ctx=ctx)
-    if name == "dpo":
-        from phase10_alignment.dpo import ensure_dpo_adapter
-
-        return ensure_dpo_adapter(profile, ctx=ctx)
-    raise ValueError(f"unknown variant {name!r}; choose one of {VARIANTS}")
-
-
-def load_variant(name: str, profile: str, adapter: str | Path | None = None, ctx=None):
+def load_variant(name: str, profile: str, adapter: Artifact | None = None):
     """(model, tokenizer) for variant ``name`` in eval mode: a fresh base plus at most one adapter.
 
-    ``adapter`` overrides the profile's published adapter dir (tests, or comparing other runs).
-    Raises if the loaded module tree shows adapter stacking.
+    ``adapter``: the stored adapter for "sft"/"dpo" (None for "base"). Raises if it was trained on
+    another base than the profile's, or if the loaded module tree shows adapter stacking.
     """
     from peft import PeftModel
 
     from phase09_finetuning.sft import load_base
-    from phase10_alignment.dpo import adapter_meta
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {VARIANTS}")
+    if (adapter is None) != (name == "base"):
+        raise ValueError(f"variant {name!r}: pass its stored adapter (and none for 'base'), got {adapter}")
     base_id = base_model_id(profile)
     model, tok, _ = load_base(base_id, qlora=False)
-    if name != "base":
-        path = Path(adapter) if adapter else adapter_dir(name, profile, ctx)
-        meta_base = adapter_meta(path).get("base_model")
-        if meta_base != base_id:
-            raise ValueError(f"{path}: adapter was trained on {meta_base!r}, profile {profile!r} uses {base_id!r}")
-        model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    if adapter is not None:
+        trained_on = adapter.params.get("base_model")
+        if trained_on != base_id:
+            raise ValueError(f"{adapter.id}: adapter was trained on {trained_on!r}, profile {profile!r} uses {base_id!r}")
+        model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
         problems = adapter_stacking_problems(model)
         if problems:
-            raise RuntimeError(f"variant {name} from {path}: " + "; ".join(problems))
+            raise RuntimeError(f"variant {name} from {adapter.id}: " + "; ".join(problems))
     model.eval()
     return model, tok
 

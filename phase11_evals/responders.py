@@ -4,16 +4,18 @@ Each variant is loaded fresh from the base weights (Phase 10's rule against adap
 its adapter is merged before generation (``merge_and_unload``): an unmerged LoRA adds low-rank
 matmuls to every step, the seed's 39% throughput penalty. Decoding is greedy, so runs repeat.
 
-This module never trains: a variant whose adapter is not in the cache is reported as unavailable
-with the command that produces it, and the exercise scores the variants that exist.
+This module never trains: adapters come from the lab's artifact store, and a variant whose adapter
+is not stored is reported as unavailable with the command that builds it; the exercise scores the
+variants that exist.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from lab.artifacts import Artifact
 
 
 @dataclass
@@ -23,24 +25,24 @@ class Answer:
     seconds: float
 
 
-def missing_reason(variant: str, profile: str) -> str | None:
-    """Why ``variant`` cannot be loaded for ``profile`` without training (None when it can)."""
-    from phase10_alignment.variants import VARIANTS
+def stored_adapter(variant: str, profile: str) -> Artifact | None:
+    """The variant's stored adapter (None for base); MissingArtifact names the build command."""
+    from lab.artifacts import load
+    from phase10_alignment.variants import VARIANT_ADAPTERS, VARIANTS
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    if variant == "base":
-        return None
-    if variant == "sft":
-        from phase09_finetuning.sft import sft_adapter_dir
+    return None if variant == "base" else load(VARIANT_ADAPTERS[variant], profile)
 
-        path, producer = sft_adapter_dir(profile), f"lab run phase09 --profile {profile}"
-    else:
-        from phase10_alignment.dpo import dpo_adapter_dir
 
-        path, producer = dpo_adapter_dir(profile), f"lab run phase10.dpo --profile {profile}"
-    if not (Path(path) / "adapter_config.json").exists():
-        return f"no {variant} adapter at {path} (produced by `{producer}`)"
+def missing_reason(variant: str, profile: str) -> str | None:
+    """Why ``variant`` cannot be loaded for ``profile`` without training (None when it can)."""
+    from lab.errors import MissingArtifact, UnusableArtifact
+
+    try:
+        stored_adapter(variant, profile)
+    except (MissingArtifact, UnusableArtifact) as err:
+        return str(err)
     return None
 
 
@@ -48,27 +50,23 @@ class Responder:
     """One variant, loaded and merged, answering single-turn prompts greedily."""
 
     def __init__(self, variant: str, profile: str):
-        from phase10_alignment.variants import adapter_dir, base_model_id, load_variant
+        from phase10_alignment.variants import base_model_id, load_variant
 
         self.variant = variant
         self.base_id = base_model_id(profile)
-        self.adapter = None if variant == "base" else str(adapter_dir(variant, profile))
-        model, self.tok = load_variant(variant, profile)
+        self.adapter = stored_adapter(variant, profile)
+        model, self.tok = load_variant(variant, profile, adapter=self.adapter)
         self.n_params = sum(p.numel() for p in model.parameters())
         self.model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         self.model.eval()
 
     def describe(self) -> dict[str, Any]:
         """Provenance, with the adapter's own training record (steps, pairs, lr...) so a weak adapter shows."""
-        info = {"id": f"{self.variant}: {self.base_id}", "adapter": self.adapter, "n_params": self.n_params,
-                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""), "role": "model under test",
-                "merged": self.adapter is not None}
+        info = {"id": f"{self.variant}: {self.base_id}", "adapter": self.adapter.id if self.adapter else None,
+                "n_params": self.n_params, "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "role": "model under test", "merged": self.adapter is not None}
         if self.adapter:
-            from phase10_alignment.dpo import adapter_meta
-
-            meta = adapter_meta(self.adapter)
-            info["training"] = {k: meta[k] for k in ("method", "steps", "n_rows", "n_pairs", "lr", "beta", "final_loss",
-                                                      "epochs") if k in meta}
+            info["training"] = dict(self.adapter.metrics)
         return info
 
     def answer(self, prompt: str, max_new_tokens: int) -> Answer:

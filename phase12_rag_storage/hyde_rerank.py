@@ -100,6 +100,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
         key = metric_key(m.lower().replace("+", "_"))
         ctx.metric(f"hit_rate_{key}", s["overall"]["hit_rate"], "fraction", True)
         ctx.metric(f"top1_{key}", s["overall"]["top1"], "fraction", True)
+    if cross_encoder is None:  # declared metrics of the skipped rows: null (shown as "—"), never faked
+        for key in ("rerank", "hyde_rerank"):
+            for name in (f"hit_rate_{key}", f"top1_{key}"):
+                ctx.metric(name, None, "fraction", True, description=f"not measured: {cfg.reranker} unavailable")
 
     # per query: what HyDE wrote and what it changed
     base, hyde = per_method["baseline"], per_method["HyDE"]
@@ -147,4 +151,6 @@ EXERCISE = Exercise(
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

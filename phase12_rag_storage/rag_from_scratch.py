@@ -186,4 +186,6 @@ EXERCISE = Exercise(
 )
 
 if __name__ == "__main__":
-    EXERCISE.main()
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

@@ -1,6 +1,11 @@
-"""Test defaults: offline hub, one thread per process (2 shared cores), no framework telemetry."""
+"""Test defaults: offline hub, one thread per process (2 shared cores), no framework telemetry, a
+private artifact store per session, and a record of the metrics each exercise's tiny runs emit (read
+by the contract test)."""
 
+import functools
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -9,11 +14,43 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lab.toolchain import quiet_frameworks  # noqa: E402  (every framework's telemetry off, before any import)
 
 quiet_frameworks()
+# Adapters, datasets and generations that tests train go to a throwaway store (subprocesses inherit
+# it), never to the user's: set unconditionally, before anything asks for the store.
+ARTIFACT_STORE = tempfile.mkdtemp(prefix="lab-test-artifacts-")
+os.environ["LAB_ARTIFACTS"] = ARTIFACT_STORE
 
 import pytest  # noqa: E402
 
+from lab import runner  # noqa: E402
+
+# exercise id -> metric names emitted by runs of its tiny config (possibly with extra keys) this session
+TINY_METRICS: dict[str, set[str]] = {}
+
+
+def _recording(execute):
+    """Wrap lab.runner.execute before any test module imports it, so every tiny run the suite makes
+    anyway also feeds the registry-wide contract test (which then need not run them all again)."""
+    @functools.wraps(execute)
+    def wrapper(exercise, profile, overrides, *args, **kwargs):
+        doc = execute(exercise, profile, overrides, *args, **kwargs)
+        if doc["status"] != "failed" and profile == "cpu" and set(exercise.tiny) <= set(overrides):
+            TINY_METRICS.setdefault(exercise.id, set()).update(doc["metrics"])
+        return doc
+
+    return wrapper
+
+
+runner.execute = _recording(runner.execute)
+
+
+@pytest.fixture(scope="session")
+def tiny_metrics() -> dict[str, set[str]]:
+    return TINY_METRICS
+
 
 def pytest_collection_modifyitems(config, items):
+    # tests marked `last` read what the other tests recorded: run them after everything else
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
     try:
         import torch
 
@@ -26,6 +63,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(ARTIFACT_STORE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

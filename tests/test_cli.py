@@ -1,7 +1,6 @@
 """The `lab` command: real subprocesses for what a user types first, CliRunner with a fake phase
 for the run/report paths (so these tests do not depend on which exercises exist yet)."""
 
-import functools
 import json
 import os
 import socket
@@ -13,7 +12,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from lab import Exercise, ExerciseConfig, RunContext, cli, registry, report
+from lab import Exercise, ExerciseConfig, RunContext, cli, paths, registry, report
 from lab.llm import from_spec
 from lab.registry import Phase
 
@@ -59,8 +58,8 @@ def fake_phase(monkeypatch, tmp_path):
     (repo / "phase99_echo").mkdir(parents=True)
     (repo / "phase99_echo" / "README.md").write_text(f"# Echo\n\n{report.BEGIN}\n{report.END}\n")
     (repo / "README.md").write_text(f"# Top\n{report.BEGIN}\n{report.END}\n")
-    for name in ("stale", "write_all"):
-        monkeypatch.setattr(report, name, functools.partial(getattr(report, name), root, repo, phases))
+    monkeypatch.setattr(paths, "RESULTS_ROOT", root)  # `lab report` reads both at call time
+    monkeypatch.setattr(paths, "REPO_ROOT", repo)
     monkeypatch.setenv("LAB_LLM", "")  # `lab run --llm` sets it for the process: restored after
     return repo, root
 
@@ -82,6 +81,27 @@ def test_run_writes_a_result_and_passes_the_llm_spec(fake_phase):
     doc = json.loads((root / "phase99" / "echo" / "cpu" / "result.json").read_text())
     assert doc["status"] == "ok" and doc["metrics"]["n_squared"]["value"] == 9
     assert doc["findings"] == ["llm spec seen by the exercise: local:my-test-model"]
+
+
+def test_llm_is_an_override_that_goes_to_runs_and_leaves_results_untouched(fake_phase, tmp_path, monkeypatch):
+    from lab import runner as lab_runner
+
+    committed, scratch = tmp_path / "committed", tmp_path / "scratch"
+    monkeypatch.setattr(lab_runner, "RESULTS_ROOT", committed)
+    monkeypatch.setattr(lab_runner, "SCRATCH_ROOT", scratch)
+    assert runner.invoke(cli.app, ["run", "phase99.echo"]).exit_code == 0  # the canonical run fills results/
+    slot = committed / "phase99" / "echo" / "cpu"
+    before = {p.name: p.read_bytes() for p in slot.iterdir()}
+    canonical = json.loads(before["result.json"])
+    res = runner.invoke(cli.app, ["run", "phase99.echo", "--llm", "local:another-model"])
+    assert res.exit_code == 0, res.output
+    assert {p.name: p.read_bytes() for p in slot.iterdir()} == before
+    (path,) = scratch.glob("phase99/echo/cpu/*/result.json")
+    doc = json.loads(path.read_text())
+    assert doc["overrides"] == {"--llm": "local:another-model"} and canonical["overrides"] == {}
+    assert doc["config"] == canonical["config"] and doc["config_sha256"] != canonical["config_sha256"]
+    assert doc["findings"] == ["llm spec seen by the exercise: local:another-model"]
+    assert os.environ.get("LAB_LLM") == ""  # restored after the run
 
 
 def test_run_with_an_unknown_set_key_exits_2_naming_the_key(fake_phase):
@@ -115,9 +135,33 @@ def test_report_check_exit_codes(fake_phase):
 
 def test_exercise_module_entry_point_validates_like_lab_run(capsys):
     with pytest.raises(SystemExit) as exit_:
-        ECHO.main(["--set", "nn=1"])
+        cli.exercise_main(ECHO, ["--set", "nn=1"])
     assert exit_.value.code == 2
     assert "unknown config key(s) nn" in flat(capsys.readouterr().err)
+
+
+def test_artifacts_lists_declared_kinds_and_builds_one_with_its_needs(monkeypatch, tmp_path):
+    from lab.artifacts import ArtifactKind
+
+    def build(profile, folder, reporter):
+        (folder / "weights.txt").write_text(profile)
+
+    base = ArtifactKind("phase99.base", params=lambda p: {"p": p, "steps": 2}, build=build)
+    tuned = ArtifactKind("phase99.tuned", params=lambda p: {"p": p, "lr": 0.1}, build=build, needs=(base,))
+    user = Exercise(id="phase99.user", title="User", run=echo_run, config_cls=EchoConfig, profiles={"cpu": {}},
+                    needs=(tuned,))
+    monkeypatch.setattr(registry, "phases", lambda: (Phase("phase99", "phase99_echo", "Echo", (ECHO, user)),))
+    monkeypatch.setenv("LAB_ARTIFACTS", str(tmp_path / "store"))
+    res = runner.invoke(cli.app, ["artifacts"])
+    assert res.exit_code == 0 and "phase99.tuned" in res.output and "phase99.base" in res.output
+    assert "phase99.user" in res.output and " no " in res.output
+    res = runner.invoke(cli.app, ["artifacts", "build", "phase99.tuned"])
+    assert res.exit_code == 0, res.output
+    assert f"{tuned.recipe('cpu').id} (recipe sha256" in flat(res.output)
+    stored = sorted(p.parent.parent.name for p in (tmp_path / "store").glob("*/*/artifact.json"))
+    assert stored == ["phase99.base", "phase99.tuned"]
+    res = runner.invoke(cli.app, ["artifacts", "build", "phase99.nothing"])
+    assert res.exit_code == 2 and "unknown artifact 'phase99.nothing'; known: phase99.base, phase99.tuned" in flat(res.output)
 
 
 def test_doctor_reports_an_unreachable_database_without_its_password(monkeypatch):
@@ -138,7 +182,7 @@ def test_doctor_reports_an_unreachable_database_without_its_password(monkeypatch
 def test_help_lists_the_commands():
     res = lab("--help")
     assert res.returncode == 0
-    for command in ("run", "list", "report", "doctor", "models"):
+    for command in ("run", "list", "report", "artifacts", "doctor", "models"):
         assert f" {command} " in res.stdout
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from lab.runner import execute
 from phase08_architecture.architecture import EXERCISE, comparison_rows, inventory, role_of, shape_mismatches
 from phase08_architecture.model_configs import SHIPPED, hf_config, load_config, meta_model
 
@@ -69,7 +70,7 @@ def test_shape_mismatch_detection():
 
 @pytest.mark.slow
 def test_exercise_end_to_end_reads_loaded_weights(tmp_path):
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     refs = {r["metric"]: r for r in doc["reference"]}
     for exact in ("llama31_8b_total_params", "llama31_8b_non_embedding_params", "llama31_8b_bf16_gb",

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lab import ConfigError
+from lab.runner import execute
 from phase08_architecture.kv_cache import EXERCISE, K, kv_cache_bytes, kv_shape, variants
 from phase08_architecture.model_configs import load_config
 
@@ -69,7 +70,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
 
 @pytest.mark.slow
 def test_exercise_end_to_end_tiny(tmp_path):
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     refs = {r["metric"]: r for r in doc["reference"]}
     assert len(refs) == 16
@@ -87,7 +88,7 @@ def test_exercise_end_to_end_tiny(tmp_path):
 def test_sizing_any_config_from_the_cli_keys(tmp_path):
     cfg = {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 100, "n_positions": 64}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    doc = EXERCISE.execute("cpu", {"config": str(tmp_path / "config.json"), "context": 1000, "batch": 3,
+    doc = execute(EXERCISE, "cpu", {"config": str(tmp_path / "config.json"), "context": 1000, "batch": 3,
                                    "dtype": "float32", "measure_tokens": []}, out=tmp_path / "out")
     assert doc["status"] == "ok", doc["reason"]
     assert doc["metrics"]["kv_bytes_per_token"]["value"] == 2 * 2 * 64 * 4

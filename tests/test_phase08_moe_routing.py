@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from lab.runner import execute
 from phase08_architecture.moe_routing import (EXERCISE, aggregate_usage, cosine_matrix, max_deviation_pp,
                                               noise_floor, specialization_scores, usage)
 
@@ -59,7 +60,7 @@ def test_usage_rejects_an_empty_layer():
 
 @pytest.mark.slow
 def test_pipeline_on_random_tiny_mixtral(tmp_path):
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     m = doc["metrics"]
     assert m["v2_tokens_routed"]["value"] > 0

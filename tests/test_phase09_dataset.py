@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lab.runner import execute
 from phase09_finetuning import pipeline
 from phase09_finetuning.data import make_raw
 from phase09_finetuning.dataset import EXERCISE, RAW_PATH
@@ -118,7 +119,7 @@ def test_shipped_raw_really_contains_every_failure_mode():
 
 
 def test_dataset_exercise_end_to_end(tmp_path):
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["raw_pairs"] == m["kept_pairs"] + sum(r[1] for r in doc["tables"]["filters"]["rows"])

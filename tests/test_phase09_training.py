@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lab.runner import execute
 from phase09_finetuning import generation, sft
 
 
@@ -42,7 +43,7 @@ def tiny_adapter(tmp_path_factory):
     from phase09_finetuning.dataset import load_training_set
 
     rows = load_training_set("train")[:2]
-    out = tmp_path_factory.mktemp("adapter") / "sft"
+    out = tmp_path_factory.mktemp("sft")
     res = sft.train_sft(sft.SMOLLM, rows, out, lora_r=8, max_steps=6, batch_size=2, max_length=64, lr=2e-3)
     return out, res
 
@@ -54,16 +55,15 @@ def test_tiny_sft_run_loss_decreases_and_saves_only_the_adapter(tiny_adapter):
     assert min(res["losses"][-2:]) < res["losses"][0] - 0.2, res["losses"]
     assert res["trainable_params"] == 305_280 * 8  # SmolLM2-135M: 305,280 x r
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "sft_meta.json"]
+    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert res["adapter_bytes"] == (out / "adapter_model.safetensors").stat().st_size
-    assert json.loads((out / "sft_meta.json").read_text())["steps"] == 6
 
 
 @pytest.mark.slow
 def test_qlora_exercise_tiny(tmp_path):
     from phase09_finetuning.qlora import EXERCISE
 
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["llama8b_lora_params"] == 41_943_040 and abs(m["llama8b_lora_pct"] - 0.52) < 0.01
@@ -80,21 +80,20 @@ def test_qlora_exercise_tiny(tmp_path):
 def test_rank_sweep_exercise_tiny(tmp_path):
     from phase09_finetuning.rank_sweep import EXERCISE
 
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     m = {k: v["value"] for k, v in doc["metrics"].items()}
-    assert m["trainable_params_r16"] == 4 * m["trainable_params_r4"]
-    assert m["llama8b_params_r4"] == 10_485_760 and m["llama8b_params_r16"] == 41_943_040
-    assert m["eval_loss_r4"] > 0 and m["final_loss_r16"] > 0
-    assert [row[0] for row in doc["tables"]["sweep"]["rows"]] == [4, 16]
+    assert m["trainable_params_r64"] == 16 * m["trainable_params_r4"]
+    assert m["llama8b_params_r4"] == 10_485_760 and m["llama8b_params_r64"] == 167_772_160
+    assert m["eval_loss_r4"] > 0 and m["final_loss_r64"] > 0
+    assert [row[0] for row in doc["tables"]["sweep"]["rows"]] == [4, 64]
 
 
 @pytest.mark.slow
-def test_before_after_exercise_tiny(tmp_path, tiny_adapter):
+def test_before_after_exercise_tiny(tmp_path):
     from phase09_finetuning.before_after import EXERCISE
 
-    overrides = dict(EXERCISE.tiny, adapter_steps=0, adapter_dir=str(tiny_adapter[0]))
-    doc = EXERCISE.execute("cpu", overrides, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["tokens_per_s_base"] > 0 and m["tokens_per_s_unmerged"] > 0 and m["tokens_per_s_merged"] > 0
@@ -102,3 +101,7 @@ def test_before_after_exercise_tiny(tmp_path, tiny_adapter):
     assert len(doc["tables"]["prompts"]["rows"]) == 2
     md = (tmp_path / "phase09" / "before_after" / "cpu" / "before_after.md").read_text()
     assert "p01-roofline" in md and "| answer |" in md
+    # its small adapter is a stored artifact named by id, trained by this run or an earlier one
+    (adapter,) = doc["stored_artifacts"]
+    assert adapter["id"].startswith("phase09.sft_adapter/") and adapter["role"] in ("built", "used")
+    assert adapter["id"] in doc["models"][1]["adapter"] and str(tmp_path) not in json.dumps(doc["models"])

@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from lab.runner import execute
 from phase10_alignment.data import LOCAL_FILE, load_pairs, parse_dialogue, to_pair
 from phase10_alignment.reward_model import EXERCISE, bradley_terry_loss, preference_stats
 
@@ -74,7 +75,7 @@ def test_committed_slice_loads_and_matches_its_source_note():
 
 @pytest.mark.slow
 def test_reward_model_tiny_end_to_end(tmp_path):
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["error"]
     m = doc["metrics"]
     assert m["missing_keys_at_load"]["value"] == 1 and "score.weight" in m["missing_keys_at_load"]["description"]
@@ -99,5 +100,5 @@ def test_every_phase10_profile_resolves_and_a100_skips_cleanly_without_cuda(tmp_
     if torch.cuda.is_available():
         return
     for ex in exercises:
-        doc = ex.execute("a100", out=tmp_path)
+        doc = execute(ex, "a100", {}, out=tmp_path)
         assert doc["status"] == "skipped" and "CUDA" in doc["reason"], (ex.id, doc["reason"])

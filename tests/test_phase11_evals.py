@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lab.runner import execute
 from phase11_evals.calibration import agreement, pearson, status
 from phase11_evals.contamination import is_contamination_signal, verbatim_overlap
 from phase11_evals.evaldata import (DATA_DIR, DIMENSIONS, FLAG, EvalDataError, load_calibration,
@@ -148,7 +149,7 @@ def _result(tmp_path, name):
 def test_eval_set_exercise_records_hashes_and_the_gate_on_reference_scores(tmp_path):
     from phase11_evals.eval_set import EXERCISE
 
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     res = _result(tmp_path, "eval_set")
     assert res["metrics"]["n_prompts"]["value"] == 50 and res["metrics"]["n_categories"]["value"] == 7
@@ -166,7 +167,7 @@ def test_eval_set_exercise_records_hashes_and_the_gate_on_reference_scores(tmp_p
 def test_calibration_exercise_compares_both_rubrics(tmp_path):
     from phase11_evals.calibration import EXERCISE
 
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     res = _result(tmp_path, "calibration")
     overall = res["tables"]["calibration_overall"]["rows"]
@@ -186,7 +187,7 @@ def test_calibration_exercise_compares_both_rubrics(tmp_path):
 def test_contamination_exercise_scores_both_wordings(tmp_path):
     from phase11_evals.contamination import EXERCISE
 
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     res = _result(tmp_path, "contamination")
     row = res["tables"]["pairs"]["rows"][0]
@@ -201,7 +202,7 @@ def test_contamination_exercise_scores_both_wordings(tmp_path):
 def test_model_comparison_exercise_scores_base_and_applies_the_gate(tmp_path):
     from phase11_evals.model_comparison import EXERCISE
 
-    doc = EXERCISE.execute("cpu", EXERCISE.tiny, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     res = _result(tmp_path, "model_comparison")
     assert res["tables"]["variants"]["rows"] == [["base", "scored", ""]]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lab.errors import ConfigError
+from lab.runner import execute
 from phase12_rag_storage import storage_bench as sb
 
 
@@ -56,7 +57,7 @@ def test_pgvector_post_filter_shortfall_and_both_fixes():
 @pytest.mark.slow  # loads MiniLM for the real-corpus size
 def test_storage_bench_end_to_end_tiny(tmp_path, monkeypatch):
     monkeypatch.delenv("LAB_CRDB_URL", raising=False)
-    doc = sb.EXERCISE.execute("cpu", sb.EXERCISE.tiny, out=tmp_path)
+    doc = execute(sb.EXERCISE, "cpu", sb.EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     saved = json.loads(open(doc["_path"]).read())
     tables = saved["tables"]

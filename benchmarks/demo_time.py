@@ -1,0 +1,91 @@
+"""How long the whole reproduction takes, read from the latest results (nothing is run).
+
+    .venv/bin/python benchmarks/demo_time.py [--profile cpu] [--jobs 2] [--results results]
+
+Prints each exercise's wall time (``duration_s`` of its latest result.json), the sum (what
+``lab run all --jobs 1`` costs) and an estimate for ``--jobs N``: the scheduler's own plan on a
+fresh artifact store (every artifact missing, so consumers wait for their producers), replayed with
+these wall times, ready jobs started longest-critical-path first as ``lab run`` does. Process start
+overhead and two jobs slowing each other down on shared cores are not modelled: the estimate is a
+lower bound. Each row shows the machine load when the result was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import tempfile
+from pathlib import Path
+
+
+def latest(root: Path, exercise, profile: str) -> dict | None:
+    from lab.results import load_result
+
+    path = root / exercise.phase / exercise.name / profile / "result.json"
+    return load_result(path) if path.exists() else None
+
+
+def replay(jobs, seconds: dict[str, float], workers: int) -> float:
+    """Makespan of list-scheduling ``jobs`` (deps respected) on ``workers`` with these durations."""
+    from lab.scheduler import critical_path
+
+    for job in jobs:
+        job.estimate_s = seconds.get(job.key, job.estimate_s)
+    priority = critical_path(jobs)
+    waiting = {j.key: j for j in jobs}
+    done: set[str] = set()
+    running: list[tuple[float, str]] = []  # (finish time, key)
+    now = 0.0
+    while waiting or running:
+        ready = sorted((j for j in waiting.values() if j.deps <= done), key=lambda j: -priority[j.key])
+        for job in ready[: workers - len(running)]:
+            heapq.heappush(running, (now + job.estimate_s, job.key))
+            del waiting[job.key]
+        now, key = heapq.heappop(running)
+        done.add(key)
+    return now
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--results", type=Path, default=None, help="results root (default: the repo's results/)")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from lab.artifacts import ArtifactStore
+    from lab.paths import RESULTS_ROOT
+    from lab.registry import all_exercises
+    from lab.scheduler import plan
+
+    root = args.results or RESULTS_ROOT
+    table = Table("exercise", "status", "wall s", "date", "load 1m", title=f"latest {args.profile} results in {root}")
+    seconds: dict[str, float] = {}
+    runs = []
+    for ex in all_exercises():
+        if args.profile not in ex.profiles:
+            continue
+        runs.append((ex, {}))
+        doc = latest(root, ex, args.profile)
+        if doc is None:
+            table.add_row(ex.id, "no result", "", "", "")
+            continue
+        seconds[ex.id] = doc["duration_s"]
+        table.add_row(ex.id, doc["status"], f"{doc['duration_s']:.1f}", doc["ended_at"][:10],
+                      str(doc["hardware"].get("load_avg_1m", "")))
+    total = sum(seconds.values())
+    table.add_section()
+    table.add_row("total (one after another)", "", f"{total:.1f}", f"{total / 60:.1f} min", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = plan(runs, args.profile, ArtifactStore(Path(tmp)), config_dir=Path(tmp))
+        estimate = replay(jobs, seconds, args.jobs)
+    table.add_row(f"estimate with --jobs {args.jobs}", "", f"{estimate:.1f}", f"{estimate / 60:.1f} min", "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

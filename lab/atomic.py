@@ -1,0 +1,50 @@
+"""Folders published atomically, and a lock that makes parallel processes build a shared thing once.
+
+A folder is built under a temporary name beside its target and renamed into place, so a reader sees
+either nothing or the whole folder, never half of one. ``file_lock`` serialises the builders of one
+thing across processes (``lab run all --jobs N``): the second waits, then finds it built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if absent) for the ``with`` block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def staging_dir(target: Path) -> Path:
+    """A fresh, uniquely named folder beside ``target`` (same filesystem, so the rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+
+
+def publish_dir(staging: Path, target: Path) -> bool:
+    """Rename a finished staging folder to ``target``; False (staging removed) if target already exists."""
+    if target.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if target.exists():  # another process published first
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        raise
+    return True

@@ -1,0 +1,78 @@
+"""`lab run` over several exercises: jobs ordered by declared artifacts, built once, same metrics at any --jobs."""
+
+import json
+
+import pytest
+import yaml
+
+from lab import Exercise, ExerciseConfig
+from lab.artifacts import ArtifactKind, ArtifactStore
+from lab.scheduler import critical_path, plan, run_all
+
+
+class NoConfig(ExerciseConfig):
+    steps: int = 1
+
+
+def _kind(name, needs=()):
+    return ArtifactKind(name, params=lambda profile: {"profile": profile}, build=lambda p, f, r: None, needs=needs)
+
+
+SFT = _kind("phase99.sft")
+DPO = _kind("phase99.dpo", needs=(SFT,))
+INDEX = _kind("phase99.index")
+
+
+def _ex(name, needs=(), produces=()):
+    return Exercise(id=f"phase99.{name}", title=name, run=lambda cfg, ctx: None, config_cls=NoConfig,
+                    profiles={"cpu": {}}, needs=needs, produces=produces)
+
+
+def test_consumers_wait_for_producers_and_a_missing_artifact_gets_one_build_job(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    store.build(INDEX.recipe("cpu"), lambda folder: None)  # already stored: nobody waits for it
+    train, prefer, compare, search = (_ex("train", produces=(SFT,)), _ex("prefer", needs=(DPO,)),
+                                      _ex("compare", needs=(SFT, DPO)), _ex("search", needs=(INDEX,)))
+    runs = [(search, {}), (compare, {"steps": 3}), (prefer, {}), (train, {})]
+    jobs = {j.key: j for j in plan(runs, "cpu", store, config_dir=tmp_path)}
+    assert set(jobs) == {"phase99.train", "phase99.prefer", "phase99.compare", "phase99.search", "build:phase99.dpo"}
+    assert jobs["build:phase99.dpo"].deps == {"phase99.train"}  # DPO needs SFT, which `train` produces
+    assert jobs["build:phase99.dpo"].argv == ["artifacts", "build", "phase99.dpo", "--profile", "cpu"]
+    assert jobs["phase99.prefer"].deps == {"build:phase99.dpo"}
+    assert jobs["phase99.compare"].deps == {"phase99.train", "build:phase99.dpo"}
+    assert jobs["phase99.search"].deps == set() and jobs["phase99.train"].deps == set()
+    argv = jobs["phase99.compare"].argv
+    assert argv[:6] == ["run", "phase99.compare", "--profile", "cpu", "--jobs", "1"]
+    assert yaml.safe_load(open(argv[argv.index("--config") + 1])) == {"steps": 3}
+    priority = critical_path(list(jobs.values()))
+    assert priority["phase99.train"] > priority["build:phase99.dpo"] > priority["phase99.prefer"]
+
+
+def test_a_produced_artifact_already_in_the_store_adds_no_wait(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    store.build(SFT.recipe("cpu"), lambda folder: None)
+    jobs = {j.key: j for j in plan([(_ex("train", produces=(SFT,)), {}), (_ex("use", needs=(SFT,)), {})], "cpu",
+                                   store, config_dir=tmp_path)}
+    assert jobs["phase99.use"].deps == set()
+
+
+def _comparable(root, exercise_id):
+    """Metrics of the run under root, without wall-clock ones."""
+    phase, name = exercise_id.split(".")
+    doc = json.loads((root / phase / name / "cpu" / "result.json").read_text())
+    assert doc["status"] == "ok", doc["reason"]
+    return {k: m["value"] for k, m in doc["metrics"].items() if m["unit"] not in ("s", "ms", "tok/s", "tokens/s")}
+
+
+@pytest.mark.slow
+def test_two_jobs_at_a_time_give_the_same_metrics_as_one(tmp_path):
+    from lab.registry import resolve
+
+    runs = [(ex, dict(ex.tiny)) for ex in resolve("phase09.dataset") + resolve("phase11.eval_set")]
+    metrics = {}
+    for workers in (1, 2):
+        out = tmp_path / f"jobs{workers}"
+        finished = run_all(runs, "cpu", workers, out=out, log_root=tmp_path / "logs")
+        assert [(j.key, j.status) for j in finished] == [("phase09.dataset", "ok"), ("phase11.eval_set", "ok")]
+        metrics[workers] = {ex.id: _comparable(out, ex.id) for ex, _ in runs}
+    assert metrics[1] == metrics[2] and metrics[1]["phase11.eval_set"]["n_prompts"] == 50
