@@ -62,8 +62,8 @@ class Exercise:
     produces: tuple[ArtifactKind, ...] = ()
 
     def __post_init__(self) -> None:
-        if "." not in self.id or not self.id.startswith(("phase", "bench.")):
-            raise ValueError(f"exercise id {self.id!r} must look like 'phaseNN.name' (or 'bench.name' for a benchmark)")
+        if "." not in self.id or not self.id.startswith(("phase", "benchmarks.")):
+            raise ValueError(f"exercise id {self.id!r} must look like 'phaseNN.name' (or 'benchmarks.name')")
         if "cpu" not in self.profiles:
             raise ValueError(f"exercise {self.id} must define a 'cpu' profile")
 

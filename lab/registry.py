@@ -5,6 +5,9 @@ A phase package's ``__init__.py`` declares::
     TITLE = "Modern LLM architecture for agentic workloads"
     EXERCISES = ("phase08_architecture.architecture", "phase08_architecture.kv_cache")
 
+The ``benchmarks`` package declares its result-writing benchmarks the same way (ids
+``benchmarks.<name>``); they run on demand (``lab run benchmarks``), not as part of ``all``.
+
 Exercise modules keep heavy imports inside functions, so importing them here is cheap.
 """
 
@@ -28,10 +31,12 @@ class Phase:
     exercises: tuple[Exercise, ...]
 
 
+BENCHMARKS = "benchmarks"
+
+
 def _phase_packages() -> list[str]:
-    return sorted(
-        p.name for p in REPO_ROOT.glob("phase[0-9][0-9]_*") if (p / "__init__.py").exists()
-    )
+    found = sorted(p.name for p in REPO_ROOT.glob("phase[0-9][0-9]_*") if (p / "__init__.py").exists())
+    return found + ([BENCHMARKS] if (REPO_ROOT / BENCHMARKS / "__init__.py").exists() else [])
 
 
 @lru_cache(maxsize=1)
@@ -63,9 +68,10 @@ def all_exercises() -> list[Exercise]:
 
 
 def resolve(target: str) -> list[Exercise]:
-    """'all'; 'phase08' (or 'phase08_architecture') -> its exercises; 'phase08.kv_cache' -> that one."""
+    """'all' (every phase, benchmarks aside); 'phase08' (or 'phase08_architecture') -> its exercises;
+    'phase08.kv_cache' -> that one; 'benchmarks' / 'benchmarks.tool_calls' likewise."""
     if target == "all":
-        return all_exercises()
+        return [ex for ex in all_exercises() if ex.phase != BENCHMARKS]
     for phase in phases():
         if target in (phase.key, phase.package):
             if not phase.exercises:

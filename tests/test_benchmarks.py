@@ -1,0 +1,41 @@
+"""The tool-call benchmark end to end on its tiny config, and its judge of a reply."""
+
+import pytest
+
+from benchmarks.tool_calls import EXERCISE, TOOLS, judge, load_prompts
+from lab.llm import ChatResponse, ToolCall
+from lab.runner import execute
+
+
+def reply(calls=(), text="", stop="tool_use"):
+    return ChatResponse(text=text, provider="t", model="t", tool_calls=list(calls), stop_reason=stop)
+
+
+def test_judge_names_what_is_wrong_with_a_reply():
+    ok = reply([ToolCall("1", "get_weather", {"city": "Oslo", "unit": "celsius"})])
+    assert judge(ok, "get_weather") == (True, True, "valid")
+    assert judge(ok, "calculator") == (True, False, "valid")
+    bad_enum = reply([ToolCall("1", "get_weather", {"city": "Oslo", "unit": "kelvin"})])
+    valid, right, outcome = judge(bad_enum, "get_weather")
+    assert (valid, right) == (False, True) and outcome.startswith("get_weather: unit: 'kelvin' is not one of")
+    missing = reply([ToolCall("1", "set_reminder", {"text": "stretch"})])
+    assert judge(missing, "set_reminder")[2] == "set_reminder: arguments: 'minutes_from_now' is a required property"
+    assert judge(reply(text="It is sunny.", stop="end_turn"), "get_weather") == (False, False, "no tool call")
+    assert judge(reply(text="<tool_call>\n{", stop="max_tokens"), "get_weather")[2] == "cut off by the token budget"
+
+
+def test_every_prompt_names_a_known_tool():
+    prompts = load_prompts(1000)
+    assert len(prompts) >= 50 and {p["tool"] for p in prompts} == {t["name"] for t in TOOLS}
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_run(tmp_path):
+    doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    metrics = {k: v["value"] for k, v in doc["metrics"].items()}
+    assert metrics["validity_constrained"] == 1.0 and metrics["tool_call_rate_constrained"] == 1.0
+    assert 0.0 <= metrics["validity_prompt_only"] <= 1.0 and metrics["tokens_per_s_constrained"] > 0
+    assert "constraint_overhead_pct" in metrics
+    rows = doc["tables"]["replies"]["rows"]
+    assert len(rows) == 3 * EXERCISE.tiny["n_prompts"]
