@@ -22,6 +22,9 @@ os.environ["LAB_ARTIFACTS"] = ARTIFACT_STORE
 import pytest  # noqa: E402
 
 from lab import runner  # noqa: E402
+from offline import forbid_network  # noqa: E402  (tests/offline.py)
+
+forbid_network()  # the suite runs offline by construction: a connection off this machine is an error
 
 # exercise id -> metric names emitted by runs of its tiny config (possibly with extra keys) this session
 TINY_METRICS: dict[str, set[str]] = {}
