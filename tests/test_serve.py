@@ -211,6 +211,14 @@ def test_api_key_required_bearer_or_x_api_key(lab_server, http):
     assert aerr.value.body["type"] == "error" and aerr.value.body["error"]["type"] == "authentication_error"
 
 
+def test_an_oversized_body_is_refused_unread(lab_server, http):
+    from lab.serve.app import MAX_BODY_BYTES
+
+    big = b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * MAX_BODY_BYTES + b'"}]}'
+    r = http.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
 def test_models_lists_the_chat_model_and_embedders(oai):
     assert [m.id for m in oai.models.list().data] == [MODEL, "all-minilm-l6-v2"]
     assert oai.models.retrieve(f"local:{MODEL}").id == f"local:{MODEL}"  # the spec is a name too

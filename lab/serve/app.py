@@ -42,6 +42,7 @@ log = logging.getLogger("lab.serve")
 
 DEFAULT_EMBEDDERS = ("all-minilm-l6-v2",)
 DEFAULT_MAX_QUEUE = 8
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body past this is refused before it is read (413)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -49,7 +50,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 class GatewayMiddleware:
     """Every request gets an id (``request.state.request_id``, returned as a header); with an API
-    key set, every ``/v1`` request must carry it, checked before the body is even read."""
+    key set, every ``/v1`` request must carry it, checked before the body is even read; a body
+    declared larger than ``MAX_BODY_BYTES`` is refused unread."""
 
     def __init__(self, app, server: "Server"):
         self.app = app
@@ -72,6 +74,11 @@ class GatewayMiddleware:
         if scope["path"].startswith("/v1") and not self.server.key_ok(request):
             err = APIError(401, "missing or invalid API key: send it as 'Authorization: Bearer <key>' "
                                 "or 'x-api-key: <key>'", code="invalid_api_key")
+            return await error_response(request, err)(scope, receive, send_with_id)
+        size = request.headers.get("content-length", "0")
+        if not size.isdigit() or int(size) > MAX_BODY_BYTES:
+            err = APIError(413, f"the request body is {size} bytes; this server takes at most {MAX_BODY_BYTES} bytes",
+                           code="request_too_large")
             return await error_response(request, err)(scope, receive, send_with_id)
         await self.app(scope, receive, send_with_id)
 
