@@ -7,4 +7,4 @@ not as part of ``lab run all``.
 """
 
 TITLE = "Benchmarks (run on demand)"
-EXERCISES: tuple[str, ...] = ("benchmarks.tool_calls",)
+EXERCISES: tuple[str, ...] = ("benchmarks.tool_calls", "benchmarks.setup_time")

@@ -39,3 +39,18 @@ def test_tiny_benchmark_run(tmp_path):
     assert "constraint_overhead_pct" in metrics
     rows = doc["tables"]["replies"]["rows"]
     assert len(rows) == 3 * EXERCISE.tiny["n_prompts"]
+
+
+def test_setup_time_benchmark_clones_and_times_the_command(tmp_path):
+    from benchmarks.setup_time import EXERCISE as SETUP
+
+    doc = execute(SETUP, "cpu", SETUP.tiny, out=tmp_path)  # `make --dry-run setup`: the plumbing, in seconds
+    assert doc["status"] == "ok", doc["reason"]
+    assert doc["metrics"]["setup_wall_s"]["value"] > 0 and doc["metrics"]["venv_mb"]["value"] == 0  # nothing installed
+
+
+def test_setup_time_benchmark_reports_a_failing_command(tmp_path):
+    from benchmarks.setup_time import EXERCISE as SETUP
+
+    doc = execute(SETUP, "cpu", {"command": "make no-such-target"}, out=tmp_path)
+    assert doc["status"] == "failed" and "`make no-such-target` exited 2" in doc["reason"]
