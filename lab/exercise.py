@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lab.errors import ConfigError
+from lab.schema import check_method
 
 
 class ExerciseConfig(BaseModel):
@@ -51,12 +52,19 @@ class Exercise:
     references: tuple[Reference, ...] = ()
     version: str = "1"
     summary_metrics: tuple[str, ...] = ()
+    # profile -> "same" | "scaled" | "substitute: <what>" (lab.schema): how the profile's method
+    # relates to the seed's; a run may refine it with ctx.set_method when it depends on config
+    methods: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "." not in self.id or not self.id.startswith("phase"):
             raise ValueError(f"exercise id {self.id!r} must look like 'phaseNN.name'")
         if "cpu" not in self.profiles:
             raise ValueError(f"exercise {self.id} must define a 'cpu' profile")
+        for profile, method in self.methods.items():
+            if profile not in self.profiles:
+                raise ValueError(f"exercise {self.id}: methods names unknown profile {profile!r}")
+            check_method(method, f"exercise {self.id} profile {profile}")
 
     @property
     def phase(self) -> str:

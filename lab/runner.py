@@ -16,7 +16,7 @@ from lab.context import RunContext
 from lab.errors import SkipExercise
 from lab.hashing import json_sha256
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
-from lab.schema import SCHEMA_VERSION
+from lab.schema import SCHEMA_VERSION, is_substitute
 
 
 def _utc(ts: float) -> str:
@@ -44,12 +44,13 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _reference_rows(exercise, metrics: dict) -> list[dict]:
+def _reference_rows(exercise, metrics: dict, method: str | None = None) -> list[dict]:
+    """The seed's figures beside ours; a substitute method measures something else: no delta."""
     rows = []
     for ref in exercise.references:
         ours = metrics.get(ref.metric, {}).get("value")
         delta = None
-        if isinstance(ref.value, (int, float)) and isinstance(ours, (int, float)):
+        if not is_substitute(method) and isinstance(ref.value, (int, float)) and isinstance(ours, (int, float)):
             delta = round(ours - ref.value, 6)
         rows.append(dict(metric=ref.metric, seed=ref.value, ours=ours, unit=ref.unit, delta=delta, note=ref.note))
     return rows
@@ -93,6 +94,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     ended = time.time()
 
     cfg = config.model_dump(mode="json")
+    method = ctx.method or exercise.methods.get(profile)
     doc = {
         "schema_version": SCHEMA_VERSION,
         "exercise": {"id": exercise.id, "version": exercise.version, "title": exercise.title},
@@ -100,6 +102,8 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "profile": profile,
         "status": status,
         "reason": reason,
+        "method": method,
+        "method_note": ctx.method_note,
         "started_at": _utc(started),
         "ended_at": _utc(ended),
         "duration_s": round(ended - started, 3),
@@ -116,7 +120,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "tables": ctx.tables,
         "findings": ctx.findings,
         "failure_modes": ctx.failure_modes,
-        "reference": _reference_rows(exercise, ctx.metrics),
+        "reference": _reference_rows(exercise, ctx.metrics, method),
         "artifacts": [a for a in ctx.artifacts if (staging / a).exists()],
         "error": error,
     }

@@ -3,13 +3,21 @@
 JSON is the source of truth; ``result.md``, the phase README sections and ``results/README.md``
 are rendered from it by ``lab report`` and never edited by hand.
 
-Schema 1.0 (one ``ResultDoc`` per run)::
+Schema 1.1 (one ``ResultDoc`` per run)::
 
-    schema_version  "1.0"
+    schema_version  "1.1"
     exercise        {id, version, title}
     run_id          "<UTC yyyymmddThhmmssffffff>-<6 hex>", unique per run, sorts by time
     profile         "cpu" | "a100" | ...
     status          "ok" | "failed" | "skipped";  reason: why (failed / skipped), else null
+    method          how this run's method relates to the seed's experiment: "same" (the seed's method
+                    and scale), "scaled" (the seed's method at a smaller scale: smaller model, fewer
+                    items) or "substitute: <what>" (a different method in its place, e.g.
+                    "substitute: fp32 LoRA in place of QLoRA"). Declared per profile by the exercise
+                    (``Exercise.methods``) or set by the run (``RunContext.set_method``) when it
+                    depends on config; null = not declared. Reference rows of a substitute carry no delta.
+    method_note     str | null: what the method cannot show here (e.g. "the cpu profile cannot move
+                    the policy"), written by the run
     started_at / ended_at   ISO-8601 UTC ("2026-11-25T13:10:08Z");  duration_s: float seconds
     git             {sha, branch, dirty}: the commit the code ran from; dirty = uncommitted changes
     config          resolved config (profile defaults + overrides); config_sha256 over its canonical JSON
@@ -28,6 +36,8 @@ Schema 1.0 (one ``ResultDoc`` per run)::
     artifacts       [file names next to result.json, e.g. PNG plots]
     error           {type, message, traceback} when status == "failed", else null
 
+Schema 1.0 files (no ``method`` / ``method_note``) stay readable: ``upgrade`` reads both as null.
+
 Secrets (API keys, tokens, passwords in URLs) are redacted before anything is written.
 """
 
@@ -35,7 +45,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+READABLE_VERSIONS = ("1.0", "1.1")
+METHOD_KINDS = ("same", "scaled", "substitute: <what>")
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -69,6 +81,8 @@ class ResultDoc(TypedDict):
     profile: str
     status: Status
     reason: str | None
+    method: str | None
+    method_note: str | None
     started_at: str
     ended_at: str
     duration_s: float
@@ -91,20 +105,43 @@ class ResultDoc(TypedDict):
 
 
 REQUIRED_KEYS = tuple(ResultDoc.__annotations__)
+_ADDED_IN_1_1 = ("method", "method_note")
+
+
+def check_method(method: Any, where: str) -> str:
+    """``method`` as stored; raises ValueError naming ``where`` unless it is one of METHOD_KINDS."""
+    if method in ("same", "scaled"):
+        return method
+    if isinstance(method, str) and method.startswith("substitute: ") and method[len("substitute: "):].strip():
+        return method
+    raise ValueError(f"{where}: method {method!r} must be 'same', 'scaled' or 'substitute: <what>'")
+
+
+def is_substitute(method: str | None) -> bool:
+    return bool(method) and method.startswith("substitute")
 
 
 def validate(doc: dict[str, Any], source: str = "result") -> None:
     """Raise ValueError naming the file and the first missing/invalid field."""
-    missing = [k for k in REQUIRED_KEYS if k not in doc]
+    version = doc.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{source}: schema_version {version!r}, this lab reads {', '.join(READABLE_VERSIONS)}")
+    required = [k for k in REQUIRED_KEYS if version != "1.0" or k not in _ADDED_IN_1_1]
+    missing = [k for k in required if k not in doc]
     if missing:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
-    if doc["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(
-            f"{source}: schema_version {doc['schema_version']!r}, this lab reads {SCHEMA_VERSION!r}"
-        )
+    if doc.get("method") is not None:
+        check_method(doc["method"], source)
     if doc["status"] not in ("ok", "failed", "skipped"):
         raise ValueError(f"{source}: status {doc['status']!r} is not ok/failed/skipped")
     for name, metric in doc["metrics"].items():
         for key in ("value", "unit", "higher_is_better"):
             if key not in metric:
                 raise ValueError(f"{source}: metrics.{name} lacks {key!r}")
+
+
+def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A validated doc of any readable version as the current shape (older fields read as null)."""
+    for key in _ADDED_IN_1_1:
+        doc.setdefault(key, None)
+    return doc
