@@ -213,6 +213,7 @@ EXERCISE = Exercise(
         Reference("tuned_red_flags", 0, "answers", "seed: both hallucinations corrected"),
     ),
     summary_metrics=("base_key_term_coverage", "tuned_key_term_coverage", "unmerged_penalty_pct"),
+    methods={"cpu": "scaled", "a100": "same"},
 )
 
 if __name__ == "__main__":

@@ -441,6 +441,7 @@ EXERCISE = Exercise(
         Reference("peak_memory_gb", 51.0, "GB", "seed: VRAM on an A100 80GB"),
     ),
     summary_metrics=("final_train_loss", "train_reward_margin", "kl_per_token"),
+    methods={"cpu": "scaled", "a100": "same"},
 )
 
 if __name__ == "__main__":

@@ -173,6 +173,8 @@ EXERCISE = Exercise(
         Reference("dpo_mean", 1.83, "score 1-5", "seed: SFT+DPO"),
     ),
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
+    methods={"cpu": "substitute: a 135M choice-probability judge (SmolLM2) in place of Claude Sonnet",
+             "a100": "same"},
 )
 
 if __name__ == "__main__":

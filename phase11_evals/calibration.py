@@ -192,6 +192,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 "here means agreement with that labeller, which is weaker evidence than the seed's human scoring.")
 
 
+_LABELS = "substitute: AI-written reference scores in place of the seed's 20 human-scored responses"
 EXERCISE = Exercise(
     id="phase11.calibration",
     title="Judge calibration against reference scores, rubric v1.0 vs v1.1",
@@ -209,6 +210,7 @@ EXERCISE = Exercise(
         Reference("r_audience_calibration_v1_0", 0.811, "r", "seed"),
     ),
     summary_metrics=("overall_r_v1_0", "overall_r_v1_1", "overall_mae_v1_1", "gate_false_approvals_v1_1"),
+    methods={"cpu": _LABELS, "a100": _LABELS},
 )
 
 if __name__ == "__main__":

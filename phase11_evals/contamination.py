@@ -173,6 +173,7 @@ EXERCISE = Exercise(
         Reference("contamination_signals", 0, "pairs", "seed: 0/10"),
     ),
     summary_metrics=("mean_score_delta", "contamination_signals", "mean_answer_cosine"),
+    methods={"cpu": "scaled", "a100": "same"},  # run() marks a choice-probability judge a substitute
 )
 
 if __name__ == "__main__":

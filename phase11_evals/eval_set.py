@@ -119,6 +119,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.failure_mode(f"gate approved reference-bad responses: {wrongly_approved}")
 
 
+_SET_METHOD = "substitute: 50 prompts and two rubrics written for this repo by an AI assistant in place of the seed's"
 EXERCISE = Exercise(
     id="phase11.eval_set",
     title="Eval set, rubric versions and the Editor gate on reference scores",
@@ -131,6 +132,7 @@ EXERCISE = Exercise(
         Reference("n_categories", 7, "categories", "seed: 7 categories"),
     ),
     summary_metrics=("n_prompts", "max_prompt_cosine", "gate_bad_responses_approved"),
+    methods={"cpu": _SET_METHOD, "a100": _SET_METHOD},
 )
 
 if __name__ == "__main__":

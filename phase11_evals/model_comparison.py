@@ -224,6 +224,7 @@ EXERCISE = Exercise(
         Reference("agent_infrastructure_sft", 1.964, "points", "seed: the largest single-category regression"),
     ),
     summary_metrics=("mean_base", "mean_sft", "mean_dpo", "flag_rate_base"),
+    methods={"cpu": "scaled", "a100": "same"},  # run() marks a choice-probability judge a substitute
 )
 
 if __name__ == "__main__":

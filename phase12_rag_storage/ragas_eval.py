@@ -220,6 +220,8 @@ REFS = [("faithfulness_run1", 0.979), ("faithfulness_run2", 0.958), ("answer_rel
         ("answer_relevancy_run2", 0.722), ("context_precision_run1", 0.911), ("context_precision_run2", 0.911),
         ("context_recall_run1", 0.950), ("context_recall_run2", 0.950), ("answer_relevancy_run_spread", 0.170)]
 
+_RAGAS_METHOD = ("substitute: ragas' non-LLM context metrics and a constrained judge's faithfulness/relevancy in place of "
+                 "RAGAS's LLM metrics judged by GPT-4o-mini")
 EXERCISE = Exercise(
     id="phase12.ragas_eval",
     title="RAG evaluation with RAGAS, run twice",
@@ -235,6 +237,7 @@ EXERCISE = Exercise(
           "judge_fix_format": False},
     references=tuple(Reference(m, v, "score", "seed: GPT-4o-mini judge, 10 queries") for m, v in REFS),
     summary_metrics=("faithfulness_run1", "answer_relevancy_run1", "scored_fraction"),
+    methods={"cpu": _RAGAS_METHOD, "a100": _RAGAS_METHOD},
 )
 
 if __name__ == "__main__":

@@ -677,6 +677,7 @@ EXERCISE = Exercise(
     ),
     summary_metrics=("pgvector_copy_vs_per_row_x", "chroma_sim_p50_ms", "pgvector_sim_p50_ms",
                      "pgvector_hnsw_recall_at_10_max_n", "pgvector_hnsw_hybrid_rows_per_k_default"),
+    methods={"cpu": "scaled", "a100": "scaled"},  # 2 vCPUs, pgvector 0.6.2, no CockroachDB
 )
 
 if __name__ == "__main__":

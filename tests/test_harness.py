@@ -229,3 +229,11 @@ def test_schema_1_0_results_stay_readable_with_method_not_recorded(tmp_path):
     with pytest.raises(ValueError, match="schema_version '0.9'"):
         validate(doc, "x.json")
 
+
+
+def test_every_registered_exercise_declares_a_method_per_profile():
+    from lab.registry import phases
+
+    undeclared = [f"{ex.id}:{p}" for phase in phases() for ex in phase.exercises for p in ex.profiles
+                  if p not in ex.methods]
+    assert undeclared == []
