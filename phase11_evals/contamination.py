@@ -22,6 +22,11 @@ answered, once under the other wording. Per pair, precisely:
   against the eval set's key facts (written for this repo); a pair without one shows n/a;
 - **contamination signal** iff either fires. Both are reported separately.
 
+A score signal says the two answers differ in quality by more than the judge's noise; memorization
+predicts such gaps only in the original's favour. So the run also counts the pairs beyond the
+threshold the other way (better on the rephrasing): as many of those as signals means the model's
+answer quality simply moves with the wording, and the signals are no evidence of memorization.
+
 Alongside: the MiniLM cosine between the two answers (how much the answer changes with wording)
 and whether the judge flags a confident hallucination on both wordings.
 """
@@ -163,7 +168,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     noise = retest_noise([d for s in scored.values() for d in s.retests])
     threshold = cfg.noise_z * noise
 
-    rows, deltas, sims, both_flagged, signals, score_hits, verbatim_hits = [], [], [], 0, 0, 0, 0
+    rows, deltas, sims, both_flagged, signals, score_hits, verbatim_hits, reverse = [], [], [], 0, 0, 0, 0, 0
     for k, (pair, (orig, reph)) in enumerate(zip(pairs, answers)):
         sim = float(vecs[2 * k] @ vecs[2 * k + 1])
         sims.append(sim)
@@ -178,6 +183,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         deltas.append(s.delta)
         by_score = score_signal(s.delta, noise, cfg.noise_z)
         score_hits += by_score
+        reverse += score_signal(-s.delta, noise, cfg.noise_z)
         verbatim_hits += verbatim
         signals += by_score or verbatim
         v_orig, v_reph = verdicts[4 * k], verdicts[4 * k + 1]
@@ -201,6 +207,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("contamination_signals", signals, "pairs", higher_is_better=False,
                description="pairs with a score signal or a verbatim signal")
     ctx.metric("score_signals", score_hits, "pairs", higher_is_better=False)
+    ctx.metric("reverse_score_gaps", reverse, "pairs", description="pairs better on the rephrasing by more than the "
+               "threshold: how far answer quality moves with wording alone")
     ctx.metric("verbatim_signals", verbatim_hits if with_public else None, "pairs", higher_is_better=False,
                description=f"of {with_public} pair(s) with a public reference answer (None: no pair has one)")
     ctx.metric("pairs_scored", len(deltas), "pairs")
@@ -214,6 +222,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 f"of an unchanged answer under the other wording), so a score signal needs delta > {threshold:.3f}: "
                 f"{score_hits}/{len(deltas)} pairs have one. Seed: mean delta {seed_delta:+.2f}, "
                 f"{seed_signals}/{len(pairs)} signals (its noise threshold is not published).")
+    ctx.finding(f"{reverse}/{len(deltas)} pairs are beyond the same threshold the other way (better on the rephrasing). "
+                + ("The gaps go both ways about equally: the model's answer quality moves with the wording, so the score "
+                   "signals are no evidence of memorization." if reverse >= score_hits else
+                   "More gaps favour the original than the rephrasing: read the flagged pairs' answers before calling "
+                   "it memorization."))
     if with_public:
         ctx.finding(f"Verbatim check against a published reference answer: {verbatim_hits}/{with_public} pair(s) "
                     f"reproduce at least {cfg.overlap_threshold:.0%} of its word {cfg.ngram}-grams.")

@@ -320,7 +320,32 @@ def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path
     assert rows[pairs[0]["original_id"]][9] == ("score + verbatim" if public else "score")
     assert [rows[p["original_id"]][9] for p in pairs[1:]] == ["no"] * 3
     assert doc["metrics"]["contamination_signals"]["value"] == 1
+    assert doc["metrics"]["reverse_score_gaps"]["value"] == 0  # no pair is better on its rephrasing
     assert doc["metrics"]["judge_retest_noise"]["value"] > 0
     assert doc["metrics"]["verbatim_signals"]["value"] == (1 if public else None)
     assert rows[pairs[1]["original_id"]][6] == "n/a (no public reference)"
     assert doc["method"] == "scaled"  # a JSON judge: the declared method holds
+
+
+def test_gate_approvals_need_a_judge_calibrated_in_the_same_run():
+    from phase10_alignment.judge import JudgeFailure, Verdict
+    from phase11_evals.model_comparison import judge_calibration
+
+    items = load_calibration(load_eval_set()).items[:6]
+
+    def verdicts(fn):
+        return [Verdict(scores={d: fn(i) for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
+                        method="json") for i in items]
+
+    def ref_mean(i):
+        return sum(i.scores.values()) / len(DIMENSIONS)
+
+    r, reason = judge_calibration(verdicts(ref_mean), items, 0.75)  # tracks the reference: approvals count
+    assert r == pytest.approx(1.0) and reason is None
+    r, reason = judge_calibration(verdicts(lambda i: 6 - ref_mean(i)), items, 0.75)  # anti-correlated
+    assert r == pytest.approx(-1.0) and reason.startswith("this run's judge has r = -1.000 < 0.75")
+    assert judge_calibration(verdicts(lambda i: 3.0), items, 0.75) == (
+        None, "the judge's scores on the calibration set are constant (no r)")
+    failed = [JudgeFailure("unparseable", 1, [])] * len(items)
+    r, reason = judge_calibration(failed, items, 0.75)
+    assert r is None and "could not be calibrated" in reason
