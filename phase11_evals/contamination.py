@@ -222,9 +222,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 f"of an unchanged answer under the other wording), so a score signal needs delta > {threshold:.3f}: "
                 f"{score_hits}/{len(deltas)} pairs have one. Seed: mean delta {seed_delta:+.2f}, "
                 f"{seed_signals}/{len(pairs)} signals (its noise threshold is not published).")
-    ctx.finding(f"{reverse}/{len(deltas)} pairs are beyond the same threshold the other way (better on the rephrasing). "
-                + ("The gaps go both ways about equally: the model's answer quality moves with the wording, so the score "
-                   "signals are no evidence of memorization." if reverse >= score_hits else
+    ctx.finding(f"{reverse}/{len(deltas)} pairs are beyond the same threshold the other way (better on the rephrasing), "
+                f"against {score_hits} in the original's favour. "
+                + ("At least as many gaps favour the rephrasing: the model's answer quality moves with the wording in "
+                   "both directions, so the score signals are no evidence of memorization." if reverse >= score_hits else
                    "More gaps favour the original than the rephrasing: read the flagged pairs' answers before calling "
                    "it memorization."))
     if with_public:
