@@ -72,6 +72,7 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}},
+    methods={"cpu": "own"},
     tiny={"command": "make --dry-run setup"},
     summary_metrics=("setup_wall_s", "setup_again_wall_s", "venv_mb"),
 )

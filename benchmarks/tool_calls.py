@@ -186,6 +186,7 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}},
+    methods={"cpu": "own"},
     tiny={"n_prompts": 2, "max_tokens": 48},
     summary_metrics=("validity_prompt_only", "validity_constrained", "correct_tool_constrained",
                      "constraint_overhead_pct"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, TypeVar
 
 from lab.errors import SkipExercise
-from lab.schema import Metric, Table
+from lab.schema import Metric, Table, check_method
 
 if TYPE_CHECKING:
     from lab.artifacts import Artifact, ArtifactKind, Recipe
@@ -43,6 +43,8 @@ class RunContext:
         self.data: list[dict[str, Any]] = []
         self.artifacts: list[str] = []
         self.stored_artifacts: list[dict[str, Any]] = []
+        self.method: str | None = None  # set_method: overrides the exercise's declared method
+        self.method_note: str | None = None
 
     # --- what was measured -------------------------------------------------------------
     def metric(
@@ -70,6 +72,13 @@ class RunContext:
 
     def failure_mode(self, text: str) -> None:
         self.failure_modes.append(text)
+
+    def set_method(self, method: str, note: str | None = None) -> None:
+        """This run's method vs the seed's ("same" | "scaled" | "substitute: <what>"), when it
+        depends on config; ``note`` says what the method cannot show here."""
+        self.method = check_method(method, self.exercise_id)
+        if note is not None:
+            self.method_note = note
 
     # --- conditions ----------------------------------------------------------------------
     def model(self, id: str, **fields: Any) -> None:

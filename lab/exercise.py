@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lab.artifacts import ArtifactKind
 from lab.errors import ConfigError
+from lab.schema import check_method
 
 
 class ExerciseConfig(BaseModel):
@@ -60,12 +61,19 @@ class Exercise:
     summary_metrics: tuple[str, ...] = ()
     needs: tuple[ArtifactKind, ...] = ()
     produces: tuple[ArtifactKind, ...] = ()
+    # profile -> "same" | "scaled" | "substitute: <what>" (lab.schema): how the profile's method
+    # relates to the seed's; a run may refine it with ctx.set_method when it depends on config
+    methods: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "." not in self.id or not self.id.startswith(("phase", "benchmarks.")):
             raise ValueError(f"exercise id {self.id!r} must look like 'phaseNN.name' (or 'benchmarks.name')")
         if "cpu" not in self.profiles:
             raise ValueError(f"exercise {self.id} must define a 'cpu' profile")
+        for profile, method in self.methods.items():
+            if profile not in self.profiles:
+                raise ValueError(f"exercise {self.id}: methods names unknown profile {profile!r}")
+            check_method(method, f"exercise {self.id} profile {profile}")
 
     @property
     def phase(self) -> str:

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lab.schema import validate
+from lab.schema import upgrade, validate
 
 HISTORY_KEEP = 10
 
@@ -69,7 +69,7 @@ def load_result(path: Path) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
     validate(doc, str(path))
-    return doc
+    return upgrade(doc)
 
 
 def result_dir(root: Path, exercise_id: str, profile: str) -> Path:

@@ -19,7 +19,7 @@ from lab.errors import SkipExercise
 from lab.hashing import json_sha256
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
 from lab.report import render_result_md
-from lab.schema import SCHEMA_VERSION
+from lab.schema import SCHEMA_VERSION, is_substitute
 
 LLM_OVERRIDE = "--llm"  # the key under which a run's LLM spec is recorded in its overrides
 
@@ -70,12 +70,13 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _reference_rows(exercise, metrics: dict) -> list[dict]:
+def _reference_rows(exercise, metrics: dict, method: str | None = None) -> list[dict]:
+    """The seed's figures beside ours; a substitute method measures something else: no delta."""
     rows = []
     for ref in exercise.references:
         ours = metrics.get(ref.metric, {}).get("value")
         delta = None
-        if isinstance(ref.value, (int, float)) and isinstance(ours, (int, float)):
+        if not is_substitute(method) and isinstance(ref.value, (int, float)) and isinstance(ours, (int, float)):
             delta = round(ours - ref.value, 6)
         rows.append(dict(metric=ref.metric, seed=ref.value, ours=ours, unit=ref.unit, delta=delta, note=ref.note))
     return rows
@@ -128,6 +129,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     ended = time.time()
 
     cfg = config.model_dump(mode="json")
+    method = ctx.method or exercise.methods.get(profile)
     doc = {
         "schema_version": SCHEMA_VERSION,
         "exercise": {"id": exercise.id, "version": exercise.version, "title": exercise.title},
@@ -135,6 +137,8 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "profile": profile,
         "status": status,
         "reason": reason,
+        "method": method,
+        "method_note": ctx.method_note,
         "started_at": _utc(started),
         "ended_at": _utc(ended),
         "duration_s": round(ended - started, 3),
@@ -151,7 +155,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "tables": ctx.tables,
         "findings": ctx.findings,
         "failure_modes": ctx.failure_modes,
-        "reference": _reference_rows(exercise, ctx.metrics),
+        "reference": _reference_rows(exercise, ctx.metrics, method),
         "artifacts": [a for a in ctx.artifacts if (staging / a).exists()],
         "stored_artifacts": ctx.stored_artifacts,
         "error": error,

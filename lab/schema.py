@@ -3,19 +3,26 @@
 JSON is the source of truth; ``result.md``, the phase README sections and ``results/README.md``
 are rendered from it by ``lab report`` and never edited by hand.
 
-Schema 1.1 (one ``ResultDoc`` per run; 1.0 is 1.1 without ``stored_artifacts`` and still reads)::
+Schema 1.2 (one ``ResultDoc`` per run)::
 
-    schema_version  "1.1"
+    schema_version  "1.2"
     exercise        {id, version, title}
     run_id          "<UTC yyyymmddThhmmssffffff>-<6 hex>", unique per run, sorts by time
     profile         "cpu" | "a100" | ...
     status          "ok" | "failed" | "skipped";  reason: why (failed / skipped), else null
+    method          how this run's method relates to the seed's experiment: "same" (the seed's method
+                    and scale), "scaled" (the seed's method at a smaller scale: smaller model, fewer
+                    items), "substitute: <what>" (a different method in its place, e.g.
+                    "substitute: fp32 LoRA in place of QLoRA") or "own" (this repo's own measurement,
+                    with no seed experiment behind it: a benchmark). Declared per profile by the exercise
+                    (``Exercise.methods``) or set by the run (``RunContext.set_method``) when it
+                    depends on config; null = not declared. Reference rows of a substitute carry no delta.
+    method_note     str | null: what the method cannot show here (e.g. "the cpu profile cannot move
+                    the policy"), written by the run
     started_at / ended_at   ISO-8601 UTC ("2026-11-25T13:10:08Z");  duration_s: float seconds
     git             {sha, branch, dirty}: the commit the code ran from; dirty = uncommitted changes
     config          resolved config (profile defaults + overrides); config_sha256 over its canonical JSON
-    overrides       the --set / --config values applied on top of the profile ({} for a canonical run);
-                    "--llm": the LLM spec when --llm (or $LAB_LLM) picked the model, which also
-                    enters config_sha256 (a run with any override never fills the committed slot)
+    overrides       the --set / --config values applied on top of the profile ({} for a canonical run)
     seed            the seed the run was given
     models          [{id, revision, sha256, dtype, n_params, quantization, adapter, ...}]
     data            [{id, n, sha256, ...}]
@@ -35,6 +42,10 @@ Schema 1.1 (one ``ResultDoc`` per run; 1.0 is 1.1 without ``stored_artifacts`` a
                     the same recipe again; the stored copy was kept)
     error           {type, message, traceback} when status == "failed", else null
 
+Older files stay readable: 1.0 has neither ``stored_artifacts`` nor ``method``/``method_note``, and
+1.1 files were written with one or the other (two branches added them side by side); ``upgrade``
+reads whatever a file lacks as null (``stored_artifacts`` as []).
+
 Secrets (API keys, tokens, passwords in URLs) are redacted before anything is written.
 """
 
@@ -42,8 +53,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-SCHEMA_VERSION = "1.1"
-ADDED_IN = {"stored_artifacts": "1.1"}  # fields newer than 1.0, so older results stay readable
+SCHEMA_VERSION = "1.2"
+# fields newer than 1.0 and what an older file that lacks them reads as (see the docstring)
+ADDED_IN = {"stored_artifacts": "1.2", "method": "1.2", "method_note": "1.2"}
+DEFAULTS: dict[str, Any] = {"stored_artifacts": [], "method": None, "method_note": None}
+METHOD_KINDS = ("same", "scaled", "substitute: <what>", "own")
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -77,6 +91,8 @@ class ResultDoc(TypedDict):
     profile: str
     status: Status
     reason: str | None
+    method: str | None
+    method_note: str | None
     started_at: str
     ended_at: str
     duration_s: float
@@ -107,8 +123,21 @@ def required_keys(version: str = SCHEMA_VERSION) -> tuple[str, ...]:
     return tuple(k for k in ResultDoc.__annotations__ if as_tuple(ADDED_IN.get(k, "1.0")) <= as_tuple(version))
 
 
-READABLE_VERSIONS = ("1.0", SCHEMA_VERSION)
+READABLE_VERSIONS = ("1.0", "1.1", SCHEMA_VERSION)
 REQUIRED_KEYS = required_keys()
+
+
+def check_method(method: Any, where: str) -> str:
+    """``method`` as stored; raises ValueError naming ``where`` unless it is one of METHOD_KINDS."""
+    if method in ("same", "scaled", "own"):
+        return method
+    if isinstance(method, str) and method.startswith("substitute: ") and method[len("substitute: "):].strip():
+        return method
+    raise ValueError(f"{where}: method {method!r} must be 'same', 'scaled', 'substitute: <what>' or 'own'")
+
+
+def is_substitute(method: str | None) -> bool:
+    return bool(method) and method.startswith("substitute")
 
 
 def validate(doc: dict[str, Any], source: str = "result") -> None:
@@ -119,9 +148,18 @@ def validate(doc: dict[str, Any], source: str = "result") -> None:
     missing = [k for k in required_keys(version) if k not in doc]
     if missing:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
+    if doc.get("method") is not None:
+        check_method(doc["method"], source)
     if doc["status"] not in ("ok", "failed", "skipped"):
         raise ValueError(f"{source}: status {doc['status']!r} is not ok/failed/skipped")
     for name, metric in doc["metrics"].items():
         for key in ("value", "unit", "higher_is_better"):
             if key not in metric:
                 raise ValueError(f"{source}: metrics.{name} lacks {key!r}")
+
+
+def upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """A validated doc of any readable version as the current shape (what older files lack reads as null)."""
+    for key, default in DEFAULTS.items():
+        doc.setdefault(key, list(default) if isinstance(default, list) else default)
+    return doc

@@ -30,6 +30,7 @@ from phase08_architecture.model_configs import load_config
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2,
                "float8": 1, "fp8": 1, "int8": 1}
 K = 1024  # "8K" context = 8,192 tokens; GB below are decimal (1e9 bytes), as in the seed
+CAPSTONE_AGENTS, CAPSTONE_CONTEXT = 4, 32 * K  # Phase 16's four agents at 32K each
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.table("seed_grid", grid_rows, ["config", "context", *[f"batch={b} (GB)" for b in cfg.batches], "bytes/token"],
               title=f"KV cache, decimal GB, {cfg.dtype} — the seed's table (+ MQA) from the shipped configs")
 
-    capstone = kv_cache_bytes(_grid_shape("llama-3.1-8b", None), 32 * K, 4, cfg.dtype)
+    capstone = kv_cache_bytes(_grid_shape("llama-3.1-8b", None), CAPSTONE_CONTEXT, CAPSTONE_AGENTS, cfg.dtype)
     ctx.metric("capstone_4_agents_32k_gb", round(gb(capstone), 1), "GB", higher_is_better=False,
                description="four Llama 3.1 8B agents, 32K context each")
 
@@ -310,22 +311,25 @@ def run(cfg: Config, ctx: RunContext) -> None:
     plot(plot_shapes, cfg.dtype, cfg.gpu_memory_gb, ctx.artifact("kv_cache_vs_context.png"))
 
     gqa, mha, mqa, big = grid_shapes
-    b10_gqa, b10_mha = (kv_cache_bytes(s, 128 * K, 10, cfg.dtype) for s in (gqa, mha))
+    long_ctx, batch = 128 * K, 10  # the seed's headline cell
+    b10_gqa, b10_mha = (kv_cache_bytes(s, long_ctx, batch, cfg.dtype) for s in (gqa, mha))
     ctx.finding(
         f"Llama 3.1 8B keeps {gqa.bytes_per_token(cfg.dtype):,} bytes per token ({gqa.layers} layers × {gqa.kv_heads} K/V heads × "
         f"{gqa.head_dim} dims × K,V × {dtype_bytes(cfg.dtype)} B); with one K/V head per query head it would be "
         f"{mha.bytes_per_token(cfg.dtype):,} (×{mha.kv_heads // gqa.kv_heads}), with a single shared head {mqa.bytes_per_token(cfg.dtype):,}."
     )
     ctx.finding(
-        f"At 128K × batch 10: GQA {gb(b10_gqa):.1f} GB vs MHA {gb(b10_mha):.1f} GB — the MHA cache alone needs "
+        f"At {long_ctx // K}K × batch {batch}: GQA {gb(b10_gqa):.1f} GB vs MHA {gb(b10_mha):.1f} GB — the MHA cache alone needs "
         f"{math.ceil(gb(b10_mha) / cfg.gpu_memory_gb)} cards of {cfg.gpu_memory_gb:g} GB; the 8B weights are "
         f"{gb(_weights_bytes(load_config('llama-3.1-8b'), cfg.dtype)):.1f} GB."
     )
     ctx.finding(
-        f"70B keeps {big.bytes_per_token(cfg.dtype):,} bytes/token, only {big.layers / gqa.layers:g}× the 8B (more layers, same 8 K/V heads): "
+        f"70B keeps {big.bytes_per_token(cfg.dtype):,} bytes/token, only {big.layers / gqa.layers:g}× the 8B "
+        f"({big.layers} vs {gqa.layers} layers, {big.kv_heads} vs {gqa.kv_heads} K/V heads): "
         "GQA makes the cache grow with depth, not with width."
     )
-    ctx.finding(f"Capstone: four 8B agents at 32K each hold {gb(capstone):.1f} GB of KV cache in total.")
+    ctx.finding(f"Capstone: {CAPSTONE_AGENTS} 8B agents at {CAPSTONE_CONTEXT // K}K each hold {gb(capstone):.1f} GB of "
+                "KV cache in total.")
     exact = all(r[5] == 0 for r in rows)
     if rows:
         ctx.finding(
@@ -336,19 +340,22 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if not exact:
         ctx.failure_mode("the formula and a real cache disagree; see the measured table")
     if dtype_bytes(cfg.dtype) == 2:  # the seed's table is bf16
+        b1, b10, b50 = SEED_TABLE["kv_8b_gqa_32k"]
         ctx.finding(
-            "The seed prints 214.4 GB for 8B GQA at 32K × batch 50; its own 32K × batch 1 (4.3 GB) and × 10 (42.9 GB) "
+            f"The seed prints {b50} GB for 8B GQA at 32K × batch 50; its own 32K × batch 1 ({b1} GB) and × 10 ({b10} GB) "
             f"give {gb(kv_cache_bytes(gqa, 32 * K, 50, cfg.dtype)):.1f} GB, which is what the formula gives: "
             "a slip in the seed's table."
         )
 
 
+SEED_TABLE = {  # the seed's published table (decimal GB), batch 1, 10, 50
+    "kv_8b_gqa_8k": (1.1, 10.7, 53.7), "kv_8b_gqa_32k": (4.3, 42.9, 214.4), "kv_8b_gqa_128k": (17.2, 171.8, 859.0),
+    "kv_8b_mha_128k": (68.7, 687.2, 3436.0), "kv_70b_gqa_128k": (42.9, 429.5, 2147.5),
+}
+
+
 def _seed_refs() -> tuple[Reference, ...]:
-    seed = {  # the seed's published table (decimal GB)
-        "kv_8b_gqa_8k": (1.1, 10.7, 53.7), "kv_8b_gqa_32k": (4.3, 42.9, 214.4), "kv_8b_gqa_128k": (17.2, 171.8, 859.0),
-        "kv_8b_mha_128k": (68.7, 687.2, 3436.0), "kv_70b_gqa_128k": (42.9, 429.5, 2147.5),
-    }
-    refs = [Reference(f"{row}_b{b}_gb", v, "GB", f"seed table, batch {b}") for row, vals in seed.items()
+    refs = [Reference(f"{row}_b{b}_gb", v, "GB", f"seed table, batch {b}") for row, vals in SEED_TABLE.items()
             for b, v in zip((1, 10, 50), vals)]
     refs.append(Reference("capstone_4_agents_32k_gb", 17.2, "GB", "seed: four agents at 32K"))
     return tuple(refs)
@@ -368,6 +375,7 @@ EXERCISE = Exercise(
     tiny={"measure_tokens": [64], "measure_dtypes": ["float32"], "measure_chunk": 32},
     references=_seed_refs(),
     summary_metrics=("kv_8b_gqa_128k_b1_gb", "kv_8b_mha_128k_b10_gb", "measured_vs_formula_max_abs_diff_bytes"),
+    methods={"cpu": "same", "a100": "same"},  # the arithmetic is the method; cpu measures the cache on SmolLM2
 )
 
 if __name__ == "__main__":

@@ -65,6 +65,19 @@ def specialization_scores(P):
     return np.asarray(P).var(axis=0).mean(axis=-1)
 
 
+def disjoint_score(n_domains: int, n_experts: int) -> float:
+    """The score of full specialization: each domain routes evenly to its own n_experts / n_domains experts."""
+    import numpy as np
+
+    if n_experts % n_domains:
+        raise ValueError(f"{n_experts} experts do not split evenly over {n_domains} domains")
+    own = n_experts // n_domains
+    P = np.zeros((n_domains, 1, n_experts))
+    for d in range(n_domains):
+        P[d, 0, d * own:(d + 1) * own] = 1 / own
+    return float(specialization_scores(P)[0])
+
+
 def noise_floor(P, tokens_per_domain, top_k: int):
     """Per layer: the score identical routing would show from sampling alone (see module doc)."""
     import numpy as np
@@ -258,6 +271,7 @@ def route(model, tok, prompts: dict[str, list[str]], new_tokens: int, ctx: RunCo
 
 
 # --- the footprint question: why NF4, and what transformers 5 quantizes ---------------------------
+A100_GB = 80  # the seed's card
 def nf4_footprint(config_name: str) -> list[list[Any]]:
     """Bytes of the real Mixtral under bf16 and NF4, counted from its meta module tree.
 
@@ -395,7 +409,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.finding(
         f"Specialization scores range {v2['scores'].min():.6f}–{v2['scores'].max():.6f} (layer {best} highest); the sampling "
         f"noise floor for this many tokens averages {v2['floor'].mean():.6f}, so the highest layer is "
-        f"{v2['scores'][best] / v2['floor'][best]:.1f}× its floor. For scale: 4 domains each owning 2 of 8 experts would score 0.046875."
+        f"{v2['scores'][best] / v2['floor'][best]:.1f}× its floor."
+        + (f" For scale: {len(domains)} domains each owning {E // len(domains)} of {E} experts would score "
+           f"{disjoint_score(len(domains), E):g}." if E % len(domains) == 0 else "")
     )
     ctx.finding(
         f"Cosine between domains (layers × experts): {min(v2['cos'][a, b] for a, b in pairs):.4f}–"
@@ -405,7 +421,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.finding(
         f"Mixtral 8x7B is {footprint[0][3]} GB in bf16. Under transformers 5.24, BitsAndBytesConfig(load_in_4bit) quantizes "
         f"only nn.Linear modules, and Mixtral's experts are fused 3D parameters: the model stays ≈{footprint[1][3]} GB, still "
-        f"over 80 GB. With per-expert Linear layers (transformers 4.x, the seed's stack) NF4 brings it to ≈{footprint[2][3]} GB."
+        f"over {A100_GB} GB. With per-expert Linear layers (transformers 4.x, the seed's stack) NF4 brings it to ≈{footprint[2][3]} GB."
     )
 
 
@@ -434,6 +450,8 @@ EXERCISE = Exercise(
         Reference("v2_cosine_math_language", 0.9988, "", "seed, real Mixtral"),
     ),
     summary_metrics=("v2_max_deviation_pp", "v2_score_max", "v2_cosine_min"),
+    methods={"cpu": "substitute: a random-initialised tiny Mixtral in place of trained Mixtral 8x7B (a pipeline "
+                    "check: an untrained router says nothing about specialization)", "a100": "same"},
 )
 
 if __name__ == "__main__":

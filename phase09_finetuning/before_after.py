@@ -213,6 +213,7 @@ EXERCISE = Exercise(
     ),
     summary_metrics=("base_key_term_coverage", "tuned_key_term_coverage", "unmerged_penalty_pct"),
     needs=(sft.SFT_ADAPTER,),
+    methods={"cpu": "scaled", "a100": "same"},
 )
 
 if __name__ == "__main__":

@@ -119,6 +119,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
                      "the pair ('as we discussed above') read as fluent domain text; only explicit filters catch them.")
 
 
+_DATA_METHOD = ("substitute: a raw Q&A file composed for this repo with planted failure modes in place of pairs "
+                "extracted from the seed's curriculum threads")
 EXERCISE = Exercise(
     id="phase09.dataset",
     title="Dataset construction: raw extraction -> filtered, versioned Q&A set",
@@ -129,10 +131,11 @@ EXERCISE = Exercise(
     references=(
         Reference("raw_pairs", 589, "rows", "seed: extracted from 6 curriculum threads"),
         Reference("kept_pairs", 550, "pairs", "seed: after filtering"),
-        Reference("filter_rate", 6.6, "%", "seed"),
+        Reference("filter_rate", 6.6, "%", "seed; ours is set by how many noise lines data/make_raw.py wrote"),
         Reference("min_answer_words", 75, "words", "seed: minimum enforced"),
     ),
     summary_metrics=("raw_pairs", "kept_pairs", "filter_rate"),
+    methods={"cpu": _DATA_METHOD, "a100": _DATA_METHOD},
 )
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ EXERCISE = Exercise(
         Reference("loss_monotone_in_rank", 1, "bool", "seed: no plateau"),
     ),
     summary_metrics=("final_loss_r4", "final_loss_r64", "time_spread_pct"),
+    methods={"cpu": "substitute: fp32-base LoRA on SmolLM2-135M in place of NF4 QLoRA on Llama 3.1 8B",
+             "a100": "same"},
 )
 
 if __name__ == "__main__":

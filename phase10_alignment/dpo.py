@@ -444,6 +444,7 @@ EXERCISE = Exercise(
     summary_metrics=("final_train_loss", "train_reward_margin", "kl_per_token"),
     needs=(SFT_ADAPTER,),
     produces=(DPO_ADAPTER,),
+    methods={"cpu": "scaled", "a100": "same"},
 )
 
 if __name__ == "__main__":

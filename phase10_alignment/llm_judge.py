@@ -174,6 +174,8 @@ EXERCISE = Exercise(
     ),
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
     needs=compare.EXERCISE.needs,  # it scores phase10.compare's generations of the same adapters
+    methods={"cpu": "substitute: a 135M choice-probability judge (SmolLM2) in place of Claude Sonnet",
+             "a100": "same"},
 )
 
 if __name__ == "__main__":

@@ -284,6 +284,9 @@ EXERCISE = Exercise(
         Reference("train_loss_final", 0.6445, "", "seed: final loss"),
     ),
     summary_metrics=("eval_accuracy", "eval_reward_margin"),
+    methods={"cpu": "substitute: a frozen-backbone linear reward probe on SmolLM2-135M features in place of a "
+                    "fully fine-tuned Llama 3.2 1B reward model",
+             "a100": "same"},
 )
 
 if __name__ == "__main__":

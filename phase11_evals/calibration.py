@@ -58,6 +58,27 @@ def agreement(judge: Sequence[float], reference: Sequence[float]) -> dict[str, A
             "judge_lower": sum(d < -1e-9 for d in diffs), "n": len(diffs)}
 
 
+def calibration_inputs(eval_set, items, with_reference: bool = True) -> list[tuple[str, str, str | None]]:
+    """(prompt, response, reference answer) per calibration item, as the judge reads them."""
+    return [(eval_set.by_id(i.prompt_id).prompt, i.response,
+             eval_set.by_id(i.prompt_id).key_facts if with_reference else None) for i in items]
+
+
+def overall_agreement(verdicts, items) -> dict[str, Any]:
+    """Judge vs reference over the items the judge scored: ``agreement`` of per-response means, plus
+    the MAE pooled over response x dimension and the indices scored. Raises when fewer than 2 scored."""
+    from phase10_alignment.judge import JudgeFailure
+    from phase11_evals.evaldata import DIMENSIONS
+
+    ok = [k for k, v in enumerate(verdicts) if not isinstance(v, JudgeFailure)]
+    if len(ok) < 2:
+        raise RuntimeError(f"only {len(ok)} calibration item(s) scored; nothing to calibrate")
+    judge_mean = [math.fsum(verdicts[k].scores.values()) / len(DIMENSIONS) for k in ok]
+    ref_mean = [math.fsum(items[k].scores.values()) / len(DIMENSIONS) for k in ok]
+    pooled = math.fsum(abs(verdicts[k].scores[d] - items[k].scores[d]) for k in ok for d in DIMENSIONS)
+    return {**agreement(judge_mean, ref_mean), "pooled_mae": pooled / (len(ok) * len(DIMENSIONS)), "ok": ok}
+
+
 def status(r: float | None, pass_r: float) -> str:
     if r is None:
         return "NO SIGNAL (judge or reference constant)"
@@ -71,19 +92,17 @@ def run(cfg: Config, ctx: RunContext) -> None:
     import matplotlib.pyplot as plt
 
     from lab.errors import MissingResource
-    from phase10_alignment.judge import JudgeFailure
     from phase11_evals import editor_gate
     from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
-    from phase11_evals.judging import build_judge, failures_note, local_cache_saving, record_judge, score_all
+    from phase11_evals.judging import (build_judge, failures_note, judge_method, local_cache_saving, record_judge,
+                                       score_all)
 
     eval_set = load_eval_set()
     calib = load_calibration(eval_set)
     items = list(calib.items[: cfg.limit])
     ctx.dataset(f"{calib.name} v{calib.version}", n=len(items), sha256=calib.sha256, labeller=calib.labeller)
     ctx.dataset(f"{eval_set.name} v{eval_set.version}", n=len(eval_set.prompts), sha256=eval_set.sha256)
-    inputs = [(eval_set.by_id(i.prompt_id).prompt, i.response,
-               eval_set.by_id(i.prompt_id).key_facts if cfg.with_reference else None) for i in items]
-    ref_mean = [math.fsum(i.scores.values()) / len(DIMENSIONS) for i in items]
+    inputs = calibration_inputs(eval_set, items, cfg.with_reference)
     ref_gate = [editor_gate.decide({**i.scores, FLAG: i.flag}).verdict for i in items]
 
     dim_rows, overall_rows, item_rows, gate_rows = [], [], [], []
@@ -91,6 +110,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for version in cfg.rubric_versions:
         judge = build_judge(cfg.judge_llm, load_rubric(version))
         record_judge(ctx, judge, f"rubric v{version}")
+        if judge_method(judge):  # the labels are a substitute whatever the judge; say so for both
+            ctx.set_method(f"{_LABELS}; {judge_method(judge).removeprefix('substitute: ')}")
         try:
             verdicts = score_all(judge, inputs, ctx, f"judging with rubric v{version}")
         except MissingResource as err:
@@ -98,9 +119,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
         note = failures_note(verdicts)
         if note:
             ctx.failure_mode(f"rubric v{version}: {note}")
-        ok = [k for k, v in enumerate(verdicts) if not isinstance(v, JudgeFailure)]
-        if len(ok) < 2:
-            raise RuntimeError(f"rubric v{version}: only {len(ok)} item(s) scored; nothing to calibrate")
+        try:
+            overall = overall_agreement(verdicts, items)
+        except RuntimeError as err:
+            raise RuntimeError(f"rubric v{version}: {err}") from None
+        ok, pooled_mae = overall["ok"], overall["pooled_mae"]
         tag = version.replace(".", "_")
         for dim in DIMENSIONS:
             judged = [verdicts[k].scores[dim] for k in ok]
@@ -113,10 +136,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
             ax.scatter([items[k].scores[dim] for k in ok], judged, label=f"v{version}", alpha=0.7)
             ax.set_title(dim)
             ax.set_xlabel("reference score")
-        judge_mean = [math.fsum(verdicts[k].scores.values()) / len(DIMENSIONS) for k in ok]
-        overall = agreement(judge_mean, [ref_mean[k] for k in ok])
-        pooled_mae = math.fsum(abs(verdicts[k].scores[d] - items[k].scores[d]) for k in ok for d in DIMENSIONS) / (
-            len(ok) * len(DIMENSIONS))
         overall_rows.append([f"v{version}", overall["r"], pooled_mae, f"{overall['judge_higher']}/{overall['n']}",
                              status(overall["r"], cfg.pass_r)])
         ctx.metric(f"overall_r_v{tag}", overall["r"], "r", higher_is_better=True,
@@ -192,6 +211,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 "here means agreement with that labeller, which is weaker evidence than the seed's human scoring.")
 
 
+_LABELS = "substitute: AI-written reference scores in place of the seed's 20 human-scored responses"
 EXERCISE = Exercise(
     id="phase11.calibration",
     title="Judge calibration against reference scores, rubric v1.0 vs v1.1",
@@ -200,15 +220,22 @@ EXERCISE = Exercise(
     profiles={"cpu": {}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5"}},
     tiny={"limit": 3},
     references=(
-        Reference("overall_r_v1_0", 0.861, "r", "seed: Claude Sonnet judge vs 20 human-scored responses"),
-        Reference("overall_mae_v1_0", 0.562, "points", "seed: mean of its four per-dimension MAEs"),
-        Reference("judge_higher_v1_0", 17, "responses", "seed: judge above human on 17/20 (what v1.1 fixed)"),
-        Reference("r_technical_accuracy_v1_0", 0.808, "r", "seed"),
-        Reference("r_calibration_v1_0", 0.829, "r", "seed"),
-        Reference("r_mechanistic_depth_v1_0", 0.720, "r", "seed (NEEDS REVIEW)"),
-        Reference("r_audience_calibration_v1_0", 0.811, "r", "seed"),
+        Reference("overall_r_v1_1", 0.861, "r", "seed: rubric v1.1 (its summary: 'rubric v1.1 calibrated to r=0.861'), "
+                  "Claude Sonnet judge vs 20 human-scored responses"),
+        Reference("overall_mae_v1_1", 0.562, "points", "seed: rubric v1.1, mean of its four per-dimension MAEs"),
+        Reference("r_technical_accuracy_v1_1", 0.808, "r", "seed: rubric v1.1"),
+        Reference("r_calibration_v1_1", 0.829, "r", "seed: rubric v1.1"),
+        Reference("r_mechanistic_depth_v1_1", 0.720, "r", "seed: rubric v1.1 (NEEDS REVIEW)"),
+        Reference("r_audience_calibration_v1_1", 0.811, "r", "seed: rubric v1.1"),
+        Reference("mae_technical_accuracy_v1_1", 0.40, "points", "seed: rubric v1.1"),
+        Reference("mae_calibration_v1_1", 0.40, "points", "seed: rubric v1.1"),
+        Reference("mae_mechanistic_depth_v1_1", 0.55, "points", "seed: rubric v1.1"),
+        Reference("mae_audience_calibration_v1_1", 0.90, "points", "seed: rubric v1.1"),
+        Reference("judge_higher_v1_0", 17, "responses", "seed: judge above human on 17/20, the bias v1.1's tighter "
+                  "anchor answered (the seed does not say which version's scores showed it)"),
     ),
     summary_metrics=("overall_r_v1_0", "overall_r_v1_1", "overall_mae_v1_1", "gate_false_approvals_v1_1"),
+    methods={"cpu": _LABELS, "a100": _LABELS},
 )
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ two properties the later exercises rely on, with no judge involved:
 1. **No near-duplicate prompts.** Two prompts that ask the same thing double-count one topic in
    every category mean. MiniLM embeddings, every pair's cosine; pairs above ``dup_threshold`` are
    reported.
-2. **The Editor gate does what it should on reference scores.** ``editor_gate.decide`` is applied
-   to the 20 calibration responses using their reference scores (written by an AI assistant for
-   this repo, see the README): every response the reference marks as a confident hallucination or
-   with a wrong core definition (technical_accuracy <= 2) must be rejected.
+2. **What the Editor gate decides on reference scores.** ``editor_gate.decide`` is applied to the
+   20 calibration responses using their reference scores (written by an AI assistant for this repo,
+   see the README), so the verdicts a well-calibrated judge should reproduce are on record. That the
+   gate rejects every response the reference marks as a confident hallucination or wrong at the core
+   holds by construction of the gate's rule: it is a unit test (``tests/test_phase11_evals.py``),
+   not a measurement.
 """
 
 from __future__ import annotations
@@ -85,22 +87,16 @@ def run(cfg: Config, ctx: RunContext) -> None:
     calibration = load_calibration(eval_set)
     ctx.dataset(f"{calibration.name} v{calibration.version}", n=len(calibration.items), sha256=calibration.sha256,
                 labeller=calibration.labeller)
-    rows, must_reject, wrongly_approved = [], 0, []
+    rows = []
     for item in calibration.items:
         decision = editor_gate.decide({**item.scores, editor_gate.FLAG: item.flag})
-        bad = item.flag or item.scores["technical_accuracy"] <= 2
-        must_reject += bad
-        if bad and decision.approved:
-            wrongly_approved.append(item.id)
         rows.append([item.id, item.prompt_id, *[item.scores[d] for d in editor_gate.DIMENSIONS],
                      item.flag, round(decision.mean, 2), decision.verdict, "; ".join(decision.reasons)])
     ctx.table("gate_on_reference", rows, ["item", "prompt", *editor_gate.DIMENSIONS, editor_gate.FLAG, "mean",
                                           "verdict", "reasons"],
               title="Editor gate applied to the calibration set's reference scores")
     approved = sum(r[-2] == "APPROVE" for r in rows)
-    ctx.metric("gate_reference_approved", approved, "responses", description="of the 20 calibration responses")
-    ctx.metric("gate_bad_responses_approved", len(wrongly_approved), "responses", higher_is_better=False,
-               description="reference-flagged or technical_accuracy <= 2, yet approved: must be 0")
+    ctx.metric("gate_reference_approved", approved, "responses", description=f"of the {len(rows)} calibration responses")
 
     ctx.finding(
         f"Eval set {eval_set.name} v{eval_set.version}: {len(eval_set.prompts)} prompts in "
@@ -111,14 +107,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"cosine {float(sims[upper].max()):.3f}; {n_dups} pair(s) exceed {cfg.dup_threshold}, so no topic is "
         "double-counted in a category mean.")
     ctx.finding(
-        f"On reference scores the gate approves {approved}/{len(rows)} responses and rejects all {must_reject} that the "
-        f"reference marks as confidently hallucinated or wrong at the core ({len(wrongly_approved)} wrongly approved). "
-        "The gate is only as good as the scores fed to it: the calibration exercise measures how far a judge's scores "
-        "are from these.")
-    if wrongly_approved:
-        ctx.failure_mode(f"gate approved reference-bad responses: {wrongly_approved}")
+        f"On reference scores the gate approves {approved}/{len(rows)} responses: the verdicts a judge must reproduce "
+        "(phase11.calibration measures how far a judge's scores are from these).")
 
 
+_SET_METHOD = "substitute: 50 prompts and two rubrics written for this repo by an AI assistant in place of the seed's"
 EXERCISE = Exercise(
     id="phase11.eval_set",
     title="Eval set, rubric versions and the Editor gate on reference scores",
@@ -130,7 +123,8 @@ EXERCISE = Exercise(
         Reference("n_prompts", 50, "prompts", "seed: 50 prompts (its own set; ours is written for this repo)"),
         Reference("n_categories", 7, "categories", "seed: 7 categories"),
     ),
-    summary_metrics=("n_prompts", "max_prompt_cosine", "gate_bad_responses_approved"),
+    summary_metrics=("n_prompts", "n_categories", "max_prompt_cosine", "gate_reference_approved"),
+    methods={"cpu": _SET_METHOD, "a100": _SET_METHOD},
 )
 
 if __name__ == "__main__":

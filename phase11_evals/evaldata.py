@@ -190,9 +190,26 @@ def load_calibration(eval_set: EvalSet, path: Path = DATA_DIR / "calibration.yam
 # --- contamination pairs ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class PublicReference:
+    """A published answer text a model could have memorized (never one written for this repo)."""
+
+    text: str
+    source: str  # where it is published (URL or dataset + row)
+    licence: str
+
+
+@dataclass(frozen=True)
 class ContaminationPair:
     original: EvalPrompt
     rephrased: str
+    public_reference: PublicReference | None = None  # the verbatim check runs only against one
+
+
+def _public_reference(raw: Any, where: str) -> PublicReference | None:
+    if not isinstance(raw, dict) or raw.get("public_reference") is None:
+        return None
+    ref = _field(raw, "public_reference", dict, where)
+    return PublicReference(*(_field(ref, k, str, f"{where} public_reference") for k in ("text", "source", "licence")))
 
 
 def load_contamination_pairs(eval_set: EvalSet, path: Path = DATA_DIR / "contamination_pairs.yaml"
@@ -210,5 +227,5 @@ def load_contamination_pairs(eval_set: EvalSet, path: Path = DATA_DIR / "contami
         rephrased = _field(raw, "rephrased", str, where)
         if rephrased.strip().lower() == original.prompt.strip().lower():
             raise EvalDataError(f"{where}: field 'rephrased' is identical to the original prompt")
-        pairs.append(ContaminationPair(original, rephrased))
+        pairs.append(ContaminationPair(original, rephrased, _public_reference(raw, where)))
     return pairs, canonical_sha256({k: doc.get(k) for k in ("name", "version", "pairs")})

@@ -22,6 +22,14 @@ def build_judge(spec: str, rubric: Rubric) -> Judge:
     return Judge(llm, rubric, method="auto")
 
 
+def judge_method(judge: Judge) -> str | None:
+    """A choice-probability judge stands in for the seed's Claude verdicts: the run's method is then a
+    substitute whatever the models under test (None: a JSON judge, the declared method holds)."""
+    if judge.method == "choice_probs":
+        return f"substitute: {judge.llm.spec} read by choice probabilities in place of the seed's Claude Sonnet judge"
+    return None
+
+
 def record_judge(ctx, judge: Judge, name: str) -> None:
     """Model provenance once per run, and the instrument (rubric + prompt hashes) as a table row."""
     desc = judge.llm.describe()

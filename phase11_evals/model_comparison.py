@@ -12,6 +12,11 @@ becoming one. This exercise repeats that measurement:
 3. per variant: mean score, flag rate, Editor-gate approval rate; per dimension; per category;
 4. the two-by-two: change in style mean vs change in accuracy mean, each fine-tuned variant vs BASE.
 
+An approval is only as good as the judge behind it, so the same judge first scores the calibration
+set (phase11.calibration's 20 reference-scored responses) in this run: gate approvals are reported
+only when its Pearson r against the reference reaches ``pass_r`` (the seed's bar); otherwise
+they are n/a, with the r that failed.
+
 Variants whose adapters are not in the cache are listed with the reason and left out; nothing is
 trained here. A 135M choice_probs judge scores nearly everything alike (see phase11.calibration),
 so on cpu the differences between variants are within judge noise; the numbers are reported anyway.
@@ -36,6 +41,8 @@ class Config(ExerciseConfig):
     per_category: int | None = 1  # prompts per category, first in file order (None = all 50)
     limit: int | None = None  # cap on prompts after per_category (tests)
     max_new_tokens: int = 48
+    calibration_limit: int | None = None  # calibration items the judge scores in this run (None = all 20)
+    pass_r: float = 0.75  # gate approvals are reported only for a judge at or above this r
 
 
 def _mean(xs) -> float | None:
@@ -61,8 +68,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.errors import MissingResource
     from phase10_alignment.judge import JudgeFailure
     from phase11_evals import editor_gate
-    from phase11_evals.evaldata import DIMENSIONS, FLAG, load_eval_set, load_rubric
-    from phase11_evals.judging import build_judge, failures_note, record_judge, score_all
+    from phase11_evals.calibration import calibration_inputs
+    from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
+    from phase11_evals.judging import build_judge, failures_note, judge_method, record_judge, score_all
     from phase11_evals.responders import Responder, missing_reason
 
     if ctx.profile == "a100" and not torch.cuda.is_available():
@@ -104,13 +112,27 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
     record_judge(ctx, judge, "model comparison")
+    if judge_method(judge):
+        ctx.set_method(judge_method(judge))
+    calib = load_calibration(eval_set)
+    calib_items = list(calib.items[: cfg.calibration_limit])
+    ctx.dataset(f"{calib.name} v{calib.version}", n=len(calib_items), sha256=calib.sha256, labeller=calib.labeller,
+                used_for="calibrating this run's judge before its gate approvals count")
     verdicts: dict[str, list] = {}
     try:
+        calib_verdicts = score_all(judge, calibration_inputs(eval_set, calib_items), ctx, "calibrating the judge")
         for name in variants:
             verdicts[name] = score_all(judge, [(p.prompt, a.text, p.key_facts) for p, a in zip(prompts, answers[name])],
                                        ctx, f"judging {name}")
     except MissingResource as err:
         ctx.skip(str(err))
+
+    r, gate_na = judge_calibration(calib_verdicts, calib_items, cfg.pass_r)
+    ctx.metric("judge_calibration_r", r, "r", higher_is_better=True,
+               description=f"Pearson r of per-response means vs the reference scores, {len(calib_items)} calibration "
+                           f"responses, rubric v{cfg.rubric_version}, this run's judge")
+    ctx.metric("judge_passed_calibration", gate_na is None, "", higher_is_better=True,
+               description=f"r >= {cfg.pass_r}: only then are gate approvals reported")
 
     summary_rows, response_rows, dim_means, cat_means, style_acc = [], [], {}, {}, {}
     for name in variants:
@@ -125,10 +147,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
         flags = sum(v.flags[FLAG] for _, _, v in scored)
         mean = _mean(means)
         summary_rows.append([name, len(scored), round(mean, 3), f"{flags}/{len(scored)}",
-                             f"{gates.count('APPROVE')}/{len(scored)}"])
+                             f"{gates.count('APPROVE')}/{len(scored)}" if gate_na is None else f"n/a: {gate_na}"])
         ctx.metric(f"mean_{name}", mean, "points", higher_is_better=True)
         ctx.metric(f"flag_rate_{name}", flags / len(scored), "fraction", higher_is_better=False)
-        ctx.metric(f"gate_approval_rate_{name}", gates.count("APPROVE") / len(scored), "fraction", higher_is_better=True)
+        ctx.metric(f"gate_approval_rate_{name}", gates.count("APPROVE") / len(scored) if gate_na is None else None,
+                   "fraction", higher_is_better=True, description=f"n/a: {gate_na}" if gate_na else "")
         dim_means[name] = {d: _mean(v.scores[d] for _, _, v in scored) for d in DIMENSIONS}
         for d in DIMENSIONS:
             ctx.metric(f"{d}_{name}", dim_means[name][d], "points", higher_is_better=True)
@@ -137,7 +160,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         style_acc[name] = (_mean(dim_means[name][d] for d in STYLE), _mean(dim_means[name][d] for d in ACCURACY))
         for (p, a, v), g in zip(scored, gates):
             response_rows.append([name, p.id, p.category, *[round(v.scores[d], 2) for d in DIMENSIONS], v.flags[FLAG],
-                                  g, a.new_tokens, a.text])
+                                  g if gate_na is None else "n/a", a.new_tokens, a.text])
 
     ctx.table("by_variant", summary_rows, ["variant", "answers scored", "mean score", f"{FLAG} flags",
                                            "Editor gate approvals"], title="Per variant (rubric v" + cfg.rubric_version + ")")
@@ -164,8 +187,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.table("two_by_two", rows, ["variant", "Δ style (depth, audience)", "Δ accuracy (accuracy, calibration)",
                                        "cell"], title="Two-by-two: change vs BASE in style and in accuracy dimensions")
         for name, d_style, d_acc, cell in rows:
+            seed_style, seed_acc = seed_change(name)
             ctx.finding(f"{name} vs base: style dimensions {d_style:+.2f}, accuracy dimensions {d_acc:+.2f} -> {cell} "
-                        "(seed, Llama 3.1 8B with a Claude judge: style up, accuracy down for both SFT and DPO).")
+                        f"(seed, Llama 3.1 8B with a Claude judge: {seed_style:+.2f} / {seed_acc:+.2f} -> "
+                        f"{quadrant(seed_style, seed_acc)}).")
     else:
         ctx.finding(f"Only {variants} could be scored, so the two-by-two (fine-tuned vs BASE) is not computed here; "
                     "see the 'Variants requested' table for what is missing and which command produces it.")
@@ -190,13 +215,47 @@ def run(cfg: Config, ctx: RunContext) -> None:
             if same:
                 ctx.finding(f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts: "
                             "its adapter barely moved the policy (see the adapter's training record under Models).")
-    best = max(summary_rows, key=lambda r: r[2])
-    ctx.finding(f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers; gate approvals per variant: "
-                + ", ".join(f"{r[0]} {r[4]}" for r in summary_rows) + ". Seed: no variant above 2.6/5.")
-    spread = max(r[2] for r in summary_rows) - min(r[2] for r in summary_rows)
+    best = max(summary_rows, key=lambda row: row[2])
+    seed_best = max(_seed(f"mean_{v}") for v in ("base", "sft", "dpo"))
+    ctx.finding(f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers (seed's highest: {seed_best:.3f}/5).")
+    if gate_na is None:
+        ctx.finding(f"The judge passed calibration in this run (r = {r:.3f} >= {cfg.pass_r}); Editor-gate approvals per "
+                    "variant: " + ", ".join(f"{row[0]} {row[4]}" for row in summary_rows) + ".")
+    else:
+        ctx.finding(f"Editor-gate approval rates are n/a: {gate_na}. Approvals from a judge that does not track the "
+                    "reference scores are noise, so none are published.")
+    spread = max(row[2] for row in summary_rows) - min(row[2] for row in summary_rows)
     if judge.method == "choice_probs":
         ctx.finding(f"Variant means span {spread:.2f} points with a 135M choice_probs judge whose scores barely move with "
                     "answer quality (phase11.calibration): read these as the judge's limits, not as a ranking of variants.")
+
+
+def judge_calibration(verdicts, items, pass_r: float) -> tuple[float | None, str | None]:
+    """(r, why gate approvals are n/a) for this run's judge on the calibration set; the reason is None
+    when r >= pass_r."""
+    from phase11_evals.calibration import overall_agreement
+
+    try:
+        r = overall_agreement(verdicts, items)["r"]
+    except RuntimeError as err:
+        return None, f"the judge could not be calibrated in this run ({err})"
+    if r is None:
+        return None, "the judge's scores on the calibration set are constant (no r)"
+    if r < pass_r:
+        return r, f"this run's judge has r = {r:.3f} < {pass_r} against the {len(items)} reference-scored responses"
+    return r, None
+
+
+def seed_change(variant: str) -> tuple[float, float]:
+    """The seed's (style, accuracy) change vs BASE, from its per-dimension means in the references."""
+    def mean_of(dims, name):
+        return math.fsum(_seed(f"{d}_{name}") for d in dims) / len(dims)
+
+    return (mean_of(STYLE, variant) - mean_of(STYLE, "base"), mean_of(ACCURACY, variant) - mean_of(ACCURACY, "base"))
+
+
+def _seed(metric: str) -> float:
+    return next(r.value for r in EXERCISE.references if r.metric == metric)
 
 
 _SEED = "seed: Llama 3.1 8B variants, 50 prompts, Claude judge"
@@ -207,7 +266,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5", "per_category": None,
                                   "max_new_tokens": 512}},
-    tiny={"variants": ["base"], "limit": 1, "max_new_tokens": 8},
+    tiny={"variants": ["base"], "limit": 1, "max_new_tokens": 8, "calibration_limit": 3},
     references=(
         Reference("mean_base", 2.400, "points", _SEED),
         Reference("mean_sft", 2.520, "points", _SEED),
@@ -232,6 +291,7 @@ EXERCISE = Exercise(
     ),
     summary_metrics=("mean_base", "mean_sft", "mean_dpo", "flag_rate_base"),
     needs=tuple(VARIANT_ADAPTERS.values()),
+    methods={"cpu": "scaled", "a100": "same"},  # run() marks a choice-probability judge a substitute
 )
 
 if __name__ == "__main__":

@@ -148,6 +148,7 @@ EXERCISE = Exercise(
     tiny={"query_ids": ["q04", "q10", "q18"], "hyde_max_tokens": 8},
     references=tuple(Reference(m, v, "fraction", "seed: MPNet + Claude Haiku hypotheses, 10 queries") for m, v in REFS),
     summary_metrics=("top1_baseline", "top1_hyde", "top1_rerank"),
+    methods={"cpu": "scaled", "a100": "scaled"},
 )
 
 if __name__ == "__main__":

@@ -328,16 +328,26 @@ class PgVectorStore(_SqlStore):
     (every query) and ``hybrid_ef_search`` (filtered queries only, default 200) raise it for one
     transaction (``SET LOCAL``); ``exact_fallback`` re-runs a hybrid query that is still short as an exact
     scan. 12.3 measures both against the default.
+
+    ``partial_index_key`` is pgvector's documented fix for filtering on a key with few distinct
+    values: ``optimize()`` also builds one partial HNSW index per value of that metadata key
+    (``WHERE (metadata->>'key') = 'value'``, at most ``PARTIAL_MAX_VALUES``), and a query filtering
+    on the key carries that predicate with the value inlined, so the planner can pick the index
+    whose every candidate already passes the filter — searched at ``ef_search`` (no post-filter
+    loss to make up for), still with the exact re-run when short. Only str and int values are
+    inlined (their ``->>`` text is canonical); the JSONB containment predicate stays, so the rows
+    returned always match the filter.
     """
 
     name = "pgvector"
     INGEST_MODES = ("per_row", "executemany", "copy")
     INDEX_KINDS = (None, "hnsw", "ivfflat")
+    PARTIAL_MAX_VALUES = 64
 
     def __init__(self, url: str | None = None, table: str = "phase12_chunks", dim: int = 384,
                  index: str | None = "hnsw", ingest: str = "copy", ef_search: int | None = None,
                  hybrid_ef_search: int | None = 200, ivfflat_probes: int | None = None,
-                 exact_fallback: bool = True, recreate: bool = False):
+                 exact_fallback: bool = True, partial_index_key: str | None = None, recreate: bool = False):
         from lab.db import database_url
 
         if ingest not in self.INGEST_MODES:
@@ -346,6 +356,7 @@ class PgVectorStore(_SqlStore):
             raise ValueError(f"pgvector: index must be one of {self.INDEX_KINDS}, got {index!r}")
         self.index, self.ingest, self.ef_search, self.hybrid_ef_search = index, ingest, ef_search, hybrid_ef_search
         self.ivfflat_probes, self.exact_fallback = ivfflat_probes, exact_fallback
+        self.partial_index_key = partial_index_key
         self.fallbacks = 0  # hybrid queries that came back short and were re-run exactly
         super().__init__(url or database_url(), table, dim, recreate)
 
@@ -408,6 +419,24 @@ class PgVectorStore(_SqlStore):
                 hits = exact
         return hits
 
+    def _partial_value(self, where: dict) -> str | None:
+        """The filter value as the partial indexes' predicate spells it (None: no partial index applies)."""
+        value = where.get(self.partial_index_key) if self.partial_index_key else None
+        if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+            return str(value)
+        return None
+
+    def _where_sql(self, where: dict) -> tuple[str, list]:
+        """The JSONB containment predicate, plus the partial indexes' own predicate with its value inlined."""
+        from psycopg import sql
+
+        where_sql, params = super()._where_sql(where)
+        value = self._partial_value(where)
+        if value is not None:
+            implied = sql.SQL(" AND (metadata->>{}) = {}").format(sql.Literal(self.partial_index_key), sql.Literal(value))
+            where_sql += implied.as_string(self._conn)
+        return where_sql, params
+
     def _query(self, vector, k, where, exact: bool) -> list[Hit]:
         where_sql, params = self._where_sql(where)
         # exact: "+ 0" makes the sort key an expression no index can serve, so PostgreSQL scans and
@@ -420,7 +449,10 @@ class PgVectorStore(_SqlStore):
         )
         args = [vector, *params, vector, k]
 
-        ef_search = ((self.hybrid_ef_search or self.ef_search) if where else self.ef_search) if self.index == "hnsw" else None
+        # a filter served by its own partial index loses no candidates to the WHERE: no wider beam needed
+        post_filtered = bool(where) and self._partial_value(where) is None
+        ef_search = ((self.hybrid_ef_search or self.ef_search) if post_filtered else self.ef_search) \
+            if self.index == "hnsw" else None
         probes = self.ivfflat_probes if self.index == "ivfflat" else None
 
         def work(conn):  # SET LOCAL lasts until the end of this transaction only
@@ -443,6 +475,8 @@ class PgVectorStore(_SqlStore):
                 f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} "
                 "USING hnsw (embedding vector_cosine_ops)"
             )
+            if self.partial_index_key:
+                self._build_partial_indexes()
         elif self.index == "ivfflat":
             # pgvector's guidance: lists = rows / 1000 (up to 1M rows), probes = sqrt(lists)
             lists = max(1, self.count() // 1000)
@@ -453,9 +487,35 @@ class PgVectorStore(_SqlStore):
             )
         self._conn.execute(f"ANALYZE {self.table}")
 
+    def _build_partial_indexes(self) -> None:
+        """One HNSW index per distinct value of ``partial_index_key`` (see the class doc)."""
+        import hashlib
+
+        from psycopg import sql
+
+        key = sql.Literal(self.partial_index_key)
+        values = [v for (v,) in self._conn.execute(
+            sql.SQL("SELECT DISTINCT metadata->>{} FROM {}").format(key, sql.Identifier(self.table))) if v is not None]
+        if len(values) > self.PARTIAL_MAX_VALUES:
+            raise ValueError(f"pgvector: partial_index_key {self.partial_index_key!r} has {len(values)} distinct values "
+                             f"(> {self.PARTIAL_MAX_VALUES}): partition the table instead of one index per value")
+        for value in values:
+            name = f"{self.table}_hnsw_p_{hashlib.sha1(value.encode()).hexdigest()[:10]}"
+            self._conn.execute(sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) WHERE (metadata->>{}) = {}"
+            ).format(sql.Identifier(name), sql.Identifier(self.table), key, sql.Literal(value)))
+
+    def partial_indexes(self) -> list[str]:
+        """Names of this table's per-value partial HNSW indexes."""
+        return [name for (name,) in self._conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE %s ORDER BY indexname",
+            (self.table, f"{self.table}_hnsw_p_%"))]
+
     def drop_indexes(self) -> None:
         for kind in ("hnsw", "ivfflat"):
             self._conn.execute(f"DROP INDEX IF EXISTS {self.table}_{kind}")
+        for name in self.partial_indexes():
+            self._conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 class CockroachStore(_SqlStore):

@@ -180,3 +180,61 @@ def test_git_dirty_flag_ignores_written_results(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     info = git_info(tmp_path)
     assert info["dirty"] is True and len(info["sha"]) == 40
+
+
+def _method_run(tmp_path, method):
+    def run(cfg, ctx):
+        ctx.metric("total", 7, "items")
+        if cfg.n == 5:
+            ctx.set_method("scaled", note="n=5 is a smaller run")
+
+    ex = Exercise(id="phase99.m", title="m", run=run, config_cls=FakeConfig, profiles={"cpu": {}},
+                  references=(Reference("total", 6, "items"),), methods={"cpu": method})
+    return ex
+
+
+def test_method_is_recorded_and_a_substitute_reference_carries_no_delta(tmp_path):
+    doc = execute(_method_run(tmp_path, "substitute: a fake in place of the real thing"), "cpu", {}, out=tmp_path,
+                  quiet=True)
+    assert doc["method"] == "substitute: a fake in place of the real thing" and doc["method_note"] is None
+    assert doc["reference"][0]["ours"] == 7 and doc["reference"][0]["delta"] is None
+    md = (tmp_path / "phase99" / "m" / "cpu" / "result.md").read_text()
+    assert "method **substitute: a fake in place of the real thing**" in md and "no row carries a delta" in md
+    scaled = execute(_method_run(tmp_path, "same"), "cpu", {}, out=tmp_path, quiet=True)
+    assert scaled["method"] == "same" and scaled["reference"][0]["delta"] == 1
+    by_run = execute(_method_run(tmp_path, "same"), "cpu", {"n": 5}, out=tmp_path, quiet=True)
+    assert by_run["method"] == "scaled" and by_run["method_note"] == "n=5 is a smaller run"
+
+
+def test_method_must_be_same_scaled_a_named_substitute_or_own():
+    for bad in ("exact", "substitute:", "substitute: ", ""):
+        with pytest.raises(ValueError, match="must be 'same', 'scaled', 'substitute: <what>' or 'own'"):
+            _method_run(None, bad)
+    assert _method_run(None, "own").methods == {"cpu": "own"}  # a benchmark: no seed experiment behind it
+    with pytest.raises(ValueError, match="unknown profile 'h100'"):
+        Exercise(id="phase99.m", title="m", run=fake_run, config_cls=FakeConfig, profiles={"cpu": {}},
+                 methods={"h100": "same"})
+
+
+def test_schema_1_0_results_stay_readable_with_method_not_recorded(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / "phase99" / "fake" / "cpu" / "result.json"
+    doc = json.loads(path.read_text())
+    doc["schema_version"] = "1.0"
+    del doc["method"], doc["method_note"]
+    path.write_text(json.dumps(doc))
+    loaded = results.load_result(path)
+    assert loaded["method"] is None and loaded["method_note"] is None
+    assert "method **not recorded**" in report.render_result_md(loaded)
+    doc["schema_version"] = "0.9"
+    with pytest.raises(ValueError, match="schema_version '0.9'"):
+        validate(doc, "x.json")
+
+
+
+def test_every_registered_exercise_declares_a_method_per_profile():
+    from lab.registry import phases
+
+    undeclared = [f"{ex.id}:{p}" for phase in phases() for ex in phase.exercises for p in ex.profiles
+                  if p not in ex.methods]
+    assert undeclared == []

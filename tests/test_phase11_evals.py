@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lab.runner import execute
 from phase11_evals.calibration import agreement, pearson, status
-from phase11_evals.contamination import is_contamination_signal, verbatim_overlap
+from phase11_evals.contamination import PairScores, retest_noise, score_signal, verbatim_overlap
 from phase11_evals.evaldata import (DATA_DIR, DIMENSIONS, FLAG, EvalDataError, load_calibration,
                                     load_contamination_pairs, load_eval_set, load_rubric)
 from phase11_evals.model_comparison import quadrant
@@ -123,16 +123,34 @@ def test_agreement_reports_r_mae_and_bias_direction():
     assert status(0.72, 0.75) == "NEEDS REVIEW"
 
 
-def test_verbatim_overlap_and_the_contamination_definition():
+def test_verbatim_overlap_counts_the_references_5_grams():
     ref = "GQA shares each key value head across a group of query heads"
     assert verbatim_overlap(ref, ref) == 1.0
     assert verbatim_overlap("Sure. " + ref + " which shrinks the cache.", ref) == 1.0
     assert verbatim_overlap("GQA is a visual question answering benchmark", ref) == 0.0
     assert 0 < verbatim_overlap("GQA shares each key value head but nothing else", ref) < 1
     assert verbatim_overlap("anything", "too short") == 0.0
-    assert is_contamination_signal(0.6, 0.7, 0.5, 0.5)
-    assert not is_contamination_signal(0.6, 0.1, 0.5, 0.5)  # a score gap alone is not contamination
-    assert not is_contamination_signal(0.1, 0.9, 0.5, 0.5)  # knowing the standard phrasing alone is not either
+
+
+def test_score_signal_needs_a_delta_beyond_the_judges_retest_noise():
+    s = PairScores(orig_on_orig=4.0, reph_on_reph=3.0, orig_on_reph=3.9, reph_on_orig=3.2)
+    assert s.delta == pytest.approx(1.0) and s.retests == pytest.approx((0.1, -0.2))
+    assert retest_noise([0.1, -0.2, 0.2, -0.1]) == pytest.approx(math.sqrt(0.025))
+    assert score_signal(1.0, 0.158, 2.0) and not score_signal(0.3, 0.158, 2.0)
+    assert not score_signal(-1.0, 0.158, 2.0)  # better on the rephrasing is not memorization
+    with pytest.raises(ValueError, match="cannot be measured"):
+        retest_noise([])
+
+
+def test_the_gate_rejects_every_reference_bad_calibration_response():
+    """What eval_set used to publish as a metric (0 by construction) is a property of the gate and the data."""
+    from phase11_evals import editor_gate
+
+    items = load_calibration(load_eval_set()).items
+    bad = [i for i in items if i.flag or i.scores["technical_accuracy"] <= 2]
+    assert bad, "the calibration set must contain reference-bad responses for this check to mean anything"
+    assert [i.id for i in bad if editor_gate.decide({**i.scores, FLAG: i.flag}).approved] == []
+    assert any(editor_gate.decide({**i.scores, FLAG: i.flag}).approved for i in items if i not in bad)
 
 
 def test_quadrant_names_the_two_by_two_cell():
@@ -154,7 +172,7 @@ def test_eval_set_exercise_records_hashes_and_the_gate_on_reference_scores(tmp_p
     res = _result(tmp_path, "eval_set")
     assert res["metrics"]["n_prompts"]["value"] == 50 and res["metrics"]["n_categories"]["value"] == 7
     assert res["data"][0]["sha256"] == load_eval_set().sha256
-    assert res["metrics"]["gate_bad_responses_approved"]["value"] == 0
+    assert "gate_bad_responses_approved" not in res["metrics"]  # 0 by construction: a unit test now
     gate = res["tables"]["gate_on_reference"]["rows"]
     assert len(gate) == 20 and {r[-2] for r in gate} == {"APPROVE", "REJECT"}
     assert {r[0] for r in res["tables"]["rubrics"]["rows"]} == {"v1.0", "v1.1"}
@@ -179,7 +197,9 @@ def test_calibration_exercise_compares_both_rubrics(tmp_path):
     assert [r[4] for r in instruments] == [load_rubric("1.0").sha256(), load_rubric("1.1").sha256()]
     assert instruments[0][2] == "choice_probs" and len(instruments[0][5]) == 64
     ref = {r["metric"]: r for r in res["reference"]}
-    assert ref["overall_r_v1_0"]["seed"] == 0.861
+    assert ref["overall_r_v1_1"]["seed"] == 0.861 and "overall_r_v1_0" not in ref  # the seed's r is its v1.1 result
+    assert all(r["delta"] is None for r in res["reference"])  # AI-written labels: a substitute, no delta
+    assert res["method"].startswith("substitute: AI-written reference scores")
     assert "calibration_scatter.png" in res["artifacts"]
 
 
@@ -192,9 +212,12 @@ def test_contamination_exercise_scores_both_wordings(tmp_path):
     res = _result(tmp_path, "contamination")
     row = res["tables"]["pairs"]["rows"][0]
     assert row[0] == "arch-01" and row[3] == pytest.approx(row[1] - row[2], abs=2e-3)
-    assert 1 <= row[1] <= 5 and 1 <= row[2] <= 5 and row[7] in ("SIGNAL", "no")
+    assert 1 <= row[1] <= 5 and 1 <= row[2] <= 5 and row[9] in ("score", "no")
+    assert row[6] == "n/a (no public reference)"
     assert res["metrics"]["pairs_scored"]["value"] == 1
-    assert res["metrics"]["contamination_signals"]["value"] in (0, 1)
+    assert res["metrics"]["judge_retest_noise"]["value"] == pytest.approx(math.hypot(row[4], row[5]) / math.sqrt(2),
+                                                                          abs=2e-3)
+    assert res["method"].startswith("substitute: local:") and "choice probabilities" in res["method"]
     assert any(m.get("role") == "model under test" for m in res["models"])
 
 
@@ -207,7 +230,123 @@ def test_model_comparison_exercise_scores_base_and_applies_the_gate(tmp_path):
     res = _result(tmp_path, "model_comparison")
     assert res["tables"]["variants"]["rows"] == [["base", "scored", ""]]
     answer = res["tables"]["responses"]["rows"][0]
-    assert answer[0] == "base" and answer[1] == "arch-01" and answer[8] in ("APPROVE", "REJECT", "ESCALATE")
+    assert answer[0] == "base" and answer[1] == "arch-01"
+    r = res["metrics"]["judge_calibration_r"]["value"]
+    passed = res["metrics"]["judge_passed_calibration"]["value"]
+    assert passed == (r is not None and r >= 0.75)
+    approval = res["metrics"]["gate_approval_rate_base"]
+    if passed:
+        assert answer[8] in ("APPROVE", "REJECT", "ESCALATE") and approval["value"] is not None
+    else:  # an uncalibrated judge's approvals are not published
+        assert answer[8] == "n/a" and approval["value"] is None and approval["description"].startswith("n/a: ")
+        assert res["tables"]["by_variant"]["rows"][0][4].startswith("n/a: ")
     assert 1 <= res["metrics"]["mean_base"]["value"] <= 5
     assert math.isclose(res["metrics"]["mean_base"]["value"], sum(answer[3:7]) / 4, abs_tol=0.01)
     assert "two-by-two" in " ".join(res["findings"])
+
+
+# --- a planted contaminated pair must be detected ---------------------------------------------------------
+
+def _public_answer() -> str:
+    """A published text (Anthropic HH-RLHF, MIT, shipped in phase10_alignment/data) to plant as memorized."""
+    from phase10_alignment.data import LOCAL_FILE, read_jsonl_gz, to_pair
+
+    return to_pair(read_jsonl_gz(LOCAL_FILE)[0], "hh-rlhf row 0").chosen
+
+
+class _PlantedModel:
+    """Stands in for a Responder: recites a memorized answer to one exact wording, guesses elsewhere."""
+
+    def __init__(self, planted_prompt: str, memorized: str):
+        self.planted_prompt, self.memorized = planted_prompt, memorized
+
+    def __call__(self, variant, profile):
+        return self
+
+    def describe(self):
+        return {"id": "planted model", "role": "model under test"}
+
+    def answer(self, prompt, max_new_tokens):
+        from phase11_evals.responders import Answer
+
+        text = self.memorized if prompt == self.planted_prompt else f"It is probably about {prompt.split()[-1]}"
+        return Answer(text, 8, 0.01)
+
+
+class _StubJudge:
+    """Deterministic judge: a memorized answer scores high; anything else ~2.5 plus a small wording wobble."""
+
+    method = "json"
+
+    def __init__(self, memorized: str):
+        from types import SimpleNamespace
+
+        self.memorized = memorized
+        self.llm = SimpleNamespace(spec="stub:judge", describe=lambda: {"id": "stub:judge"})
+
+    def describe(self):
+        return {"judge_model": "stub:judge", "method": "json", "rubric": "stub", "rubric_sha256": "0" * 64,
+                "prompt_sha256": "0" * 64}
+
+    def score(self, prompt, response, reference=None):
+        from phase10_alignment.judge import Verdict
+
+        value = 4.8 if response == self.memorized else 2.5 + 0.1 * (len(prompt) % 5 - 2)
+        return Verdict(scores={d: value for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
+                       method="json")
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path, monkeypatch, public):
+    import yaml
+
+    from phase11_evals import judging, responders
+    from phase11_evals.contamination import EXERCISE
+
+    memorized = _public_answer()
+    shipped = yaml.safe_load((DATA_DIR / "contamination_pairs.yaml").read_text())
+    pairs = shipped["pairs"][:4]
+    if public:
+        pairs[0] = {**pairs[0], "public_reference": {"text": memorized, "licence": "MIT",
+                                                     "source": "Anthropic/hh-rlhf harmless-base test row 0"}}
+    pairs_file = tmp_path / "pairs.yaml"
+    pairs_file.write_text(yaml.safe_dump({**shipped, "pairs": pairs}))
+    planted_prompt = load_eval_set().by_id(pairs[0]["original_id"]).prompt
+    monkeypatch.setattr(responders, "Responder", _PlantedModel(planted_prompt, memorized))
+    monkeypatch.setattr(judging, "build_judge", lambda spec, rubric: _StubJudge(memorized))
+
+    doc = EXERCISE.execute("cpu", {"pairs": str(pairs_file)}, out=tmp_path)
+    assert doc["status"] == "ok", doc["reason"]
+    rows = {r[0]: r for r in doc["tables"]["pairs"]["rows"]}
+    assert rows[pairs[0]["original_id"]][9] == ("score + verbatim" if public else "score")
+    assert [rows[p["original_id"]][9] for p in pairs[1:]] == ["no"] * 3
+    assert doc["metrics"]["contamination_signals"]["value"] == 1
+    assert doc["metrics"]["reverse_score_gaps"]["value"] == 0  # no pair is better on its rephrasing
+    assert doc["metrics"]["judge_retest_noise"]["value"] > 0
+    assert doc["metrics"]["verbatim_signals"]["value"] == (1 if public else None)
+    assert rows[pairs[1]["original_id"]][6] == "n/a (no public reference)"
+    assert doc["method"] == "scaled"  # a JSON judge: the declared method holds
+
+
+def test_gate_approvals_need_a_judge_calibrated_in_the_same_run():
+    from phase10_alignment.judge import JudgeFailure, Verdict
+    from phase11_evals.model_comparison import judge_calibration
+
+    items = load_calibration(load_eval_set()).items[:6]
+
+    def verdicts(fn):
+        return [Verdict(scores={d: fn(i) for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
+                        method="json") for i in items]
+
+    def ref_mean(i):
+        return sum(i.scores.values()) / len(DIMENSIONS)
+
+    r, reason = judge_calibration(verdicts(ref_mean), items, 0.75)  # tracks the reference: approvals count
+    assert r == pytest.approx(1.0) and reason is None
+    r, reason = judge_calibration(verdicts(lambda i: 6 - ref_mean(i)), items, 0.75)  # anti-correlated
+    assert r == pytest.approx(-1.0) and reason.startswith("this run's judge has r = -1.000 < 0.75")
+    assert judge_calibration(verdicts(lambda i: 3.0), items, 0.75) == (
+        None, "the judge's scores on the calibration set are constant (no r)")
+    failed = [JudgeFailure("unparseable", 1, [])] * len(items)
+    r, reason = judge_calibration(failed, items, 0.75)
+    assert r is None and "could not be calibrated" in reason

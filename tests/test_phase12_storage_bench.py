@@ -44,13 +44,16 @@ def test_pgvector_post_filter_shortfall_and_both_fixes():
         rows = sb.postfilter_rows(table, data, truth, cfg)
     finally:
         sb.open_store("pgvector", table, cfg).drop()
-    default, raised, fallback, both = rows
+    default, raised, fallback, both, partial = rows
     assert default["fill_mean"] < 0.9 and default["fill_min"] < 1.0  # the shortfall is real
     assert default["hyb_recall"] < raised["hyb_recall"]
     assert raised["fill_mean"] > default["fill_mean"]
     assert fallback["fill_mean"] == 1.0 and fallback["hyb_recall"] == 1.0  # exact re-run: complete
     assert fallback["fallbacks"] > 0
     assert both["fill_mean"] == 1.0 and both["fallbacks"] < fallback["fallbacks"]  # ef first, re-run rarely
+    # one partial HNSW index per bucket: every candidate passes the filter, nothing to post-filter away
+    assert partial["setting"] == sb.PARTIAL_SETTING and partial["build_s"] > 0
+    assert partial["fill_mean"] == 1.0 and partial["hyb_recall"] >= 0.9 and partial["fallbacks"] == 0
 
 
 @pytest.mark.db
@@ -62,16 +65,23 @@ def test_storage_bench_end_to_end_tiny(tmp_path, monkeypatch):
     saved = json.loads(open(doc["_path"]).read())
     tables = saved["tables"]
 
-    ingest = {(r[0], r[2]): r for r in tables["ingest"]["rows"]}
-    sizes = sorted({n for n, _ in ingest})
+    cols = tables["ingest"]["columns"]
+    ingest = {(r[0], r[2], r[3], r[4]): dict(zip(cols, r)) for r in tables["ingest"]["rows"]}
+    sizes = sorted({key[0] for key in ingest})
     assert sizes[1] == 300 and 0 < sizes[0] < 300  # the real corpus, then the synthetic size
+    loads = [("chroma", "upsert batches", "hnsw (maintained per insert)"),
+             ("pgvector", "per_row", "hnsw (maintained per insert)"),  # the seed's write path, index present
+             ("pgvector", "copy", "hnsw (maintained per insert)"),
+             ("pgvector", "copy", "none (built after the load)")]
     for n in sizes:
-        for backend in ("chroma", "pgvector"):
-            row = ingest[(n, backend)]
-            assert row[3] == "ok" and row[4] > 0 and row[5] > 0
-        assert ingest[(n, "cockroachdb")][3].startswith("skipped: LAB_CRDB_URL")
-    assert ingest[(sizes[0], "pgvector")][1] == "real MiniLM"
-    assert ingest[(300, "pgvector")][1] == "synthetic clustered"
+        for load in loads:
+            row = ingest[(n, *load)]
+            assert row["status"] == "ok" and row["1 writer doc/s"] > 0 and row["4 writers doc/s"] > 0, (n, load)
+        assert ingest[(n, "cockroachdb", "-", "-")]["status"].startswith("skipped: LAB_CRDB_URL")
+    assert ingest[(sizes[0], *loads[1])]["vectors"] == "real MiniLM"
+    assert ingest[(300, *loads[1])]["vectors"] == "synthetic clustered"
+    seed_rows = {(r[0], r[1]): r for r in tables["seed_vs_ours"]["rows"]}
+    assert "per_row" in seed_rows[("pgvector", "single_writer_docs_per_s")][5]  # labelled with its write path
 
     queries = tables["queries"]["rows"]
     cols = tables["queries"]["columns"]
@@ -79,13 +89,17 @@ def test_storage_bench_end_to_end_tiny(tmp_path, monkeypatch):
     assert len(exact) == 2 and all(r["sim recall@10"] >= 0.99 and r["hybrid recall@10"] >= 0.99 for r in exact)
     pg = [dict(zip(cols, r)) for r in queries if r[1] == "pgvector"]
     assert {r["index"] for r in pg} == {"none", "hnsw", "ivfflat"}
+    m = saved["metrics"]
+    assert m["pgvector_hnsw_hybrid_p99_ms_max_n"]["value"] > 0 and 0 <= m["pgvector_hnsw_hybrid_recall_at_10_max_n"]["value"] <= 1
+    assert isinstance(m["pgvector_hnsw_hybrid_target_met"]["value"], bool)
+    assert any(f.startswith("Target check at N=300") for f in saved["findings"])
     assert all((r["build s"] is None) == (r["index"] == "none") for r in pg)  # each index really built
 
     paths = {r[1]: r for r in tables["ingest_paths"]["rows"]}
     assert set(paths) == {"per_row", "executemany", "copy"} and paths["per_row"][4] == 1.0
     assert saved["metrics"]["pgvector_copy_vs_per_row_x"]["value"] == paths["copy"][4]
 
-    assert len(tables["postfilter"]["rows"]) == 2 * 4
+    assert len(tables["postfilter"]["rows"]) == 2 * 5
     assert len(tables["seed_vs_ours"]["rows"]) == 18
     refs = {r["metric"]: r for r in saved["reference"]}
     assert refs["pgvector_sim_p50_ms"]["seed"] == 3.7 and refs["pgvector_sim_p50_ms"]["ours"] is not None

@@ -174,3 +174,33 @@ def test_cockroach_filter_pins_the_vector_index_prefix_column():
     assert store._where_sql({}) == ("", [])
     assert store._prefix({"bucket": 3}) == "3" and store._prefix({}) is None
     assert store._vector_param(np.array([0.5, -1.0], dtype=np.float32)) == "[0.5,-1.0]"
+
+
+@pytest.mark.db
+def test_pgvector_partial_index_per_filter_value_serves_the_hybrid_query():
+    """pgvector's fix for a selective filter on few values: one partial HNSW index per value."""
+    rng = np.random.default_rng(0)
+    n, buckets = 400, 4
+    vectors = _unit(rng.standard_normal((n, DIM)))
+    ids, metas = [f"d{i}" for i in range(n)], [{"bucket": i % buckets, "name": f"n{i}"} for i in range(n)]
+    exact = NumpyStore(DIM)
+    exact.insert(ids, vectors, ids, metas)
+    with PgVectorStore(table=f"t_{uuid.uuid4().hex[:12]}", dim=DIM, partial_index_key="bucket", recreate=True) as store:
+        store.insert(ids, vectors, ids, metas)
+        store.optimize()
+        assert len(store.partial_indexes()) == buckets
+        where_sql, params = store._where_sql({"bucket": 2})
+        assert "(metadata->>'bucket') = '2'" in where_sql
+        with store._conn.transaction():
+            store._conn.execute("SET LOCAL enable_seqscan = off")
+            plan = " ".join(r[0] for r in store._conn.execute(
+                f"EXPLAIN SELECT id FROM {store.table} {where_sql} ORDER BY embedding <=> %s LIMIT 5",
+                [*params, vectors[0]]))
+        assert "_hnsw_p_" in plan  # the planner matched the value's own index
+        for q in vectors[:10]:
+            got = [h.id for h in store.search(q, k=5, where={"bucket": 2})]
+            assert got == [h.id for h in exact.search(q, k=5, where={"bucket": 2})]
+        assert [h.id for h in store.search(vectors[0], k=3, where={"name": "n7"})] == ["d7"]  # other keys: unchanged
+        store.drop_indexes()
+        assert store.partial_indexes() == []
+        store.drop()
