@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from lab.llm import ToolCall
 from lab.llm.base import PromptTooLongError
-from lab.llm.constrained import BOUNDS, bounded_schema, parse_tool_calls, tools_prompt
+from lab.llm.constrained import BOUNDS, bounded_pattern, bounded_schema, parse_tool_calls, tools_prompt
 from lab.llm.local import LocalLLM
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city.", "input_schema": {
@@ -115,6 +115,21 @@ def test_bounded_schema_bounds_free_elements_and_keeps_explicit_ones():
     # a property called "type" is a name, not a keyword
     assert bounded_schema({"type": "object", "properties": {"type": {"type": "string"}}})["properties"]["type"][
         "maxLength"] == loose.string_chars
+
+
+def test_bounded_pattern_caps_unbounded_repeats_and_matches_a_subset():
+    """xgrammar ignores maxLength beside a pattern, so a pattern's own repeats get the bound."""
+    import re
+
+    email = r"^[a-z0-9._-]+@[a-z0-9.-]+\.[a-z]{2,6}$"
+    assert bounded_pattern(email, 5) == r"^[a-z0-9._-]{1,5}@[a-z0-9.-]{1,5}\.[a-z]{2,6}$"
+    assert bounded_pattern(r"a\+b*c{2,}[+*]+", 4) == r"a\+b{0,4}c{2,4}[+*]{1,4}"  # escapes and classes kept
+    assert bounded_pattern(r"\d{7,}", 4) == r"\d{7,7}"  # never below the pattern's own minimum
+    for text in ("ab@cd.io", "abcdef@x.com", "a@b.c"):
+        if re.fullmatch(bounded_pattern(email, 5), text):
+            assert re.fullmatch(email, text)  # a subset: whatever the bounded one accepts, the original does
+    schema = bounded_schema({"type": "object", "properties": {"to": {"type": "string", "pattern": email}}}, BOUNDS[-1])
+    assert schema["properties"]["to"]["pattern"] == bounded_pattern(email, BOUNDS[-1].pattern_repeat)
 
 
 # --- the embedded model under a grammar --------------------------------------------------------

@@ -19,8 +19,11 @@ match that tool's schema; ``required`` / a named tool force the call from the fi
 A grammar bounds the *shape* of a reply, not its length: a small model happily loops inside a
 free string, an array or an unbounded number until the token budget runs out, and a cut-off reply
 is not valid JSON. So every free element is bounded before compiling (``bounded_schema``): strings
-get a ``maxLength``, arrays a ``maxItems``, numbers a range. The bounded schema accepts a subset of
-what the original accepts, so every reply still validates against the schema the caller gave.
+get a ``maxLength`` (a ``pattern``, which xgrammar will not combine with one, gets its unbounded
+repeats capped instead), arrays a ``maxItems``, numbers a range, free-keyed objects a
+``maxProperties``. The bounded schema accepts a subset of what the original accepts, so every reply
+still validates against the schema the caller gave. (A ``format`` string such as ``email`` stays
+unbounded: xgrammar offers no way to bound it; prefer a pattern in tool schemas.)
 Bounds come in ``BOUNDS`` levels: the first is generous; when a reply still hits the budget inside
 the grammar, the local provider decodes it again one level tighter (the last level allows only as
 many items and characters as the schema demands at minimum, plus a little). If even that runs out
@@ -53,16 +56,17 @@ class Bounds:
     string_chars: int
     array_items: int
     number_abs: int
+    pattern_repeat: int  # what an unbounded regex quantifier (+, *, {m,}) may repeat
 
 
 # Level 0 is generous enough for real arguments (a search query, a path, a short paragraph);
 # the later levels are the retries of a reply that ran out of budget.
-BOUNDS = (Bounds(160, 6, 10**9), Bounds(32, 2, 10**6), Bounds(8, 0, 10**3))
+BOUNDS = (Bounds(160, 6, 10**9, 48), Bounds(32, 2, 10**6, 12), Bounds(8, 0, 10**3, 3))
 ANY_DEPTH = 2  # how deep an untyped value ("any JSON") may nest once bounded
 KEY_MAX_CHARS = 32  # the length of a free object key
 WHITESPACE_MAX = 2  # consecutive whitespace inside tool-call JSON: "{\n  " but not a whitespace loop
 
-_FIXED_STRINGS = ("enum", "const", "pattern", "format")  # strings whose shape already bounds them
+_FIXED_STRINGS = ("enum", "const", "pattern", "format")  # shapes xgrammar will not combine with maxLength
 
 
 def tools_prompt(tools: list[dict[str, Any]]) -> str:
@@ -110,6 +114,8 @@ def bounded_schema(schema: dict[str, Any], bounds: Bounds = BOUNDS[0]) -> dict[s
         if "string" in kinds and not any(k in node for k in _FIXED_STRINGS):
             node["maxLength"] = max(min(node.get("maxLength", bounds.string_chars), bounds.string_chars),
                                     node.get("minLength", 0))
+        if isinstance(node.get("pattern"), str):  # a pattern ignores maxLength: bound its repeats instead
+            node["pattern"] = bounded_pattern(node["pattern"], bounds.pattern_repeat)
         if "array" in kinds:
             node["maxItems"] = max(min(node.get("maxItems", bounds.array_items), bounds.array_items),
                                    node.get("minItems", 0))
@@ -120,6 +126,43 @@ def bounded_schema(schema: dict[str, Any], bounds: Bounds = BOUNDS[0]) -> dict[s
         return node
 
     return bound(copy.deepcopy(schema))
+
+
+_OPEN_REPEAT = re.compile(r"\{(\d+),\}")
+
+
+def bounded_pattern(pattern: str, limit: int) -> str:
+    """``pattern`` with every unbounded quantifier capped at ``limit`` repeats (``+`` -> ``{1,limit}``,
+    ``*`` -> ``{0,limit}``, ``{m,}`` -> ``{m,max(m,limit)}``): it matches a subset of what the original
+    matches, so a string generated under it still validates. Escapes and character classes are
+    copied as they are."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]":  # a literal "]" first in the class
+                out.append("[]")
+                i += 2
+                continue
+        elif ch in "+*" and out and out[-1] not in ("(", "|"):
+            out.append(f"{{{1 if ch == '+' else 0},{limit}}}")
+            i += 1
+            continue
+        elif ch == "{" and (m := _OPEN_REPEAT.match(pattern, i)):
+            low = int(m.group(1))
+            out.append(f"{{{low},{max(low, limit)}}}")
+            i = m.end()
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def _any_json(depth: int) -> dict[str, Any]:
