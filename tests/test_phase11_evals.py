@@ -315,7 +315,7 @@ def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path
     monkeypatch.setattr(responders, "Responder", _PlantedModel(planted_prompt, memorized))
     monkeypatch.setattr(judging, "build_judge", lambda spec, rubric: _StubJudge(memorized))
 
-    doc = EXERCISE.execute("cpu", {"pairs": str(pairs_file)}, out=tmp_path)
+    doc = execute(EXERCISE, "cpu", {"pairs": str(pairs_file)}, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     rows = {r[0]: r for r in doc["tables"]["pairs"]["rows"]}
     assert rows[pairs[0]["original_id"]][9] == ("score + verbatim" if public else "score")
