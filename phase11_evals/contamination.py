@@ -46,6 +46,7 @@ class Config(ExerciseConfig):
     rubric_version: str = "1.1"
     pairs: str | None = None  # YAML of pairs; default phase11_evals/data/contamination_pairs.yaml
     max_new_tokens: int = 64
+    batch_size: int = 8  # prompts decoded together (greedy, left-padded; 1 = one at a time)
     limit: int | None = None  # first N pairs (tests)
     noise_z: float = 2.0  # a score signal needs delta > noise_z x the judge's retest RMS
     overlap_threshold: float = 0.5  # fraction of a public reference's word 5-grams reproduced
@@ -125,15 +126,16 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     responder = Responder(cfg.variant, ctx.profile)
     ctx.model(**responder.describe())
-    answers = []
-    for pair in ctx.progress(pairs, f"{cfg.variant} answering originals and rephrasings"):
-        answers.append((responder.answer(pair.original.prompt, cfg.max_new_tokens),
-                        responder.answer(pair.rephrased, cfg.max_new_tokens)))
+    ctx.log(f"{cfg.variant} answering {len(pairs)} originals and rephrasings, {cfg.batch_size} at a time")
+    flat = responder.answer_all([t for pair in pairs for t in (pair.original.prompt, pair.rephrased)],
+                                cfg.max_new_tokens, cfg.batch_size)
+    answers = list(zip(flat[0::2], flat[1::2]))
     del responder
     gen_tokens = sum(a.new_tokens + b.new_tokens for a, b in answers)
     gen_seconds = sum(a.seconds + b.seconds for a, b in answers)
     ctx.metric("generation_tokens_per_s", gen_tokens / gen_seconds, "tokens/s", higher_is_better=True,
-               description="greedy decoding of the model under test, merged adapter, this machine")
+               description=f"greedy decoding of the model under test, merged adapter, batches of up to "
+                           f"{cfg.batch_size} prompts (throughput, not single-stream speed), this machine")
 
     judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
     record_judge(ctx, judge, "contamination pairs")

@@ -41,6 +41,7 @@ class Config(ExerciseConfig):
     per_category: int | None = 1  # prompts per category, first in file order (None = all 50)
     limit: int | None = None  # cap on prompts after per_category (tests)
     max_new_tokens: int = 48
+    batch_size: int = 8  # prompts decoded together (greedy, left-padded; 1 = one at a time)
     calibration_limit: int | None = None  # calibration items the judge scores in this run (None = all 20)
     pass_r: float = 0.75  # gate approvals are reported only for a judge at or above this r
 
@@ -102,13 +103,15 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.model(**responder.describe())
         if responder.adapter is not None:
             ctx.record_artifact(responder.adapter, "used")
-        answers[name] = [responder.answer(p.prompt, cfg.max_new_tokens)
-                         for p in ctx.progress(prompts, f"{name} answering {len(prompts)} prompts")]
+        ctx.log(f"{name} answering {len(prompts)} prompts, {cfg.batch_size} at a time")
+        answers[name] = responder.answer_all([p.prompt for p in prompts], cfg.max_new_tokens, cfg.batch_size)
         del responder
         gc.collect()
     tokens = sum(a.new_tokens for v in answers.values() for a in v)
     seconds = sum(a.seconds for v in answers.values() for a in v)
-    ctx.metric("generation_tokens_per_s", tokens / seconds, "tokens/s", higher_is_better=True)
+    ctx.metric("generation_tokens_per_s", tokens / seconds, "tokens/s", higher_is_better=True,
+               description=f"greedy decoding, merged adapter, batches of up to {cfg.batch_size} prompts "
+                           "(throughput, not single-stream speed), this machine")
 
     judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
     record_judge(ctx, judge, "model comparison")

@@ -70,16 +70,51 @@ class Responder:
         return info
 
     def answer(self, prompt: str, max_new_tokens: int) -> Answer:
+        """One prompt on its own (batch of one)."""
+        return self.answer_all([prompt], max_new_tokens, batch_size=1)[0]
+
+    def answer_all(self, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[Answer]:
+        """Greedy answers to ``prompts`` (in their order), decoded ``batch_size`` at a time.
+
+        Prompts are grouped by token length (least padding) and left-padded. A batch of one is
+        exactly ``answer``; in a padded batch at fp32 a near-tie can rarely flip a greedy token
+        (``tests/test_phase11_evals.py`` compares the two). An answer's ``seconds`` is its batch's
+        wall time shared equally, so summed seconds are the generation wall time.
+        """
         import torch
 
-        inputs = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)
-        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
-        eos = self.tok.eos_token_id
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                      top_p=None, top_k=None, pad_token_id=self.tok.pad_token_id or eos)
-        seconds = time.perf_counter() - start
-        new = out[0, inputs["input_ids"].shape[1]:]
-        return Answer(self.tok.decode(new, skip_special_tokens=True).strip(), int(new.shape[0]), seconds)
+        encoded = [self.tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                return_dict=True)["input_ids"] for p in prompts]
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        ends = self._end_ids()
+        order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+        answers: list[Answer | None] = [None] * len(prompts)
+        for start in range(0, len(order), max(1, batch_size)):
+            rows = order[start:start + max(1, batch_size)]
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.tensor([[pad] * (width - len(encoded[i])) + list(encoded[i]) for i in rows])
+            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in rows])
+            begin = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                          max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                          top_p=None, top_k=None, pad_token_id=pad)
+            seconds = (time.perf_counter() - begin) / len(rows)
+            for i, row in zip(rows, out[:, width:].tolist()):
+                new = _until_end(row, ends)  # a row that ended early is padded to the batch's length
+                answers[i] = Answer(self.tok.decode(new, skip_special_tokens=True).strip(), len(new), seconds)
+        return answers  # type: ignore[return-value]
+
+    def _end_ids(self) -> set[int]:
+        """The tokens generate() stops a row at."""
+        ids = self.model.generation_config.eos_token_id
+        ids = ids if ids is not None else self.tok.eos_token_id
+        return {i for i in (ids if isinstance(ids, list) else [ids]) if i is not None}
+
+
+def _until_end(ids: list[int], ends: set[int]) -> list[int]:
+    """The generated ids up to and including the first end token (what unbatched generate returns)."""
+    for k, token in enumerate(ids):
+        if token in ends:
+            return ids[:k + 1]
+    return ids

@@ -118,9 +118,11 @@ class NumpyStore(VectorStore):
         self._texts: list[str] = []
         self._metadatas: list[dict] = []
         self._row_of: dict[str, int] = {}
+        self._masks: dict[tuple, np.ndarray] = {}  # filter -> rows passing it, until the next insert
 
     def _insert(self, ids, vectors, texts, metadatas) -> None:
         # upsert semantics, like the databases' ON CONFLICT / chroma upsert
+        self._masks.clear()
         new_rows = []
         for i, id_ in enumerate(ids):
             row = self._row_of.get(id_)
@@ -140,14 +142,22 @@ class NumpyStore(VectorStore):
     def _search(self, vector, k, where) -> list[Hit]:
         scores = self._vectors @ vector
         if where:
-            mask = np.array([all(m.get(key) == v for key, v in where.items()) for m in self._metadatas], dtype=bool)
-            scores = np.where(mask, scores, -np.inf)
+            scores = np.where(self._mask(where), scores, -np.inf)
         k = min(k, int(np.isfinite(scores).sum()))
         if k == 0:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [Hit(self._ids[i], float(scores[i]), self._texts[i], self._metadatas[i]) for i in top]
+
+    def _mask(self, where: dict) -> np.ndarray:
+        """Rows whose metadata matches ``where``, computed once per filter (a Python pass over every
+        row's metadata costs more than the dot product at 100,000 rows)."""
+        key = tuple(sorted((k, repr(v)) for k, v in where.items()))
+        if key not in self._masks:
+            self._masks[key] = np.array([all(m.get(k) == v for k, v in where.items()) for m in self._metadatas],
+                                        dtype=bool)
+        return self._masks[key]
 
     def search_ids(self, queries: np.ndarray, k: int) -> list[list[str]]:
         """Exact top-k ids for a batch of queries in one matrix product (the recall ground truth)."""

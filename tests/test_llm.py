@@ -421,3 +421,30 @@ def test_prefix_cached_choice_probs_equal_a_full_forward_pass():
         assert fast == pytest.approx(plain, abs=1e-4)
     stats = llm.prefix_cache_stats
     assert stats["computed"] < stats["requested"] / 2
+
+
+@pytest.mark.slow
+def test_choice_probs_project_only_the_last_position_and_match_a_full_forward(smollm):
+    """The vocabulary projection runs on the one position read (not on every prompt token), on both
+    the plain and the prefix-cached path, and gives the probabilities of a full-logits forward."""
+    import torch
+
+    model, tok = smollm._load()
+    msgs = [{"role": "user", "content": "Context: the sky is blue.\n\nIs the sky blue? Answer Yes or No."}]
+    ids = tok(tok.apply_chat_template(smollm._chat_turns(msgs), add_generation_prompt=True, tokenize=False)
+              + "Verdict:").input_ids
+    with torch.inference_mode():
+        full = model(torch.tensor([ids])).logits[0, -1]  # every position projected
+    choice = [tok.encode(c, add_special_tokens=False)[0] for c in (" Yes", " No")]
+    expected = torch.softmax(full[choice], dim=-1).tolist()
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(out.shape[1]))
+    try:
+        smollm.reset_prefix_cache()
+        plain = smollm.choice_probs(msgs, [" Yes", " No"], prefix="Verdict:", use_prefix_cache=False)
+        cached = smollm.choice_probs(msgs, [" Yes", " No"], prefix="Verdict:")
+    finally:
+        hook.remove()
+    assert rows == [1, 1] and len(ids) > 20
+    for probs in (plain, cached):
+        assert [probs[" Yes"], probs[" No"]] == pytest.approx(expected, abs=1e-5)

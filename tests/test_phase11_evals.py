@@ -245,6 +245,24 @@ def test_model_comparison_exercise_scores_base_and_applies_the_gate(tmp_path):
     assert "two-by-two" in " ".join(res["findings"])
 
 
+@pytest.mark.slow
+def test_batched_answers_match_one_at_a_time_and_keep_prompt_order():
+    """Left-padded greedy batches (prompts of different lengths) give the answers and token counts of
+    one-at-a-time decoding here, returned in the prompts' order; an early end is cut at its end token."""
+    from phase11_evals.responders import Responder, _until_end
+
+    responder = Responder("base", "cpu")
+    prompts = [p.prompt for p in load_eval_set().prompts[:4]] + ["Define LoRA in one sentence."]
+    one = [responder.answer(p, 10) for p in prompts]
+    many = responder.answer_all(prompts, 10, batch_size=3)
+    assert [(a.text, a.new_tokens) for a in many] == [(a.text, a.new_tokens) for a in one]
+    lengths = {len(responder.tok.apply_chat_template([{"role": "user", "content": p}], return_dict=True)["input_ids"])
+               for p in prompts}
+    assert len(lengths) > 1  # the batches really are padded
+    end = next(iter(responder._end_ids()))
+    assert _until_end([5, 6, end, end, end], {end}) == [5, 6, end] and _until_end([5, 6], {end}) == [5, 6]
+
+
 # --- a planted contaminated pair must be detected ---------------------------------------------------------
 
 def _public_answer() -> str:
@@ -271,6 +289,9 @@ class _PlantedModel:
 
         text = self.memorized if prompt == self.planted_prompt else f"It is probably about {prompt.split()[-1]}"
         return Answer(text, 8, 0.01)
+
+    def answer_all(self, prompts, max_new_tokens, batch_size=8):
+        return [self.answer(p, max_new_tokens) for p in prompts]
 
 
 class _StubJudge:

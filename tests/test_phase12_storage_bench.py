@@ -32,6 +32,40 @@ def test_synthetic_vectors_are_seeded_unit_and_clustered():
     assert {m["bucket"] for m in a.metadatas} == {0, 1, 2, 3}
 
 
+def test_fast_loads_are_run_three_times_and_the_median_kept():
+    rates = iter([300.0, 100.0, 200.0])
+    load = lambda: (next(rates), 1)  # noqa: E731
+    assert sb.repeated_ingest(sb.Config(repeat_below_s=1e9), load) == (200.0, 3, 3)
+    assert sb.repeated_ingest(sb.Config(repeat_below_s=0), lambda: (50.0, 0)) == (50.0, 0, 1)
+
+
+def test_only_pgvector_loads_maintaining_the_index_above_the_sample_are_sampled():
+    cfg = sb.Config(maintained_sample=2000)
+    assert sb.timed_rows("pgvector", "hnsw (maintained per insert)", 20000, cfg) == 2000
+    assert sb.timed_rows("pgvector", "hnsw (maintained per insert)", 1500, cfg) == 1500
+    assert sb.timed_rows("pgvector", "none (built after the load)", 20000, cfg) == 20000
+    assert sb.timed_rows("chroma", "hnsw (maintained per insert)", 20000, cfg) == 20000
+    assert sb.timed_rows("pgvector", "hnsw (maintained per insert)", 20000, sb.Config(maintained_sample=0)) == 20000
+
+
+@pytest.mark.db
+def test_a_sampled_load_times_the_last_rows_into_the_full_table_with_its_index():
+    cfg = sb.Config(queries=5, batch_size=100)
+    data = sb.synthetic_dataset(600, cfg)
+    table = f"p12t_{os.getpid()}_sampled"
+    try:
+        rate, retries = sb.ingest("pgvector", table, data, cfg, writers=2, index_first=True, timed_rows=200,
+                                  ingest="per_row")
+        with sb.open_store("pgvector", table, cfg) as store:
+            assert store.count() == 600 and rate > 0 and retries == 0
+            indexes = store._conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,)).fetchall()
+            assert any("hnsw" in row[0] for row in indexes)
+            hits = store.search(data.vectors[599], 1)  # a timed (last) row is in the index
+            assert hits[0].id == data.ids[599]
+    finally:
+        sb.open_store("pgvector", table, cfg).drop()
+
+
 @pytest.mark.db
 def test_pgvector_post_filter_shortfall_and_both_fixes():
     """HNSW + a WHERE keeping 1/20 of 2,000 rows: the default ef_search=40 returns < k rows."""
@@ -77,7 +111,12 @@ def test_storage_bench_end_to_end_tiny(tmp_path, monkeypatch):
         for load in loads:
             row = ingest[(n, *load)]
             assert row["status"] == "ok" and row["1 writer doc/s"] > 0 and row["4 writers doc/s"] > 0, (n, load)
+            sampled = load[0] == "pgvector" and load[2].startswith("hnsw") and n > 100  # tiny: maintained_sample=100
+            assert row["rows timed"] == (f"last 100 of {n:,} (first {n - 100:,} COPY-loaded + index built, untimed)"
+                                         if sampled else "all"), (n, load)
+            assert row["runs (1 / many writers)"] in ("1 / 1", "1 / 3", "3 / 1", "3 / 3")
         assert ingest[(n, "cockroachdb", "-", "-")]["status"].startswith("skipped: LAB_CRDB_URL")
+    assert "timed on the last 100 rows" in saved["metrics"]["pgvector_ingest_per_row_hnsw_docs_per_s_max_n"]["description"]
     assert ingest[(sizes[0], *loads[1])]["vectors"] == "real MiniLM"
     assert ingest[(300, *loads[1])]["vectors"] == "synthetic clustered"
     seed_rows = {(r[0], r[1]): r for r in tables["seed_vs_ours"]["rows"]}

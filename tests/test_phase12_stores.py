@@ -122,6 +122,18 @@ def test_numpy_store_batch_ground_truth_matches_single_search(rows):
     assert batch == [[h.id for h in store.search(v, k=2)] for v in vectors[:3]]
 
 
+def test_numpy_store_filter_sees_rows_upserted_after_an_earlier_filtered_search(rows):
+    """The filter's row mask is reused between searches, never across an insert."""
+    ids, vectors, texts, metas = rows
+    store = NumpyStore(DIM)
+    store.insert(ids, vectors, texts, metas)
+    assert {h.id for h in store.search(vectors[1], k=5, where={"color": "blue"})} == {"d1", "d3"}
+    store.insert(["d5"], vectors[1:2], ["new"], [{"color": "blue", "n": 5}])  # a new row
+    store.insert(["d3"], vectors[3:4], ["moved"], [{"color": "red", "n": 3}])  # an upsert changing the filter
+    assert {h.id for h in store.search(vectors[1], k=5, where={"color": "blue"})} == {"d1", "d5"}
+    assert {h.id for h in store.search(vectors[1], k=5, where={"color": "blue", "n": 5})} == {"d5"}
+
+
 @pytest.mark.db
 @pytest.mark.parametrize("ingest", ["per_row", "executemany", "copy"])
 def test_pgvector_write_paths_store_the_same_rows(ingest, rows):
