@@ -120,7 +120,7 @@ def test_dpo_tiny_run_with_a_real_rate_moves_the_policy_and_stores_its_adapter(s
     from phase10_alignment import dpo
     from phase10_alignment.variants import adapter_stacking_problems, load_variant, lora_layers
 
-    overrides = {**dpo.EXERCISE.tiny, "save_adapter": True, "ablation_learning_rate": 5e-7}
+    overrides = {**dpo.EXERCISE.tiny, "save_adapter": True}
     doc = execute(dpo.EXERCISE, "cpu", overrides, out=tmp_path / "out")
     assert doc["status"] == "ok", doc["error"]
     m = {k: v["value"] for k, v in doc["metrics"].items()}
@@ -128,9 +128,8 @@ def test_dpo_tiny_run_with_a_real_rate_moves_the_policy_and_stores_its_adapter(s
     assert m["train_pairs_margin"] > dpo.NOOP_MIN_MARGIN and m["kl_per_token"] >= dpo.NOOP_MIN_KL
     assert m["train_pairs_accuracy"] == 1.0 and m["steps"] == 3
     assert m["last_step_reward_margin"] != m["train_pairs_margin"]
-    rows = {r[0]: r for r in doc["tables"]["learning_rate_ablation"]["rows"]}
-    assert set(rows) == {"0.001", "5e-07"} and rows["0.001"][-1] == "moved" and rows["5e-07"][-1] == "NO-OP"
-    assert float(rows["5e-07"][7]) < float(rows["0.001"][7])  # the seed's rate barely moves a 135M LoRA here
+    (row,) = doc["tables"]["learning_rate_ablation"]["rows"]
+    assert row[0] == "0.001" and row[-1] == "moved"
     assert any("frozen copy of the SFT adapter" in f for f in doc["findings"])
     assert doc["metrics"]["peak_memory_gb"]["value"] > 0
     # the main run's adapter is stored under the recipe of this (tiny) config, next to the SFT it started from
@@ -156,6 +155,7 @@ def test_a_noop_dpo_run_fails_and_its_adapter_is_refused(store, adapters, tmp_pa
     assert doc["status"] == "failed" and doc["reason"].startswith("NoOpRun: DPO at lr 5e-07 for 1 steps")
     assert "left the policy where it started" in doc["reason"] and doc["failure_modes"]
     assert doc["metrics"]["train_pairs_margin"]["value"] <= dpo.NOOP_MIN_MARGIN  # the numbers are still recorded
+    assert doc["tables"]["learning_rate_ablation"]["rows"][0][-1] == "NO-OP"
     recipe = Recipe(dpo.DPO_ADAPTER.name, dpo.dpo_params(dpo.EXERCISE.config("cpu", overrides), adapters["sft"].recipe))
     assert "left the policy where it started" in store.load(recipe).flags["noop"]
     with pytest.raises(UnusableArtifact, match="flagged noop"):
