@@ -190,10 +190,13 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     torch.manual_seed(cfg.seed)
     head = model.score
-    weights = model.get_input_embeddings().weight  # a large trained tensor: how much of a step at lr survives?
-    survive = {d: surviving_update_share(weights, cfg.learning_rate, getattr(torch, d)) for d in ("float32", "bfloat16")}
+    # How much of one AdamW step survives in bf16 weights, on this model's embeddings: at this run's rate when the
+    # whole model trains, else at the full fine-tune rate of the a100 profile (the head-only cpu run keeps fp32)
+    step = cfg.learning_rate if cfg.train_backbone else EXERCISE.profiles["a100"]["learning_rate"]
+    weights = model.get_input_embeddings().weight
+    survive = {d: surviving_update_share(weights, step, getattr(torch, d)) for d in ("float32", "bfloat16")}
     ctx.metric("bf16_update_survival", survive["bfloat16"], "share",
-               description=f"embedding weights changed by a step of {cfg.learning_rate:g} (≈ one AdamW update) when "
+               description=f"embedding weights changed by a step of {step:g} (≈ one AdamW update at that rate) when "
                            f"stored in bf16; in fp32: {survive['float32']:.3f}")
 
     def autocast():
@@ -316,12 +319,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"accuracy averages {sum(accs[-window:]) / window:.2f}. The held-out figures above are the ones to trust; "
         "the seed published none."
     )
-    if cfg.train_backbone:
-        ctx.finding(
-            f"Full fine-tune with {compute}: "
-            f"a step of {cfg.learning_rate:g} changes {survive['float32']:.0%} of the embedding weights when stored in "
-            f"fp32 and {survive['bfloat16']:.0%} in bf16, which is why the master weights stay fp32."
-        )
+    ctx.finding(
+        (f"Full fine-tune with {compute}: " if cfg.train_backbone else "The a100 profile's full fine-tune: ")
+        + f"a step of {step:g} changes {survive['float32']:.0%} of this model's embedding weights when stored in "
+        f"fp32 and {survive['bfloat16']:.0%} in bf16, so plain AdamW on bf16 weights would lose most updates; the "
+        "master weights stay fp32 and only the forward runs in bf16 (autocast)."
+    )
     if not cfg.train_backbone:
         se = (acc1 * (1 - acc1) / max(len(held), 1)) ** 0.5
         ctx.finding(
