@@ -191,11 +191,16 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 f"device, {same}.")
     if "qlora" in results and "lora" in results:
         q, lo = results["qlora"], results["lora"]
+        speed = ("slower per step here, as expected: every forward dequantizes the base, so QLoRA buys memory, "
+                 "not speed" if q["s_per_step"] > lo["s_per_step"] else
+                 "not slower per step here, but the two runs were timed at different moments of a shared machine "
+                 f"({q['steps']} vs {lo['steps']} steps), so this run cannot rank their speed; every forward "
+                 "dequantizes the base, which costs time, not memory")
         ctx.finding(f"NF4 QLoRA vs LoRA here: base weights {q['base_memory_bytes'] / 1e9:.3f} vs "
                     f"{lo['base_memory_bytes'] / 1e9:.3f} GB, {q['s_per_step']:.2f} vs {lo['s_per_step']:.2f} s/step, "
                     "same trainable params (only the frozen base is stored in 4 bit; embeddings and norms stay "
-                    "unquantized, which is a large share of a 135M model). Every forward dequantizes the base, so "
-                    "QLoRA buys memory, not speed; on an A100 it is what lets an 8B base fit in ~6 GB instead of ~16 GB.")
+                    f"unquantized, which is a large share of a 135M model). QLoRA was {speed}. On an A100 the 4-bit "
+                    "base is what lets an 8B model train on a fraction of the memory its bf16 weights need.")
     ctx.finding(f"Adapter file {main['adapter_bytes'] / 1e6:.1f} MB (fp32 LoRA matrices; no optimizer checkpoint "
                 f"saved). The seed's {SEED['adapter_mb']} MB is {llama[0] / 1e6:.1f}M params x 4 bytes = "
                 f"{llama[0] * 4 / 1e6:.0f} MB: also an fp32 adapter.")
