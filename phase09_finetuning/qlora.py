@@ -203,7 +203,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                     "base is what lets an 8B model train on a fraction of the memory its bf16 weights need.")
     ctx.finding(f"Adapter file {main['adapter_bytes'] / 1e6:.1f} MB (fp32 LoRA matrices; no optimizer checkpoint "
                 f"saved). The seed's {SEED['adapter_mb']} MB is {llama[0] / 1e6:.1f}M params x 4 bytes = "
-                f"{llama[0] * 4 / 1e6:.0f} MB: also an fp32 adapter.")
+                f"{llama[0] * 4 / 2**20:.0f} MiB: also an fp32 adapter.")
     if not on_gpu:
         ctx.finding("Timings are from a shared 2-core CPU (see hardware.load_avg_1m): they show the step "
                     "budget, not what an A100 does.")
