@@ -211,8 +211,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 + _dpo_training(dpo.metrics)
                 + " Greedy decoding only changes where an update moves the top token, so the count shows how far "
                   "the preference update reached the domain prompts, not whether the answers got better (phase10.judge).")
+    spread = {v: (max(r) - min(r)) / statistics.median(r) for v in single for r in [loads[v]["single_stream"]]}
     ctx.finding(f"Single-stream speed, adapters unmerged: BASE {single['base']:.1f}, SFT {single['sft']:.1f}, SFT+DPO "
-                f"{single['dpo']:.1f} tokens/s; the unmerged adapter costs {overhead:.0f}% (seed: "
+                f"{single['dpo']:.1f} tokens/s (rounds of a variant spread up to {max(spread.values()):.0%}; each "
+                "variant is timed after its own load, not interleaved as in phase09.before_after, so load drift on a "
+                f"shared machine enters the comparison); the unmerged adapter costs {overhead:.0f}% (seed: "
                 f"{SEED['base_single_stream_tokens_per_s']} vs {SEED['sft_single_stream_tokens_per_s']} tok/s, "
                 f"{SEED['adapter_overhead_pct']}%). merge_and_unload() removes it (phase09.before_after measures that).")
     if ctx.profile == "cpu":
