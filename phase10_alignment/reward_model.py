@@ -171,6 +171,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.require_cuda and device != "cuda":
         ctx.skip("the a100 profile full-fine-tunes Llama 3.2 1B in bf16: it needs a CUDA GPU")
+    torch.manual_seed(cfg.seed)  # before the load: the new score head is initialised from torch's generator
     try:
         model, tok, missing = load_reward_model(cfg.model, cfg.dtype, device)
     except MissingResource as err:
@@ -188,7 +189,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("missing_keys_at_load", len(missing), "tensors",
                description="tensors absent from the checkpoint, initialised randomly: " + ", ".join(missing))
 
-    torch.manual_seed(cfg.seed)
     head = model.score
     # How much of one AdamW step survives in bf16 weights, on this model's embeddings: at this run's rate when the
     # whole model trains, else at the full fine-tune rate of the a100 profile (the head-only cpu run keeps fp32)
