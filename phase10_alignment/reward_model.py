@@ -170,7 +170,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.require_cuda and device != "cuda":
-        ctx.skip("the a100 profile full-fine-tunes Llama 3.2 1B in bf16: it needs a CUDA GPU")
+        ctx.skip("the a100 profile full-fine-tunes Llama 3.2 1B (fp32 weights, bf16 autocast): it needs a CUDA GPU")
     torch.manual_seed(cfg.seed)  # before the load: the new score head is initialised from torch's generator
     try:
         model, tok, missing = load_reward_model(cfg.model, cfg.dtype, device)
