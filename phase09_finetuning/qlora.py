@@ -5,9 +5,9 @@ bf16 compute), LoRA r=16 (alpha 32, dropout 0.05) on q,k,v,o,gate,up,down, 3 epo
 batch 4 x grad-accum 4, paged 8-bit AdamW, cosine schedule, gradient checkpointing. The seed
 published r, epochs and step count only; the rest is the standard QLoRA recipe (see sft.SFT_RECIPES).
 
-cpu profile: SmolLM2-135M-Instruct, the same code path twice on a small step budget, once as plain
-LoRA (fp32 base; this adapter is stored as ``phase09.sft_adapter`` for Phase 10) and once as NF4 QLoRA (bitsandbytes on
-CPU), so the two can be compared on loss, time and memory. The exact trainable-parameter count of
+cpu profile: SmolLM2-135M-Instruct, the same code path twice: one full epoch as plain LoRA (fp32
+base; this adapter is stored as ``phase09.sft_adapter`` for Phase 10), then a few steps as NF4 QLoRA
+(bitsandbytes on CPU), so the two can be compared on loss, time and memory. The exact trainable-parameter count of
 Llama 3.1 8B at r=16 is computed on the meta device either way (no weights needed).
 """
 
@@ -18,6 +18,21 @@ import tempfile
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Recipe, default_store
 from phase09_finetuning import sft
+
+
+REFERENCES = (
+    Reference("llama8b_lora_params", 41_943_040, "params", "seed: Llama 3.1 8B r=16 trainable"),
+    Reference("llama8b_lora_pct", 0.52, "%", "seed"),
+    Reference("train_time_s", 310, "s", "seed: 5m10s on A100 80GB, 3 epochs"),
+    Reference("steps", 102, "steps", "seed"),
+    Reference("epochs", 3, "epochs", "seed"),
+    Reference("loss_first", 2.51, "", "seed: step 1"),
+    Reference("loss_final", 1.533, "", "seed"),
+    Reference("adapter_mb", 161, "MB", "seed"),
+    Reference("trainable_pct", 0.52, "%", "seed (of Llama 3.1 8B)"),
+    Reference("peak_memory_gb", 19, "GB", "seed: 'base model VRAM (NF4)', ~23% of 80 GB total"),
+)
+SEED = {r.metric: r.value for r in REFERENCES}
 
 
 class Config(ExerciseConfig):
@@ -104,6 +119,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     main = results[main_kind]
     ctx.metric("train_time_s", round(main["train_time_s"], 1), "s", higher_is_better=False)
     ctx.metric("steps", main["steps"], "steps")
+    ctx.metric("epochs", main["epochs"], "epochs", description=f"passes over the {main['rows']} training rows")
     ctx.metric("s_per_step", round(main["s_per_step"], 2), "s", higher_is_better=False)
     tail = main["losses"][-cfg.last_k:]
     ctx.metric("loss_first", round(main["losses"][0], 4), "", description="training loss at step 1")
@@ -161,21 +177,33 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     if main["eval_loss"] is not None and main["eval_loss_before"] is not None:
         ctx.finding(f"{main_kind}: held-out answer loss {main['eval_loss_before']:.3f} (base) -> "
-                    f"{main['eval_loss']:.3f} after {main['steps']} steps; per-step training loss "
-                    f"{main['losses'][0]:.3f} at step 1, {sum(tail) / len(tail):.3f} over the last {len(tail)} "
-                    f"(each step is one small batch, so it is noisy). The seed's Llama 8B QLoRA went 2.51 -> "
-                    "1.533 over 102 steps: different model, data size and budget; compare the direction, not the numbers.")
+                    f"{main['eval_loss']:.3f} after {main['steps']} steps ({main['epochs']:.2f} epochs over "
+                    f"{main['rows']} rows); per-step training loss {main['losses'][0]:.3f} at step 1, "
+                    f"{sum(tail) / len(tail):.3f} over the last {len(tail)} (each step is one small batch, so it is "
+                    f"noisy). The seed's Llama 8B QLoRA went {SEED['loss_first']} -> {SEED['loss_final']} over "
+                    f"{SEED['steps']} steps ({SEED['epochs']} epochs): different model, data size and budget; compare "
+                    "the direction, not the numbers.")
+    llama = ctx.metrics["llama8b_lora_params"]["value"], ctx.metrics["llama8b_lora_pct"]["value"]
+    same = ("the seed's figure" if llama[0] == SEED["llama8b_lora_params"]
+            else f"vs the seed's {SEED['llama8b_lora_params']:,}")
     ctx.finding(f"Trainable parameters are exact: {main['trainable_params']:,} for {cfg.model} at r={cfg.lora_r}; "
-                f"Llama 3.1 8B at r={llama_r} gives the seed's 41,943,040 (0.52%) from its config on the meta device.")
+                f"Llama 3.1 8B at r={llama_r} gives {llama[0]:,} ({llama[1]:.2f}%) from its config on the meta "
+                f"device, {same}.")
     if "qlora" in results and "lora" in results:
         q, lo = results["qlora"], results["lora"]
+        speed = ("slower per step here, as expected: every forward dequantizes the base, so QLoRA buys memory, "
+                 "not speed" if q["s_per_step"] > lo["s_per_step"] else
+                 "not slower per step here, but the two runs were timed at different moments of a shared machine "
+                 f"({q['steps']} vs {lo['steps']} steps), so this run cannot rank their speed; every forward "
+                 "dequantizes the base, which costs time, not memory")
         ctx.finding(f"NF4 QLoRA vs LoRA here: base weights {q['base_memory_bytes'] / 1e9:.3f} vs "
                     f"{lo['base_memory_bytes'] / 1e9:.3f} GB, {q['s_per_step']:.2f} vs {lo['s_per_step']:.2f} s/step, "
                     "same trainable params (only the frozen base is stored in 4 bit; embeddings and norms stay "
-                    "unquantized, which is a large share of a 135M model). Every forward dequantizes the base, so "
-                    "QLoRA buys memory, not speed; on an A100 it is what lets an 8B base fit in ~6 GB instead of ~16 GB.")
+                    f"unquantized, which is a large share of a 135M model). QLoRA was {speed}. On an A100 the 4-bit "
+                    "base is what lets an 8B model train on a fraction of the memory its bf16 weights need.")
     ctx.finding(f"Adapter file {main['adapter_bytes'] / 1e6:.1f} MB (fp32 LoRA matrices; no optimizer checkpoint "
-                "saved). The seed's 161 MB is 41.9M params x 4 bytes: also an fp32 adapter.")
+                f"saved). The seed's {SEED['adapter_mb']} MB is {llama[0] / 1e6:.1f}M params x 4 bytes = "
+                f"{llama[0] * 4 / 2**20:.0f} MiB: also an fp32 adapter.")
     if not on_gpu:
         ctx.finding("Timings are from a shared 2-core CPU (see hardware.load_avg_1m): they show the step "
                     "budget, not what an A100 does.")
@@ -195,25 +223,15 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         # the canonical (first) run is exactly sft.SFT_RECIPES["cpu"], the adapter Phase 10 starts from
-        "cpu": dict(model=sft.SMOLLM, runs=["lora", "qlora"], lora_r=_CPU["lora_r"], max_steps=_CPU["max_steps"],
-                    qlora_max_steps=3, batch_size=_CPU["batch_size"], max_length=_CPU["max_length"], lr=_CPU["lr"],
-                    check_peft_count=False, eval_rows=8),
+        "cpu": dict(model=sft.SMOLLM, runs=["lora", "qlora"], lora_r=_CPU["lora_r"], max_steps=0,
+                    epochs=_CPU["epochs"], qlora_max_steps=3, batch_size=_CPU["batch_size"],
+                    max_length=_CPU["max_length"], lr=_CPU["lr"], check_peft_count=False, eval_rows=8),
         "a100": dict(model=sft.LLAMA_8B, runs=["qlora"], lora_r=16, epochs=3.0, max_steps=0, batch_size=4,
                      grad_accum=4, max_length=1024, lr=2e-4),
     },
     tiny=dict(max_steps=2, qlora_max_steps=2, batch_size=2, max_length=48, subset=4, publish_adapter=False,
               check_peft_count=False, eval_rows=2, last_k=1),
-    references=(
-        Reference("llama8b_lora_params", 41_943_040, "params", "seed: Llama 3.1 8B r=16 trainable"),
-        Reference("llama8b_lora_pct", 0.52, "%", "seed"),
-        Reference("train_time_s", 310, "s", "seed: 5m10s on A100 80GB, 3 epochs"),
-        Reference("steps", 102, "steps", "seed"),
-        Reference("loss_first", 2.51, "", "seed: step 1"),
-        Reference("loss_final", 1.533, "", "seed"),
-        Reference("adapter_mb", 161, "MB", "seed"),
-        Reference("trainable_pct", 0.52, "%", "seed (of Llama 3.1 8B)"),
-        Reference("peak_memory_gb", 19, "GB", "seed: 'base model VRAM (NF4)', ~23% of 80 GB total"),
-    ),
+    references=REFERENCES,
     summary_metrics=("loss_first", "loss_final", "train_time_s", "trainable_params", "adapter_mb"),
     produces=(sft.SFT_ADAPTER,),
     methods={"cpu": "substitute: fp32-base LoRA on SmolLM2-135M (headline run) in place of NF4 QLoRA on Llama "

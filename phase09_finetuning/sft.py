@@ -32,10 +32,13 @@ SMOLLM = "smollm2-135m-instruct"
 # The adapter each profile publishes for later phases (Phase 10 DPO starts from it). The qlora
 # exercise's canonical run trains exactly this recipe; `lab artifacts build phase09.sft_adapter` too.
 SFT_RECIPES: dict[str, dict[str, Any]] = {
-    # cpu: a step budget sized for 2 shared cores (one fp32 step of 4 x 160 tokens is seconds).
-    # lr 5e-4 (not the 2e-4 of the 8B recipe) so a 135M model moves visibly within that budget.
-    "cpu": dict(model_id=SMOLLM, lora_r=16, qlora=False, max_steps=12, lr=5e-4, batch_size=2,
-                max_length=128),
+    # cpu: one full epoch over the training rows (69 steps of 4 rows), so the adapter has seen every
+    # answer once and a held-out loss measures what it learned, not a few batches of it. 256 tokens
+    # hold every training row but one whole (chat template included: median 159, max 273). One fp32
+    # step of 4 x ~160 tokens takes ~10 s on one shared core, so the epoch is ~10-15 minutes.
+    # lr 5e-4 (not the 2e-4 of the 8B recipe) so a 135M model moves visibly within one epoch.
+    "cpu": dict(model_id=SMOLLM, lora_r=16, qlora=False, epochs=1.0, lr=5e-4, batch_size=4,
+                max_length=256),
     # The seed's run: Llama 3.1 8B Instruct, NF4 base + bf16 LoRA r=16 on q,k,v,o,gate,up,down,
     # 3 epochs at an effective batch of 16 (the seed's 102 steps over ~550 pairs = ~34 steps/epoch).
     "a100": dict(model_id=LLAMA_8B, lora_r=16, qlora=True, epochs=3, lr=2e-4, batch_size=4,
@@ -69,7 +72,7 @@ def profile_recipe(profile: str) -> dict[str, Any]:
 
 def adapter_metrics(res: dict[str, Any]) -> dict[str, Any]:
     """What a stored SFT adapter records about its training (read by Phase 10/11 provenance)."""
-    return dict(steps=res["steps"], final_loss=res["losses"][-1] if res["losses"] else None,
+    return dict(steps=res["steps"], epochs=res["epochs"], final_loss=res["losses"][-1] if res["losses"] else None,
                 train_time_s=round(res["train_time_s"], 1), adapter_bytes=res["adapter_bytes"])
 
 
@@ -196,8 +199,9 @@ def train_sft(
     """Train a LoRA (or QLoRA) SFT adapter on chat rows and save only the adapter into out_dir
     (an empty folder: a store staging folder for an adapter that is kept, else a scratch one).
 
-    Returns losses per step, train_time_s, trainable/total params, adapter_bytes and peak memory.
-    ``max_steps`` wins over ``epochs`` when both are given (cpu runs are step-budgeted).
+    Returns losses per step, steps and epochs trained, train_time_s, trainable/total params,
+    adapter_bytes and peak memory.
+    ``max_steps`` wins over ``epochs`` when both are given (tests and comparison runs are step-budgeted).
     ``eval_rows``: held-out rows scored after training (answer-token loss -> "eval_loss") and, with
     ``eval_before``, also before it ("eval_loss_before"; not for QLoRA on CPU, see load_base).
     """
@@ -271,6 +275,7 @@ def train_sft(
     shutil.rmtree(scratch, ignore_errors=True)
     return dict(
         losses=[loss for _, loss in losses], loss_steps=[s for s, _ in losses], steps=out.global_step,
+        epochs=round(float(trainer.state.epoch or 0.0), 4), rows=len(rows),
         train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1),
         trainable_params=int(trainable), total_params=int(total), adapter_bytes=adapter_bytes,
         peak_memory_bytes=peak, peak_memory_kind=peak_kind, eval_loss=eval_loss, eval_loss_before=eval_before_loss,

@@ -42,6 +42,12 @@ RUBRIC = Rubric(
     ),
 )
 VARIANT_LABELS = {"base": "BASE", "sft": "SFT", "dpo": "SFT+DPO"}
+REFERENCES = (
+    Reference("base_mean", 2.30, "score 1-5", "seed: Claude Sonnet judge, BASE"),
+    Reference("sft_mean", 1.93, "score 1-5", "seed: SFT"),
+    Reference("dpo_mean", 1.83, "score 1-5", "seed: SFT+DPO"),
+)
+SEED = {r.metric: r.value for r in REFERENCES}
 
 
 class Config(compare.Config):
@@ -137,7 +143,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
             + "Use --llm anthropic:… (json method) for scores comparable to the seed's."
         )
     ctx.finding(
-        "Seed (Claude Sonnet judging Llama 3.1 8B): BASE 2.30 > SFT 1.93 > DPO 1.83 — SFT taught a confident, "
+        f"Seed (Claude Sonnet judging Llama 3.1 8B): BASE {SEED['base_mean']:.2f} > SFT {SEED['sft_mean']:.2f} > DPO "
+        f"{SEED['dpo_mean']:.2f} — SFT taught a confident, "
         "specific style that hallucination avoidance punishes, and DPO on general-helpfulness pairs barely moved it. "
         f"Here: BASE {_fmt(ctx, 'base_mean')}, SFT {_fmt(ctx, 'sft_mean')}, SFT+DPO {_fmt(ctx, 'dpo_mean')} "
         f"with {len(failures)} unscored answers."
@@ -164,14 +171,12 @@ EXERCISE = Exercise(
     title="LLM-as-judge over BASE / SFT / SFT+DPO",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": dict(max_new_tokens=300, require_cuda=True, llm="anthropic:claude-sonnet-4-5",
-                                      method="json", n_controls=10)},
-    tiny=dict(max_new_tokens=4, n_prompts=2, n_controls=1),
-    references=(
-        Reference("base_mean", 2.30, "score 1-5", "seed: Claude Sonnet judge, BASE"),
-        Reference("sft_mean", 1.93, "score 1-5", "seed: SFT"),
-        Reference("dpo_mean", 1.83, "score 1-5", "seed: SFT+DPO"),
-    ),
+    # generation settings as phase10.compare's, so the judge scores the generations compare stored
+    profiles={"cpu": dict(compare.EXERCISE.profiles["cpu"]),
+              "a100": dict(compare.EXERCISE.profiles["a100"], llm="anthropic:claude-sonnet-4-5", method="json",
+                           n_controls=10)},
+    tiny=dict(compare.EXERCISE.tiny, n_controls=1),
+    references=REFERENCES,
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
     needs=compare.EXERCISE.needs,  # it scores phase10.compare's generations of the same adapters
     methods={"cpu": "substitute: a 135M choice-probability judge (SmolLM2) in place of Claude Sonnet",

@@ -12,18 +12,29 @@ loading prints ``score.weight | MISSING``: the checkpoint has no such tensor —
 error. The run records the missing keys it saw.
 
 Profiles:
-- a100 (the seed's): Llama 3.2 1B Instruct, full fine-tune in bf16, 5,000 HH-RLHF train pairs, held
-  out on 500 test pairs.
+- a100 (the seed's): Llama 3.2 1B Instruct, full fine-tune, 5,000 HH-RLHF train pairs, held out on
+  500 test pairs. Weights stay fp32 (the optimizer's master copy) and the forward runs under bf16
+  autocast: plain AdamW at lr 1e-5 moves each weight by ~1e-5 per step, less than half the spacing
+  between neighbouring bf16 numbers for most weights of a trained model, so bf16 weights would round
+  most updates back to where they were (``surviving_update_share`` measures it on the model's own
+  weights; a bf16-weight full fine-tune is refused as a config error).
 - cpu: SmolLM2-135M with the backbone frozen. Forwarding 135M parameters runs at ~100 tokens/s on
   a shared core here, so the backbone's last-token features are computed once and only the scalar
   head (576 weights) trains, for several epochs — a linear reward probe. Same loss, same head, far
   less capacity: expect accuracy only a little above the 0.5 of a coin.
+
+Like with like: the seed's "final accuracy 0.75" and "margin 1.46" are its last logged *training
+step* (a batch of 4 pairs; "individual step accuracy bounced between 0.25 and 1.0"), not a held-out
+score. The run reports that quantity at the same batch size (``last_step_*``) against the seed's
+figures, and its held-out accuracy and margin separately (the seed published none).
 """
 
 from __future__ import annotations
 
 import time
 from typing import Literal
+
+from pydantic import model_validator
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 
@@ -38,12 +49,30 @@ class Config(ExerciseConfig):
     max_length: int = 32  # tokens per dialogue, truncated from the left (the final answers are at the end)
     train_backbone: bool = False  # False: frozen backbone, cached features, only the head trains
     epochs: int = 10
-    batch_size: int = 8  # pairs per step
+    batch_size: int = 4  # pairs per step (the seed's batch, so its last-step figures compare like with like)
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # the weights (and so the optimizer's master copy)
+    autocast: Literal["none", "bfloat16"] = "none"  # compute dtype of the forward pass
     require_cuda: bool = False
     gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _trained_weights_stay_fp32(self):
+        if self.train_backbone and self.dtype != "float32":
+            raise ValueError(f"train_backbone with dtype={self.dtype}: AdamW updates of ~learning_rate round away in "
+                             f"{self.dtype} weights; keep dtype=float32 and set autocast=bfloat16 for bf16 compute")
+        return self
+
+
+REFERENCES = (
+    Reference("last_step_accuracy", 0.75, "", "seed: 'final accuracy' = its last logged training step, a batch of 4 "
+              "pairs (not held out); Llama 3.2 1B"),
+    Reference("last_step_margin", 1.4609, "", "seed: 'final reward margin', the same last training step"),
+    Reference("last_step_loss", 0.6445, "", "seed: 'final loss', the same last training step"),
+    Reference("train_pairs", 5000, "pairs", "seed: HH-RLHF train pairs"),
+)
+SEED = {r.metric: r.value for r in REFERENCES}
 
 
 # --- the lesson: the loss and what it is judged by ----------------------------------------------------
@@ -57,6 +86,17 @@ def bradley_terry_loss(r_chosen, r_rejected):
     import torch.nn.functional as F
 
     return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def surviving_update_share(weights, step: float, dtype) -> float:
+    """Share of ``weights`` that change when ``step`` is added and the result is stored in ``dtype``.
+
+    AdamW's first steps move every weight by about the learning rate (m/√v ≈ ±1), so with
+    ``step = lr`` this is the share of an update that survives storage: near 1 in fp32, and in bf16
+    (8 significant bits) only for weights within a few hundred times lr of zero.
+    """
+    stored = weights.detach().to(dtype)
+    return (((weights.detach().float() + step).to(dtype)) != stored).float().mean().item()
 
 
 def preference_stats(r_chosen, r_rejected) -> tuple[float, float]:
@@ -130,7 +170,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.require_cuda and device != "cuda":
-        ctx.skip("the a100 profile full-fine-tunes Llama 3.2 1B in bf16: it needs a CUDA GPU")
+        ctx.skip("the a100 profile full-fine-tunes Llama 3.2 1B (fp32 weights, bf16 autocast): it needs a CUDA GPU")
+    torch.manual_seed(cfg.seed)  # before the load: the new score head is initialised from torch's generator
     try:
         model, tok, missing = load_reward_model(cfg.model, cfg.dtype, device)
     except MissingResource as err:
@@ -143,12 +184,23 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset(prov["id"], n=len(train) + len(held), sha256=prov["sha256"], train_pairs=len(train),
                 eval_pairs=len(held), dropped=dropped_train + dropped_eval)
     n_params = sum(p.numel() for p in model.parameters())
-    ctx.model(cfg.model, dtype=cfg.dtype, n_params=n_params, adapter="1-output score head (new)")
+    compute = f"{cfg.dtype} weights" + (f", {cfg.autocast} autocast" if cfg.autocast != "none" else "")
+    ctx.model(cfg.model, dtype=compute, n_params=n_params, adapter="1-output score head (new)")
     ctx.metric("missing_keys_at_load", len(missing), "tensors",
                description="tensors absent from the checkpoint, initialised randomly: " + ", ".join(missing))
 
-    torch.manual_seed(cfg.seed)
     head = model.score
+    # How much of one AdamW step survives in bf16 weights, on this model's embeddings: at this run's rate when the
+    # whole model trains, else at the full fine-tune rate of the a100 profile (the head-only cpu run keeps fp32)
+    step = cfg.learning_rate if cfg.train_backbone else EXERCISE.profiles["a100"]["learning_rate"]
+    weights = model.get_input_embeddings().weight
+    survive = {d: surviving_update_share(weights, step, getattr(torch, d)) for d in ("float32", "bfloat16")}
+    ctx.metric("bf16_update_survival", survive["bfloat16"], "share",
+               description=f"embedding weights changed by a step of {step:g} (≈ one AdamW update at that rate) when "
+                           f"stored in bf16; in fp32: {survive['float32']:.3f}")
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16")
     splits = {"train": train, "eval": held}
     if cfg.train_backbone:
         if cfg.gradient_checkpointing:
@@ -157,7 +209,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
         def score(split: str, idx: list[int], which: str):
             texts = [getattr(splits[split][i], which) for i in idx]
-            return full_rewards(model, tok, texts, cfg.max_length, device)
+            with autocast():
+                return full_rewards(model, tok, texts, cfg.max_length, device)
     else:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -166,7 +219,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
         started = time.perf_counter()
         keys = [(s, w) for s in splits for w in ("chosen_text", "rejected_text")]
         texts = [getattr(p, w) for s, w in keys for p in splits[s]]
-        feats = last_token_features(model, tok, texts, cfg.max_length, device)
+        with autocast():
+            feats = last_token_features(model, tok, texts, cfg.max_length, device)
         ctx.metric("feature_time_s", time.perf_counter() - started, "s", higher_is_better=False,
                    description=f"one frozen-backbone forward over {len(texts)} dialogues")
         cached, offset = {}, 0
@@ -224,6 +278,13 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("eval_reward_margin", margin1, "", higher_is_better=True,
                description="mean r_chosen − r_rejected on held-out pairs")
     ctx.metric("eval_accuracy_untrained", acc0, "", description="same pairs, random head before training")
+    ctx.metric("last_step_accuracy", accs[-1], "", description=f"the last training step's batch of "
+               f"{cfg.batch_size} pairs, scored before its update (the seed's 'final accuracy')")
+    ctx.metric("last_step_margin", margins[-1], "", description="the same batch's mean r_chosen − r_rejected")
+    ctx.metric("last_step_loss", losses[-1], "", higher_is_better=False, description="the same batch's loss")
+    ctx.metric("train_accuracy_last_steps", sum(accs[-window:]) / window, "",
+               description=f"mean training-batch accuracy over the last {window} steps (the trend, not one batch)")
+    ctx.metric("train_pairs", len(train), "pairs")
     ctx.metric("steps", step, "steps")
     ctx.metric("train_time_s", train_time, "s", higher_is_better=False)
     ctx.table("before_after", [["untrained head", round(loss0, 4), round(acc0, 4), round(margin0, 4)],
@@ -248,8 +309,21 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"Loading printed {', '.join(missing) or 'no'} as MISSING: the sequence-classification head is a new "
         "randomly initialised linear layer (the checkpoint only has the LM), so the warning is expected. "
         f"Before training that random head scores held-out accuracy {acc0:.2f}; after {step} steps "
-        f"{acc1:.2f} with mean margin {margin1:+.2f} (seed, Llama 3.2 1B fully fine-tuned on 5,000 pairs: "
-        "0.75 and 1.46)."
+        f"{acc1:.2f} with mean margin {margin1:+.2f} on {len(held)} held-out pairs."
+    )
+    ctx.finding(
+        f"Like with like: the seed's {SEED['last_step_accuracy']} accuracy and {SEED['last_step_margin']} margin "
+        f"(Llama 3.2 1B fully fine-tuned on {SEED['train_pairs']:,} pairs) are its last logged training step, one "
+        f"batch of 4 pairs, whose accuracy can only be 0, 0.25, 0.5, 0.75 or 1. The same quantity here "
+        f"(batch {cfg.batch_size}): {accs[-1]:.2f} and {margins[-1]:+.2f}; over the last {window} steps the batch "
+        f"accuracy averages {sum(accs[-window:]) / window:.2f}. The held-out figures above are the ones to trust; "
+        "the seed published none."
+    )
+    ctx.finding(
+        (f"Full fine-tune with {compute}: " if cfg.train_backbone else "The a100 profile's full fine-tune: ")
+        + f"a step of {step:g} changes {survive['float32']:.0%} of this model's embedding weights when stored in "
+        f"fp32 and {survive['bfloat16']:.0%} in bf16, so plain AdamW on bf16 weights would lose most updates; the "
+        "master weights stay fp32 and only the forward runs in bf16 (autocast)."
     )
     if not cfg.train_backbone:
         se = (acc1 * (1 - acc1) / max(len(held), 1)) ** 0.5
@@ -257,7 +331,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
             f"cpu profile: frozen 135M backbone, only the {head.weight.numel()}-weight head trained, on "
             f"{len(train)} pairs with dialogues cut to their last {cfg.max_length} tokens. With {len(held)} held-out "
             f"pairs the accuracy's standard error is ±{se:.2f}, so anything within ~0.1 of 0.5 is noise; the gap to "
-            "the seed is capacity (a frozen 135M backbone vs a fully trained 1.2B model) and data (2.6% of the pairs), not the loss."
+            f"the seed is capacity (a frozen 135M backbone vs a fully trained Llama 3.2 1B) and data "
+            f"({len(train) / SEED['train_pairs']:.1%} of its pairs), not the loss."
         )
     ctx.finding(
         "Accuracy only says whether the sign of r_chosen − r_rejected is right; the margin says how "
@@ -275,14 +350,11 @@ EXERCISE = Exercise(
         "cpu": {},
         "a100": dict(model="meta-llama/Llama-3.2-1B-Instruct", data_source="hub", n_train=5000, n_eval=500,
                      max_length=512, train_backbone=True, epochs=1, batch_size=4, learning_rate=1e-5,
-                     weight_decay=0.01, dtype="bfloat16", require_cuda=True, gradient_checkpointing=True),
+                     weight_decay=0.01, dtype="float32", autocast="bfloat16", require_cuda=True,
+                     gradient_checkpointing=True),
     },
     tiny=dict(n_train=8, n_eval=8, max_length=16, epochs=3, batch_size=4),
-    references=(
-        Reference("eval_accuracy", 0.75, "", "seed: Llama 3.2 1B, 5,000 HH-RLHF pairs, final accuracy"),
-        Reference("eval_reward_margin", 1.4609, "", "seed: final reward margin"),
-        Reference("train_loss_final", 0.6445, "", "seed: final loss"),
-    ),
+    references=REFERENCES,
     summary_metrics=("eval_accuracy", "eval_reward_margin"),
     methods={"cpu": "substitute: a frozen-backbone linear reward probe on SmolLM2-135M features in place of a "
                     "fully fine-tuned Llama 3.2 1B reward model",

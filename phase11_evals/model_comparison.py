@@ -216,8 +216,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
             ctx.metric(f"identical_answers_{a_name}_{b_name}", same, "prompts",
                        description=f"prompts (of {len(prompts)}) where {a_name} and {b_name} gave the same greedy answer")
             if same:
-                ctx.finding(f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts: "
-                            "its adapter barely moved the policy (see the adapter's training record under Models).")
+                ctx.finding(f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts "
+                            "(how far its adapter moved the policy is in its training record under Models).")
     best = max(summary_rows, key=lambda row: row[2])
     seed_best = max(_seed(f"mean_{v}") for v in ("base", "sft", "dpo"))
     ctx.finding(f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers (seed's highest: {seed_best:.3f}/5).")

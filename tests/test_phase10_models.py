@@ -115,7 +115,7 @@ def test_load_variant_rejects_unknown_names_missing_and_foreign_adapters(adapter
         load_variant("sft", "cpu", adapter=foreign)
 
 
-def test_dpo_tiny_end_to_end_with_ablation_and_stored_adapter(store, adapters, tmp_path):
+def test_dpo_tiny_run_with_a_real_rate_moves_the_policy_and_stores_its_adapter(store, adapters, tmp_path):
     from lab.artifacts import Recipe
     from phase10_alignment import dpo
     from phase10_alignment.variants import adapter_stacking_problems, load_variant, lora_layers
@@ -123,22 +123,84 @@ def test_dpo_tiny_end_to_end_with_ablation_and_stored_adapter(store, adapters, t
     overrides = {**dpo.EXERCISE.tiny, "save_adapter": True}
     doc = execute(dpo.EXERCISE, "cpu", overrides, out=tmp_path / "out")
     assert doc["status"] == "ok", doc["error"]
-    rows = doc["tables"]["learning_rate_ablation"]["rows"]
-    assert [r[0] for r in rows] == ["5e-07", "0.0002"] and all(r[1] == 1 for r in rows)
-    kl_low, kl_high = float(rows[0][8]), float(rows[1][8])
-    assert 0 <= kl_low < kl_high  # the SFT-scale rate moves the model further from its start
-    assert doc["metrics"]["final_train_loss"]["value"] == pytest.approx(0.6931, abs=1e-3)  # step 1: policy == ref
+    m = {k: v["value"] for k, v in doc["metrics"].items()}
+    # measured by an eval pass after training, not read off the last logged (pre-update) step
+    assert m["train_pairs_margin"] > dpo.NOOP_MIN_MARGIN and m["kl_per_token"] >= dpo.NOOP_MIN_KL
+    assert m["train_pairs_accuracy"] == 1.0 and m["steps"] == 3
+    assert m["last_step_reward_margin"] != m["train_pairs_margin"]
+    (row,) = doc["tables"]["learning_rate_ablation"]["rows"]
+    assert row[0] == "0.001" and row[-1] == "moved"
     assert any("frozen copy of the SFT adapter" in f for f in doc["findings"])
     assert doc["metrics"]["peak_memory_gb"]["value"] > 0
     # the main run's adapter is stored under the recipe of this (tiny) config, next to the SFT it started from
     recipe = Recipe(dpo.DPO_ADAPTER.name, dpo.dpo_params(dpo.EXERCISE.config("cpu", overrides), adapters["sft"].recipe))
-    saved = store.load(recipe)
-    assert saved.params["lr"] == 5e-7 and saved.params["beta"] == 0.1
-    assert saved.params["sft_recipe_sha256"] == adapters["sft"].recipe.sha256 and saved.metrics["steps"] == 1
-    assert {(a["id"], a["role"]) for a in doc["stored_artifacts"]} == {(adapters["sft"].id, "used"), (saved.id, "published")}
+    saved = store.load(recipe, dpo.DPO_ADAPTER.reject_flags)
+    assert saved.flags == {} and saved.params["lr"] == 1e-3 and saved.params["beta"] == 0.1
+    assert saved.params["sft_recipe_sha256"] == adapters["sft"].recipe.sha256 and saved.metrics["steps"] == 3
+    assert saved.metrics["train_pairs_margin"] == pytest.approx(m["train_pairs_margin"])
+    assert {(a["id"], a["role"]) for a in doc["stored_artifacts"]} == {(adapters["sft"].id, "used"),
+                                                                      (saved.id, "published")}
     assert not (saved.path / "ref").exists()  # only the trained adapter, not trl's frozen 'ref' copy
     model, _ = load_variant("dpo", "cpu", adapter=saved)
     assert adapter_stacking_problems(model) == [] and len(lora_layers(model)) == 30 * 7
+
+
+def test_a_noop_dpo_run_fails_and_its_adapter_is_refused(store, adapters, tmp_path):
+    from lab.artifacts import Recipe
+    from lab.errors import UnusableArtifact
+    from phase10_alignment import dpo
+
+    overrides = {**dpo.EXERCISE.tiny, "save_adapter": True, "learning_rate": 5e-7, "max_steps": 1}
+    doc = execute(dpo.EXERCISE, "cpu", overrides, out=tmp_path / "out")
+    assert doc["status"] == "failed" and doc["reason"].startswith("NoOpRun: DPO at lr 5e-07 for 1 steps")
+    assert "left the policy where it started" in doc["reason"] and doc["failure_modes"]
+    assert doc["metrics"]["train_pairs_margin"]["value"] <= dpo.NOOP_MIN_MARGIN  # the numbers are still recorded
+    assert doc["tables"]["learning_rate_ablation"]["rows"][0][-1] == "NO-OP"
+    recipe = Recipe(dpo.DPO_ADAPTER.name, dpo.dpo_params(dpo.EXERCISE.config("cpu", overrides), adapters["sft"].recipe))
+    assert "left the policy where it started" in store.load(recipe).flags["noop"]
+    with pytest.raises(UnusableArtifact, match="flagged noop"):
+        store.load(recipe, dpo.DPO_ADAPTER.reject_flags)
+
+
+def test_noop_reason_names_each_bar_it_misses():
+    from phase10_alignment.dpo import noop_reason
+
+    def result(margin, kl):
+        return {"lr": 5e-7, "steps": 4, "train_pairs": {"n": 32, "margin": margin}, "kl": {"kl_per_token": kl}}
+
+    assert noop_reason(result(0.5, 1e-3)) is None
+    assert "margin on its own 32 trained pairs +0.1 ≤ 0.1" in noop_reason(result(0.1, 1e-3))
+    assert "KL to the reference 5.00e-05" in noop_reason(result(0.5, 5e-5))
+    both = noop_reason(result(-0.0003, 1.4e-8))
+    assert "margin" in both and "KL" in both and both.startswith("DPO at lr 5e-07 for 4 steps")
+
+
+def test_downstream_exercises_refuse_a_noop_dpo_adapter(adapters, tmp_path, monkeypatch):
+    """compare (and judge, which reads compare's generations) and Phase 11's responders load the
+    profile's DPO adapter; flagged noop, each refuses it with the reason instead of scoring SFT twice."""
+    import shutil
+
+    from lab.artifacts import ArtifactStore
+    from phase10_alignment import compare, dpo
+    from phase11_evals import model_comparison, responders
+
+    noop_store = ArtifactStore(tmp_path / "store")
+    monkeypatch.setenv("LAB_ARTIFACTS", str(noop_store.root))
+    noop = {"noop": "DPO at lr 5e-07 left the policy where it started"}
+    for kind, flags in ((dpo.SFT_ADAPTER, {}), (dpo.DPO_ADAPTER, noop)):
+        recipe = kind.recipe("cpu")
+        with noop_store.staging(recipe) as folder:
+            shutil.copytree(adapters["sft" if not flags else "dpo"].path, folder, dirs_exist_ok=True)
+            (folder / "artifact.json").unlink()
+            noop_store.publish(recipe, folder, flags=flags)
+
+    doc = execute(compare.EXERCISE, "cpu", compare.EXERCISE.tiny, out=tmp_path / "out")
+    assert doc["status"] == "failed" and "flagged noop" in doc["reason"] and "left the policy" in doc["reason"]
+    assert "flagged noop" in responders.missing_reason("dpo", "cpu")
+    assert responders.missing_reason("sft", "cpu") is None
+    doc = execute(model_comparison.EXERCISE, "cpu", {**model_comparison.EXERCISE.tiny, "variants": ["dpo"]},
+                  out=tmp_path / "out")
+    assert doc["status"] == "failed" and "flagged noop" in doc["reason"]
 
 
 def test_compare_tiny_end_to_end(store, adapters, tmp_path):
@@ -151,7 +213,19 @@ def test_compare_tiny_end_to_end(store, adapters, tmp_path):
     loads = {r[0]: r for r in doc["tables"]["loads"]["rows"]}
     assert loads["base"][1] == 0 and loads["sft"][1] == loads["dpo"][1] == 210
     assert loads["sft"][2] == loads["dpo"][2] == "[1]" and not any(r[3] for r in loads.values())
-    assert doc["metrics"]["sft_reload_max_abs_diff"]["value"] == 0
+    m = {k: v["value"] for k, v in doc["metrics"].items()}
+    assert m["sft_reload_max_abs_diff"] == 0
+    assert all(m[f"{v}_single_stream_tokens_per_s"] > 0 and m[f"{v}_batched_tokens_per_s"] > 0
+               for v in ("base", "sft", "dpo"))
+    assert m["adapter_overhead_pct"] == pytest.approx(
+        100 * (1 - m["sft_single_stream_tokens_per_s"] / m["base_single_stream_tokens_per_s"]))
+    refs = {r["metric"]: r for r in doc["reference"]}
+    assert refs["base_single_stream_tokens_per_s"]["seed"] == 18.1 and "one request at a time" in refs[
+        "base_single_stream_tokens_per_s"]["note"]
+    # the finding counts what changed, from the values (never a hand-typed claim about the seed)
+    changed = m["dpo_answers_changed"]
+    assert 0 <= changed <= 2 and any(f.startswith(f"DPO changed {changed} of 2 greedy answers") for f in doc["findings"])
+    assert not any("seed saw the same" in f for f in doc["findings"])
     md = (tmp_path / "phase10" / "compare" / "cpu" / "generations.md").read_text()
     assert "roofline" in md and "**SFT**" in md
     roles = {a["id"].split("/")[0]: a["role"] for a in doc["stored_artifacts"]}

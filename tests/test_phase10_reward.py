@@ -82,8 +82,12 @@ def test_reward_model_tiny_end_to_end(tmp_path):
     assert 0.0 <= m["eval_accuracy"]["value"] <= 1.0 and m["steps"]["value"] == 3 * 2  # 3 epochs x 8/4 batches
     rows = doc["tables"]["before_after"]["rows"]
     assert [r[0] for r in rows] == ["untrained head", "trained"]
+    # like with like: the seed's 0.75 is a last training step's batch of 4, compared with that quantity
     saved = json.loads((tmp_path / "phase10" / "reward_model" / "cpu" / "result.json").read_text())
-    assert saved["reference"][0]["metric"] == "eval_accuracy" and saved["reference"][0]["seed"] == 0.75
+    ref = saved["reference"][0]
+    assert ref["metric"] == "last_step_accuracy" and ref["seed"] == 0.75 and "training step" in ref["note"]
+    assert m["last_step_accuracy"]["value"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # one batch of 4 pairs
+    assert not any(r["metric"].startswith("eval_") for r in saved["reference"])
     assert (tmp_path / "phase10" / "reward_model" / "cpu" / "reward_loss.png").stat().st_size > 1000
 
 
@@ -102,3 +106,33 @@ def test_every_phase10_profile_resolves_and_a100_skips_cleanly_without_cuda(tmp_
     for ex in exercises:
         doc = execute(ex, "a100", {}, out=tmp_path)
         assert doc["status"] == "skipped" and "CUDA" in doc["reason"], (ex.id, doc["reason"])
+
+
+def test_bf16_weights_swallow_an_adamw_step_that_fp32_keeps():
+    from phase10_alignment.reward_model import surviving_update_share
+
+    torch.manual_seed(0)
+    weights = torch.randn(100_000) * 0.02  # the scale of a trained LM's weights
+    assert surviving_update_share(weights, 1e-5, torch.float32) > 0.99
+    assert surviving_update_share(weights, 1e-5, torch.bfloat16) < 0.5  # most of the step rounds away
+
+
+def test_the_a100_reward_model_keeps_fp32_master_weights_and_refuses_bf16_ones():
+    from lab.errors import ConfigError
+
+    cfg = EXERCISE.config("a100")
+    assert cfg.train_backbone and cfg.dtype == "float32" and cfg.autocast == "bfloat16" and cfg.learning_rate == 1e-5
+    with pytest.raises(ConfigError, match="round away in bfloat16 weights"):
+        EXERCISE.config("a100", {"dtype": "bfloat16"})
+
+
+@pytest.mark.slow
+def test_full_fine_tune_with_bf16_autocast_runs_on_fp32_weights(tmp_path):
+    """The a100 code path (whole model trained, fp32 weights, bf16 autocast) on one tiny CPU step."""
+    overrides = dict(EXERCISE.tiny, train_backbone=True, autocast="bfloat16", n_train=4, n_eval=4, max_length=8,
+                     epochs=1, learning_rate=1e-5)
+    doc = execute(EXERCISE, "cpu", overrides, out=tmp_path)
+    assert doc["status"] == "ok", doc["error"]
+    assert doc["models"][0]["dtype"] == "float32 weights, bfloat16 autocast" and doc["metrics"]["steps"]["value"] == 1
+    assert doc["metrics"]["bf16_update_survival"]["value"] < 0.5
+    assert any(f.startswith("Full fine-tune with float32 weights, bfloat16 autocast") for f in doc["findings"])
