@@ -6,8 +6,11 @@ Prints each exercise's wall time (``duration_s`` of its latest result.json), the
 ``lab run all --jobs 1`` costs) and an estimate for ``--jobs N``: the scheduler's own plan on a
 fresh artifact store (every artifact missing, so consumers wait for their producers), replayed with
 these wall times, ready jobs started longest-critical-path first as ``lab run`` does. Process start
-overhead and two jobs slowing each other down on shared cores are not modelled: the estimate is a
-lower bound. Each row shows the machine load when the result was written.
+overhead is not modelled, and each wall time already carries whatever slowed it down when it ran
+(a job sharing 2 cores with another runs slower than alone). The last row is what was observed: from
+the earliest start to the latest end of these results, which is the real wall time of the
+reproduction when they all came from one ``lab run all``. Each row shows the machine load when the
+result was written. Benchmarks are not part of ``lab run all`` and are not counted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import heapq
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 
@@ -59,14 +63,15 @@ def main() -> None:
 
     from lab.artifacts import ArtifactStore
     from lab.paths import RESULTS_ROOT
-    from lab.registry import all_exercises
+    from lab.registry import resolve
     from lab.scheduler import plan
 
     root = args.results or RESULTS_ROOT
     table = Table("exercise", "status", "wall s", "date", "load 1m", title=f"latest {args.profile} results in {root}")
     seconds: dict[str, float] = {}
+    spans: list[tuple[str, str]] = []
     runs = []
-    for ex in all_exercises():
+    for ex in resolve("all"):
         if args.profile not in ex.profiles:
             continue
         runs.append((ex, {}))
@@ -75,6 +80,7 @@ def main() -> None:
             table.add_row(ex.id, "no result", "", "", "")
             continue
         seconds[ex.id] = doc["duration_s"]
+        spans.append((doc["started_at"], doc["ended_at"]))
         table.add_row(ex.id, doc["status"], f"{doc['duration_s']:.1f}", doc["ended_at"][:10],
                       str(doc["hardware"].get("load_avg_1m", "")))
     total = sum(seconds.values())
@@ -84,6 +90,11 @@ def main() -> None:
         jobs = plan(runs, args.profile, ArtifactStore(Path(tmp)), config_dir=Path(tmp))
         estimate = replay(jobs, seconds, args.jobs)
     table.add_row(f"estimate with --jobs {args.jobs}", "", f"{estimate:.1f}", f"{estimate / 60:.1f} min", "")
+    if spans:
+        first = datetime.fromisoformat(min(start for start, _ in spans))
+        last = datetime.fromisoformat(max(end for _, end in spans))
+        observed = (last - first).total_seconds()
+        table.add_row("observed: first start → last end", "", f"{observed:.1f}", f"{observed / 60:.1f} min", "")
     Console().print(table)
 
 

@@ -54,3 +54,15 @@ def test_setup_time_benchmark_reports_a_failing_command(tmp_path):
 
     doc = execute(SETUP, "cpu", {"command": "make no-such-target"}, out=tmp_path)
     assert doc["status"] == "failed" and "`make no-such-target` exited 2" in doc["reason"]
+
+
+def test_demo_time_replays_the_schedule_with_dependencies():
+    from benchmarks.demo_time import replay
+    from lab.scheduler import Job
+
+    def jobs():  # sft (10 s) -> dpo (5 s) -> judge (1 s), and an independent 12 s exercise
+        return [Job("sft", [], 1), Job("dpo", [], 1, deps={"sft"}), Job("judge", [], 1, deps={"dpo"}), Job("rag", [], 1)]
+
+    seconds = {"sft": 10, "dpo": 5, "judge": 1, "rag": 12}
+    assert replay(jobs(), seconds, workers=1) == 28  # one after another
+    assert replay(jobs(), seconds, workers=2) == 16  # the sft chain is the critical path: it starts first
