@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
 from lab.hashing import sha256_file
 
 PROMPTS = Path(__file__).resolve().parent / "data" / "tool_call_prompts.jsonl"
-MODES = ("prompt_only", "constrained", "auto_constrained")
+Mode = Literal["prompt_only", "constrained", "auto_constrained"]
+MODES: tuple[Mode, ...] = ("prompt_only", "constrained", "auto_constrained")
 
 TOOLS = [
     {"name": "get_weather", "description": "Current weather for a city.",
@@ -78,7 +80,7 @@ TOOLS = [
 class Config(ExerciseConfig):
     n_prompts: int = 60
     max_tokens: int = 128
-    modes: tuple[str, ...] = MODES
+    modes: tuple[Mode, ...] = MODES  # an unknown mode is a config error naming the field
 
 
 def load_prompts(n: int) -> list[dict]:
@@ -111,9 +113,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm import from_spec
     from lab.llm.local import LocalLLM
 
-    unknown = [m for m in cfg.modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"modes: unknown {unknown}; choose from {list(MODES)}")
     llm = from_spec(None)
     local = isinstance(llm, LocalLLM)
     modes = cfg.modes if local else ("native",)
