@@ -24,9 +24,9 @@ from pathlib import Path
 
 
 def latest(root: Path, exercise, profile: str) -> dict | None:
-    from lab.results import load_result
+    from lab.results import load_result, result_dir
 
-    path = root / exercise.phase / exercise.name / profile / "result.json"
+    path = result_dir(root, exercise.id, profile) / "result.json"
     return load_result(path) if path.exists() else None
 
 

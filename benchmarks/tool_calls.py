@@ -102,6 +102,8 @@ def judge(reply, expected: str) -> tuple[bool, bool, str]:
             return False, False, "cut off by the token budget"
         return False, False, "no tool call" + (" (unparseable <tool_call> block)" if "<tool_call>" in reply.text else "")
     for call in reply.tool_calls:
+        if call.name not in schemas:  # a hosted model may name a tool it was not offered
+            return False, False, f"{call.name}: not a listed tool"
         errors = sorted(Draft202012Validator(schemas[call.name]).iter_errors(call.arguments), key=str)
         if errors:
             where = "/".join(str(p) for p in errors[0].absolute_path) or "arguments"
@@ -123,25 +125,28 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     # modes alternate prompt by prompt, so a change in machine load hits every mode alike
     tally = {mode: dict(valid=0, correct=0, calls=0, tokens=0, seconds=0.0) for mode in modes}
-    rows = []
-    for item in ctx.progress(prompts, "prompts"):
-        for mode in modes:
-            if local:
-                llm.constrained = mode != "prompt_only"
-            reply = llm.chat([{"role": "user", "content": item["prompt"]}], tools=TOOLS,
-                             tool_choice="auto" if mode == "auto_constrained" else "required", max_tokens=cfg.max_tokens)
-            ok, right, outcome = judge(reply, item["tool"])
-            t = tally[mode]
-            t["valid"] += ok
-            t["correct"] += right
-            t["calls"] += bool(reply.tool_calls)
-            t["tokens"] += reply.usage.output_tokens
-            t["seconds"] += reply.latency_s
-            first = reply.tool_calls[0] if reply.tool_calls else None
-            rows.append([mode, item["prompt"], item["tool"], first.name if first else "—",
-                         json.dumps(first.arguments)[:90] if first else reply.text[:90], outcome])
-    if local:
-        llm.constrained = True
+    rows, constrained = [], getattr(llm, "constrained", None)
+    try:
+        for item in ctx.progress(prompts, "prompts"):
+            for mode in modes:
+                if local:
+                    llm.constrained = mode != "prompt_only"
+                choice = "auto" if mode == "auto_constrained" else "required"
+                reply = llm.chat([{"role": "user", "content": item["prompt"]}], tools=TOOLS, tool_choice=choice,
+                                 max_tokens=cfg.max_tokens)
+                ok, right, outcome = judge(reply, item["tool"])
+                t = tally[mode]
+                t["valid"] += ok
+                t["correct"] += right
+                t["calls"] += bool(reply.tool_calls)
+                t["tokens"] += reply.usage.output_tokens
+                t["seconds"] += reply.latency_s
+                first = reply.tool_calls[0] if reply.tool_calls else None
+                rows.append([mode, item["prompt"], item["tool"], first.name if first else "—",
+                             json.dumps(first.arguments)[:90] if first else reply.text[:90], outcome])
+    finally:
+        if local:
+            llm.constrained = constrained  # from_spec's client is shared by the process
     n, summary = len(prompts), []
     for mode, t in tally.items():
         rate = t["tokens"] / t["seconds"] if t["seconds"] else 0.0

@@ -40,9 +40,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
-from lab.atomic import file_lock, publish_dir, staging_dir
+from lab.atomic import file_lock, publish_dir, staged
 from lab.errors import ConfigError, MissingArtifact, UnusableArtifact
 from lab.hashing import json_sha256
 from lab.paths import cache_dir
@@ -177,16 +177,11 @@ class ArtifactStore:
         found.refuse_flags(reject_flags)
         return found
 
-    @contextlib.contextmanager
-    def staging(self, recipe: Recipe) -> Iterator[Path]:
+    def staging(self, recipe: Recipe) -> contextlib.AbstractContextManager[Path]:
         """An empty folder to build this recipe into, beside its final place; hand it to ``publish``
         inside the ``with`` block. Removed on the way out unless it was published (a failed build
         leaves nothing behind)."""
-        folder = staging_dir(self.path(recipe))
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)  # a published folder was renamed away already
+        return staged(self.path(recipe))
 
     def publish(self, recipe: Recipe, folder: Path, *, producer: Mapping[str, Any] | None = None,
                 metrics: Mapping[str, Any] | None = None, flags: Mapping[str, str] | None = None,

@@ -35,6 +35,17 @@ def staging_dir(target: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
 
 
+@contextlib.contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A staging folder for ``target`` (``staging_dir``) that is removed on the way out unless it was
+    published inside the block: a failed build leaves nothing behind."""
+    folder = staging_dir(target)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # a published folder was renamed away already
+
+
 def publish_dir(staging: Path, target: Path) -> bool:
     """Rename a finished staging folder to ``target``; False (staging removed) if target already exists."""
     if target.exists():

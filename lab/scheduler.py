@@ -23,7 +23,7 @@ from typing import Any
 from lab import results
 from lab.artifacts import ArtifactKind, ArtifactStore
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
-from lab.runner import LLM_OVERRIDE, llm_override, new_run_id, target_root
+from lab.runner import new_run_id, recorded_overrides, target_root
 
 DEFAULT_ESTIMATE_S = 60.0
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -58,7 +58,6 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
 
     jobs: dict[str, Job] = {}
     producers = {kind.name: ex.id for ex, _ in runs for kind in ex.produces}
-    spec = llm_override(llm)
     for ex, overrides in runs:
         argv = ["run", ex.id, "--profile", profile, "--jobs", "1"]
         if overrides:
@@ -69,9 +68,8 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             argv += ["--out", str(out)]
         if llm:
             argv += ["--llm", llm]
-        recorded = {**overrides, LLM_OVERRIDE: spec} if spec else overrides
         jobs[ex.id] = Job(ex.id, argv, _last_duration(ex, profile), exercise=ex,
-                          root=target_root(recorded, out, None))
+                          root=target_root(recorded_overrides(overrides, llm), out, None))
 
     def provider(kind: ArtifactKind, consumer: str) -> str | None:
         """The job that makes ``kind`` available to ``consumer`` (None: already stored)."""

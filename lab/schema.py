@@ -54,8 +54,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypedDict
 
 SCHEMA_VERSION = "1.2"
-# fields newer than 1.0 and what an older file that lacks them reads as (see the docstring)
-ADDED_IN = {"stored_artifacts": "1.2", "method": "1.2", "method_note": "1.2"}
+# fields newer than 1.0 (required from 1.2 on) and what an older file that lacks them reads as
 DEFAULTS: dict[str, Any] = {"stored_artifacts": [], "method": None, "method_note": None}
 METHOD_KINDS = ("same", "scaled", "substitute: <what>", "own")
 
@@ -115,16 +114,8 @@ class ResultDoc(TypedDict):
     error: dict[str, str] | None
 
 
-def required_keys(version: str = SCHEMA_VERSION) -> tuple[str, ...]:
-    """The fields a result of schema ``version`` must have."""
-    def as_tuple(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in v.split("."))
-
-    return tuple(k for k in ResultDoc.__annotations__ if as_tuple(ADDED_IN.get(k, "1.0")) <= as_tuple(version))
-
-
 READABLE_VERSIONS = ("1.0", "1.1", SCHEMA_VERSION)
-REQUIRED_KEYS = required_keys()
+REQUIRED_KEYS = tuple(ResultDoc.__annotations__)
 
 
 def check_method(method: Any, where: str) -> str:
@@ -145,7 +136,7 @@ def validate(doc: dict[str, Any], source: str = "result") -> None:
     version = doc.get("schema_version")
     if version not in READABLE_VERSIONS:
         raise ValueError(f"{source}: schema_version {version!r}, this lab reads {', '.join(READABLE_VERSIONS)}")
-    missing = [k for k in required_keys(version) if k not in doc]
+    missing = [k for k in REQUIRED_KEYS if k not in doc and (version == SCHEMA_VERSION or k not in DEFAULTS)]
     if missing:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
     if doc.get("method") is not None:

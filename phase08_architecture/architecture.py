@@ -324,7 +324,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"{loaded.n_heads}:{loaded.n_kv_heads}) has {len(loaded.shapes)} tensors and {len(mismatches)} differ in shape from "
         "the meta model of its own config — the meta device gives the checkpoint's real shapes."
     )
-    seed_m = _seed("gpt2_non_embedding_params_m")
+    seed_m = EXERCISE.seed("gpt2_non_embedding_params_m")
     ctx.finding(
         f"GPT-2's non-embedding count is {base.non_embedding_params:,} by the rule used for Llama (total minus wte), "
         f"not the seed's ~{seed_m}M: {seed_m}M is the size the GPT-2 paper first reported for its smallest model; the same "
@@ -333,10 +333,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if mismatches:
         ctx.failure_mode(f"loaded vs meta shapes differ for: {', '.join(mismatches[:10])}")
 
-
-def _seed(metric: str):
-    """The seed's figure for ``metric`` (the finding text quotes it from the references, not by hand)."""
-    return next(r.value for r in EXERCISE.references if r.metric == metric)
 
 
 EXERCISE = Exercise(

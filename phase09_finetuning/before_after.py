@@ -28,7 +28,6 @@ REFERENCES = (
     Reference("unmerged_penalty_pct", 39, "%", "seed: PEFT adapter unmerged vs base, single stream (18.1 vs 11.0 tok/s)"),
     Reference("tuned_red_flags", 0, "answers", "seed: both hallucinations corrected"),
 )
-SEED = {r.metric: r.value for r in REFERENCES}
 
 
 class Config(ExerciseConfig):
@@ -241,8 +240,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
                "the merged model has the base's shapes and FLOPs, so this run cannot attribute the gap")
     measured = ("beyond the noise" if penalty / 100 > noise else
                 f"within this run's noise ({100 * noise:.0f}% spread between base rounds), so not conclusive")
+    seed = EXERCISE.seed("unmerged_penalty_pct")
     ctx.finding(f"Throughput ({stream}): unmerged adapter {penalty:.0f}% slower than the base, {measured} "
-                f"(seed: {SEED['unmerged_penalty_pct']}%); merged {ratio:.2f}x base, {verdict}. Greedy outputs after "
+                f"(seed: {seed}%); merged {ratio:.2f}x base, {verdict}. Greedy outputs after "
                 f"merge_and_unload match the unmerged ones on {same:.0%} of the timed prompts.")
     if not torch.cuda.is_available():
         ctx.finding("On a CPU the unmerged penalty is the extra skinny matmuls per projection with no launch "

@@ -32,7 +32,6 @@ REFERENCES = (
     Reference("trainable_pct", 0.52, "%", "seed (of Llama 3.1 8B)"),
     Reference("peak_memory_gb", 19, "GB", "seed: 'base model VRAM (NF4)', ~23% of 80 GB total"),
 )
-SEED = {r.metric: r.value for r in REFERENCES}
 
 
 class Config(ExerciseConfig):
@@ -107,9 +106,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                                 max_length=cfg.max_length, seed=cfg.seed, eval_rows=held_out,
                                 eval_before=canonical and not (kind == "qlora" and not on_gpu), ctx=ctx)
             if recipe is not None:
-                stored, new = store.publish(recipe, out, producer=ctx.producer, metrics=sft.adapter_metrics(res),
-                                            build_s=res["train_time_s"])
-                ctx.record_artifact(stored, "published" if new else "kept")
+                ctx.publish_artifact(recipe, out, metrics=sft.adapter_metrics(res), build_s=res["train_time_s"])
         results[kind] = res
         ctx.model(cfg.model, dtype="nf4 base + lora" if kind == "qlora" else "fp32 base + lora",
                   n_params=res["total_params"], quantization="bnb nf4 double-quant" if kind == "qlora" else None,
@@ -175,17 +172,18 @@ def run(cfg: Config, ctx: RunContext) -> None:
     fig.savefig(ctx.artifact("loss_curve.png"), dpi=110)
     plt.close(fig)
 
+    seed = EXERCISE.seed
     if main["eval_loss"] is not None and main["eval_loss_before"] is not None:
         ctx.finding(f"{main_kind}: held-out answer loss {main['eval_loss_before']:.3f} (base) -> "
                     f"{main['eval_loss']:.3f} after {main['steps']} steps ({main['epochs']:.2f} epochs over "
                     f"{main['rows']} rows); per-step training loss {main['losses'][0]:.3f} at step 1, "
                     f"{sum(tail) / len(tail):.3f} over the last {len(tail)} (each step is one small batch, so it is "
-                    f"noisy). The seed's Llama 8B QLoRA went {SEED['loss_first']} -> {SEED['loss_final']} over "
-                    f"{SEED['steps']} steps ({SEED['epochs']} epochs): different model, data size and budget; compare "
-                    "the direction, not the numbers.")
+                    f"noisy). The seed's Llama 8B QLoRA went {seed('loss_first')} -> {seed('loss_final')} over "
+                    f"{seed('steps')} steps ({seed('epochs')} epochs): different model, data size and budget; "
+                    "compare the direction, not the numbers.")
     llama = ctx.metrics["llama8b_lora_params"]["value"], ctx.metrics["llama8b_lora_pct"]["value"]
-    same = ("the seed's figure" if llama[0] == SEED["llama8b_lora_params"]
-            else f"vs the seed's {SEED['llama8b_lora_params']:,}")
+    same = ("the seed's figure" if llama[0] == seed("llama8b_lora_params")
+            else f"vs the seed's {seed('llama8b_lora_params'):,}")
     ctx.finding(f"Trainable parameters are exact: {main['trainable_params']:,} for {cfg.model} at r={cfg.lora_r}; "
                 f"Llama 3.1 8B at r={llama_r} gives {llama[0]:,} ({llama[1]:.2f}%) from its config on the meta "
                 f"device, {same}.")
@@ -202,7 +200,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                     f"unquantized, which is a large share of a 135M model). QLoRA was {speed}. On an A100 the 4-bit "
                     "base is what lets an 8B model train on a fraction of the memory its bf16 weights need.")
     ctx.finding(f"Adapter file {main['adapter_bytes'] / 1e6:.1f} MB (fp32 LoRA matrices; no optimizer checkpoint "
-                f"saved). The seed's {SEED['adapter_mb']} MB is {llama[0] / 1e6:.1f}M params x 4 bytes = "
+                f"saved). The seed's {seed('adapter_mb')} MB is {llama[0] / 1e6:.1f}M params x 4 bytes = "
                 f"{llama[0] * 4 / 2**20:.0f} MiB: also an fp32 adapter.")
     if not on_gpu:
         ctx.finding("Timings are from a shared 2-core CPU (see hardware.load_avg_1m): they show the step "

@@ -39,7 +39,6 @@ REFERENCES = (
     Reference("sft_single_stream_tokens_per_s", 11.0, "tokens/s", "seed: the same with a PEFT adapter, unmerged"),
     Reference("adapter_overhead_pct", 39, "%", "seed: 1 − 11.0/18.1, 'PEFT overhead'"),
 )
-SEED = {r.metric: r.value for r in REFERENCES}
 
 
 class Config(ExerciseConfig):
@@ -137,7 +136,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     from lab.errors import MissingResource
     from phase09_finetuning.generation import answers_with_question, key_term_coverage, mean_coverage
-    from phase10_alignment.dpo import DPO_ADAPTER
     from phase10_alignment.variants import base_model_id
 
     if cfg.require_cuda and not torch.cuda.is_available():
@@ -212,12 +210,13 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 + " Greedy decoding only changes where an update moves the top token, so the count shows how far "
                   "the preference update reached the domain prompts, not whether the answers got better (phase10.judge).")
     spread = {v: (max(r) - min(r)) / statistics.median(r) for v in single for r in [loads[v]["single_stream"]]}
+    seed = EXERCISE.seed
     ctx.finding(f"Single-stream speed, adapters unmerged: BASE {single['base']:.1f}, SFT {single['sft']:.1f}, SFT+DPO "
                 f"{single['dpo']:.1f} tokens/s (rounds of a variant spread up to {max(spread.values()):.0%}; each "
                 "variant is timed after its own load, not interleaved as in phase09.before_after, so load drift on a "
                 f"shared machine enters the comparison); the unmerged adapter costs {overhead:.0f}% (seed: "
-                f"{SEED['base_single_stream_tokens_per_s']} vs {SEED['sft_single_stream_tokens_per_s']} tok/s, "
-                f"{SEED['adapter_overhead_pct']}%). merge_and_unload() removes it (phase09.before_after measures that).")
+                f"{seed('base_single_stream_tokens_per_s')} vs {seed('sft_single_stream_tokens_per_s')} tok/s, "
+                f"{seed('adapter_overhead_pct')}%). merge_and_unload() removes it (phase09.before_after measures that).")
     if ctx.profile == "cpu":
         ctx.finding(
             f"cpu profile: SmolLM2-135M answers cut at {cfg.max_new_tokens} tokens. A 135M model has little domain "

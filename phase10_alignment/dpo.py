@@ -359,7 +359,6 @@ REFERENCES = (
               "seed: 'final reward margin', last logged step; its reference was the base model (trl 0.9.6)"),
     Reference("peak_memory_gb", 51.0, "GB", "seed: VRAM on an A100 80GB"),
 )
-SEED = {r.metric: r.value for r in REFERENCES}
 
 
 def _final(history: list[dict], key: str) -> float | None:
@@ -411,9 +410,8 @@ def _main_run(cfg: Config, ctx: RunContext, sft: Artifact, train_rows, eval_rows
     with store.staging(recipe) as folder:
         result = train_dpo(cfg, sft, train_rows, eval_rows, cfg.learning_rate, drift_rows=drift_rows,
                            sample_prompt=sample_prompt, save_to=folder, ctx=ctx)
-        stored, new = store.publish(recipe, folder, producer=ctx.producer, metrics=adapter_metrics(result),
-                                    flags=adapter_flags(result), build_s=result["train_time_s"])
-    ctx.record_artifact(stored, "published" if new else "kept")
+        ctx.publish_artifact(recipe, folder, metrics=adapter_metrics(result), flags=adapter_flags(result),
+                             build_s=result["train_time_s"])
     return result
 
 
@@ -499,7 +497,7 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
         f"{tp['margin']:+.3f} on the trained pairs, {hp['accuracy']:.2f} and {hp['margin']:+.3f} on {hp['n']} held-out "
         f"pairs; {verdict}. The last logged step ({_fmt(_final(hist, 'rewards/accuracies'), '.2f')} / "
         f"{_fmt(_final(hist, 'rewards/margins'), '+.3f')}) is one batch before its update: the seed's "
-        f"{SEED['last_step_reward_accuracy']} / {SEED['last_step_reward_margin']} are that quantity.")
+        f"{EXERCISE.seed('last_step_reward_accuracy')} / {EXERCISE.seed('last_step_reward_margin')} are that quantity.")
     if tp["accuracy"] > hp["accuracy"] + 0.1:
         ctx.finding(f"The gap between trained ({tp['accuracy']:.2f}) and held-out ({hp['accuracy']:.2f}) accuracy says "
                     f"the run fitted its {tp['n']} pairs over {main['epochs']:g} epochs more than it learned a "

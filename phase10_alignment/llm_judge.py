@@ -47,7 +47,6 @@ REFERENCES = (
     Reference("sft_mean", 1.93, "score 1-5", "seed: SFT"),
     Reference("dpo_mean", 1.83, "score 1-5", "seed: SFT+DPO"),
 )
-SEED = {r.metric: r.value for r in REFERENCES}
 
 
 class Config(compare.Config):
@@ -142,9 +141,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
                "some signal; still check it against a stronger judge before trusting small differences. ")
             + "Use --llm anthropic:… (json method) for scores comparable to the seed's."
         )
+    seed = EXERCISE.seed
     ctx.finding(
-        f"Seed (Claude Sonnet judging Llama 3.1 8B): BASE {SEED['base_mean']:.2f} > SFT {SEED['sft_mean']:.2f} > DPO "
-        f"{SEED['dpo_mean']:.2f} — SFT taught a confident, "
+        f"Seed (Claude Sonnet judging Llama 3.1 8B): BASE {seed('base_mean'):.2f} > SFT {seed('sft_mean'):.2f} > DPO "
+        f"{seed('dpo_mean'):.2f} — SFT taught a confident, "
         "specific style that hallucination avoidance punishes, and DPO on general-helpfulness pairs barely moved it. "
         f"Here: BASE {_fmt(ctx, 'base_mean')}, SFT {_fmt(ctx, 'sft_mean')}, SFT+DPO {_fmt(ctx, 'dpo_mean')} "
         f"with {len(failures)} unscored answers."

@@ -72,7 +72,6 @@ REFERENCES = (
     Reference("last_step_loss", 0.6445, "", "seed: 'final loss', the same last training step"),
     Reference("train_pairs", 5000, "pairs", "seed: HH-RLHF train pairs"),
 )
-SEED = {r.metric: r.value for r in REFERENCES}
 
 
 # --- the lesson: the loss and what it is judged by ----------------------------------------------------
@@ -311,11 +310,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"Before training that random head scores held-out accuracy {acc0:.2f}; after {step} steps "
         f"{acc1:.2f} with mean margin {margin1:+.2f} on {len(held)} held-out pairs."
     )
+    seed, seed_batch = EXERCISE.seed, EXERCISE.profiles["a100"]["batch_size"]  # the a100 profile is the seed's setup
     ctx.finding(
-        f"Like with like: the seed's {SEED['last_step_accuracy']} accuracy and {SEED['last_step_margin']} margin "
-        f"(Llama 3.2 1B fully fine-tuned on {SEED['train_pairs']:,} pairs) are its last logged training step, one "
-        f"batch of 4 pairs, whose accuracy can only be 0, 0.25, 0.5, 0.75 or 1. The same quantity here "
-        f"(batch {cfg.batch_size}): {accs[-1]:.2f} and {margins[-1]:+.2f}; over the last {window} steps the batch "
+        f"Like with like: the seed's {seed('last_step_accuracy')} accuracy and {seed('last_step_margin')} margin "
+        f"(Llama 3.2 1B fully fine-tuned on {seed('train_pairs'):,} pairs) are its last logged training step, one "
+        f"batch of {seed_batch} pairs, whose accuracy can only be a multiple of {1 / seed_batch:g}. The same quantity "
+        f"here (batch {cfg.batch_size}): {accs[-1]:.2f} and {margins[-1]:+.2f}; over the last {window} steps the batch "
         f"accuracy averages {sum(accs[-window:]) / window:.2f}. The held-out figures above are the ones to trust; "
         "the seed published none."
     )
@@ -332,7 +332,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
             f"{len(train)} pairs with dialogues cut to their last {cfg.max_length} tokens. With {len(held)} held-out "
             f"pairs the accuracy's standard error is ±{se:.2f}, so anything within ~0.1 of 0.5 is noise; the gap to "
             f"the seed is capacity (a frozen 135M backbone vs a fully trained Llama 3.2 1B) and data "
-            f"({len(train) / SEED['train_pairs']:.1%} of its pairs), not the loss."
+            f"({len(train) / EXERCISE.seed('train_pairs'):.1%} of its pairs), not the loss."
         )
     ctx.finding(
         "Accuracy only says whether the sign of r_chosen − r_rejected is right; the margin says how "

@@ -218,7 +218,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                description="MiniLM cosine between the answers to the two wordings")
     ctx.metric("pairs_flagged_on_both_wordings", both_flagged, "pairs")
 
-    seed_delta, seed_signals = (_seed(m) for m in ("mean_score_delta", "contamination_signals"))
+    seed_delta, seed_signals = (EXERCISE.seed(m) for m in ("mean_score_delta", "contamination_signals"))
     ctx.finding(f"Mean score delta (original - rephrased) is {mean_delta:+.2f} judge points over {len(deltas)} pairs; "
                 f"the judge's own retest noise in this run is {noise:.3f} points (RMS over {2 * len(scored)} re-scorings "
                 f"of an unchanged answer under the other wording), so a score signal needs delta > {threshold:.3f}: "
@@ -246,9 +246,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
 def _cell(overlap: float | None):
     return "n/a (no public reference)" if overlap is None else round(overlap, 3)
 
-
-def _seed(metric: str):
-    return next(r.value for r in EXERCISE.references if r.metric == metric)
 
 
 EXERCISE = Exercise(

@@ -219,7 +219,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 ctx.finding(f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts "
                             "(how far its adapter moved the policy is in its training record under Models).")
     best = max(summary_rows, key=lambda row: row[2])
-    seed_best = max(_seed(f"mean_{v}") for v in ("base", "sft", "dpo"))
+    seed_best = max(EXERCISE.seed(f"mean_{v}") for v in ("base", "sft", "dpo"))
     ctx.finding(f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers (seed's highest: {seed_best:.3f}/5).")
     if gate_na is None:
         ctx.finding(f"The judge passed calibration in this run (r = {r:.3f} >= {cfg.pass_r}); Editor-gate approvals per "
@@ -252,13 +252,10 @@ def judge_calibration(verdicts, items, pass_r: float) -> tuple[float | None, str
 def seed_change(variant: str) -> tuple[float, float]:
     """The seed's (style, accuracy) change vs BASE, from its per-dimension means in the references."""
     def mean_of(dims, name):
-        return math.fsum(_seed(f"{d}_{name}") for d in dims) / len(dims)
+        return math.fsum(EXERCISE.seed(f"{d}_{name}") for d in dims) / len(dims)
 
     return (mean_of(STYLE, variant) - mean_of(STYLE, "base"), mean_of(ACCURACY, variant) - mean_of(ACCURACY, "base"))
 
-
-def _seed(metric: str) -> float:
-    return next(r.value for r in EXERCISE.references if r.metric == metric)
 
 
 _SEED = "seed: Llama 3.1 8B variants, 50 prompts, Claude judge"

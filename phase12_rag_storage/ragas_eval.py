@@ -190,7 +190,7 @@ def findings(cfg, ctx, queries, retrieval, scores, judged, controls, judge) -> N
         if r["hit"] == 1 and a is not None and a < 0.2 and (f is None or f >= 0.8):
             ctx.finding(f"{q.id}: hit rate 1.0, faithfulness {_n(f)}, answer relevancy {a:.3f} — the chunking-failure "
                         f"signature (right source, useless answer); evidence in one chunk: {r['evidence_complete']}.")
-    seed_run1, seed_run2 = _seed("answer_relevancy"), SEED_RUN2["answer_relevancy"]
+    seed_run1, seed_run2 = EXERCISE.seed("answer_relevancy"), SEED_RUN2["answer_relevancy"]
     ctx.finding(f"The seed ran RAGAS twice and saw answer relevancy move {seed_run1} -> {seed_run2} from its judge's "
                 "sampling; this judge decodes deterministically, so run-to-run spread is zero by construction and is "
                 "not reported.")
@@ -203,9 +203,6 @@ def _f(metric: dict) -> str:
 def _n(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
-
-def _seed(metric: str) -> float:
-    return next(r.value for r in EXERCISE.references if r.metric == metric)
 
 
 # the seed's two RAGAS runs (GPT-4o-mini judge, 10 queries); run 1 is the reference row

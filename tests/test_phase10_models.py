@@ -5,8 +5,6 @@ cpu profile's adapters in a private artifact store, so the tests do not depend o
 run and every variant really differs from the base.
 """
 
-import json
-
 import pytest
 
 from lab.runner import execute

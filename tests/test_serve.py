@@ -621,6 +621,15 @@ def test_response_format_json_schema_strict_and_json_object(oai):
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
 
+def test_a_schema_the_grammar_engine_cannot_compile_is_400_not_a_model_failure(oai):
+    broken = {"type": "object", "properties": {"a": {"$ref": "#/nope"}}, "required": ["a"]}
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(
+            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "broken", "schema": broken}})
+    assert "cannot be compiled to a grammar" in err.value.body["message"]
+
+
 @pytest.mark.slow
 def test_stop_sequences_end_the_reply(oai, claude):
     ask = [{"role": "user", "content": "List the numbers 1 to 10 separated by commas."}]

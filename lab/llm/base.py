@@ -41,6 +41,14 @@ class JSONReplyError(LLMError):
     """The model was asked for JSON and did not return parseable JSON."""
 
 
+class InvalidRequestError(LLMError, ValueError):
+    """The caller's arguments cannot be served: a tool_choice that names no offered tool, a schema the
+    grammar engine cannot compile. The caller's fault, not the model's (HTTP 400 when served)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=400)
+
+
 class PromptTooLongError(LLMError):
     """The prompt does not fit the model's context window (HTTP 413 when served)."""
 
@@ -150,26 +158,28 @@ def normalize_tool_choice(tool_choice: ToolChoice | None, tools: list[dict[str, 
     """``(mode, tool name)``: mode is auto | required | none | named; checks names against ``tools``.
 
     Accepts the common forms (``"auto"``, ``"required"``, ``"none"``, ``{"name": ...}``) and the
-    OpenAI form ``{"type": "function", "function": {"name": ...}}``; anything else is a ValueError
-    naming the bad value, raised before a request is sent.
+    OpenAI form ``{"type": "function", "function": {"name": ...}}``; anything else is an InvalidRequestError
+    (a ValueError) naming the bad value, raised before a request is sent.
     """
     if tool_choice is None:
         tool_choice = "auto"
     if isinstance(tool_choice, str):
         if tool_choice not in TOOL_CHOICE_MODES:
-            raise ValueError(f"tool_choice {tool_choice!r}: expected one of {', '.join(TOOL_CHOICE_MODES)} or {{'name': ...}}")
+            raise InvalidRequestError(f"tool_choice {tool_choice!r}: expected one of "
+                                      f"{', '.join(TOOL_CHOICE_MODES)} or {{'name': ...}}")
         if tool_choice == "required" and not tools:
-            raise ValueError("tool_choice 'required' needs at least one tool")
+            raise InvalidRequestError("tool_choice 'required' needs at least one tool")
         return tool_choice, None
     if isinstance(tool_choice, dict):
         name = tool_choice.get("name") or (tool_choice.get("function") or {}).get("name")
         known = [t["name"] for t in tools or []]
         if not isinstance(name, str) or not name:
-            raise ValueError(f"tool_choice {tool_choice!r}: a named choice needs a tool name")
+            raise InvalidRequestError(f"tool_choice {tool_choice!r}: a named choice needs a tool name")
         if name not in known:
-            raise ValueError(f"tool_choice names tool {name!r}, which is not among the tools given ({', '.join(known) or 'none'})")
+            raise InvalidRequestError(f"tool_choice names tool {name!r}, which is not among the tools given "
+                                      f"({', '.join(known) or 'none'})")
         return "named", name
-    raise ValueError(f"tool_choice {tool_choice!r}: expected a string or {{'name': ...}}")
+    raise InvalidRequestError(f"tool_choice {tool_choice!r}: expected a string or {{'name': ...}}")
 
 
 def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:

@@ -37,10 +37,11 @@ import copy
 import json
 import re
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from lab.llm.base import LLMError, ToolCall
+from lab.llm.base import InvalidRequestError, ToolCall
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -234,21 +235,28 @@ class Constraint:
 
 
 class Grammars:
-    """Compiles constraints to xgrammar grammars for one tokenizer; compiled grammars are cached."""
+    """Compiles constraints to xgrammar grammars for one tokenizer; the last ``CACHED`` compiled
+    grammars are kept (behind a server every client's schema is a new one, so the cache is bounded)."""
+
+    CACHED = 64
 
     def __init__(self, tokenizer, vocab_size: int):
         import xgrammar as xgr
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self._compiler = xgr.GrammarCompiler(info)
-        self._cache: dict[Constraint, Any] = {}
+        self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)  # the cache below is the bounded one
+        self._cache: OrderedDict[Constraint, Any] = OrderedDict()
 
     def logits_processor(self, constraint: Constraint):
         """A fresh transformers LogitsProcessor (one per generate call, as xgrammar requires)."""
         import xgrammar as xgr
 
-        if constraint not in self._cache:
+        if constraint in self._cache:
+            self._cache.move_to_end(constraint)
+        else:
             self._cache[constraint] = self._compile(constraint)
+            if len(self._cache) > self.CACHED:
+                self._cache.popitem(last=False)
         return xgr.contrib.hf.LogitsProcessor(self._cache[constraint])
 
     def _compile(self, c: Constraint):
@@ -260,7 +268,7 @@ class Grammars:
             try:
                 return self._compiler.compile_json_schema(json.dumps(reply_schema), any_whitespace=False)
             except Exception as exc:  # xgrammar's own error names the unsupported keyword
-                raise LLMError(f"json_schema cannot be compiled to a grammar: {exc}") from None
+                raise InvalidRequestError(f"json_schema cannot be compiled to a grammar: {exc}") from None
         tools = [json.loads(t) for t in c.tools]
         openai_tools = [{"type": "function", "function": {
             "name": t["name"], "description": t.get("description", ""),
@@ -288,4 +296,4 @@ class Grammars:
                     fmt = tag("auto")
             return self._compiler.compile_structural_tag(StructuralTag(format=fmt))
         except Exception as exc:
-            raise LLMError(f"tools cannot be compiled to a grammar: {exc}") from None
+            raise InvalidRequestError(f"tools cannot be compiled to a grammar: {exc}") from None

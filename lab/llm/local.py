@@ -37,7 +37,6 @@ class _Request:
     constraint: Constraint
     tools: list[dict[str, Any]]
     stop: list[str]
-    max_tokens: int
     processors: list = field(default_factory=list)
 
     @property
@@ -53,7 +52,7 @@ class _Request:
         """This request decoded under another constraint (a tighter retry)."""
         processors = [grammars.logits_processor(constraint)]
         return _Request(self.inputs, {**self.gen_kwargs, "logits_processor": processors}, constraint, self.tools,
-                        self.stop, self.max_tokens, processors)
+                        self.stop, processors)
 
 
 class LocalLLM(LLM):
@@ -70,6 +69,8 @@ class LocalLLM(LLM):
         self._busy = threading.RLock()
 
     def _load(self):
+        if self._model is not None:  # loaded: no need to wait for a generation that holds the lock
+            return self._model, self._tok
         with self._busy:  # two threads asking first must not load the model twice
             return self._load_once()
 
@@ -83,14 +84,16 @@ class LocalLLM(LLM):
             if path.suffix == ".gguf" and path.exists():
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                self._tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-                self._model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+                tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
             else:
                 dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-                self._model, self._tok = models.load_causal_lm(self.model, dtype=dtype)
+                model, tok = models.load_causal_lm(self.model, dtype=dtype)
                 if torch.cuda.is_available():
-                    self._model.to("cuda")
-            self._model.eval()
+                    model.to("cuda")
+            model.eval()
+            # published last, model after tokenizer: _load's lock-free path sees both ready or neither
+            self._tok, self._model = tok, model
         return self._model, self._tok
 
     @property
@@ -183,7 +186,7 @@ class LocalLLM(LLM):
             stop = None  # a stop string could cut a constrained reply in two: the grammar ends it
         if stop:
             gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
-        return _Request(inputs, gen_kwargs, constraint, offered, list(stop or []), max_tokens, processors)
+        return _Request(inputs, gen_kwargs, constraint, offered, list(stop or []), processors)
 
     # --- reply --------------------------------------------------------------------------------
 

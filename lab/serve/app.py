@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lab.errors import LabError
-from lab.llm.base import LLM, ChatResponse, LLMError, PromptTooLongError, normalize_tool_choice
+from lab.llm.base import LLM, ChatResponse, InvalidRequestError, LLMError, normalize_tool_choice
 from lab.serve import anthropic_protocol as ap
 from lab.serve import openai_protocol as op
 from lab.serve.errors import APIError, UnsupportedField, bad_request
@@ -225,8 +225,8 @@ class Server:
         """An exception from the model layer as the HTTP error the client gets (logged here)."""
         if isinstance(exc, APIError):
             return exc
-        if isinstance(exc, PromptTooLongError):
-            return APIError(413, str(exc), param="messages", code="context_length_exceeded")
+        if isinstance(exc, InvalidRequestError):  # the caller's arguments (a schema, a tool_choice), not the model
+            return bad_request(None, str(exc))
         if isinstance(exc, LLMError):
             log.warning("request %s: %s", rid, exc)
             if exc.status == 413:
@@ -238,8 +238,6 @@ class Server:
                                 headers={"Retry-After": str(self.queue.retry_after_s())})
             status = 500 if self.llm.provider == "local" else 502
             return APIError(status, f"the model failed: {exc}", code="model_error")
-        if isinstance(exc, ValueError):  # lab.llm's way to reject an argument (e.g. a schema or tool_choice)
-            return bad_request(None, str(exc))
         log.error("request %s failed", rid, exc_info=(type(exc), exc, exc.__traceback__))
         return APIError(500, f"internal server error (request id {rid}); the server log has the details",
                         code="internal_error")
@@ -378,9 +376,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
         slot = await server.embedders.queues[name].acquire()
         try:
             vectors, n_tokens = await run_in_threadpool(server.embedders.encode, name, body.texts, body.dimensions)
-        except APIError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # an APIError passes through api_error unchanged
             raise server.api_error(exc, request_id(request)) from None
         finally:
             slot.release()

@@ -81,13 +81,12 @@ class Slot:
 class StreamRun:
     """Iterate ``make_iter()`` in its own thread; ``await next()`` for each item."""
 
-    def __init__(self, slot: Slot, make_iter: Callable[[], Iterator[Any]], name: str = "lab-serve-stream"):
+    def __init__(self, slot: Slot, make_iter: Callable[[], Iterator[Any]]):
         self._slot = slot
         self._loop = asyncio.get_running_loop()
         self._items: asyncio.Queue = asyncio.Queue()
         self._stop = threading.Event()
-        self.finished = threading.Event()  # set when the generator is closed and the model released
-        threading.Thread(target=self._run, args=(make_iter,), name=name, daemon=True).start()
+        threading.Thread(target=self._run, args=(make_iter,), name="lab-serve-stream", daemon=True).start()
 
     def _send(self, callback: Callable, *args: Any) -> None:
         try:
@@ -114,7 +113,6 @@ class StreamRun:
                 log.exception("closing a model stream failed")
             self._send(self._items.put_nowait, ("end", None))
             self._send(self._slot.release)
-            self.finished.set()
 
     async def next(self) -> Any:
         """The next item; StopAsyncIteration at the end; the generator's exception if it raised."""
