@@ -284,13 +284,17 @@ def test_openai_api_without_base_url_sends_max_completion_tokens(server, keys, m
         llm.chat([{"role": "user", "content": "hi"}])
 
 
-def test_openai_tool_arguments_that_are_not_json_are_named(server, keys):
+def test_openai_tool_arguments_that_are_not_json_are_kept_raw_and_named(server, keys):
     server.reply(openai_completion({"content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Rome"}}]},
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Rome"}},
+        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "[1]"}}]},
         finish="tool_calls"))
     llm = OpenAILLM("llama3", base_url=f"{server.url}/v1")
-    with pytest.raises(LLMError, match="tool call 'get_weather' has arguments that are not JSON"):
-        llm.chat([{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL])
+    reply = llm.chat([{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL])
+    bad, not_object = reply.tool_calls
+    assert (bad.name, bad.arguments, bad.raw_arguments) == ("get_weather", {}, "{city: Rome")
+    assert "not a JSON object: '{city: Rome'" in bad.arguments_error
+    assert not_object.raw_arguments == "[1]" and not_object.arguments_error
 
 
 def test_openai_without_base_url_needs_a_key(keys):

@@ -58,9 +58,21 @@ class PromptTooLongError(LLMError):
 
 @dataclass
 class ToolCall:
+    """One tool request of a model. ``raw_arguments`` is set (and ``arguments`` is empty) when the model's
+    arguments were not a JSON object: a bad reply is data an agent answers with an observation, not an
+    exception that loses the rest of the reply."""
+
     id: str
     name: str
     arguments: dict[str, Any]
+    raw_arguments: str | None = None
+
+    @property
+    def arguments_error(self) -> str | None:
+        """Why the arguments could not be used, or None when they parsed into an object."""
+        if self.raw_arguments is None:
+            return None
+        return f"arguments of tool call {self.name!r} are not a JSON object: {self.raw_arguments[:200]!r}"
 
 
 @dataclass

@@ -92,8 +92,7 @@ class OpenAILLM(HostedLLM):
         if not reply.choices:
             raise LLMError(f"{self.spec}: the reply has no choices")
         choice = reply.choices[0]
-        calls = [ToolCall(id=tc.id, name=tc.function.name, arguments=self._arguments(tc))
-                 for tc in choice.message.tool_calls or []]
+        calls = [self._tool_call(tc) for tc in choice.message.tool_calls or []]
         usage = Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0) if reply.usage else Usage()
         model = reply.model or self.model
         return ChatResponse(
@@ -102,13 +101,14 @@ class OpenAILLM(HostedLLM):
             stop_reason=STOP_REASONS.get(choice.finish_reason, choice.finish_reason),
         )
 
-    def _arguments(self, tool_call) -> dict[str, Any]:
+    @staticmethod
+    def _tool_call(tool_call) -> ToolCall:
+        """A call whose arguments are not a JSON object keeps them raw (``ToolCall.arguments_error``)."""
         raw = tool_call.function.arguments or "{}"
         try:
             args = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise LLMError(f"{self.spec}: tool call {tool_call.function.name!r} has arguments that are not JSON "
-                           f"({exc.msg}): {raw[:200]!r}") from None
+        except json.JSONDecodeError:
+            args = None
         if not isinstance(args, dict):
-            raise LLMError(f"{self.spec}: tool call {tool_call.function.name!r} arguments are not an object: {raw[:200]!r}")
-        return args
+            return ToolCall(id=tool_call.id, name=tool_call.function.name, arguments={}, raw_arguments=raw)
+        return ToolCall(id=tool_call.id, name=tool_call.function.name, arguments=args)

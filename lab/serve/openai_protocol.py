@@ -326,7 +326,7 @@ def finish_reason(reply: ChatResponse) -> str:
 
 
 def tool_calls_out(reply: ChatResponse) -> list[ToolCallOut]:
-    return [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=json.dumps(c.arguments)))
+    return [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=json.dumps(c.arguments) if c.raw_arguments is None else c.raw_arguments))
             for c in reply.tool_calls]
 
 
