@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from typing import Any, Callable, Iterable
 
