@@ -149,6 +149,22 @@ def test_report_is_idempotent_and_check_catches_stale(tmp_path):
         report.render_all(root, repo, phases)
 
 
+def test_report_fills_figures_in_prose_and_names_a_missing_one(tmp_path):
+    root = tmp_path / "results"
+    execute(FAKE, "cpu", {}, out=root, quiet=True)
+    repo, phases = _fake_repo(tmp_path)
+    readme = repo / "phase99_fake" / "README.md"
+    readme.write_text(readme.read_text() + "It counted <!--fig:phase99.fake/cpu:total-->42<!--/fig--> in all.\n")
+    report.write_all(root, repo, phases)
+    assert "It counted <!--fig:phase99.fake/cpu:total-->6 items<!--/fig--> in all." in readme.read_text()
+    assert report.stale(root, repo, phases) == []
+    readme.write_text(readme.read_text().replace(">6 items<", ">7 items<"))  # a hand edit is stale
+    assert readme in report.stale(root, repo, phases)
+    readme.write_text(readme.read_text() + "<!--fig:phase99.fake/cpu:nope-->?<!--/fig-->\n")
+    with pytest.raises(ValueError, match="figure phase99.fake/cpu:nope: the result has no metric 'nope'"):
+        report.render_all(root, repo, phases)
+
+
 def test_overridden_run_never_replaces_the_canonical_result(tmp_path, monkeypatch):
     from lab import runner
 
