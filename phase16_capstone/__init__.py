@@ -1,4 +1,6 @@
 """Capstone: the multi-agent content engine."""
 
 TITLE = "Capstone: the multi-agent content engine"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase16_capstone.site_check",
+)
