@@ -102,6 +102,8 @@ def test_secrets_are_redacted(tmp_path):
     doc = _run(tmp_path, api_key="sk-ant-abcdefghijklmnop")
     text = (tmp_path / "phase99" / "fake" / "cpu" / "result.json").read_text()
     assert "abcdefghijklmnop" not in text and doc["config"]["api_key"] == "***"
+    assert results.redact("bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0 said; Bearer abc.DEF-123_xyz") == \
+        "bot *** said; Bearer ***"
     red = results.redact({"url": "postgresql://bob:hunter2@db:5432/x", "note": "token hf_abcdefghijkl used",
                           "HF_TOKEN": "x", "nested": [{"password": "p"}]})
     assert red == {"url": "postgresql://bob:***@db:5432/x", "note": "token *** used",
