@@ -170,6 +170,7 @@ def test_openclaw_loads_the_skill_from_an_isolated_workspace(tmp_path):
     assert not any(setup.home.iterdir())  # nothing written to the isolated HOME: state went to its own folder
 
 
+@pytest.mark.slow
 @needs_openclaw
 def test_two_real_turns_real_model_and_control(tmp_path):
     """The exercise's tiny run: one turn of the embedded model through lab serve, one scripted control."""
