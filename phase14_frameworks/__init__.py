@@ -1,4 +1,6 @@
 """Agent frameworks: LangGraph, OpenClaw, CrewAI."""
 
 TITLE = "Agent frameworks: LangGraph, OpenClaw, CrewAI"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase14_frameworks.openclaw_skill",
+)
