@@ -142,7 +142,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
     kinds = Counter(s["attributes"].get(SPAN_KIND) or "sdk:" + s["scope"] for s in spans)
     chat = [s for s in spans if s["attributes"].get(SPAN_KIND) == "chat"]
     tools = [s for s in spans if s["attributes"].get(SPAN_KIND) == "tool"]
-    sdk = [s for s in spans if s["attributes"].get(SPAN_KIND) is None]
+    sdk = [s for s in spans if s["scope"].startswith("opentelemetry.instrumentation.openai")]
+    other = [s for s in spans if s["attributes"].get(SPAN_KIND) is None and s not in sdk]
     chat_ids = {s["span_id"] for s in chat}
 
     # --- structure: does every model call and tool call have its span? ---------------------------------
@@ -153,6 +154,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for kind in ("run", "agent", "step", "chat", "tool"):
         ctx.metric(f"spans_{kind}", kinds.get(kind, 0), "spans")
     ctx.metric("spans_openai_sdk", len(sdk), "spans", None, "opentelemetry-instrumentation-openai spans")
+    ctx.metric("spans_other_instrumentation", len(other), "spans", None,
+               "spans of other libraries' own OpenTelemetry support (e.g. the server's) in the same trace")
     ctx.metric("openai_sdk_spans_nested", sum(s["parent_id"] in chat_ids for s in sdk), "spans", True,
                "SDK spans whose parent is one of our chat spans")
     ctx.metric("llm_calls", llm_calls, "calls")
@@ -208,6 +211,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.finding(f"The OpenAI SDK instrumentation added {len(sdk)} span(s); "
                     f"{sum(s['parent_id'] in chat_ids for s in sdk)} nest under our chat spans, so a collector shows "
                     "the SDK's view of each request inside the agent's step.")
+    if other:
+        scopes = ", ".join(sorted({s["scope"] for s in other}))
+        ctx.finding(f"{len(other)} more span(s) came from other libraries' own OpenTelemetry support ({scopes}): "
+                    "the server side of each request, joined to the same trace by the traceparent header the SDK "
+                    "instrumentation sends — one trace from agent step to server endpoint.")
     exported = f"{counts['local']} spans to the local store, {counts.get('otlp', 0)} over OTLP/HTTP"
     if receiver is not None:
         exported += f" ({len(receiver.spans)} decoded by the in-process receiver from {receiver.requests} request(s))"
