@@ -275,12 +275,36 @@ def serve_cmd(
         raise typer.Exit(2)
 
 
+def _forwarder(target: str):
+    def forward(ctx: typer.Context) -> None:
+        import importlib
+
+        module, _, func = target.partition(":")
+        raise typer.Exit(getattr(importlib.import_module(module), func)(list(ctx.args)) or 0)
+
+    return forward
+
+
+def add_phase_commands() -> None:
+    """Wire the subcommands phase packages declare (``lab.registry.phase_commands``); each forwards its
+    arguments untouched (its own --help included) to the declared function, imported only when run."""
+    from lab.registry import phase_commands
+
+    taken = {c.name for c in app.registered_commands}
+    for name, target in phase_commands().items():
+        if name in taken:
+            continue  # a built-in command (or one already wired) keeps its name
+        app.command(name, help=f"Declared by {target.split('.')[0]}: see `lab {name} --help`.", add_help_option=False,
+                    context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_forwarder(target))
+
+
 def main() -> None:
     from lab.toolchain import quiet_frameworks
 
     quiet_frameworks()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        add_phase_commands()
         app()
     except LabError as exc:  # e.g. a broken phase registration found while listing
         err.print(f"[red]error:[/red] {exc}")

@@ -9,6 +9,10 @@ The ``benchmarks`` package declares its result-writing benchmarks the same way (
 ``benchmarks.<name>``); they run on demand (``lab run benchmarks``), not as part of ``all``.
 
 Exercise modules keep heavy imports inside functions, so importing them here is cheap.
+
+A phase package may also add a ``lab`` subcommand: ``COMMANDS = {"traces": "phase15_production.trace_view:cli"}``
+(name -> "module:function"; the function takes the arguments after the name and returns an exit code).
+The CLI imports only the package ``__init__`` to list them; the module loads when the command runs.
 """
 
 from __future__ import annotations
@@ -61,6 +65,20 @@ def _load_exercise(package: str, module: str) -> Exercise:
     if not isinstance(exercise, Exercise):
         raise ConfigError(f"{module}.EXERCISE is {type(exercise).__name__}, not lab.Exercise")
     return exercise
+
+
+def phase_commands() -> dict[str, str]:
+    """Subcommand name -> "module:function" over every phase package's ``COMMANDS``."""
+    found: dict[str, str] = {}
+    for package in _phase_packages():
+        for name, target in getattr(importlib.import_module(package), "COMMANDS", {}).items():
+            module, sep, func = str(target).partition(":")
+            if not sep or not module or not func:
+                raise ConfigError(f"{package}/__init__.py COMMANDS[{name!r}] = {target!r}: expected 'module:function'")
+            if name in found:
+                raise ConfigError(f"{package}/__init__.py COMMANDS: {name!r} is already declared as {found[name]!r}")
+            found[name] = target
+    return found
 
 
 def all_exercises() -> list[Exercise]:

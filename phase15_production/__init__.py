@@ -1,4 +1,9 @@
 """Production agentic infrastructure."""
 
 TITLE = "Production agentic infrastructure"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase15_production.agent_tracing",
+    "phase15_production.cost_model",
+)
+# `lab traces [RUN_ID]`: a run's spans as a tree (lab.registry.phase_commands wires it)
+COMMANDS = {"traces": "phase15_production.trace_view:cli"}

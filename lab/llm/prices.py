@@ -7,6 +7,9 @@ model not listed here (e.g. one you serve with vLLM) reports cost None rather th
 
 from __future__ import annotations
 
+# When the table below was last edited: list prices move; a cost projection names the date it used.
+PRICES_AS_OF = "2026-11-25"
+
 PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     "claude-opus-4-5": (5.0, 25.0),
     "claude-opus-4-1": (15.0, 75.0),
