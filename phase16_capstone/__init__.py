@@ -1,4 +1,7 @@
 """Capstone: the multi-agent content engine."""
 
 TITLE = "Capstone: the multi-agent content engine"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase16_capstone.engine_run",
+    "phase16_capstone.load",
+)
