@@ -60,29 +60,31 @@ class Config(ExerciseConfig):
         return value
 
 
-# --- one agent (runs in its own process) --------------------------------------------------------
-def agent(url: str, strategy: str, table: str, updates: int, max_retries: int, barrier, results) -> None:
-    """Connect, wait for every agent, then do ``updates`` increments; report timings and retries."""
+# --- the agents (each runs in its own process) --------------------------------------------------
+def agent(url: str, strategies: list[str], table: str, updates: int, max_retries: int, barrier, results) -> None:
+    """Connect once; for each strategy wait for every agent (and the fresh counter), then do ``updates``
+    increments and report timings and retries."""
     from lab.db import connect
     from phase15_production.state import increment
 
     conn = connect(url, autocommit=True)
-    latencies, retries, errors = [], 0, []
-    barrier.wait()
-    start = time.monotonic()  # CLOCK_MONOTONIC is system-wide on Linux: comparable across processes
-    for _ in range(updates):
-        t = time.perf_counter()
-        try:
-            retries += increment(conn, strategy, table, "shared", max_retries=max_retries)
-        except Exception as exc:  # an update that gave up is counted, not hidden
-            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        latencies.append(time.perf_counter() - t)
-    results.put(dict(start=start, end=time.monotonic(), latencies=latencies, retries=retries, errors=errors))
+    for strategy in strategies:
+        latencies, retries, errors = [], 0, []
+        barrier.wait()  # the parent has (re)created the counter; all agents start together
+        start = time.monotonic()  # CLOCK_MONOTONIC is system-wide on Linux: comparable across processes
+        for _ in range(updates):
+            t = time.perf_counter()
+            try:
+                retries += increment(conn, strategy, table, "shared", max_retries=max_retries)
+            except Exception as exc:  # an update that gave up is counted, not hidden
+                errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            latencies.append(time.perf_counter() - t)
+        results.put(dict(start=start, end=time.monotonic(), latencies=latencies, retries=retries, errors=errors))
     conn.close()
 
 
-def contend(url: str, strategy: str, cfg: Config, table: str) -> dict:
-    """Run ``cfg.agents`` processes against a fresh counter; return the strategy's measurements."""
+def contend(url: str, cfg: Config, table: str, ctx: RunContext, database: str) -> list[dict]:
+    """Start ``cfg.agents`` processes once; run every strategy against a fresh counter in turn."""
     import multiprocessing as mp
 
     import numpy as np
@@ -90,31 +92,38 @@ def contend(url: str, strategy: str, cfg: Config, table: str) -> dict:
     from lab.db import connect
     from phase15_production.state import create_counters, read_counter
 
-    with connect(url, autocommit=True) as conn:
-        create_counters(conn, table, ["shared"])
     spawn = mp.get_context("spawn")  # a clean interpreter per agent: no connection or lock inherited
-    barrier, results = spawn.Barrier(cfg.agents), spawn.Queue()
-    procs = [spawn.Process(target=agent, args=(url, strategy, table, cfg.updates, cfg.max_retries, barrier, results),
-                           name=f"agent-{i}") for i in range(cfg.agents)]
+    barrier, results = spawn.Barrier(cfg.agents + 1), spawn.Queue()  # the agents + this process
+    procs = [spawn.Process(target=agent, args=(url, cfg.strategies, table, cfg.updates, cfg.max_retries, barrier,
+                                               results), name=f"agent-{i}", daemon=True) for i in range(cfg.agents)]
     for p in procs:
         p.start()
-    reports = [results.get(timeout=3600) for _ in procs]
-    for p in procs:
-        p.join()
+    rows, expected = [], cfg.agents * cfg.updates
+    try:
+        with connect(url, autocommit=True) as conn:
+            for strategy in ctx.progress(cfg.strategies, f"{database}: strategies", total=len(cfg.strategies)):
+                create_counters(conn, table, ["shared"])
+                barrier.wait(timeout=600)
+                reports = [results.get(timeout=3600) for _ in procs]
+                final = read_counter(conn, table, "shared")
+                latencies = np.concatenate([r["latencies"] for r in reports]) * 1e3
+                wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+                errors = [e for r in reports for e in r["errors"]]
+                rows.append(dict(strategy=strategy, final=final, expected=expected, lost=expected - final - len(errors),
+                                 failed=len(errors), first_error=errors[0] if errors else None,
+                                 retries=sum(r["retries"] for r in reports), wall_s=wall,
+                                 throughput=(expected - len(errors)) / wall,
+                                 p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99))))
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
     failed = [p.name for p in procs if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"{strategy}: agent process(es) {failed} exited abnormally")
-    with connect(url, autocommit=True) as conn:
-        final = read_counter(conn, table, "shared")
-        conn.execute(f"DROP TABLE {table}")
-    latencies = np.concatenate([r["latencies"] for r in reports]) * 1e3
-    wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    errors = [e for r in reports for e in r["errors"]]
-    expected = cfg.agents * cfg.updates
-    return dict(strategy=strategy, final=final, expected=expected, lost=expected - final - len(errors),
-                failed=len(errors), first_error=errors[0] if errors else None,
-                retries=sum(r["retries"] for r in reports), wall_s=wall, throughput=(expected - len(errors)) / wall,
-                p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)))
+        raise RuntimeError(f"agent process(es) {failed} exited abnormally")
+    return rows
 
 
 def database_targets(cfg: Config) -> tuple[list[tuple[str, str]], dict[str, str]]:
@@ -149,8 +158,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         with connect(url) as conn:
             version = conn.execute("SELECT version()").fetchone()[0].split(",")[0].split("(")[0].strip()
         ctx.log(f"{database}: {version}")
-        for strategy in ctx.progress(cfg.strategies, f"{database}: strategies", total=len(cfg.strategies)):
-            row = contend(url, strategy, cfg, table=f"p15_contention_{os.getpid()}_{strategy}")
+        for row in contend(url, cfg, f"p15_contention_{os.getpid()}", ctx, database):
             rows.append(dict(database=database, version=version, **row))
     report(cfg, ctx, rows, skipped)
 
@@ -248,7 +256,7 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {}, "crdb": {"databases": ["cockroachdb"]}},
-    tiny={"agents": 3, "updates": 40},
+    tiny={"agents": 3, "updates": 30},
     summary_metrics=("lost_updates_naive", "lost_updates_for_update", "lost_updates_optimistic",
                      "lost_updates_serializable"),
     methods={"cpu": "same", "a100": "same", "crdb": "same"},

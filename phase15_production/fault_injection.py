@@ -8,10 +8,11 @@ The setup, all on loopback:
 
 At each injected fault rate (0/10/30/50% of requests through the proxy get a 429 with Retry-After,
 a 500, a 529, a timeout, a slow reply or a truncated body), ``requests`` jobs run one after another.
-Jobs are delivered at least once, as a real queue does: a job not finished within
-``visibility_timeout_s`` is delivered again while the first delivery is still running, so two
-deliveries race to perform the same side effect. The ledger table has no unique constraint, so a
-duplicate effect would show up there; the idempotency key must keep it at 0.
+Jobs are delivered at least once, as a real queue does, in two ways: a job not finished within
+``visibility_timeout_s`` is delivered again while the first delivery is still running (two
+deliveries race to perform the same side effect), and a finished job whose acknowledgement is lost
+(at the injected fault rate, seeded) is delivered again afterwards. The ledger table has no unique
+constraint, so a duplicate effect would show up there; the idempotency key must keep it at 0.
 
 Measured per rate: completion rate, p50/p99 job latency, retries, breaker transitions, share of
 calls served by the fallback, what a bare client (one attempt, no fallback) would have completed,
@@ -39,12 +40,12 @@ class Config(ExerciseConfig):
     base_wait_s: float = 0.1  # jittered exponential backoff base
     max_wait_s: float = 1.0
     retry_after_s: float = 1.0  # what the proxy's 429s ask for (honoured by the retry policy)
-    client_timeout_s: float = 3.0
-    hang_s: float = 4.0  # an injected timeout holds the request this long (> client_timeout_s)
+    client_timeout_s: float = 5.0  # generous: on a loaded 2-core machine one 8-token reply can take seconds
+    hang_s: float = 6.0  # an injected timeout holds the request this long (> client_timeout_s)
     slow_s: float = 1.0
     fail_max: int = 3  # consecutive transient failures that open the breaker
     reset_timeout_s: float = 5.0  # open -> half-open after this long
-    visibility_timeout_s: float = 3.0  # a job not done by then is delivered again (at-least-once queue)
+    visibility_timeout_s: float = 10.0  # a job not done by then is delivered again (at-least-once queue)
 
     @field_validator("fault_rates")
     @classmethod
@@ -70,6 +71,7 @@ def rate_tag(rate: float) -> str:
 
 def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_model: str, fallback: str, url: str) -> dict:
     """``cfg.requests`` jobs through a fresh proxy, chain, breakers and effects table at ``rate``."""
+    import random
     import threading
     from collections import Counter
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -108,7 +110,8 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
 
             return effects.run_once(f"job-{job}", publish)
 
-        latencies, completed, redelivered = [], 0, 0
+        latencies, completed, redelivered, acks_lost = [], 0, 0, 0
+        ack_rng = random.Random(f"{cfg.seed}-acks-{rate}")
         with ThreadPoolExecutor(2) as pool:
             for job in ctx.progress(range(cfg.requests), f"{rate:.0%} faults", total=cfg.requests):
                 start = time.perf_counter()
@@ -127,6 +130,9 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
                 if ok:
                     completed += 1
                     latencies.append(finished)
+                    if ack_rng.random() < rate:  # the ack was lost: the queue delivers the finished job again
+                        acks_lost += 1
+                        wait([pool.submit(deliver, job)])
         transitions = sum((b.transitions for b in llm.breakers), start=Counter())
         records = list(llm.records)
         counts = dict(proxy.counts)
@@ -136,7 +142,7 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
         for t in (effects_table, ledger):
             conn.execute(f"DROP TABLE {t}")
     return dict(rate=rate, requests=cfg.requests, completed=completed, latencies=latencies, records=records,
-                transitions=transitions, counts=counts, redelivered=redelivered, ledger_rows=rows, ledger_keys=keys,
+                transitions=transitions, counts=counts, redelivered=redelivered, acks_lost=acks_lost, ledger_rows=rows, ledger_keys=keys,
                 duplicates=rows - keys, executed=effects.executed, deduplicated=effects.deduplicated,
                 reached_effect=reached[0])
 
@@ -185,7 +191,8 @@ def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) -> N
         rows.append([f"{level['rate']:.0%}", level["requests"], round(s["completion"], 3), round(s["p50"], 2),
                      round(s["p99"], 2), s["calls"], s["retries"], s["injected"], s["proxied"],
                      ", ".join(f"{k} {v}" for k, v in sorted(level["transitions"].items())) or "-",
-                     round(s["fallback_share"], 3), round(s["bare"], 3), level["redelivered"], level["reached_effect"],
+                     round(s["fallback_share"], 3), round(s["bare"], 3), level["redelivered"], level["acks_lost"],
+                     level["reached_effect"],
                      level["executed"], level["deduplicated"], level["duplicates"]])
         where = f"{level['rate']:.0%} injected faults, {level['requests']} jobs"
         ctx.metric(f"completion_rate_{tag}", round(s["completion"], 4), "", True, where)
@@ -208,7 +215,8 @@ def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) -> N
                "all rates; must be 0")
     ctx.table("by_fault_rate", rows, columns=[
         "faults", "jobs", "completion", "p50 s", "p99 s", "LLM calls", "retries", "faults injected", "proxied requests",
-        "breaker transitions", "fallback share", "bare client", "redelivered jobs", "deliveries reaching effect",
+        "breaker transitions", "fallback share", "bare client", "redelivered (visibility timeout)",
+        "redelivered (ack lost)", "deliveries reaching effect",
         "effects run", "effects deduplicated", "duplicate effects"],
         title=f"Jobs through retry ({cfg.max_attempts} attempts) + breaker (opens after {cfg.fail_max}, half-open after "
               f"{cfg.reset_timeout_s:g} s) + fallback, at each injected fault rate")
@@ -265,10 +273,12 @@ def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) ->
         f"{cfg.client_timeout_s:g} s, backoff). Once the breaker opens, calls skip the failing primary without "
         "waiting for it, which is what keeps the tail bounded.")
     redelivered = sum(lv["redelivered"] for lv in levels)
+    acks = sum(lv["acks_lost"] for lv in levels)
     dedup = sum(lv["deduplicated"] for lv in levels)
     dups = sum(lv["duplicates"] for lv in levels)
     ctx.finding(
-        f"{redelivered} jobs were delivered twice (not done within the {cfg.visibility_timeout_s:g} s visibility timeout); "
+        f"{redelivered} jobs were delivered again while still running (not done within the "
+        f"{cfg.visibility_timeout_s:g} s visibility timeout) and {acks} after finishing (ack lost); "
         f"{sum(lv['reached_effect'] for lv in levels)} deliveries reached the side effect for "
         f"{sum(lv['ledger_keys'] for lv in levels)} distinct jobs, the idempotency key answered {dedup} of them from the "
         f"table, and the ledger holds {dups} duplicate side effects" + (" — as it must." if dups == 0 else " — A BUG."))
@@ -282,8 +292,8 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"requests": 200}},
-    tiny={"fault_rates": [0.0, 0.5], "requests": 6, "retry_after_s": 0.2, "client_timeout_s": 2.0, "hang_s": 2.5,
-          "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_timeout_s": 1.5},
+    tiny={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 3.0, "hang_s": 3.5,
+          "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_timeout_s": 3.0},
     summary_metrics=("completion_rate_50pct", "fallback_share_50pct", "duplicate_side_effects"),
     methods={"cpu": "scaled", "a100": "same"},
 )
