@@ -1,4 +1,7 @@
 """Production agentic infrastructure."""
 
 TITLE = "Production agentic infrastructure"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase15_production.contention",
+    "phase15_production.fault_injection",
+)
