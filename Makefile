@@ -36,6 +36,9 @@ BROWSER_PKGS ?= chromium fonts-dejavu-core
 BROWSER_MISSING = echo "note: no Chromium: install it with 'sudo apt-get install -y --no-install-recommends $(BROWSER_PKGS)' (the Phase 16 browser tests skip until then)"
 APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS)
 
+# the engine job `make demo` ends with (one post on the embedded defaults; prints the site's path)
+DEMO_TOPIC ?= How does HyDE retrieval help a RAG pipeline find the right chunks?
+
 .PHONY: setup browser demo test report clean-venv
 
 setup: $(STAMP) browser
@@ -60,7 +63,8 @@ $(STAMP):
 	touch $@
 
 demo: setup
-	status=0; $(BIN)/lab run all --profile cpu --jobs $(JOBS) || status=$$?; $(BIN)/lab report; exit $$status
+	status=0; $(BIN)/lab run all --profile cpu --jobs $(JOBS) || status=$$?; $(BIN)/lab report; \
+	$(BIN)/python -m phase16_capstone run "$(DEMO_TOPIC)" || status=$$?; exit $$status
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

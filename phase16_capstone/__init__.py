@@ -2,5 +2,7 @@
 
 TITLE = "Capstone: the multi-agent content engine"
 EXERCISES: tuple[str, ...] = (
+    "phase16_capstone.engine_run",
+    "phase16_capstone.load",
     "phase16_capstone.site_check",
 )

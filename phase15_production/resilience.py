@@ -1,0 +1,309 @@
+"""Calls that survive a flaky provider: retry, circuit breaker, provider fallback, idempotent effects.
+
+Four layers, each a maintained library where one exists, composed in this order per call::
+
+    ResilientLLM.chat ─▶ for each provider in the chain (e.g. anthropic → openai-compatible → local):
+                           RetryPolicy (tenacity) ─▶ Breaker (pybreaker) ─▶ provider.chat (ONE attempt)
+                         first provider that answers serves the call; the next one is tried when a
+                         provider's retries are spent or its breaker is open
+    IdempotentEffects.run_once(key, effect) ─▶ the effect runs at most once per key (PostgreSQL row)
+
+- ``RetryPolicy``: jittered exponential backoff; a server's ``Retry-After`` wins over the backoff;
+  only transient errors are retried (408/429/500/502/503/504/529, timeouts, connection resets,
+  truncated replies). A 400 is the caller's bug: retrying it only repeats it.
+- ``Breaker``: after ``fail_max`` transient failures in a row the provider is skipped without a
+  request (open) for ``reset_timeout_s``; then one trial call (half-open) closes it again or re-opens
+  it. Every transition is counted.
+- Retries are layered once: ``lab.llm``'s hosted clients retry on their own (``max_attempts``, see
+  ``lab/llm/hosted.py``); ResilientLLM builds its providers with ``max_attempts=1`` and refuses a
+  hosted client that still retries, so a call is never retried 3 × 4 times by two loops unaware of
+  each other, and the breaker sees every failed attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from lab.llm.base import LLM, ChatResponse, LLMError
+
+T = TypeVar("T")
+
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+CALLER_FAULT_STATUSES = frozenset({400, 422})  # the same request fails at every provider: never fall back
+# Timeouts, connection resets and cut-off bodies, by class name so no SDK is imported to check them:
+# openai/anthropic APIConnectionError (APITimeoutError is one), httpx TransportError and its
+# subclasses (ReadTimeout, RemoteProtocolError...), a reply body that is not JSON because it was cut.
+TRANSIENT_CLASS_NAMES = frozenset({"APIConnectionError", "APITimeoutError", "TransportError", "TimeoutException",
+                                   "RemoteProtocolError", "JSONDecodeError", "TruncatedReplyError"})
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception and what caused it (``raise ... from``), outermost first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an error (LLMError.status, an SDK's status_code), if any."""
+    for e in _chain(exc):
+        for attr in ("status", "status_code"):
+            value = getattr(e, attr, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a transient HTTP status, a timeout, a dropped connection, a truncated reply."""
+    status = http_status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUSES
+    return any(isinstance(e, (TimeoutError, ConnectionError))
+               or TRANSIENT_CLASS_NAMES & {c.__name__ for c in type(e).__mro__} for e in _chain(exc))
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds from a ``Retry-After`` header on the HTTP response behind ``exc`` (None: absent or a date)."""
+    for e in _chain(exc):
+        headers = getattr(getattr(e, "response", None), "headers", None)
+        if headers is not None and headers.get("retry-after") is not None:
+            try:
+                return max(0.0, float(headers.get("retry-after")))
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass
+class RetryPolicy:
+    """Retry transient failures with full-jitter exponential backoff (tenacity); Retry-After wins.
+
+    ``max_attempts`` counts the first try. ``sleep`` is how the policy waits (tests pass a recorder).
+    """
+
+    max_attempts: int = 4
+    base_wait_s: float = 0.25
+    max_wait_s: float = 4.0
+    max_retry_after_s: float = 30.0  # a server asking for longer is not waited for longer than this
+    sleep: Callable[[float], None] = time.sleep
+
+    def wait_s(self, retry_state) -> float:
+        from tenacity import wait_random_exponential
+
+        after = retry_after_s(retry_state.outcome.exception())
+        if after is not None:
+            return min(after, self.max_retry_after_s)
+        return wait_random_exponential(multiplier=self.base_wait_s, max=self.max_wait_s)(retry_state)
+
+    def call(self, fn: Callable[[], T], on_retry: Callable[[BaseException, float], None] | None = None) -> T:
+        """``fn()``, retried; ``on_retry(error, wait_s)`` is told before each wait. The last error is raised."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+        def before_sleep(state) -> None:
+            if on_retry:
+                on_retry(state.outcome.exception(), state.next_action.sleep)
+
+        return Retrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(self.max_attempts),
+                        wait=self.wait_s, sleep=self.sleep, before_sleep=before_sleep, reraise=True)(fn)
+
+
+class Breaker:
+    """A pybreaker circuit breaker that counts only transient failures and every state transition.
+
+    ``state``: "closed" | "open" | "half-open"; ``transitions``: Counter of "old->new". A call while
+    open raises ``pybreaker.CircuitBreakerError`` without calling (not transient: not retried).
+    """
+
+    def __init__(self, name: str, fail_max: int = 3, reset_timeout_s: float = 10.0):
+        import pybreaker
+
+        breaker = self
+        self.transitions: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+        class Listener(pybreaker.CircuitBreakerListener):
+            def state_change(self, cb, old_state, new_state) -> None:
+                with breaker._lock:
+                    breaker.transitions[f"{old_state.name if old_state else 'new'}->{new_state.name}"] += 1
+
+        # throw_new_error_on_trip=False: the call that trips it raises its own (transient) error, so
+        # the retry policy retries and finds the breaker open; excluded errors don't count as failures
+        self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout_s, name=name,
+                                            exclude=[lambda e: not is_transient(e)], listeners=[Listener()],
+                                            throw_new_error_on_trip=False)
+
+    @property
+    def state(self) -> str:
+        return self._cb.current_state
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._cb.call(fn, *args, **kwargs)
+
+    @property
+    def n_transitions(self) -> int:
+        return sum(self.transitions.values())
+
+
+# --- the fallback chain ------------------------------------------------------------------------
+def client_for(spec: str, timeout_s: float = 60.0) -> LLM:
+    """A ``lab.llm`` client for ``spec`` with its own retries OFF (ResilientLLM retries, once)."""
+    provider, _, rest = spec.partition(":")
+    model, _, base_url = rest.partition("@")
+    if provider == "openai":
+        from lab.llm.openai_client import OpenAILLM
+
+        return OpenAILLM(model, base_url=base_url or None, max_attempts=1, timeout_s=timeout_s)
+    if provider == "anthropic":
+        from lab.llm.anthropic_client import AnthropicLLM
+
+        return AnthropicLLM(model, base_url=base_url or None, max_attempts=1, timeout_s=timeout_s)
+    from lab.llm import from_spec
+
+    return from_spec(spec)  # local models have no retry loop of their own
+
+
+@dataclass
+class CallRecord:
+    """One ResilientLLM.chat: who served it (None: nobody), after how many retries and fallbacks."""
+
+    served_by: str | None
+    provider_index: int | None  # 0 = the primary; > 0 = a fallback
+    retries: int
+    latency_s: float
+    errors: list[str] = field(default_factory=list)  # one line per provider that failed this call
+
+
+class ResilientLLM(LLM):
+    """A ``lab.llm.LLM`` drop-in over an ordered chain of providers, each behind retry + breaker.
+
+    ``chain``: specs (built with ``client_for``: retries off) or LLM objects (a hosted one must have
+    ``max_attempts=1``). ``records``/``served()`` say which provider served each call.
+    """
+
+    provider = "resilient"
+
+    def __init__(self, chain: Sequence[LLM | str], policy: RetryPolicy | None = None, fail_max: int = 3,
+                 reset_timeout_s: float = 10.0, timeout_s: float = 60.0):
+        from lab.llm.hosted import HostedLLM
+
+        if not chain:
+            raise ValueError("ResilientLLM needs at least one provider")
+        clients = [client_for(c, timeout_s) if isinstance(c, str) else c for c in chain]
+        for c in clients:
+            if isinstance(c, HostedLLM) and c.max_attempts > 1:
+                raise ValueError(f"{c.spec} retries on its own (max_attempts={c.max_attempts}): pass its spec string, "
+                                 "or build it with max_attempts=1, so retries are not multiplied")
+        super().__init__(" > ".join(c.spec for c in clients))
+        self.clients = clients
+        self.breakers = [Breaker(c.spec, fail_max, reset_timeout_s) for c in clients]
+        self.policy = policy or RetryPolicy()
+        self.records: list[CallRecord] = []
+        self._lock = threading.Lock()
+
+    @property
+    def spec(self) -> str:
+        return f"resilient:{self.model}"
+
+    def chat(self, messages, **kwargs) -> ChatResponse:
+        start, retries, errors = time.perf_counter(), [0], []
+
+        def count(_exc, _wait) -> None:
+            retries[0] += 1
+
+        for i, (client, breaker) in enumerate(zip(self.clients, self.breakers)):
+            try:
+                reply = self.policy.call(lambda: breaker.call(client.chat, messages, **kwargs), on_retry=count)
+            except Exception as exc:
+                if http_status(exc) in CALLER_FAULT_STATUSES:
+                    raise  # a bad request is bad everywhere: falling back would only hide it
+                errors.append(f"{client.spec}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
+            self._record(CallRecord(client.spec, i, retries[0], time.perf_counter() - start, errors))
+            return reply
+        self._record(CallRecord(None, None, retries[0], time.perf_counter() - start, errors))
+        raise LLMError("every provider failed: " + "; ".join(errors))
+
+    def _record(self, record: CallRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    def served(self) -> Counter[str]:
+        """Calls served per provider spec ("none" for calls every provider failed)."""
+        with self._lock:
+            return Counter(r.served_by or "none" for r in self.records)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.spec, "chain": [c.spec for c in self.clients]}
+
+
+# --- side effects that run at most once --------------------------------------------------------
+class EffectInProgress(Exception):
+    """Another caller holds the key's claim and has not finished within the wait (or it crashed)."""
+
+
+class IdempotentEffects:
+    """Side effects (publish, send, write) keyed by an idempotency key in a PostgreSQL table.
+
+    ``run_once(key, effect)`` claims the key by inserting its row (a committed claim, before the
+    effect runs), runs ``effect()``, then stores its JSON result. A second caller with the same key —
+    a retry, a redelivered job, a concurrent duplicate — never runs the effect: it waits for the
+    owner and returns the stored result. If the effect raises, its claim is released so a later
+    retry may run it; if the process dies mid-effect, the claim stays "running" and callers get
+    ``EffectInProgress`` rather than a second effect (at most once, not exactly once: reconcile those
+    by hand). Works on CockroachDB too (same SQL).
+    """
+
+    def __init__(self, url: str | None = None, table: str = "idempotent_effects", wait_s: float = 60.0,
+                 poll_s: float = 0.02):
+        from lab.db import connect, database_url
+        from phase15_production.state import check_table
+
+        self.url, self.table = url or database_url(), check_table(table)
+        self.wait_s, self.poll_s = wait_s, poll_s
+        self.executed = 0  # effects this object ran
+        self.deduplicated = 0  # calls answered from a stored result instead of running the effect
+        self._lock = threading.Lock()
+        with connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                         "result JSONB, claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), done_at TIMESTAMPTZ)")
+
+    def run_once(self, key: str, effect: Callable[[], Any]) -> Any:
+        """The effect's result; the effect itself runs at most once per ``key`` (result must be JSON)."""
+        from psycopg.types.json import Jsonb
+
+        from lab.db import connect
+
+        deadline = time.monotonic() + self.wait_s
+        with connect(self.url, autocommit=True) as conn:
+            while True:
+                claimed = conn.execute(f"INSERT INTO {self.table} (key, status) VALUES (%s, 'running') "
+                                       "ON CONFLICT (key) DO NOTHING RETURNING key", (key,)).fetchone()
+                if claimed:
+                    try:
+                        result = effect()
+                        json.dumps(result)  # fail before marking done if it cannot be stored
+                    except BaseException:
+                        conn.execute(f"DELETE FROM {self.table} WHERE key = %s AND status = 'running'", (key,))
+                        raise
+                    conn.execute(f"UPDATE {self.table} SET status = 'done', result = %s, done_at = now() "
+                                 "WHERE key = %s", (Jsonb(result), key))
+                    with self._lock:
+                        self.executed += 1
+                    return result
+                row = conn.execute(f"SELECT status, result FROM {self.table} WHERE key = %s", (key,)).fetchone()
+                if row and row[0] == "done":
+                    with self._lock:
+                        self.deduplicated += 1
+                    return row[1]
+                if time.monotonic() > deadline:
+                    raise EffectInProgress(f"effect {key!r} is claimed by another caller and not done after "
+                                           f"{self.wait_s:g} s (still running, or its process died)")
+                time.sleep(self.poll_s)  # running elsewhere (or released: the next INSERT claims it)

@@ -1,0 +1,158 @@
+"""``python -m phase16_capstone run|worker|serve`` — the engine's command line.
+
+    run "topic" [--corpus DIR] [--site DIR]     one job, here and now; prints its stages and the post path
+    worker                                      claim and run jobs until stopped (any number, any machine)
+    serve [--host 127.0.0.1] [--port 8090]      the HTTP API + Telegram webhook, with worker threads
+
+Common options: ``--llm SPEC`` (else ``$LAB_LLM``, else the embedded SmolLM2), ``--namespace`` (the
+tables' prefix), ``--lease-s``. The database is ``LAB_CRDB_URL`` if set, else ``LAB_DATABASE_URL``,
+else the embedded PostgreSQL. The site is ``--site DIR`` (default ``runs/site``) or ``--site
+git+URL`` (commit + push). Telegram: ``ENGINE_TELEGRAM_SECRET`` (the webhook), ``ENGINE_TELEGRAM_TOKEN``
+and ``ENGINE_TELEGRAM_API`` (the replies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from lab.paths import REPO_ROOT
+
+DEFAULT_SITE = REPO_ROOT / "runs" / "site"
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--llm", default=None, help="lab.llm spec (default: $LAB_LLM or the embedded SmolLM2)")
+    common.add_argument("--corpus", default=None, help="folder of .md/.txt files (default: the repo's notes + READMEs)")
+    common.add_argument("--site", default=str(DEFAULT_SITE), help="site folder, or git+URL to commit and push")
+    common.add_argument("--namespace", default="p16", help="prefix of the engine's tables")
+    common.add_argument("--lease-s", type=float, default=30.0, help="a job's lease; a dead worker's job resumes after it")
+    common.add_argument("--k", type=int, default=3, help="evidence chunks per post")
+    common.add_argument("--hyde-max-tokens", type=int, default=60, help="tokens of the HyDE hypothesis")
+    common.add_argument("--writer-max-tokens", type=int, default=80, help="tokens per Writer paragraph")
+    common.add_argument("--max-revisions", type=int, default=3, help="Editor: escalate after this many revisions")
+    parser = argparse.ArgumentParser(prog="python -m phase16_capstone", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run one job now and print the post path")
+    run.add_argument("topic")
+    worker = sub.add_parser("worker", parents=[common], help="claim and run jobs in a loop")
+    worker.add_argument("--exit-when-idle", action="store_true", help="stop once no job is left to do")
+    serve = sub.add_parser("serve", parents=[common], help="HTTP API + Telegram webhook")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.add_argument("--workers", type=int, default=1, help="worker threads in this process (0: external workers)")
+    return parser
+
+
+def build_engine(args, on_event=None):
+    from lab.llm import from_spec
+    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
+    from phase16_capstone.job_store import JobStore
+    from phase16_capstone.telegram import Replier
+
+    store = JobStore(namespace=args.namespace, lease_s=args.lease_s)
+    settings = EngineSettings(corpus=args.corpus, k=args.k, hyde_max_tokens=args.hyde_max_tokens,
+                              writer_max_tokens=args.writer_max_tokens,
+                              max_revisions=args.max_revisions)
+    return Engine(store, from_spec(args.llm), deploy_for(args.site), settings, on_event=on_event,
+                  replier=Replier.from_env())
+
+
+def printer(console):
+    """The rich progress lines ``run`` prints as the job moves."""
+    def on_event(kind: str, info: dict) -> None:
+        if kind == "stage":
+            console.print(f"[cyan]{info['stage']}[/cyan] …")
+        elif kind == "stage_done":
+            extra = ""
+            if info["stage"] == "writing":
+                extra = f"revision {info['revision']}, citation coverage {info['coverage']:.2f}"
+            elif info["stage"] == "editing":
+                extra = f"{info['verdict']} (mean {info['mean']})" if info.get("mean") is not None else info["verdict"]
+            elif info["stage"] == "researching":
+                extra = ", ".join(info["evidence"])
+            console.print(f"  done in {info['seconds']:.1f} s, {info['input_tokens']}+{info['output_tokens']} tokens "
+                          f"→ [bold]{info['to']}[/bold]  {extra}")
+        elif kind == "claimed":
+            console.print(f"job {info['job']} claimed at [bold]{info['state']}[/bold] (attempt {info['attempt']})")
+    return on_event
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from phase16_capstone.untrusted import TOPIC, admit
+
+    console = Console()
+    topic = admit(args.topic, TOPIC, "cli")
+    engine = build_engine(args, printer(console))
+    job, _ = engine.store.create_job(topic, "cli", corpus=args.corpus)
+    engine.work(job_id=job.id)
+    final = engine.store.get(job.id)
+    colour = {"published": "green", "escalated": "yellow"}.get(final.state, "red")
+    console.print(f"[{colour}]{final.state}[/{colour}] job {final.id}" + (f": {final.error}" if final.error else ""))
+    if final.post_url:
+        console.print(f"post: {final.post_url}")
+    console.print(f"site: {engine.deploy.location('index.html')}")
+    return 0 if final.state in ("published", "escalated") else 1
+
+
+def cmd_worker(args) -> int:
+    import signal
+
+    engine = build_engine(args)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        engine.work(stop=stop, exit_when_idle=args.exit_when_idle)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    import uvicorn
+
+    from phase16_capstone.api import create_app
+    from phase16_capstone.telegram import webhook_secret
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    secret = webhook_secret()
+    if not secret:
+        logging.getLogger("phase16.api").warning("ENGINE_TELEGRAM_SECRET is not set: /telegram/webhook is NOT exposed")
+    stop = threading.Event()
+    engines = [build_engine(args) for _ in range(args.workers)]
+    threads = [threading.Thread(target=e.work, kwargs={"stop": stop}, daemon=True, name=f"engine-worker-{i}")
+               for i, e in enumerate(engines)]
+    for t in threads:
+        t.start()
+    store = engines[0].store if engines else build_engine(args).store
+    try:
+        uvicorn.run(create_app(store, corpus=args.corpus, webhook_secret=secret), host=args.host, port=args.port,
+                    log_level="info")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lab.errors import LabError
+    from lab.toolchain import quiet_frameworks
+
+    quiet_frameworks()
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "worker": cmd_worker, "serve": cmd_serve}[args.command](args)
+    except (LabError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

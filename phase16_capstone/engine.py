@@ -1,0 +1,287 @@
+"""The content engine: a worker claims a job and drives it through Researcher → Writer ⇄ Editor → Publisher.
+
+The loop is an evaluator–optimizer workflow, not an autonomous agent: each stage is a function of
+what earlier stages stored, and the job's state in the database says which stage comes next. So
+``run_job`` can start on any job at any state — a fresh one, or one a killed worker left half done —
+and carry it on:
+
+    researching  HyDE retrieval, evidence stored                         → writing
+    writing      a draft (revision r) with [n] citations stored          → editing
+    editing      rubric judge + editor_gate: APPROVE                     → publishing
+                                             REJECT (feedback stored)    → writing, revisions + 1
+                                             ESCALATE                    → escalated (terminal)
+    publishing   PostRecord → site.publish (idempotent), publication row → published (terminal)
+
+Each arrow is one transaction in the job store (``JobStore.complete_stage``), fenced by the lease.
+While a job runs, a heartbeat thread renews the lease; if the process dies, the lease expires and
+another worker's ``claim`` resumes the job at its last completed stage. A stage that raises fails
+the job with the error stored; a lost lease stops the worker quietly (the new owner carries on).
+
+The engine takes any ``lab.llm.LLM`` (the seam for Phase 15's tracing / resilient wrappers) and
+meters it per stage. When a job with a chat ends, the chat gets one reply (``telegram.Replier``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from phase16_capstone.job_store import Job, JobStore, Lease, LeaseLost
+from phase16_capstone.metering import MeteredLLM
+
+log = logging.getLogger("phase16.engine")
+
+
+@dataclass
+class EngineSettings:
+    corpus: str | None = None  # default corpus for jobs that name none (None: the repo's notes + READMEs)
+    k: int = 3  # evidence chunks per post
+    hyde_max_tokens: int = 60
+    writer_max_tokens: int = 80  # per paragraph
+    max_revisions: int = 3  # editor_gate: ESCALATE after this many revision cycles
+    rubric: str = "1.1"
+    poll_s: float = 0.5  # idle worker's wait between claims
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def worker_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Engine:
+    """One engine = a job store, an LLM, a deploy target and settings; ``work`` runs a worker loop."""
+
+    def __init__(self, store: JobStore, llm, deploy, settings: EngineSettings | None = None,
+                 on_event: Callable[[str, dict], None] | None = None, replier=None):
+        self.store, self.deploy = store, deploy
+        self.llm = MeteredLLM(llm)
+        self.settings = settings or EngineSettings()
+        self.on_event = on_event or (lambda kind, info: None)
+        self.replier = replier
+        self._indexes: dict[str | None, Any] = {}
+        self._judge = None
+
+    # --- shared pieces, built once per process ---------------------------------------------
+    def index(self, corpus: str | None):
+        from phase16_capstone.researcher import CorpusIndex
+
+        key = corpus or self.settings.corpus
+        if key not in self._indexes:
+            self._indexes[key] = CorpusIndex(self.store.url, key)
+        return self._indexes[key]
+
+    @property
+    def judge(self):
+        if self._judge is None:
+            from phase16_capstone.editor import make_judge
+
+            self._judge = make_judge(self.llm, self.settings.rubric)
+        return self._judge
+
+    @property
+    def site_key(self) -> str:
+        return str(getattr(self.deploy, "site_dir", None) or getattr(self.deploy, "remote_url", "site"))
+
+    # --- the worker loop ----------------------------------------------------------------------
+    def work(self, worker: str | None = None, stop: threading.Event | None = None, job_id: str | None = None,
+             exit_when_idle: bool = False) -> None:
+        """Claim and run jobs until ``stop`` is set (or, with ``job_id``, until that job is terminal;
+        with ``exit_when_idle``, until no job is claimable and none is running elsewhere)."""
+        worker = worker or worker_name()
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            self.send_pending_replies()
+            job = self.store.claim(worker, job_id)
+            if job is not None:
+                self.run_job(job)
+                continue
+            if job_id is not None and self.store.get(job_id).terminal:
+                return
+            if exit_when_idle and not any(n for s, n in self.store.count_by_state().items()
+                                          if s not in ("published", "escalated", "failed")):
+                return
+            stop.wait(self.settings.poll_s)
+
+    def run_job(self, job: Job) -> Job:
+        """Drive a claimed job from its current state to a terminal one (or until the lease is lost)."""
+        lease = job.lease
+        beating = threading.Event()
+        heart = threading.Thread(target=self._heartbeat, args=(lease, beating), daemon=True)
+        heart.start()
+        self.on_event("claimed", {"job": job.id, "state": job.state, "attempt": job.attempts, "worker": lease.worker})
+        state = job.state
+        try:
+            while state not in ("published", "escalated", "failed"):
+                state = self._stage(job, lease, state)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            self.on_event("lease_lost", {"job": job.id})
+            return self.store.get(job.id)
+        finally:
+            beating.set()
+            heart.join()
+        final = self.store.get(job.id)
+        self.on_event("finished", {"job": job.id, "state": final.state, "post_url": final.post_url,
+                                   "error": final.error})
+        self.send_reply(final)
+        return final
+
+    def _heartbeat(self, lease: Lease, done: threading.Event) -> None:
+        """Renew the lease every third of its length; stop once it was taken over (fencing does the rest)."""
+        while not done.wait(self.store.lease_s / 3):
+            try:
+                if not self.store.renew(lease):
+                    return
+            except Exception as exc:  # noqa: BLE001 — a DB blip: the next beat tries again
+                log.warning("lease renewal failed: %s", exc)
+
+    def _stage(self, job: Job, lease: Lease, state: str) -> str:
+        stages = {"researching": self._research, "writing": self._write, "editing": self._edit,
+                  "publishing": self._publish}
+        run_id = self.store.start_stage(lease, state, job.attempts)
+        self.on_event("stage", {"job": job.id, "stage": state})
+        self.llm.reset()
+        started = time.perf_counter()
+        try:
+            to_state, write, detail, delta = stages[state](job)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 — any stage failure fails the job, recorded, not raised
+            log.exception("job %s: stage %s failed", job.id, state)
+            self.store.finish(lease, "failed", error=f"{state}: {type(exc).__name__}: {exc}"[:1000], run_id=run_id)
+            return "failed"
+        seconds = time.perf_counter() - started
+        usage = dict(self.llm.usage)
+        self.store.complete_stage(lease, run_id, state, to_state, seconds=seconds, usage=usage,
+                                  detail={**detail, "llm_calls": usage["calls"]}, write=write, revisions_delta=delta)
+        self.on_event("stage_done", {"job": job.id, "stage": state, "to": to_state, "seconds": seconds,
+                                     **usage, **detail})
+        return to_state
+
+    # --- the four stages: each returns (next state, write(conn, revisions), detail, revisions delta) --
+    def _research(self, job: Job):
+        evidence, hypothesis = self.index(job.corpus).research(job.topic, self.llm, k=self.settings.k,
+                                                               hyde_max_tokens=self.settings.hyde_max_tokens)
+        if not evidence:
+            raise RuntimeError("the corpus returned no evidence")
+        rows = [e.to_dict() for e in evidence]
+
+        def write(conn, revisions):
+            self.store.write_evidence(conn, job.id, rows)
+
+        return "writing", write, {"evidence": [e.chunk_id for e in evidence], "hypothesis": hypothesis[:300]}, 0
+
+    def _evidence(self, job: Job):
+        from phase16_capstone.researcher import Evidence
+
+        return [Evidence(e["n"], e["chunk_id"], e["source"], e["text"], e["score"]) for e in self.store.evidence(job.id)]
+
+    def _write(self, job: Job):
+        from phase16_capstone.editor import feedback_for_writer
+        from phase16_capstone.writer import write as write_draft
+
+        revision = self.store.get(job.id).revisions
+        reviews = self.store.reviews(job.id)
+        feedback = feedback_for_writer(reviews[-1]) if revision > 0 and reviews else None
+        draft = write_draft(self.llm, job.topic, self._evidence(job), feedback, self.settings.writer_max_tokens)
+        if not draft.body:
+            raise RuntimeError("the Writer produced an empty draft")
+
+        def write(conn, revisions):
+            self.store.write_draft(conn, job.id, revisions, draft.title, draft.body, draft.coverage, draft.citations)
+
+        return "editing", write, {"revision": revision, "coverage": round(draft.coverage, 4),
+                                  "invalid_markers": draft.invalid_markers, "added_markers": draft.added_markers}, 0
+
+    def _edit(self, job: Job):
+        from phase16_capstone.editor import review
+
+        revision = self.store.get(job.id).revisions
+        draft = self.store.drafts(job.id)[-1]
+        decision = review(self.judge, job.topic, draft["body"], self._evidence(job), revision,
+                          self.settings.max_revisions)
+        verdict = decision["verdict"]
+        to_state = {"APPROVE": "publishing", "REJECT": "writing", "ESCALATE": "escalated"}[verdict]
+
+        def write(conn, revisions):
+            self.store.write_review(conn, job.id, revisions, decision)
+
+        detail = {"revision": revision, "verdict": verdict, "scores": decision["scores"], "mean": decision["mean"],
+                  "judge_method": decision["method"]}
+        return to_state, write, detail, 1 if verdict == "REJECT" else 0
+
+    def _publish(self, job: Job):
+        from phase16_capstone.publisher import publish
+        from phase16_capstone.site import PostRecord
+
+        post = self.post_record(job.id)
+
+        def write(conn, revisions):
+            self.store.lock_site(conn, self.site_key)  # publishers of one site one at a time (see lock_site)
+            others = [PostRecord.from_dict(p) for p in self.store.published_posts_in(conn) if p["job_id"] != job.id]
+            url = publish(post, others + [post], self.deploy)
+            self.store.write_publication(conn, job.id, post.slug, url, post.to_dict())
+
+        return "published", write, {"slug": post.slug}, 0
+
+    def post_record(self, job_id: str):
+        """The PostRecord of a job, built from the store (deterministic: a re-publish renders the same)."""
+        from phase16_capstone.site import Citation, PostRecord, RevisionRecord, make_slug
+
+        job = self.store.get(job_id)
+        draft = self.store.drafts(job_id)[-1]
+        evidence = {e["n"]: e for e in self.store.evidence(job_id)}
+        cited = self.store.citations(job_id, draft["revision"])
+        runs = [r for r in self.store.stage_runs(job_id) if r["status"] == "done"]
+        costs = [r["cost_usd"] for r in runs]
+        return PostRecord(
+            job_id=job.id, slug=make_slug(draft["title"], job.id), title=draft["title"], topic=job.topic,
+            body_markdown=draft["body"],
+            citations=[Citation(n, chunk_id, evidence[n]["source"], evidence[n]["text"]) for n, chunk_id in cited.items()],
+            revisions=[RevisionRecord(r["revision"] + 1, r["verdict"], dict(r["scores"]), list(r["reasons"]))
+                       for r in self.store.reviews(job_id)],
+            trace_id=job.trace_id,
+            tokens={"input": sum(r["tokens_in"] for r in runs), "output": sum(r["tokens_out"] for r in runs)},
+            cost_usd=None if any(c is None for c in costs) else round(sum(costs), 6),
+            created_at=job.created_at.isoformat(), model=self.llm.spec)
+
+    # --- chat replies -----------------------------------------------------------------------
+    def send_reply(self, job: Job) -> None:
+        if self.replier is None or job.chat_id is None or not job.terminal:
+            return
+        if not self.store.take_reply(job.id):  # someone else sent (or is sending) it
+            return
+        from phase16_capstone.telegram import reply_text
+
+        try:
+            self.replier.send(job.chat_id, reply_text(job))
+        except Exception as exc:  # noqa: BLE001 — a failed reply is recorded, never retried (at most once)
+            self.store.reply_done(job.id, False, str(exc)[:300])
+            log.warning("job %s: Telegram reply failed: %s", job.id, exc)
+            return
+        self.store.reply_done(job.id, True)
+
+    def send_pending_replies(self) -> None:
+        """Replies a dead worker never sent (its job ended, the process died before replying)."""
+        if self.replier is None:
+            return
+        for job_id in self.store.pending_replies():
+            self.send_reply(self.store.get(job_id))
+
+
+def deploy_for(site: str | Path):
+    """A deploy target from a CLI/config value: a git remote (``git+URL``) or a directory."""
+    from phase16_capstone.publisher import DirectoryDeploy, GitDeploy
+
+    site = str(site)
+    if site.startswith("git+"):
+        return GitDeploy(site[4:])
+    return DirectoryDeploy(site)

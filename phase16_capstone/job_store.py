@@ -1,0 +1,512 @@
+"""The engine's single source of truth: jobs, their stages and everything each stage produced.
+
+Every writer of the engine — the CLI, the HTTP API, the Telegram webhook, the workers — creates and
+reads jobs here, and the database is the distributed coordinator:
+
+- a worker **claims** a job with ``FOR UPDATE SKIP LOCKED`` and a **lease** (owner, token, expiry).
+  Two workers never claim the same live job; a worker that dies (kill -9) stops renewing, its lease
+  expires and the next claim picks the job up **at the state it had reached**;
+- every **stage transition is one transaction** that checks the lease token (a worker whose lease
+  was taken over can no longer write: fencing), stores what the stage produced (evidence, draft,
+  review, publication) and moves the state. A crash mid-stage leaves nothing half-written: the stage
+  simply runs again;
+- uniqueness does the rest: a Telegram ``update_id`` makes at most one job (Telegram retries its
+  webhook), a job has at most one publication.
+
+States: ``queued → researching → writing → editing → (writing …) → publishing → published``, or the
+terminal ``escalated`` (the Editor gave up after the revision limit) and ``failed``.
+
+Every transaction goes through ``phase15_production.state.run_transaction`` (the 40001/40P01 retry
+contract), so the same code runs on PostgreSQL + pgvector (``LAB_DATABASE_URL`` or the embedded
+server) and on CockroachDB (``LAB_CRDB_URL``). All objects carry one name prefix (``namespace``,
+default ``p16``) so several engines — or tests — share one database without clashing.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+STATES = ("queued", "researching", "writing", "editing", "publishing", "published", "escalated", "failed")
+ACTIVE = STATES[:5]
+TERMINAL = STATES[5:]
+SOURCES = ("cli", "api", "telegram", "load")
+_NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+
+
+class JobStoreError(Exception):
+    """Bad input to the store (unknown job, bad topic); the message names the field."""
+
+
+class LeaseLost(Exception):
+    """This worker's lease on the job was taken over (it expired): stop; the new owner carries on."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str
+    worker: str
+
+
+@dataclass
+class Job:
+    id: str
+    topic: str
+    state: str
+    source: str
+    update_id: int | None
+    chat_id: int | None
+    corpus: str | None
+    revisions: int
+    attempts: int
+    trace_id: str
+    error: str | None
+    post_url: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    lease: Lease | None = field(default=None, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def summary(self) -> dict[str, Any]:
+        """The list view (``GET /jobs``)."""
+        return {"id": self.id, "topic": self.topic, "state": self.state, "source": self.source,
+                "update_id": self.update_id, "chat_id": self.chat_id, "post_url": self.post_url}
+
+
+_JOB_COLUMNS = ("id, topic, state, source, update_id, chat_id, corpus, revisions, attempts, trace_id, error, "
+                "post_url, created_at, finished_at")
+
+
+def _job(row, lease: Lease | None = None) -> Job:
+    return Job(*row, lease=lease)
+
+
+def schema(ns: str) -> list[str]:
+    """Every table of the engine, in one place (``CREATE ... IF NOT EXISTS``: safe to run again)."""
+    states = ", ".join(f"'{s}'" for s in STATES)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {ns}_jobs (
+            id TEXT PRIMARY KEY, topic TEXT NOT NULL, source TEXT NOT NULL,
+            update_id BIGINT UNIQUE,           -- a Telegram update: a retried webhook never makes a 2nd job
+            chat_id BIGINT, corpus TEXT,
+            state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ({states})),
+            revisions INT NOT NULL DEFAULT 0,  -- Writer passes after the first draft
+            attempts INT NOT NULL DEFAULT 0,   -- claims so far (a crash makes another)
+            lease_owner TEXT, lease_token TEXT, lease_expires TIMESTAMPTZ,
+            trace_id TEXT NOT NULL, error TEXT, post_url TEXT,
+            reply_state TEXT,                  -- NULL | sending | sent | failed: the chat reply, at most once
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            finished_at TIMESTAMPTZ)""",
+        f"CREATE INDEX IF NOT EXISTS {ns}_jobs_claimable ON {ns}_jobs (state, created_at)",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_stage_runs (
+            id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), stage TEXT NOT NULL,
+            attempt INT NOT NULL, worker TEXT NOT NULL,
+            status TEXT NOT NULL,              -- running | done | abandoned (its worker died) | failed
+            started_at TIMESTAMPTZ NOT NULL DEFAULT now(), finished_at TIMESTAMPTZ, seconds DOUBLE PRECISION,
+            tokens_in INT NOT NULL DEFAULT 0, tokens_out INT NOT NULL DEFAULT 0, cost_usd DOUBLE PRECISION,
+            detail JSONB NOT NULL DEFAULT '{{}}')""",
+        f"CREATE INDEX IF NOT EXISTS {ns}_stage_runs_job ON {ns}_stage_runs (job_id, started_at)",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_evidence (
+            job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), n INT NOT NULL, chunk_id TEXT NOT NULL,
+            source TEXT NOT NULL, text TEXT NOT NULL, score DOUBLE PRECISION, PRIMARY KEY (job_id, n))""",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_drafts (
+            job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), revision INT NOT NULL, title TEXT NOT NULL,
+            body TEXT NOT NULL, coverage DOUBLE PRECISION, created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (job_id, revision))""",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_citations (
+            job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), revision INT NOT NULL, n INT NOT NULL,
+            chunk_id TEXT NOT NULL, PRIMARY KEY (job_id, revision, n))""",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_reviews (
+            job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), revision INT NOT NULL, verdict TEXT NOT NULL,
+            scores JSONB NOT NULL, mean DOUBLE PRECISION, flagged BOOLEAN, reasons JSONB NOT NULL,
+            reasoning TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (job_id, revision))""",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_publications (
+            job_id TEXT PRIMARY KEY REFERENCES {ns}_jobs (id),  -- one post per job, whatever retries happen
+            slug TEXT NOT NULL UNIQUE, url TEXT NOT NULL, post JSONB NOT NULL,
+            published_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_events (
+            id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), kind TEXT NOT NULL,
+            detail JSONB NOT NULL DEFAULT '{{}}', at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())""",
+        f"CREATE INDEX IF NOT EXISTS {ns}_events_job ON {ns}_events (job_id, at)",
+        f"""CREATE TABLE IF NOT EXISTS {ns}_sites (  -- one row per deploy target: publishers serialize on it
+            site TEXT PRIMARY KEY, version BIGINT NOT NULL DEFAULT 0)""",
+    ]
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _jsonb(value: Any):
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
+class JobStore:
+    """Jobs and their stage records in one database. Thread-safe: one connection per thread.
+
+    ``url``: a PostgreSQL/CockroachDB URL (default ``LAB_CRDB_URL`` if set, else ``lab.db.database_url()``).
+    """
+
+    def __init__(self, url: str | None = None, namespace: str = "p16", lease_s: float = 30.0, max_attempts: int = 5):
+        from lab import db
+
+        if not _NAMESPACE.fullmatch(namespace):
+            raise JobStoreError(f"namespace {namespace!r} must match [a-z][a-z0-9_]{{0,30}}")
+        self.url = url or db.crdb_url() or db.database_url()
+        self.ns, self.lease_s, self.max_attempts = namespace, float(lease_s), max_attempts
+        self._local = threading.local()
+        self._connections: list = []
+        self._lock = threading.Lock()
+        conn = self._conn()
+        for statement in schema(namespace):
+            conn.execute(statement)
+
+    # --- connections and transactions ---------------------------------------------------
+    def _conn(self):
+        from lab.db import connect
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = connect(self.url, autocommit=True)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def tx(self, work: Callable[[Any], Any]) -> Any:
+        """``work(conn)`` in one SERIALIZABLE transaction, retried on 40001/40P01 (the Phase 15 contract)."""
+        from phase15_production.state import run_transaction
+
+        return run_transaction(self._conn(), work).value
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                if not conn.closed:
+                    conn.close()
+            self._connections.clear()
+
+    def drop(self) -> None:
+        """Remove every table of this namespace (tests, throwaway runs)."""
+        conn = self._conn()
+        for table in ("sites", "events", "publications", "reviews", "citations", "drafts", "evidence", "stage_runs", "jobs"):
+            conn.execute(f"DROP TABLE IF EXISTS {self.ns}_{table} CASCADE")
+
+    def _event(self, conn, job_id: str, kind: str, **detail: Any) -> None:
+        conn.execute(f"INSERT INTO {self.ns}_events (id, job_id, kind, detail) VALUES (%s, %s, %s, %s)",
+                     (_new_id(), job_id, kind, _jsonb(detail)))
+
+    # --- creating and reading jobs --------------------------------------------------------
+    def create_job(self, topic: str, source: str = "api", update_id: int | None = None, chat_id: int | None = None,
+                   corpus: str | None = None) -> tuple[Job, bool]:
+        """A queued job; ``(job, created)``. An ``update_id`` seen before returns the existing job and
+        ``created=False`` (the UNIQUE constraint decides, so two racing webhook deliveries agree)."""
+        if not isinstance(topic, str) or not topic.strip():
+            raise JobStoreError("field 'topic' must be a non-empty string")
+        if source not in SOURCES:
+            raise JobStoreError(f"field 'source' {source!r} must be one of {', '.join(SOURCES)}")
+        job_id = _new_id()
+
+        def work(conn):
+            row = conn.execute(
+                f"INSERT INTO {self.ns}_jobs (id, topic, source, update_id, chat_id, corpus, trace_id) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (update_id) DO NOTHING RETURNING id",
+                (job_id, topic.strip(), source, update_id, chat_id, corpus, uuid.uuid4().hex)).fetchone()
+            if row is None:
+                return False
+            self._event(conn, job_id, "created", source=source, update_id=update_id)
+            return True
+
+        created = self.tx(work)
+        job = self.get(job_id) if created else self.by_update_id(update_id)
+        return job, created
+
+    def get(self, job_id: str) -> Job:
+        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE id = %s", (job_id,)).fetchone()
+        if row is None:
+            raise JobStoreError(f"no job with id {job_id!r}")
+        return _job(row)
+
+    def by_update_id(self, update_id: int) -> Job:
+        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE update_id = %s",
+                                   (update_id,)).fetchone()
+        if row is None:
+            raise JobStoreError(f"no job for Telegram update_id {update_id}")
+        return _job(row)
+
+    def list_jobs(self, limit: int = 100) -> list[Job]:
+        rows = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs ORDER BY created_at DESC LIMIT %s",
+                                    (limit,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._conn().execute(f"SELECT state, count(*) FROM {self.ns}_jobs GROUP BY state").fetchall()
+        return {state: int(n) for state, n in rows}
+
+    def leases(self) -> list[tuple[str, str, str]]:
+        """(job id, state, lease owner) of every active job under a live lease."""
+        rows = self._conn().execute(f"SELECT id, state, lease_owner FROM {self.ns}_jobs WHERE lease_expires > now() "
+                                    f"AND state IN ({', '.join(repr(s) for s in ACTIVE)})").fetchall()
+        return [tuple(r) for r in rows]
+
+    # --- leases ---------------------------------------------------------------------------
+    def claim(self, worker: str, job_id: str | None = None) -> Job | None:
+        """Take the oldest claimable job (or ``job_id``): active, and unleased or its lease expired.
+
+        ``SKIP LOCKED`` lets concurrent claimers pass over a row another one is claiming right now
+        instead of queueing behind it; the lease (token + expiry) is what keeps it theirs afterwards.
+        A job reclaimed after a crash has its orphaned ``running`` stage runs marked ``abandoned``.
+        A job claimed more than ``max_attempts`` times fails (a stage that kills every worker).
+        """
+        token = _new_id()
+        only = "AND id = %(job)s" if job_id else ""
+        active = ", ".join(f"'{s}'" for s in ACTIVE)
+
+        def work(conn):
+            row = conn.execute(
+                f"UPDATE {self.ns}_jobs SET lease_owner = %(w)s, lease_token = %(t)s, "
+                f"lease_expires = now() + (%(s)s * interval '1 second'), attempts = attempts + 1, "
+                f"state = CASE WHEN state = 'queued' THEN 'researching' ELSE state END, updated_at = now() "
+                f"WHERE id = (SELECT id FROM {self.ns}_jobs WHERE state IN ({active}) "
+                f"AND (lease_expires IS NULL OR lease_expires < now()) {only} "
+                f"ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_JOB_COLUMNS}",
+                {"w": worker, "t": token, "s": self.lease_s, "job": job_id}).fetchone()
+            if row is None:
+                return None
+            job = _job(row, Lease(row[0], token, worker))
+            abandoned = conn.execute(f"UPDATE {self.ns}_stage_runs SET status = 'abandoned', finished_at = now() "
+                                     f"WHERE job_id = %s AND status = 'running'", (job.id,)).rowcount
+            self._event(conn, job.id, "claimed", worker=worker, attempt=job.attempts, state=job.state,
+                        abandoned_stage_runs=abandoned)
+            return job
+
+        job = self.tx(work)
+        if job is not None and job.attempts > self.max_attempts:
+            self.finish(job.lease, "failed", error=f"claimed {job.attempts} times (limit {self.max_attempts}): "
+                                                   "a stage keeps dying")
+            return self.claim(worker, job_id) if job_id is None else None
+        return job
+
+    def renew(self, lease: Lease) -> bool:
+        """Extend the lease (the worker's heartbeat); False when it was taken over."""
+        cur = self._conn().execute(
+            f"UPDATE {self.ns}_jobs SET lease_expires = now() + (%s * interval '1 second') "
+            f"WHERE id = %s AND lease_token = %s", (self.lease_s, lease.job_id, lease.token))
+        return cur.rowcount == 1
+
+    def release(self, lease: Lease) -> None:
+        """Give an unfinished job back at once (a clean shutdown), instead of waiting for expiry."""
+        self._conn().execute(f"UPDATE {self.ns}_jobs SET lease_owner = NULL, lease_token = NULL, lease_expires = NULL "
+                             f"WHERE id = %s AND lease_token = %s", (lease.job_id, lease.token))
+
+    def _fence(self, conn, lease: Lease, expect: str | tuple[str, ...]) -> tuple[str, int]:
+        """Lock the job row; raise LeaseLost unless this lease still holds it in an expected state."""
+        row = conn.execute(f"SELECT state, revisions, lease_token FROM {self.ns}_jobs WHERE id = %s FOR UPDATE",
+                           (lease.job_id,)).fetchone()
+        expected = (expect,) if isinstance(expect, str) else expect
+        if row is None or row[2] != lease.token or row[0] not in expected:
+            raise LeaseLost(f"job {lease.job_id}: lease of {lease.worker} lost (now {row[0] if row else 'gone'})")
+        return row[0], row[1]
+
+    # --- stage runs -----------------------------------------------------------------------
+    def start_stage(self, lease: Lease, stage: str, attempt: int) -> str:
+        run_id = _new_id()
+
+        def work(conn):
+            self._fence(conn, lease, stage)
+            conn.execute(f"INSERT INTO {self.ns}_stage_runs (id, job_id, stage, attempt, worker, status) "
+                         f"VALUES (%s, %s, %s, %s, %s, 'running')", (run_id, lease.job_id, stage, attempt, lease.worker))
+
+        self.tx(work)
+        return run_id
+
+    def _end_stage(self, conn, run_id: str, status: str, seconds: float, usage: dict[str, Any], detail: dict) -> None:
+        conn.execute(
+            f"UPDATE {self.ns}_stage_runs SET status = %s, finished_at = now(), seconds = %s, tokens_in = %s, "
+            f"tokens_out = %s, cost_usd = %s, detail = %s WHERE id = %s",
+            (status, seconds, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)),
+             usage.get("cost_usd"), _jsonb(detail), run_id))
+
+    def complete_stage(self, lease: Lease, run_id: str, from_state: str, to_state: str, *, seconds: float,
+                       usage: dict[str, Any], detail: dict | None = None,
+                       write: Callable[[Any, int], None] | None = None, revisions_delta: int = 0) -> int:
+        """ONE transaction: check the lease, store the stage's output (``write(conn, revisions)``),
+        close its stage run and move the job ``from_state → to_state``. Returns the job's revisions."""
+        if to_state not in STATES:
+            raise JobStoreError(f"unknown state {to_state!r}")
+
+        def work(conn):
+            _, revisions = self._fence(conn, lease, from_state)
+            if write is not None:
+                write(conn, revisions)
+            self._end_stage(conn, run_id, "done", seconds, usage, detail or {})
+            terminal = to_state in TERMINAL
+            conn.execute(
+                f"UPDATE {self.ns}_jobs SET state = %s, revisions = revisions + %s, updated_at = now(), "
+                f"finished_at = CASE WHEN %s THEN now() ELSE finished_at END, "
+                f"lease_expires = now() + (%s * interval '1 second') WHERE id = %s",
+                (to_state, revisions_delta, terminal, self.lease_s, lease.job_id))
+            self._event(conn, lease.job_id, "stage", stage=from_state, to=to_state, worker=lease.worker,
+                        seconds=round(seconds, 3), **(detail or {}))
+            return revisions + revisions_delta
+
+        return self.tx(work)
+
+    def finish(self, lease: Lease, state: str, error: str | None = None, run_id: str | None = None) -> None:
+        """Move the job to a terminal state outside the normal flow (``failed``) and drop the lease."""
+        if state not in TERMINAL:
+            raise JobStoreError(f"finish() needs a terminal state, got {state!r}")
+
+        def work(conn):
+            self._fence(conn, lease, ACTIVE)
+            if run_id:
+                self._end_stage(conn, run_id, "failed", 0.0, {}, {"error": error})
+            conn.execute(f"UPDATE {self.ns}_jobs SET state = %s, error = %s, finished_at = now(), updated_at = now(), "
+                         f"lease_owner = NULL, lease_token = NULL, lease_expires = NULL WHERE id = %s",
+                         (state, error, lease.job_id))
+            self._event(conn, lease.job_id, state, error=error, worker=lease.worker)
+
+        self.tx(work)
+
+    # --- what stages write (called inside complete_stage's transaction) --------------------
+    def write_evidence(self, conn, job_id: str, evidence: list[dict[str, Any]]) -> None:
+        conn.execute(f"DELETE FROM {self.ns}_evidence WHERE job_id = %s", (job_id,))
+        for e in evidence:
+            conn.execute(f"INSERT INTO {self.ns}_evidence (job_id, n, chunk_id, source, text, score) "
+                         f"VALUES (%s, %s, %s, %s, %s, %s)", (job_id, e["n"], e["chunk_id"], e["source"], e["text"],
+                                                              e.get("score")))
+
+    def write_draft(self, conn, job_id: str, revision: int, title: str, body: str, coverage: float,
+                    citations: dict[int, str]) -> None:
+        conn.execute(f"INSERT INTO {self.ns}_drafts (job_id, revision, title, body, coverage) VALUES (%s, %s, %s, %s, %s) "
+                     f"ON CONFLICT (job_id, revision) DO UPDATE SET title = EXCLUDED.title, body = EXCLUDED.body, "
+                     f"coverage = EXCLUDED.coverage", (job_id, revision, title, body, coverage))
+        conn.execute(f"DELETE FROM {self.ns}_citations WHERE job_id = %s AND revision = %s", (job_id, revision))
+        for n, chunk_id in sorted(citations.items()):
+            conn.execute(f"INSERT INTO {self.ns}_citations (job_id, revision, n, chunk_id) VALUES (%s, %s, %s, %s)",
+                         (job_id, revision, n, chunk_id))
+
+    def write_review(self, conn, job_id: str, revision: int, decision: dict[str, Any]) -> None:
+        conn.execute(
+            f"INSERT INTO {self.ns}_reviews (job_id, revision, verdict, scores, mean, flagged, reasons, reasoning) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, revision) DO UPDATE SET "
+            f"verdict = EXCLUDED.verdict, scores = EXCLUDED.scores, mean = EXCLUDED.mean, flagged = EXCLUDED.flagged, "
+            f"reasons = EXCLUDED.reasons, reasoning = EXCLUDED.reasoning",
+            (job_id, revision, decision["verdict"], _jsonb(decision["scores"]), decision.get("mean"),
+             decision.get("confident_hallucination"), _jsonb(list(decision["reasons"])), decision.get("reasoning")))
+
+    def lock_site(self, conn, site: str) -> None:
+        """Serialize publishers of one site: each renders the index from every published post, so two
+        at once would each miss the other's entry. The upsert row-locks the site; the second publisher
+        waits, then (SERIALIZABLE) retries with a snapshot that sees the first one's publication."""
+        conn.execute(f"INSERT INTO {self.ns}_sites (site, version) VALUES (%s, 1) "
+                     f"ON CONFLICT (site) DO UPDATE SET version = {self.ns}_sites.version + 1", (site,))
+
+    def published_posts_in(self, conn) -> list[dict[str, Any]]:
+        return [r[0] for r in conn.execute(f"SELECT post FROM {self.ns}_publications ORDER BY published_at").fetchall()]
+
+    def write_publication(self, conn, job_id: str, slug: str, url: str, post: dict[str, Any]) -> None:
+        conn.execute(f"INSERT INTO {self.ns}_publications (job_id, slug, url, post) VALUES (%s, %s, %s, %s) "
+                     f"ON CONFLICT (job_id) DO NOTHING", (job_id, slug, url, _jsonb(post)))
+        conn.execute(f"UPDATE {self.ns}_jobs SET post_url = %s WHERE id = %s", (url, job_id))
+
+    # --- reads the stages and the API need -----------------------------------------------
+    def evidence(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(f"SELECT n, chunk_id, source, text, score FROM {self.ns}_evidence "
+                                    f"WHERE job_id = %s ORDER BY n", (job_id,)).fetchall()
+        return [{"n": n, "chunk_id": c, "source": s, "text": t, "score": sc} for n, c, s, t, sc in rows]
+
+    def drafts(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(f"SELECT revision, title, body, coverage FROM {self.ns}_drafts WHERE job_id = %s "
+                                    f"ORDER BY revision", (job_id,)).fetchall()
+        return [{"revision": r, "title": t, "body": b, "coverage": c} for r, t, b, c in rows]
+
+    def citations(self, job_id: str, revision: int) -> dict[int, str]:
+        rows = self._conn().execute(f"SELECT n, chunk_id FROM {self.ns}_citations WHERE job_id = %s AND revision = %s "
+                                    f"ORDER BY n", (job_id, revision)).fetchall()
+        return {n: c for n, c in rows}
+
+    def reviews(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning "
+                                    f"FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision", (job_id,)).fetchall()
+        return [{"revision": r, "verdict": v, "scores": s, "mean": m, "confident_hallucination": f, "reasons": rs,
+                 "reasoning": why} for r, v, s, m, f, rs, why in rows]
+
+    def stage_runs(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(
+            f"SELECT stage, attempt, worker, status, seconds, tokens_in, tokens_out, cost_usd, detail "
+            f"FROM {self.ns}_stage_runs WHERE job_id = %s ORDER BY started_at", (job_id,)).fetchall()
+        keys = ("stage", "attempt", "worker", "status", "seconds", "tokens_in", "tokens_out", "cost_usd", "detail")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._conn().execute(f"SELECT kind, detail, at FROM {self.ns}_events WHERE job_id = %s ORDER BY at",
+                                    (job_id,)).fetchall()
+        return [{"kind": k, "detail": d, "at": at.isoformat()} for k, d, at in rows]
+
+    def publication(self, job_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute(f"SELECT slug, url, post FROM {self.ns}_publications WHERE job_id = %s",
+                                   (job_id,)).fetchone()
+        return None if row is None else {"slug": row[0], "url": row[1], "post": row[2]}
+
+    def published_posts(self) -> list[dict[str, Any]]:
+        """Every published post record (the site's index is rendered from all of them)."""
+        rows = self._conn().execute(f"SELECT post FROM {self.ns}_publications ORDER BY published_at").fetchall()
+        return [r[0] for r in rows]
+
+    def publications_count(self) -> dict[str, int]:
+        rows = self._conn().execute(f"SELECT job_id, count(*) FROM {self.ns}_publications GROUP BY job_id").fetchall()
+        return {j: int(n) for j, n in rows}
+
+    def detail(self, job_id: str) -> dict[str, Any]:
+        """Everything ``GET /jobs/{id}`` shows: stages, revisions, gate decisions, citations, trace id."""
+        job = self.get(job_id)
+        drafts = self.drafts(job_id)
+        last = drafts[-1]["revision"] if drafts else None
+        evidence = {e["n"]: e for e in self.evidence(job_id)}
+        cited = self.citations(job_id, last) if last is not None else {}
+        return {
+            **job.summary(), "trace_id": job.trace_id, "revisions": job.revisions, "attempts": job.attempts,
+            "error": job.error, "created_at": job.created_at.isoformat(),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "stages": self.stage_runs(job_id),
+            "drafts": [{k: d[k] for k in ("revision", "title", "coverage")} for d in drafts],
+            "gate_decisions": self.reviews(job_id),
+            "citations": [{"n": n, "chunk_id": c, "source": evidence.get(n, {}).get("source")} for n, c in cited.items()],
+            "events": self.events(job_id),
+        }
+
+    # --- the chat reply: at most once per job ---------------------------------------------
+    def take_reply(self, job_id: str) -> bool:
+        """True for exactly one caller per terminal job: that caller sends the reply."""
+        cur = self._conn().execute(f"UPDATE {self.ns}_jobs SET reply_state = 'sending' WHERE id = %s "
+                                   f"AND reply_state IS NULL AND chat_id IS NOT NULL AND state IN "
+                                   f"({', '.join(repr(s) for s in TERMINAL)})", (job_id,))
+        return cur.rowcount == 1
+
+    def reply_done(self, job_id: str, ok: bool, detail: str = "") -> None:
+        def work(conn):
+            conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = %s WHERE id = %s", ("sent" if ok else "failed", job_id))
+            self._event(conn, job_id, "reply", ok=ok, detail=detail)
+
+        self.tx(work)
+
+    def pending_replies(self) -> list[str]:
+        """Terminal jobs with a chat that never got their reply (e.g. the worker died right after the end)."""
+        rows = self._conn().execute(f"SELECT id FROM {self.ns}_jobs WHERE reply_state IS NULL AND chat_id IS NOT NULL "
+                                    f"AND state IN ({', '.join(repr(s) for s in TERMINAL)})").fetchall()
+        return [r[0] for r in rows]
+
+    def reply_state(self, job_id: str) -> str | None:
+        row = self._conn().execute(f"SELECT reply_state FROM {self.ns}_jobs WHERE id = %s", (job_id,)).fetchone()
+        return row[0] if row else None

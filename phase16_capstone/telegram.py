@@ -1,0 +1,141 @@
+"""Telegram: a webhook ``Update`` in, a job out; a reply in the chat when the job ends.
+
+In: Telegram POSTs each ``Update`` to our webhook with the header
+``X-Telegram-Bot-Api-Secret-Token`` set to the ``secret_token`` given to ``setWebhook``; anything
+without it is not Telegram (``check_secret``). The message text — ``/publish <topic>`` or plain text —
+is untrusted and goes through ``untrusted.admit``. Telegram retries a delivery it did not see
+acknowledged, so the ``update_id`` is the idempotency key (a UNIQUE column of the job store).
+
+Out: python-telegram-bot's ``Bot`` sends the reply. It talks to any Bot API base URL
+(``ENGINE_TELEGRAM_API``: Telegram's by default; a local Bot API server, or the fake one the tests
+run), with the token from ``ENGINE_TELEGRAM_TOKEN``. The token is part of every Bot API URL, so
+httpx's and PTB's own request logs (which print URLs) are held at WARNING and errors are redacted
+before they are stored.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from phase16_capstone.untrusted import TOPIC, admit
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+DEFAULT_API = "https://api.telegram.org/bot"
+_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what setWebhook accepts as secret_token
+_COMMAND = re.compile(r"^/publish(?:@\w+)?(?:\s+|$)", re.I)
+
+
+class UpdateError(ValueError):
+    """The body is not a usable Telegram Update; the message names the field (a 400 for the webhook)."""
+
+
+class IgnoredUpdate(UpdateError):
+    """A well-formed Update that asks for no post (a sticker, another command): acknowledged, no job."""
+
+
+def webhook_secret() -> str | None:
+    """ENGINE_TELEGRAM_SECRET, validated as Telegram's secret_token; None when unset (webhook off)."""
+    secret = os.environ.get("ENGINE_TELEGRAM_SECRET") or None
+    if secret is not None and not _SECRET.fullmatch(secret):
+        raise ValueError("ENGINE_TELEGRAM_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
+                         "(what Telegram's setWebhook accepts)")
+    return secret
+
+
+def check_secret(expected: str, given: str | None) -> int | None:
+    """None when the header matches; else the HTTP status to answer (401 missing, 403 wrong)."""
+    if not given:
+        return 401
+    return None if hmac.compare_digest(given.encode(), expected.encode()) else 403
+
+
+@dataclass(frozen=True)
+class Request:
+    update_id: int
+    chat_id: int
+    topic: str
+
+
+def parse_update(data: Any) -> Request:
+    """The job request in a Telegram ``Update`` (parsed by python-telegram-bot), or UpdateError."""
+    from telegram import Update
+
+    if not isinstance(data, dict):
+        raise UpdateError("the body must be a Telegram Update JSON object")
+    if not isinstance(data.get("update_id"), int) or isinstance(data.get("update_id"), bool):
+        raise UpdateError("field 'update_id' must be an integer")
+    try:
+        update = Update.de_json(data, None)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateError(f"not a valid Telegram Update: {type(exc).__name__}: {exc}") from None
+    message = update.effective_message
+    if message is None or message.chat is None:
+        raise IgnoredUpdate("the Update carries no message")
+    text = message.text
+    if not text:
+        raise IgnoredUpdate("the message has no text: send the topic as text")
+    if text.startswith("/") and not _COMMAND.match(text):
+        raise IgnoredUpdate(f"unknown command {text.split()[0]!r}: use /publish <topic> or plain text")
+    topic = _COMMAND.sub("", text, count=1)
+    try:
+        topic = admit(topic, TOPIC, f"telegram:chat:{message.chat.id}")
+    except ValueError:
+        raise IgnoredUpdate("no topic given: use /publish <topic>") from None
+    return Request(update.update_id, message.chat.id, topic)
+
+
+def reply_text(job) -> str:
+    """What the chat reads when its job ends."""
+    if job.state == "published":
+        return f"Published: {job.topic}\n{job.post_url}"
+    if job.state == "escalated":
+        return (f"Not published: the Editor rejected the draft after {job.revisions} revision(s); "
+                f"it waits for a human (job {job.id}).")
+    return f"Failed: {job.topic} (job {job.id}): {(job.error or 'unknown error')[:200]}"
+
+
+def api_base(url: str | None = None) -> str:
+    """PTB's base_url: the Bot API root + '/bot' (the token is appended to it)."""
+    url = (url or os.environ.get("ENGINE_TELEGRAM_API") or DEFAULT_API).rstrip("/")
+    return url if url.endswith("/bot") or "{token}" in url else url + "/bot"
+
+
+class Replier:
+    """Sends chat replies with python-telegram-bot (one short-lived event loop per reply)."""
+
+    def __init__(self, token: str, base_url: str | None = None):
+        if not token:
+            raise ValueError("a Telegram bot token is needed (ENGINE_TELEGRAM_TOKEN)")
+        self._token = token
+        self.base_url = api_base(base_url)
+        for name in ("httpx", "telegram"):  # their INFO/DEBUG lines print Bot API URLs, token included
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    @classmethod
+    def from_env(cls) -> "Replier | None":
+        token = os.environ.get("ENGINE_TELEGRAM_TOKEN")
+        return cls(token) if token else None
+
+    def redact(self, text: str) -> str:
+        from lab.results import redact
+
+        return redact(text.replace(self._token, "[REDACTED]"))
+
+    def send(self, chat_id: int, text: str) -> None:
+        import asyncio
+
+        from telegram import Bot
+
+        async def go():
+            async with Bot(self._token, base_url=self.base_url) as bot:
+                await bot.send_message(chat_id=chat_id, text=text)
+
+        try:
+            asyncio.run(go())
+        except Exception as exc:  # noqa: BLE001 — any PTB/httpx failure: report it without the token
+            raise RuntimeError(self.redact(f"{type(exc).__name__}: {exc}")) from None

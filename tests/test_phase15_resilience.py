@@ -1,0 +1,225 @@
+"""Phase 15 resilience: retry, breaker, fallback, idempotent effects and the fault proxy, against
+scripted OpenAI-compatible servers on loopback (never mocks of our own code)."""
+
+import json
+import threading
+import time
+from collections import deque
+
+import pytest
+
+from lab.runner import execute
+
+
+class ScriptedOpenAI:
+    """An OpenAI-compatible /v1/chat/completions that answers from a script: each request pops the
+    next step ("ok", an HTTP status as int, or (status, retry_after)); an empty script answers "ok"."""
+
+    def __init__(self, *steps, reply: str = "scripted reply"):
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        self.script, self.reply, self.requests = deque(steps), reply, 0
+
+        async def chat(request):
+            self.requests += 1
+            step = self.script.popleft() if self.script else "ok"
+            if step == "ok":
+                return JSONResponse({"id": f"c{self.requests}", "object": "chat.completion", "created": 0, "model": "m",
+                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": self.reply}}],
+                                     "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+            status, after = step if isinstance(step, tuple) else (step, None)
+            return JSONResponse({"error": {"message": f"scripted {status}", "type": "scripted", "param": None,
+                                           "code": str(status)}}, status_code=status,
+                                headers={"retry-after": str(after)} if after is not None else {})
+
+        self.app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+    def __enter__(self):
+        from phase15_production.faults import serve_asgi
+
+        self._ctx = serve_asgi(self.app)
+        self.url = self._ctx.__enter__()
+        self.spec = f"openai:m@{self.url}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_retry_honours_retry_after_and_never_retries_a_400():
+    from lab.llm.base import LLMError
+    from phase15_production.resilience import RetryPolicy, client_for
+
+    waits = []
+    policy = RetryPolicy(max_attempts=4, sleep=waits.append)
+    with ScriptedOpenAI((429, 7), 503, "ok") as server:
+        client = client_for(server.spec)
+        assert policy.call(lambda: client.chat(MSG)).text == "scripted reply"
+        assert server.requests == 3
+        assert waits[0] == 7.0 and 0 <= waits[1] <= policy.max_wait_s  # Retry-After, then jittered backoff
+    waits.clear()
+    with ScriptedOpenAI(400, "ok") as server:
+        with pytest.raises(LLMError) as err:
+            policy.call(lambda: client_for(server.spec).chat(MSG))
+        assert err.value.status == 400 and server.requests == 1 and waits == []
+
+
+def test_retry_gives_up_after_max_attempts_with_the_last_error():
+    from lab.llm.base import LLMError
+    from phase15_production.resilience import RetryPolicy, client_for
+
+    with ScriptedOpenAI(500, 500, 529, "ok") as server:
+        with pytest.raises(LLMError) as err:
+            RetryPolicy(max_attempts=3, sleep=lambda s: None).call(lambda: client_for(server.spec).chat(MSG))
+        assert err.value.status == 529 and server.requests == 3
+
+
+def test_breaker_goes_closed_open_half_open_closed():
+    import pybreaker
+
+    from phase15_production.resilience import Breaker, client_for
+
+    with ScriptedOpenAI(500, 500, "ok") as server:
+        client, breaker = client_for(server.spec), Breaker("scripted", fail_max=2, reset_timeout_s=0.2)
+        for _ in range(2):
+            with pytest.raises(Exception):
+                breaker.call(client.chat, MSG)
+        assert breaker.state == "open"
+        with pytest.raises(pybreaker.CircuitBreakerError):  # open: refused without a request
+            breaker.call(client.chat, MSG)
+        assert server.requests == 2
+        time.sleep(0.25)  # past reset_timeout_s: the next call is the half-open trial
+        assert breaker.call(client.chat, MSG).text == "scripted reply"
+        assert breaker.state == "closed" and server.requests == 3
+    assert dict(breaker.transitions) == {"closed->open": 1, "open->half-open": 1, "half-open->closed": 1}
+
+
+def test_breaker_does_not_count_a_callers_400():
+    from phase15_production.resilience import Breaker, client_for
+
+    with ScriptedOpenAI(400, 400, 400) as server:
+        client, breaker = client_for(server.spec), Breaker("scripted", fail_max=2)
+        for _ in range(3):
+            with pytest.raises(Exception):
+                breaker.call(client.chat, MSG)
+        assert breaker.state == "closed" and not breaker.transitions
+
+
+def test_fallback_serves_when_the_primary_fails_and_records_who_served():
+    from phase15_production.resilience import ResilientLLM, RetryPolicy
+
+    with ScriptedOpenAI(*[503] * 50) as primary, ScriptedOpenAI(reply="from fallback") as fallback:
+        llm = ResilientLLM([primary.spec, fallback.spec], policy=RetryPolicy(max_attempts=2, sleep=lambda s: None),
+                           fail_max=2, reset_timeout_s=60)
+        replies = [llm.chat(MSG).text for _ in range(5)]
+        assert replies == ["from fallback"] * 5
+        assert llm.served() == {fallback.spec: 5}
+        assert [r.provider_index for r in llm.records] == [1] * 5
+        assert primary.requests == 2  # two attempts opened its breaker; later calls skip it
+        assert llm.breakers[0].state == "open" and llm.records[0].retries == 1
+
+
+def test_fallback_is_not_used_for_a_bad_request():
+    from lab.llm.base import LLMError
+    from phase15_production.resilience import ResilientLLM
+
+    with ScriptedOpenAI(400) as primary, ScriptedOpenAI() as fallback:
+        with pytest.raises(LLMError):
+            ResilientLLM([primary.spec, fallback.spec]).chat(MSG)
+        assert fallback.requests == 0
+
+
+def test_resilient_llm_refuses_a_client_that_retries_on_its_own():
+    from lab.llm.openai_client import OpenAILLM
+    from phase15_production.resilience import ResilientLLM
+
+    with pytest.raises(ValueError, match="max_attempts=3"):
+        ResilientLLM([OpenAILLM("m", base_url="http://127.0.0.1:9/v1", max_attempts=3)])
+
+
+def test_fault_proxy_injects_seeded_faults_the_policy_classifies():
+    from lab.llm.base import LLMError
+    from phase15_production.faults import FaultProxy, FaultSpec, fault_proxy
+    from phase15_production.resilience import client_for, is_transient, retry_after_s
+
+    proxies = [FaultProxy("http://127.0.0.1:9", FaultSpec(rate=0.3, seed=5)) for _ in range(2)]
+    draws = [[proxy.draw() for _ in range(200)] for proxy in proxies]
+    assert draws[0] == draws[1] and 30 <= sum(d is not None for d in draws[0]) <= 90
+    with ScriptedOpenAI() as upstream:
+        for kind in ("429", "529", "truncated", "timeout"):
+            spec = FaultSpec(rate=1.0, kinds={kind: 1.0}, retry_after_s=2, hang_s=1.0)
+            with fault_proxy(upstream.url, spec) as proxy:
+                with pytest.raises(LLMError) as err:
+                    client_for(f"openai:m@{proxy.url}/v1", timeout_s=0.3).chat(MSG)
+                assert is_transient(err.value), kind
+                assert retry_after_s(err.value) == (2.0 if kind == "429" else None)
+                assert proxy.counts == {kind: 1}
+        with fault_proxy(upstream.url, FaultSpec(rate=0.0)) as proxy:
+            assert client_for(f"openai:m@{proxy.url}/v1").chat(MSG).text == "scripted reply"
+
+
+@pytest.fixture
+def effects():
+    from lab.db import connect
+    from phase15_production.resilience import IdempotentEffects
+
+    table = f"p15_test_effects_{threading.get_ident() % 100000}"
+    store = IdempotentEffects(table=table, wait_s=10)
+    yield store
+    with connect(store.url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {table}")
+
+
+def test_idempotent_effect_runs_once_under_concurrent_retries(effects):
+    ran = []
+
+    def publish():
+        ran.append(1)
+        time.sleep(0.1)  # still running when the duplicates arrive
+        return {"post": 42}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(effects.run_once("job-1", publish))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ran) == 1 and results == [{"post": 42}] * 6
+    assert effects.executed == 1 and effects.deduplicated == 5
+
+
+def test_a_failed_effect_releases_its_key_for_a_retry(effects):
+    def broken():
+        raise RuntimeError("smtp down")
+
+    with pytest.raises(RuntimeError):
+        effects.run_once("job-2", broken)
+    assert effects.run_once("job-2", lambda: "sent") == "sent"
+    assert effects.run_once("job-2", lambda: "sent twice") == "sent"
+
+
+def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
+    from phase15_production.fault_injection import EXERCISE
+
+    doc = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
+    assert doc["status"] == "ok", doc.get("error")
+    saved = json.loads((tmp_path / "phase15" / "resilience" / "cpu" / "result.json").read_text())
+    m = {k: v["value"] for k, v in saved["metrics"].items()}
+    assert m["duplicate_side_effects"] == 0
+    assert m["completion_rate_0pct"] == 1.0 and m["completion_rate_50pct"] == 1.0  # the fallback keeps it whole
+    injected = {r[0]: sum(r[1:]) - r[saved["tables"]["injected"]["columns"].index("pass")]
+                for r in saved["tables"]["injected"]["rows"]}
+    assert injected["0%"] == 0 and injected["50%"] > 0
+    assert 0.0 <= m["fallback_share_50pct"] <= 1.0
+    table = saved["tables"]["by_fault_rate"]
+    for row in table["rows"]:  # every redelivery after a lost ack was answered from the idempotency table
+        cell = dict(zip(table["columns"], row))
+        assert cell["effects deduplicated"] >= cell["redelivered (ack lost)"]
+        assert cell["effects run"] == cell["jobs"] and cell["duplicate effects"] == 0
+    assert (tmp_path / "phase15" / "resilience" / "cpu" / "resilience.png").stat().st_size > 0

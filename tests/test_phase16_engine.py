@@ -1,0 +1,307 @@
+"""Phase 16 engine: job store, stages, API + Telegram webhook and replies, crash recovery, exercises.
+
+LLM replies come from the scripted OpenAI-compatible server (``phase16_capstone.scripted_llm``),
+Telegram's Bot API from a local fake below; the database is the embedded PostgreSQL, each test in
+its own table namespace.
+"""
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+import pytest
+
+from lab.runner import execute
+
+SECRET = "s3cret-for-tests_1"
+TOKEN = "123456:TEST-token-never-logged"
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    from phase16_capstone.scripted_llm import scripted_server
+
+    with scripted_server(reject_first=1) as (url, script):
+        yield f"openai:scripted@{url}", script
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "hyde.md").write_text("# HyDE\nHyDE embeds a hypothetical answer written by an LLM instead of the "
+                                    "question, so the query vector lands among document-like passages.\n")
+    (folder / "gate.md").write_text("# Editor gate\nThe gate approves a draft when technical accuracy and "
+                                    "calibration are at least 3 and the mean of four dimensions is at least 3.25.\n")
+    (folder / "leases.md").write_text("# Leases\nA worker claims a job with FOR UPDATE SKIP LOCKED and renews its "
+                                      "lease; when the worker dies the lease expires and another worker resumes.\n")
+    return str(folder)
+
+
+@pytest.fixture
+def store():
+    from phase16_capstone.job_store import JobStore
+
+    s = JobStore(namespace=f"p16t_{uuid.uuid4().hex[:8]}", lease_s=30)
+    yield s
+    s.drop()
+    s.close()
+
+
+def make_engine(store, spec, corpus, site, replier=None):
+    from lab.llm import from_spec
+    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
+
+    return Engine(store, from_spec(spec), deploy_for(site), EngineSettings(corpus=corpus, k=2), replier=replier)
+
+
+# --- stages and transitions ---------------------------------------------------------------------
+
+def test_job_goes_through_every_stage_revises_once_and_publishes_one_post(store, scripted, corpus, tmp_path):
+    engine = make_engine(store, scripted[0], corpus, tmp_path / "site")
+    job, created = store.create_job("how HyDE finds document-like passages", "cli", corpus=corpus)
+    assert created and job.state == "queued"
+    engine.work(job_id=job.id)
+
+    detail = store.detail(job.id)
+    assert detail["state"] == "published" and detail["revisions"] == 1
+    moves = [(e["detail"]["stage"], e["detail"]["to"]) for e in detail["events"] if e["kind"] == "stage"]
+    assert moves == [("researching", "writing"), ("writing", "editing"), ("editing", "writing"),
+                     ("writing", "editing"), ("editing", "publishing"), ("publishing", "published")]
+    assert [g["verdict"] for g in detail["gate_decisions"]] == ["REJECT", "APPROVE"]
+    assert all(s["status"] == "done" for s in detail["stages"])
+    evidence = {e["chunk_id"] for e in store.evidence(job.id)}
+    assert detail["citations"] and {c["chunk_id"] for c in detail["citations"]} <= evidence
+    assert store.drafts(job.id)[-1]["coverage"] == 1.0
+
+    # two drafts; the post exists once, in the store, on disk and in the index
+    assert [d["revision"] for d in store.drafts(job.id)] == [0, 1]
+    post = store.publication(job.id)
+    assert store.publications_count() == {job.id: 1}
+    assert (tmp_path / "site" / "posts" / f"{post['slug']}.html").is_file()
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert index.count(f"posts/{post['slug']}.html") == 1
+
+
+def test_failing_drafts_escalate_after_three_revisions_and_publish_nothing(store, scripted, corpus, tmp_path):
+    engine = make_engine(store, scripted[0], corpus, tmp_path / "site")
+    job, _ = store.create_job("please escalate this topic", "api", corpus=corpus)
+    engine.work(job_id=job.id)
+    final = store.get(job.id)
+    assert final.state == "escalated" and final.revisions == 3
+    assert [r["verdict"] for r in store.reviews(job.id)] == ["REJECT", "REJECT", "REJECT", "ESCALATE"]
+    assert store.publication(job.id) is None and not (tmp_path / "site" / "posts").exists()
+
+
+def test_writer_citations_are_checked_not_trusted():
+    from phase16_capstone.writer import citation_coverage, clean_paragraph
+
+    text, invalid, added = clean_paragraph("A fact [1]. Another fact [9]. A fragment without an end", 1, {1, 2})
+    assert text == "A fact [1]. Another fact." and invalid == 1 and not added
+    text, invalid, added = clean_paragraph("Nothing cited here. Nor here.", 2, {1, 2})
+    assert text == "Nothing cited here. Nor here. [2]" and added
+    assert citation_coverage("One [1]. Two. Three [3].", {1, 2}) == pytest.approx(1 / 3)
+
+
+# --- leases, claims, fencing -------------------------------------------------------------------
+
+def test_concurrent_claims_never_hand_one_job_to_two_workers(store):
+    jobs = [store.create_job(f"topic {i}", "load")[0].id for i in range(16)]
+    claimed: dict[str, list[str]] = {}
+
+    def worker(name):
+        while (job := store.claim(name)) is not None:
+            claimed.setdefault(name, []).append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [j for ids in claimed.values() for j in ids]
+    assert sorted(every) == sorted(jobs)  # each job exactly once
+    assert all(store.get(j).attempts == 1 for j in jobs)
+
+
+def test_expired_lease_moves_the_job_and_fences_the_old_owner(store):
+    import time
+
+    from phase16_capstone.job_store import LeaseLost
+
+    store.lease_s = 0.5
+    job, _ = store.create_job("lease test", "api")
+    first = store.claim("dead-worker")
+    assert first.id == job.id and store.claim("other") is None  # the live lease keeps it
+    run = store.start_stage(first.lease, "researching", 1)
+    time.sleep(0.8)  # the dead worker never renews
+    second = store.claim("live-worker")
+    assert second.id == job.id and second.state == "researching" and second.attempts == 2
+    with pytest.raises(LeaseLost):
+        store.complete_stage(first.lease, run, "researching", "writing", seconds=1.0, usage={})
+    assert [r["status"] for r in store.stage_runs(job.id)] == ["abandoned"]
+    assert store.renew(second.lease) and not store.renew(first.lease)
+
+
+def test_a_repeated_update_id_never_makes_a_second_job(store):
+    a, created_a = store.create_job("topic", "telegram", update_id=1001, chat_id=7)
+    b, created_b = store.create_job("topic again", "telegram", update_id=1001, chat_id=7)
+    assert created_a and not created_b and a.id == b.id and len(store.list_jobs()) == 1
+
+
+# --- HTTP API and the Telegram webhook ---------------------------------------------------------
+
+def update(update_id, text, chat_id=42):
+    return {"update_id": update_id, "message": {"message_id": 1, "date": 1700000000, "text": text,
+                                                "chat": {"id": chat_id, "type": "private"},
+                                                "from": {"id": chat_id, "is_bot": False, "first_name": "Ada"}}}
+
+
+def client(store, secret=SECRET):
+    from fastapi.testclient import TestClient
+
+    from phase16_capstone.api import create_app
+
+    return TestClient(create_app(store, webhook_secret=secret))
+
+
+def test_webhook_needs_the_secret_and_dedupes_update_ids(store):
+    c = client(store)
+    url, header = "/telegram/webhook", "X-Telegram-Bot-Api-Secret-Token"
+    assert c.post(url, json=update(1, "/publish HyDE")).status_code == 401
+    r = c.post(url, json=update(1, "/publish HyDE"), headers={header: "wrong"})
+    assert r.status_code == 403 and "wrong" in r.json()["error"]
+    assert store.list_jobs() == []
+
+    first = c.post(url, json=update(5, "/publish why HyDE works"), headers={header: SECRET})
+    again = c.post(url, json=update(5, "/publish why HyDE works"), headers={header: SECRET})
+    assert first.status_code == again.status_code == 200
+    assert first.json()["created"] and not again.json()["created"] and first.json()["job_id"] == again.json()["job_id"]
+    plain = c.post(url, json=update(6, "pgvector hybrid search", chat_id=9), headers={header: SECRET}).json()
+    jobs = {j["update_id"]: j for j in c.get("/jobs").json()}
+    assert set(jobs) == {5, 6} and jobs[5]["topic"] == "why HyDE works" and jobs[5]["source"] == "telegram"
+    assert jobs[6]["chat_id"] == 9 and jobs[6]["id"] == plain["job_id"]
+
+    assert c.post(url, content=b"not json", headers={header: SECRET}).status_code == 400
+    bad = c.post(url, json={"message": {}}, headers={header: SECRET})
+    assert bad.status_code == 400 and "update_id" in bad.json()["error"]
+    sticker = c.post(url, json={"update_id": 7, "message": {"message_id": 2, "date": 1700000000,
+                                                          "chat": {"id": 1, "type": "private"}}},
+                     headers={header: SECRET})
+    assert sticker.status_code == 200 and sticker.json()["job_id"] is None
+    assert len(store.list_jobs()) == 2
+
+
+def test_no_secret_means_no_webhook(store):
+    c = client(store, secret=None)
+    assert c.post("/telegram/webhook", json=update(1, "x")).status_code == 404
+    assert "ENGINE_TELEGRAM_SECRET" in c.get("/health").json()["telegram_webhook"]
+    assert store.list_jobs() == []
+
+
+def test_jobs_api_names_bad_input_and_never_shows_a_traceback(store):
+    c = client(store)
+    for body, field in (({}, "topic"), ({"topic": ""}, "topic"), ({"topic": 5}, "topic"),
+                        ({"topic": "x", "admin": True}, "admin")):
+        r = c.post("/jobs", json=body)
+        assert r.status_code == 422 and field in r.json()["error"] and "Traceback" not in r.text
+    r = c.post("/jobs", json={"topic": "\x00\x01"})
+    assert r.status_code == 400 and "topic" in r.json()["error"]
+    missing = c.get("/jobs/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    made = c.post("/jobs", json={"topic": "the editor gate"})
+    assert made.status_code == 201 and made.json()["state"] == "queued"
+    detail = c.get(f"/jobs/{made.json()['id']}").json()
+    assert detail["trace_id"] and detail["stages"] == [] and detail["gate_decisions"] == []
+
+
+class FakeBotAPI:
+    """Telegram's Bot API on loopback: getMe and sendMessage, recording what was sent."""
+
+    def __init__(self):
+        self.sent, self.paths = [], []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                fake.paths.append(self.path)
+                if "json" in (self.headers.get("Content-Type") or ""):
+                    params = json.loads(raw or "{}")
+                else:
+                    params = {k: v[0] for k, v in parse_qs(raw).items()}
+                if self.path.endswith("/getMe"):
+                    result = {"id": 1, "is_bot": True, "first_name": "engine", "username": "engine_bot"}
+                elif self.path.endswith("/sendMessage"):
+                    fake.sent.append(params)
+                    result = {"message_id": len(fake.sent), "date": 1700000000, "text": params.get("text"),
+                              "chat": {"id": int(params["chat_id"]), "type": "private"}}
+                else:
+                    result = True
+                data = json.dumps({"ok": True, "result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_terminal_job_replies_once_in_the_chat_through_the_bot_api(store, scripted, corpus, tmp_path, caplog):
+    from phase16_capstone.telegram import Replier
+
+    bot = FakeBotAPI()
+    try:
+        engine = make_engine(store, scripted[0], corpus, tmp_path / "site", Replier(TOKEN, base_url=bot.url))
+        r = client(store).post("/telegram/webhook", json=update(77, "/publish editor gate thresholds", chat_id=4242),
+                               headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+        job_id = r.json()["job_id"]
+        with caplog.at_level("DEBUG"):
+            engine.work(job_id=job_id)
+            engine.send_reply(store.get(job_id))  # a second attempt sends nothing
+        final = store.get(job_id)
+        assert final.state == "published" and store.reply_state(job_id) == "sent"
+        assert len(bot.sent) == 1 and int(bot.sent[0]["chat_id"]) == 4242
+        assert bot.sent[0]["text"].startswith("Published: editor gate thresholds") and final.post_url in bot.sent[0]["text"]
+        assert all(p.startswith(f"/bot{TOKEN}/") for p in bot.paths)  # PTB used our base URL and token
+        assert TOKEN not in caplog.text and TOKEN not in json.dumps(store.detail(job_id), default=str)
+    finally:
+        bot.close()
+
+
+# --- the exercises (tiny configs); load's tiny run is the kill -9 -> resume -> one post test ----------
+
+def _run(exercise, tmp_path):
+    doc = execute(exercise, "cpu", dict(exercise.tiny), out=tmp_path, quiet=True)
+    assert doc["status"] == "ok", doc.get("reason")
+    return {k: v["value"] for k, v in doc["metrics"].items()}, doc
+
+
+def test_engine_run_tiny(tmp_path):
+    from phase16_capstone.engine_run import EXERCISE
+
+    m, doc = _run(EXERCISE, tmp_path)
+    assert m["outcome"] == "published" and m["revisions"] == 1 and m["gate_verdicts"] == "REJECT APPROVE"
+    assert m["citation_coverage"] == 1.0 and m["tokens_total"] > 0
+    assert [r[0] for r in doc["tables"]["stages"]["rows"]] == ["researching", "writing", "editing", "publishing"]
+
+
+def test_load_tiny_kill_9_mid_job_loses_nothing_and_duplicates_nothing(tmp_path):
+    from phase16_capstone.load import EXERCISE
+
+    m, doc = _run(EXERCISE, tmp_path)
+    assert m["worker_killed"] is True and m["killed_job_claims"] == 2  # SIGKILLed, then resumed by the other
+    assert m["lost_jobs"] == 0 and m["duplicate_posts"] == 0
+    assert m["jobs_completed"] == m["jobs_published"] == EXERCISE.tiny["n_jobs"]
+    killed = [r for r in doc["tables"]["jobs"]["rows"] if r[-1]]
+    assert len(killed) == 1 and killed[0][2] == "published"
