@@ -9,7 +9,7 @@ The setup, all on loopback:
 At each injected fault rate (0/10/30/50% of requests through the proxy get a 429 with Retry-After,
 a 500, a 529, a timeout, a slow reply or a truncated body), ``requests`` jobs run one after another.
 Jobs are delivered at least once, as a real queue does, in two ways: a job not finished within
-``visibility_timeout_s`` is delivered again while the first delivery is still running (two
+the visibility timeout is delivered again while the first delivery is still running (two
 deliveries race to perform the same side effect), and a finished job whose acknowledgement is lost
 (at the injected fault rate, seeded) is delivered again afterwards. The ledger table has no unique
 constraint, so a duplicate effect would show up there; the idempotency key must keep it at 0.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 from pydantic import field_validator
 
@@ -34,18 +35,18 @@ class Config(ExerciseConfig):
     fallback: str | None = None  # the fallback provider's spec; None: the served model, called directly
     fault_rates: list[float] = [0.0, 0.1, 0.3, 0.5]
     fault_kinds: list[str] = ["429", "500", "529", "timeout", "slow", "truncated"]  # equal weights
-    requests: int = 40  # jobs per fault rate
+    requests: int = 30  # jobs per fault rate
     max_tokens: int = 8  # short generations: the lesson is the failures, not the text
     max_attempts: int = 3  # per provider, first try included
     base_wait_s: float = 0.1  # jittered exponential backoff base
     max_wait_s: float = 1.0
     retry_after_s: float = 1.0  # what the proxy's 429s ask for (honoured by the retry policy)
-    client_timeout_s: float = 5.0  # generous: on a loaded 2-core machine one 8-token reply can take seconds
-    hang_s: float = 6.0  # an injected timeout holds the request this long (> client_timeout_s)
+    client_timeout_s: float = 5.0  # at least; raised to timeout_x_healthy × the healthy reply time measured first
+    timeout_x_healthy: float = 3.0  # so that injected faults, not a busy machine, are what time out
     slow_s: float = 1.0
     fail_max: int = 3  # consecutive transient failures that open the breaker
     reset_timeout_s: float = 5.0  # open -> half-open after this long
-    visibility_timeout_s: float = 10.0  # a job not done by then is delivered again (at-least-once queue)
+    visibility_x_timeout: float = 2.0  # a job not done within this × the client timeout is delivered again
 
     @field_validator("fault_rates")
     @classmethod
@@ -69,7 +70,33 @@ def rate_tag(rate: float) -> str:
     return f"{round(rate * 100):d}pct"
 
 
-def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_model: str, fallback: str, url: str) -> dict:
+@dataclass
+class Timing:
+    """The clocks of one run, set from the healthy reply time measured before any fault."""
+
+    healthy_s: float  # median of three warm replies straight from `lab serve`
+    client_timeout_s: float
+    hang_s: float  # an injected timeout holds its request this long: past the client's timeout
+    visibility_timeout_s: float
+
+    @classmethod
+    def measure(cls, cfg: Config, upstream: str, served_model: str) -> "Timing":
+        from phase15_production.resilience import client_for
+
+        client = client_for(f"openai:{served_model}@{upstream}/v1", timeout_s=600)
+        seconds = []
+        for i in range(4):  # the first also loads the model: not counted
+            start = time.perf_counter()
+            client.chat([{"role": "user", "content": f"Greet customer number {i} in five words."}],
+                        max_tokens=cfg.max_tokens)
+            seconds.append(time.perf_counter() - start)
+        healthy = sorted(seconds[1:])[1]  # the median of three warm replies
+        timeout = max(cfg.client_timeout_s, cfg.timeout_x_healthy * healthy)
+        return cls(healthy, timeout, timeout + 1.0, cfg.visibility_x_timeout * timeout)
+
+
+def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_model: str, fallback: str, url: str,
+              timing: Timing) -> dict:
     """``cfg.requests`` jobs through a fresh proxy, chain, breakers and effects table at ``rate``."""
     import random
     import threading
@@ -88,13 +115,14 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
         conn.execute(f"CREATE TABLE {ledger} (key TEXT NOT NULL, text TEXT, at TIMESTAMPTZ DEFAULT now())")
     effects = IdempotentEffects(url, table=effects_table)
     spec = FaultSpec(rate=rate, kinds={k: 1.0 for k in cfg.fault_kinds}, seed=cfg.seed, retry_after_s=cfg.retry_after_s,
-                     slow_s=cfg.slow_s, hang_s=cfg.hang_s)
+                     slow_s=cfg.slow_s, hang_s=timing.hang_s)
     reached, reached_lock = [0], threading.Lock()
 
     with fault_proxy(upstream, spec) as proxy:
         llm = ResilientLLM([f"openai:{served_model}@{proxy.url}/v1", fallback],
                            policy=RetryPolicy(cfg.max_attempts, cfg.base_wait_s, cfg.max_wait_s),
-                           fail_max=cfg.fail_max, reset_timeout_s=cfg.reset_timeout_s, timeout_s=cfg.client_timeout_s)
+                           fail_max=cfg.fail_max, reset_timeout_s=cfg.reset_timeout_s,
+                           timeout_s=timing.client_timeout_s)
 
         def deliver(job: int) -> str:
             """One delivery: ask the model, then perform the job's side effect under its key."""
@@ -116,7 +144,7 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
             for job in ctx.progress(range(cfg.requests), f"{rate:.0%} faults", total=cfg.requests):
                 start = time.perf_counter()
                 futures = {pool.submit(deliver, job)}
-                done, _ = wait(futures, timeout=cfg.visibility_timeout_s)
+                done, _ = wait(futures, timeout=timing.visibility_timeout_s)
                 if not done:  # the queue's visibility timeout: deliver again, the first is still running
                     futures.add(pool.submit(deliver, job))
                     redelivered += 1
@@ -158,10 +186,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
     url = database_url()
     levels = []
     with serving(llm) as upstream:
+        timing = Timing.measure(cfg, upstream, llm.model)
+        ctx.log(f"healthy reply {timing.healthy_s:.2f} s: client timeout {timing.client_timeout_s:.1f} s")
         for rate in cfg.fault_rates:
             ctx.log(f"{rate:.0%} injected faults: {cfg.requests} jobs")
-            levels.append(run_level(cfg, ctx, rate, upstream, llm.model, fallback, url))
-    report(cfg, ctx, levels, fallback)
+            levels.append(run_level(cfg, ctx, rate, upstream, llm.model, fallback, url, timing))
+    report(cfg, ctx, levels, fallback, timing)
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -184,7 +214,13 @@ def summarise(level: dict) -> dict:
     )
 
 
-def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) -> None:
+def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str, timing: Timing) -> None:
+    ctx.table("timing", [[round(timing.healthy_s, 3), round(timing.client_timeout_s, 2), round(timing.hang_s, 2),
+                          round(timing.visibility_timeout_s, 2), cfg.retry_after_s, cfg.slow_s]],
+              columns=["healthy reply s (median of 3 warm)", "client timeout s", "injected hang s",
+                       "visibility timeout s", "429 Retry-After s", "slow fault delay s"],
+              title=f"Clocks: client timeout = max({cfg.client_timeout_s:g} s, {cfg.timeout_x_healthy:g} × healthy reply)")
+    ctx.metric("healthy_reply_s", round(timing.healthy_s, 3), "s", False, "lab serve, no proxy, warm, median of 3")
     rows = []
     for level in levels:
         s, tag = summarise(level), rate_tag(level["rate"])
@@ -224,7 +260,7 @@ def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) -> N
     ctx.table("injected", [[f"{lv['rate']:.0%}"] + [lv["counts"].get(k, 0) for k in kinds] for lv in levels],
               columns=["faults"] + kinds, title="What the proxy did to the primary's requests (pass = forwarded untouched)")
     plot(ctx, levels)
-    findings(cfg, ctx, levels, fallback)
+    findings(cfg, ctx, levels, fallback, timing)
 
 
 def plot(ctx: RunContext, levels: list[dict]) -> None:
@@ -256,7 +292,7 @@ def plot(ctx: RunContext, levels: list[dict]) -> None:
     plt.close(fig)
 
 
-def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) -> None:
+def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str, timing: Timing) -> None:
     s = {lv["rate"]: summarise(lv) for lv in levels}
     worst = max(levels, key=lambda lv: lv["rate"])
     w = s[worst["rate"]]
@@ -270,7 +306,7 @@ def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) ->
     ctx.finding(
         "Latency is what resilience costs: p99 went from " + f"{b['p99']:.2f} s at {base['rate']:.0%} faults to "
         f"{w['p99']:.2f} s at {worst['rate']:.0%} (Retry-After waits of {cfg.retry_after_s:g} s, client timeouts of "
-        f"{cfg.client_timeout_s:g} s, backoff). Once the breaker opens, calls skip the failing primary without "
+        f"{timing.client_timeout_s:.1f} s, backoff). Once the breaker opens, calls skip the failing primary without "
         "waiting for it, which is what keeps the tail bounded.")
     redelivered = sum(lv["redelivered"] for lv in levels)
     acks = sum(lv["acks_lost"] for lv in levels)
@@ -278,7 +314,7 @@ def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str) ->
     dups = sum(lv["duplicates"] for lv in levels)
     ctx.finding(
         f"{redelivered} jobs were delivered again while still running (not done within the "
-        f"{cfg.visibility_timeout_s:g} s visibility timeout) and {acks} after finishing (ack lost); "
+        f"{timing.visibility_timeout_s:.1f} s visibility timeout) and {acks} after finishing (ack lost); "
         f"{sum(lv['reached_effect'] for lv in levels)} deliveries reached the side effect for "
         f"{sum(lv['ledger_keys'] for lv in levels)} distinct jobs, the idempotency key answered {dedup} of them from the "
         f"table, and the ledger holds {dups} duplicate side effects" + (" — as it must." if dups == 0 else " — A BUG."))
@@ -292,8 +328,8 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"requests": 200}},
-    tiny={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 3.0, "hang_s": 3.5,
-          "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_timeout_s": 3.0},
+    tiny={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
+          "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
     summary_metrics=("completion_rate_50pct", "fallback_share_50pct", "duplicate_side_effects"),
     methods={"cpu": "scaled", "a100": "same"},
 )

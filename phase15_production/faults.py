@@ -10,8 +10,10 @@ drawn by weight from ``kinds``:
 - ``slow``: forwarded after ``slow_s`` (succeeds, late);
 - ``truncated``: forwarded, but only the first half of the reply body comes back (status 200).
 
-The draws come from ``random.Random(seed)`` in arrival order: a run with one client at a time sees
-the same faults on the same requests. Replies are buffered (a ``stream: true`` request comes back
+Faults are dealt in arrival order from shuffled decks of ``deck`` requests, each holding exactly
+``round(rate × deck)`` faults (``random.Random(seed)``): the rate holds over every deck — a short
+run at 10% is not fault-free by bad luck — while faults still come in bursts, as real ones do. A run
+with one client at a time sees the same faults on the same requests. Replies are buffered (a ``stream: true`` request comes back
 whole, not as it is generated). ``counts`` says what was injected.
 """
 
@@ -39,6 +41,7 @@ class FaultSpec:
     retry_after_s: float = 1.0
     slow_s: float = 1.0
     hang_s: float = 30.0
+    deck: int = 20  # requests per shuffled deck
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -58,6 +61,7 @@ class FaultProxy:
         self.upstream, self.spec = upstream.rstrip("/"), spec
         self.counts: Counter[str] = Counter()
         self._rng = random.Random(spec.seed)
+        self._dealt: list[bool] = []  # what is left of the current deck (True = fault)
         self._lock = threading.Lock()
         self.url = ""  # set by fault_proxy() once bound
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST"])])
@@ -65,7 +69,11 @@ class FaultProxy:
     def draw(self) -> str | None:
         """The fault for the next request (None: pass it through)."""
         with self._lock:
-            hit = self._rng.random() < self.spec.rate
+            if not self._dealt:
+                faults = round(self.spec.rate * self.spec.deck)
+                self._dealt = [True] * faults + [False] * (self.spec.deck - faults)
+                self._rng.shuffle(self._dealt)
+            hit = self._dealt.pop()
             kinds, weights = zip(*self.spec.kinds.items())
             kind = self._rng.choices(kinds, weights)[0] if hit else None
             self.counts[kind or "pass"] += 1

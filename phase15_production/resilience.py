@@ -212,7 +212,11 @@ class ResilientLLM(LLM):
     def spec(self) -> str:
         return f"resilient:{self.model}"
 
-    def chat(self, messages, **kwargs) -> ChatResponse:
+    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+        kwargs = dict(system=system, tools=tools, max_tokens=max_tokens, temperature=temperature,
+                      json_schema=json_schema, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                      stop=stop)
         start, retries, errors = time.perf_counter(), [0], []
 
         def count(_exc, _wait) -> None:
