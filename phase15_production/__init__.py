@@ -1,4 +1,6 @@
 """Production agentic infrastructure."""
 
 TITLE = "Production agentic infrastructure"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase15_production.injection",
+)
