@@ -45,8 +45,13 @@ class EngineSettings:
     writer_max_tokens: int = 80  # per paragraph
     max_revisions: int = 3  # editor_gate: ESCALATE after this many revision cycles
     rubric: str = "1.1"
+    defence: bool = True  # the Phase 15 defence (spotlighting + output check); False only to measure without it
     poll_s: float = 0.5  # idle worker's wait between claims
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OutputBlocked(Exception):
+    """The output check refused the post: the job is escalated to a human with the reason, never published."""
 
 
 def worker_name() -> str:
@@ -154,6 +159,10 @@ class Engine:
             to_state, write, detail, delta = stages[state](job)
         except LeaseLost:
             raise
+        except OutputBlocked as exc:
+            log.warning("job %s: %s", job.id, exc)
+            self.store.finish(lease, "escalated", error=f"output check: {exc}"[:1000], run_id=run_id)
+            return "escalated"
         except Exception as exc:  # noqa: BLE001 — any stage failure fails the job, recorded, not raised
             log.exception("job %s: stage %s failed", job.id, state)
             self.store.finish(lease, "failed", error=f"{state}: {type(exc).__name__}: {exc}"[:1000], run_id=run_id)
@@ -191,7 +200,8 @@ class Engine:
         revision = self.store.get(job.id).revisions
         reviews = self.store.reviews(job.id)
         feedback = feedback_for_writer(reviews[-1]) if revision > 0 and reviews else None
-        draft = write_draft(self.llm, job.topic, self._evidence(job), feedback, self.settings.writer_max_tokens)
+        draft = write_draft(self.llm, job.topic, self._evidence(job), feedback, self.settings.writer_max_tokens,
+                            defence=self.defence(job.id))
         if not draft.body:
             raise RuntimeError("the Writer produced an empty draft")
 
@@ -223,6 +233,9 @@ class Engine:
         from phase16_capstone.site import PostRecord
 
         post = self.post_record(job.id)
+        verdict = self.check(f"{post.title}\n\n{post.body_markdown}", job)
+        if not verdict.allowed:
+            raise OutputBlocked(verdict.reason)
 
         def write(conn, revisions):
             self.store.lock_site(conn, self.site_key)  # publishers of one site one at a time (see lock_site)
@@ -253,16 +266,36 @@ class Engine:
             cost_usd=None if any(c is None for c in costs) else round(sum(costs), 6),
             created_at=job.created_at.isoformat(), model=self.llm.spec)
 
+    # --- the Phase 15 defence (untrusted.py) ------------------------------------------------------
+    def defence(self, job_id: str):
+        from phase16_capstone.untrusted import defence_for
+
+        return defence_for(job_id) if self.settings.defence else None
+
+    def check(self, text: str, job: Job, trusted: tuple[str, ...] = ()):
+        """The output check on text about to leave the engine, against the job's topic and evidence
+        (``trusted``: what the engine itself wrote into it, such as the post's URL)."""
+        from phase15_production.defence import ALLOW
+        from phase16_capstone.untrusted import check_output
+
+        defence = self.defence(job.id)
+        if defence is None:
+            return ALLOW
+        return check_output(text, job.topic, [e["text"] for e in self.store.evidence(job.id)], defence, trusted)
+
     # --- chat replies -----------------------------------------------------------------------
     def send_reply(self, job: Job) -> None:
         if self.replier is None or job.chat_id is None or not job.terminal:
             return
         if not self.store.take_reply(job.id):  # someone else sent (or is sending) it
             return
-        from phase16_capstone.telegram import reply_text
+        from phase16_capstone.telegram import WITHHELD, reply_text
 
+        text = reply_text(job)
+        if not self.check(text, job, (job.post_url or "",)).allowed:  # e.g. a failure message quoting injected text
+            text = WITHHELD.format(state=job.state, id=job.id)
         try:
-            self.replier.send(job.chat_id, reply_text(job))
+            self.replier.send(job.chat_id, text)
         except Exception as exc:  # noqa: BLE001 — a failed reply is recorded, never retried (at most once)
             self.store.reply_done(job.id, False, str(exc)[:300])
             log.warning("job %s: Telegram reply failed: %s", job.id, exc)
