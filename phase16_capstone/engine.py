@@ -45,6 +45,8 @@ class EngineSettings:
     writer_max_tokens: int = 80  # per paragraph
     max_revisions: int = 3  # editor_gate: ESCALATE after this many revision cycles
     rubric: str = "1.1"
+    trace: bool = True  # each job a trace (job_tracing): spans to the local store (+ OTLP when configured)
+    traces: str | None = None  # span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)
     defence: bool = True  # the Phase 15 defence (spotlighting + output check); False only to measure without it
     poll_s: float = 0.5  # idle worker's wait between claims
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,8 +69,14 @@ class Engine:
     def __init__(self, store: JobStore, llm, deploy, settings: EngineSettings | None = None,
                  on_event: Callable[[str, dict], None] | None = None, replier=None):
         self.store, self.deploy = store, deploy
-        self.llm = MeteredLLM(llm)
         self.settings = settings or EngineSettings()
+        self.tracing = None
+        if self.settings.trace:
+            from phase16_capstone.job_tracing import EngineTracedLLM, tracing_for
+
+            self.tracing = tracing_for(self.settings.traces)
+            llm = EngineTracedLLM(llm)
+        self.llm = MeteredLLM(llm)
         self.on_event = on_event or (lambda kind, info: None)
         self.replier = replier
         self._indexes: dict[str | None, Any] = {}
@@ -124,8 +132,9 @@ class Engine:
         self.on_event("claimed", {"job": job.id, "state": job.state, "attempt": job.attempts, "worker": lease.worker})
         state = job.state
         try:
-            while state not in ("published", "escalated", "failed"):
-                state = self._stage(job, lease, state)
+            with self._trace(job):
+                while state not in ("published", "escalated", "failed"):
+                    state = self._stage(job, lease, state)
         except LeaseLost as exc:
             log.warning("%s", exc)
             self.on_event("lease_lost", {"job": job.id})
@@ -133,11 +142,20 @@ class Engine:
         finally:
             beating.set()
             heart.join()
+            if self.tracing is not None:
+                self.tracing.flush()
         final = self.store.get(job.id)
         self.on_event("finished", {"job": job.id, "state": final.state, "post_url": final.post_url,
                                    "error": final.error})
         self.send_reply(final)
         return final
+
+    def _trace(self, job: Job):
+        from contextlib import nullcontext
+
+        from phase16_capstone.job_tracing import job_trace
+
+        return job_trace(job) if self.tracing is not None else nullcontext()
 
     def _heartbeat(self, lease: Lease, done: threading.Event) -> None:
         """Renew the lease every third of its length; stop once it was taken over (fencing does the rest)."""
@@ -156,7 +174,13 @@ class Engine:
         self.llm.reset()
         started = time.perf_counter()
         try:
-            to_state, write, detail, delta = stages[state](job)
+            if self.tracing is not None:
+                from phase16_capstone.job_tracing import stage_span
+
+                with stage_span(state):
+                    to_state, write, detail, delta = stages[state](job)
+            else:
+                to_state, write, detail, delta = stages[state](job)
         except LeaseLost:
             raise
         except OutputBlocked as exc:
