@@ -6,6 +6,7 @@ EXERCISES: tuple[str, ...] = (
     "phase15_production.cost_model",
     "phase15_production.contention",
     "phase15_production.fault_injection",
+    "phase15_production.injection",
 )
 # `lab traces [RUN_ID]`: a run's spans as a tree (lab.registry.phase_commands wires it)
 COMMANDS = {"traces": "phase15_production.trace_view:cli"}

@@ -5,4 +5,5 @@ EXERCISES: tuple[str, ...] = (
     "phase16_capstone.engine_run",
     "phase16_capstone.load",
     "phase16_capstone.site_check",
+    "phase16_capstone.injection_check",
 )

@@ -45,8 +45,15 @@ class EngineSettings:
     writer_max_tokens: int = 80  # per paragraph
     max_revisions: int = 3  # editor_gate: ESCALATE after this many revision cycles
     rubric: str = "1.1"
+    trace: bool = True  # each job a trace (job_tracing): spans to the local store (+ OTLP when configured)
+    traces: str | None = None  # span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)
+    defence: bool = True  # the Phase 15 defence (spotlighting + output check); False only to measure without it
     poll_s: float = 0.5  # idle worker's wait between claims
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OutputBlocked(Exception):
+    """The output check refused the post: the job is escalated to a human with the reason, never published."""
 
 
 def worker_name() -> str:
@@ -62,8 +69,14 @@ class Engine:
     def __init__(self, store: JobStore, llm, deploy, settings: EngineSettings | None = None,
                  on_event: Callable[[str, dict], None] | None = None, replier=None):
         self.store, self.deploy = store, deploy
-        self.llm = MeteredLLM(llm)
         self.settings = settings or EngineSettings()
+        self.tracing = None
+        if self.settings.trace:
+            from phase16_capstone.job_tracing import EngineTracedLLM, tracing_for
+
+            self.tracing = tracing_for(self.settings.traces)
+            llm = EngineTracedLLM(llm)
+        self.llm = MeteredLLM(llm)
         self.on_event = on_event or (lambda kind, info: None)
         self.replier = replier
         self._indexes: dict[str | None, Any] = {}
@@ -119,8 +132,9 @@ class Engine:
         self.on_event("claimed", {"job": job.id, "state": job.state, "attempt": job.attempts, "worker": lease.worker})
         state = job.state
         try:
-            while state not in ("published", "escalated", "failed"):
-                state = self._stage(job, lease, state)
+            with self._trace(job):
+                while state not in ("published", "escalated", "failed"):
+                    state = self._stage(job, lease, state)
         except LeaseLost as exc:
             log.warning("%s", exc)
             self.on_event("lease_lost", {"job": job.id})
@@ -128,11 +142,20 @@ class Engine:
         finally:
             beating.set()
             heart.join()
+            if self.tracing is not None:
+                self.tracing.flush()
         final = self.store.get(job.id)
         self.on_event("finished", {"job": job.id, "state": final.state, "post_url": final.post_url,
                                    "error": final.error})
         self.send_reply(final)
         return final
+
+    def _trace(self, job: Job):
+        from contextlib import nullcontext
+
+        from phase16_capstone.job_tracing import job_trace
+
+        return job_trace(job) if self.tracing is not None else nullcontext()
 
     def _heartbeat(self, lease: Lease, done: threading.Event) -> None:
         """Renew the lease every third of its length; stop once it was taken over (fencing does the rest)."""
@@ -151,9 +174,19 @@ class Engine:
         self.llm.reset()
         started = time.perf_counter()
         try:
-            to_state, write, detail, delta = stages[state](job)
+            if self.tracing is not None:
+                from phase16_capstone.job_tracing import stage_span
+
+                with stage_span(state):
+                    to_state, write, detail, delta = stages[state](job)
+            else:
+                to_state, write, detail, delta = stages[state](job)
         except LeaseLost:
             raise
+        except OutputBlocked as exc:
+            log.warning("job %s: %s", job.id, exc)
+            self.store.finish(lease, "escalated", error=f"output check: {exc}"[:1000], run_id=run_id)
+            return "escalated"
         except Exception as exc:  # noqa: BLE001 — any stage failure fails the job, recorded, not raised
             log.exception("job %s: stage %s failed", job.id, state)
             self.store.finish(lease, "failed", error=f"{state}: {type(exc).__name__}: {exc}"[:1000], run_id=run_id)
@@ -191,7 +224,8 @@ class Engine:
         revision = self.store.get(job.id).revisions
         reviews = self.store.reviews(job.id)
         feedback = feedback_for_writer(reviews[-1]) if revision > 0 and reviews else None
-        draft = write_draft(self.llm, job.topic, self._evidence(job), feedback, self.settings.writer_max_tokens)
+        draft = write_draft(self.llm, job.topic, self._evidence(job), feedback, self.settings.writer_max_tokens,
+                            defence=self.defence(job.id))
         if not draft.body:
             raise RuntimeError("the Writer produced an empty draft")
 
@@ -223,6 +257,9 @@ class Engine:
         from phase16_capstone.site import PostRecord
 
         post = self.post_record(job.id)
+        verdict = self.check(f"{post.title}\n\n{post.body_markdown}", job)
+        if not verdict.allowed:
+            raise OutputBlocked(verdict.reason)
 
         def write(conn, revisions):
             self.store.lock_site(conn, self.site_key)  # publishers of one site one at a time (see lock_site)
@@ -253,16 +290,36 @@ class Engine:
             cost_usd=None if any(c is None for c in costs) else round(sum(costs), 6),
             created_at=job.created_at.isoformat(), model=self.llm.spec)
 
+    # --- the Phase 15 defence (untrusted.py) ------------------------------------------------------
+    def defence(self, job_id: str):
+        from phase16_capstone.untrusted import defence_for
+
+        return defence_for(job_id) if self.settings.defence else None
+
+    def check(self, text: str, job: Job, trusted: tuple[str, ...] = ()):
+        """The output check on text about to leave the engine, against the job's topic and evidence
+        (``trusted``: what the engine itself wrote into it, such as the post's URL)."""
+        from phase15_production.defence import ALLOW
+        from phase16_capstone.untrusted import check_output
+
+        defence = self.defence(job.id)
+        if defence is None:
+            return ALLOW
+        return check_output(text, job.topic, [e["text"] for e in self.store.evidence(job.id)], defence, trusted)
+
     # --- chat replies -----------------------------------------------------------------------
     def send_reply(self, job: Job) -> None:
         if self.replier is None or job.chat_id is None or not job.terminal:
             return
         if not self.store.take_reply(job.id):  # someone else sent (or is sending) it
             return
-        from phase16_capstone.telegram import reply_text
+        from phase16_capstone.telegram import WITHHELD, reply_text
 
+        text = reply_text(job)
+        if not self.check(text, job, (job.post_url or "",)).allowed:  # e.g. a failure message quoting injected text
+            text = WITHHELD.format(state=job.state, id=job.id)
         try:
-            self.replier.send(job.chat_id, reply_text(job))
+            self.replier.send(job.chat_id, text)
         except Exception as exc:  # noqa: BLE001 — a failed reply is recorded, never retried (at most once)
             self.store.reply_done(job.id, False, str(exc)[:300])
             log.warning("job %s: Telegram reply failed: %s", job.id, exc)

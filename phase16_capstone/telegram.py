@@ -89,10 +89,16 @@ def parse_update(data: Any) -> Request:
     return Request(update.update_id, message.chat.id, topic)
 
 
+WITHHELD = "Job {id} ended {state}; the details are withheld from this chat (the output check refused them)."
+
+
 def reply_text(job) -> str:
-    """What the chat reads when its job ends."""
+    """What the chat reads when its job ends (never the output check's reason: it may quote the payload)."""
     if job.state == "published":
         return f"Published: {job.topic}\n{job.post_url}"
+    if job.state == "escalated" and (job.error or "").startswith("output check:"):
+        return (f"Not published: the output check held the draft (it may carry instructions from a source); "
+                f"it waits for a human (job {job.id}).")
     if job.state == "escalated":
         return (f"Not published: the Editor rejected the draft after {job.revisions} revision(s); "
                 f"it waits for a human (job {job.id}).")

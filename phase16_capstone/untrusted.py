@@ -6,12 +6,29 @@ reads it. Keeping this a single function is the point: the Phase 15 prompt-injec
 (spotlighting, the instruction hierarchy, output checks) is wired in HERE, once, and every stage
 inherits it. ``TOPIC`` and ``EVIDENCE`` name the two kinds of untrusted text the stages pass.
 
-What it does today: refuses non-strings, drops control characters (a NUL or an escape sequence in a
-chunk has no business in a prompt or a page), collapses runs of whitespace and caps the length.
+``admit`` refuses non-strings, drops control characters (a NUL or an escape sequence in a chunk has
+no business in a prompt or a page), collapses runs of whitespace and caps the length. What it returns
+is what the store keeps and the audit page quotes, so it stays readable. The Phase 15 defence
+(``phase15_production.defence``) then acts at the two places where untrusted text meets the model
+and the world:
+
+- ``spotlight`` — the prompt-time view of admitted evidence: delimited by a block with a random id
+  and datamarked (Hines et al. 2024), read under a system prompt carrying the instruction hierarchy
+  and a leak canary (``system_prompt``). This only *asks* the model to treat it as data.
+- ``check_output`` — before a post is published and before a chat reply is sent: no link, image or
+  address the topic did not hold, no encoded payload, no system-prompt canary, no text copied from an
+  instruction found in the evidence. This does not depend on the model at all, so it also holds
+  against Phase 15's ``ObedientAdversary`` (a worst case that obeys every instruction it reads).
+
+The capabilities-by-stage and provenance layers have nothing to act on here: no engine stage gives
+the model a tool — publishing and replying are the engine's code, run after the output check.
+One ``Defence`` per job, seeded by the job id, so every worker that touches the job (a resumed one
+too) plants and checks the same canary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 TOPIC = "topic"  # a user's request: Telegram message text, POST /jobs, the CLI
@@ -20,6 +37,10 @@ MAX_CHARS = {TOPIC: 300, EVIDENCE: 2000}
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t]+")
+
+
+# the layers that apply to an engine without model-held tools (see the module docstring)
+ENGINE_LAYERS = ("spotlight", "hierarchy", "output")
 
 
 class UntrustedInputError(ValueError):
@@ -37,3 +58,26 @@ def admit(text: object, kind: str, source: str) -> str:
     if not cleaned:
         raise UntrustedInputError(f"{source}: {kind} is empty")
     return cleaned[:MAX_CHARS[kind]].rstrip()
+
+
+def defence_for(job_id: str):
+    """The job's ``Defence`` (same marks, block ids and canary in every worker that runs the job)."""
+    from phase15_production.defence import Defence
+
+    return Defence(ENGINE_LAYERS, seed=int(hashlib.sha256(job_id.encode()).hexdigest()[:16], 16))
+
+
+def spotlight(text: str, source: str, defence) -> str:
+    """Admitted evidence as a prompt shows it: delimited and datamarked."""
+    return defence.wrap_untrusted(text, source=source)
+
+
+def unmark(text: str, defence) -> str:
+    """A model's reply with any datamark it copied from a spotlighted block turned back into spaces."""
+    return text.replace(defence.mark, " ")
+
+
+def check_output(text: str, topic: str, evidence: list[str], defence, trusted=()):
+    """The Phase 15 output check on text about to leave the engine (a post, a chat reply):
+    a ``Verdict`` whose ``reason`` says what was refused. ``trusted``: text the engine wrote itself."""
+    return defence.check_output(text, topic, trusted=list(trusted), untrusted=evidence)
