@@ -1,0 +1,264 @@
+"""Research tasks: questions whose answers are numbers (or short texts) in this repo's own results.
+
+A task file is JSON lines with ``question``, ``answer``, ``answer_type`` (``number`` | ``text``) and
+``tolerance`` (absolute, for numbers), plus optional ``id``, ``evidence`` (``{"source": <corpus
+document>, "contains": [strings]}``: a chunk of that document holding one of the strings is where
+the answer lives — what a correct citation points at) and ``derivation`` (how the answer was
+computed from the committed results). ``--set tasks=FILE.jsonl`` runs any such file.
+
+The shipped set (``data/research_tasks.jsonl``) is written from ``SPECS`` by
+``python -m phase13_react.tasks --write``: every answer is read or computed from a committed
+``result.json`` at that moment, never typed by hand, and a test re-derives each one, so a result
+that changes cannot leave a stale answer behind silently.
+
+Checking (``check``): a text answer passes when the gold text appears in the reply (case and
+punctuation ignored); a number passes when any number in the reply is within ``tolerance`` of the
+gold value — but a reply with more than ``MAX_NUMBERS`` numbers is a list of guesses and fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.errors import ConfigError
+
+TASKS_FILE = Path(__file__).resolve().parent / "data" / "research_tasks.jsonl"
+ANSWER_TYPES = ("number", "text")
+MAX_NUMBERS = 4
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    question: str
+    answer: Any
+    answer_type: str
+    tolerance: float = 0.0
+    evidence: dict[str, Any] | None = None
+    derivation: dict[str, Any] | None = None
+
+
+def _fail(path: Path, line_no: int, name: str, problem: str):
+    raise ConfigError(f"{path}:{line_no}: field {name!r} {problem}")
+
+
+def load_tasks(path: str | Path | None = None) -> list[Task]:
+    """Parse and validate a task file; every error names the file, the line and the field."""
+    path = Path(path).expanduser() if path else TASKS_FILE
+    if not path.is_file():
+        raise ConfigError(f"tasks file {path} does not exist")
+    tasks, seen = [], set()
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(rec).__name__}")
+        for name in ("question", "answer", "answer_type"):
+            if rec.get(name) is None:
+                _fail(path, line_no, name, "is missing")
+        if not isinstance(rec["question"], str) or not rec["question"].strip():
+            _fail(path, line_no, "question", f"must be a non-empty string, got {rec['question']!r}")
+        kind = rec["answer_type"]
+        if kind not in ANSWER_TYPES:
+            _fail(path, line_no, "answer_type", f"must be one of {', '.join(ANSWER_TYPES)}, got {kind!r}")
+        answer = rec["answer"]
+        if kind == "number" and (isinstance(answer, bool) or not isinstance(answer, (int, float))):
+            _fail(path, line_no, "answer", f"must be a number for answer_type number, got {answer!r}")
+        if kind == "text" and not (isinstance(answer, str) and answer.strip()):
+            _fail(path, line_no, "answer", f"must be a non-empty string for answer_type text, got {answer!r}")
+        tolerance = rec.get("tolerance", 0.0)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+            _fail(path, line_no, "tolerance", f"must be a number >= 0, got {tolerance!r}")
+        evidence = rec.get("evidence")
+        if evidence is not None and not (isinstance(evidence, dict) and isinstance(evidence.get("source"), str)):
+            _fail(path, line_no, "evidence", f'must be {{"source": str, "contains": [str]}}, got {evidence!r}')
+        tid = str(rec.get("id") or f"line{line_no}")
+        if tid in seen:
+            _fail(path, line_no, "id", f"{tid!r} is used twice")
+        seen.add(tid)
+        tasks.append(Task(tid, rec["question"].strip(), answer, kind, float(tolerance), evidence, rec.get("derivation")))
+    if not tasks:
+        raise ConfigError(f"tasks file {path} holds no tasks")
+    return tasks
+
+
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def numbers_in(text: str) -> list[float]:
+    """Every number written in ``text`` (``131,072``, ``4.29``, ``-0.68``, ``1e-3``)."""
+    return [float(m.group().replace(",", "")) for m in _NUMBER.finditer(text or "")]
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+(?:\.\w+)*", str(text).casefold()))
+
+
+def check(task: Task, reply: str | None) -> bool:
+    """Did ``reply`` answer ``task``? (exact text match, or a number within tolerance)."""
+    if not reply:
+        return False
+    if task.answer_type == "text":
+        return f" {_norm(task.answer)} " in f" {_norm(reply)} "
+    found = numbers_in(reply)
+    return 0 < len(found) <= MAX_NUMBERS and any(abs(x - task.answer) <= task.tolerance + 1e-12 for x in found)
+
+
+def cites_evidence(task: Task, chunk_id: str, chunk_text: str) -> bool:
+    """Does a cited chunk hold the task's evidence (its source document, and one of its strings)?"""
+    if not task.evidence:
+        return False
+    source = chunk_id.rsplit("#", 1)[0]
+    contains = task.evidence.get("contains") or []
+    return source == task.evidence["source"] and (not contains or any(s in chunk_text for s in contains))
+
+
+# --- the shipped set, derived from the committed results ------------------------------------------------
+_REF = re.compile(r"\{([\w.]+):(\w+)\}")
+
+
+def derive(derivation: dict[str, Any]) -> Any:
+    """The answer a derivation gives from the committed results right now.
+
+    ``{"metric": [exercise, name]}`` a metric's value; ``{"expression": "{ex:metric} / {ex:metric}"}``
+    arithmetic over metrics; ``{"kv_cache_gb": {...}}`` Phase 8's formula; ``{"field": [exercise,
+    key]}`` a field of the result by dotted path (``method``, ``models.0.id``)."""
+    from phase13_react.research_tools import kv_cache_gb, metric_value, result_path, safe_eval
+
+    if "metric" in derivation:
+        return metric_value(*derivation["metric"])["value"]
+    if "expression" in derivation:
+        expr = _REF.sub(lambda m: repr(metric_value(m.group(1), m.group(2))["value"]), derivation["expression"])
+        return round(safe_eval(expr), 6)
+    if "kv_cache_gb" in derivation:
+        return kv_cache_gb.fn(**derivation["kv_cache_gb"])
+    if "field" in derivation:
+        exercise, key = derivation["field"]
+        value = json.loads(result_path(exercise).read_text())
+        for part in key.split("."):  # a dotted path: models.0.id
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        return value
+    raise ValueError(f"unknown derivation {derivation!r}")
+
+
+def _source(exercise: str) -> str:
+    group, _, name = exercise.partition(".")
+    return f"results/{group}/{name}/cpu/result.md"
+
+
+def _metric(tid, question, exercise, metric, tol=None):
+    return {"id": tid, "question": question, "derivation": {"metric": [exercise, metric]}, "tol": tol,
+            "evidence": {"source": _source(exercise), "contains": [metric]}}
+
+
+def _expr(tid, question, expression, tol=None):
+    refs = _REF.findall(expression)
+    return {"id": tid, "question": question, "derivation": {"expression": expression}, "tol": tol,
+            "evidence": {"source": _source(refs[0][0]), "contains": [m for _, m in refs]}}
+
+
+def _kv(tid, question, **params):
+    return {"id": tid, "question": question, "derivation": {"kv_cache_gb": params}, "tol": None,
+            "evidence": {"source": "results/phase08/kv_cache/cpu/result.md", "contains": ["bytes per token"]}}
+
+
+SPECS: list[dict[str, Any]] = [
+    _metric("kv_8b_32k", "According to this repo's phase08.kv_cache result, how many GB does the KV cache of Llama 3.1 8B "
+            "take at 32K context, batch 1, bf16 (metric kv_cache_gb)?", "phase08.kv_cache", "kv_cache_gb"),
+    _metric("kv_bytes_token", "How many bytes per token does Llama 3.1 8B's KV cache hold in bf16 (phase08.kv_cache)?",
+            "phase08.kv_cache", "kv_bytes_per_token"),
+    _expr("kv_mha_vs_gqa", "In phase08.kv_cache, how many times larger is the hypothetical MHA cache of Llama 3.1 8B "
+          "than its actual GQA cache at 128K context, batch 1?",
+          "{phase08.kv_cache:kv_8b_mha_128k_b1_gb} / {phase08.kv_cache:kv_8b_gqa_128k_b1_gb}", tol=0.05),
+    _metric("kv_capstone", "How many GB of KV cache do the capstone's four agents at 32K context each need "
+            "(phase08.kv_cache)?", "phase08.kv_cache", "capstone_4_agents_32k_gb"),
+    _metric("kv_70b_128k", "How many GB is the KV cache of Llama 3.1 70B at 128K context, batch 1 (phase08.kv_cache)?",
+            "phase08.kv_cache", "kv_70b_gqa_128k_b1_gb"),
+    _kv("kv_70b_64k_b4", "How many GB (decimal) of KV cache does Llama 3.1 70B need for 4 sequences of 65536 tokens "
+        "in bf16?", context=65536, batch=4, model="llama-3.1-70b"),
+    _kv("kv_8b_16k_b8", "How many GB (decimal) of KV cache does Llama 3.1 8B need for 8 sequences of 16384 tokens "
+        "in bf16?", context=16384, batch=8, model="llama-3.1-8b"),
+    _metric("params_8b", "How many parameters does Llama 3.1 8B have in total (phase08.architecture)?",
+            "phase08.architecture", "llama31_8b_total_params"),
+    _metric("a100_headroom", "How many GB are left on an 80 GB A100 after Llama 3.1 8B's bf16 weights "
+            "(phase08.architecture)?", "phase08.architecture", "a100_headroom_after_weights_gb"),
+    _metric("gpt2_params", "How many parameters does GPT-2 small have in total (phase08.architecture)?",
+            "phase08.architecture", "gpt2_total_params"),
+    _metric("sft_kept_pairs", "How many question-answer pairs did the phase09.dataset filter keep?",
+            "phase09.dataset", "kept_pairs"),
+    _metric("sft_filter_rate", "What percentage of raw pairs did the phase09.dataset filter remove (filter_rate)?",
+            "phase09.dataset", "filter_rate"),
+    _metric("lora_trainable", "How many trainable parameters does the phase09.qlora LoRA adapter on SmolLM2-135M have?",
+            "phase09.qlora", "trainable_params"),
+    _expr("lora_eval_gain", "By how much did the held-out eval loss drop in phase09.qlora (eval_loss_before minus "
+          "eval_loss_after)?", "{phase09.qlora:eval_loss_before} - {phase09.qlora:eval_loss_after}", tol=0.01),
+    _expr("rank_ratio", "In phase09.rank_sweep, how many times more LoRA parameters does rank 64 give Llama 3.1 8B "
+          "than rank 4?", "{phase09.rank_sweep:llama8b_params_r64} / {phase09.rank_sweep:llama8b_params_r4}"),
+    _metric("dpo_heldout", "What held-out preference-pair accuracy did phase10.dpo reach?",
+            "phase10.dpo", "heldout_pairs_accuracy", tol=0.01),
+    _metric("rm_eval_acc", "What eval accuracy did the phase10.reward_model reach?",
+            "phase10.reward_model", "eval_accuracy", tol=0.01),
+    {"id": "judge_method", "question": "Which judge_method did the phase10.judge exercise use?",
+     "derivation": {"metric": ["phase10.judge", "judge_method"]}, "tol": None,
+     "evidence": {"source": "results/phase10/judge/cpu/result.md", "contains": ["judge_method"]}},
+    _metric("eval_prompts", "How many prompts are in the phase11.eval_set evaluation set?", "phase11.eval_set", "n_prompts"),
+    _metric("eval_categories", "How many categories does the phase11.eval_set evaluation set cover?",
+            "phase11.eval_set", "n_categories"),
+    _metric("judge_r_v11", "What overall correlation r with human scores did rubric v1.1 reach in phase11.calibration?",
+            "phase11.calibration", "overall_r_v1_1", tol=0.01),
+    _metric("rag_chunks", "How many chunks did structure chunking make in phase12.rag_from_scratch?",
+            "phase12.rag_from_scratch", "n_chunks_structure"),
+    _metric("ragas_recall", "What context recall did phase12.ragas_eval measure?", "phase12.ragas_eval",
+            "context_recall", tol=0.01),
+    _metric("constrained_correct", "What fraction of constrained tool calls named the correct tool in the "
+            "tool_calls benchmark?", "benchmarks.tool_calls", "correct_tool_constrained", tol=0.01),
+    {"id": "kv_method", "question": "Which method label (same, scaled or substitute) does the committed cpu result "
+     "of phase08.kv_cache carry?", "derivation": {"field": ["phase08.kv_cache", "method"]}, "tol": None,
+     "evidence": {"source": "results/phase08/kv_cache/cpu/result.md", "contains": ["method"]}},
+    {"id": "embedder", "question": "Which embedding model did phase12.embeddings use (model id)?",
+     "derivation": {"field": ["phase12.embeddings", "models.0.id"]}, "tol": None,
+     "evidence": {"source": "results/phase12/embeddings/cpu/result.md", "contains": ["Models:"]}},
+]
+
+
+def _tolerance(value: Any, tol: float | None) -> float:
+    """Absolute tolerance: exact for integers, 1% of the value otherwise (result.md shows rounded values)."""
+    if tol is not None:
+        return tol
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return 0.0
+    return round(abs(value) * 0.01, 6)
+
+
+def build_rows() -> list[dict[str, Any]]:
+    """The shipped task rows with answers derived from the committed results now."""
+    rows = []
+    for spec in SPECS:
+        value = derive(spec["derivation"])
+        kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else "text"
+        rows.append({"id": spec["id"], "question": spec["question"], "answer": value if kind == "number" else str(value),
+                     "answer_type": kind, "tolerance": _tolerance(value, spec["tol"]) if kind == "number" else 0.0,
+                     "evidence": spec["evidence"], "derivation": spec["derivation"]})
+    return rows
+
+
+def write_tasks(path: Path = TASKS_FILE) -> int:
+    rows = build_rows()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m phase13_react.tasks --write   (re-derive data/research_tasks.jsonl from results/)")
+    print(f"wrote {write_tasks()} tasks to {TASKS_FILE}")
