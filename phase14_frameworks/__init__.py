@@ -1,4 +1,8 @@
 """Agent frameworks: LangGraph, OpenClaw, CrewAI."""
 
 TITLE = "Agent frameworks: LangGraph, OpenClaw, CrewAI"
-EXERCISES: tuple[str, ...] = ()
+EXERCISES: tuple[str, ...] = (
+    "phase14_frameworks.langgraph_agent",
+    "phase14_frameworks.crewai_crew",
+    "phase14_frameworks.comparison",
+)

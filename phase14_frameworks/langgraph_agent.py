@@ -43,7 +43,8 @@ class Config(ExerciseConfig):
     max_steps: int = 6  # model turns per task
     max_tokens: int = 256
     crash_demo: bool = True
-    crash_after_checkpoints: int = 3  # kill the worker once the thread has this many checkpoints
+    crash_after_checkpoints: int = 4  # kill the worker once the thread has this many checkpoints
+    crash_min_tool_steps: int = 2  # the crash run must use tools before answering (else 135M answers at once)
     approval_demo: bool = True
     time_travel: bool = True
     worker_timeout_s: float = 900.0
@@ -79,7 +80,8 @@ def crash_and_resume(url: str, model: str, question: str, cfg: Config, conn) -> 
     from phase14_frameworks import langgraph_research as lr
 
     thread_id = f"p14-crash-{uuid.uuid4().hex[:8]}"
-    first = subprocess.Popen(worker_cmd(url, model, thread_id, cfg, "--question", question),
+    first = subprocess.Popen(worker_cmd(url, model, thread_id, cfg, "--question", question,
+                                        "--min-tool-steps", str(cfg.crash_min_tool_steps)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=Path(__file__).parents[1])
     deadline = time.monotonic() + cfg.worker_timeout_s
@@ -92,10 +94,12 @@ def crash_and_resume(url: str, model: str, question: str, cfg: Config, conn) -> 
     killed = first.returncode == -signal.SIGKILL
     before = lr.checkpoint_stats(conn, thread_id)["checkpoints"]
     executions_before = lr.node_executions(conn, thread_id)
-    second, wall = run_worker(worker_cmd(url, model, thread_id, cfg, "--continue"), cfg.worker_timeout_s)
+    second, wall = run_worker(worker_cmd(url, model, thread_id, cfg, "--continue", "--min-tool-steps",
+                                         str(cfg.crash_min_tool_steps)), cfg.worker_timeout_s)
     executions = lr.node_executions(conn, thread_id)
     later = {e["pid"] for e in executions} - {first.pid}
-    return {"thread": thread_id, "killed_mid_run": killed, "checkpoints_at_kill": before,
+    return {"thread": thread_id, "killed_mid_run": killed and bool(second["loaded"]["next"]),
+            "checkpoints_at_kill": before,
             "nodes_done_before_kill": len(executions_before), "nodes_run_after": len(executions) - len(executions_before),
             "reexecuted": lr.reexecuted(executions, first.pid, later),
             "loaded": second["loaded"], "done": second["done"], "resume_wall_s": wall}
@@ -143,14 +147,16 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm import from_spec
     from lab.serve.background import serving
     from phase13_react.research_tools import RESEARCH_TOOLS
-    from phase13_react.tasks import check_answer, load_tasks, tasks_sha256
+    from lab.hashing import sha256_file
+    from phase13_react.tasks import TASKS_FILE, check, load_tasks
     from phase13_react.tools import Toolbox
     from phase14_frameworks import langgraph_research as lr
     from phase14_frameworks.metered import MeteredLLM
 
     tasks = load_tasks(cfg.tasks)
     chosen = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
-    ctx.dataset(cfg.tasks or "phase13_react/data/research_tasks.jsonl", n=len(chosen), sha256=tasks_sha256(tasks))
+    ctx.dataset(cfg.tasks or "phase13_react/data/research_tasks.jsonl", n=len(chosen),
+                sha256=sha256_file(Path(cfg.tasks or TASKS_FILE)))
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if not cfg.tools or t.name in cfg.tools])
     metered = MeteredLLM(from_spec(cfg.llm))
     ctx.model(**metered.describe())
@@ -167,7 +173,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
             values = lr.run_thread(graph, thread_id, lr.initial_state(task.question, cfg.max_steps))
             wall = time.perf_counter() - started
             s, used, cp = lr.summary(values), metered.totals(mark), lr.checkpoint_stats(conn, thread_id)
-            ok = check_answer(task, s["answer"])
+            ok = check(task, s["answer"])
             per_task.append({"thread": thread_id, "ok": ok, "wall": wall, **s, **cp, **used})
             rows.append([task.id, ok, s["stop_reason"], s["steps"], used["calls"],
                          used["input_tokens"] + used["output_tokens"], cp["checkpoints"], cp["bytes"], round(wall, 2),
@@ -191,7 +197,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                     f"{mean(t['checkpoints'] for t in per_task):.1f} checkpoints "
                     f"({mean(t['bytes'] for t in per_task) / 1024:.1f} KiB) on average.")
         if outcomes:
-            ctx.failure_mode(f"tool-call outcomes other than ok over the task set: "
+            ctx.failure_mode("tool-call outcomes other than ok over the task set: "
                              + ", ".join(f"{o} ×{outcomes.count(o)}" for o in sorted(set(outcomes))))
         if stops["max_steps"]:
             ctx.failure_mode(f"{stops['max_steps']}/{n} threads used the whole step budget without a final answer")
@@ -205,7 +211,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
                        "fresh process start until the thread's checkpoint is loaded (imports included)")
             ctx.metric("checkpoint_load_s", crash["loaded"]["load_s"], "s", False,
                        "open the saver, build the graph, read the latest checkpoint")
-            ctx.metric("killed_mid_run", crash["killed_mid_run"], "", None)
+            ctx.metric("killed_mid_run", crash["killed_mid_run"], "", None,
+                       "SIGKILL landed while the thread still had nodes to run")
             ctx.table("crash", [[k, v] for k, v in crash.items() if k not in ("loaded", "done")]
                       + [["steps after resume", crash["done"]["steps"]], ["stop after resume", crash["done"]["stop_reason"]]],
                       ["what", "value"], title="SIGKILL mid-run, continued by a fresh process")
@@ -216,8 +223,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
                             f"start), ran {crash['nodes_run_after']} more nodes and re-executed "
                             f"{crash['reexecuted']} finished ones.")
             else:
-                ctx.failure_mode(f"the crash worker finished before reaching {cfg.crash_after_checkpoints} checkpoints "
-                                 "(the model answered at once): nothing was killed mid-run")
+                ctx.failure_mode(f"the crash worker's thread was complete before the kill at "
+                                 f"{cfg.crash_after_checkpoints} checkpoints: nothing was killed mid-run")
         if cfg.approval_demo:
             appr = approval_across_processes(url, metered.model, question, cfg, conn)
             ctx.metric("approval_paused", appr["paused"], "", None, "the first process stopped at interrupt()")
@@ -243,7 +250,7 @@ EXERCISE = Exercise(
     title="The research agent as a LangGraph graph: PostgreSQL checkpoints, crash resume, approval, time travel",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {"n_tasks": 4, "max_steps": 5}, "a100": {"n_tasks": 0, "max_steps": 8}},
+    profiles={"cpu": {"n_tasks": 3, "max_steps": 5}, "a100": {"n_tasks": 0, "max_steps": 8}},
     tiny={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64},
     summary_metrics=("success_rate", "nodes_reexecuted_after_crash", "checkpoints_per_run", "resume_latency_s"),
     methods={"cpu": "scaled", "a100": "same"},

@@ -116,16 +116,21 @@ FINAL_ANSWER_TOOL_OPENAI = {"type": "function", "function": {
     "parameters": FINAL_ANSWER_TOOL["input_schema"]}}
 
 
-def _log_node(conn, config: dict, node: str) -> None:
+def _log_node(saver, config: dict, node: str) -> None:
     meta = config.get("metadata") or {}
-    conn.execute("INSERT INTO p14_node_executions (thread_id, node, step, pid) VALUES (%s, %s, %s, %s)",
-                 (config["configurable"]["thread_id"], node, int(meta.get("langgraph_step", -1)), os.getpid()))
+    with saver.lock:  # the saver's connection: its own writes may be in flight on another thread
+        saver.conn.execute("INSERT INTO p14_node_executions (thread_id, node, step, pid) VALUES (%s, %s, %s, %s)",
+                           (config["configurable"]["thread_id"], node, int(meta.get("langgraph_step", -1)),
+                            os.getpid()))
 
 
-def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = None, approval: bool = False):
+def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = None, approval: bool = False,
+                min_tool_steps: int = 0):
     """Compile the research graph. ``approval=True`` adds ``review`` (an ``interrupt`` asking a human to
     approve how the run ended) before ``publish`` (the side effect: the answer is written to
-    ``p14_published``); a run that ran out of budget is reviewed too, so the human sees that as well."""
+    ``p14_published``); a run that ran out of budget is reviewed too, so the human sees that as well.
+    ``min_tool_steps`` withholds final_answer until that many tool results are in (the crash demo uses
+    it so that a model which answers at once still leaves finished nodes to kill after)."""
     from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
     from langgraph.graph import END, START, StateGraph
     from langgraph.graph.message import add_messages
@@ -134,19 +139,21 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
     fields = {**get_type_hints(ResearchState, include_extras=True), "messages": Annotated[list, add_messages]}
     State = TypedDict("State", fields, total=False)  # ResearchState, with LangGraph's message reducer
 
-    bound = model.bind_tools([*as_langchain_tools(toolbox), FINAL_ANSWER_TOOL_OPENAI], tool_choice="required",
-                             parallel_tool_calls=False)
-    conn = checkpointer.conn
+    research = as_langchain_tools(toolbox)
+    bound = model.bind_tools([*research, FINAL_ANSWER_TOOL_OPENAI], tool_choice="required", parallel_tool_calls=False)
+    must_research = model.bind_tools(research, tool_choice="required", parallel_tool_calls=False)
 
     def agent(state, config) -> dict:
-        reply: AIMessage = bound.invoke([SystemMessage(system or NATIVE_SYSTEM), *state["messages"]])
+        researched = sum(isinstance(m, ToolMessage) for m in state["messages"])
+        llm = bound if researched >= min_tool_steps else must_research
+        reply: AIMessage = llm.invoke([SystemMessage(system or NATIVE_SYSTEM), *state["messages"]])
         update: dict[str, Any] = {"messages": [reply], "steps": state.get("steps", 0) + 1}
         final = [c for c in reply.tool_calls if c["name"] == FINAL_ANSWER]
         if final and isinstance(final[0]["args"].get("answer"), str):
             update.update(answer=final[0]["args"]["answer"], stop_reason="answer")
         elif not reply.tool_calls and reply.content:
             update.update(answer=str(reply.content), stop_reason="answer")
-        _log_node(conn, config, "agent")
+        _log_node(checkpointer, config, "agent")
         return update
 
     def tools(state, config) -> dict:
@@ -164,7 +171,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
                 content, outcome = obs.content, obs.outcome
             results.append(ToolMessage(content=content, tool_call_id=c["id"] or c["name"], name=c["name"]))
             outcomes.append(outcome)
-        _log_node(conn, config, "tools")
+        _log_node(checkpointer, config, "tools")
         return {"messages": results, "outcomes": outcomes}
 
     def route(state) -> str:
@@ -175,7 +182,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
         return "tools"
 
     def out_of_budget(state, config) -> dict:
-        _log_node(conn, config, "out_of_budget")
+        _log_node(checkpointer, config, "out_of_budget")
         return {"stop_reason": "max_steps"}
 
     graph = StateGraph(State)
@@ -195,15 +202,17 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
             decision = interrupt({"question": state["question"], "answer": state.get("answer"),
                                   "stop_reason": state.get("stop_reason"),
                                   "ask": "publish this answer? reply 'approve' or 'reject'"})
-            _log_node(conn, config, "review")
+            _log_node(checkpointer, config, "review")
             return {"decision": str(decision)}
 
         def publish(state, config) -> dict:
             if state.get("decision") == "approve":  # the side effect, keyed by thread: a re-run cannot double it
-                conn.execute("INSERT INTO p14_published (thread_id, answer, decided) VALUES (%s, %s, %s) "
-                             "ON CONFLICT (thread_id) DO NOTHING", (config["configurable"]["thread_id"],
-                             state.get("answer") or f"(no answer: {state.get('stop_reason')})", state["decision"]))
-            _log_node(conn, config, "publish")
+                answer = state.get("answer") or f"(no answer: {state.get('stop_reason')})"
+                with checkpointer.lock:
+                    checkpointer.conn.execute(
+                        "INSERT INTO p14_published (thread_id, answer, decided) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (thread_id) DO NOTHING", (config["configurable"]["thread_id"], answer, "approve"))
+            _log_node(checkpointer, config, "publish")
             return {} if state.get("decision") == "approve" else {"stop_reason": "rejected"}
 
         graph.add_node("review", review)

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--tools", default="", help="comma-separated Phase 13 research tools (default: all)")
     p.add_argument("--approval", action="store_true", help="interrupt for a human before publishing")
+    p.add_argument("--min-tool-steps", type=int, default=0, help="tool results required before final_answer")
     p.add_argument("--db-url", default=None)
     how = p.add_mutually_exclusive_group()
     how.add_argument("--continue", dest="cont", action="store_true", help="continue from the last checkpoint")
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     loading = time.perf_counter()
     saver = lr.open_saver(args.db_url or lr.database_url())
     graph = lr.build_graph(lr.chat_model(args.base_url, args.api_key, args.model, args.max_tokens),
-                           toolbox(args.tools), checkpointer=saver, approval=args.approval)
+                           toolbox(args.tools), checkpointer=saver, approval=args.approval,
+                           min_tool_steps=args.min_tool_steps)
     snapshot = graph.get_state(lr.thread(args.thread))
     print(lr.dumps({"event": "loaded", "pid": os.getpid(), "checkpoint_found": bool(snapshot.values),
                     "steps_done": snapshot.values.get("steps", 0), "next": list(snapshot.next),
