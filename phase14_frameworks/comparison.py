@@ -232,7 +232,7 @@ EXERCISE = Exercise(
     title="Raw Phase 13 vs LangGraph vs CrewAI vs OpenClaw on one research task set",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {"n_tasks": 3}, "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512}},
+    profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512}},
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 32, "tools": ["calculator"]},
     summary_metrics=("success_raw", "success_langgraph", "success_crewai", "tokens_raw", "tokens_langgraph",
                      "tokens_crewai"),
