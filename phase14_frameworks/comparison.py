@@ -179,7 +179,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                      round(s["wall"], 1), round(s["prompt_chars"])]
         elif framework == "OpenClaw" and oc:
             ctx.metric("loc_openclaw", loc, "lines", False)
-            cells = [0, loc, None, 1, oc.get("prompt_tokens"), oc.get("turn_latency_s"), oc.get("system_prompt_chars")]  # its system prompt alone
+            cells = [0, loc, None, None, oc.get("prompt_tokens"), oc.get("turn_latency_s"), oc.get("system_prompt_chars")]  # its system prompt alone
             ctx.finding(f"OpenClaw: not run on the task set here; its column is one headless turn from "
                         f"{cfg.openclaw_result} ({oc.get('system_prompt_chars')} system-prompt chars, "
                         f"{oc.get('tools_offered')} tools offered, {oc.get('turn_latency_s')} s).")
@@ -209,8 +209,11 @@ def when_to_choose(ctx: RunContext, s: dict[str, dict], lg: dict | None) -> None
                 + ", ".join(f"{f} {v['tokens']:.0f}" for f, v in s.items() if f != cheapest) + ").")
     ctx.finding(f"Least code to write: {smallest} ({s[smallest]['loc']} lines, "
                 + ", ".join(f"{f} {v['loc']}" for f, v in s.items() if f != smallest) + ").")
-    ctx.finding(f"Highest success: {best} ({s[best]['success']:.0%}); "
-                + ", ".join(f"{f} {v['success']:.0%}" for f, v in s.items() if f != best) + ".")
+    if len({v["success"] for v in s.values()}) == 1:
+        ctx.finding(f"Success does not separate them: every framework scored {s[best]['success']:.0%} on these tasks.")
+    else:
+        ctx.finding(f"Highest success: {best} ({s[best]['success']:.0%}); "
+                    + ", ".join(f"{f} {v['success']:.0%}" for f, v in s.items() if f != best) + ".")
     if "CrewAI" in s and "raw Phase 13" in s and s["raw Phase 13"]["prompt_chars"]:
         ratio = s["CrewAI"]["prompt_chars"] / s["raw Phase 13"]["prompt_chars"]
         ctx.finding(f"Prompt size: CrewAI's prompts averaged {s['CrewAI']['prompt_chars']:.0f} chars per call, "
