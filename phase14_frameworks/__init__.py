@@ -2,5 +2,8 @@
 
 TITLE = "Agent frameworks: LangGraph, OpenClaw, CrewAI"
 EXERCISES: tuple[str, ...] = (
+    "phase14_frameworks.langgraph_agent",
     "phase14_frameworks.openclaw_skill",
+    "phase14_frameworks.crewai_crew",
+    "phase14_frameworks.comparison",
 )

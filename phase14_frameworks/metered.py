@@ -1,0 +1,121 @@
+"""Count what a framework asks of the model where it cannot hide it: inside ``lab serve``.
+
+A framework decides how many model calls a task costs, what goes into each prompt and how long
+its replies may be; its own callbacks report what it chooses to report. Wrapping the served model
+records every request as the server executed it — whichever framework (or process) sent it — so
+LangGraph, CrewAI, OpenClaw and the raw Phase 13 loop are counted by one meter:
+
+    metered = MeteredLLM(from_spec(cfg.llm))
+    with serving(metered, api_key=KEY) as url:      # frameworks point at f"{url}/v1"
+        ...
+    metered.totals()    # {"calls": 7, "input_tokens": ..., "output_tokens": ..., "model_s": ...}
+
+The raw Phase 13 loop takes the same object in-process (it is an ``LLM``), so its calls are counted
+by the same code. Messages are kept (the prompt a framework built is part of the lesson); the API
+key never reaches the model layer, so it cannot be recorded here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from lab.llm.base import LLM, ChatResponse
+
+
+@dataclass
+class ModelCall:
+    """One request the model served: what it was asked and what it replied."""
+
+    messages: list[dict[str, Any]]
+    system: str | None
+    tool_names: list[str]
+    tool_choice: Any
+    stop: list[str] | None
+    reply_text: str = ""
+    reply_tool_calls: list[str] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def prompt_chars(self) -> int:
+        """Characters of prompt text sent (system + every message's text)."""
+        def text(content: Any) -> str:
+            if isinstance(content, list):
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return content or ""
+
+        return len(self.system or "") + sum(len(text(m.get("content"))) for m in self.messages)
+
+
+class MeteredLLM(LLM):
+    """An ``LLM`` that forwards every call to ``inner`` and keeps a ``ModelCall`` record of it."""
+
+    def __init__(self, inner: LLM):
+        super().__init__(inner.model)
+        self.inner = inner
+        self.provider = inner.provider
+        self.calls: list[ModelCall] = []
+        self._lock = threading.Lock()
+
+    def _record(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> ModelCall:
+        call = ModelCall(messages=[dict(m) for m in messages], system=kwargs.get("system"),
+                         tool_names=[t["name"] for t in kwargs.get("tools") or []],
+                         tool_choice=kwargs.get("tool_choice"), stop=kwargs.get("stop"))
+        with self._lock:
+            self.calls.append(call)
+        return call
+
+    @staticmethod
+    def _fill(call: ModelCall, reply: ChatResponse, started: float) -> None:
+        call.reply_text = reply.text
+        call.reply_tool_calls = [c.name for c in reply.tool_calls]
+        call.input_tokens, call.output_tokens = reply.usage.input_tokens, reply.usage.output_tokens
+        call.latency_s = time.perf_counter() - started
+
+    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResponse:
+        call, started = self._record(messages, kwargs), time.perf_counter()
+        try:
+            reply = self.inner.chat(messages, **kwargs)
+        except Exception as exc:
+            call.error, call.latency_s = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
+            raise
+        self._fill(call, reply, started)
+        return reply
+
+    def stream(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[str | ChatResponse]:
+        call, started = self._record(messages, kwargs), time.perf_counter()
+        try:
+            for item in self.inner.stream(messages, **kwargs):
+                if isinstance(item, ChatResponse):
+                    self._fill(call, item, started)
+                yield item
+        except Exception as exc:
+            call.error, call.latency_s = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
+            raise
+
+    def count_tokens(self, messages: list[dict[str, Any]], **kwargs: Any) -> int | None:
+        return self.inner.count_tokens(messages, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    def mark(self) -> int:
+        """A position in the record: ``totals(since=mark)`` counts only the calls made after it."""
+        with self._lock:
+            return len(self.calls)
+
+    def since(self, mark: int = 0) -> list[ModelCall]:
+        with self._lock:
+            return list(self.calls[mark:])
+
+    def totals(self, since: int = 0) -> dict[str, Any]:
+        calls = self.since(since)
+        return {"calls": len(calls), "input_tokens": sum(c.input_tokens for c in calls),
+                "output_tokens": sum(c.output_tokens for c in calls),
+                "errors": sum(c.error is not None for c in calls),
+                "model_s": round(sum(c.latency_s for c in calls), 3)}

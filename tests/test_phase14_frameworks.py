@@ -1,0 +1,167 @@
+"""Phase 14 frameworks (LangGraph, CrewAI, the comparison) against a SCRIPTED OpenAI-compatible server.
+
+The script is a ``lab.llm`` model served by ``lab serve`` on loopback: it calls the calculator a
+set number of times, then answers 42 (through final_answer when it is offered), slowly enough that
+a worker can be killed between nodes. Crash and approval tests run the LangGraph worker in separate
+processes; nothing leaves the machine.
+"""
+
+import json
+import time
+import uuid
+
+import pytest
+
+from lab.llm.base import LLM, ChatResponse, ToolCall, Usage
+from lab.runner import execute
+
+
+class ScriptedModel(LLM):
+    """``n_calls`` calculator calls, then the answer; asked for CrewAI's text format, it replies
+    without the ``Final Answer:`` marker (a format miss on purpose)."""
+
+    provider = "scripted"
+
+    def __init__(self, n_calls: int = 3, delay_s: float = 0.0):
+        super().__init__("scripted-model")
+        self.n_calls, self.delay_s = n_calls, delay_s
+
+    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+             tool_choice="auto", parallel_tool_calls=True, stop=None):
+        time.sleep(self.delay_s)
+        usage = Usage(20, 5)
+        names = [t["name"] for t in tools or []]
+        done = sum(1 for m in messages if m.get("role") == "tool")
+        if "calculator" in names and done < self.n_calls:
+            call = ToolCall(f"c{uuid.uuid4().hex[:6]}", "calculator", {"expression": f"6*7+{done}-{done}"})
+            return ChatResponse("", self.provider, self.model, [call], usage, stop_reason="tool_use")
+        if "final_answer" in names:
+            call = ToolCall("cfinal", "final_answer", {"answer": "The answer is 42."})
+            return ChatResponse("", self.provider, self.model, [call], usage, stop_reason="tool_use")
+        if "Final Answer:" in (system or ""):
+            return ChatResponse("The answer is 42.", self.provider, self.model, [], usage)
+        return ChatResponse("Thought: I know it\nFinal Answer: The answer is 42.", self.provider, self.model, [], usage)
+
+
+@pytest.fixture
+def scripted():
+    from lab.serve.background import serving
+
+    model = ScriptedModel(n_calls=3, delay_s=0.15)
+    with serving(model) as url:
+        yield url
+
+
+@pytest.fixture
+def tasks_file(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"id": "six_sevens", "question": "What is 6 times 7?", "answer": 42,
+                                "answer_type": "number", "tolerance": 0}) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def saver():
+    from phase14_frameworks import langgraph_research as lr
+
+    s = lr.open_saver(lr.database_url())
+    yield s
+    s.conn.close()
+
+
+def _metrics(doc):
+    assert doc["status"] == "ok", doc.get("reason") or doc.get("error")
+    return {k: v["value"] for k, v in doc["metrics"].items()}
+
+
+def test_a_rejected_answer_is_not_published_and_time_travel_reruns_only_later_nodes(scripted, saver):
+    from langgraph.types import Command
+
+    from phase13_react.research_tools import calculator
+    from phase13_react.tools import Toolbox
+    from phase14_frameworks import langgraph_research as lr
+    from phase14_frameworks.langgraph_agent import time_travel
+
+    model = lr.chat_model(f"{scripted}/v1", "none", "scripted-model")
+    graph = lr.build_graph(model, Toolbox([calculator]), checkpointer=saver, approval=True)
+    thread_id = f"test-reject-{uuid.uuid4().hex[:6]}"
+    lr.run_thread(graph, thread_id, lr.initial_state("What is 6 times 7?", 8))
+    assert graph.get_state(lr.thread(thread_id)).next == ("review",)
+    values = lr.run_thread(graph, thread_id, Command(resume="reject"))
+    assert values["stop_reason"] == "rejected"
+    assert saver.conn.execute("SELECT count(*) AS n FROM p14_published WHERE thread_id = %s",
+                              (thread_id,)).fetchone()["n"] == 0
+
+    plain = lr.build_graph(model, Toolbox([calculator]), checkpointer=saver)
+    thread_id = f"test-travel-{uuid.uuid4().hex[:6]}"
+    lr.run_thread(plain, thread_id, lr.initial_state("What is 6 times 7?", 8))
+    tt = time_travel(plain, saver.conn, thread_id)
+    assert tt["nodes_before_fork_rerun"] == 0 and tt["nodes_replayed"] >= 3
+    assert tt["checkpoints_after"] > tt["checkpoints_before"] and tt["answer_replayed"] == tt["answer_original"]
+
+
+def test_langgraph_exercise_tiny_run(scripted, tasks_file, tmp_path):
+    from phase14_frameworks.langgraph_agent import EXERCISE
+
+    doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "tasks": tasks_file, "max_steps": 6,
+                                    "llm": f"openai:scripted-model@{scripted}/v1"}, out=tmp_path, quiet=True)
+    m = _metrics(doc)
+    assert m["success_rate"] == 1.0 and m["steps_per_task"] == 4 and m["llm_calls_per_task"] == 4
+    assert m["checkpoints_per_run"] == 9  # input, start, 4 agent turns, 3 tool nodes
+    # SIGKILL in one process, continued by another: finished nodes never run twice
+    crash = dict(doc["tables"]["crash"]["rows"])
+    assert m["killed_mid_run"] is True and crash["checkpoints_at_kill"] >= 4
+    assert crash["nodes_done_before_kill"] >= 2 and crash["nodes_run_after"] >= 1
+    assert m["nodes_reexecuted_after_crash"] == 0 and crash["stop after resume"] == "answer"
+    # approval: paused in one process (nothing published), approved in another (published once)
+    assert m["approval_paused"] is True and m["published_after_approval"] == 1
+    assert any("'approve' → 1 row(s) published, 0 agent/tool nodes re-run" in f for f in doc["findings"])
+    assert m["replay_nodes_before_fork_rerun"] == 0
+
+
+def test_crew_runs_against_the_server_with_home_isolated_and_counts_format_misses(scripted, tmp_path, monkeypatch):
+    import os
+
+    from phase14_frameworks.crewai_crew import EXERCISE
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "llm": f"openai:scripted-model@{scripted}/v1"},
+                  out=tmp_path / "out", quiet=True)
+    m = _metrics(doc)
+    # native: the Researcher calls its tool 3 times, then one call per agent; text: one call per agent
+    assert m["llm_calls_native"] == 6 and m["llm_calls_text"] == 3
+    assert m["tokens_native"] == 6 * 25 and m["empty_outputs_native"] == m["empty_outputs_text"] == 0
+    assert m["text_format_prompts"] == 1 and m["text_format_misses"] == 1  # the Researcher's reply
+    assert any("neither 'Final Answer:' nor 'Action:'" in f for f in doc["failure_modes"])
+    rows = doc["tables"]["agents"]["rows"]
+    assert [r[1] for r in rows] == ["Researcher", "Writer", "Editor"] * 2
+    assert rows[1][6] == "The answer is 42."  # CrewAI stripped its marker from the Writer's reply
+    assert rows[3][6] == "The answer is 42."  # and took the marker-less reply as the Researcher's answer
+    assert not list(home.iterdir()) and os.environ["HOME"] == str(home)  # nothing written to the real HOME
+
+
+def test_comparison_tiny_run_counts_every_framework_at_one_meter(scripted, tasks_file, tmp_path, monkeypatch):
+    from phase14_frameworks.comparison import EXERCISE
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "tasks": tasks_file, "max_steps": 6,
+                                    "llm": f"openai:scripted-model@{scripted}/v1"}, out=tmp_path / "out", quiet=True)
+    m = _metrics(doc)
+    assert m["success_raw"] == m["success_langgraph"] == m["success_crewai"] == 1.0
+    assert m["calls_raw"] == m["calls_langgraph"] == 4  # same agent, same script: same calls
+    assert m["calls_crewai"] == 4  # three tool calls and a plain answer
+    assert m["prompt_chars_crewai"] > 0 and m["prompt_chars_raw"] > 0
+    rows = {r[0]: r for r in doc["tables"]["comparison"]["rows"]}
+    assert set(rows) == {"raw Phase 13", "LangGraph", "CrewAI", "OpenClaw"}
+    assert rows["LangGraph"][2] == m["loc_langgraph"] > 0
+
+
+def test_code_lines_skips_blanks_comments_and_docstrings(tmp_path):
+    from phase14_frameworks.comparison import code_lines
+
+    f = tmp_path / "m.py"
+    f.write_text('"""Doc.\n\nMore."""\n\n# comment\nx = 1  # trailing\n\ndef f():\n    """Doc."""\n'
+                 '    return (x +\n            2)\n')
+    assert code_lines(f) == 4  # x = 1, def f():, return (x +, 2)
