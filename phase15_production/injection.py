@@ -309,8 +309,8 @@ def findings(ctx: RunContext, models: dict, asr: dict, asr_calls: dict, utility:
                         "numbers say little about the defence; the worst-case adversary carries the measurement.")
     lost = [m for m in models if (m, "all") in utility and utility[m, "all"] < utility[m, "none"]]
     for m in lost:
-        ctx.failure_mode(f"The defence costs {m} benign utility: {utility[m, 'none']:.2f} → {utility[m, 'all']:.2f}. "
-                         "Links and addresses taken from untrusted text are refused even when the user wanted them.")
+        ctx.failure_mode(f"The defence costs {m} benign utility: {utility[m, 'none']:.2f} → {utility[m, 'all']:.2f} "
+                         "(benign tasks done undefended vs with all layers; by_config shows which layer refused).")
 
 
 EXERCISE = Exercise(
