@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -191,7 +191,7 @@ class ResilientLLM(LLM):
     provider = "resilient"
 
     def __init__(self, chain: Sequence[LLM | str], policy: RetryPolicy | None = None, fail_max: int = 3,
-                 reset_timeout_s: float = 10.0, timeout_s: float = 60.0):
+                 reset_timeout_s: float = 10.0, timeout_s: float = 60.0, keep_records: int = 10_000):
         from lab.llm.hosted import HostedLLM
 
         if not chain:
@@ -205,7 +205,7 @@ class ResilientLLM(LLM):
         self.clients = clients
         self.breakers = [Breaker(c.spec, fail_max, reset_timeout_s) for c in clients]
         self.policy = policy or RetryPolicy()
-        self.records: list[CallRecord] = []
+        self.records: deque[CallRecord] = deque(maxlen=keep_records)  # the latest calls: a server runs for weeks
         self._lock = threading.Lock()
 
     @property

@@ -25,6 +25,9 @@ DEFAULT_SITE = REPO_ROOT / "runs" / "site"
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--llm", default=None, help="lab.llm spec (default: $LAB_LLM or the embedded SmolLM2)")
+    common.add_argument("--fallback", action="append", default=[], metavar="SPEC",
+                        help="a provider to fall back to when --llm keeps failing (repeatable, in order): the chain "
+                             "runs behind Phase 15's retry + circuit breaker (phase15_production.resilience)")
     common.add_argument("--corpus", default=None, help="folder of .md/.txt files (default: the repo's notes + READMEs)")
     common.add_argument("--site", default=str(DEFAULT_SITE), help="site folder, or git+URL to commit and push")
     common.add_argument("--namespace", default="p16", help="prefix of the engine's tables")
@@ -47,7 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_engine(args, on_event=None):
-    from lab.llm import from_spec
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
     from phase16_capstone.telegram import Replier
@@ -56,8 +58,23 @@ def build_engine(args, on_event=None):
     settings = EngineSettings(corpus=args.corpus, k=args.k, hyde_max_tokens=args.hyde_max_tokens,
                               writer_max_tokens=args.writer_max_tokens,
                               max_revisions=args.max_revisions)
-    return Engine(store, from_spec(args.llm), deploy_for(args.site), settings, on_event=on_event,
+    return Engine(store, engine_llm(args.llm, args.fallback), deploy_for(args.site), settings, on_event=on_event,
                   replier=Replier.from_env())
+
+
+def engine_llm(spec: str | None, fallbacks: list[str]):
+    """The engine's model: ``spec`` alone, or with fallbacks the Phase 15 chain (retries, a breaker per
+    provider, the next provider when one is open). Specs, not clients, so each provider is built with
+    its own retries off and retries are never multiplied (see ResilientLLM)."""
+    import os
+
+    from lab.llm import DEFAULT_SPEC, from_spec
+
+    if not fallbacks:
+        return from_spec(spec)
+    from phase15_production.resilience import ResilientLLM
+
+    return ResilientLLM([spec or os.environ.get("LAB_LLM") or DEFAULT_SPEC, *fallbacks])
 
 
 def printer(console):

@@ -305,3 +305,20 @@ def test_load_tiny_kill_9_mid_job_loses_nothing_and_duplicates_nothing(tmp_path)
     assert m["jobs_completed"] == m["jobs_published"] == EXERCISE.tiny["n_jobs"]
     killed = [r for r in doc["tables"]["jobs"]["rows"] if r[-1]]
     assert len(killed) == 1 and killed[0][2] == "published"
+
+
+def test_a_dead_primary_falls_back_through_the_phase15_chain_and_the_job_still_publishes(store, scripted, corpus,
+                                                                                       tmp_path):
+    """`--fallback`: the primary refuses connections, so its breaker opens and the scripted provider serves."""
+    from phase16_capstone.__main__ import engine_llm
+    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
+
+    dead = "openai:dead@http://127.0.0.1:9/v1"  # discard port: nothing listens, every call fails fast
+    llm = engine_llm(dead, [scripted[0]])
+    engine = Engine(store, llm, deploy_for(tmp_path / "site"), EngineSettings(corpus=corpus, k=2))
+    job, _ = store.create_job("How does HyDE help retrieval?", "test", corpus=corpus)
+    engine.work(job_id=job.id)
+    assert store.get(job.id).state == "published"
+    assert llm.served().get("none", 0) == 0  # every call was served by someone
+    assert llm.records and all(r.provider_index == 1 for r in llm.records)  # ... by the fallback
+    assert llm.breakers[0].state == "open"  # the dead primary was taken out of the path, not retried forever
