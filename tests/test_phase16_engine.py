@@ -316,7 +316,7 @@ def test_a_dead_primary_falls_back_through_the_phase15_chain_and_the_job_still_p
     dead = "openai:dead@http://127.0.0.1:9/v1"  # discard port: nothing listens, every call fails fast
     llm = engine_llm(dead, [scripted[0]])
     engine = Engine(store, llm, deploy_for(tmp_path / "site"), EngineSettings(corpus=corpus, k=2))
-    job, _ = store.create_job("How does HyDE help retrieval?", "test", corpus=corpus)
+    job, _ = store.create_job("How does HyDE help retrieval?", "cli", corpus=corpus)
     engine.work(job_id=job.id)
     assert store.get(job.id).state == "published"
     assert llm.served().get("none", 0) == 0  # every call was served by someone
