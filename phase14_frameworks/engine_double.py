@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from phase14_frameworks.asgi_server import serving_app
+from lab.serve.background import serving_app
 
 MAX_TOPIC_CHARS = 500
 

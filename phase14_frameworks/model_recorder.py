@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from phase14_frameworks.asgi_server import serving_app
+from lab.serve.background import serving_app
 
 CHAT_PATHS = ("/v1/chat/completions",)
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}

@@ -130,7 +130,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm import from_spec
     from lab.serve.background import serving
     from phase14_frameworks import openclaw_runner as runner
-    from phase14_frameworks.asgi_server import serving_app
+    from lab.serve.background import serving_app
     from phase14_frameworks.engine_double import EngineDouble
     from phase14_frameworks.scripted_model import scripted_app
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import threading
-import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,35 +105,12 @@ class FaultProxy:
 
 
 @contextmanager
-def serve_asgi(app, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve an ASGI app on a free loopback port in a thread; yield its root URL; stop it on exit."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"asgi-{port}", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server on {host}:{port} did not start")
-            time.sleep(0.01)
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-@contextmanager
 def fault_proxy(upstream: str, spec: FaultSpec) -> Iterator[FaultProxy]:
     """A running FaultProxy in front of ``upstream`` (root URL, e.g. ``http://127.0.0.1:8088``);
     point clients at ``proxy.url`` (+ ``/v1`` for OpenAI SDKs)."""
     proxy = FaultProxy(upstream, spec)
-    with serve_asgi(proxy.app) as url:
+    from lab.serve.background import serving_app
+
+    with serving_app(proxy.app, name="fault proxy") as url:
         proxy.url = url
         yield proxy

@@ -38,9 +38,9 @@ class ScriptedOpenAI:
         self.app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
     def __enter__(self):
-        from phase15_production.faults import serve_asgi
+        from lab.serve.background import serving_app
 
-        self._ctx = serve_asgi(self.app)
+        self._ctx = serving_app(self.app)
         self.url = self._ctx.__enter__()
         self.spec = f"openai:m@{self.url}/v1"
         return self

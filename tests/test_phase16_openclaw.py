@@ -25,7 +25,7 @@ needs_openclaw = pytest.mark.skipif(node_bin() is None or openclaw_bin() is None
 def test_a_message_to_openclaw_starts_a_real_engine_job_that_gets_published(tmp_path):
     from lab.llm import from_spec
     from phase14_frameworks import openclaw_runner as runner
-    from phase14_frameworks.asgi_server import serving_app
+    from lab.serve.background import serving_app
     from phase14_frameworks.scripted_model import scripted_app
     from phase16_capstone.api import create_app
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for

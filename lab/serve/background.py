@@ -6,8 +6,9 @@
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test")      # OpenAI SDKs: url + /v1
         claude = anthropic.Anthropic(base_url=url, api_key="sk-test")         # Anthropic SDK: url
 
-The port is bound before the server starts (no race for a "free" port); leaving the block stops
-the server and joins its thread.
+``serving_app(app)`` does the same for any ASGI app (a fault proxy, a wire double). The port is bound
+before the server starts (no race for a "free" port); leaving the block stops the server and joins
+its thread.
 """
 
 from __future__ import annotations
@@ -29,27 +30,36 @@ def serving(llm: LLM | str | None = None, *, host: str = "127.0.0.1", port: int 
     """Yield the root URL (``http://127.0.0.1:PORT``) of ``lab serve`` for ``llm`` (an LLM or a spec;
     None = $LAB_LLM or the embedded SmolLM2). ``app_kwargs`` go to ``create_app`` (api_key,
     max_queue, embedders, default_max_tokens, model_names)."""
-    import uvicorn
-
     from lab.llm import from_spec
     from lab.serve.app import create_app
 
     model = llm if isinstance(llm, LLM) else from_spec(llm)
-    app = create_app(model, **app_kwargs)
+    with serving_app(create_app(model, **app_kwargs), host=host, port=port, log_level=log_level,
+                     name="lab serve") as url:
+        yield url
+
+
+@contextmanager
+def serving_app(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                name: str = "asgi app") -> Iterator[str]:
+    """Yield the root URL while any ASGI app (a proxy, a wire double, an API) is served there by uvicorn
+    in a daemon thread; leaving the block stops the server and joins the thread."""
+    import uvicorn
+
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"lab-serve-{bound}", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}-{bound}", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not server.started:
             if not thread.is_alive():
-                raise RuntimeError(f"lab serve on {host}:{bound} stopped while starting (see the log above)")
+                raise RuntimeError(f"{name} on {host}:{bound} stopped while starting (see the log above)")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"lab serve on {host}:{bound} did not start within {START_TIMEOUT_S:.0f} s")
+                raise TimeoutError(f"{name} on {host}:{bound} did not start within {START_TIMEOUT_S:.0f} s")
             time.sleep(0.01)
         yield f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
     finally:
