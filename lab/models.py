@@ -73,6 +73,28 @@ def _embedded(key_or_hub_id: str) -> EmbeddedModel | None:
     return None
 
 
+def embedded_key(model: str) -> str | None:
+    """The embedded model's key for its key or hub id (None for any other model)."""
+    spec = _embedded(model)
+    return spec.key if spec else None
+
+
+def _hf_target(key: str) -> Path:
+    return cache_dir() / "models" / f"{EMBEDDED[key].key}-hf"
+
+
+def hf_folder_if_built(key: str = DEFAULT_LLM) -> Path | None:
+    """The dequantized transformers folder of an embedded model, if it was built (never builds it)."""
+    target = _hf_target(key)
+    return target if (target / "config.json").exists() else None
+
+
+def is_embedded_folder(path: str) -> bool:
+    """Is ``path`` the dequantized folder of the embedded chat model (``hf_folder()``), on this machine
+    or, by its name, on the machine that trained an adapter on it?"""
+    return bool(path) and Path(path).expanduser().name == _hf_target(DEFAULT_LLM).name
+
+
 def _extracted(spec: EmbeddedModel) -> Path:
     return cache_dir() / "models" / spec.key / spec.member.rstrip("/")
 
@@ -168,7 +190,7 @@ def hf_folder(key: str = DEFAULT_LLM) -> Path:
     from lab.atomic import file_lock, publish_dir, staged
 
     spec = EMBEDDED[key]
-    target = cache_dir() / "models" / f"{spec.key}-hf"
+    target = _hf_target(key)
     if (target / "config.json").exists():
         return target
     with file_lock(target.with_name(f".{target.name}.lock")):

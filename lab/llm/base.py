@@ -121,6 +121,9 @@ class LLM(ABC):
     """A chat model behind one provider. Construct with ``lab.llm.from_spec``."""
 
     provider: str = ""
+    # calls this client runs at once to advantage (a server admits that many before queueing): 1 unless
+    # the model decodes several sequences together (the llama.cpp engine batches them per step)
+    parallel_requests: int = 1
 
     def __init__(self, model: str):
         self.model = model

@@ -3,8 +3,9 @@
 A 135M model asked for JSON by prompt alone writes broken JSON, unknown tool names and missing
 fields. Constrained decoding fixes that at the source: a grammar compiled from the JSON schema
 masks, at every step, each token that could not continue a valid reply, so whatever the model
-picks parses and validates. The grammar engine is xgrammar (what vLLM and SGLang use), through
-its transformers logits processor; nothing here is a hand-written grammar engine.
+picks parses and validates. The grammar engine is xgrammar (what vLLM and SGLang use): its matcher
+masks the logits inside the decoding loop that both local engines share (``lab.llm.engine``), so
+transformers and llama.cpp decode under the same grammars; nothing here is a hand-written grammar engine.
 
 Tool calls use the Hermes / Qwen format that open chat models are trained on::
 
@@ -234,6 +235,31 @@ class Constraint:
         return Constraint(self.tools, self.mode, self.name, False, self.json_schema, self.level + 1)
 
 
+class GrammarMask:
+    """One request's grammar state: masks each step's logits and follows the chosen tokens (the
+    ``TokenMask`` every engine's decoding loop takes; one per request, as xgrammar's matcher is)."""
+
+    def __init__(self, compiled, vocab_size: int):
+        import xgrammar as xgr
+
+        self._matcher = xgr.GrammarMatcher(compiled)
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+
+    def apply(self, logits) -> None:
+        import xgrammar as xgr
+
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask)
+
+    def accept(self, token: int) -> None:
+        if not self._matcher.accept_token(token):  # only a masked-in token can be chosen: a bug if it happens
+            raise RuntimeError(f"the grammar refused token {token}, which its own mask allowed")
+
+    @property
+    def done(self) -> bool:
+        return self._matcher.is_terminated()
+
+
 class Grammars:
     """Compiles constraints to xgrammar grammars for one tokenizer; the last ``CACHED`` compiled
     grammars are kept (behind a server every client's schema is a new one, so the cache is bounded)."""
@@ -246,18 +272,17 @@ class Grammars:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)  # the cache below is the bounded one
         self._cache: OrderedDict[Constraint, Any] = OrderedDict()
+        self._vocab_size = vocab_size
 
-    def logits_processor(self, constraint: Constraint):
-        """A fresh transformers LogitsProcessor (one per generate call, as xgrammar requires)."""
-        import xgrammar as xgr
-
+    def mask(self, constraint: Constraint) -> GrammarMask:
+        """A fresh token mask for one request under ``constraint`` (compiled once, then cached)."""
         if constraint in self._cache:
             self._cache.move_to_end(constraint)
         else:
             self._cache[constraint] = self._compile(constraint)
             if len(self._cache) > self.CACHED:
                 self._cache.popitem(last=False)
-        return xgr.contrib.hf.LogitsProcessor(self._cache[constraint])
+        return GrammarMask(self._cache[constraint], self._vocab_size)
 
     def _compile(self, c: Constraint):
         import xgrammar as xgr

@@ -1,4 +1,9 @@
-"""A local transformers chat model (default: the embedded SmolLM2-135M-Instruct).
+"""A local chat model (default: the embedded SmolLM2-135M-Instruct), on the fastest engine that runs it.
+
+The provider speaks chat; an engine (``lab.llm.engine``) runs the forward passes: llama.cpp for
+GGUF models on a CPU (the embedded SmolLM2 as Q8_0, a ``.gguf`` file, a LoRA adapter on either),
+transformers for any other Hugging Face model or on a GPU. ``describe()`` names the engine a run
+used; ``LAB_LOCAL_ENGINE`` (or ``LocalLLM(..., engine=...)``) forces one.
 
 Small local models have no native tool calling or structured output. Tools are listed in the
 system prompt in the Hermes format open models are trained on, and generation is constrained by
@@ -8,6 +13,8 @@ reply (``json_schema``). ``LocalLLM(..., constrained=False)`` keeps the same pro
 grammar: the prompt-only baseline that ``benchmarks/tool_calls.py`` compares against.
 
 Greedy decoding at temperature 0 keeps runs repeatable. ``stream`` yields text as it is decoded.
+Both engines keep recent KV caches, so an agent resending its growing conversation, or a judge
+asking one question per rubric dimension, only pays for the tokens after the shared prefix.
 """
 
 from __future__ import annotations
@@ -15,8 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from lab.llm.base import (
@@ -25,96 +31,94 @@ from lab.llm.base import (
 from lab.llm.constrained import (
     TOOL_CALL_OPEN, TOOL_RESPONSE, Constraint, Grammars, parse_tool_calls, render_tool_call, tools_prompt,
 )
+from lab.llm.engine import Engine
 from lab.llm.prices import cost_usd
 
 
 @dataclass
 class _Request:
-    """One prepared generation: model inputs, decoding arguments and what the reply must look like."""
+    """One prepared generation: prompt tokens, decoding arguments and what the reply must look like."""
 
-    inputs: dict
-    gen_kwargs: dict
+    ids: list[int]
+    max_tokens: int
+    temperature: float
     constraint: Constraint
     tools: list[dict[str, Any]]
     stop: list[str]
-    processors: list = field(default_factory=list)
+    grammar: bool  # decoded under the constraint's grammar
 
     @property
     def n_in(self) -> int:
-        return int(self.inputs["input_ids"].shape[1])
+        return len(self.ids)
 
     @property
     def streams_text(self) -> bool:
         """A forced tool call has no text to stream; everything else streams as it decodes."""
         return not self.constraint.forces_call
 
-    def constrained_by(self, constraint: Constraint, grammars: Grammars) -> "_Request":
+    def constrained_by(self, constraint: Constraint) -> "_Request":
         """This request decoded under another constraint (a tighter retry)."""
-        processors = [grammars.logits_processor(constraint)]
-        return _Request(self.inputs, {**self.gen_kwargs, "logits_processor": processors}, constraint, self.tools,
-                        self.stop, processors)
+        return _Request(self.ids, self.max_tokens, self.temperature, constraint, self.tools, self.stop, True)
 
 
 class LocalLLM(LLM):
     provider = "local"
 
-    def __init__(self, model: str, constrained: bool = True):
+    def __init__(self, model: str, constrained: bool = True, engine: str | None = None):
         super().__init__(model)
         self.constrained = constrained
-        self._model = None
-        self._tok = None
+        self.engine_request = engine
+        self._engine: Engine | None = None
         self._grammars: Grammars | None = None
-        # one generation at a time per model: callers in several threads (a server and an exercise in
-        # one process) queue here instead of interleaving two generate() calls on one model
-        self._busy = threading.RLock()
+        self._loading = threading.Lock()  # two threads asking first must not load the model twice
 
-    def _load(self):
-        if self._model is not None:  # loaded: no need to wait for a generation that holds the lock
-            return self._model, self._tok
-        with self._busy:  # two threads asking first must not load the model twice
-            return self._load_once()
+    @property
+    def engine(self) -> Engine:
+        """The engine running this model, loaded on first use."""
+        if self._engine is None:
+            with self._loading:
+                if self._engine is None:
+                    self._engine = self._open_engine()
+        return self._engine
 
-    def _load_once(self):
-        if self._model is None:
-            import torch
+    def _open_engine(self) -> Engine:
+        from lab.llm import gguf_models
+        from lab.llm.engine import select_engine
 
-            from lab import models
+        route = gguf_models.plan(self.model)
+        if select_engine(route is not None, self.engine_request) == "llama.cpp":
+            from lab.llm.llamacpp_engine import LlamaCppEngine
 
-            path = Path(self.model).expanduser()
-            if path.suffix == ".gguf" and path.exists():
-                from transformers import AutoModelForCausalLM, AutoTokenizer
+            path, weights = route.gguf()
+            return LlamaCppEngine(path, route.tokenizer(), lora=route.lora(), weights=weights)
+        from lab.llm.hf_engine import TransformersEngine
 
-                tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-                model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-            else:
-                dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-                model, tok = models.load_causal_lm(self.model, dtype=dtype)
-                if torch.cuda.is_available():
-                    model.to("cuda")
-            model.eval()
-            # published last, model after tokenizer: _load's lock-free path sees both ready or neither
-            self._tok, self._model = tok, model
-        return self._model, self._tok
+        return TransformersEngine(self.model)
 
     @property
     def tokenizer(self):
-        return self._load()[1]
+        return self.engine.tokenizer
 
     @property
     def context_window(self) -> int:
         """Tokens the model attends over (prompt + reply); longer prompts are refused, not truncated."""
-        config = self._load()[0].config
-        return int(getattr(config, "max_position_embeddings", 0) or 2048)
+        return self.engine.context_window
+
+    @property
+    def parallel_requests(self) -> int:
+        return self.engine.parallel
+
+    @property
+    def grammars(self) -> Grammars:
+        if self._grammars is None:
+            with self._loading:
+                if self._grammars is None:
+                    self._grammars = Grammars(self.engine.tokenizer, self.engine.vocab_size)
+        return self._grammars
 
     def describe(self) -> dict[str, Any]:
-        model, _ = self._load()
-        return {
-            "id": self.spec,
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "quantization": "Q4_1 GGUF, dequantized" if "smollm2" in self.model.lower() else None,
-            "constrained_decoding": "xgrammar" if self.constrained else None,
-        }
+        return {"id": self.spec, **self.engine.describe(),
+                "constrained_decoding": "xgrammar" if self.constrained else None}
 
     # --- prompt -------------------------------------------------------------------------------
 
@@ -149,46 +153,48 @@ class LocalLLM(LLM):
         return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + turns
 
     def _prompt(self, messages, system=None, tools=None, json_schema=None, tool_choice="auto"):
-        """(model inputs, the tools offered, tool-choice mode, forced tool name) of one request."""
+        """(prompt token ids, the tools offered, tool-choice mode, forced tool name) of one request."""
         mode, name = normalize_tool_choice(tool_choice, tools)
         offered = [t for t in tools or [] if mode != "named" or t["name"] == name] if mode != "none" else []
         extra = ([tools_prompt(offered)] if offered else []) + ([json_instruction(json_schema)] if json_schema else [])
-        model, tok = self._load()
         turns = self._chat_turns(messages, system, extra)
-        inputs = tok.apply_chat_template(turns, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        return {k: v.to(model.device) for k, v in inputs.items()}, offered, mode, name
+        ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(ids["input_ids"]), offered, mode, name
 
     def count_tokens(self, messages, system=None, tools=None, json_schema=None, tool_choice="auto", **_) -> int:
-        return int(self._prompt(messages, system, tools, json_schema, tool_choice)[0]["input_ids"].shape[1])
+        return len(self._prompt(messages, system, tools, json_schema, tool_choice)[0])
 
     def _prepare(self, messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
                  parallel_tool_calls, stop) -> _Request:
-        inputs, offered, mode, name = self._prompt(messages, system, tools, json_schema, tool_choice)
-        model, tok = self._load()
-        n_in = int(inputs["input_ids"].shape[1])
-        if n_in >= self.context_window:
-            raise PromptTooLongError(f"{self.spec}: the prompt is {n_in} tokens; the model's context window is "
+        ids, offered, mode, name = self._prompt(messages, system, tools, json_schema, tool_choice)
+        if len(ids) >= self.context_window:
+            raise PromptTooLongError(f"{self.spec}: the prompt is {len(ids)} tokens; the model's context window is "
                                      f"{self.context_window} tokens")
-        max_tokens = min(max_tokens, self.context_window - n_in)
         constraint = Constraint.of(offered, mode if offered else "none", name, parallel_tool_calls, json_schema)
-        pad = tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, pad_token_id=pad)
-        if temperature > 0:
-            gen_kwargs.update(do_sample=True, temperature=temperature)
-        else:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        processors = []
-        if self.constrained and constraint.active:
-            if self._grammars is None:
-                self._grammars = Grammars(tok, model.config.vocab_size)
-            processors = [self._grammars.logits_processor(constraint)]
-            gen_kwargs["logits_processor"] = processors
-            stop = None  # a stop string could cut a constrained reply in two: the grammar ends it
-        if stop:
-            gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
-        return _Request(inputs, gen_kwargs, constraint, offered, list(stop or []), processors)
+        grammar = self.constrained and constraint.active
+        if grammar:
+            self.grammars.mask(constraint)  # compile now: a schema the grammar cannot take is the caller's 400
+        return _Request(ids, min(max_tokens, self.context_window - len(ids)), temperature, constraint, offered,
+                        [] if grammar else list(stop or []),  # a stop string could cut a constrained reply in two
+                        grammar)
 
-    # --- reply --------------------------------------------------------------------------------
+    # --- decoding -----------------------------------------------------------------------------
+
+    def _decode(self, req: _Request) -> Iterator[tuple[str, list[int]]]:
+        """(the reply's text so far, its token ids) after each token; ends early at a stop string.
+        Closing it stops the engine at once."""
+        mask = self.grammars.mask(req.constraint) if req.grammar else None
+        tokens = self.engine.generate(req.ids, req.max_tokens, req.temperature, mask)
+        new: list[int] = []
+        try:
+            for token in tokens:
+                new.append(token)
+                raw = self.tokenizer.decode(new, skip_special_tokens=True)
+                yield raw, new
+                if req.stop and _cut_at_stop(raw, req.stop)[1] is not None:
+                    return
+        finally:
+            tokens.close()
 
     def _response(self, req: _Request, raw: str, new_ids: list[int], latency: float) -> ChatResponse:
         """The reply; a grammar-bound reply that did not reach its end token was cut off by the budget."""
@@ -196,7 +202,7 @@ class LocalLLM(LLM):
         calls: list[ToolCall] = []
         if req.tools:  # only complete <tool_call> blocks count: under a grammar each one validates
             text, calls = parse_tool_calls(text, req.tools)
-        ended = bool(new_ids) and new_ids[-1] in self._end_ids
+        ended = bool(new_ids) and new_ids[-1] in self.engine.end_ids
         stop = "tool_use" if calls else "stop_sequence" if stopped else "end_turn" if ended else "max_tokens"
         n_out = len(new_ids)
         return ChatResponse(
@@ -206,95 +212,60 @@ class LocalLLM(LLM):
             stop_sequence=stopped if stop == "stop_sequence" else None,
         )
 
-    @property
-    def _end_ids(self) -> set[int]:
-        model, tok = self._load()
-        ids = model.generation_config.eos_token_id
-        ids = set(ids if isinstance(ids, list) else [ids]) | {tok.eos_token_id}
-        return {i for i in ids if i is not None}
-
     def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
              tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
         """One reply. A grammar-bound reply cut off by the budget is decoded again with tighter bounds
         (``constrained.BOUNDS``); usage and latency count every attempt."""
-        import torch
-
         req = self._prepare(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
                             parallel_tool_calls, stop)
-        model, tok = self._load()
         spent_tokens, spent_s = 0, 0.0
         while True:
             start = time.perf_counter()
-            with self._busy, torch.inference_mode():
-                out = model.generate(**req.inputs, **req.gen_kwargs)
-            new = out[0, req.n_in:].tolist()
-            reply = self._response(req, tok.decode(new, skip_special_tokens=True), new, time.perf_counter() - start)
+            raw, new = "", []
+            for raw, new in self._decode(req):
+                pass
+            reply = self._response(req, raw, new, time.perf_counter() - start)
             tighter = req.constraint.tighter() if _cut_inside_grammar(reply, req) else None
             if tighter is None:
                 break
             spent_tokens, spent_s = spent_tokens + reply.usage.output_tokens, spent_s + reply.latency_s
-            req = req.constrained_by(tighter, self._grammars)
+            req = req.constrained_by(tighter)
         reply.usage.output_tokens += spent_tokens
         reply.latency_s += spent_s
         return reply
 
     def stream(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
                tool_choice="auto", parallel_tool_calls=True, stop=None) -> Iterator[str | ChatResponse]:
-        """Text deltas while the model decodes (in a worker thread), then the ChatResponse.
+        """Text deltas as the model decodes, then the ChatResponse.
 
         What is released is exactly what the final reply's ``text`` holds: leading and trailing
-        whitespace, a possible start of ``<tool_call>`` and of a stop string are held back until
-        the following tokens show what they are. Closing the iterator stops generation.
+        whitespace, an incomplete character, a possible start of ``<tool_call>`` and of a stop
+        string are held back until the following tokens show what they are. Closing the iterator
+        stops generation.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
         req = self._prepare(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
                             parallel_tool_calls, stop)
         if not req.streams_text:  # a forced call comes whole (and may need a tighter retry): no deltas
             yield self.chat(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
                             parallel_tool_calls, stop)
             return
-        model, tok = self._load()
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        cancel = threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        outcome: dict[str, Any] = {}
-
-        def generate() -> None:
-            try:
-                with self._busy, torch.inference_mode():
-                    outcome["ids"] = model.generate(**req.inputs, **req.gen_kwargs, streamer=streamer,
-                                                    stopping_criteria=StoppingCriteriaList([Cancelled()]))
-            except BaseException as exc:  # re-raised in the caller's thread below
-                outcome["error"] = exc
-                streamer.end()
-
         start = time.perf_counter()
-        worker = threading.Thread(target=generate, name="local-llm-generate", daemon=True)
-        worker.start()
-        raw, released = "", 0
+        raw, new, released = "", [], 0
+        decoding = self._decode(req)
         try:
-            for piece in streamer:
-                raw += piece
-                if req.streams_text:
-                    safe = _releasable(raw, req)
-                    if len(safe) > released:
-                        yield safe[released:]
-                        released = len(safe)
+            for raw, new in decoding:
+                safe = _releasable(raw, req)
+                if len(safe) > released:
+                    yield safe[released:]
+                    released = len(safe)
         finally:
-            cancel.set()  # a no-op when generation already ended; stops it when the caller left early
-            worker.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        reply = self._response(req, raw, outcome["ids"][0, req.n_in:].tolist(), time.perf_counter() - start)
-        if req.streams_text and len(reply.text) > released:  # what was held back and turned out to be text
+            decoding.close()
+        reply = self._response(req, raw, new, time.perf_counter() - start)
+        if len(reply.text) > released:  # what was held back and turned out to be text
             yield reply.text[released:]
         yield reply
+
+    # --- judges -------------------------------------------------------------------------------
 
     def choice_probs(self, messages, choices: list[str], system: str | None = None, prefix: str = "",
                      use_prefix_cache: bool = True) -> dict[str, float]:
@@ -304,15 +275,14 @@ class LocalLLM(LLM):
         e.g. a judge reads P("1".."5") for one rubric dimension instead of parsing free text.
         ``prefix`` is text already placed at the start of the assistant turn ("Score: ").
 
-        A judge asks one such question per rubric dimension, each sharing long prompt prefixes with
-        earlier calls, so the KV caches of the last ``PREFIX_SLOTS`` calls are kept and a new call
-        only runs the tokens after its longest cached common prefix (same logits as a full forward
-        pass; ``use_prefix_cache=False`` runs the full pass). ``prefix_cache_stats`` counts the saving.
-        Either way only the last position is projected onto the vocabulary (``logits_to_keep=1``).
+        A judge asks one such question per rubric dimension, each sharing a long prompt prefix with
+        earlier calls: the engine starts from the longest cached prefix, so a call only runs the
+        tokens after it (``use_prefix_cache=False`` runs the full prompt); ``prefix_cache_stats``
+        counts the saving.
         """
         import torch
 
-        model, tok = self._load()
+        tok = self.tokenizer
         turns = self._chat_turns(messages, system)
         prompt = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) + prefix
         ids = tok(prompt).input_ids
@@ -322,62 +292,28 @@ class LocalLLM(LLM):
             if len(toks) != 1:
                 raise ValueError(f"choice {choice!r} is {len(toks)} tokens; choices must be single tokens")
             choice_ids.append(toks[0])
-        with self._busy, torch.inference_mode():
-            if use_prefix_cache:
-                logits = self._cached_next_logits(model, ids)
-            else:
-                logits = model(torch.tensor([ids], device=model.device), **_last_logit_only(model)).logits[0, -1]
+        logits = self.engine.next_logits(ids, use_cache=use_prefix_cache)
         probs = torch.softmax(logits[choice_ids].float(), dim=-1).tolist()
         return dict(zip(choices, probs))
 
-    PREFIX_SLOTS = 12
+    @property
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """Prompt tokens computed vs requested since the last ``reset_prefix_cache`` (all calls)."""
+        return self.engine.prefix_stats.as_dict()
 
     def reset_prefix_cache(self) -> None:
-        self._prefix_entries: list[tuple[list[int], Any]] = []  # (token ids, DynamicCache), most recent last
-        self.prefix_cache_stats = {"computed": 0, "requested": 0}  # tokens run vs tokens a full pass runs
-
-    def _cached_next_logits(self, model, ids: list[int]):
-        import copy
-
-        import torch
-        from transformers import DynamicCache
-
-        if not hasattr(self, "_prefix_entries"):
-            self.reset_prefix_cache()
-        entries = self._prefix_entries
-        best, common = None, 0
-        for k, (cached_ids, _) in enumerate(entries):
-            n = _common_prefix(cached_ids, ids)
-            if n > common:
-                best, common = k, n
-        common = min(common, len(ids) - 1)  # at least one new token, to get the next-token logits
-        if best is None or common == 0:
-            cache, common = DynamicCache(), 0
-        elif common == len(entries[best][0]):  # a pure extension: grow that entry in place
-            cache = entries.pop(best)[1]
-        else:  # a partial match: copy, so the entry stays usable for the calls that match it fully
-            cached_ids, cached = entries[best]
-            cache = copy.deepcopy(cached)
-            cache.crop(common - len(cached_ids))
-        if len(entries) >= self.PREFIX_SLOTS:
-            entries.pop(0)
-        out = model(torch.tensor([ids[common:]], device=model.device), cache=cache, use_cache=True,
-                    **_last_logit_only(model))
-        entries.append((list(ids), cache))  # the DynamicCache was extended in place
-        self.prefix_cache_stats["computed"] += len(ids) - common
-        self.prefix_cache_stats["requested"] += len(ids)
-        return out.logits[0, -1]
+        self.engine.reset_prefix_cache()
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, str | None]:
-    """(``text`` up to the first stop string, that string): transformers stops after it, the APIs omit it."""
+    """(``text`` up to the first stop string, that string): decoding stops after it, the APIs omit it."""
     hits = sorted((i, s) for s in stops if (i := text.find(s)) >= 0)
     return (text[: hits[0][0]].rstrip(), hits[0][1]) if hits else (text, None)
 
 
 def _cut_inside_grammar(reply: ChatResponse, req: _Request) -> bool:
     """Did the budget end a reply whose shape the grammar holds (a call, or a JSON reply) half-way?"""
-    if not req.processors or reply.stop_reason != "max_tokens" or reply.tool_calls:
+    if not req.grammar or reply.stop_reason != "max_tokens" or reply.tool_calls:
         return False
     return req.constraint.forces_call or req.constraint.json_schema is not None or TOOL_CALL_OPEN in reply.text
 
@@ -385,7 +321,7 @@ def _cut_inside_grammar(reply: ChatResponse, req: _Request) -> bool:
 def _releasable(raw: str, req: _Request) -> str:
     """The prefix of a partial reply that the final reply's text is sure to start with."""
     text = raw.lstrip()
-    end = len(text)
+    end = len(text.rstrip("\ufffd"))  # a character whose bytes have not all been decoded yet
     for marker in ([TOOL_CALL_OPEN] if req.tools else []) + req.stop:
         at = text.find(marker)
         if at >= 0:
@@ -396,25 +332,3 @@ def _releasable(raw: str, req: _Request) -> str:
                 end = min(end, len(text) - k)
                 break
     return text[:end].rstrip()
-
-
-def _last_logit_only(model) -> dict[str, int]:
-    """``logits_to_keep=1`` where the model's forward takes it: only the next token's logits are read,
-    and projecting every prompt position onto the vocabulary (49k rows for SmolLM2) costs about a
-    fifth of a 135M model's forward pass for nothing."""
-    import inspect
-
-    takes = getattr(model, "_lab_takes_logits_to_keep", None)
-    if takes is None:
-        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
-        model._lab_takes_logits_to_keep = takes
-    return {"logits_to_keep": 1} if takes else {}
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

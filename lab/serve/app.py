@@ -9,8 +9,8 @@
 A thin wire layer: requests are validated by the pydantic models of each wire format
 (``openai_protocol``, ``anthropic_protocol``), turned into one ``LLM.chat`` / ``LLM.stream`` call
 and the ``ChatResponse`` turned back; ``lab.llm`` is the only thing that talks to models.
-Each model runs one generation at a time behind a bounded queue (``scheduling``), off the event
-loop. Errors come back in the caller's wire format with the right status and no stack trace; the
+Each model runs as many generations at a time as it decodes together (one, or several sequences
+batched per step on the llama.cpp engine) behind a bounded queue (``scheduling``), off the event loop. Errors come back in the caller's wire format with the right status and no stack trace; the
 server log has the trace under the request id (``x-request-id`` / ``request-id`` headers).
 """
 
@@ -190,7 +190,7 @@ class Server:
                  default_max_tokens: int, model_names: Iterable[str] = ()):
         self.llm = llm
         self.names = list(dict.fromkeys([llm.model, *model_names, llm.spec]))
-        self.queue = ModelQueue(llm.model, max_queue)
+        self.queue = ModelQueue(llm.model, max_queue, parallel=llm.parallel_requests)
         self.embedders = Embedders(embedders, max_queue)
         self.default_max_tokens = default_max_tokens
         self._key = api_key.encode() if api_key else None

@@ -1,7 +1,9 @@
-"""One generation at a time per model, a bounded wait queue, and streams run off the event loop.
+"""As many generations at a time per model as it decodes together, a bounded wait queue, and streams
+run off the event loop.
 
-``ModelQueue.acquire`` admits a request only while fewer than ``1 + max_waiting`` hold or wait for
-the model; the next one is a 429 whose Retry-After estimates the wait from recent hold times.
+``ModelQueue.acquire`` admits a request only while fewer than ``parallel + max_waiting`` hold or wait
+for the model (``parallel``: 1 for most models; the llama.cpp engine batches several sequences per
+step); the next one is a 429 whose Retry-After estimates the wait from recent hold times.
 
 ``StreamRun`` runs ``LLM.stream(...)`` in a thread of its own: the generator is created, advanced
 and closed in that one thread (a local model's generation state never hops threads), and its
@@ -27,12 +29,15 @@ MAX_RETRY_AFTER_S = 60
 
 
 class ModelQueue:
-    def __init__(self, name: str, max_waiting: int):
+    def __init__(self, name: str, max_waiting: int, parallel: int = 1):
         if max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.name = name
         self.max_waiting = max_waiting
-        self._lock = asyncio.Lock()
+        self.parallel = parallel
+        self._lock = asyncio.Semaphore(parallel)
         self._admitted = 0  # holding the model + waiting for it
         self._mean_hold_s = 1.0  # running mean of how long a request holds the model
 
@@ -41,14 +46,14 @@ class ModelQueue:
         return self._admitted
 
     def retry_after_s(self) -> int:
-        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(self._mean_hold_s * self._admitted)))
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(self._mean_hold_s * self._admitted / self.parallel)))
 
     async def acquire(self) -> "Slot":
         """Wait for the model (FIFO); a 429 APIError when the queue is full."""
-        if self._admitted >= 1 + self.max_waiting:
+        if self._admitted >= self.parallel + self.max_waiting:
             wait = self.retry_after_s()
             raise APIError(429, f"model {self.name!r} is busy: {self._admitted} requests are running or queued "
-                                f"(at most 1 + {self.max_waiting}); retry after {wait} s",
+                                f"(at most {self.parallel} + {self.max_waiting}); retry after {wait} s",
                            code="queue_full", headers={"Retry-After": str(wait)})
         self._admitted += 1
         try:
