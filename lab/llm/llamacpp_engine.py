@@ -12,11 +12,11 @@ class, because the project's own pieces replace what that class would do: the HF
 template (identical prompt tokens on both engines), xgrammar masks (the same grammars and guarantees
 as on transformers), and the decoding loop of ``Engine.generate``.
 
-**Sequences and prefix reuse.** The context holds ``SLOTS`` sequences in one unified KV cache.
-A sequence that finished keeps its cells; a new call starts from the idle sequence sharing its
-longest prefix: extending it in place when the call continues it, otherwise copying the shared
-part to a free sequence (``llama_memory_seq_cp`` shares the cells, nothing is recomputed or
-duplicated). When the cache is full, the least recently used idle sequences are dropped.
+**Sequences and prefix reuse.** The context holds ``SLOTS`` sequences in one unified KV cache:
+the running ones and the last one that finished, whose cells are kept. A new call starts from the
+idle sequence sharing its longest prefix: extending it in place when the call continues it,
+otherwise copying the shared part to a free sequence (``llama_memory_seq_cp`` shares the cells,
+nothing is recomputed or duplicated). Why only the last one: ``_trim_idle``.
 
 **Concurrent calls.** Several threads may generate at once (``lab serve`` with several clients):
 each step, one of them decodes the pending next tokens of every running sequence in a single
@@ -69,8 +69,8 @@ def _load_model(path: Path):
 
 class LlamaCppEngine(Engine):
     name = "llama.cpp"
-    SLOTS = 8  # sequences in the KV cache: running generations and cached prefixes together
-    parallel = 4  # running at once, batched per step; the other slots keep cached prefixes
+    parallel = 4  # sequences running at once, batched per step
+    SLOTS = parallel + 1  # ... and the last finished one, kept as a prefix (see _trim_idle)
     N_BATCH = 512  # prompt tokens per llama_decode call
     GATHER_S = 0.002  # how long a step waits for the other running sequences' tokens to batch them
 
@@ -90,6 +90,9 @@ class LlamaCppEngine(Engine):
         params.n_batch = params.n_ubatch = self.N_BATCH
         params.n_seq_max = self.SLOTS
         params.kv_unified = True  # sequences share the cells of a common prefix
+        # measured here (SmolLM2, one thread): flash attention decodes ~5% faster at 50 tokens of context
+        # but 25-50% slower from 400 tokens on, where agents live (tool listings, growing conversations)
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = params.n_threads_batch = self.threads
         self._ctx = L.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -226,7 +229,25 @@ class LlamaCppEngine(Engine):
     def _finish(self, slot: CachedPrefix) -> None:
         with self._cond:
             slot.busy, slot.last_used = False, next(self._clock)
+            self._trim_idle(keep=slot)
             self._cond.notify_all()
+
+    def _trim_idle(self, keep: CachedPrefix) -> None:
+        """Keep ``keep`` (the sequence that just finished) and drop every other idle one (lock held).
+
+        Every decode step attends over the cache's whole occupied range, other sequences' cached
+        prefixes included: measured here, a 3,000-token idle prefix cut a short reply from ~110 to ~35
+        tok/s. Sequential callers (an agent's next step, a judge's next rubric question) continue from
+        the call just before theirs, so the last sequence is the one worth keeping: on 16 tool-call
+        requests and three 5-step agent tasks, keeping only it reused exactly as many prompt tokens as
+        keeping up to 100k idle tokens, and ran 30% faster.
+        """
+        for slot in self._slots:
+            if not slot.busy and slot.ids and slot is not keep:
+                self._L.llama_memory_seq_rm(self._mem, slot.handle, -1, -1)
+                slot.ids = []
+        if not any(s.ids for s in self._slots):  # empty: start allocating from the first cell again
+            self._L.llama_memory_clear(self._mem, False)
 
     def reset_prefix_cache(self) -> None:
         with self._cond:
