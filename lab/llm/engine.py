@@ -29,6 +29,18 @@ from typing import Any, Iterator, Protocol
 from lab.errors import ConfigError
 
 ENGINES = ("llama.cpp", "transformers")
+_OPENED: set[str] = set()  # engines this process has loaded (the runner notes it in results)
+LLAMA_CPP_NOTE = ("Text was generated on the llama.cpp engine (a Q8_0 GGUF of the same weights), not on transformers "
+                  "as in results before 2026-12: the same model, but greedy text differs where near-ties flip "
+                  "(benchmarks.llm_throughput measures how often), so figures that depend on generated text moved "
+                  "for that reason, not because the method changed.")
+
+
+def generation_note(models: list[dict[str, Any]]) -> str | None:
+    """The method note of a run whose text came from the llama.cpp engine (recorded by a model entry,
+    or loaded in this process), else None."""
+    used = any(str(m.get("engine", "")).startswith("llama.cpp") for m in models) or "llama.cpp" in _OPENED
+    return LLAMA_CPP_NOTE if used else None
 
 
 class TokenMask(Protocol):
@@ -88,6 +100,7 @@ class Engine(ABC):
         self.vocab_size = vocab_size  # the width of the logits (may exceed the tokenizer's vocabulary)
         self.end_ids = frozenset(end_ids)
         self.prefix_stats = PrefixStats()
+        _OPENED.add(self.name)
 
     # --- what an engine implements -------------------------------------------------------------
 
