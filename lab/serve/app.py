@@ -439,7 +439,8 @@ def serve(spec: str | None = None, *, host: str = "127.0.0.1", port: int = 8088,
     info = llm.describe()  # a local model loads now, not on the first request
     app = create_app(llm, api_key=api_key, max_queue=max_queue, embedders=embedders)
     base = f"http://{host}:{port}"
-    say(f"lab serve: {info.get('id', llm.spec)} as model {llm.model!r}; embedders: {', '.join(embedders) or 'none'}")
+    engine = f" on {info['engine']}" if info.get("engine") else ""
+    say(f"lab serve: {info.get('id', llm.spec)}{engine} as model {llm.model!r}; embedders: {', '.join(embedders) or 'none'}")
     say(f"  OpenAI:    {base}/v1  (chat/completions, embeddings, models)")
     say(f"  Anthropic: {base}     (v1/messages)")
     say("  API key:   " + ("required (Authorization: Bearer or x-api-key)" if api_key else "none"))
