@@ -22,6 +22,8 @@ NPM_FLAGS   := --prefix $(NODE_PREFIX) --no-audit --no-fund --loglevel=error
 # cores) into a wheel cached under $(LAB_CACHE)/wheels, keyed by version and flags, and every later
 # setup installs that wheel. Only the CPU library is built (no llava, tools or tests), with portable
 # flags instead of -march=native: x86-64-v3 (AVX2, FMA, F16C) on x86_64, the armv8 baseline on arm64.
+# pip's own wheel cache is bypassed (--no-cache-dir): it keys a built wheel by the source alone, so it
+# would hand back a wheel built with other flags; $(LLAMA_WHEELS) is this wheel's one cache.
 LLAMA_CPP_VERSION ?= 0.3.36
 LAB_CACHE         ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llm-systems-lab
 LLAMA_CMAKE_x86_64  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
@@ -70,7 +72,7 @@ $(STAMP):
 	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || \
 	  { echo "error: no C/C++ compiler: llama-cpp-python is compiled once here (Debian/Ubuntu: sudo apt-get install -y build-essential)"; exit 1; }
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) $(BIN)/python -m pip wheel \
-	  --quiet --no-deps --find-links "$(LLAMA_WHEELS)" --wheel-dir "$(LLAMA_WHEELS)" llama-cpp-python==$(LLAMA_CPP_VERSION)
+	  --quiet --no-deps --no-cache-dir --find-links "$(LLAMA_WHEELS)" --wheel-dir "$(LLAMA_WHEELS)" llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --quiet --find-links "$(LLAMA_WHEELS)" llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev,agents]"
 	$(BIN)/python -m pip check

@@ -9,8 +9,9 @@ these wall times, ready jobs started longest-critical-path first as ``lab run`` 
 overhead is not modelled, and each wall time already carries whatever slowed it down when it ran
 (a job sharing 2 cores with another runs slower than alone). The last row is what was observed: from
 the earliest start to the latest end of these results, which is the real wall time of the
-reproduction when they all came from one ``lab run all``. Each row shows the machine load when the
-result was written. Benchmarks are not part of ``lab run all`` and are not counted.
+reproduction when they all came from one ``lab run all``. The longest chain of jobs that wait for
+each other (artifact builds included) is the floor no number of jobs goes below. Each row shows the
+machine load when the result was written. Benchmarks are not part of ``lab run all`` and are not counted.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ def replay(jobs, seconds: dict[str, float], workers: int) -> float:
     return now
 
 
+def longest_chain(jobs) -> list:
+    """The chain of dependent jobs that bounds the reproduction however many run at once: from the
+    job with the longest critical path, on through the dependent with the longest one."""
+    from lab.scheduler import critical_path
+
+    priority = critical_path(jobs)
+    chain = [max(jobs, key=lambda j: priority[j.key])]
+    while after := [j for j in jobs if chain[-1].key in j.deps]:
+        chain.append(max(after, key=lambda j: priority[j.key]))
+    return chain
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
@@ -89,7 +102,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         jobs = plan(runs, args.profile, ArtifactStore(Path(tmp)), config_dir=Path(tmp))
         estimate = replay(jobs, seconds, args.jobs)
+        chain = longest_chain(jobs)
     table.add_row(f"estimate with --jobs {args.jobs}", "", f"{estimate:.1f}", f"{estimate / 60:.1f} min", "")
+    floor = sum(j.estimate_s for j in chain)
+    table.add_row("longest chain (any --jobs): " + " → ".join(j.key for j in chain), "", f"{floor:.1f}",
+                  f"{floor / 60:.1f} min", "")
     if spans:
         first = datetime.fromisoformat(min(start for start, _ in spans))
         last = datetime.fromisoformat(max(end for _, end in spans))

@@ -5,7 +5,8 @@
 
 What every agentic exercise waits on is the local model's speed, so this measures it the way the
 exercises use it. Each engine runs in a child process of its own, one after the other (so neither
-competes with the other for the cores, and each peak RSS is that engine's alone), on:
+competes with the other for the cores, and each peak RSS is that engine's alone) with ``threads``
+CPU threads (1 by default: what each job of ``lab run all --jobs 2`` gets on 2 cores), on:
 
 - **prompt**: tokens/s of one forward pass over a ``prompt_tokens`` prompt (no cache);
 - **decode**: tokens/s after the first token of a greedy reply of ``decode_tokens`` tokens;
@@ -31,6 +32,7 @@ its load, which the result records.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import statistics
 import tempfile
@@ -67,6 +69,7 @@ class Config(ExerciseConfig):
     agreement_prompts: int = 8
     agreement_tokens: int = 64
     fidelity_tokens: int = 512
+    threads: int = 1  # per engine: what each job of `lab run all --jobs 2` gets on 2 cores
 
 
 # --- what runs in each engine's child process -----------------------------------------------------
@@ -111,8 +114,11 @@ def _timed_tokens(engine, ids: list[int], max_tokens: int) -> tuple[list[int], f
 
 def measure(engine_name: str, cfg: dict, scratch: str) -> dict:
     """Every measurement of one engine (runs in a child process; returns plain data)."""
+    os.environ["OMP_NUM_THREADS"] = str(cfg["threads"])  # read by the llama.cpp engine when it opens
     import numpy as np
     import torch
+
+    torch.set_num_threads(cfg["threads"])
 
     from benchmarks.tool_calls import TOOLS, judge, load_prompts
     from lab.llm.local import LocalLLM
@@ -254,7 +260,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                            m["peak_rss_mb"], m["load_s"]] for name, m in found.items()],
               ["engine", "version", "weights", "prompt tok/s", "decode tok/s", "constrained tok/s", "valid calls",
                "agent step s (no reuse)", "agent step s (reuse)", "peak RSS MB", "load s"],
-              title="The two engines on the same prompts (one thread each, one after the other)")
+              title=f"The two engines on the same prompts ({cfg.threads} thread(s) each, one after the other)")
     ctx.table("agent_steps", [[k + 1, *(found[n][f"agent_step_s_{mode}"][k] for n in ENGINES for mode in
                                          ("no_reuse", "reuse"))] for k in range(cfg.agent_steps)],
               ["step", "transformers, no reuse s", "transformers, reuse s", "llama.cpp, no reuse s",

@@ -213,9 +213,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
         return
     from lab.llm import from_spec
 
-    spec = from_spec(cfg.llm).spec
-    ctx.model(spec, role="every stage, in each worker process")
-    run_load(cfg, ctx, spec)
+    llm = from_spec(cfg.llm)
+    ctx.model(llm.spec, engine=getattr(llm, "engine_name", None), role="every stage, in each worker process")
+    run_load(cfg, ctx, llm.spec)
 
 
 EXERCISE = Exercise(

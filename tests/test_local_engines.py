@@ -115,6 +115,15 @@ def test_engine_selection_follows_the_model_the_machine_and_the_override(monkeyp
     assert select_engine(gguf_able=True) == "transformers"  # auto falls back, never fails
 
 
+def test_a_local_model_names_its_engine_without_loading_it(monkeypatch):
+    monkeypatch.setattr("lab.llm.engine.llama_cpp_unavailable", lambda: None)
+    monkeypatch.delenv("LAB_LOCAL_ENGINE", raising=False)
+    llm = LocalLLM("smollm2-135m-instruct")
+    assert llm.engine_name == "llama.cpp" and llm._engine is None  # what a parent records for its workers
+    assert LocalLLM("smollm2-135m-instruct", engine="transformers").engine_name == "transformers"
+    assert LocalLLM("meta-llama/Llama-3.1-8B-Instruct").engine_name == "transformers"
+
+
 def test_which_models_have_a_gguf_route(tmp_path):
     from lab.llm.gguf_models import plan
 

@@ -81,14 +81,24 @@ class LocalLLM(LLM):
                     self._engine = self._open_engine()
         return self._engine
 
-    def _open_engine(self) -> Engine:
+    @property
+    def engine_name(self) -> str:
+        """The engine this model runs on, known without loading it (a parent process records what the
+        workers it starts will run)."""
+        if self._engine is not None:
+            return self._engine.name
         from lab.llm import gguf_models
         from lab.llm.engine import select_engine
 
-        route = gguf_models.plan(self.model)
-        if select_engine(route is not None, self.engine_request) == "llama.cpp":
+        return select_engine(gguf_models.plan(self.model) is not None, self.engine_request)
+
+    def _open_engine(self) -> Engine:
+        from lab.llm import gguf_models
+
+        if self.engine_name == "llama.cpp":
             from lab.llm.llamacpp_engine import LlamaCppEngine
 
+            route = gguf_models.plan(self.model)
             path, weights = route.gguf()
             return LlamaCppEngine(path, route.tokenizer(), lora=route.lora(), weights=weights)
         from lab.llm.hf_engine import TransformersEngine
