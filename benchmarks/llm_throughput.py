@@ -41,6 +41,7 @@ from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, RunContext
 from lab.paths import REPO_ROOT
+from lab.stats import rate_note
 
 ENGINES = ("transformers", "llama.cpp")
 NEW, OLD = "llama.cpp", "transformers"
@@ -62,7 +63,7 @@ class Config(ExerciseConfig):
     prompt_tokens: int = 1500
     decode_tokens: int = 128
     repeats: int = 3
-    constrained_prompts: int = 20
+    constrained_prompts: int = 60  # every request in tool_call_prompts.jsonl: >= 30 cases for the headline rate
     constrained_max_tokens: int = 128
     agent_steps: int = 5
     agent_max_tokens: int = 48
@@ -228,7 +229,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.metric(f"prompt_tok_s_{s}", m["prompt_tok_s"], "tok/s", True, f"{cfg.prompt_tokens}-token prompt, no cache")
         ctx.metric(f"decode_tok_s_{s}", m["decode_tok_s"], "tok/s", True, f"greedy, {cfg.decode_tokens} tokens")
         ctx.metric(f"constrained_tok_s_{s}", m["constrained_tok_s"], "tok/s", True, "tool calls, tool_choice=required")
-        ctx.metric(f"constrained_valid_rate_{s}", m["constrained_valid"] / m["constrained_n"], "fraction", True)
+        ctx.metric(f"constrained_valid_rate_{s}", m["constrained_valid"] / m["constrained_n"], "fraction", True,
+                   rate_note(m["constrained_valid"], m["constrained_n"]))
         ctx.metric(f"agent_step_s_{s}", statistics.mean(m["agent_step_s_reuse"]), "s", False, "mean step, prefix reuse")
         ctx.metric(f"agent_step_s_no_reuse_{s}", statistics.mean(m["agent_step_s_no_reuse"]), "s", False,
                    "mean step, cache cleared before each step")
@@ -244,7 +246,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("prefix_reuse_speedup_x", statistics.mean(fast["agent_step_s_no_reuse"])
                / statistics.mean(fast["agent_step_s_reuse"]), "x", True, "llama.cpp: no reuse / reuse")
     ctx.metric("constrained_valid_rate", fast["constrained_valid"] / fast["constrained_n"], "fraction", True,
-               f"llama.cpp, n={fast['constrained_n']}")
+               f"llama.cpp: {rate_note(fast['constrained_valid'], fast['constrained_n'])}")
     divergence = [_first_divergence(a, b) for a, b in zip(old["greedy"], fast["greedy"])]
     identical = sum(a == b for a, b in zip(old["greedy"], fast["greedy"]))
     ctx.metric("greedy_identical_rate", identical / len(divergence), "fraction", True,
