@@ -6,14 +6,18 @@ against the caller's JSON schema with ``jsonschema``, the way a client would.
 """
 
 import json
+import re
 import threading
 
 import pytest
 from jsonschema import Draft202012Validator
 
 from lab.llm import ToolCall
-from lab.llm.base import PromptTooLongError
-from lab.llm.constrained import BOUNDS, bounded_pattern, bounded_schema, parse_tool_calls, tools_prompt
+from lab.llm.base import InvalidRequestError, PromptTooLongError
+from lab.llm.constrained import (
+    BOUNDS, MAX_SCHEMA_DEPTH, MAX_SCHEMA_VALUES, bounded_pattern, bounded_schema, check_schema, parse_tool_calls,
+    tools_prompt,
+)
 from lab.llm.local import LocalLLM
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city.", "input_schema": {
@@ -130,6 +134,66 @@ def test_bounded_pattern_caps_unbounded_repeats_and_matches_a_subset():
             assert re.fullmatch(email, text)  # a subset: whatever the bounded one accepts, the original does
     schema = bounded_schema({"type": "object", "properties": {"to": {"type": "string", "pattern": email}}}, BOUNDS[-1])
     assert schema["properties"]["to"]["pattern"] == bounded_pattern(email, BOUNDS[-1].pattern_repeat)
+
+
+# (schema, a value that breaks it, the keyword refused): xgrammar's grammar for the schema lets the value
+# through, which is why check_schema refuses the keyword. A failure here means xgrammar now enforces
+# it, and check_schema may let it pass.
+IGNORED_BY_XGRAMMAR = [
+    ({"type": "integer", "not": {"const": 3}}, 3, "not"),
+    ({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+      "if": {"required": ["a"]}, "then": {"required": ["b"]}}, {"a": 1}, "if"),
+    ({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+      "dependentRequired": {"a": ["b"]}}, {"a": 1}, "dependentRequired"),
+    ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, [1, 1], "uniqueItems"),
+    ({"type": "array", "items": {"type": "integer"}, "contains": {"const": 3}}, [1], "contains"),
+    ({"allOf": [{"type": "integer", "minimum": 0}, {"type": "integer", "maximum": 5}]}, 9, "allOf"),
+    ({"type": "string", "format": "idn-email"}, "not an address", "format"),
+    ({"type": "number", "multipleOf": 0.5}, 0.3, "multipleOf"),
+    ({"type": "string", "pattern": "^a*$", "maxLength": 2}, "aaa", "maxLength"),
+    ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["b"]}, {"a": 1}, "required"),
+    ({"type": "object", "properties": {"a": {"$ref": "#x"}}, "required": ["a"],
+      "$defs": {"x": {"$anchor": "x", "type": "integer"}}}, {"a": "s"}, "$ref"),
+]
+
+
+@pytest.mark.parametrize("schema,breaking,keyword", IGNORED_BY_XGRAMMAR, ids=[k for _, _, k in IGNORED_BY_XGRAMMAR])
+def test_check_schema_refuses_the_keywords_xgrammar_ignores(schema, breaking, keyword):
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    with pytest.raises(InvalidRequestError, match=f"^json_schema: keyword {re.escape(repr(keyword))} "):
+        check_schema(schema, "json_schema")
+    grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    assert _is_grammar_accept_string(grammar, json.dumps(breaking))
+
+
+def test_check_schema_takes_enforced_schemas_within_the_limits():
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    for schema in SCHEMAS.values():
+        check_schema(schema)
+    keyed = {"type": "object", "patternProperties": {"^x": {"type": "integer"}}, "additionalProperties": False}
+    check_schema(keyed)  # enforced by xgrammar (0.2.8), so allowed:
+    assert not _is_grammar_accept_string(xgr.Grammar.from_json_schema(json.dumps(keyed)), '{"xa": "text"}')
+    # names and data are not keywords: a property called "not", an enum value holding "if"
+    check_schema({"type": "object", "properties": {"not": {"type": "string"}, "if": {"enum": [{"if": 1}]}},
+                  "required": ["not"]})
+    with pytest.raises(InvalidRequestError, match=r"\(at properties\.a\.anyOf\.1\.not\)"):
+        check_schema({"type": "object", "properties": {"a": {"anyOf": [{"type": "null"}, {"not": {}}]}}})
+
+    def nested(levels):
+        schema: dict = {"type": "string"}
+        for _ in range(levels):
+            schema = {"type": "array", "items": schema}
+        return schema
+
+    check_schema(nested(MAX_SCHEMA_DEPTH - 1))  # 63 arrays around a string: 64 nested JSON objects, the limit
+    with pytest.raises(InvalidRequestError, match=f"deeper than {MAX_SCHEMA_DEPTH} levels"):
+        check_schema(nested(MAX_SCHEMA_DEPTH))
+    with pytest.raises(InvalidRequestError, match=f"more than {MAX_SCHEMA_VALUES} JSON values"):
+        check_schema({"enum": list(range(MAX_SCHEMA_VALUES))})
 
 
 # --- the embedded model under a grammar --------------------------------------------------------

@@ -159,6 +159,14 @@ class LLM(ABC):
             yield reply.text
         yield reply
 
+    def prepare(self, messages: list[dict[str, Any]], *, timeout_s: float | None = None, **kwargs: Any) -> None:
+        """Do the work of a ``chat`` / ``stream`` call with these arguments that does not need the model
+        (a local model tokenizes the prompt and compiles its grammar), raising what that call would raise
+        for arguments it cannot serve (InvalidRequestError, PromptTooLongError). A server calls it before a
+        request waits for the model, so a bad request never holds it; ``timeout_s`` bounds the wait for
+        a grammar. The call itself repeats the checks and finds the grammar cached. By default there is
+        nothing to do before the call."""
+
     def count_tokens(self, messages: list[dict[str, Any]], **kwargs: Any) -> int | None:
         """Prompt tokens a ``chat`` call with these arguments would send; None where it cannot be known
         without a request (a hosted model's tokenizer is not public)."""

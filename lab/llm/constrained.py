@@ -30,6 +30,14 @@ the grammar, the local provider decodes it again one level tighter (the last lev
 many items and characters as the schema demands at minimum, plus a little). If even that runs out
 the reply is reported as cut off (``stop_reason="max_tokens"``) and carries no tool call: a
 truncated call is never passed on as a call.
+
+Every schema is checked before it is compiled (``check_schema``): one deeper or larger than
+``MAX_SCHEMA_DEPTH`` / ``MAX_SCHEMA_VALUES``, or holding a keyword xgrammar compiles past without
+enforcing (``not``, ``if``/``then``/``else``, ``uniqueItems``, ``contains``, ``dependentRequired``, a
+second ``allOf`` branch, ...), is an ``InvalidRequestError`` naming the limit or the keyword and where
+it is: a reply that could break the caller's schema is refused up front, never promised. Grammars
+compile in worker threads (``Grammars.compiled``, with a timeout), so a server can compile a
+request's grammar before it waits for the model and refuse one that takes too long.
 """
 
 from __future__ import annotations
@@ -37,8 +45,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
 import uuid
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +80,100 @@ KEY_MAX_CHARS = 32  # the length of a free object key
 WHITESPACE_MAX = 2  # consecutive whitespace inside tool-call JSON: "{\n  " but not a whitespace loop
 
 _FIXED_STRINGS = ("enum", "const", "pattern", "format")  # shapes xgrammar will not combine with maxLength
+
+# What one schema may be before it is compiled. A grammar grows with the schema and xgrammar's
+# compile time grows faster (1,000 optional properties in one object take seconds): past these the
+# schema is refused, and the compile timeout (``Grammars.compiled``) catches what stays inside them.
+MAX_SCHEMA_DEPTH = 64  # JSON nesting levels (objects and arrays); ~30 levels of nested objects
+MAX_SCHEMA_VALUES = 10_000  # JSON values in all (objects, arrays, strings, numbers, ...)
+
+# Keywords xgrammar (0.2) compiles past without enforcing them: a reply under the grammar could break
+# them. tests/test_constrained.py checks that each is still ignored, so this list follows xgrammar.
+# (oneOf passes: xgrammar holds it as anyOf only where branches may overlap, which a discriminated
+# union's do not; patternProperties and propertyNames are enforced.)
+UNENFORCED = {
+    **dict.fromkeys(("if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies"),
+                    "list the cases with anyOf"),
+    **dict.fromkeys(("contains", "minContains", "maxContains"), "describe every item with 'items'"),
+    **dict.fromkeys(("$dynamicRef", "$dynamicAnchor"), "use $ref to '#/$defs/...'"),
+    "not": "exclude the values another way (enum, anyOf)",
+}
+# the string formats xgrammar enforces (others, e.g. idn-email, iri, regex, are ignored)
+FORMATS = ("date", "date-time", "duration", "email", "hostname", "ipv4", "ipv6", "json-pointer",
+           "relative-json-pointer", "time", "uri", "uri-reference", "uri-template", "uuid")
+# keyword -> how its value holds subschemas (everything else in a schema is data: enum, const, default, ...)
+_SUBSCHEMA_KEYWORDS = {
+    **dict.fromkeys(("items", "additionalProperties", "propertyNames", "unevaluatedProperties", "unevaluatedItems",
+                     "additionalItems", "not", "if", "then", "else", "contains"), "schema"),
+    **dict.fromkeys(("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"), "map"),
+    **dict.fromkeys(("allOf", "anyOf", "oneOf", "prefixItems"), "list"),
+}
+
+
+def check_schema(schema: Any, name: str | None = None) -> None:
+    """Refuse a schema a grammar should not be compiled from: an InvalidRequestError naming the limit it
+    passes (``MAX_SCHEMA_DEPTH``, ``MAX_SCHEMA_VALUES``) or the keyword xgrammar would not enforce and
+    where it is (``properties.age.not``), after ``name`` (the caller's name for the schema) if given.
+    Walks the schema once, without recursion."""
+
+    def refuse(problem: str) -> InvalidRequestError:
+        return InvalidRequestError(f"{name}: {problem}" if name else problem)
+
+    stack: list[tuple[Any, tuple[str, ...], int, str]] = [(schema, (), 1, "schema")]  # value, path, depth, role
+    values = 1
+    while stack:
+        node, path, depth, role = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_SCHEMA_DEPTH:
+            raise refuse(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels of JSON objects and arrays "
+                         "(the limit for compiling one into a grammar)")
+        values += len(node)
+        if values > MAX_SCHEMA_VALUES:
+            raise refuse(f"the schema holds more than {MAX_SCHEMA_VALUES} JSON values (the limit for compiling "
+                         "one into a grammar)")
+        in_schema = role == "schema" and isinstance(node, dict)
+        if in_schema and (problem := _unenforced(node)) is not None:
+            keyword, advice = problem
+            raise refuse(f"keyword {keyword!r} (at {'.'.join((*path, keyword))}) is not enforced by the grammar "
+                         f"engine, so a reply could break it: {advice}")
+        for key, child in node.items() if isinstance(node, dict) else enumerate(node):
+            if in_schema:  # what the keyword's value holds: a schema, schemas by name or in a list, or data
+                kind = _SUBSCHEMA_KEYWORDS.get(key, "data")
+                kind = "list" if kind == "schema" and isinstance(child, list) else kind  # draft-4 tuple items
+            else:
+                kind = "schema" if role in ("map", "list") else "data"
+            stack.append((child, (*path, str(key)), depth + 1, kind))
+
+
+def _unenforced(node: dict[str, Any]) -> tuple[str, str] | None:
+    """(keyword, what to do instead) for the first keyword of this schema node xgrammar would drop."""
+    for keyword in node:
+        if keyword in UNENFORCED:
+            return keyword, UNENFORCED[keyword]
+    kinds = node.get("type")
+    kinds = set(kinds) if isinstance(kinds, list) else {kinds} if isinstance(kinds, str) else set()
+    if node.get("uniqueItems") is True:
+        return "uniqueItems", "drop it and remove duplicates after parsing"
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
+        return "allOf", "only one allOf branch is enforced: merge the branches into one schema"
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref != "#" and not ref.startswith("#/"):
+        return "$ref", f"only references inside the schema ('#/$defs/...') are resolved, not {ref[:80]!r}"
+    if "format" in node and node["format"] not in FORMATS:
+        return "format", f"{str(node['format'])[:40]!r} is not one of the enforced formats ({', '.join(FORMATS)})"
+    if "multipleOf" in node and (not kinds or "number" in kinds):
+        return "multipleOf", "it is enforced on type 'integer' only"
+    for keyword in ("minLength", "maxLength"):
+        if keyword in node and ("pattern" in node or "format" in node):
+            return keyword, "beside a pattern or format the length is dropped: write the length into the pattern"
+    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+    required = node.get("required") if isinstance(node.get("required"), list) else []
+    missing = [k for k in required if k not in properties]
+    if missing:
+        return "required", (f"it names {str(missing[0])[:40]!r}, which this object's 'properties' does not define; "
+                            "only defined properties can be required")
+    return None
 
 
 def tools_prompt(tools: list[dict[str, Any]]) -> str:
@@ -225,6 +330,13 @@ class Constraint:
         return self.mode != "none" or self.json_schema is not None
 
     @property
+    def subject(self) -> str:
+        """What the grammar holds the reply to, in the caller's words (for error messages)."""
+        if self.mode == "none":
+            return "json_schema"
+        return "tools and json_schema" if self.json_schema is not None else "tools"
+
+    @property
     def forces_call(self) -> bool:
         return self.mode in ("required", "named")
 
@@ -261,10 +373,13 @@ class GrammarMask:
 
 
 class Grammars:
-    """Compiles constraints to xgrammar grammars for one tokenizer; the last ``CACHED`` compiled
-    grammars are kept (behind a server every client's schema is a new one, so the cache is bounded)."""
+    """Compiles constraints to xgrammar grammars for one tokenizer, in ``WORKERS`` threads of its own
+    (xgrammar lets go of the GIL while it compiles), so that a caller can wait with a timeout; the last
+    ``CACHED`` compiled grammars are kept (behind a server every client's schema is a new one, so the
+    cache is bounded). Request threads share it: the cache and the compiles in flight sit behind a lock."""
 
     CACHED = 64
+    WORKERS = 2
 
     def __init__(self, tokenizer, vocab_size: int):
         import xgrammar as xgr
@@ -272,29 +387,61 @@ class Grammars:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)  # the cache below is the bounded one
         self._cache: OrderedDict[Constraint, Any] = OrderedDict()
+        self._compiling: dict[Constraint, Future] = {}
+        self._lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="lab-grammar")
         self._vocab_size = vocab_size
 
     def mask(self, constraint: Constraint) -> GrammarMask:
         """A fresh token mask for one request under ``constraint`` (compiled once, then cached)."""
-        if constraint in self._cache:
-            self._cache.move_to_end(constraint)
-        else:
-            self._cache[constraint] = self._compile(constraint)
-            if len(self._cache) > self.CACHED:
-                self._cache.popitem(last=False)
-        return GrammarMask(self._cache[constraint], self._vocab_size)
+        return GrammarMask(self.compiled(constraint), self._vocab_size)
+
+    def compiled(self, constraint: Constraint, timeout_s: float | None = None):
+        """The compiled grammar of ``constraint``: from the cache, or from a worker (a compile that another
+        request started for the same constraint is shared). An InvalidRequestError when the schema is
+        refused, does not compile, or takes longer than ``timeout_s``; that compile still finishes in its
+        worker and is cached (xgrammar cannot stop one half-way)."""
+        with self._lock:
+            if constraint in self._cache:
+                self._cache.move_to_end(constraint)
+                return self._cache[constraint]
+            future = self._compiling.get(constraint)
+            if future is None:
+                future = self._compiling[constraint] = self._workers.submit(self._compile_and_keep, constraint)
+        try:
+            return future.result(timeout_s)
+        except FutureTimeout:
+            raise InvalidRequestError(
+                f"the grammar for the {constraint.subject} did not compile within {timeout_s:g} s, the limit on "
+                "compiling one: simplify the schema (fewer optional properties or anyOf branches)") from None
+
+    def _compile_and_keep(self, constraint: Constraint):
+        try:
+            grammar = self._compile(constraint)
+            with self._lock:
+                self._cache[constraint] = grammar
+                if len(self._cache) > self.CACHED:
+                    self._cache.popitem(last=False)
+            return grammar
+        finally:
+            with self._lock:
+                del self._compiling[constraint]
 
     def _compile(self, c: Constraint):
         import xgrammar as xgr
 
+        tools = [json.loads(t) for t in c.tools]
+        for t in tools:
+            check_schema(t.get("input_schema") or {}, f"tool {t['name']!r} input_schema")
+        if c.json_schema is not None:
+            check_schema(json.loads(c.json_schema), "json_schema")
         bounds = BOUNDS[c.level]
         reply_schema = bounded_schema(json.loads(c.json_schema), bounds) if c.json_schema is not None else None
         if c.mode == "none":
             try:
                 return self._compiler.compile_json_schema(json.dumps(reply_schema), any_whitespace=False)
             except Exception as exc:  # xgrammar's own error names the unsupported keyword
-                raise InvalidRequestError(f"json_schema cannot be compiled to a grammar: {exc}") from None
-        tools = [json.loads(t) for t in c.tools]
+                raise InvalidRequestError(f"json_schema cannot be compiled to a grammar: {_reason(exc)}") from None
         openai_tools = [{"type": "function", "function": {
             "name": t["name"], "description": t.get("description", ""),
             "parameters": bounded_schema(t.get("input_schema") or {"type": "object", "properties": {}}, bounds)}}
@@ -321,4 +468,14 @@ class Grammars:
                     fmt = tag("auto")
             return self._compiler.compile_structural_tag(StructuralTag(format=fmt))
         except Exception as exc:
-            raise InvalidRequestError(f"tools cannot be compiled to a grammar: {exc}") from None
+            raise InvalidRequestError(f"{c.subject} cannot be compiled to a grammar: {_reason(exc)}") from None
+
+
+# xgrammar starts its messages with a time and its own source file ("[04:41:24] /project/cpp/x.cc:4950: ")
+_SOURCE_REF = re.compile(r"\[\d{2}:\d{2}:\d{2}\]\s*|(?:[\w.-]*/)+[\w.-]+\.(?:cc|cpp|h|hpp|py|pyx)(?::\d+)*:?\s*")
+
+
+def _reason(exc: Exception) -> str:
+    """The grammar engine's reason for refusing a schema, without its source files: the caller needs
+    the reason; where in xgrammar it was found is the server log's business."""
+    return " ".join(_SOURCE_REF.sub("", str(exc)).split())[:300] or type(exc).__name__

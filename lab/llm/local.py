@@ -19,6 +19,7 @@ asking one question per rubric dimension, only pays for the tokens after the sha
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -162,20 +163,36 @@ class LocalLLM(LLM):
         systems += list(extra_system)
         return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + turns
 
+    @functools.cached_property
+    def max_prompt_chars(self) -> int:
+        """Characters past which a prompt cannot fit the context window, whatever it says: no token stands
+        for more characters than the vocabulary's longest token is spelled with (a byte-level vocabulary
+        spells each byte as one character; SmolLM2's longest token is 81). A longer prompt is refused
+        before it is tokenized: 5 MB of text took seconds and 600 MB to tokenize, only to be refused."""
+        return self.context_window * max(map(len, self.tokenizer.get_vocab()))
+
     def _prompt(self, messages, system=None, tools=None, json_schema=None, tool_choice="auto"):
         """(prompt token ids, the tools offered, tool-choice mode, forced tool name) of one request."""
         mode, name = normalize_tool_choice(tool_choice, tools)
         offered = [t for t in tools or [] if mode != "named" or t["name"] == name] if mode != "none" else []
         extra = ([tools_prompt(offered)] if offered else []) + ([json_instruction(json_schema)] if json_schema else [])
         turns = self._chat_turns(messages, system, extra)
+        chars = sum(len(t["content"]) for t in turns)
+        if chars > self.max_prompt_chars:
+            raise PromptTooLongError(f"{self.spec}: the prompt is {chars} characters; the model's context window of "
+                                     f"{self.context_window} tokens holds at most {self.max_prompt_chars} characters")
         ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)
         return list(ids["input_ids"]), offered, mode, name
 
     def count_tokens(self, messages, system=None, tools=None, json_schema=None, tool_choice="auto", **_) -> int:
         return len(self._prompt(messages, system, tools, json_schema, tool_choice)[0])
 
-    def _prepare(self, messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
-                 parallel_tool_calls, stop) -> _Request:
+    def prepare(self, messages, *, timeout_s=None, **kwargs) -> None:
+        """Tokenize the prompt and compile the grammar of a call before it runs (see ``LLM.prepare``)."""
+        self._prepare(messages, **kwargs, grammar_timeout_s=timeout_s)
+
+    def _prepare(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
+                 tool_choice="auto", parallel_tool_calls=True, stop=None, grammar_timeout_s=None) -> _Request:
         ids, offered, mode, name = self._prompt(messages, system, tools, json_schema, tool_choice)
         if len(ids) >= self.context_window:
             raise PromptTooLongError(f"{self.spec}: the prompt is {len(ids)} tokens; the model's context window is "
@@ -183,7 +200,7 @@ class LocalLLM(LLM):
         constraint = Constraint.of(offered, mode if offered else "none", name, parallel_tool_calls, json_schema)
         grammar = self.constrained and constraint.active
         if grammar:
-            self.grammars.mask(constraint)  # compile now: a schema the grammar cannot take is the caller's 400
+            self.grammars.compiled(constraint, grammar_timeout_s)  # now: a schema it cannot take is the caller's 400
         return _Request(ids, min(max_tokens, self.context_window - len(ids)), temperature, constraint, offered,
                         [] if grammar else list(stop or []),  # a stop string could cut a constrained reply in two
                         grammar)

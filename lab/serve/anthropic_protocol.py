@@ -6,7 +6,9 @@ string or text blocks, ``is_error``); ``thinking`` blocks in the history are dro
 documents, server tools (web search, code execution), extended thinking and prefill (a final
 assistant turn) are rejected with the field named. ``metadata``, ``top_p``, ``top_k``,
 ``service_tier``, ``cache_control`` and unknown extras are accepted and ignored;
-``output_config.format`` (structured output) maps to ``json_schema``.
+``output_config.format`` (structured output) maps to ``json_schema``. Text that is not valid Unicode
+and JSON schemas (``input_schema``, ``output_config.format.schema``) that a grammar would not hold a
+reply to are rejected naming the field (``limits``).
 
 Streaming follows the hosted API's event order: ``message_start``, then per content block
 ``content_block_start`` / ``content_block_delta`` (``text_delta`` or ``input_json_delta``) /
@@ -19,20 +21,17 @@ import json
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lab.llm.base import ChatResponse, ToolCall
 from lab.serve.errors import APIError, UnsupportedField, bad_request
+from lab.serve.limits import Schema, WireModel, WireRequest
 
 STOP_REASONS = ("end_turn", "max_tokens", "tool_use", "stop_sequence")
 # HTTP status -> Anthropic error type (https://docs.anthropic.com/en/api/errors)
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                500: "api_error", 502: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -61,7 +60,7 @@ def _blocks(value: Any) -> Any:
     return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
 
-class ContentBlock(_Request):
+class ContentBlock(WireModel):
     """One content block of a request (text, tool_use, tool_result; thinking is dropped)."""
 
     type: str
@@ -97,7 +96,7 @@ class ContentBlock(_Request):
         return "\n".join(b.text or "" for b in self.content or [])
 
 
-class Message(_Request):
+class Message(WireModel):
     role: Literal["user", "assistant"]
     content: list[ContentBlock]
 
@@ -116,10 +115,10 @@ class Message(_Request):
         return self
 
 
-class Tool(_Request):
+class Tool(WireModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
     description: Optional[str] = None
-    input_schema: dict[str, Any]
+    input_schema: Schema
     type: Optional[str] = None
 
     @model_validator(mode="before")
@@ -130,7 +129,7 @@ class Tool(_Request):
         return value
 
 
-class ToolChoice(_Request):
+class ToolChoice(WireModel):
     type: Literal["auto", "any", "tool", "none"]
     name: Optional[str] = None
     disable_parallel_tool_use: Optional[bool] = None
@@ -142,17 +141,17 @@ class ToolChoice(_Request):
         return self
 
 
-class OutputFormat(_Request):
+class OutputFormat(WireModel):
     type: Literal["json_schema"]
-    schema_: dict[str, Any] = Field(alias="schema")
+    schema_: Schema = Field(alias="schema")
 
 
-class OutputConfig(_Request):
+class OutputConfig(WireModel):
     format: Optional[OutputFormat] = None
     effort: Optional[str] = None  # accepted, ignored
 
 
-class MessagesRequest(_Request):
+class MessagesRequest(WireRequest):
     model: str
     max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)

@@ -10,7 +10,11 @@ A thin wire layer: requests are validated by the pydantic models of each wire fo
 (``openai_protocol``, ``anthropic_protocol``), turned into one ``LLM.chat`` / ``LLM.stream`` call
 and the ``ChatResponse`` turned back; ``lab.llm`` is the only thing that talks to models.
 Each model runs as many generations at a time as it decodes together (one, or several sequences
-batched per step on the llama.cpp engine) behind a bounded queue (``scheduling``), off the event loop. Errors come back in the caller's wire format with the right status and no stack trace; the
+batched per step on the llama.cpp engine) behind a bounded queue (``scheduling``), off the event loop.
+Before a request waits for the model it is checked (``limits``: the body's size as it arrives, valid
+Unicode text, JSON schemas a grammar can hold) and prepared (``LLM.prepare``: the prompt's length, the
+grammar compiled in a worker with a timeout), so a request the model cannot serve never holds it.
+Errors come back in the caller's wire format with the right status and no stack trace; the
 server log has the trace under the request id (``x-request-id`` / ``request-id`` headers).
 """
 
@@ -36,13 +40,14 @@ from lab.llm.base import LLM, ChatResponse, InvalidRequestError, LLMError, norma
 from lab.serve import anthropic_protocol as ap
 from lab.serve import openai_protocol as op
 from lab.serve.errors import APIError, UnsupportedField, bad_request
+from lab.serve.limits import MAX_BODY_BYTES, limited, too_large
 from lab.serve.scheduling import ModelQueue, StreamRun
 
 log = logging.getLogger("lab.serve")
 
 DEFAULT_EMBEDDERS = ("all-minilm-l6-v2",)
 DEFAULT_MAX_QUEUE = 8
-MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body past this is refused before it is read (413)
+GRAMMAR_TIMEOUT_S = 20.0  # how long a request may wait for its grammar to compile (outside the model slot)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -51,7 +56,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class GatewayMiddleware:
     """Every request gets an id (``request.state.request_id``, returned as a header); with an API
     key set, every ``/v1`` request must carry it, checked before the body is even read; a body
-    declared larger than ``MAX_BODY_BYTES`` is refused unread."""
+    declared larger than ``MAX_BODY_BYTES`` is refused unread, and one sent without a length (chunked)
+    as soon as it passes the limit (``limits.limited``)."""
 
     def __init__(self, app, server: "Server"):
         self.app = app
@@ -77,10 +83,9 @@ class GatewayMiddleware:
             return await error_response(request, err)(scope, receive, send_with_id)
         size = request.headers.get("content-length", "0")
         if not size.isdigit() or int(size) > MAX_BODY_BYTES:
-            err = APIError(413, f"the request body is {size} bytes; this server takes at most {MAX_BODY_BYTES} bytes",
-                           code="request_too_large")
+            err = APIError(413, too_large(size), code="request_too_large")
             return await error_response(request, err)(scope, receive, send_with_id)
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, limited(receive), send_with_id)
 
 
 def request_id(request: Request) -> str:
@@ -187,8 +192,10 @@ class Server:
     """What the routes share: the model, its names and queue, the embedders, the key."""
 
     def __init__(self, llm: LLM, *, api_key: str | None, max_queue: int, embedders: Iterable[str],
-                 default_max_tokens: int, model_names: Iterable[str] = ()):
+                 default_max_tokens: int, model_names: Iterable[str] = (),
+                 grammar_timeout_s: float = GRAMMAR_TIMEOUT_S):
         self.llm = llm
+        self.grammar_timeout_s = grammar_timeout_s
         self.names = list(dict.fromkeys([llm.model, *model_names, llm.spec]))
         self.queue = ModelQueue(llm.model, max_queue, parallel=llm.parallel_requests)
         self.embedders = Embedders(embedders, max_queue)
@@ -243,17 +250,30 @@ class Server:
                         code="internal_error")
 
     # --- running the model
+    async def off_loop(self, work: Callable[[], Any], rid: str) -> Any:
+        """``work()`` in a worker thread; what it raises comes back as the HTTP error the client gets."""
+        try:
+            return await run_in_threadpool(work)
+        except Exception as exc:  # an APIError passes through api_error unchanged
+            raise self.api_error(exc, rid) from None
+
+    async def prepare(self, kwargs: dict[str, Any], rid: str) -> None:
+        """The model's work that needs no slot (tokenizing, compiling a grammar: ``LLM.prepare``), done
+        before the request waits for one: a request the model cannot serve is refused without ever
+        holding it, and a slow grammar holds no one else up."""
+        await self.off_loop(lambda: self.llm.prepare(**kwargs, timeout_s=self.grammar_timeout_s), rid)
+
     async def chat(self, kwargs: dict[str, Any], rid: str) -> ChatResponse:
+        await self.prepare(kwargs, rid)
         slot = await self.queue.acquire()
         try:
-            return await run_in_threadpool(lambda: self.llm.chat(**kwargs))
-        except Exception as exc:
-            raise self.api_error(exc, rid) from None
+            return await self.off_loop(lambda: self.llm.chat(**kwargs), rid)
         finally:
             slot.release()
 
     async def stream(self, kwargs: dict[str, Any], rid: str) -> tuple[StreamRun, Any]:
         """Start a stream and wait for its first item, so that an early failure is still an HTTP status."""
+        await self.prepare(kwargs, rid)
         slot = await self.queue.acquire()
         try:
             run = StreamRun(slot, lambda: self.llm.stream(**kwargs))
@@ -290,11 +310,13 @@ def final_reply(reply: ChatResponse | None) -> ChatResponse:
 
 def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                embedders: Iterable[str] = DEFAULT_EMBEDDERS, default_max_tokens: int = 512,
-               model_names: Iterable[str] = ()) -> FastAPI:
+               model_names: Iterable[str] = (), grammar_timeout_s: float = GRAMMAR_TIMEOUT_S) -> FastAPI:
     """The ASGI app serving ``llm`` (and ``embedders``). ``model_names`` are extra names clients may
-    use for the chat model (it always answers to ``llm.model`` and ``llm.spec``)."""
+    use for the chat model (it always answers to ``llm.model`` and ``llm.spec``); a request whose
+    grammar takes longer than ``grammar_timeout_s`` to compile is refused (400)."""
     server = Server(llm, api_key=api_key, max_queue=max_queue, embedders=embedders,
-                    default_max_tokens=default_max_tokens, model_names=model_names)
+                    default_max_tokens=default_max_tokens, model_names=model_names,
+                    grammar_timeout_s=grammar_timeout_s)
     app = FastAPI(title="lab serve", description=__doc__, docs_url=None, redoc_url=None)
     app.state.server = server
     app.add_middleware(GatewayMiddleware, server=server)
@@ -311,7 +333,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
     async def _http(request: Request, exc: StarletteHTTPException):
         message = {404: f"no route {request.method} {request.url.path}",
                    405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return error_response(request, APIError(exc.status_code, message, headers=exc.headers))
+        code = "request_too_large" if exc.status_code == 413 else None  # a body cut off as it arrived
+        return error_response(request, APIError(exc.status_code, message, code=code, headers=exc.headers))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
@@ -375,9 +398,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
                            param="model", code="model_not_found")
         slot = await server.embedders.queues[name].acquire()
         try:
-            vectors, n_tokens = await run_in_threadpool(server.embedders.encode, name, body.texts, body.dimensions)
-        except Exception as exc:  # an APIError passes through api_error unchanged
-            raise server.api_error(exc, request_id(request)) from None
+            vectors, n_tokens = await server.off_loop(
+                lambda: server.embedders.encode(name, body.texts, body.dimensions), request_id(request))
         finally:
             slot.release()
         if body.encoding_format == "base64":
@@ -397,7 +419,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
         if not body.stream:
             reply = await server.chat(kwargs, rid)
             return ap.messages_response(reply, ap.message_id()).model_dump()
-        input_tokens = await run_in_threadpool(lambda: llm.count_tokens(**kwargs))
+        input_tokens = await server.off_loop(lambda: llm.count_tokens(**kwargs), rid)
         run, first = await server.stream(kwargs, rid)
         writer = ap.EventWriter(llm.model)
 

@@ -5,7 +5,9 @@ Like vLLM's ``protocol.py``: a request that does not fit these models fails vali
 field named (the app turns that into a 400 in OpenAI's error shape). Fields that change nothing
 here (``user``, ``seed``, ``top_p``, ``store``, ``metadata``, penalties, unknown extras) are
 accepted and ignored; fields whose meaning this server cannot honour (``n > 1``, ``logprobs``,
-images, audio, the legacy ``functions``) are rejected naming the field, never silently dropped.
+images, audio, the legacy ``functions``) are rejected naming the field, never silently dropped; so
+are text that is not valid Unicode and JSON schemas (tool ``parameters``, ``response_format``) that a
+grammar would not hold a reply to (``limits``).
 """
 
 from __future__ import annotations
@@ -15,19 +17,14 @@ import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lab.llm.base import ChatResponse, ToolCall
 from lab.serve.errors import APIError, UnsupportedField, bad_request
+from lab.serve.limits import Schema, WireModel, WireRequest
 
 # ChatResponse.stop_reason -> Chat Completions finish_reason
 FINISH_REASONS = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls", "stop_sequence": "stop", None: "stop"}
-
-
-class _Request(BaseModel):
-    """Requests tolerate fields they do not know (clients send many): they are ignored."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -57,7 +54,7 @@ def error_body(err: APIError) -> dict:
 
 # --- chat completions: request -----------------------------------------------------------------
 
-class ContentPart(_Request):
+class ContentPart(WireModel):
     """One part of a message's content. Only text parts are served (this is a text model)."""
 
     type: str
@@ -77,18 +74,18 @@ def _parts(value: Any) -> Any:
     return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
 
-class FunctionCall(_Request):
+class FunctionCall(WireModel):
     name: str
     arguments: str = "{}"
 
 
-class ToolCallIn(_Request):
+class ToolCallIn(WireModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Request):
+class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[list[ContentPart]] = None
     name: Optional[str] = None
@@ -115,35 +112,35 @@ class ChatMessage(_Request):
         return "\n".join(p.text or "" for p in self.content or [])
 
 
-class FunctionDef(_Request):
+class FunctionDef(WireModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     description: Optional[str] = None
-    parameters: Optional[dict[str, Any]] = None
+    parameters: Optional[Schema] = None
     strict: Optional[bool] = None
 
 
-class ChatTool(_Request):
+class ChatTool(WireModel):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(_Request):
+class NamedFunction(WireModel):
     name: str
 
 
-class NamedToolChoice(_Request):
+class NamedToolChoice(WireModel):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JSONSchemaSpec(_Request):
+class JSONSchemaSpec(WireModel):
     name: str = Field(min_length=1, max_length=64)
     description: Optional[str] = None
-    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    schema_: Schema = Field(default_factory=lambda: {"type": "object"}, alias="schema")
     strict: Optional[bool] = None
 
 
-class ResponseFormat(_Request):
+class ResponseFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: Optional[JSONSchemaSpec] = None
 
@@ -154,11 +151,11 @@ class ResponseFormat(_Request):
         return self
 
 
-class StreamOptions(_Request):
+class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(WireRequest):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     tools: Optional[list[ChatTool]] = None
@@ -419,7 +416,7 @@ class ChunkWriter:
 
 # --- embeddings and models ---------------------------------------------------------------------
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(WireRequest):
     model: str
     input: Union[str, list[str]]
     encoding_format: Literal["float", "base64"] = "float"
