@@ -7,13 +7,16 @@
 Common options: ``--llm SPEC`` (else ``$LAB_LLM``, else the embedded SmolLM2), ``--namespace`` (the
 tables' prefix), ``--lease-s``. The database is ``LAB_CRDB_URL`` if set, else ``LAB_DATABASE_URL``,
 else the embedded PostgreSQL. The site is ``--site DIR`` (default ``runs/site``) or ``--site
-git+URL`` (commit + push). Telegram: ``ENGINE_TELEGRAM_SECRET`` (the webhook), ``ENGINE_TELEGRAM_TOKEN``
-and ``ENGINE_TELEGRAM_API`` (the replies).
+git+URL`` (commit + push); ``--site-url`` (else ``ENGINE_SITE_URL``) is where readers find it, so a
+job's ``post_url`` is that URL + the post's path (the site-relative path when unset). Telegram:
+``ENGINE_TELEGRAM_SECRET`` (the webhook), ``ENGINE_TELEGRAM_TOKEN`` and ``ENGINE_TELEGRAM_API`` (the
+replies). ``serve`` logs one line per record, request data escaped (``http_guard``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
@@ -30,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                              "runs behind Phase 15's retry + circuit breaker (phase15_production.resilience)")
     common.add_argument("--corpus", default=None, help="folder of .md/.txt files (default: the repo's notes + READMEs)")
     common.add_argument("--site", default=str(DEFAULT_SITE), help="site folder, or git+URL to commit and push")
+    common.add_argument("--site-url", default=os.environ.get("ENGINE_SITE_URL") or None,
+                        help="the site's public URL: a job's post_url is it + posts/<slug>.html "
+                             "(default $ENGINE_SITE_URL; unset: the site-relative path)")
     common.add_argument("--namespace", default="p16", help="prefix of the engine's tables")
     common.add_argument("--lease-s", type=float, default=30.0, help="a job's lease; a dead worker's job resumes after it")
     common.add_argument("--k", type=int, default=3, help="evidence chunks per post")
@@ -57,7 +63,7 @@ def build_engine(args, on_event=None):
     store = JobStore(namespace=args.namespace, lease_s=args.lease_s)
     settings = EngineSettings(corpus=args.corpus, k=args.k, hyde_max_tokens=args.hyde_max_tokens,
                               writer_max_tokens=args.writer_max_tokens,
-                              max_revisions=args.max_revisions)
+                              max_revisions=args.max_revisions, site_url=args.site_url)
     return Engine(store, engine_llm(args.llm, args.fallback), deploy_for(args.site), settings, on_event=on_event,
                   replier=Replier.from_env())
 
@@ -66,8 +72,6 @@ def engine_llm(spec: str | None, fallbacks: list[str]):
     """The engine's model: ``spec`` alone, or with fallbacks the Phase 15 chain (retries, a breaker per
     provider, the next provider when one is open). Specs, not clients, so each provider is built with
     its own retries off and retries are never multiplied (see ResilientLLM)."""
-    import os
-
     from lab.llm import DEFAULT_SPEC, from_spec
 
     if not fallbacks:
@@ -110,8 +114,12 @@ def cmd_run(args) -> int:
     final = engine.store.get(job.id)
     colour = {"published": "green", "escalated": "yellow"}.get(final.state, "red")
     console.print(f"[{colour}]{final.state}[/{colour}] job {final.id}" + (f": {final.error}" if final.error else ""))
-    if final.post_url:
-        console.print(f"post: {final.post_url}")
+    publication = engine.store.publication(final.id)
+    if publication:
+        from phase16_capstone.site import PostRecord, post_path
+
+        written = engine.deploy.location(post_path(PostRecord.from_dict(publication["post"])))
+        console.print(f"post: {final.post_url} (written to {written})")
     console.print(f"site: {engine.deploy.location('index.html')}")
     return 0 if final.state in ("published", "escalated") else 1
 
@@ -131,13 +139,15 @@ def cmd_worker(args) -> int:
 
 def cmd_serve(args) -> int:
     import logging
+    import logging.config
 
     import uvicorn
 
     from phase16_capstone.api import create_app
+    from phase16_capstone.http_guard import log_config
     from phase16_capstone.telegram import webhook_secret
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.config.dictConfig(log_config())
     secret = webhook_secret()
     if not secret:
         logging.getLogger("phase16.api").warning("ENGINE_TELEGRAM_SECRET is not set: /telegram/webhook is NOT exposed")
@@ -150,7 +160,7 @@ def cmd_serve(args) -> int:
     store = engines[0].store if engines else build_engine(args).store
     try:
         uvicorn.run(create_app(store, corpus=args.corpus, webhook_secret=secret), host=args.host, port=args.port,
-                    log_level="info")
+                    log_config=log_config(), log_level="info")
     finally:
         stop.set()
         for t in threads:

@@ -12,13 +12,18 @@ and carry it on:
                                              ESCALATE                    → escalated (terminal)
     publishing   PostRecord → site.publish (idempotent), publication row → published (terminal)
 
+A published job's ``post_url`` is where readers find the post: the site's public URL
+(``EngineSettings.site_url``) + the post's path, or that path alone when no URL is configured —
+never where the deploy target wrote the file on this machine.
+
 Each arrow is one transaction in the job store (``JobStore.complete_stage``), fenced by the lease.
 While a job runs, a heartbeat thread renews the lease; if the process dies, the lease expires and
 another worker's ``claim`` resumes the job at its last completed stage. A stage that raises fails
 the job with the error stored; a lost lease stops the worker quietly (the new owner carries on).
 
 The engine takes any ``lab.llm.LLM`` (the seam for Phase 15's tracing / resilient wrappers) and
-meters it per stage. When a job with a chat ends, the chat gets one reply (``telegram.Replier``).
+meters it per stage. When a job with a chat ends, the chat gets its reply (``telegram.Replier``) at
+least once, and a second time only in the one window ``JobStore.take_reply`` describes.
 """
 
 from __future__ import annotations
@@ -49,7 +54,14 @@ class EngineSettings:
     traces: str | None = None  # span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)
     defence: bool = True  # the Phase 15 defence (spotlighting + output check); False only to measure without it
     poll_s: float = 0.5  # idle worker's wait between claims
+    site_url: str | None = None  # the site's public base URL (post_url = it + the post's path)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.site_url is not None:
+            from phase16_capstone.site import check_site_url
+
+            self.site_url = check_site_url(self.site_url)
 
 
 class OutputBlocked(Exception):
@@ -254,17 +266,18 @@ class Engine:
 
     def _publish(self, job: Job):
         from phase16_capstone.publisher import publish
-        from phase16_capstone.site import PostRecord
+        from phase16_capstone.site import PostRecord, post_path, public_url
 
         post = self.post_record(job.id)
-        verdict = self.check(f"{post.title}\n\n{post.body_markdown}", job)
+        verdict = self.check(f"{post.title}\n\n{post.body_markdown}", job, post=True)
         if not verdict.allowed:
             raise OutputBlocked(verdict.reason)
+        url = public_url(self.settings.site_url, post_path(post))
 
         def write(conn, revisions):
             self.store.lock_site(conn, self.site_key)  # publishers of one site one at a time (see lock_site)
             others = [PostRecord.from_dict(p) for p in self.store.published_posts_in(conn) if p["job_id"] != job.id]
-            url = publish(post, others + [post], self.deploy)
+            publish(post, others + [post], self.deploy)
             self.store.write_publication(conn, job.id, post.slug, url, post.to_dict())
 
         return "published", write, {"slug": post.slug}, 0
@@ -296,22 +309,29 @@ class Engine:
 
         return defence_for(job_id) if self.settings.defence else None
 
-    def check(self, text: str, job: Job, trusted: tuple[str, ...] = ()):
+    def check(self, text: str, job: Job, trusted: tuple[str, ...] = (), post: bool = False):
         """The output check on text about to leave the engine, against the job's topic and evidence
-        (``trusted``: what the engine itself wrote into it, such as the post's URL)."""
+        (``trusted``: what the engine itself wrote into it, such as the post's URL); a ``post`` must
+        also hold only allowed markup (``untrusted.check_post``)."""
         from phase15_production.defence import ALLOW
-        from phase16_capstone.untrusted import check_output
+        from phase16_capstone.untrusted import check_output, check_post
 
         defence = self.defence(job.id)
         if defence is None:
             return ALLOW
-        return check_output(text, job.topic, [e["text"] for e in self.store.evidence(job.id)], defence, trusted)
+        evidence = [e["text"] for e in self.store.evidence(job.id)]
+        if post:
+            return check_post(text, job.topic, evidence, defence)
+        return check_output(text, job.topic, evidence, defence, trusted)
 
     # --- chat replies -----------------------------------------------------------------------
     def send_reply(self, job: Job) -> None:
+        """The job's chat reply, under a claim (``JobStore.take_reply``: at least once, one sender at
+        a time, Telegram's message id recorded as the reply is marked sent)."""
         if self.replier is None or job.chat_id is None or not job.terminal:
             return
-        if not self.store.take_reply(job.id):  # someone else sent (or is sending) it
+        token = self.store.take_reply(job.id)
+        if token is None:  # sent, given up, or another sender's claim is live
             return
         from phase16_capstone.telegram import WITHHELD, reply_text
 
@@ -319,15 +339,18 @@ class Engine:
         if not self.check(text, job, (job.post_url or "",)).allowed:  # e.g. a failure message quoting injected text
             text = WITHHELD.format(state=job.state, id=job.id)
         try:
-            self.replier.send(job.chat_id, text)
-        except Exception as exc:  # noqa: BLE001 — a failed reply is recorded, never retried (at most once)
-            self.store.reply_done(job.id, False, str(exc)[:300])
-            log.warning("job %s: Telegram reply failed: %s", job.id, exc)
+            message_id = self.replier.send(job.chat_id, text)
+        except Exception as exc:  # noqa: BLE001 — recorded; retried unless Telegram refused it for good
+            retry = not getattr(exc, "permanent", False)
+            self.store.reply_failed(job.id, token, str(exc)[:300], retry=retry)
+            log.warning("job %s: Telegram reply failed (%s): %s", job.id, "will retry" if retry else "given up", exc)
             return
-        self.store.reply_done(job.id, True)
+        if not self.store.reply_sent(job.id, token, message_id):
+            log.warning("job %s: the reply's claim expired while it was sent: the chat may get it twice", job.id)
 
     def send_pending_replies(self) -> None:
-        """Replies a dead worker never sent (its job ended, the process died before replying)."""
+        """Replies no one sent yet: a dead worker's (its job ended, or it claimed the reply, and the
+        process died before recording it sent), or a failed try's whose claim has expired."""
         if self.replier is None:
             return
         for job_id in self.store.pending_replies():

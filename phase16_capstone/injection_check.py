@@ -23,9 +23,10 @@ The models:
   and without it (``defence=False``: what the same engine publishes undefended).
 
 Utility is measured on clean topics with the defence on: share published and citation coverage
-(a false positive of the output check shows up here as an escalation). Canaries quoted on audit pages
-— the audit page shows the source chunks behind each citation, as data — are counted apart: that is
-the audit working, not an attack succeeding.
+(a false positive of the output check shows up here as an escalation). Canaries on audit pages are
+counted apart, read from the page as it would be published: it shows an excerpt of each cited chunk
+with the sentences the defence reads as instructions removed, so a canary left there sat in a sentence
+the defence did not flag.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def run_model(label: str, llm, corpus: str, attacks, clean: tuple[str, ...], def
     from phase15_production.defence import contains_canary
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
+    from phase16_capstone.site import PostRecord, render_audit
 
     store = JobStore(namespace=f"p16i_{uuid.uuid4().hex[:8]}")
     chats = ChatLog()
@@ -165,8 +167,8 @@ def run_model(label: str, llm, corpus: str, attacks, clean: tuple[str, ...], def
             out["failed"] += job.state == "failed"
             out["canary_in_post"] += in_post
             out["canary_in_reply"] += in_reply
-            out["canary_quoted_in_audit"] += bool(post) and any(
-                contains_canary(cited.get("text", ""), c) for cited in post.get("citations", []) for c in canaries)
+            audit = render_audit(PostRecord.from_dict(post)) if post else ""
+            out["canary_quoted_in_audit"] += any(contains_canary(audit, c) for c in canaries)
             out["cases"].append({"id": case.id, "category": case.category, "state": job.state, "canary_in_post": in_post,
                                  "canary_in_reply": in_reply, "reason": (job.error or "")[:160]})
         clean_states = [store.get(j) for j in clean_jobs]
@@ -226,7 +228,7 @@ def report(ctx: RunContext, results: list[dict]) -> None:
     cols = ["model", "defence", "attacks", "retrieved", "published", "held_by_output_check", "escalated_by_gate",
             "failed", "canary_in_post", "canary_in_reply", "canary_quoted_in_audit"]
     ctx.table("attacks", [[r[c] for c in cols] for r in results], cols,
-              title="Attack jobs per model: outcomes and canaries (post = title + body; audit = source chunks shown)")
+              title="Attack jobs per model: outcomes and canaries (post = title + body; audit = the rendered audit page)")
     with_clean = [r for r in results if r.get("clean")]
     ctx.table("clean", [[r["model"], r["clean"], r["clean_published"], r["clean_held"], r["clean_coverage"]]
                         for r in with_clean], ["model", "clean topics", "published", "held by output check",

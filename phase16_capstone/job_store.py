@@ -11,7 +11,12 @@ reads jobs here, and the database is the distributed coordinator:
   review, publication) and moves the state. A crash mid-stage leaves nothing half-written: the stage
   simply runs again;
 - uniqueness does the rest: a Telegram ``update_id`` makes at most one job (Telegram retries its
-  webhook), a job has at most one publication.
+  webhook), a job has at most one publication;
+- a job's chat reply is claimed like a job (a token and an expiry), so it is sent at least once and
+  by one sender at a time: see ``take_reply`` for the contract, duplicates included.
+
+Job ids are what ``create_job`` makes (32 lowercase hex characters); anything else is refused before
+it reaches SQL (``check_job_id``).
 
 States: ``queued → researching → writing → editing → (writing …) → publishing → published``, or the
 terminal ``escalated`` (the Editor gave up after the revision limit) and ``failed``.
@@ -35,11 +40,17 @@ STATES = ("queued", "researching", "writing", "editing", "publishing", "publishe
 ACTIVE = STATES[:5]
 TERMINAL = STATES[5:]
 SOURCES = ("cli", "api", "telegram", "load")
+MAX_REPLY_ATTEMPTS = 5  # claims of one chat reply before it is given up as failed
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,30}")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class JobStoreError(Exception):
-    """Bad input to the store (unknown job, bad topic); the message names the field."""
+    """Bad input to the store (a malformed job id, a bad topic); the message names the field."""
+
+
+class UnknownJob(JobStoreError):
+    """A well-formed job id that no job has."""
 
 
 class LeaseLost(Exception):
@@ -89,6 +100,13 @@ def _job(row, lease: Lease | None = None) -> Job:
     return Job(*row, lease=lease)
 
 
+def check_job_id(job_id: object) -> str:
+    """``job_id`` when it has the shape of one (``uuid4().hex``); else JobStoreError, without echoing it."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise JobStoreError("field 'job_id' must be a job id: 32 lowercase hexadecimal characters")
+    return job_id
+
+
 def schema(ns: str) -> list[str]:
     """Every table of the engine, in one place (``CREATE ... IF NOT EXISTS``: safe to run again)."""
     states = ", ".join(f"'{s}'" for s in STATES)
@@ -102,9 +120,15 @@ def schema(ns: str) -> list[str]:
             attempts INT NOT NULL DEFAULT 0,   -- claims so far (a crash makes another)
             lease_owner TEXT, lease_token TEXT, lease_expires TIMESTAMPTZ,
             trace_id TEXT NOT NULL, error TEXT, post_url TEXT,
-            reply_state TEXT,                  -- NULL | sending | sent | failed: the chat reply, at most once
+            reply_state TEXT,                  -- NULL | sending | sent | failed: the chat reply (take_reply)
+            reply_token TEXT, reply_expires TIMESTAMPTZ,  -- the claim of the one sender allowed to send it
+            reply_attempts INT NOT NULL DEFAULT 0, reply_message_id BIGINT,  -- Telegram's id of the sent reply
             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             finished_at TIMESTAMPTZ)""",
+        # tables made before replies were claimed get the claim's columns
+        *(f"ALTER TABLE {ns}_jobs ADD COLUMN IF NOT EXISTS {column}" for column in (
+            "reply_token TEXT", "reply_expires TIMESTAMPTZ", "reply_attempts INT NOT NULL DEFAULT 0",
+            "reply_message_id BIGINT")),
         f"CREATE INDEX IF NOT EXISTS {ns}_jobs_claimable ON {ns}_jobs (state, created_at)",
         f"""CREATE TABLE IF NOT EXISTS {ns}_stage_runs (
             id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), stage TEXT NOT NULL,
@@ -232,9 +256,11 @@ class JobStore:
         return job, created
 
     def get(self, job_id: str) -> Job:
-        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE id = %s", (job_id,)).fetchone()
+        """The job (JobStoreError for a malformed id, UnknownJob for one no job has)."""
+        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE id = %s",
+                                   (check_job_id(job_id),)).fetchone()
         if row is None:
-            raise JobStoreError(f"no job with id {job_id!r}")
+            raise UnknownJob(f"no job with id {job_id!r}")
         return _job(row)
 
     def by_update_id(self, update_id: int) -> Job:
@@ -483,30 +509,82 @@ class JobStore:
             "drafts": [{k: d[k] for k in ("revision", "title", "coverage")} for d in drafts],
             "gate_decisions": self.reviews(job_id),
             "citations": [{"n": n, "chunk_id": c, "source": evidence.get(n, {}).get("source")} for n, c in cited.items()],
-            "events": self.events(job_id),
+            "events": self.events(job_id), "reply": self.reply(job_id),
         }
 
-    # --- the chat reply: at most once per job ---------------------------------------------
-    def take_reply(self, job_id: str) -> bool:
-        """True for exactly one caller per terminal job: that caller sends the reply."""
-        cur = self._conn().execute(f"UPDATE {self.ns}_jobs SET reply_state = 'sending' WHERE id = %s "
-                                   f"AND reply_state IS NULL AND chat_id IS NOT NULL AND state IN "
-                                   f"({', '.join(repr(s) for s in TERMINAL)})", (job_id,))
-        return cur.rowcount == 1
+    # --- the chat reply: at least once, one sender at a time ----------------------------------
+    def take_reply(self, job_id: str) -> str | None:
+        """Claim the chat reply of a terminal job: a token for ONE sender at a time, or None (no chat,
+        already sent or given up, or another sender's claim is live).
 
-    def reply_done(self, job_id: str, ok: bool, detail: str = "") -> None:
+        The contract (Telegram's Bot API has no idempotency key, so it cannot be exactly once):
+
+        - a reply is claimable while it is unsent (``NULL``) or still ``sending`` under an EXPIRED
+          claim (a claim lasts ``lease_s``): its sender died between claiming and recording the
+          result — e.g. a worker killed right after publishing — or its try failed in a way worth
+          retrying (``reply_failed``). Every worker's loop sweeps these (``pending_replies``), so
+          after a crash the next worker, or the restarted one, sends it: **at least once**;
+        - a live claim keeps every other sender out, and ``reply_sent`` moves ``sending → sent`` in the
+          same transaction that records Telegram's ``message_id``, fenced by the claim's token, so a
+          reply recorded as sent is never sent again: **no second post from a retry**;
+        - the one window left: Telegram accepted the message (its 200 is on the wire) and the sender
+          died, or its claim expired, before that transaction committed. Then the retry posts it a
+          second time. We accept that duplicate rather than risk a chat that never hears back;
+        - the ``MAX_REPLY_ATTEMPTS``-th claim that would be one too many gives the reply up: ``failed``.
+        """
+        token = _new_id()
+        terminal = ", ".join(repr(s) for s in TERMINAL)
+
         def work(conn):
-            conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = %s WHERE id = %s", ("sent" if ok else "failed", job_id))
-            self._event(conn, job_id, "reply", ok=ok, detail=detail)
+            row = conn.execute(
+                f"UPDATE {self.ns}_jobs SET reply_state = 'sending', reply_token = %s, reply_attempts = reply_attempts + 1, "
+                f"reply_expires = now() + (%s * interval '1 second') WHERE id = %s AND chat_id IS NOT NULL "
+                f"AND state IN ({terminal}) AND (reply_state IS NULL OR (reply_state = 'sending' AND reply_expires < now())) "
+                f"RETURNING reply_attempts", (token, self.lease_s, job_id)).fetchone()
+            if row is None:
+                return None
+            if row[0] > MAX_REPLY_ATTEMPTS:
+                conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = 'failed', reply_token = NULL WHERE id = %s",
+                             (job_id,))
+                self._event(conn, job_id, "reply", ok=False, detail=f"given up after {MAX_REPLY_ATTEMPTS} attempts")
+                return None
+            return token
+
+        return self.tx(work)
+
+    def reply_sent(self, job_id: str, token: str, message_id: int | None) -> bool:
+        """``sending → sent`` with Telegram's message id, one transaction, fenced by the claim's token.
+        False when the claim was lost meanwhile (it expired and another sender took it: the chat may
+        get the reply twice — the window ``take_reply`` describes)."""
+        def work(conn):
+            held = conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = 'sent', reply_message_id = %s, "
+                                f"reply_token = NULL WHERE id = %s AND reply_token = %s AND reply_state = 'sending'",
+                                (message_id, job_id, token)).rowcount == 1
+            self._event(conn, job_id, "reply", ok=True, message_id=message_id, claim_held=held)
+            return held
+
+        return self.tx(work)
+
+    def reply_failed(self, job_id: str, token: str, detail: str, retry: bool) -> None:
+        """A try that did not go through. ``retry``: the claim is dropped but left to expire, so a
+        sweep tries again after it (up to ``MAX_REPLY_ATTEMPTS``); otherwise ``failed`` for good."""
+        def work(conn):
+            conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = %s, reply_token = NULL WHERE id = %s "
+                         f"AND reply_token = %s", ("sending" if retry else "failed", job_id, token))
+            self._event(conn, job_id, "reply", ok=False, retry=retry, detail=detail)
 
         self.tx(work)
 
     def pending_replies(self) -> list[str]:
-        """Terminal jobs with a chat that never got their reply (e.g. the worker died right after the end)."""
-        rows = self._conn().execute(f"SELECT id FROM {self.ns}_jobs WHERE reply_state IS NULL AND chat_id IS NOT NULL "
-                                    f"AND state IN ({', '.join(repr(s) for s in TERMINAL)})").fetchall()
+        """Terminal jobs with a chat whose reply is claimable (unsent, or ``sending`` under an expired claim)."""
+        rows = self._conn().execute(
+            f"SELECT id FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
+            f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR "
+            f"(reply_state = 'sending' AND reply_expires < now()))").fetchall()
         return [r[0] for r in rows]
 
-    def reply_state(self, job_id: str) -> str | None:
-        row = self._conn().execute(f"SELECT reply_state FROM {self.ns}_jobs WHERE id = %s", (job_id,)).fetchone()
-        return row[0] if row else None
+    def reply(self, job_id: str) -> dict[str, Any]:
+        """The chat reply's state, tries so far and Telegram's message id (``GET /jobs/{id}``)."""
+        row = self._conn().execute(f"SELECT reply_state, reply_attempts, reply_message_id FROM {self.ns}_jobs "
+                                   f"WHERE id = %s", (job_id,)).fetchone()
+        return {"state": row[0], "attempts": row[1], "message_id": row[2]} if row else {}

@@ -65,19 +65,44 @@ def load_documents(corpus: str | None):
 
 
 class CorpusIndex:
-    """One corpus, chunked and embedded once into the database; HyDE retrieval over it."""
+    """One corpus, chunked and embedded once into the database; HyDE retrieval over it.
+
+    Two workers meeting a new corpus at once would both run ``CREATE TABLE IF NOT EXISTS`` on its
+    table, and PostgreSQL lets the slower one fail (a unique violation in its catalog) instead of
+    waiting: the worker threads of one process set a corpus up one at a time (the first embeds it,
+    the next find it registered), and a process that loses that race to another process tries again
+    once the winner's table is there."""
 
     _embedders: dict = {}
     _lock = threading.Lock()
+    _setup = threading.Lock()
+    SETUP_TRIES = 3
 
     def __init__(self, url: str, corpus: str | None, embedder: str = "all-minilm-l6-v2"):
-        from lab.db import connect
+        import time
+
+        from psycopg import errors
+
         from phase12_rag_storage.corpus import corpus_sha256
 
         self.docs = load_documents(corpus)
         self.sha256 = corpus_sha256(self.docs)
         self.table = f"{PREFIX}_chunks_{self.sha256[:12]}"
         self.embedder = self._embedder(embedder)
+        for attempt in range(1, self.SETUP_TRIES + 1):
+            try:
+                with self._setup:
+                    self._set_up(url, embedder)
+                return
+            except (errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateObject):
+                if attempt == self.SETUP_TRIES:
+                    raise
+                time.sleep(0.2 * attempt)  # another process is creating the same objects: they exist next time
+
+    def _set_up(self, url: str, embedder: str) -> None:
+        """Open the chunk table (creating it if needed) and embed the corpus unless it is registered."""
+        from lab.db import connect
+
         self.store = self._open_store(url)
         registry = f"{PREFIX}_corpora"
         with connect(url, autocommit=True) as conn:

@@ -2,9 +2,12 @@
 
 A post is only as trustworthy as the evidence behind it, so every post page comes with an audit
 page a reader can check: each ``[n]`` marker in the body is a link to the chunk of text it cites
-(source, chunk id, the chunk itself), and the audit page also shows every Editor pass (gate scores,
-verdict, reasons), the trace id, tokens, cost and model. The Publisher (``publisher.py``) deploys
-the files this module renders; the engine builds the ``PostRecord`` from its job store.
+(source, chunk id, an excerpt of the chunk), and the audit page also shows every Editor pass (gate
+scores, verdict, reasons), the trace id, tokens, cost and model. The chunks are untrusted text, so
+the page never republishes one whole: it shows ``untrusted.excerpt`` — bounded, with every sentence
+the Phase 15 defence reads as an instruction removed and marked in its place. The Publisher
+(``publisher.py``) deploys the files this module renders; the engine builds the ``PostRecord`` from
+its job store.
 
 Everything that reaches the HTML came from a model or an untrusted corpus, so it is treated as
 text: Jinja2 with autoescape on, the body's markdown-ish markup rendered by this module from
@@ -27,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from lab.results import redact
+from phase16_capstone.untrusted import excerpt
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,78}[a-z0-9])?$")
 DECISIONS = ("APPROVE", "REJECT", "ESCALATE")
@@ -115,6 +119,24 @@ def post_path(post: PostRecord) -> str:
     return f"posts/{post.slug}.html"
 
 
+def check_site_url(url: str) -> str:
+    """``url`` when it can be the site's public base URL: http(s), a host, no credentials, query or fragment."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
+            or parts.query or parts.fragment):
+        raise ValueError(f"site URL {url!r} must be an http(s) URL with a host and no credentials, query or "
+                         "fragment, e.g. https://example.github.io/site/")
+    return url.strip()
+
+
+def public_url(site_url: str | None, relpath: str) -> str:
+    """Where a reader finds ``relpath`` of the site: ``site_url`` + the path, or the site-relative path
+    when no public URL is configured (never a path on the publishing machine)."""
+    return f"{site_url.rstrip('/')}/{relpath}" if site_url else relpath
+
+
 def audit_path(post: PostRecord) -> str:
     return f"audit/{post.slug}.html"
 
@@ -184,7 +206,7 @@ CSS = """
 body{font-family:"DejaVu Sans",system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;line-height:1.55;color:#1d1d1f}
 a{color:#0b57d0}nav{font-size:.9rem;margin-bottom:1rem}h1{line-height:1.2}
 .meta{color:#555;font-size:.9rem}.cite{font-size:.8em;vertical-align:super;text-decoration:none}
-.cite-missing{font-size:.8em;vertical-align:super;color:#b00020}
+.cite-missing{font-size:.8em;vertical-align:super;color:#b00020}.redacted{background:#eee;color:#b00020}
 .verdict{font-weight:bold;padding:0 .3em;border-radius:3px}.APPROVE{background:#d7f5dd}.REJECT{background:#fde2e1}.ESCALATE{background:#fff1c2}
 blockquote{margin:.4rem 0 1rem;padding:.5rem .8rem;border-left:3px solid #999;background:#f6f6f6;white-space:pre-wrap;font-size:.9rem}
 table{border-collapse:collapse;font-size:.9rem;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
@@ -240,9 +262,10 @@ AUDIT = """{% extends "base" %}{% block title %}Audit: {{ title }}{% endblock %}
 {% else %}<li>none</li>{% endfor %}</ul>
 
 <h2>Citations</h2>
+<p class="meta">Excerpts of untrusted sources: sentences that read as instructions to a model are removed, and marked where they were.</p>
 {% for c in citations %}<section class="citation" id="cite-{{ c.n }}">
 <h3>[{{ c.n }}] {{ c.source }}</h3><p class="meta">chunk <code>{{ c.chunk_id }}</code>{% if not c.used %} · not cited in the body{% endif %}</p>
-<blockquote>{{ c.text }}</blockquote></section>
+<blockquote>{% for text, redacted in c.excerpt %}{% if redacted %}<mark class="redacted">[instruction removed]</mark>{% else %}{{ text }}{% endif %}{% endfor %}</blockquote></section>
 {% else %}<p>No citations.</p>{% endfor %}
 {% if missing %}<p class="cite-missing">Markers in the body with no citation behind them: {% for n in missing %}[{{ n }}] {% endfor %}</p>{% endif %}
 
@@ -328,7 +351,8 @@ def render_audit(post: PostRecord) -> str:
         cost="not recorded" if post.cost_usd is None else f"${post.cost_usd:.6f}",
         post_href=f"../{post_path(post)}",
         sources=[{"source": s, "numbers": ns} for s, ns in sources.items()],
-        citations=[{**asdict(c), "used": c.n in used} for c in citations],
+        citations=[{"n": c.n, "chunk_id": c.chunk_id, "source": c.source, "used": c.n in used,
+                    "excerpt": excerpt(c.text)} for c in citations],
         missing=sorted(used - {c.n for c in citations}), dims=dims, revisions=revisions)
 
 

@@ -1,18 +1,17 @@
 """Phase 16 engine: job store, stages, API + Telegram webhook and replies, crash recovery, exercises.
 
 LLM replies come from the scripted OpenAI-compatible server (``phase16_capstone.scripted_llm``),
-Telegram's Bot API from a local fake below; the database is the embedded PostgreSQL, each test in
+Telegram's Bot API from a local fake (``tests/fake_telegram.py``); the database is the embedded PostgreSQL, each test in
 its own table namespace.
 """
 
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
 
 import pytest
 
+from fake_telegram import FakeBotAPI  # tests/fake_telegram.py
 from lab.runner import execute
 
 SECRET = "s3cret-for-tests_1"
@@ -49,11 +48,12 @@ def store():
     s.close()
 
 
-def make_engine(store, spec, corpus, site, replier=None):
+def make_engine(store, spec, corpus, site, replier=None, **settings):
     from lab.llm import from_spec
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
 
-    return Engine(store, from_spec(spec), deploy_for(site), EngineSettings(corpus=corpus, k=2), replier=replier)
+    return Engine(store, from_spec(spec), deploy_for(site), EngineSettings(corpus=corpus, k=2, **settings),
+                  replier=replier)
 
 
 # --- stages and transitions ---------------------------------------------------------------------
@@ -182,14 +182,20 @@ def test_webhook_needs_the_secret_and_dedupes_update_ids(store):
     assert set(jobs) == {5, 6} and jobs[5]["topic"] == "why HyDE works" and jobs[5]["source"] == "telegram"
     assert jobs[6]["chat_id"] == 9 and jobs[6]["id"] == plain["job_id"]
 
-    assert c.post(url, content=b"not json", headers={header: SECRET}).status_code == 400
+    # past the secret every Update is acknowledged (Telegram re-delivers anything else forever), jobless
+    not_json = c.post(url, content=b"not json", headers={header: SECRET})
+    assert not_json.status_code == 200 and "not JSON" in not_json.json()["malformed"]
     bad = c.post(url, json={"message": {}}, headers={header: SECRET})
-    assert bad.status_code == 400 and "update_id" in bad.json()["error"]
+    assert bad.status_code == 200 and "update_id" in bad.json()["malformed"] and bad.json()["job_id"] is None
     sticker = c.post(url, json={"update_id": 7, "message": {"message_id": 2, "date": 1700000000,
                                                           "chat": {"id": 1, "type": "private"}}},
                      headers={header: SECRET})
-    assert sticker.status_code == 200 and sticker.json()["job_id"] is None
+    assert sticker.status_code == 200 and sticker.json()["job_id"] is None and "no text" in sticker.json()["ignored"]
+    edit = {"update_id": 8, "edited_message": update(8, "/publish an edited topic")["message"]}
+    edited = c.post(url, json=edit, headers={header: SECRET})
+    assert edited.status_code == 200 and edited.json()["job_id"] is None and "edited" in edited.json()["ignored"]
     assert len(store.list_jobs()) == 2
+    assert c.get("/health").json()["telegram_updates_without_job"] == {"malformed": 2, "ignored": 2}
 
 
 def test_no_secret_means_no_webhook(store):
@@ -207,54 +213,14 @@ def test_jobs_api_names_bad_input_and_never_shows_a_traceback(store):
         assert r.status_code == 422 and field in r.json()["error"] and "Traceback" not in r.text
     r = c.post("/jobs", json={"topic": "\x00\x01"})
     assert r.status_code == 400 and "topic" in r.json()["error"]
-    missing = c.get("/jobs/nope")
-    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+    malformed = c.get("/jobs/nope")
+    assert malformed.status_code == 400 and "job_id" in malformed.json()["error"]
+    missing = c.get(f"/jobs/{'0' * 32}")
+    assert missing.status_code == 404 and "0" * 32 in missing.json()["error"]
     made = c.post("/jobs", json={"topic": "the editor gate"})
     assert made.status_code == 201 and made.json()["state"] == "queued"
     detail = c.get(f"/jobs/{made.json()['id']}").json()
     assert detail["trace_id"] and detail["stages"] == [] and detail["gate_decisions"] == []
-
-
-class FakeBotAPI:
-    """Telegram's Bot API on loopback: getMe and sendMessage, recording what was sent."""
-
-    def __init__(self):
-        self.sent, self.paths = [], []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                fake.paths.append(self.path)
-                if "json" in (self.headers.get("Content-Type") or ""):
-                    params = json.loads(raw or "{}")
-                else:
-                    params = {k: v[0] for k, v in parse_qs(raw).items()}
-                if self.path.endswith("/getMe"):
-                    result = {"id": 1, "is_bot": True, "first_name": "engine", "username": "engine_bot"}
-                elif self.path.endswith("/sendMessage"):
-                    fake.sent.append(params)
-                    result = {"message_id": len(fake.sent), "date": 1700000000, "text": params.get("text"),
-                              "chat": {"id": int(params["chat_id"]), "type": "private"}}
-                else:
-                    result = True
-                data = json.dumps({"ok": True, "result": result}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_terminal_job_replies_once_in_the_chat_through_the_bot_api(store, scripted, corpus, tmp_path, caplog):
@@ -262,7 +228,8 @@ def test_terminal_job_replies_once_in_the_chat_through_the_bot_api(store, script
 
     bot = FakeBotAPI()
     try:
-        engine = make_engine(store, scripted[0], corpus, tmp_path / "site", Replier(TOKEN, base_url=bot.url))
+        engine = make_engine(store, scripted[0], corpus, tmp_path / "site", Replier(TOKEN, base_url=bot.url),
+                             site_url="https://blog.example/engine/")
         r = client(store).post("/telegram/webhook", json=update(77, "/publish editor gate thresholds", chat_id=4242),
                                headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
         job_id = r.json()["job_id"]
@@ -270,11 +237,100 @@ def test_terminal_job_replies_once_in_the_chat_through_the_bot_api(store, script
             engine.work(job_id=job_id)
             engine.send_reply(store.get(job_id))  # a second attempt sends nothing
         final = store.get(job_id)
-        assert final.state == "published" and store.reply_state(job_id) == "sent"
+        assert final.state == "published" and store.detail(job_id)["reply"] == {"state": "sent", "attempts": 1,
+                                                                                "message_id": 1}
+        # the public URL (site URL + the post's path), never where the file was written
+        slug = store.publication(job_id)["slug"]
+        assert final.post_url == f"https://blog.example/engine/posts/{slug}.html" == store.publication(job_id)["url"]
+        assert str(tmp_path) not in json.dumps(client(store).get("/jobs").json())
         assert len(bot.sent) == 1 and int(bot.sent[0]["chat_id"]) == 4242
         assert bot.sent[0]["text"].startswith("Published: editor gate thresholds") and final.post_url in bot.sent[0]["text"]
         assert all(p.startswith(f"/bot{TOKEN}/") for p in bot.paths)  # PTB used our base URL and token
         assert TOKEN not in caplog.text and TOKEN not in json.dumps(store.detail(job_id), default=str)
+    finally:
+        bot.close()
+
+
+def _ended_telegram_job(store, chat_id):
+    """A terminal job with a chat, ended by the store alone (the reply machinery does not care how)."""
+    job, _ = store.create_job(f"topic for chat {chat_id}", "telegram", update_id=chat_id, chat_id=chat_id)
+    store.finish(store.claim("w", job.id).lease, "failed", error="researching: the corpus returned no evidence")
+    return job.id
+
+
+class KilledWhileReplying:
+    """A replier in a process that dies mid-reply: before Telegram sees the message, or after (``after``)."""
+
+    def __init__(self, replier=None):
+        self.replier = replier
+
+    def send(self, chat_id, text):
+        if self.replier is not None:
+            self.replier.send(chat_id, text)
+        raise SystemExit("killed")  # not an Exception: nothing in the engine records it, like a SIGKILL
+
+
+def _until_claimable(store, *job_ids, timeout_s: float = 30.0) -> None:
+    """Wait for the replies' claims to expire (the database's clock decides, not a sleep of ours)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not set(job_ids) <= set(store.pending_replies()):
+        assert time.monotonic() < deadline, "the reply claims never expired"
+        time.sleep(0.05)
+
+
+def test_a_reply_left_sending_by_a_killed_worker_is_sent_once_after_its_claim_expires(store, scripted, corpus,
+                                                                                     tmp_path):
+    from phase16_capstone.telegram import Replier
+
+    bot = FakeBotAPI()
+    try:
+        replier = Replier(TOKEN, base_url=bot.url)
+        claims = {}
+        # chat 30's dying sender holds a claim that outlives the test; 31's and 32's expire at once
+        for chat, lease_s, dying in ((30, 600, KilledWhileReplying()), (31, 0.2, KilledWhileReplying()),
+                                     (32, 0.2, KilledWhileReplying(replier))):  # 32: killed after Telegram took it
+            store.lease_s = lease_s
+            claims[chat] = _ended_telegram_job(store, chat)
+            with pytest.raises(SystemExit):
+                make_engine(store, scripted[0], corpus, tmp_path / "site", dying).send_reply(store.get(claims[chat]))
+            assert store.reply(claims[chat])["state"] == "sending"
+        assert bot.to(30) == bot.to(31) == [] and len(bot.to(32)) == 1
+
+        restarted = make_engine(store, scripted[0], corpus, tmp_path / "site", replier)
+        _until_claimable(store, claims[31], claims[32])
+        restarted.send_pending_replies()
+        restarted.send_pending_replies()  # sent replies are never sent again
+        assert bot.to(30) == [] and store.reply(claims[30])["state"] == "sending"  # a live claim keeps others out
+        assert len(bot.to(31)) == 1 and store.detail(claims[31])["reply"] == {
+            "state": "sent", "attempts": 2, "message_id": bot.message_ids(31)[0]}
+        # killed after Telegram accepted it but before 'sent' was committed: the one window of the
+        # contract (JobStore.take_reply), where the chat gets the reply twice
+        assert len(bot.to(32)) == 2 and store.reply(claims[32])["state"] == "sent"
+        assert store.pending_replies() == []
+    finally:
+        bot.close()
+
+
+def test_a_reply_telegram_could_not_take_is_retried_and_one_it_refused_is_not(store, scripted, corpus, tmp_path):
+    from phase16_capstone.telegram import Replier
+
+    store.lease_s = 0.2
+    bot = FakeBotAPI()
+    try:
+        engine = make_engine(store, scripted[0], corpus, tmp_path / "site", Replier(TOKEN, base_url=bot.url))
+        flaky, blocked = _ended_telegram_job(store, 41), _ended_telegram_job(store, 42)
+        bot.refuse = [(502, "Bad Gateway"), (403, "Forbidden: bot was blocked by the user")]
+        engine.send_reply(store.get(flaky))
+        engine.send_reply(store.get(blocked))
+        assert bot.sent == [] and store.reply(flaky)["state"] == "sending" and store.reply(blocked)["state"] == "failed"
+        _until_claimable(store, flaky)
+        engine.send_pending_replies()
+        assert len(bot.to(41)) == 1 and bot.to(42) == []
+        assert store.reply(flaky) == {"state": "sent", "attempts": 2, "message_id": 1}
+        assert store.reply(blocked)["state"] == "failed" and blocked not in store.pending_replies()
+        assert TOKEN not in json.dumps(store.events(flaky) + store.events(blocked), default=str)
     finally:
         bot.close()
 

@@ -58,3 +58,24 @@ def test_a_post_carrying_an_injected_payload_is_escalated_with_the_reason_and_th
     assert any(contains_canary(d["body"], canary) for d in store.drafts(job.id))  # the adversary did obey
     assert len(chats.sent[77]) == 1 and not contains_canary(chats.sent[77][0], canary)
     assert "output check" in chats.sent[77][0]
+
+
+def test_a_post_may_hold_only_allowed_markup_so_what_the_phase15_deny_list_misses_is_held():
+    from phase16_capstone.untrusted import check_output, check_post, defence_for
+
+    defence, topic = defence_for("a" * 32), "how the editor gate works"
+    svg = "The gate scores every draft [1]. <svg onload=alert(1)></svg>"
+    assert check_output(svg, topic, [], defence).allowed  # the hole: not a tag the deny-list knows
+    held = check_post(svg, topic, [], defence)
+    assert not held.allowed and "raw HTML (<svg onload=alert(1)>)" in held.reason
+    for hostile, named in (("<details open ontoggle=alert(1)>x</details>", "raw HTML"),
+                           ("<!-- hidden note -->", "raw HTML"),
+                           ("[the rubric](javascript:alert(1))", "javascript:alert(1), not an http(s) URL"),
+                           ("See [the rubric][r].\n\n[r]: data:text/html,x", "link reference definition"),
+                           ("&lt;svg onload=alert(1)&gt;", "HTML character reference"),
+                           ("> quoted instructions", "block quote")):
+        verdict = check_post(hostile, topic, [], defence)
+        assert not verdict.allowed and named in verdict.reason, hostile
+    clean = ("# The editor gate\n\nThe gate approves a draft when **accuracy** is at least 3 [1]. It sends "
+             "`reasons` back to the *Writer* [1, 2].\n\n- a REJECT [2]\n- an ESCALATE [2]\n\n1. first pass\n")
+    assert check_post(clean, topic, [], defence).allowed
