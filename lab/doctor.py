@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib import metadata
 from typing import Iterator
 
@@ -57,7 +58,7 @@ def engine_check() -> Check:
 
 
 def checks() -> Iterator[Check]:
-    yield "python", platform.python_version() >= "3.10", platform.python_version()
+    yield "python", sys.version_info >= (3, 11), f"{platform.python_version()} (3.11+ needed: transformers, trl)"
     torch_v = _version("torch")
     yield "torch", torch_v is not None, torch_v or "not installed: run `make setup`"
     if torch_v:
