@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a Telegram Update or a job request is a few KB at most
-TOO_LARGE = "the request body is over {limit} bytes"
 
 
 def printable(value: object, limit: int = 200) -> str:
@@ -54,34 +53,23 @@ def log_config(level: str = "INFO") -> dict:
 
 class BodyLimit:
     """ASGI middleware (``app.add_middleware(BodyLimit, max_bytes=...)``): a body over ``max_bytes``
-    is a 413, declared or streamed (see the module docstring).
-
-    A streamed body is counted as the handler reads it; crossing the limit raises Starlette's
-    ``HTTPException(413)`` out of ``receive``, which the app's HTTPException handler answers (FastAPI
-    re-raises an HTTPException met while reading a body rather than calling it a parse error)."""
+    is a 413, declared or streamed (see the module docstring). The streamed count is ``lab serve``'s
+    (``lab.serve.limits.limited``): crossing the limit raises Starlette's ``HTTPException(413)`` out
+    of ``receive``, which the app's HTTPException handler answers."""
 
     def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
         self.app, self.max_bytes = app, int(max_bytes)
 
     async def __call__(self, scope, receive, send) -> None:
-        from starlette.exceptions import HTTPException
         from starlette.responses import JSONResponse
+
+        from lab.serve.limits import limited, too_large
 
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        detail = TOO_LARGE.format(limit=self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:  # the server's parser already refused non-digits
-            response = JSONResponse({"error": detail}, status_code=413, headers={"Connection": "close"})
+            response = JSONResponse({"error": too_large(f"over {self.max_bytes}", self.max_bytes)}, status_code=413,
+                                    headers={"Connection": "close"})
             return await response(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise HTTPException(413, detail, headers={"Connection": "close"})
-            return message
-
-        await self.app(scope, limited, send)
+        await self.app(scope, limited(receive, self.max_bytes), send)

@@ -485,11 +485,6 @@ class JobStore:
                                    (job_id,)).fetchone()
         return None if row is None else {"slug": row[0], "url": row[1], "post": row[2]}
 
-    def published_posts(self) -> list[dict[str, Any]]:
-        """Every published post record (the site's index is rendered from all of them)."""
-        rows = self._conn().execute(f"SELECT post FROM {self.ns}_publications ORDER BY published_at").fetchall()
-        return [r[0] for r in rows]
-
     def publications_count(self) -> dict[str, int]:
         rows = self._conn().execute(f"SELECT job_id, count(*) FROM {self.ns}_publications GROUP BY job_id").fetchall()
         return {j: int(n) for j, n in rows}

@@ -30,14 +30,14 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a request body past this is refused (413), u
 _SURROGATE = re.compile("[\ud800-\udfff]")  # in a Python str only an unpaired one is left
 
 
-def too_large(size: str) -> str:
-    return f"the request body is {size} bytes; this server takes at most {MAX_BODY_BYTES} bytes"
+def too_large(size: str, max_bytes: int = MAX_BODY_BYTES) -> str:
+    return f"the request body is {size} bytes; this server takes at most {max_bytes} bytes"
 
 
-def limited(receive: Receive) -> Receive:
-    """``receive`` counting the body: past ``MAX_BODY_BYTES`` it raises a 413 HTTPException, which the
-    app answers in the caller's wire format (FastAPI passes an HTTPException raised while it reads a
-    body on to the app's handler)."""
+def limited(receive: Receive, max_bytes: int = MAX_BODY_BYTES) -> Receive:
+    """``receive`` counting the body: past ``max_bytes`` it raises a 413 HTTPException (with
+    ``Connection: close``: the rest of the body is never read), which the app answers in its own
+    format (FastAPI passes an HTTPException raised while it reads a body on to the app's handler)."""
     received = 0
 
     async def receive_limited() -> Message:
@@ -45,8 +45,8 @@ def limited(receive: Receive) -> Receive:
         message = await receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:
-                raise HTTPException(413, too_large(f"over {MAX_BODY_BYTES}"))
+            if received > max_bytes:
+                raise HTTPException(413, too_large(f"over {max_bytes}", max_bytes), headers={"Connection": "close"})
         return message
 
     return receive_limited
