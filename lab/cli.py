@@ -275,7 +275,8 @@ def _engine_weights(key: str, build: bool) -> tuple[str, str, str, str]:
 
 @app.command("serve")
 def serve_cmd(
-    llm: Optional[str] = typer.Option(None, "--llm", help="LLM spec to serve (default: $LAB_LLM, else the embedded SmolLM2)."),
+    llm: list[str] = typer.Option([], "--llm", help="LLM spec to serve, repeatable; the first is the default model "
+                                  "(default: $LAB_LLM, else the embedded SmolLM2 and the tool-tuned smollm2-135m-agent)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you say otherwise."),
     port: int = typer.Option(8088, "--port", help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LAB_SERVE_API_KEY", show_default=False,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lab.errors import MissingResource
 from lab.hashing import sha256_file
-from lab.paths import cache_dir
+from lab.paths import REPO_ROOT, cache_dir
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,13 @@ EMBEDDED = {
 }
 DEFAULT_LLM = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+
+# The embedded model tuned to act (Phase 13's tool-use LoRA on DEFAULT_LLM): a published adapter, committed
+# with its recipe and training log, loaded by name as ``local:smollm2-135m-agent``. Loading never trains;
+# ``lab artifacts build phase13.tool_adapter`` re-trains it and ``python -m phase13_react.tool_adapter
+# --publish`` copies the result here.
+AGENT_LLM = "smollm2-135m-agent"
+PUBLISHED_ADAPTERS = {AGENT_LLM: REPO_ROOT / "phase13_react" / "published" / AGENT_LLM}
 
 
 def _embedded(key_or_hub_id: str) -> EmbeddedModel | None:
@@ -213,10 +220,29 @@ def hf_folder(key: str = DEFAULT_LLM) -> Path:
     return target
 
 
+def published_adapter(model: str) -> Path | None:
+    """The folder of a published adapter named ``model`` (None for any other name); a MissingResource
+    naming the commands that make it when the name is known but the folder is not there."""
+    folder = PUBLISHED_ADAPTERS.get(model)
+    if folder is None:
+        return None
+    if not (folder / "adapter_config.json").is_file():
+        raise MissingResource(f"{model}: no published adapter in {folder}; train it with `lab artifacts build "
+                              "phase13.tool_adapter` and publish it with `python -m phase13_react.tool_adapter --publish`")
+    return folder
+
+
 def load_causal_lm(model: str = DEFAULT_LLM, **kwargs):
-    """(model, tokenizer) for a causal LM id/path; the embedded SmolLM2 loads from its HF folder."""
+    """(model, tokenizer) for a causal LM id/path; the embedded SmolLM2 loads from its HF folder, a published
+    adapter (``AGENT_LLM``) on it, merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    adapter = published_adapter(model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        base, tok = load_causal_lm(DEFAULT_LLM, **kwargs)
+        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tok
     spec = _embedded(model)
     if spec is not None and spec.key == DEFAULT_LLM and _hf_cached(spec.hub_id) is None:
         path = str(hf_folder(spec.key))

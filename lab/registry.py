@@ -10,6 +10,10 @@ The ``benchmarks`` package declares its result-writing benchmarks the same way (
 
 Exercise modules keep heavy imports inside functions, so importing them here is cheap.
 
+A phase package may also publish artifacts no exercise trains on its canonical run (a model too slow to
+train inside the demo, committed instead): ``ARTIFACTS = ("phase13_react.tool_adapter:TOOL_ADAPTER",)``
+lists them for ``lab artifacts`` (list, build).
+
 A phase package may also add a ``lab`` subcommand: ``COMMANDS = {"traces": "phase15_production.trace_view:cli"}``
 (name -> "module:function"; the function takes the arguments after the name and returns an exit code).
 The CLI imports only the package ``__init__`` to list them; the module loads when the command runs.
@@ -122,7 +126,22 @@ def artifact_kinds() -> list[ArtifactKind]:
     for ex in all_exercises():
         for kind in (*ex.needs, *ex.produces):
             add(kind)
+    for kind in published_kinds():
+        add(kind)
     return sorted(found.values(), key=lambda k: k.name)
+
+
+def published_kinds() -> list[ArtifactKind]:
+    """The artifact kinds phase packages declare in ``ARTIFACTS`` ("module:NAME")."""
+    kinds = []
+    for package in _phase_packages():
+        for target in getattr(importlib.import_module(package), "ARTIFACTS", ()):
+            module, sep, name = str(target).partition(":")
+            kind = getattr(importlib.import_module(module), name, None) if sep else None
+            if not isinstance(kind, ArtifactKind):
+                raise ConfigError(f"{package}/__init__.py ARTIFACTS: {target!r} is not 'module:NAME' of an ArtifactKind")
+            kinds.append(kind)
+    return kinds
 
 
 def artifact_users() -> dict[str, tuple[list[str], list[str]]]:

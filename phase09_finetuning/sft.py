@@ -155,6 +155,35 @@ def load_base(model_id: str, *, qlora: bool = False):
     return model, tok, path
 
 
+# SmolLM2's ChatML template, and the same template with trl's {% generation %} markers around each assistant
+# reply and its <|im_end|> (so the model learns to stop): the text it renders is identical, character for
+# character, so training on every assistant turn sees exactly the prompts inference builds.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou "
+    "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML_TRAINING_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou "
+    "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
+    "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+LOSS_ON = ("completion", "assistant")
+
+
+def training_template(tok) -> str:
+    """The tokenizer's chat template with generation markers (loss on every assistant turn); a ConfigError
+    for a template this project has no marked twin of (trl's own list covers other model families)."""
+    if tok.chat_template == CHATML_TEMPLATE:
+        return CHATML_TRAINING_TEMPLATE
+    if "{% generation %}" in (tok.chat_template or ""):
+        return tok.chat_template
+    raise ConfigError("loss_on='assistant' needs a chat template with {% generation %} markers; this tokenizer's "
+                      "template has none and no marked twin is known here (use loss_on='completion')")
+
+
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
     """Chat rows {"messages": [..., assistant]} -> trl's conversational prompt/completion form, so
     the loss covers only the answer tokens (completion_only_loss) and not the question."""
@@ -194,6 +223,7 @@ def train_sft(
     gradient_checkpointing: bool | None = None,
     eval_rows: list[dict] | None = None,
     eval_before: bool = False,
+    loss_on: str = "completion",
     ctx=None,
 ) -> dict[str, Any]:
     """Train a LoRA (or QLoRA) SFT adapter on chat rows and save only the adapter into out_dir
@@ -204,6 +234,8 @@ def train_sft(
     ``max_steps`` wins over ``epochs`` when both are given (tests and comparison runs are step-budgeted).
     ``eval_rows``: held-out rows scored after training (answer-token loss -> "eval_loss") and, with
     ``eval_before``, also before it ("eval_loss_before"; not for QLoRA on CPU, see load_base).
+    ``loss_on``: "completion" trains on each row's last assistant turn; "assistant" on every assistant turn
+    of the conversation (an agent trajectory teaches each of its decisions, its prompt computed once).
     """
     import torch
     from datasets import Dataset
@@ -212,12 +244,16 @@ def train_sft(
 
     if not rows:
         raise ValueError("train_sft: no training rows")
+    if loss_on not in LOSS_ON:
+        raise ConfigError(f"train_sft: loss_on {loss_on!r}: expected one of {', '.join(LOSS_ON)}")
     cuda = torch.cuda.is_available()
     if gradient_checkpointing is None:
         gradient_checkpointing = cuda  # on CPU recomputation only costs time; memory is plentiful
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model, tok, _ = load_base(model_id, qlora=qlora)
+    if loss_on == "assistant":
+        tok.chat_template = training_template(tok)
     base_bytes = model.get_memory_footprint()  # weights (+buffers) as stored: NF4 vs fp32/bf16
     if qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -245,12 +281,14 @@ def train_sft(
         optim="paged_adamw_8bit" if (qlora and cuda) else "adamw_torch",
         seed=seed,
         data_seed=seed,
-        completion_only_loss=True,
+        completion_only_loss=loss_on == "completion",
+        assistant_only_loss=loss_on == "assistant",
         dataloader_num_workers=0,
         disable_tqdm=bool(ctx is None or getattr(ctx, "quiet", True)),
     )
-    dataset = Dataset.from_list(to_prompt_completion(rows))
-    eval_dataset = Dataset.from_list(to_prompt_completion(eval_rows)) if eval_rows else None
+    shape = to_prompt_completion if loss_on == "completion" else (lambda rs: [{"messages": r["messages"]} for r in rs])
+    dataset = Dataset.from_list(shape(rows))
+    eval_dataset = Dataset.from_list(shape(eval_rows)) if eval_rows else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                          processing_class=tok)
     if ctx is not None:

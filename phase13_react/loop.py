@@ -35,6 +35,19 @@ FINAL_ANSWER_TOOL = {
     "description": "Give the final answer to the task and stop. Call this once you know the answer.",
     "input_schema": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
 }
+MAX_CITATIONS = 3
+
+
+def final_answer_tool(cite: bool = False) -> dict[str, Any]:
+    """The ``final_answer`` action; with ``cite`` it also carries ``citations`` (ids of the sources the
+    answer rests on, e.g. chunk ids from a search), so an answer and its evidence come in one action."""
+    if not cite:
+        return FINAL_ANSWER_TOOL
+    schema = json.loads(json.dumps(FINAL_ANSWER_TOOL["input_schema"]))
+    schema["properties"]["citations"] = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_CITATIONS}
+    schema["required"] = ["answer", "citations"]
+    return {**FINAL_ANSWER_TOOL, "description": FINAL_ANSWER_TOOL["description"] + " Cite the ids of the "
+            "sources you used.", "input_schema": schema}
 
 NATIVE_SYSTEM = ("You solve the user's task step by step with the tools you are given. Call one tool at a time, "
                  "read its result, then decide the next step. When you know the answer, give it"
@@ -105,9 +118,14 @@ def parse_text_reply(text: str) -> tuple[str | None, ToolCall | None]:
 
 
 def run_agent(llm: LLM, task: str, toolbox: Toolbox, *, mode: str = "native", system: str | None = None,
-              tool_choice: str = "auto", max_steps: int = 8, max_repeats: int = 3, max_tokens: int = 256,
-              prior_steps: Iterable[Step] = (), on_step: Callable[[Step], None] | None = None) -> AgentRun:
-    """Run ``task`` until an answer or a stop condition; ``on_step`` sees each finished step (persist it)."""
+              tool_choice: str = "required", max_steps: int = 8, max_repeats: int = 3, max_tokens: int = 256,
+              cite: bool = False, prior_steps: Iterable[Step] = (),
+              on_step: Callable[[Step], None] | None = None) -> AgentRun:
+    """Run ``task`` until an answer or a stop condition; ``on_step`` sees each finished step (persist it).
+
+    By default each native step is one structured action (``tool_choice="required"``): a call to one
+    offered tool or to ``final_answer`` (with ``citations`` when ``cite``), decoded under one grammar, one
+    call per step; the run stops at ``final_answer``. ``tool_choice="auto"`` lets the model answer in text."""
     if mode not in ("native", "text"):
         raise ValueError(f"mode {mode!r}: expected 'native' or 'text'")
     steps = list(prior_steps)
@@ -119,7 +137,7 @@ def run_agent(llm: LLM, task: str, toolbox: Toolbox, *, mode: str = "native", sy
     while len(steps) < max_steps:
         step = Step(index=len(steps))
         try:
-            reply = _ask(llm, task, steps, toolbox, mode, system, tool_choice, max_tokens)
+            reply = _ask(llm, task, steps, toolbox, mode, system, tool_choice, max_tokens, cite)
         except LLMError as exc:  # the provider failed after its own retries: record it and stop
             step.error, step.feedback = "model_error", f"Error: the model call failed: {exc}"
             _finish(step, steps, on_step)
@@ -127,7 +145,7 @@ def run_agent(llm: LLM, task: str, toolbox: Toolbox, *, mode: str = "native", sy
         step.model_text = reply.text
         step.input_tokens, step.output_tokens = reply.usage.input_tokens, reply.usage.output_tokens
         step.latency_s, step.cost_usd = reply.latency_s, reply.cost_usd
-        answer, calls = _decide(reply, mode, step)
+        answer, calls = _decide(reply, mode, step, cite)
         if answer is not None:
             step.answer = answer
             _finish(step, steps, on_step)
@@ -163,20 +181,21 @@ def _finish(step: Step, steps: list[Step], on_step: Callable[[Step], None] | Non
 
 
 def _ask(llm: LLM, task: str, steps: list[Step], toolbox: Toolbox, mode: str, system: str | None,
-         tool_choice: str, max_tokens: int) -> ChatResponse:
+         tool_choice: str, max_tokens: int, cite: bool) -> ChatResponse:
     messages = messages_from(task, steps, mode)
     if mode == "text":
         tools = "\n".join(f"- {t['name']}: {t['description']} Arguments: {json.dumps(t['input_schema'])}"
                           for t in toolbox.schemas())
         prompt = TEXT_SYSTEM.format(tools=tools) + (f"\n\n{system}" if system else "")
         return llm.chat(messages, system=prompt, max_tokens=max_tokens, stop=["Observation:"])
-    schemas = toolbox.schemas() + ([FINAL_ANSWER_TOOL] if tool_choice == "required" else [])
+    schemas = toolbox.schemas() + ([final_answer_tool(cite)] if tool_choice == "required" else [])
     return llm.chat(messages, system=system or NATIVE_SYSTEM, tools=schemas, tool_choice=tool_choice,
                     parallel_tool_calls=False, max_tokens=max_tokens)
 
 
-def _decide(reply: ChatResponse, mode: str, step: Step) -> tuple[str | None, list[ToolCall]]:
-    """The answer, or the calls to run; a reply that is neither is recorded on ``step``."""
+def _decide(reply: ChatResponse, mode: str, step: Step, cite: bool = False) -> tuple[str | None, list[ToolCall]]:
+    """The answer (its citations recorded on ``step``), or the calls to run; a reply that is neither is
+    recorded on ``step``."""
     if mode == "text":
         answer, call = parse_text_reply(reply.text)
         if answer is None and call is None:
@@ -186,6 +205,8 @@ def _decide(reply: ChatResponse, mode: str, step: Step) -> tuple[str | None, lis
         return answer, [call] if call else []
     final = [c for c in reply.tool_calls if c.name == FINAL_ANSWER and c.raw_arguments is None]
     if final and isinstance(final[0].arguments.get("answer"), str):
+        if cite:
+            step.citations = [c for c in final[0].arguments.get("citations") or [] if isinstance(c, str)]
         return final[0].arguments["answer"], []
     if reply.tool_calls:
         return None, list(reply.tool_calls)

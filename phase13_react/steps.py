@@ -30,6 +30,7 @@ class Step:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
     answer: str | None = None
+    citations: list[str] = field(default_factory=list)  # the sources a final answer cites
     error: str | None = None
     feedback: str | None = None
     input_tokens: int = 0
@@ -67,6 +68,11 @@ class AgentRun:
     answer: str | None
     stop_reason: str
     resumed_from: int = 0  # steps loaded from a previous process (not re-executed)
+
+    @property
+    def citations(self) -> list[str]:
+        """What the answer cites (the last step's citations; empty without an answer)."""
+        return self.steps[-1].citations if self.steps and self.answer is not None else []
 
     @property
     def tool_calls(self) -> int:

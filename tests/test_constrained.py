@@ -18,7 +18,7 @@ from lab.llm.constrained import (
     BOUNDS, MAX_SCHEMA_DEPTH, MAX_SCHEMA_VALUES, bounded_pattern, bounded_schema, check_schema, parse_tool_calls,
     tools_prompt,
 )
-from lab.llm.local import LocalLLM
+from lab.llm.local import LocalLLM, chat_turns
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city.", "input_schema": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
@@ -87,7 +87,7 @@ def test_history_renders_as_hermes_turns():
         {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "18C"},
         {"role": "tool", "tool_call_id": "c2", "name": "get_weather", "content": {"temp_c": 4}},
     ]
-    turns = LocalLLM._chat_turns(history, system="You are SmolLM.", extra_system=[tools_prompt([WEATHER])])
+    turns = chat_turns(history, system="You are SmolLM.", extra_system=[tools_prompt([WEATHER])])
     assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
     assert turns[0]["content"].startswith("You are SmolLM.\n\nBe brief.\n\nYou may call one or more functions")
     assert '"name": "get_weather"' in turns[0]["content"] and "<tools>" in turns[0]["content"]

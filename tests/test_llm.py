@@ -12,7 +12,7 @@ from lab.errors import ConfigError, MissingResource
 from lab.llm import ChatResponse, JSONReplyError, LLMError, ToolCall, from_spec, parse_json_reply
 from lab.llm.anthropic_client import AnthropicLLM
 from lab.llm.base import json_instruction
-from lab.llm.local import LocalLLM
+from lab.llm.local import LocalLLM, chat_turns
 from lab.llm.openai_client import OpenAILLM
 from lab.llm.prices import cost_usd
 
@@ -457,7 +457,7 @@ def test_transformers_choice_probs_project_only_the_last_position_and_match_a_fu
     llm = LocalLLM("smollm2-135m-instruct", engine="transformers")
     model, tok = llm.engine.model, llm.tokenizer
     msgs = [{"role": "user", "content": "Context: the sky is blue.\n\nIs the sky blue? Answer Yes or No."}]
-    ids = tok(tok.apply_chat_template(llm._chat_turns(msgs), add_generation_prompt=True, tokenize=False)
+    ids = tok(tok.apply_chat_template(chat_turns(msgs), add_generation_prompt=True, tokenize=False)
               + "Verdict:").input_ids
     with torch.inference_mode():
         full = model(torch.tensor([ids])).logits[0, -1]  # every position projected

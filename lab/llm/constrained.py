@@ -306,6 +306,24 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]]) -> tuple[str, list[
     return head.strip(), calls
 
 
+def repeated_call_at(text: str) -> int | None:
+    """Where the last complete ``<tool_call>`` block of ``text`` starts, when it repeats an earlier block
+    (same name and arguments, key order aside); else None. Decoding stops there: a model that repeats
+    its call would otherwise fill the token budget with copies that ``parse_tool_calls`` drops anyway."""
+    blocks = list(_CALL_BLOCK.finditer(text))
+    if len(blocks) < 2:
+        return None
+
+    def key(block: str) -> str:
+        try:
+            return json.dumps(json.loads(block), sort_keys=True)
+        except json.JSONDecodeError:
+            return block
+
+    last = key(blocks[-1].group(1))
+    return blocks[-1].start() if any(key(b.group(1)) == last for b in blocks[:-1]) else None
+
+
 @dataclass(frozen=True)
 class Constraint:
     """What one request constrains: the tool calls (mode auto/required/named) and/or a JSON reply."""

@@ -64,7 +64,10 @@ class GGUFPlan:
 
 def plan(model: str) -> GGUFPlan | None:
     """The GGUF route for a ``local:`` model id, or None when it only loads with transformers: the
-    embedded SmolLM2 (key or hub id), a ``.gguf`` file, or a PEFT LoRA folder whose base is one of them."""
+    embedded SmolLM2 (key or hub id), a ``.gguf`` file, a PEFT LoRA folder whose base is one of them, or a
+    published adapter by name (``models.AGENT_LLM``)."""
+    if (published := models.published_adapter(model)) is not None:
+        return plan(str(published))
     path = Path(model).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return GGUFPlan(str(path))

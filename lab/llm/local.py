@@ -30,7 +30,8 @@ from lab.llm.base import (
     LLM, ChatResponse, PromptTooLongError, ToolCall, Usage, json_instruction, normalize_tool_choice, tool_calls_of,
 )
 from lab.llm.constrained import (
-    TOOL_CALL_OPEN, TOOL_RESPONSE, Constraint, Grammars, parse_tool_calls, render_tool_call, tools_prompt,
+    TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE, Constraint, Grammars, parse_tool_calls, render_tool_call,
+    repeated_call_at, tools_prompt,
 )
 from lab.llm.engine import Engine
 from lab.llm.prices import cost_usd
@@ -60,6 +61,36 @@ class _Request:
     def constrained_by(self, constraint: Constraint) -> "_Request":
         """This request decoded under another constraint (a tighter retry)."""
         return _Request(self.ids, self.max_tokens, self.temperature, constraint, self.tools, self.stop, True)
+
+
+def chat_turns(messages: list[dict[str, Any]], system: str | None = None,
+               extra_system: list[str] = ()) -> list[dict[str, str]]:
+    """Our messages as the plain turns a chat template understands.
+
+    System texts (the ``system`` argument, system turns, the tool listing) become one system turn;
+    assistant tool calls are written as ``<tool_call>`` blocks and tool results as a user turn of
+    ``<tool_response>`` blocks (consecutive results share one turn), as Hermes-format models expect.
+    """
+    systems = [system] if system else []
+    turns: list[dict[str, str]] = []
+    for m in messages:
+        role, content = m["role"], m.get("content")
+        text = content if isinstance(content, str) else json.dumps(content) if content is not None else ""
+        if role == "system":
+            systems.append(text)
+        elif role == "tool":
+            block = TOOL_RESPONSE.format(text)
+            if turns and turns[-1]["role"] == "user" and turns[-1]["content"].startswith("<tool_response>"):
+                turns[-1]["content"] += "\n" + block
+            else:
+                turns.append({"role": "user", "content": block})
+        elif role == "assistant" and (calls := tool_calls_of(m)):
+            turns.append({"role": "assistant",
+                          "content": "\n".join(filter(None, [text] + [render_tool_call(c) for c in calls]))})
+        else:
+            turns.append({"role": role, "content": text})
+    systems += list(extra_system)
+    return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + turns
 
 
 class LocalLLM(LLM):
@@ -133,36 +164,6 @@ class LocalLLM(LLM):
 
     # --- prompt -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _chat_turns(messages: list[dict[str, Any]], system: str | None = None,
-                    extra_system: list[str] = ()) -> list[dict[str, str]]:
-        """Our messages as the plain turns a chat template understands.
-
-        System texts (the ``system`` argument, system turns, the tool listing) become one system turn;
-        assistant tool calls are written as ``<tool_call>`` blocks and tool results as a user turn of
-        ``<tool_response>`` blocks (consecutive results share one turn), as Hermes-format models expect.
-        """
-        systems = [system] if system else []
-        turns: list[dict[str, str]] = []
-        for m in messages:
-            role, content = m["role"], m.get("content")
-            text = content if isinstance(content, str) else json.dumps(content) if content is not None else ""
-            if role == "system":
-                systems.append(text)
-            elif role == "tool":
-                block = TOOL_RESPONSE.format(text)
-                if turns and turns[-1]["role"] == "user" and turns[-1]["content"].startswith("<tool_response>"):
-                    turns[-1]["content"] += "\n" + block
-                else:
-                    turns.append({"role": "user", "content": block})
-            elif role == "assistant" and (calls := tool_calls_of(m)):
-                turns.append({"role": "assistant",
-                              "content": "\n".join(filter(None, [text] + [render_tool_call(c) for c in calls]))})
-            else:
-                turns.append({"role": role, "content": text})
-        systems += list(extra_system)
-        return ([{"role": "system", "content": "\n\n".join(systems)}] if systems else []) + turns
-
     @functools.cached_property
     def max_prompt_chars(self) -> int:
         """Characters past which a prompt cannot fit the context window, whatever it says: no token stands
@@ -176,7 +177,7 @@ class LocalLLM(LLM):
         mode, name = normalize_tool_choice(tool_choice, tools)
         offered = [t for t in tools or [] if mode != "named" or t["name"] == name] if mode != "none" else []
         extra = ([tools_prompt(offered)] if offered else []) + ([json_instruction(json_schema)] if json_schema else [])
-        turns = self._chat_turns(messages, system, extra)
+        turns = chat_turns(messages, system, extra)
         chars = sum(len(t["content"]) for t in turns)
         if chars > self.max_prompt_chars:
             raise PromptTooLongError(f"{self.spec}: the prompt is {chars} characters; the model's context window of "
@@ -208,7 +209,8 @@ class LocalLLM(LLM):
     # --- decoding -----------------------------------------------------------------------------
 
     def _decode(self, req: _Request) -> Iterator[tuple[str, list[int]]]:
-        """(the reply's text so far, its token ids) after each token; ends early at a stop string.
+        """(the reply's text so far, its token ids) after each token; ends early at a stop string, and
+        at a tool call that repeats an earlier one of the same reply (yielding the text without it).
         Closing it stops the engine at once."""
         mask = self.grammars.mask(req.constraint) if req.grammar else None
         tokens = self.engine.generate(req.ids, req.max_tokens, req.temperature, mask)
@@ -217,6 +219,9 @@ class LocalLLM(LLM):
             for token in tokens:
                 new.append(token)
                 raw = self.tokenizer.decode(new, skip_special_tokens=True)
+                if req.tools and raw.rstrip().endswith(TOOL_CALL_CLOSE) and (at := repeated_call_at(raw)) is not None:
+                    yield raw[:at], new
+                    return
                 yield raw, new
                 if req.stop and _cut_at_stop(raw, req.stop)[1] is not None:
                     return
@@ -310,7 +315,7 @@ class LocalLLM(LLM):
         import torch
 
         tok = self.tokenizer
-        turns = self._chat_turns(messages, system)
+        turns = chat_turns(messages, system)
         prompt = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) + prefix
         ids = tok(prompt).input_ids
         choice_ids = []

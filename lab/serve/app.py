@@ -1,6 +1,6 @@
 """`lab serve`: any ``lab.llm`` provider behind OpenAI- and Anthropic-compatible HTTP endpoints.
 
-    GET  /v1/models                 the chat model and the embedding models served
+    GET  /v1/models                 the chat models and the embedding models served
     POST /v1/chat/completions       OpenAI Chat Completions (tools, tool_choice, response_format, stream)
     POST /v1/embeddings             OpenAI Embeddings over sentence-transformers models
     POST /v1/messages               Anthropic Messages (tools, tool_use/tool_result, stream events)
@@ -26,7 +26,8 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -188,16 +189,31 @@ class Embedders:
         return vectors.astype("<f4"), sum(len(t) for t in tokens)
 
 
-class Server:
-    """What the routes share: the model, its names and queue, the embedders, the key."""
+@dataclass
+class ChatModel:
+    """One served chat model: the client, the names requests may use for it, its own queue."""
 
-    def __init__(self, llm: LLM, *, api_key: str | None, max_queue: int, embedders: Iterable[str],
+    llm: LLM
+    names: list[str]
+    queue: ModelQueue
+
+
+class Server:
+    """What the routes share: the chat models (each with its names and queue), the embedders, the key.
+    The first model is the default one (``/health`` names it; ``model_names`` are extra names for it)."""
+
+    def __init__(self, llms: LLM | Sequence[LLM], *, api_key: str | None, max_queue: int, embedders: Iterable[str],
                  default_max_tokens: int, model_names: Iterable[str] = (),
                  grammar_timeout_s: float = GRAMMAR_TIMEOUT_S):
-        self.llm = llm
+        llms = [llms] if isinstance(llms, LLM) else list(llms)
         self.grammar_timeout_s = grammar_timeout_s
-        self.names = list(dict.fromkeys([llm.model, *model_names, llm.spec]))
-        self.queue = ModelQueue(llm.model, max_queue, parallel=llm.parallel_requests)
+        self.models: list[ChatModel] = []
+        taken: set[str] = set()
+        for i, llm in enumerate(llms):
+            names = [n for n in dict.fromkeys([llm.model, *(model_names if i == 0 else ()), llm.spec]) if n not in taken]
+            taken |= set(names)
+            self.models.append(ChatModel(llm, names, ModelQueue(llm.model, max_queue, parallel=llm.parallel_requests)))
+        self.names = [n for m in self.models for n in m.names]
         self.embedders = Embedders(embedders, max_queue)
         self.default_max_tokens = default_max_tokens
         self._key = api_key.encode() if api_key else None
@@ -215,10 +231,13 @@ class Server:
         ok = [hmac.compare_digest(g.encode(), self._key) for g in given]
         return any(ok)
 
-    def check_model(self, name: str) -> None:
-        if name not in self.names:
-            raise APIError(404, f"model {name!r} is not served here; chat models: {', '.join(self.names)}",
-                           param="model", code="model_not_found")
+    def model(self, name: str) -> ChatModel:
+        """The chat model a request names (a 404 naming the served ones otherwise)."""
+        for model in self.models:
+            if name in model.names:
+                return model
+        raise APIError(404, f"model {name!r} is not served here; chat models: {', '.join(self.names)}",
+                       param="model", code="model_not_found")
 
     def check_tools(self, kwargs: dict[str, Any]) -> None:
         try:
@@ -228,8 +247,9 @@ class Server:
             raise bad_request("tool_choice", message) from None
 
     # --- errors from the model layer
-    def api_error(self, exc: BaseException, rid: str) -> APIError:
+    def api_error(self, exc: BaseException, rid: str, model: ChatModel | None = None) -> APIError:
         """An exception from the model layer as the HTTP error the client gets (logged here)."""
+        model = model or self.models[0]
         if isinstance(exc, APIError):
             return exc
         if isinstance(exc, InvalidRequestError):  # the caller's arguments (a schema, a tool_choice), not the model
@@ -242,41 +262,41 @@ class Server:
                 return APIError(400, f"the model's provider rejected the request: {exc}", code="upstream_rejected")
             if exc.status in (429, 503, 529):
                 return APIError(503, f"the model's provider is overloaded: {exc}", code="upstream_overloaded",
-                                headers={"Retry-After": str(self.queue.retry_after_s())})
-            status = 500 if self.llm.provider == "local" else 502
+                                headers={"Retry-After": str(model.queue.retry_after_s())})
+            status = 500 if model.llm.provider == "local" else 502
             return APIError(status, f"the model failed: {exc}", code="model_error")
         log.error("request %s failed", rid, exc_info=(type(exc), exc, exc.__traceback__))
         return APIError(500, f"internal server error (request id {rid}); the server log has the details",
                         code="internal_error")
 
     # --- running the model
-    async def off_loop(self, work: Callable[[], Any], rid: str) -> Any:
+    async def off_loop(self, work: Callable[[], Any], rid: str, model: ChatModel | None = None) -> Any:
         """``work()`` in a worker thread; what it raises comes back as the HTTP error the client gets."""
         try:
             return await run_in_threadpool(work)
         except Exception as exc:  # an APIError passes through api_error unchanged
-            raise self.api_error(exc, rid) from None
+            raise self.api_error(exc, rid, model) from None
 
-    async def prepare(self, kwargs: dict[str, Any], rid: str) -> None:
+    async def prepare(self, model: ChatModel, kwargs: dict[str, Any], rid: str) -> None:
         """The model's work that needs no slot (tokenizing, compiling a grammar: ``LLM.prepare``), done
         before the request waits for one: a request the model cannot serve is refused without ever
         holding it, and a slow grammar holds no one else up."""
-        await self.off_loop(lambda: self.llm.prepare(**kwargs, timeout_s=self.grammar_timeout_s), rid)
+        await self.off_loop(lambda: model.llm.prepare(**kwargs, timeout_s=self.grammar_timeout_s), rid, model)
 
-    async def chat(self, kwargs: dict[str, Any], rid: str) -> ChatResponse:
-        await self.prepare(kwargs, rid)
-        slot = await self.queue.acquire()
+    async def chat(self, model: ChatModel, kwargs: dict[str, Any], rid: str) -> ChatResponse:
+        await self.prepare(model, kwargs, rid)
+        slot = await model.queue.acquire()
         try:
-            return await self.off_loop(lambda: self.llm.chat(**kwargs), rid)
+            return await self.off_loop(lambda: model.llm.chat(**kwargs), rid, model)
         finally:
             slot.release()
 
-    async def stream(self, kwargs: dict[str, Any], rid: str) -> tuple[StreamRun, Any]:
+    async def stream(self, model: ChatModel, kwargs: dict[str, Any], rid: str) -> tuple[StreamRun, Any]:
         """Start a stream and wait for its first item, so that an early failure is still an HTTP status."""
-        await self.prepare(kwargs, rid)
-        slot = await self.queue.acquire()
+        await self.prepare(model, kwargs, rid)
+        slot = await model.queue.acquire()
         try:
-            run = StreamRun(slot, lambda: self.llm.stream(**kwargs))
+            run = StreamRun(slot, lambda: model.llm.stream(**kwargs))
         except BaseException:
             slot.release()
             raise
@@ -285,7 +305,7 @@ class Server:
         except StopAsyncIteration:
             first = None
         except Exception as exc:
-            raise self.api_error(exc, rid) from None
+            raise self.api_error(exc, rid, model) from None
         return run, first
 
 
@@ -308,12 +328,12 @@ def final_reply(reply: ChatResponse | None) -> ChatResponse:
 
 # --- the app -----------------------------------------------------------------------------------
 
-def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                embedders: Iterable[str] = DEFAULT_EMBEDDERS, default_max_tokens: int = 512,
                model_names: Iterable[str] = (), grammar_timeout_s: float = GRAMMAR_TIMEOUT_S) -> FastAPI:
-    """The ASGI app serving ``llm`` (and ``embedders``). ``model_names`` are extra names clients may
-    use for the chat model (it always answers to ``llm.model`` and ``llm.spec``); a request whose
-    grammar takes longer than ``grammar_timeout_s`` to compile is refused (400)."""
+    """The ASGI app serving ``llm`` — one chat model or several, the first the default — and ``embedders``.
+    Each chat model answers to its ``model`` and its ``spec``; ``model_names`` are extra names for the first.
+    A request whose grammar takes longer than ``grammar_timeout_s`` to compile is refused (400)."""
     server = Server(llm, api_key=api_key, max_queue=max_queue, embedders=embedders,
                     default_max_tokens=default_max_tokens, model_names=model_names,
                     grammar_timeout_s=grammar_timeout_s)
@@ -342,32 +362,33 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": llm.model, "waiting_or_running": server.queue.admitted}
+        return {"status": "ok", "model": server.models[0].llm.model,
+                "waiting_or_running": sum(m.queue.admitted for m in server.models)}
 
     v1 = APIRouter(prefix="/v1")
 
     @v1.get("/models")
     async def list_models() -> op.ModelList:
-        ids = [server.names[0], *server.embedders.names]
+        ids = [*(m.names[0] for m in server.models), *server.embedders.names]
         return op.ModelList(data=[op.ModelCard(id=i, created=server.created) for i in ids])
 
     @v1.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> op.ModelCard:
         if model_id not in server.names and server.embedders.resolve(model_id) is None:
-            server.check_model(model_id)  # raises the 404 naming what is served
+            server.model(model_id)  # raises the 404 naming what is served
         return op.ModelCard(id=model_id, created=server.created)
 
     @v1.post("/chat/completions")
     async def chat_completions(body: op.ChatCompletionRequest, request: Request):
         rid = request_id(request)
-        server.check_model(body.model)
+        model = server.model(body.model)
         kwargs = op.to_chat_kwargs(body, server.default_max_tokens)
         server.check_tools(kwargs)
         if not body.stream:
-            reply = await server.chat(kwargs, rid)
+            reply = await server.chat(model, kwargs, rid)
             return op.chat_response(reply, op.completion_id(), int(time.time())).model_dump()
-        run, first = await server.stream(kwargs, rid)
-        writer = op.ChunkWriter(llm.model, include_usage=bool(body.stream_options and body.stream_options.include_usage))
+        run, first = await server.stream(model, kwargs, rid)
+        writer = op.ChunkWriter(model.llm.model, include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
         async def sse():
             reply = None
@@ -382,7 +403,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
                 for line in writer.tool_calls(reply) + writer.finish(reply):
                     yield line
             except Exception as exc:  # headers are sent: the error becomes the last event
-                yield writer.error(server.api_error(exc, rid))
+                yield writer.error(server.api_error(exc, rid, model))
             finally:
                 run.stop()
 
@@ -413,15 +434,15 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
     @v1.post("/messages")
     async def messages(body: ap.MessagesRequest, request: Request):
         rid = request_id(request)
-        server.check_model(body.model)
+        model = server.model(body.model)
         kwargs = ap.to_chat_kwargs(body)
         server.check_tools(kwargs)
         if not body.stream:
-            reply = await server.chat(kwargs, rid)
+            reply = await server.chat(model, kwargs, rid)
             return ap.messages_response(reply, ap.message_id()).model_dump()
-        input_tokens = await server.off_loop(lambda: llm.count_tokens(**kwargs), rid)
-        run, first = await server.stream(kwargs, rid)
-        writer = ap.EventWriter(llm.model)
+        input_tokens = await server.off_loop(lambda: model.llm.count_tokens(**kwargs), rid, model)
+        run, first = await server.stream(model, kwargs, rid)
+        writer = ap.EventWriter(model.llm.model)
 
         async def sse():
             reply = None
@@ -436,7 +457,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
                 for line in writer.finish(final_reply(reply)):
                     yield line
             except Exception as exc:
-                yield writer.error(server.api_error(exc, rid), rid)
+                yield writer.error(server.api_error(exc, rid, model), rid)
             finally:
                 run.stop()
 
@@ -447,22 +468,39 @@ def create_app(llm: LLM, *, api_key: str | None = None, max_queue: int = DEFAULT
     return app
 
 
-def serve(spec: str | None = None, *, host: str = "127.0.0.1", port: int = 8088, api_key: str | None = None,
+def default_specs() -> list[str]:
+    """What ``lab serve`` serves without ``--llm``: $LAB_LLM, else the embedded SmolLM2 and, beside it, the
+    tool-tuned ``smollm2-135m-agent`` when its adapter is published (``lab.models.PUBLISHED_ADAPTERS``)."""
+    import os
+
+    from lab import models
+    from lab.llm import DEFAULT_SPEC
+
+    if os.environ.get("LAB_LLM"):
+        return [os.environ["LAB_LLM"]]
+    published = (models.PUBLISHED_ADAPTERS[models.AGENT_LLM] / "adapter_config.json").is_file()
+    return [DEFAULT_SPEC] + ([f"local:{models.AGENT_LLM}"] if published else [])
+
+
+def serve(specs: Sequence[str] = (), *, host: str = "127.0.0.1", port: int = 8088, api_key: str | None = None,
           max_queue: int = DEFAULT_MAX_QUEUE, embedders: Iterable[str] = DEFAULT_EMBEDDERS,
           say: Callable[[str], None] = print) -> None:
-    """Serve in the foreground until Ctrl-C (what ``lab serve`` runs)."""
+    """Serve in the foreground until Ctrl-C (what ``lab serve`` runs): ``specs`` (the first is the default
+    model), else ``default_specs()``."""
     import uvicorn
 
     from lab.llm import from_spec
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
-    llm = from_spec(spec)
-    info = llm.describe()  # a local model loads now, not on the first request
-    app = create_app(llm, api_key=api_key, max_queue=max_queue, embedders=embedders)
+    llms = [from_spec(spec) for spec in (list(specs) or default_specs())]
+    app = create_app(llms, api_key=api_key, max_queue=max_queue, embedders=embedders)
     base = f"http://{host}:{port}"
-    engine = f" on {info['engine']}" if info.get("engine") else ""
-    say(f"lab serve: {info.get('id', llm.spec)}{engine} as model {llm.model!r}; embedders: {', '.join(embedders) or 'none'}")
+    for llm in llms:
+        info = llm.describe()  # a local model loads now, not on the first request
+        engine = f" on {info['engine']}" if info.get("engine") else ""
+        say(f"lab serve: {info.get('id', llm.spec)}{engine} as model {llm.model!r}")
+    say(f"  embedders: {', '.join(embedders) or 'none'}")
     say(f"  OpenAI:    {base}/v1  (chat/completions, embeddings, models)")
     say(f"  Anthropic: {base}     (v1/messages)")
     say("  API key:   " + ("required (Authorization: Bearer or x-api-key)" if api_key else "none"))

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from lab.llm.base import LLM
 
@@ -25,16 +25,17 @@ START_TIMEOUT_S = 30.0
 
 
 @contextmanager
-def serving(llm: LLM | str | None = None, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-            **app_kwargs: Any) -> Iterator[str]:
-    """Yield the root URL (``http://127.0.0.1:PORT``) of ``lab serve`` for ``llm`` (an LLM or a spec;
-    None = $LAB_LLM or the embedded SmolLM2). ``app_kwargs`` go to ``create_app`` (api_key,
-    max_queue, embedders, default_max_tokens, model_names)."""
+def serving(llm: LLM | str | Sequence[LLM | str] | None = None, *, host: str = "127.0.0.1", port: int = 0,
+            log_level: str = "warning", **app_kwargs: Any) -> Iterator[str]:
+    """Yield the root URL (``http://127.0.0.1:PORT``) of ``lab serve`` for ``llm`` (an LLM or a spec, or a
+    list of them, the first the default; None = $LAB_LLM or the embedded SmolLM2). ``app_kwargs`` go to
+    ``create_app`` (api_key, max_queue, embedders, default_max_tokens, model_names)."""
     from lab.llm import from_spec
     from lab.serve.app import create_app
 
-    model = llm if isinstance(llm, LLM) else from_spec(llm)
-    with serving_app(create_app(model, **app_kwargs), host=host, port=port, log_level=log_level,
+    given = list(llm) if isinstance(llm, (list, tuple)) else [llm]
+    models = [m if isinstance(m, LLM) else from_spec(m) for m in given]
+    with serving_app(create_app(models, **app_kwargs), host=host, port=port, log_level=log_level,
                      name="lab serve") as url:
         yield url
 
