@@ -208,6 +208,11 @@ def _hf_cached(hub_id: str) -> Path | None:
     return path if path is not None and not problems else None
 
 
+def fully_cached(hub_id: str) -> bool:
+    """Is the whole of ``hub_id`` in the local HF cache (nothing left to download)?"""
+    return _hf_cached(hub_id) is not None
+
+
 def hub_access_problem(hub_id: str, exc: BaseException) -> str | None:
     """What stopped a hub download, in words, from the exception or its causes (None: not the hub)."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError

@@ -69,7 +69,7 @@ def parse_version(text: str) -> tuple[int, ...]:
         raise InstallError(f"nvidia-smi reported driver version {text!r}, which is not N.N[.N]") from None
 
 
-def _dotted(version: tuple[int, ...]) -> str:
+def dotted(version: tuple[int, ...]) -> str:
     return ".".join(f"{part:02d}" if i == 2 else str(part) for i, part in enumerate(version))
 
 
@@ -84,10 +84,17 @@ def variant_for_driver(driver: tuple[int, ...]) -> CudaVariant:
             return variant
     floor = min(v.compat_driver for v in DRIVER_TABLE)
     raise InstallError(
-        f"NVIDIA driver {_dotted(driver)} is older than every CUDA build of torch "
-        f"(the oldest, {DRIVER_TABLE[-1].name}, needs >= {_dotted(floor)}): upgrade the driver, or install "
+        f"NVIDIA driver {dotted(driver)} is older than every CUDA build of torch "
+        f"(the oldest, {DRIVER_TABLE[-1].name}, needs >= {dotted(floor)}): upgrade the driver, or install "
         "the CPU build with `make setup TORCH_VARIANT=cpu`"
     )
+
+
+def min_driver(cuda: str) -> tuple[int, ...] | None:
+    """The oldest driver that runs torch built for CUDA ``cuda`` ("12.8"): the floor of its major
+    release under minor-version compatibility (None: a CUDA release this table does not know)."""
+    floors = [v.compat_driver for v in DRIVER_TABLE if v.cuda.split(".")[0] == cuda.split(".")[0]]
+    return min(floors) if floors else None
 
 
 def query_nvidia_smi() -> str | None:
@@ -185,7 +192,7 @@ def pip_args(version: str = DEFAULT_VERSION, variant: str = "auto", index_url: s
             driver, names = driver_of(smi_output)
             chosen = variant_for_driver(driver)
             variant = chosen.name
-            why = (f"{names or 'NVIDIA GPU'}, driver {_dotted(driver)}: {chosen.name} (CUDA {chosen.cuda}) is the "
+            why = (f"{names or 'NVIDIA GPU'}, driver {dotted(driver)}: {chosen.name} (CUDA {chosen.cuda}) is the "
                    f"newest build this driver runs")
     spec = f"torch=={version}+{variant}"
     if index_url:
