@@ -1,11 +1,18 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`  (both run `make setup` first).
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
+# torch: the build this machine can run (lab/torch_install.py): with an NVIDIA GPU the newest CUDA build
+# its driver supports (nvidia-smi), else the CPU build (the one pip already serves, if it holds a +cpu
+# wheel, else PyTorch's CPU index). Override: TORCH_VARIANT=cpu|cu126|cu128|cu130 (auto: detect),
+# TORCH_INDEX_URL=<an index holding torch==$(TORCH_VERSION)+<variant>>. An installed venv keeps its build:
+# after a driver change, `make clean-venv setup`.
+TORCH_VERSION   ?= 2.13.0
+TORCH_VARIANT   ?= auto
+TORCH_INDEX_URL ?=
 # exercises run side by side, one process and one thread each (lab run --jobs; default: all cores)
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell { cat pyproject.toml Makefile lab/torch_install.py; echo '$(TORCH_VERSION) $(TORCH_VARIANT) $(TORCH_INDEX_URL)'; } | sha256sum | cut -c1-12)
 
 # OpenClaw (Phases 14, 16) needs Node >= 24.16; machines often carry an older one. A pinned Node 24
 # comes from the npm package node-linux-<arch> (the binary inside a registry package) and a pinned
@@ -66,9 +73,14 @@ browser:
 	else $(BROWSER_MISSING); fi
 
 $(STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: $(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); 3.11+ is needed (make setup PYTHON=python3.11)"; exit 1; }
+	@command -v npm >/dev/null 2>&1 || \
+	  { echo "error: no npm: it installs the pinned Node 24 and OpenClaw into $(NODE_PREFIX) (Debian/Ubuntu: sudo apt-get install -y npm)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	args=$$(TORCH_VERSION="$(TORCH_VERSION)" TORCH_VARIANT="$(TORCH_VARIANT)" TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
+	  $(BIN)/python lab/torch_install.py --print-pip-args) && $(BIN)/python -m pip install --quiet $$args
 	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || \
 	  { echo "error: no C/C++ compiler: llama-cpp-python is compiled once here (Debian/Ubuntu: sudo apt-get install -y build-essential)"; exit 1; }
 	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) $(BIN)/python -m pip wheel \

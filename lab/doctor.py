@@ -69,6 +69,9 @@ def checks() -> Iterator[Check]:
             yield "GPU / CUDA", True, f"{names}; CUDA {torch.version.cuda}"
         else:
             yield "GPU / CUDA", None, "no GPU: the cpu profile runs; the a100 profile needs a CUDA GPU"
+        from lab.doctor_a100 import a100_checks
+
+        yield from a100_checks(torch.version.cuda, torch.cuda.is_available())
     yield engine_check()
     for pkg in ("transformers", "peft", "trl", "sentence-transformers", "chromadb", "psycopg", "pgserver",
                 "anthropic", "openai", "tenacity"):

@@ -64,6 +64,9 @@ class Exercise:
     # profile -> "same" | "scaled" | "substitute: <what>" (lab.schema): how the profile's method
     # relates to the seed's; a run may refine it with ctx.set_method when it depends on config
     methods: Mapping[str, str] = field(default_factory=dict)
+    # GPU profiles (lab.scheduler.GPU_PROFILES: a100) in which this exercise never touches the GPU
+    # (data, databases): `lab run` may run it beside the one job that holds the GPU
+    cpu_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if "." not in self.id or not self.id.startswith(("phase", "benchmarks.")):
@@ -74,6 +77,9 @@ class Exercise:
             if profile not in self.profiles:
                 raise ValueError(f"exercise {self.id}: methods names unknown profile {profile!r}")
             check_method(method, f"exercise {self.id} profile {profile}")
+        for profile in self.cpu_only:
+            if profile not in self.profiles:
+                raise ValueError(f"exercise {self.id}: cpu_only names unknown profile {profile!r}")
 
     @property
     def phase(self) -> str:

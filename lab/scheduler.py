@@ -7,6 +7,10 @@ lock would serialise them anyway). Every job is its own process with one thread
 (``OMP_NUM_THREADS=1``): the same isolation whatever ``--jobs`` is, so metrics do not depend on it.
 With more than one worker, ready jobs start longest-critical-path first, estimated from each
 exercise's last recorded wall time.
+
+In a GPU profile (``GPU_PROFILES``: a100) every job is sized for the whole card (an 8B model in
+bf16, Mixtral in NF4, a QLoRA run), so jobs that use the GPU run one at a time whatever ``--jobs``
+says; exercises that declare the profile ``cpu_only`` (data, databases) still run beside them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
 from lab.runner import new_run_id, recorded_overrides, target_root
 
 DEFAULT_ESTIMATE_S = 60.0
+GPU_PROFILES = frozenset({"a100"})  # profiles whose jobs load models sized for one whole GPU
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -41,6 +46,12 @@ class Job:
     started: str = ""  # a run id stamp taken at start: the child's run sorts after it
     seconds: float | None = None
     detail: str = ""  # where the result went, or why it failed
+    gpu: bool = False  # holds the GPU while it runs: no other GPU job starts until it ends
+
+
+def uses_gpu(exercise, profile: str) -> bool:
+    """Does this exercise's run in ``profile`` take the GPU? (Build jobs in a GPU profile always do.)"""
+    return profile in GPU_PROFILES and (exercise is None or profile not in exercise.cpu_only)
 
 
 def _last_duration(exercise, profile: str) -> float:
@@ -68,7 +79,7 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             argv += ["--out", str(out)]
         if llm:
             argv += ["--llm", llm]
-        jobs[ex.id] = Job(ex.id, argv, _last_duration(ex, profile), exercise=ex,
+        jobs[ex.id] = Job(ex.id, argv, _last_duration(ex, profile), exercise=ex, gpu=uses_gpu(ex, profile),
                           root=target_root(recorded_overrides(overrides, llm), out, None))
 
     def provider(kind: ArtifactKind, consumer: str) -> str | None:
@@ -79,7 +90,8 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             return producers[kind.name]
         key = f"build:{kind.name}"
         if key not in jobs:
-            jobs[key] = Job(key, ["artifacts", "build", kind.name, "--profile", profile], DEFAULT_ESTIMATE_S)
+            jobs[key] = Job(key, ["artifacts", "build", kind.name, "--profile", profile], DEFAULT_ESTIMATE_S,
+                            gpu=uses_gpu(None, profile))
             jobs[key].deps = {p for need in kind.needs if (p := provider(need, key))}
         return key
 
@@ -122,9 +134,10 @@ def _outcome(job: Job, returncode: int, profile: str) -> None:
 class Runner:
     """Runs planned jobs, at most ``workers`` at a time, each in its own `python -m lab` process."""
 
-    def __init__(self, jobs: list[Job], workers: int, profile: str, log_dir: Path, console=None):
+    def __init__(self, jobs: list[Job], workers: int, profile: str, log_dir: Path, console=None, gpu_slots: int = 1):
         self.jobs = {j.key: j for j in jobs}
         self.workers = max(1, workers)
+        self.gpu_slots = max(1, gpu_slots)
         self.profile = profile
         self.log_dir = log_dir
         self.priority = critical_path(jobs)
@@ -136,6 +149,22 @@ class Runner:
         done = {k for k, j in self.jobs.items() if j.status not in ("waiting", "running")}
         ready = [j for j in self.jobs.values() if j.status == "waiting" and j.deps <= done]
         return sorted(ready, key=lambda j: -self.priority[j.key])
+
+    def to_start(self) -> list[Job]:
+        """The ready jobs to start now: highest priority first, within the free workers, and at most
+        ``gpu_slots`` GPU jobs running at once (a GPU job waits; CPU-only jobs behind it may start)."""
+        running = [j for j in self.jobs.values() if j.status == "running"]
+        free, gpu_free = self.workers - len(running), self.gpu_slots - sum(j.gpu for j in running)
+        chosen = []
+        for job in self._ready():
+            if len(chosen) == free:
+                break
+            if job.gpu:
+                if gpu_free <= 0:
+                    continue
+                gpu_free -= 1
+            chosen.append(job)
+        return chosen
 
     def _log(self, job: Job) -> Path:
         return self.log_dir / f"{job.key.replace(':', '-')}.log"
@@ -156,11 +185,12 @@ class Runner:
         running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=self.console, disable=self.workers == 1) as progress:
-            overall = progress.add_task(f"{len(self.jobs)} jobs, {self.workers} at a time", total=len(self.jobs))
+            gpu_note = f" (GPU jobs {self.gpu_slots} at a time)" if any(j.gpu for j in self.jobs.values()) else ""
+            overall = progress.add_task(f"{len(self.jobs)} jobs, {self.workers} at a time{gpu_note}", total=len(self.jobs))
             rows = {k: progress.add_task(self._label(j), total=1, start=False) for k, j in self.jobs.items()}
             try:
                 while any(j.status in ("waiting", "running") for j in self.jobs.values()):
-                    for job in self._ready()[: self.workers - len(running)]:
+                    for job in self.to_start():
                         job.status, job.started = "running", new_run_id()
                         if self.workers == 1:
                             self.console.print(f"[bold]▶ {job.key}[/bold]")

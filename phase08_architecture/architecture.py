@@ -237,7 +237,7 @@ def layer0_rows(label: str, inv: Inventory) -> list[list[Any]]:
 def _load_real(cfg: Config, ctx: RunContext):
     import torch
 
-    from lab.models import load_causal_lm
+    from lab.models import explain_load_failure, load_causal_lm
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         ctx.skip(f"loading {cfg.loaded_model} needs CUDA (device={cfg.device}); none here")
@@ -245,8 +245,8 @@ def _load_real(cfg: Config, ctx: RunContext):
         model, _ = load_causal_lm(cfg.loaded_model, dtype=getattr(torch, cfg.loaded_dtype), device_map=cfg.device)
     except MissingResource as exc:
         ctx.skip(str(exc))
-    except OSError as exc:  # gated repo without HF_TOKEN, no network
-        ctx.skip(f"could not load {cfg.loaded_model} weights: {exc} (gated Llama repos need HF_TOKEN)")
+    except OSError as exc:  # no access to the gated repo, no hub, an incomplete download: say which
+        ctx.skip(explain_load_failure(cfg.loaded_model, exc))
     return model
 
 

@@ -146,7 +146,7 @@ def measure(cfg: "Config", ctx: RunContext) -> list[list[Any]]:
     """Formula vs the bytes a real model's cache holds (and, on CUDA, the allocator's delta)."""
     import torch
 
-    from lab.models import load_causal_lm
+    from lab.models import explain_load_failure, load_causal_lm
 
     rows = []
     for dtype in cfg.measure_dtypes:
@@ -155,7 +155,7 @@ def measure(cfg: "Config", ctx: RunContext) -> list[list[Any]]:
         except MissingResource as exc:
             ctx.skip(str(exc))
         except OSError as exc:
-            ctx.skip(f"could not load {cfg.measure_model}: {exc} (gated Llama repos need HF_TOKEN)")
+            ctx.skip(explain_load_failure(cfg.measure_model, exc))
         model.eval()
         shape = kv_shape({**model.config.to_dict(), "_name": cfg.measure_model})
         ctx.model(cfg.measure_model, dtype=dtype, n_params=sum(p.numel() for p in model.parameters()))

@@ -136,6 +136,7 @@ EXERCISE = Exercise(
     ),
     summary_metrics=("raw_pairs", "kept_pairs", "filter_rate"),
     methods={"cpu": _DATA_METHOD, "a100": _DATA_METHOD},
+    cpu_only=("a100",),  # data only: `lab run` runs it beside the GPU job
 )
 
 if __name__ == "__main__":

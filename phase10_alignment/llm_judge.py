@@ -61,8 +61,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
     import torch
 
     from lab.errors import MissingResource
-    from lab.llm import from_spec
+    from lab.llm import check_spec, from_spec
 
+    try:  # the judge is built after the generations: a hosted one without its API key must stop the run first
+        check_spec(cfg.llm or None)
+    except MissingResource as err:
+        ctx.skip(f"the judge cannot run: {err} (checked before loading any model)")
     if cfg.require_cuda and not torch.cuda.is_available():
         ctx.skip("the a100 profile judges Llama 3.1 8B generations: it needs a CUDA GPU to produce them")
     try:

@@ -94,8 +94,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.errors import MissingResource
     from phase11_evals import editor_gate
     from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
-    from phase11_evals.judging import (build_judge, failures_note, judge_method, local_cache_saving, record_judge,
-                                       score_all)
+    from phase11_evals.judging import (build_judge, check_judge, failures_note, judge_method, local_cache_saving,
+                                       record_judge, score_all)
+
+    check_judge(cfg.judge_llm, ctx)
 
     eval_set = load_eval_set()
     calib = load_calibration(eval_set)

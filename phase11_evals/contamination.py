@@ -108,9 +108,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase10_alignment.judge import JudgeFailure
     from phase11_evals.evaldata import (DATA_DIR, DIMENSIONS, FLAG, load_contamination_pairs, load_eval_set,
                                         load_rubric)
-    from phase11_evals.judging import build_judge, failures_note, judge_method, record_judge, score_all
+    from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
     from phase11_evals.responders import Responder, missing_reason
 
+    check_judge(cfg.judge_llm, ctx)
     if ctx.profile == "a100" and not torch.cuda.is_available():
         ctx.skip("the a100 profile answers with Llama 3.1 8B variants and needs a CUDA GPU")
     reason = missing_reason(cfg.variant, ctx.profile)

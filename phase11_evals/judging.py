@@ -12,6 +12,19 @@ from typing import Any, Sequence
 from phase10_alignment.judge import Judge, JudgeFailure, Rubric, Verdict
 
 
+def check_judge(spec: str, ctx) -> None:
+    """Skip the run now if its judge cannot be built (a hosted judge without its SDK or API key): the
+    judge is built after the models under test have answered, and GPU time spent on answers nobody
+    can score is wasted. A malformed spec raises ConfigError."""
+    from lab.errors import MissingResource
+    from lab.llm import check_spec
+
+    try:
+        check_spec(spec or None)
+    except MissingResource as err:
+        ctx.skip(f"the judge cannot run: {err} (checked before loading any model)")
+
+
 def build_judge(spec: str, rubric: Rubric) -> Judge:
     """A Judge on ``spec`` ("" = --llm / LAB_LLM / SmolLM2); local models use choice_probs, hosted json."""
     from lab.llm import from_spec

@@ -71,9 +71,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase11_evals import editor_gate
     from phase11_evals.calibration import calibration_inputs
     from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
-    from phase11_evals.judging import build_judge, failures_note, judge_method, record_judge, score_all
+    from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
     from phase11_evals.responders import Responder, missing_reason
 
+    check_judge(cfg.judge_llm, ctx)
     if ctx.profile == "a100" and not torch.cuda.is_available():
         ctx.skip("the a100 profile answers with Llama 3.1 8B variants and needs a CUDA GPU")
     eval_set = load_eval_set()

@@ -76,3 +76,42 @@ def test_two_jobs_at_a_time_give_the_same_metrics_as_one(tmp_path):
         assert [(j.key, j.status) for j in finished] == [("phase09.dataset", "ok"), ("phase11.eval_set", "ok")]
         metrics[workers] = {ex.id: _comparable(out, ex.id) for ex, _ in runs}
     assert metrics[1] == metrics[2] and metrics[1]["phase11.eval_set"]["n_prompts"] == 50
+
+
+def _gpu_ex(name, profiles=("cpu", "a100"), cpu_only=()):
+    return Exercise(id=f"phase99.{name}", title=name, run=lambda cfg, ctx: None, config_cls=NoConfig,
+                    profiles={p: {} for p in profiles}, cpu_only=cpu_only)
+
+
+def test_in_a_gpu_profile_gpu_jobs_start_one_at_a_time_and_cpu_only_jobs_run_beside(tmp_path):
+    from lab.scheduler import Runner
+
+    store = ArtifactStore(tmp_path / "store")
+    runs = [(_gpu_ex("llama8b"), {}), (_gpu_ex("mixtral"), {}), (_gpu_ex("data", cpu_only=("a100",)), {}),
+            (_ex("consumer", needs=(INDEX,)), {})]
+    jobs = plan(runs, "a100", store, config_dir=tmp_path)
+    assert {j.key: j.gpu for j in jobs} == {"phase99.llama8b": True, "phase99.mixtral": True, "phase99.data": False,
+                                            "phase99.consumer": True, "build:phase99.index": True}
+    runner = Runner(jobs, workers=16, profile="a100", log_dir=tmp_path, console=None)
+    first = [j.key for j in runner.to_start()]
+    assert len([k for k in first if runner.jobs[k].gpu]) == 1 and "phase99.data" in first
+    for key in first:
+        runner.jobs[key].status = "running"
+    assert runner.to_start() == []  # the GPU is held; the CPU-only job already runs
+    gpu_key = next(k for k in first if runner.jobs[k].gpu)
+    runner.jobs[gpu_key].status = "ok"
+    assert [j.gpu for j in runner.to_start()] == [True]  # the next GPU job, alone
+
+
+def test_the_cpu_profile_keeps_every_worker_busy(tmp_path):
+    from lab.scheduler import Runner
+
+    runs = [(_gpu_ex(f"e{i}"), {}) for i in range(4)]
+    jobs = plan(runs, "cpu", ArtifactStore(tmp_path / "store"), config_dir=tmp_path)
+    assert not any(j.gpu for j in jobs)
+    assert len(Runner(jobs, workers=3, profile="cpu", log_dir=tmp_path, console=None).to_start()) == 3
+
+
+def test_cpu_only_must_name_a_profile_of_the_exercise():
+    with pytest.raises(ValueError, match="cpu_only names unknown profile 'a100'"):
+        _gpu_ex("x", profiles=("cpu",), cpu_only=("a100",))
