@@ -61,7 +61,7 @@ APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get insta
 # the engine job `make demo` ends with (one post on the embedded defaults; prints the site's path)
 DEMO_TOPIC ?= How does HyDE retrieval help a RAG pipeline find the right chunks?
 
-.PHONY: setup browser demo test report clean-venv
+.PHONY: setup browser demo test gpu-smoke report clean-venv
 
 setup: $(STAMP) browser
 
@@ -100,6 +100,11 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The a100 code path of Phases 8-12 on a real GPU with tiny stand-in models (a few minutes); writes
+# runs/gpu-smoke/gpu_smoke.json naming the device. Fails with "no CUDA device" on a machine without one.
+gpu-smoke: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m lab.gpu_smoke
 
 report: setup
 	$(BIN)/lab report

@@ -43,9 +43,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from lab.atomic import file_lock, publish_dir, staged
+from lab.device import smoke_active
 from lab.errors import ConfigError, MissingArtifact, UnusableArtifact
 from lab.hashing import json_sha256
 from lab.paths import cache_dir
+from lab.tiny_models import TINY_VERSION
 
 META_FILE = "artifact.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -236,9 +238,17 @@ class ArtifactStore:
 
 
 def default_store() -> ArtifactStore:
-    """The store this process uses: ``$LAB_ARTIFACTS`` or ``<lab cache>/artifacts``."""
-    root = os.environ.get("LAB_ARTIFACTS")
-    return ArtifactStore(Path(root) if root else cache_dir() / "artifacts")
+    """The store this process uses: ``$LAB_ARTIFACTS`` or ``<lab cache>/artifacts``.
+
+    A smoke run (``lab.device.smoke_active``) gets a store of its own beside it (``<root>-smoke/tiny-v<N>``):
+    its adapters are trained on tiny stand-in models under the a100 recipes' names, and must never be
+    found by a real a100 run, nor outlive the stand-ins they were trained on.
+    """
+    env = os.environ.get("LAB_ARTIFACTS")
+    root = Path(env) if env else cache_dir() / "artifacts"
+    if smoke_active():
+        root = root.with_name(root.name + "-smoke") / f"tiny-v{TINY_VERSION}"
+    return ArtifactStore(root)
 
 
 def load(kind: ArtifactKind, profile: str, store: ArtifactStore | None = None) -> Artifact:

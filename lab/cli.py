@@ -21,6 +21,8 @@ PROFILE_HELP = "Run profile: cpu (small real models, minutes on a laptop) or a10
 SET_HELP = "Override one config key, e.g. --set context=32768 (YAML scalar syntax; repeatable)."
 LLM_HELP = ("LLM spec for this run, e.g. anthropic:claude-sonnet-4-5. An override like --set: recorded, hashed, "
             "and the result goes to runs/ unless --out is given.")
+SMOKE_HELP = ("Run the a100 code path at toy size on this machine: tiny random-initialised stand-ins of the same "
+              "architectures, the exercise's smoke sizes, results labelled smoke in runs/smoke (or --out).")
 JOBS_HELP = "Exercises run side by side, one process and one thread each (default: the number of cores)."
 
 
@@ -49,13 +51,19 @@ def parse_overrides(sets: list[str], config_file: Optional[Path]) -> dict[str, A
     return values
 
 
-def plan_runs(targets: list, profile: str, overrides: dict[str, Any]) -> list[tuple[Any, dict]]:
+def plan_runs(targets: list, profile: str, overrides: dict[str, Any], smoke: bool = False) -> list[tuple[Any, dict]]:
     """Give each exercise the overrides it knows and validate all configs before running any.
 
     For one exercise every key must be known; for a phase a key must be known to at least one.
+    ``smoke``: validated with each exercise's smoke sizes under the overrides (lab.runner.smoke_overrides).
     """
+    from lab.runner import smoke_overrides
+
+    def check(ex, own: dict[str, Any]) -> None:
+        ex.config(profile, smoke_overrides(ex, profile, own) if smoke else own)
+
     if len(targets) == 1:
-        targets[0].config(profile, overrides)
+        check(targets[0], overrides)
         return [(targets[0], overrides)]
     unknown = [k for k in overrides if not any(k in ex.config_cls.model_fields for ex in targets)]
     if unknown:
@@ -64,17 +72,18 @@ def plan_runs(targets: list, profile: str, overrides: dict[str, Any]) -> list[tu
     for ex in targets:
         own = {k: v for k, v in overrides.items() if k in ex.config_cls.model_fields}
         if profile in ex.profiles:
-            ex.config(profile, own)
+            check(ex, own)
         plans.append((ex, own))
     return plans
 
 
-def _run_here(exercise, profile: str, overrides: dict, out: Optional[Path], llm: Optional[str]) -> int:
+def _run_here(exercise, profile: str, overrides: dict, out: Optional[Path], llm: Optional[str],
+              smoke: bool = False) -> int:
     """One exercise in this process, its output live; returns 1 if it failed."""
     from lab.runner import execute
 
-    err.print(f"[bold]▶ {exercise.id}[/bold] (profile {profile})")
-    doc = execute(exercise, profile, overrides, out=out, llm=llm)
+    err.print(f"[bold]▶ {exercise.id}[/bold] (profile {profile}{', smoke' if smoke else ''})")
+    doc = execute(exercise, profile, overrides, out=out, llm=llm, smoke=smoke)
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[doc["status"]]
     where = doc["_path"] or "history only (the last good result was kept)"
     err.print(f"[{colour}]{doc['status']}[/{colour}] {exercise.id} in {doc['duration_s']:.1f} s → {where}")
@@ -84,7 +93,8 @@ def _run_here(exercise, profile: str, overrides: dict, out: Optional[Path], llm:
     return 0
 
 
-def _run_plans(plans: list, profile: str, out: Optional[Path], llm: Optional[str], jobs: int) -> int:
+def _run_plans(plans: list, profile: str, out: Optional[Path], llm: Optional[str], jobs: int,
+               smoke: bool = False) -> int:
     """Run planned exercises: one in this process, several through the scheduler; returns failures."""
     runnable = []
     for ex, own in plans:
@@ -94,10 +104,10 @@ def _run_plans(plans: list, profile: str, out: Optional[Path], llm: Optional[str
             err.print(f"[yellow]{ex.id}: no {profile!r} profile, skipped[/yellow]")
     if len(runnable) == 1:
         exercise, own = runnable[0]
-        return _run_here(exercise, profile, own, out, llm)
+        return _run_here(exercise, profile, own, out, llm, smoke)
     from lab.scheduler import run_all
 
-    finished = run_all(runnable, profile, jobs, out=out, llm=llm, console=err)
+    finished = run_all(runnable, profile, jobs, out=out, llm=llm, console=err, smoke=smoke)
     table = Table("job", "status", "wall s", "detail", title=f"lab run ({jobs} at a time)")
     for job in finished:
         table.add_row(job.key, job.status, f"{job.seconds:.1f}" if job.seconds is not None else "", job.detail[:120])
@@ -114,14 +124,15 @@ def run_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Write results under DIR instead of results/."),
     llm: Optional[str] = typer.Option(None, "--llm", help=LLM_HELP),
     jobs: int = typer.Option(os.cpu_count() or 1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
 ) -> None:
     """Run exercises and write result.json + result.md (+ plots)."""
     from lab.registry import resolve
 
     try:
         selected = list({ex.id: ex for target in targets for ex in resolve(target)}.values())  # in order, once each
-        plans = plan_runs(selected, profile, parse_overrides(sets, config))
-        failures = _run_plans(plans, profile, out, llm, jobs)
+        plans = plan_runs(selected, profile, parse_overrides(sets, config), smoke)
+        failures = _run_plans(plans, profile, out, llm, jobs, smoke)
     except LabError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
@@ -177,8 +188,16 @@ def artifacts_cmd(
     action: str = typer.Argument("list", help="list | build"),
     name: Optional[str] = typer.Argument(None, help="The artifact to build, e.g. phase09.sft_adapter."),
     profile: str = typer.Option("cpu", "--profile", "-p", help=PROFILE_HELP),
+    smoke: bool = typer.Option(False, "--smoke", help="The smoke store and smoke-sized recipes (see `lab run --smoke`)."),
 ) -> None:
     """Trained artifacts (adapters, datasets...): what each exercise needs, what is stored, build one."""
+    from lab.device import smoke_env
+
+    with smoke_env(smoke):  # a smoke reads and builds in the smoke store (lab.artifacts.default_store)
+        _artifacts(action, name, profile, smoke)
+
+
+def _artifacts(action: str, name: Optional[str], profile: str, smoke: bool) -> None:
     from lab import artifacts
     from lab.registry import artifact_kinds, artifact_users
 
@@ -190,7 +209,8 @@ def artifacts_cmd(
                 raise ConfigError("lab artifacts build NAME: name the artifact, e.g. " + ", ".join(k.name for k in kinds))
             kind = artifacts.kind_named(name, kinds)
             found = artifacts.ensure(kind, profile, artifacts.ConsoleReporter(), store=store,
-                                     producer={"command": f"lab artifacts build {name} --profile {profile}"})
+                                     producer={"command": f"lab artifacts build {name} --profile {profile}"
+                                                          + (" --smoke" if smoke else "")})
             console.print(f"{found.id} (recipe sha256 {found.recipe.sha256[:12]}) is in the store")
             return
         if action != "list":
@@ -343,11 +363,12 @@ def exercise_main(exercise, argv: list[str] | None = None) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML file of config overrides."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write results under DIR instead of results/."),
         llm: Optional[str] = typer.Option(None, "--llm", help=LLM_HELP),
+        smoke: bool = typer.Option(False, "--smoke", help=SMOKE_HELP),
     ) -> None:
         try:
             overrides = parse_overrides(sets, config)
-            exercise.config(profile, overrides)
-            failures = _run_here(exercise, profile, overrides, out, llm)
+            plan_runs([exercise], profile, overrides, smoke)
+            failures = _run_here(exercise, profile, overrides, out, llm, smoke)
         except LabError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2)

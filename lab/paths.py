@@ -9,6 +9,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "results"
 # Runs with --set overrides and no --out land here (gitignored), never over a committed result.
 SCRATCH_ROOT = REPO_ROOT / "runs"
+# Smoke runs (`lab run --smoke`: tiny stand-in models) with no --out land here, never in results/.
+SMOKE_ROOT = SCRATCH_ROOT / "smoke"
 
 
 def cache_dir() -> Path:

@@ -58,7 +58,8 @@ def _conditions(doc: dict) -> str:
     pk = doc["env"].get("packages", {})
     versions = ", ".join(f"{k} {pk[k]}" for k in ("torch", "transformers") if k in pk)
     return (
-        f"status **{doc['status']}**" + (f" ({doc['reason']})" if doc.get("reason") else "")
+        ("**SMOKE RUN** (tiny stand-in models: the code path only, no real measurement) · " if doc.get("smoke") else "")
+        + f"status **{doc['status']}**" + (f" ({doc['reason']})" if doc.get("reason") else "")
         + f" · method **{fmt(method_of(doc))}** · run `{doc['run_id']}` · {doc['duration_s']:.1f} s · git `{sha}`"
         + f" · seed {doc['seed']}"
         + f" · {hw.get('cpu')} ({hw.get('cores')} cores, {hw.get('ram_gb')} GB RAM), {gpus}"
@@ -130,7 +131,12 @@ def _results_for(ex, root: Path) -> list[dict]:
     profiles = sorted((p.name for p in base.iterdir() if (p / "result.json").exists()),
                       key=lambda p: (PROFILE_ORDER.index(p) if p in PROFILE_ORDER else 99, p))
     for profile in profiles:
-        docs.append(results.load_result(base / profile / "result.json"))
+        path = base / profile / "result.json"
+        doc = results.load_result(path)
+        if doc["smoke"]:
+            raise ValueError(f"{path}: a smoke result (lab run --smoke: tiny stand-in models) sits among the real "
+                             "results; smoke runs belong in runs/ — delete it and rerun without --smoke")
+        docs.append(doc)
     return docs
 
 

@@ -15,14 +15,18 @@ from typing import Any, Iterator
 
 from lab import provenance, results
 from lab.context import RunContext
-from lab.errors import SkipExercise
+from lab.device import smoke_env
+from lab.errors import ConfigError, SkipExercise
 from lab.hashing import json_sha256
 from lab.llm.engine import engine_runs, generation_note
-from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
+from lab.paths import RESULTS_ROOT, SCRATCH_ROOT, SMOKE_ROOT
 from lab.report import render_result_md
 from lab.schema import SCHEMA_VERSION, is_substitute
 
 LLM_OVERRIDE = "--llm"  # the key under which a run's LLM spec is recorded in its overrides
+# What a smoke result measured: the code path, not the models (no reference row carries a delta).
+SMOKE_METHOD = ("substitute: smoke run — tiny random-initialised stand-ins of the same architectures, "
+                "toy data and a few steps; checks the code path, measures nothing about the real models")
 
 
 def _utc(ts: float) -> str:
@@ -89,27 +93,48 @@ def recorded_overrides(overrides: dict[str, Any], llm: str | None) -> dict[str, 
     return {**overrides, LLM_OVERRIDE: spec} if spec else dict(overrides)
 
 
-def target_root(overrides: dict, out: Path | None, results_root: Path | None) -> Path:
-    """Where the result goes: --out, else scratch for overridden runs (--set, --config, --llm), else
-    the committed slot."""
+def target_root(overrides: dict, out: Path | None, results_root: Path | None, smoke: bool = False) -> Path:
+    """Where the result goes: --out, else runs/smoke for a smoke run, scratch for overridden runs
+    (--set, --config, --llm), else the committed slot. A smoke never lands in results/."""
     if out is not None:
         return Path(out)
+    if smoke:
+        return SMOKE_ROOT
     if overrides:
         return SCRATCH_ROOT
     return results_root or RESULTS_ROOT
 
 
+def smoke_overrides(exercise, profile: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The exercise's declared smoke sizes under the caller's overrides; ConfigError unless the profile
+    is a100 (a smoke runs the a100 code path; the cpu profile is already the small one)."""
+    if profile != "a100":
+        raise ConfigError(f"--smoke runs the a100 code path at toy size: use --profile a100 (got {profile!r})")
+    return {**(exercise.smoke or {}), **overrides}
+
+
+def _smoke_skip(exercise) -> str:
+    return (f"{exercise.id} declares no smoke (Exercise.smoke is None): its a100 path needs what a smoke cannot "
+            "stand in for here (e.g. a model server); declare smoke overrides in the exercise to include it")
+
+
 def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None = None,
-            results_root: Path | None = None, quiet: bool = False, llm: str | None = None) -> dict:
+            results_root: Path | None = None, quiet: bool = False, llm: str | None = None,
+            smoke: bool = False) -> dict:
     """Run ``exercise`` once and write its result; returns the result dict (``_path``: where it went).
 
     ``llm``: the --llm spec (else $LAB_LLM). Like ``overrides`` it is recorded, hashed into
     config_sha256 and sends the result to runs/ unless ``out`` is given.
+    ``smoke``: run the a100 profile with the exercise's smoke sizes and tiny stand-in models
+    (``$LAB_SMOKE`` set while it runs, see lab.device); the result says ``smoke: true`` and goes to
+    runs/smoke unless ``out`` is given.
     """
+    if smoke:
+        overrides = smoke_overrides(exercise, profile, overrides)
     config = exercise.config(profile, overrides)  # raises ConfigError before anything is touched
     spec = llm_override(llm)
     recorded = recorded_overrides(overrides, llm)
-    root = target_root(recorded, out, results_root)
+    root = target_root(recorded, out, results_root, smoke)
     run_id = new_run_id()
     target = results.result_dir(root, exercise.id, profile)
     if root == SCRATCH_ROOT:
@@ -117,14 +142,16 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".staging-{target.name}-{run_id}"
     staging.mkdir(parents=True)
-    ctx = RunContext(exercise.id, profile, staging, quiet=quiet, run_id=run_id)
+    ctx = RunContext(exercise.id, profile, staging, quiet=quiet, run_id=run_id, smoke=smoke)
 
     seed_everything(config.seed)
     runs_before = engine_runs()
     started = time.time()
     status, reason, error = "ok", None, None
     try:
-        with llm_env(spec):
+        if smoke and exercise.smoke is None:
+            raise SkipExercise(_smoke_skip(exercise))
+        with llm_env(spec), smoke_env(smoke):
             exercise.run(config, ctx)
     except SkipExercise as skip:
         status, reason = "skipped", str(skip)
@@ -137,7 +164,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     ended = time.time()
 
     cfg = config.model_dump(mode="json")
-    method = ctx.method or exercise.methods.get(profile)
+    method = SMOKE_METHOD if smoke else ctx.method or exercise.methods.get(profile)
     doc = {
         "schema_version": SCHEMA_VERSION,
         "exercise": {"id": exercise.id, "version": exercise.version, "title": exercise.title},
@@ -167,6 +194,7 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
         "artifacts": [a for a in ctx.artifacts if (staging / a).exists()],
         "stored_artifacts": ctx.stored_artifacts,
         "error": error,
+        "smoke": smoke,
     }
     doc = results.redact(doc)
     results.record_history(root, doc)

@@ -60,10 +60,11 @@ def _last_duration(exercise, profile: str) -> float:
 
 
 def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, out: Path | None = None,
-         llm: str | None = None, config_dir: Path) -> list[Job]:
+         llm: str | None = None, config_dir: Path, smoke: bool = False) -> list[Job]:
     """Jobs for (exercise, overrides) pairs, with dependencies from their declared needs/produces.
 
-    ``config_dir``: where each job's overrides are written as a --config YAML file.
+    ``config_dir``: where each job's overrides are written as a --config YAML file. ``smoke``: every
+    job (artifact builds too) runs with --smoke; ``store`` must then be the smoke store.
     """
     import yaml
 
@@ -79,8 +80,10 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             argv += ["--out", str(out)]
         if llm:
             argv += ["--llm", llm]
+        if smoke:
+            argv += ["--smoke"]
         jobs[ex.id] = Job(ex.id, argv, _last_duration(ex, profile), exercise=ex, gpu=uses_gpu(ex, profile),
-                          root=target_root(recorded_overrides(overrides, llm), out, None))
+                          root=target_root(recorded_overrides(overrides, llm), out, None, smoke))
 
     def provider(kind: ArtifactKind, consumer: str) -> str | None:
         """The job that makes ``kind`` available to ``consumer`` (None: already stored)."""
@@ -90,8 +93,8 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             return producers[kind.name]
         key = f"build:{kind.name}"
         if key not in jobs:
-            jobs[key] = Job(key, ["artifacts", "build", kind.name, "--profile", profile], DEFAULT_ESTIMATE_S,
-                            gpu=uses_gpu(None, profile))
+            jobs[key] = Job(key, ["artifacts", "build", kind.name, "--profile", profile] + (["--smoke"] if smoke else []),
+                            DEFAULT_ESTIMATE_S, gpu=uses_gpu(None, profile))
             jobs[key].deps = {p for need in kind.needs if (p := provider(need, key))}
         return key
 
@@ -237,15 +240,18 @@ class Runner:
 
 def run_all(runs: list[tuple[Any, dict]], profile: str, workers: int, *, out: Path | None = None,
             llm: str | None = None, store: ArtifactStore | None = None, console=None,
-            log_root: Path = SCRATCH_ROOT / ".logs") -> list[Job]:
+            log_root: Path = SCRATCH_ROOT / ".logs", smoke: bool = False) -> list[Job]:
     """Plan and run several exercises; returns the finished jobs (status, seconds, detail).
 
     Each job's log and overrides file go to a fresh folder under ``log_root`` (runs/ is gitignored).
+    ``smoke``: plan against the smoke store and run every job with --smoke (lab.device).
     """
     from lab.artifacts import default_store
+    from lab.device import smoke_env
 
     log_root.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="lab-run-", dir=log_root))
-    jobs = plan(runs, profile, store or default_store(), out=out, llm=llm, config_dir=log_dir)
+    with smoke_env(smoke):  # the smoke store and the smoke-sized recipes
+        jobs = plan(runs, profile, store or default_store(), out=out, llm=llm, config_dir=log_dir, smoke=smoke)
     return Runner(jobs, workers, profile, log_dir, console=console).run()
 

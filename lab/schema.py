@@ -3,9 +3,9 @@
 JSON is the source of truth; ``result.md``, the phase README sections and ``results/README.md``
 are rendered from it by ``lab report`` and never edited by hand.
 
-Schema 1.2 (one ``ResultDoc`` per run)::
+Schema 1.3 (one ``ResultDoc`` per run)::
 
-    schema_version  "1.2"
+    schema_version  "1.3"
     exercise        {id, version, title}
     run_id          "<UTC yyyymmddThhmmssffffff>-<6 hex>", unique per run, sorts by time
     profile         "cpu" | "a100" | ...
@@ -41,10 +41,15 @@ Schema 1.2 (one ``ResultDoc`` per run)::
                     first), "published" (this run trained and stored it), "kept" (this run trained
                     the same recipe again; the stored copy was kept)
     error           {type, message, traceback} when status == "failed", else null
+    smoke           true for a smoke run (``lab run --smoke``): the profile's code path with tiny
+                    random-initialised stand-in models, tiny data and a few steps — its numbers
+                    measure nothing about the real models. Smoke results go to runs/ (or --out),
+                    never to results/; ``lab report`` refuses one it finds there. false otherwise
 
 Older files stay readable: 1.0 has neither ``stored_artifacts`` nor ``method``/``method_note``, and
-1.1 files were written with one or the other (two branches added them side by side); ``upgrade``
-reads whatever a file lacks as null (``stored_artifacts`` as []).
+1.1 files were written with one or the other (two branches added them side by side); 1.2 has no
+``smoke``; ``upgrade`` reads whatever a file lacks as null (``stored_artifacts`` as [], ``smoke`` as
+false: no smoke run was ever written before 1.3).
 
 Secrets (API keys, tokens, passwords in URLs) are redacted before anything is written.
 """
@@ -53,9 +58,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 # fields newer than 1.0 (required from 1.2 on) and what an older file that lacks them reads as
-DEFAULTS: dict[str, Any] = {"stored_artifacts": [], "method": None, "method_note": None}
+DEFAULTS: dict[str, Any] = {"stored_artifacts": [], "method": None, "method_note": None, "smoke": False}
 METHOD_KINDS = ("same", "scaled", "substitute: <what>", "own")
 
 Status = Literal["ok", "failed", "skipped"]
@@ -112,9 +117,10 @@ class ResultDoc(TypedDict):
     artifacts: list[str]
     stored_artifacts: list[dict[str, str]]
     error: dict[str, str] | None
+    smoke: bool
 
 
-READABLE_VERSIONS = ("1.0", "1.1", SCHEMA_VERSION)
+READABLE_VERSIONS = ("1.0", "1.1", "1.2", SCHEMA_VERSION)
 REQUIRED_KEYS = tuple(ResultDoc.__annotations__)
 
 
@@ -141,6 +147,8 @@ def validate(doc: dict[str, Any], source: str = "result") -> None:
         raise ValueError(f"{source}: missing field(s) {', '.join(missing)}")
     if doc.get("method") is not None:
         check_method(doc["method"], source)
+    if not isinstance(doc.get("smoke", False), bool):
+        raise ValueError(f"{source}: smoke {doc['smoke']!r} is not true/false")
     if doc["status"] not in ("ok", "failed", "skipped"):
         raise ValueError(f"{source}: status {doc['status']!r} is not ok/failed/skipped")
     for name, metric in doc["metrics"].items():

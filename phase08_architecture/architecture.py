@@ -237,12 +237,14 @@ def layer0_rows(label: str, inv: Inventory) -> list[list[Any]]:
 def _load_real(cfg: Config, ctx: RunContext):
     import torch
 
+    from lab.device import current
     from lab.models import explain_load_failure, load_causal_lm
 
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+    where = current().place(cfg.device)
+    if where is None:
         ctx.skip(f"loading {cfg.loaded_model} needs CUDA (device={cfg.device}); none here")
     try:
-        model, _ = load_causal_lm(cfg.loaded_model, dtype=getattr(torch, cfg.loaded_dtype), device_map=cfg.device)
+        model, _ = load_causal_lm(cfg.loaded_model, dtype=getattr(torch, cfg.loaded_dtype), device_map=where)
     except MissingResource as exc:
         ctx.skip(str(exc))
     except OSError as exc:  # no access to the gated repo, no hub, an incomplete download: say which
@@ -368,6 +370,7 @@ EXERCISE = Exercise(
     summary_metrics=("llama31_8b_total_params", "loaded_vs_meta_shape_mismatches"),
     # cpu: the 8B shapes come from its config on the meta device; the loaded-tensor check runs on SmolLM2-135M
     methods={"cpu": "scaled", "a100": "same"},
+    smoke={},  # the loaded model becomes the tiny Llama stand-in (lab.tiny_models); the meta inventory is real
 )
 
 if __name__ == "__main__":

@@ -146,12 +146,13 @@ def measure(cfg: "Config", ctx: RunContext) -> list[list[Any]]:
     """Formula vs the bytes a real model's cache holds (and, on CUDA, the allocator's delta)."""
     import torch
 
+    from lab.device import current
     from lab.models import explain_load_failure, load_causal_lm
 
     rows = []
     for dtype in cfg.measure_dtypes:
         try:
-            model, _ = load_causal_lm(cfg.measure_model, dtype=getattr(torch, dtype), device_map=cfg.device)
+            model, _ = load_causal_lm(cfg.measure_model, dtype=getattr(torch, dtype), device_map=current().place(cfg.device))
         except MissingResource as exc:
             ctx.skip(str(exc))
         except OSError as exc:
@@ -160,7 +161,7 @@ def measure(cfg: "Config", ctx: RunContext) -> list[list[Any]]:
         shape = kv_shape({**model.config.to_dict(), "_name": cfg.measure_model})
         ctx.model(cfg.measure_model, dtype=dtype, n_params=sum(p.numel() for p in model.parameters()))
         for n in cfg.measure_tokens:
-            cuda = cfg.device.startswith("cuda")
+            cuda = current().place(cfg.device).startswith("cuda")
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
@@ -251,7 +252,9 @@ def plot(shapes: list[KVShape], dtype: str, gpu_gb: float, path) -> None:
 def run(cfg: Config, ctx: RunContext) -> None:
     import torch
 
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+    from lab.device import current
+
+    if current().place(cfg.device) is None:
         ctx.skip(f"the measured cache runs on CUDA (device={cfg.device}); none here")
 
     # 1. the seed's table, from the shipped official configs
@@ -373,6 +376,7 @@ EXERCISE = Exercise(
                  "measure_dtypes": ["bfloat16"], "measure_chunk": 2048, "device": "cuda"},
     },
     tiny={"measure_tokens": [64], "measure_dtypes": ["float32"], "measure_chunk": 32},
+    smoke={"measure_tokens": [256, 512], "measure_chunk": 128},  # bf16 on the tiny Llama stand-in
     references=_seed_refs(),
     summary_metrics=("kv_8b_gqa_128k_b1_gb", "kv_8b_mha_128k_b10_gb", "measured_vs_formula_max_abs_diff_bytes"),
     methods={"cpu": "same", "a100": "same"},  # the arithmetic is the method; cpu measures the cache on SmolLM2

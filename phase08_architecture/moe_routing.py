@@ -193,7 +193,10 @@ def build_model(cfg: Config, ctx: RunContext):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM
 
+    from lab import tiny_models
+    from lab.device import current, quantization_label
     from lab.models import hf_folder, resolve
+    from phase08_architecture import device_plan
 
     if cfg.model == RANDOM_MODEL:
         tok = AutoTokenizer.from_pretrained(hf_folder(cfg.tokenizer) if cfg.tokenizer == "smollm2-135m-instruct" else resolve(cfg.tokenizer))
@@ -209,20 +212,16 @@ def build_model(cfg: Config, ctx: RunContext):
                   note=f"random init (seed {cfg.seed}), {cfg.random_layers} layers, {cfg.random_experts} experts, "
                        f"top-{cfg.random_top_k}, hidden {cfg.random_hidden}; tokenizer {cfg.tokenizer}")
         return model, tok
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+    where = current().place(cfg.device)
+    if where is None:
         ctx.skip(f"{cfg.model} routing runs on CUDA (device={cfg.device}); none here")
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": "auto" if cfg.device.startswith("cuda") else cfg.device}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": "auto" if where.startswith("cuda") else where}
     if cfg.quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True,
-            # transformers 5 leaves the fused expert tensors in bf16 (see the footprint table): what does
-            # not fit on the GPU is offloaded to CPU RAM, which bitsandbytes only allows with this flag
-            llm_int8_enable_fp32_cpu_offload=True,
-        )
-        kwargs["max_memory"] = {0: f"{cfg.gpu_max_memory_gib}GiB", "cpu": "120GiB"}
+        # transformers 5 leaves the fused expert tensors in bf16 (see the footprint table): what does not
+        # fit on the GPU is offloaded to CPU RAM (device_plan computes how much before loading)
+        kwargs["quantization_config"] = device_plan.nf4_moe_config()
+        if where.startswith("cuda"):
+            kwargs["max_memory"] = {0: f"{cfg.gpu_max_memory_gib}GiB", "cpu": "120GiB"}
     try:
         path = resolve(cfg.model)
         tok = AutoTokenizer.from_pretrained(path)
@@ -233,10 +232,16 @@ def build_model(cfg: Config, ctx: RunContext):
         ctx.skip(f"could not load {cfg.model}: {exc}")
     offloaded = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} - {"0", "cuda", "cuda:0"})
     ctx.model(cfg.model, dtype="bfloat16", quantization=cfg.quantization, n_params=sum(p.numel() for p in model.parameters()),
-              memory_footprint_gb=round(model.get_memory_footprint() / 1e9, 2), offloaded_to=offloaded or None)
-    if offloaded:
-        ctx.failure_mode(f"{cfg.model}: part of the model did not fit in {cfg.gpu_max_memory_gib} GiB and runs offloaded "
-                         f"to {', '.join(offloaded)} (slow, same routing)")
+              memory_footprint_gb=round(model.get_memory_footprint() / 1e9, 2), offloaded_to=offloaded or None,
+              quantization_config=quantization_label(kwargs.get("quantization_config")),
+              stand_in=tiny_models.describe(cfg.model) if ctx.smoke else None)
+    if where.startswith("cuda"):  # on a CPU (a smoke) everything is "off the GPU" by design: nothing to measure
+        measured = device_plan.offloaded_bytes(model)
+        ctx.metric("measured_offload_gb", round(measured / 1e9, 2), "GB", higher_is_better=False,
+                   description=f"parameters and buffers of the loaded model outside the GPU ({', '.join(offloaded) or 'none'})")
+        if offloaded:
+            ctx.failure_mode(f"{cfg.model}: {measured / 1e9:.1f} GB did not fit in {cfg.gpu_max_memory_gib} GiB and runs "
+                             f"offloaded to {', '.join(offloaded)} (slow, same routing)")
     return model, tok
 
 
@@ -292,6 +297,32 @@ def nf4_footprint(config_name: str) -> list[list[Any]]:
          round(((linear + experts) * nf4 + (total - linear - experts) * 2) / 1e9, 1)],
     ]
     return rows
+
+
+def record_device_plan(cfg: Config, ctx: RunContext) -> None:
+    """Where device_map="auto" puts the real Mixtral in NF4 within ``gpu_max_memory_gib``, computed on the
+    meta device before loading (phase08_architecture.device_plan): a smoke states the a100 run's offload."""
+    from phase08_architecture import device_plan
+
+    p = device_plan.plan(cfg.footprint_config, cfg.gpu_max_memory_gib)
+    gb = 1e9
+    ctx.metric("planned_total_gb", round(p.total_bytes / gb, 2), "GB",
+               description=f"{cfg.footprint_config} in NF4 as transformers loads it (fused experts bf16)")
+    ctx.metric("planned_gpu_budget_gb", round(p.gpu_budget_bytes / gb, 2), "GB",
+               description=f"90% of max_memory {cfg.gpu_max_memory_gib} GiB (the bitsandbytes quantizer keeps 10%)")
+    ctx.metric("planned_gpu_gb", round(p.gpu_bytes / gb, 2), "GB")
+    ctx.metric("planned_offload_gb", round(p.offload_bytes / gb, 2), "GB", higher_is_better=False,
+               description="placed on CPU RAM by device_map='auto' (computed on the meta device)")
+    ctx.table("device_plan", [[name, str(dev)] for name, dev in p.device_map.items()], ["module", "device"],
+              title=f"device_map='auto' for {cfg.footprint_config} NF4, max_memory {cfg.gpu_max_memory_gib} GiB "
+                    "(transformers' own placement on the meta device)")
+    if p.offload_bytes:
+        ctx.failure_mode(
+            f"{cfg.footprint_config} in NF4 does not fit {cfg.gpu_max_memory_gib} GiB under transformers 5.24: "
+            f"{p.total_bytes / gb:.1f} GB as loaded (the fused experts stay bf16) against a GPU budget of "
+            f"{p.gpu_budget_bytes / gb:.1f} GB, so {p.offload_bytes / gb:.1f} GB ({len(p.offloaded)} modules: "
+            f"{', '.join(p.offloaded[:3])}{', ...' if len(p.offloaded) > 3 else ''}) runs offloaded to CPU RAM — "
+            "slower, same routing.")
 
 
 # --- the exercise ---------------------------------------------------------------------------------
@@ -351,8 +382,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
               ["Mixtral 8x7B weights", "params", "params in 4-bit", "GB (decimal, ≈ for NF4)"],
               title="Why NF4 — and what it quantizes: counted from the meta module tree")
 
-    model, tok = build_model(cfg, ctx)
     real = cfg.model != RANDOM_MODEL
+    if real and cfg.quantization == "nf4":
+        record_device_plan(cfg, ctx)
+    model, tok = build_model(cfg, ctx)
     kind = "real model" if real else "PIPELINE CHECK on a random-init model, not a finding"
     domains = list(prompts)
     top_k = model.config.num_experts_per_tok
@@ -437,6 +470,7 @@ EXERCISE = Exercise(
         "a100": {"model": "mistralai/Mixtral-8x7B-Instruct-v0.1", "quantization": "nf4", "device": "cuda"},
     },
     tiny={"prompts_per_domain": 2, "new_tokens": 4, "random_layers": 2},
+    smoke={"prompts_per_domain": 1, "new_tokens": 2},  # NF4 load of the tiny Mixtral stand-in
     references=(
         Reference("v2_min_usage_pct", 10.9, "%", "seed, real Mixtral (cpu: random-init pipeline check, not comparable)"),
         Reference("v2_max_usage_pct", 13.6, "%", "seed, real Mixtral"),

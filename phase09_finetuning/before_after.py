@@ -93,8 +93,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase09_finetuning.answer_loss import answer_losses
     from phase09_finetuning.dataset import dataset_sha256, load_training_set
 
-    if ctx.profile == "a100" and not torch.cuda.is_available():
-        ctx.skip("the a100 profile compares Llama 3.1 8B with its QLoRA adapter on a CUDA GPU; no CUDA device here.")
+    from lab.device import current
+
+    if ctx.profile == "a100" and (why := current().gpu_only_reason("the a100 profile compares Llama 3.1 8B with its QLoRA adapter")):
+        ctx.skip(why)
     adapter = _adapter(cfg, ctx)
     base_id, lora_r, steps = adapter.params["base_model"], adapter.params["lora_r"], adapter.metrics.get("steps")
     prompts = generation.load_eval_prompts()[:cfg.n_prompts]
@@ -278,6 +280,7 @@ EXERCISE = Exercise(
     },
     tiny=dict(n_prompts=2, max_new_tokens=8, tput_prompts=1, tput_tokens=4, tput_repeats=1, adapter_steps=1,
               n_heldout=2),
+    smoke=dict(n_prompts=2, max_new_tokens=8, tput_tokens=4, tput_repeats=1, n_heldout=2),
     references=REFERENCES,
     summary_metrics=("heldout_loss_base", "heldout_loss_tuned", "heldout_rows_improved", "tuned_key_term_coverage",
                      "unmerged_penalty_pct"),

@@ -126,6 +126,7 @@ EXERCISE = Exercise(
     title="Dataset construction: raw extraction -> filtered, versioned Q&A set",
     run=run,
     config_cls=Config,
+    smoke={},
     profiles={"cpu": {}, "a100": {}},  # the pipeline is hardware-independent: same data for both
     tiny={},
     references=(

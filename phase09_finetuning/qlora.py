@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import tempfile
 
-from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab import Exercise, ExerciseConfig, Reference, RunContext, tiny_models
 from lab.artifacts import Recipe, default_store
+from lab.device import current, quantization_label
 from phase09_finetuning import sft
 
 
@@ -66,14 +67,12 @@ def llama8b_reference(ctx: RunContext, r: int, check_with_peft: bool) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import torch
-
     from phase09_finetuning.dataset import dataset_sha256, load_training_set
 
-    on_gpu = torch.cuda.is_available()
-    if ctx.profile == "a100" and not on_gpu:
-        ctx.skip("the a100 profile trains Llama 3.1 8B in NF4 on a CUDA GPU (bitsandbytes CUDA kernels); "
-                 "no CUDA device here. Run it on an A100 with HF_TOKEN set for the gated weights.")
+    device = current()
+    on_gpu = device.cuda
+    if ctx.profile == "a100" and (why := device.gpu_only_reason("the a100 profile trains Llama 3.1 8B in NF4")):
+        ctx.skip(why + ". Run it on an A100 with HF_TOKEN set for the gated weights.")
     llama_r = cfg.lora_r
     llama8b_reference(ctx, llama_r, cfg.check_peft_count)
 
@@ -109,8 +108,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 ctx.publish_artifact(recipe, out, metrics=sft.adapter_metrics(res), build_s=res["train_time_s"])
         results[kind] = res
         ctx.model(cfg.model, dtype="nf4 base + lora" if kind == "qlora" else "fp32 base + lora",
-                  n_params=res["total_params"], quantization="bnb nf4 double-quant" if kind == "qlora" else None,
-                  adapter=f"lora r={cfg.lora_r} ({res['trainable_params']:,} trainable)")
+                  n_params=res["total_params"],
+                  quantization=quantization_label(sft.nf4_config()) if kind == "qlora" else None,
+                  adapter=f"lora r={cfg.lora_r} ({res['trainable_params']:,} trainable)",
+                  lora_targets=list(sft.LORA_TARGETS), trainer_args=res["trainer_args"],
+                  stand_in=tiny_models.describe(cfg.model) if ctx.smoke else None)
 
     main_kind = cfg.runs[0]
     main = results[main_kind]
@@ -227,6 +229,8 @@ EXERCISE = Exercise(
         "a100": dict(model=sft.LLAMA_8B, runs=["qlora"], lora_r=16, epochs=3.0, max_steps=0, batch_size=4,
                      grad_accum=4, max_length=1024, lr=2e-4),
     },
+    # the canonical run publishes exactly the smoke-sized a100 recipe (sft.SMOKE_SIZES) later phases load
+    smoke=dict(sft.SMOKE_SIZES, eval_rows=2, last_k=1, check_peft_count=False),
     tiny=dict(max_steps=2, qlora_max_steps=2, batch_size=2, max_length=48, subset=4, publish_adapter=False,
               check_peft_count=False, eval_rows=2, last_k=1),
     references=REFERENCES,

@@ -41,8 +41,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     from phase09_finetuning.dataset import dataset_sha256, load_training_set
 
-    if ctx.profile == "a100" and not torch.cuda.is_available():
-        ctx.skip("the a100 profile sweeps Llama 3.1 8B QLoRA adapters on a CUDA GPU; no CUDA device here.")
+    from lab.device import current, quantization_label
+
+    if ctx.profile == "a100" and (why := current().gpu_only_reason("the a100 profile sweeps Llama 3.1 8B QLoRA adapters")):
+        ctx.skip(why)
 
     llama = sft.meta_model(sft.llama31_8b_config())
     exact = {r: sft.lora_param_count(llama, r) for r in cfg.ranks}
@@ -63,7 +65,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
                                        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                                        max_length=cfg.max_length, seed=cfg.seed, eval_rows=held_out, ctx=ctx)
     ctx.model(cfg.model, dtype="nf4 base" if cfg.qlora else "fp32 base", n_params=results[cfg.ranks[0]]["total_params"],
-              adapter=f"lora r in {cfg.ranks}")
+              adapter=f"lora r in {cfg.ranks}", quantization=quantization_label(sft.nf4_config()) if cfg.qlora else None,
+              lora_targets=list(sft.LORA_TARGETS), trainer_args=results[cfg.ranks[0]]["trainer_args"])
 
     table = []
     for r in cfg.ranks:
@@ -141,6 +144,7 @@ EXERCISE = Exercise(
                      batch_size=4, grad_accum=4, max_length=1024, lr=2e-4, eval_rows=30),
     },
     tiny=dict(ranks=[4, 64], max_steps=2, batch_size=2, max_length=64, subset=4, eval_rows=2, last_k=1),
+    smoke=dict(max_steps=1, subset=4, batch_size=2, grad_accum=2, max_length=96, eval_rows=2, last_k=1),
     references=(
         Reference("llama8b_params_r4", 10_485_760, "params", "seed"),
         Reference("llama8b_params_r64", 167_772_160, "params", "seed"),

@@ -46,6 +46,10 @@ SFT_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+# A smoke (lab.device.smoke_active) trains the a100 recipe at toy size on the tiny stand-in model: NF4,
+# rank, targets and learning rate stay the recipe's; only data, steps and lengths shrink.
+SMOKE_SIZES: dict[str, Any] = dict(max_steps=2, subset=8, batch_size=2, grad_accum=2, max_length=128)
+
 # Bump when train_sft changes what it trains from the same settings: stored adapters then stop matching.
 TRAINER_VERSION = "train_sft/1"
 
@@ -64,9 +68,14 @@ def sft_params(*, model_id: str, lora_r: int, qlora: bool, lr: float, batch_size
 
 
 def profile_recipe(profile: str) -> dict[str, Any]:
-    """SFT_RECIPES[profile], or a ConfigError naming the profiles that have one."""
+    """SFT_RECIPES[profile] (with SMOKE_SIZES in a smoke of the a100 profile), or a ConfigError naming
+    the profiles that have one."""
+    from lab.device import smoke_active
+
     if profile not in SFT_RECIPES:
         raise ConfigError(f"no SFT recipe for profile {profile!r}; choose one of {sorted(SFT_RECIPES)}")
+    if profile == "a100" and smoke_active():
+        return {**SFT_RECIPES[profile], **SMOKE_SIZES}
     return SFT_RECIPES[profile]
 
 
@@ -80,7 +89,9 @@ def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> di
     from phase09_finetuning.dataset import load_training_set
 
     recipe = dict(profile_recipe(profile))
-    res = train_sft(recipe.pop("model_id"), load_training_set("train"), folder, ctx=reporter, **recipe)
+    subset = recipe.pop("subset", 0)
+    rows = load_training_set("train")
+    res = train_sft(recipe.pop("model_id"), rows[:subset] if subset else rows, folder, ctx=reporter, **recipe)
     return {"metrics": adapter_metrics(res)}
 
 
@@ -121,14 +132,15 @@ def lora_config(r: int, alpha: int | None = None, dropout: float = 0.05):
 def nf4_config(compute_dtype=None):
     """QLoRA's base-weight storage: 4-bit NormalFloat, double-quantized constants, bf16 compute.
 
-    On a CPU without native bf16 the compute dtype falls back to fp32 (bf16 matmuls are emulated
-    there and were several times slower on this project's build machine); storage stays NF4.
+    Off the a100 path the compute dtype falls back to fp32 (bf16 matmuls are emulated on a CPU
+    and were several times slower on this project's build machine); storage stays NF4.
     """
-    import torch
     from transformers import BitsAndBytesConfig
 
+    from lab.device import current
+
     if compute_dtype is None:
-        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        compute_dtype = current().compute_dtype()
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
 
@@ -139,19 +151,21 @@ def load_base(model_id: str, *, qlora: bool = False):
     A 4-bit model must be loaded fresh for training: on CPU, any eval-mode forward of a bitsandbytes
     Linear4bit first repacks its weights for inference and later training is silently wrong.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
+    from lab.device import current
+
+    device = current()
     path = model_path(model_id)
     tok = load_tokenizer(model_id)
     kwargs: dict[str, Any] = {}
     if qlora:
-        cuda = torch.cuda.is_available()
-        kwargs.update(quantization_config=nf4_config(), dtype=torch.bfloat16 if cuda else torch.float32,
-                      device_map={"": 0} if cuda else {"": "cpu"})
-    elif torch.cuda.is_available():
-        kwargs.update(dtype=torch.bfloat16, device_map={"": 0})
+        kwargs.update(quantization_config=nf4_config(), dtype=device.weights_dtype(), device_map=device.device_map())
+    elif device.gpu_path:
+        kwargs.update(dtype=device.weights_dtype(), device_map=device.device_map())
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if qlora and not device.cuda:
+        keep_cpu_training_layout(model)
     return model, tok, path
 
 
@@ -184,6 +198,21 @@ def training_template(tok) -> str:
                       "template has none and no marked twin is known here (use loss_on='completion')")
 
 
+def keep_cpu_training_layout(model) -> int:
+    """Stop bitsandbytes' CPU backend from repacking NF4 weights for inference (returns the layers set).
+
+    On a CPU with AVX512-BF16, the first no-grad forward of a ``Linear4bit`` repacks its weights into
+    an inference layout, after which training is silently wrong (flat loss). A smoke generates a
+    sample from the 4-bit policy before DPO trains it, so every 4-bit layer keeps its training layout.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def to_prompt_completion(rows: list[dict]) -> list[dict]:
     """Chat rows {"messages": [..., assistant]} -> trl's conversational prompt/completion form, so
     the loss covers only the answer tokens (completion_only_loss) and not the question."""
@@ -204,6 +233,11 @@ def peak_memory_bytes() -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated()), "cuda max_memory_allocated"
     # ru_maxrss is KiB on Linux: the whole process's peak resident set, base weights included.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+# What a result records of the trainer it ran (a smoke checks these are the a100 recipe's).
+RECORDED_ARGS = ("optim", "bf16", "gradient_checkpointing", "lr_scheduler_type", "learning_rate",
+                 "per_device_train_batch_size", "gradient_accumulation_steps")
 
 
 def train_sft(
@@ -242,21 +276,24 @@ def train_sft(
     from peft import get_peft_model, prepare_model_for_kbit_training
     from trl import SFTConfig, SFTTrainer
 
+    from lab.device import current
+
     if not rows:
         raise ValueError("train_sft: no training rows")
     if loss_on not in LOSS_ON:
         raise ConfigError(f"train_sft: loss_on {loss_on!r}: expected one of {', '.join(LOSS_ON)}")
-    cuda = torch.cuda.is_available()
-    if gradient_checkpointing is None:
-        gradient_checkpointing = cuda  # on CPU recomputation only costs time; memory is plentiful
-    if cuda:
+    device = current()
+    train_args = device.trainer_args(quantized=qlora)
+    if gradient_checkpointing is not None:
+        train_args["gradient_checkpointing"] = gradient_checkpointing
+    if device.cuda:
         torch.cuda.reset_peak_memory_stats()
     model, tok, _ = load_base(model_id, qlora=qlora)
     if loss_on == "assistant":
         tok.chat_template = training_template(tok)
     base_bytes = model.get_memory_footprint()  # weights (+buffers) as stored: NF4 vs fp32/bf16
     if qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_args["gradient_checkpointing"])
     model = get_peft_model(model, lora_config(lora_r))
     trainable, total = model.get_nb_trainable_parameters()
 
@@ -268,17 +305,15 @@ def train_sft(
         per_device_eval_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
         learning_rate=lr,
-        lr_scheduler_type="cosine" if cuda else "linear",
-        warmup_steps=0.03 if cuda else 0,
+        lr_scheduler_type="cosine" if device.gpu_path else "linear",
+        warmup_steps=0.03 if device.gpu_path else 0,
         max_steps=max_steps if max_steps else -1,
         num_train_epochs=epochs if epochs else 1.0,
         logging_steps=1,
         save_strategy="no",  # no optimizer checkpoints: only the adapter is kept
         report_to="none",
-        use_cpu=not cuda,
-        bf16=cuda,  # CPU: fp32 (emulated bf16 autocast was slower, not faster, on the build machine)
-        gradient_checkpointing=gradient_checkpointing,
-        optim="paged_adamw_8bit" if (qlora and cuda) else "adamw_torch",
+        # use_cpu, bf16 (CPU runs: fp32, emulated bf16 was slower there), gradient_checkpointing, optim
+        **train_args,
         seed=seed,
         data_seed=seed,
         completion_only_loss=loss_on == "completion",
@@ -296,7 +331,7 @@ def train_sft(
                 f"{len(rows)} rows, steps={trainer.state.max_steps or max_steps}")
     eval_before_loss = None
     if eval_before and eval_dataset is not None:
-        if qlora and not cuda:
+        if qlora and not device.cuda:
             raise ValueError("eval_before with qlora on CPU corrupts training (Linear4bit inference repack)")
         eval_before_loss = trainer.evaluate()["eval_loss"]
     started = time.perf_counter()
@@ -317,7 +352,7 @@ def train_sft(
         train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1),
         trainable_params=int(trainable), total_params=int(total), adapter_bytes=adapter_bytes,
         peak_memory_bytes=peak, peak_memory_kind=peak_kind, eval_loss=eval_loss, eval_loss_before=eval_before_loss,
-        base_memory_bytes=base_bytes,
+        base_memory_bytes=base_bytes, trainer_args={k: getattr(getattr(args, k), "value", getattr(args, k)) for k in RECORDED_ARGS},
     )
 
 

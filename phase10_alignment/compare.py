@@ -26,6 +26,7 @@ from typing import Any
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, Recipe
+from lab.device import current
 from lab.hashing import json_sha256
 from phase09_finetuning.sft import SFT_ADAPTER
 from phase10_alignment.dpo import DPO_ADAPTER
@@ -138,8 +139,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase09_finetuning.generation import answers_with_question, key_term_coverage, mean_coverage
     from phase10_alignment.variants import base_model_id
 
-    if cfg.require_cuda and not torch.cuda.is_available():
-        ctx.skip("the a100 profile generates with Llama 3.1 8B + adapters: it needs a CUDA GPU")
+    if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile generates with Llama 3.1 8B + adapters")):
+        ctx.skip(why)
     try:
         doc, from_store = generations(cfg, ctx)
     except MissingResource as err:
@@ -242,6 +243,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": dict(max_new_tokens=300, tput_tokens=128, require_cuda=True)},
     tiny=dict(max_new_tokens=4, n_prompts=2, tput_tokens=4, tput_rounds=1),
+    smoke=dict(max_new_tokens=4, n_prompts=2, tput_tokens=4, tput_rounds=1),
     references=REFERENCES,
     summary_metrics=("dpo_answers_changed", "adapter_overhead_pct", "sft_reload_max_abs_diff"),
     needs=(SFT_ADAPTER, DPO_ADAPTER),

@@ -46,11 +46,17 @@ from pydantic import Field
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, ArtifactKind, Recipe, Reporter, default_store
-from phase09_finetuning.sft import SFT_ADAPTER, load_tokenizer
+from lab.device import current, quantization_label
+from phase09_finetuning.sft import RECORDED_ARGS, SFT_ADAPTER, load_tokenizer
 
 # A run below either bar did not move the policy: its adapter is flagged "noop" and refused downstream.
 NOOP_MIN_MARGIN = 0.1  # reward margin (β·Δ log-ratio) on its own trained pairs, after training
 NOOP_MIN_KL = 1e-4  # nats/token, KL(reference ‖ policy) on the held-out pairs' answers
+# ... and a run whose optimizer changed fewer than this share of the trainable (LoRA) weights at all: its
+# updates were rounded away (bf16 LoRA weights at lr 5e-7, see upcast_trainable). The one bar a smoke
+# (a few steps on a tiny model) can be held to, whatever the scale. Measured on the a100 recipe's smoke
+# (3 steps at 5e-7): fp32 LoRA 99.997%, bf16 50.0% (its lora_B moves, its lora_A rounds away).
+NOOP_MIN_CHANGED = 0.9
 
 
 class Config(ExerciseConfig):
@@ -75,10 +81,12 @@ class Config(ExerciseConfig):
     sample_tokens: int = 24  # greedy tokens of one domain prompt per model, to read the drift
     save_adapter: bool = True  # store the main run's adapter (phase10.dpo_adapter, keyed by its recipe)
     require_cuda: bool = False
+    # False: leave trl's bf16 cast of a 4-bit policy's LoRA weights (kept to show the no-op it causes)
+    upcast_lora: bool = True
 
 
 # Bump when train_dpo changes what it trains from the same settings: stored adapters then stop matching.
-TRAINER_VERSION = "train_dpo/2"
+TRAINER_VERSION = "train_dpo/3"  # 3: LoRA weights kept fp32 on a 4-bit base (upcast_trainable)
 
 
 class NoOpRun(RuntimeError):
@@ -98,18 +106,23 @@ def dpo_params(cfg: Config, sft: Recipe) -> dict[str, Any]:
                 data=data, max_length=cfg.max_length, beta=cfg.beta, lr=cfg.learning_rate,
                 lr_scheduler=cfg.lr_scheduler, warmup=cfg.warmup, max_steps=cfg.max_steps,
                 epochs=None if cfg.max_steps else cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                seed=cfg.seed, trainer=TRAINER_VERSION)
+                seed=cfg.seed, upcast_lora=cfg.upcast_lora, trainer=TRAINER_VERSION)
 
 
 def noop_reason(result: dict[str, Any]) -> str | None:
     """Why a finished run counts as a no-op (None if it moved the policy), formatted from its numbers."""
     margin, kl = result["train_pairs"]["margin"], result["kl"]["kl_per_token"]
+    changed = result.get("trainable_changed_share")
     problems = []
-    if margin <= NOOP_MIN_MARGIN:
-        problems.append(f"reward margin on its own {result['train_pairs']['n']} trained pairs {margin:+.3g} "
-                        f"≤ {NOOP_MIN_MARGIN:g}")
-    if kl < NOOP_MIN_KL:
-        problems.append(f"KL to the reference {kl:.2e} nats/token < {NOOP_MIN_KL:g}")
+    if not result.get("smoke"):  # a smoke's few steps cannot reach these bars; its weights still must move
+        if margin <= NOOP_MIN_MARGIN:
+            problems.append(f"reward margin on its own {result['train_pairs']['n']} trained pairs {margin:+.3g} "
+                            f"≤ {NOOP_MIN_MARGIN:g}")
+        if kl < NOOP_MIN_KL:
+            problems.append(f"KL to the reference {kl:.2e} nats/token < {NOOP_MIN_KL:g}")
+    if changed is not None and changed < NOOP_MIN_CHANGED:
+        problems.append(f"only {changed:.1%} of the trainable weights changed (< {NOOP_MIN_CHANGED:.0%}: "
+                        f"updates rounded away in {result.get('trainable_dtype')})")
     if not problems:
         return None
     return (f"DPO at lr {result['lr']:g} for {result['steps']} steps left the policy where it started ("
@@ -136,7 +149,7 @@ def adapter_flags(result: dict[str, Any]) -> dict[str, str]:
 def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> dict[str, Any]:
     from lab.artifacts import load
 
-    cfg = EXERCISE.config(profile)
+    cfg = EXERCISE.canonical_config(profile)
     sft = load(SFT_ADAPTER, profile)
     train_rows, eval_rows, _, _ = prepare_data(cfg, load_tokenizer(sft.params["base_model"]))
     result = train_dpo(cfg, sft, train_rows, eval_rows, cfg.learning_rate, save_to=folder, ctx=reporter)
@@ -145,7 +158,7 @@ def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> di
 
 DPO_ADAPTER = ArtifactKind(
     name="phase10.dpo_adapter",
-    params=lambda profile: dpo_params(EXERCISE.config(profile), SFT_ADAPTER.recipe(profile)),
+    params=lambda profile: dpo_params(EXERCISE.canonical_config(profile), SFT_ADAPTER.recipe(profile)),
     build=_build_profile_adapter,
     needs=(SFT_ADAPTER,),
     reject_flags=("noop",),
@@ -186,14 +199,48 @@ def load_policy(sft: Artifact, *, trainable: bool):
     return model, tok
 
 
+def upcast_trainable(model) -> int:
+    """Trainable (LoRA) weights back to fp32 after trl's DPOTrainer cast them to bf16; returns how many.
+
+    trl 1.16 casts every trainable weight of a 4-bit (QLoRA) policy to bf16 (following the QLoRA
+    paper). An AdamW step moves a weight by about the learning rate; at the a100 recipe's 5e-7 that is
+    far below half the bf16 spacing of a LoRA weight (|w|·2⁻⁸), so most updates round away: a 5-step
+    CPU replica changed 2.1% of the LoRA weights (100% in fp32) and the run was refused as a no-op.
+    Keeping the weights (the optimizer's master copy) in fp32 while bf16 autocast does the matmuls
+    fixes it without touching the seed's learning rate — the alternative fix, a rate the no-op bars
+    accept, would change the recipe being reproduced. The LoRA weights are ~0.5% of the model, so fp32
+    costs ~2x of a few hundred MB on an 8B base. The optimizer is created in ``train()``, after this.
+    """
+    import torch
+
+    n = 0
+    for _, param in model.named_parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            n += 1
+    return n
+
+
+def trainable_snapshot(model) -> dict[str, Any]:
+    """A CPU copy of every trainable weight, to measure afterwards which ones training changed."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def changed_share(before: dict[str, Any], model) -> float:
+    """Share of the weights in ``before`` whose value differs now (exactly: a rounded-away update is 0)."""
+    now = dict(model.named_parameters())
+    changed = sum(int((now[n].detach().cpu() != w).sum()) for n, w in before.items())
+    return changed / max(sum(w.numel() for w in before.values()), 1)
+
+
 def build_trainer(model, tok, train_rows, cfg: Config, lr: float, output_dir: str):
     """trl's DPOTrainer on the PEFT policy, ``ref_model=None``; the schedule comes from the config (not
-    the device), so one recipe trains the same way everywhere."""
-    import torch
+    the device), so one recipe trains the same way everywhere; the device switches (bf16, paged 8-bit
+    AdamW, gradient checkpointing) come from lab.device. With ``upcast_lora`` the trainable weights are
+    fp32 again after trl's bf16 cast (see upcast_trainable)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    cuda = torch.cuda.is_available()
     args = DPOConfig(
         output_dir=output_dir,
         beta=cfg.beta,
@@ -209,17 +256,18 @@ def build_trainer(model, tok, train_rows, cfg: Config, lr: float, output_dir: st
         logging_steps=1,
         save_strategy="no",  # only the adapter is kept (no optimizer checkpoints)
         report_to="none",
-        use_cpu=not cuda,
-        bf16=cuda,  # bf16 matmuls were ~4x slower than fp32 on this CPU (no AMX)
-        gradient_checkpointing=cuda,
-        optim="paged_adamw_8bit" if cuda else "adamw_torch",
+        # use_cpu, bf16 (a plain CPU run: fp32, bf16 matmuls were ~4x slower on this CPU), checkpointing, optim
+        **current().trainer_args(quantized=True),
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    return DPOTrainer(model=model, ref_model=None, args=args, processing_class=tok,
-                      train_dataset=Dataset.from_list(train_rows))
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list(train_rows))
+    if cfg.upcast_lora:
+        upcast_trainable(trainer.model)
+    return trainer
 
 
 def reference_kind(model) -> str:
@@ -321,6 +369,8 @@ def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drif
     try:
         trainer = build_trainer(model, tok, train_rows, cfg, lr, scratch)
         reference = reference_kind(trainer.model)
+        before = trainable_snapshot(trainer.model)
+        trainable_dtype = str(next(iter(before.values())).dtype).replace("torch.", "")
         if ctx is not None:
             ctx.log(f"DPO lr={lr:g} beta={cfg.beta}: {len(train_rows)} pairs, {trainer.args.num_train_epochs:g} epochs, "
                     f"reference = {reference}")
@@ -331,7 +381,10 @@ def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drif
         history = [h for h in trainer.state.log_history if "loss" in h and "rewards/margins" in h]
         result = dict(lr=lr, steps=out.global_step, epochs=round(float(trainer.state.epoch or 0.0), 3),
                       train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1), history=history,
-                      reference=reference, peak_gb=peak_bytes / 1e9, peak_kind=peak_kind, sample_before=sample_before)
+                      reference=reference, peak_gb=peak_bytes / 1e9, peak_kind=peak_kind, sample_before=sample_before,
+                      trainable_changed_share=changed_share(before, trainer.model), trainable_dtype=trainable_dtype,
+                      smoke=current().smoke, trainer_args={k: getattr(getattr(trainer.args, k), "value",
+                                                                      getattr(trainer.args, k)) for k in RECORDED_ARGS})
         if ctx is not None:
             ctx.log(f"lr={lr:g}: eval pass over the trained and the held-out pairs, KL to the reference")
         result["train_pairs"] = pair_eval(trainer, train_rows, "train_pairs")
@@ -366,14 +419,13 @@ def _final(history: list[dict], key: str) -> float | None:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import torch
-
     from lab.errors import MissingResource
     from phase09_finetuning.dataset import dataset_sha256
     from phase09_finetuning.generation import load_eval_prompts
 
-    if cfg.require_cuda and not torch.cuda.is_available():
-        ctx.skip("the a100 profile trains DPO on Llama 3.1 8B (NF4) + the Phase 9 adapter: it needs a CUDA GPU")
+    if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile trains DPO on Llama 3.1 8B (NF4) + "
+                                                              "the Phase 9 adapter")):
+        ctx.skip(why)
     try:
         sft = ctx.require_artifact(SFT_ADAPTER)  # trained first (and said so) if the store lacks it
         tok = load_tokenizer(sft.params["base_model"])
@@ -383,11 +435,17 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset(prov["id"], n=counts["train"] + counts["eval"], sha256=prov["sha256"], **counts)
     drift_rows = domain_answers(cfg.n_drift)
     ctx.dataset("phase09 domain Q&A, eval split (drift probe)", n=len(drift_rows), sha256=dataset_sha256())
-    ctx.model(sft.params["base_model"], adapter=f"{sft.id}: Phase 9 SFT LoRA r={sft.params['lora_r']}, "
-              "trained on with DPO", quantization="NF4" if sft.params.get("qlora") else None)
+    quantization = None
+    if sft.params.get("qlora"):
+        from phase09_finetuning.sft import nf4_config
+
+        quantization = quantization_label(nf4_config())
     sample_prompt = load_eval_prompts()[0]["prompt"]
 
     main = _main_run(cfg, ctx, sft, train_rows, eval_rows, drift_rows, sample_prompt)
+    ctx.model(sft.params["base_model"], adapter=f"{sft.id}: Phase 9 SFT LoRA r={sft.params['lora_r']}, "
+              "trained on with DPO", quantization=quantization, trainable_dtype=main["trainable_dtype"],
+              trainer_args=main["trainer_args"])
     runs = [main]
     if cfg.ablation_learning_rate:
         runs.append(train_dpo(cfg, sft, train_rows, eval_rows, cfg.ablation_learning_rate, drift_rows=drift_rows,
@@ -445,6 +503,9 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
                description=f"the last logged training step's batch of {cfg.batch_size} pairs, before its update (noisy)")
     ctx.metric("last_step_reward_margin", _final(hist, "rewards/margins"), "",
                description="the same batch's mean margin, before its update")
+    ctx.metric("trainable_changed_share", main["trainable_changed_share"], "share", higher_is_better=True,
+               description=f"trainable ({main['trainable_dtype']}) weights that training changed at all; "
+                           f"< {NOOP_MIN_CHANGED:g} is a no-op (updates rounded away)")
     ctx.metric("steps", main["steps"], "steps")
     ctx.metric("epochs", main["epochs"], "epochs", description=f"passes over the {tp['n']} trained pairs")
     ctx.metric("peak_memory_gb", main["peak_gb"], "GB", higher_is_better=False, description=main["peak_kind"])
@@ -457,11 +518,12 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
         rows.append([f"{r['lr']:g}", r["steps"], _round(_final(r["history"], "loss")), _round(r["train_pairs"]["accuracy"]),
                      _round(r["train_pairs"]["margin"]), _round(r["heldout_pairs"]["accuracy"]),
                      _round(r["heldout_pairs"]["margin"]), _sci(r["kl"]["kl_per_token"]), _sci(d.get("kl_per_token")),
-                     _sci(d.get("delta_logp_per_token")), "NO-OP" if noop_reason(r) else "moved"])
+                     _sci(d.get("delta_logp_per_token")), _round(r["trainable_changed_share"], 3),
+                     "NO-OP" if noop_reason(r) else "moved"])
     ctx.table("learning_rate_ablation", rows,
               ["lr", "steps", "last logged loss", "trained pairs acc", "trained pairs margin", "held-out acc",
                "held-out margin", "KL/token (held-out pairs)", "KL/token (domain answers)", "Δ log p/token (domain)",
-               "verdict"],
+               "LoRA weights changed", "verdict"],
               title="DPO at the profile's rate vs the ablation rate (same pairs, same steps; accuracy, margin and KL "
                     "from an eval pass after training)")
     ctx.table("samples", [["SFT (start)", main["sample_before"]]] + [[f"after DPO lr={r['lr']:g}", r.get("sample_after")]
@@ -553,6 +615,9 @@ EXERCISE = Exercise(
     tiny=dict(n_candidates=300, n_train=2, n_eval=2, n_drift=1, drift_tokens=8, max_length=64, max_steps=3,
               batch_size=2, learning_rate=1e-3, lr_scheduler="constant", warmup=0.0, ablation_learning_rate=None,
               sample_tokens=2, save_adapter=False),
+    # the a100 recipe (NF4 base, lr 5e-7, paged 8-bit AdamW, bf16) on a few local pairs for a few steps
+    smoke=dict(data_source="local", n_candidates=300, n_train=4, n_eval=2, n_drift=1, drift_tokens=8, max_length=128,
+               max_steps=3, sample_tokens=2),
     references=REFERENCES,
     summary_metrics=("train_pairs_margin", "heldout_pairs_accuracy", "kl_per_token"),
     needs=(SFT_ADAPTER,),

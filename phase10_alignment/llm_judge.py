@@ -67,8 +67,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
         check_spec(cfg.llm or None)
     except MissingResource as err:
         ctx.skip(f"the judge cannot run: {err} (checked before loading any model)")
-    if cfg.require_cuda and not torch.cuda.is_available():
-        ctx.skip("the a100 profile judges Llama 3.1 8B generations: it needs a CUDA GPU to produce them")
+    from lab.device import current
+
+    if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile judges Llama 3.1 8B generations")):
+        ctx.skip(why)
     try:
         doc, _ = compare.generations(cfg, ctx)
         llm = from_spec(cfg.llm or None)
@@ -180,6 +182,8 @@ EXERCISE = Exercise(
               "a100": dict(compare.EXERCISE.profiles["a100"], llm="anthropic:claude-sonnet-4-5", method="json",
                            n_controls=10)},
     tiny=dict(compare.EXERCISE.tiny, n_controls=1),
+    # the judging path with the embedded judge in place of the API judge (no network in a smoke)
+    smoke=dict(compare.EXERCISE.smoke, n_controls=1, llm=""),
     references=REFERENCES,
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
     needs=compare.EXERCISE.needs,  # it scores phase10.compare's generations of the same adapters

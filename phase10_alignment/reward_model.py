@@ -167,9 +167,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.errors import MissingResource
     from phase10_alignment.data import load_pairs
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.require_cuda and device != "cuda":
-        ctx.skip("the a100 profile full-fine-tunes Llama 3.2 1B (fp32 weights, bf16 autocast): it needs a CUDA GPU")
+    from lab.device import current
+
+    device = current().torch_device()
+    if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile full-fine-tunes Llama 3.2 1B "
+                                                              "(fp32 weights, bf16 autocast)")):
+        ctx.skip(why)
     torch.manual_seed(cfg.seed)  # before the load: the new score head is initialised from torch's generator
     try:
         model, tok, missing = load_reward_model(cfg.model, cfg.dtype, device)
@@ -354,6 +357,8 @@ EXERCISE = Exercise(
                      gradient_checkpointing=True),
     },
     tiny=dict(n_train=8, n_eval=8, max_length=16, epochs=3, batch_size=4),
+    # the a100 recipe (full fine-tune, fp32 weights, bf16 autocast, checkpointing) on local pairs, one epoch
+    smoke=dict(data_source="local", n_train=8, n_eval=8, max_length=32, epochs=1),
     references=REFERENCES,
     summary_metrics=("eval_accuracy", "eval_reward_margin"),
     methods={"cpu": "substitute: a frozen-backbone linear reward probe on SmolLM2-135M features in place of a "

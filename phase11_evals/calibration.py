@@ -221,6 +221,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5"}},
     tiny={"limit": 3},
+    smoke={"limit": 3, "judge_llm": ""},  # the embedded judge in place of the API judge (no network in a smoke)
     references=(
         Reference("overall_r_v1_1", 0.861, "r", "seed: rubric v1.1 (its summary: 'rubric v1.1 calibrated to r=0.861'), "
                   "Claude Sonnet judge vs 20 human-scored responses"),

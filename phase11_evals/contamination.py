@@ -112,8 +112,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase11_evals.responders import Responder, missing_reason
 
     check_judge(cfg.judge_llm, ctx)
-    if ctx.profile == "a100" and not torch.cuda.is_available():
-        ctx.skip("the a100 profile answers with Llama 3.1 8B variants and needs a CUDA GPU")
+    from lab.device import current
+
+    if ctx.profile == "a100" and (why := current().gpu_only_reason("the a100 profile answers with Llama 3.1 8B variants")):
+        ctx.skip(why)
     reason = missing_reason(cfg.variant, ctx.profile)
     if reason:
         ctx.skip(f"variant {cfg.variant!r} is not available: {reason}")
@@ -256,6 +258,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {"max_new_tokens": 48}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5", "max_new_tokens": 512}},
     tiny={"limit": 1, "max_new_tokens": 8},
+    smoke={"limit": 1, "max_new_tokens": 8, "judge_llm": ""},  # the embedded judge in place of the API judge
     references=(
         Reference("mean_score_delta", 0.15, "points", "seed: 10 pairs, Llama 3.1 8B, Claude judge"),
         Reference("contamination_signals", 0, "pairs", "seed: 0/10 (its signal definition is not published)"),

@@ -119,6 +119,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {}},
     tiny={"show_closest": 2},
+    smoke={},
     references=(
         Reference("n_prompts", 50, "prompts", "seed: 50 prompts (its own set; ours is written for this repo)"),
         Reference("n_categories", 7, "categories", "seed: 7 categories"),

@@ -75,8 +75,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase11_evals.responders import Responder, missing_reason
 
     check_judge(cfg.judge_llm, ctx)
-    if ctx.profile == "a100" and not torch.cuda.is_available():
-        ctx.skip("the a100 profile answers with Llama 3.1 8B variants and needs a CUDA GPU")
+    from lab.device import current
+
+    if ctx.profile == "a100" and (why := current().gpu_only_reason("the a100 profile answers with Llama 3.1 8B variants")):
+        ctx.skip(why)
     eval_set = load_eval_set()
     prompts = eval_set.subset(cfg.per_category)[: cfg.limit]
     ctx.dataset(f"{eval_set.name} v{eval_set.version}", n=len(prompts), sha256=eval_set.sha256,
@@ -268,6 +270,8 @@ EXERCISE = Exercise(
     profiles={"cpu": {}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5", "per_category": None,
                                   "max_new_tokens": 512}},
     tiny={"variants": ["base"], "limit": 1, "max_new_tokens": 8, "calibration_limit": 3},
+    # every variant (base, sft, dpo on the tiny Llama), the embedded judge in place of the API judge
+    smoke={"limit": 2, "max_new_tokens": 8, "calibration_limit": 3, "judge_llm": ""},
     references=(
         Reference("mean_base", 2.400, "points", _SEED),
         Reference("mean_sft", 2.520, "points", _SEED),

@@ -146,6 +146,7 @@ EXERCISE = Exercise(
                  "llm": "local:meta-llama/Llama-3.1-8B-Instruct"},
     },
     tiny={"query_ids": ["q04", "q10", "q18"], "hyde_max_tokens": 8},
+    smoke={"embedder": "all-minilm-l6-v2", "query_ids": ["q04", "q10"], "hyde_max_tokens": 8},
     references=tuple(Reference(m, v, "fraction", "seed: MPNet + Claude Haiku hypotheses, 10 queries") for m, v in REFS),
     summary_metrics=("top1_baseline", "top1_hyde", "top1_rerank"),
     methods={"cpu": "scaled", "a100": "scaled"},

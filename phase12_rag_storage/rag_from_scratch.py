@@ -180,6 +180,8 @@ EXERCISE = Exercise(
                  "llm": "local:meta-llama/Llama-3.1-8B-Instruct"},
     },
     tiny={"generate": False},
+    # MiniLM stands in for MPNet (not available offline); the tiny Llama answers through lab.llm's local engine
+    smoke={"embedder": "all-minilm-l6-v2", "generate_ids": ["q04"], "max_tokens": 16},
     references=tuple(Reference(m, v, "fraction", "seed: MPNet, fixed 400/50, 10 queries, 11 Phase 1-11 note files")
                      for m, v in REFS),
     summary_metrics=("hit_rate", "top1", "evidence_complete", "evidence_complete_structure"),

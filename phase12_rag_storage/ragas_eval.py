@@ -222,6 +222,7 @@ EXERCISE = Exercise(
                  "answer_max_tokens": 256},
     },
     tiny={"query_ids": ["q04", "q01"], "k": 1, "answer_max_tokens": 8},
+    smoke={"embedder": "all-minilm-l6-v2", "query_ids": ["q04"], "k": 1, "answer_max_tokens": 8},
     references=tuple(Reference(m, v, "score", f"seed run 1 of 2 (run 2: {SEED_RUN2[m]}), GPT-4o-mini RAGAS LLM metric, "
                                "10 queries") for m, v in REFS),
     summary_metrics=("context_recall", "semantic_similarity", "faithfulness", "answer_relevancy"),

@@ -844,6 +844,8 @@ EXERCISE = Exercise(
     },
     tiny={"sizes": [0, 300], "pgvector_only_sizes": [], "queries": 20, "batch_size": 100, "ingest_paths_n": 100, "pg_indexes": ["hnsw", "ivfflat"],
           "include_readmes": False, "backends": ["chroma", "pgvector", "cockroachdb"], "maintained_sample": 100},
+    smoke={"sizes": [0, 300], "queries": 20, "batch_size": 100, "ingest_paths_n": 100, "include_readmes": False,
+           "maintained_sample": 100},
     references=tuple(
         Reference(f"{backend}_{metric}", value, "doc/s" if i < 2 else "ms",
                   f"seed: M1 Pro, 106 chunks, index {SEED_INDEX[backend]}")
