@@ -22,3 +22,27 @@ def rate_note(successes: int, n: int) -> str:
     """"57 of 60, 95% CI 0.86-0.98": how a rate's description states its evidence."""
     low, high = rate_interval(successes, n)
     return f"{successes} of {n}, 95% CI {low:.2f}-{high:.2f} (Wilson)"
+
+
+def record_rate(ctx, name: str, successes: int, n: int, description: str = "") -> tuple[float, float] | None:
+    """Record a rate on a run context as four metrics — ``name`` (with its evidence in the description),
+    ``name_n``, ``name_ci_low``, ``name_ci_high`` — and return its interval (None, and a null rate, for
+    0 cases)."""
+    if n == 0:
+        ctx.metric(name, None, "fraction", True, f"{description} (no cases)".strip())
+        ctx.metric(f"{name}_n", 0, "cases")
+        return None
+    low, high = rate_interval(successes, n)
+    ctx.metric(name, successes / n, "fraction", True, f"{description}: {rate_note(successes, n)}".lstrip(": "))
+    ctx.metric(f"{name}_n", n, "cases")
+    ctx.metric(f"{name}_ci_low", low, "fraction", description=f"95% Wilson lower bound of {name}")
+    ctx.metric(f"{name}_ci_high", high, "fraction", description=f"95% Wilson upper bound of {name}")
+    return low, high
+
+
+def interval_text(successes: int, n: int) -> str:
+    """"0.57 [0.44, 0.69] (n=60)": a rate as a table cell."""
+    if n == 0:
+        return "n/a (n=0)"
+    low, high = rate_interval(successes, n)
+    return f"{successes / n:.2f} [{low:.2f}, {high:.2f}] (n={n})"

@@ -9,13 +9,15 @@ every step). This exercise runs it on one task set twice:
 - the text ReAct format (``Thought:`` / ``Action:`` / ``Action Input:`` / ``Final Answer:``) parsed
   out of free text, which nothing constrains.
 
-It reports, per mode: valid-step rate (steps the loop could act on as asked), task success (the
-research checker), steps, tokens — and keeps every step's trace (``trace.json``).
+It reports, per mode and per model (the tool-tuned agent model, the base model's row beside it):
+valid-step rate (steps the loop could act on as asked), task success (the research checker), each
+with its n and 95% interval, steps, tokens — and keeps every step's trace (``trace.json``).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from lab import Exercise, ExerciseConfig, RunContext
 
@@ -23,9 +25,10 @@ MODES = ("native", "text")
 
 
 class Config(ExerciseConfig):
-    llm: str | None = None  # lab.llm spec; default $LAB_LLM or the embedded SmolLM2
+    llm: str | None = None  # the agent model (lab.llm spec); default $LAB_LLM, else local:smollm2-135m-agent
+    baseline_llm: str | None = None  # the row beside it (cpu: the base SmolLM2); None = the agent model alone
     tasks: str | None = None  # a tasks JSONL (default: the research task set)
-    task_ids: list[str] = ["kv_8b_16k_b8", "kv_bytes_token", "rank_ratio", "eval_prompts"]  # [] = every task
+    task_ids: list[str] = []  # [] = every task
     n_tasks: int = 0  # 0 = all selected
     max_steps: int = 4
     max_tokens: int = 128
@@ -33,7 +36,9 @@ class Config(ExerciseConfig):
 
 def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm import from_spec
+    from lab.stats import interval_text, record_rate
     from phase13_react.loop import run_agent
+    from phase13_react.model_rows import model_rows
     from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric
     from phase13_react.tasks import check, load_tasks
     from phase13_react.tools import Toolbox
@@ -49,55 +54,59 @@ def run(cfg: Config, ctx: RunContext) -> None:
         tasks = [by_id[i] for i in cfg.task_ids]
     tasks = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
     ctx.dataset(str(cfg.tasks or "phase13_react/data/research_tasks.jsonl"), len(tasks), None)
-    llm = from_spec(cfg.llm)
-    ctx.model(**llm.describe())
     toolbox = Toolbox([kv_cache_gb, calculator, read_result_metric], retries=0)
-    tool_choice = "required" if llm.provider == "local" else "auto"
 
-    trace, rows, summary = [], [], {}
-    for mode in MODES:
-        runs = []
-        for task in ctx.progress(tasks, f"{mode} ReAct"):
-            agent_run = run_agent(llm, task.question, toolbox, mode=mode, tool_choice=tool_choice,
-                                  max_steps=cfg.max_steps, max_tokens=cfg.max_tokens)
-            runs.append((task, agent_run))
-            trace.append({"mode": mode, "task": task.id, **agent_run.to_dict()})
-            for s in agent_run.steps:
-                action = ", ".join(f"{c['name']}({json.dumps(c['arguments'])[:50]})" for c in s.tool_calls)
-                rows.append([mode, task.id, s.index + 1, s.model_text[:70].replace("\n", " "),
-                             action or ("answer" if s.answer is not None else ""),
-                             ", ".join(s.outcomes()) or "ok", (s.answer or "")[:40]])
-        all_steps = [s for _, r in runs for s in r.steps]
-        summary[mode] = {
-            "valid": sum(s.valid for s in all_steps) / max(len(all_steps), 1),
-            "success": sum(check(t, r.answer) for t, r in runs) / len(runs),
-            "steps": len(all_steps) / len(runs),
-            "tokens": sum(r.input_tokens + r.output_tokens for _, r in runs) / len(runs),
-            "answered": sum(r.stop_reason == "answer" for _, r in runs),
-            "stops": ", ".join(f"{k}×{v}" for k, v in sorted(
-                {r.stop_reason: sum(x.stop_reason == r.stop_reason for _, x in runs) for _, r in runs}.items())),
-        }
-        s = summary[mode]
-        ctx.metric(f"valid_step_rate_{mode}", s["valid"], "fraction")
-        ctx.metric(f"success_{mode}", s["success"], "fraction")
-        ctx.metric(f"steps_{mode}", s["steps"], "steps/task", higher_is_better=False)
-        ctx.metric(f"tokens_{mode}", s["tokens"], "tokens/task", higher_is_better=False)
+    trace, rows, table, findings = [], [], [], []
+    for label, spec in model_rows(cfg.llm, cfg.baseline_llm):
+        llm = from_spec(spec)
+        ctx.model(**llm.describe())
+        tool_choice = "required" if llm.provider == "local" else "auto"
+        summary = {}
+        for mode in MODES:
+            runs = []
+            for task in ctx.progress(tasks, f"{label}: {mode} ReAct"):
+                agent_run = run_agent(llm, task.question, toolbox, mode=mode, tool_choice=tool_choice,
+                                      max_steps=cfg.max_steps, max_tokens=cfg.max_tokens)
+                runs.append((task, agent_run))
+                trace.append({"model": spec, "mode": mode, "task": task.id, **agent_run.to_dict()})
+                for s in agent_run.steps:
+                    action = ", ".join(f"{c['name']}({json.dumps(c['arguments'])[:50]})" for c in s.tool_calls)
+                    rows.append([label, mode, task.id, s.index + 1, s.model_text[:70].replace("\n", " "),
+                                 action or ("answer" if s.answer is not None else ""),
+                                 ", ".join(s.outcomes()) or "ok", (s.answer or "")[:40]])
+            steps = [st for _, r in runs for st in r.steps]
+            solved = sum(check(t, r.answer) for t, r in runs)
+            valid = sum(st.valid for st in steps)
+            record_rate(ctx, f"valid_step_rate_{mode}_{label}", valid, len(steps),
+                        f"{spec}, {mode}: steps the loop could act on as asked (n = steps)")
+            record_rate(ctx, f"success_{mode}_{label}", solved, len(runs), f"{spec}, {mode}: tasks answered correctly")
+            ctx.metric(f"steps_{mode}_{label}", len(steps) / len(runs), "steps/task", higher_is_better=False)
+            tokens = sum(r.input_tokens + r.output_tokens for _, r in runs) / len(runs)
+            ctx.metric(f"tokens_{mode}_{label}", tokens, "tokens/task", higher_is_better=False)
+            stops = Counter(r.stop_reason for _, r in runs)
+            summary[mode] = (valid, len(steps), solved, len(runs), len(steps) / len(runs), tokens)
+            table.append([label, spec, mode, interval_text(valid, len(steps)), interval_text(solved, len(runs)),
+                          round(len(steps) / len(runs), 2), round(tokens),
+                          ", ".join(f"{k}×{v}" for k, v in sorted(stops.items()))])
+            for reason, count in sorted(stops.items()):
+                if reason != "answer":
+                    ctx.failure_mode(f"{label} ({spec}), {mode}: {count} of {len(runs)} tasks stopped by {reason}")
+        n, t = summary["native"], summary["text"]
+        findings.append(f"{label} ({spec}): valid steps {n[0]}/{n[1]} native vs {t[0]}/{t[1]} text ReAct; tasks "
+                        f"solved {n[2]}/{n[3]} vs {t[2]}/{t[3]}; {n[4]:.1f} vs {t[4]:.1f} steps and {n[5]:.0f} vs "
+                        f"{t[5]:.0f} tokens per task.")
     ctx.metric("n_tasks", len(tasks), "tasks")
-    ctx.table("modes", [[m, round(summary[m]["valid"], 3), round(summary[m]["success"], 3), summary[m]["steps"],
-                         round(summary[m]["tokens"]), summary[m]["stops"]] for m in MODES],
-              ["mode", "valid-step rate", "success", "steps/task", "tokens/task", "stop reasons"],
-              title=f"Native tool calls vs text ReAct ({llm.spec}, tool_choice={tool_choice}, max {cfg.max_steps} steps)")
-    ctx.table("trace", rows, ["mode", "task", "step", "model text", "action", "outcomes", "answer"],
+    ctx.table("modes", table, ["row", "model", "mode", "valid-step rate [95% CI] (n steps)",
+                               "success [95% CI] (n tasks)", "steps/task", "tokens/task", "stop reasons"],
+              title=f"Native tool calls vs text ReAct (max {cfg.max_steps} steps; local models: tool_choice=required)")
+    ctx.table("trace", rows, ["row", "mode", "task", "step", "model text", "action", "outcomes", "answer"],
               title="Every step (Thought → Action → Observation)")
     ctx.artifact("trace.json").write_text(json.dumps(trace, indent=1, ensure_ascii=False, default=str))
-    n, t = summary["native"], summary["text"]
-    ctx.finding(f"Valid steps: {n['valid']:.0%} native vs {t['valid']:.0%} text ReAct over {len(tasks)} tasks; "
-                f"success {n['success']:.0%} vs {t['success']:.0%}; {n['steps']:.1f} vs {t['steps']:.1f} steps and "
-                f"{n['tokens']:.0f} vs {t['tokens']:.0f} tokens per task.")
-    if llm.provider == "local":
-        ctx.finding("On the 135M model the difference is the constraint, not the reasoning: native calls are decoded "
-                    "under a grammar (valid by construction), the text format is free text the model must get right "
-                    "by itself. Validity is not success: a valid call with the wrong arguments still answers nothing.")
+    for text in findings:
+        ctx.finding(text)
+    ctx.finding("Native calls on a local model are decoded under a grammar (valid by construction); the text format "
+                "is free text the model must get right by itself. Validity is not success: a valid call with the "
+                "wrong arguments still answers nothing.")
 
 
 EXERCISE = Exercise(
@@ -106,12 +115,13 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": {"n_tasks": 2, "max_steps": 3},
+        "cpu": {"baseline_llm": "local:smollm2-135m-instruct", "max_steps": 3},
         "a100": {"task_ids": [], "max_steps": 6, "max_tokens": 256,
                  "llm": "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1"},
     },
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 48},
-    summary_metrics=("valid_step_rate_native", "valid_step_rate_text", "success_native", "success_text"),
+    summary_metrics=("valid_step_rate_native_agent", "valid_step_rate_text_agent", "success_native_agent",
+                     "success_text_agent", "success_native_base"),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

@@ -21,7 +21,8 @@ from lab import Exercise, ExerciseConfig, RunContext
 
 
 class Config(ExerciseConfig):
-    llm: str | None = None  # lab.llm spec; default $LAB_LLM or the embedded SmolLM2
+    llm: str | None = None  # the agent model (lab.llm spec); default $LAB_LLM, else local:smollm2-135m-agent
+    baseline_llm: str | None = None  # the row beside it (cpu: the base SmolLM2); None = the agent model alone
     tasks: str | None = None  # a tasks JSONL (default: phase13_react/data/research_tasks.jsonl)
     n_tasks: int = 0  # 0 = every task in the file
     resume: str | None = None  # a run id printed by an earlier (killed) run: continue it
@@ -30,6 +31,8 @@ class Config(ExerciseConfig):
 
 def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm import from_spec
+    from lab.stats import interval_text, record_rate
+    from phase13_react.model_rows import model_rows
     from phase13_react.research import STEPS, research
     from phase13_react.research_tools import RESEARCH_TOOLS, notes_index
     from phase13_react.state_store import AgentStateStore
@@ -39,59 +42,64 @@ def run(cfg: Config, ctx: RunContext) -> None:
     tasks = load_tasks(cfg.tasks)
     tasks = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
     ctx.dataset(str(cfg.tasks or "phase13_react/data/research_tasks.jsonl"), len(tasks), None)
-    llm = from_spec(cfg.llm)
-    ctx.model(**llm.describe())
     store = AgentStateStore()
     base = cfg.resume or f"p13-research-{uuid.uuid4().hex[:10]}"
     ctx.log(f"agent run id {base} (resume with --set resume={base})")
+    ctx.metric("run_id", base, "")
+    ctx.metric("n_tasks", len(tasks), "tasks")
     index = notes_index()
     toolbox = Toolbox(RESEARCH_TOOLS, retries=1)
+    summary = []
+    for label, spec in model_rows(cfg.llm, cfg.baseline_llm):
+        llm = from_spec(spec)
+        ctx.model(**llm.describe())
+        rows, solved, cited, with_evidence, resumed, executions = [], 0, 0, 0, 0, 0
+        steps = calls = tokens = 0
+        costs: list[float] = []
+        for task in ctx.progress(tasks, f"{label}: research tasks"):
+            res = research(llm, task.question, toolbox, store, f"{base}-{label}-{task.id}", max_tokens=cfg.max_tokens,
+                           meta={"task_id": task.id, "model": spec})
+            ok = check(task, res.run.answer)
+            good_cite = any(cites_evidence(task, c, index.chunks[c].text) for c in res.citations if c in index.chunks)
+            solved += ok
+            with_evidence += task.evidence is not None
+            cited += good_cite
+            resumed += res.run.resumed_from
+            executions += res.tool_executions
+            steps += len(res.run.steps)
+            calls += res.run.tool_calls
+            tokens += res.run.input_tokens + res.run.output_tokens
+            if res.run.cost_usd is not None:
+                costs.append(res.run.cost_usd)
+            trail = " → ".join(f"{s.tool_calls[0]['name']}({s.observations[0]['outcome']})" if s.tool_calls
+                               else (s.error or "json") for s in res.run.steps)
+            rows.append([task.id, task.answer, (res.run.answer or "")[:60], "yes" if ok else "no",
+                         ", ".join(res.citations)[:80] or "none", "yes" if good_cite else "no", trail])
 
-    rows, solved, cited, with_evidence, resumed, executions = [], 0, 0, 0, 0, 0
-    steps = calls = tokens = 0
-    costs: list[float] = []
-    for task in ctx.progress(tasks, "research tasks"):
-        res = research(llm, task.question, toolbox, store, f"{base}-{task.id}", max_tokens=cfg.max_tokens,
-                       meta={"task_id": task.id})
-        ok = check(task, res.run.answer)
-        good_cite = any(cites_evidence(task, c, index.chunks[c].text) for c in res.citations if c in index.chunks)
-        solved += ok
-        with_evidence += task.evidence is not None
-        cited += good_cite
-        resumed += res.run.resumed_from
-        executions += res.tool_executions
-        steps += len(res.run.steps)
-        calls += res.run.tool_calls
-        tokens += res.run.input_tokens + res.run.output_tokens
-        if res.run.cost_usd is not None:
-            costs.append(res.run.cost_usd)
-        trail = " → ".join(f"{s.tool_calls[0]['name']}({s.observations[0]['outcome']})" if s.tool_calls
-                           else (s.error or "json") for s in res.run.steps)
-        rows.append([task.id, task.answer, (res.run.answer or "")[:60], "yes" if ok else "no",
-                     ", ".join(res.citations)[:80] or "none", "yes" if good_cite else "no", trail])
-
-    n = len(tasks)
-    ctx.metric("run_id", base, "")
-    ctx.metric("n_tasks", n, "tasks")
-    ctx.metric("task_success", solved / n, "fraction")
-    ctx.metric("citation_accuracy", cited / with_evidence if with_evidence else None, "fraction",
-               description="tasks whose citations include the chunk holding the answer")
-    ctx.metric("steps_per_task", steps / n, "steps", higher_is_better=False)
-    ctx.metric("tool_calls_per_task", calls / n, "calls")
-    ctx.metric("tokens_per_task", tokens / n, "tokens", higher_is_better=False)
-    ctx.metric("cost_usd", sum(costs) if costs else None, "USD", higher_is_better=False)
-    ctx.metric("resumed_steps", resumed, "steps", description="steps loaded from the store, not redone")
-    ctx.metric("tool_executions", executions, "calls", description="tools run by this process")
-    ctx.table("tasks", rows, ["task", "gold", "agent's answer", "correct", "citations", "cites evidence",
-                              " → ".join(s.name for s in STEPS)], title=f"Research tasks ({llm.spec})")
-    ctx.finding(f"{solved} of {n} tasks answered correctly and {cited} of {with_evidence} cited the chunk holding the "
-                f"answer, over {steps} persisted steps ({calls} tool calls, {tokens} tokens)."
-                + (" A 135M model fills every step with a well-formed call (the grammar sees to that) but rarely the "
-                   "right query, chunk or number: the structure works, the research does not."
-                   if llm.provider == "local" and solved < n / 2 else ""))
-    if resumed:
-        ctx.finding(f"Resumed run {base}: {resumed} stored steps were loaded from PostgreSQL and not redone; this "
-                    f"process ran {executions} tool calls.")
+        n = len(tasks)
+        record_rate(ctx, f"task_success_{label}", solved, n, f"{spec}: research tasks answered correctly")
+        record_rate(ctx, f"citation_accuracy_{label}", cited, with_evidence,
+                    f"{spec}: tasks whose citations include the chunk holding the answer")
+        ctx.metric(f"steps_per_task_{label}", steps / n, "steps", higher_is_better=False)
+        ctx.metric(f"tool_calls_per_task_{label}", calls / n, "calls")
+        ctx.metric(f"tokens_per_task_{label}", tokens / n, "tokens", higher_is_better=False)
+        ctx.metric(f"cost_usd_{label}", sum(costs) if costs else None, "USD", higher_is_better=False)
+        ctx.metric(f"resumed_steps_{label}", resumed, "steps", description="steps loaded from the store, not redone")
+        ctx.metric(f"tool_executions_{label}", executions, "calls", description="tools run by this process")
+        ctx.table(f"tasks_{label}", rows, ["task", "gold", "agent's answer", "correct", "citations", "cites evidence",
+                                          " → ".join(s.name for s in STEPS)], title=f"Research tasks ({label}: {spec})")
+        summary.append([label, spec, interval_text(solved, n), interval_text(cited, with_evidence),
+                        round(steps / n, 2), round(tokens / n)])
+        ctx.finding(f"{label} ({spec}): {solved} of {n} tasks answered correctly and {cited} of {with_evidence} cited "
+                    f"the chunk holding the answer, over {steps} persisted steps ({calls} tool calls, {tokens} tokens).")
+        if n - solved:
+            ctx.failure_mode(f"{label} ({spec}): {n - solved} of {n} tasks answered wrongly or not at all (see "
+                             f"tasks_{label})")
+        if resumed:
+            ctx.finding(f"Resumed run {base} ({label}): {resumed} stored steps were loaded from PostgreSQL and not "
+                        f"redone; this process ran {executions} tool calls.")
+    ctx.table("models", summary, ["row", "model", "task success [95% CI] (n)", "citation accuracy [95% CI] (n)",
+                                  "steps/task", "tokens/task"], title="Research agent, per model")
 
 
 EXERCISE = Exercise(
@@ -100,11 +108,12 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": {"n_tasks": 3},
+        "cpu": {"baseline_llm": "local:smollm2-135m-instruct"},
         "a100": {"llm": "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1", "max_tokens": 256},
     },
     tiny={"n_tasks": 1, "max_tokens": 64},
-    summary_metrics=("task_success", "citation_accuracy", "steps_per_task", "tool_calls_per_task", "tokens_per_task"),
+    summary_metrics=("task_success_agent", "task_success_base", "citation_accuracy_agent", "steps_per_task_agent",
+                     "tokens_per_task_agent"),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

@@ -229,6 +229,16 @@ SPECS: list[dict[str, Any]] = [
      "evidence": {"source": "results/phase12/embeddings/cpu/result.md", "contains": ["Models:"]}},
 ]
 
+# More KV-cache sizing questions, so every headline agent rate rests on >= 30 tasks: the answers come from
+# the Phase 8 formula (the kv_cache_gb tool), not from a result that regeneration could move.
+KV_GRID = (("llama-3.1-8b", "Llama 3.1 8B", 4096, 16), ("llama-3.1-8b", "Llama 3.1 8B", 131072, 2),
+           ("llama-3.1-70b", "Llama 3.1 70B", 8192, 8), ("llama-3.1-70b", "Llama 3.1 70B", 32768, 2),
+           ("mixtral-8x7b", "Mixtral 8x7B", 32768, 1), ("mixtral-8x7b", "Mixtral 8x7B", 8192, 16),
+           ("gpt2-124m", "GPT-2 small", 1024, 32), ("llama-3.1-8b", "Llama 3.1 8B", 2048, 64))
+SPECS += [_kv(f"kv_{model.replace('.', '').replace('-', '_')}_{context // 1024}k_b{batch}",
+              f"How many GB (decimal) of KV cache does {name} need for {batch} sequences of {context} tokens in bf16?",
+              context=context, batch=batch, model=model) for model, name, context, batch in KV_GRID]
+
 
 def _tolerance(value: Any, tol: float | None) -> float:
     """Absolute tolerance: exact for integers, 1% of the value otherwise (result.md shows rounded values)."""

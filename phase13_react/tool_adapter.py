@@ -7,8 +7,8 @@
 The data is ``phase13_react.tool_use_data`` (generated, seeded; its sha256 is in the recipe); the
 trainer is Phase 9's ``train_sft`` with the loss on every assistant turn, so each conversation teaches
 all of its decisions (call, call, answer) while its long tool-listing prompt is computed once. One
-epoch takes about half an hour on two CPU cores, longer than the demo's budget, so the adapter is
-published: committed with its recipe hash, data hash and training log, and loaded by name
+epoch on two CPU cores takes longer than the demo's budget (``training_log.json`` has the measured
+time), so the adapter is published: committed with its recipe hash, data hash and training log, and loaded by name
 (``lab.models.AGENT_LLM``) without training. A changed recipe or data gives a new recipe hash, and
 ``phase13.tool_tuning`` refuses a published adapter whose recipe no longer matches.
 """

@@ -35,6 +35,14 @@ MEASURES = (  # (key, metric name, what the table calls it)
     ("args", "argument_accuracy", "argument accuracy"), ("irrelevance", "irrelevance_accuracy", "irrelevance accuracy"),
     ("precision", "irrelevance_precision", "irrelevance precision"),
     ("multistep", "multistep_success", "multi-step task success"))
+DESCRIPTIONS = {
+    "decision": "call when a tool fits, no call when none does (tool_choice auto)",
+    "exact": "the right tool with exactly the gold arguments",
+    "args": "gold arguments given with the gold value (per argument; a wrong tool counts all its arguments wrong)",
+    "irrelevance": "no call when no offered tool fits",
+    "precision": "of the replies without a call, those where no tool fitted",
+    "multistep": "held-out multi-step tasks answered with the number the tools give",
+}
 
 
 class Config(ExerciseConfig):
@@ -102,21 +110,6 @@ def run_multistep(llm, task, max_steps: int, max_tokens: int) -> dict[str, Any]:
             "tokens": agent.input_tokens + agent.output_tokens}
 
 
-def rate(ctx: RunContext, name: str, hits: int, n: int, description: str) -> tuple[float, float] | None:
-    """Record a rate with its n and 95% Wilson interval (three metrics); returns the interval."""
-    from lab.stats import rate_interval, rate_note
-
-    if n == 0:
-        ctx.metric(name, None, "fraction", True, f"{description} (no cases)")
-        return None
-    low, high = rate_interval(hits, n)
-    ctx.metric(name, hits / n, "fraction", True, f"{description}: {rate_note(hits, n)}")
-    ctx.metric(f"{name}_ci_low", low, "fraction", description=f"95% Wilson lower bound of {name}")
-    ctx.metric(f"{name}_ci_high", high, "fraction", description=f"95% Wilson upper bound of {name}")
-    ctx.metric(f"{name}_n", n, "cases")
-    return low, high
-
-
 def training_curve(ctx: RunContext, log: dict[str, Any]) -> None:
     import matplotlib
 
@@ -136,7 +129,7 @@ def training_curve(ctx: RunContext, log: dict[str, Any]) -> None:
 
 def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm import from_spec
-    from lab.stats import rate_interval
+    from lab.stats import interval_text, record_rate
     from phase13_react.tool_adapter import PUBLISHED, check_published
     from phase13_react.tool_use_data import generate
 
@@ -169,54 +162,39 @@ def run(cfg: Config, ctx: RunContext) -> None:
                      for t in ctx.progress(tasks, f"{label}: held-out multi-step tasks")]
         results[label] = {"decisions": decisions, "multistep": multistep}
 
-    intervals: dict[str, dict[str, tuple[float, float] | None]] = {}
+    counts: dict[str, dict[str, tuple[int, int]]] = {}
     rows = []
     for label, res in results.items():
         d, m = res["decisions"], res["multistep"]
         calls = [r for r in d if r["should_call"]]
         none_fits = [r for r in d if not r["should_call"]]
         declined = [r for r in d if not r["called"]]
-        iv = intervals[label] = {
-            "decision": rate(ctx, f"decision_accuracy_{label}", sum(r["decision_ok"] for r in d), len(d),
-                             f"{label}: call when a tool fits, no call when none does (tool_choice auto)"),
-            "exact": rate(ctx, f"exact_call_accuracy_{label}", sum(bool(r["exact"]) for r in calls), len(calls),
-                          f"{label}: the right tool with exactly the gold arguments"),
-            "args": rate(ctx, f"argument_accuracy_{label}", sum(r["args_ok"] for r in calls),
-                         sum(r["args_total"] for r in calls), f"{label}: gold arguments given with the gold value "
-                         "(counted per argument; a wrong tool counts all its arguments wrong)"),
-            "irrelevance": rate(ctx, f"irrelevance_accuracy_{label}", sum(not r["called"] for r in none_fits),
-                                len(none_fits), f"{label}: no call when no offered tool fits"),
-            "precision": rate(ctx, f"irrelevance_precision_{label}", sum(not r["should_call"] for r in declined),
-                              len(declined), f"{label}: of the replies without a call, those where no tool fitted"),
-            "multistep": rate(ctx, f"multistep_success_{label}", sum(r["solved"] for r in m), len(m),
-                              f"{label}: held-out multi-step tasks answered with the tools' number"),
+        counts[label] = {
+            "decision": (sum(r["decision_ok"] for r in d), len(d)),
+            "exact": (sum(bool(r["exact"]) for r in calls), len(calls)),
+            "args": (sum(r["args_ok"] for r in calls), sum(r["args_total"] for r in calls)),
+            "irrelevance": (sum(not r["called"] for r in none_fits), len(none_fits)),
+            "precision": (sum(not r["should_call"] for r in declined), len(declined)),
+            "multistep": (sum(r["solved"] for r in m), len(m)),
         }
+        for key, name, _ in MEASURES:
+            record_rate(ctx, f"{name}_{label}", *counts[label][key], f"{label}: {DESCRIPTIONS[key]}")
         tokens = sum(r["tokens"] for r in m) / len(m) if m else None
         ctx.metric(f"tokens_per_task_{label}", tokens, "tokens", False, f"{label}: prompt + output tokens per "
                    "multi-step task, all steps")
         for split in DECISION_SPLITS:
             part = [r for r in d if r["split"] == split]
             if part:
-                hits = sum(r["decision_ok"] for r in part)
-                low, high = rate_interval(hits, len(part))
-                rows.append([label, split, len(part), f"{hits / len(part):.2f} [{low:.2f}, {high:.2f}]",
+                rows.append([label, split, interval_text(sum(r["decision_ok"] for r in part), len(part)),
                              _share([r for r in part if r["should_call"]], "exact")])
-    ctx.table("decisions_by_split", rows, ["model", "held-out split", "n", "decision accuracy [95% CI]",
-                                           "exact calls"], title="Decisions with tool_choice auto, per held-out split")
-
-    summary = []
-    for key, name, title in MEASURES:
-        cells = []
-        for label in ("base", "tuned"):
-            value = ctx.metrics[f"{name}_{label}"]["value"]
-            n = ctx.metrics.get(f"{name}_{label}_n", {}).get("value")
-            iv = intervals[label][key]
-            cells.append("n/a" if value is None else f"{value:.2f} [{iv[0]:.2f}, {iv[1]:.2f}] (n={n})")
-        summary.append([title, *cells])
-    ctx.table("base_vs_tuned", summary, ["measure", "base SmolLM2-135M", "tuned (smollm2-135m-agent)"],
+    ctx.table("decisions_by_split", rows, ["model", "held-out split", "decision accuracy [95% CI] (n)", "exact calls"],
+              title="Decisions with tool_choice auto, per held-out split")
+    ctx.table("base_vs_tuned", [[title, *(interval_text(*counts[label][key]) for label in ("base", "tuned"))]
+                                for key, _, title in MEASURES],
+              ["measure", "base SmolLM2-135M", "tuned (smollm2-135m-agent)"],
               title="Held-out before/after: rate [95% Wilson CI] (n)")
 
-    separate = {k: _separate(intervals["base"][k], intervals["tuned"][k]) for k in ("decision", "multistep")}
+    separate = {k: _separate(counts["base"][k], counts["tuned"][k]) for k in ("decision", "multistep")}
     ctx.metric("decision_intervals_separate", separate["decision"], "",
                description="the tuned model's decision-accuracy interval lies wholly above the base model's")
     ctx.metric("multistep_intervals_separate", separate["multistep"], "",
@@ -251,10 +229,13 @@ def _share(rows: list[dict[str, Any]], key: str) -> str:
     return f"{sum(bool(r[key]) for r in rows)}/{len(rows)}" if rows else "—"
 
 
-def _separate(base: tuple[float, float] | None, tuned: tuple[float, float] | None) -> bool | None:
-    if base is None or tuned is None:
+def _separate(base: tuple[int, int], tuned: tuple[int, int]) -> bool | None:
+    """Does the tuned model's 95% interval lie wholly above the base model's? (None without cases)"""
+    from lab.stats import rate_interval
+
+    if not base[1] or not tuned[1]:
         return None
-    return tuned[0] > base[1]
+    return rate_interval(*tuned)[0] > rate_interval(*base)[1]
 
 
 EXERCISE = Exercise(

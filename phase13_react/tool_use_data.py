@@ -27,8 +27,8 @@ family of requests), ``heldout_function`` (functions whose names and schemas tra
 ``heldout_tool`` (the notes search, a project tool training never shows), ``heldout_chat`` (chat
 requests written apart from the training ones) and ``heldout_multistep`` (project-tool tasks in
 wordings training never shows, run end to end). No external benchmark's items are used, for
-training or for choosing any setting. Result-reader examples read only deterministic results
-(Phase 8's formulas) and never a metric the research tasks ask about, so regenerating the results
+training or for choosing any setting. Result-reader examples read only a fixed list of deterministic
+Phase 8 metrics (``READER_METRICS``) that no research task asks about, so regenerating the results
 cannot change the data and ``phase13.research_agent`` stays a held-out measure.
 """
 
@@ -379,9 +379,30 @@ CHAT_HELDOUT = (
 
 
 # --- (b) the project's own tools -----------------------------------------------------------------------
-# Result-reader examples read only deterministic results (Phase 8's formulas), never a metric the
-# research tasks ask about; notes search is the held-out tool.
-READER_EXERCISES = ("phase08.kv_cache", "phase08.architecture")
+# Result-reader examples read only these deterministic Phase 8 metrics (formulas and shapes), none of which a
+# research task asks about (a test checks): the training data cannot change when results are regenerated or
+# research tasks are added.
+READER_METRICS: tuple[tuple[str, str], ...] = (
+    *(("phase08.architecture", m) for m in (
+        "gpt2_bf16_gb", "gpt2_non_embedding_params_m", "gpt2_position_table_params",
+        "gpt2_total_params_m", "llama31_8b_bf16_bytes", "llama31_8b_bf16_gb",
+        "llama31_8b_non_embedding_params", "llama31_8b_q_to_kv_ratio",
+        "llama31_8b_rope_learned_params", "loaded_total_params", "loaded_vs_meta_shape_mismatches"
+    )),
+    *(("phase08.kv_cache", m) for m in (
+        "kv_70b_gqa_128k_b10_gb", "kv_70b_gqa_128k_b50_gb", "kv_70b_gqa_32k_b10_gb",
+        "kv_70b_gqa_32k_b1_gb", "kv_70b_gqa_32k_b50_gb", "kv_70b_gqa_8k_b10_gb",
+        "kv_70b_gqa_8k_b1_gb", "kv_70b_gqa_8k_b50_gb", "kv_8b_gqa_128k_b10_gb",
+        "kv_8b_gqa_128k_b50_gb", "kv_8b_gqa_32k_b10_gb", "kv_8b_gqa_32k_b1_gb",
+        "kv_8b_gqa_32k_b50_gb", "kv_8b_gqa_8k_b10_gb", "kv_8b_gqa_8k_b1_gb", "kv_8b_gqa_8k_b50_gb",
+        "kv_8b_mha_128k_b10_gb", "kv_8b_mha_128k_b50_gb", "kv_8b_mha_32k_b10_gb",
+        "kv_8b_mha_32k_b1_gb", "kv_8b_mha_32k_b50_gb", "kv_8b_mha_8k_b10_gb", "kv_8b_mha_8k_b1_gb",
+        "kv_8b_mha_8k_b50_gb", "kv_8b_mqa_128k_b10_gb", "kv_8b_mqa_128k_b1_gb",
+        "kv_8b_mqa_128k_b50_gb", "kv_8b_mqa_32k_b10_gb", "kv_8b_mqa_32k_b1_gb",
+        "kv_8b_mqa_32k_b50_gb", "kv_8b_mqa_8k_b10_gb", "kv_8b_mqa_8k_b1_gb", "kv_8b_mqa_8k_b50_gb",
+        "measured_vs_formula_max_abs_diff_bytes"
+    )),
+)
 KV_MODELS = ("llama-3.1-8b", "llama-3.1-70b", "gpt2-124m", "mixtral-8x7b")
 KV_CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
@@ -553,18 +574,6 @@ def chat_examples(split: str, chats: list[tuple[str, str | None]], rng: random.R
 
 
 # --- (b) trajectories over the real tools ----------------------------------------------------------
-def _reader_metrics(exclude: set[tuple[str, str]]) -> list[tuple[str, str]]:
-    from phase13_react.research_tools import RESULTS_ROOT, result_path
-
-    pairs = []
-    for exercise in READER_EXERCISES:
-        metrics = json.loads(result_path(exercise, "cpu", RESULTS_ROOT).read_text())["metrics"]
-        pairs += [(exercise, m) for m, e in metrics.items()
-                  if isinstance(e.get("value"), (int, float)) and not isinstance(e.get("value"), bool)
-                  and (exercise, m) not in exclude]
-    return sorted(pairs)
-
-
 def research_task_metrics() -> set[tuple[str, str]]:
     """(exercise, metric) pairs the shipped research tasks ask about: never in the training data."""
     from phase13_react.tasks import TASKS_FILE
@@ -689,8 +698,7 @@ def generate(seed: int = 0, per_function: int = 8, per_project_kind: int = 10, h
     rng = random.Random(seed)
     seen = [f for f in FUNCTIONS if not f.heldout]
     unseen = [f for f in FUNCTIONS if f.heldout]
-    exclude = research_task_metrics()
-    metrics = _reader_metrics(exclude)
+    metrics = sorted(READER_METRICS)
     train = function_examples("train", seen, TRAIN_FAMILIES, rng, per_function, seen)
     train += chat_examples("train", list(CHAT_TRAIN), rng, seen)
     project_kinds = [k for k in PROJECT_TEMPLATES if "train" in PROJECT_TEMPLATES[k]]

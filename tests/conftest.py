@@ -85,13 +85,14 @@ def _torch_threads():
 
 @pytest.fixture(scope="session")
 def lab_server():
-    """`lab serve` for the embedded SmolLM2 (+ MiniLM embeddings) on a free loopback port, one per
-    test session: ``.url`` (Anthropic SDK base_url), ``.openai_url`` (``url/v1``), ``.api_key``, ``.model``.
-    The model loads on the first request that needs it."""
+    """`lab serve` for the embedded SmolLM2 and, beside it, the tool-tuned smollm2-135m-agent (+ MiniLM
+    embeddings) on a free loopback port, one per test session: ``.url`` (Anthropic SDK base_url),
+    ``.openai_url`` (``url/v1``), ``.api_key``, ``.model``, ``.agent_model``. Models load on first use."""
     from types import SimpleNamespace
 
     from lab.serve.background import serving
 
     api_key = "sk-lab-serve-test"
-    with serving("local:smollm2-135m-instruct", api_key=api_key) as url:
-        yield SimpleNamespace(url=url, openai_url=f"{url}/v1", api_key=api_key, model="smollm2-135m-instruct")
+    with serving(["local:smollm2-135m-instruct", "local:smollm2-135m-agent"], api_key=api_key) as url:
+        yield SimpleNamespace(url=url, openai_url=f"{url}/v1", api_key=api_key, model="smollm2-135m-instruct",
+                              agent_model="smollm2-135m-agent")

@@ -273,8 +273,9 @@ def test_react_loop_tiny_against_a_scripted_model(tmp_path):
     with scripted_openai(_react_script) as srv:
         doc = _tiny(react_loop, tmp_path, llm=f"openai:scripted@{srv.url}", task_ids=["kv_bytes_token"], max_steps=3)
     m = {k: v["value"] for k, v in doc["metrics"].items()}
-    assert m["success_native"] == 1.0 and m["success_text"] == 1.0
-    assert m["valid_step_rate_native"] == 1.0 and m["steps_text"] == 2
+    assert m["success_native_agent"] == 1.0 and m["success_text_agent"] == 1.0
+    assert m["valid_step_rate_native_agent"] == 1.0 and m["steps_text_agent"] == 2
+    assert m["success_native_agent_n"] == 1 and "success_native_base" in m  # the base model's row beside it
     assert (Path(doc["_path"]).parent / "trace.json").is_file()
 
 
@@ -295,8 +296,9 @@ def test_research_agent_tiny_with_real_tools(tmp_path):
     with scripted_openai(script) as srv:
         doc = _tiny(research_agent, tmp_path, llm=f"openai:scripted@{srv.url}")
     m = {k: v["value"] for k, v in doc["metrics"].items()}
-    assert m["task_success"] == 1.0 and m["citation_accuracy"] == 1.0
-    assert m["steps_per_task"] == 5 and m["tool_calls_per_task"] == 3
+    assert m["task_success_agent"] == 1.0 and m["citation_accuracy_agent"] == 1.0
+    assert m["steps_per_task_agent"] == 5 and m["tool_calls_per_task_agent"] == 3
+    assert m["task_success_agent_n"] == 1 and "task_success_base" in m
 
 
 def test_function_calling_tiny_both_wires_from_one_definition(tmp_path):

@@ -30,6 +30,7 @@ from lab.serve.app import field_path
 from lab.serve.background import serving
 
 MODEL = "smollm2-135m-instruct"
+AGENT_MODEL = "smollm2-135m-agent"  # the tool-tuned model, served beside the base
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city.", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
@@ -219,9 +220,10 @@ def test_an_oversized_body_is_refused_unread(lab_server, http):
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
-def test_models_lists_the_chat_model_and_embedders(oai):
-    assert [m.id for m in oai.models.list().data] == [MODEL, "all-minilm-l6-v2"]
+def test_models_lists_the_chat_models_and_embedders(oai):
+    assert [m.id for m in oai.models.list().data] == [MODEL, AGENT_MODEL, "all-minilm-l6-v2"]
     assert oai.models.retrieve(f"local:{MODEL}").id == f"local:{MODEL}"  # the spec is a name too
+    assert oai.models.retrieve(AGENT_MODEL).id == AGENT_MODEL
 
 
 def test_unknown_model_is_404_naming_the_served_models(oai, claude, lab_server):
@@ -567,6 +569,59 @@ def test_tool_choice_required_returns_schema_valid_calls_over_many_prompts(oai):
         assert_valid_call(call.function.name, call.function.arguments)
         names.append(call.function.name)
     print("tools chosen:", names)  # which tool is the model's judgement; validity is the server's promise
+
+
+def test_parallel_calls_stop_at_the_first_repeat_and_false_allows_one(oai):
+    """With parallel_tool_calls left at its default (true), a model that repeats its call is stopped at the first
+    repeat instead of running to max_tokens; with false, a reply holds one call."""
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    reply = oai.chat.completions.create(model=MODEL, messages=messages, tools=openai_tools(WEATHER),
+                                        tool_choice="required", max_tokens=300)
+    calls = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and calls
+    keys = [(c.function.name, json.dumps(json.loads(c.function.arguments), sort_keys=True)) for c in calls]
+    assert len(set(keys)) == len(keys)  # no repeated call
+    assert reply.usage.completion_tokens < 300  # it stopped, not the budget
+    one = oai.chat.completions.create(model=MODEL, messages=messages, tools=openai_tools(WEATHER, TIMER),
+                                      tool_choice="required", parallel_tool_calls=False, max_tokens=300)
+    assert len(one.choices[0].message.tool_calls) == 1
+
+
+# Written for this test, after the agent model was trained: tools and requests it has not seen.
+UNSEEN_TOOLS = (
+    {"name": "get_flight_status", "description": "Status of a flight by its flight number.", "parameters": {
+        "type": "object", "properties": {"flight": {"type": "string"}}, "required": ["flight"]}},
+    {"name": "lookup_recipe", "description": "Find a cooking recipe by dish name.", "parameters": {
+        "type": "object", "properties": {"dish": {"type": "string"}}, "required": ["dish"]}},
+    {"name": "count_words", "description": "Count the words in a piece of text.", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+)
+FITS = (("Is flight LH455 on time today?", "get_flight_status"), ("Has BA117 landed yet?", "get_flight_status"),
+        ("Find me a recipe for mushroom risotto.", "lookup_recipe"), ("I want to cook shakshuka tonight, how?",
+                                                                      "lookup_recipe"),
+        ("How many words are in 'the quick brown fox jumps'?", "count_words"),
+        ("Count the words in this sentence: I like green apples.", "count_words"))
+FITS_NONE = ("What is the tallest mountain in Africa?", "Say something nice about Mondays.",
+             "Which ocean is the largest?", "Translate 'good night' into German.", "Who invented the telephone?",
+             "What's 2 plus 2?")
+
+
+def test_the_agent_model_acts_when_a_tool_fits_and_declines_when_none_does(oai):
+    """tool_choice auto, from outside through the OpenAI SDK: the tuned model calls the fitting tool and answers
+    in text when none fits; the base model, asked the same, never calls (what the tuning changed)."""
+    def ask(model, prompt):
+        return oai.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                           tools=openai_tools(*UNSEEN_TOOLS), tool_choice="auto",
+                                           parallel_tool_calls=False, max_tokens=64).choices[0].message
+
+    acted = [(m := ask(AGENT_MODEL, p)).tool_calls is not None and m.tool_calls[0].function.name == tool
+             for p, tool in FITS]
+    declined = [ask(AGENT_MODEL, p).tool_calls is None for p in FITS_NONE]
+    base_calls = sum(ask(MODEL, p).tool_calls is not None for p, _ in FITS)
+    print(f"agent: right call {sum(acted)}/{len(FITS)}, declined {sum(declined)}/{len(FITS_NONE)}; "
+          f"base called {base_calls}/{len(FITS)}")
+    assert sum(acted) >= len(FITS) - 1 and sum(declined) >= len(FITS_NONE) - 1
+    assert base_calls < sum(acted)
 
 
 @pytest.mark.slow
