@@ -13,6 +13,11 @@ Exercise modules keep heavy imports inside functions, so importing them here is 
 A phase package may also add a ``lab`` subcommand: ``COMMANDS = {"traces": "phase15_production.trace_view:cli"}``
 (name -> "module:function"; the function takes the arguments after the name and returns an exit code).
 The CLI imports only the package ``__init__`` to list them; the module loads when the command runs.
+
+A phase package may also render a generated section of a file that ``lab report`` keeps:
+``REPORT_SECTIONS = {"a100-sizing": ("README.md", "phase08_architecture.sizing:render")}`` (name ->
+(file relative to the repo, "module:function"); the function takes the phases and returns markdown,
+written between ``<!-- lab:NAME:begin ... -->`` and ``<!-- lab:NAME:end -->`` in that file).
 """
 
 from __future__ import annotations
@@ -134,3 +139,25 @@ def artifact_users() -> dict[str, tuple[list[str], list[str]]]:
         for kind in ex.produces:
             users[kind.name][1].append(ex.id)
     return users
+
+
+def report_sections() -> list[tuple[str, str, str]]:
+    """``(name, file relative to the repo, "module:function")`` over every phase package's ``REPORT_SECTIONS``."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for package in _phase_packages():
+        for name, (path, target) in getattr(importlib.import_module(package), "REPORT_SECTIONS", {}).items():
+            if ":" not in str(target):
+                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'")
+            if name in found:
+                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS: {name!r} is already declared")
+            found[name] = (name, path, target)
+    return list(found.values())
+
+
+def render_sections(repo) -> list[tuple]:
+    """``(path, name, markdown)`` for every declared report section, each rendered from ``phases()``."""
+    out = []
+    for name, path, target in report_sections():
+        module, _, func = target.partition(":")
+        out.append((repo / path, name, getattr(importlib.import_module(module), func)(phases())))
+    return out

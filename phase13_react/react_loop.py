@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 MODES = ("native", "text")
 
@@ -32,7 +33,13 @@ class Config(ExerciseConfig):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
+    from phase13_react.served import agent_llm
+
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        compare_modes(cfg, ctx, llm)
+
+
+def compare_modes(cfg: Config, ctx: RunContext, llm) -> None:
     from phase13_react.loop import run_agent
     from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric
     from phase13_react.tasks import check, load_tasks
@@ -49,8 +56,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
         tasks = [by_id[i] for i in cfg.task_ids]
     tasks = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
     ctx.dataset(str(cfg.tasks or "phase13_react/data/research_tasks.jsonl"), len(tasks), None)
-    llm = from_spec(cfg.llm)
-    ctx.model(**llm.describe())
     toolbox = Toolbox([kv_cache_gb, calculator, read_result_metric], retries=0)
     tool_choice = "required" if llm.provider == "local" else "auto"
 
@@ -108,7 +113,7 @@ EXERCISE = Exercise(
     profiles={
         "cpu": {"n_tasks": 2, "max_steps": 3},
         "a100": {"task_ids": [], "max_steps": 6, "max_tokens": 256,
-                 "llm": "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1"},
+                 "llm": A100_LLM},
     },
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 48},
     summary_metrics=("valid_step_rate_native", "valid_step_rate_text", "success_native", "success_text"),

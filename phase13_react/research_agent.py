@@ -18,6 +18,7 @@ from __future__ import annotations
 import uuid
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 
 class Config(ExerciseConfig):
@@ -29,7 +30,13 @@ class Config(ExerciseConfig):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
+    from phase13_react.served import agent_llm
+
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        research_tasks(cfg, ctx, llm)
+
+
+def research_tasks(cfg: Config, ctx: RunContext, llm) -> None:
     from phase13_react.research import STEPS, research
     from phase13_react.research_tools import RESEARCH_TOOLS, notes_index
     from phase13_react.state_store import AgentStateStore
@@ -39,8 +46,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
     tasks = load_tasks(cfg.tasks)
     tasks = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
     ctx.dataset(str(cfg.tasks or "phase13_react/data/research_tasks.jsonl"), len(tasks), None)
-    llm = from_spec(cfg.llm)
-    ctx.model(**llm.describe())
     store = AgentStateStore()
     base = cfg.resume or f"p13-research-{uuid.uuid4().hex[:10]}"
     ctx.log(f"agent run id {base} (resume with --set resume={base})")
@@ -101,7 +106,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {"n_tasks": 3},
-        "a100": {"llm": "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1", "max_tokens": 256},
+        "a100": {"llm": A100_LLM, "max_tokens": 256},
     },
     tiny={"n_tasks": 1, "max_tokens": 64},
     summary_metrics=("task_success", "citation_accuracy", "steps_per_task", "tool_calls_per_task", "tokens_per_task"),
