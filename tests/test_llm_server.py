@@ -94,3 +94,12 @@ def test_starts_lab_serve_on_loopback_when_nothing_answers():
         reply = from_spec(served.spec).chat([{"role": "user", "content": "Say hi."}], max_tokens=4)
         assert reply.usage.output_tokens > 0
     assert probe(url) is None  # the server started here stops with the block
+
+
+def test_a_server_without_a_model_list_is_used_but_never_counted_as_the_seeds_model():
+    from phase16_capstone.scripted_llm import scripted_server
+
+    with scripted_server() as (url, _):  # speaks chat completions only: GET /v1/models is a 404
+        with ensure_server(f"openai:{A100_MODEL}@{url}") as served:
+            assert served.spec == f"openai:{A100_MODEL}@{url}" and not served.runs(A100_MODEL)
+            assert served.model.endswith("(unverified)")

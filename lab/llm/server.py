@@ -13,7 +13,8 @@ answered and which model it served, since "the a100 run" means nothing if a smal
 2. ``GET <url>/models`` answers: that server is used. Its kind comes from the model card's
    ``owned_by`` (``vllm`` for vLLM, ``lab`` for ``lab serve``); its model is the one asked for if it
    is listed, else the first one it lists (and the spec handed back names that one, so requests do
-   not 404: the substitution shows in ``Served.model`` instead).
+   not 404: the substitution shows in ``Served.model`` instead). A server that answers without a
+   model list is used as given, its model marked "(unverified)" so no result claims it.
 3. Nothing answers, the URL is on loopback and ``start`` is allowed: ``lab serve --llm <serve_spec>``
    (default ``local:<model>``) is started as a subprocess on that host and port, waited for until
    ``/models`` answers, and stopped when the ``with`` block ends.
@@ -88,10 +89,9 @@ def server_kind(card: dict[str, Any]) -> str:
 
 
 def probe(base_url: str, api_key: str | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict] | None:
-    """The model cards ``GET <base_url>/models`` lists, or None when nothing answers there.
-
-    Something that answers but not as an OpenAI-compatible server (an error status, not a model
-    list) is an error naming the URL: another program holds the port."""
+    """The model cards ``GET <base_url>/models`` lists, None when nothing answers there, ``[]`` when a
+    server answers without a model list (some OpenAI-compatible servers and test doubles lack the
+    route: it is used, but what it serves cannot be checked)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -104,12 +104,9 @@ def probe(base_url: str, api_key: str | None = None, timeout_s: float = PROBE_TI
                               "export OPENAI_API_KEY with it")
     try:
         cards = reply.json().get("data") if reply.status_code == 200 else None
-    except ValueError:
+    except (ValueError, AttributeError):
         cards = None
-    if not isinstance(cards, list) or not cards:
-        raise LabError(f"{base_url}/models answered HTTP {reply.status_code} without a model list: something that "
-                       "is not an OpenAI-compatible server holds that address")
-    return cards
+    return [c for c in cards if isinstance(c, dict) and c.get("id")] if isinstance(cards, list) else []
 
 
 def pick(cards: list[dict], wanted: str) -> dict:
@@ -143,6 +140,11 @@ def ensure_server(spec: str, *, serve_spec: str | None = None, start: bool = Tru
     model, base_url = endpoint
     key = api_key or os.environ.get("OPENAI_API_KEY")
     cards = probe(base_url, key)
+    if cards == []:  # it answers, but does not say what it serves: never counted as the model asked for
+        log(f"a server answers at {base_url} without a model list; using it as {model} (unverified)")
+        yield Served(spec=spec, requested=spec, server="unknown (no model list)", model=f"{model} (unverified)",
+                     base_url=base_url)
+        return
     if cards is not None:
         card = pick(cards, model)
         log(f"found {server_kind(card)} at {base_url} serving {card['id']}")
@@ -155,6 +157,8 @@ def ensure_server(spec: str, *, serve_spec: str | None = None, start: bool = Tru
                               + ("" if parts.hostname in LOOPBACK else "; the lab starts servers only on loopback"))
     with started_lab_serve(serve_spec or f"local:{model}", parts.hostname, parts.port or 80, base_url,
                            start_timeout_s, log) as cards:
+        if not cards:
+            raise LabError(f"the lab serve started at {base_url} lists no model: another program holds that port")
         yield found(spec, model, base_url, pick(cards, model), started=True)
 
 
