@@ -38,6 +38,8 @@ class Phase:
     package: str  # "phase08_architecture"
     title: str
     exercises: tuple[Exercise, ...]
+    # generated sections it renders: (name, file relative to the repo, "module:function")
+    report_sections: tuple[tuple[str, str, str], ...] = ()
 
 
 BENCHMARKS = "benchmarks"
@@ -54,7 +56,11 @@ def phases() -> tuple[Phase, ...]:
     for package in _phase_packages():
         mod = importlib.import_module(package)
         exercises = tuple(_load_exercise(package, m) for m in getattr(mod, "EXERCISES", ()))
-        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises))
+        sections = tuple((name, path, target) for name, (path, target) in getattr(mod, "REPORT_SECTIONS", {}).items())
+        for name, _, target in sections:
+            if ":" not in str(target):
+                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'")
+        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises, sections))
     return tuple(found)
 
 
@@ -141,23 +147,11 @@ def artifact_users() -> dict[str, tuple[list[str], list[str]]]:
     return users
 
 
-def report_sections() -> list[tuple[str, str, str]]:
-    """``(name, file relative to the repo, "module:function")`` over every phase package's ``REPORT_SECTIONS``."""
-    found: dict[str, tuple[str, str, str]] = {}
-    for package in _phase_packages():
-        for name, (path, target) in getattr(importlib.import_module(package), "REPORT_SECTIONS", {}).items():
-            if ":" not in str(target):
-                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'")
-            if name in found:
-                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS: {name!r} is already declared")
-            found[name] = (name, path, target)
-    return list(found.values())
-
-
 def render_sections(repo) -> list[tuple]:
-    """``(path, name, markdown)`` for every declared report section, each rendered from ``phases()``."""
+    """``(path, name, markdown)`` for every section the phases declare, each rendered from ``phases()``."""
     out = []
-    for name, path, target in report_sections():
-        module, _, func = target.partition(":")
-        out.append((repo / path, name, getattr(importlib.import_module(module), func)(phases())))
+    for phase in phases():
+        for name, path, target in phase.report_sections:
+            module, _, func = target.partition(":")
+            out.append((repo / path, name, getattr(importlib.import_module(module), func)(phases())))
     return out
