@@ -61,7 +61,20 @@ APT_INSTALL = apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get insta
 # the engine job `make demo` ends with (one post on the embedded defaults; prints the site's path)
 DEMO_TOPIC ?= How does HyDE retrieval help a RAG pipeline find the right chunks?
 
-.PHONY: setup browser demo test gpu-smoke report clean-venv
+# vLLM serves the a100 profiles of Phases 13-16 (Llama 3.1 8B Instruct on 127.0.0.1:8000, what their `llm`
+# names). It cannot share $(VENV): its pins fight this project's (0.34.0 wants torch 2.14.0,
+# transformers < 5.23, fastapi < 0.137), so it gets a venv of its own and the exercises only speak HTTP
+# to it. `tool_choice: auto` needs the tool-call parser flags. Without vLLM the exercises start
+# `lab serve --llm local:$(VLLM_MODEL)` on that port themselves (lab/llm/server.py).
+VLLM_VENV    ?= .venv-vllm
+VLLM_VERSION ?= 0.34.0
+VLLM_MODEL   ?= meta-llama/Llama-3.1-8B-Instruct
+VLLM_PORT    ?= 8000
+VLLM_ARGS    ?= --host 127.0.0.1 --port $(VLLM_PORT) --served-model-name $(VLLM_MODEL) --max-model-len 16384 \
+                --gpu-memory-utilization 0.85 --enable-auto-tool-choice --tool-call-parser llama3_json
+VLLM_STAMP   := $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION)
+
+.PHONY: setup browser demo test gpu-smoke report clean-venv vllm vllm-serve
 
 setup: $(STAMP) browser
 
@@ -111,3 +124,18 @@ report: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+vllm: $(VLLM_STAMP)
+	@echo "vLLM $(VLLM_VERSION) in $(VLLM_VENV); serve the a100 model with:  make vllm-serve"
+	@echo "  ($(VLLM_VENV)/bin/vllm serve $(VLLM_MODEL) $(VLLM_ARGS))"
+
+vllm-serve: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/vllm serve $(VLLM_MODEL) $(VLLM_ARGS)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "vllm==$(VLLM_VERSION)"
+	$(VLLM_VENV)/bin/python -m pip check
+	rm -f $(VLLM_VENV)/.installed-vllm-*
+	touch $@

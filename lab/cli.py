@@ -161,14 +161,16 @@ def list_cmd() -> None:
 
 @app.command("report")
 def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any generated table is stale.")) -> None:
-    """Regenerate results/README.md, every result.md and the results section of each README."""
+    """Regenerate results/README.md, every result.md, the results section of each README and the sections
+    phases declare (REPORT_SECTIONS: the a100 sizing table)."""
     from lab import report
     from lab.paths import REPO_ROOT, RESULTS_ROOT
-    from lab.registry import phases
+    from lab.registry import phases, render_sections
 
     try:
+        sections = render_sections(REPO_ROOT)
         if check:
-            stale = report.stale(RESULTS_ROOT, REPO_ROOT, phases())
+            stale = report.stale(RESULTS_ROOT, REPO_ROOT, phases(), sections)
             if stale:
                 for path in stale:
                     err.print(f"[red]stale:[/red] {path}")
@@ -176,7 +178,7 @@ def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any ge
                 raise typer.Exit(1)
             console.print("generated tables are up to date")
             return
-        changed = report.write_all(RESULTS_ROOT, REPO_ROOT, phases())
+        changed = report.write_all(RESULTS_ROOT, REPO_ROOT, phases(), sections)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)

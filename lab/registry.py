@@ -17,6 +17,11 @@ lists them for ``lab artifacts`` (list, build).
 A phase package may also add a ``lab`` subcommand: ``COMMANDS = {"traces": "phase15_production.trace_view:cli"}``
 (name -> "module:function"; the function takes the arguments after the name and returns an exit code).
 The CLI imports only the package ``__init__`` to list them; the module loads when the command runs.
+
+A phase package may also render a generated section of a file that ``lab report`` keeps:
+``REPORT_SECTIONS = {"a100-sizing": ("README.md", "phase08_architecture.sizing:render")}`` (name ->
+(file relative to the repo, "module:function"); the function takes the phases and returns markdown,
+written between ``<!-- lab:NAME:begin ... -->`` and ``<!-- lab:NAME:end -->`` in that file).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ class Phase:
     package: str  # "phase08_architecture"
     title: str
     exercises: tuple[Exercise, ...]
+    # generated sections it renders: (name, file relative to the repo, "module:function")
+    report_sections: tuple[tuple[str, str, str], ...] = ()
 
 
 BENCHMARKS = "benchmarks"
@@ -53,7 +60,11 @@ def phases() -> tuple[Phase, ...]:
     for package in _phase_packages():
         mod = importlib.import_module(package)
         exercises = tuple(_load_exercise(package, m) for m in getattr(mod, "EXERCISES", ()))
-        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises))
+        sections = tuple((name, path, target) for name, (path, target) in getattr(mod, "REPORT_SECTIONS", {}).items())
+        for name, _, target in sections:
+            if ":" not in str(target):
+                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'")
+        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises, sections))
     return tuple(found)
 
 
@@ -153,3 +164,13 @@ def artifact_users() -> dict[str, tuple[list[str], list[str]]]:
         for kind in ex.produces:
             users[kind.name][1].append(ex.id)
     return users
+
+
+def render_sections(repo) -> list[tuple]:
+    """``(path, name, markdown)`` for every section the phases declare, each rendered from ``phases()``."""
+    out = []
+    for phase in phases():
+        for name, path, target in phase.report_sections:
+            module, _, func = target.partition(":")
+            out.append((repo / path, name, getattr(importlib.import_module(module), func)(phases())))
+    return out

@@ -62,6 +62,15 @@ def llm_env(spec: str | None) -> Iterator[None]:
             os.environ["LAB_LLM"] = previous
 
 
+def with_llm(exercise, profile: str, overrides: dict[str, Any], spec: str | None) -> dict[str, Any]:
+    """The config overrides with ``--llm`` in the profile's own ``llm`` key, when the profile names a
+    model there: --llm overrides the profile's default (else it would be silently ignored: an
+    exercise reads $LAB_LLM only when ``llm`` is unset), while ``--set llm=...`` still wins."""
+    if spec and "llm" in exercise.profiles.get(profile, {}) and "llm" not in overrides:
+        return {**overrides, "llm": spec}
+    return overrides
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     try:
@@ -131,8 +140,8 @@ def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None 
     """
     if smoke:
         overrides = smoke_overrides(exercise, profile, overrides)
-    config = exercise.config(profile, overrides)  # raises ConfigError before anything is touched
     spec = llm_override(llm)
+    config = exercise.config(profile, with_llm(exercise, profile, overrides, spec))  # ConfigError before anything runs
     recorded = recorded_overrides(overrides, llm)
     root = target_root(recorded, out, results_root, smoke)
     run_id = new_run_id()

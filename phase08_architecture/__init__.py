@@ -6,3 +6,5 @@ EXERCISES: tuple[str, ...] = (
     "phase08_architecture.kv_cache",
     "phase08_architecture.moe_routing",
 )
+# the a100 sizing table in README.md, computed from the published configs (lab report renders it)
+REPORT_SECTIONS = {"a100-sizing": ("README.md", "phase08_architecture.sizing:render")}

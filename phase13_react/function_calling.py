@@ -31,6 +31,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 TASKS = (  # (question, the tool that answers it)
     ("How many GB of KV cache does Llama 3.1 8B need for one sequence of 32768 tokens?", "kv_cache_gb"),
@@ -158,9 +159,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
     import anthropic
     import openai
 
-    from lab.llm import from_spec
     from lab.llm.prices import cost_usd
     from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric
+    from phase13_react.served import agent_llm
     from phase13_react.tools import Toolbox
 
     if cfg.tool_choice not in ("required", "auto"):
@@ -171,13 +172,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if spec.startswith("anthropic:") and not os.environ.get("ANTHROPIC_API_KEY"):
         ctx.skip("ANTHROPIC_API_KEY is not set: the hosted run sends the Anthropic wire to api.anthropic.com; "
                  "export the key, or drop --llm to run the embedded model through lab serve")
-    llm = from_spec(cfg.llm)
-    ctx.model(**llm.describe())
     toolbox = Toolbox([kv_cache_gb, calculator, read_result_metric], retries=0)
     tasks = TASKS[:cfg.n_tasks]
     transcripts, rows = [], []
     per_wire: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
+        llm, _ = stack.enter_context(agent_llm(ctx, cfg.llm))
         where = endpoints(llm, stack)
         clients = {"anthropic": anthropic.Anthropic(base_url=where["anthropic"][0], api_key=where["anthropic"][1],
                                                     max_retries=1),
@@ -261,7 +261,7 @@ EXERCISE = Exercise(
     profiles={
         "cpu": {"n_tasks": 2},
         "a100": {"n_tasks": 6, "tool_choice": "auto", "max_tokens": 256,
-                 "llm": "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1"},
+                 "llm": A100_LLM},
     },
     tiny={"n_tasks": 1},
     summary_metrics=("calls", "valid_call_rate", "tokens", "latency_s", "cost_usd"),

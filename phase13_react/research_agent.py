@@ -18,6 +18,7 @@ from __future__ import annotations
 import uuid
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 
 class Config(ExerciseConfig):
@@ -30,9 +31,9 @@ class Config(ExerciseConfig):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
     from lab.stats import interval_text, record_rate
     from phase13_react.model_rows import model_rows
+    from phase13_react.served import agent_llm
     from phase13_react.research import STEPS, research
     from phase13_react.research_tools import RESEARCH_TOOLS, notes_index
     from phase13_react.state_store import AgentStateStore
@@ -51,53 +52,56 @@ def run(cfg: Config, ctx: RunContext) -> None:
     toolbox = Toolbox(RESEARCH_TOOLS, retries=1)
     summary = []
     for label, spec in model_rows(cfg.llm, cfg.baseline_llm):
-        llm = from_spec(spec)
-        ctx.model(**llm.describe())
-        rows, solved, cited, with_evidence, resumed, executions = [], 0, 0, 0, 0, 0
-        steps = calls = tokens = 0
-        costs: list[float] = []
-        for task in ctx.progress(tasks, f"{label}: research tasks"):
-            res = research(llm, task.question, toolbox, store, f"{base}-{label}-{task.id}", max_tokens=cfg.max_tokens,
-                           meta={"task_id": task.id, "model": spec})
-            ok = check(task, res.run.answer)
-            good_cite = any(cites_evidence(task, c, index.chunks[c].text) for c in res.citations if c in index.chunks)
-            solved += ok
-            with_evidence += task.evidence is not None
-            cited += good_cite
-            resumed += res.run.resumed_from
-            executions += res.tool_executions
-            steps += len(res.run.steps)
-            calls += res.run.tool_calls
-            tokens += res.run.input_tokens + res.run.output_tokens
-            if res.run.cost_usd is not None:
-                costs.append(res.run.cost_usd)
-            trail = " → ".join(f"{s.tool_calls[0]['name']}({s.observations[0]['outcome']})" if s.tool_calls
-                               else (s.error or "json") for s in res.run.steps)
-            rows.append([task.id, task.answer, (res.run.answer or "")[:60], "yes" if ok else "no",
-                         ", ".join(res.citations)[:80] or "none", "yes" if good_cite else "no", trail])
+        with agent_llm(ctx, spec) as (llm, _served):
+            rows, solved, cited, with_evidence, resumed, executions = [], 0, 0, 0, 0, 0
+            steps = calls = tokens = 0
+            costs: list[float] = []
+            for task in ctx.progress(tasks, f"{label}: research tasks"):
+                res = research(llm, task.question, toolbox, store, f"{base}-{label}-{task.id}",
+                               max_tokens=cfg.max_tokens, meta={"task_id": task.id, "model": spec})
+                ok = check(task, res.run.answer)
+                good_cite = any(cites_evidence(task, c, index.chunks[c].text)
+                                for c in res.citations if c in index.chunks)
+                solved += ok
+                with_evidence += task.evidence is not None
+                cited += good_cite
+                resumed += res.run.resumed_from
+                executions += res.tool_executions
+                steps += len(res.run.steps)
+                calls += res.run.tool_calls
+                tokens += res.run.input_tokens + res.run.output_tokens
+                if res.run.cost_usd is not None:
+                    costs.append(res.run.cost_usd)
+                trail = " → ".join(f"{s.tool_calls[0]['name']}({s.observations[0]['outcome']})" if s.tool_calls
+                                   else (s.error or "json") for s in res.run.steps)
+                rows.append([task.id, task.answer, (res.run.answer or "")[:60], "yes" if ok else "no",
+                             ", ".join(res.citations)[:80] or "none", "yes" if good_cite else "no", trail])
 
-        n = len(tasks)
-        record_rate(ctx, f"task_success_{label}", solved, n, f"{spec}: research tasks answered correctly")
-        record_rate(ctx, f"citation_accuracy_{label}", cited, with_evidence,
-                    f"{spec}: tasks whose citations include the chunk holding the answer")
-        ctx.metric(f"steps_per_task_{label}", steps / n, "steps", higher_is_better=False)
-        ctx.metric(f"tool_calls_per_task_{label}", calls / n, "calls")
-        ctx.metric(f"tokens_per_task_{label}", tokens / n, "tokens", higher_is_better=False)
-        ctx.metric(f"cost_usd_{label}", sum(costs) if costs else None, "USD", higher_is_better=False)
-        ctx.metric(f"resumed_steps_{label}", resumed, "steps", description="steps loaded from the store, not redone")
-        ctx.metric(f"tool_executions_{label}", executions, "calls", description="tools run by this process")
-        ctx.table(f"tasks_{label}", rows, ["task", "gold", "agent's answer", "correct", "citations", "cites evidence",
-                                          " → ".join(s.name for s in STEPS)], title=f"Research tasks ({label}: {spec})")
-        summary.append([label, spec, interval_text(solved, n), interval_text(cited, with_evidence),
-                        round(steps / n, 2), round(tokens / n)])
-        ctx.finding(f"{label} ({spec}): {solved} of {n} tasks answered correctly and {cited} of {with_evidence} cited "
-                    f"the chunk holding the answer, over {steps} persisted steps ({calls} tool calls, {tokens} tokens).")
-        if n - solved:
-            ctx.failure_mode(f"{label} ({spec}): {n - solved} of {n} tasks answered wrongly or not at all (see "
-                             f"tasks_{label})")
-        if resumed:
-            ctx.finding(f"Resumed run {base} ({label}): {resumed} stored steps were loaded from PostgreSQL and not "
-                        f"redone; this process ran {executions} tool calls.")
+            n = len(tasks)
+            record_rate(ctx, f"task_success_{label}", solved, n, f"{spec}: research tasks answered correctly")
+            record_rate(ctx, f"citation_accuracy_{label}", cited, with_evidence,
+                        f"{spec}: tasks whose citations include the chunk holding the answer")
+            ctx.metric(f"steps_per_task_{label}", steps / n, "steps", higher_is_better=False)
+            ctx.metric(f"tool_calls_per_task_{label}", calls / n, "calls")
+            ctx.metric(f"tokens_per_task_{label}", tokens / n, "tokens", higher_is_better=False)
+            ctx.metric(f"cost_usd_{label}", sum(costs) if costs else None, "USD", higher_is_better=False)
+            ctx.metric(f"resumed_steps_{label}", resumed, "steps",
+                       description="steps loaded from the store, not redone")
+            ctx.metric(f"tool_executions_{label}", executions, "calls", description="tools run by this process")
+            ctx.table(f"tasks_{label}", rows,
+                      ["task", "gold", "agent's answer", "correct", "citations", "cites evidence",
+                       " → ".join(s.name for s in STEPS)], title=f"Research tasks ({label}: {spec})")
+            summary.append([label, spec, interval_text(solved, n), interval_text(cited, with_evidence),
+                            round(steps / n, 2), round(tokens / n)])
+            ctx.finding(f"{label} ({spec}): {solved} of {n} tasks answered correctly and {cited} of {with_evidence} "
+                        f"cited the chunk holding the answer, over {steps} persisted steps ({calls} tool calls, "
+                        f"{tokens} tokens).")
+            if n - solved:
+                ctx.failure_mode(f"{label} ({spec}): {n - solved} of {n} tasks answered wrongly or not at all (see "
+                                 f"tasks_{label})")
+            if resumed:
+                ctx.finding(f"Resumed run {base} ({label}): {resumed} stored steps were loaded from PostgreSQL and not "
+                            f"redone; this process ran {executions} tool calls.")
     ctx.table("models", summary, ["row", "model", "task success [95% CI] (n)", "citation accuracy [95% CI] (n)",
                                   "steps/task", "tokens/task"], title="Research agent, per model")
 
@@ -109,7 +113,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {"baseline_llm": "local:smollm2-135m-instruct"},
-        "a100": {"llm": "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1", "max_tokens": 256},
+        "a100": {"llm": A100_LLM, "max_tokens": 256},
     },
     tiny={"n_tasks": 1, "max_tokens": 64},
     summary_metrics=("task_success_agent", "task_success_base", "citation_accuracy_agent", "steps_per_task_agent",

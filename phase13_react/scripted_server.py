@@ -4,7 +4,9 @@
         llm = OpenAILLM("scripted", base_url=srv.url, api_key="sk-scripted", max_attempts=1)
         ...                                  # srv.requests: every request body it received
 
-It speaks ``POST /v1/chat/completions`` (non-streaming) and answers each request with the next reply
+It speaks ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models`` (the ``models`` cards,
+by default one model ``scripted`` owned by ``scripted``; pass vLLM's or ``lab serve``'s card shape to
+stand in for either when a test finds a server), and answers each request with the next reply
 of its script (the last one repeats forever: "the same call forever"), or with whatever a callable
 script returns for the request body. A reply can carry any text, tool calls with *raw* argument
 strings (invalid JSON, wrong fields, tools never offered) and a delay before answering (a slow
@@ -53,8 +55,11 @@ def _completion(reply: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 @contextmanager
-def scripted_openai(script: list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]]) -> Iterator[ScriptedServer]:
-    """Serve ``script`` on a free loopback port for the duration of the ``with`` block."""
+def scripted_openai(script: list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]],
+                    models: list[dict[str, Any]] | None = None) -> Iterator[ScriptedServer]:
+    """Serve ``script`` on a free loopback port for the duration of the ``with`` block; ``GET /v1/models``
+    lists ``models`` (``{"id", "owned_by", ...}`` cards)."""
+    cards = [{"object": "model", "created": 0, **card} for card in models or [{"id": "scripted", "owned_by": "scripted"}]]
     server_state = ScriptedServer(url="")
     lock = threading.Lock()
 
@@ -69,6 +74,11 @@ def scripted_openai(script: list[dict[str, Any]] | Callable[[dict[str, Any]], di
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path.rstrip("/") != "/v1/models":
+                return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            self._send(200, {"object": "list", "data": cards})
 
         def do_POST(self):
             if self.path.rstrip("/") != "/v1/chat/completions":

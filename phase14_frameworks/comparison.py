@@ -23,6 +23,7 @@ from pathlib import Path
 from statistics import mean
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-lab-p14-compare"
@@ -101,8 +102,14 @@ def metrics_of(path: Path) -> dict | None:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
+    from phase13_react.served import agent_llm
+
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        compare(cfg, ctx, llm)
+
+
+def compare(cfg: Config, ctx: RunContext, model) -> None:
     from lab.hashing import sha256_file
-    from lab.llm import from_spec
     from lab.serve.background import serving
     from phase13_react.loop import run_agent
     from phase13_react.research_tools import RESEARCH_TOOLS
@@ -120,8 +127,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset(cfg.tasks or "phase13_react/data/research_tasks.jsonl", n=len(chosen),
                 sha256=sha256_file(Path(cfg.tasks or TASKS_FILE)))
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if not cfg.tools or t.name in cfg.tools])
-    metered = MeteredLLM(from_spec(cfg.llm))
-    ctx.model(**metered.describe())
+    metered = MeteredLLM(model)
     measured: dict[str, list[dict]] = {f: [] for f in cfg.frameworks}
 
     def measure(framework: str, task, go) -> None:
@@ -235,7 +241,7 @@ EXERCISE = Exercise(
     title="Raw Phase 13 vs LangGraph vs CrewAI vs OpenClaw on one research task set",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512}},
+    profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512, "llm": A100_LLM}},
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 32, "tools": ["calculator"]},
     summary_metrics=("success_raw", "success_langgraph", "success_crewai", "tokens_raw", "tokens_langgraph",
                      "tokens_crewai"),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 API_KEY = "sk-lab-p14-crew"
 ROLES = ("Researcher", "Writer", "Editor")
@@ -50,7 +51,13 @@ def role_of(call) -> str:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
+    from phase13_react.served import agent_llm
+
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        run_crew(cfg, ctx, llm)
+
+
+def run_crew(cfg: Config, ctx: RunContext, model) -> None:
     from lab.serve.background import serving
     from phase13_react.research_tools import RESEARCH_TOOLS
     from phase13_react.tools import Toolbox
@@ -66,8 +73,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if unknown:
         raise ValueError(f"researcher_tools: unknown {sorted(unknown)}; known: {[t.name for t in RESEARCH_TOOLS]}")
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if t.name in cfg.researcher_tools])
-    metered = MeteredLLM(from_spec(cfg.llm))
-    ctx.model(**metered.describe())
+    metered = MeteredLLM(model)
     rows, outputs = [], []
     with serving(metered, api_key=API_KEY) as url, isolated_home():
         import crewai
@@ -125,7 +131,7 @@ EXERCISE = Exercise(
     title="A CrewAI crew (Researcher → Writer → Editor) against lab serve: calls, tokens, format failures",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {"max_tokens": 160}, "a100": {"max_tokens": 512}},
+    profiles={"cpu": {"max_tokens": 160}, "a100": {"max_tokens": 512, "llm": A100_LLM}},
     tiny={"max_tokens": 24, "note_chars": 300, "formats": ["native", "text"], "researcher_tools": ["calculator"]},
     summary_metrics=("llm_calls_native", "tokens_native", "llm_calls_text", "text_format_misses"),
     methods={"cpu": "scaled", "a100": "same"},

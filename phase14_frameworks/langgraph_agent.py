@@ -31,6 +31,7 @@ from pathlib import Path
 from statistics import mean
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 API_KEY = "sk-lab-p14"  # loopback-only key between the run and its own lab serve
 
@@ -144,7 +145,13 @@ def time_travel(graph, conn, thread_id: str) -> dict:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
+    from phase13_react.served import agent_llm
+
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        run_graph(cfg, ctx, llm)
+
+
+def run_graph(cfg: Config, ctx: RunContext, llm) -> None:
     from lab.serve.background import serving
     from phase13_react.research_tools import RESEARCH_TOOLS
     from lab.hashing import sha256_file
@@ -158,8 +165,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset(cfg.tasks or "phase13_react/data/research_tasks.jsonl", n=len(chosen),
                 sha256=sha256_file(Path(cfg.tasks or TASKS_FILE)))
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if not cfg.tools or t.name in cfg.tools])
-    metered = MeteredLLM(from_spec(cfg.llm))
-    ctx.model(**metered.describe())
+    metered = MeteredLLM(llm)
     url_db = lr.database_url()
     saver = lr.open_saver(url_db)
     conn = saver.conn
@@ -250,7 +256,7 @@ EXERCISE = Exercise(
     title="The research agent as a LangGraph graph: PostgreSQL checkpoints, crash resume, approval, time travel",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8}},
+    profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8, "llm": A100_LLM}},
     tiny={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64},
     summary_metrics=("success_rate", "nodes_reexecuted_after_crash", "checkpoints_per_run", "resume_latency_s"),
     methods={"cpu": "scaled", "a100": "same"},

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 SKILL = "content-engine"
 HOSTED_CONTEXT_WINDOW = 200_000  # what OpenClaw is told for a hosted model whose window it cannot ask
@@ -127,22 +128,25 @@ def measure_turn(ctx: RunContext, name: str, root: Path, *, model_url: str, api_
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
-    from lab.serve.background import serving
+    from phase13_react.served import agent_llm
     from phase14_frameworks import openclaw_runner as runner
-    from lab.serve.background import serving_app
-    from phase14_frameworks.engine_double import EngineDouble
-    from phase14_frameworks.scripted_model import scripted_app
 
-    try:
+    try:  # before any model server starts: without OpenClaw there is nothing to serve
         versions = runner.versions()
     except runner.OpenClawMissing as exc:
         ctx.skip(str(exc))
     ctx.table("toolchain", [["openclaw", versions["openclaw"]], ["node", versions["node"]]],
               columns=["program", "version"], title="The pinned toolchain this run used")
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        run_turns(cfg, ctx, llm)
 
-    llm = from_spec(cfg.llm)
-    ctx.model(**llm.describe())
+
+def run_turns(cfg: Config, ctx: RunContext, llm) -> None:
+    from lab.serve.background import serving
+    from lab.serve.background import serving_app
+    from phase14_frameworks.engine_double import EngineDouble
+    from phase14_frameworks.scripted_model import scripted_app
+
     context_window = cfg.context_window or getattr(llm, "context_window", None) or HOSTED_CONTEXT_WINDOW
     ctx.metric("context_window_declared", context_window, "tokens", description="the model's window as told to OpenClaw")
 
@@ -277,7 +281,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {},  # embedded SmolLM2-135M through lab serve: default + narrow + control turns
-        "a100": {},  # same turns; pass --llm anthropic:... / openai:model@url for a capable model
+        "a100": {"llm": A100_LLM},  # same turns on Llama 3.1 8B behind vLLM / lab serve (or --llm another)
     },
     tiny={"variants": ["narrow"], "max_tokens": 8, "control": True},  # two turns: 135M + scripted control
     summary_metrics=("system_prompt_chars", "tools_offered", "skill_visible", "skill_command_ran", "turn_latency_s"),

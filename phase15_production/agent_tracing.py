@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 TASKS = [
     "How many seconds are there in 3 days? Use the tools, then give the final answer.",
@@ -93,19 +94,24 @@ def plant_secrets() -> dict[str, str]:
             "serve_key": f"sk-serve-{secrets.token_hex(12)}"}
 
 
-def _open_llm(cfg: Config, planted: dict[str, str], stack):
-    """The model under test: a given spec as is; the local model behind `lab serve` + the OpenAI SDK."""
+def _open_llm(cfg: Config, ctx: RunContext, planted: dict[str, str], stack):
+    """The model under test, recorded in ``ctx``: a given spec as is (its server found or started for the
+    run: the a100 profile's served Llama); the local model behind `lab serve` + the OpenAI SDK."""
     from lab.llm import from_spec
     from lab.llm.openai_client import OpenAILLM
+    from phase13_react.served import agent_llm
 
     spec = cfg.llm or os.environ.get("LAB_LLM")
     if spec and not spec.startswith("local:") or not cfg.serve_openai:
-        return from_spec(spec)
+        llm, _ = stack.enter_context(agent_llm(ctx, spec, labels_method=False, via="direct"))
+        return llm
     from lab.serve.background import serving
 
     local = from_spec(spec)
     url = stack.enter_context(serving(local, api_key=planted["serve_key"]))
-    return OpenAILLM(local.model, base_url=f"{url}/v1", api_key=planted["serve_key"])
+    client = OpenAILLM(local.model, base_url=f"{url}/v1", api_key=planted["serve_key"])
+    ctx.model(client.spec, via="lab serve + OpenAI SDK")
+    return client
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
@@ -121,8 +127,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     store_path = Path(cfg.store) if cfg.store else ctx.artifact("spans.jsonl")
     run_id = secrets.token_hex(6)
     with ExitStack() as stack:
-        llm = _open_llm(cfg, planted, stack)
-        ctx.model(llm.spec, via="lab serve + OpenAI SDK" if llm.provider == "openai" and not cfg.llm else "direct")
+        llm = _open_llm(cfg, ctx, planted, stack)
         external = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         receiver = None if external else stack.enter_context(OTLPReceiver())
         tracing = configure_tracing(store=store_path, otlp_endpoint=None if external else receiver.url)
@@ -237,7 +242,7 @@ EXERCISE = Exercise(
     title="OpenTelemetry GenAI spans for a Phase 13 agent: nesting, export (local + OTLP), redaction",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"max_steps": 6, "max_tokens": 160}},
+    profiles={"cpu": {}, "a100": {"max_steps": 6, "max_tokens": 160, "llm": A100_LLM}},
     tiny={"tasks": TASKS[:1], "max_steps": 2, "max_tokens": 48},
     summary_metrics=("spans_per_run", "llm_call_span_coverage", "tool_call_span_coverage", "secrets_leaked"),
     methods={"cpu": "own", "a100": "own"},

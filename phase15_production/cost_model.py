@@ -8,11 +8,13 @@ the measured token counts; ``phase15_production.cost`` prices the same spans sev
 - hosted list prices (``lab.llm.prices``, dated ``PRICES_AS_OF``) for several models — as if each had
   served these exact calls. The token counts are those of the model that ran (the embedded SmolLM2's
   tokenizer by default); a hosted model's tokenizer would count the same text somewhat differently.
-- self-hosted: ``$/GPU-hour ÷ tokens/s``, the seed's A100 at $1.50/h. The tokens/s are measured here
-  on the embedded model (a prefill rate and a decode rate, single stream) unless given in the config
-  (``decode_tokens_per_s`` / ``prefill_tokens_per_s``, e.g. from an A100 run) — the method label says
-  which. A CPU's rate priced at an A100's hourly rate is not an A100 cost: it is the lesson's
-  arithmetic on numbers measured here, labelled as such.
+- self-hosted: ``$/GPU-hour ÷ tokens/s``, the seed's A100 at $1.50/h. The tokens/s are measured by
+  this run against the model it runs (a prefill rate and a decode rate, single stream): in-process on
+  the cpu profile, through the served model on the a100 profile (vLLM or ``lab serve`` on this
+  machine's GPU, found or started by ``phase13_react.served``) — or given in the config
+  (``decode_tokens_per_s`` / ``prefill_tokens_per_s``) — and the method label says which. Only the
+  seed's model measured on a GPU is "same"; a CPU's rate priced at an A100's hourly rate is not an
+  A100 cost: it is the lesson's arithmetic on numbers measured here, labelled as such.
 
 Then: cost per run and per 1,000 runs for each price, and which agent dominates and *why* (more
 calls, longer prompts or longer replies — computed from its share against the others).
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 TOPICS = ["why retrieval chunking matters", "what the KV cache costs at long context",
           "when LoRA is enough for fine-tuning"]
@@ -41,7 +44,7 @@ class Config(ExerciseConfig):
     traces: str | None = None  # price this span store (JSONL) instead of running agents
     hosted_models: list[str] = DEFAULT_MODELS
     gpu_usd_per_hour: float = 1.50  # the seed's A100 rate
-    decode_tokens_per_s: float | None = None  # None: measure the embedded model on this machine
+    decode_tokens_per_s: float | None = None  # None: measure the model this run uses, where it runs
     prefill_tokens_per_s: float | None = None  # None: measured with the decode rate
     retrieval: Literal["dense", "bm25"] = "dense"  # the researcher's notes search (phase 12)
     embedder: str = "all-minilm-l6-v2"
@@ -121,24 +124,42 @@ def content_run(llm, topic: str, toolboxes, run_id: str, max_steps: int, max_tok
     return {"researcher": research, "writer": draft, "editor": edited}
 
 
-def measure_rates() -> tuple[float, float, str]:
-    """(prefill tokens/s, decode tokens/s, device) of the embedded model here, single stream."""
-    from lab.llm import from_spec
-
-    local = from_spec("local:smollm2-135m-instruct")
-    local.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # load and warm up
+def measure_rates(llm) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) of ``llm`` as this run reaches it (in-process, or through
+    its server), single stream: the rates of the model and machine being priced."""
+    llm.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # load and warm up
     long_prompt = " ".join(f"Fact {i}: the cache grows with context." for i in range(40))
-    prefill = local.chat([{"role": "user", "content": long_prompt}], max_tokens=1)
+    prefill = llm.chat([{"role": "user", "content": long_prompt}], max_tokens=1)
     prefill_rate = prefill.usage.input_tokens / prefill.latency_s
-    decode = local.chat([{"role": "user", "content": "Count from 1 to 60, separated by spaces."}], max_tokens=48)
+    decode = llm.chat([{"role": "user", "content": "Count from 1 to 60, separated by spaces."}], max_tokens=48)
     decode_s = max(decode.latency_s - decode.usage.input_tokens / prefill_rate, 1e-6)
+    return prefill_rate, decode.usage.output_tokens / decode_s
+
+
+def device_of(served) -> str:
+    """Where the measured model runs: this machine's GPU or CPU for an in-process model or a loopback
+    server, else the remote server (its hardware is not known from here)."""
+    from urllib.parse import urlsplit
+
+    from lab.llm.server import LOOPBACK
+
+    if served.base_url and urlsplit(served.base_url).hostname not in LOOPBACK:
+        return f"the server at {served.base_url}"
     try:
         import torch
 
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU"
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU"
     except ImportError:
-        device = "this CPU"
-    return prefill_rate, decode.usage.output_tokens / decode_s, device
+        return "this CPU"
+
+
+def rates_method(served, device: str) -> str:
+    """"same" only for the seed's kind of model measured on a GPU; otherwise what was measured instead."""
+    from phase13_react.served import A100_MODEL
+
+    if served.runs(A100_MODEL) and device != "this CPU" and not device.startswith("the server at"):
+        return "same"
+    return f"substitute: tokens/s measured on {device} ({served.model}) priced at the A100 $/h"
 
 
 def metric_name(model: str) -> str:
@@ -146,11 +167,26 @@ def metric_name(model: str) -> str:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
+    """Agents run (or spans are read) and rates are measured against one model: its server, found or
+    started, lives for the whole run; with spans and rates both given, no model is needed."""
+    from contextlib import ExitStack
+
+    from phase13_react.served import agent_llm
+    from phase15_production.cost import hosted_pricer
+
+    for model in cfg.hosted_models:
+        hosted_pricer(model)  # an unlisted model fails before any model loads or server starts, naming the table
+    with ExitStack() as stack:
+        llm_served = None
+        if not cfg.traces or cfg.decode_tokens_per_s is None:
+            llm_served = stack.enter_context(agent_llm(ctx, cfg.llm, labels_method=False))
+        price_runs(cfg, ctx, llm_served)
+
+
+def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
     from phase15_production.cost import PRICES_AS_OF, SelfHosted, cost_by_agent, hosted_price, hosted_pricer, run_cost
     from phase15_production.tracing import RUN_ID, SpanStore, configure_tracing
 
-    for model in cfg.hosted_models:
-        hosted_pricer(model)  # an unlisted model fails before any agent runs, naming the table
     # --- 1. spans: from a run of our own, or any span store ------------------------------------------------
     if cfg.traces:
         path = Path(cfg.traces)
@@ -163,10 +199,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     else:
         import secrets
 
-        from lab.llm import from_spec
-
-        llm = from_spec(cfg.llm)
-        ctx.model(llm.spec)
+        llm = llm_served[0]
         if cfg.retrieval == "dense":
             ctx.model(cfg.embedder, role="researcher's retrieval (phase 12)")
         path = ctx.artifact("spans.jsonl")
@@ -186,10 +219,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     # --- 2. the price schemes -------------------------------------------------------------------------------
     if cfg.decode_tokens_per_s is None:
-        prefill_rate, decode_rate, device = measure_rates()
-        basis = f"measured on {device}, embedded SmolLM2-135M, single stream"
-        ctx.set_method("substitute: tokens/s measured on this CPU (SmolLM2-135M) priced at the A100 $/h"
-                       if device == "this CPU" else "same", f"self-hosted rates {basis}")
+        llm, served = llm_served
+        prefill_rate, decode_rate = measure_rates(llm)
+        device = device_of(served)
+        basis = f"measured on {device}, {served.model} via {served.server}, single stream"
+        ctx.set_method(rates_method(served, device), f"self-hosted rates {basis}")
     else:
         prefill_rate, decode_rate = cfg.prefill_tokens_per_s, cfg.decode_tokens_per_s
         basis = "given in the config, not measured by this run"
@@ -277,11 +311,11 @@ EXERCISE = Exercise(
     title="Cost per agent and per run from traced tokens: hosted price table vs self-hosted $/GPU-h ÷ tokens/s",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"runs": 3, "max_steps": 4, "max_tokens": 160}},
+    profiles={"cpu": {}, "a100": {"runs": 3, "max_steps": 4, "max_tokens": 160, "llm": A100_LLM}},
     tiny={"runs": 1, "max_steps": 2, "retrieval": "bm25", "max_tokens": 48, "decode_tokens_per_s": 20.0, "prefill_tokens_per_s": 200.0},
     summary_metrics=("cost_per_1000_runs_usd_claude_haiku_4_5", "cost_per_1000_runs_usd_gpt_4o",
                      "cost_per_1000_runs_usd_self_hosted", "dominant_agent_cost_share"),
-    methods={"cpu": "substitute: tokens/s measured on this CPU (SmolLM2-135M) priced at the A100 $/h",
+    methods={"cpu": "substitute: tokens/s measured on this CPU (smollm2-135m-instruct) priced at the A100 $/h",
              "a100": "same"},
 )
 

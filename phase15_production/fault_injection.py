@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pydantic import field_validator
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 
 class Config(ExerciseConfig):
@@ -176,12 +177,16 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
+    from phase13_react.served import agent_llm
+
+    with agent_llm(ctx, cfg.llm) as (llm, _):
+        inject_faults(cfg, ctx, llm)
+
+
+def inject_faults(cfg: Config, ctx: RunContext, llm) -> None:
     from lab.db import database_url
-    from lab.llm import from_spec
     from lab.serve.background import serving
 
-    llm = from_spec(cfg.llm)
-    ctx.model(llm.spec, **{k: v for k, v in llm.describe().items() if k != "id"})
     fallback = cfg.fallback or llm.spec
     url = database_url()
     levels = []
@@ -327,7 +332,7 @@ EXERCISE = Exercise(
     title="Retry, circuit breaker, fallback and idempotent effects under 0-50% injected faults",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"requests": 200}},
+    profiles={"cpu": {}, "a100": {"requests": 200, "llm": A100_LLM}},
     tiny={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
           "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
     summary_metrics=("completion_rate_50pct", "fallback_share_50pct", "duplicate_side_effects"),

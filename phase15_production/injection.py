@@ -27,6 +27,7 @@ import os
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 LAYER_ORDER = ("spotlight", "hierarchy", "stages", "provenance", "output")
 CUMULATIVE = {"none": (), "spotlight": LAYER_ORDER[:1], "upto_hierarchy": LAYER_ORDER[:2],
@@ -144,6 +145,9 @@ def stratified(cases: list, n: int) -> list:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
+    from contextlib import ExitStack
+
+    from phase13_react.served import agent_llm
     from phase15_production.adversary import ObedientAdversary
     from phase15_production.attack_set import ATTACKS, BENIGN, load_attacks, load_benign
     from phase15_production.defence import Defence
@@ -169,48 +173,54 @@ def run(cfg: Config, ctx: RunContext) -> None:
     hosted = cfg.llm or os.environ.get("LAB_LLM")
     if hosted and hosted != DEFAULT_SPEC:
         real.append(("hosted", hosted))
-    for label, spec in real:
-        models[label] = (_memo(from_spec(spec)), stratified(attacks, cfg.llm_attacks), benign[:cfg.llm_benign],
-                         [c for c in CONFIGS if c in cfg.real_model_configs or c in ("none", "all")])
-    for llm, *_ in models.values():
-        ctx.model(**llm.describe())
+    if "adversary" in models:
+        ctx.model(**models["adversary"][0].describe())
+    with ExitStack() as servers:  # the hosted model's server (found or started) lives for the whole run
+        for label, spec in real:
+            if label == "hosted":  # the a100 profile's served Llama, or --llm: its server found or started
+                llm, _ = servers.enter_context(agent_llm(ctx, spec, labels_method=False))
+            else:
+                llm = from_spec(spec)
+                ctx.model(**llm.describe())
+            models[label] = (_memo(llm), stratified(attacks, cfg.llm_attacks), benign[:cfg.llm_benign],
+                             [c for c in CONFIGS if c in cfg.real_model_configs or c in ("none", "all")])
 
-    asr: dict[tuple[str, str], float] = {}
-    asr_calls: dict[tuple[str, str], float] = {}
-    utility: dict[tuple[str, str], float] = {}
-    per_case: list[list[Any]] = []
-    refusals: dict[str, dict[str, int]] = {}
-    for label, (llm, cases, good, configs) in models.items():
-        outcomes: dict[str, dict[str, dict]] = {}
-        for config in ctx.progress(configs, f"{label}: defence configs"):
-            defence = Defence(CONFIGS[config], seed=cfg.seed)
-            outcomes[config] = {}
+        asr: dict[tuple[str, str], float] = {}
+        asr_calls: dict[tuple[str, str], float] = {}
+        utility: dict[tuple[str, str], float] = {}
+        per_case: list[list[Any]] = []
+        refusals: dict[str, dict[str, int]] = {}
+        for label, (llm, cases, good, configs) in models.items():
+            outcomes: dict[str, dict[str, dict]] = {}
+            for config in ctx.progress(configs, f"{label}: defence configs"):
+                defence = Defence(CONFIGS[config], seed=cfg.seed)
+                outcomes[config] = {}
+                for case in cases:
+                    effects: list = []
+                    agent = run_defended(llm, case.user_task, case.untrusted, case.source, privileged_tools(effects),
+                                         defence, max_steps=cfg.max_steps, max_tokens=cfg.max_tokens)
+                    outcomes[config][case.id] = attack_outcome(agent, case.canary)
+                    for layer in outcomes[config][case.id]["refused_by"]:
+                        refusals.setdefault(f"{label}/{config}", {}).setdefault(layer, 0)
+                        refusals[f"{label}/{config}"][layer] += 1
+                asr[label, config] = sum(o["success"] for o in outcomes[config].values()) / len(cases)
+                ctx.metric(f"asr_{label}_{config}", asr[label, config], "fraction", False,
+                           f"{label}: attacks whose canary got out, defence layers {'+'.join(CONFIGS[config]) or 'none'} "
+                           f"({len(cases)} cases)")
+                asr_calls[label, config] = sum(o["in_calls"] for o in outcomes[config].values()) / len(cases)
+                ctx.metric(f"asr_calls_{label}_{config}", asr_calls[label, config], "fraction", False, f"{label}: attacks whose canary reached a privileged call that ran")
+                if config in ("none", "all") or label == "adversary":
+                    done = [benign_outcome(run_defended(llm, b.user_task, b.untrusted, b.source, privileged_tools([]),
+                                                        defence, max_steps=cfg.max_steps, max_tokens=cfg.max_tokens), b)
+                            for b in good]
+                    utility[label, config] = sum(done) / len(good)
+                    ctx.metric(f"benign_utility_{label}_{config}", utility[label, config], "fraction", True,
+                               f"{label}: benign tasks done, layers {'+'.join(CONFIGS[config]) or 'none'} ({len(good)} cases)")
             for case in cases:
-                effects: list = []
-                agent = run_defended(llm, case.user_task, case.untrusted, case.source, privileged_tools(effects),
-                                     defence, max_steps=cfg.max_steps, max_tokens=cfg.max_tokens)
-                outcomes[config][case.id] = attack_outcome(agent, case.canary)
-                for layer in outcomes[config][case.id]["refused_by"]:
-                    refusals.setdefault(f"{label}/{config}", {}).setdefault(layer, 0)
-                    refusals[f"{label}/{config}"][layer] += 1
-            asr[label, config] = sum(o["success"] for o in outcomes[config].values()) / len(cases)
-            ctx.metric(f"asr_{label}_{config}", asr[label, config], "fraction", False,
-                       f"{label}: attacks whose canary got out, defence layers {'+'.join(CONFIGS[config]) or 'none'} "
-                       f"({len(cases)} cases)")
-            asr_calls[label, config] = sum(o["in_calls"] for o in outcomes[config].values()) / len(cases)
-            ctx.metric(f"asr_calls_{label}_{config}", asr_calls[label, config], "fraction", False, f"{label}: attacks whose canary reached a privileged call that ran")
-            if config in ("none", "all") or label == "adversary":
-                done = [benign_outcome(run_defended(llm, b.user_task, b.untrusted, b.source, privileged_tools([]),
-                                                    defence, max_steps=cfg.max_steps, max_tokens=cfg.max_tokens), b)
-                        for b in good]
-                utility[label, config] = sum(done) / len(good)
-                ctx.metric(f"benign_utility_{label}_{config}", utility[label, config], "fraction", True,
-                           f"{label}: benign tasks done, layers {'+'.join(CONFIGS[config]) or 'none'} ({len(good)} cases)")
-        for case in cases:
-            per_case.append([label, case.id, case.category] + [
-                ("yes" if outcomes[c][case.id]["success"] else "no") if c in outcomes else "" for c in CONFIGS])
-        if hasattr(llm, "calls"):
-            ctx.metric(f"model_calls_{label}", llm.calls, "calls", None, "distinct generations (cached replays excluded)")
+                per_case.append([label, case.id, case.category] + [
+                    ("yes" if outcomes[c][case.id]["success"] else "no") if c in outcomes else "" for c in CONFIGS])
+            if hasattr(llm, "calls"):
+                ctx.metric(f"model_calls_{label}", llm.calls, "calls", None, "distinct generations (cached replays excluded)")
 
     report(ctx, cfg, models, asr, asr_calls, utility, per_case, refusals, attacks)
 
@@ -320,7 +330,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {"llm_attacks": 10, "llm_benign": 6, "max_tokens": 96},
-        "a100": {"llm_attacks": 1000, "llm_benign": 1000, "max_tokens": 256},
+        "a100": {"llm_attacks": 1000, "llm_benign": 1000, "max_tokens": 256, "llm": A100_LLM},
     },
     tiny={"models": ["adversary"]},
     summary_metrics=("attack_success_rate_undefended", "attack_success_rate_defended", "benign_utility_defended"),

@@ -18,6 +18,7 @@ as ``corpus_embed_s``, never folded into the Researcher's time).
 from __future__ import annotations
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 STAGES = ("researching", "writing", "editing", "publishing")
 
@@ -35,18 +36,15 @@ class Config(ExerciseConfig):
     site: str | None = None  # site folder (default: a temporary one)
 
 
-def run_one(cfg: Config, ctx: RunContext, llm_spec: str | None) -> None:
+def run_one(cfg: Config, ctx: RunContext, llm) -> None:
     import tempfile
     import time
     import uuid
 
-    from lab.llm import from_spec
     from phase12_rag_storage.corpus import corpus_sha256
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
 
-    llm = from_spec(llm_spec)
-    ctx.model(**llm.describe(), role="researcher/writer/editor")
     store = JobStore(namespace=f"p16x_{uuid.uuid4().hex[:8]}")
     site = cfg.site or tempfile.mkdtemp(prefix="phase16-site-")
     settings = EngineSettings(corpus=cfg.corpus, k=cfg.k, hyde_max_tokens=cfg.hyde_max_tokens,
@@ -126,14 +124,20 @@ def report(ctx: RunContext, store, engine, job_id: str, job_s: float, corpus_s: 
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
+    from lab.llm import from_spec
+    from phase13_react.served import agent_llm
+
     if cfg.scripted:
         from phase16_capstone.scripted_llm import scripted_server
 
         ctx.set_method("substitute: scripted OpenAI-compatible replies in place of a model (an engine check)")
         with scripted_server(reject_first=cfg.scripted_reject_first) as (url, _):
-            run_one(cfg, ctx, f"openai:scripted@{url}")
+            llm = from_spec(f"openai:scripted@{url}")
+            ctx.model(**llm.describe(), role="researcher/writer/editor")
+            run_one(cfg, ctx, llm)
         return
-    run_one(cfg, ctx, cfg.llm)
+    with agent_llm(ctx, cfg.llm, role="researcher/writer/editor") as (llm, _):
+        run_one(cfg, ctx, llm)
 
 
 EXERCISE = Exercise(
@@ -141,7 +145,7 @@ EXERCISE = Exercise(
     title="One engine job end to end: stages, tokens, cost, revisions, gate verdicts, citation coverage",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"writer_max_tokens": 160, "hyde_max_tokens": 120, "k": 5}},
+    profiles={"cpu": {}, "a100": {"writer_max_tokens": 160, "hyde_max_tokens": 120, "k": 5, "llm": A100_LLM}},
     tiny={"scripted": True, "corpus": "phase12_rag_storage/notes"},
     summary_metrics=("outcome", "revisions", "citation_coverage", "job_wall_s", "tokens_total"),
     methods={"cpu": "scaled", "a100": "scaled"},

@@ -35,6 +35,7 @@ import json
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 from lab.llm.base import LLM, ChatResponse, Usage
 
 CLEAN_TOPICS = (
@@ -217,10 +218,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
             results.append(run_model("scripted (clean topics)", from_spec(f"openai:scripted@{url}"), corpus, [],
                                      CLEAN_TOPICS, True, cfg, ctx))
     elif cfg.model_attacks or cfg.model_clean:
-        llm = from_spec(cfg.llm)
-        ctx.model(**llm.describe(), role="engine model (researcher/writer/editor)")
-        results.append(run_model(llm.spec, llm, corpus, stratified(attacks, cfg.model_attacks),
-                                 CLEAN_TOPICS[:cfg.model_clean], True, cfg, ctx))
+        from phase13_react.served import agent_llm
+
+        with agent_llm(ctx, cfg.llm, role="engine model (researcher/writer/editor)") as (llm, _):
+            results.append(run_model(llm.spec, llm, corpus, stratified(attacks, cfg.model_attacks),
+                                     CLEAN_TOPICS[:cfg.model_clean], True, cfg, ctx))
     report(ctx, results)
 
 
@@ -292,7 +294,7 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"model_attacks": 55, "model_clean": 3, "k": 3, "max_revisions": 3,
-                                  "writer_max_tokens": 120}},
+                                  "writer_max_tokens": 120, "llm": A100_LLM}},
     tiny={"model_attacks": 0, "model_clean": 0, "adversary_attacks": 8, "scripted_clean": True},
     summary_metrics=("canaries_in_published_posts", "canaries_in_chat_replies", "attack_jobs_held",
                      "canaries_in_posts_undefended", "clean_published_share"),

@@ -21,6 +21,7 @@ the tiny config uses the scripted OpenAI-compatible server with a small delay pe
 from __future__ import annotations
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
 
 
 class Config(ExerciseConfig):
@@ -211,11 +212,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
         with scripted_server(reject_first=0, delay_s=cfg.scripted_delay_s) as (url, _):
             run_load(cfg, ctx, f"openai:scripted@{url}")
         return
-    from lab.llm import from_spec
+    from phase13_react.served import agent_llm
 
-    llm = from_spec(cfg.llm)
-    ctx.model(llm.spec, engine=getattr(llm, "engine_name", None), role="every stage, in each worker process")
-    run_load(cfg, ctx, llm.spec)
+    # describe=False: a local model is loaded by the workers, not by this process too
+    with agent_llm(ctx, cfg.llm, describe=False, role="every stage, in each worker process") as (llm, _):
+        run_load(cfg, ctx, llm.spec)
 
 
 EXERCISE = Exercise(
@@ -223,7 +224,8 @@ EXERCISE = Exercise(
     title="N concurrent jobs on worker processes, one SIGKILLed mid-job: lost jobs, duplicate posts, latency",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"n_jobs": 32, "workers": 4, "writer_max_tokens": 120, "hyde_max_tokens": 80}},
+    profiles={"cpu": {}, "a100": {"n_jobs": 32, "workers": 4, "writer_max_tokens": 120, "hyde_max_tokens": 80,
+                                  "llm": A100_LLM}},
     tiny={"scripted": True, "n_jobs": 4, "lease_s": 2.0, "corpus": "phase12_rag_storage/notes"},
     summary_metrics=("jobs_completed", "lost_jobs", "duplicate_posts", "latency_p50_s", "latency_p99_s"),
     methods={"cpu": "scaled", "a100": "scaled"},
