@@ -38,8 +38,7 @@ class Config(ExerciseConfig):
 def run(cfg: Config, ctx: RunContext) -> None:
     from lab.stats import interval_text, record_rate
     from phase13_react.loop import run_agent
-    from phase13_react.model_rows import model_rows
-    from phase13_react.served import agent_llm
+    from phase13_react.served import agent_llm, model_rows
     from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric
     from phase13_react.tasks import check, load_tasks
     from phase13_react.tools import Toolbox

@@ -32,8 +32,7 @@ class Config(ExerciseConfig):
 
 def run(cfg: Config, ctx: RunContext) -> None:
     from lab.stats import interval_text, record_rate
-    from phase13_react.model_rows import model_rows
-    from phase13_react.served import agent_llm
+    from phase13_react.served import agent_llm, model_rows
     from phase13_react.research import STEPS, research
     from phase13_react.research_tools import RESEARCH_TOOLS, notes_index
     from phase13_react.state_store import AgentStateStore
