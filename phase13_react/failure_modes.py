@@ -154,6 +154,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {}},
     tiny={"slow_model_s": 1.5, "client_timeout_s": 0.5, "tool_timeout_s": 0.2},
+    smoke={"slow_model_s": 1.5, "client_timeout_s": 0.5, "tool_timeout_s": 0.2},
     summary_metrics=("modes_detected", "scenarios_handled", "crashes"),
     methods={"cpu": "same", "a100": "same"},
 )

@@ -264,6 +264,7 @@ EXERCISE = Exercise(
                  "llm": A100_LLM},
     },
     tiny={"n_tasks": 1},
+    smoke={"n_tasks": 1, "max_tokens": 64},  # the a100 path against a served tiny stand-in
     summary_metrics=("calls", "valid_call_rate", "tokens", "latency_s", "cost_usd"),
     methods={"cpu": "scaled", "a100": "same"},
 )

@@ -20,7 +20,7 @@ import json
 from collections import Counter
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
+from phase13_react.served import A100_LLM, BASE_SPEC
 
 MODES = ("native", "text")
 
@@ -115,11 +115,12 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": {"baseline_llm": "local:smollm2-135m-instruct", "max_steps": 3},
+        "cpu": {"baseline_llm": BASE_SPEC, "max_steps": 3},
         "a100": {"task_ids": [], "max_steps": 6, "max_tokens": 256,
                  "llm": A100_LLM},
     },
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 48},
+    smoke={"n_tasks": 1, "max_steps": 2, "max_tokens": 48},
     summary_metrics=("valid_step_rate_native_agent", "valid_step_rate_text_agent", "success_native_agent",
                      "success_text_agent", "success_native_base"),
     methods={"cpu": "scaled", "a100": "same"},

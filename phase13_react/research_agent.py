@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
+from phase13_react.served import A100_LLM, BASE_SPEC
 
 
 class Config(ExerciseConfig):
@@ -111,10 +111,11 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": {"baseline_llm": "local:smollm2-135m-instruct"},
+        "cpu": {"baseline_llm": BASE_SPEC},
         "a100": {"llm": A100_LLM, "max_tokens": 256},
     },
     tiny={"n_tasks": 1, "max_tokens": 64},
+    smoke={"n_tasks": 1, "max_tokens": 64},
     summary_metrics=("task_success_agent", "task_success_base", "citation_accuracy_agent", "steps_per_task_agent",
                      "tokens_per_task_agent"),
     methods={"cpu": "scaled", "a100": "same"},

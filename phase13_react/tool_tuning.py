@@ -26,9 +26,8 @@ from collections import Counter
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import AGENT_SPEC, BASE_SPEC
 
-BASE = "local:smollm2-135m-instruct"
-TUNED = "local:smollm2-135m-agent"
 DECISION_SPLITS = ("heldout_template", "heldout_function", "heldout_chat", "heldout_tool")
 MEASURES = (  # (key, metric name, what the table calls it)
     ("decision", "decision_accuracy", "decision accuracy"), ("exact", "exact_call_accuracy", "exact-call accuracy"),
@@ -46,8 +45,8 @@ DESCRIPTIONS = {
 
 
 class Config(ExerciseConfig):
-    base_llm: str = BASE
-    tuned_llm: str = TUNED
+    base_llm: str = BASE_SPEC
+    tuned_llm: str = AGENT_SPEC
     seed: int = 0  # the data generator's seed (the held-out splits are drawn from it)
     max_cases_per_split: int = 0  # 0 = every held-out case
     max_tasks: int = 0  # multi-step tasks; 0 = all
@@ -139,7 +138,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     tasks = data.multistep[:cfg.max_tasks] if cfg.max_tasks else data.multistep
     ctx.dataset("phase13_react.tool_use_data (held-out splits)", len(cases) + len(tasks), None, seed=cfg.seed,
                 train_sha256=data.sha256(), decision_cases=len(cases), multistep_tasks=len(tasks))
-    tuned_is_published = cfg.tuned_llm == TUNED
+    tuned_is_published = cfg.tuned_llm == AGENT_SPEC
     if tuned_is_published:
         record = check_published()
         ctx.metric("adapter_recipe", record["recipe_sha256"][:12], "", description="recipe sha256 of the published "

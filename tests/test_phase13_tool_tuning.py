@@ -2,6 +2,7 @@
 inference builds, the adapter is published with a recipe that matches, and the exercise runs end to end."""
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -127,4 +128,4 @@ def test_tool_tuning_tiny_runs_base_and_tuned(tmp_path):
         low, high = m[f"decision_accuracy_{label}_ci_low"]["value"], m[f"decision_accuracy_{label}_ci_high"]["value"]
         assert 0 <= low <= m[f"decision_accuracy_{label}"]["value"] <= high <= 1
     assert {"base_vs_tuned", "decisions_by_split", "tuned_misses"} <= set(doc["tables"])
-    assert (tmp_path / "phase13" / "tool_tuning" / "cpu" / "training_curve.png").is_file()
+    assert (Path(doc["_path"]).parent / "training_curve.png").is_file()
