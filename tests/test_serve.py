@@ -620,7 +620,7 @@ def test_the_agent_model_acts_when_a_tool_fits_and_declines_when_none_does(oai):
     base_calls = sum(ask(MODEL, p).tool_calls is not None for p, _ in FITS)
     print(f"agent: right call {sum(acted)}/{len(FITS)}, declined {sum(declined)}/{len(FITS_NONE)}; "
           f"base called {base_calls}/{len(FITS)}")
-    # a behaviour check on a handful of cases (the measurement, n = 172 with intervals, is phase13.tool_tuning):
+    # a behaviour check on a handful of cases (the measurement, with n and intervals, is phase13.tool_tuning):
     # most fitting requests get the right call, most others none, and the tuned model acts where the base does not
     assert sum(acted) > len(FITS) / 2 and sum(declined) > len(FITS_NONE) / 2
     assert base_calls < sum(acted)
