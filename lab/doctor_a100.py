@@ -18,8 +18,9 @@ from lab import torch_install
 Check = tuple[str, bool | None, str]
 
 # Download size of the a100 profiles' hub models: parameter count x bytes per parameter of the weights
-# the repo ships (safetensors; bf16 = 2 bytes, all-mpnet's fp32 = 4). Counts from the model cards /
-# the meta-device count in PITFALLS (Llama 3.1 8B: 8,030,261,248). Tokenizers and configs add < 0.1 GB.
+# the repo ships (safetensors; bf16 = 2 bytes, all-mpnet's fp32 = 4). Counts from the model cards and the
+# meta-device count of the published configs (phase08_architecture/sizing.py computes the same for the README's
+# sizing table; tests/test_phase08_sizing.py holds them equal). Tokenizers and configs add < 0.1 GB.
 MODEL_DOWNLOAD_BYTES = {
     "meta-llama/Llama-3.1-8B-Instruct": 8_030_261_248 * 2,  # 16.1 GB
     "mistralai/Mixtral-8x7B-Instruct-v0.1": 46_702_792_704 * 2,  # 93.4 GB

@@ -284,7 +284,7 @@ def _router():
             from lab.errors import ConfigError
 
             raise ConfigError("OTEL_SDK_DISABLED=true switches OpenTelemetry off for the whole process, so no span "
-                              "would be recorded; unset it (silence a framework with its own switch, see PITFALLS)")
+                              "would be recorded; unset it (silence a framework with its own switch, as lab.toolchain.quiet_frameworks does)")
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):
             provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))

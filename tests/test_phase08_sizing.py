@@ -48,3 +48,13 @@ def test_rows_are_params_times_bytes_plus_kv_and_training_state():
     assert rows["phase13.react_loop"].models == [sizing.LLAMA_8B]
     assert rows["phase15.contention"].vram == 0 and rows["phase15.contention"].models == []
     assert "mistralai/Mixtral-8x7B-Instruct-v0.1" in rows["phase08.moe_routing"].gated
+
+
+def test_lab_doctor_counts_the_downloads_the_sizing_table_computes():
+    """`lab doctor` (a lab module, which cannot import a phase) keeps its own download table; it must agree
+    with the parameter counts the README's sizing table computes from the published configs."""
+    from lab.doctor_a100 import MODEL_DOWNLOAD_BYTES
+    from phase08_architecture.sizing import download_bytes
+
+    for model, stated in MODEL_DOWNLOAD_BYTES.items():
+        assert stated == download_bytes(model), model
