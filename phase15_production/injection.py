@@ -42,6 +42,7 @@ class Config(ExerciseConfig):
     attacks: str | None = None  # JSONL (id, user_task, untrusted, canary); default data/injection_attacks.jsonl
     benign: str | None = None  # JSONL (id, user_task, untrusted, expect); default data/injection_benign.jsonl
     models: list[str] = list(MODELS)  # + "hosted" whenever --llm / $LAB_LLM names a model not listed here
+    specs: dict[str, str] = dict(REAL_MODELS)  # lab.llm spec of each real model label (a served model may stand in)
     llm: str | None = None  # lab.llm spec of a hosted or served model; default $LAB_LLM
     configs: list[str] = list(CONFIGS)  # defence configs every model runs
     limit: int = 0  # >0: the first N attacks (one per category in turn) and N benign tasks — smoke runs only
@@ -155,9 +156,9 @@ def _models(cfg: Config, stack) -> dict[str, Any]:
             models[label] = OpenAILLM(MODEL, base_url=stack.enter_context(adversary_server()), api_key="sk-adversary",
                                       max_attempts=1)
         else:
-            models[label] = _memo(from_spec(REAL_MODELS[label]))
+            models[label] = _memo(from_spec(cfg.specs[label]))
     hosted = cfg.llm or os.environ.get("LAB_LLM")
-    if hosted and hosted not in REAL_MODELS.values():
+    if hosted and hosted not in cfg.specs.values():
         models["hosted"] = _memo(from_spec(hosted))
     return models
 
@@ -171,9 +172,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase15_production.defended_agent import run_defended
 
     unknown = sorted(set(cfg.models) - set(MODELS)) + sorted(set(cfg.configs) - set(CONFIGS))
+    unknown += sorted(m for m in cfg.models if m != "adversary" and m not in cfg.specs)
     if unknown:
-        raise ConfigError(f"unknown model or config name(s) {unknown}: models are {', '.join(MODELS)}; configs are "
-                          f"{', '.join(CONFIGS)}")
+        raise ConfigError(f"unknown model or config name(s) {unknown}: models are {', '.join(MODELS)} (each real one "
+                          f"with a spec in specs); configs are {', '.join(CONFIGS)}")
     attacks, benign = load_attacks(cfg.attacks), load_benign(cfg.benign)
     if cfg.limit:
         attacks, benign = stratified(attacks, cfg.limit), benign[:cfg.limit]
@@ -317,9 +319,9 @@ EXERCISE = Exercise(
         "cpu": {"max_steps": 3, "max_tokens": 96},
         "a100": {"max_steps": 4, "max_tokens": 256},
     },
-    tiny={"models": ["adversary"]},
+    tiny={"limit": 1, "configs": ["none", "all"], "max_steps": 2, "max_tokens": 32},
     summary_metrics=("asr_agent_none", "asr_agent_all", "benign_utility_agent_none", "benign_utility_agent_all",
-                     "asr_adversary_none", "asr_adversary_all", "benign_utility_adversary_all"),
+                     "asr_adversary_none", "asr_adversary_all"),
     methods={"cpu": "own", "a100": "own"},
 )
 
