@@ -193,13 +193,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
             for config in ctx.progress(cfg.configs, f"{label}: defence configs"):
                 defence = Defence(CONFIGS[config], seed=cfg.seed)
 
-                def go(case, effects):
-                    return run_defended(llm, case.user_task, case.untrusted, case.source, privileged_tools(effects),
+                def go(case, llm=llm, defence=defence):
+                    return run_defended(llm, case.user_task, case.untrusted, case.source, privileged_tools([]),
                                         defence, max_steps=cfg.max_steps, max_tokens=cfg.max_tokens)
 
-                outcomes[label, config] = {
-                    "attacks": {a.id: attack_outcome(go(a, []), a.canary) for a in attacks},
-                    "benign": {b.id: benign_outcome(go(b, []), b) for b in benign}}
+                outcomes[label, config] = {"attacks": {a.id: attack_outcome(go(a), a.canary) for a in attacks},
+                                           "benign": {b.id: benign_outcome(go(b), b) for b in benign}}
             if hasattr(llm, "calls"):
                 ctx.metric(f"model_calls_{label}", llm.calls, "calls", None, "distinct generations (cached replays excluded)")
     report(ctx, list(models), outcomes, attacks, benign)
