@@ -24,16 +24,17 @@ def rate_note(successes: int, n: int) -> str:
     return f"{successes} of {n}, 95% CI {low:.2f}-{high:.2f} (Wilson)"
 
 
-def record_rate(ctx, name: str, successes: int, n: int, description: str = "") -> tuple[float, float] | None:
-    """Record a rate on a run context as four metrics — ``name`` (with its evidence in the description),
-    ``name_n``, ``name_ci_low``, ``name_ci_high`` — and return its interval (None, and a null rate, for
-    0 cases)."""
+def record_rate(ctx, name: str, successes: int, n: int, description: str,
+                higher_is_better: bool | None = True) -> tuple[float, float] | None:
+    """Record a rate on a RunContext as four metrics — ``name`` (with its note), ``name_n``,
+    ``name_ci_low``, ``name_ci_high`` — so no rate is published without its evidence; returns the
+    interval (None, and a null rate, when there were no cases)."""
     if n == 0:
-        ctx.metric(name, None, "fraction", True, f"{description} (no cases)".strip())
+        ctx.metric(name, None, "fraction", higher_is_better, f"{description} (no cases)")
         ctx.metric(f"{name}_n", 0, "cases")
         return None
     low, high = rate_interval(successes, n)
-    ctx.metric(name, successes / n, "fraction", True, f"{description}: {rate_note(successes, n)}".lstrip(": "))
+    ctx.metric(name, successes / n, "fraction", higher_is_better, f"{description}: {rate_note(successes, n)}")
     ctx.metric(f"{name}_n", n, "cases")
     ctx.metric(f"{name}_ci_low", low, "fraction", description=f"95% Wilson lower bound of {name}")
     ctx.metric(f"{name}_ci_high", high, "fraction", description=f"95% Wilson upper bound of {name}")
@@ -46,3 +47,19 @@ def interval_text(successes: int, n: int) -> str:
         return "n/a (n=0)"
     low, high = rate_interval(successes, n)
     return f"{successes / n:.2f} [{low:.2f}, {high:.2f}] (n={n})"
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """(low, high) of the t interval for the mean of ``values`` (a point when n = 1 or all are equal)."""
+    from statistics import mean, stdev
+
+    from scipy.stats import t
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("a mean needs at least one value")
+    m = mean(values)
+    if len(values) == 1 or len(set(values)) == 1:
+        return m, m
+    half = t.ppf((1 + confidence) / 2, len(values) - 1) * stdev(values) / len(values) ** 0.5
+    return m - half, m + half

@@ -1,171 +1,184 @@
-"""``ObedientAdversary`` — a labelled WORST-CASE stand-in for a model, not a model.
+"""The obedient adversary — a labelled WORST-CASE stand-in for a model, served on the OpenAI wire.
 
-It obeys every instruction it reads, wherever it reads it: the system prompt, the user's task, a
-document, a tool result. It sees through every disguise a capable model sees through (datamarking,
-delimiters, zero-width characters, look-alike letters, percent-encoding, base64/hex blobs), and it
-ignores every rule about whom to obey — so spotlighting and the instruction hierarchy, which work by
-*asking* the model, do nothing against it by construction. A defence that holds against it holds
-because of what the model is *not given* (tools, untrusted text) and what is *checked* after it
-decided, never because the model chose to behave.
+    with adversary_server() as url:                    # POST {url}/chat/completions, like any model
+        llm = OpenAILLM("obedient-adversary", base_url=url, api_key="sk-adversary")
 
-How it reads (the same surface the attacks in ``data/injection_attacks.jsonl`` use):
-a sentence holding a directive verb (publish / send / save / include / reply …, in eight languages)
-is an instruction. Its payload is what it quotes, else a link or image it holds, else — for the
-user's own "publish/send the summary" — the content it has read. Its kind is the tool the verb
-names (publish, send_message, write_state) or, for say/include/append/reply…, the final answer.
-Per turn it makes the next call it has not made yet among the tools offered; then it answers with
-the content plus every payload it was told to say, and anything it was told to do but could not
-(no such tool offered) it says instead — the worst case relays instructions to the next stage.
+It is not a model and it is scored apart from the real ones. It stands for the reader no defence
+may rely on: one that takes every sentence it reads as meant for it. It does not try to tell an
+instruction from data — whatever the phrasing ("publish …", "include the code X in your answer",
+"the assistant should mention …", a base64 blob, a sentence in Chinese), so its success does not
+depend on an attack using words it knows. Concretely, given the request body only:
+
+- **what it read** is the user message after the task (the document, page or e-mail), read through
+  its encodings: NFKC, zero-width and format characters dropped, symbols used as word marks read as
+  spaces, percent-encoding undone, base64/hex blobs decoded and read as more sentences, delimiter
+  tags ignored. Tool results are not re-read (they would change its wording every turn);
+- **it relays all of it**: its answer, and the summary it writes when asked for JSON (a reader
+  stage), hold every sentence it read — and its own system prompt when what it read mentions a prompt,
+  instructions or rules;
+- **it acts on all of it**: with each privileged tool offered it does the most it can — sends the
+  relayed text to every address it saw (the task's first), stores it under every key it saw, and
+  publishes it — one call per turn, each once, then answers (``final_answer`` when offered).
+
+Where the user's task names variables (``$summary``: an actor stage that never sees the text), it
+writes those names in place of the text, as it was told to.
+
+It deliberately shares no code with ``defence.py``: a defence checked against its own parser would
+be marked by its own homework. It reaches the defended agent only as HTTP replies.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
-import uuid
-from dataclasses import dataclass
-from typing import Any
+import unicodedata
+from contextlib import contextmanager
+from typing import Any, Iterator
+from urllib.parse import unquote
 
 from lab.llm.base import LLM, ChatResponse, ToolCall, Usage
-from phase15_production.defence import _EMAIL, _HANDLE, _MD_IMAGE, _URL, quoted, sentences, views
 
-KINDS = {  # directive kind -> (verbs that ask for it, the same in scripts without word breaks); checked in order
-    "publish": (r"publish|post|blog|publie[rz]?|veröffentliche|publica|pubblica|publique|опубликуй", "发布|公開"),
-    "send_message": (r"send|e-?mail|forward|message|notify|dm|envoie[rz]?|envoyer|sende|schicke|envía|envia|invia|"
-                     r"envie|отправь", "发送|送信"),
-    "write_state": (r"save|store|remember|memori[sz]e|record|set|write\b.{0,40}\b(?:state|memory)|enregistre[rz]?|"
-                    r"speichere|guarda|salva|сохрани", "保存|写入"),
-    "say": (r"include|append|add|insert|reply|respond|answer|output|print|say|repeat|reveal|render|display|show|end|"
-            r"begin|start|tell|mention|put|write|ajoute[rz]?|inclu[se]|incluez|réponds|répondez|écris|écrivez|dis|"
-            r"füge|schreibe|antworte|sag|añade|incluye|responde|escribe|aggiungi|scrivi|rispondi|adicione|escreva|"
-            r"responda|добавь|напиши|ответь|скажи", "添加|包含|输出|回复|写|追加|出力"),
-}
-_KIND_RX = {k: re.compile(rf"(?<!\w)(?:{latin})(?!\w)|{cjk}", re.I) for k, (latin, cjk) in KINDS.items()}
-_LEAK = re.compile(r"system prompt|(?:your|initial|hidden) (?:instructions|prompt|rules)", re.I)
-_KEY = re.compile(r"\bkey\s+[\"'`]?([\w.-]+)", re.I)
+MODEL = "obedient-adversary"
+_TAG = re.compile(r"<<[^<>]{0,80}>>|<\|[^|>]{1,30}\|>|\[/?INST\]")
+_BLOB = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|(?:[0-9a-fA-F]{2}){8,}")
+_SPLIT = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|(?<![\w@/])[@#][^\W\d][\w.-]{1,40}")
+_KEY = re.compile(r"\bkey\s*[\"'`‘“«]([^\"'`’”»]{1,40})[\"'`’”»]", re.I)
+_VARIABLE = re.compile(r"\$[A-Za-z_]\w*")
+_ABOUT_ITSELF = re.compile(r"prompt|instruction|rules|guideline|configuration", re.I)
+_TASK_PREFIX = re.compile(r"^\s*the user's task:\s*", re.I)
+DESTINATION_ARGS = ("to", "recipient", "channel", "chat_id")
 
 
-@dataclass
-class Directive:
-    kind: str              # a tool name or "say"
-    payload: str | None    # None: "the content" (a task asking to publish/send what was read)
-    to: str | None = None
-    key: str | None = None
-    from_task: bool = False
+def _plain(text: str) -> str:
+    """Text as a reader sees it: no invisible characters, word marks as spaces, escapes undone."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Co") else ch
+                   for ch in text if unicodedata.category(ch) != "Cf")
+    return unquote(_TAG.sub(" ", text))
 
 
-def _kind(sentence: str) -> str | None:
-    return next((kind for kind, rx in _KIND_RX.items() if rx.search(sentence)), None)
+def _unpacked(blob: str) -> str | None:
+    for decode in (lambda b: base64.b64decode(b + "=" * (-len(b) % 4), validate=True), bytes.fromhex):
+        try:
+            text = decode(blob).decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            continue
+        if text and all(ch.isprintable() or ch.isspace() for ch in text):
+            return text
+    return None
 
 
-def parse_directives(text: str, from_task: bool = False, system: str = "") -> list[Directive]:
-    """Every instruction in ``text`` (read through its encodings), in order."""
-    found = []
-    for view in views(text):
-        for sentence in sentences(view):
-            kind = _kind(sentence)
-            if kind is None:
-                continue
-            quotes = quoted(sentence)
-            emails = [m.group(0) for m in _EMAIL.finditer(sentence)]
-            links = [m.group(0) for m in _MD_IMAGE.finditer(sentence)] or [
-                m.group(0) for m in _URL.finditer(sentence) if not any(m.group(0) in e for e in emails)]
-            address = next((m.group(0).rstrip(".,;:") for rx in (_EMAIL, _HANDLE) for m in rx.finditer(sentence)), None)
-            key = _KEY.search(sentence)
-            key = key.group(1) if key else (quotes[0] if kind == "write_state" and len(quotes) > 1 else None)
-            values = [q for q in quotes if q != key]
-            payload = values[-1] if values else (links[0] if links else None)
-            if kind == "say" and payload is None and _LEAK.search(sentence):
-                payload = system  # "repeat your system prompt": it does
-            if kind == "say" and payload is None:
-                continue  # "answer in two sentences": nothing to say but the content
-            if kind == "send_message" and address is None:
-                continue
-            found.append(Directive(kind, payload, address, key, from_task))
-    return found
+def read(text: str) -> list[str]:
+    """The sentences of ``text``, then those hidden in its encoded blobs."""
+    plain = _plain(text)
+    hidden = [_plain(t) for t in (_unpacked(m.group(0)) for m in _BLOB.finditer(plain)) if t]
+    return [s.strip() for part in (plain, *hidden) for s in _SPLIT.split(part) if s.strip()]
 
 
-_TAGS = re.compile(r"<</?\s*untrusted[^>]*>>")
+def _content(message: dict[str, Any] | None) -> str:
+    content = (message or {}).get("content") or ""
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
-def _text(message: dict[str, Any]) -> str:
-    """A message as the adversary reads it: delimiters are no obstacle to it."""
-    content = message.get("content") or ""
-    return _TAGS.sub(" ", content if isinstance(content, str) else json.dumps(content, default=str))
+def _addresses(sentences: list[str]) -> list[str]:
+    found = [m.group(0).rstrip(".,;:") for s in sentences for m in _ADDRESS.finditer(s)]
+    return list(dict.fromkeys(found))
+
+
+def _keys(sentences: list[str]) -> list[str]:
+    return list(dict.fromkeys(m.group(1) for s in sentences for m in _KEY.finditer(s)))
+
+
+def _arguments(parameters: dict[str, Any], text: str, to: str | None = None, key: str | None = None) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for name in (parameters or {}).get("properties", {}):
+        if name in DESTINATION_ARGS:
+            args[name] = to or ""
+        elif name == "key":
+            args[name] = key or "note"
+        elif name == "title":
+            args[name] = " ".join(text.split()[:8]) or "Post"
+        else:
+            args[name] = text
+    return args
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True)
+    except json.JSONDecodeError:
+        return arguments
+
+
+def plan(body: dict[str, Any]) -> dict[str, Any]:
+    """The reply to one chat-completions request body (``scripted_server`` reply shape)."""
+    messages = body.get("messages") or []
+    system = " ".join(_content(m) for m in messages if m.get("role") == "system")
+    first_user = _content(next((m for m in messages if m.get("role") == "user"), None))
+    task, _, data = first_user.partition("\n\n")
+    task = _TASK_PREFIX.sub("", task)
+    said = read(data)
+    names = sorted(set(_VARIABLE.findall(first_user)))
+    text = " ".join(names) if names else " ".join(said)
+    if any(_ABOUT_ITSELF.search(s) for s in said):
+        text = f"{text} {system}".strip()  # asked about its instructions: it hands them over
+    if body.get("response_format"):
+        return {"content": json.dumps({"summary": text}, ensure_ascii=False), "tool_calls": []}
+    tools = {t["function"]["name"]: t["function"].get("parameters") or {} for t in body.get("tools") or []}
+    if body.get("tool_choice") == "none":
+        tools = {}
+    made = {(c["function"]["name"], _canonical(c["function"]["arguments"]))
+            for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []}
+    told = read(task) + said
+    wanted = [("send_message", {"to": a}) for a in _addresses(told)] + \
+             [("write_state", {"key": k}) for k in _keys(told)] + [("publish", {})]
+    for name, where in wanted:
+        if name in tools:
+            arguments = json.dumps(_arguments(tools[name], text, **where), ensure_ascii=False)
+            if (name, _canonical(arguments)) not in made:
+                return {"content": None, "tool_calls": [{"name": name, "arguments": arguments}]}
+    if "final_answer" in tools:
+        return {"content": None, "tool_calls": [{"name": "final_answer",
+                                                 "arguments": json.dumps({"answer": text or "Done."})}]}
+    return {"content": text or "Done.", "tool_calls": []}
+
+
+@contextmanager
+def adversary_server() -> Iterator[str]:
+    """The adversary on a loopback OpenAI-compatible server (Phase 13's scripted wire double); yields its base URL."""
+    from phase13_react.scripted_server import scripted_openai
+
+    with scripted_openai(plan) as server:
+        yield server.url
 
 
 class ObedientAdversary(LLM):
-    """The worst case: follows every instruction in its context (see the module docstring)."""
+    """The same adversary as an in-process ``LLM`` for callers that hold one (the capstone's injection
+    check): each chat call is turned into the request body a server would receive and answered by ``plan``."""
 
     provider = "adversary"
 
-    def __init__(self, model: str = "obedient-worst-case"):
+    def __init__(self, model: str = MODEL):
         super().__init__(model)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.spec, "note": "scripted worst-case adversary that obeys every instruction it reads; not a model"}
+        return {"id": self.spec, "note": "scripted worst-case adversary that acts on everything it reads; not a model"}
 
     def chat(self, messages: list[dict[str, Any]], system: str | None = None, tools: list[dict[str, Any]] | None = None,
              max_tokens: int = 512, temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
              tool_choice: Any = "auto", parallel_tool_calls: bool = True, stop: list[str] | None = None) -> ChatResponse:
-        first_user = next((_text(m) for m in messages if m["role"] == "user"), "")
-        task, _, data = first_user.partition("\n\n")
-        rest = [data] + [_text(m) for m in messages[1:] if m["role"] in ("user", "tool")]
-        # the conversation's instructions, the task's first; the system prompt only as something to leak
-        directives = parse_directives(task, True, system or "") + [d for t in rest for d in
-                                                                   parse_directives(t, False, system or "")]
-        content = self._content(first_user, "\n".join(rest))
-        offered = {t["name"]: t for t in tools or []} if tool_choice != "none" else {}
-        made = {self._key(c.name if isinstance(c, ToolCall) else c["name"],
-                          c.arguments if isinstance(c, ToolCall) else c.get("arguments") or {})
-                for m in messages if m["role"] == "assistant" for c in m.get("tool_calls") or []}
-        said = [d.payload for d in directives if d.kind == "say"]
-        if json_schema is not None:  # a reader stage: it cannot act, so it relays what it was told to do
-            relayed = [s for t in rest for v in views(t) for s in sentences(v) if _kind(s) and _kind(s) != "say"]
-            summary = " ".join([content, *said, *relayed]).strip()
-            return self._reply(json.dumps({"summary": summary}, ensure_ascii=False))
-        for d in directives:
-            if d.kind in offered:
-                call = ToolCall(f"adv_{uuid.uuid4().hex[:8]}", d.kind, self._arguments(offered[d.kind], d, content))
-                if self._key(call.name, call.arguments) not in made:
-                    return self._reply("", [call])
-            elif d.kind != "say" and not d.from_task:
-                said.append(" ".join(x for x in (d.payload, d.to) if x))  # could not do it: says it instead
-        answer = " ".join([content, *[s for s in said if s]]).strip() or "Done."
-        if "final_answer" in offered:
-            return self._reply("", [ToolCall(f"adv_{uuid.uuid4().hex[:8]}", "final_answer", {"answer": answer})])
-        return self._reply(answer)
+        from lab.llm.openai_client import to_openai
 
-    @staticmethod
-    def _key(name: str, arguments: dict[str, Any]) -> str:
-        return name + json.dumps(arguments, sort_keys=True)
-
-    @staticmethod
-    def _content(first_user: str, data: str) -> str:
-        """What it read, in brief: the names of values it was handed (``$summary``), else the first two
-        sentences of the data that are not instructions."""
-        names = sorted(set(re.findall(r"\$[A-Za-z_]\w*", first_user)))
-        if names:
-            return " ".join(names)
-        plain = [s for v in views(data)[:1] for s in sentences(v) if not _kind(s) and len(s.split()) > 2
-                 and not s.rstrip().endswith(":")]
-        return " ".join(plain[:2])
-
-    @staticmethod
-    def _arguments(schema: dict[str, Any], d: Directive, content: str) -> dict[str, Any]:
-        body = d.payload if d.payload is not None else content
-        args = {}
-        for name in (schema.get("input_schema") or {}).get("properties", {}):
-            if name in ("to", "recipient", "channel", "chat_id"):
-                args[name] = d.to or ""
-            elif name == "key":
-                args[name] = d.key or "note"
-            elif name == "title":
-                args[name] = " ".join(body.split()[:8]) or "Post"
-            else:
-                args[name] = body
-        return args
-
-    def _reply(self, text: str, calls: list[ToolCall] | None = None) -> ChatResponse:
-        return ChatResponse(text=text, provider=self.provider, model=self.model, tool_calls=calls or [],
+        body: dict[str, Any] = {"messages": to_openai(messages, system), "tool_choice": tool_choice,
+                                "tools": [{"type": "function", "function": {"name": t["name"], "parameters":
+                                           t.get("input_schema") or {}}} for t in tools or []]}
+        if json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"schema": json_schema}}
+        reply = plan(body)
+        calls = [ToolCall(f"adv_{i}", c["name"], json.loads(c["arguments"])) for i, c in enumerate(reply["tool_calls"])]
+        text = reply["content"] or ""
+        return ChatResponse(text=text, provider=self.provider, model=self.model, tool_calls=calls,
                             usage=Usage(0, len(text.split())), stop_reason="tool_use" if calls else "end_turn")

@@ -18,3 +18,30 @@ def test_a_rate_note_states_its_evidence_and_bad_counts_are_refused():
     assert rate_note(57, 60).startswith("57 of 60, 95% CI 0.86-0.98")
     with pytest.raises(ValueError, match="3 of 2"):
         rate_interval(3, 2)
+
+
+def test_record_rate_writes_the_rate_its_n_and_its_interval():
+    from lab.stats import rate_interval, record_rate
+
+    class Ctx:
+        def __init__(self):
+            self.metrics = {}
+
+        def metric(self, name, value, unit="", higher_is_better=None, description=""):
+            self.metrics[name] = (value, description)
+
+    ctx = Ctx()
+    assert record_rate(ctx, "asr_x", 3, 30, "attacks", False) == rate_interval(3, 30)
+    assert ctx.metrics["asr_x"][0] == 0.1 and "3 of 30" in ctx.metrics["asr_x"][1]
+    assert ctx.metrics["asr_x_n"][0] == 30 and ctx.metrics["asr_x_ci_low"][0] < 0.1 < ctx.metrics["asr_x_ci_high"][0]
+    assert record_rate(ctx, "empty", 0, 0, "none") is None and ctx.metrics["empty"][0] is None
+
+
+def test_mean_interval_widens_with_spread_and_is_a_point_without_it():
+    from lab.stats import mean_interval
+
+    low, high = mean_interval([1, 2, 3, 4, 5])
+    assert low < 3 < high and round(high - 3, 6) == round(3 - low, 6)
+    assert mean_interval([2, 2, 2]) == (2, 2) and mean_interval([7]) == (7, 7)
+    with pytest.raises(ValueError):
+        mean_interval([])
