@@ -296,6 +296,7 @@ EXERCISE = Exercise(
     profiles={"cpu": {"n_tasks": 0, "max_steps": 3, "max_tokens": 128},
               "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512, "models": [], "llm": A100_LLM}},
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 32, "tools": ["calculator"], "models": ["agent"]},
+    smoke={"n_tasks": 1, "max_steps": 2, "max_tokens": 32, "tools": ["calculator"]},
     summary_metrics=("success_raw_agent", "success_langgraph_agent", "success_crewai_agent", "tokens_raw_agent",
                      "tokens_langgraph_agent", "tokens_crewai_agent", "n_tasks_raw"),
     methods={"cpu": "scaled", "a100": "same"},

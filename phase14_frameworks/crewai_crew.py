@@ -133,6 +133,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {"max_tokens": 160}, "a100": {"max_tokens": 512, "llm": A100_LLM}},
     tiny={"max_tokens": 24, "note_chars": 300, "formats": ["native", "text"], "researcher_tools": ["calculator"]},
+    smoke={"max_tokens": 24, "note_chars": 300, "formats": ["native", "text"], "researcher_tools": ["calculator"]},
     summary_metrics=("llm_calls_native", "tokens_native", "llm_calls_text", "text_format_misses"),
     methods={"cpu": "scaled", "a100": "same"},
 )

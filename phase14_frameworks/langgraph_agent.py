@@ -258,6 +258,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8, "llm": A100_LLM}},
     tiny={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64},
+    smoke={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64},
     summary_metrics=("success_rate", "nodes_reexecuted_after_crash", "checkpoints_per_run", "resume_latency_s"),
     methods={"cpu": "scaled", "a100": "same"},
 )

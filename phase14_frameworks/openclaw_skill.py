@@ -284,6 +284,7 @@ EXERCISE = Exercise(
         "a100": {"llm": A100_LLM},  # same turns on Llama 3.1 8B behind vLLM / lab serve (or --llm another)
     },
     tiny={"variants": ["narrow"], "max_tokens": 8, "control": True},  # two turns: 135M + scripted control
+    smoke={"variants": ["narrow"], "max_tokens": 8, "control": True},
     summary_metrics=("system_prompt_chars", "tools_offered", "skill_visible", "skill_command_ran", "turn_latency_s"),
     methods={"cpu": "scaled", "a100": "same"},
 )

@@ -244,6 +244,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"max_steps": 6, "max_tokens": 160, "llm": A100_LLM}},
     tiny={"tasks": TASKS[:1], "max_steps": 2, "max_tokens": 48},
+    smoke={"tasks": TASKS[:1], "max_steps": 2, "max_tokens": 48},
     summary_metrics=("spans_per_run", "llm_call_span_coverage", "tool_call_span_coverage", "secrets_leaked"),
     methods={"cpu": "own", "a100": "own"},
 )

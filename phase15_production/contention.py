@@ -257,6 +257,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {}, "crdb": {"databases": ["cockroachdb"]}},
     tiny={"agents": 3, "updates": 30},
+    smoke={"agents": 3, "updates": 30},
     summary_metrics=("lost_updates_naive", "lost_updates_for_update", "lost_updates_optimistic",
                      "lost_updates_serializable"),
     methods={"cpu": "same", "a100": "same", "crdb": "same"},

@@ -313,6 +313,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"runs": 3, "max_steps": 4, "max_tokens": 160, "llm": A100_LLM}},
     tiny={"runs": 1, "max_steps": 2, "retrieval": "bm25", "max_tokens": 48, "decode_tokens_per_s": 20.0, "prefill_tokens_per_s": 200.0},
+    smoke={"runs": 1, "max_steps": 2, "retrieval": "bm25", "max_tokens": 48},  # tokens/s measured on the server
     summary_metrics=("cost_per_1000_runs_usd_claude_haiku_4_5", "cost_per_1000_runs_usd_gpt_4o",
                      "cost_per_1000_runs_usd_self_hosted", "dominant_agent_cost_share"),
     methods={"cpu": "substitute: tokens/s measured on this CPU (smollm2-135m-instruct) priced at the A100 $/h",

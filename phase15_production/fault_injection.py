@@ -335,6 +335,8 @@ EXERCISE = Exercise(
     profiles={"cpu": {}, "a100": {"requests": 200, "llm": A100_LLM}},
     tiny={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
           "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
+    smoke={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
+           "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
     summary_metrics=("completion_rate_50pct", "fallback_share_50pct", "duplicate_side_effects"),
     methods={"cpu": "scaled", "a100": "same"},
 )

@@ -324,6 +324,7 @@ EXERCISE = Exercise(
         "a100": {"models": ["adversary"], "max_steps": 4, "max_tokens": 256, "llm": A100_LLM},
     },
     tiny={"limit": 1, "configs": ["none", "all"], "max_steps": 2, "max_tokens": 32},
+    smoke={"limit": 1, "configs": ["none", "all"], "max_steps": 2, "max_tokens": 32},
     summary_metrics=("asr_agent_none", "asr_agent_all", "benign_utility_agent_none", "benign_utility_agent_all",
                      "asr_adversary_none", "asr_adversary_all"),
     methods={"cpu": "own", "a100": "own"},

@@ -147,6 +147,8 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"writer_max_tokens": 160, "hyde_max_tokens": 120, "k": 5, "llm": A100_LLM}},
     tiny={"scripted": True, "corpus": "phase12_rag_storage/notes"},
+    smoke={"corpus": "phase12_rag_storage/notes", "k": 2, "hyde_max_tokens": 24, "writer_max_tokens": 32,
+           "max_revisions": 1},
     summary_metrics=("outcome", "revisions", "citation_coverage", "job_wall_s", "tokens_total"),
     methods={"cpu": "scaled", "a100": "scaled"},
 )

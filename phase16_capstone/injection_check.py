@@ -296,6 +296,8 @@ EXERCISE = Exercise(
     profiles={"cpu": {}, "a100": {"model_attacks": 55, "model_clean": 3, "k": 3, "max_revisions": 3,
                                   "writer_max_tokens": 120, "llm": A100_LLM}},
     tiny={"model_attacks": 0, "model_clean": 0, "adversary_attacks": 8, "scripted_clean": True},
+    smoke={"model_attacks": 1, "model_clean": 1, "adversary_attacks": 2, "k": 2, "writer_max_tokens": 24,
+           "max_revisions": 1},
     summary_metrics=("canaries_in_published_posts", "canaries_in_chat_replies", "attack_jobs_held",
                      "canaries_in_posts_undefended", "clean_published_share"),
     methods={"cpu": "scaled", "a100": "scaled"},

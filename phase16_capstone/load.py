@@ -227,6 +227,8 @@ EXERCISE = Exercise(
     profiles={"cpu": {}, "a100": {"n_jobs": 32, "workers": 4, "writer_max_tokens": 120, "hyde_max_tokens": 80,
                                   "llm": A100_LLM}},
     tiny={"scripted": True, "n_jobs": 4, "lease_s": 2.0, "corpus": "phase12_rag_storage/notes"},
+    smoke={"n_jobs": 2, "workers": 1, "lease_s": 2.0, "corpus": "phase12_rag_storage/notes", "hyde_max_tokens": 16,
+           "writer_max_tokens": 24},
     summary_metrics=("jobs_completed", "lost_jobs", "duplicate_posts", "latency_p50_s", "latency_p99_s"),
     methods={"cpu": "scaled", "a100": "scaled"},
 )
