@@ -1,4 +1,4 @@
-"""The a100 code path of Phases 8-12, run on CPU at toy size (`lab run ... --profile a100 --smoke`).
+"""The a100 code path of every phase, run on CPU at toy size (`lab run all --profile a100 --smoke`).
 
 Every a100 profile runs with tiny random-initialised stand-ins of its models (lab.tiny_models) and
 the exercise's smoke sizes, through the same modules, quantization config and trainer arguments as
@@ -25,7 +25,7 @@ from lab.paths import REPO_ROOT, SMOKE_ROOT
 from lab.registry import all_exercises
 from lab.runner import SMOKE_METHOD, execute, target_root
 
-PHASES = ("phase08", "phase09", "phase10", "phase11", "phase12")
+PHASES = ("phase08", "phase09", "phase10", "phase11", "phase12", "phase13", "phase14", "phase15", "phase16")
 SMOKED = [ex for ex in all_exercises() if ex.phase in PHASES and "a100" in ex.profiles]
 
 
@@ -38,7 +38,8 @@ def _lab(args: list[str], artifacts: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One smoke of Phases 8-12 (a few minutes on 2 cores): (results folder, artifact store root)."""
+    """One smoke of every phase (a few minutes on 2 cores; Phases 13-16 talk to `lab serve` started on the a100
+    profile's port with the tiny Llama stand-in): (results folder, artifact store root)."""
     root = tmp_path_factory.mktemp("a100-smoke")
     out, artifacts = root / "out", root / "artifacts"
     res = _lab(["run", *PHASES, "--profile", "a100", "--smoke", "--jobs", "1", "--out", str(out)], artifacts)
