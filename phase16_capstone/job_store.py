@@ -152,6 +152,9 @@ def schema(ns: str) -> list[str]:
             job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), revision INT NOT NULL, verdict TEXT NOT NULL,
             scores JSONB NOT NULL, mean DOUBLE PRECISION, flagged BOOLEAN, reasons JSONB NOT NULL,
             reasoning TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (job_id, revision))""",
+        # whether an APPROVE counted as a review (a calibrated judge) and whose citations are whose
+        f"ALTER TABLE {ns}_reviews ADD COLUMN IF NOT EXISTS reviewed BOOLEAN",
+        f"ALTER TABLE {ns}_reviews ADD COLUMN IF NOT EXISTS citations JSONB",
         f"""CREATE TABLE IF NOT EXISTS {ns}_publications (
             job_id TEXT PRIMARY KEY REFERENCES {ns}_jobs (id),  -- one post per job, whatever retries happen
             slug TEXT NOT NULL UNIQUE, url TEXT NOT NULL, post JSONB NOT NULL,
@@ -424,12 +427,14 @@ class JobStore:
 
     def write_review(self, conn, job_id: str, revision: int, decision: dict[str, Any]) -> None:
         conn.execute(
-            f"INSERT INTO {self.ns}_reviews (job_id, revision, verdict, scores, mean, flagged, reasons, reasoning) "
-            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, revision) DO UPDATE SET "
-            f"verdict = EXCLUDED.verdict, scores = EXCLUDED.scores, mean = EXCLUDED.mean, flagged = EXCLUDED.flagged, "
-            f"reasons = EXCLUDED.reasons, reasoning = EXCLUDED.reasoning",
+            f"INSERT INTO {self.ns}_reviews (job_id, revision, verdict, scores, mean, flagged, reasons, reasoning, "
+            f"reviewed, citations) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, revision) "
+            f"DO UPDATE SET verdict = EXCLUDED.verdict, scores = EXCLUDED.scores, mean = EXCLUDED.mean, "
+            f"flagged = EXCLUDED.flagged, reasons = EXCLUDED.reasons, reasoning = EXCLUDED.reasoning, "
+            f"reviewed = EXCLUDED.reviewed, citations = EXCLUDED.citations",
             (job_id, revision, decision["verdict"], _jsonb(decision["scores"]), decision.get("mean"),
-             decision.get("confident_hallucination"), _jsonb(list(decision["reasons"])), decision.get("reasoning")))
+             decision.get("confident_hallucination"), _jsonb(list(decision["reasons"])), decision.get("reasoning"),
+             decision.get("reviewed"), _jsonb(decision.get("citations"))))
 
     def lock_site(self, conn, site: str) -> None:
         """Serialize publishers of one site: each renders the index from every published post, so two
@@ -463,10 +468,11 @@ class JobStore:
         return {n: c for n, c in rows}
 
     def reviews(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning "
-                                    f"FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision", (job_id,)).fetchall()
+        rows = self._conn().execute(f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning, reviewed, "
+                                    f"citations FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision",
+                                    (job_id,)).fetchall()
         return [{"revision": r, "verdict": v, "scores": s, "mean": m, "confident_hallucination": f, "reasons": rs,
-                 "reasoning": why} for r, v, s, m, f, rs, why in rows]
+                 "reasoning": why, "reviewed": ok, "citations": c} for r, v, s, m, f, rs, why, ok, c in rows]
 
     def stage_runs(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._conn().execute(
@@ -496,13 +502,16 @@ class JobStore:
         last = drafts[-1]["revision"] if drafts else None
         evidence = {e["n"]: e for e in self.evidence(job_id)}
         cited = self.citations(job_id, last) if last is not None else {}
+        reviews = self.reviews(job_id)
         return {
             **job.summary(), "trace_id": job.trace_id, "revisions": job.revisions, "attempts": job.attempts,
             "error": job.error, "created_at": job.created_at.isoformat(),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             "stages": self.stage_runs(job_id),
             "drafts": [{k: d[k] for k in ("revision", "title", "coverage")} for d in drafts],
-            "gate_decisions": self.reviews(job_id),
+            "gate_decisions": reviews,
+            # did a calibrated judge approve it? False: approved by an uncalibrated judge (published UNREVIEWED)
+            "reviewed": reviews[-1]["reviewed"] if reviews else None,
             "citations": [{"n": n, "chunk_id": c, "source": evidence.get(n, {}).get("source")} for n, c in cited.items()],
             "events": self.events(job_id), "reply": self.reply(job_id),
         }
