@@ -42,6 +42,24 @@ from phase16_capstone.job_store import Job, JobStore, Lease, LeaseLost
 from phase16_capstone.metering import MeteredLLM
 
 log = logging.getLogger("phase16.engine")
+CRASH_POINTS = ("mid_stage", "between_stages", "publishing", "after_publish", "reply_sending")
+CRASH_ENV = "ENGINE_CRASH_AT"  # one of CRASH_POINTS: this process SIGKILLs itself the first time it gets there
+
+
+def crash_point(name: str) -> None:
+    """A place where a machine may die, made reachable on purpose (``phase16.load`` starts a victim
+    worker with ``ENGINE_CRASH_AT=<point>``): ``mid_stage`` — a stage's work is done, not committed;
+    ``between_stages`` — a stage committed, the next not started; ``publishing`` — the site files are
+    deployed, the publication not committed; ``after_publish`` — the job is published, its chat reply
+    not claimed; ``reply_sending`` — the reply is claimed (``sending``), not sent. Nothing happens
+    unless the variable names this point."""
+    import os
+
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        log.warning("crash point %s: SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -149,8 +167,9 @@ class Engine:
             if job_id is not None and self.store.get(job_id).terminal:
                 return
             if exit_when_idle and not any(n for s, n in self.store.count_by_state().items()
-                                          if s not in ("published", "escalated", "failed")):
-                return
+                                          if s not in ("published", "escalated", "failed")) \
+                    and not (self.replier and self.store.unsent_replies()):
+                return  # idle: no job to run and no chat still owed its reply (a dead sender's included)
             stop.wait(self.settings.poll_s)
 
     def run_job(self, job: Job) -> Job:
@@ -177,6 +196,8 @@ class Engine:
         final = self.store.get(job.id)
         self.on_event("finished", {"job": job.id, "state": final.state, "post_url": final.post_url,
                                    "error": final.error})
+        if final.state == "published":
+            crash_point("after_publish")
         self.send_reply(final)
         return final
 
@@ -223,8 +244,12 @@ class Engine:
             return "failed"
         seconds = time.perf_counter() - started
         usage = dict(self.llm.usage)
+        if state != "publishing":
+            crash_point("mid_stage")
         self.store.complete_stage(lease, run_id, state, to_state, seconds=seconds, usage=usage,
                                   detail={**detail, "llm_calls": usage["calls"]}, write=write, revisions_delta=delta)
+        if to_state not in ("published", "escalated", "failed"):
+            crash_point("between_stages")
         self.on_event("stage_done", {"job": job.id, "stage": state, "to": to_state, "seconds": seconds,
                                      **usage, **detail})
         return to_state
@@ -300,6 +325,7 @@ class Engine:
             self.store.lock_site(conn, self.site_key)  # publishers of one site one at a time (see lock_site)
             others = [PostRecord.from_dict(p) for p in self.store.published_posts_in(conn) if p["job_id"] != job.id]
             publish(post, others + [post], self.deploy)
+            crash_point("publishing")  # files deployed, the transaction not committed
             self.store.write_publication(conn, job.id, post.slug, url, post.to_dict())
 
         return "published", write, {"slug": post.slug}, 0
@@ -363,6 +389,7 @@ class Engine:
 
         reviews = self.store.reviews(job.id)
         text = reply_text(job, reviews[-1]["reviewed"] if reviews else None)
+        crash_point("reply_sending")
         if not self.check(text, job, (job.post_url or "",)).allowed:  # e.g. a failure message quoting injected text
             text = WITHHELD.format(state=job.state, id=job.id)
         try:

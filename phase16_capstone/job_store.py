@@ -587,6 +587,44 @@ class JobStore:
             f"(reply_state = 'sending' AND reply_expires < now()))").fetchall()
         return [r[0] for r in rows]
 
+    def rewind(self, job_id: str, state: str) -> None:
+        """Move a terminal job back to an earlier active ``state``, as if its later checkpoints were lost
+        (the negative control of the crash tests: stages that already finished must then run again,
+        and the re-execution counter must see them). Never called by the engine."""
+        if state not in ACTIVE:
+            raise JobStoreError(f"rewind() needs an active state, got {state!r}")
+
+        def work(conn):
+            conn.execute(f"UPDATE {self.ns}_jobs SET state = %s, finished_at = NULL, lease_owner = NULL, "
+                         f"lease_token = NULL, lease_expires = NULL, updated_at = now() WHERE id = %s",
+                         (state, check_job_id(job_id)))
+            self._event(conn, job_id, "rewound", state=state)
+
+        self.tx(work)
+
+    def stages_reexecuted(self, job_id: str) -> int:
+        """Stage runs that finished (``done``) more often than the job's path needs: research and publish
+        once, write and edit once per draft. A crash that resumes at the last committed stage adds 0
+        (an abandoned run is not ``done``); a resume from an older checkpoint adds one per stage redone."""
+        job = self.get(job_id)
+        drafts = len(self.drafts(job_id))
+        done: dict[str, int] = {}
+        for r in self.stage_runs(job_id):
+            if r["status"] == "done":
+                done[r["stage"]] = done.get(r["stage"], 0) + 1
+        expected = {"researching": 1, "writing": drafts, "editing": len(self.reviews(job_id)),
+                    "publishing": 1 if job.state == "published" else 0}
+        return sum(max(0, n - expected.get(stage, 0)) for stage, n in done.items())
+
+    def unsent_replies(self) -> int:
+        """Terminal jobs with a chat whose reply is neither sent nor given up — including a ``sending``
+        claim still live for a sender that died: a worker leaving when idle must wait for it to expire
+        and send it, or the chat never hears back."""
+        row = self._conn().execute(
+            f"SELECT count(*) FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
+            f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR reply_state = 'sending')").fetchone()
+        return int(row[0])
+
     def reply(self, job_id: str) -> dict[str, Any]:
         """The chat reply's state, tries so far and Telegram's message id (``GET /jobs/{id}``)."""
         row = self._conn().execute(f"SELECT reply_state, reply_attempts, reply_message_id FROM {self.ns}_jobs "
