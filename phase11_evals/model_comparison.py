@@ -70,7 +70,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase10_alignment.judge import JudgeFailure
     from phase11_evals import editor_gate
     from phase11_evals.calibration import calibration_inputs
-    from phase11_evals.editor_gate import judge_calibration
+    from phase11_evals.calibration import judge_calibration
     from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
     from phase11_evals.judging import build_judge, failures_note, judge_method, record_judge, score_all
     from phase11_evals.responders import Responder, missing_reason

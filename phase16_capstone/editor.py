@@ -12,7 +12,7 @@ cannot score at all (``JudgeFailure``) is escalated: an unscored post is never p
 
 Phase 11's rule holds here too: an APPROVE counts as a review only from a judge that passed
 calibration in the same run (``calibrate``: the judge scores Phase 11's reference-scored responses,
-r >= ``pass_r``; ``editor_gate.judge_calibration``). An uncalibrated judge's APPROVE still lets the
+r >= ``pass_r``; ``calibration.judge_calibration``). An uncalibrated judge's APPROVE still lets the
 draft through — the post is published marked UNREVIEWED (``reviewed: False`` with the reason, on the
 job, the post and the results) — rather than held for a human. Why publish-and-mark, not hold: the
 engine's API and Telegram entry have no operator identity (anyone who can ask for a post could also
@@ -60,7 +60,7 @@ def calibrate(judge, limit: int | None = None, pass_r: float = 0.75) -> Calibrat
     if limit == 0:
         return Calibration(None, 0, pass_r, "the judge was not calibrated in this run (calibration_items = 0)")
     from phase11_evals.calibration import calibration_inputs
-    from phase11_evals.editor_gate import judge_calibration
+    from phase11_evals.calibration import judge_calibration
     from phase11_evals.evaldata import load_calibration, load_eval_set
 
     eval_set = load_eval_set()
