@@ -41,14 +41,6 @@ def record_rate(ctx, name: str, successes: int, n: int, description: str,
     return low, high
 
 
-def interval_text(successes: int, n: int) -> str:
-    """"0.57 [0.44, 0.69] (n=60)": a rate as a table cell."""
-    if n == 0:
-        return "n/a (n=0)"
-    low, high = rate_interval(successes, n)
-    return f"{successes / n:.2f} [{low:.2f}, {high:.2f}] (n={n})"
-
-
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     """(low, high) of the t interval for the mean of ``values`` (a point when n = 1 or all are equal)."""
     from statistics import mean, stdev
@@ -63,3 +55,26 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
         return m, m
     half = t.ppf((1 + confidence) / 2, len(values) - 1) * stdev(values) / len(values) ** 0.5
     return m - half, m + half
+
+
+def interval_text(successes: int, n: int) -> str:
+    """"0.57 [0.44, 0.69] (n=60)": a rate as a table cell that carries its n and 95% interval."""
+    if n == 0:
+        return "n/a (n=0)"
+    low, high = rate_interval(successes, n)
+    return f"{successes / n:.2f} [{low:.2f}, {high:.2f}] (n={n})"
+
+
+TAIL_MIN_SAMPLES = 100  # below this a 99th percentile is the largest sample or an interpolation next to it
+
+
+def tail(samples) -> tuple[str, float | None]:
+    """("p99", value) over 100 or more samples, else ("max", the largest): a p99 of 30 samples is not a p99."""
+    values = [float(v) for v in samples]
+    if not values:
+        return "max", None
+    if len(values) < TAIL_MIN_SAMPLES:
+        return "max", max(values)
+    import numpy as np
+
+    return "p99", float(np.percentile(values, 99))

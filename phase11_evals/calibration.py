@@ -79,6 +79,24 @@ def overall_agreement(verdicts, items) -> dict[str, Any]:
     return {**agreement(judge_mean, ref_mean), "pooled_mae": pooled / (len(ok) * len(DIMENSIONS)), "ok": ok}
 
 
+def judge_calibration(verdicts, items, pass_r: float) -> tuple[float | None, str | None]:
+    """(r, why this judge's approvals do not count) for a judge's ``verdicts`` on the calibration
+    ``items`` scored in the same run; the reason is None when r >= ``pass_r``.
+
+    The rule every user of the gate follows (Phase 11's comparison, the capstone's Editor): an APPROVE
+    counts only from a judge that passed calibration in the same run; a judge whose scores do not
+    track the reference scores cannot approve anything."""
+    try:
+        r = overall_agreement(verdicts, items)["r"]
+    except RuntimeError as err:
+        return None, f"the judge could not be calibrated in this run ({err})"
+    if r is None:
+        return None, "the judge's scores on the calibration set are constant (no r)"
+    if r < pass_r:
+        return r, f"this run's judge has r = {r:.3f} < {pass_r} against the {len(items)} reference-scored responses"
+    return r, None
+
+
 def status(r: float | None, pass_r: float) -> str:
     if r is None:
         return "NO SIGNAL (judge or reference constant)"

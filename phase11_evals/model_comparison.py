@@ -70,6 +70,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from phase10_alignment.judge import JudgeFailure
     from phase11_evals import editor_gate
     from phase11_evals.calibration import calibration_inputs
+    from phase11_evals.calibration import judge_calibration
     from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
     from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
     from phase11_evals.responders import Responder, missing_reason
@@ -234,22 +235,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if judge.method == "choice_probs":
         ctx.finding(f"Variant means span {spread:.2f} points with a 135M choice_probs judge whose scores barely move with "
                     "answer quality (phase11.calibration): read these as the judge's limits, not as a ranking of variants.")
-
-
-def judge_calibration(verdicts, items, pass_r: float) -> tuple[float | None, str | None]:
-    """(r, why gate approvals are n/a) for this run's judge on the calibration set; the reason is None
-    when r >= pass_r."""
-    from phase11_evals.calibration import overall_agreement
-
-    try:
-        r = overall_agreement(verdicts, items)["r"]
-    except RuntimeError as err:
-        return None, f"the judge could not be calibrated in this run ({err})"
-    if r is None:
-        return None, "the judge's scores on the calibration set are constant (no r)"
-    if r < pass_r:
-        return r, f"this run's judge has r = {r:.3f} < {pass_r} against the {len(items)} reference-scored responses"
-    return r, None
 
 
 def seed_change(variant: str) -> tuple[float, float]:

@@ -7,9 +7,13 @@ step budget, compiled with a ``PostgresSaver`` that writes the whole state after
 
 What the checkpointer buys, each shown across SEPARATE processes (``langgraph_worker``):
 
-1. Crash recovery: a worker is killed with SIGKILL once the thread has a few checkpoints; a fresh
-   worker continues the same thread id. Every finished node logs (node, graph step, pid) to a table,
-   so ``nodes_reexecuted_after_crash`` counts finished nodes the second process ran again (must be 0).
+1. Crash recovery: a worker is killed with SIGKILL once the thread has k checkpoints, for several k
+   (``crash_points``: k = 1 lands in the first model call — mid-node —, later ones mid-node or between
+   nodes, wherever the poll finds the process); a fresh worker continues the same thread id. Every
+   finished node logs (node, graph step, pid) to a table, so ``nodes_reexecuted_after_crash`` counts
+   finished nodes the second process ran again, summed over the kills (must be 0). Its negative
+   control, ``nodes_reexecuted_control``: the same kill, continued from an OLDER checkpoint (as if the
+   newer ones were lost) — the counter must read > 0, or it could not see a re-execution at all.
 2. Human in the loop: with ``approval`` the graph stops at ``interrupt()`` before its side effect
    (publishing the answer); the worker exits; a later worker resumes it with ``Command(resume=...)``.
 3. Time travel: ``get_state_history`` lists every checkpoint of a thread; invoking from an earlier
@@ -44,7 +48,8 @@ class Config(ExerciseConfig):
     max_steps: int = 6  # model turns per task
     max_tokens: int = 256
     crash_demo: bool = True
-    crash_after_checkpoints: int = 4  # kill the worker once the thread has this many checkpoints
+    crash_points: list[int] = [1, 2, 3, 4, 5]  # one kill per entry: once the thread has this many checkpoints
+    control_back: int = 2  # the control continues from the checkpoint this many before the latest
     crash_min_tool_steps: int = 2  # the crash run must use tools before answering (else 135M answers at once)
     approval_demo: bool = True
     time_travel: bool = True
@@ -76,8 +81,9 @@ def run_worker(cmd: list[str], timeout_s: float) -> tuple[dict[str, dict], float
     return events(done.stdout), time.perf_counter() - started
 
 
-def crash_and_resume(url: str, model: str, question: str, cfg: Config, conn) -> dict:
-    """Start a worker, SIGKILL it after ``crash_after_checkpoints`` checkpoints, continue in a new one."""
+def crash_and_resume(url: str, model: str, question: str, cfg: Config, conn, after: int, back: int = 0) -> dict:
+    """Start a worker, SIGKILL it once the thread has ``after`` checkpoints, continue in a new one (from
+    the latest checkpoint, or with ``back`` from the one ``back`` before it: the negative control)."""
     from phase14_frameworks import langgraph_research as lr
 
     thread_id = f"p14-crash-{uuid.uuid4().hex[:8]}"
@@ -87,7 +93,7 @@ def crash_and_resume(url: str, model: str, question: str, cfg: Config, conn) -> 
                              cwd=Path(__file__).parents[1])
     deadline = time.monotonic() + cfg.worker_timeout_s
     while first.poll() is None and time.monotonic() < deadline:
-        if lr.checkpoint_stats(conn, thread_id)["checkpoints"] >= cfg.crash_after_checkpoints:
+        if lr.checkpoint_stats(conn, thread_id)["checkpoints"] >= after:
             first.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -95,15 +101,53 @@ def crash_and_resume(url: str, model: str, question: str, cfg: Config, conn) -> 
     killed = first.returncode == -signal.SIGKILL
     before = lr.checkpoint_stats(conn, thread_id)["checkpoints"]
     executions_before = lr.node_executions(conn, thread_id)
-    second, wall = run_worker(worker_cmd(url, model, thread_id, cfg, "--continue", "--min-tool-steps",
+    how = ["--from-older", str(back)] if back else ["--continue"]
+    second, wall = run_worker(worker_cmd(url, model, thread_id, cfg, *how, "--min-tool-steps",
                                          str(cfg.crash_min_tool_steps)), cfg.worker_timeout_s)
     executions = lr.node_executions(conn, thread_id)
     later = {e["pid"] for e in executions} - {first.pid}
-    return {"thread": thread_id, "killed_mid_run": killed and bool(second["loaded"]["next"]),
-            "checkpoints_at_kill": before,
+    return {"thread": thread_id, "kill_after_checkpoints": after,
+            "killed_mid_run": killed and bool(second["loaded"]["next"]), "checkpoints_at_kill": before,
             "nodes_done_before_kill": len(executions_before), "nodes_run_after": len(executions) - len(executions_before),
             "reexecuted": lr.reexecuted(executions, first.pid, later),
             "loaded": second["loaded"], "done": second["done"], "resume_wall_s": wall}
+
+
+def crash_demo(ctx: RunContext, cfg: Config, url: str, model: str, question: str, conn) -> None:
+    """One SIGKILL per crash point, each continued by a fresh process; then the negative control."""
+    crashes = [crash_and_resume(url, model, question, cfg, conn, after) for after in cfg.crash_points]
+    mid = [c for c in crashes if c["killed_mid_run"]]
+    ctx.metric("nodes_reexecuted_after_crash", sum(c["reexecuted"] for c in crashes), "node executions", False,
+               f"finished nodes the resumed processes ran again, over {len(crashes)} kills (must be 0)")
+    ctx.metric("kills_mid_run", len(mid), "kills", True,
+               f"of {len(crashes)} SIGKILLs, those that landed while the thread still had nodes to run")
+    ctx.metric("killed_mid_run", bool(mid), "", None, "at least one SIGKILL landed mid-run")
+    if mid:
+        ctx.metric("resume_latency_s", max(c["loaded"]["since_start_s"] for c in mid), "s", False,
+                   "fresh process start until the thread's checkpoint is loaded (imports included), max over kills")
+        ctx.metric("checkpoint_load_s", max(c["loaded"]["load_s"] for c in mid), "s", False,
+                   "open the saver, build the graph, read the latest checkpoint, max over kills")
+    ctx.table("crash", [[c["kill_after_checkpoints"], c["checkpoints_at_kill"], c["killed_mid_run"],
+                         c["nodes_done_before_kill"], c["nodes_run_after"], c["reexecuted"], c["done"]["steps"],
+                         c["done"]["stop_reason"], round(c["resume_wall_s"], 2)] for c in crashes],
+              ["kill once checkpoints >=", "checkpoints at kill", "killed mid-run", "nodes done before kill",
+               "nodes run after", "finished nodes re-executed", "steps after resume", "stop after resume",
+               "resume wall s"], title="SIGKILL at several points of a run, each continued by a fresh process")
+    for c in crashes:
+        if not c["killed_mid_run"]:
+            ctx.failure_mode(f"the kill at {c['kill_after_checkpoints']} checkpoints found the thread already "
+                             "complete: nothing was killed mid-run")
+    if mid:
+        ctx.finding(f"{len(mid)} of {len(crashes)} SIGKILLs landed mid-run (after {', '.join(str(c['checkpoints_at_kill']) for c in mid)} "
+                    f"checkpoints); fresh processes loaded each thread and re-executed "
+                    f"{sum(c['reexecuted'] for c in crashes)} finished node(s).")
+    if cfg.control_back:
+        control = crash_and_resume(url, model, question, cfg, conn, max(cfg.crash_points), back=cfg.control_back)
+        ctx.metric("nodes_reexecuted_control", control["reexecuted"], "node executions", True,
+                   f"negative control: killed at {control['checkpoints_at_kill']} checkpoints, continued from the "
+                   f"checkpoint {cfg.control_back} before the latest; must be > 0")
+        if control["reexecuted"] == 0:
+            ctx.failure_mode("the negative control read 0: the re-execution counter cannot see a re-run node")
 
 
 def approval_across_processes(url: str, model: str, question: str, cfg: Config, conn) -> dict:
@@ -210,27 +254,7 @@ def run_graph(cfg: Config, ctx: RunContext, llm) -> None:
 
         question = chosen[0].question
         if cfg.crash_demo:
-            crash = crash_and_resume(url, metered.model, question, cfg, conn)
-            ctx.metric("nodes_reexecuted_after_crash", crash["reexecuted"], "node executions", False,
-                       "finished nodes the resumed process ran again (must be 0)")
-            ctx.metric("resume_latency_s", crash["loaded"]["since_start_s"], "s", False,
-                       "fresh process start until the thread's checkpoint is loaded (imports included)")
-            ctx.metric("checkpoint_load_s", crash["loaded"]["load_s"], "s", False,
-                       "open the saver, build the graph, read the latest checkpoint")
-            ctx.metric("killed_mid_run", crash["killed_mid_run"], "", None,
-                       "SIGKILL landed while the thread still had nodes to run")
-            ctx.table("crash", [[k, v] for k, v in crash.items() if k not in ("loaded", "done")]
-                      + [["steps after resume", crash["done"]["steps"]], ["stop after resume", crash["done"]["stop_reason"]]],
-                      ["what", "value"], title="SIGKILL mid-run, continued by a fresh process")
-            if crash["killed_mid_run"]:
-                ctx.finding(f"Killed with SIGKILL at {crash['checkpoints_at_kill']} checkpoints after "
-                            f"{crash['nodes_done_before_kill']} finished nodes; a fresh process loaded the thread in "
-                            f"{crash['loaded']['load_s']:.2f} s ({crash['loaded']['since_start_s']:.1f} s from process "
-                            f"start), ran {crash['nodes_run_after']} more nodes and re-executed "
-                            f"{crash['reexecuted']} finished ones.")
-            else:
-                ctx.failure_mode(f"the crash worker's thread was complete before the kill at "
-                                 f"{cfg.crash_after_checkpoints} checkpoints: nothing was killed mid-run")
+            crash_demo(ctx, cfg, url, metered.model, question, conn)
         if cfg.approval_demo:
             appr = approval_across_processes(url, metered.model, question, cfg, conn)
             ctx.metric("approval_paused", appr["paused"], "", None, "the first process stopped at interrupt()")
@@ -257,9 +281,10 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {"n_tasks": 2, "max_steps": 4}, "a100": {"n_tasks": 0, "max_steps": 8, "llm": A100_LLM}},
-    tiny={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64},
-    smoke={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64},
-    summary_metrics=("success_rate", "nodes_reexecuted_after_crash", "checkpoints_per_run", "resume_latency_s"),
+    tiny={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64, "crash_points": [2, 4]},
+    smoke={"n_tasks": 1, "max_steps": 3, "tools": ["calculator"], "max_tokens": 64, "crash_points": [2, 4]},
+    summary_metrics=("success_rate", "nodes_reexecuted_after_crash", "nodes_reexecuted_control", "kills_mid_run",
+                     "checkpoints_per_run", "resume_latency_s"),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

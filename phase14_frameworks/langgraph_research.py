@@ -16,7 +16,7 @@ Three deliberate choices:
 - Tools are the Phase 13 ``Tool`` objects, shown to the model as LangChain tools (their pydantic
   argument models), but executed by ``phase13_react.tools.Toolbox``: every failure comes back as an
   outcome-named observation, exactly as in the raw loop, so the two are comparable call for call.
-- Every node that finishes writes one row to ``p14_node_executions`` (thread, node, graph step,
+- Every node that finishes writes one row to ``p14_node_executions`` (thread, node, graph step, turn,
   process id) — a side effect outside the checkpoint, which is how a test can see whether a resumed
   process ran a finished node again.
 
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS p14_node_executions (
     pid       integer NOT NULL,
     at        timestamptz NOT NULL DEFAULT now()
 );
+-- turn: messages in the state when the node started: the same logical execution has the same turn on
+-- any branch, where the graph step of a fork from an older checkpoint is numbered anew
+ALTER TABLE p14_node_executions ADD COLUMN IF NOT EXISTS turn integer;
 CREATE TABLE IF NOT EXISTS p14_published (
     thread_id text PRIMARY KEY,
     answer    text NOT NULL,
@@ -116,12 +119,13 @@ FINAL_ANSWER_TOOL_OPENAI = {"type": "function", "function": {
     "parameters": FINAL_ANSWER_TOOL["input_schema"]}}
 
 
-def _log_node(saver, config: dict, node: str) -> None:
+def _log_node(saver, config: dict, node: str, state) -> None:
     meta = config.get("metadata") or {}
     with saver.lock:  # the saver's connection: its own writes may be in flight on another thread
-        saver.conn.execute("INSERT INTO p14_node_executions (thread_id, node, step, pid) VALUES (%s, %s, %s, %s)",
+        saver.conn.execute("INSERT INTO p14_node_executions (thread_id, node, step, pid, turn) "
+                           "VALUES (%s, %s, %s, %s, %s)",
                            (config["configurable"]["thread_id"], node, int(meta.get("langgraph_step", -1)),
-                            os.getpid()))
+                            os.getpid(), len(state.get("messages", []))))
 
 
 def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = None, approval: bool = False,
@@ -153,7 +157,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
             update.update(answer=final[0]["args"]["answer"], stop_reason="answer")
         elif not reply.tool_calls and reply.content:
             update.update(answer=str(reply.content), stop_reason="answer")
-        _log_node(checkpointer, config, "agent")
+        _log_node(checkpointer, config, "agent", state)
         return update
 
     def tools(state, config) -> dict:
@@ -171,7 +175,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
                 content, outcome = obs.content, obs.outcome
             results.append(ToolMessage(content=content, tool_call_id=c["id"] or c["name"], name=c["name"]))
             outcomes.append(outcome)
-        _log_node(checkpointer, config, "tools")
+        _log_node(checkpointer, config, "tools", state)
         return {"messages": results, "outcomes": outcomes}
 
     def route(state) -> str:
@@ -182,7 +186,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
         return "tools"
 
     def out_of_budget(state, config) -> dict:
-        _log_node(checkpointer, config, "out_of_budget")
+        _log_node(checkpointer, config, "out_of_budget", state)
         return {"stop_reason": "max_steps"}
 
     graph = StateGraph(State)
@@ -202,7 +206,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
             decision = interrupt({"question": state["question"], "answer": state.get("answer"),
                                   "stop_reason": state.get("stop_reason"),
                                   "ask": "publish this answer? reply 'approve' or 'reject'"})
-            _log_node(checkpointer, config, "review")
+            _log_node(checkpointer, config, "review", state)
             return {"decision": str(decision)}
 
         def publish(state, config) -> dict:
@@ -212,7 +216,7 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
                     checkpointer.conn.execute(
                         "INSERT INTO p14_published (thread_id, answer, decided) VALUES (%s, %s, %s) "
                         "ON CONFLICT (thread_id) DO NOTHING", (config["configurable"]["thread_id"], answer, "approve"))
-            _log_node(checkpointer, config, "publish")
+            _log_node(checkpointer, config, "publish", state)
             return {} if state.get("decision") == "approve" else {"stop_reason": "rejected"}
 
         graph.add_node("review", review)
@@ -263,15 +267,16 @@ def checkpoint_stats(conn, thread_id: str) -> dict[str, int]:
 
 def node_executions(conn, thread_id: str) -> list[dict[str, Any]]:
     """Every finished node execution of a thread, in order: node, graph step, process id."""
-    return conn.execute("SELECT node, step, pid FROM p14_node_executions WHERE thread_id = %s ORDER BY id",
+    return conn.execute("SELECT node, step, pid, turn FROM p14_node_executions WHERE thread_id = %s ORDER BY id",
                         (thread_id,)).fetchall()
 
 
 def reexecuted(executions: Iterable[dict[str, Any]], before_pid: int, after_pids: Iterable[int]) -> int:
-    """Node executions by the later processes of a (node, step) the killed process had already finished."""
-    done = {(e["node"], e["step"]) for e in executions if e["pid"] == before_pid}
+    """Node executions by the later processes of a (node, turn) the killed process had already finished
+    (the turn, not the graph step: a fork from an older checkpoint numbers its steps anew)."""
+    done = {(e["node"], e["turn"]) for e in executions if e["pid"] == before_pid}
     later = set(after_pids)
-    return sum(1 for e in executions if e["pid"] in later and (e["node"], e["step"]) in done)
+    return sum(1 for e in executions if e["pid"] in later and (e["node"], e["turn"]) in done)
 
 
 def summary(values: dict[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--continue", dest="cont", action="store_true", help="continue from the last checkpoint")
     how.add_argument("--decision", default=None, help="resume an approval interrupt with this decision")
+    how.add_argument("--from-older", type=int, default=0, metavar="N",
+                     help="continue from the checkpoint N before the latest (the crash test's negative control: "
+                          "as if the newer checkpoints were lost)")
     args = p.parse_args(argv)
 
     from langgraph.types import Command
@@ -68,13 +71,17 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.decision is not None:
         state = Command(resume=args.decision)
-    elif args.cont:
+    elif args.cont or args.from_older:
         state = None
     else:
         if not args.question:
             raise SystemExit("--question is required for a new thread")
         state = lr.initial_state(args.question, args.max_steps)
-    values = lr.run_thread(graph, args.thread, state)
+    if args.from_older:
+        older = list(graph.get_state_history(lr.thread(args.thread)))[args.from_older]  # newest first
+        values = graph.invoke(None, older.config, durability="sync")
+    else:
+        values = lr.run_thread(graph, args.thread, state)
     paused = bool(graph.get_state(lr.thread(args.thread)).next)
     print(lr.dumps({"event": "paused" if paused else "done", "pid": os.getpid(), **lr.summary(values),
                     **lr.checkpoint_stats(saver.conn, args.thread)}), flush=True)

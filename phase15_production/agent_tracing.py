@@ -164,13 +164,19 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("openai_sdk_spans_nested", sum(s["parent_id"] in chat_ids for s in sdk), "spans", True,
                "SDK spans whose parent is one of our chat spans")
     ctx.metric("llm_calls", llm_calls, "calls")
-    ctx.metric("llm_call_span_coverage", len(chat) / llm_calls if llm_calls else 0.0, "fraction", True)
+    ctx.metric("llm_call_span_coverage", len(chat) / llm_calls if llm_calls else 0.0, "fraction", True,
+               f"chat spans per LLM call: {len(chat)} of {llm_calls}")
+    ctx.metric("llm_call_span_coverage_n", llm_calls, "calls")
     ctx.metric("tool_calls", tool_runs, "calls", None, "tool executions (repeated actions are not re-run)")
-    ctx.metric("tool_call_span_coverage", len(tools) / tool_runs, "fraction", True)
+    ctx.metric("tool_call_span_coverage", len(tools) / tool_runs, "fraction", True,
+               f"tool spans per tool execution: {len(tools)} of {tool_runs}")
+    ctx.metric("tool_call_span_coverage_n", tool_runs, "executions")
     required = ("gen_ai.operation.name", "gen_ai.system", "gen_ai.request.model", "gen_ai.usage.input_tokens",
                 "gen_ai.usage.output_tokens")
     complete = sum(all(k in s["attributes"] for k in required) for s in chat)
-    ctx.metric("chat_spans_with_gen_ai_attributes", complete / len(chat) if chat else 0.0, "fraction", True)
+    ctx.metric("chat_spans_with_gen_ai_attributes", complete / len(chat) if chat else 0.0, "fraction", True,
+               f"{complete} of {len(chat)} chat spans")
+    ctx.metric("chat_spans_with_gen_ai_attributes_n", len(chat), "spans")
     tokens_in = sum(span_usage(s)[0] for s in chat)
     tokens_out = sum(span_usage(s)[1] for s in chat)
     ctx.metric("input_tokens", tokens_in, "tokens")

@@ -2,20 +2,33 @@
 
 The setup, all on loopback:
 
-    job ─▶ ResilientLLM ─▶ [primary] openai-compatible client ─▶ FaultProxy ─▶ lab serve (the model)
-                        └▶ [fallback] the same model, called directly (or ``fallback``: any spec)
+    job ─▶ client ─▶ [primary]  openai-compatible ─▶ FaultProxy (deck seed s)     ─▶ lab serve (the model)
+                 └▶ [fallback] openai-compatible ─▶ FaultProxy (deck seed s + 1) ─▶ lab serve
         └▶ IdempotentEffects.run_once(job key, write a ledger row)   # the job's side effect
 
-At each injected fault rate (0/10/30/50% of requests through the proxy get a 429 with Retry-After,
-a 500, a 529, a timeout, a slow reply or a truncated body), ``requests`` jobs run one after another.
-Jobs are delivered at least once, as a real queue does, in two ways: a job not finished within
-the visibility timeout is delivered again while the first delivery is still running (two
-deliveries race to perform the same side effect), and a finished job whose acknowledgement is lost
-(at the injected fault rate, seeded) is delivered again afterwards. The ledger table has no unique
-constraint, so a duplicate effect would show up there; the idempotency key must keep it at 0.
+The fallback is the same served model behind its OWN faulty path: an independent deck at the same
+fault rate, so it fails as often as the primary (a fallback called directly could not fail, and would
+make completion 1 by construction). Four clients — strategies — each run the same ``requests`` jobs
+against a fresh proxy dealing the SAME deck (same seed, faults dealt in arrival order):
 
-Measured per rate: completion rate, p50/p99 job latency, retries, breaker transitions, share of
-calls served by the fallback, what a bare client (one attempt, no fallback) would have completed,
+- ``bare``: one attempt on the primary, nothing else;
+- ``retry``: ``max_attempts`` on the primary (backoff, Retry-After honoured);
+- ``breaker``: retry + a circuit breaker in front of the primary;
+- ``fallback``: retry + breaker on the primary, then the same on the fallback path.
+
+At each injected fault rate (0/10/30/50% of requests get a 429 with Retry-After, a 500, a 529, a
+timeout, a slow reply or a truncated body) the jobs run one after another. Jobs are delivered at least
+once, as a real queue does: a job not finished within the visibility timeout is delivered again while
+the first delivery still runs, and a finished job whose acknowledgement is lost (at the fault rate,
+seeded) is delivered again afterwards. The ledger table has no unique constraint, so a duplicate effect
+would show up there; the idempotency key must keep it at 0.
+
+Every proxy writes a log row per request (``proxy_log.jsonl``, next to the result): the bare client's
+completion is recomputed from it (a job completes iff its first request was served within the client
+timeout) and must equal what the client saw. Measured per strategy and rate: completion (n, 95% Wilson
+interval), requests sent to the proxies ("calls": what a provider bills and rate-limits), tokens the
+model processed (cost: billed even for replies the client never used), job latency (p50, and the max —
+p99 only over 100 or more jobs), retries, breaker transitions, the fallback's share of served calls,
 redeliveries, effects deduplicated by key, and duplicate side effects in the ledger (must be 0).
 """
 
@@ -33,10 +46,9 @@ from phase13_react.served import A100_LLM
 
 class Config(ExerciseConfig):
     llm: str | None = None  # what `lab serve` serves (None: --llm / $LAB_LLM / embedded SmolLM2)
-    fallback: str | None = None  # the fallback provider's spec; None: the served model, called directly
     fault_rates: list[float] = [0.0, 0.1, 0.3, 0.5]
     fault_kinds: list[str] = ["429", "500", "529", "timeout", "slow", "truncated"]  # equal weights
-    requests: int = 30  # jobs per fault rate
+    requests: int = 30  # jobs per fault rate and strategy
     max_tokens: int = 8  # short generations: the lesson is the failures, not the text
     max_attempts: int = 3  # per provider, first try included
     base_wait_s: float = 0.1  # jittered exponential backoff base
@@ -65,6 +77,12 @@ class Config(ExerciseConfig):
         if unknown or not value:
             raise ValueError(f"unknown fault kind(s) {unknown}; choose from {list(FAULT_KINDS)}")
         return value
+
+
+STRATEGIES = ("bare", "retry", "breaker", "fallback")  # each adds one layer to the one before
+STRATEGY_LABELS = {"bare": "bare client (1 attempt)", "retry": "retry", "breaker": "retry + breaker",
+                   "fallback": "retry + breaker + fallback"}
+LOG_FILE = "proxy_log.jsonl"
 
 
 def rate_tag(rate: float) -> str:
@@ -96,34 +114,50 @@ class Timing:
         return cls(healthy, timeout, timeout + 1.0, cfg.visibility_x_timeout * timeout)
 
 
-def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_model: str, fallback: str, url: str,
+def strategy_client(cfg: Config, strategy: str, primary: str, fallback: str, timing: Timing):
+    """The client a strategy puts between a job and the model (a ResilientLLM with layers switched off)."""
+    from phase15_production.resilience import ResilientLLM, RetryPolicy
+
+    chain = [primary, fallback] if strategy == "fallback" else [primary]
+    attempts = 1 if strategy == "bare" else cfg.max_attempts
+    return ResilientLLM(chain, policy=RetryPolicy(attempts, cfg.base_wait_s, cfg.max_wait_s),
+                        fail_max=cfg.fail_max if strategy in ("breaker", "fallback") else None,
+                        reset_timeout_s=cfg.reset_timeout_s, timeout_s=timing.client_timeout_s)
+
+
+def run_level(cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream: str, served_model: str, url: str,
               timing: Timing) -> dict:
-    """``cfg.requests`` jobs through a fresh proxy, chain, breakers and effects table at ``rate``."""
+    """``cfg.requests`` jobs through fresh proxies (the primary's deck, and for ``fallback`` a second,
+    independent deck), the strategy's client and a fresh effects table, at ``rate``."""
     import random
     import threading
     from collections import Counter
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from contextlib import ExitStack
 
     from lab.db import connect
     from phase15_production.faults import FaultSpec, fault_proxy
-    from phase15_production.resilience import IdempotentEffects, ResilientLLM, RetryPolicy
+    from phase15_production.resilience import IdempotentEffects
 
-    tag = rate_tag(rate)
+    tag = f"{strategy}_{rate_tag(rate)}"
     effects_table, ledger = f"p15_effects_{os.getpid()}_{tag}", f"p15_ledger_{os.getpid()}_{tag}"
     with connect(url, autocommit=True) as conn:
         for t in (effects_table, ledger):
             conn.execute(f"DROP TABLE IF EXISTS {t}")
         conn.execute(f"CREATE TABLE {ledger} (key TEXT NOT NULL, text TEXT, at TIMESTAMPTZ DEFAULT now())")
     effects = IdempotentEffects(url, table=effects_table)
-    spec = FaultSpec(rate=rate, kinds={k: 1.0 for k in cfg.fault_kinds}, seed=cfg.seed, retry_after_s=cfg.retry_after_s,
-                     slow_s=cfg.slow_s, hang_s=timing.hang_s)
     reached, reached_lock = [0], threading.Lock()
 
-    with fault_proxy(upstream, spec) as proxy:
-        llm = ResilientLLM([f"openai:{served_model}@{proxy.url}/v1", fallback],
-                           policy=RetryPolicy(cfg.max_attempts, cfg.base_wait_s, cfg.max_wait_s),
-                           fail_max=cfg.fail_max, reset_timeout_s=cfg.reset_timeout_s,
-                           timeout_s=timing.client_timeout_s)
+    def spec(seed: int) -> FaultSpec:
+        return FaultSpec(rate=rate, kinds={k: 1.0 for k in cfg.fault_kinds}, seed=seed,
+                         retry_after_s=cfg.retry_after_s, slow_s=cfg.slow_s, hang_s=timing.hang_s)
+
+    with ExitStack() as stack:
+        paths = {"primary": stack.enter_context(fault_proxy(upstream, spec(cfg.seed)))}
+        if strategy == "fallback":
+            paths["fallback"] = stack.enter_context(fault_proxy(upstream, spec(cfg.seed + 1)))
+        specs = {name: f"openai:{served_model}@{proxy.url}/v1" for name, proxy in paths.items()}
+        llm = strategy_client(cfg, strategy, specs["primary"], specs.get("fallback", ""), timing)
 
         def deliver(job: int) -> str:
             """One delivery: ask the model, then perform the job's side effect under its key."""
@@ -142,7 +176,7 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
         latencies, completed, redelivered, acks_lost = [], 0, 0, 0
         ack_rng = random.Random(f"{cfg.seed}-acks-{rate}")
         with ThreadPoolExecutor(2) as pool:
-            for job in ctx.progress(range(cfg.requests), f"{rate:.0%} faults", total=cfg.requests):
+            for job in ctx.progress(range(cfg.requests), f"{rate:.0%} faults, {strategy}", total=cfg.requests):
                 start = time.perf_counter()
                 futures = {pool.submit(deliver, job)}
                 done, _ = wait(futures, timeout=timing.visibility_timeout_s)
@@ -164,16 +198,17 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, upstream: str, served_m
                         wait([pool.submit(deliver, job)])
         transitions = sum((b.transitions for b in llm.breakers), start=Counter())
         records = list(llm.records)
-        counts = dict(proxy.counts)
+        counts = dict(paths["primary"].counts)
+        log = [dict(row, rate=rate, strategy=strategy, path=name) for name, proxy in paths.items() for row in proxy.log]
 
     with connect(url, autocommit=True) as conn:
         rows, keys = conn.execute(f"SELECT count(*), count(DISTINCT key) FROM {ledger}").fetchone()
         for t in (effects_table, ledger):
             conn.execute(f"DROP TABLE {t}")
-    return dict(rate=rate, requests=cfg.requests, completed=completed, latencies=latencies, records=records,
-                transitions=transitions, counts=counts, redelivered=redelivered, acks_lost=acks_lost, ledger_rows=rows, ledger_keys=keys,
-                duplicates=rows - keys, executed=effects.executed, deduplicated=effects.deduplicated,
-                reached_effect=reached[0])
+    return dict(rate=rate, strategy=strategy, requests=cfg.requests, completed=completed, latencies=latencies,
+                records=records, transitions=transitions, counts=counts, log=log, redelivered=redelivered,
+                acks_lost=acks_lost, ledger_rows=rows, ledger_keys=keys, duplicates=rows - keys,
+                executed=effects.executed, deduplicated=effects.deduplicated, reached_effect=reached[0])
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
@@ -187,39 +222,57 @@ def inject_faults(cfg: Config, ctx: RunContext, llm) -> None:
     from lab.db import database_url
     from lab.serve.background import serving
 
-    fallback = cfg.fallback or llm.spec
     url = database_url()
     levels = []
     with serving(llm) as upstream:
         timing = Timing.measure(cfg, upstream, llm.model)
         ctx.log(f"healthy reply {timing.healthy_s:.2f} s: client timeout {timing.client_timeout_s:.1f} s")
         for rate in cfg.fault_rates:
-            ctx.log(f"{rate:.0%} injected faults: {cfg.requests} jobs")
-            levels.append(run_level(cfg, ctx, rate, upstream, llm.model, fallback, url, timing))
-    report(cfg, ctx, levels, fallback, timing)
+            for strategy in STRATEGIES:
+                ctx.log(f"{rate:.0%} injected faults, {strategy}: {cfg.requests} jobs")
+                levels.append(run_level(cfg, ctx, rate, strategy, upstream, llm.model, url, timing))
+    from phase15_production.faults import write_log
+
+    write_log([row for lv in levels for row in lv["log"]], ctx.artifact(LOG_FILE))
+    report(cfg, ctx, levels, timing)
 
 
 # --- the report -------------------------------------------------------------------------------------
+def bare_from_log(rows: list[dict], rate: float, within_s: float) -> tuple[int, int]:
+    """(completed, jobs) of the bare client at ``rate``, recomputed from the proxy log alone."""
+    from phase15_production.faults import first_attempts_served
+
+    return first_attempts_served([r for r in rows if r["strategy"] == "bare" and r["rate"] == rate
+                                  and r["path"] == "primary"], within_s)
+
+
 def summarise(level: dict) -> dict:
     import numpy as np
 
+    from lab.stats import tail
+
     records = level["records"]
-    calls = len(records)
     served = [r for r in records if r.served_by]
-    lat = np.array(level["latencies"]) if level["latencies"] else np.array([np.nan])
+    tail_name, tail_s = tail(level["latencies"])
     return dict(
-        completion=level["completed"] / level["requests"],
-        p50=float(np.percentile(lat, 50)), p99=float(np.percentile(lat, 99)),
-        retries=sum(r.retries for r in records), calls=calls,
-        fallback_share=sum(1 for r in served if r.provider_index) / max(len(served), 1),
-        bare=sum(1 for r in records if r.provider_index == 0 and r.retries == 0) / max(calls, 1),
+        p50=float(np.percentile(level["latencies"], 50)) if level["latencies"] else None,
+        tail_name=tail_name, tail=tail_s,
+        retries=sum(r.retries for r in records),
+        calls=len(level["log"]),
+        tokens=sum(r["tokens"] for r in level["log"]),
+        fallback_served=sum(1 for r in served if r.provider_index), served=len(served),
         transitions=sum(level["transitions"].values()),
         injected=sum(v for k, v in level["counts"].items() if k != "pass"),
-        proxied=sum(level["counts"].values()),
     )
 
 
-def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str, timing: Timing) -> None:
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def report(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -> None:
+    from lab.stats import interval_text, record_rate
+
     ctx.table("timing", [[round(timing.healthy_s, 3), round(timing.client_timeout_s, 2), round(timing.hang_s, 2),
                           round(timing.visibility_timeout_s, 2), cfg.retry_after_s, cfg.slow_s]],
               columns=["healthy reply s (median of 3 warm)", "client timeout s", "injected hang s",
@@ -227,45 +280,61 @@ def report(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str, timi
               title=f"Clocks: client timeout = max({cfg.client_timeout_s:g} s, {cfg.timeout_x_healthy:g} × healthy reply)")
     ctx.metric("healthy_reply_s", round(timing.healthy_s, 3), "s", False, "lab serve, no proxy, warm, median of 3")
     rows = []
+    log = [row for lv in levels for row in lv["log"]]
     for level in levels:
-        s, tag = summarise(level), rate_tag(level["rate"])
-        rows.append([f"{level['rate']:.0%}", level["requests"], round(s["completion"], 3), round(s["p50"], 2),
-                     round(s["p99"], 2), s["calls"], s["retries"], s["injected"], s["proxied"],
-                     ", ".join(f"{k} {v}" for k, v in sorted(level["transitions"].items())) or "-",
-                     round(s["fallback_share"], 3), round(s["bare"], 3), level["redelivered"], level["acks_lost"],
-                     level["reached_effect"],
-                     level["executed"], level["deduplicated"], level["duplicates"]])
-        where = f"{level['rate']:.0%} injected faults, {level['requests']} jobs"
-        ctx.metric(f"completion_rate_{tag}", round(s["completion"], 4), "", True, where)
-        ctx.metric(f"p50_s_{tag}", round(s["p50"], 3), "s", False, f"{where}; job latency, first successful delivery")
-        ctx.metric(f"p99_s_{tag}", round(s["p99"], 3), "s", False, f"{where}; job latency, first successful delivery")
-        ctx.metric(f"retries_{tag}", s["retries"], "retries", False, where)
-        ctx.metric(f"breaker_transitions_{tag}", s["transitions"], "transitions", None, where)
-        ctx.metric(f"fallback_share_{tag}", round(s["fallback_share"], 4), "", None,
-                   f"{where}; share of served calls the fallback ({fallback}) served")
-        ctx.metric(f"bare_client_completion_{tag}", round(s["bare"], 4), "", True,
-                   f"{where}; calls whose first attempt on the primary succeeded (a client without retry/fallback)")
+        s, strategy, rate = summarise(level), level["strategy"], level["rate"]
+        tag = f"{strategy}_{rate_tag(rate)}"
+        where = f"{rate:.0%} injected faults, {STRATEGY_LABELS[strategy]}, {level['requests']} jobs"
+        completed = level["completed"]
+        if strategy == "bare":
+            from_log, jobs = bare_from_log(log, rate, timing.client_timeout_s)
+            where += (f"; recomputed from {LOG_FILE}: {from_log} of {jobs} first requests served within the "
+                      f"{timing.client_timeout_s:.1f} s client timeout")
+            if (from_log, jobs) != (completed, level["requests"]):
+                ctx.failure_mode(f"bare client at {rate:.0%}: the client completed {completed} of {level['requests']} "
+                                 f"jobs but the proxy log says {from_log} of {jobs}")
+        record_rate(ctx, f"completion_rate_{tag}", completed, level["requests"], where)
+        ctx.metric(f"calls_{tag}", s["calls"], "requests", False, f"{where}; requests sent to the fault proxies")
+        ctx.metric(f"tokens_billed_{tag}", s["tokens"], "tokens", False,
+                   f"{where}; tokens the model processed for those requests (truncated replies included)")
+        ctx.metric(f"p50_s_{tag}", _r(s["p50"], 3), "s", False, f"{where}; job latency of completed jobs")
+        ctx.metric(f"{s['tail_name']}_s_{tag}", _r(s["tail"], 3), "s", False,
+                   f"{where}; job latency of completed jobs ({s['tail_name']} of {len(level['latencies'])})")
         ctx.metric(f"duplicate_side_effects_{tag}", level["duplicates"], "effects", False,
                    f"{where}; ledger rows minus distinct job keys")
-        ctx.metric(f"effects_deduplicated_{tag}", level["deduplicated"], "effects", None,
-                   f"{where}; deliveries whose effect was answered from the idempotency table")
-        if level["completed"] < level["requests"]:
-            ctx.failure_mode(f"{level['requests'] - level['completed']} of {level['requests']} jobs failed at "
-                             f"{level['rate']:.0%} faults: every provider in the chain failed")
+        if strategy == "fallback":
+            ctx.metric(f"retries_{tag}", s["retries"], "retries", False, where)
+            ctx.metric(f"breaker_transitions_{tag}", s["transitions"], "transitions", None, where)
+            record_rate(ctx, f"fallback_share_{rate_tag(rate)}", s["fallback_served"], s["served"],
+                        f"{where}; share of served calls the fallback path served")
+            ctx.metric(f"effects_deduplicated_{tag}", level["deduplicated"], "effects", None,
+                       f"{where}; deliveries whose effect was answered from the idempotency table")
+        rows.append([f"{rate:.0%}", STRATEGY_LABELS[strategy], interval_text(completed, level["requests"]),
+                     _r(s["p50"]), f"{s['tail_name']} {s['tail']:.2f}" if s["tail"] is not None else "-",
+                     s["calls"], s["tokens"], round(s["tokens"] / completed, 1) if completed else None,
+                     s["retries"], ", ".join(f"{k} {v}" for k, v in sorted(level["transitions"].items())) or "-",
+                     interval_text(s["fallback_served"], s["served"]) if strategy == "fallback" else "-",
+                     level["redelivered"], level["acks_lost"], level["reached_effect"], level["executed"],
+                     level["deduplicated"], level["duplicates"]])
+        if completed < level["requests"] and strategy != "bare":
+            ctx.failure_mode(f"{STRATEGY_LABELS[strategy]} at {rate:.0%} faults: {level['requests'] - completed} of "
+                             f"{level['requests']} jobs failed (every attempt on every path failed)")
     ctx.metric("duplicate_side_effects", sum(lv["duplicates"] for lv in levels), "effects", False,
-               "all rates; must be 0")
-    ctx.table("by_fault_rate", rows, columns=[
-        "faults", "jobs", "completion", "p50 s", "p99 s", "LLM calls", "retries", "faults injected", "proxied requests",
-        "breaker transitions", "fallback share", "bare client", "redelivered (visibility timeout)",
-        "redelivered (ack lost)", "deliveries reaching effect",
-        "effects run", "effects deduplicated", "duplicate effects"],
-        title=f"Jobs through retry ({cfg.max_attempts} attempts) + breaker (opens after {cfg.fail_max}, half-open after "
-              f"{cfg.reset_timeout_s:g} s) + fallback, at each injected fault rate")
+               "all rates and strategies; must be 0")
+    ctx.table("by_strategy", rows, columns=[
+        "faults", "strategy", "completion (k/n, 95% CI)", "p50 s", "slowest s (max; p99 from 100 jobs)",
+        "requests to proxies", "tokens billed", "tokens per completed job", "retries", "breaker transitions",
+        "fallback share (k/n, 95% CI)", "redelivered (visibility timeout)", "redelivered (ack lost)",
+        "deliveries reaching effect", "effects run", "effects deduplicated", "duplicate effects"],
+        title=f"The same jobs and the same fault deck per strategy: retry ({cfg.max_attempts} attempts), breaker "
+              f"(opens after {cfg.fail_max}, half-open after {cfg.reset_timeout_s:g} s), fallback (its own faulty path)")
     kinds = sorted({k for lv in levels for k in lv["counts"]})
-    ctx.table("injected", [[f"{lv['rate']:.0%}"] + [lv["counts"].get(k, 0) for k in kinds] for lv in levels],
-              columns=["faults"] + kinds, title="What the proxy did to the primary's requests (pass = forwarded untouched)")
+    ctx.table("injected", [[f"{lv['rate']:.0%}", STRATEGY_LABELS[lv["strategy"]]] + [lv["counts"].get(k, 0) for k in kinds]
+                           for lv in levels],
+              columns=["faults", "strategy"] + kinds,
+              title="What the primary's proxy did to its requests (pass = forwarded untouched)")
     plot(ctx, levels)
-    findings(cfg, ctx, levels, fallback, timing)
+    findings(cfg, ctx, levels, timing)
 
 
 def plot(ctx: RunContext, levels: list[dict]) -> None:
@@ -274,45 +343,41 @@ def plot(ctx: RunContext, levels: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [lv["rate"] * 100 for lv in levels]
-    s = [summarise(lv) for lv in levels]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].plot(x, [v["completion"] for v in s], "o-", label="with retry + breaker + fallback")
-    axes[0].plot(x, [v["bare"] for v in s], "s--", label="bare client (one attempt, primary only)")
-    axes[0].plot(x, [v["fallback_share"] for v in s], "^:", label="share served by fallback")
-    axes[0].set(xlabel="injected faults %", ylim=(-0.05, 1.05), title="completion")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(x, [v["p50"] for v in s], "o-", label="p50")
-    axes[1].plot(x, [v["p99"] for v in s], "s-", label="p99")
-    axes[1].set(xlabel="injected faults %", ylabel="s", title="job latency")
-    axes[1].legend()
-    width = 1.5
-    axes[2].bar([v - width for v in x], [v["retries"] for v in s], width=2 * width, label="retries")
-    axes[2].bar([v + width for v in x], [v["transitions"] for v in s], width=2 * width, label="breaker transitions")
-    axes[2].bar(x, [lv["duplicates"] for lv in levels], width=width, color="red", label="duplicate side effects")
-    axes[2].set(xlabel="injected faults %", title="retries, breaker, duplicates")
-    axes[2].legend(fontsize=8)
+    for strategy, style in zip(STRATEGIES, ("s--", "o:", "^-.", "o-")):
+        mine = [lv for lv in levels if lv["strategy"] == strategy]
+        x = [lv["rate"] * 100 for lv in mine]
+        s = [summarise(lv) for lv in mine]
+        axes[0].plot(x, [lv["completed"] / lv["requests"] for lv in mine], style, label=STRATEGY_LABELS[strategy])
+        axes[1].plot(x, [v["calls"] / lv["requests"] for v, lv in zip(s, mine)], style, label=STRATEGY_LABELS[strategy])
+        axes[2].plot(x, [v["tail"] if v["tail"] is not None else float("nan") for v in s], style,
+                     label=STRATEGY_LABELS[strategy])
+    axes[0].set(xlabel="injected faults %", ylim=(-0.05, 1.05), title="job completion")
+    axes[1].set(xlabel="injected faults %", ylabel="requests per job", title="calls (what is billed)")
+    axes[2].set(xlabel="injected faults %", ylabel="s", title="slowest completed job (max)")
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(ctx.artifact("resilience.png"), dpi=110)
     plt.close(fig)
 
 
-def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str, timing: Timing) -> None:
-    s = {lv["rate"]: summarise(lv) for lv in levels}
-    worst = max(levels, key=lambda lv: lv["rate"])
-    w = s[worst["rate"]]
-    ctx.finding(
-        f"At {worst['rate']:.0%} injected faults, {w['completion']:.1%} of jobs completed (p50 {w['p50']:.2f} s, p99 "
-        f"{w['p99']:.2f} s) where a bare client would have completed {w['bare']:.1%} of its calls; the fallback "
-        f"({fallback}) served {w['fallback_share']:.1%} of calls, after {w['retries']} retries and "
-        f"{w['transitions']} breaker transitions.")
-    base = min(levels, key=lambda lv: lv["rate"])
-    b = s[base["rate"]]
-    ctx.finding(
-        "Latency is what resilience costs: p99 went from " + f"{b['p99']:.2f} s at {base['rate']:.0%} faults to "
-        f"{w['p99']:.2f} s at {worst['rate']:.0%} (Retry-After waits of {cfg.retry_after_s:g} s, client timeouts of "
-        f"{timing.client_timeout_s:.1f} s, backoff). Once the breaker opens, calls skip the failing primary without "
-        "waiting for it, which is what keeps the tail bounded.")
+def findings(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -> None:
+    from lab.stats import rate_note
+
+    worst = max(lv["rate"] for lv in levels)
+    at = {lv["strategy"]: lv for lv in levels if lv["rate"] == worst}
+    parts = [f"{STRATEGY_LABELS[k]} {rate_note(lv['completed'], lv['requests'])} in {summarise(lv)['calls']} requests"
+             for k, lv in at.items()]
+    ctx.finding(f"At {worst:.0%} injected faults, on the same fault deck, jobs completed: " + "; ".join(parts) +
+                ". The fallback path had its own deck at the same rate, so it could fail too.")
+    full = summarise(at["fallback"]) if "fallback" in at else None
+    if full:
+        ctx.finding(f"Latency is what resilience costs: at {worst:.0%} faults the slowest completed job took "
+                    f"{full['tail']:.2f} s ({full['tail_name']}) with retry + breaker + fallback (Retry-After waits of "
+                    f"{cfg.retry_after_s:g} s, client timeouts of {timing.client_timeout_s:.1f} s, backoff); "
+                    f"{full['retries']} retries, {full['transitions']} breaker transitions, "
+                    f"{full['tokens']} tokens billed.")
     redelivered = sum(lv["redelivered"] for lv in levels)
     acks = sum(lv["acks_lost"] for lv in levels)
     dedup = sum(lv["deduplicated"] for lv in levels)
@@ -329,7 +394,7 @@ def findings(cfg: Config, ctx: RunContext, levels: list[dict], fallback: str, ti
 
 EXERCISE = Exercise(
     id="phase15.resilience",
-    title="Retry, circuit breaker, fallback and idempotent effects under 0-50% injected faults",
+    title="Bare, retry, retry + breaker and + fallback clients on one fault deck at 0-50% injected faults",
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"requests": 200, "llm": A100_LLM}},
@@ -337,7 +402,8 @@ EXERCISE = Exercise(
           "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
     smoke={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
            "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
-    summary_metrics=("completion_rate_50pct", "fallback_share_50pct", "duplicate_side_effects"),
+    summary_metrics=("completion_rate_bare_50pct", "completion_rate_fallback_50pct", "fallback_share_50pct",
+                     "duplicate_side_effects"),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

@@ -14,18 +14,23 @@ Faults are dealt in arrival order from shuffled decks of ``deck`` requests, each
 ``round(rate × deck)`` faults (``random.Random(seed)``): the rate holds over every deck — a short
 run at 10% is not fault-free by bad luck — while faults still come in bursts, as real ones do. A run
 with one client at a time sees the same faults on the same requests. Replies are buffered (a ``stream: true`` request comes back
-whole, not as it is generated). ``counts`` says what was injected.
+whole, not as it is generated). ``counts`` says what was injected; ``log`` holds one row per
+request (see ``LogRow``), written with ``write_log`` so a figure computed from the client's side can be
+recomputed from what the proxy actually did (``first_attempts_served``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator, TypedDict
 
 FAULT_KINDS = ("429", "500", "529", "timeout", "slow", "truncated")
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "accept-encoding"}
@@ -49,6 +54,51 @@ class FaultSpec:
             raise ValueError(f"fault kinds {self.kinds}: weights >= 0 (not all 0) for kinds among {list(FAULT_KINDS)}")
 
 
+class LogRow(TypedDict):
+    """One request as the proxy handled it."""
+
+    i: int  # arrival order
+    fault: str | None  # the injected kind (None: forwarded untouched)
+    status: int  # the HTTP status the proxy answered with (0: no answer yet when the log was read)
+    served: bool  # a complete 200 reply went back (a truncated body is not served)
+    tokens: int  # tokens the upstream model processed for it (billed even when the client got nothing usable)
+    seconds: float  # time in the proxy
+    prompt: str  # the last message's text: groups a job's requests (its first attempt is its first row)
+
+
+def _prompt(body: bytes) -> str:
+    try:
+        messages = json.loads(body).get("messages") or [{}]
+        return str(messages[-1].get("content", ""))[:200]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _tokens(body: bytes) -> int:
+    try:
+        return int((json.loads(body).get("usage") or {}).get("total_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
+def write_log(rows: list[LogRow], path: Path) -> None:
+    """The proxy's log as JSON lines (one request a line)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_log(path: Path) -> list[LogRow]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def first_attempts_served(rows: list[LogRow], within_s: float) -> tuple[int, int]:
+    """(served, jobs): of the distinct prompts, how many had their FIRST request served within
+    ``within_s`` (the client's timeout) — what a bare client (one attempt, no fallback) completes."""
+    first: dict[str, LogRow] = {}
+    for row in sorted(rows, key=lambda r: r["i"]):
+        first.setdefault(row["prompt"], row)
+    return sum(r["served"] and r["seconds"] < within_s for r in first.values()), len(first)
+
+
 class FaultProxy:
     """The ASGI app (``app``) and what it injected (``counts``: kind or "pass" -> requests)."""
 
@@ -58,9 +108,10 @@ class FaultProxy:
 
         self.upstream, self.spec = upstream.rstrip("/"), spec
         self.counts: Counter[str] = Counter()
+        self.log: list[LogRow] = []
         self._rng = random.Random(spec.seed)
         self._dealt: list[bool] = []  # what is left of the current deck (True = fault)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.url = ""  # set by fault_proxy() once bound
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST"])])
 
@@ -78,30 +129,43 @@ class FaultProxy:
         return kind
 
     async def handle(self, request):
+        start, body = time.perf_counter(), await request.body()
+        with self._lock:  # logged on arrival: a request still hanging when the run ends is in the log too
+            row = LogRow(i=len(self.log), fault=self.draw(), status=0, served=False, tokens=0, seconds=0.0,
+                         prompt=_prompt(body))
+            self.log.append(row)
+        response, tokens = await self._answer(request, row["fault"], body)
+        with self._lock:
+            row.update(status=response.status_code, served=response.status_code == 200 and row["fault"] != "truncated",
+                       tokens=tokens, seconds=round(time.perf_counter() - start, 4))
+        return response
+
+    async def _answer(self, request, kind: str | None, body: bytes) -> tuple[Any, int]:
+        """The response for one request and the tokens the upstream processed for it."""
         import httpx
         from starlette.responses import JSONResponse, Response
 
-        kind = self.draw()
         if kind in ("429", "500", "529"):
             status = int(kind)
             headers = {"retry-after": f"{self.spec.retry_after_s:g}"} if status == 429 else {}
             return JSONResponse({"error": {"message": f"injected fault: HTTP {status}", "type": "injected_fault",
-                                           "param": None, "code": kind}}, status_code=status, headers=headers)
+                                           "param": None, "code": kind}}, status_code=status, headers=headers), 0
         if kind == "timeout":
             await asyncio.sleep(self.spec.hang_s)
             return JSONResponse({"error": {"message": "injected fault: upstream timeout", "type": "injected_fault",
-                                           "param": None, "code": "timeout"}}, status_code=504)
+                                           "param": None, "code": "timeout"}}, status_code=504), 0
         if kind == "slow":
             await asyncio.sleep(self.spec.slow_s)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         async with httpx.AsyncClient(timeout=None) as client:
             upstream = await client.request(request.method, f"{self.upstream}/{request.path_params['path']}",
-                                            params=request.query_params, headers=headers, content=await request.body())
-        body = upstream.content
+                                            params=request.query_params, headers=headers, content=body)
+        reply = upstream.content
+        tokens = _tokens(reply) if upstream.status_code == 200 else 0
         if kind == "truncated" and upstream.status_code == 200:
-            body = body[: len(body) // 2]
-        return Response(body, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type", "application/json"))
+            reply = reply[: len(reply) // 2]
+        return Response(reply, status_code=upstream.status_code,
+                        media_type=upstream.headers.get("content-type", "application/json")), tokens
 
 
 @contextmanager

@@ -186,11 +186,12 @@ class ResilientLLM(LLM):
 
     ``chain``: specs (built with ``client_for``: retries off) or LLM objects (a hosted one must have
     ``max_attempts=1``). ``records``/``served()`` say which provider served each call.
+    ``fail_max=None`` puts no breaker in front of the providers (a client with retries only).
     """
 
     provider = "resilient"
 
-    def __init__(self, chain: Sequence[LLM | str], policy: RetryPolicy | None = None, fail_max: int = 3,
+    def __init__(self, chain: Sequence[LLM | str], policy: RetryPolicy | None = None, fail_max: int | None = 3,
                  reset_timeout_s: float = 10.0, timeout_s: float = 60.0, keep_records: int = 10_000):
         from lab.llm.hosted import HostedLLM
 
@@ -203,7 +204,7 @@ class ResilientLLM(LLM):
                                  "or build it with max_attempts=1, so retries are not multiplied")
         super().__init__(" > ".join(c.spec for c in clients))
         self.clients = clients
-        self.breakers = [Breaker(c.spec, fail_max, reset_timeout_s) for c in clients]
+        self.breakers = [Breaker(c.spec, fail_max, reset_timeout_s) for c in clients] if fail_max else []
         self.policy = policy or RetryPolicy()
         self.records: deque[CallRecord] = deque(maxlen=keep_records)  # the latest calls: a server runs for weeks
         self._lock = threading.Lock()
@@ -222,9 +223,10 @@ class ResilientLLM(LLM):
         def count(_exc, _wait) -> None:
             retries[0] += 1
 
-        for i, (client, breaker) in enumerate(zip(self.clients, self.breakers)):
+        for i, client in enumerate(self.clients):
+            guarded = self.breakers[i].call if self.breakers else (lambda fn, *a, **k: fn(*a, **k))
             try:
-                reply = self.policy.call(lambda: breaker.call(client.chat, messages, **kwargs), on_retry=count)
+                reply = self.policy.call(lambda: guarded(client.chat, messages, **kwargs), on_retry=count)
             except Exception as exc:
                 if http_status(exc) in CALLER_FAULT_STATUSES:
                     raise  # a bad request is bad everywhere: falling back would only hide it

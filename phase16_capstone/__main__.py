@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--hyde-max-tokens", type=int, default=60, help="tokens of the HyDE hypothesis")
     common.add_argument("--writer-max-tokens", type=int, default=80, help="tokens per Writer paragraph")
     common.add_argument("--max-revisions", type=int, default=3, help="Editor: escalate after this many revisions")
+    common.add_argument("--calibration-items", type=int, default=None,
+                        help="Phase 11 calibration responses the judge scores before its approvals count "
+                             "(default: all 20; 0: none, every approved post is published UNREVIEWED)")
     parser = argparse.ArgumentParser(prog="python -m phase16_capstone", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run one job now and print the post path")
@@ -63,7 +66,8 @@ def build_engine(args, on_event=None):
     store = JobStore(namespace=args.namespace, lease_s=args.lease_s)
     settings = EngineSettings(corpus=args.corpus, k=args.k, hyde_max_tokens=args.hyde_max_tokens,
                               writer_max_tokens=args.writer_max_tokens,
-                              max_revisions=args.max_revisions, site_url=args.site_url)
+                              max_revisions=args.max_revisions, site_url=args.site_url,
+                              calibration_items=args.calibration_items)
     return Engine(store, engine_llm(args.llm, args.fallback), deploy_for(args.site), settings, on_event=on_event,
                   replier=Replier.from_env())
 

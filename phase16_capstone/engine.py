@@ -8,6 +8,8 @@ and carry it on:
     researching  HyDE retrieval, evidence stored                         → writing
     writing      a draft (revision r) with [n] citations stored          → editing
     editing      rubric judge + editor_gate: APPROVE                     → publishing
+                   (counted as a review only if the judge passed calibration
+                    this run; else the post is published marked UNREVIEWED)
                                              REJECT (feedback stored)    → writing, revisions + 1
                                              ESCALATE                    → escalated (terminal)
     publishing   PostRecord → site.publish (idempotent), publication row → published (terminal)
@@ -40,6 +42,24 @@ from phase16_capstone.job_store import Job, JobStore, Lease, LeaseLost
 from phase16_capstone.metering import MeteredLLM
 
 log = logging.getLogger("phase16.engine")
+CRASH_POINTS = ("mid_stage", "between_stages", "publishing", "after_publish", "reply_sending")
+CRASH_ENV = "ENGINE_CRASH_AT"  # one of CRASH_POINTS: this process SIGKILLs itself the first time it gets there
+
+
+def crash_point(name: str) -> None:
+    """A place where a machine may die, made reachable on purpose (``phase16.load`` starts a victim
+    worker with ``ENGINE_CRASH_AT=<point>``): ``mid_stage`` — a stage's work is done, not committed;
+    ``between_stages`` — a stage committed, the next not started; ``publishing`` — the site files are
+    deployed, the publication not committed; ``after_publish`` — the job is published, its chat reply
+    not claimed; ``reply_sending`` — the reply is claimed (``sending``), not sent. Nothing happens
+    unless the variable names this point."""
+    import os
+
+    if os.environ.get(CRASH_ENV) == name:
+        import signal
+
+        log.warning("crash point %s: SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -50,6 +70,8 @@ class EngineSettings:
     writer_max_tokens: int = 80  # per paragraph
     max_revisions: int = 3  # editor_gate: ESCALATE after this many revision cycles
     rubric: str = "1.1"
+    calibration_items: int | None = None  # Phase 11 calibration responses the judge scores first (None: all; 0: none)
+    pass_r: float = 0.75  # the judge's approvals count as reviews only at r >= this (Phase 11's rule)
     trace: bool = True  # each job a trace (job_tracing): spans to the local store (+ OTLP when configured)
     traces: str | None = None  # span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)
     defence: bool = True  # the Phase 15 defence (spotlighting + output check); False only to measure without it
@@ -93,6 +115,8 @@ class Engine:
         self.replier = replier
         self._indexes: dict[str | None, Any] = {}
         self._judge = None
+        self._calibration = None
+        self._calibration_lock = threading.Lock()
 
     # --- shared pieces, built once per process ---------------------------------------------
     def index(self, corpus: str | None):
@@ -110,6 +134,18 @@ class Engine:
 
             self._judge = make_judge(self.llm, self.settings.rubric)
         return self._judge
+
+    @property
+    def calibration(self):
+        """This run's calibration of the judge (``editor.calibrate``), measured once per engine, on first use."""
+        with self._calibration_lock:
+            if self._calibration is None:
+                from phase16_capstone.editor import calibrate
+
+                self._calibration = calibrate(self.judge, self.settings.calibration_items, self.settings.pass_r)
+                self.on_event("judge_calibrated", {"r": self._calibration.r, "n": self._calibration.n,
+                                                   "passed": self._calibration.passed, "note": self._calibration.note})
+            return self._calibration
 
     @property
     def site_key(self) -> str:
@@ -131,8 +167,9 @@ class Engine:
             if job_id is not None and self.store.get(job_id).terminal:
                 return
             if exit_when_idle and not any(n for s, n in self.store.count_by_state().items()
-                                          if s not in ("published", "escalated", "failed")):
-                return
+                                          if s not in ("published", "escalated", "failed")) \
+                    and not (self.replier and self.store.unsent_replies()):
+                return  # idle: no job to run and no chat still owed its reply (a dead sender's included)
             stop.wait(self.settings.poll_s)
 
     def run_job(self, job: Job) -> Job:
@@ -159,6 +196,8 @@ class Engine:
         final = self.store.get(job.id)
         self.on_event("finished", {"job": job.id, "state": final.state, "post_url": final.post_url,
                                    "error": final.error})
+        if final.state == "published":
+            crash_point("after_publish")
         self.send_reply(final)
         return final
 
@@ -205,8 +244,12 @@ class Engine:
             return "failed"
         seconds = time.perf_counter() - started
         usage = dict(self.llm.usage)
+        if state != "publishing":
+            crash_point("mid_stage")
         self.store.complete_stage(lease, run_id, state, to_state, seconds=seconds, usage=usage,
                                   detail={**detail, "llm_calls": usage["calls"]}, write=write, revisions_delta=delta)
+        if to_state not in ("published", "escalated", "failed"):
+            crash_point("between_stages")
         self.on_event("stage_done", {"job": job.id, "stage": state, "to": to_state, "seconds": seconds,
                                      **usage, **detail})
         return to_state
@@ -245,6 +288,7 @@ class Engine:
             self.store.write_draft(conn, job.id, revisions, draft.title, draft.body, draft.coverage, draft.citations)
 
         return "editing", write, {"revision": revision, "coverage": round(draft.coverage, 4),
+                                  "coverage_model": round(draft.coverage_model, 4),
                                   "invalid_markers": draft.invalid_markers, "added_markers": draft.added_markers}, 0
 
     def _edit(self, job: Job):
@@ -252,8 +296,10 @@ class Engine:
 
         revision = self.store.get(job.id).revisions
         draft = self.store.drafts(job.id)[-1]
+        calibration = self.calibration
+        self.llm.reset()  # calibrating (once per engine) is not this stage's cost
         decision = review(self.judge, job.topic, draft["body"], self._evidence(job), revision,
-                          self.settings.max_revisions)
+                          self.settings.max_revisions, calibration)
         verdict = decision["verdict"]
         to_state = {"APPROVE": "publishing", "REJECT": "writing", "ESCALATE": "escalated"}[verdict]
 
@@ -261,7 +307,8 @@ class Engine:
             self.store.write_review(conn, job.id, revisions, decision)
 
         detail = {"revision": revision, "verdict": verdict, "scores": decision["scores"], "mean": decision["mean"],
-                  "judge_method": decision["method"]}
+                  "judge_method": decision["method"], "reviewed": decision["reviewed"],
+                  "judge_calibration_r": calibration.r, "citations": decision["citations"]}
         return to_state, write, detail, 1 if verdict == "REJECT" else 0
 
     def _publish(self, job: Job):
@@ -278,6 +325,7 @@ class Engine:
             self.store.lock_site(conn, self.site_key)  # publishers of one site one at a time (see lock_site)
             others = [PostRecord.from_dict(p) for p in self.store.published_posts_in(conn) if p["job_id"] != job.id]
             publish(post, others + [post], self.deploy)
+            crash_point("publishing")  # files deployed, the transaction not committed
             self.store.write_publication(conn, job.id, post.slug, url, post.to_dict())
 
         return "published", write, {"slug": post.slug}, 0
@@ -292,16 +340,20 @@ class Engine:
         cited = self.store.citations(job_id, draft["revision"])
         runs = [r for r in self.store.stage_runs(job_id) if r["status"] == "done"]
         costs = [r["cost_usd"] for r in runs]
+        reviews = self.store.reviews(job_id)
+        last = reviews[-1] if reviews else {}
+        note = next((r for r in last.get("reasons", []) if r.startswith("APPROVE does not count")), "")
         return PostRecord(
             job_id=job.id, slug=make_slug(draft["title"], job.id), title=draft["title"], topic=job.topic,
             body_markdown=draft["body"],
             citations=[Citation(n, chunk_id, evidence[n]["source"], evidence[n]["text"]) for n, chunk_id in cited.items()],
             revisions=[RevisionRecord(r["revision"] + 1, r["verdict"], dict(r["scores"]), list(r["reasons"]))
-                       for r in self.store.reviews(job_id)],
+                       for r in reviews],
             trace_id=job.trace_id,
             tokens={"input": sum(r["tokens_in"] for r in runs), "output": sum(r["tokens_out"] for r in runs)},
             cost_usd=None if any(c is None for c in costs) else round(sum(costs), 6),
-            created_at=job.created_at.isoformat(), model=self.llm.spec)
+            created_at=job.created_at.isoformat(), model=self.llm.spec, reviewed=last.get("reviewed"),
+            review_note=note)
 
     # --- the Phase 15 defence (untrusted.py) ------------------------------------------------------
     def defence(self, job_id: str):
@@ -335,7 +387,9 @@ class Engine:
             return
         from phase16_capstone.telegram import WITHHELD, reply_text
 
-        text = reply_text(job)
+        reviews = self.store.reviews(job.id)
+        text = reply_text(job, reviews[-1]["reviewed"] if reviews else None)
+        crash_point("reply_sending")
         if not self.check(text, job, (job.post_url or "",)).allowed:  # e.g. a failure message quoting injected text
             text = WITHHELD.format(state=job.state, id=job.id)
         try:

@@ -2,9 +2,12 @@
 
 What a single autonomous post costs and how it went: per stage wall time, LLM calls, tokens and
 dollars; how many revisions the Editor asked for and what the gate said each time (Phase 11 rubric
-judge + ``editor_gate.decide``); how much of the post is cited (share of sentences carrying a
-valid ``[n]`` that resolves to an evidence chunk); and the outcome — published, or escalated to a
-human after the revision limit. Everything goes through the real job store (embedded PostgreSQL +
+judge + ``editor_gate.decide``); how much of the post is cited, two ways — ``citation_coverage_model``
+(sentences carrying a marker the MODEL wrote whose chunk lexically supports the sentence: see
+``writer.py``) and ``citation_coverage`` (any valid marker, including the ``[n?]`` the code appends to a
+paragraph the model left uncited); whether the judge passed calibration in this run (``reviewed``: an
+uncalibrated judge's APPROVE publishes the post marked UNREVIEWED, see ``editor.py``); and the outcome —
+published, or escalated to a human after the revision limit. Everything goes through the real job store (embedded PostgreSQL +
 pgvector by default), so the numbers include the transactions the durability costs.
 
 On the embedded defaults a 135M model writes, judges and retrieves. It is weak: expect thin
@@ -33,6 +36,7 @@ class Config(ExerciseConfig):
     hyde_max_tokens: int = 60
     writer_max_tokens: int = 80
     max_revisions: int = 3
+    calibration_items: int | None = None  # Phase 11 calibration responses the judge scores first (None: all 20)
     site: str | None = None  # site folder (default: a temporary one)
 
 
@@ -48,7 +52,8 @@ def run_one(cfg: Config, ctx: RunContext, llm) -> None:
     store = JobStore(namespace=f"p16x_{uuid.uuid4().hex[:8]}")
     site = cfg.site or tempfile.mkdtemp(prefix="phase16-site-")
     settings = EngineSettings(corpus=cfg.corpus, k=cfg.k, hyde_max_tokens=cfg.hyde_max_tokens,
-                              writer_max_tokens=cfg.writer_max_tokens, max_revisions=cfg.max_revisions)
+                              writer_max_tokens=cfg.writer_max_tokens, max_revisions=cfg.max_revisions,
+                              calibration_items=cfg.calibration_items)
     progress = []
     engine = Engine(store, llm, deploy_for(site), settings, on_event=lambda kind, info: progress.append((kind, info)))
     try:
@@ -62,6 +67,10 @@ def run_one(cfg: Config, ctx: RunContext, llm) -> None:
         engine.work(job_id=job.id)
         job_s = time.perf_counter() - started
         report(ctx, store, engine, job.id, job_s, corpus_s, index)
+        calibration = engine.calibration
+        ctx.metric("judge_calibration_r", calibration.r, "r", True,
+                   f"the Editor's judge on {calibration.n} Phase 11 reference-scored responses, this run; approvals "
+                   f"count as reviews at r >= {calibration.pass_r}" + (f" ({calibration.note})" if calibration.note else ""))
     finally:
         store.drop()
         store.close()
@@ -82,19 +91,44 @@ def report(ctx: RunContext, store, engine, job_id: str, job_s: float, corpus_s: 
                      None if any(c is None for c in costs) else round(sum(costs), 6)])
     ctx.table("stages", rows, ["stage", "runs", "seconds", "llm calls", "tokens in", "tokens out", "cost usd"],
               title="Per stage: wall time, LLM calls, tokens, cost (all runs of the stage summed)")
-    ctx.table("revisions", [[r["revision"], r["verdict"], *(r["scores"].get(d) for d in (
-        "technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration")), r["mean"],
-        next((d["coverage"] for d in drafts if d["revision"] == r["revision"]), None), "; ".join(r["reasons"])[:240]]
+    from lab.stats import interval_text, record_rate
+    from phase16_capstone.writer import marker_counts, model_citations
+
+    evidence = {e["n"]: e["text"] for e in store.evidence(job_id)}
+    body_of = {d["revision"]: d["body"] for d in drafts}
+    ctx.table("revisions", [[r["revision"], r["verdict"], {True: "yes", False: "no (uncalibrated judge)"}.get(
+        r["reviewed"], "-"), *(r["scores"].get(d) for d in (
+            "technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration")), r["mean"],
+        interval_text(*model_citations(body_of.get(r["revision"], ""), evidence)),
+        next((d["coverage"] for d in drafts if d["revision"] == r["revision"]), None),
+        marker_counts(body_of.get(r["revision"], ""))["added"], "; ".join(r["reasons"])[:240]]
         for r in reviews],
-        ["revision", "verdict", "technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration",
-         "mean", "citation coverage", "reasons"], title="Every Editor pass: judge scores and the gate's verdict")
+        ["revision", "verdict", "APPROVE counted as review", "technical_accuracy", "calibration", "mechanistic_depth",
+         "audience_calibration", "mean", "model citations supported (k/n sentences, 95% CI)",
+         "coverage incl. code-added", "[n?] added by code", "reasons"],
+        title="Every Editor pass: judge scores, the gate's verdict, whose citations are whose")
     total_in = sum(r[4] for r in rows)
     total_out = sum(r[5] for r in rows)
     costs = [r[6] for r in rows]
     coverage = drafts[-1]["coverage"] if drafts else 0.0
+    final = drafts[-1]["body"] if drafts else ""
+    supported, n_sentences = model_citations(final, evidence)
+    markers = marker_counts(final)
     ctx.metric("outcome", job.state, description="terminal state of the job")
     ctx.metric("revisions", job.revisions, "revisions", description="Writer passes after the first draft")
-    ctx.metric("citation_coverage", coverage, "fraction", True, "final draft: sentences with a valid [n]")
+    record_rate(ctx, "citation_coverage_model", supported, n_sentences,
+                "final draft: sentences carrying a citation the model wrote whose chunk supports the sentence "
+                "(lexical support: >= half the sentence's content words occur in the chunk; token overlap, not "
+                "embeddings)")
+    ctx.metric("citation_coverage", coverage, "fraction", True,
+               f"final draft ({n_sentences} sentences): sentences with any valid marker, including the "
+               f"{markers['added']} [n?] the code appended to paragraphs the model left uncited")
+    ctx.metric("markers_model", markers["model"], "markers", None, "final draft: [n] markers the model wrote (valid)")
+    ctx.metric("markers_added_by_code", markers["added"], "markers", False,
+               "final draft: [n?] markers the Writer's code appended (the model cited nothing there)")
+    last_review = reviews[-1] if reviews else {}
+    ctx.metric("reviewed", last_review.get("reviewed"), description="True: a calibrated judge approved the post; "
+               "False: published UNREVIEWED (the judge had not passed calibration); None: no APPROVE")
     ctx.metric("job_wall_s", round(job_s, 2), "s", False, "claim to terminal state")
     ctx.metric("corpus_embed_s", round(corpus_s, 2), "s", False,
                "opening the corpus index (embedding it when no engine had yet)")
@@ -109,7 +143,11 @@ def report(ctx: RunContext, store, engine, job_id: str, job_s: float, corpus_s: 
     if reviews:
         ctx.finding("Gate verdicts in order: " + ", ".join(
             f"{r['verdict']} (mean {r['mean']:.2f})" if r["mean"] is not None else r["verdict"] for r in reviews)
-            + f"; final citation coverage {coverage:.2f} of sentences.")
+            + f"; final draft: {supported} of {n_sentences} sentences carry a supported citation the model wrote "
+            f"(coverage incl. the code's {markers['added']} [n?] markers: {coverage:.2f}).")
+    if last_review.get("reviewed") is False:
+        ctx.failure_mode("Published UNREVIEWED: the Editor's judge approved, but it had not passed calibration in this "
+                         "run, so its approval is not a review (Phase 11's rule).")
     if not index.embedded_now:
         ctx.finding(f"The corpus ({index.n_chunks} chunks) was already embedded in pgvector: opening it took "
                     f"{corpus_s:.1f} s and no chunk was re-embedded.")
@@ -146,10 +184,11 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"writer_max_tokens": 160, "hyde_max_tokens": 120, "k": 5, "llm": A100_LLM}},
-    tiny={"scripted": True, "corpus": "phase12_rag_storage/notes"},
+    tiny={"scripted": True, "corpus": "phase12_rag_storage/notes", "calibration_items": 4},
     smoke={"corpus": "phase12_rag_storage/notes", "k": 2, "hyde_max_tokens": 24, "writer_max_tokens": 32,
-           "max_revisions": 1},
-    summary_metrics=("outcome", "revisions", "citation_coverage", "job_wall_s", "tokens_total"),
+           "max_revisions": 1, "calibration_items": 4},
+    summary_metrics=("outcome", "reviewed", "revisions", "citation_coverage_model", "citation_coverage", "job_wall_s",
+                     "tokens_total"),
     methods={"cpu": "scaled", "a100": "scaled"},
 )
 

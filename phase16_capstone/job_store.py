@@ -152,6 +152,9 @@ def schema(ns: str) -> list[str]:
             job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), revision INT NOT NULL, verdict TEXT NOT NULL,
             scores JSONB NOT NULL, mean DOUBLE PRECISION, flagged BOOLEAN, reasons JSONB NOT NULL,
             reasoning TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (job_id, revision))""",
+        # whether an APPROVE counted as a review (a calibrated judge) and whose citations are whose
+        f"ALTER TABLE {ns}_reviews ADD COLUMN IF NOT EXISTS reviewed BOOLEAN",
+        f"ALTER TABLE {ns}_reviews ADD COLUMN IF NOT EXISTS citations JSONB",
         f"""CREATE TABLE IF NOT EXISTS {ns}_publications (
             job_id TEXT PRIMARY KEY REFERENCES {ns}_jobs (id),  -- one post per job, whatever retries happen
             slug TEXT NOT NULL UNIQUE, url TEXT NOT NULL, post JSONB NOT NULL,
@@ -424,12 +427,14 @@ class JobStore:
 
     def write_review(self, conn, job_id: str, revision: int, decision: dict[str, Any]) -> None:
         conn.execute(
-            f"INSERT INTO {self.ns}_reviews (job_id, revision, verdict, scores, mean, flagged, reasons, reasoning) "
-            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, revision) DO UPDATE SET "
-            f"verdict = EXCLUDED.verdict, scores = EXCLUDED.scores, mean = EXCLUDED.mean, flagged = EXCLUDED.flagged, "
-            f"reasons = EXCLUDED.reasons, reasoning = EXCLUDED.reasoning",
+            f"INSERT INTO {self.ns}_reviews (job_id, revision, verdict, scores, mean, flagged, reasons, reasoning, "
+            f"reviewed, citations) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id, revision) "
+            f"DO UPDATE SET verdict = EXCLUDED.verdict, scores = EXCLUDED.scores, mean = EXCLUDED.mean, "
+            f"flagged = EXCLUDED.flagged, reasons = EXCLUDED.reasons, reasoning = EXCLUDED.reasoning, "
+            f"reviewed = EXCLUDED.reviewed, citations = EXCLUDED.citations",
             (job_id, revision, decision["verdict"], _jsonb(decision["scores"]), decision.get("mean"),
-             decision.get("confident_hallucination"), _jsonb(list(decision["reasons"])), decision.get("reasoning")))
+             decision.get("confident_hallucination"), _jsonb(list(decision["reasons"])), decision.get("reasoning"),
+             decision.get("reviewed"), _jsonb(decision.get("citations"))))
 
     def lock_site(self, conn, site: str) -> None:
         """Serialize publishers of one site: each renders the index from every published post, so two
@@ -463,10 +468,11 @@ class JobStore:
         return {n: c for n, c in rows}
 
     def reviews(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning "
-                                    f"FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision", (job_id,)).fetchall()
+        rows = self._conn().execute(f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning, reviewed, "
+                                    f"citations FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision",
+                                    (job_id,)).fetchall()
         return [{"revision": r, "verdict": v, "scores": s, "mean": m, "confident_hallucination": f, "reasons": rs,
-                 "reasoning": why} for r, v, s, m, f, rs, why in rows]
+                 "reasoning": why, "reviewed": ok, "citations": c} for r, v, s, m, f, rs, why, ok, c in rows]
 
     def stage_runs(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._conn().execute(
@@ -496,13 +502,16 @@ class JobStore:
         last = drafts[-1]["revision"] if drafts else None
         evidence = {e["n"]: e for e in self.evidence(job_id)}
         cited = self.citations(job_id, last) if last is not None else {}
+        reviews = self.reviews(job_id)
         return {
             **job.summary(), "trace_id": job.trace_id, "revisions": job.revisions, "attempts": job.attempts,
             "error": job.error, "created_at": job.created_at.isoformat(),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             "stages": self.stage_runs(job_id),
             "drafts": [{k: d[k] for k in ("revision", "title", "coverage")} for d in drafts],
-            "gate_decisions": self.reviews(job_id),
+            "gate_decisions": reviews,
+            # did a calibrated judge approve it? False: approved by an uncalibrated judge (published UNREVIEWED)
+            "reviewed": reviews[-1]["reviewed"] if reviews else None,
             "citations": [{"n": n, "chunk_id": c, "source": evidence.get(n, {}).get("source")} for n, c in cited.items()],
             "events": self.events(job_id), "reply": self.reply(job_id),
         }
@@ -577,6 +586,44 @@ class JobStore:
             f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR "
             f"(reply_state = 'sending' AND reply_expires < now()))").fetchall()
         return [r[0] for r in rows]
+
+    def rewind(self, job_id: str, state: str) -> None:
+        """Move a terminal job back to an earlier active ``state``, as if its later checkpoints were lost
+        (the negative control of the crash tests: stages that already finished must then run again,
+        and the re-execution counter must see them). Never called by the engine."""
+        if state not in ACTIVE:
+            raise JobStoreError(f"rewind() needs an active state, got {state!r}")
+
+        def work(conn):
+            conn.execute(f"UPDATE {self.ns}_jobs SET state = %s, finished_at = NULL, lease_owner = NULL, "
+                         f"lease_token = NULL, lease_expires = NULL, updated_at = now() WHERE id = %s",
+                         (state, check_job_id(job_id)))
+            self._event(conn, job_id, "rewound", state=state)
+
+        self.tx(work)
+
+    def stages_reexecuted(self, job_id: str) -> int:
+        """Stage runs that finished (``done``) more often than the job's path needs: research and publish
+        once, write and edit once per draft. A crash that resumes at the last committed stage adds 0
+        (an abandoned run is not ``done``); a resume from an older checkpoint adds one per stage redone."""
+        job = self.get(job_id)
+        drafts = len(self.drafts(job_id))
+        done: dict[str, int] = {}
+        for r in self.stage_runs(job_id):
+            if r["status"] == "done":
+                done[r["stage"]] = done.get(r["stage"], 0) + 1
+        expected = {"researching": 1, "writing": drafts, "editing": len(self.reviews(job_id)),
+                    "publishing": 1 if job.state == "published" else 0}
+        return sum(max(0, n - expected.get(stage, 0)) for stage, n in done.items())
+
+    def unsent_replies(self) -> int:
+        """Terminal jobs with a chat whose reply is neither sent nor given up — including a ``sending``
+        claim still live for a sender that died: a worker leaving when idle must wait for it to expire
+        and send it, or the chat never hears back."""
+        row = self._conn().execute(
+            f"SELECT count(*) FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
+            f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR reply_state = 'sending')").fetchone()
+        return int(row[0])
 
     def reply(self, job_id: str) -> dict[str, Any]:
         """The chat reply's state, tries so far and Telegram's message id (``GET /jobs/{id}``)."""

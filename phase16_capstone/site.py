@@ -2,12 +2,16 @@
 
 A post is only as trustworthy as the evidence behind it, so every post page comes with an audit
 page a reader can check: each ``[n]`` marker in the body is a link to the chunk of text it cites
+(a ``[n?]`` marker, which the engine added where the model cited nothing, is a link too, styled
+apart and titled as such)
 (source, chunk id, an excerpt of the chunk), and the audit page also shows every Editor pass (gate
 scores, verdict, reasons), the trace id, tokens, cost and model. The chunks are untrusted text, so
 the page never republishes one whole: it shows ``untrusted.excerpt`` — bounded, with every sentence
 the Phase 15 defence reads as an instruction removed and marked in its place. The Publisher
 (``publisher.py``) deploys the files this module renders; the engine builds the ``PostRecord`` from
-its job store.
+its job store. A post whose Editor approval did not count as a review (the judge had not passed
+calibration: ``reviewed`` is not True) is marked UNREVIEWED on its page, its audit page and the index,
+with the reason (``review_note``).
 
 Everything that reaches the HTML came from a model or an untrusted corpus, so it is treated as
 text: Jinja2 with autoescape on, the body's markdown-ish markup rendered by this module from
@@ -70,6 +74,8 @@ class PostRecord:
     cost_usd: float | None
     created_at: str  # ISO-8601 UTC
     model: str
+    reviewed: bool | None = None  # True: a calibrated judge approved it; False: it did not count; None: not recorded
+    review_note: str = ""  # why an approval did not count as a review
 
     def __post_init__(self) -> None:
         where = f"post {self.job_id!r}"
@@ -93,7 +99,9 @@ class PostRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PostRecord":
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        from dataclasses import MISSING
+
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
         if missing:
             raise ValueError(f"post record is missing field(s) {', '.join(missing)}")
         return cls(**{**data, "citations": [Citation(**c) for c in data["citations"]],
@@ -144,7 +152,8 @@ def audit_path(post: PostRecord) -> str:
 # --- the body: a small, safe subset of markdown ---------------------------------------------------
 # Blocks split on blank lines: "# " / "## " headings, "- " lists, paragraphs. Inline: [n] and
 # [n, m] citations, **bold**, `code`. Every piece of text is escaped before it is wrapped in a tag.
-_INLINE = re.compile(r"\[(?P<cite>\d+(?:\s*,\s*\d+)*)\]|\*\*(?P<bold>[^*\n]+)\*\*|`(?P<code>[^`\n]+)`")
+_INLINE = re.compile(r"\[(?P<cite>\d+(?:\s*,\s*\d+)*)\]|\[(?P<added>\d+)\?\]|\*\*(?P<bold>[^*\n]+)\*\*|`(?P<code>[^`\n]+)`")
+ADDED_TITLE = "added by the engine: the model cited no source here; this is the chunk the paragraph was written from"
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _ITEM = re.compile(r"^\s*[-*]\s+(.*)$")
 
@@ -161,6 +170,11 @@ def _inline(text: str, cite_href: dict[int, str]):
                     out.append(Markup('<a class="cite" href="{}" title="source [{}]">[{}]</a>').format(cite_href[n], n, n))
                 else:  # the Writer cited a chunk it was never given: visible, never a dead link
                     out.append(Markup('<span class="cite-missing" title="no such citation">[{}]</span>').format(n))
+        elif m["added"]:
+            n = int(m["added"])
+            target = cite_href.get(n)
+            out.append(Markup('<a class="cite cite-added" href="{}" title="{}">[{}?]</a>').format(target, ADDED_TITLE, n)
+                       if target else Markup('<span class="cite-missing" title="no such citation">[{}?]</span>').format(n))
         elif m["bold"]:
             out.append(Markup("<strong>{}</strong>").format(m["bold"]))
         else:
@@ -195,7 +209,7 @@ def cited_numbers(markdown: str) -> list[int]:
     """Every citation number the body uses, in order of first use."""
     seen: list[int] = []
     for m in _INLINE.finditer(markdown):
-        for n in (int(x) for x in (m["cite"] or "").split(",") if x.strip()):
+        for n in (int(x) for x in (m["cite"] or m["added"] or "").split(",") if x.strip()):
             if n not in seen:
                 seen.append(n)
     return seen
@@ -206,7 +220,8 @@ CSS = """
 body{font-family:"DejaVu Sans",system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;line-height:1.55;color:#1d1d1f}
 a{color:#0b57d0}nav{font-size:.9rem;margin-bottom:1rem}h1{line-height:1.2}
 .meta{color:#555;font-size:.9rem}.cite{font-size:.8em;vertical-align:super;text-decoration:none}
-.cite-missing{font-size:.8em;vertical-align:super;color:#b00020}.redacted{background:#eee;color:#b00020}
+.cite-missing{font-size:.8em;vertical-align:super;color:#b00020}.cite-added{color:#777;font-style:italic}
+.UNREVIEWED{background:#ffd8a8}.unreviewed{border:2px solid #e8590c;padding:.4rem .6rem;background:#fff4e6}.redacted{background:#eee;color:#b00020}
 .verdict{font-weight:bold;padding:0 .3em;border-radius:3px}.APPROVE{background:#d7f5dd}.REJECT{background:#fde2e1}.ESCALATE{background:#fff1c2}
 blockquote{margin:.4rem 0 1rem;padding:.5rem .8rem;border-left:3px solid #999;background:#f6f6f6;white-space:pre-wrap;font-size:.9rem}
 table{border-collapse:collapse;font-size:.9rem;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}
@@ -236,6 +251,7 @@ INDEX = """{% extends "base" %}{% block title %}Content engine — posts{% endbl
 POST = """{% extends "base" %}{% block title %}{{ title }}{% endblock %}{% block page %}post{% endblock %}
 {% block content %}<nav><a class="home-link" href="../index.html">← all posts</a></nav>
 <article><h1>{{ title }}</h1>
+{% if review_note %}<p class="unreviewed"><strong>Unreviewed.</strong> {{ review_note }}</p>{% endif %}
 <p class="meta">{{ created_at }} · topic: {{ topic }} · <a class="audit-link" href="{{ audit_href }}">Audit</a>: sources, Editor scores, trace</p>
 {{ body }}
 </article>
@@ -254,7 +270,7 @@ AUDIT = """{% extends "base" %}{% block title %}Audit: {{ title }}{% endblock %}
 <tr><th>trace id</th><td class="trace-id">{{ trace_id or "not traced" }}</td></tr>
 <tr><th>tokens</th><td class="tokens">{% for k, v in tokens %}{{ k }} {{ v }}{% if not loop.last %} · {% endif %}{% else %}not recorded{% endfor %}</td></tr>
 <tr><th>cost</th><td class="cost">{{ cost }}</td></tr>
-<tr><th>final verdict</th><td><span class="verdict {{ verdict }}">{{ verdict }}</span></td></tr>
+<tr><th>final verdict</th><td><span class="verdict {{ verdict }}">{{ verdict }}</span>{% if review_note %} <span class="unreviewed-note">{{ review_note }}</span>{% endif %}</td></tr>
 </table>
 
 <h2>Sources</h2>
@@ -296,7 +312,17 @@ def _redacted(post: PostRecord) -> PostRecord:
 
 
 def _verdict(post: PostRecord) -> str:
-    return post.revisions[-1].decision if post.revisions else "UNREVIEWED"
+    """The last Editor decision, or UNREVIEWED when no pass counted as a review (an approval by a judge
+    that had not passed calibration is not one)."""
+    if not post.revisions or post.reviewed is False:
+        return "UNREVIEWED"
+    return post.revisions[-1].decision
+
+
+def _review_note(post: PostRecord) -> str:
+    if post.reviewed is False:
+        return post.review_note or "the Editor's approval did not count as a review"
+    return "" if post.reviewed else "whether a calibrated judge reviewed this post was not recorded"
 
 
 def _fmt_score(value: Any) -> str:
@@ -330,7 +356,8 @@ def render_post(post: PostRecord) -> str:
     hrefs = {c.n: f"{audit}#cite-{c.n}" for c in post.citations}
     return _env().get_template("post").render(
         title=post.title, created_at=post.created_at, topic=post.topic, audit_href=audit,
-        body=render_body(post.body_markdown, hrefs), n_citations=len(post.citations), verdict=_verdict(post))
+        body=render_body(post.body_markdown, hrefs), n_citations=len(post.citations), verdict=_verdict(post),
+        review_note=_review_note(post))
 
 
 def render_audit(post: PostRecord) -> str:
@@ -347,7 +374,7 @@ def render_audit(post: PostRecord) -> str:
                   "scores": {k: _fmt_score(v) for k, v in r.scores.items()}} for r in post.revisions]
     return _env().get_template("audit").render(
         title=post.title, job_id=post.job_id, topic=post.topic, created_at=post.created_at, model=post.model,
-        trace_id=post.trace_id, tokens=sorted(post.tokens.items()), verdict=_verdict(post),
+        trace_id=post.trace_id, tokens=sorted(post.tokens.items()), verdict=_verdict(post), review_note=_review_note(post),
         cost="not recorded" if post.cost_usd is None else f"${post.cost_usd:.6f}",
         post_href=f"../{post_path(post)}",
         sources=[{"source": s, "numbers": ns} for s, ns in sources.items()],

@@ -140,8 +140,12 @@ def parse_update(data: Any) -> Request:
 WITHHELD = "Job {id} ended {state}; the details are withheld from this chat (the output check refused them)."
 
 
-def reply_text(job) -> str:
-    """What the chat reads when its job ends (never the output check's reason: it may quote the payload)."""
+def reply_text(job, reviewed: bool | None = True) -> str:
+    """What the chat reads when its job ends (never the output check's reason: it may quote the payload);
+    ``reviewed`` False: the Editor's approval came from a judge that had not passed calibration."""
+    if job.state == "published" and reviewed is False:
+        return (f"Published UNREVIEWED (the Editor's judge has not passed calibration, so its approval is not a "
+                f"review): {job.topic}\n{job.post_url}")
     if job.state == "published":
         return f"Published: {job.topic}\n{job.post_url}"
     if job.state == "escalated" and (job.error or "").startswith("output check:"):

@@ -6,14 +6,24 @@ and provenance is exact — a paragraph can only draw on the chunk it was shown.
 to end each sentence with ``[n]``; what it returns is then checked, not trusted:
 
 - a marker naming no evidence (``[7]`` with three chunks) is removed and counted as invalid;
-- a paragraph the model left without any marker gets ONE ``[n]`` at its end — the chunk it was
-  written from — so the reader can still reach the source (this is why coverage is not 1.0 by
-  construction: the other sentences of that paragraph stay uncited and count against it);
+- a paragraph the model left without any marker gets ONE marker at its end — the chunk it was
+  written from — so the reader can still reach the source. It is written ``[n?]``, not ``[n]``: the
+  code added it, the model never claimed the source, and the site, the Editor and the results keep
+  the two apart;
 - a reply cut off by the token limit is trimmed to its last complete sentence.
 
-``citation_coverage`` is the share of sentences carrying a valid citation: the number the Editor's
-verdict sits beside in the results. On REJECT the Writer is called again with the gate's reasons
-and scores (``feedback``) in every paragraph's prompt.
+Two coverages, because the code's markers would otherwise count as the model's work:
+
+- ``citation_coverage``: share of sentences carrying any valid marker, code-added ``[n?]`` included
+  (what a reader can click);
+- ``citation_coverage_model``: share of sentences carrying a marker the MODEL wrote whose evidence
+  supports the sentence — lexical support: at least ``SUPPORT_MIN`` of the sentence's content words
+  (lowercased words of 4+ letters or numbers, minus stop words) occur in the cited chunk. Token
+  overlap, not meaning: a paraphrase can miss it and a sentence that copies words in a false order
+  passes, so it is a floor on faithful citing, not a proof of it.
+
+On REJECT the Writer is called again with the gate's reasons and scores (``feedback``) in every
+paragraph's prompt.
 """
 
 from __future__ import annotations
@@ -34,8 +44,16 @@ PARAGRAPH_ASK = (
     "End every sentence with [{n}]."
 )
 FEEDBACK_ASK = "\n\nAn editor rejected the previous draft. Fix these problems:\n{feedback}"
-_MARKER = re.compile(r"\[(\d+)\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])(?:\s*\[\d+\])*\s+")
+_MARKER = re.compile(r"\[(\d+)\]")  # a marker the model wrote
+_ADDED = re.compile(r"\[(\d+)\?\]")  # a marker the code added (the model cited nothing there)
+_ANY_MARKER = re.compile(r"\[(\d+)\??\]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])(?:\s*\[\d+\??\])*\s+")
+_WORD = re.compile(r"[a-z]{4,}|\d+")
+STOP_WORDS = frozenset("""this that these those with from into onto over under about above below than then them
+they their there here what when where which while whose also just only very more most much many such some
+each every other both will would could should have been being were does done make makes made your yours
+because between through during before after again against same like into upon across""".split())
+SUPPORT_MIN = 0.5  # share of a sentence's content words that must occur in the chunk it cites
 
 
 @dataclass
@@ -43,9 +61,10 @@ class Draft:
     title: str
     body: str  # paragraphs separated by blank lines, [n] markers inline
     citations: dict[int, str]  # n -> chunk id, for the markers the body uses
-    coverage: float  # share of sentences with a valid citation
+    coverage: float  # share of sentences with a valid citation, code-added [n?] included
+    coverage_model: float  # share of sentences with a model-written [n] whose chunk supports it
     invalid_markers: int  # markers the model wrote that named no evidence (removed)
-    added_markers: int  # paragraphs that got their source's marker appended
+    added_markers: int  # paragraphs that got their source's marker appended, as [n?]
 
 
 def sentences(text: str) -> list[str]:
@@ -56,15 +75,48 @@ def sentences(text: str) -> list[str]:
         for m in _SENTENCE_END.finditer(paragraph):
             out.append(paragraph[start:m.end()].strip())
             start = m.end()
-        out.append(paragraph[start:].strip())
+        rest = paragraph[start:].strip()
+        if out and rest and not _ANY_MARKER.sub("", rest).strip():
+            out[-1] = f"{out[-1]} {rest}"  # markers after the last full stop belong to the last sentence
+        else:
+            out.append(rest)
     return [s for s in out if s and not s.startswith("#")]
 
 
 def citation_coverage(body: str, valid: set[int]) -> float:
-    """Share of sentences with at least one ``[n]`` naming real evidence (0.0 for an empty body)."""
+    """Share of sentences with at least one marker (``[n]`` or code-added ``[n?]``) naming real evidence."""
     found = sentences(body)
-    cited = sum(1 for s in found if any(int(n) in valid for n in _MARKER.findall(s)))
+    cited = sum(1 for s in found if any(int(n) in valid for n in _ANY_MARKER.findall(s)))
     return cited / len(found) if found else 0.0
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(_ANY_MARKER.sub(" ", text.lower())) if w not in STOP_WORDS}
+
+
+def supports(sentence: str, chunk: str) -> bool:
+    """Lexical support: at least ``SUPPORT_MIN`` of the sentence's content words occur in ``chunk``."""
+    words = content_words(sentence)
+    return bool(words) and len(words & content_words(chunk)) / len(words) >= SUPPORT_MIN
+
+
+def model_citations(body: str, evidence: dict[int, str]) -> tuple[int, int]:
+    """(supported, sentences): sentences carrying a model-written ``[n]`` whose chunk ``evidence[n]``
+    supports them (``supports``); code-added ``[n?]`` markers never count."""
+    found = sentences(body)
+    supported = sum(1 for s in found if any(int(n) in evidence and supports(s, evidence[int(n)])
+                                            for n in _MARKER.findall(s)))
+    return supported, len(found)
+
+
+def citation_coverage_model(body: str, evidence: dict[int, str]) -> float:
+    supported, n = model_citations(body, evidence)
+    return supported / n if n else 0.0
+
+
+def marker_counts(body: str) -> dict[str, int]:
+    """How many markers the model wrote and how many the code added."""
+    return {"model": len(_MARKER.findall(body)), "added": len(_ADDED.findall(body))}
 
 
 def _complete_sentences(text: str) -> str:
@@ -84,7 +136,7 @@ def clean_paragraph(text: str, n: int, valid: set[int]) -> tuple[str, int, bool]
     text = re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split()))
     added = bool(text) and not _MARKER.search(text)
     if added:
-        text = f"{text} [{n}]"
+        text = f"{text} [{n}?]"
     return text, invalid, added
 
 
@@ -112,6 +164,7 @@ def write(llm, topic: str, evidence, feedback: str | None = None, max_tokens: in
         if text:
             paragraphs.append(text)
     body = "\n\n".join(paragraphs)
-    used = {int(m) for m in _MARKER.findall(body)}
+    used = {int(m) for m in _ANY_MARKER.findall(body)}
     citations = {e.n: e.chunk_id for e in evidence if e.n in used}
-    return Draft(title_for(topic), body, citations, citation_coverage(body, valid), invalid, added)
+    return Draft(title_for(topic), body, citations, citation_coverage(body, valid),
+                 citation_coverage_model(body, {e.n: e.text for e in evidence}), invalid, added)

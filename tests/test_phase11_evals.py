@@ -351,7 +351,7 @@ def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path
 
 def test_gate_approvals_need_a_judge_calibrated_in_the_same_run():
     from phase10_alignment.judge import JudgeFailure, Verdict
-    from phase11_evals.model_comparison import judge_calibration
+    from phase11_evals.calibration import judge_calibration
 
     items = load_calibration(load_eval_set()).items[:6]
 

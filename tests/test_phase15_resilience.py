@@ -206,21 +206,68 @@ def test_a_failed_effect_releases_its_key_for_a_retry(effects):
 
 
 def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
-    from phase15_production.fault_injection import EXERCISE
+    from phase15_production.fault_injection import EXERCISE, STRATEGIES, bare_from_log
+    from phase15_production.faults import read_log
 
     doc = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
-    saved = json.loads((tmp_path / "phase15" / "resilience" / "cpu" / "result.json").read_text())
+    out = tmp_path / "phase15" / "resilience" / "cpu"
+    saved = json.loads((out / "result.json").read_text())
     m = {k: v["value"] for k, v in saved["metrics"].items()}
     assert m["duplicate_side_effects"] == 0
-    assert m["completion_rate_0pct"] == 1.0 and m["completion_rate_50pct"] == 1.0  # the fallback keeps it whole
-    injected = {r[0]: sum(r[1:]) - r[saved["tables"]["injected"]["columns"].index("pass")]
-                for r in saved["tables"]["injected"]["rows"]}
-    assert injected["0%"] == 0 and injected["50%"] > 0
-    assert 0.0 <= m["fallback_share_50pct"] <= 1.0
-    table = saved["tables"]["by_fault_rate"]
-    for row in table["rows"]:  # every redelivery after a lost ack was answered from the idempotency table
+    for strategy in STRATEGIES:  # no faults: every strategy completes every job in one request each
+        assert m[f"completion_rate_{strategy}_0pct"] == 1.0 and m[f"completion_rate_{strategy}_0pct_n"] == 4
+        assert m[f"calls_{strategy}_0pct"] >= 4
+        assert "max_s_" + strategy + "_0pct" in m and "p99_s_" + strategy + "_0pct" not in m  # 4 jobs: a max
+    # the bare figure is recomputed from the proxy's log, written next to the result
+    log = read_log(out / "proxy_log.jsonl")
+    timeout = saved["tables"]["timing"]["rows"][0][1]
+    served, jobs = bare_from_log(log, 0.5, timeout)
+    assert jobs == 4 and m["completion_rate_bare_50pct"] == served / jobs
+    assert not [f for f in saved["failure_modes"] if "proxy log says" in f]
+    # the fallback has its own faulty path: its proxy injected faults at the same rate
+    fallback_rows = [r for r in log if r["strategy"] == "fallback" and r["path"] == "fallback" and r["rate"] == 0.5]
+    assert all(r["fault"] is None for r in log if r["rate"] == 0.0)
+    assert 0.0 <= m["fallback_share_50pct"] <= 1.0 and "fallback_share_50pct_ci_low" in m
+    assert {r["path"] for r in log if r["strategy"] == "fallback"} <= {"primary", "fallback"}
+    if fallback_rows:
+        assert len({r["prompt"] for r in fallback_rows}) <= 4
+    table = saved["tables"]["by_strategy"]
+    for row in table["rows"]:  # a delivery that reached the effect either ran it or was answered from the table
         cell = dict(zip(table["columns"], row))
-        assert cell["effects deduplicated"] >= cell["redelivered (ack lost)"]
-        assert cell["effects run"] == cell["jobs"] and cell["duplicate effects"] == 0
-    assert (tmp_path / "phase15" / "resilience" / "cpu" / "resilience.png").stat().st_size > 0
+        assert cell["effects run"] + cell["effects deduplicated"] == cell["deliveries reaching effect"]
+        assert cell["effects run"] == int(cell["completion (k/n, 95% CI)"].split("(")[1].split("/")[0])
+        assert cell["duplicate effects"] == 0
+        assert "/" in cell["completion (k/n, 95% CI)"]
+    assert (out / "resilience.png").stat().st_size > 0
+
+
+def test_the_bare_figure_from_the_log_counts_only_first_attempts_served_in_time():
+    from phase15_production.faults import first_attempts_served
+
+    def row(i, prompt, served, seconds=0.1):
+        return {"i": i, "fault": None if served else "500", "status": 200 if served else 500, "served": served,
+                "tokens": 5, "seconds": seconds, "prompt": prompt}
+
+    rows = [row(0, "a", False), row(1, "a", True),  # retried: a bare client failed it
+            row(2, "b", True), row(3, "b", True),   # served, then redelivered after a lost ack
+            row(4, "c", True, seconds=9.0)]         # served after the client had given up
+    assert first_attempts_served(rows, within_s=5.0) == (1, 3)
+
+
+def test_a_fallback_behind_its_own_fault_deck_can_fail():
+    """The negative control for the old design: with every request to both paths faulted, the
+    + fallback client completes nothing (a fallback called directly would have completed all)."""
+    from lab.llm.base import LLMError
+    from phase15_production.faults import FaultSpec, fault_proxy
+    from phase15_production.resilience import ResilientLLM, RetryPolicy
+
+    with ScriptedOpenAI() as upstream:
+        spec = dict(rate=1.0, kinds={"500": 1.0})
+        with fault_proxy(upstream.url, FaultSpec(seed=0, **spec)) as a, fault_proxy(upstream.url, FaultSpec(seed=1, **spec)) as b:
+            llm = ResilientLLM([f"openai:m@{a.url}/v1", f"openai:m@{b.url}/v1"],
+                               policy=RetryPolicy(max_attempts=2, sleep=lambda s: None), fail_max=None)
+            with pytest.raises(LLMError):
+                llm.chat(MSG)
+            assert len(a.log) == 2 and len(b.log) == 2 and not llm.breakers
+            assert [r["status"] for r in a.log + b.log] == [500] * 4 and llm.served() == {"none": 1}

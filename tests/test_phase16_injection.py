@@ -22,7 +22,9 @@ def test_injection_exercise_tiny_no_canary_published_or_replied_and_clean_topics
     assert m["attack_jobs"] == 8 and m["attack_jobs_held"] >= 1
     # the same worst-case engine with the defence off publishes canaries: the check is what holds
     assert m["canaries_in_posts_undefended"] >= 1
-    assert m["clean_published_share"] > 0.5
+    # per model, never pooled: the rubber-stamp adversary and the scripted clean-topic model each have their own
+    assert m["clean_published_share_adversary"] > 0.5 and m["clean_published_share_adversary_n"] >= 1
+    assert "clean_published_share_scripted" in m and "clean_published_share" not in m
 
 
 @pytest.fixture

@@ -66,6 +66,22 @@ def test_every_citation_marker_links_to_an_anchor_on_the_audit_page():
     assert "<h2>Why it grows</h2>" in files[post_path(post)] and "<li>MQA is the extreme" in files[post_path(post)]
 
 
+def test_a_code_added_marker_and_an_unreviewed_approval_are_shown_as_such():
+    post = _post(body_markdown="The cache grows with context [1].\n\nGQA shares key and value heads. [2?]",
+                 reviewed=False, review_note="APPROVE does not count as a review (r = 0.410 < 0.75)")
+    files = render_post_files(post, [])
+    html = files[post_path(post)]
+    assert '<a class="cite cite-added"' in html and "[2?]</a>" in html and "model cited no source here" in html
+    assert html.count('class="cite"') == 1  # only the model's own [1] renders as a plain citation
+    assert "Unreviewed." in html and "r = 0.410 &lt; 0.75" in html
+    assert 'class="verdict UNREVIEWED"' in files["index.html"] and 'class="verdict UNREVIEWED"' in files[audit_path(post)]
+    reviewed = render_post_files(_post(reviewed=True), [])
+    assert 'class="verdict UNREVIEWED"' not in reviewed["index.html"]
+    assert "Unreviewed." not in reviewed[post_path(_post())]
+    assert PostRecord.from_dict({k: v for k, v in post.to_dict().items() if k not in ("reviewed", "review_note")}
+                                ).reviewed is None  # a record from before the field: not recorded, not "reviewed"
+
+
 def test_audit_page_shows_sources_chunks_scores_verdicts_trace_tokens_cost():
     post = _post()
     text = _dom(render_post_files(post, []), audit_path(post)).text
