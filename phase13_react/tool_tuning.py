@@ -103,18 +103,10 @@ def run_multistep(llm, task, max_steps: int, max_tokens: int) -> dict[str, Any]:
 
 
 def rate(ctx: RunContext, name: str, hits: int, n: int, description: str) -> tuple[float, float] | None:
-    """Record a rate with its n and 95% Wilson interval (three metrics); returns the interval."""
-    from lab.stats import rate_interval, rate_note
+    """Record a rate with its n and 95% Wilson interval (``lab.stats.record_rate``); returns the interval."""
+    from lab.stats import record_rate
 
-    if n == 0:
-        ctx.metric(name, None, "fraction", True, f"{description} (no cases)")
-        return None
-    low, high = rate_interval(hits, n)
-    ctx.metric(name, hits / n, "fraction", True, f"{description}: {rate_note(hits, n)}")
-    ctx.metric(f"{name}_ci_low", low, "fraction", description=f"95% Wilson lower bound of {name}")
-    ctx.metric(f"{name}_ci_high", high, "fraction", description=f"95% Wilson upper bound of {name}")
-    ctx.metric(f"{name}_n", n, "cases")
-    return low, high
+    return record_rate(ctx, name, hits, n, description)
 
 
 def training_curve(ctx: RunContext, log: dict[str, Any]) -> None:
