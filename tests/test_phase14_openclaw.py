@@ -249,8 +249,8 @@ def test_openclaw_loads_the_skill_from_an_isolated_workspace(tmp_path):
 @needs_openclaw
 def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
     """The exercise's tiny run: the tuned agent model in the default configuration (its first request is
-    larger than the 8,192-token window: context_overflow, not a skill miss) and in the narrow one (fits:
-    counted in skill use), and the scripted control."""
+    larger than the 8,192-token window: context_overflow, not a skill miss) and in the narrow one (its
+    first request fits), and the scripted control."""
     from phase14_frameworks.openclaw_skill import EXERCISE
 
     doc = runner.execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
@@ -261,8 +261,10 @@ def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
     configs = {row[0]: dict(zip(tables["configurations"]["columns"], row)) for row in tables["configurations"]["rows"]}
     assert configs["default"]["first request tokens"] >= configs["default"]["window declared"] == 8192
     assert m["context_overflow_default_agent"] == 1 and m["skill_use_default_agent_n"] == 0
-    assert configs["narrow"]["first request tokens"] < 8192 and m["context_overflow_narrow_agent"] == 0
-    assert m["skill_use_narrow_agent_n"] == 1 and m["skill_use_narrow_agent"] in (0.0, 1.0)
+    # the narrowed agent's first request fits; a later one in the turn (history grown by tool results) may
+    # not, and then the turn is counted as an overflow too: every turn lands in exactly one place
+    assert configs["narrow"]["first request tokens"] < 8192
+    assert m["skill_use_narrow_agent_n"] + m["context_overflow_narrow_agent"] == m["turns_narrow_agent"] == 1
     assert m["skill_visible"] == 1
     offered = dict((row[0], row[1]) for row in tables["tools_offered"]["rows"])["narrow_agent"].split(", ")
     assert {"read", "exec"} <= set(offered) and "write" not in offered  # tool policy reached the request
