@@ -42,6 +42,7 @@ import secrets
 import shutil
 import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -347,6 +348,11 @@ def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, 
             ctx.failure_mode(f"{r['name']}: the skill's full description was not in the system prompt "
                              "(OpenClaw shortens skill descriptions when the prompt is large for the declared "
                              "context window).")
+        if counts["no_job"]:
+            calls = Counter(c for t in r["turns"] if t["outcome"] == "no_job" for c in t["model_calls"])
+            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(5)) or "no tool"
+            ctx.failure_mode(f"{r['name']}: no job in {counts['no_job']} of {n} turns that ended normally; the model "
+                             f"called {made} (OpenClaw's tool-search tools included), never the skill's command.")
         fit = n - counts["context_overflow"]
         if fit:
             others = ", ".join(f"{o} {counts[o]}" for o in OUTCOMES[2:] if counts[o])
