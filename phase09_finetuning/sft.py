@@ -23,6 +23,7 @@ from typing import Any
 
 from lab.artifacts import ArtifactKind, Reporter
 from lab.errors import ConfigError
+from lab.repeatable import repeatable
 
 # All attention and FFN projections of a Llama-style block (the seed's choice for Llama 3.1 8B).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -294,6 +295,7 @@ def train_sft(
     base_bytes = model.get_memory_footprint()  # weights (+buffers) as stored: NF4 vs fp32/bf16
     if qlora:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_args["gradient_checkpointing"])
+    repeatable(seed)  # LoRA's A matrices are drawn next: from the seed, not from what the process drew before
     model = get_peft_model(model, lora_config(lora_r))
     trainable, total = model.get_nb_trainable_parameters()
 

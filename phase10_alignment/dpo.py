@@ -47,6 +47,7 @@ from pydantic import Field
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, ArtifactKind, Recipe, Reporter, default_store
 from lab.device import current, quantization_label
+from lab.repeatable import repeatable
 from phase09_finetuning.sft import RECORDED_ARGS, SFT_ADAPTER, load_tokenizer
 
 # A run below either bar did not move the policy: its adapter is flagged "noop" and refused downstream.
@@ -366,6 +367,7 @@ def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drif
     model, tok = load_policy(sft, trainable=True)
     sample_before = generate(model, tok, [sample_prompt], cfg.sample_tokens)[0] if sample_prompt else None
     scratch = tempfile.mkdtemp(prefix="phase10-dpo-")
+    repeatable(cfg.seed)  # deterministic kernels on CPU; dropout and data order are seeded by the trainer
     try:
         trainer = build_trainer(model, tok, train_rows, cfg, lr, scratch)
         reference = reference_kind(trainer.model)

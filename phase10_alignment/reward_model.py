@@ -37,6 +37,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.repeatable import repeatable
 
 
 class Config(ExerciseConfig):
@@ -173,7 +174,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile full-fine-tunes Llama 3.2 1B "
                                                               "(fp32 weights, bf16 autocast)")):
         ctx.skip(why)
-    torch.manual_seed(cfg.seed)  # before the load: the new score head is initialised from torch's generator
+    repeatable(cfg.seed)  # before the load: the new score head is drawn from torch's generator; CPU kernels deterministic
     try:
         model, tok, missing = load_reward_model(cfg.model, cfg.dtype, device)
     except MissingResource as err:

@@ -9,7 +9,12 @@ computed from the committed results). ``--set tasks=FILE.jsonl`` runs any such f
 The shipped set (``data/research_tasks.jsonl``) is written from ``SPECS`` by
 ``python -m phase13_react.tasks --write``: every answer is read or computed from a committed
 ``result.json`` at that moment, never typed by hand, and a test re-derives each one, so a result
-that changes cannot leave a stale answer behind silently.
+that changes cannot leave a stale answer behind silently. "Changes" means: moves by more than the
+task's ``tolerance``, the one a reply is graded with (``stale``). Each row records why its tolerance
+is what it is (``tolerance_basis``): exact for integers, 1% for other figures (result.md rounds), and
+for figures that come out of training on CPU at least ``TRAINED_TOLERANCE`` of the value or one case
+of a rate — the same recipe trained on another CPU ends a little elsewhere (``lab.repeatable``), and
+regenerating the results (``make demo``) must not make the shipped answers wrong.
 
 Checking (``check``): a text answer passes when the gold text appears in the reply (case and
 punctuation ignored); a number passes when any number in the reply is within ``tolerance`` of the
@@ -126,24 +131,27 @@ def cites_evidence(task: Task, chunk_id: str, chunk_text: str) -> bool:
 _REF = re.compile(r"\{([\w.]+):(\w+)\}")
 
 
-def derive(derivation: dict[str, Any]) -> Any:
+def derive(derivation: dict[str, Any], results_root: Path | None = None) -> Any:
     """The answer a derivation gives from the committed results right now.
 
     ``{"metric": [exercise, name]}`` a metric's value; ``{"expression": "{ex:metric} / {ex:metric}"}``
     arithmetic over metrics; ``{"kv_cache_gb": {...}}`` Phase 8's formula; ``{"field": [exercise,
     key]}`` a field of the result by dotted path (``method``, ``models.0.id``)."""
+    from lab.paths import RESULTS_ROOT
     from phase13_react.research_tools import kv_cache_gb, metric_value, result_path, safe_eval
 
+    root = results_root or RESULTS_ROOT
     if "metric" in derivation:
-        return metric_value(*derivation["metric"])["value"]
+        return metric_value(*derivation["metric"], results_root=root)["value"]
     if "expression" in derivation:
-        expr = _REF.sub(lambda m: repr(metric_value(m.group(1), m.group(2))["value"]), derivation["expression"])
+        expr = _REF.sub(lambda m: repr(metric_value(m.group(1), m.group(2), results_root=root)["value"]),
+                        derivation["expression"])
         return round(safe_eval(expr), 6)
     if "kv_cache_gb" in derivation:
         return kv_cache_gb.fn(**derivation["kv_cache_gb"])
     if "field" in derivation:
         exercise, key = derivation["field"]
-        value = json.loads(result_path(exercise).read_text())
+        value = json.loads(result_path(exercise, results_root=root).read_text())
         for part in key.split("."):  # a dotted path: models.0.id
             value = value[int(part)] if isinstance(value, list) else value[part]
         return value
@@ -164,6 +172,19 @@ def _expr(tid, question, expression, tol=None):
     refs = _REF.findall(expression)
     return {"id": tid, "question": question, "derivation": {"expression": expression}, "tol": tol,
             "evidence": {"source": _source(refs[0][0]), "contains": [m for _, m in refs]}}
+
+
+# Figures that come out of training on CPU. The same recipe now repeats bit for bit on one machine
+# (lab.repeatable), but another CPU or torch build adds in another order. Between the committed results and
+# a fresh clone's `make demo` (same recipe, before lab.repeatable) phase09.qlora's loss_final moved 3.6556 ->
+# 3.6510 (0.13%) and phase10.dpo's train margin 0.543 -> 0.537 (1.1%). Their answers are derived and graded
+# within TRAINED_TOLERANCE of the value (about 3x the larger drift), or one case of a rate over `cases` cases
+# (a held-out pair that flips), whichever is larger.
+TRAINED_TOLERANCE = 0.03
+
+
+def _trained(spec, cases=None):
+    return {**spec, "trained": {"relative": TRAINED_TOLERANCE, "cases": cases}}
 
 
 def _kv(tid, question, **params):
@@ -199,14 +220,15 @@ SPECS: list[dict[str, Any]] = [
             "phase09.dataset", "filter_rate"),
     _metric("lora_trainable", "How many trainable parameters does the phase09.qlora LoRA adapter on SmolLM2-135M have?",
             "phase09.qlora", "trainable_params"),
-    _expr("lora_eval_gain", "By how much did the held-out eval loss drop in phase09.qlora (eval_loss_before minus "
-          "eval_loss_after)?", "{phase09.qlora:eval_loss_before} - {phase09.qlora:eval_loss_after}", tol=0.01),
+    _trained(_expr("lora_eval_gain", "By how much did the held-out eval loss drop in phase09.qlora (eval_loss_before "
+                   "minus eval_loss_after)?", "{phase09.qlora:eval_loss_before} - {phase09.qlora:eval_loss_after}",
+                   tol=0.01)),
     _expr("rank_ratio", "In phase09.rank_sweep, how many times more LoRA parameters does rank 64 give Llama 3.1 8B "
           "than rank 4?", "{phase09.rank_sweep:llama8b_params_r64} / {phase09.rank_sweep:llama8b_params_r4}"),
-    _metric("dpo_heldout", "What held-out preference-pair accuracy did phase10.dpo reach?",
-            "phase10.dpo", "heldout_pairs_accuracy", tol=0.01),
-    _metric("rm_eval_acc", "What eval accuracy did the phase10.reward_model reach?",
-            "phase10.reward_model", "eval_accuracy", tol=0.01),
+    _trained(_metric("dpo_heldout", "What held-out preference-pair accuracy did phase10.dpo reach?",
+                     "phase10.dpo", "heldout_pairs_accuracy", tol=0.01), cases=16),
+    _trained(_metric("rm_eval_acc", "What eval accuracy did the phase10.reward_model reach?",
+                     "phase10.reward_model", "eval_accuracy", tol=0.01), cases=64),
     {"id": "judge_method", "question": "Which judge_method did the phase10.judge exercise use?",
      "derivation": {"metric": ["phase10.judge", "judge_method"]}, "tol": None,
      "evidence": {"source": "results/phase10/judge/cpu/result.md", "contains": ["judge_method"]}},
@@ -240,25 +262,52 @@ SPECS += [_kv(f"kv_{model.replace('.', '').replace('-', '_')}_{context // 1024}k
               context=context, batch=batch, model=model) for model, name, context, batch in KV_GRID]
 
 
-def _tolerance(value: Any, tol: float | None) -> float:
-    """Absolute tolerance: exact for integers, 1% of the value otherwise (result.md shows rounded values)."""
-    if tol is not None:
-        return tol
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-        return 0.0
-    return round(abs(value) * 0.01, 6)
+def tolerance(value: Any, spec: dict[str, Any]) -> tuple[float, str]:
+    """(absolute tolerance, why): the spec's own, else exact for integers and 1% of the value otherwise
+    (result.md shows rounded values); widened for a trained figure (``_trained``)."""
+    if spec.get("tol") is not None:
+        tol, basis = float(spec["tol"]), f"given: {spec['tol']}"
+    elif isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        tol, basis = 0.0, "exact (an integer)"
+    else:
+        tol, basis = round(abs(value) * 0.01, 6), "1% of the value (result.md rounds)"
+    trained = spec.get("trained")
+    if trained:
+        widest = max(abs(value) * trained["relative"], 1 / trained["cases"] if trained.get("cases") else 0.0)
+        if widest > tol:
+            tol = round(widest, 6)
+            basis = (f"trained on CPU: {trained['relative']:.0%} of the value"
+                     + (f" or one case of {trained['cases']}" if trained.get("cases") else "") + ", the larger")
+    return tol, basis
 
 
-def build_rows() -> list[dict[str, Any]]:
-    """The shipped task rows with answers derived from the committed results now."""
+def build_rows(specs: list[dict[str, Any]] | None = None, results_root: Path | None = None) -> list[dict[str, Any]]:
+    """The task rows of ``specs`` (default: the shipped ``SPECS``) with answers derived from the results
+    under ``results_root`` (default: the committed ones) now."""
     rows = []
-    for spec in SPECS:
-        value = derive(spec["derivation"])
+    for spec in SPECS if specs is None else specs:
+        value = derive(spec["derivation"], results_root)
         kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else "text"
+        tol, basis = tolerance(value, spec) if kind == "number" else (0.0, "exact text")
         rows.append({"id": spec["id"], "question": spec["question"], "answer": value if kind == "number" else str(value),
-                     "answer_type": kind, "tolerance": _tolerance(value, spec["tol"]) if kind == "number" else 0.0,
+                     "answer_type": kind, "tolerance": tol, "tolerance_basis": basis,
                      "evidence": spec["evidence"], "derivation": spec["derivation"]})
     return rows
+
+
+def stale(tasks: list[Task], results_root: Path | None = None) -> list[str]:
+    """The tasks whose answer the results under ``results_root`` no longer give: a number that moved by
+    more than its tolerance, a text that changed. Each as "id: shipped X, results now give Y (tolerance T)"."""
+    found = []
+    for task in tasks:
+        now = derive(task.derivation, results_root)
+        if task.answer_type == "number":
+            moved = not isinstance(now, (int, float)) or abs(now - task.answer) > task.tolerance + 1e-9
+        else:
+            moved = str(now) != task.answer
+        if moved:
+            found.append(f"{task.id}: shipped {task.answer!r}, results now give {now!r} (tolerance {task.tolerance})")
+    return found
 
 
 def write_tasks(path: Path = TASKS_FILE) -> int:

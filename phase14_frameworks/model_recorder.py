@@ -37,6 +37,13 @@ class Exchange:
     reply_text: str = ""
     reply_tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {"name", "arguments"} as sent
     usage: dict[str, Any] | None = None
+    error_code: str | None = None  # the server's error code on a refusal (``context_length_exceeded`` ...)
+
+    @property
+    def context_overflow(self) -> bool:
+        """The server refused the request because the prompt does not fit the model's window (HTTP 413
+        ``context_length_exceeded`` from ``lab serve``; other servers say it with 400 and the same code)."""
+        return self.error_code == "context_length_exceeded" or (self.status == 413 and self.error_code is None)
 
     @property
     def system_prompt(self) -> str:
@@ -82,6 +89,10 @@ def parse_reply(exchange: Exchange, raw: bytes, content_type: str) -> None:
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
+            return
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            exchange.error_code = str(error.get("code") or error.get("type") or "") or None
             return
         message = ((body.get("choices") or [{}])[0]).get("message") or {}
         chunks = [{"choices": [{"delta": message}], "usage": body.get("usage")}]
@@ -183,5 +194,6 @@ class ModelRecorder:
                 "in_system_prompt": {k: ex.mentions(v) for k, v in (needles or {}).items()},
                 "reply_chars": len(ex.reply_text),
                 "reply_tool_calls": [c["name"] for c in ex.reply_tool_calls],
+                "error_code": ex.error_code,
             })
         return rows

@@ -16,6 +16,12 @@ A turn is ``openclaw agent exec MSG --config CFG --model P/M --json --cwd WORKSP
 the embedded agent, no gateway, temporary session state, a stable JSON envelope on stdout (exit
 0 ok, 1 error, 2 timeout). ``run_turn`` returns it as a ``TurnRecord``. The project's Node comes
 first on PATH (``lab.toolchain.node_env``), and so does this Python (a skill's ``python3``).
+
+A channel needs the gateway instead: ``add_telegram_channel`` adds a loopback gateway and OpenClaw's
+own Telegram channel to the config, its Bot API root (``channels.telegram.apiRoot``) wherever you
+point it — Telegram, or a local Bot API double in tests — and ``gateway(setup)`` runs
+``openclaw gateway run`` for the length of a ``with`` block. The channel long-polls ``getUpdates``,
+hands each allowed direct message to the agent and sends the agent's reply with ``sendMessage``.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lab.toolchain import TELEMETRY_OFF, node_bin, node_env, openclaw_bin, version_of
 
@@ -215,6 +224,44 @@ def parse_envelope(exit_code: int, stdout: str, stderr: str, latency_s: float) -
         error=(error.get("message") if isinstance(error, dict) else str(error)) if error else None,
         stderr_tail=tail(stderr),
     )
+
+
+def add_telegram_channel(setup: Setup, *, api_root: str, bot_token: str, allow_from: list[int]) -> int:
+    """Add a loopback gateway (a free port, token auth) and the Telegram channel to the setup's config:
+    Bot API root ``api_root`` (the root only: OpenClaw appends ``/bot<TOKEN>/<method>``), direct messages
+    only from the numeric user ids in ``allow_from``. Returns the gateway's port."""
+    if not allow_from:
+        raise ValueError("add_telegram_channel: allow_from needs at least one numeric Telegram user id")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = json.loads(setup.config.read_text())
+    config["gateway"] = {"mode": "local", "port": port, "bind": "loopback",
+                         "auth": {"mode": "token", "token": secrets.token_hex(16)}}
+    config["channels"] = {"telegram": {"enabled": True, "botToken": bot_token, "apiRoot": api_root.rstrip("/"),
+                                       "dmPolicy": "allowlist", "allowFrom": [str(u) for u in allow_from]}}
+    setup.config.write_text(json.dumps(config, indent=2))
+    return port
+
+
+@contextmanager
+def gateway(setup: Setup, log: Path) -> Iterator[subprocess.Popen]:
+    """``openclaw gateway run`` on the config's port while the block runs (its output to ``log``); stopped
+    with SIGTERM on leaving (OpenClaw drains the work in flight first), killed if it does not exit."""
+    _, openclaw = require_openclaw()
+    port = json.loads(setup.config.read_text())["gateway"]["port"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(openclaw), "gateway", "run", "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, env=process_env(setup), cwd=setup.workspace)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def connect_destinations(strace_log: Path) -> list[str]:

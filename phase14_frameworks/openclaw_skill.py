@@ -14,36 +14,56 @@ ran is not inferred from the model's words: the engine API counts the ``POST /jo
 With ``engine_url`` unset that API is ``engine_double`` (the Phase 16 wire contract, recording;
 Phase 14 may not import Phase 16); with ``engine_url`` it is a real engine you started.
 
-Two agent configurations (``variants``):
+Two agent configurations (``variants``), each given one turn per topic (``topics``) with every model
+in ``llms`` (the tool-tuned agent model first, the base SmolLM2 beside it):
 
 - ``default``: OpenClaw's own defaults for a headless run (the ``coding`` tool profile, every
   eligible bundled skill in the catalog) — what you get out of the box;
 - ``narrow``: tool policy ``tools.allow: [read, exec]`` and the skill allowlist
   ``agents.defaults.skills: [content-engine]`` — a single-purpose content-engine agent.
 
+OpenClaw is told the model's real window (8,192 tokens for SmolLM2). Its own estimate of a prompt is
+not the model's tokenizer, and a first turn has no history to compact, so the default configuration's
+first request can still be larger than the window: the server refuses it (413
+``context_length_exceeded``) and that turn's outcome is ``context_overflow`` — counted per
+configuration, never read as "the model did not use the skill". Skill use is a rate over the turns
+that fit (``OUTCOMES``).
+
 And a control turn (``control``): the same path with a scripted OpenAI-wire "model" that follows
 OpenClaw's skill instructions literally (``scripted_model``), so a failure of the real model is
-told apart from a broken skill. ``llm`` picks the model (None → ``--llm``/``$LAB_LLM``, else the
-embedded SmolLM2-135M); every model is served through ``lab serve``, so OpenClaw always talks to it.
+told apart from a broken skill.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import shutil
+import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
+from phase13_react.served import A100_LLM, AGENT_SPEC, BASE_SPEC
 
 SKILL = "content-engine"
 HOSTED_CONTEXT_WINDOW = 200_000  # what OpenClaw is told for a hosted model whose window it cannot ask
+TOPICS = ("vector databases", "KV caching", "LoRA fine-tuning", "retrieval-augmented generation",
+          "mixture-of-experts routing", "speculative decoding", "4-bit quantization", "prompt injection defences",
+          "LLM judges", "agent checkpoints")
+# What one turn came to, checked in this order: the engine API received POST /jobs; the server refused a
+# request as larger than the model's window; the turn ran out of time; OpenClaw reported another error;
+# the turn finished without starting a job.
+OUTCOMES = ("skill_ran", "context_overflow", "timeout", "error", "no_job")
+MODEL_SLUGS = {AGENT_SPEC: "agent", BASE_SPEC: "base"}
 
 
 class Config(ExerciseConfig):
-    message: str = "Start a content-engine job about vector databases."
+    topics: list[str] = list(TOPICS)  # one turn per topic, per configuration and model
+    message: str = "Start a content-engine job about {topic}."
     variants: list[Literal["default", "narrow"]] = ["default", "narrow"]
     control: bool = True  # also run the scripted skill user (the path works without a real model)
     max_tokens: int = 256  # the model's output budget, as declared to OpenClaw
@@ -51,7 +71,37 @@ class Config(ExerciseConfig):
     timeout_s: int = 600  # one turn's deadline (openclaw agent exec --timeout)
     engine_url: str | None = None  # a running content-engine API; None: the recording double
     strace: bool = True  # run turns under `strace -f -e trace=connect` (when strace exists)
-    llm: str | None = None  # lab.llm spec; None: --llm / $LAB_LLM, else the embedded SmolLM2
+    llms: list[str] | None = None  # lab.llm specs; None: ``llm`` alone, else the agent model and the base
+    llm: str | None = None  # one model alone (--llm / $LAB_LLM; the a100 profile's served Llama)
+
+
+def model_specs(cfg: Config) -> list[str]:
+    """The models to run: ``llms``, else ``--llm``/``$LAB_LLM`` alone, else the tool-tuned agent model with
+    the base SmolLM2 beside it (its row shows what the tuning changed)."""
+    if cfg.llms:
+        return list(cfg.llms)
+    if cfg.llm or os.environ.get("LAB_LLM"):
+        return [cfg.llm or os.environ["LAB_LLM"]]
+    return [AGENT_SPEC, BASE_SPEC]
+
+
+def model_slug(spec: str) -> str:
+    """A model's name in metric names: ``agent`` and ``base`` for the embedded pair, else the spec made safe."""
+    return MODEL_SLUGS.get(spec) or re.sub(r"\W+", "_", spec.split(":", 1)[-1].split("@")[0]).strip("_").lower()
+
+
+def outcome(turn, exchanges, ran: bool) -> str:
+    """One turn's outcome (``OUTCOMES``) from the engine's count, the recorded requests and OpenClaw's envelope."""
+    if ran:
+        return "skill_ran"
+    if any(ex.context_overflow for ex in exchanges) or re.search(r"context.{0,20}(window|length|overflow)",
+                                                                  turn.error or "", re.I):
+        return "context_overflow"
+    if turn.status == "timeout" or turn.exit_code in (2, 124):
+        return "timeout"
+    if turn.exit_code != 0 or turn.status != "ok":
+        return "error"
+    return "no_job"
 
 
 def token_counter(llm):
@@ -78,39 +128,44 @@ def jobs_seen(engine, engine_url: str) -> int:
     return len(httpx.get(f"{engine_url}/jobs", timeout=30).raise_for_status().json())
 
 
-def measure_turn(ctx: RunContext, name: str, root: Path, *, model_url: str, api_key: str, model: str,
-                 cfg: Config, context_window: int, engine, engine_url: str, narrow: bool,
-                 count_tokens=None) -> dict[str, Any]:
-    """One OpenClaw turn behind a recorder: the run record plus what the requests held."""
+def measure_configuration(ctx: RunContext, name: str, root: Path, *, model_url: str, api_key: str, model: str,
+                          cfg: Config, messages: list[str], context_window: int, engine, engine_url: str,
+                          narrow: bool, count_tokens=None) -> dict[str, Any]:
+    """One OpenClaw configuration behind a recorder, one headless turn per message (each a fresh session):
+    what its first request held, and per turn the run record, the tool calls and the outcome."""
     from phase14_frameworks import openclaw_runner as runner
     from phase14_frameworks.model_recorder import ModelRecorder
     from phase14_frameworks.openclaw_runner import read_front_matter
 
-    skill_dir = runner.SKILLS_DIR / SKILL
-    description = read_front_matter(skill_dir / "SKILL.md")["description"]
+    description = read_front_matter(runner.SKILLS_DIR / SKILL / "SKILL.md")["description"]
     recorder = ModelRecorder(model_url)
-    posts_before = jobs_seen(engine, engine_url)
+    turns: list[dict[str, Any]] = []
     with recorder.serving() as url:
         setup = runner.make_setup(root / name, base_url=url, api_key=api_key, model=model,
                                   context_window=context_window, max_tokens=cfg.max_tokens, narrow=narrow,
                                   env={"CONTENT_ENGINE_URL": engine_url})
         listed = {s["name"]: s for s in runner.skills_list(setup)}
-        strace_log = setup.root / "connect.strace" if cfg.strace and shutil.which("strace") else None
-        turn = runner.run_turn(setup, cfg.message, timeout_s=cfg.timeout_s, strace_log=strace_log)
+        skill_md = str(setup.workspace / "skills" / SKILL / "SKILL.md")
+        for i, message in enumerate(messages):
+            first, posts_before = len(recorder.exchanges), jobs_seen(engine, engine_url)
+            strace_log = setup.root / f"connect-{i}.strace" if cfg.strace and shutil.which("strace") else None
+            turn = runner.run_turn(setup, message, timeout_s=cfg.timeout_s, strace_log=strace_log)
+            exchanges = recorder.exchanges[first:]
+            calls = [c for ex in exchanges for c in ex.reply_tool_calls]
+            ran = jobs_seen(engine, engine_url) > posts_before
+            turns.append({"message": message, "turn": turn, "outcome": outcome(turn, exchanges, ran),
+                          "requests": len(exchanges), "model_calls": [c["name"] for c in calls],
+                          "read_skill_file": any(c["name"] == "read" and skill_md in c["arguments"] for c in calls),
+                          "connects": sorted(set(runner.connect_destinations(strace_log))) if strace_log else None})
     rows = recorder.summary(count_tokens, needles={"skill_name": f"<name>{SKILL}</name>", "description": description})
-    skill_md = str(setup.workspace / "skills" / SKILL / "SKILL.md")
-    calls = [c for ex in recorder.exchanges for c in ex.reply_tool_calls]
     first = rows[0] if rows else {}
-    destinations = sorted(set(runner.connect_destinations(strace_log))) if strace_log else None
     if recorder.exchanges:
         prompt = recorder.exchanges[0].system_prompt.replace(str(setup.root), "<root>")
         ctx.artifact(f"system_prompt_{name}.txt").write_text(prompt, encoding="utf-8")
     return {
         "name": name,
-        "turn": turn,
-        "requests": rows,
+        "turns": turns,
         "skill_eligible": bool(listed.get(SKILL, {}).get("eligible")),
-        "skill_model_visible": bool(listed.get(SKILL, {}).get("modelVisible")),
         "skills_in_catalog": sum(1 for s in listed.values() if s.get("eligible") and s.get("modelVisible")),
         "system_prompt_chars": first.get("system_prompt_chars"),
         "system_prompt_tokens": first.get("system_prompt_tokens"),
@@ -120,35 +175,36 @@ def measure_turn(ctx: RunContext, name: str, root: Path, *, model_url: str, api_
         "tools_json_chars": first.get("tools_json_chars"),
         "skill_name_in_prompt": bool(first.get("in_system_prompt", {}).get("skill_name")),
         "description_in_prompt": bool(first.get("in_system_prompt", {}).get("description")),
-        "model_calls": [c["name"] for c in calls],
-        "read_skill_file": any(c["name"] == "read" and skill_md in c["arguments"] for c in calls),
-        "skill_command_ran": jobs_seen(engine, engine_url) > posts_before,
-        "connects": destinations,
+        "context_window": context_window,
     }
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
+    from contextlib import ExitStack
+
     from phase13_react.served import agent_llm
     from phase14_frameworks import openclaw_runner as runner
 
-    try:  # before any model server starts: without OpenClaw there is nothing to serve
+    try:
         versions = runner.versions()
     except runner.OpenClawMissing as exc:
         ctx.skip(str(exc))
     ctx.table("toolchain", [["openclaw", versions["openclaw"]], ["node", versions["node"]]],
               columns=["program", "version"], title="The pinned toolchain this run used")
-    with agent_llm(ctx, cfg.llm) as (llm, _):
-        run_turns(cfg, ctx, llm)
+    if not cfg.topics:
+        raise ValueError("topics: at least one topic (one turn per topic)")
+    messages = [cfg.message.format(topic=t) for t in cfg.topics]
+    with ExitStack() as servers:  # a served model's server (the a100 profile's) found or started for the run
+        llms = [servers.enter_context(agent_llm(ctx, spec))[0] for spec in model_specs(cfg)]
+        run_turns(cfg, ctx, llms, messages)
 
 
-def run_turns(cfg: Config, ctx: RunContext, llm) -> None:
-    from lab.serve.background import serving
-    from lab.serve.background import serving_app
+def run_turns(cfg: Config, ctx: RunContext, llms: list, messages: list[str]) -> None:
+    """Every configuration x model turn against ``lab serve``, then the scripted control."""
+    from lab.serve.background import serving, serving_app
     from phase14_frameworks.engine_double import EngineDouble
     from phase14_frameworks.scripted_model import scripted_app
 
-    context_window = cfg.context_window or getattr(llm, "context_window", None) or HOSTED_CONTEXT_WINDOW
-    ctx.metric("context_window_declared", context_window, "tokens", description="the model's window as told to OpenClaw")
 
     engine = None if cfg.engine_url else EngineDouble()
     if engine is not None:
@@ -158,22 +214,26 @@ def run_turns(cfg: Config, ctx: RunContext, llm) -> None:
     root = Path(tempfile.mkdtemp(prefix="openclaw-skill-"))
     results: list[dict[str, Any]] = []
     try:
-        with serving(llm, api_key=api_key) as lab_url, \
+        with serving(llms, api_key=api_key) as lab_url, \
                 (engine.serving() if engine is not None else _given(cfg.engine_url)) as engine_url:
-            for variant in ctx.progress(cfg.variants, "OpenClaw turns against lab serve"):
-                results.append(measure_turn(ctx, variant, root, model_url=lab_url, api_key=api_key, model=llm.model,
-                                            cfg=cfg, context_window=context_window, engine=engine,
-                                            engine_url=engine_url, narrow=variant == "narrow",
-                                            count_tokens=token_counter(llm)))
+            runs = [(v, llm) for v in cfg.variants for llm in llms]
+            for variant, llm in ctx.progress(runs, "OpenClaw configurations x models against lab serve"):
+                window = cfg.context_window or getattr(llm, "context_window", None) or HOSTED_CONTEXT_WINDOW
+                r = measure_configuration(ctx, f"{variant}_{model_slug(llm.spec)}", root, model_url=lab_url,
+                                          api_key=api_key, model=llm.model, cfg=cfg, messages=messages,
+                                          context_window=window, engine=engine, engine_url=engine_url,
+                                          narrow=variant == "narrow", count_tokens=token_counter(llm))
+                results.append({**r, "variant": variant, "model": llm.spec, "slug": model_slug(llm.spec)})
             control = None
             if cfg.control:
                 with serving_app(scripted_app(SKILL), name="scripted-model") as scripted_url:
-                    control = measure_turn(ctx, "control", root, model_url=scripted_url, api_key=api_key,
-                                           model="scripted", cfg=cfg, context_window=HOSTED_CONTEXT_WINDOW,
-                                           engine=engine, engine_url=engine_url, narrow=True)
+                    control = measure_configuration(ctx, "control", root, model_url=scripted_url, api_key=api_key,
+                                                    model="scripted", cfg=cfg, messages=messages[:1],
+                                                    context_window=HOSTED_CONTEXT_WINDOW, engine=engine,
+                                                    engine_url=engine_url, narrow=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report(ctx, cfg, results, control, llm.spec)
+    report(ctx, results, control)
 
 
 class _given:
@@ -189,55 +249,83 @@ class _given:
         return None
 
 
-def report(ctx: RunContext, cfg: Config, results: list[dict[str, Any]], control: dict[str, Any] | None,
-           model: str) -> None:
-    """Metrics (the first variant under plain names, every run under its own prefix), tables, findings."""
-    rows = []
+def tally(result: dict[str, Any]) -> dict[str, int]:
+    """Turns per outcome (every outcome present, zeros included)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for t in result["turns"]:
+        counts[t["outcome"]] += 1
+    return counts
+
+
+def report(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, Any] | None) -> None:
+    """Per configuration and model: outcome counts, skill use over the turns that fit (n, 95% interval);
+    the first request's sizes; tables of turns; findings."""
+    from lab.stats import record_rate
+
+    rows, turn_rows = [], []
+    for r in results:
+        key, counts = r["name"], tally(r)
+        fit = len(r["turns"]) - counts["context_overflow"]
+        ctx.metric(f"turns_{key}", len(r["turns"]), "turns")
+        ctx.metric(f"context_overflow_{key}", counts["context_overflow"], "turns", higher_is_better=False,
+                   description=f"turns whose request the server refused as larger than the {r['context_window']}-token "
+                               f"window, of {len(r['turns'])}")
+        record_rate(ctx, f"skill_use_{key}", counts["skill_ran"], fit,
+                    f"turns that fit the window in which the engine API received POST /jobs ({r['variant']}, {r['model']})")
+        ctx.metric(f"system_prompt_chars_{key}", r["system_prompt_chars"], "chars", higher_is_better=False)
+        ctx.metric(f"tools_offered_{key}", r["tools_offered"], "tools")
+        if r["prompt_tokens"] is not None:
+            ctx.metric(f"prompt_tokens_{key}", r["prompt_tokens"], "tokens", higher_is_better=False,
+                       description="first request of the configuration, counted with the served model's tokenizer")
+        latencies = [t["turn"].latency_s for t in r["turns"]]
+        ctx.metric(f"turn_latency_s_{key}", round(statistics.median(latencies), 2), "s", higher_is_better=False,
+                   description=f"median over {len(latencies)} turns")
+        rows.append([r["variant"], r["model"], len(r["turns"]), *[counts[o] for o in OUTCOMES], fit,
+                     f"{counts['skill_ran']}/{fit}" if fit else "n/a (0 fit)", r["system_prompt_chars"],
+                     r["prompt_tokens"], r["context_window"], r["tools_offered"], r["skills_in_catalog"],
+                     r["description_in_prompt"], round(statistics.median(latencies), 1)])
     for r in results + ([control] if control else []):
-        t = r["turn"]
-        prefix = r["name"]
-        ctx.metric(f"{prefix}_system_prompt_chars", r["system_prompt_chars"], "chars", higher_is_better=False)
-        ctx.metric(f"{prefix}_tools_offered", r["tools_offered"], "tools")
-        ctx.metric(f"{prefix}_skill_command_ran", int(bool(r["skill_command_ran"])), "bool", higher_is_better=True)
-        ctx.metric(f"{prefix}_turn_latency_s", round(t.latency_s, 2), "s", higher_is_better=False)
-        rows.append([prefix, "scripted" if prefix == "control" else model, t.exit_code, t.status,
-                     r["system_prompt_chars"], r["system_prompt_tokens"], r["prompt_tokens"], r["tools_offered"],
-                     r["skills_in_catalog"], r["description_in_prompt"], len(r["requests"]),
-                     ", ".join(r["model_calls"]) or "none", r["read_skill_file"], r["skill_command_ran"],
-                     round(t.latency_s, 1)])
-    ctx.table("turns", rows, columns=["run", "model", "exit", "status", "system prompt chars", "system prompt tokens",
-                                      "prompt tokens", "tools offered", "skills in catalog", "description in prompt",
-                                      "model requests", "tool calls", "read SKILL.md", "skill command ran",
-                                      "latency s"],
-              title="One OpenClaw turn per run: what it sent the model and what happened")
+        for t in r["turns"]:
+            turn = t["turn"]
+            turn_rows.append([r["name"], t["message"], t["outcome"], turn.exit_code, turn.status, t["requests"],
+                              ", ".join(t["model_calls"]) or "none", t["read_skill_file"], round(turn.latency_s, 1),
+                              (turn.error or turn.reply)[:160]])
+    ctx.table("configurations", rows,
+              columns=["configuration", "model", "turns", *OUTCOMES, "turns that fit", "skill used (of fit)",
+                       "system prompt chars", "first request tokens", "window declared", "tools offered",
+                       "skills in catalog", "description in prompt", "median latency s"],
+              title="Outcomes per configuration and model (one fresh headless turn per topic)")
+    ctx.table("turns", turn_rows, columns=["run", "message", "outcome", "exit", "status", "model requests",
+                                           "tool calls", "read SKILL.md", "latency s", "error or reply (160 chars)"],
+              title="Every OpenClaw turn")
     ctx.table("tools_offered", [[r["name"], ", ".join(r["tool_names"]), r["tools_json_chars"]] for r in results],
               columns=["run", "tools offered on the first request", "tool schemas chars"],
               title="The tool list OpenClaw sends (after tool policy)")
-    ctx.table("replies", [[r["name"], r["turn"].reply[:300], r["turn"].error or ""] for r in results],
-              columns=["run", "final reply (first 300 chars)", "error"], title="What the agent answered")
-
+    if control is not None:
+        ran = int(control["turns"][0]["outcome"] == "skill_ran")
+        ctx.metric("control_skill_command_ran", ran, "bool", higher_is_better=True,
+                   description="the scripted model's turn (a control: never pooled with a real model)")
     head = results[0] if results else control
     if head is None:
         return
     ctx.metric("system_prompt_chars", head["system_prompt_chars"], "chars", higher_is_better=False,
                description=f"first request of the {head['name']} run")
-    if head["system_prompt_tokens"] is not None:
-        ctx.metric("system_prompt_tokens", head["system_prompt_tokens"], "tokens", higher_is_better=False)
-    if head["prompt_tokens"] is not None:
-        ctx.metric("prompt_tokens", head["prompt_tokens"], "tokens", higher_is_better=False)
+    for field in ("system_prompt_tokens", "prompt_tokens"):
+        if head[field] is not None:
+            ctx.metric(field, head[field], "tokens", higher_is_better=False,
+                       description=f"first request of the {head['name']} run")
     ctx.metric("tools_offered", head["tools_offered"], "tools")
     ctx.metric("skill_visible", int(head["skill_name_in_prompt"] and head["description_in_prompt"]), "bool",
                higher_is_better=True, description="skill name and full description in the system prompt")
-    ctx.metric("skill_command_ran", int(any(r["skill_command_ran"] for r in results)), "bool", higher_is_better=True,
-               description="the engine API received POST /jobs during a real-model turn")
-    ctx.metric("turn_latency_s", round(head["turn"].latency_s, 2), "s", higher_is_better=False)
-    connects = sorted({d for r in results + ([control] if control else []) for d in r["connects"] or []})
-    if any(r["connects"] is not None for r in results):
+    ctx.metric("turn_latency_s", round(statistics.median(t["turn"].latency_s for t in head["turns"]), 2), "s",
+               higher_is_better=False, description=f"median turn of the {head['name']} run")
+    connects = sorted({d for r in results + ([control] if control else []) for t in r["turns"] for d in t["connects"] or []})
+    if any(t["connects"] is not None for r in results for t in r["turns"]):
         from phase14_frameworks.openclaw_runner import is_loopback
 
         off_machine = [d for d in connects if not is_loopback(d)]
         ctx.metric("non_loopback_connects", len(off_machine), "connects", higher_is_better=False)
-        ctx.finding(f"Under strace, OpenClaw's process tree made connect() calls to {len(connects)} distinct "
+        ctx.finding(f"Under strace, OpenClaw's process trees made connect() calls to {len(connects)} distinct "
                     f"destinations, {len(off_machine)} of them off this machine"
                     + (f" ({', '.join(off_machine)})." if off_machine else ": only the loopback model proxy, "
                        "the engine API and local sockets."))
@@ -245,33 +333,47 @@ def report(ctx: RunContext, cfg: Config, results: list[dict[str, Any]], control:
 
 
 def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, Any] | None) -> None:
-    by = {r["name"]: r for r in results}
-    if "default" in by and "narrow" in by:
-        d, n = by["default"], by["narrow"]
+    by_variant: dict[str, dict[str, Any]] = {}
+    for r in results:
+        by_variant.setdefault(r["variant"], r)  # the first model's run of each configuration
+    if "default" in by_variant and "narrow" in by_variant:
+        d, n = by_variant["default"], by_variant["narrow"]
         ctx.finding(f"Out of the box a headless OpenClaw turn sends a {d['system_prompt_chars']}-character system "
                     f"prompt and {d['tools_offered']} tools ({d['tools_json_chars']} characters of schemas), with "
                     f"{d['skills_in_catalog']} skills in the catalog; tool policy (read, exec) and a one-skill "
                     f"allowlist cut that to {n['system_prompt_chars']} characters, {n['tools_offered']} tools and "
                     f"{n['skills_in_catalog']} skill(s).")
     for r in results:
-        t = r["turn"]
-        window_note = ""
-        if r["prompt_tokens"] is not None:
-            window_note = f" The first request was {r['prompt_tokens']} prompt tokens."
+        counts, n = tally(r), len(r["turns"])
+        tokens = f"{r['prompt_tokens']} tokens" if r["prompt_tokens"] is not None else "its size unknown"
+        if counts["context_overflow"]:
+            ctx.failure_mode(f"{r['name']}: context_overflow in {counts['context_overflow']} of {n} turns — the first "
+                             f"request ({tokens}) does not fit the {r['context_window']}-token window OpenClaw was "
+                             "told; OpenClaw's own estimate let it through and a first turn has no history to "
+                             "compact, so the server refused it (413 context_length_exceeded). These turns say "
+                             "nothing about the model's skill use and are left out of its rate.")
         if not r["description_in_prompt"]:
             ctx.failure_mode(f"{r['name']}: the skill's full description was not in the system prompt "
                              "(OpenClaw shortens skill descriptions when the prompt is large for the declared "
-                             "context window)." + window_note)
-        if not r["skill_command_ran"]:
-            used = ", ".join(r["model_calls"]) or "no tool"
-            ctx.failure_mode(f"{r['name']}: the model did not start a job (it called {used}; exit {t.exit_code}, "
-                             f"status {t.status}; reply begins {t.reply[:120]!r}).{window_note}")
+                             "context window).")
+        if counts["no_job"]:
+            calls = Counter(c for t in r["turns"] if t["outcome"] == "no_job" for c in t["model_calls"])
+            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(5)) or "no tool"
+            ctx.failure_mode(f"{r['name']}: no job in {counts['no_job']} of {n} turns that ended normally; the model "
+                             f"called {made} (OpenClaw's tool-search tools included), never the skill's command.")
+        fit = n - counts["context_overflow"]
+        if fit:
+            others = ", ".join(f"{o} {counts[o]}" for o in OUTCOMES[2:] if counts[o])
+            ctx.finding(f"{r['variant']} configuration, {r['model']}: the engine received POST /jobs in "
+                        f"{counts['skill_ran']} of the {fit} turns that fit the window"
+                        + (f" (the rest: {others})." if others else "."))
     if control is not None:
-        verdict = "received" if control["skill_command_ran"] else "did NOT receive"
+        t = control["turns"][0]
+        verdict = "received" if t["outcome"] == "skill_ran" else "did NOT receive"
         ctx.finding(f"Control: a scripted model that follows OpenClaw's skill instructions literally called "
-                    f"{', '.join(control['model_calls']) or 'no tool'} and the engine API {verdict} POST /jobs, "
-                    f"in {control['turn'].latency_s:.1f} s — the skill path itself "
-                    f"{'works' if control['skill_command_ran'] else 'is broken'}, so a real model's miss is the model's.")
+                    f"{', '.join(t['model_calls']) or 'no tool'} and the engine API {verdict} POST /jobs, "
+                    f"in {t['turn'].latency_s:.1f} s — the skill path itself "
+                    f"{'works' if t['outcome'] == 'skill_ran' else 'is broken'}, so a real model's miss is the model's.")
 
 
 EXERCISE = Exercise(
@@ -280,12 +382,14 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": {},  # embedded SmolLM2-135M through lab serve: default + narrow + control turns
+        "cpu": {},  # agent model + base SmolLM2 through lab serve: 10 turns x (default, narrow) each, + control
         "a100": {"llm": A100_LLM},  # same turns on Llama 3.1 8B behind vLLM / lab serve (or --llm another)
     },
-    tiny={"variants": ["narrow"], "max_tokens": 8, "control": True},  # two turns: 135M + scripted control
-    smoke={"variants": ["narrow"], "max_tokens": 8, "control": True},
-    summary_metrics=("system_prompt_chars", "tools_offered", "skill_visible", "skill_command_ran", "turn_latency_s"),
+    # the smallest run that shows both behaviours: one overflowing default turn, one narrow turn, the control
+    tiny={"topics": ["vector databases"], "llms": [AGENT_SPEC], "max_tokens": 8, "control": True},
+    smoke={"topics": ["vector databases"], "variants": ["narrow"], "max_tokens": 8, "control": True},
+    summary_metrics=("skill_use_narrow_agent", "context_overflow_default_agent", "skill_use_narrow_base",
+                     "context_overflow_default_base", "system_prompt_chars", "tools_offered", "turn_latency_s"),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

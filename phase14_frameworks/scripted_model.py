@@ -33,10 +33,13 @@ def skill_location(system_prompt: str, skill: str) -> str | None:
 
 
 def topic_of(user_text: str) -> str:
-    """The topic of "... about TOPIC." (OpenClaw prefixes the message with a timestamp line)."""
-    first = user_text.strip().splitlines()[0] if user_text.strip() else ""
-    match = re.search(r"\babout\s+(.+?)[.!?]?$", first)
-    return match.group(1).strip() if match else first
+    """The topic of "... about TOPIC." — the last line that says so: OpenClaw puts a timestamp before a
+    headless message, and a channel's message comes after a block of conversation metadata."""
+    found = re.findall(r"\babout\s+(.+?)[.!?]?[ \t]*$", user_text or "", re.M)
+    if found:
+        return found[-1].strip()
+    lines = (user_text or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def next_step(body: dict[str, Any], skill: str) -> dict[str, Any]:

@@ -78,6 +78,25 @@ def test_tiny_sft_run_loss_decreases_and_saves_only_the_adapter(tiny_adapter):
 
 
 @pytest.mark.slow
+def test_training_repeats_bit_for_bit_whatever_the_process_drew_before(tiny_adapter, tmp_path):
+    """The same recipe trained again in this process, after other code drew from torch's generator and
+    allocated odd-sized buffers: the same losses and adapter bytes (lab.repeatable seeds LoRA's draw; without
+    it the second run's losses differed from step 2 on, measured on this machine)."""
+    import torch
+
+    from phase09_finetuning.dataset import load_training_set
+
+    out, first = tiny_adapter
+    torch.rand(12345)
+    scratch = [torch.empty(n) for n in (7, 1031, 65537)]
+    res = sft.train_sft(sft.SMOLLM, load_training_set("train")[:2], tmp_path, lora_r=8, max_steps=6, batch_size=2,
+                        max_length=64, lr=2e-3)
+    del scratch
+    assert res["losses"] == first["losses"]  # bitwise: floats compared exactly
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
 def test_held_out_answer_loss_is_lower_where_the_adapter_trained(tiny_adapter):
     """answer_losses scores the reference answer's tokens only: the adapter that trained on these two
     rows expects their answers more than the base does, and the prompt tokens are not counted."""

@@ -2,8 +2,10 @@
 
 The skill's command is tested against the engine-API double (its wire contract); the skill is
 loaded by the real, pinned OpenClaw (``openclaw skills list``); and the exercise's tiny run makes
-exactly two real OpenClaw turns: one against ``lab serve`` with the embedded model, one against a
-scripted OpenAI-wire model (the control that exercises read → exec → POST /jobs). OpenClaw is a
+three real OpenClaw turns: the default configuration and the narrow one against ``lab serve`` with
+the tuned agent model (the default's first request does not fit the 8,192-token window: its outcome
+is ``context_overflow``), and one against a scripted OpenAI-wire model (the control that exercises
+read → exec → POST /jobs). OpenClaw is a
 subprocess: the in-process offline guard does not cover it, so the tiny run traces its connect()
 calls with strace (when installed) and the test asserts they all stay on this machine.
 """
@@ -24,6 +26,7 @@ from lab.toolchain import node_bin, openclaw_bin
 from phase14_frameworks import openclaw_runner
 from phase14_frameworks.engine_double import EngineDouble
 from phase14_frameworks.model_recorder import Exchange, parse_reply
+from phase14_frameworks.openclaw_runner import TurnRecord
 from phase14_frameworks.openclaw_runner import SKILLS_DIR, read_front_matter
 from phase14_frameworks.scripted_model import next_step, skill_location, topic_of
 
@@ -144,6 +147,78 @@ def test_scripted_model_follows_the_skill_catalog():
     assert command == "python3 /w/skills/content-engine/scripts/content_engine.py start RAG"
 
 
+def test_recorder_reads_a_refusal_for_context_length():
+    ex = Exchange({"messages": []}, status=413)
+    parse_reply(ex, b'{"error": {"message": "the prompt is 8200 tokens", "type": "invalid_request_error", '
+                    b'"param": "messages", "code": "context_length_exceeded"}}', "application/json")
+    assert ex.error_code == "context_length_exceeded" and ex.context_overflow
+    too_big = Exchange({"messages": []}, status=413)
+    parse_reply(too_big, b'{"error": {"message": "body over 8 MB", "code": "request_too_large"}}', "application/json")
+    assert not too_big.context_overflow  # a body over the byte limit is not a prompt over the window
+
+
+def _turn(exit_code=0, status="ok", error=None):
+    return TurnRecord(exit_code, status, "", 0, [], None, None, 1.0, error=error)
+
+
+def test_each_turn_gets_one_outcome():
+    from phase14_frameworks.openclaw_skill import OUTCOMES, outcome
+
+    refused = Exchange({}, status=413, error_code="context_length_exceeded")
+    fine = Exchange({}, status=200)
+    cases = [
+        ((_turn(), [fine], True), "skill_ran"),
+        ((_turn(1, "error", "LLM request failed"), [refused], False), "context_overflow"),  # not "no job"
+        ((_turn(1, "error", "Context window exceeded for model"), [], False), "context_overflow"),
+        ((_turn(2, "timeout"), [fine], False), "timeout"),
+        ((_turn(1, "error", "connection refused"), [fine], False), "error"),
+        ((_turn(), [fine], False), "no_job"),
+    ]
+    for args, want in cases:
+        assert outcome(*args) == want, (args, want)
+    assert {want for _, want in cases} == set(OUTCOMES)
+
+
+def test_skill_use_is_a_rate_over_the_turns_that_fit():
+    """Overflowing turns are counted apart and left out of the skill-use rate's n."""
+    from phase14_frameworks import openclaw_skill as oc
+
+    class Ctx:
+        def __init__(self):
+            self.metrics = {}
+
+        def metric(self, name, value, *args, **kwargs):
+            self.metrics[name] = value
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    def turn(result):
+        return {"message": "m", "turn": _turn(), "outcome": result, "requests": 1, "model_calls": [],
+                "read_skill_file": False, "connects": None}
+
+    result = {"name": "default_agent", "variant": "default", "model": "local:smollm2-135m-agent", "slug": "agent",
+              "turns": [turn("context_overflow")] * 3 + [turn("skill_ran"), turn("no_job")], "context_window": 8192,
+              "system_prompt_chars": 100, "system_prompt_tokens": 30, "prompt_tokens": 8200, "tools_offered": 11,
+              "tool_names": [], "tools_json_chars": 0, "skills_in_catalog": 1, "skill_name_in_prompt": True,
+              "description_in_prompt": True}
+    ctx = Ctx()
+    oc.report(ctx, [result], None)
+    m = ctx.metrics
+    assert m["context_overflow_default_agent"] == 3 and m["turns_default_agent"] == 5
+    assert m["skill_use_default_agent"] == 0.5 and m["skill_use_default_agent_n"] == 2
+    assert 0 < m["skill_use_default_agent_ci_low"] < 0.5 < m["skill_use_default_agent_ci_high"] < 1
+
+
+def test_the_agent_model_runs_first_with_the_base_beside_it(monkeypatch):
+    from phase14_frameworks.openclaw_skill import Config, model_slug, model_specs
+
+    monkeypatch.delenv("LAB_LLM", raising=False)
+    assert [model_slug(s) for s in model_specs(Config())] == ["agent", "base"]
+    monkeypatch.setenv("LAB_LLM", "openai:gpt-4o@http://127.0.0.1:9/v1")  # --llm: that model alone
+    assert [model_slug(s) for s in model_specs(Config())] == ["gpt_4o"]
+
+
 def test_strace_log_parsing(tmp_path):
     log = tmp_path / "s.log"
     log.write_text('12 connect(20, {sa_family=AF_INET, sin_port=htons(8088), sin_addr=inet_addr("127.0.0.1")}, 16) = 0\n'
@@ -172,30 +247,35 @@ def test_openclaw_loads_the_skill_from_an_isolated_workspace(tmp_path):
 
 @pytest.mark.slow
 @needs_openclaw
-def test_two_real_turns_real_model_and_control(tmp_path):
-    """The exercise's tiny run: one turn of the embedded model through lab serve, one scripted control."""
+def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
+    """The exercise's tiny run: the tuned agent model in the default configuration (its first request is
+    larger than the 8,192-token window: context_overflow, not a skill miss) and in the narrow one (its
+    first request fits), and the scripted control."""
     from phase14_frameworks.openclaw_skill import EXERCISE
 
     doc = runner.execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
-    tables = doc["tables"]
+    tables, m = doc["tables"], {k: v["value"] for k, v in doc["metrics"].items()}
     versions = dict(tables["toolchain"]["rows"])
     assert versions["openclaw"].startswith("OpenClaw 2026.") and versions["node"].startswith("v")
-    turns = {row[0]: dict(zip(tables["turns"]["columns"], row)) for row in tables["turns"]["rows"]}
-    narrow, control = turns["narrow"], turns["control"]
-    # the real model's turn: OpenClaw reached lab serve and sent the skill catalog; what it did is recorded
-    assert narrow["exit"] in (0, 1, 2) and narrow["model requests"] >= 1
-    assert narrow["description in prompt"] is True and doc["metrics"]["skill_visible"]["value"] == 1
-    assert narrow["system prompt tokens"] > 0
-    offered = dict((row[0], row[1]) for row in tables["tools_offered"]["rows"])["narrow"].split(", ")
+    configs = {row[0]: dict(zip(tables["configurations"]["columns"], row)) for row in tables["configurations"]["rows"]}
+    assert configs["default"]["first request tokens"] >= configs["default"]["window declared"] == 8192
+    assert m["context_overflow_default_agent"] == 1 and m["skill_use_default_agent_n"] == 0
+    # the narrowed agent's first request fits; a later one in the turn (history grown by tool results) may
+    # not, and then the turn is counted as an overflow too: every turn lands in exactly one place
+    assert configs["narrow"]["first request tokens"] < 8192
+    assert m["skill_use_narrow_agent_n"] + m["context_overflow_narrow_agent"] == m["turns_narrow_agent"] == 1
+    assert m["skill_visible"] == 1
+    offered = dict((row[0], row[1]) for row in tables["tools_offered"]["rows"])["narrow_agent"].split(", ")
     assert {"read", "exec"} <= set(offered) and "write" not in offered  # tool policy reached the request
-    # the control turn used the skill end to end: read SKILL.md, exec the script, the API got POST /jobs
-    assert control["exit"] == 0 and control["read SKILL.md"] is True and control["skill command ran"] is True
-    assert doc["metrics"]["control_skill_command_ran"]["value"] == 1
-    prompt = (Path(doc["_path"]).parent / "system_prompt_narrow.txt").read_text()
+    turns = {row[0]: dict(zip(tables["turns"]["columns"], row)) for row in tables["turns"]["rows"]}
+    assert turns["default_agent"]["outcome"] == "context_overflow"
+    control = turns["control"]
+    assert control["outcome"] == "skill_ran" and control["read SKILL.md"] is True and m["control_skill_command_ran"] == 1
+    prompt = (Path(doc["_path"]).parent / "system_prompt_narrow_agent.txt").read_text()
     assert "<name>content-engine</name>" in prompt
     if shutil.which("strace"):
-        assert doc["metrics"]["non_loopback_connects"]["value"] == 0
+        assert m["non_loopback_connects"] == 0
 
 
 def test_front_matter_parses_as_yaml_mapping():

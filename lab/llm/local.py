@@ -196,8 +196,10 @@ class LocalLLM(LLM):
                  tool_choice="auto", parallel_tool_calls=True, stop=None, grammar_timeout_s=None) -> _Request:
         ids, offered, mode, name = self._prompt(messages, system, tools, json_schema, tool_choice)
         if len(ids) >= self.context_window:
-            raise PromptTooLongError(f"{self.spec}: the prompt is {len(ids)} tokens; the model's context window is "
-                                     f"{self.context_window} tokens")
+            # worded as OpenAI's servers word it, so clients that recover from an overflow (OpenClaw compacts
+            # and retries) recognise it: "... exceeds the model's maximum context length of N tokens"
+            raise PromptTooLongError(f"{self.spec}: the prompt is {len(ids)} tokens, which exceeds the model's maximum "
+                                     f"context length of {self.context_window} tokens (its context window)")
         constraint = Constraint.of(offered, mode if offered else "none", name, parallel_tool_calls, json_schema)
         grammar = self.constrained and constraint.active
         if grammar:
