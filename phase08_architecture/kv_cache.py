@@ -250,8 +250,6 @@ def plot(shapes: list[KVShape], dtype: str, gpu_gb: float, path) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import torch
-
     from lab.device import current
 
     if current().place(cfg.device) is None:

@@ -37,8 +37,6 @@ class Config(ExerciseConfig):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import torch
-
     from phase09_finetuning.dataset import dataset_sha256, load_training_set
 
     from lab.device import current, quantization_label

@@ -133,8 +133,6 @@ def side_by_side_markdown(doc: dict[str, Any]) -> str:
 def run(cfg: Config, ctx: RunContext) -> None:
     import statistics
 
-    import torch
-
     from lab.errors import MissingResource
     from phase09_finetuning.generation import answers_with_question, key_term_coverage, mean_coverage
     from phase10_alignment.variants import base_model_id

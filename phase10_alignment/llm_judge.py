@@ -58,8 +58,6 @@ class Config(compare.Config):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import torch
-
     from lab.errors import MissingResource
     from lab.llm import check_spec, from_spec
 

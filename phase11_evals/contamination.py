@@ -101,8 +101,6 @@ def score_signal(delta: float, noise: float, noise_z: float) -> bool:
 def run(cfg: Config, ctx: RunContext) -> None:
     from pathlib import Path
 
-    import torch
-
     from lab import models
     from lab.errors import MissingResource
     from phase10_alignment.judge import JudgeFailure

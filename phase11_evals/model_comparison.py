@@ -61,7 +61,6 @@ def quadrant(d_style: float, d_accuracy: float, eps: float = 0.05) -> str:
 
 def run(cfg: Config, ctx: RunContext) -> None:
     import matplotlib
-    import torch
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
