@@ -44,6 +44,8 @@ class Phase:
     exercises: tuple[Exercise, ...]
     # generated sections it renders: (name, file relative to the repo, "module:function")
     report_sections: tuple[tuple[str, str, str], ...] = ()
+    # artifact kinds it publishes that no exercise trains on its canonical run (``ARTIFACTS``)
+    artifacts: tuple[ArtifactKind, ...] = ()
 
 
 BENCHMARKS = "benchmarks"
@@ -64,7 +66,8 @@ def phases() -> tuple[Phase, ...]:
         for name, _, target in sections:
             if ":" not in str(target):
                 raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'")
-        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises, sections))
+        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises, sections,
+                           _published_kinds(package, getattr(mod, "ARTIFACTS", ()))))
     return tuple(found)
 
 
@@ -137,22 +140,22 @@ def artifact_kinds() -> list[ArtifactKind]:
     for ex in all_exercises():
         for kind in (*ex.needs, *ex.produces):
             add(kind)
-    for kind in published_kinds():
-        add(kind)
+    for phase in phases():
+        for kind in phase.artifacts:
+            add(kind)
     return sorted(found.values(), key=lambda k: k.name)
 
 
-def published_kinds() -> list[ArtifactKind]:
-    """The artifact kinds phase packages declare in ``ARTIFACTS`` ("module:NAME")."""
+def _published_kinds(package: str, targets) -> tuple[ArtifactKind, ...]:
+    """The artifact kinds a phase package declares in ``ARTIFACTS`` ("module:NAME")."""
     kinds = []
-    for package in _phase_packages():
-        for target in getattr(importlib.import_module(package), "ARTIFACTS", ()):
-            module, sep, name = str(target).partition(":")
-            kind = getattr(importlib.import_module(module), name, None) if sep else None
-            if not isinstance(kind, ArtifactKind):
-                raise ConfigError(f"{package}/__init__.py ARTIFACTS: {target!r} is not 'module:NAME' of an ArtifactKind")
-            kinds.append(kind)
-    return kinds
+    for target in targets:
+        module, sep, name = str(target).partition(":")
+        kind = getattr(importlib.import_module(module), name, None) if sep else None
+        if not isinstance(kind, ArtifactKind):
+            raise ConfigError(f"{package}/__init__.py ARTIFACTS: {target!r} is not 'module:NAME' of an ArtifactKind")
+        kinds.append(kind)
+    return tuple(kinds)
 
 
 def artifact_users() -> dict[str, tuple[list[str], list[str]]]:

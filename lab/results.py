@@ -25,7 +25,8 @@ from lab.schema import upgrade, validate
 
 HISTORY_KEEP = 10
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization)", re.I)
+# "token" as a credential (bot_token, hf_token), not a tokenizer or a token count
+_SECRET_KEY = re.compile(r"(api[_-]?key|token(?![a-z])|secret|password|passwd|authorization)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@", re.I)
 # API keys (OpenAI/Anthropic sk-, Hugging Face hf_), Telegram bot tokens (<bot id>:<35 chars>), bearer tokens
 _TOKEN_LIKE = re.compile(r"\b(sk-(?:ant-)?[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{8,}|\d{6,12}:[A-Za-z0-9_-]{30,})\b"

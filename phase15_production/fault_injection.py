@@ -322,9 +322,9 @@ def report(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -> 
     ctx.metric("duplicate_side_effects", sum(lv["duplicates"] for lv in levels), "effects", False,
                "all rates and strategies; must be 0")
     ctx.table("by_strategy", rows, columns=[
-        "faults", "strategy", "completion (k/n, 95% CI)", "p50 s", "slowest s (max; p99 from 100 jobs)",
+        "faults", "strategy", "completion [95% CI] (n)", "p50 s", "slowest s (max; p99 from 100 jobs)",
         "requests to proxies", "tokens billed", "tokens per completed job", "retries", "breaker transitions",
-        "fallback share (k/n, 95% CI)", "redelivered (visibility timeout)", "redelivered (ack lost)",
+        "fallback share [95% CI] (n)", "redelivered (visibility timeout)", "redelivered (ack lost)",
         "deliveries reaching effect", "effects run", "effects deduplicated", "duplicate effects"],
         title=f"The same jobs and the same fault deck per strategy: retry ({cfg.max_attempts} attempts), breaker "
               f"(opens after {cfg.fail_max}, half-open after {cfg.reset_timeout_s:g} s), fallback (its own faulty path)")

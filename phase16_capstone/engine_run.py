@@ -104,7 +104,7 @@ def report(ctx: RunContext, store, engine, job_id: str, job_s: float, corpus_s: 
         marker_counts(body_of.get(r["revision"], ""))["added"], "; ".join(r["reasons"])[:240]]
         for r in reviews],
         ["revision", "verdict", "APPROVE counted as review", "technical_accuracy", "calibration", "mechanistic_depth",
-         "audience_calibration", "mean", "model citations supported (k/n sentences, 95% CI)",
+         "audience_calibration", "mean", "model citations supported [95% CI] (n sentences)",
          "coverage incl. code-added", "[n?] added by code", "reasons"],
         title="Every Editor pass: judge scores, the gate's verdict, whose citations are whose")
     total_in = sum(r[4] for r in rows)

@@ -236,9 +236,10 @@ def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
     for row in table["rows"]:  # a delivery that reached the effect either ran it or was answered from the table
         cell = dict(zip(table["columns"], row))
         assert cell["effects run"] + cell["effects deduplicated"] == cell["deliveries reaching effect"]
-        assert cell["effects run"] == int(cell["completion (k/n, 95% CI)"].split("(")[1].split("/")[0])
+        rate, n = cell["completion [95% CI] (n)"].split()[0], cell["completion [95% CI] (n)"].split("(n=")[1].rstrip(")")
+        assert cell["effects run"] == round(float(rate) * int(n))
         assert cell["duplicate effects"] == 0
-        assert "/" in cell["completion (k/n, 95% CI)"]
+        assert "(n=" in cell["completion [95% CI] (n)"]
     assert (out / "resilience.png").stat().st_size > 0
 
 
