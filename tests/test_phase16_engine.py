@@ -482,8 +482,11 @@ def test_load_tiny_kills_at_five_points_lose_nothing_and_duplicate_nothing(tmp_p
     table = doc["tables"]["kills"]
     for row in table["rows"]:
         cell = dict(zip(table["columns"], row))
-        assert cell["killed there"] == "yes" and cell["claims"] >= 2, cell
+        assert cell["killed there"] == "yes", cell
+        if cell["crash point"] in ("mid_stage", "between_stages", "publishing"):  # the job itself was unfinished:
+            assert cell["claims"] >= 2, cell  # another worker claimed it and finished it
         assert (cell["final state"], cell["posts"], cell["replies"]) == ("published", 1, 1), cell
+
 
 def test_a_dead_primary_falls_back_through_the_phase15_chain_and_the_job_still_publishes(store, scripted, corpus,
                                                                                        tmp_path):
