@@ -34,6 +34,7 @@ cannot change the data and ``phase13.research_agent`` stays a held-out measure.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -692,9 +693,12 @@ class ToolUseData:
                 "heldout_multistep": len(self.multistep)}
 
 
+@functools.lru_cache(maxsize=4)
 def generate(seed: int = 0, per_function: int = 8, per_project_kind: int = 10, heldout_per_function: int = 4,
              multistep_per_kind: int = 8) -> ToolUseData:
-    """The training set and the held-out splits, deterministically from ``seed``."""
+    """The training set and the held-out splits, deterministically from ``seed``. Made once per process and
+    arguments (it runs the real tools; the recipe check and the evaluation both ask for it): treat it as
+    read-only."""
     rng = random.Random(seed)
     seen = [f for f in FUNCTIONS if not f.heldout]
     unseen = [f for f in FUNCTIONS if f.heldout]
