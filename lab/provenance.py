@@ -37,7 +37,7 @@ def git_info(repo: Path = REPO_ROOT) -> dict:
 
 
 def package_versions(names=KEY_PACKAGES) -> dict[str, str | None]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in names:
         try:
             versions[name] = metadata.version(name)

@@ -127,7 +127,7 @@ class Rendered:
 
 
 def _results_for(ex, root: Path) -> list[dict]:
-    docs = []
+    docs: list[dict] = []
     base = root / ex.phase / ex.name
     if not base.exists():
         return docs

@@ -122,7 +122,7 @@ def critical_path(jobs: list[Job]) -> dict[str, float]:
 
 def _outcome(job: Job, returncode: int, profile: str) -> None:
     """Fill status/detail from the run the child recorded (its history entry), else the exit code."""
-    if job.exercise is None:
+    if job.exercise is None or job.root is None:  # a plain command: an exercise job always has its root
         job.status = "ok" if returncode == 0 else "failed"
         job.detail = "" if returncode == 0 else f"exit code {returncode}"
         return
@@ -158,7 +158,7 @@ class Runner:
         ``gpu_slots`` GPU jobs running at once (a GPU job waits; CPU-only jobs behind it may start)."""
         running = [j for j in self.jobs.values() if j.status == "running"]
         free, gpu_free = self.workers - len(running), self.gpu_slots - sum(j.gpu for j in running)
-        chosen = []
+        chosen: list[Job] = []
         for job in self._ready():
             if len(chosen) == free:
                 break

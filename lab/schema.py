@@ -134,7 +134,7 @@ def check_method(method: Any, where: str) -> str:
 
 
 def is_substitute(method: str | None) -> bool:
-    return bool(method) and method.startswith("substitute")
+    return method is not None and method.startswith("substitute")
 
 
 def validate(doc: dict[str, Any], source: str = "result") -> None:

@@ -44,9 +44,9 @@ def _config(kind: str, tok):
     if kind == "mixtral":
         return MixtralConfig(num_local_experts=8, num_experts_per_tok=2, **common)
     # Llama 3.1's rope scaling, so the llama3 RoPE code path runs too
-    return LlamaConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 2048},
-                       rope_theta=500000.0, **common)
+    return LlamaConfig(rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 2048,
+                                        "rope_theta": 500000.0}, **common)
 
 
 def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:

@@ -133,13 +133,13 @@ def check_schema(schema: Any, name: str | None = None) -> None:
             raise refuse(f"the schema holds more than {MAX_SCHEMA_VALUES} JSON values (the limit for compiling "
                          "one into a grammar)")
         in_schema = role == "schema" and isinstance(node, dict)
-        if in_schema and (problem := _unenforced(node)) is not None:
+        if in_schema and isinstance(node, dict) and (problem := _unenforced(node)) is not None:
             keyword, advice = problem
             raise refuse(f"keyword {keyword!r} (at {'.'.join((*path, keyword))}) is not enforced by the grammar "
                          f"engine, so a reply could break it: {advice}")
         for key, child in node.items() if isinstance(node, dict) else enumerate(node):
             if in_schema:  # what the keyword's value holds: a schema, schemas by name or in a list, or data
-                kind = _SUBSCHEMA_KEYWORDS.get(key, "data")
+                kind = _SUBSCHEMA_KEYWORDS.get(str(key), "data")
                 kind = "list" if kind == "schema" and isinstance(child, list) else kind  # draft-4 tuple items
             else:
                 kind = "schema" if role in ("map", "list") else "data"
@@ -167,8 +167,8 @@ def _unenforced(node: dict[str, Any]) -> tuple[str, str] | None:
     for keyword in ("minLength", "maxLength"):
         if keyword in node and ("pattern" in node or "format" in node):
             return keyword, "beside a pattern or format the length is dropped: write the length into the pattern"
-    properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-    required = node.get("required") if isinstance(node.get("required"), list) else []
+    properties: dict[str, Any] = node["properties"] if isinstance(node.get("properties"), dict) else {}
+    required: list[Any] = node["required"] if isinstance(node.get("required"), list) else []
     missing = [k for k in required if k not in properties]
     if missing:
         return "required", (f"it names {str(missing[0])[:40]!r}, which this object's 'properties' does not define; "
@@ -460,7 +460,7 @@ class Grammars:
                 return self._compiler.compile_json_schema(json.dumps(reply_schema), any_whitespace=False)
             except Exception as exc:  # xgrammar's own error names the unsupported keyword
                 raise InvalidRequestError(f"json_schema cannot be compiled to a grammar: {_reason(exc)}") from None
-        openai_tools = [{"type": "function", "function": {
+        openai_tools: list[Any] = [{"type": "function", "function": {
             "name": t["name"], "description": t.get("description", ""),
             "parameters": bounded_schema(t.get("input_schema") or {"type": "object", "properties": {}}, bounds)}}
             for t in tools]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Literal, overload
 from pathlib import Path
 
 from lab import models
@@ -81,6 +82,14 @@ def plan(model: str) -> GGUFPlan | None:
     if key == models.DEFAULT_LLM:
         return GGUFPlan(key)
     return None
+
+
+@overload
+def embedded_gguf(key: str = ..., build: Literal[True] = ...) -> Path: ...
+
+
+@overload
+def embedded_gguf(key: str = ..., build: bool = ...) -> Path | None: ...
 
 
 def embedded_gguf(key: str = models.DEFAULT_LLM, build: bool = True) -> Path | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from lab.errors import MissingResource
 from lab.llm.base import LLM, LLMError
@@ -40,6 +40,7 @@ class HostedLLM(LLM):
 
     key_env: str = ""
     connection_errors: tuple[type[BaseException], ...] = ()  # set by each provider from its SDK
+    _client: Any  # the SDK client, set by each provider
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_attempts: int = 3, retry_wait_s: float = 1.0, timeout_s: float = 120.0):

@@ -11,7 +11,7 @@ remembers to use the instruction from then on.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from lab.llm.base import ChatResponse, LLMError, ToolCall, Usage, json_instruction, normalize_tool_choice, tool_calls_of
 from lab.llm.hosted import HostedLLM
@@ -53,7 +53,7 @@ class OpenAILLM(HostedLLM):
         super().__init__(model, base_url=base_url, **kwargs)
         self.connection_errors = (openai.APIConnectionError,)
         key = self.api_key or (NO_KEY if base_url else self._require_key())
-        endpoint = {"base_url": base_url} if base_url else {}
+        endpoint: dict[str, Any] = {"base_url": base_url} if base_url else {}
         self._client = openai.OpenAI(api_key=key, max_retries=0, timeout=self.timeout_s, **endpoint)
         self._native_json = True
 
@@ -79,7 +79,7 @@ class OpenAILLM(HostedLLM):
             system = "\n\n".join(filter(None, [system, json_instruction(json_schema)]))
         try:
             reply, latency = self._send(lambda: self._client.chat.completions.create(
-                messages=to_openai(messages, system), **request))
+                messages=cast(Any, to_openai(messages, system)), **request))
         except LLMError as exc:
             if "response_format" in request and exc.status in (400, 422):
                 self._native_json = False  # this server has no structured output: say it in the prompt

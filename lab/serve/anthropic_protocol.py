@@ -202,7 +202,7 @@ def to_chat_kwargs(req: MessagesRequest) -> dict[str, Any]:
             continue
         for b in m.content:  # tool results first: they answer the previous assistant turn
             if b.type == "tool_result":
-                result = {"role": "tool", "tool_call_id": b.tool_use_id, "name": names.get(b.tool_use_id or "", ""),
+                result: dict[str, Any] = {"role": "tool", "tool_call_id": b.tool_use_id, "name": names.get(b.tool_use_id or "", ""),
                           "content": b.joined_text}
                 if b.is_error:
                     result["is_error"] = True
@@ -298,7 +298,7 @@ class EventWriter:
         """``input_tokens``: the prompt's size where the model can count it before replying (else 0;
         ``message_delta`` carries the real count at the end)."""
         usage = {"input_tokens": input_tokens or 0, "output_tokens": 0}
-        message = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
                    "stop_reason": None, "stop_sequence": None, "usage": usage}
         return self.event("message_start", {"message": message})
 

@@ -33,7 +33,7 @@ def serving(llm: LLM | str | Sequence[LLM | str] | None = None, *, host: str = "
     from lab.llm import from_spec
     from lab.serve.app import create_app
 
-    given = list(llm) if isinstance(llm, (list, tuple)) else [llm]
+    given: list[LLM | str | None] = [llm] if llm is None or isinstance(llm, (LLM, str)) else list(llm)
     models = [m if isinstance(m, LLM) else from_spec(m) for m in given]
     with serving_app(create_app(models, **app_kwargs), host=host, port=port, log_level=log_level,
                      name="lab serve") as url:

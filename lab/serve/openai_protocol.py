@@ -238,7 +238,8 @@ def to_chat_kwargs(req: ChatCompletionRequest, default_max_tokens: int) -> dict[
     json_schema = None
     if req.response_format is not None and req.response_format.type == "json_object":
         json_schema = {"type": "object"}
-    elif req.response_format is not None and req.response_format.type == "json_schema":
+    elif (req.response_format is not None and req.response_format.type == "json_schema"
+          and req.response_format.json_schema is not None):  # always given for this type (ResponseFormat checks)
         json_schema = req.response_format.json_schema.schema_
 
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
