@@ -74,7 +74,7 @@ VLLM_ARGS    ?= --host 127.0.0.1 --port $(VLLM_PORT) --served-model-name $(VLLM_
                 --gpu-memory-utilization 0.85 --enable-auto-tool-choice --tool-call-parser llama3_json
 VLLM_STAMP   := $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION)
 
-.PHONY: setup browser demo test gpu-smoke report clean-venv vllm vllm-serve
+.PHONY: setup browser demo test lint gpu-smoke report clean-venv vllm vllm-serve
 
 setup: $(STAMP) browser
 
@@ -111,8 +111,14 @@ demo: setup
 	status=0; $(BIN)/lab run all --profile cpu --jobs $(JOBS) || status=$$?; $(BIN)/lab report; \
 	$(BIN)/python -m phase16_capstone run "$(DEMO_TOPIC)" || status=$$?; exit $$status
 
-test: setup
+test: setup lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# ruff (lint + format check) over every Python file and mypy over lab/ (settings in pyproject.toml)
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The a100 code path of Phases 8-12 on a real GPU with tiny stand-in models (a few minutes); writes
 # runs/gpu-smoke/gpu_smoke.json naming the device. Fails with "no CUDA device" on a machine without one.
