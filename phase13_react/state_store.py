@@ -18,8 +18,7 @@ from typing import Any
 
 from phase13_react.steps import AgentRun, Step
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS p13_agent_runs (
+RUNS_V1 = """CREATE TABLE IF NOT EXISTS p13_agent_runs (
     run_id      text PRIMARY KEY,
     task        text NOT NULL,
     meta        jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -28,15 +27,25 @@ CREATE TABLE IF NOT EXISTS p13_agent_runs (
     stop_reason text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS p13_agent_steps (
+)"""
+STEPS_V1 = """CREATE TABLE IF NOT EXISTS p13_agent_steps (
     run_id     text NOT NULL REFERENCES p13_agent_runs(run_id) ON DELETE CASCADE,
     idx        integer NOT NULL,
     record     jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, idx)
-);
-"""
+)"""
+
+
+def schema():
+    """The agent-state tables and their migrations (``lab.migrations``; versions in
+    ``p13_schema_migrations``). Version 1 is the schema as the code before migrations created it, so a
+    database it made is adopted as it is; a change appends a version."""
+    from lab.migrations import Migration, Schema
+
+    return Schema("p13", "phase13.agent_state", tables=("p13_agent_runs", "p13_agent_steps"), migrations=(
+        Migration(1, "agent runs and their steps", (RUNS_V1, STEPS_V1)),
+    ))
 
 
 class AgentStateStore:
@@ -44,10 +53,10 @@ class AgentStateStore:
 
     def __init__(self, url: str | None = None):
         from lab import db
+        from lab.migrations import migrate
 
         self.url = url or db.database_url()
-        with db.connect(self.url, autocommit=True) as conn:
-            conn.execute(SCHEMA)
+        migrate(self.url, schema())
 
     def _connect(self):
         from lab import db

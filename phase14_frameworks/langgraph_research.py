@@ -36,25 +36,36 @@ from lab.llm.base import ToolCall
 from phase13_react.loop import FINAL_ANSWER, FINAL_ANSWER_TOOL, NATIVE_SYSTEM
 from phase13_react.tools import Toolbox
 
-NODE_LOG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS p14_node_executions (
+NODE_LOG_V1 = (
+    """CREATE TABLE IF NOT EXISTS p14_node_executions (
     id        bigserial PRIMARY KEY,
     thread_id text NOT NULL,
     node      text NOT NULL,
     step      integer NOT NULL,
     pid       integer NOT NULL,
     at        timestamptz NOT NULL DEFAULT now()
-);
--- turn: messages in the state when the node started: the same logical execution has the same turn on
--- any branch, where the graph step of a fork from an older checkpoint is numbered anew
-ALTER TABLE p14_node_executions ADD COLUMN IF NOT EXISTS turn integer;
-CREATE TABLE IF NOT EXISTS p14_published (
+)""",
+    # turn: messages in the state when the node started: the same logical execution has the same turn on
+    # any branch, where the graph step of a fork from an older checkpoint is numbered anew
+    "ALTER TABLE p14_node_executions ADD COLUMN IF NOT EXISTS turn integer",
+    """CREATE TABLE IF NOT EXISTS p14_published (
     thread_id text PRIMARY KEY,
     answer    text NOT NULL,
     decided   text NOT NULL,
     at        timestamptz NOT NULL DEFAULT now()
-);
-"""
+)""",
+)
+
+
+def schema():
+    """The node-execution log and the published answers, with their migrations (``lab.migrations``;
+    versions in ``p14_schema_migrations``, beside LangGraph's own ``checkpoint_migrations``). Version 1
+    is the schema as the code before migrations created it, so a database it made is adopted as it is."""
+    from lab.migrations import Migration, Schema
+
+    return Schema("p14", "phase14.node_log", tables=("p14_node_executions", "p14_published"), migrations=(
+        Migration(1, "node executions and published answers", NODE_LOG_V1),
+    ))
 
 
 class ResearchState(TypedDict, total=False):
@@ -80,17 +91,21 @@ def database_url() -> str:
 
 def open_saver(url: str):
     """A ``PostgresSaver`` on its own autocommit connection, its tables created (idempotent), plus the
-    node-execution log. Close it with ``saver.conn.close()``."""
+    node-execution log (migrated to its latest version). Close it with ``saver.conn.close()``."""
     import psycopg
     from langgraph.checkpoint.postgres import PostgresSaver
     from psycopg.rows import dict_row
 
+    from lab.migrations import migrate
+
     conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
-    saver = PostgresSaver(conn)
-    saver.setup()
-    for statement in NODE_LOG_SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    try:
+        saver = PostgresSaver(conn)
+        saver.setup()
+        migrate(url, schema())
+    except BaseException:
+        conn.close()
+        raise
     return saver
 
 

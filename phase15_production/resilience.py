@@ -255,6 +255,19 @@ class EffectInProgress(Exception):
     """Another caller holds the key's claim and has not finished within the wait (or it crashed)."""
 
 
+def effects_schema(table: str):
+    """An effects table's migrations (``lab.migrations``): versions in ``p15_schema_migrations``, one owner
+    per table (the table is the caller's choice; throwaway runs drop theirs). Version 1 is the table as
+    the code before migrations created it."""
+    from lab.migrations import Migration, Schema
+
+    return Schema("p15", f"phase15.effects.{table}", tables=(table,), migrations=(
+        Migration(1, "idempotency keys and results", (
+            (f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
+             "result JSONB, claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), done_at TIMESTAMPTZ)"),)),
+    ))
+
+
 class IdempotentEffects:
     """Side effects (publish, send, write) keyed by an idempotency key in a PostgreSQL table.
 
@@ -269,7 +282,8 @@ class IdempotentEffects:
 
     def __init__(self, url: str | None = None, table: str = "idempotent_effects", wait_s: float = 60.0,
                  poll_s: float = 0.02):
-        from lab.db import connect, database_url
+        from lab.db import database_url
+        from lab.migrations import migrate
         from phase15_production.state import check_table
 
         self.url, self.table = url or database_url(), check_table(table)
@@ -277,9 +291,7 @@ class IdempotentEffects:
         self.executed = 0  # effects this object ran
         self.deduplicated = 0  # calls answered from a stored result instead of running the effect
         self._lock = threading.Lock()
-        with connect(self.url, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
-                         "result JSONB, claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), done_at TIMESTAMPTZ)")
+        migrate(self.url, effects_schema(table))
 
     def run_once(self, key: str, effect: Callable[[], Any]) -> Any:
         """The effect's result; the effect itself runs at most once per ``key`` (result must be JSON)."""

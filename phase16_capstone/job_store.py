@@ -24,7 +24,8 @@ terminal ``escalated`` (the Editor gave up after the revision limit) and ``faile
 Every transaction goes through ``phase15_production.state.run_transaction`` (the 40001/40P01 retry
 contract), so the same code runs on PostgreSQL + pgvector (``LAB_DATABASE_URL`` or the embedded
 server) and on CockroachDB (``LAB_CRDB_URL``). All objects carry one name prefix (``namespace``,
-default ``p16``) so several engines — or tests — share one database without clashing.
+default ``p16``) so several engines — or tests — share one database without clashing. The tables are
+made and changed only by the versioned migrations of ``schema`` (``lab.migrations``), run at every start.
 """
 
 from __future__ import annotations
@@ -107,8 +108,26 @@ def check_job_id(job_id: object) -> str:
     return job_id
 
 
-def schema(ns: str) -> list[str]:
-    """Every table of the engine, in one place (``CREATE ... IF NOT EXISTS``: safe to run again)."""
+TABLES = ("jobs", "stage_runs", "evidence", "drafts", "citations", "reviews", "publications", "events", "sites")
+OWNER = "phase16.job_store"
+
+
+def schema(ns: str):
+    """Every table of the engine and its migrations (``lab.migrations``), versioned in ``<ns>_schema_migrations``.
+
+    Version 1 is the schema as the code created it before migrations (``CREATE ... IF NOT EXISTS`` and
+    the ``ADD COLUMN IF NOT EXISTS`` of columns added since), so a database made by that code is adopted
+    as it is. A change to the schema is a new version appended here, never an edit of an applied one."""
+    from lab.migrations import Migration, Schema
+
+    return Schema(ns, OWNER, tables=tuple(f"{ns}_{t}" for t in TABLES), migrations=(
+        Migration(1, "jobs, stage runs, evidence, drafts, citations, reviews, publications, events, sites",
+                  tuple(_schema_v1(ns))),
+    ))
+
+
+def _schema_v1(ns: str) -> list[str]:
+    """Migration 1: the engine's tables as the code before migrations made them (keep it as it is)."""
     states = ", ".join(f"'{s}'" for s in STATES)
     return [
         f"""CREATE TABLE IF NOT EXISTS {ns}_jobs (
@@ -186,6 +205,7 @@ class JobStore:
 
     def __init__(self, url: str | None = None, namespace: str = "p16", lease_s: float = 30.0, max_attempts: int = 5):
         from lab import db
+        from lab.migrations import migrate
 
         if not _NAMESPACE.fullmatch(namespace):
             raise JobStoreError(f"namespace {namespace!r} must match [a-z][a-z0-9_]{{0,30}}")
@@ -194,9 +214,7 @@ class JobStore:
         self._local = threading.local()
         self._connections: list = []
         self._lock = threading.Lock()
-        conn = self._conn()
-        for statement in schema(namespace):
-            conn.execute(statement)
+        self.migrated = migrate(self.url, schema(namespace))  # to the latest version; a no-op when there
 
     # --- connections and transactions ---------------------------------------------------
     def _conn(self):
@@ -224,10 +242,13 @@ class JobStore:
             self._connections.clear()
 
     def drop(self) -> None:
-        """Remove every table of this namespace (tests, throwaway runs)."""
+        """Remove every table of this namespace and its recorded versions (tests, throwaway runs)."""
+        from lab.migrations import forget
+
         conn = self._conn()
-        for table in ("sites", "events", "publications", "reviews", "citations", "drafts", "evidence", "stage_runs", "jobs"):
+        for table in reversed(TABLES):
             conn.execute(f"DROP TABLE IF EXISTS {self.ns}_{table} CASCADE")
+        forget(conn, self.ns, OWNER)
 
     def _event(self, conn, job_id: str, kind: str, **detail: Any) -> None:
         conn.execute(f"INSERT INTO {self.ns}_events (id, job_id, kind, detail) VALUES (%s, %s, %s, %s)",

@@ -23,6 +23,23 @@ from phase16_capstone.untrusted import EVIDENCE, admit
 
 CHUNK_WORDS = 200  # short evidence: the Writer puts each chunk in a small model's prompt
 PREFIX = "p16"  # chunk tables are content-addressed, so every engine namespace shares them
+REGISTRY = f"{PREFIX}_corpora"
+
+
+def registry_schema():
+    """The corpus registry's migrations (``lab.migrations``; versions in ``p16_schema_migrations``, owner
+    ``phase16.corpora``). One registry for every engine namespace, like the chunk tables it lists, hence
+    its own list beside the job store's. Version 1 is the table as the code before migrations made it.
+    (The chunk tables themselves are Phase 12's stores, made per corpus by ``PgVectorStore`` /
+    ``CockroachStore``: data named by a content hash, not a schema of the engine.)"""
+    from lab.migrations import Migration, Schema
+
+    return Schema(PREFIX, "phase16.corpora", tables=(REGISTRY,), migrations=(
+        Migration(1, "the corpus registry", (
+            (f"CREATE TABLE IF NOT EXISTS {REGISTRY} (sha256 TEXT PRIMARY KEY, tbl TEXT NOT NULL, "
+             f"n_docs INT NOT NULL, n_chunks INT NOT NULL, embedder TEXT NOT NULL, "
+             f"created_at TIMESTAMPTZ NOT NULL DEFAULT now())"),)),
+    ))
 
 
 @dataclass(frozen=True)
@@ -102,13 +119,12 @@ class CorpusIndex:
     def _set_up(self, url: str, embedder: str) -> None:
         """Open the chunk table (creating it if needed) and embed the corpus unless it is registered."""
         from lab.db import connect
+        from lab.migrations import migrate
 
         self.store = self._open_store(url)
-        registry = f"{PREFIX}_corpora"
+        registry = REGISTRY
+        migrate(url, registry_schema())
         with connect(url, autocommit=True) as conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {registry} (sha256 TEXT PRIMARY KEY, tbl TEXT NOT NULL, "
-                         f"n_docs INT NOT NULL, n_chunks INT NOT NULL, embedder TEXT NOT NULL, "
-                         f"created_at TIMESTAMPTZ NOT NULL DEFAULT now())")
             row = conn.execute(f"SELECT n_chunks FROM {registry} WHERE sha256 = %s AND embedder = %s",
                                (self.sha256, embedder)).fetchone()
             self.embedded_now = row is None
