@@ -144,8 +144,11 @@ def _existing(conn, tables: Sequence[str]) -> set[str]:
     if not tables:
         return set()
     with _cursor(conn) as cur:
-        rows = cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-                           "AND table_name = ANY(%s)", (list(tables),)).fetchall()
+        rows = cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_name = ANY(%s)",
+            (list(tables),),
+        ).fetchall()
     return {r[0] for r in rows}
 
 
@@ -155,8 +158,9 @@ def recorded(conn, namespace: str, owner: str) -> list[tuple[int, str, Any]]:
     if not _table_exists(conn, table):
         return []
     with _cursor(conn) as cur:
-        return cur.execute(f"SELECT version, name, applied_at FROM {table} WHERE owner = %s ORDER BY version",
-                           (owner,)).fetchall()
+        return cur.execute(
+            f"SELECT version, name, applied_at FROM {table} WHERE owner = %s ORDER BY version", (owner,)
+        ).fetchall()
 
 
 def forget(conn, namespace: str, owner: str) -> None:
@@ -203,12 +207,19 @@ def _ensure_version_table(conn, namespace: str) -> None:
             return
         try:
             with _cursor(conn) as cur:
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (owner TEXT NOT NULL, version INT NOT NULL, "
-                            f"name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-                            f"PRIMARY KEY (owner, version))")
+                cur.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} (owner TEXT NOT NULL, version INT NOT NULL, "
+                    f"name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+                    f"PRIMARY KEY (owner, version))"
+                )
             return
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject,
-                psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+        except (
+            psycopg.errors.UniqueViolation,
+            psycopg.errors.DuplicateTable,
+            psycopg.errors.DuplicateObject,
+            psycopg.errors.SerializationFailure,
+            psycopg.errors.DeadlockDetected,
+        ):
             time.sleep(0.05 * (attempt + 1))
     raise MigrationError(f"could not create {table} after {RETRIES} tries")
 
@@ -217,22 +228,35 @@ def _migrate(conn, schema: Schema) -> Outcome:
     rows = recorded(conn, schema.namespace, schema.owner)
     versions = [r[0] for r in rows]
     if versions != list(range(1, len(versions) + 1)):
-        raise MigrationError(f"{schema.owner}: recorded versions {versions} in {version_table(schema.namespace)} "
-                             f"have a gap; repair the table by hand")
+        raise MigrationError(
+            f"{schema.owner}: recorded versions {versions} in {version_table(schema.namespace)} "
+            f"have a gap; repair the table by hand"
+        )
     present = _existing(conn, schema.tables)
     outcome = Outcome(schema.owner, len(versions), [])
     if versions and schema.tables and not present:
-        log.warning("%s: versions %s recorded in %s but none of its tables exists (dropped outside the migrations):"
-                    " running them again from version 1", schema.owner, versions, version_table(schema.namespace))
+        log.warning(
+            "%s: versions %s recorded in %s but none of its tables exists (dropped outside the migrations):"
+            " running them again from version 1",
+            schema.owner,
+            versions,
+            version_table(schema.namespace),
+        )
         with _cursor(conn) as cur:  # only the rows read above: a concurrent starter's fresh rows are newer
-            cur.execute(f"DELETE FROM {version_table(schema.namespace)} WHERE owner = %s AND applied_at <= %s",
-                        (schema.owner, max(r[2] for r in rows)))
+            cur.execute(
+                f"DELETE FROM {version_table(schema.namespace)} WHERE owner = %s AND applied_at <= %s",
+                (schema.owner, max(r[2] for r in rows)),
+            )
         versions, outcome.reset = [], True
     adopting = not versions and bool(present)  # made before migrations (or by a starter racing this one)
     if len(versions) > schema.latest:
-        log.warning("%s: the database is at version %d, this code knows %d (newer code migrated it)",
-                    schema.owner, len(versions), schema.latest)
-    for migration in schema.migrations[len(versions):]:
+        log.warning(
+            "%s: the database is at version %d, this code knows %d (newer code migrated it)",
+            schema.owner,
+            len(versions),
+            schema.latest,
+        )
+    for migration in schema.migrations[len(versions) :]:
         if _apply(conn, schema, migration):
             outcome.applied.append(migration.version)
     outcome.adopted = adopting and 1 in outcome.applied
@@ -241,16 +265,20 @@ def _migrate(conn, schema: Schema) -> Outcome:
         present = _existing(conn, schema.tables)
     missing = sorted(set(schema.tables) - present)
     if missing:
-        raise MigrationError(f"{schema.owner} is at version {outcome.version} but its tables {', '.join(missing)} "
-                             f"are missing (dropped outside the migrations?): recreate them, or drop the rest "
-                             f"and call lab.migrations.forget")
+        raise MigrationError(
+            f"{schema.owner} is at version {outcome.version} but its tables {', '.join(missing)} "
+            f"are missing (dropped outside the migrations?): recreate them, or drop the rest "
+            f"and call lab.migrations.forget"
+        )
     return outcome
 
 
 def _is_recorded(conn, table: str, owner: str, version: int) -> bool:
     with _cursor(conn) as cur:
-        return cur.execute(f"SELECT 1 FROM {table} WHERE owner = %s AND version = %s",
-                           (owner, version)).fetchone() is not None
+        return (
+            cur.execute(f"SELECT 1 FROM {table} WHERE owner = %s AND version = %s", (owner, version)).fetchone()
+            is not None
+        )
 
 
 def _apply(conn, schema: Schema, migration: Migration) -> bool:
@@ -270,10 +298,14 @@ def _apply(conn, schema: Schema, migration: Migration) -> bool:
                 if migration.apply is not None:
                     migration.apply(conn)
                 if conn.info.transaction_status != pq.TransactionStatus.INTRANS:
-                    raise MigrationError(f"{label}: the server ended the transaction before the version was "
-                                         f"recorded (CockroachDB's autocommit_before_ddl?); not recorded")
-                cur.execute(f"INSERT INTO {table} (owner, version, name) VALUES (%s, %s, %s)",
-                            (schema.owner, migration.version, migration.name))
+                    raise MigrationError(
+                        f"{label}: the server ended the transaction before the version was "
+                        f"recorded (CockroachDB's autocommit_before_ddl?); not recorded"
+                    )
+                cur.execute(
+                    f"INSERT INTO {table} (owner, version, name) VALUES (%s, %s, %s)",
+                    (schema.owner, migration.version, migration.name),
+                )
             log.info("applied %s", label)
             return True
         except MigrationError:
@@ -282,17 +314,19 @@ def _apply(conn, schema: Schema, migration: Migration) -> bool:
             state = getattr(exc, "sqlstate", None)
             if state == SCHEMA_CHANGE_FAILED_AFTER_COMMIT:
                 with _cursor(conn) as cur:  # the version row committed, the schema change did not: unrecord it
-                    cur.execute(f"DELETE FROM {table} WHERE owner = %s AND version = %s",
-                                (schema.owner, migration.version))
+                    cur.execute(
+                        f"DELETE FROM {table} WHERE owner = %s AND version = %s", (schema.owner, migration.version)
+                    )
                 raise MigrationError(f"{label} failed after commit; version not recorded: {_first_line(exc)}") from exc
             if isinstance(exc, psycopg.Error) and _is_recorded(conn, table, schema.owner, migration.version):
                 log.info("%s: a concurrent starter applied it first; ours rolled back (%s)", label, _first_line(exc))
                 return False
             if state in RETRY_SQLSTATES:
-                time.sleep(min(0.5, 0.01 * 2 ** attempt))
+                time.sleep(min(0.5, 0.01 * 2**attempt))
                 continue
-            raise MigrationError(f"{label} failed and was rolled back; the recorded version is unchanged: "
-                                 f"{_first_line(exc)}") from exc
+            raise MigrationError(
+                f"{label} failed and was rolled back; the recorded version is unchanged: {_first_line(exc)}"
+            ) from exc
     raise MigrationError(f"{label}: still conflicting after {RETRIES} tries")
 
 

@@ -78,8 +78,12 @@ def tables(url):
     from lab.db import connect
 
     with connect(url, autocommit=True) as conn:
-        return {r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
-                                           "WHERE table_schema = current_schema()").fetchall()}
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchall()
+        }
 
 
 def oids(url, names):
@@ -92,8 +96,12 @@ def oids(url, names):
 # --- version 1 is the schema the code made before migrations ---------------------------------------
 
 V1_SHA256 = {  # of each owner's version-1 statements: databases in use were made by exactly these
-    "engine": "0b5c38b2c6a46e04", "corpora": "9e92e73ed6cbefde", "agent_state": "4a06d5b3a82f2248",
-    "node_log": "c112cee0a931e885", "effects": "64c13720137eed0f"}
+    "engine": "0b5c38b2c6a46e04",
+    "corpora": "9e92e73ed6cbefde",
+    "agent_state": "4a06d5b3a82f2248",
+    "node_log": "c112cee0a931e885",
+    "effects": "64c13720137eed0f",
+}
 
 
 def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_changes():
@@ -105,7 +113,8 @@ def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_c
         text = "\n;\n".join(schema.migrations[0].statements)
         assert hashlib.sha256(text.encode()).hexdigest()[:16] == V1_SHA256[name], (
             f"{name}: version 1 was edited; databases already at version 1 will not see the change: "
-            f"append a version instead")
+            f"append a version instead"
+        )
         assert schema.tables and all(t.startswith(schema.namespace) or name == "effects" for t in schema.tables)
 
 
@@ -115,8 +124,12 @@ def test_nothing_else_creates_engine_or_agent_tables():
 
     from lab.paths import REPO_ROOT
 
-    allowed = {"phase16_capstone/job_store.py", "phase16_capstone/researcher.py", "phase13_react/state_store.py",
-               "phase14_frameworks/langgraph_research.py"}  # each inside its schema(): the migration list
+    allowed = {
+        "phase16_capstone/job_store.py",
+        "phase16_capstone/researcher.py",
+        "phase13_react/state_store.py",
+        "phase14_frameworks/langgraph_research.py",
+    }  # each inside its schema(): the migration list
     for folder in ("phase13_react", "phase14_frameworks", "phase16_capstone"):
         for path in (REPO_ROOT / folder).rglob("*.py"):
             rel = path.relative_to(REPO_ROOT).as_posix()
@@ -127,6 +140,7 @@ def test_nothing_else_creates_engine_or_agent_tables():
 
 
 # --- the runner on every owner ---------------------------------------------------------------------
+
 
 def test_fresh_database_gets_every_version_once_and_a_rerun_is_a_no_op(url):
     for name, (schema, start) in owners().items():
@@ -154,8 +168,9 @@ def test_a_database_made_by_the_old_code_is_adopted_not_recreated(url):
         for schema, _ in everyone.values():
             for statement in schema.migrations[0].statements:
                 conn.execute(statement)
-        conn.execute("INSERT INTO p16m_jobs (id, topic, source, trace_id) VALUES (%s, 'old topic', 'cli', 't')",
-                     ("a" * 32,))
+        conn.execute(
+            "INSERT INTO p16m_jobs (id, topic, source, trace_id) VALUES (%s, 'old topic', 'cli', 't')", ("a" * 32,)
+        )
         conn.execute("INSERT INTO p13_agent_runs (run_id, task) VALUES ('old-run', 'old task')")
         conn.execute("INSERT INTO p15m_effects (key, status) VALUES ('old-key', 'done')")
         for column in ("reply_token", "reply_expires", "reply_attempts", "reply_message_id"):
@@ -183,11 +198,17 @@ def test_a_database_made_by_the_old_code_is_adopted_not_recreated(url):
     with connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT task FROM p13_agent_runs WHERE run_id = 'old-run'").fetchone()[0] == "old task"
         assert conn.execute("SELECT count(*) FROM p15m_effects").fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'p16m_reviews' "
-                            "AND column_name = 'reviewed'").fetchone()[0] == 1
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'p16m_reviews' "
+                "AND column_name = 'reviewed'"
+            ).fetchone()[0]
+            == 1
+        )
 
 
 # --- a later version -------------------------------------------------------------------------------
+
 
 def planted(ns, statements=None, apply=None):
     """The engine's schema with a version 2 appended, as a later change of the code would."""
@@ -195,10 +216,19 @@ def planted(ns, statements=None, apply=None):
     from phase16_capstone.job_store import schema
 
     base = schema(ns)
-    v2 = Migration(2, "a note on every job, and a log of who applied it", tuple(statements or (
-        f"ALTER TABLE {ns}_jobs ADD COLUMN note TEXT",  # not IF NOT EXISTS: a second run would fail
-        f"CREATE TABLE {ns}_planted_log (n INT NOT NULL)",
-        f"INSERT INTO {ns}_planted_log (n) VALUES (1)")), apply=apply)
+    v2 = Migration(
+        2,
+        "a note on every job, and a log of who applied it",
+        tuple(
+            statements
+            or (
+                f"ALTER TABLE {ns}_jobs ADD COLUMN note TEXT",  # not IF NOT EXISTS: a second run would fail
+                f"CREATE TABLE {ns}_planted_log (n INT NOT NULL)",
+                f"INSERT INTO {ns}_planted_log (n) VALUES (1)",
+            )
+        ),
+        apply=apply,
+    )
     return Schema(base.namespace, base.owner, (*base.migrations, v2), base.tables + (f"{ns}_planted_log",))
 
 
@@ -277,21 +307,33 @@ def test_a_failing_migration_is_rolled_back_whole_and_the_version_is_unchanged(u
     def boom(conn):
         raise RuntimeError("the data rewrite found a row it cannot convert")
 
-    broken = planted(ns, statements=(f"CREATE TABLE {ns}_half (n INT)", f"ALTER TABLE {ns}_jobs ADD COLUMN half INT",
-                                     *(["SELECT 1 / 0"] if failure == "sql" else [])),
-                     apply=boom if failure == "python" else None)
+    broken = planted(
+        ns,
+        statements=(
+            f"CREATE TABLE {ns}_half (n INT)",
+            f"ALTER TABLE {ns}_jobs ADD COLUMN half INT",
+            *(["SELECT 1 / 0"] if failure == "sql" else []),
+        ),
+        apply=boom if failure == "python" else None,
+    )
     with pytest.raises(MigrationError, match="migration 2 .* rolled back; the recorded version is unchanged"):
         migrate(url, broken)
     assert [r[0] for r in rows(url, broken)] == [1]
     assert f"{ns}_half" not in tables(url)  # its DDL went with it
     with connect(url, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = %s "
-                            "AND column_name = 'half'", (f"{ns}_jobs",)).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = %s AND column_name = 'half'",
+                (f"{ns}_jobs",),
+            ).fetchone()[0]
+            == 0
+        )
     fixed = migrate(url, planted(ns))  # the fixed version 2 of the next release applies
     assert fixed.applied == [2] and [r[0] for r in rows(url, broken)] == [1, 2]
 
 
 # --- dropped tables, bad lists ---------------------------------------------------------------------
+
 
 def test_tables_dropped_outside_the_runner_are_made_again_and_a_partial_drop_is_an_error(url):
     """A throwaway run drops its effects table and leaves the version row; the same name later (a
@@ -335,8 +377,12 @@ def test_a_bad_migration_list_or_a_gap_in_the_versions_is_refused(url):
         Schema("p16bad", "o", (Migration(1, "a"), Migration(3, "c")))
     with pytest.raises(ValueError, match="identifier"):
         Schema("p16-bad", "o", (Migration(1, "a"),))
-    ok = Schema("p16gap", "o", (Migration(1, "a", ("CREATE TABLE IF NOT EXISTS p16gap_t (n INT)",)),
-                                Migration(2, "b")), tables=("p16gap_t",))
+    ok = Schema(
+        "p16gap",
+        "o",
+        (Migration(1, "a", ("CREATE TABLE IF NOT EXISTS p16gap_t (n INT)",)), Migration(2, "b")),
+        tables=("p16gap_t",),
+    )
     migrate(url, ok)
     with connect(url, autocommit=True) as conn:
         conn.execute(f"DELETE FROM {version_table('p16gap')} WHERE version = 1")
