@@ -8,7 +8,7 @@ the Editor gate on it — import from here, never copy). Two ways to get scores 
   parse is sent back with the error and retried ``max_retries`` times; after that the item is a
   ``JudgeFailure`` — recorded and counted, never scored.
 - ``choice_probs``: for small local models that cannot be relied on to write valid JSON (the
-  embedded SmolLM2-135M), read the next-token probabilities of "1".."5" after "<dimension> score: "
+  embedded SmolLM2-135M; ``method="auto"`` picks it when ``llm.scores_choices``), read the next-token probabilities of "1".."5" after "<dimension> score: "
   and take the expected score; a flag is P("Yes") > P("No"). Nothing to parse, so nothing to retry,
   but the scores are only as meaningful as the model's calibration (see Phase 10's findings).
 
@@ -215,9 +215,10 @@ class Judge:
     def __init__(self, llm, rubric: Rubric, method: str = "auto", max_retries: int = 2, max_tokens: int = 400):
         if method not in ("auto", "json", "choice_probs"):
             raise ValueError(f"judge method {method!r}: expected auto, json or choice_probs")
-        has_probs = callable(getattr(llm, "choice_probs", None))
+        has_probs = llm.scores_choices  # the LLM says so (a wrapper says what the model under it offers)
         if method == "choice_probs" and not has_probs:
-            raise ValueError(f"judge method choice_probs needs an LLM with .choice_probs; {llm.spec} has none")
+            raise ValueError(f"judge method choice_probs needs an LLM that scores choices; {llm.spec} does not "
+                             "(scores_choices is False)")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.llm = llm

@@ -4,12 +4,13 @@ RAGAS's LLM metrics ask the judge for free-form JSON (statements, verdicts, gene
 the embedded 135M model almost never writes JSON that parses, so every score came back NaN. Here the
 judge only ever answers yes/no questions, and the reply is constrained:
 
-- a local model (``LocalLLM.choice_probs``): the next-token probabilities of " Yes" and " No" after
-  "Verdict:" — always a distribution, nothing to parse; the answer's value is P(yes), renormalised
-  over the two (a small model's yes/no is rarely certain, and a 0.5 cut would throw that away);
-- a hosted model (``--llm anthropic:...``): a JSON object ``{"verdict": "yes" | "no"}`` through
-  structured output, parsed strictly, value 1 or 0; a reply that does not parse is a *failure* of
-  that one question, counted per metric, never a score.
+- a model that scores choices (``llm.scores_choices``: a local one, ``LocalLLM.choice_probs``): the
+  next-token probabilities of " Yes" and " No" after "Verdict:" — always a distribution, nothing to
+  parse; the answer's value is P(yes), renormalised over the two (a small model's yes/no is rarely
+  certain, and a 0.5 cut would throw that away);
+- any other (a hosted model, ``--llm anthropic:...``): a JSON object ``{"verdict": "yes" | "no"}``
+  through structured output, parsed strictly, value 1 or 0; a reply that does not parse is a
+  *failure* of that one question, counted per metric, never a score.
 
 The metrics keep RAGAS's definitions, with the free-form steps made deterministic:
 
@@ -72,7 +73,7 @@ class YesNoJudge:
     def __init__(self, llm, max_tokens: int = 24):
         self.llm = llm
         self.max_tokens = max_tokens
-        self.method = "choice_probs" if callable(getattr(llm, "choice_probs", None)) else "json"
+        self.method = "choice_probs" if llm.scores_choices else "json"
 
     def ask(self, question: str) -> Verdict:
         messages = [{"role": "user", "content": question}]

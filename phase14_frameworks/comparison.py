@@ -169,9 +169,9 @@ def run_model(cfg: Config, ctx: RunContext, label: str, llm, tasks: list, toolbo
     from phase13_react.tasks import check
     from phase14_frameworks import langgraph_research as lr
     from phase14_frameworks.crew import as_crewai_tools, crew_llm, isolated_home, research_crew
-    from phase14_frameworks.metered import MeteredLLM
+    from phase14_frameworks.metered import RecordingLLM
 
-    metered = MeteredLLM(llm)
+    metered = RecordingLLM(llm)
     measured: dict[tuple[str, str], list[dict]] = {(f, label): [] for f in cfg.frameworks}
 
     def measure(framework: str, task, go) -> None:

@@ -62,7 +62,7 @@ def run_crew(cfg: Config, ctx: RunContext, model) -> None:
     from phase13_react.research_tools import RESEARCH_TOOLS
     from phase13_react.tools import Toolbox
     from phase14_frameworks.crew import as_crewai_tools, content_crew, crew_llm, isolated_home, text_format_report
-    from phase14_frameworks.metered import MeteredLLM
+    from phase14_frameworks.metered import RecordingLLM
 
     note = Path(cfg.note) if Path(cfg.note).is_absolute() else Path(__file__).parents[1] / cfg.note
     if not note.is_file():
@@ -73,7 +73,7 @@ def run_crew(cfg: Config, ctx: RunContext, model) -> None:
     if unknown:
         raise ValueError(f"researcher_tools: unknown {sorted(unknown)}; known: {[t.name for t in RESEARCH_TOOLS]}")
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if t.name in cfg.researcher_tools])
-    metered = MeteredLLM(model)
+    metered = RecordingLLM(model)
     rows, outputs = [], []
     with serving(metered, api_key=API_KEY) as url, isolated_home():
         import crewai

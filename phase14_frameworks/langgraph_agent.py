@@ -202,14 +202,14 @@ def run_graph(cfg: Config, ctx: RunContext, llm) -> None:
     from phase13_react.tasks import TASKS_FILE, check, load_tasks
     from phase13_react.tools import Toolbox
     from phase14_frameworks import langgraph_research as lr
-    from phase14_frameworks.metered import MeteredLLM
+    from phase14_frameworks.metered import RecordingLLM
 
     tasks = load_tasks(cfg.tasks)
     chosen = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
     ctx.dataset(cfg.tasks or "phase13_react/data/research_tasks.jsonl", n=len(chosen),
                 sha256=sha256_file(Path(cfg.tasks or TASKS_FILE)))
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if not cfg.tools or t.name in cfg.tools])
-    metered = MeteredLLM(llm)
+    metered = RecordingLLM(llm)
     url_db = lr.database_url()
     saver = lr.open_saver(url_db)
     conn = saver.conn

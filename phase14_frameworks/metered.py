@@ -5,7 +5,7 @@ its replies may be; its own callbacks report what it chooses to report. Wrapping
 records every request as the server executed it — whichever framework (or process) sent it — so
 LangGraph, CrewAI, OpenClaw and the raw Phase 13 loop are counted by one meter:
 
-    metered = MeteredLLM(from_spec(cfg.llm))
+    metered = RecordingLLM(from_spec(cfg.llm))
     with serving(metered, api_key=KEY) as url:      # frameworks point at f"{url}/v1"
         ...
     metered.totals()    # {"calls": 7, "input_tokens": ..., "output_tokens": ..., "model_s": ...}
@@ -13,6 +13,10 @@ LangGraph, CrewAI, OpenClaw and the raw Phase 13 loop are counted by one meter:
 The raw Phase 13 loop takes the same object in-process (it is an ``LLM``), so its calls are counted
 by the same code. Messages are kept (the prompt a framework built is part of the lesson); the API
 key never reaches the model layer, so it cannot be recorded here.
+
+``RecordingLLM`` is an ``LLMWrapper``: what it does not record is forwarded, so the server admits as many
+requests at once as the model batches and checks a request (``prepare``) before it waits for the model.
+A request refused there is recorded too, with its error, exactly as if the model call had refused it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from lab.llm.base import LLM, ChatResponse
+from lab.llm.wrapper import LLMWrapper
 
 
 @dataclass
@@ -52,13 +57,11 @@ class ModelCall:
         return len(self.system or "") + sum(len(text(m.get("content"))) for m in self.messages)
 
 
-class MeteredLLM(LLM):
+class RecordingLLM(LLMWrapper):
     """An ``LLM`` that forwards every call to ``inner`` and keeps a ``ModelCall`` record of it."""
 
     def __init__(self, inner: LLM):
-        super().__init__(inner.model)
-        self.inner = inner
-        self.provider = inner.provider
+        super().__init__(inner)
         self.calls: list[ModelCall] = []
         self._lock = threading.Lock()
 
@@ -77,12 +80,16 @@ class MeteredLLM(LLM):
         call.input_tokens, call.output_tokens = reply.usage.input_tokens, reply.usage.output_tokens
         call.latency_s = time.perf_counter() - started
 
+    @staticmethod
+    def _failed(call: ModelCall, exc: BaseException, started: float) -> None:
+        call.error, call.latency_s = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
+
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResponse:
         call, started = self._record(messages, kwargs), time.perf_counter()
         try:
             reply = self.inner.chat(messages, **kwargs)
         except Exception as exc:
-            call.error, call.latency_s = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
+            self._failed(call, exc, started)
             raise
         self._fill(call, reply, started)
         return reply
@@ -95,14 +102,30 @@ class MeteredLLM(LLM):
                     self._fill(call, item, started)
                 yield item
         except Exception as exc:
-            call.error, call.latency_s = f"{type(exc).__name__}: {exc}", time.perf_counter() - started
+            self._failed(call, exc, started)
             raise
 
-    def count_tokens(self, messages: list[dict[str, Any]], **kwargs: Any) -> int | None:
-        return self.inner.count_tokens(messages, **kwargs)
+    def prepare(self, messages: list[dict[str, Any]], *, timeout_s: float | None = None, **kwargs: Any) -> None:
+        """The inner model's checks; a request they refuse never reaches ``chat``, so it is recorded here."""
+        started = time.perf_counter()
+        try:
+            self.inner.prepare(messages, timeout_s=timeout_s, **kwargs)
+        except Exception as exc:
+            self._failed(self._record(messages, kwargs), exc, started)
+            raise
 
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
+    def choice_probs(self, messages: list[dict[str, Any]], choices: list[str], system: str | None = None,
+                     prefix: str = "", **kwargs: Any) -> dict[str, float]:
+        """One forward pass: recorded with its prompt tokens, no reply and no output tokens."""
+        call, started = self._record(messages, {"system": system}), time.perf_counter()
+        try:
+            probs = self.inner.choice_probs(messages, choices, system=system, prefix=prefix, **kwargs)
+        except Exception as exc:
+            self._failed(call, exc, started)
+            raise
+        call.input_tokens = (self.inner.count_tokens(messages, system=system) or 0) + len(prefix.split())
+        call.latency_s = time.perf_counter() - started
+        return probs
 
     def mark(self) -> int:
         """A position in the record: ``totals(since=mark)`` counts only the calls made after it."""

@@ -79,26 +79,26 @@ def privileged_tools(effects: list[tuple[str, dict[str, Any]]]):
 
 def _memo(llm):
     """The model behind a request cache: decoding is greedy, so the same prompt gets the same reply,
-    and a defence config that changes no prompt (provenance alone) replays instead of regenerating."""
+    and a defence config that changes no prompt (provenance alone) replays instead of regenerating.
+    The rest of the interface is forwarded (an ``LLMWrapper``); a stream is one cached chat."""
     from lab.llm.base import LLM
+    from lab.llm.wrapper import LLMWrapper
 
-    class Memo(LLM):
-        provider = llm.provider
-
+    class Memo(LLMWrapper):
         def __init__(self):
-            super().__init__(llm.model)
+            super().__init__(llm)
             self.cache: dict[str, Any] = {}
             self.calls = 0
-
-        def describe(self):
-            return llm.describe()
 
         def chat(self, messages, **kwargs):
             key = json.dumps([messages, kwargs], sort_keys=True, default=lambda o: getattr(o, "__dict__", str(o)))
             if key not in self.cache:
                 self.calls += 1
-                self.cache[key] = llm.chat(messages, **kwargs)
+                self.cache[key] = self.inner.chat(messages, **kwargs)
             return self.cache[key]
+
+        def stream(self, messages, **kwargs):
+            return LLM.stream(self, messages, **kwargs)
 
     return Memo()
 

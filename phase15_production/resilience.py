@@ -18,6 +18,9 @@ Four layers, each a maintained library where one exists, composed in this order 
   ``lab/llm/hosted.py``); ResilientLLM builds its providers with ``max_attempts=1`` and refuses a
   hosted client that still retries, so a call is never retried 3 × 4 times by two loops unaware of
   each other, and the breaker sees every failed attempt.
+- The chain offers what its primary offers: with a local primary, ``scores_choices`` stays True and a
+  judge keeps reading choice probabilities; ``choice_probs`` falls back only to providers that score
+  choices too (a hosted fallback cannot), so adding fallbacks never changes how a judge scores.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from lab.llm.base import LLM, ChatResponse, LLMError
+from lab.llm.wrapper import LLMWrapper
 
 T = TypeVar("T")
 
@@ -172,7 +176,8 @@ def client_for(spec: str, timeout_s: float = 60.0) -> LLM:
 
 @dataclass
 class CallRecord:
-    """One ResilientLLM.chat: who served it (None: nobody), after how many retries and fallbacks."""
+    """One ResilientLLM call (chat or choice_probs): who served it (None: nobody), after how many retries
+    and fallbacks."""
 
     served_by: str | None
     provider_index: int | None  # 0 = the primary; > 0 = a fallback
@@ -181,12 +186,26 @@ class CallRecord:
     errors: list[str] = field(default_factory=list)  # one line per provider that failed this call
 
 
-class ResilientLLM(LLM):
+class ResilientLLM(LLMWrapper):
     """A ``lab.llm.LLM`` drop-in over an ordered chain of providers, each behind retry + breaker.
 
     ``chain``: specs (built with ``client_for``: retries off) or LLM objects (a hosted one must have
     ``max_attempts=1``). ``records``/``served()`` say which provider served each call.
     ``fail_max=None`` puts no breaker in front of the providers (a client with retries only).
+
+    It is an ``LLMWrapper`` whose ``inner`` is the primary (``clients[0]``): what the chain offers is what
+    the primary offers — ``scores_choices``, ``parallel_requests``, ``count_tokens`` are the primary's, so
+    adding fallbacks never changes how a caller uses the model (a judge on a local primary reads choice
+    probabilities with or without ``--fallback``). The calls go through the chain:
+
+    - ``chat``: the first provider that answers serves it;
+    - ``stream``: one resilient ``chat``, its text yielded at once (``LLM.stream``'s default): a stream
+      half-delivered by one provider cannot be resumed by another;
+    - ``choice_probs``: the first provider *that scores choices* serves it; a fallback that cannot
+      (a hosted model) is skipped, named in the error if no one could serve it. Scores never come
+      from a different method than the one the caller chose;
+    - ``prepare``: nothing ahead of the call — which provider serves is decided per call (a prompt
+      too long for the primary may fit a fallback), so ``chat`` runs each provider's checks.
     """
 
     provider = "resilient"
@@ -202,7 +221,8 @@ class ResilientLLM(LLM):
             if isinstance(c, HostedLLM) and c.max_attempts > 1:
                 raise ValueError(f"{c.spec} retries on its own (max_attempts={c.max_attempts}): pass its spec string, "
                                  "or build it with max_attempts=1, so retries are not multiplied")
-        super().__init__(" > ".join(c.spec for c in clients))
+        super().__init__(clients[0])
+        self.model = " > ".join(c.spec for c in clients)
         self.clients = clients
         self.breakers = [Breaker(c.spec, fail_max, reset_timeout_s) for c in clients] if fail_max else []
         self.policy = policy or RetryPolicy()
@@ -218,22 +238,44 @@ class ResilientLLM(LLM):
         kwargs = dict(system=system, tools=tools, max_tokens=max_tokens, temperature=temperature,
                       json_schema=json_schema, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
                       stop=stop)
+        return self._through_chain(lambda client: client.chat(messages, **kwargs))
+
+    def stream(self, messages, **kwargs) -> Iterator[str | ChatResponse]:
+        return LLM.stream(self, messages, **kwargs)  # one resilient chat (see the class doc)
+
+    def prepare(self, messages, *, timeout_s=None, **kwargs) -> None:
+        """Nothing ahead of the call: the provider that serves it is chosen then (see the class doc)."""
+
+    def choice_probs(self, messages, choices, system=None, prefix="", **kwargs) -> dict[str, float]:
+        if not self.scores_choices:  # the primary cannot: the caller should have asked with chat
+            return LLM.choice_probs(self, messages, choices, system=system, prefix=prefix, **kwargs)
+        return self._through_chain(
+            lambda client: client.choice_probs(messages, choices, system=system, prefix=prefix, **kwargs),
+            skip=lambda client: None if client.scores_choices else "cannot score choices (scores_choices is False)")
+
+    def _through_chain(self, call: Callable[[LLM], T], skip: Callable[[LLM], str | None] = lambda client: None) -> T:
+        """``call(client)`` on each provider in turn, behind its retries and breaker, until one answers;
+        a provider ``skip`` names a reason for is not asked. Every provider failing is an LLMError."""
         start, retries, errors = time.perf_counter(), [0], []
 
         def count(_exc, _wait) -> None:
             retries[0] += 1
 
         for i, client in enumerate(self.clients):
+            reason = skip(client)
+            if reason:
+                errors.append(f"{client.spec}: {reason}")
+                continue
             guarded = self.breakers[i].call if self.breakers else (lambda fn, *a, **k: fn(*a, **k))
             try:
-                reply = self.policy.call(lambda: guarded(client.chat, messages, **kwargs), on_retry=count)
+                result = self.policy.call(lambda: guarded(call, client), on_retry=count)
             except Exception as exc:
                 if http_status(exc) in CALLER_FAULT_STATUSES:
                     raise  # a bad request is bad everywhere: falling back would only hide it
                 errors.append(f"{client.spec}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 continue
             self._record(CallRecord(client.spec, i, retries[0], time.perf_counter() - start, errors))
-            return reply
+            return result
         self._record(CallRecord(None, None, retries[0], time.perf_counter() - start, errors))
         raise LLMError("every provider failed: " + "; ".join(errors))
 

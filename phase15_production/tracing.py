@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from lab.llm.base import LLM, ChatResponse, ToolCall
+from lab.llm.wrapper import LLMWrapper
 from lab.results import REDACTED, redact
 from phase13_react.tools import Observation, Toolbox
 
@@ -428,12 +429,13 @@ def _messages_text(messages: list[dict[str, Any]], system: str | None) -> str:
     return _clip(json.dumps(turns, default=str, ensure_ascii=False))
 
 
-class TracedLLM(LLM):
-    """Any ``lab.llm`` client, each ``chat``/``stream`` a GenAI ``chat`` span (a drop-in: same interface)."""
+class TracedLLM(LLMWrapper):
+    """Any ``lab.llm`` client, each ``chat``/``stream`` a GenAI ``chat`` span (a drop-in: an ``LLMWrapper``,
+    the rest of the interface forwarded). ``choice_probs`` passes through unspanned: one forward pass
+    that reads probabilities, not a chat."""
 
     def __init__(self, inner: LLM, capture_content: bool = True, before_call=None):
-        super().__init__(inner.model)
-        self.inner, self.provider = inner, inner.provider
+        super().__init__(inner)
         self.capture_content = capture_content
         self._before_call = before_call  # the step tracker opens the step span here
 
@@ -509,12 +511,6 @@ class TracedLLM(LLM):
         finally:
             inner.close()
             span.end()
-
-    def count_tokens(self, messages, **kwargs):
-        return self.inner.count_tokens(messages, **kwargs)
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
 
 
 class TracedToolbox(Toolbox):

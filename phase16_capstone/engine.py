@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from phase16_capstone.job_store import Job, JobStore, Lease, LeaseLost
-from phase16_capstone.metering import MeteredLLM
+from phase16_capstone.metering import StageMeter
 
 log = logging.getLogger("phase16.engine")
 CRASH_POINTS = ("mid_stage", "between_stages", "publishing", "after_publish", "reply_sending")
@@ -106,11 +106,12 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.tracing = None
         if self.settings.trace:
-            from phase16_capstone.job_tracing import EngineTracedLLM, tracing_for
+            from phase15_production.tracing import TracedLLM
+            from phase16_capstone.job_tracing import tracing_for
 
             self.tracing = tracing_for(self.settings.traces)
-            llm = EngineTracedLLM(llm)
-        self.llm = MeteredLLM(llm)
+            llm = TracedLLM(llm)
+        self.llm = StageMeter(llm)
         self.on_event = on_event or (lambda kind, info: None)
         self.replier = replier
         self._indexes: dict[str | None, Any] = {}

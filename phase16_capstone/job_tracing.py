@@ -8,7 +8,8 @@ too — lands in the same trace, and the id on the audit page (``PostRecord.trac
 and one ``chat`` span per LLM call (Phase 15's ``TracedLLM``, with its redaction of keys and tokens).
 ``lab traces <job id>`` renders the tree from the local span store.
 
-A local model's ``choice_probs`` (the Phase 10 judge's probability method) is passed through
+The engine wraps its model in ``TracedLLM`` itself: a wrapper forwards the whole ``LLM`` interface, so a
+local model's ``choice_probs`` (the Phase 10 judge's probability method) still reaches the judge,
 untraced: the judge's forward passes are metered per stage, not spanned.
 """
 
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from phase15_production.tracing import TracedLLM, agent_span, configure_tracing, default_store_path, run_span
+from phase15_production.tracing import agent_span, configure_tracing, default_store_path, run_span
 
 WORKFLOW = "content-engine"
 _TRACINGS: dict[str, object] = {}
@@ -35,16 +36,6 @@ def tracing_for(store: str | Path | None = None):
         if key not in _TRACINGS:
             _TRACINGS[key] = configure_tracing(key)
         return _TRACINGS[key]
-
-
-class EngineTracedLLM(TracedLLM):
-    """``TracedLLM`` that lets other attributes of the model through (``choice_probs``, see above)."""
-
-    def __getattr__(self, name: str):
-        inner = self.__dict__.get("inner")
-        if inner is None:
-            raise AttributeError(name)
-        return getattr(inner, name)
 
 
 @contextmanager

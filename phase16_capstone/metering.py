@@ -1,25 +1,31 @@
 """Tokens, cost and calls per stage, counted at the LLM boundary.
 
-``MeteredLLM`` wraps whatever ``lab.llm.LLM`` the engine was given — the embedded model, a hosted
-one, or later a tracing or resilient wrapper from Phase 15 — and is itself an ``LLM``, so the
-stages never know. Attributes it does not define (``choice_probs`` of a local model, which the
-Phase 10 judge looks for) are passed through; ``choice_probs`` calls are counted as prompt tokens
-(no output tokens: one forward pass reads the probabilities).
+``StageMeter`` wraps whatever ``lab.llm.LLM`` the engine was given — the embedded model, a hosted
+one, Phase 15's tracing or resilient wrapper around either — and is itself an ``LLM`` (an
+``LLMWrapper``: everything it does not count is forwarded, ``scores_choices`` included), so the stages
+never know. The engine reads ``usage`` after a stage and ``reset()``s it before the next.
+
+Counted: ``chat`` and ``stream`` replies (their usage and cost), and ``choice_probs`` calls as prompt
+tokens (no output tokens: one forward pass reads the probabilities). A reply carries its own cost;
+a ``choice_probs`` call is counted by the wrapped model's ``count_tokens`` and priced at the model under
+every wrapper (``innermost``: a fallback chain's primary, whose tokenizer counted them).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterator
 
-from lab.llm import LLM
+from lab.llm import LLM, LLMWrapper
+from lab.llm.wrapper import innermost
+from lab.llm.base import ChatResponse
 
 
-class MeteredLLM(LLM):
+class StageMeter(LLMWrapper):
+    """An ``LLM`` that counts calls, tokens and cost of everything sent through it since ``reset()``."""
+
     def __init__(self, inner: LLM):
-        super().__init__(inner.model)
-        self.inner = inner
-        self.provider = inner.provider
+        super().__init__(inner)
         self._lock = threading.Lock()
         self.reset()
 
@@ -40,31 +46,25 @@ class MeteredLLM(LLM):
             else:
                 self.usage["cost_usd"] += cost
 
-    def chat(self, messages, **kwargs):
-        reply = self.inner.chat(messages, **kwargs)
+    def _add_reply(self, reply: ChatResponse) -> None:
         self._add(reply.usage.input_tokens, reply.usage.output_tokens, reply.cost_usd)
+
+    def chat(self, messages, **kwargs) -> ChatResponse:
+        reply = super().chat(messages, **kwargs)
+        self._add_reply(reply)
         return reply
 
-    def count_tokens(self, messages, **kwargs):
-        return self.inner.count_tokens(messages, **kwargs)
+    def stream(self, messages, **kwargs) -> Iterator[str | ChatResponse]:
+        for item in super().stream(messages, **kwargs):
+            if isinstance(item, ChatResponse):
+                self._add_reply(item)
+            yield item
 
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
+    def choice_probs(self, messages, choices, system=None, prefix="", **kwargs) -> dict[str, float]:
+        from lab.llm.prices import cost_usd
 
-    def __getattr__(self, name: str):
-        inner = self.__dict__.get("inner")
-        if inner is None:
-            raise AttributeError(name)
-        attr = getattr(inner, name)
-        if name != "choice_probs":
-            return attr
-
-        def choice_probs(messages, choices, system=None, prefix="", **kwargs):
-            probs = attr(messages, choices, system=system, prefix=prefix, **kwargs)
-            from lab.llm.prices import cost_usd
-
-            n_in = (inner.count_tokens(messages, system=system) or 0) + len(prefix.split())
-            self._add(n_in, 0, cost_usd(inner.provider, inner.model, n_in, 0))
-            return probs
-
-        return choice_probs
+        probs = super().choice_probs(messages, choices, system=system, prefix=prefix, **kwargs)
+        n_in = (self.count_tokens(messages, system=system) or 0) + len(prefix.split())
+        model = innermost(self.inner)
+        self._add(n_in, 0, cost_usd(model.provider, model.model, n_in, 0))
+        return probs

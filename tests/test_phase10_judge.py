@@ -41,6 +41,8 @@ class ScriptedLLM(LLM):
 class ProbsLLM(ScriptedLLM):
     """A test double with choice_probs: fixed distributions per choice set."""
 
+    scores_choices = True
+
     def __init__(self, digits, yes_no):
         super().__init__([])
         self.digits, self.yes_no = digits, yes_no

@@ -6,9 +6,10 @@ from phase12_rag_storage.rag_judge import YesNoJudge, statements
 
 
 class _ReplyLLM:
-    """A hosted-style LLM (no choice_probs) that returns canned replies in turn."""
+    """A hosted-style LLM (does not score choices) that returns canned replies in turn."""
 
     spec = "fake:json"
+    scores_choices = False
 
     def __init__(self, replies):
         self.replies = list(replies)
@@ -23,6 +24,7 @@ class _ReplyLLM:
 
 class _ProbsLLM:
     spec = "fake:probs"
+    scores_choices = True
 
     def __init__(self, p_yes):
         self.p_yes = p_yes

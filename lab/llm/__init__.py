@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 
 from lab.errors import ConfigError, MissingResource
-from lab.llm.base import LLM, ChatResponse, JSONReplyError, LLMError, ToolCall, Usage, parse_json_reply
+from lab.llm.base import LLM, CapabilityError, ChatResponse, JSONReplyError, LLMError, ToolCall, Usage, parse_json_reply
+from lab.llm.wrapper import LLMWrapper
 
 DEFAULT_SPEC = "local:smollm2-135m-instruct"
 
-__all__ = ["LLM", "ChatResponse", "JSONReplyError", "LLMError", "ToolCall", "Usage", "check_spec", "from_spec",
-           "parse_json_reply", "DEFAULT_SPEC"]
+__all__ = ["LLM", "LLMWrapper", "CapabilityError", "ChatResponse", "JSONReplyError", "LLMError", "ToolCall", "Usage",
+           "check_spec", "from_spec", "parse_json_reply", "DEFAULT_SPEC"]
 
 _CACHE: dict[str, LLM] = {}
 

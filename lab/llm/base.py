@@ -10,6 +10,11 @@ Tools use the Anthropic-style schema ``{"name", "description", "input_schema": {
 each provider converts to its own wire format. ``tool_choice`` says whether the model may
 (``"auto"``), must (``"required"``, or ``{"name": ...}`` for one tool) or must not (``"none"``)
 call a tool; ``parallel_tool_calls=False`` allows at most one call per reply.
+
+``LLM`` declares everything callers use. A capability only some models have comes with a flag the
+caller decides on: ``scores_choices`` says ``choice_probs`` (next-token probabilities over a few
+single-token choices, what small-model judges read) works; on other models it raises CapabilityError.
+Wrappers (metering, tracing, fallback) subclass ``lab.llm.wrapper.LLMWrapper``, which forwards all of it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class InvalidRequestError(LLMError, ValueError):
 
     def __init__(self, message: str):
         super().__init__(message, status=400)
+
+
+class CapabilityError(LabError, NotImplementedError):
+    """The caller asked a model for something it does not offer (``choice_probs`` of a model whose
+    ``scores_choices`` is False). The caller's bug, not a provider failure: check the flag first."""
 
 
 class PromptTooLongError(LLMError):
@@ -124,6 +134,9 @@ class LLM(ABC):
     # calls this client runs at once to advantage (a server admits that many before queueing): 1 unless
     # the model decodes several sequences together (the llama.cpp engine batches them per step)
     parallel_requests: int = 1
+    # ``choice_probs`` works: the model reads next-token probabilities on this machine (a local model).
+    # Hosted APIs give no such distribution; callers (the Phase 10 and 12 judges) decide on this flag
+    scores_choices: bool = False
 
     def __init__(self, model: str):
         self.model = model
@@ -175,6 +188,16 @@ class LLM(ABC):
     def describe(self) -> dict[str, Any]:
         """Fields for ``ctx.model(...)`` provenance."""
         return {"id": self.spec}
+
+    def choice_probs(self, messages: list[dict[str, Any]], choices: list[str], system: str | None = None,
+                     prefix: str = "", **kwargs: Any) -> dict[str, float]:
+        """Probability of each single-token choice as the next token of the assistant's reply (``prefix``:
+        text already placed at the start of that reply), as ``{choice: p}`` summing to 1 over ``choices``.
+
+        Only models whose ``scores_choices`` is True implement it (``LocalLLM``); this default raises
+        CapabilityError. Decide on the flag before calling, never on ``hasattr``."""
+        raise CapabilityError(f"{self.spec} cannot score choices (scores_choices is False): check "
+                              "llm.scores_choices before calling choice_probs, and ask it with chat instead")
 
 
 def normalize_tool_choice(tool_choice: ToolChoice | None, tools: list[dict[str, Any]] | None) -> tuple[str, str | None]:

@@ -95,6 +95,7 @@ def chat_turns(messages: list[dict[str, Any]], system: str | None = None,
 
 class LocalLLM(LLM):
     provider = "local"
+    scores_choices = True  # choice_probs reads the next-token distribution of its own forward pass
 
     def __init__(self, model: str, constrained: bool = True, engine: str | None = None):
         super().__init__(model)
