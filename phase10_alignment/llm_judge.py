@@ -1,6 +1,6 @@
 """10.4 LLM-as-judge: score BASE / SFT / SFT+DPO answers on a 3-dimension rubric.
 
-The judge (``phase10_alignment.judge``) reads the rubric, the question and one answer and returns a
+The judge (``phase10_alignment.rubric_judge``) reads the rubric, the question and one answer and returns a
 1–5 score per dimension. Two methods, chosen by what the judge model can do:
 
 - a hosted model (``--llm anthropic:claude-sonnet-4-5``; the seed used Claude Sonnet) answers with
@@ -23,7 +23,7 @@ from typing import Literal
 from lab import Reference, RunContext
 from lab.exercise import Exercise
 from phase10_alignment import compare
-from phase10_alignment.judge import Dimension, Judge, JudgeFailure, Rubric, summarize
+from phase10_alignment.rubric_judge import Dimension, Judge, JudgeFailure, Rubric, summarize
 
 RUBRIC = Rubric(
     name="phase10-technical-answer",

@@ -1,7 +1,7 @@
 """15.1 — Tracing an agent: every model call, tool call and step a span, nested per run, secrets never in them.
 
 A Phase 13 ReAct agent (the loop from ``phase13_react.loop``, unchanged) solves small tasks with three
-tools. ``phase15_production.tracing`` wraps its model and its toolbox and hooks ``on_step``: the run
+tools. ``phase15_production.telemetry`` wraps its model and its toolbox and hooks ``on_step``: the run
 becomes one trace, ``invoke_workflow`` → ``invoke_agent`` → ``step i`` → ``chat`` / ``execute_tool``,
 with the GenAI semantic-convention attributes (model, system, tokens, tool name) a collector needs.
 
@@ -120,7 +120,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     from lab.llm.base import ToolCall
     from phase15_production.otlp_receiver import OTLPReceiver
     from phase15_production.trace_view import tree_text
-    from phase15_production.tracing import (SPAN_KIND, SpanStore, TracedToolbox, configure_tracing, run_span,
+    from phase15_production.telemetry import (SPAN_KIND, SpanStore, TracedToolbox, configure_tracing, run_span,
                                             span_usage, traced_agent)
 
     planted = plant_secrets()

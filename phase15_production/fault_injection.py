@@ -100,7 +100,7 @@ class Timing:
 
     @classmethod
     def measure(cls, cfg: Config, upstream: str, served_model: str) -> "Timing":
-        from phase15_production.resilience import client_for
+        from phase15_production.resilient_calls import client_for
 
         client = client_for(f"openai:{served_model}@{upstream}/v1", timeout_s=600)
         seconds = []
@@ -116,7 +116,7 @@ class Timing:
 
 def strategy_client(cfg: Config, strategy: str, primary: str, fallback: str, timing: Timing):
     """The client a strategy puts between a job and the model (a ResilientLLM with layers switched off)."""
-    from phase15_production.resilience import ResilientLLM, RetryPolicy
+    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     chain = [primary, fallback] if strategy == "fallback" else [primary]
     attempts = 1 if strategy == "bare" else cfg.max_attempts
@@ -137,7 +137,7 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream
 
     from lab.db import connect
     from phase15_production.faults import FaultSpec, fault_proxy
-    from phase15_production.resilience import IdempotentEffects
+    from phase15_production.resilient_calls import IdempotentEffects
 
     tag = f"{strategy}_{rate_tag(rate)}"
     effects_table, ledger = f"p15_effects_{os.getpid()}_{tag}", f"p15_ledger_{os.getpid()}_{tag}"

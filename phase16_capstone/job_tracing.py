@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from phase15_production.tracing import TracedLLM, agent_span, configure_tracing, default_store_path, run_span
+from phase15_production.telemetry import TracedLLM, agent_span, configure_tracing, default_store_path, run_span
 
 WORKFLOW = "content-engine"
 _TRACINGS: dict[str, object] = {}

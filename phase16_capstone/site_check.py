@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase16_capstone.site import Citation, PostRecord, RevisionRecord, make_slug
+from phase16_capstone.site_builder import Citation, PostRecord, RevisionRecord, make_slug
 
 # Sample fixture inputs (not measurements): when the sample posts were "created", and the Editor
 # scores their two passes carry. The verdicts are decided by phase11 editor_gate from these.

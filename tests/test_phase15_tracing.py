@@ -18,9 +18,18 @@ from phase13_react.tools import Toolbox, tool
 from phase15_production import agent_tracing, cost_model
 from phase15_production.cost import A100_USD_PER_HOUR, SelfHosted, cost_by_agent, hosted_pricer, run_cost, span_cost
 from phase15_production.otlp_receiver import OTLPReceiver
+from phase15_production.telemetry import (
+    SPAN_KIND,
+    SpanStore,
+    TracedLLM,
+    TracedToolbox,
+    agent_span,
+    configure_tracing,
+    redact_text,
+    run_span,
+    traced_agent,
+)
 from phase15_production.trace_view import tree_text
-from phase15_production.tracing import (SPAN_KIND, SpanStore, TracedLLM, TracedToolbox, agent_span,
-                                        configure_tracing, redact_text, run_span, traced_agent)
 
 SECRET = "sk-live-0123456789abcdefABCDEF"
 

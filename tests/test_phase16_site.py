@@ -10,7 +10,7 @@ import pytest
 from lab.runner import execute
 from phase16_capstone.browser import find_chromium, parse_dom, png_size
 from phase16_capstone.publisher import DeployError, DirectoryDeploy, GitDeploy, publish
-from phase16_capstone.site import (Citation, PostRecord, RevisionRecord, audit_path, make_slug, post_path,
+from phase16_capstone.site_builder import (Citation, PostRecord, RevisionRecord, audit_path, make_slug, post_path,
                                    render_post_files)
 
 SCRIPT = "<script>alert('x')</script>"
