@@ -5,5 +5,5 @@ EXERCISES: tuple[str, ...] = (
     "phase10_alignment.reward_model",
     "phase10_alignment.dpo",
     "phase10_alignment.compare",
-    "phase10_alignment.llm_judge",
+    "phase10_alignment.judge",
 )

@@ -206,8 +206,8 @@ def test_a_failed_effect_releases_its_key_for_a_retry(effects):
 
 
 def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
-    from phase15_production.fault_injection import EXERCISE, STRATEGIES, bare_from_log
     from phase15_production.faults import read_log
+    from phase15_production.resilience import EXERCISE, STRATEGIES, bare_from_log
 
     doc = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
