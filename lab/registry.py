@@ -8,7 +8,14 @@ A phase package's ``__init__.py`` declares::
 The ``benchmarks`` package declares its result-writing benchmarks the same way (ids
 ``benchmarks.<name>``); they run on demand (``lab run benchmarks``), not as part of ``all``.
 
-Exercise modules keep heavy imports inside functions, so importing them here is cheap.
+Exercise modules keep heavy imports inside functions, so importing them here is cheap. An exercise
+module is named as its id: ``phase15.tracing`` is ``phase15_production/tracing.py``.
+
+A phase package also says what it exports: ``PUBLIC = {"phase13_react.tools": "Toolbox, @tool: ..."}``
+(module -> one line on why a later phase needs it). Later phases (and ``benchmarks``) import only
+modules an earlier phase lists there, never a later phase; ``lab/`` imports no phase. Everything else
+in a phase is its own: the lessons (``EXERCISES``) and the helpers they share. tests/test_contract.py
+holds every import to this, including imports made inside functions.
 
 A phase package may also publish artifacts no exercise trains on its canonical run (a model too slow to
 train inside the demo, committed instead): ``ARTIFACTS = ("phase13_react.tool_adapter:TOOL_ADAPTER",)``

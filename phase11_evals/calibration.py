@@ -67,7 +67,7 @@ def calibration_inputs(eval_set, items, with_reference: bool = True) -> list[tup
 def overall_agreement(verdicts, items) -> dict[str, Any]:
     """Judge vs reference over the items the judge scored: ``agreement`` of per-response means, plus
     the MAE pooled over response x dimension and the indices scored. Raises when fewer than 2 scored."""
-    from phase10_alignment.judge import JudgeFailure
+    from phase10_alignment.rubric_judge import JudgeFailure
     from phase11_evals.evaldata import DIMENSIONS
 
     ok = [k for k, v in enumerate(verdicts) if not isinstance(v, JudgeFailure)]

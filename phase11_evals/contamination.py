@@ -103,7 +103,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     from lab import models
     from lab.errors import MissingResource
-    from phase10_alignment.judge import JudgeFailure
+    from phase10_alignment.rubric_judge import JudgeFailure
     from phase11_evals.evaldata import (DATA_DIR, DIMENSIONS, FLAG, load_contamination_pairs, load_eval_set,
                                         load_rubric)
     from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all

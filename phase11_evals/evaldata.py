@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.hashing import json_sha256
-from phase10_alignment.judge import Dimension, Rubric
+from phase10_alignment.rubric_judge import Dimension, Rubric
 from phase11_evals.editor_gate import DIMENSIONS, FLAG
 
 DATA_DIR = Path(__file__).parent / "data"

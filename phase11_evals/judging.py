@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from phase10_alignment.judge import Judge, JudgeFailure, Rubric, Verdict
+from phase10_alignment.rubric_judge import Judge, JudgeFailure, Rubric, Verdict
 
 
 def check_judge(spec: str, ctx) -> None:

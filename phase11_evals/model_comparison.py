@@ -66,7 +66,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     import matplotlib.pyplot as plt
 
     from lab.errors import MissingResource
-    from phase10_alignment.judge import JudgeFailure
+    from phase10_alignment.rubric_judge import JudgeFailure
     from phase11_evals import editor_gate
     from phase11_evals.calibration import calibration_inputs
     from phase11_evals.calibration import judge_calibration

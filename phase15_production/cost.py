@@ -11,7 +11,7 @@ Two ways a model is paid for, and one function shape for both (a *pricer*: span 
   single-stream measurements unless you give a batched server's aggregate throughput, so this is the
   cost of a GPU serving one request at a time — an upper bound for a busy server that batches.
 
-Traces give the token counts (``gen_ai.usage.*`` on ``chat`` spans, ``phase15_production.tracing``);
+Traces give the token counts (``gen_ai.usage.*`` on ``chat`` spans, ``phase15_production.telemetry``);
 ``cost_by_agent`` rolls them up to the ``invoke_agent`` span each call belongs to.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from lab.llm.prices import PRICES_AS_OF, PRICES_PER_MTOK, cost_usd
-from phase15_production.tracing import RUN_ID, SPAN_KIND, span_usage
+from phase15_production.telemetry import RUN_ID, SPAN_KIND, span_usage
 
 A100_USD_PER_HOUR = 1.50  # the seed's rate for one rented A100
 Pricer = Callable[[dict[str, Any]], "float | None"]

@@ -1,6 +1,6 @@
 """15.2 — What an agent run costs: measured tokens from traces × a price, per agent, per run, per 1,000 runs.
 
-A content run here is three Phase 13 agents in a row, each traced (``phase15_production.tracing``):
+A content run here is three Phase 13 agents in a row, each traced (``phase15_production.telemetry``):
 a **researcher** that searches the course notes with Phase 12's retriever, a **writer** that turns its
 notes into a short post, an **editor** that checks and tightens the draft. Their ``chat`` spans carry
 the measured token counts; ``phase15_production.cost`` prices the same spans several ways:
@@ -109,7 +109,7 @@ def _result_text(run) -> str:
 
 def content_run(llm, topic: str, toolboxes, run_id: str, max_steps: int, max_tokens: int) -> dict:
     """researcher → writer → editor on one topic, one traced run; returns each agent's AgentRun."""
-    from phase15_production.tracing import run_span, traced_agent
+    from phase15_production.telemetry import run_span, traced_agent
 
     loop = dict(tool_choice="required", max_steps=max_steps, max_tokens=max_tokens)
     with run_span("content-engine", run_id):
@@ -185,7 +185,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
     from phase15_production.cost import PRICES_AS_OF, SelfHosted, cost_by_agent, hosted_price, hosted_pricer, run_cost
-    from phase15_production.tracing import RUN_ID, SpanStore, configure_tracing
+    from phase15_production.telemetry import RUN_ID, SpanStore, configure_tracing
 
     # --- 1. spans: from a run of our own, or any span store ------------------------------------------------
     if cfg.traces:
@@ -193,7 +193,7 @@ def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
         if not path.is_file():
             from lab.errors import ConfigError
 
-            raise ConfigError(f"traces={cfg.traces}: no such span store (a JSONL file from phase15_production.tracing)")
+            raise ConfigError(f"traces={cfg.traces}: no such span store (a JSONL file from phase15_production.telemetry)")
         spans = SpanStore(path).records()
         ctx.dataset(str(path), n=len(spans), sha256=None, kind="span store")
     else:
@@ -213,7 +213,7 @@ def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
     if not run_ids:
         from lab.errors import ConfigError
 
-        raise ConfigError(f"{path}: no traced runs in it (spans need a lab.run.id; see phase15_production.tracing)")
+        raise ConfigError(f"{path}: no traced runs in it (spans need a lab.run.id; see phase15_production.telemetry)")
     n_runs = len(run_ids)
     ctx.metric("runs_traced", n_runs, "runs")
 

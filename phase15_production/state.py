@@ -67,7 +67,7 @@ def run_transaction(connect, work: Callable[[Any], Any], *, isolation: str = "se
     end) or an open connection that is not inside a transaction. ``work`` must be safe to run again:
     everything it did in an aborted attempt was rolled back, but anything outside the database (a
     message sent, a model called) was not — keep side effects out, or make them idempotent
-    (``phase15_production.resilience.IdempotentEffects``). After ``max_retries`` retries the last
+    (``phase15_production.resilient_calls.IdempotentEffects``). After ``max_retries`` retries the last
     error is raised.
     """
     if isolation not in ISOLATION_LEVELS:

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from phase15_production.cost import span_cost
-from phase15_production.tracing import RUN_ID, TRACER_NAME, SpanStore, default_store_path, span_usage
+from phase15_production.telemetry import RUN_ID, TRACER_NAME, SpanStore, default_store_path, span_usage
 
 
 def children_of(spans: list[dict[str, Any]]) -> tuple[list[dict], dict[str, list[dict]]]:

@@ -1,623 +1,261 @@
-"""OpenTelemetry tracing for agents: every LLM call, tool call and agent step a span, nested per run.
+"""15.1 — Tracing an agent: every model call, tool call and step a span, nested per run, secrets never in them.
 
-    tracing = configure_tracing()                        # local span store (+ OTLP if OTEL_EXPORTER_OTLP_ENDPOINT)
-    with run_span("content-engine") as root:             # invoke_workflow: the run, lab.run.id on every span
-        run = traced_agent(llm, task, toolbox, agent="researcher", max_steps=4)
-    tracing.close()                                      # flush; `lab traces` renders the run as a tree
+A Phase 13 ReAct agent (the loop from ``phase13_react.loop``, unchanged) solves small tasks with three
+tools. ``phase15_production.telemetry`` wraps its model and its toolbox and hooks ``on_step``: the run
+becomes one trace, ``invoke_workflow`` → ``invoke_agent`` → ``step i`` → ``chat`` / ``execute_tool``,
+with the GenAI semantic-convention attributes (model, system, tokens, tool name) a collector needs.
 
-Spans follow the OpenTelemetry GenAI semantic conventions, so any collector that understands them
-(Langfuse, LangSmith, Phoenix) shows them as LLM traces:
+By default the embedded model is served by ``lab serve`` in this process and reached through the
+OpenAI SDK, so the maintained ``opentelemetry-instrumentation-openai`` spans appear too, nested under
+our ``chat`` spans (the exercise counts how many do). Spans go to a local JSONL store (the result
+folder's ``spans.jsonl``; ``lab traces RUN_ID --store ...`` renders it) and over OTLP/HTTP to a
+collector: the one ``OTEL_EXPORTER_OTLP_ENDPOINT`` names, else an in-process receiver that decodes the
+protobuf requests, so the export is measured on the real wire format either way.
 
-- ``invoke_workflow <name>`` (the run) → ``invoke_agent <agent>`` → ``step <i>`` → ``chat <model>`` and
-  ``execute_tool <tool>``; ``gen_ai.operation.name``, ``gen_ai.system``, ``gen_ai.request.model``,
-  ``gen_ai.usage.input_tokens`` / ``output_tokens``, ``gen_ai.agent.name``, ``gen_ai.tool.name``.
-- Where the OpenAI SDK does the talking (``lab.llm.openai_client``), the maintained
-  ``opentelemetry-instrumentation-openai`` adds its own ``openai.chat`` span under our ``chat`` span.
-
-Why a span store of our own as well as OTLP: a trace you can only see with a collector running is a
-trace you do not look at. Spans go to a JSONL file (``LAB_TRACES``, else ``runs/traces/spans.jsonl``)
-through the same exporter interface OTLP uses, and to OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT``
-is set. Both exporters sit behind one redaction step: API keys, ``Authorization``/Bearer values,
-Telegram bot tokens and the values of secret-named environment variables never leave the process in a
-span, whatever a prompt, a tool result or an exception message contained.
-
-OpenTelemetry stays on for the whole process (never ``OTEL_SDK_DISABLED``): one SDK tracer provider,
-set globally once (or the one already set), with a router processor to which each
-``configure_tracing`` adds its exporters and ``close`` removes them.
+Redaction is tested here, not assumed: the exercise plants fresh fake secrets where real ones leak
+from — an API key in the user's task, a Bearer header and a Telegram bot token in a tool's error
+message, the serving key in every request's Authorization header — and then searches everything that
+left the process (the store file, the OTLP request bodies) for them. ``secrets_leaked`` must be 0.
 """
 
 from __future__ import annotations
 
-import contextvars
-import json
+import ast
+import operator
 import os
-import re
-import threading
-import uuid
-from contextlib import contextmanager
+import secrets
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-from lab.llm.base import LLM, ChatResponse, ToolCall
-from lab.llm.wrapper import LLMWrapper
-from lab.results import REDACTED, redact
-from phase13_react.tools import Observation, Toolbox
-
-TRACER_NAME = "phase15_production.tracing"
-SERVICE_NAME = "llm-systems-lab"
-MAX_CONTENT_CHARS = 1000  # prompt / completion / tool result text kept on a span
-RUN_ID = "lab.run.id"
-SPAN_KIND = "lab.span.kind"  # run | agent | step | chat | tool: what `lab traces` and the exercises count
-
-# Stricter than lab.results.redact (which catches sk-/hf_ keys, URL passwords, secret-named fields):
-# bearer values, header-style "x-api-key: ...", Telegram bot tokens (also inside /bot<token>/ URLs).
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
-_HEADER_SECRET = re.compile(r"(?i)\b(x-api-key|api[_-]?key|authorization|access[_-]?token|bot[_-]?token|secret)"
-                            r"(\"?\s*[:=]\s*\"?)([^\s\"',;}]{6,})")
-_BOT_TOKEN = re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b")
-_SECRET_ENV = re.compile(r"(?i)(api_?key|token|secret|password|passwd|auth)")
-
-_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("lab_run_id", default=None)
-
-
-def _secret_env_values() -> list[str]:
-    """Values of secret-named environment variables (ANTHROPIC_API_KEY, TELEGRAM_BOT_TOKEN...), longest first."""
-    values = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact_text(text: str) -> str:
-    """Blank every secret this module knows how to recognise in free text."""
-    for value in _secret_env_values():
-        text = text.replace(value, REDACTED)
-    text = redact(text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    text = _HEADER_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-    return _BOT_TOKEN.sub(REDACTED, text)
-
-
-def redact_attributes(attributes: dict[str, Any] | None) -> dict[str, Any]:
-    """Span/event attributes with secrets blanked: secret-named string keys wholesale, any text by pattern."""
-    out: dict[str, Any] = {}
-    for key, value in (attributes or {}).items():
-        if isinstance(value, str):
-            value = redact(value, key)
-            out[key] = value if value == REDACTED else redact_text(value)
-        elif isinstance(value, (list, tuple)):
-            out[key] = tuple(redact_text(v) if isinstance(v, str) else v for v in value)
-        else:
-            out[key] = value
-    return out
-
-
-def redacted_span(span):
-    """A copy of a finished span with secrets blanked in attributes, events and status (spans are immutable)."""
-    from opentelemetry.sdk.trace import Event, ReadableSpan
-    from opentelemetry.trace import Status
-
-    events = [Event(e.name, redact_attributes(dict(e.attributes or {})), e.timestamp) for e in span.events]
-    status = Status(span.status.status_code, redact_text(span.status.description) if span.status.description else None)
-    return ReadableSpan(name=redact_text(span.name), context=span.context, parent=span.parent, resource=span.resource,
-                        attributes=redact_attributes(dict(span.attributes or {})), events=events, links=span.links,
-                        kind=span.kind, status=status, start_time=span.start_time, end_time=span.end_time,
-                        instrumentation_scope=span.instrumentation_scope)
-
-
-def span_record(span) -> dict[str, Any]:
-    """One finished span as a JSON-able dict: the local store's line format."""
-    return {
-        "trace_id": f"{span.context.trace_id:032x}", "span_id": f"{span.context.span_id:016x}",
-        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-        "name": span.name, "kind": span.kind.name, "scope": span.instrumentation_scope.name if span.instrumentation_scope else "",
-        "start_ns": span.start_time, "end_ns": span.end_time,
-        "duration_s": round((span.end_time - span.start_time) / 1e9, 6) if span.end_time else None,
-        "status": span.status.status_code.name, "status_description": span.status.description,
-        "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in (span.attributes or {}).items()},
-        "events": [{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events],
-    }
-
-
-# --- exporters -------------------------------------------------------------------------------------------
-
-
-def default_store_path() -> Path:
-    from lab.paths import SCRATCH_ROOT
-
-    return Path(os.environ.get("LAB_TRACES") or SCRATCH_ROOT / "traces" / "spans.jsonl")
-
-
-class SpanStore:
-    """The local span store: one JSON line per finished span, appended; read back whole."""
-
-    def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else default_store_path()
-        self._lock = threading.Lock()
-
-    def append(self, records: Sequence[dict[str, Any]]) -> None:
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(text)  # one write per batch: lines of concurrent writers do not interleave mid-line
 
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                from lab.errors import ConfigError
-
-                raise ConfigError(f"{self.path}:{n}: not a JSON span record ({exc.msg})") from None
-        return out
-
-    def runs(self) -> list[dict[str, Any]]:
-        """One summary per run (trace), oldest first: run id, root name, start, duration, span count."""
-        by_trace: dict[str, list[dict]] = {}
-        for r in self.records():
-            by_trace.setdefault(r["trace_id"], []).append(r)
-        summaries = []
-        for trace_id, spans in by_trace.items():
-            ids = {s["span_id"] for s in spans}
-            root = min((s for s in spans if s["parent_id"] not in ids), key=lambda s: s["start_ns"])
-            summaries.append({"run_id": root["attributes"].get(RUN_ID) or trace_id, "trace_id": trace_id,
-                              "name": root["name"], "start_ns": root["start_ns"], "duration_s": root["duration_s"],
-                              "spans": len(spans)})
-        return sorted(summaries, key=lambda s: s["start_ns"])
-
-    def spans(self, run_id: str) -> list[dict[str, Any]]:
-        """Every span of the run (its traces), matched by run id, trace id, or a unique prefix of either."""
-        runs = self.runs()
-        exact = [r for r in runs if run_id in (r["run_id"], r["trace_id"])]
-        found = exact or [r for r in runs if r["run_id"].startswith(run_id) or r["trace_id"].startswith(run_id)]
-        if not found:
-            from lab.errors import ConfigError
-
-            raise ConfigError(f"no run {run_id!r} in {self.path} ({len(runs)} run(s); `lab traces` lists them)")
-        if len({r["run_id"] for r in found}) > 1:
-            from lab.errors import ConfigError
-
-            raise ConfigError(f"run id prefix {run_id!r} matches {len(found)} runs in {self.path}: give more of it")
-        traces = {r["trace_id"] for r in runs if r["run_id"] == found[0]["run_id"]}
-        return [r for r in self.records() if r["trace_id"] in traces]
-
-
-class _RedactingExporter:
-    """Wraps any SpanExporter: spans are redacted before they leave; exported spans are counted."""
-
-    def __init__(self, inner):
-        self.inner, self.exported, self.failed = inner, 0, 0
-
-    def export(self, spans):
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        result = self.inner.export([redacted_span(s) for s in spans])
-        if result == SpanExportResult.SUCCESS:
-            self.exported += len(spans)
-        else:
-            self.failed += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return getattr(self.inner, "force_flush", lambda *_: True)(timeout_millis)
-
-
-class StoreExporter:
-    """SpanExporter writing span records to a ``SpanStore``."""
-
-    def __init__(self, store: SpanStore):
-        self.store = store
-
-    def export(self, spans):
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        self.store.append([span_record(s) for s in spans])
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-# --- the process-wide provider and its router -------------------------------------------------------------
-
-
-class _Router:
-    """A SpanProcessor forwarding to the processors of every open ``Tracing`` (added and removed at will)."""
-
-    def __init__(self):
-        self.processors: list = []
-        self._lock = threading.Lock()
-
-    def on_start(self, span, parent_context=None) -> None:
-        for p in list(self.processors):
-            p.on_start(span, parent_context=parent_context)
-
-    def on_end(self, span) -> None:
-        for p in list(self.processors):
-            p.on_end(span)
-
-    def _on_ending(self, span) -> None:
-        for p in list(self.processors):
-            p._on_ending(span)
-
-    def shutdown(self) -> None:
-        for p in list(self.processors):
-            p.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(p.force_flush(timeout_millis) for p in list(self.processors))
-
-    def add(self, processor) -> None:
-        with self._lock:
-            self.processors = [*self.processors, processor]
-
-    def remove(self, processor) -> None:
-        with self._lock:
-            self.processors = [p for p in self.processors if p is not processor]
-
-
-_ROUTER: _Router | None = None
-_SETUP_LOCK = threading.Lock()
-
-
-def _router():
-    """The router on the global SDK tracer provider (created and set once; a provider set by someone else is reused)."""
-    global _ROUTER
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-
-    with _SETUP_LOCK:
-        if _ROUTER is not None:
-            return _ROUTER
-        if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-            from lab.errors import ConfigError
-
-            raise ConfigError("OTEL_SDK_DISABLED=true switches OpenTelemetry off for the whole process, so no span "
-                              "would be recorded; unset it (silence a framework with its own switch, as lab.toolchain.quiet_frameworks does)")
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
-            trace.set_tracer_provider(provider)
-            provider = trace.get_tracer_provider()
-        _ROUTER = _Router()
-        provider.add_span_processor(_ROUTER)
-        _instrument_openai(provider)
-        return _ROUTER
-
-
-def _instrument_openai(provider) -> None:
-    """The maintained OpenAI SDK instrumentation, once per process: its spans nest under ours."""
-    try:
-        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
-    except ImportError:  # the agents extra is not installed: our own spans still cover every call
-        return
-    instrumentor = OpenAIInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(tracer_provider=provider)
-
-
-class Tracing:
-    """What ``configure_tracing`` set up: its exporters (with export counts) until ``close``."""
-
-    def __init__(self, store: SpanStore, otlp_endpoint: str | None):
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-
-        self.store, self.otlp_endpoint = store, otlp_endpoint
-        self.local = _RedactingExporter(StoreExporter(store))
-        # the local store is written synchronously: a run's spans are on disk when the run returns
-        self._processors = [SimpleSpanProcessor(self.local)]
-        self.otlp = None
-        if otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            self.otlp = _RedactingExporter(OTLPSpanExporter(endpoint=otlp_endpoint, timeout=10))
-            self._processors.append(BatchSpanProcessor(self.otlp, schedule_delay_millis=500))
-        self._router = _router()
-        for p in self._processors:
-            self._router.add(p)
-
-    def flush(self) -> None:
-        for p in self._processors:
-            p.force_flush()
-
-    def counts(self) -> dict[str, int]:
-        """Spans exported so far: local, otlp (and otlp_failed)."""
-        out = {"local": self.local.exported}
-        if self.otlp is not None:
-            out.update(otlp=self.otlp.exported, otlp_failed=self.otlp.failed)
-        return out
-
-    def close(self) -> None:
-        self.flush()
-        for p in self._processors:
-            self._router.remove(p)
-            p.shutdown()
-
-    def __enter__(self) -> "Tracing":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def configure_tracing(store: str | Path | None = None, otlp_endpoint: str | None = None) -> Tracing:
-    """Start exporting spans: to the local store (``store`` or the default path) and, when ``otlp_endpoint``
-    or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, to that collector over OTLP/HTTP (``/v1/traces``)."""
-    endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    if not endpoint and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
-    elif endpoint and otlp_endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
-        endpoint = endpoint.rstrip("/") + "/v1/traces"
-    return Tracing(SpanStore(store), endpoint)
-
-
-# --- spans ------------------------------------------------------------------------------------------------
-
-
-def _tracer():
-    from opentelemetry import trace
-
-    return trace.get_tracer(TRACER_NAME)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS] + f"…[{len(text)} chars]"
-
-
-def _common(kind: str) -> dict[str, Any]:
-    run_id = _run_id.get()
-    return {SPAN_KIND: kind, **({RUN_ID: run_id} if run_id else {})}
-
-
-@contextmanager
-def run_span(name: str, run_id: str | None = None) -> Iterator[Any]:
-    """The root of a run (``invoke_workflow``): every span opened inside carries its ``lab.run.id``."""
-    run_id = run_id or uuid.uuid4().hex[:12]
-    token = _run_id.set(run_id)
-    try:
-        attributes = {**_common("run"), "gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": name}
-        with _tracer().start_as_current_span(f"invoke_workflow {name}", attributes=attributes) as span:
-            yield span
-    finally:
-        _run_id.reset(token)
-
-
-@contextmanager
-def agent_span(name: str, run_id: str | None = None) -> Iterator[Any]:
-    """One agent's part of a run (``invoke_agent``). Outside a ``run_span`` it is the run's root itself."""
-    token = _run_id.set(run_id or _run_id.get() or uuid.uuid4().hex[:12])
-    try:
-        attributes = {**_common("agent"), "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name}
-        with _tracer().start_as_current_span(f"invoke_agent {name}", attributes=attributes) as span:
-            yield span
-    finally:
-        _run_id.reset(token)
-
-
-def current_run_id() -> str | None:
-    return _run_id.get()
-
-
-@contextmanager
-def tool_span(name: str, call_id: str | None = None, arguments: dict | None = None) -> Iterator[Any]:
-    """An ``execute_tool`` span; the caller sets the outcome (``traced`` Toolbox does)."""
-    attributes = {**_common("tool"), "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
-                  "gen_ai.tool.type": "function"}
-    if call_id:
-        attributes["gen_ai.tool.call.id"] = call_id
-    if arguments is not None:
-        attributes["gen_ai.tool.call.arguments"] = _clip(json.dumps(arguments, default=str, ensure_ascii=False))
-    with _tracer().start_as_current_span(f"execute_tool {name}", attributes=attributes) as span:
-        yield span
-
-
-def _messages_text(messages: list[dict[str, Any]], system: str | None) -> str:
-    turns = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": m.get("role"), "content": m.get("content")} for m in messages]
-    return _clip(json.dumps(turns, default=str, ensure_ascii=False))
-
-
-class TracedLLM(LLMWrapper):
-    """Any ``lab.llm`` client, each ``chat``/``stream`` a GenAI ``chat`` span (a drop-in: an ``LLMWrapper``,
-    the rest of the interface forwarded). ``choice_probs`` passes through unspanned: one forward pass
-    that reads probabilities, not a chat."""
-
-    def __init__(self, inner: LLM, capture_content: bool = True, before_call=None):
-        super().__init__(inner)
-        self.capture_content = capture_content
-        self._before_call = before_call  # the step tracker opens the step span here
-
-    def _start(self, messages, kwargs):
-        from opentelemetry import trace
-
-        if self._before_call is not None:
-            self._before_call()
-        attributes = {**_common("chat"), "gen_ai.operation.name": "chat", "gen_ai.system": self.provider,
-                      "gen_ai.provider.name": self.provider, "gen_ai.request.model": self.model,
-                      "gen_ai.request.max_tokens": kwargs.get("max_tokens", 512),
-                      "gen_ai.request.temperature": kwargs.get("temperature", 0.0)}
-        if kwargs.get("tools"):
-            attributes["gen_ai.request.tools"] = tuple(t["name"] for t in kwargs["tools"])
-            attributes["lab.request.tool_choice"] = json.dumps(kwargs.get("tool_choice", "auto"))
-        if self.capture_content:
-            attributes["gen_ai.input.messages"] = _messages_text(messages, kwargs.get("system"))
-        return _tracer().start_span(f"chat {self.model}", kind=trace.SpanKind.CLIENT, attributes=attributes)
-
-    @staticmethod
-    def _fail(span, exc: BaseException) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        span.set_attribute("error.type", type(exc).__name__)
-
-    def _finish(self, span, reply: ChatResponse) -> None:
-        span.set_attributes({
-            "gen_ai.response.model": reply.model, "gen_ai.usage.input_tokens": reply.usage.input_tokens,
-            "gen_ai.usage.output_tokens": reply.usage.output_tokens,
-            "gen_ai.response.finish_reasons": (reply.stop_reason or "unknown",), "lab.latency_s": reply.latency_s,
-            "lab.tool_calls": len(reply.tool_calls)})
-        if reply.cost_usd is not None:
-            span.set_attribute("lab.cost_usd", reply.cost_usd)
-        if self.capture_content:
-            out = {"text": reply.text, "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls]}
-            span.set_attribute("gen_ai.output.messages", _clip(json.dumps(out, default=str, ensure_ascii=False)))
-
-    def chat(self, messages, **kwargs) -> ChatResponse:
-        from opentelemetry import trace
-
-        span = self._start(messages, kwargs)
-        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-            try:
-                reply = self.inner.chat(messages, **kwargs)
-            except BaseException as exc:
-                self._fail(span, exc)
-                raise
-            self._finish(span, reply)
-            return reply
-
-    def stream(self, messages, **kwargs):
-        from opentelemetry import trace
-
-        span = self._start(messages, {**kwargs, "stream": True})
-        span.set_attribute("gen_ai.request.stream", True)
-        inner = self.inner.stream(messages, **kwargs)
-        try:
-            while True:
-                with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                    try:
-                        item = next(inner)
-                    except StopIteration:
-                        return
-                if isinstance(item, ChatResponse):
-                    self._finish(span, item)
-                yield item
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit):
-                self._fail(span, exc)
-            raise
-        finally:
-            inner.close()
-            span.end()
-
-
-class TracedToolbox(Toolbox):
-    """A Toolbox whose every ``execute`` is an ``execute_tool`` span (delegating to the toolbox it wraps)."""
-
-    def __init__(self, inner: Toolbox, capture_content: bool = True):
-        super().__init__(inner.tools.values(), inner.retries, inner.backoff_s)
-        self.inner, self.capture_content = inner, capture_content
-
-    def execute(self, call: ToolCall) -> Observation:
-        from opentelemetry.trace import Status, StatusCode
-
-        arguments = call.arguments if call.raw_arguments is None else {"_raw": call.raw_arguments}
-        with tool_span(call.name, call.id, arguments if self.capture_content else None) as span:
-            obs = self.inner.execute(call)
-            span.set_attributes({"lab.tool.outcome": obs.outcome, "lab.tool.attempts": obs.attempts,
-                                 "lab.latency_s": obs.latency_s})
-            if self.capture_content:
-                span.set_attribute("gen_ai.tool.call.result", _clip(obs.content))
-            if obs.outcome not in ("ok", "empty_observation"):
-                span.set_status(Status(StatusCode.ERROR, obs.outcome))
-                span.set_attribute("error.type", obs.outcome)
-            return obs
-
-
-class _StepSpans:
-    """One ``step <i>`` span per loop turn: opened when the turn's model call starts, closed by ``on_step``.
-
-    The loop is synchronous, so the span is made current between the two (attach/detach in one thread):
-    the turn's ``chat`` and ``execute_tool`` spans nest under it without touching phase 13's loop.
-    """
-
-    def __init__(self, agent: str, first_index: int):
-        self.agent, self.next_index = agent, first_index
-        self.span, self.token = None, None
-
-    def begin(self) -> None:
-        from opentelemetry import context, trace
-
-        if self.span is not None:
-            return
-        attributes = {**_common("step"), "gen_ai.agent.name": self.agent, "lab.step.index": self.next_index}
-        self.span = _tracer().start_span(f"step {self.next_index}", attributes=attributes)
-        self.token = context.attach(trace.set_span_in_context(self.span))
-
-    def finish(self, step) -> None:
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
-
-        self.begin()
-        self.span.update_name(f"step {step.index}")
-        self.span.set_attributes({
-            "lab.step.index": step.index, "lab.step.tool_calls": len(step.tool_calls),
-            "lab.step.outcomes": tuple(step.outcomes()) or ("ok",), "lab.step.answered": step.answer is not None})
-        if step.error:
-            self.span.set_status(Status(StatusCode.ERROR, step.error))
-        context.detach(self.token)
-        self.span.end()
-        self.span, self.token = None, None
-        self.next_index = step.index + 1
-
-    def abort(self, exc: BaseException) -> None:
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
-
-        if self.span is not None:
-            self.span.record_exception(exc)
-            self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            context.detach(self.token)
-            self.span.end()
-            self.span = None
-
-
-def traced_agent(llm: LLM, task: str, toolbox: Toolbox, *, agent: str, run_id: str | None = None,
-                 capture_content: bool = True, **loop_kwargs: Any):
-    """``phase13_react.loop.run_agent`` inside an ``invoke_agent`` span, a span per step, LLM call and tool
-    call. The loop itself is unchanged: tracing enters through the LLM, the toolbox and ``on_step``."""
-    from phase13_react.loop import run_agent
-
-    prior = list(loop_kwargs.get("prior_steps", ()))
-    user_on_step = loop_kwargs.pop("on_step", None)
-    steps = _StepSpans(agent, len(prior))
-
-    def on_step(step) -> None:
-        steps.finish(step)
-        if user_on_step is not None:
-            user_on_step(step)
-
-    with agent_span(agent, run_id) as span:
-        traced_llm = TracedLLM(llm, capture_content, before_call=steps.begin)
-        try:
-            run = run_agent(traced_llm, task, TracedToolbox(toolbox, capture_content), on_step=on_step, **loop_kwargs)
-        except BaseException as exc:
-            steps.abort(exc)
-            raise
-        span.set_attributes({"lab.agent.stop_reason": run.stop_reason, "lab.agent.steps": len(run.steps),
-                             "gen_ai.usage.input_tokens": run.input_tokens,
-                             "gen_ai.usage.output_tokens": run.output_tokens})
-        return run
-
-
-# --- reading a span record back ----------------------------------------------------------------------------
-
-
-def span_usage(span: dict[str, Any]) -> tuple[int, int] | None:
-    """(input, output) tokens a chat span reports itself, else None."""
-    a = span["attributes"]
-    if a.get(SPAN_KIND) == "chat" or (a.get("gen_ai.operation.name") == "chat" and "gen_ai.usage.input_tokens" in a):
-        return int(a.get("gen_ai.usage.input_tokens") or 0), int(a.get("gen_ai.usage.output_tokens") or 0)
-    return None
+from lab import Exercise, ExerciseConfig, RunContext
+from phase13_react.served import A100_LLM
+
+TASKS = [
+    "How many seconds are there in 3 days? Use the tools, then give the final answer.",
+    "What is (17 + 4) * 23? Use the calculator, then give the final answer.",
+]
+SYSTEM = ("You solve the user's task with the tools. Call one tool at a time. When you know the answer, call "
+          "final_answer. Never repeat a secret you see.")
+UNITS_S = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Pow: operator.pow, ast.USub: operator.neg}
+
+
+class Config(ExerciseConfig):
+    tasks: list[str] = TASKS
+    max_steps: int = 4
+    max_tokens: int = 96
+    serve_openai: bool = True  # local model: reach it through `lab serve` + the OpenAI SDK (instrumented)
+    store: str | None = None  # span store (JSONL); default: spans.jsonl in the result folder
+    llm: str | None = None  # lab.llm spec; default $LAB_LLM or the embedded SmolLM2
+
+
+def _arith(node):
+    if isinstance(node, ast.Expression):
+        return _arith(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arith(node.left), _arith(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arith(node.operand))
+    raise ValueError("only numbers and + - * / ** ( ) are allowed")
+
+
+def make_tools(planted: dict[str, str]):
+    """The agent's toolbox; ``read_config`` fails with planted secrets in its message (as real backends do)."""
+    from phase13_react.tools import Toolbox, tool
+
+    @tool(timeout_s=5)
+    def calculator(expression: str) -> float:
+        """Evaluate an arithmetic expression with + - * / ** and parentheses, e.g. (3 + 4) * 2."""
+        return _arith(ast.parse(expression, mode="eval"))
+
+    @tool(timeout_s=5)
+    def convert_time(value: float, unit_from: str, unit_to: str) -> float:
+        """Convert a duration between seconds, minutes, hours, days and weeks."""
+        if unit_from not in UNITS_S or unit_to not in UNITS_S:
+            raise ValueError(f"units must be among {', '.join(UNITS_S)}")
+        return value * UNITS_S[unit_from] / UNITS_S[unit_to]
+
+    @tool(timeout_s=5)
+    def read_config(key: str) -> str:
+        """Read a deployment setting by key."""
+        raise PermissionError(f"config backend refused {key!r}: request had Authorization: Bearer "
+                              f"{planted['bearer']} and bot token {planted['bot_token']}")
+
+    return Toolbox([calculator, convert_time, read_config], retries=0)
+
+
+def plant_secrets() -> dict[str, str]:
+    """Fresh fake secrets in the shapes real ones have (nothing real is ever needed to test redaction)."""
+    return {"api_key": f"sk-lab-{secrets.token_hex(12)}", "bearer": secrets.token_urlsafe(24),
+            "bot_token": f"{secrets.randbelow(9 * 10**8) + 10**8}:AA{secrets.token_urlsafe(30)[:33]}",
+            "serve_key": f"sk-serve-{secrets.token_hex(12)}"}
+
+
+def _open_llm(cfg: Config, ctx: RunContext, planted: dict[str, str], stack):
+    """The model under test, recorded in ``ctx``: a given spec as is (its server found or started for the
+    run: the a100 profile's served Llama); the local model behind `lab serve` + the OpenAI SDK."""
+    from lab.llm import from_spec
+    from lab.llm.openai_client import OpenAILLM
+    from phase13_react.served import agent_llm
+
+    spec = cfg.llm or os.environ.get("LAB_LLM")
+    if spec and not spec.startswith("local:") or not cfg.serve_openai:
+        llm, _ = stack.enter_context(agent_llm(ctx, spec, labels_method=False, via="direct"))
+        return llm
+    from lab.serve.background import serving
+
+    local = from_spec(spec)
+    url = stack.enter_context(serving(local, api_key=planted["serve_key"]))
+    client = OpenAILLM(local.model, base_url=f"{url}/v1", api_key=planted["serve_key"])
+    ctx.model(client.spec, via="lab serve + OpenAI SDK")
+    return client
+
+
+def run(cfg: Config, ctx: RunContext) -> None:
+    from contextlib import ExitStack
+
+    from lab.llm.base import ToolCall
+    from phase15_production.otlp_receiver import OTLPReceiver
+    from phase15_production.trace_view import tree_text
+    from phase15_production.telemetry import (SPAN_KIND, SpanStore, TracedToolbox, configure_tracing, run_span,
+                                            span_usage, traced_agent)
+
+    planted = plant_secrets()
+    store_path = Path(cfg.store) if cfg.store else ctx.artifact("spans.jsonl")
+    run_id = secrets.token_hex(6)
+    with ExitStack() as stack:
+        llm = _open_llm(cfg, ctx, planted, stack)
+        external = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        receiver = None if external else stack.enter_context(OTLPReceiver())
+        tracing = configure_tracing(store=store_path, otlp_endpoint=None if external else receiver.url)
+        toolbox = make_tools(planted)
+        runs = []
+        with run_span("tracing-demo", run_id):
+            # an operations check before the agents start: a tool failure whose message carries secrets
+            TracedToolbox(toolbox).execute(ToolCall("ops_check", "read_config", {"key": "deploy_token"}))
+            for i, task in enumerate(ctx.progress(cfg.tasks, "agent runs")):
+                prompt = f"{task} (Account key for the audit log: {planted['api_key']}.)" if i == 0 else task
+                runs.append(traced_agent(llm, prompt, toolbox, agent=f"solver-{i + 1}", system=SYSTEM,
+                                         tool_choice="required", max_steps=cfg.max_steps, max_tokens=cfg.max_tokens))
+        tracing.close()
+        counts = tracing.counts()
+
+    spans = SpanStore(store_path).spans(run_id)
+    kinds = Counter(s["attributes"].get(SPAN_KIND) or "sdk:" + s["scope"] for s in spans)
+    chat = [s for s in spans if s["attributes"].get(SPAN_KIND) == "chat"]
+    tools = [s for s in spans if s["attributes"].get(SPAN_KIND) == "tool"]
+    sdk = [s for s in spans if s["scope"].startswith("opentelemetry.instrumentation.openai")]
+    other = [s for s in spans if s["attributes"].get(SPAN_KIND) is None and s not in sdk]
+    chat_ids = {s["span_id"] for s in chat}
+
+    # --- structure: does every model call and tool call have its span? ---------------------------------
+    llm_calls = sum(len(r.steps) for r in runs)
+    tool_runs = sum(1 for r in runs for s in r.steps for o in s.observations
+                    if o["outcome"] != "repeated_action" and o["name"] != "final_answer") + 1  # + the ops check
+    ctx.metric("spans_per_run", len(spans), "spans", None, "every span of the run's trace (ours and the SDK's)")
+    for kind in ("run", "agent", "step", "chat", "tool"):
+        ctx.metric(f"spans_{kind}", kinds.get(kind, 0), "spans")
+    ctx.metric("spans_openai_sdk", len(sdk), "spans", None, "opentelemetry-instrumentation-openai spans")
+    ctx.metric("spans_other_instrumentation", len(other), "spans", None,
+               "spans of other libraries' own OpenTelemetry support (e.g. the server's) in the same trace")
+    ctx.metric("openai_sdk_spans_nested", sum(s["parent_id"] in chat_ids for s in sdk), "spans", True,
+               "SDK spans whose parent is one of our chat spans")
+    ctx.metric("llm_calls", llm_calls, "calls")
+    ctx.metric("llm_call_span_coverage", len(chat) / llm_calls if llm_calls else 0.0, "fraction", True,
+               f"chat spans per LLM call: {len(chat)} of {llm_calls}")
+    ctx.metric("llm_call_span_coverage_n", llm_calls, "calls")
+    ctx.metric("tool_calls", tool_runs, "calls", None, "tool executions (repeated actions are not re-run)")
+    ctx.metric("tool_call_span_coverage", len(tools) / tool_runs, "fraction", True,
+               f"tool spans per tool execution: {len(tools)} of {tool_runs}")
+    ctx.metric("tool_call_span_coverage_n", tool_runs, "executions")
+    required = ("gen_ai.operation.name", "gen_ai.system", "gen_ai.request.model", "gen_ai.usage.input_tokens",
+                "gen_ai.usage.output_tokens")
+    complete = sum(all(k in s["attributes"] for k in required) for s in chat)
+    ctx.metric("chat_spans_with_gen_ai_attributes", complete / len(chat) if chat else 0.0, "fraction", True,
+               f"{complete} of {len(chat)} chat spans")
+    ctx.metric("chat_spans_with_gen_ai_attributes_n", len(chat), "spans")
+    tokens_in = sum(span_usage(s)[0] for s in chat)
+    tokens_out = sum(span_usage(s)[1] for s in chat)
+    ctx.metric("input_tokens", tokens_in, "tokens")
+    ctx.metric("output_tokens", tokens_out, "tokens")
+    ctx.metric("span_tokens_match_steps", int(tokens_in == sum(r.input_tokens for r in runs)
+                                              and tokens_out == sum(r.output_tokens for r in runs)), "bool", True)
+
+    # --- export: local store and OTLP ------------------------------------------------------------------
+    ctx.metric("spans_exported_local", counts["local"], "spans")
+    ctx.metric("spans_exported_otlp", counts.get("otlp", 0), "spans")
+    if receiver is not None:
+        received = [s for s in receiver.spans if s["trace_id"] in {x["trace_id"] for x in spans}]
+        ctx.metric("spans_received_by_collector", len(received), "spans", True,
+                   "decoded from the OTLP protobuf requests by the in-process receiver")
+
+    # --- redaction: search everything that left the process for the planted secrets --------------------
+    shipped = [store_path.read_text(encoding="utf-8")]
+    if receiver is not None:
+        shipped += [body.decode("latin-1") for body in receiver.raw]
+    leaks = {name: sum(text.count(value) for text in shipped) for name, value in planted.items()}
+    ctx.metric("secrets_planted", len(planted), "secrets")
+    ctx.metric("secrets_leaked", sum(leaks.values()), "occurrences", False,
+               "planted secrets found in the span store or the OTLP request bodies")
+    redacted = sum("***" in str(s["attributes"]) or "***" in str(s["events"]) or "***" in (s["status_description"] or "")
+                   for s in spans)
+    ctx.metric("spans_with_redactions", redacted, "spans")
+
+    tree = tree_text(spans)
+    ctx.artifact("trace_tree.txt").write_text(tree, encoding="utf-8")
+    ctx.table("runs", [[f"solver-{i + 1}", len(r.steps), r.stop_reason, r.tool_calls, r.input_tokens, r.output_tokens,
+                        ", ".join(f"{k}={v}" for k, v in sorted(r.outcome_counts().items())) or "-"]
+                       for i, r in enumerate(runs)],
+              ["agent", "steps", "stop reason", "tool calls", "input tokens", "output tokens", "failure outcomes"],
+              title="The traced agent runs (from phase 13's step records)")
+    ctx.table("span_kinds", sorted(kinds.items()), ["span kind", "spans"], title=f"Spans of run {run_id} by kind")
+
+    # --- findings, computed -----------------------------------------------------------------------------
+    ctx.finding(f"Run {run_id}: {len(spans)} spans for {llm_calls} model calls and {tool_runs} tool executions; "
+                f"{len(chat)}/{llm_calls} model calls and {len(tools)}/{tool_runs} tool executions have a span; "
+                f"span token totals {'match' if tokens_in == sum(r.input_tokens for r in runs) else 'do NOT match'} "
+                f"the step records ({tokens_in:,} in, {tokens_out:,} out).")
+    if sdk:
+        ctx.finding(f"The OpenAI SDK instrumentation added {len(sdk)} span(s); "
+                    f"{sum(s['parent_id'] in chat_ids for s in sdk)} nest under our chat spans, so a collector shows "
+                    "the SDK's view of each request inside the agent's step.")
+    if other:
+        scopes = ", ".join(sorted({s["scope"] for s in other}))
+        ctx.finding(f"{len(other)} more span(s) came from other libraries' own OpenTelemetry support ({scopes}): "
+                    "the server side of each request, joined to the same trace by the traceparent header the SDK "
+                    "instrumentation sends — one trace from agent step to server endpoint.")
+    exported = f"{counts['local']} spans to the local store, {counts.get('otlp', 0)} over OTLP/HTTP"
+    if receiver is not None:
+        exported += f" ({len(receiver.spans)} decoded by the in-process receiver from {receiver.requests} request(s))"
+    ctx.finding(f"Exported {exported}.")
+    ctx.finding(f"Redaction: {len(planted)} planted secrets (task text, a tool error's Bearer header and bot token, "
+                f"the serving key) → {sum(leaks.values())} occurrence(s) in what left the process; "
+                f"{redacted} span(s) carry a *** where something was blanked.")
+    if sum(leaks.values()):
+        ctx.failure_mode(f"secret leak: {', '.join(k for k, v in leaks.items() if v)} reached exported spans")
+    answered = sum(r.stop_reason == "answer" for r in runs)
+    if answered < len(runs):
+        ctx.failure_mode(f"{len(runs) - answered} of {len(runs)} agent runs stopped without an answer "
+                         f"({', '.join(r.stop_reason for r in runs if r.stop_reason != 'answer')}): the trace shows "
+                         "which step went wrong — see trace_tree.txt")
+
+
+EXERCISE = Exercise(
+    id="phase15.tracing",
+    title="OpenTelemetry GenAI spans for a Phase 13 agent: nesting, export (local + OTLP), redaction",
+    run=run,
+    config_cls=Config,
+    profiles={"cpu": {}, "a100": {"max_steps": 6, "max_tokens": 160, "llm": A100_LLM}},
+    tiny={"tasks": TASKS[:1], "max_steps": 2, "max_tokens": 48},
+    smoke={"tasks": TASKS[:1], "max_steps": 2, "max_tokens": 48},
+    summary_metrics=("spans_per_run", "llm_call_span_coverage", "tool_call_span_coverage", "secrets_leaked"),
+    methods={"cpu": "own", "a100": "own"},
+)
+
+if __name__ == "__main__":
+    from lab.cli import exercise_main
+
+    exercise_main(EXERCISE)

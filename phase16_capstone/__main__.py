@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--llm", default=None, help="lab.llm spec (default: $LAB_LLM or the embedded SmolLM2)")
     common.add_argument("--fallback", action="append", default=[], metavar="SPEC",
                         help="a provider to fall back to when --llm keeps failing (repeatable, in order): the chain "
-                             "runs behind Phase 15's retry + circuit breaker (phase15_production.resilience)")
+                             "runs behind Phase 15's retry + circuit breaker (phase15_production.resilient_calls)")
     common.add_argument("--corpus", default=None, help="folder of .md/.txt files (default: the repo's notes + READMEs)")
     common.add_argument("--site", default=str(DEFAULT_SITE), help="site folder, or git+URL to commit and push")
     common.add_argument("--site-url", default=os.environ.get("ENGINE_SITE_URL") or None,
@@ -80,7 +80,7 @@ def engine_llm(spec: str | None, fallbacks: list[str]):
 
     if not fallbacks:
         return from_spec(spec)
-    from phase15_production.resilience import ResilientLLM
+    from phase15_production.resilient_calls import ResilientLLM
 
     return ResilientLLM([spec or os.environ.get("LAB_LLM") or DEFAULT_SPEC, *fallbacks])
 
@@ -120,7 +120,7 @@ def cmd_run(args) -> int:
     console.print(f"[{colour}]{final.state}[/{colour}] job {final.id}" + (f": {final.error}" if final.error else ""))
     publication = engine.store.publication(final.id)
     if publication:
-        from phase16_capstone.site import PostRecord, post_path
+        from phase16_capstone.site_builder import PostRecord, post_path
 
         written = engine.deploy.location(post_path(PostRecord.from_dict(publication["post"])))
         console.print(f"post: {final.post_url} (written to {written})")

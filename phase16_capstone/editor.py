@@ -35,7 +35,7 @@ QUESTION = "Write a short technical blog post for engineers about: {topic}"
 
 
 def make_judge(llm, rubric_version: str = RUBRIC_VERSION):
-    from phase10_alignment.judge import Judge
+    from phase10_alignment.rubric_judge import Judge
     from phase11_evals.evaldata import load_rubric
 
     return Judge(llm, load_rubric(rubric_version), method="auto", max_tokens=300)
@@ -84,7 +84,7 @@ def review(judge, topic: str, body: str, evidence, revisions_done: int, max_revi
     """One Editor pass: the gate's decision as a dict (``GateDecision.to_dict()`` plus the judge method,
     ``citations`` and ``reviewed``: whether an APPROVE counts as a review — False without a passed
     ``calibration``)."""
-    from phase10_alignment.judge import JudgeFailure
+    from phase10_alignment.rubric_judge import JudgeFailure
     from phase11_evals.editor_gate import GateThresholds, decide
 
     cites = citation_check(body, evidence)

@@ -81,7 +81,7 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         if self.site_url is not None:
-            from phase16_capstone.site import check_site_url
+            from phase16_capstone.site_builder import check_site_url
 
             self.site_url = check_site_url(self.site_url)
 
@@ -106,7 +106,7 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.tracing = None
         if self.settings.trace:
-            from phase15_production.tracing import TracedLLM
+            from phase15_production.telemetry import TracedLLM
             from phase16_capstone.job_tracing import tracing_for
 
             self.tracing = tracing_for(self.settings.traces)
@@ -314,7 +314,7 @@ class Engine:
 
     def _publish(self, job: Job):
         from phase16_capstone.publisher import publish
-        from phase16_capstone.site import PostRecord, post_path, public_url
+        from phase16_capstone.site_builder import PostRecord, post_path, public_url
 
         post = self.post_record(job.id)
         verdict = self.check(f"{post.title}\n\n{post.body_markdown}", job, post=True)
@@ -333,7 +333,7 @@ class Engine:
 
     def post_record(self, job_id: str):
         """The PostRecord of a job, built from the store (deterministic: a re-publish renders the same)."""
-        from phase16_capstone.site import Citation, PostRecord, RevisionRecord, make_slug
+        from phase16_capstone.site_builder import Citation, PostRecord, RevisionRecord, make_slug
 
         job = self.store.get(job_id)
         draft = self.store.drafts(job_id)[-1]

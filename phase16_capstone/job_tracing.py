@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from phase15_production.tracing import agent_span, configure_tracing, default_store_path, run_span
+from phase15_production.telemetry import agent_span, configure_tracing, default_store_path, run_span
 
 WORKFLOW = "content-engine"
 _TRACINGS: dict[str, object] = {}

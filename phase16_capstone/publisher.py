@@ -1,7 +1,7 @@
 """Deploying the site: a directory, or a git remote — how static sites are actually shipped.
 
 ``publish(post, all_posts, deploy)`` renders what one post changes (its page, its audit page, the
-index; ``site.render_post_files``) and hands the files to a deploy target. It is idempotent per job:
+index; ``site_builder.render_post_files``) and hands the files to a deploy target. It is idempotent per job:
 the index holds one entry per job id, the post's file name comes from its slug, and rendering is
 deterministic, so publishing the same job again — a retry after a crash, a duplicate Telegram
 update — writes the same bytes: no second post, no duplicate entry, and no new git commit.
@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping, Protocol
 
 from lab.results import redact
-from phase16_capstone.site import PostRecord, post_path, render_post_files
+from phase16_capstone.site_builder import PostRecord, post_path, render_post_files
 
 AUTHOR_NAME = "llm-systems-lab publisher"
 AUTHOR_EMAIL = "publisher@llm-systems-lab.invalid"

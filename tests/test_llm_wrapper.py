@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 from lab.llm import LLM, CapabilityError, ChatResponse, LLMError, LLMWrapper, Usage
-from phase10_alignment.judge import Dimension, Judge, Rubric
+from phase10_alignment.rubric_judge import Dimension, Judge, Rubric
 from phase12_rag_storage.rag_judge import YesNoJudge
 
 RUBRIC = Rubric(name="t", version="1", dimensions=(Dimension("accuracy", "is it right", {1: "bad", 5: "great"}),),
@@ -68,7 +68,7 @@ class Scoring(ChatOnly):
 
 
 def _resilient(*chain):
-    from phase15_production.resilience import ResilientLLM, RetryPolicy
+    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     return ResilientLLM(list(chain), policy=RetryPolicy(max_attempts=1, sleep=lambda s: None))
 
@@ -80,7 +80,7 @@ def _stage_meter(inner):
 
 
 def _traced(inner):
-    from phase15_production.tracing import TracedLLM
+    from phase15_production.telemetry import TracedLLM
 
     return TracedLLM(inner)
 
@@ -188,7 +188,7 @@ def test_a_wrapper_that_does_not_forward_is_caught():
 
 
 def test_a_fallback_chain_scores_only_with_providers_that_can():
-    from phase15_production.resilience import ResilientLLM
+    from phase15_production.resilient_calls import ResilientLLM
 
     msgs = [{"role": "user", "content": "Rate it."}]
     down = TimeoutError("primary down")  # transient: the chain moves on

@@ -47,7 +47,7 @@ def owners(ns="p16m"):
     from phase13_react.state_store import AgentStateStore
     from phase13_react.state_store import schema as agent_schema
     from phase14_frameworks.langgraph_research import schema as node_log_schema
-    from phase15_production.resilience import IdempotentEffects, effects_schema
+    from phase15_production.resilient_calls import IdempotentEffects, effects_schema
     from phase16_capstone.job_store import JobStore
     from phase16_capstone.job_store import schema as engine_schema
     from phase16_capstone.researcher import registry_schema
@@ -105,7 +105,7 @@ V1_SHA256 = {  # of each owner's version-1 statements: databases in use were mad
 
 
 def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_changes():
-    from phase15_production.resilience import effects_schema
+    from phase15_production.resilient_calls import effects_schema
 
     schemas = {name: schema for name, (schema, _) in owners("p16").items()}
     schemas["effects"] = effects_schema("idempotent_effects")  # IdempotentEffects' default table
@@ -340,7 +340,7 @@ def test_tables_dropped_outside_the_runner_are_made_again_and_a_partial_drop_is_
     recycled pid) must get a working table, not a version that says it exists."""
     from lab.db import connect
     from lab.migrations import MigrationError, migrate
-    from phase15_production.resilience import IdempotentEffects, effects_schema
+    from phase15_production.resilient_calls import IdempotentEffects, effects_schema
     from phase16_capstone.job_store import JobStore, schema
 
     IdempotentEffects(url, table="p15m_throwaway")

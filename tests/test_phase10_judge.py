@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lab.llm import LLM, ChatResponse, LLMError
-from phase10_alignment.judge import (Dimension, Judge, JudgeFailure, JudgeParseError, Rubric, Verdict,
+from phase10_alignment.rubric_judge import (Dimension, Judge, JudgeFailure, JudgeParseError, Rubric, Verdict,
                                      expected_score, parse_verdict, summarize, verdict_schema)
 
 ANCHORS = {1: "bad", 3: "ok", 5: "great"}

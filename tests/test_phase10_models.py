@@ -233,13 +233,13 @@ def test_compare_tiny_end_to_end(store, adapters, tmp_path):
 
 
 def test_judge_tiny_end_to_end(store, adapters, tmp_path):
-    from phase10_alignment import llm_judge
+    from phase10_alignment import judge
 
-    doc = execute(llm_judge.EXERCISE, "cpu", llm_judge.EXERCISE.tiny, out=tmp_path)
+    doc = execute(judge.EXERCISE, "cpu", judge.EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["error"]
     m = doc["metrics"]
     assert m["judge_method"]["value"] == "choice_probs"
-    assert m["rubric_sha256"]["value"] == llm_judge.RUBRIC.sha256() and len(m["prompt_sha256"]["value"]) == 64
+    assert m["rubric_sha256"]["value"] == judge.RUBRIC.sha256() and len(m["prompt_sha256"]["value"]) == 64
     assert m["judge_failures"]["value"] == 0
     for v in ("base", "sft", "dpo"):
         assert 1.0 <= m[f"{v}_mean"]["value"] <= 5.0

@@ -116,7 +116,7 @@ def test_flag_must_be_a_bool_and_revisions_an_int():
 
 
 def test_accepts_a_phase10_judge_verdict():
-    from phase10_alignment.judge import Verdict
+    from phase10_alignment.rubric_judge import Verdict
 
     v = Verdict(scores={d: 4.0 for d in DIMENSIONS}, flags={FLAG: True}, reasoning="invented benchmark numbers",
                 attempts=1, method="json")

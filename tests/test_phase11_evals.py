@@ -56,7 +56,7 @@ def test_bad_eval_set_names_the_row_and_field(tmp_path, edit, message):
 
 
 def test_rubrics_load_as_phase10_rubrics_and_v1_1_tightens_only_accuracy():
-    from phase10_alignment.judge import Rubric
+    from phase10_alignment.rubric_judge import Rubric
 
     v10, v11 = load_rubric("1.0"), load_rubric("1.1")
     assert isinstance(v11, Rubric) and tuple(d.name for d in v11.dimensions) == DIMENSIONS
@@ -310,7 +310,7 @@ class _StubJudge:
                 "prompt_sha256": "0" * 64}
 
     def score(self, prompt, response, reference=None):
-        from phase10_alignment.judge import Verdict
+        from phase10_alignment.rubric_judge import Verdict
 
         value = 4.8 if response == self.memorized else 2.5 + 0.1 * (len(prompt) % 5 - 2)
         return Verdict(scores={d: value for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
@@ -350,7 +350,7 @@ def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path
 
 
 def test_gate_approvals_need_a_judge_calibrated_in_the_same_run():
-    from phase10_alignment.judge import JudgeFailure, Verdict
+    from phase10_alignment.rubric_judge import JudgeFailure, Verdict
     from phase11_evals.calibration import judge_calibration
 
     items = load_calibration(load_eval_set()).items[:6]

@@ -54,7 +54,7 @@ MSG = [{"role": "user", "content": "hi"}]
 
 def test_retry_honours_retry_after_and_never_retries_a_400():
     from lab.llm.base import LLMError
-    from phase15_production.resilience import RetryPolicy, client_for
+    from phase15_production.resilient_calls import RetryPolicy, client_for
 
     waits = []
     policy = RetryPolicy(max_attempts=4, sleep=waits.append)
@@ -72,7 +72,7 @@ def test_retry_honours_retry_after_and_never_retries_a_400():
 
 def test_retry_gives_up_after_max_attempts_with_the_last_error():
     from lab.llm.base import LLMError
-    from phase15_production.resilience import RetryPolicy, client_for
+    from phase15_production.resilient_calls import RetryPolicy, client_for
 
     with ScriptedOpenAI(500, 500, 529, "ok") as server:
         with pytest.raises(LLMError) as err:
@@ -83,7 +83,7 @@ def test_retry_gives_up_after_max_attempts_with_the_last_error():
 def test_breaker_goes_closed_open_half_open_closed():
     import pybreaker
 
-    from phase15_production.resilience import Breaker, client_for
+    from phase15_production.resilient_calls import Breaker, client_for
 
     with ScriptedOpenAI(500, 500, "ok") as server:
         client, breaker = client_for(server.spec), Breaker("scripted", fail_max=2, reset_timeout_s=0.2)
@@ -101,7 +101,7 @@ def test_breaker_goes_closed_open_half_open_closed():
 
 
 def test_breaker_does_not_count_a_callers_400():
-    from phase15_production.resilience import Breaker, client_for
+    from phase15_production.resilient_calls import Breaker, client_for
 
     with ScriptedOpenAI(400, 400, 400) as server:
         client, breaker = client_for(server.spec), Breaker("scripted", fail_max=2)
@@ -112,7 +112,7 @@ def test_breaker_does_not_count_a_callers_400():
 
 
 def test_fallback_serves_when_the_primary_fails_and_records_who_served():
-    from phase15_production.resilience import ResilientLLM, RetryPolicy
+    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     with ScriptedOpenAI(*[503] * 50) as primary, ScriptedOpenAI(reply="from fallback") as fallback:
         llm = ResilientLLM([primary.spec, fallback.spec], policy=RetryPolicy(max_attempts=2, sleep=lambda s: None),
@@ -127,7 +127,7 @@ def test_fallback_serves_when_the_primary_fails_and_records_who_served():
 
 def test_fallback_is_not_used_for_a_bad_request():
     from lab.llm.base import LLMError
-    from phase15_production.resilience import ResilientLLM
+    from phase15_production.resilient_calls import ResilientLLM
 
     with ScriptedOpenAI(400) as primary, ScriptedOpenAI() as fallback:
         with pytest.raises(LLMError):
@@ -137,7 +137,7 @@ def test_fallback_is_not_used_for_a_bad_request():
 
 def test_resilient_llm_refuses_a_client_that_retries_on_its_own():
     from lab.llm.openai_client import OpenAILLM
-    from phase15_production.resilience import ResilientLLM
+    from phase15_production.resilient_calls import ResilientLLM
 
     with pytest.raises(ValueError, match="max_attempts=3"):
         ResilientLLM([OpenAILLM("m", base_url="http://127.0.0.1:9/v1", max_attempts=3)])
@@ -146,7 +146,7 @@ def test_resilient_llm_refuses_a_client_that_retries_on_its_own():
 def test_fault_proxy_injects_seeded_faults_the_policy_classifies():
     from lab.llm.base import LLMError
     from phase15_production.faults import FaultProxy, FaultSpec, fault_proxy
-    from phase15_production.resilience import client_for, is_transient, retry_after_s
+    from phase15_production.resilient_calls import client_for, is_transient, retry_after_s
 
     proxies = [FaultProxy("http://127.0.0.1:9", FaultSpec(rate=0.3, seed=5)) for _ in range(2)]
     draws = [[proxy.draw() for _ in range(200)] for proxy in proxies]
@@ -168,7 +168,7 @@ def test_fault_proxy_injects_seeded_faults_the_policy_classifies():
 @pytest.fixture
 def effects():
     from lab.db import connect
-    from phase15_production.resilience import IdempotentEffects
+    from phase15_production.resilient_calls import IdempotentEffects
 
     table = f"p15_test_effects_{threading.get_ident() % 100000}"
     store = IdempotentEffects(table=table, wait_s=10)
@@ -206,8 +206,8 @@ def test_a_failed_effect_releases_its_key_for_a_retry(effects):
 
 
 def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
-    from phase15_production.fault_injection import EXERCISE, STRATEGIES, bare_from_log
     from phase15_production.faults import read_log
+    from phase15_production.resilience import EXERCISE, STRATEGIES, bare_from_log
 
     doc = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
@@ -261,7 +261,7 @@ def test_a_fallback_behind_its_own_fault_deck_can_fail():
     + fallback client completes nothing (a fallback called directly would have completed all)."""
     from lab.llm.base import LLMError
     from phase15_production.faults import FaultSpec, fault_proxy
-    from phase15_production.resilience import ResilientLLM, RetryPolicy
+    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     with ScriptedOpenAI() as upstream:
         spec = dict(rate=1.0, kinds={"500": 1.0})

@@ -15,12 +15,22 @@ from lab.llm.base import ToolCall
 from lab.llm.openai_client import OpenAILLM
 from lab.runner import execute
 from phase13_react.tools import Toolbox, tool
-from phase15_production import agent_tracing, cost_model
+from phase15_production import cost_model
+from phase15_production import tracing as tracing_exercise
 from phase15_production.cost import A100_USD_PER_HOUR, SelfHosted, cost_by_agent, hosted_pricer, run_cost, span_cost
 from phase15_production.otlp_receiver import OTLPReceiver
+from phase15_production.telemetry import (
+    SPAN_KIND,
+    SpanStore,
+    TracedLLM,
+    TracedToolbox,
+    agent_span,
+    configure_tracing,
+    redact_text,
+    run_span,
+    traced_agent,
+)
 from phase15_production.trace_view import tree_text
-from phase15_production.tracing import (SPAN_KIND, SpanStore, TracedLLM, TracedToolbox, agent_span,
-                                        configure_tracing, redact_text, run_span, traced_agent)
 
 SECRET = "sk-live-0123456789abcdefABCDEF"
 
@@ -302,8 +312,8 @@ def test_cost_arithmetic_hosted_self_hosted_and_no_double_counting():
 # --- the exercises, tiny, against the scripted server ----------------------------------------------------
 
 def test_tracing_exercise_tiny(scripted, tmp_path):
-    doc = execute(agent_tracing.EXERCISE, "cpu", {**agent_tracing.EXERCISE.tiny, "llm": f"openai:scripted@{scripted.url}"},
-                  out=tmp_path, quiet=True)
+    exercise = tracing_exercise.EXERCISE
+    doc = execute(exercise, "cpu", {**exercise.tiny, "llm": f"openai:scripted@{scripted.url}"}, out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("reason")
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["llm_call_span_coverage"] == 1.0 and m["tool_call_span_coverage"] == 1.0

@@ -133,7 +133,7 @@ def test_model_citation_coverage_counts_only_supported_markers_the_model_wrote()
 
 
 def test_the_editor_sees_code_added_markers_and_uncalibrated_approvals_do_not_count():
-    from phase10_alignment.judge import Verdict
+    from phase10_alignment.rubric_judge import Verdict
     from phase11_evals.evaldata import DIMENSIONS, FLAG
     from phase16_capstone.editor import Calibration, review
     from phase16_capstone.researcher import Evidence
@@ -158,7 +158,7 @@ def test_the_editor_sees_code_added_markers_and_uncalibrated_approvals_do_not_co
 
 
 def test_calibrate_passes_a_judge_that_tracks_the_reference_and_fails_a_rubber_stamp():
-    from phase10_alignment.judge import Verdict
+    from phase10_alignment.rubric_judge import Verdict
     from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set
     from phase16_capstone.editor import calibrate
 

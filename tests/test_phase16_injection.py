@@ -13,7 +13,7 @@ from lab.runner import execute
 
 
 def test_injection_exercise_tiny_no_canary_published_or_replied_and_clean_topics_publish(tmp_path):
-    from phase16_capstone.injection_check import EXERCISE
+    from phase16_capstone.injection import EXERCISE
 
     result = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), results_root=tmp_path, quiet=True)
     assert result["status"] == "ok", result.get("error")
@@ -42,7 +42,7 @@ def store():
 def test_a_post_carrying_an_injected_payload_is_escalated_with_the_reason_and_the_chat_gets_no_payload(store, tmp_path):
     from phase15_production.defence import contains_canary
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
-    from phase16_capstone.injection_check import ChatLog, RubberStampAdversary
+    from phase16_capstone.injection import ChatLog, RubberStampAdversary
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -10,7 +10,7 @@ import pytest
 from lab.runner import execute
 from phase16_capstone.browser import find_chromium, parse_dom, png_size
 from phase16_capstone.publisher import DeployError, DirectoryDeploy, GitDeploy, publish
-from phase16_capstone.site import (Citation, PostRecord, RevisionRecord, audit_path, make_slug, post_path,
+from phase16_capstone.site_builder import (Citation, PostRecord, RevisionRecord, audit_path, make_slug, post_path,
                                    render_post_files)
 
 SCRIPT = "<script>alert('x')</script>"
@@ -229,7 +229,7 @@ def _need_chromium():
 
 
 def _site_result(tmp_path, **overrides):
-    from phase16_capstone.site_check import EXERCISE
+    from phase16_capstone.site import EXERCISE
 
     doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, **overrides}, out=tmp_path, quiet=True)
     result_dir = tmp_path / "phase16" / "site" / "cpu"
@@ -251,7 +251,7 @@ def test_site_in_chromium_dom_citations_audit_links_and_screenshot(tmp_path):
 
 def test_the_link_check_finds_a_broken_citation_anchor(tmp_path):
     """The checker itself, on the HTML files (the browser run above feeds it DOMs the same way)."""
-    from phase16_capstone.site_check import check_pages, crawl
+    from phase16_capstone.site import check_pages, crawl
 
     post = _post()
     publish(post, [], DirectoryDeploy(tmp_path / "site"))

@@ -8,8 +8,8 @@ import uuid
 
 def test_a_job_is_one_trace_with_the_stored_id_stage_and_chat_spans_and_the_audit_page_shows_it(tmp_path, capsys):
     from lab.llm import from_spec
+    from phase15_production.telemetry import SpanStore
     from phase15_production.trace_view import cli
-    from phase15_production.tracing import SpanStore
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
     from phase16_capstone.scripted_llm import scripted_server

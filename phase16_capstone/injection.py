@@ -126,7 +126,7 @@ def run_model(label: str, llm, corpus: str, attacks, clean: tuple[str, ...], def
     from phase15_production.defence import contains_canary
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
-    from phase16_capstone.site import PostRecord, render_audit
+    from phase16_capstone.site_builder import PostRecord, render_audit
 
     store = JobStore(namespace=f"p16i_{uuid.uuid4().hex[:8]}")
     chats = ChatLog()
