@@ -28,6 +28,8 @@ unsupported sentences are reported in the reasons, so a REJECT's feedback names 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
 from typing import Any
 
 RUBRIC_VERSION = "1.1"
@@ -79,7 +81,8 @@ def citation_check(body: str, evidence) -> dict[str, int]:
     return {**marker_counts(body), "supported_sentences": supported, "sentences": sentences}
 
 
-def review(judge, topic: str, body: str, evidence, revisions_done: int, max_revisions: int = 3,
+def review(judge, topic: str, body: str, evidence, revisions_done: int,
+           max_revisions: int = DEFAULT_THRESHOLDS.max_revisions,
            calibration: Calibration | None = None) -> dict[str, Any]:
     """One Editor pass: the gate's decision as a dict (``GateDecision.to_dict()`` plus the judge method,
     ``citations`` and ``reviewed``: whether an APPROVE counts as a review — False without a passed
