@@ -28,9 +28,9 @@ unsupported sentences are reported in the reasons, so a REJECT's feedback names 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
-from typing import Any
 
 RUBRIC_VERSION = "1.1"
 QUESTION = "Write a short technical blog post for engineers about: {topic}"
@@ -61,8 +61,7 @@ def calibrate(judge, limit: int | None = None, pass_r: float = 0.75) -> Calibrat
     """Score Phase 11's reference-scored responses (the first ``limit``; 0 skips it) with ``judge``."""
     if limit == 0:
         return Calibration(None, 0, pass_r, "the judge was not calibrated in this run (calibration_items = 0)")
-    from phase11_evals.calibration import calibration_inputs
-    from phase11_evals.calibration import judge_calibration
+    from phase11_evals.calibration import calibration_inputs, judge_calibration
     from phase11_evals.evaldata import load_calibration, load_eval_set
 
     eval_set = load_eval_set()

@@ -166,7 +166,7 @@ class EngineSettings(BaseModel):
             parser.add_argument(option, **kwargs)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "EngineSettings":
+    def from_args(cls, args: argparse.Namespace) -> EngineSettings:
         """The settings of parsed flags; a ConfigError naming the flag of each value that is not valid."""
         flags = cls.flags()
         try:
@@ -198,7 +198,7 @@ class EngineSettings(BaseModel):
         return {name: cls.model_fields[name].get_default(call_default_factory=True) for name in names}
 
     @classmethod
-    def from_config(cls, config: BaseModel, **values: Any) -> "EngineSettings":
+    def from_config(cls, config: BaseModel, **values: Any) -> EngineSettings:
         """The settings an exercise config holds (its fields made with ``setting()``), ``values`` on top."""
         held = {name: getattr(config, name) for name, info in type(config).model_fields.items()
                 if (info.json_schema_extra or {}).get("engine_setting") == name}

@@ -10,7 +10,7 @@ uncalibrated judge's APPROVE publishes the post marked UNREVIEWED, see ``editor.
 published, or escalated to a human after the revision limit. Everything goes through the real job store (embedded PostgreSQL +
 pgvector by default), so the numbers include the transactions the durability costs.
 
-On the embedded defaults a 135M model (``lab.models.EMBEDDED_LLM``) writes, judges and retrieves. It is weak: expect thin
+On the embedded defaults a 135M model writes, judges and retrieves. It is weak: expect thin
 prose and low judge scores; the gate is what stops a bad draft from being published, and
 ESCALATED is a correct outcome. ``--llm`` swaps in any served or hosted model unchanged. The
 tiny config runs the same engine against a scripted OpenAI-compatible server (``scripted_llm``).

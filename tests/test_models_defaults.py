@@ -14,7 +14,7 @@ def test_the_defaults_are_the_records():
     from lab.serve.app import DEFAULT_EMBEDDERS
     from phase13_react.served import AGENT_SPEC, BASE_SPEC
 
-    assert models.DEFAULT_LLM == models.EMBEDDED_LLM.key and models.DEFAULT_EMBEDDER == models.EMBEDDED_EMBEDDER.key
+    assert models.EMBEDDED_LLM.key == models.DEFAULT_LLM and models.EMBEDDED_EMBEDDER.key == models.DEFAULT_EMBEDDER
     assert DEFAULT_SPEC == BASE_SPEC == f"local:{models.DEFAULT_LLM}"
     assert AGENT_SPEC == models.AGENT_SPEC == f"local:{models.AGENT_LLM}"
     assert DEFAULT_EMBEDDERS == (models.DEFAULT_EMBEDDER,)
@@ -22,7 +22,7 @@ def test_the_defaults_are_the_records():
 
 
 def test_the_agent_model_is_named_after_the_chat_model_and_its_adapter_is_committed():
-    assert models.AGENT_LLM == models.DEFAULT_LLM.removesuffix("-instruct") + "-agent"
+    assert models.DEFAULT_LLM.removesuffix("-instruct") + "-agent" == models.AGENT_LLM
     assert (models.PUBLISHED_ADAPTERS[models.AGENT_LLM] / "adapter_config.json").is_file()
 
 
@@ -47,7 +47,10 @@ def test_gguf_routing_follows_the_record_not_the_name(monkeypatch, tmp_path):
         assert models.embedded(name) is other
     assert models.embedded_folder_key(str(tmp_path / "models" / "other-chat-1b-hf")) == other.key
     assert models.embedded_folder_key("/elsewhere/models/other-chat-1b-hf") == other.key  # by name, any machine
-    assert gguf_models.plan(models.DEFAULT_EMBEDDER) is None and models.transformers_folder(models.DEFAULT_EMBEDDER) is None
+    assert (
+        gguf_models.plan(models.DEFAULT_EMBEDDER) is None
+        and models.transformers_folder(models.DEFAULT_EMBEDDER) is None
+    )
     assert models.transformers_folder("org/not-embedded") is None
     assert models.embedded_folder_key(str(tmp_path / "models" / f"{models.DEFAULT_EMBEDDER}-hf")) is None
 
@@ -55,9 +58,14 @@ def test_gguf_routing_follows_the_record_not_the_name(monkeypatch, tmp_path):
 def _code_strings(path: Path):
     """(line, text) of every string constant in ``path`` that is not a docstring."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             yield node.lineno, node.value
@@ -74,6 +82,9 @@ def test_no_code_outside_lab_models_spells_an_embedded_models_name():
         rel = path.relative_to(REPO_ROOT)
         if rel.parts[0] in (".venv", "tests", "runs", "results") or rel == Path("lab/models.py"):
             continue
-        found += [f"{rel}:{line}: {text[:80]!r}" for line, text in _code_strings(path)
-                  if any(n.lower() in text.lower() for n in names)]
+        found += [
+            f"{rel}:{line}: {text[:80]!r}"
+            for line, text in _code_strings(path)
+            if any(n.lower() in text.lower() for n in names)
+        ]
     assert not found, "\n".join(found)

@@ -11,10 +11,20 @@ from phase16_capstone.__main__ import _parser, main
 from phase16_capstone.engine import EngineSettings, setting
 
 # the flags scripts and tests pass (phase16.load's workers, the hostile test's server): names never change
-FLAGS = {"llm": "--llm", "fallback": "--fallback", "corpus": "--corpus", "site": "--site", "site_url": "--site-url",
-         "namespace": "--namespace", "lease_s": "--lease-s", "k": "--k", "hyde_max_tokens": "--hyde-max-tokens",
-         "writer_max_tokens": "--writer-max-tokens", "max_revisions": "--max-revisions",
-         "calibration_items": "--calibration-items"}
+FLAGS = {
+    "llm": "--llm",
+    "fallback": "--fallback",
+    "corpus": "--corpus",
+    "site": "--site",
+    "site_url": "--site-url",
+    "namespace": "--namespace",
+    "lease_s": "--lease-s",
+    "k": "--k",
+    "hyde_max_tokens": "--hyde-max-tokens",
+    "writer_max_tokens": "--writer-max-tokens",
+    "max_revisions": "--max-revisions",
+    "calibration_items": "--calibration-items",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -39,18 +49,47 @@ def test_every_command_has_every_flag_with_the_fields_default_and_description():
 
 def test_the_defaults_are_the_engines_as_it_shipped():
     args = _parser().parse_args(["run", "a topic"])
-    assert (args.k, args.hyde_max_tokens, args.writer_max_tokens, args.max_revisions, args.calibration_items,
-            args.lease_s, args.namespace, args.fallback, args.llm, args.corpus, args.site_url) == \
-        (3, 60, 80, 3, None, 30.0, "p16", [], None, None, None)
+    assert (
+        args.k,
+        args.hyde_max_tokens,
+        args.writer_max_tokens,
+        args.max_revisions,
+        args.calibration_items,
+        args.lease_s,
+        args.namespace,
+        args.fallback,
+        args.llm,
+        args.corpus,
+        args.site_url,
+    ) == (3, 60, 80, 3, None, 30.0, "p16", [], None, None, None)
     assert args.site.endswith("runs/site")
     settings = EngineSettings()
-    assert (settings.rubric, settings.pass_r, settings.trace, settings.traces, settings.defence, settings.poll_s) == \
-        ("1.1", 0.75, True, None, True, 0.5)
+    assert (settings.rubric, settings.pass_r, settings.trace, settings.traces, settings.defence, settings.poll_s) == (
+        "1.1",
+        0.75,
+        True,
+        None,
+        True,
+        0.5,
+    )
 
 
 def test_flags_parse_into_typed_settings():
-    args = _parser().parse_args(["worker", "--k", "2", "--lease-s", "2.5", "--calibration-items", "0",
-                                 "--fallback", "openai:a@http://127.0.0.1:9/v1", "--fallback", "openai:b@http://h/v1"])
+    args = _parser().parse_args(
+        [
+            "worker",
+            "--k",
+            "2",
+            "--lease-s",
+            "2.5",
+            "--calibration-items",
+            "0",
+            "--fallback",
+            "openai:a@http://127.0.0.1:9/v1",
+            "--fallback",
+            "openai:b@http://h/v1",
+        ]
+    )
     settings = EngineSettings.from_args(args)
     assert (settings.k, settings.lease_s, settings.calibration_items) == (2, 2.5, 0)
     assert settings.fallback == ["openai:a@http://127.0.0.1:9/v1", "openai:b@http://h/v1"]
@@ -96,8 +135,9 @@ def test_a_load_worker_process_gets_the_exercises_settings_through_its_flags():
 
     for overrides in ({}, {"corpus": "phase12_rag_storage/notes", "lease_s": 2.0, "k": 1}):
         cfg = EXERCISE.config("cpu", overrides)
-        settings = EngineSettings.from_config(cfg, llm="openai:scripted@http://127.0.0.1:9/v1", site="/tmp/site",
-                                              namespace="p16load_abc")
+        settings = EngineSettings.from_config(
+            cfg, llm="openai:scripted@http://127.0.0.1:9/v1", site="/tmp/site", namespace="p16load_abc"
+        )
         argv = settings.argv()
         assert ("--corpus" in argv) == bool(cfg.corpus)  # None: the flag's own default
         worker = _parser().parse_args(["worker", "--exit-when-idle", *argv])
