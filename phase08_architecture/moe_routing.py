@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext
+from lab.models import DEFAULT_LLM
 
 from phase08_architecture.model_configs import load_config, meta_model
 
@@ -175,7 +176,7 @@ def load_prompts(path: Path, per_domain: int) -> dict[str, list[str]]:
 
 class Config(ExerciseConfig):
     model: str = RANDOM_MODEL  # or a hub id / folder of a real Mixtral-architecture model
-    tokenizer: str = "smollm2-135m-instruct"  # only for the random model (it has no tokenizer)
+    tokenizer: str = DEFAULT_LLM  # only for the random model (it has no tokenizer)
     random_layers: int = 4
     random_hidden: int = 64
     random_experts: int = 8
@@ -195,11 +196,11 @@ def build_model(cfg: Config, ctx: RunContext):
 
     from lab import tiny_models
     from lab.device import current, quantization_label
-    from lab.models import hf_folder, resolve
+    from lab.models import resolve, transformers_folder
     from phase08_architecture import device_plan
 
     if cfg.model == RANDOM_MODEL:
-        tok = AutoTokenizer.from_pretrained(hf_folder(cfg.tokenizer) if cfg.tokenizer == "smollm2-135m-instruct" else resolve(cfg.tokenizer))
+        tok = AutoTokenizer.from_pretrained(transformers_folder(cfg.tokenizer) or resolve(cfg.tokenizer))
         mcfg = MixtralConfig(
             vocab_size=len(tok), hidden_size=cfg.random_hidden, intermediate_size=2 * cfg.random_hidden,
             num_hidden_layers=cfg.random_layers, num_attention_heads=4, num_key_value_heads=2,

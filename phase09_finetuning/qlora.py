@@ -5,7 +5,7 @@ bf16 compute), LoRA r=16 (alpha 32, dropout 0.05) on q,k,v,o,gate,up,down, 3 epo
 batch 4 x grad-accum 4, paged 8-bit AdamW, cosine schedule, gradient checkpointing. The seed
 published r, epochs and step count only; the rest is the standard QLoRA recipe (see sft.SFT_RECIPES).
 
-cpu profile: SmolLM2-135M-Instruct, the same code path twice: one full epoch as plain LoRA (fp32
+cpu profile: the embedded chat model (``lab.models.EMBEDDED_LLM``), the same code path twice: one full epoch as plain LoRA (fp32
 base; this adapter is stored as ``phase09.sft_adapter`` for Phase 10), then a few steps as NF4 QLoRA
 (bitsandbytes on CPU), so the two can be compared on loss, time and memory. The exact trainable-parameter count of
 Llama 3.1 8B at r=16 is computed on the meta device either way (no weights needed).
@@ -18,6 +18,7 @@ import tempfile
 from lab import Exercise, ExerciseConfig, Reference, RunContext, tiny_models
 from lab.artifacts import Recipe, default_store
 from lab.device import current, quantization_label
+from lab.models import DEFAULT_LLM, EMBEDDED_LLM
 from phase09_finetuning import sft
 
 
@@ -36,7 +37,7 @@ REFERENCES = (
 
 
 class Config(ExerciseConfig):
-    model: str = sft.SMOLLM
+    model: str = DEFAULT_LLM
     runs: list[str] = ["lora", "qlora"]  # the first one is the canonical run (publishes its adapter)
     lora_r: int = 16
     max_steps: int = 0  # 0 = train for `epochs`
@@ -199,7 +200,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.finding(f"NF4 QLoRA vs LoRA here: base weights {q['base_memory_bytes'] / 1e9:.3f} vs "
                     f"{lo['base_memory_bytes'] / 1e9:.3f} GB, {q['s_per_step']:.2f} vs {lo['s_per_step']:.2f} s/step, "
                     "same trainable params (only the frozen base is stored in 4 bit; embeddings and norms stay "
-                    f"unquantized, which is a large share of a 135M model). QLoRA was {speed}. On an A100 the 4-bit "
+                    f"unquantized, which is a large share of a {EMBEDDED_LLM.size_label} model). QLoRA was {speed}. On an A100 the 4-bit "
                     "base is what lets an 8B model train on a fraction of the memory its bf16 weights need.")
     ctx.finding(f"Adapter file {main['adapter_bytes'] / 1e6:.1f} MB (fp32 LoRA matrices; no optimizer checkpoint "
                 f"saved). The seed's {seed('adapter_mb')} MB is {llama[0] / 1e6:.1f}M params x 4 bytes = "
@@ -223,7 +224,7 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         # the canonical (first) run is exactly sft.SFT_RECIPES["cpu"], the adapter Phase 10 starts from
-        "cpu": dict(model=sft.SMOLLM, runs=["lora", "qlora"], lora_r=_CPU["lora_r"], max_steps=0,
+        "cpu": dict(model=DEFAULT_LLM, runs=["lora", "qlora"], lora_r=_CPU["lora_r"], max_steps=0,
                     epochs=_CPU["epochs"], qlora_max_steps=3, batch_size=_CPU["batch_size"],
                     max_length=_CPU["max_length"], lr=_CPU["lr"], check_peft_count=False, eval_rows=8),
         "a100": dict(model=sft.LLAMA_8B, runs=["qlora"], lora_r=16, epochs=3.0, max_steps=0, batch_size=4,
@@ -236,7 +237,7 @@ EXERCISE = Exercise(
     references=REFERENCES,
     summary_metrics=("loss_first", "loss_final", "train_time_s", "trainable_params", "adapter_mb"),
     produces=(sft.SFT_ADAPTER,),
-    methods={"cpu": "substitute: fp32-base LoRA on SmolLM2-135M (headline run) in place of NF4 QLoRA on Llama "
+    methods={"cpu": f"substitute: fp32-base LoRA on {EMBEDDED_LLM.label} (headline run) in place of NF4 QLoRA on Llama "
                     "3.1 8B; an NF4 run sits beside it",
              "a100": "same"},
 )

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import DEFAULT_LLM, EMBEDDED_LLM
 from phase09_finetuning import sft
 
 SEED_SWEEP = {4: (10_485_760, 1.8055, 312), 8: (20_971_520, 1.6771, 308), 16: (41_943_040, 1.5330, 310),
@@ -22,7 +23,7 @@ SEED_SWEEP = {4: (10_485_760, 1.8055, 312), 8: (20_971_520, 1.6771, 308), 16: (4
 
 
 class Config(ExerciseConfig):
-    model: str = sft.SMOLLM
+    model: str = DEFAULT_LLM
     ranks: list[int] = [4, 8, 16, 32, 64]
     qlora: bool = False
     max_steps: int = 0  # 0 = train for `epochs`
@@ -136,7 +137,7 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": dict(model=sft.SMOLLM, ranks=[4, 8, 16, 32, 64], max_steps=5, batch_size=2, max_length=96,
+        "cpu": dict(model=DEFAULT_LLM, ranks=[4, 8, 16, 32, 64], max_steps=5, batch_size=2, max_length=96,
                     lr=5e-4, eval_rows=6),
         "a100": dict(model=sft.LLAMA_8B, ranks=[4, 8, 16, 32, 64], qlora=True, epochs=3.0, max_steps=0,
                      batch_size=4, grad_accum=4, max_length=1024, lr=2e-4, eval_rows=30),
@@ -154,7 +155,7 @@ EXERCISE = Exercise(
         Reference("loss_monotone_in_rank", 1, "bool", "seed: no plateau"),
     ),
     summary_metrics=("final_loss_r4", "final_loss_r64", "time_spread_pct"),
-    methods={"cpu": "substitute: fp32-base LoRA on SmolLM2-135M in place of NF4 QLoRA on Llama 3.1 8B",
+    methods={"cpu": f"substitute: fp32-base LoRA on {EMBEDDED_LLM.label} in place of NF4 QLoRA on Llama 3.1 8B",
              "a100": "same"},
 )
 

@@ -23,12 +23,12 @@ from typing import Any
 
 from lab.artifacts import ArtifactKind, Reporter
 from lab.errors import ConfigError
+from lab.models import DEFAULT_LLM
 from lab.repeatable import repeatable
 
 # All attention and FFN projections of a Llama-style block (the seed's choice for Llama 3.1 8B).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
-SMOLLM = "smollm2-135m-instruct"
 
 # The adapter each profile publishes for later phases (Phase 10 DPO starts from it). The qlora
 # exercise's canonical run trains exactly this recipe; `lab artifacts build phase09.sft_adapter` too.
@@ -37,8 +37,8 @@ SFT_RECIPES: dict[str, dict[str, Any]] = {
     # answer once and a held-out loss measures what it learned, not a few batches of it. 256 tokens
     # hold every training row but one whole (chat template included: median 159, max 273). One fp32
     # step of 4 x ~160 tokens takes ~10 s on one shared core, so the epoch is ~10-15 minutes.
-    # lr 5e-4 (not the 2e-4 of the 8B recipe) so a 135M model moves visibly within one epoch.
-    "cpu": dict(model_id=SMOLLM, lora_r=16, qlora=False, epochs=1.0, lr=5e-4, batch_size=4,
+    # lr 5e-4 (not the 2e-4 of the 8B recipe) so the embedded chat model (135M) moves visibly within one epoch.
+    "cpu": dict(model_id=DEFAULT_LLM, lora_r=16, qlora=False, epochs=1.0, lr=5e-4, batch_size=4,
                 max_length=256),
     # The seed's run: Llama 3.1 8B Instruct, NF4 base + bf16 LoRA r=16 on q,k,v,o,gate,up,down,
     # 3 epochs at an effective batch of 16 (the seed's 102 steps over ~550 pairs = ~34 steps/epoch).
@@ -105,10 +105,10 @@ SFT_ADAPTER = ArtifactKind(
 
 
 def model_path(model_id: str) -> str:
-    """Local folder or hub id to load: the embedded SmolLM2 as a trainable folder, else the HF cache/hub."""
+    """Local folder or hub id to load: an embedded GGUF model as a trainable folder, else the HF cache/hub."""
     from lab import models
 
-    return str(models.hf_folder()) if model_id == SMOLLM else models.resolve(model_id)
+    return str(models.transformers_folder(model_id) or models.resolve(model_id))
 
 
 def load_tokenizer(model_id: str):
@@ -147,7 +147,7 @@ def nf4_config(compute_dtype=None):
 
 
 def load_base(model_id: str, *, qlora: bool = False):
-    """(model, tokenizer) for training: the embedded SmolLM2 folder or a hub id, NF4 if qlora.
+    """(model, tokenizer) for training: the embedded chat model's folder or a hub id, NF4 if qlora.
 
     A 4-bit model must be loaded fresh for training: on CPU, any eval-mode forward of a bitsandbytes
     Linear4bit first repacks its weights for inference and later training is silently wrong.

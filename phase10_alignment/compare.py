@@ -28,6 +28,7 @@ from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, Recipe
 from lab.device import current
 from lab.hashing import json_sha256
+from lab.models import EMBEDDED_LLM
 from phase09_finetuning.sft import SFT_ADAPTER
 from phase10_alignment.dpo import DPO_ADAPTER
 
@@ -218,9 +219,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 f"{seed('adapter_overhead_pct')}%). merge_and_unload() removes it (phase09.before_after measures that).")
     if ctx.profile == "cpu":
         ctx.finding(
-            f"cpu profile: SmolLM2-135M answers cut at {cfg.max_new_tokens} tokens. A 135M model has little domain "
-            "knowledge to expose, so read these for the mechanics (what changes between variants), not for quality; "
-            "its tokens/s are a 135M model on a shared CPU core, not comparable in size with the seed's 8B on an A100 "
+            f"cpu profile: {EMBEDDED_LLM.label} answers cut at {cfg.max_new_tokens} tokens. A {EMBEDDED_LLM.size_label} "
+            "model has little domain knowledge to expose, so read these for the mechanics (what changes between "
+            f"variants), not for quality; its tokens/s are a {EMBEDDED_LLM.size_label} model on a shared CPU core, "
+            "not comparable in size with the seed's 8B on an A100 "
             "(compare the adapter overhead, not the rates)."
         )
 

@@ -47,6 +47,7 @@ from pydantic import Field
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, ArtifactKind, Recipe, Reporter, default_store
 from lab.device import current, quantization_label
+from lab.models import EMBEDDED_LLM
 from lab.repeatable import repeatable
 from phase09_finetuning.sft import RECORDED_ARGS, SFT_ADAPTER, load_tokenizer
 
@@ -583,7 +584,7 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
             "steps (the seed paired its rate with an 8B policy and hundreds of steps).")
     if ctx.profile == "cpu":
         ctx.finding(
-            f"cpu profile: SmolLM2-135M + the Phase 9 cpu adapter, {tp['n']} HH-RLHF pairs short enough for "
+            f"cpu profile: {EMBEDDED_LLM.label} + the Phase 9 cpu adapter, {tp['n']} HH-RLHF pairs short enough for "
             f"{cfg.max_length} tokens, {main['steps']} steps of batch {cfg.batch_size} ({main['s_per_step']:.1f} s/step "
             "on a shared core); the seed trained an 8B policy on its whole filtered HH-RLHF selection (reference rows). "
             "Peak memory here is the whole process's resident set.")

@@ -22,6 +22,7 @@ from typing import Literal
 
 from lab import Reference, RunContext
 from lab.exercise import Exercise
+from lab.models import EMBEDDED_LLM
 from phase10_alignment import compare
 from phase10_alignment.rubric_judge import Dimension, Judge, JudgeFailure, Rubric, summarize
 
@@ -185,7 +186,7 @@ EXERCISE = Exercise(
     references=REFERENCES,
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
     needs=compare.EXERCISE.needs,  # it scores phase10.compare's generations of the same adapters
-    methods={"cpu": "substitute: a 135M choice-probability judge (SmolLM2) in place of Claude Sonnet",
+    methods={"cpu": f"substitute: a {EMBEDDED_LLM.size_label} choice-probability judge ({EMBEDDED_LLM.family}) in place of Claude Sonnet",
              "a100": "same"},
 )
 

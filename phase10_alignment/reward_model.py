@@ -18,7 +18,7 @@ Profiles:
   between neighbouring bf16 numbers for most weights of a trained model, so bf16 weights would round
   most updates back to where they were (``surviving_update_share`` measures it on the model's own
   weights; a bf16-weight full fine-tune is refused as a config error).
-- cpu: SmolLM2-135M with the backbone frozen. Forwarding 135M parameters runs at ~100 tokens/s on
+- cpu: the embedded chat model (135M) with the backbone frozen. Forwarding 135M parameters runs at ~100 tokens/s on
   a shared core here, so the backbone's last-token features are computed once and only the scalar
   head (576 weights) trains, for several epochs — a linear reward probe. Same loss, same head, far
   less capacity: expect accuracy only a little above the 0.5 of a coin.
@@ -37,11 +37,12 @@ from typing import Literal
 from pydantic import model_validator
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import DEFAULT_LLM, EMBEDDED_LLM
 from lab.repeatable import repeatable
 
 
 class Config(ExerciseConfig):
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_LLM
     data_source: Literal["local", "hub"] = "local"
     train_split: str = "train"
     eval_split: str = "test"
@@ -332,10 +333,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if not cfg.train_backbone:
         se = (acc1 * (1 - acc1) / max(len(held), 1)) ** 0.5
         ctx.finding(
-            f"cpu profile: frozen 135M backbone, only the {head.weight.numel()}-weight head trained, on "
+            f"cpu profile: frozen {EMBEDDED_LLM.size_label} backbone, only the {head.weight.numel()}-weight head trained, on "
             f"{len(train)} pairs with dialogues cut to their last {cfg.max_length} tokens. With {len(held)} held-out "
             f"pairs the accuracy's standard error is ±{se:.2f}, so anything within ~0.1 of 0.5 is noise; the gap to "
-            f"the seed is capacity (a frozen 135M backbone vs a fully trained Llama 3.2 1B) and data "
+            f"the seed is capacity (a frozen {EMBEDDED_LLM.size_label} backbone vs a fully trained Llama 3.2 1B) and data "
             f"({len(train) / EXERCISE.seed('train_pairs'):.1%} of its pairs), not the loss."
         )
     ctx.finding(
@@ -362,7 +363,7 @@ EXERCISE = Exercise(
     smoke=dict(data_source="local", n_train=8, n_eval=8, max_length=32, epochs=1),
     references=REFERENCES,
     summary_metrics=("eval_accuracy", "eval_reward_margin"),
-    methods={"cpu": "substitute: a frozen-backbone linear reward probe on SmolLM2-135M features in place of a "
+    methods={"cpu": f"substitute: a frozen-backbone linear reward probe on {EMBEDDED_LLM.label} features in place of a "
                     "fully fine-tuned Llama 3.2 1B reward model",
              "a100": "same"},
 )

@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import EMBEDDED_EMBEDDER
 
 
 class Config(ExerciseConfig):
@@ -216,7 +217,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
                description=f"of {with_public} pair(s) with a public reference answer (None: no pair has one)")
     ctx.metric("pairs_scored", len(deltas), "pairs")
     ctx.metric("mean_answer_cosine", math.fsum(sims) / len(sims), "cosine",
-               description="MiniLM cosine between the answers to the two wordings")
+               description=f"{EMBEDDED_EMBEDDER.family} cosine between the answers to the two wordings")
     ctx.metric("pairs_flagged_on_both_wordings", both_flagged, "pairs")
 
     seed_delta, seed_signals = (EXERCISE.seed(m) for m in ("mean_score_delta", "contamination_signals"))
@@ -238,7 +239,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.finding("No pair carries a published reference answer, so the verbatim half is n/a: the eval set's key "
                     "facts were written for this repo and no model can have memorized them.")
     mean_sim = math.fsum(sims) / len(sims)
-    ctx.finding(f"Answers to the two wordings have mean MiniLM cosine {mean_sim:.2f} "
+    ctx.finding(f"Answers to the two wordings have mean {EMBEDDED_EMBEDDER.family} cosine {mean_sim:.2f} "
                 + ("(the model gives much the same answer whichever way it is asked)" if mean_sim >= cfg.same_answer_cosine
                    else "(the answers change with the wording: unstable guessing, not a memorized answer)")
                 + f"; the judge flags a confident hallucination on both wordings in {both_flagged}/{len(deltas)} pair(s).")

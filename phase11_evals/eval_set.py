@@ -19,6 +19,7 @@ two properties the later exercises rely on, with no judge involved:
 from __future__ import annotations
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import EMBEDDED_EMBEDDER
 
 
 class Config(ExerciseConfig):
@@ -68,7 +69,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     # --- near-duplicate prompts ------------------------------------------------------------------------
     embedder = models.load_embedder()
-    ctx.model("sentence-transformers/all-MiniLM-L6-v2", dtype="float32",
+    ctx.model(EMBEDDED_EMBEDDER.hub_id, dtype="float32",
               n_params=sum(p.numel() for p in embedder.parameters()))
     vectors = embedder.encode([p.prompt for p in eval_set.prompts], normalize_embeddings=True)
     sims = vectors @ vectors.T
@@ -77,11 +78,11 @@ def run(cfg: Config, ctx: RunContext) -> None:
     closest = [(int(upper[0][k]), int(upper[1][k])) for k in order[: cfg.show_closest]]
     ctx.table("closest_pairs", [[eval_set.prompts[i].id, eval_set.prompts[j].id, round(float(sims[i, j]), 3),
                                  eval_set.prompts[i].prompt, eval_set.prompts[j].prompt] for i, j in closest],
-              ["prompt a", "prompt b", "cosine", "text a", "text b"], title="Most similar prompt pairs (MiniLM cosine)")
+              ["prompt a", "prompt b", "cosine", "text a", "text b"], title=f"Most similar prompt pairs ({EMBEDDED_EMBEDDER.family} cosine)")
     n_dups = int((sims[upper] > cfg.dup_threshold).sum())
     ctx.metric("max_prompt_cosine", float(sims[upper].max()), "cosine", higher_is_better=False)
     ctx.metric("n_near_duplicate_pairs", n_dups, "pairs", higher_is_better=False,
-               description=f"prompt pairs with MiniLM cosine > {cfg.dup_threshold}")
+               description=f"prompt pairs with {EMBEDDED_EMBEDDER.family} cosine > {cfg.dup_threshold}")
 
     # --- the Editor gate on reference scores ----------------------------------------------------------
     calibration = load_calibration(eval_set)
@@ -103,9 +104,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"{len(eval_set.categories)} categories, sha256 {eval_set.sha256[:12]}…; every result of this phase "
         f"records this hash, so an edited set is a visibly different instrument.")
     ctx.finding(
-        f"Closest prompt pair ({eval_set.prompts[closest[0][0]].id} / {eval_set.prompts[closest[0][1]].id}) has MiniLM "
-        f"cosine {float(sims[upper].max()):.3f}; {n_dups} pair(s) exceed {cfg.dup_threshold}, so no topic is "
-        "double-counted in a category mean.")
+        f"Closest prompt pair ({eval_set.prompts[closest[0][0]].id} / {eval_set.prompts[closest[0][1]].id}) has "
+        f"{EMBEDDED_EMBEDDER.family} cosine {float(sims[upper].max()):.3f}; {n_dups} pair(s) exceed {cfg.dup_threshold}, "
+        "so no topic is double-counted in a category mean.")
     ctx.finding(
         f"On reference scores the gate approves {approved}/{len(rows)} responses: the verdicts a judge must reproduce "
         "(phase11.calibration measures how far a judge's scores are from these).")

@@ -28,6 +28,7 @@ import gc
 import math
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import EMBEDDED_LLM
 from phase10_alignment.variants import VARIANT_ADAPTERS, VARIANTS
 
 STYLE = ("mechanistic_depth", "audience_calibration")
@@ -232,7 +233,8 @@ def run(cfg: Config, ctx: RunContext) -> None:
                     "reference scores are noise, so none are published.")
     spread = max(row[2] for row in summary_rows) - min(row[2] for row in summary_rows)
     if judge.method == "choice_probs":
-        ctx.finding(f"Variant means span {spread:.2f} points with a 135M choice_probs judge whose scores barely move with "
+        ctx.finding(f"Variant means span {spread:.2f} points with a {EMBEDDED_LLM.size_label} choice_probs judge whose "
+                    "scores barely move with "
                     "answer quality (phase11.calibration): read these as the judge's limits, not as a ranking of variants.")
 
 

@@ -24,6 +24,7 @@ from statistics import mean
 import numpy as np
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import DEFAULT_EMBEDDER
 
 GROUPS = {
     "flash_attention": [
@@ -79,7 +80,7 @@ LEXICAL = "bm25"
 
 
 class Config(ExerciseConfig):
-    models: list[str] = ["all-minilm-l6-v2", LEXICAL]  # embedder ids and/or "bm25"
+    models: list[str] = [DEFAULT_EMBEDDER, LEXICAL]  # embedder ids and/or "bm25"
     retrieval: bool = True  # also compare the models as retrievers on the 12.2 query set
     corpus: str | None = None
     queries: str | None = None
@@ -277,10 +278,10 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={
-        "cpu": {"models": ["all-minilm-l6-v2", LEXICAL, "sentence-transformers/all-mpnet-base-v2"]},
-        "a100": {"models": ["all-minilm-l6-v2", "sentence-transformers/all-mpnet-base-v2", LEXICAL]},
+        "cpu": {"models": [DEFAULT_EMBEDDER, LEXICAL, "sentence-transformers/all-mpnet-base-v2"]},
+        "a100": {"models": [DEFAULT_EMBEDDER, "sentence-transformers/all-mpnet-base-v2", LEXICAL]},
     },
-    tiny={"models": ["all-minilm-l6-v2", LEXICAL, "sentence-transformers/all-mpnet-base-v2"]},
+    tiny={"models": [DEFAULT_EMBEDDER, LEXICAL, "sentence-transformers/all-mpnet-base-v2"]},
     smoke={},  # MPNet is reported missing offline, as on the cpu profile
     references=tuple(Reference(m, v, "x" if "separation" in m else "cosine",
                                "seed: own Phase 1-11 sentences; ours: this file's probe sentences") for m, v in REFS),

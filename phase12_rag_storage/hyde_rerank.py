@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import DEFAULT_EMBEDDER
 from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
 from phase12_rag_storage.retrieval_eval import evaluate, summarise
 
@@ -25,7 +26,7 @@ class Config(ExerciseConfig):
     corpus: str | None = None
     queries: str | None = None
     query_ids: list[str] = []  # [] = every query
-    embedder: str = "all-minilm-l6-v2"
+    embedder: str = DEFAULT_EMBEDDER
     chunking: str = "fixed"  # the 12.2 baseline's chunking
     chunk_words: int = 400
     chunk_overlap: int = 50
@@ -146,7 +147,7 @@ EXERCISE = Exercise(
                  "llm": "local:meta-llama/Llama-3.1-8B-Instruct"},
     },
     tiny={"query_ids": ["q04", "q10", "q18"], "hyde_max_tokens": 8},
-    smoke={"embedder": "all-minilm-l6-v2", "query_ids": ["q04", "q10"], "hyde_max_tokens": 8},
+    smoke={"embedder": DEFAULT_EMBEDDER, "query_ids": ["q04", "q10"], "hyde_max_tokens": 8},
     references=tuple(Reference(m, v, "fraction", "seed: MPNet + Claude Haiku hypotheses, 10 queries") for m, v in REFS),
     summary_metrics=("top1_baseline", "top1_hyde", "top1_rerank"),
     methods={"cpu": "scaled", "a100": "scaled"},

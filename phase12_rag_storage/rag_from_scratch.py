@@ -20,6 +20,7 @@ from statistics import mean
 from typing import Sequence
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import DEFAULT_EMBEDDER
 from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
 from phase12_rag_storage.retrieval_eval import evaluate, summarise
 from phase12_rag_storage.stores import Hit
@@ -36,7 +37,7 @@ class Config(ExerciseConfig):
     corpus: str | None = None  # folder of .md/.txt; default: phase12_rag_storage/notes
     include_readmes: bool = False  # also index every phase*/README.md (results sections removed)
     queries: str | None = None  # JSONL; default: phase12_rag_storage/data/queries.jsonl
-    embedder: str = "all-minilm-l6-v2"
+    embedder: str = DEFAULT_EMBEDDER
     chunk_words: int = 400
     chunk_overlap: int = 50
     k: int = 5
@@ -181,7 +182,7 @@ EXERCISE = Exercise(
     },
     tiny={"generate": False},
     # MiniLM stands in for MPNet (not available offline); the tiny Llama answers through lab.llm's local engine
-    smoke={"embedder": "all-minilm-l6-v2", "generate_ids": ["q04"], "max_tokens": 16},
+    smoke={"embedder": DEFAULT_EMBEDDER, "generate_ids": ["q04"], "max_tokens": 16},
     references=tuple(Reference(m, v, "fraction", "seed: MPNet, fixed 400/50, 10 queries, 11 Phase 1-11 note files")
                      for m, v in REFS),
     summary_metrics=("hit_rate", "top1", "evidence_complete", "evidence_complete_structure"),

@@ -31,6 +31,7 @@ import os
 from statistics import mean
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import DEFAULT_EMBEDDER
 from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
 
 METRICS = ("context_precision", "context_recall", "semantic_similarity", "faithfulness", "answer_relevancy")
@@ -41,7 +42,7 @@ class Config(ExerciseConfig):
     corpus: str | None = None
     queries: str | None = None
     query_ids: list[str] = []  # [] = every query that has a gold_answer
-    embedder: str = "all-minilm-l6-v2"
+    embedder: str = DEFAULT_EMBEDDER
     chunking: str = "fixed"
     k: int = 5  # contexts per sample (the seed's top-5)
     answer_max_tokens: int = 80
@@ -222,7 +223,7 @@ EXERCISE = Exercise(
                  "answer_max_tokens": 256},
     },
     tiny={"query_ids": ["q04", "q01"], "k": 1, "answer_max_tokens": 8},
-    smoke={"embedder": "all-minilm-l6-v2", "query_ids": ["q04"], "k": 1, "answer_max_tokens": 8},
+    smoke={"embedder": DEFAULT_EMBEDDER, "query_ids": ["q04"], "k": 1, "answer_max_tokens": 8},
     references=tuple(Reference(m, v, "score", f"seed run 1 of 2 (run 2: {SEED_RUN2[m]}), GPT-4o-mini RAGAS LLM metric, "
                                "10 queries") for m, v in REFS),
     summary_metrics=("context_recall", "semantic_similarity", "faithfulness", "answer_relevancy"),

@@ -4,7 +4,7 @@
     from phase12_rag_storage.chunking import make_chunker
     from phase12_rag_storage.stores import NumpyStore
 
-    emb = Embedder()                                    # all-MiniLM-L6-v2, 384-d, normalised
+    emb = Embedder()                                    # the embedded embedder (MiniLM, 384-d), normalised
     r = Retriever(make_chunker("structure"), emb, NumpyStore(emb.dim), hyde_llm=None)
     r.add_documents(load_corpus())
     hits = r.retrieve("Why did DPO replace PPO?", k=5)  # list[stores.Hit], best first
@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lab.models import DEFAULT_EMBEDDER
 from phase12_rag_storage.chunking import Chunk, Chunker
 from phase12_rag_storage.corpus import Document
 from phase12_rag_storage.stores import Hit, VectorStore
@@ -32,7 +33,7 @@ HYDE_SYSTEM = (
 class Embedder:
     """A sentence-transformers model that returns L2-normalised float32 vectors (cosine = dot)."""
 
-    def __init__(self, model: str = "all-minilm-l6-v2", batch_size: int = 32):
+    def __init__(self, model: str = DEFAULT_EMBEDDER, batch_size: int = 32):
         from lab import models
 
         self.id = model

@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import field_validator
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.models import EMBEDDED_EMBEDDER
 
 BACKENDS = ("chroma", "pgvector", "cockroachdb")
 # The index each seed row was measured with: Chroma's built-in HNSW, pgvector IVFFlat, CRDB none.
@@ -78,7 +79,7 @@ class Config(ExerciseConfig):
     hybrid_target_recall: float = 0.95  # ... and recall@k at least this
     clusters: int = 100
     cluster_spread: float = 2.5  # noise norm vs the unit centre: HNSW recall ~0.94 at 20k, not a trivial 1.0
-    dim: int = 384  # all-MiniLM-L6-v2
+    dim: int = EMBEDDED_EMBEDDER.dim  # the embedded embedder's width (384)
 
     @field_validator("backends")
     @classmethod
@@ -140,7 +141,7 @@ def corpus_dataset(cfg: Config, ctx: RunContext) -> Dataset:
     reps = -(-cfg.queries // len(queries))
     rng = np.random.default_rng(cfg.seed)
     return Dataset(
-        kind="real MiniLM", ids=[c.id for c in chunks], vectors=np.asarray(vectors, dtype=np.float32),
+        kind=f"real {EMBEDDED_EMBEDDER.family}", ids=[c.id for c in chunks], vectors=np.asarray(vectors, dtype=np.float32),
         texts=[c.text for c in chunks],
         metadatas=[{"source": c.source, "bucket": i % cfg.buckets} for i, c in enumerate(chunks)],
         queries=np.tile(queries, (reps, 1))[: cfg.queries].astype(np.float32),
@@ -674,7 +675,7 @@ def plots(cfg, ctx, ingest_rows, q_rows, path_rows) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("ms per query")
     axes[1].legend(fontsize=8)
-    fig.suptitle("Query latency vs N (smallest N = real MiniLM chunks, larger = synthetic)")
+    fig.suptitle(f"Query latency vs N (smallest N = real {EMBEDDED_EMBEDDER.family} chunks, larger = synthetic)")
     fig.tight_layout()
     fig.savefig(ctx.artifact("latency_vs_n.png"), dpi=110)
     plt.close(fig)
@@ -719,7 +720,7 @@ def hybrid_target_finding(cfg, ctx, q_rows, pf_rows, corpus_n) -> None:
     n = max((r["N"] for r in q_rows if r["backend"] == "pgvector" and r["index"] == "hnsw"), default=None)
     if n is None:
         return
-    kind = "real MiniLM chunks" if n == corpus_n else "synthetic clustered vectors"
+    kind = f"real {EMBEDDED_EMBEDDER.family} chunks" if n == corpus_n else "synthetic clustered vectors"
     texts = []
     for prefix, label in (("pgvector_hnsw", f"store default (ef_search={cfg.ef_search_raised} + exact re-run when short)"),
                           ("pgvector_hnsw_partial", PARTIAL_SETTING)):

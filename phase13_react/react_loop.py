@@ -26,8 +26,8 @@ MODES = ("native", "text")
 
 
 class Config(ExerciseConfig):
-    llm: str | None = None  # the agent model (lab.llm spec); default $LAB_LLM, else local:smollm2-135m-agent
-    baseline_llm: str | None = None  # the row beside it (cpu: the base SmolLM2); None = the agent model alone
+    llm: str | None = None  # the agent model (lab.llm spec); default $LAB_LLM, else lab.models.AGENT_SPEC
+    baseline_llm: str | None = None  # the row beside it (cpu: the base chat model); None = the agent model alone
     tasks: str | None = None  # a tasks JSONL (default: the research task set)
     task_ids: list[str] = []  # [] = every task
     n_tasks: int = 0  # 0 = all selected

@@ -22,8 +22,8 @@ from phase13_react.served import A100_LLM, BASE_SPEC
 
 
 class Config(ExerciseConfig):
-    llm: str | None = None  # the agent model (lab.llm spec); default $LAB_LLM, else local:smollm2-135m-agent
-    baseline_llm: str | None = None  # the row beside it (cpu: the base SmolLM2); None = the agent model alone
+    llm: str | None = None  # the agent model (lab.llm spec); default $LAB_LLM, else lab.models.AGENT_SPEC
+    baseline_llm: str | None = None  # the row beside it (cpu: the base chat model); None = the agent model alone
     tasks: str | None = None  # a tasks JSONL (default: phase13_react/data/research_tasks.jsonl)
     n_tasks: int = 0  # 0 = every task in the file
     resume: str | None = None  # a run id printed by an earlier (killed) run: continue it

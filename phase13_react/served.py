@@ -1,6 +1,6 @@
 """The models an agentic exercise runs, and how its result names them.
 
-Phases 13–16 measure agents on the embedded model tuned to act (``local:smollm2-135m-agent``, Phase 13's
+Phases 13–16 measure agents on the embedded model tuned to act (``lab.models.AGENT_SPEC``, Phase 13's
 tool-use adapter) by default, and show the untuned base model's row beside it (``model_rows``), so
 every agent rate reads as a before/after. ``--llm`` (or a profile's ``llm``) replaces the agent model
 and ``baseline_llm`` names the row beside it (none on the a100 profile: the seed's model alone).
@@ -11,7 +11,7 @@ Why: the a100 profiles of Phases 13–16 promise the seed's kind of model, a cap
 (``make vllm``) or ``lab serve``, which ``lab.llm.server.ensure_server`` starts when nothing answers.
 Whatever actually answered is recorded (server, served model id) in the result's models, and the
 a100 result keeps its declared method only when Llama 3.1 8B is what ran; anything else (a smoke run
-on the embedded SmolLM2, a server holding another model) is labelled ``substitute: <what ran>``.
+on the embedded chat model, a server holding another model) is labelled ``substitute: <what ran>``.
 The cpu profile's method already says "scaled" (a small model by design) and is left alone.
 """
 
@@ -22,14 +22,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
 from lab.llm import DEFAULT_SPEC
-from lab.models import AGENT_LLM
+from lab.models import AGENT_SPEC
 
 if TYPE_CHECKING:
     from lab import RunContext
     from lab.llm import LLM
     from lab.llm.server import Served
 
-AGENT_SPEC = f"local:{AGENT_LLM}"  # the default agent model: the embedded SmolLM2 tuned to act
+# AGENT_SPEC (lab.models): the default agent model, the embedded chat model tuned to act; BASE_SPEC: that model untuned
 BASE_SPEC = DEFAULT_SPEC
 A100_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 A100_URL = "http://127.0.0.1:8000/v1"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
+from lab.models import EMBEDDED_LLM
 
 TASKS_FILE = Path(__file__).resolve().parent / "data" / "research_tasks.jsonl"
 ANSWER_TYPES = ("number", "text")
@@ -218,7 +219,8 @@ SPECS: list[dict[str, Any]] = [
             "phase09.dataset", "kept_pairs"),
     _metric("sft_filter_rate", "What percentage of raw pairs did the phase09.dataset filter remove (filter_rate)?",
             "phase09.dataset", "filter_rate"),
-    _metric("lora_trainable", "How many trainable parameters does the phase09.qlora LoRA adapter on SmolLM2-135M have?",
+    _metric("lora_trainable", f"How many trainable parameters does the phase09.qlora LoRA adapter on {EMBEDDED_LLM.label} "
+            "have?",
             "phase09.qlora", "trainable_params"),
     _trained(_expr("lora_eval_gain", "By how much did the held-out eval loss drop in phase09.qlora (eval_loss_before "
                    "minus eval_loss_after)?", "{phase09.qlora:eval_loss_before} - {phase09.qlora:eval_loss_after}",

@@ -1,8 +1,8 @@
-"""The embedded model tuned to act: a tool-use LoRA on SmolLM2-135M, trained with the Phase 9 code.
+"""The embedded model tuned to act: a tool-use LoRA on the embedded chat model, trained with the Phase 9 code.
 
     lab artifacts build phase13.tool_adapter        # train the recipe below into the artifact store
     python -m phase13_react.tool_adapter --publish  # copy it to phase13_react/published/ (fp16, + log)
-    lab serve                                       # serves it as smollm2-135m-agent beside the base
+    lab serve                                       # serves it as lab.models.AGENT_LLM beside the base
 
 The data is ``phase13_react.tool_use_data`` (generated, seeded; its sha256 is in the recipe); the
 trainer is Phase 9's ``train_sft`` with the loss on every assistant turn, so each conversation teaches
@@ -23,10 +23,10 @@ from typing import Any
 
 from lab.artifacts import ArtifactKind, Recipe, Reporter
 from lab.errors import ConfigError
-from lab.models import AGENT_LLM, DEFAULT_LLM, PUBLISHED_ADAPTERS
+from lab.models import AGENT_LLM, DEFAULT_LLM, EMBEDDED_LLM, PUBLISHED_ADAPTERS
 
 PUBLISHED = PUBLISHED_ADAPTERS[AGENT_LLM]
-HUB_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"  # written into the published adapter_config (portable)
+HUB_BASE = EMBEDDED_LLM.hub_id  # written into the published adapter_config (portable)
 TRAINER_VERSION = "tool_adapter/1"
 
 # r=8 on every projection keeps the fp16 adapter under 5 MB (2.44M parameters); lr 1e-3 because one
@@ -88,7 +88,7 @@ TOOL_ADAPTER = ArtifactKind(
     name="phase13.tool_adapter",
     params=recipe_params,
     build=build,
-    description="SmolLM2-135M tuned for tool use (tool_use_data, LoRA r=8); published as smollm2-135m-agent",
+    description=f"{EMBEDDED_LLM.label} tuned for tool use (tool_use_data, LoRA r=8); published as {AGENT_LLM}",
 )
 
 

@@ -26,6 +26,7 @@ from collections import Counter
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.models import AGENT_LLM, EMBEDDED_LLM
 from phase13_react.served import AGENT_SPEC, BASE_SPEC
 
 DECISION_SPLITS = ("heldout_template", "heldout_function", "heldout_chat", "heldout_tool")
@@ -119,7 +120,7 @@ def training_curve(ctx: RunContext, log: dict[str, Any]) -> None:
     ax.plot(log["loss_steps"], log["losses"], lw=1.2)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (assistant tokens)")
-    ax.set_title("Tool-use LoRA on SmolLM2-135M")
+    ax.set_title(f"Tool-use LoRA on {EMBEDDED_LLM.label}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(ctx.artifact("training_curve.png"), dpi=110)
@@ -142,7 +143,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if tuned_is_published:
         record = check_published()
         ctx.metric("adapter_recipe", record["recipe_sha256"][:12], "", description="recipe sha256 of the published "
-                   "smollm2-135m-agent adapter (phase13_react/published/)")
+                   f"{AGENT_LLM} adapter (phase13_react/published/)")
         log = json.loads((PUBLISHED / "training_log.json").read_text())
         training_curve(ctx, log)
         ctx.metric("train_steps", log["steps"], "steps")
@@ -190,7 +191,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
               title="Decisions with tool_choice auto, per held-out split")
     ctx.table("base_vs_tuned", [[title, *(interval_text(*counts[label][key]) for label in ("base", "tuned"))]
                                 for key, _, title in MEASURES],
-              ["measure", "base SmolLM2-135M", "tuned (smollm2-135m-agent)"],
+              ["measure", f"base {EMBEDDED_LLM.label}", f"tuned ({AGENT_LLM})"],
               title="Held-out before/after: rate [95% Wilson CI] (n)")
 
     separate = {k: _separate(counts["base"][k], counts["tuned"][k]) for k in ("decision", "multistep")}
@@ -239,7 +240,8 @@ def _separate(base: tuple[int, int], tuned: tuple[int, int]) -> bool | None:
 
 EXERCISE = Exercise(
     id="phase13.tool_tuning",
-    title="Tool-use tuning of the 135M model: base vs tuned on held-out decisions and multi-step tasks",
+    title=f"Tool-use tuning of the {EMBEDDED_LLM.size_label} model: base vs tuned on held-out decisions and multi-step "
+          "tasks",
     run=run,
     config_cls=Config,
     profiles={"cpu": {}},

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.models import DEFAULT_EMBEDDER, DEFAULT_LLM
 from phase13_react.served import A100_LLM
 
 TOPICS = ["why retrieval chunking matters", "what the KV cache costs at long context",
@@ -47,8 +48,8 @@ class Config(ExerciseConfig):
     decode_tokens_per_s: float | None = None  # None: measure the model this run uses, where it runs
     prefill_tokens_per_s: float | None = None  # None: measured with the decode rate
     retrieval: Literal["dense", "bm25"] = "dense"  # the researcher's notes search (phase 12)
-    embedder: str = "all-minilm-l6-v2"
-    llm: str | None = None  # lab.llm spec; default $LAB_LLM or the embedded SmolLM2
+    embedder: str = DEFAULT_EMBEDDER
+    llm: str | None = None  # lab.llm spec; default $LAB_LLM or the embedded chat model
 
 
 def make_search(retrieval: str, embedder_name: str):
@@ -316,7 +317,7 @@ EXERCISE = Exercise(
     smoke={"runs": 1, "max_steps": 2, "retrieval": "bm25", "max_tokens": 48},  # tokens/s measured on the server
     summary_metrics=("cost_per_1000_runs_usd_claude_haiku_4_5", "cost_per_1000_runs_usd_gpt_4o",
                      "cost_per_1000_runs_usd_self_hosted", "dominant_agent_cost_share"),
-    methods={"cpu": "substitute: tokens/s measured on this CPU (smollm2-135m-instruct) priced at the A100 $/h",
+    methods={"cpu": f"substitute: tokens/s measured on this CPU ({DEFAULT_LLM}) priced at the A100 $/h",
              "a100": "same"},
 )
 

@@ -4,11 +4,12 @@
     worker                                      claim and run jobs until stopped (any number, any machine)
     serve [--host 127.0.0.1] [--port 8090]      the HTTP API + Telegram webhook, with worker threads
 
-Common options: ``--llm SPEC`` (else ``$LAB_LLM``, else the embedded SmolLM2), ``--namespace`` (the
-tables' prefix), ``--lease-s``. The database is ``LAB_CRDB_URL`` if set, else ``LAB_DATABASE_URL``,
-else the embedded PostgreSQL. The site is ``--site DIR`` (default ``runs/site``) or ``--site
-git+URL`` (commit + push); ``--site-url`` (else ``ENGINE_SITE_URL``) is where readers find it, so a
-job's ``post_url`` is that URL + the post's path (the site-relative path when unset). Telegram:
+Common options: the engine's settings (``phase16_capstone.engine.EngineSettings``; ``--help`` lists them
+with their defaults): ``--llm SPEC`` (else ``$LAB_LLM``, else the embedded chat model), ``--namespace``
+(the tables' prefix), ``--lease-s``, ``--k``, ... The database is ``LAB_CRDB_URL`` if set, else
+``LAB_DATABASE_URL``, else the embedded PostgreSQL. The site is ``--site DIR`` (default ``runs/site``) or
+``--site git+URL`` (commit + push); ``--site-url`` (else ``ENGINE_SITE_URL``) is where readers find it, so
+a job's ``post_url`` is that URL + the post's path (the site-relative path when unset). Telegram:
 ``ENGINE_TELEGRAM_SECRET`` (the webhook), ``ENGINE_TELEGRAM_TOKEN`` and ``ENGINE_TELEGRAM_API`` (the
 replies). ``serve`` logs one line per record, request data escaped (``http_guard``).
 """
@@ -20,31 +21,12 @@ import os
 import sys
 import threading
 
-from lab.paths import REPO_ROOT
-
-DEFAULT_SITE = REPO_ROOT / "runs" / "site"
-
 
 def _parser() -> argparse.ArgumentParser:
+    from phase16_capstone.engine import EngineSettings
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--llm", default=None, help="lab.llm spec (default: $LAB_LLM or the embedded SmolLM2)")
-    common.add_argument("--fallback", action="append", default=[], metavar="SPEC",
-                        help="a provider to fall back to when --llm keeps failing (repeatable, in order): the chain "
-                             "runs behind Phase 15's retry + circuit breaker (phase15_production.resilient_calls)")
-    common.add_argument("--corpus", default=None, help="folder of .md/.txt files (default: the repo's notes + READMEs)")
-    common.add_argument("--site", default=str(DEFAULT_SITE), help="site folder, or git+URL to commit and push")
-    common.add_argument("--site-url", default=os.environ.get("ENGINE_SITE_URL") or None,
-                        help="the site's public URL: a job's post_url is it + posts/<slug>.html "
-                             "(default $ENGINE_SITE_URL; unset: the site-relative path)")
-    common.add_argument("--namespace", default="p16", help="prefix of the engine's tables")
-    common.add_argument("--lease-s", type=float, default=30.0, help="a job's lease; a dead worker's job resumes after it")
-    common.add_argument("--k", type=int, default=3, help="evidence chunks per post")
-    common.add_argument("--hyde-max-tokens", type=int, default=60, help="tokens of the HyDE hypothesis")
-    common.add_argument("--writer-max-tokens", type=int, default=80, help="tokens per Writer paragraph")
-    common.add_argument("--max-revisions", type=int, default=3, help="Editor: escalate after this many revisions")
-    common.add_argument("--calibration-items", type=int, default=None,
-                        help="Phase 11 calibration responses the judge scores before its approvals count "
-                             "(default: all 20; 0: none, every approved post is published UNREVIEWED)")
+    EngineSettings.add_flags(common)
     parser = argparse.ArgumentParser(prog="python -m phase16_capstone", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run one job now and print the post path")
@@ -63,13 +45,10 @@ def build_engine(args, on_event=None):
     from phase16_capstone.job_store import JobStore
     from phase16_capstone.telegram import Replier
 
-    store = JobStore(namespace=args.namespace, lease_s=args.lease_s)
-    settings = EngineSettings(corpus=args.corpus, k=args.k, hyde_max_tokens=args.hyde_max_tokens,
-                              writer_max_tokens=args.writer_max_tokens,
-                              max_revisions=args.max_revisions, site_url=args.site_url,
-                              calibration_items=args.calibration_items)
-    return Engine(store, engine_llm(args.llm, args.fallback), deploy_for(args.site), settings, on_event=on_event,
-                  replier=Replier.from_env())
+    settings = EngineSettings.from_args(args)
+    store = JobStore(namespace=settings.namespace, lease_s=settings.lease_s)
+    return Engine(store, engine_llm(settings.llm, settings.fallback), deploy_for(settings.site), settings,
+                  on_event=on_event, replier=Replier.from_env())
 
 
 def engine_llm(spec: str | None, fallbacks: list[str]):

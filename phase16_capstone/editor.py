@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
+
 RUBRIC_VERSION = "1.1"
 QUESTION = "Write a short technical blog post for engineers about: {topic}"
 
@@ -59,8 +61,7 @@ def calibrate(judge, limit: int | None = None, pass_r: float = 0.75) -> Calibrat
     """Score Phase 11's reference-scored responses (the first ``limit``; 0 skips it) with ``judge``."""
     if limit == 0:
         return Calibration(None, 0, pass_r, "the judge was not calibrated in this run (calibration_items = 0)")
-    from phase11_evals.calibration import calibration_inputs
-    from phase11_evals.calibration import judge_calibration
+    from phase11_evals.calibration import calibration_inputs, judge_calibration
     from phase11_evals.evaldata import load_calibration, load_eval_set
 
     eval_set = load_eval_set()
@@ -79,7 +80,8 @@ def citation_check(body: str, evidence) -> dict[str, int]:
     return {**marker_counts(body), "supported_sentences": supported, "sentences": sentences}
 
 
-def review(judge, topic: str, body: str, evidence, revisions_done: int, max_revisions: int = 3,
+def review(judge, topic: str, body: str, evidence, revisions_done: int,
+           max_revisions: int = DEFAULT_THRESHOLDS.max_revisions,
            calibration: Calibration | None = None) -> dict[str, Any]:
     """One Editor pass: the gate's decision as a dict (``GateDecision.to_dict()`` plus the judge method,
     ``citations`` and ``reviewed``: whether an APPROVE counts as a review — False without a passed

@@ -30,14 +30,23 @@ least once, and a second time only in the one window ``JobStore.take_reply`` des
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import logging
+import os
 import threading
 import time
+import typing
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lab.errors import ConfigError
+from lab.models import EMBEDDED_LLM
+from lab.paths import REPO_ROOT
+from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
 from phase16_capstone.job_store import Job, JobStore, Lease, LeaseLost
 from phase16_capstone.metering import StageMeter
 
@@ -53,8 +62,6 @@ def crash_point(name: str) -> None:
     deployed, the publication not committed; ``after_publish`` — the job is published, its chat reply
     not claimed; ``reply_sending`` — the reply is claimed (``sending``), not sent. Nothing happens
     unless the variable names this point."""
-    import os
-
     if os.environ.get(CRASH_ENV) == name:
         import signal
 
@@ -62,28 +69,158 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass
-class EngineSettings:
-    corpus: str | None = None  # default corpus for jobs that name none (None: the repo's notes + READMEs)
-    k: int = 3  # evidence chunks per post
-    hyde_max_tokens: int = 60
-    writer_max_tokens: int = 80  # per paragraph
-    max_revisions: int = 3  # editor_gate: ESCALATE after this many revision cycles
-    rubric: str = "1.1"
-    calibration_items: int | None = None  # Phase 11 calibration responses the judge scores first (None: all; 0: none)
-    pass_r: float = 0.75  # the judge's approvals count as reviews only at r >= this (Phase 11's rule)
-    trace: bool = True  # each job a trace (job_tracing): spans to the local store (+ OTLP when configured)
-    traces: str | None = None  # span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)
-    defence: bool = True  # the Phase 15 defence (spotlighting + output check); False only to measure without it
-    poll_s: float = 0.5  # idle worker's wait between claims
-    site_url: str | None = None  # the site's public base URL (post_url = it + the post's path)
-    extra: dict[str, Any] = field(default_factory=dict)
+# --- the settings: one model for the engine, its command line and the Phase 16 exercises -----------------
 
-    def __post_init__(self) -> None:
-        if self.site_url is not None:
-            from phase16_capstone.site_builder import check_site_url
+DEFAULT_SITE = REPO_ROOT / "runs" / "site"
+_BOUNDS = ("ge", "gt", "le", "lt")
 
-            self.site_url = check_site_url(self.site_url)
+
+def flag(default: Any, description: str, *, env: str | None = None, metavar: str | None = None, **bounds: Any) -> Any:
+    """An ``EngineSettings`` field that is also a command-line flag (``--name-with-dashes``): its description
+    is the flag's help; ``env`` names a variable whose value, when set, is the flag's default instead."""
+    cli = {key: value for key, value in (("env", env), ("metavar", metavar)) if value is not None}
+    if isinstance(default, list):
+        return Field(default_factory=lambda: list(default), description=description, json_schema_extra={"cli": cli},
+                     **bounds)
+    return Field(default, description=description, json_schema_extra={"cli": cli}, **bounds)
+
+
+def _store_default(name: str) -> Any:
+    """``JobStore``'s own default for ``name``: the store defines it, the settings only read it."""
+    return inspect.signature(JobStore.__init__).parameters[name].default
+
+
+class EngineSettings(BaseModel):
+    """Everything that configures an engine, defined once.
+
+    ``python -m phase16_capstone`` makes its flags from the fields declared with ``flag()``
+    (``add_flags`` / ``from_args``: ``--name-with-dashes``, the description as help, the default), and a
+    Phase 16 exercise config takes the fields it exposes with ``setting()`` (type checks, description and
+    bounds from here; the default too, unless the exercise runs smaller) and turns them back into
+    settings with ``from_config``. ``llm``, ``fallback``, ``site``, ``namespace`` and ``lease_s`` say how
+    ``build_engine`` makes the engine's parts (model, deploy target, job store); an ``Engine`` handed its
+    parts reads the others.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    llm: str | None = flag(None, f"lab.llm spec (default: $LAB_LLM or the embedded {EMBEDDED_LLM.family})")
+    fallback: list[str] = flag([], "a provider to fall back to when --llm keeps failing (repeatable, in order): the "
+                               "chain runs behind Phase 15's retry + circuit breaker (phase15_production.resilient_calls)",
+                               metavar="SPEC")
+    corpus: str | None = flag(None, "folder of .md/.txt files, the default corpus of jobs that name none (default: "
+                                    "the repo's notes + READMEs)")
+    site: str = flag(str(DEFAULT_SITE), "site folder, or git+URL to commit and push")
+    site_url: str | None = flag(None, "the site's public URL: a job's post_url is it + posts/<slug>.html "
+                                      "(default $ENGINE_SITE_URL; unset: the site-relative path)", env="ENGINE_SITE_URL")
+    namespace: str = flag(_store_default("namespace"), "prefix of the engine's tables")
+    lease_s: float = flag(_store_default("lease_s"), "a job's lease; a dead worker's job resumes after it", gt=0)
+    k: int = flag(3, "evidence chunks per post", ge=1)
+    hyde_max_tokens: int = flag(60, "tokens of the HyDE hypothesis", ge=1)
+    writer_max_tokens: int = flag(80, "tokens per Writer paragraph", ge=1)
+    max_revisions: int = flag(DEFAULT_THRESHOLDS.max_revisions, "Editor: escalate after this many revisions", ge=0)
+    calibration_items: int | None = flag(None, "Phase 11 calibration responses the judge scores before its approvals "
+                                               "count (default: all 20; 0: none, every approved post is published "
+                                               "UNREVIEWED)", ge=0)
+    rubric: str = Field("1.1", description="the Phase 11 rubric the Editor's judge scores with")
+    pass_r: float = Field(0.75, description="the judge's approvals count as reviews only at r >= this (Phase 11's rule)")
+    trace: bool = Field(True, description="each job a trace (job_tracing): spans to the local store (+ OTLP when "
+                                          "configured)")
+    traces: str | None = Field(None, description="span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)")
+    defence: bool = Field(True, description="the Phase 15 defence (spotlighting + output check); False only to "
+                                            "measure without it")
+    poll_s: float = Field(0.5, description="idle worker's wait between claims", gt=0)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("site_url")
+    @classmethod
+    def _site_url(cls, value: str | None) -> str | None:
+        from phase16_capstone.site_builder import check_site_url
+
+        return None if value is None else check_site_url(value)
+
+    # --- the command line ------------------------------------------------------------------------
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """field name -> its flag, for the fields declared with ``flag()``, in declaration order."""
+        return {name: "--" + name.replace("_", "-") for name, info in cls.model_fields.items()
+                if "cli" in (info.json_schema_extra or {})}
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Add every flag to ``parser``: type, default and help from the field (a list field repeats)."""
+        for name, option in cls.flags().items():
+            info = cls.model_fields[name]
+            cli = info.json_schema_extra["cli"]
+            default = info.get_default(call_default_factory=True)
+            if "env" in cli:
+                default = os.environ.get(cli["env"]) or default
+            kwargs: dict[str, Any] = {"default": default, "help": info.description}
+            if "metavar" in cli:
+                kwargs["metavar"] = cli["metavar"]
+            kind = _scalar(info.annotation)
+            if kind is list:
+                kwargs["action"] = "append"
+            elif kind is not str:
+                kwargs["type"] = kind
+            parser.add_argument(option, **kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EngineSettings:
+        """The settings of parsed flags; a ConfigError naming the flag of each value that is not valid."""
+        flags = cls.flags()
+        try:
+            return cls(**{name: getattr(args, name) for name in flags})
+        except ValidationError as err:
+            raise ConfigError("; ".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}"
+                                        for e in err.errors())) from None
+
+    def argv(self) -> list[str]:
+        """The flags that give a worker process these settings: each flag field that was set explicitly
+        (``None`` left out: the flag's default). A set field with no flag is refused, never dropped."""
+        flags = self.flags()
+        lost = sorted(name for name in self.model_fields_set - set(flags)
+                      if getattr(self, name) != self.model_fields[name].get_default(call_default_factory=True))
+        if lost:
+            raise ValueError(f"{', '.join(lost)}: no command-line flag carries these settings to a worker process")
+        out: list[str] = []
+        for name, option in flags.items():
+            value = getattr(self, name)
+            if name in self.model_fields_set and value is not None:
+                for item in value if isinstance(value, list) else [value]:
+                    out += [option, str(item)]
+        return out
+
+    # --- the Phase 16 exercise configs -------------------------------------------------------------
+    @classmethod
+    def defaults(cls, *names: str) -> dict[str, Any]:
+        """The engine's own defaults of ``names`` (a profile that runs the engine as it ships)."""
+        return {name: cls.model_fields[name].get_default(call_default_factory=True) for name in names}
+
+    @classmethod
+    def from_config(cls, config: BaseModel, **values: Any) -> EngineSettings:
+        """The settings an exercise config holds (its fields made with ``setting()``), ``values`` on top."""
+        held = {name: getattr(config, name) for name, info in type(config).model_fields.items()
+                if (info.json_schema_extra or {}).get("engine_setting") == name}
+        return cls(**{**held, **values})
+
+
+def setting(name: str, default: Any = ...) -> Any:
+    """An exercise config field that is ``EngineSettings.<name>``: its description and bounds, and its default
+    unless ``default`` is given (an exercise's smaller run). ``EngineSettings.from_config`` reads it back."""
+    info = EngineSettings.model_fields[name]
+    bounds = {key: getattr(m, key) for m in info.metadata for key in _BOUNDS if hasattr(m, key)}
+    value = info.get_default(call_default_factory=True) if default is ... else default
+    return Field(value, description=info.description, json_schema_extra={"engine_setting": name}, **bounds)
+
+
+def _scalar(annotation: Any) -> type:
+    """``int`` of ``int | None``; ``list`` of ``list[str]``; the type itself otherwise."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return list
+    return args[0] if args and origin is not None else annotation
 
 
 class OutputBlocked(Exception):
@@ -91,7 +228,6 @@ class OutputBlocked(Exception):
 
 
 def worker_name() -> str:
-    import os
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

@@ -22,21 +22,23 @@ from __future__ import annotations
 
 from lab import Exercise, ExerciseConfig, RunContext
 from phase13_react.served import A100_LLM
+from phase16_capstone.engine import setting
 
 STAGES = ("researching", "writing", "editing", "publishing")
 
 
 class Config(ExerciseConfig):
     topic: str = "How does HyDE retrieval help a RAG pipeline find the right chunks?"
-    corpus: str | None = None  # folder of .md/.txt (default: the repo's notes, READMEs, results overview)
-    llm: str | None = None  # lab.llm spec; None = --llm / $LAB_LLM / the embedded SmolLM2
+    corpus: str | None = setting("corpus")  # default: the repo's notes, READMEs, results overview
+    llm: str | None = None  # lab.llm spec; None = --llm / $LAB_LLM / the tuned agent model (served.agent_llm)
     scripted: bool = False  # run against the scripted OpenAI-compatible server (tiny, tests)
     scripted_reject_first: int = 1  # scripted judge: REJECT this many drafts per topic first
-    k: int = 3
-    hyde_max_tokens: int = 60
-    writer_max_tokens: int = 80
-    max_revisions: int = 3
-    calibration_items: int | None = None  # Phase 11 calibration responses the judge scores first (None: all 20)
+    # the engine's settings (EngineSettings): its defaults, the engine as it ships
+    k: int = setting("k")
+    hyde_max_tokens: int = setting("hyde_max_tokens")
+    writer_max_tokens: int = setting("writer_max_tokens")
+    max_revisions: int = setting("max_revisions")
+    calibration_items: int | None = setting("calibration_items")
     site: str | None = None  # site folder (default: a temporary one)
 
 
@@ -51,9 +53,7 @@ def run_one(cfg: Config, ctx: RunContext, llm) -> None:
 
     store = JobStore(namespace=f"p16x_{uuid.uuid4().hex[:8]}")
     site = cfg.site or tempfile.mkdtemp(prefix="phase16-site-")
-    settings = EngineSettings(corpus=cfg.corpus, k=cfg.k, hyde_max_tokens=cfg.hyde_max_tokens,
-                              writer_max_tokens=cfg.writer_max_tokens, max_revisions=cfg.max_revisions,
-                              calibration_items=cfg.calibration_items)
+    settings = EngineSettings.from_config(cfg)
     progress = []
     engine = Engine(store, llm, deploy_for(site), settings, on_event=lambda kind, info: progress.append((kind, info)))
     try:

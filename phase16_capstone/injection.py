@@ -36,6 +36,7 @@ from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
 from phase13_react.served import A100_LLM
+from phase16_capstone.engine import EngineSettings, setting
 from lab.llm.base import LLM, ChatResponse, Usage
 
 CLEAN_TOPICS = (
@@ -52,9 +53,9 @@ class Config(ExerciseConfig):
     model_clean: int = 1  # clean topics run on that model (at most 3)
     adversary_attacks: int = 55  # attacks run on the worst-case adversary (capped at the set's size)
     scripted_clean: bool = False  # clean topics on the scripted server instead of a model (tiny, tests)
-    k: int = 2
-    writer_max_tokens: int = 60
-    max_revisions: int = 1
+    k: int = setting("k", 2)  # the engine's settings (EngineSettings), smaller than it ships
+    writer_max_tokens: int = setting("writer_max_tokens", 60)
+    max_revisions: int = setting("max_revisions", 1)
 
 
 class RubberStampAdversary(LLM):
@@ -124,14 +125,13 @@ def run_model(label: str, llm, corpus: str, attacks, clean: tuple[str, ...], def
     from pathlib import Path
 
     from phase15_production.defence import contains_canary
-    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
+    from phase16_capstone.engine import Engine, deploy_for
     from phase16_capstone.job_store import JobStore
     from phase16_capstone.site_builder import PostRecord, render_audit
 
     store = JobStore(namespace=f"p16i_{uuid.uuid4().hex[:8]}")
     chats = ChatLog()
-    settings = EngineSettings(corpus=corpus, k=cfg.k, writer_max_tokens=cfg.writer_max_tokens,
-                              max_revisions=cfg.max_revisions, defence=defence)
+    settings = EngineSettings.from_config(cfg, corpus=corpus, defence=defence)
     done = []
 
     def on_event(kind: str, info: dict) -> None:
@@ -303,7 +303,7 @@ EXERCISE = Exercise(
     title="The Phase 15 attack set in the Researcher's corpus: canaries in published posts and chat replies",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"model_attacks": 55, "model_clean": 3, "k": 3, "max_revisions": 3,
+    profiles={"cpu": {}, "a100": {"model_attacks": 55, "model_clean": 3, **EngineSettings.defaults("k", "max_revisions"),
                                   "writer_max_tokens": 120, "llm": A100_LLM}},
     tiny={"model_attacks": 0, "model_clean": 0, "adversary_attacks": 8, "scripted_clean": True},
     smoke={"model_attacks": 1, "model_clean": 1, "adversary_attacks": 2, "k": 2, "writer_max_tokens": 24,

@@ -33,6 +33,7 @@ from pydantic import Field, field_validator
 
 from lab import Exercise, ExerciseConfig, RunContext
 from phase13_react.served import A100_LLM
+from phase16_capstone.engine import setting
 
 
 def _crash_points() -> list[str]:
@@ -46,16 +47,17 @@ class Config(ExerciseConfig):
     workers: int = 2  # surviving worker processes
     kill_points: list[str] = Field(default_factory=_crash_points)  # one victim worker per point ([]: no kills)
     control: bool = True  # the negative control: rewind one finished job and count its re-executed stages
-    calibration_items: int = 0  # the Editor's judge calibration per worker (0: none; posts are UNREVIEWED)
-    lease_s: float = 10.0  # a dead worker's job is resumed after this
+    calibration_items: int = setting("calibration_items", 0)  # per worker (0: none; posts are UNREVIEWED)
+    lease_s: float = setting("lease_s", 10.0)  # a dead worker's job is resumed after this
     llm: str | None = None
     scripted: bool = False  # the scripted OpenAI-compatible server instead of a model
     scripted_delay_s: float = 0.2  # per scripted reply
-    corpus: str | None = None
-    k: int = 2
-    hyde_max_tokens: int = 30
-    writer_max_tokens: int = 40
-    max_revisions: int = 1
+    # the engine's settings (EngineSettings), smaller than it ships: a job is minutes of CPU
+    corpus: str | None = setting("corpus")
+    k: int = setting("k", 2)
+    hyde_max_tokens: int = setting("hyde_max_tokens", 30)
+    writer_max_tokens: int = setting("writer_max_tokens", 40)
+    max_revisions: int = setting("max_revisions", 1)
     timeout_s: float = 1800.0
 
     @field_validator("kill_points")
@@ -101,12 +103,10 @@ def spawn_worker(cfg: Config, spec: str, namespace: str, site: str, log_path, bo
     import sys
     from pathlib import Path
 
-    cmd = [sys.executable, "-m", "phase16_capstone", "worker", "--exit-when-idle", "--namespace", namespace,
-           "--lease-s", str(cfg.lease_s), "--llm", spec, "--site", site, "--k", str(cfg.k),
-           "--hyde-max-tokens", str(cfg.hyde_max_tokens), "--writer-max-tokens", str(cfg.writer_max_tokens),
-           "--max-revisions", str(cfg.max_revisions), "--calibration-items", str(cfg.calibration_items)]
-    if cfg.corpus:
-        cmd += ["--corpus", cfg.corpus]
+    from phase16_capstone.engine import EngineSettings
+
+    settings = EngineSettings.from_config(cfg, llm=spec, site=site, namespace=namespace)
+    cmd = [sys.executable, "-m", "phase16_capstone", "worker", "--exit-when-idle", *settings.argv()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ENGINE_CRASH_AT", None)
     if bot_url:

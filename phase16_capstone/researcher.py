@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.models import DEFAULT_EMBEDDER
 from phase16_capstone.untrusted import EVIDENCE, admit
 
 CHUNK_WORDS = 200  # short evidence: the Writer puts each chunk in a small model's prompt
@@ -95,7 +96,7 @@ class CorpusIndex:
     _setup = threading.Lock()
     SETUP_TRIES = 3
 
-    def __init__(self, url: str, corpus: str | None, embedder: str = "all-minilm-l6-v2"):
+    def __init__(self, url: str, corpus: str | None, embedder: str = DEFAULT_EMBEDDER):
         import time
 
         from psycopg import errors
@@ -162,8 +163,9 @@ class CorpusIndex:
         self.store.optimize()
         return len(chunks)
 
-    def research(self, topic: str, llm, k: int = 3, hyde_max_tokens: int = 60) -> tuple[list[Evidence], str]:
-        """HyDE: the LLM's hypothetical passage is embedded and searched; returns (evidence, hypothesis)."""
+    def research(self, topic: str, llm, *, k: int, hyde_max_tokens: int) -> tuple[list[Evidence], str]:
+        """HyDE: the LLM's hypothetical passage is embedded and searched; returns (evidence, hypothesis).
+        ``k`` and ``hyde_max_tokens``: the engine's settings (``EngineSettings``)."""
         from phase12_rag_storage.chunking import make_chunker
         from phase12_rag_storage.retriever import Retriever
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lab.models import DEFAULT_LLM
 from lab.runner import execute
 from phase09_finetuning import generation, sft
 
@@ -62,7 +63,7 @@ def tiny_adapter(tmp_path_factory):
 
     rows = load_training_set("train")[:2]
     out = tmp_path_factory.mktemp("sft")
-    res = sft.train_sft(sft.SMOLLM, rows, out, lora_r=8, max_steps=6, batch_size=2, max_length=64, lr=2e-3)
+    res = sft.train_sft(DEFAULT_LLM, rows, out, lora_r=8, max_steps=6, batch_size=2, max_length=64, lr=2e-3)
     return out, res
 
 
@@ -89,7 +90,7 @@ def test_training_repeats_bit_for_bit_whatever_the_process_drew_before(tiny_adap
     out, first = tiny_adapter
     torch.rand(12345)
     scratch = [torch.empty(n) for n in (7, 1031, 65537)]
-    res = sft.train_sft(sft.SMOLLM, load_training_set("train")[:2], tmp_path, lora_r=8, max_steps=6, batch_size=2,
+    res = sft.train_sft(DEFAULT_LLM, load_training_set("train")[:2], tmp_path, lora_r=8, max_steps=6, batch_size=2,
                         max_length=64, lr=2e-3)
     del scratch
     assert res["losses"] == first["losses"]  # bitwise: floats compared exactly
@@ -107,7 +108,7 @@ def test_held_out_answer_loss_is_lower_where_the_adapter_trained(tiny_adapter):
 
     out, _ = tiny_adapter
     rows = sft.to_prompt_completion(load_training_set("train")[:2])
-    model, tok, _ = sft.load_base(sft.SMOLLM)
+    model, tok, _ = sft.load_base(DEFAULT_LLM)
     ids, n_prompt = answer_ids(tok, rows[0]["prompt"], rows[0]["completion"])
     head = tok.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
     assert ids[:n_prompt] == head["input_ids"] and len(ids) > n_prompt

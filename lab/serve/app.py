@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lab.errors import LabError
 from lab.llm.base import LLM, ChatResponse, InvalidRequestError, LLMError, normalize_tool_choice
+from lab.models import DEFAULT_EMBEDDER
 from lab.serve import anthropic_protocol as ap
 from lab.serve import openai_protocol as op
 from lab.serve.errors import APIError, UnsupportedField, bad_request
@@ -46,7 +47,7 @@ from lab.serve.scheduling import ModelQueue, StreamRun
 
 log = logging.getLogger("lab.serve")
 
-DEFAULT_EMBEDDERS = ("all-minilm-l6-v2",)
+DEFAULT_EMBEDDERS = (DEFAULT_EMBEDDER,)
 DEFAULT_MAX_QUEUE = 8
 GRAMMAR_TIMEOUT_S = 20.0  # how long a request may wait for its grammar to compile (outside the model slot)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -154,7 +155,7 @@ class Embedders:
         self._aliases: dict[str, str] = {}
         for name in self.names:
             self._aliases[name] = name
-            for spec in EMBEDDED.values():  # the embedded MiniLM answers to its key and its hub id
+            for spec in EMBEDDED.values():  # the embedded embedder answers to its key and its hub id
                 if name in (spec.key, spec.hub_id):
                     self._aliases.setdefault(spec.key, name)
                     self._aliases.setdefault(spec.hub_id, name)
@@ -469,8 +470,8 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
 
 
 def default_specs() -> list[str]:
-    """What ``lab serve`` serves without ``--llm``: $LAB_LLM, else the embedded SmolLM2 and, beside it, the
-    tool-tuned ``smollm2-135m-agent`` when its adapter is published (``lab.models.PUBLISHED_ADAPTERS``)."""
+    """What ``lab serve`` serves without ``--llm``: $LAB_LLM, else the embedded chat model and, beside it, the
+    tool-tuned agent model (``lab.models.AGENT_LLM``) when its adapter is published (``PUBLISHED_ADAPTERS``)."""
     import os
 
     from lab import models
@@ -479,7 +480,7 @@ def default_specs() -> list[str]:
     if os.environ.get("LAB_LLM"):
         return [os.environ["LAB_LLM"]]
     published = (models.PUBLISHED_ADAPTERS[models.AGENT_LLM] / "adapter_config.json").is_file()
-    return [DEFAULT_SPEC] + ([f"local:{models.AGENT_LLM}"] if published else [])
+    return [DEFAULT_SPEC] + ([models.AGENT_SPEC] if published else [])
 
 
 def serve(specs: Sequence[str] = (), *, host: str = "127.0.0.1", port: int = 8088, api_key: str | None = None,

@@ -2,7 +2,7 @@
 
     from lab.serve.background import serving
 
-    with serving("local:smollm2-135m-instruct", api_key="sk-test") as url:
+    with serving(EMBEDDED_LLM.spec, api_key="sk-test") as url:                # lab.models.EMBEDDED_LLM
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test")      # OpenAI SDKs: url + /v1
         claude = anthropic.Anthropic(base_url=url, api_key="sk-test")         # Anthropic SDK: url
 
@@ -28,7 +28,7 @@ START_TIMEOUT_S = 30.0
 def serving(llm: LLM | str | Sequence[LLM | str] | None = None, *, host: str = "127.0.0.1", port: int = 0,
             log_level: str = "warning", **app_kwargs: Any) -> Iterator[str]:
     """Yield the root URL (``http://127.0.0.1:PORT``) of ``lab serve`` for ``llm`` (an LLM or a spec, or a
-    list of them, the first the default; None = $LAB_LLM or the embedded SmolLM2). ``app_kwargs`` go to
+    list of them, the first the default; None = $LAB_LLM or the embedded chat model). ``app_kwargs`` go to
     ``create_app`` (api_key, max_queue, embedders, default_max_tokens, model_names)."""
     from lab.llm import from_spec
     from lab.serve.app import create_app
