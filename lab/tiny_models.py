@@ -67,8 +67,6 @@ def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from lab.models import EMBEDDED_LLM
-
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(_config(kind, tok))
@@ -77,7 +75,7 @@ def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
             tok.save_pretrained(tmp)
             (tmp / "SOURCE.txt").write_text(
                 f"SMOKE-TEST MODEL, random weights (seed 0): a {type(model).__name__} with hidden {HIDDEN}, "
-                f"{LAYERS} layers, standing in for {kind} hub ids in `lab run --smoke`; tokenizer: {EMBEDDED_LLM.family}'s.\n")
+                f"{LAYERS} layers, standing in for {kind} hub ids in `lab run --smoke`; tokenizer: the one in {tokenizer_dir.name}/.\n")
             publish_dir(tmp, target)
     return target
 
