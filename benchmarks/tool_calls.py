@@ -29,8 +29,11 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel
+
 from lab import Exercise, ExerciseConfig, RunContext
 from lab.hashing import sha256_file
+from lab.jsonl import NonEmptyStr, read_jsonl
 
 PROMPTS = Path(__file__).resolve().parent / "data" / "tool_call_prompts.jsonl"
 Mode = Literal["prompt_only", "constrained", "auto_constrained"]
@@ -83,13 +86,15 @@ class Config(ExerciseConfig):
     modes: tuple[Mode, ...] = MODES  # an unknown mode is a config error naming the field
 
 
+class PromptRow(BaseModel):
+    """One line of the prompt file: a request and the tool that serves it."""
+
+    prompt: NonEmptyStr
+    tool: Literal[tuple(t["name"] for t in TOOLS)]  # type: ignore[valid-type]  # one of TOOLS
+
+
 def load_prompts(n: int) -> list[dict]:
-    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
-    names = {t["name"] for t in TOOLS}
-    for i, row in enumerate(rows, 1):
-        if row.get("tool") not in names or not row.get("prompt"):
-            raise ValueError(f"{PROMPTS.name} row {i}: needs a prompt and a tool among {sorted(names)}")
-    return rows[:n]
+    return [row.model_dump() for row in read_jsonl(PROMPTS, model=PromptRow)][:n]
 
 
 def judge(reply, expected: str) -> tuple[bool, bool, str]:

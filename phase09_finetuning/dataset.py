@@ -21,6 +21,7 @@ from pathlib import Path
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, Recipe, default_store
 from lab.hashing import sha256_file
+from lab.jsonl import read_jsonl
 from phase09_finetuning import pipeline
 
 RAW_PATH = Path(__file__).resolve().parent / "data" / "raw" / "qa_raw.jsonl"
@@ -59,8 +60,7 @@ def load_training_set(split: str = "train") -> list[dict]:
     """Chat rows {"id", "topic", "messages": [user, assistant]} of the built set."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
-    with open(built_dataset().path / f"{split}.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+    return read_jsonl(built_dataset().path / f"{split}.jsonl")
 
 
 def dataset_sha256() -> str:

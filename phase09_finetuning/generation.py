@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
+
+from lab.jsonl import read_jsonl
 
 EVAL_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.jsonl"
 # Greedy decoding with a mild repetition penalty: deterministic, and small models loop less.
@@ -14,16 +15,7 @@ GEN_KWARGS = dict(do_sample=False, repetition_penalty=1.1)
 
 def load_eval_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
     """The 10 domain prompts {"id", "topic", "prompt", "key_terms"} used by 9.4 and Phase 10.3."""
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        missing = [k for k in ("id", "prompt", "key_terms") if k not in row]
-        if missing:
-            raise ValueError(f"{path.name}:{lineno}: missing field(s) {', '.join(missing)}")
-        rows.append(row)
-    return rows
+    return read_jsonl(path, required=("id", "prompt", "key_terms"))
 
 
 def _chat_inputs(tok, prompts: list[str]):

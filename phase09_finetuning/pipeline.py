@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.hashing import sha256_file
+from lab.jsonl import numbered_lines, write_jsonl
 
 PIPELINE_VERSION = "1"
 FIELDS = ("id", "topic", "question", "answer")
@@ -102,12 +103,14 @@ def repair_json_line(line: str) -> dict | None:
 
 
 def parse_raw(path: Path) -> tuple[list[dict], list[dict], list[str], int]:
-    """(records, quarantined, repaired ids, raw row count); every non-blank line is one raw row."""
+    """(records, quarantined, repaired ids, raw row count); every non-blank line is one raw row.
+
+    Unlike the lab's strict reader (``lab.jsonl.read_jsonl``, which stops at the first bad line), a
+    cleaning stage reads on past bad rows: each one is repaired or quarantined with its reason, and
+    only the raw lines come from the shared reader."""
     records, quarantine, repaired = [], [], []
     n = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in numbered_lines(path):
         n += 1
         where = f"{path.name}:{lineno}"
         try:
@@ -255,9 +258,7 @@ def write(result: BuildResult, out_dir: Path) -> Path:
     """Write train/eval/quarantine JSONL and the dataset card; returns out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", result.train), ("eval", result.eval), ("quarantine", result.quarantine)):
-        with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(out_dir / f"{name}.jsonl", rows)
     (out_dir / "card.json").write_text(json.dumps(card(result), indent=2) + "\n")
     (out_dir / "card.md").write_text(card_markdown(result))
     return out_dir

@@ -11,13 +11,13 @@ the a100 profiles load ``Anthropic/hh-rlhf`` from the hub like the seed did.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lab.jsonl import read_jsonl
 
 LOCAL_FILE = Path(__file__).parent / "data" / "hh-rlhf-harmless-base-test-first600.jsonl.gz"
 HUB_ID = "Anthropic/hh-rlhf"
@@ -70,21 +70,10 @@ def to_pair(row: Any, where: str) -> PreferencePair:
                           rejected[-1]["content"])
 
 
-def read_jsonl_gz(path: Path) -> list[dict]:
-    rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {i} is not JSON ({err.msg})") from None
-    return rows
-
-
 def load_records(source: str, split: str = "train") -> tuple[list[dict], dict[str, Any]]:
     """Raw records and their provenance (id, sha256) from ``local`` (committed slice) or ``hub``."""
     if source == "local":
-        rows = read_jsonl_gz(LOCAL_FILE)
+        rows = read_jsonl(LOCAL_FILE)
         sha = hashlib.sha256(LOCAL_FILE.read_bytes()).hexdigest()
         return rows, {"id": f"hh-rlhf harmless-base/test (first 600): {LOCAL_FILE.name}", "sha256": sha}
     if source == "hub":

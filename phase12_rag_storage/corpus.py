@@ -12,11 +12,13 @@ the answer to be answerable from it — what makes a chunk-boundary split visibl
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from lab.errors import ConfigError
+from lab.jsonl import JsonlError, NonEmptyStr, NonEmptyStrList, RowId, iter_jsonl
 from lab.paths import REPO_ROOT
 
 PHASE_DIR = Path(__file__).resolve().parent
@@ -79,18 +81,15 @@ def corpus_sha256(docs: list[Document]) -> str:
     return digest.hexdigest()
 
 
-def _field(path: Path, line_no: int, record: dict, name: str, kind: type, required: bool = True):
-    value = record.get(name)
-    where = f"{path}:{line_no}: field {name!r}"
-    if value is None:
-        if required:
-            raise ConfigError(f"{where} is missing")
-        return None
-    if kind is str and not (isinstance(value, str) and value.strip()):
-        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
-    if kind is list and not (isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value)):
-        raise ConfigError(f"{where} must be a non-empty list of strings, got {value!r}")
-    return value
+class QueryRow(BaseModel):
+    """One line of a queries file."""
+
+    query: NonEmptyStr
+    category: NonEmptyStr
+    gold_sources: NonEmptyStrList
+    id: RowId | None = None
+    gold_answer: NonEmptyStr | None = None
+    evidence: NonEmptyStrList | None = None
 
 
 def load_queries(path: str | Path | None = None, sources: set[str] | None = None) -> list[Query]:
@@ -99,41 +98,15 @@ def load_queries(path: str | Path | None = None, sources: set[str] | None = None
     With ``sources`` (the corpus's document sources) every gold source must exist in the corpus.
     """
     path = Path(path).expanduser() if path else QUERIES_FILE
-    if not path.is_file():
-        raise ConfigError(f"queries file {path} does not exist")
-    queries, seen = [], set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-        gold = _field(path, line_no, record, "gold_sources", list)
-        if sources is not None:
-            missing = [g for g in gold if g not in sources]
-            if missing:
-                raise ConfigError(
-                    f"{path}:{line_no}: field 'gold_sources' names {missing} not in the corpus "
-                    f"(corpus sources: {sorted(sources)[:8]}{' ...' if len(sources) > 8 else ''})"
-                )
-        qid = str(record.get("id") or f"line{line_no}")
-        if qid in seen:
-            raise ConfigError(f"{path}:{line_no}: field 'id' {qid!r} is used twice")
-        seen.add(qid)
-        evidence = record.get("evidence")
-        if evidence is not None:
-            _field(path, line_no, record, "evidence", list)
-        queries.append(Query(
-            id=qid,
-            query=_field(path, line_no, record, "query", str),
-            category=_field(path, line_no, record, "category", str),
-            gold_sources=tuple(gold),
-            gold_answer=_field(path, line_no, record, "gold_answer", str, required=False),
-            evidence=tuple(evidence or ()),
-        ))
+    queries = []
+    for line_no, row in iter_jsonl(path, model=QueryRow, unique="id"):
+        missing = [g for g in row.gold_sources if sources is not None and g not in sources]
+        if missing:
+            raise JsonlError(path, line_no, f"names {missing} not in the corpus (corpus sources: "
+                             f"{sorted(sources)[:8]}{' ...' if len(sources) > 8 else ''})", "gold_sources")
+        queries.append(Query(id=row.id or f"line{line_no}", query=row.query, category=row.category,
+                             gold_sources=tuple(row.gold_sources), gold_answer=row.gold_answer,
+                             evidence=tuple(row.evidence or ())))
     if not queries:
         raise ConfigError(f"queries file {path} holds no queries")
     return queries

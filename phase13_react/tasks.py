@@ -28,13 +28,15 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from lab.errors import ConfigError
+from lab.jsonl import NonEmptyStr, RowId, iter_jsonl, write_jsonl
 from lab.models import EMBEDDED_LLM
 
 TASKS_FILE = Path(__file__).resolve().parent / "data" / "research_tasks.jsonl"
-ANSWER_TYPES = ("number", "text")
 MAX_NUMBERS = 4
 
 
@@ -49,49 +51,41 @@ class Task:
     derivation: dict[str, Any] | None = None
 
 
-def _fail(path: Path, line_no: int, name: str, problem: str):
-    raise ConfigError(f"{path}:{line_no}: field {name!r} {problem}")
+class TaskRow(BaseModel):
+    """One line of a task file (``answer_type`` comes before ``answer``: the answer's check reads it)."""
+
+    question: NonEmptyStr
+    answer_type: Literal["number", "text"]
+    answer: Any
+    tolerance: Annotated[float, Field(strict=True, ge=0)] = 0.0
+    evidence: dict[str, Any] | None = None
+    derivation: dict[str, Any] | None = None
+    id: RowId | None = None
+
+    @field_validator("answer")
+    @classmethod
+    def _answer_fits_its_type(cls, answer: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("answer_type")
+        if kind == "number" and (isinstance(answer, bool) or not isinstance(answer, int | float)):
+            raise ValueError("Input should be a number for answer_type number")
+        if kind == "text" and not (isinstance(answer, str) and answer.strip()):
+            raise ValueError("Input should be a non-empty string for answer_type text")
+        return answer
+
+    @field_validator("evidence")
+    @classmethod
+    def _evidence_names_a_source(cls, evidence: dict[str, Any] | None) -> dict[str, Any] | None:
+        if evidence is not None and not isinstance(evidence.get("source"), str):
+            raise ValueError('Input should be {"source": str, "contains": [str]}')
+        return evidence
 
 
 def load_tasks(path: str | Path | None = None) -> list[Task]:
     """Parse and validate a task file; every error names the file, the line and the field."""
     path = Path(path).expanduser() if path else TASKS_FILE
-    if not path.is_file():
-        raise ConfigError(f"tasks file {path} does not exist")
-    tasks, seen = [], set()
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(rec).__name__}")
-        for name in ("question", "answer", "answer_type"):
-            if rec.get(name) is None:
-                _fail(path, line_no, name, "is missing")
-        if not isinstance(rec["question"], str) or not rec["question"].strip():
-            _fail(path, line_no, "question", f"must be a non-empty string, got {rec['question']!r}")
-        kind = rec["answer_type"]
-        if kind not in ANSWER_TYPES:
-            _fail(path, line_no, "answer_type", f"must be one of {', '.join(ANSWER_TYPES)}, got {kind!r}")
-        answer = rec["answer"]
-        if kind == "number" and (isinstance(answer, bool) or not isinstance(answer, (int, float))):
-            _fail(path, line_no, "answer", f"must be a number for answer_type number, got {answer!r}")
-        if kind == "text" and not (isinstance(answer, str) and answer.strip()):
-            _fail(path, line_no, "answer", f"must be a non-empty string for answer_type text, got {answer!r}")
-        tolerance = rec.get("tolerance", 0.0)
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-            _fail(path, line_no, "tolerance", f"must be a number >= 0, got {tolerance!r}")
-        evidence = rec.get("evidence")
-        if evidence is not None and not (isinstance(evidence, dict) and isinstance(evidence.get("source"), str)):
-            _fail(path, line_no, "evidence", f'must be {{"source": str, "contains": [str]}}, got {evidence!r}')
-        tid = str(rec.get("id") or f"line{line_no}")
-        if tid in seen:
-            _fail(path, line_no, "id", f"{tid!r} is used twice")
-        seen.add(tid)
-        tasks.append(Task(tid, rec["question"].strip(), answer, kind, float(tolerance), evidence, rec.get("derivation")))
+    tasks = [Task(row.id or f"line{line_no}", row.question.strip(), row.answer, row.answer_type, row.tolerance,
+                  row.evidence, row.derivation)
+             for line_no, row in iter_jsonl(path, model=TaskRow, unique="id")]
     if not tasks:
         raise ConfigError(f"tasks file {path} holds no tasks")
     return tasks
@@ -312,14 +306,7 @@ def stale(tasks: list[Task], results_root: Path | None = None) -> list[str]:
     return found
 
 
-def write_tasks(path: Path = TASKS_FILE) -> int:
-    rows = build_rows()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
-
-
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m phase13_react.tasks --write   (re-derive data/research_tasks.jsonl from results/)")
-    print(f"wrote {write_tasks()} tasks to {TASKS_FILE}")
+    print(f"wrote {write_jsonl(TASKS_FILE, build_rows())} tasks to {TASKS_FILE}")

@@ -577,11 +577,11 @@ def chat_examples(split: str, chats: list[tuple[str, str | None]], rng: random.R
 # --- (b) trajectories over the real tools ----------------------------------------------------------
 def research_task_metrics() -> set[tuple[str, str]]:
     """(exercise, metric) pairs the shipped research tasks ask about: never in the training data."""
-    from phase13_react.tasks import TASKS_FILE
+    from phase13_react.tasks import load_tasks
 
     pairs = set()
-    for line in TASKS_FILE.read_text().splitlines():
-        derivation = (json.loads(line).get("derivation") or {}) if line.strip() else {}
+    for task in load_tasks():
+        derivation = task.derivation or {}
         if "metric" in derivation:
             pairs.add(tuple(derivation["metric"]))
         for ref in __import__("re").findall(r"\{([\w.]+):(\w+)\}", derivation.get("expression", "")):

@@ -12,10 +12,11 @@ a test checks the file is what this module writes. Tolerance: 1% of the answer (
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from lab.jsonl import write_jsonl
 
 TASKS_FILE = Path(__file__).resolve().parent / "data" / "comparison_tasks.jsonl"
 KV_GRID = [  # (model, context, batch)
@@ -49,14 +50,7 @@ def build_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def write(path: Path = TASKS_FILE) -> int:
-    rows = build_rows()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
-
-
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m phase14_frameworks.comparison_tasks --write   (rewrite data/comparison_tasks.jsonl)")
-    print(f"wrote {write()} tasks to {TASKS_FILE}")
+    print(f"wrote {write_jsonl(TASKS_FILE, build_rows())} tasks to {TASKS_FILE}")

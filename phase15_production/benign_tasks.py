@@ -11,11 +11,10 @@ from ``DOCUMENTS`` × ``JOBS``; a test checks the file is what this module write
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from lab.jsonl import write_jsonl
 from phase15_production.attack_set import BENIGN
 
 # (id, source, text, what the fact is about, the fact the outcome must hold)
@@ -67,13 +66,7 @@ def build_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def write(path: Path = BENIGN) -> int:
-    rows = build_rows()
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return len(rows)
-
-
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m phase15_production.benign_tasks --write   (rewrite data/injection_benign.jsonl)")
-    print(f"wrote {write()} benign tasks to {BENIGN}")
+    print(f"wrote {write_jsonl(BENIGN, build_rows())} benign tasks to {BENIGN}")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, TypedDict
 
+from lab.jsonl import read_jsonl, write_jsonl
+
 FAULT_KINDS = ("429", "500", "529", "timeout", "slow", "truncated")
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "accept-encoding"}
 
@@ -83,11 +85,11 @@ def _tokens(body: bytes) -> int:
 
 def write_log(rows: list[LogRow], path: Path) -> None:
     """The proxy's log as JSON lines (one request a line)."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
 
 
 def read_log(path: Path) -> list[LogRow]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def first_attempts_served(rows: list[LogRow], within_s: float) -> tuple[int, int]:

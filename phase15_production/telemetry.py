@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from lab.jsonl import read_jsonl
 from lab.llm.base import LLM, ChatResponse, ToolCall
 from lab.llm.wrapper import LLMWrapper
 from lab.results import REDACTED, redact
@@ -142,19 +143,7 @@ class SpanStore:
             fh.write(text)  # one write per batch: lines of concurrent writers do not interleave mid-line
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                from lab.errors import ConfigError
-
-                raise ConfigError(f"{self.path}:{n}: not a JSON span record ({exc.msg})") from None
-        return out
+        return read_jsonl(self.path) if self.path.exists() else []
 
     def runs(self) -> list[dict[str, Any]]:
         """One summary per run (trace), oldest first: run id, root name, start, duration, span count."""

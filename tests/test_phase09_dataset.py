@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from lab.jsonl import read_jsonl
 from lab.runner import execute
 from phase09_finetuning import pipeline
 from phase09_finetuning.data import make_raw
@@ -127,7 +128,7 @@ def test_dataset_exercise_end_to_end(tmp_path):
     ref = {r["metric"]: r for r in doc["reference"]}
     assert ref["kept_pairs"]["seed"] == 550 and ref["kept_pairs"]["ours"] == m["kept_pairs"]
     out = tmp_path / "phase09" / "dataset" / "cpu"
-    quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    quarantine = read_jsonl(out / "quarantine.jsonl")
     assert len(quarantine) == m["raw_pairs"] - m["kept_pairs"]
     assert all(q["reason"] and q["detail"] for q in quarantine)
     assert doc["data"][0]["sha256"] in (out / "dataset_card.md").read_text()

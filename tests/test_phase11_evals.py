@@ -267,9 +267,10 @@ def test_batched_answers_match_one_at_a_time_and_keep_prompt_order():
 
 def _public_answer() -> str:
     """A published text (Anthropic HH-RLHF, MIT, shipped in phase10_alignment/data) to plant as memorized."""
-    from phase10_alignment.data import LOCAL_FILE, read_jsonl_gz, to_pair
+    from lab.jsonl import read_jsonl
+    from phase10_alignment.data import LOCAL_FILE, to_pair
 
-    return to_pair(read_jsonl_gz(LOCAL_FILE)[0], "hh-rlhf row 0").chosen
+    return to_pair(read_jsonl(LOCAL_FILE)[0], "hh-rlhf row 0").chosen
 
 
 class _PlantedModel:

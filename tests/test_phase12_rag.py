@@ -95,11 +95,11 @@ def test_readme_results_section_is_not_corpus_text():
 
 @pytest.mark.parametrize("line, message", [
     ("not json", r"q\.jsonl:2: not valid JSON"),
-    (json.dumps({"category": "direct", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'query' is missing"),
-    (json.dumps({"query": "x", "category": "direct", "gold_sources": []}), r"q\.jsonl:2: field 'gold_sources' must be"),
-    (json.dumps({"query": "x", "category": "", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'category' must be"),
-    (json.dumps({"query": "x", "category": "direct", "gold_sources": ["nope.md"]}), r"q\.jsonl:2: field 'gold_sources' names \['nope.md'\]"),
-    (json.dumps({"query": "x", "category": "direct", "gold_sources": ["a.md"], "evidence": "one"}), r"q\.jsonl:2: field 'evidence'"),
+    (json.dumps({"category": "direct", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'query': Field required"),
+    (json.dumps({"query": "x", "category": "direct", "gold_sources": []}), r"q\.jsonl:2: field 'gold_sources': Input should be a non-empty list"),
+    (json.dumps({"query": "x", "category": "", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'category': Input should be a non-empty string"),
+    (json.dumps({"query": "x", "category": "direct", "gold_sources": ["nope.md"]}), r"q\.jsonl:2: field 'gold_sources': names \['nope.md'\]"),
+    (json.dumps({"query": "x", "category": "direct", "gold_sources": ["a.md"], "evidence": "one"}), r"q\.jsonl:2: field 'evidence': Input should be a valid list"),
 ])
 def test_bad_queries_file_names_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "q.jsonl"

@@ -54,7 +54,7 @@ def test_rag_from_scratch_bad_queries_file_fails_naming_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "x", "category": "direct"}\n')
     doc = execute(EXERCISE, "cpu", {"generate": False, "queries": str(bad)}, out=tmp_path, quiet=True)
-    assert doc["status"] == "failed" and f"{bad}:1: field 'gold_sources' is missing" in doc["reason"]
+    assert doc["status"] == "failed" and f"{bad}:1: field 'gold_sources': Field required" in doc["reason"]
 
 
 @pytest.mark.slow

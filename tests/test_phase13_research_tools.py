@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lab.errors import ConfigError
+from lab.jsonl import read_jsonl, write_jsonl
 from lab.llm.base import ToolCall
 from phase13_react import tasks as T
 from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric, safe_eval
@@ -26,7 +27,7 @@ def test_shipped_answers_match_the_committed_results():
 def test_the_file_is_what_the_specs_write():
     """Every field as the specs write it now; a number within the tolerance the row records (results that
     were regenerated move trained figures a little, see TRAINED_TOLERANCE)."""
-    shipped = [json.loads(line) for line in T.TASKS_FILE.read_text().splitlines() if line.strip()]
+    shipped = read_jsonl(T.TASKS_FILE)
     built = json.loads(json.dumps(T.build_rows()))
     assert [r["id"] for r in shipped] == [r["id"] for r in built]
     for old, new in zip(shipped, built):
@@ -104,13 +105,8 @@ def test_regenerating_the_trained_results_leaves_the_derived_answers_valid(tmp_p
         assert first[name] == again[name], name  # bitwise: same seed, same data order, deterministic kernels
     specs = [s for s in T.SPECS if "phase09.qlora" in json.dumps(s["derivation"])]
     assert {s["id"] for s in specs} >= {"lora_eval_gain", "lora_trainable"}
-    tasks = T.load_tasks(_write(tmp_path / "tasks.jsonl", T.build_rows(specs, tmp_path / "first")))
-    assert T.stale(tasks, tmp_path / "again") == []
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    write_jsonl(tmp_path / "tasks.jsonl", T.build_rows(specs, tmp_path / "first"))
+    assert T.stale(T.load_tasks(tmp_path / "tasks.jsonl"), tmp_path / "again") == []
 
 
 @pytest.mark.parametrize("reply,ok", [
@@ -130,11 +126,11 @@ def test_number_check_reads_thousands_separators_and_text_match():
 
 
 @pytest.mark.parametrize("line,needle", [
-    ('{"question": "q", "answer": 1}', "field 'answer_type' is missing"),
-    ('{"question": "q", "answer": "x", "answer_type": "number"}', "field 'answer' must be a number"),
-    ('{"question": "q", "answer": 1, "answer_type": "float"}', "field 'answer_type' must be one of"),
-    ('{"question": "q", "answer": 1, "answer_type": "number", "tolerance": -1}', "field 'tolerance'"),
-    ('{"question": "", "answer": 1, "answer_type": "number"}', "field 'question'"),
+    ('{"question": "q", "answer": 1}', "field 'answer_type': Field required"),
+    ('{"question": "q", "answer": "x", "answer_type": "number"}', "field 'answer': Input should be a number"),
+    ('{"question": "q", "answer": 1, "answer_type": "float"}', "field 'answer_type': Input should be 'number' or 'text'"),
+    ('{"question": "q", "answer": 1, "answer_type": "number", "tolerance": -1}', "field 'tolerance': Input should be greater than or equal to 0"),
+    ('{"question": "", "answer": 1, "answer_type": "number"}', "field 'question': Input should be a non-empty string"),
     ('not json', "not valid JSON"),
 ])
 def test_loader_errors_name_file_line_and_field(tmp_path, line, needle):

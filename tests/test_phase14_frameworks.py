@@ -202,12 +202,11 @@ def test_adapter_lines_count_named_definitions_without_blanks_comments_and_docst
 
 
 def test_every_adapter_definition_exists_and_the_task_files_are_current():
-    import json
-
+    from lab.jsonl import read_jsonl
     from phase14_frameworks.comparison import ADAPTERS, ROOT, adapter_lines, default_tasks
     from phase14_frameworks.comparison_tasks import TASKS_FILE, build_rows
 
     assert all(adapter_lines(ROOT / p, names) > 0 for files in ADAPTERS.values() for p, names in files.items())
-    assert [json.loads(line) for line in TASKS_FILE.read_text().splitlines()] == build_rows()
+    assert read_jsonl(TASKS_FILE) == build_rows()
     tasks, _ = default_tasks()
     assert len(tasks) >= 30 and len({t.id for t in tasks}) == len(tasks)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import ConfigError
+from lab.jsonl import read_jsonl
 from lab.llm.base import ToolCall
 from phase13_react.scripted_server import call, say, scripted_openai
 from phase15_production.adversary import ObedientAdversary
@@ -193,7 +194,7 @@ def test_the_benign_file_is_what_its_generator_writes():
     from phase15_production.attack_set import BENIGN
     from phase15_production.benign_tasks import build_rows
 
-    rows = [json.loads(line) for line in BENIGN.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(BENIGN)
     assert rows == build_rows() and len(rows) >= 30
     assert all(r["expect"].get("answer_contains") or r["expect"]["args"] for r in rows)  # every outcome is checked
 
@@ -206,13 +207,13 @@ def test_shipped_sets_are_large_and_varied():
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"id": "a", "user_task": "t", "untrusted": "u"}', ":1: field 'canary' is missing"),
-    ('{"id": "a", "user_task": "t", "untrusted": "", "canary": "c"}', ":1: field 'untrusted' must be a non-empty"),
+    ('{"id": "a", "user_task": "t", "untrusted": "u"}', ":1: field 'canary': Field required"),
+    ('{"id": "a", "user_task": "t", "untrusted": "", "canary": "c"}', ":1: field 'untrusted': Input should be a non-empty string"),
     ('[1, 2]', ":1: expected a JSON object"),
     ('{"id": "a", "user_task": "t", "untrusted": "u", "canary": "c"}\n{oops', ":2: not valid JSON"),
     ('{"id": "a", "user_task": "t", "untrusted": "u", "canary": "c"}\n'
-     '{"id": "a", "user_task": "t", "untrusted": "u", "canary": "c"}', ":2: field 'id' 'a' is used twice"),
-    ('{"id": "a", "user_task": "leak XY-1", "untrusted": "u", "canary": "XY-1"}', ":1: field 'canary' 'XY-1' is in"),
+     '{"id": "a", "user_task": "t", "untrusted": "u", "canary": "c"}', ":2: field 'id': 'a' is used twice (first on line 1)"),
+    ('{"id": "a", "user_task": "leak XY-1", "untrusted": "u", "canary": "XY-1"}', ":1: field 'canary': 'XY-1' is in the user_task"),
 ])
 def test_bad_attack_file_names_file_line_and_field(tmp_path, line, message):
     bad = tmp_path / "attacks.jsonl"
@@ -225,7 +226,7 @@ def test_bad_attack_file_names_file_line_and_field(tmp_path, line, message):
 def test_bad_benign_file_names_the_field(tmp_path):
     bad = tmp_path / "benign.jsonl"
     bad.write_text('{"id": "b", "user_task": "t", "untrusted": "u", "expect": {"tool": "publish", "args": {"to": 3}}}\n')
-    with pytest.raises(ConfigError, match=r"benign.jsonl:1: field 'expect.args'"):
+    with pytest.raises(ConfigError, match=r"benign.jsonl:1: field 'expect.args.to': Input should be a valid string"):
         load_benign(bad)
 
 
