@@ -1,6 +1,6 @@
 """13.4 Failure modes: every way a tool-using agent goes wrong, injected on purpose and counted.
 
-Each scenario pairs a scripted model (``phase13_react.scripted_server``: an OpenAI-compatible HTTP
+Each scenario pairs a scripted model (``lab.llm.scripted_server``: an OpenAI-compatible HTTP
 server that sends exactly the broken reply we want) with tools that raise, hang or return nothing,
 runs the real loop (``phase13_react.loop.run_agent``) through the real client (``lab.llm``), and
 checks that the failure was recorded under its name and handled as designed:
@@ -70,7 +70,7 @@ def failure_tools(cfg: Config) -> list:
 
 def scenarios(cfg: Config) -> list[dict[str, Any]]:
     """(name, the scripted replies, loop mode, the outcome and stop reason expected)."""
-    from phase13_react.scripted_server import call, say
+    from lab.llm.scripted_server import call, say
 
     done = say("Done.")
     return [
@@ -94,12 +94,12 @@ def run_scenario(sc: dict[str, Any], cfg: Config) -> tuple[Any, int]:
     """Run one scenario end to end; returns (the AgentRun, requests the scripted model received)."""
     from lab.llm.openai_client import OpenAILLM
     from phase13_react.loop import run_agent
-    from phase13_react.scripted_server import scripted_openai
+    from lab.llm.scripted_server import ScriptedServer
     from phase13_react.tools import Toolbox
 
     toolbox = Toolbox(failure_tools(cfg), retries=cfg.tool_retries, backoff_s=0.01)
-    with scripted_openai(sc["script"]) as srv:
-        llm = OpenAILLM("scripted", base_url=srv.url, api_key="sk-scripted", max_attempts=1,
+    with ScriptedServer(sc["script"]) as srv:
+        llm = OpenAILLM("scripted", base_url=srv.openai_url, api_key="sk-scripted", max_attempts=1,
                         timeout_s=cfg.client_timeout_s)
         run = run_agent(llm, "Use the tools to answer: what is 1 + 2?", toolbox, mode=sc.get("mode", "native"),
                         max_steps=cfg.max_steps, max_repeats=cfg.max_repeats)

@@ -5,10 +5,12 @@ own sections, the workspace's files and the skills it found, and offers the mode
 every turn. Put this proxy between the framework and ``lab serve`` (or any OpenAI-compatible
 server) and each chat request is kept as sent — body and the reply streamed back — so the lesson
 can measure the system prompt, the tools offered and the tokens, and see which tool the model
-called. Request headers are forwarded but never stored (they carry the API key).
+called. Request headers are forwarded but never stored (they carry the API key). Replies are relayed
+as they arrive (a stream stays a stream); the proxy is a handler on the scripted server's HTTP core
+(``lab.llm.scripted_server.LoopbackServer``).
 
     recorder = ModelRecorder(upstream="http://127.0.0.1:8088")
-    with recorder.serving() as url:      # point the framework's base URL at f"{url}/v1"
+    with recorder:                       # point the framework's base URL at f"{recorder.url}/v1"
         ...
     recorder.exchanges[0].system_prompt, recorder.exchanges[0].tool_names, ...
 """
@@ -18,11 +20,11 @@ from __future__ import annotations
 import html
 import json
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
-from lab.serve.background import serving_app
+from lab.llm.scripted_server import LoopbackServer, Reply, Request
 
 CHAT_PATHS = ("/v1/chat/completions",)
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -111,61 +113,44 @@ def parse_reply(exchange: Exchange, raw: bytes, content_type: str) -> None:
     exchange.reply_tool_calls = [calls[i] for i in sorted(calls)]
 
 
-class ModelRecorder:
-    """An ASGI proxy to ``upstream`` that keeps every chat request (``exchanges``, in arrival order)."""
+class ModelRecorder(LoopbackServer):
+    """A proxy to ``upstream`` (a context manager; clients go to ``url``) that keeps every chat request
+    (``exchanges``, in arrival order)."""
 
     def __init__(self, upstream: str):
+        super().__init__(name="model-recorder")
         self.upstream = upstream.rstrip("/")
         self.exchanges: list[Exchange] = []
         self._lock = threading.Lock()
 
-    def app(self):
+    def handle(self, request: Request) -> Reply:
         import httpx
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import StreamingResponse
-        from starlette.routing import Route
 
-        client = httpx.AsyncClient(base_url=self.upstream, timeout=None)
+        exchange = None
+        if request.method == "POST" and urlsplit(request.path).path in CHAT_PATHS:
+            exchange = Exchange(request.body if request.body is not None else {"unparsed_chars": len(request.raw)})
+            with self._lock:
+                self.exchanges.append(exchange)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        client = httpx.Client(timeout=None)
+        upstream = client.send(client.build_request(request.method, f"{self.upstream}{request.path}",
+                                                    headers=headers, content=request.raw), stream=True)
 
-        async def proxy(request: Request):
-            body = await request.body()
-            exchange = None
-            if request.method == "POST" and request.url.path in CHAT_PATHS:
-                try:
-                    exchange = Exchange(json.loads(body))
-                except json.JSONDecodeError:
-                    exchange = Exchange({"unparsed_chars": len(body)})
-                with self._lock:
-                    self.exchanges.append(exchange)
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-            upstream = await client.send(
-                client.build_request(request.method, request.url.path, params=request.query_params,
-                                     headers=headers, content=body), stream=True)
+        def relay() -> Iterator[bytes]:
             received = bytearray()
+            try:
+                for piece in upstream.iter_raw():
+                    received.extend(piece)
+                    yield piece
+            finally:
+                upstream.close()
+                client.close()
+                if exchange is not None:
+                    exchange.status = upstream.status_code
+                    parse_reply(exchange, bytes(received), upstream.headers.get("content-type", ""))
 
-            async def relay():
-                try:
-                    async for piece in upstream.aiter_raw():
-                        received.extend(piece)
-                        yield piece
-                finally:
-                    await upstream.aclose()
-                    if exchange is not None:
-                        exchange.status = upstream.status_code
-                        parse_reply(exchange, bytes(received), upstream.headers.get("content-type", ""))
-
-            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers)
-
-        methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
-        return Starlette(routes=[Route("/{path:path}", proxy, methods=methods)])
-
-    @contextmanager
-    def serving(self) -> Iterator[str]:
-        """Yield the proxy's root URL (clients add ``/v1`` as they would for the upstream)."""
-        with serving_app(self.app(), name="model-recorder") as url:
-            yield url
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        return Reply(status=upstream.status_code, headers=out_headers, stream=relay())
 
     def summary(self, count_tokens: Callable[[dict[str, Any]], int | None] | None = None,
                 needles: dict[str, str] | None = None) -> list[dict[str, Any]]:

@@ -140,8 +140,8 @@ def measure_configuration(ctx: RunContext, name: str, root: Path, *, model_url: 
     description = read_front_matter(runner.SKILLS_DIR / SKILL / "SKILL.md")["description"]
     recorder = ModelRecorder(model_url)
     turns: list[dict[str, Any]] = []
-    with recorder.serving() as url:
-        setup = runner.make_setup(root / name, base_url=url, api_key=api_key, model=model,
+    with recorder:
+        setup = runner.make_setup(root / name, base_url=recorder.url, api_key=api_key, model=model,
                                   context_window=context_window, max_tokens=cfg.max_tokens, narrow=narrow,
                                   env={"CONTENT_ENGINE_URL": engine_url})
         listed = {s["name"]: s for s in runner.skills_list(setup)}
@@ -201,9 +201,9 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 def run_turns(cfg: Config, ctx: RunContext, llms: list, messages: list[str]) -> None:
     """Every configuration x model turn against ``lab serve``, then the scripted control."""
-    from lab.serve.background import serving, serving_app
+    from lab.serve.background import serving
     from phase14_frameworks.engine_double import EngineDouble
-    from phase14_frameworks.scripted_model import scripted_app
+    from phase14_frameworks.scripted_model import scripted_model
 
 
     engine = None if cfg.engine_url else EngineDouble()
@@ -226,8 +226,8 @@ def run_turns(cfg: Config, ctx: RunContext, llms: list, messages: list[str]) -> 
                 results.append({**r, "variant": variant, "model": llm.spec, "slug": model_slug(llm.spec)})
             control = None
             if cfg.control:
-                with serving_app(scripted_app(SKILL), name="scripted-model") as scripted_url:
-                    control = measure_configuration(ctx, "control", root, model_url=scripted_url, api_key=api_key,
+                with scripted_model(SKILL) as scripted:
+                    control = measure_configuration(ctx, "control", root, model_url=scripted.url, api_key=api_key,
                                                     model="scripted", cfg=cfg, messages=messages[:1],
                                                     context_window=HOSTED_CONTEXT_WINDOW, engine=engine,
                                                     engine_url=engine_url, narrow=True)

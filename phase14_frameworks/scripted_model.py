@@ -1,10 +1,10 @@
 """A scripted OpenAI-compatible "model" that uses a skill the way OpenClaw asks a capable model to.
 
-Not a model: a double of the Chat Completions wire protocol (streamed, as OpenClaw always asks)
-that follows OpenClaw's skill instructions literally. It is the control for the lesson: when the
-embedded 135M model does not use the skill, this run shows whether the rest of the path — the
-skill catalog in the prompt, ``read``, ``exec``, the skill's script, the engine API — works. Per
-request it looks at how many tool results the conversation already holds:
+Not a model: a script for ``lab.llm.scripted_server`` (the Chat Completions wire, streamed as
+OpenClaw always asks) that follows OpenClaw's skill instructions literally. It is the control for the
+lesson: when the embedded 135M model does not use the skill, this run shows whether the rest of the
+path — the skill catalog in the prompt, ``read``, ``exec``, the skill's script, the engine API —
+works. Per request it looks at how many tool results the conversation already holds:
 
 0. call ``read`` on the ``<location>`` that the system prompt's ``<available_skills>`` lists for the skill;
 1. call ``exec`` with the skill's start command, the topic taken from the user's message;
@@ -14,12 +14,12 @@ request it looks at how many tool results the conversation already holds:
 from __future__ import annotations
 
 import html
-import json
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
+from lab.llm.scripted_server import Reply, ScriptedServer, call, say
 from phase14_frameworks.model_recorder import text_of
 
 SKILL_ENTRY = re.compile(r"<skill>\s*<name>(?P<name>[^<]+)</name>.*?<location>(?P<location>[^<]+)</location>", re.S)
@@ -60,37 +60,14 @@ def next_step(body: dict[str, Any], skill: str) -> dict[str, Any]:
     return {"text": f"Started the content-engine job:\n{results[-1][:1500]}"}
 
 
-def sse_reply(step: dict[str, Any], model: str, n: int) -> list[str]:
-    """The step as OpenAI streaming chunks (``data: ...`` lines), then ``[DONE]`` (no usage: nothing was counted)."""
-    base = {"id": f"chatcmpl-scripted-{n}", "object": "chat.completion.chunk", "created": 0, "model": model}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
-
-    lines = [chunk({"role": "assistant", "content": ""})]
+def reply(body: dict[str, Any], skill: str) -> Reply:
+    """The step as the server's reply, without usage (nothing was counted)."""
+    step = next_step(body, skill)
     if "name" in step:
-        call = {"index": 0, "id": f"call_{n}", "type": "function",
-                "function": {"name": step["name"], "arguments": json.dumps(step["arguments"])}}
-        lines += [chunk({"tool_calls": [call]}), chunk({}, "tool_calls")]
-    else:
-        lines += [chunk({"content": step["text"]}), chunk({}, "stop")]
-    return lines + ["data: [DONE]\n\n"]
+        return call(step["name"], step["arguments"], usage=None)
+    return say(step["text"], usage=None)
 
 
-def scripted_app(skill: str = "content-engine", model: str = "scripted"):
-    """The ASGI app: ``GET /v1/models`` and streamed ``POST /v1/chat/completions`` following the script."""
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
-
-    counter = {"n": 0}
-
-    async def models(request):
-        return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "lab"}]})
-
-    async def chat(request):
-        counter["n"] += 1
-        lines = sse_reply(next_step(await request.json(), skill), model, counter["n"])
-        return StreamingResponse(iter(lines), media_type="text/event-stream")
-
-    return Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])])
+def scripted_model(skill: str = "content-engine", model: str = "scripted") -> ScriptedServer:
+    """The server (a context manager): ``GET /v1/models`` lists ``model``; chat completions follow the script."""
+    return ScriptedServer(lambda body: reply(body, skill), models=[{"id": model, "owned_by": "lab"}])

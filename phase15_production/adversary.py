@@ -114,7 +114,7 @@ def _canonical(arguments: str) -> str:
 
 
 def plan(body: dict[str, Any]) -> dict[str, Any]:
-    """The reply to one chat-completions request body (``scripted_server`` reply shape)."""
+    """The reply to one chat-completions request body (a ``lab.llm.scripted_server`` reply)."""
     messages = body.get("messages") or []
     system = " ".join(_content(m) for m in messages if m.get("role") == "system")
     first_user = _content(next((m for m in messages if m.get("role") == "user"), None))
@@ -148,11 +148,11 @@ def plan(body: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def adversary_server() -> Iterator[str]:
-    """The adversary on a loopback OpenAI-compatible server (Phase 13's scripted wire double); yields its base URL."""
-    from phase13_react.scripted_server import scripted_openai
+    """The adversary on a loopback OpenAI-compatible server (``lab.llm.scripted_server``); yields its base URL."""
+    from lab.llm.scripted_server import ScriptedServer
 
-    with scripted_openai(plan) as server:
-        yield server.url
+    with ScriptedServer(plan) as server:
+        yield server.openai_url
 
 
 class ObedientAdversary(LLM):

@@ -16,21 +16,22 @@ run at 10% is not fault-free by bad luck — while faults still come in bursts, 
 with one client at a time sees the same faults on the same requests. Replies are buffered (a ``stream: true`` request comes back
 whole, not as it is generated). ``counts`` says what was injected; ``log`` holds one row per
 request (see ``LogRow``), written with ``write_log`` so a figure computed from the client's side can be
-recomputed from what the proxy actually did (``first_attempts_served``).
+recomputed from what the proxy actually did (``first_attempts_served``). The proxy is a handler on
+the scripted server's HTTP core (``lab.llm.scripted_server.LoopbackServer``: a thread per connection).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, TypedDict
+from typing import TypedDict
+
+from lab.llm.scripted_server import LoopbackServer, Reply, Request, raw
 
 from lab.jsonl import read_jsonl, write_jsonl
 
@@ -101,21 +102,18 @@ def first_attempts_served(rows: list[LogRow], within_s: float) -> tuple[int, int
     return sum(r["served"] and r["seconds"] < within_s for r in first.values()), len(first)
 
 
-class FaultProxy:
-    """The ASGI app (``app``) and what it injected (``counts``: kind or "pass" -> requests)."""
+class FaultProxy(LoopbackServer):
+    """The proxy (a context manager; clients go to ``url``) and what it injected (``counts``: kind or
+    "pass" -> requests)."""
 
     def __init__(self, upstream: str, spec: FaultSpec):
-        from starlette.applications import Starlette
-        from starlette.routing import Route
-
+        super().__init__(name="fault-proxy")
         self.upstream, self.spec = upstream.rstrip("/"), spec
         self.counts: Counter[str] = Counter()
         self.log: list[LogRow] = []
         self._rng = random.Random(spec.seed)
         self._dealt: list[bool] = []  # what is left of the current deck (True = fault)
         self._lock = threading.RLock()
-        self.url = ""  # set by fault_proxy() once bound
-        self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["GET", "POST"])])
 
     def draw(self) -> str | None:
         """The fault for the next request (None: pass it through)."""
@@ -130,53 +128,45 @@ class FaultProxy:
             self.counts[kind or "pass"] += 1
         return kind
 
-    async def handle(self, request):
-        start, body = time.perf_counter(), await request.body()
+    def handle(self, request: Request) -> Reply:
+        start = time.perf_counter()
         with self._lock:  # logged on arrival: a request still hanging when the run ends is in the log too
             row = LogRow(i=len(self.log), fault=self.draw(), status=0, served=False, tokens=0, seconds=0.0,
-                         prompt=_prompt(body))
+                         prompt=_prompt(request.raw))
             self.log.append(row)
-        response, tokens = await self._answer(request, row["fault"], body)
+        reply, tokens = self._answer(request, row["fault"])
         with self._lock:
-            row.update(status=response.status_code, served=response.status_code == 200 and row["fault"] != "truncated",
+            row.update(status=reply["status"], served=reply["status"] == 200 and row["fault"] != "truncated",
                        tokens=tokens, seconds=round(time.perf_counter() - start, 4))
-        return response
+        return reply
 
-    async def _answer(self, request, kind: str | None, body: bytes) -> tuple[Any, int]:
-        """The response for one request and the tokens the upstream processed for it."""
+    def _answer(self, request: Request, kind: str | None) -> tuple[Reply, int]:
+        """The reply to one request and the tokens the upstream processed for it."""
         import httpx
-        from starlette.responses import JSONResponse, Response
 
         if kind in ("429", "500", "529"):
             status = int(kind)
             headers = {"retry-after": f"{self.spec.retry_after_s:g}"} if status == 429 else {}
-            return JSONResponse({"error": {"message": f"injected fault: HTTP {status}", "type": "injected_fault",
-                                           "param": None, "code": kind}}, status_code=status, headers=headers), 0
+            return raw({"error": {"message": f"injected fault: HTTP {status}", "type": "injected_fault",
+                                  "param": None, "code": kind}}, status, headers), 0
         if kind == "timeout":
-            await asyncio.sleep(self.spec.hang_s)
-            return JSONResponse({"error": {"message": "injected fault: upstream timeout", "type": "injected_fault",
-                                           "param": None, "code": "timeout"}}, status_code=504), 0
+            time.sleep(self.spec.hang_s)
+            return raw({"error": {"message": "injected fault: upstream timeout", "type": "injected_fault",
+                                  "param": None, "code": "timeout"}}, 504), 0
         if kind == "slow":
-            await asyncio.sleep(self.spec.slow_s)
+            time.sleep(self.spec.slow_s)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        async with httpx.AsyncClient(timeout=None) as client:
-            upstream = await client.request(request.method, f"{self.upstream}/{request.path_params['path']}",
-                                            params=request.query_params, headers=headers, content=body)
+        upstream = httpx.request(request.method, f"{self.upstream}{request.path}", headers=headers,
+                                 content=request.raw, timeout=None)
         reply = upstream.content
         tokens = _tokens(reply) if upstream.status_code == 200 else 0
         if kind == "truncated" and upstream.status_code == 200:
             reply = reply[: len(reply) // 2]
-        return Response(reply, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type", "application/json")), tokens
+        return raw(reply, upstream.status_code,
+                   {"content-type": upstream.headers.get("content-type", "application/json")}), tokens
 
 
-@contextmanager
-def fault_proxy(upstream: str, spec: FaultSpec) -> Iterator[FaultProxy]:
-    """A running FaultProxy in front of ``upstream`` (root URL, e.g. ``http://127.0.0.1:8088``);
-    point clients at ``proxy.url`` (+ ``/v1`` for OpenAI SDKs)."""
-    proxy = FaultProxy(upstream, spec)
-    from lab.serve.background import serving_app
-
-    with serving_app(proxy.app, name="fault proxy") as url:
-        proxy.url = url
-        yield proxy
+def fault_proxy(upstream: str, spec: FaultSpec) -> FaultProxy:
+    """A FaultProxy in front of ``upstream`` (root URL, e.g. ``http://127.0.0.1:8088``), served while its
+    ``with`` block lasts; point clients at ``proxy.url`` (+ ``/v1`` for OpenAI SDKs)."""
+    return FaultProxy(upstream, spec)

@@ -1,9 +1,9 @@
-"""A scripted OpenAI-compatible server: the engine's tiny runs and tests talk HTTP to it.
+"""The engine's scripted model: its tiny runs and tests talk HTTP to it.
 
 A wire double, not a mock: the engine runs unchanged (``--llm openai:scripted@<url>``), through the
-``openai`` SDK and ``lab.llm``, over a real socket — only the model's *replies* are scripted, so a
-run takes seconds and its outcome is known in advance. It answers ``POST /v1/chat/completions``
-by recognising which stage is asking:
+``openai`` SDK and ``lab.llm``, over a real socket to ``lab.llm.scripted_server`` — only the model's
+*replies* are scripted here, so a run takes seconds and its outcome is known in advance. It answers
+each chat completion by recognising which stage is asking:
 
 - HyDE (the Phase 12 hypothesis prompt): a short passage echoing the question;
 - the Writer: two sentences ending with the ``[n]`` of the source it was shown;
@@ -12,7 +12,7 @@ by recognising which stage is asking:
   ``escalate`` is always scored 2, so the job ends ESCALATED after the revision limit.
 
 ``delay_s`` slows every reply (the load exercise needs jobs long enough to kill a worker mid-job).
-Counts per stage are kept in ``server.calls``.
+Counts per stage are kept in ``script.calls``; usage is counted in words; ``GET /v1/models`` is a 404.
 """
 
 from __future__ import annotations
@@ -20,21 +20,26 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
+
+from lab.llm.scripted_server import Reply, ScriptedServer, say
 
 _TOPIC = re.compile(r"Question:\n.*?about: (.*?)\n", re.S)
 _SOURCE = re.compile(r"Source \[(\d+)\]")
 
 
-class ScriptedServer:
+class EngineScript:
+    """The script: each request body answered by the stage it comes from (``reply``), counted in ``calls``."""
+
     def __init__(self, reject_first: int = 0, delay_s: float = 0.0):
         self.reject_first, self.delay_s = reject_first, delay_s
         self.calls = {"hyde": 0, "writer": 0, "judge": 0, "other": 0}
         self.reviews: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def __call__(self, request: dict) -> Reply:
+        return say(self.reply(request), delay_s=self.delay_s)
 
     def reply(self, request: dict) -> str:
         messages = request.get("messages") or []
@@ -74,48 +79,9 @@ class ScriptedServer:
                            "flags": {"confident_hallucination": False}})
 
 
-def _handler(script: ScriptedServer):
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's naming)
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-            if not self.path.rstrip("/").endswith("/chat/completions"):
-                return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
-            if script.delay_s:
-                time.sleep(script.delay_s)
-            text = script.reply(body)
-            prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages") or [])
-            self._send(200, {
-                "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", "scripted"),
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
-                          "total_tokens": prompt + len(text.split())}})
-
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):  # quiet
-            pass
-
-    return Handler
-
-
 @contextmanager
-def scripted_server(reject_first: int = 0, delay_s: float = 0.0) -> Iterator[tuple[str, ScriptedServer]]:
+def scripted_server(reject_first: int = 0, delay_s: float = 0.0) -> Iterator[tuple[str, EngineScript]]:
     """``(base_url, script)``: the OpenAI base URL (``http://127.0.0.1:PORT/v1``) and the script's counters."""
-    script = ScriptedServer(reject_first, delay_s)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", script
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    script = EngineScript(reject_first, delay_s)
+    with ScriptedServer(script, models=None) as server:
+        yield server.openai_url, script

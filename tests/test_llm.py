@@ -1,10 +1,7 @@
 """The LLM client layer: hosted providers through their real SDKs against a loopback server that
 speaks their wire format, and the embedded local model generating real text."""
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +12,7 @@ from lab.llm.base import json_instruction
 from lab.llm.local import LocalLLM, chat_turns
 from lab.llm.openai_client import OpenAILLM
 from lab.llm.prices import cost_usd
+from lab.llm.scripted_server import ScriptedServer, raw
 
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -34,50 +32,11 @@ HISTORY = [
 ]
 
 
-class Loopback:
-    """An HTTP server on 127.0.0.1 (random port) that records each request and answers from a script."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.script: list[tuple[int, dict, dict]] = []
-        loopback = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                loopback.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                          "body": json.loads(body)})
-                status, payload, headers = loopback.script.pop(0)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def reply(self, payload: dict, status: int = 200, headers: dict | None = None) -> "Loopback":
-        self.script.append((status, payload, headers or {}))
-        return self
-
-
 @pytest.fixture
 def server():
-    loopback = Loopback()
-    loopback.thread.start()
-    yield loopback
-    loopback.server.shutdown()
-    loopback.server.server_close()
+    """A scripted server on loopback: each test appends the raw replies (``server.script``) it will get."""
+    with ScriptedServer([]) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -104,17 +63,17 @@ def anthropic_message(content: list[dict], stop="end_turn", model="claude-haiku-
 
 
 def test_anthropic_tool_use_round_trip(server, keys):
-    server.reply(anthropic_message(
+    server.script.append(raw(anthropic_message(
         [{"type": "text", "text": "One more city."},
-         {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Rome"}}], stop="tool_use"))
+         {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Rome"}}], stop="tool_use")))
     llm = from_spec(f"anthropic:claude-haiku-4-5@{server.url}")
     reply = llm.chat(HISTORY, system="You are terse.", tools=[WEATHER_TOOL], max_tokens=64)
 
     [req] = server.requests
-    assert req["path"] == "/v1/messages"
-    assert req["headers"]["anthropic-version"]
-    assert "sk-ant-test-key" in (req["headers"].get("authorization", "") + req["headers"].get("x-api-key", ""))
-    body = req["body"]
+    assert req.path == "/v1/messages"
+    assert req.headers["anthropic-version"]
+    assert "sk-ant-test-key" in (req.headers.get("authorization", "") + req.headers.get("x-api-key", ""))
+    body = req.body
     assert body["model"] == "claude-haiku-4-5" and body["max_tokens"] == 64 and "temperature" not in body
     assert body["system"] == "You are terse."
     assert body["tools"] == [WEATHER_TOOL]
@@ -141,11 +100,11 @@ def test_anthropic_tool_use_round_trip(server, keys):
 
 
 def test_anthropic_json_schema_is_a_forced_tool(server, keys):
-    server.reply(anthropic_message([{"type": "tool_use", "id": "toolu_1", "name": "json_reply",
-                                     "input": {"verdict": "pass"}}], stop="tool_use"))
+    server.script.append(raw(anthropic_message([{"type": "tool_use", "id": "toolu_1", "name": "json_reply",
+                                                 "input": {"verdict": "pass"}}], stop="tool_use")))
     llm = AnthropicLLM("claude-sonnet-4-5", base_url=server.url)
     reply = llm.chat([{"role": "user", "content": "Judge this."}], json_schema=VERDICT_SCHEMA)
-    body = server.requests[0]["body"]
+    body = server.requests[0].body
     assert body["tool_choice"] == {"type": "tool", "name": "json_reply"}
     assert body["tools"][0]["input_schema"] == VERDICT_SCHEMA
     assert reply.json() == {"verdict": "pass"}
@@ -153,26 +112,26 @@ def test_anthropic_json_schema_is_a_forced_tool(server, keys):
 
 
 def test_anthropic_json_schema_with_tools_becomes_an_instruction(server, keys):
-    server.reply(anthropic_message([{"type": "text", "text": '{"verdict": "fail"}'}]))
+    server.script.append(raw(anthropic_message([{"type": "text", "text": '{"verdict": "fail"}'}])))
     llm = AnthropicLLM("claude-sonnet-4-5", base_url=server.url)
     reply = llm.chat([{"role": "user", "content": "Judge."}], tools=[WEATHER_TOOL], json_schema=VERDICT_SCHEMA)
-    body = server.requests[0]["body"]
+    body = server.requests[0].body
     assert "tool_choice" not in body and body["system"] == json_instruction(VERDICT_SCHEMA)
     assert reply.json() == {"verdict": "fail"}
 
 
 def test_anthropic_retries_a_5xx_then_succeeds(server, keys):
-    server.reply({"type": "error", "error": {"type": "api_error", "message": "hiccup"}}, status=500)
-    server.reply({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, status=529)
-    server.reply(anthropic_message([{"type": "text", "text": "fine"}]))
+    server.script.append(raw({"type": "error", "error": {"type": "api_error", "message": "hiccup"}}, status=500))
+    server.script.append(raw({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, status=529))
+    server.script.append(raw(anthropic_message([{"type": "text", "text": "fine"}])))
     llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url, retry_wait_s=0.01)
     assert llm.chat([{"role": "user", "content": "hi"}]).text == "fine"
     assert len(server.requests) == 3
 
 
 def test_anthropic_400_is_an_llm_error_naming_provider_model_status(server, keys):
-    server.reply({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens too large"}},
-                 status=400)
+    server.script.append(raw({"type": "error", "error": {"type": "invalid_request_error",
+                                                         "message": "max_tokens too large"}}, status=400))
     llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url, retry_wait_s=0.01)
     with pytest.raises(LLMError, match=r"anthropic:claude-haiku-4-5 at http://127\.0\.0\.1:\d+: HTTP 400.*max_tokens too large") as err:
         llm.chat([{"role": "user", "content": "hi"}])
@@ -202,16 +161,16 @@ def openai_completion(message: dict, finish="stop", model="gpt-4o-mini-2024-07-1
 
 
 def test_openai_compatible_tool_calls_round_trip(server, keys):
-    server.reply(openai_completion({"content": None, "tool_calls": [
+    server.script.append(raw(openai_completion({"content": None, "tool_calls": [
         {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-        finish="tool_calls"))
+        finish="tool_calls")))
     llm = from_spec(f"openai:gpt-4o-mini@{server.url}/v1")
     reply = llm.chat(HISTORY, system="You are terse.", tools=[WEATHER_TOOL], max_tokens=32)
 
     [req] = server.requests
-    assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["authorization"] == "Bearer not-needed"  # local server, no OPENAI_API_KEY
-    body = req["body"]
+    assert req.path == "/v1/chat/completions"
+    assert req.headers["authorization"] == "Bearer not-needed"  # local server, no OPENAI_API_KEY
+    body = req.body
     assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 32 and body["temperature"] == 0.0
     assert body["tools"] == [{"type": "function", "function": {
         "name": "get_weather", "description": WEATHER_TOOL["description"], "parameters": WEATHER_TOOL["input_schema"]}}]
@@ -233,24 +192,25 @@ def test_openai_compatible_tool_calls_round_trip(server, keys):
 
 
 def test_openai_json_schema_uses_response_format(server, keys):
-    server.reply(openai_completion({"content": '{"verdict": "pass"}'}, model="qwen2.5-7b-instruct"))
+    server.script.append(raw(openai_completion({"content": '{"verdict": "pass"}'}, model="qwen2.5-7b-instruct")))
     llm = OpenAILLM("qwen2.5-7b-instruct", base_url=f"{server.url}/v1")
     reply = llm.chat([{"role": "user", "content": "Judge."}], json_schema=VERDICT_SCHEMA)
-    assert server.requests[0]["body"]["response_format"] == {
+    assert server.requests[0].body["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "reply", "schema": VERDICT_SCHEMA}}
     assert reply.json() == {"verdict": "pass"} and reply.stop_reason == "end_turn"
     assert reply.cost_usd is None  # a self-hosted model has no list price: no guess
 
 
 def test_openai_server_without_structured_output_falls_back_to_an_instruction(server, keys):
-    server.reply({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}}, status=400)
-    server.reply(openai_completion({"content": 'Sure: {"verdict": "fail"}'}))
-    server.reply(openai_completion({"content": '{"verdict": "pass"}'}))
+    server.script.append(raw({"error": {"message": "response_format is not supported",
+                                        "type": "invalid_request_error"}}, status=400))
+    server.script.append(raw(openai_completion({"content": 'Sure: {"verdict": "fail"}'})))
+    server.script.append(raw(openai_completion({"content": '{"verdict": "pass"}'})))
     llm = OpenAILLM("llama3", base_url=f"{server.url}/v1", retry_wait_s=0.01)
     ask = [{"role": "user", "content": "Judge."}]
     assert llm.chat(ask, system="Be fair.", json_schema=VERDICT_SCHEMA).json() == {"verdict": "fail"}
     assert llm.chat(ask, json_schema=VERDICT_SCHEMA).json() == {"verdict": "pass"}
-    first, fallback, later = (r["body"] for r in server.requests)
+    first, fallback, later = (r.body for r in server.requests)
     assert "response_format" in first
     assert "response_format" not in fallback and "response_format" not in later  # remembered
     assert fallback["messages"][0] == {"role": "system", "content": "Be fair.\n\n" + json_instruction(VERDICT_SCHEMA)}
@@ -259,13 +219,13 @@ def test_openai_server_without_structured_output_falls_back_to_an_instruction(se
 
 def test_openai_retries_429_and_gives_up_after_bounded_5xx(server, keys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai-key")
-    server.reply({"error": {"message": "slow down"}}, status=429, headers={"retry-after": "0"})
-    server.reply(openai_completion({"content": "ok"}))
+    server.script.append(raw({"error": {"message": "slow down"}}, status=429, headers={"retry-after": "0"}))
+    server.script.append(raw(openai_completion({"content": "ok"})))
     for _ in range(3):
-        server.reply({"error": {"message": "upstream down"}}, status=503)
+        server.script.append(raw({"error": {"message": "upstream down"}}, status=503))
     llm = OpenAILLM("gpt-4o", base_url=f"{server.url}/v1", retry_wait_s=0.01)
     assert llm.chat([{"role": "user", "content": "hi"}]).text == "ok"
-    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-test-openai-key"
+    assert server.requests[0].headers["authorization"] == "Bearer sk-test-openai-key"
     with pytest.raises(LLMError, match=r"openai:gpt-4o at .*: HTTP 503 after 3 attempts") as err:
         llm.chat([{"role": "user", "content": "hi"}])
     assert err.value.status == 503 and len(server.requests) == 5
@@ -274,21 +234,21 @@ def test_openai_retries_429_and_gives_up_after_bounded_5xx(server, keys, monkeyp
 def test_openai_api_without_base_url_sends_max_completion_tokens(server, keys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-openai-key")
     monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")  # the SDK's own override of api.openai.com
-    server.reply(openai_completion({"content": "hi"}, model="gpt-4o-2024-08-06"))
-    server.reply({"error": {"message": "bad key"}}, status=401)
+    server.script.append(raw(openai_completion({"content": "hi"}, model="gpt-4o-2024-08-06")))
+    server.script.append(raw({"error": {"message": "bad key"}}, status=401))
     llm = OpenAILLM("gpt-4o")  # not from_spec: its per-process cache would outlive this server
     assert llm.chat([{"role": "user", "content": "hi"}], max_tokens=16).text == "hi"
-    body = server.requests[0]["body"]
+    body = server.requests[0].body
     assert body["max_completion_tokens"] == 16 and "max_tokens" not in body  # newer OpenAI models need it
     with pytest.raises(LLMError, match=rf"openai:gpt-4o at {server.url}/v1/?: HTTP 401: .*bad key"):
         llm.chat([{"role": "user", "content": "hi"}])
 
 
 def test_openai_tool_arguments_that_are_not_json_are_kept_raw_and_named(server, keys):
-    server.reply(openai_completion({"content": None, "tool_calls": [
+    server.script.append(raw(openai_completion({"content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Rome"}},
         {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "[1]"}}]},
-        finish="tool_calls"))
+        finish="tool_calls")))
     llm = OpenAILLM("llama3", base_url=f"{server.url}/v1")
     reply = llm.chat([{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL])
     bad, not_object = reply.tool_calls
@@ -305,14 +265,14 @@ def test_openai_without_base_url_needs_a_key(keys):
 def test_openai_tool_choice_parallel_and_stop_map_to_native_fields(server, keys):
     calc = {"name": "calc", "description": "Arithmetic.", "input_schema": {"type": "object", "properties": {}}}
     for _ in range(4):
-        server.reply(openai_completion({"content": "ok"}))
+        server.script.append(raw(openai_completion({"content": "ok"})))
     llm = OpenAILLM("qwen2.5-7b-instruct", base_url=f"{server.url}/v1")
     ask = [{"role": "user", "content": "hi"}]
     llm.chat(ask, tools=[WEATHER_TOOL, calc], tool_choice="required", parallel_tool_calls=False, stop=["\n\n"])
     llm.chat(ask, tools=[WEATHER_TOOL, calc], tool_choice={"name": "calc"})
     llm.chat(ask, tools=[WEATHER_TOOL], tool_choice="none")
     llm.chat(ask, tools=[WEATHER_TOOL])  # auto: the API default, not sent
-    required, named, none, auto = (r["body"] for r in server.requests)
+    required, named, none, auto = (r.body for r in server.requests)
     assert required["tool_choice"] == "required" and required["parallel_tool_calls"] is False
     assert required["stop"] == ["\n\n"]
     assert named["tool_choice"] == {"type": "function", "function": {"name": "calc"}}
@@ -323,14 +283,14 @@ def test_openai_tool_choice_parallel_and_stop_map_to_native_fields(server, keys)
 
 def test_anthropic_tool_choice_parallel_and_stop_map_to_native_fields(server, keys):
     for _ in range(4):
-        server.reply(anthropic_message([{"type": "text", "text": "ok"}]))
+        server.script.append(raw(anthropic_message([{"type": "text", "text": "ok"}])))
     llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url)
     ask = [{"role": "user", "content": "hi"}]
     llm.chat(ask, tools=[WEATHER_TOOL], tool_choice="required", stop=["END"])
     llm.chat(ask, tools=[WEATHER_TOOL], tool_choice={"name": "get_weather"}, parallel_tool_calls=False)
     llm.chat(ask, tools=[WEATHER_TOOL], tool_choice="none")
     llm.chat(ask, tools=[WEATHER_TOOL], parallel_tool_calls=False)
-    required, named, none, auto_single = (r["body"] for r in server.requests)
+    required, named, none, auto_single = (r.body for r in server.requests)
     assert required["tool_choice"] == {"type": "any"} and required["stop_sequences"] == ["END"]
     assert named["tool_choice"] == {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
     assert none["tool_choice"] == {"type": "none"}

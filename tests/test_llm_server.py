@@ -8,9 +8,9 @@ import pytest
 
 from lab.context import RunContext
 from lab.errors import MissingResource
+from lab.llm.scripted_server import ScriptedServer, say
 from lab.llm.server import ensure_server, probe, same_model
 from lab.runner import with_llm
-from phase13_react.scripted_server import say, scripted_openai
 from phase13_react.served import A100_MODEL, agent_llm
 
 VLLM_CARD = {"id": A100_MODEL, "owned_by": "vllm", "root": A100_MODEL, "parent": None, "max_model_len": 16384}
@@ -23,19 +23,19 @@ def free_port() -> int:
 
 
 def test_finds_a_vllm_server_and_keeps_the_spec():
-    with scripted_openai([say("hi")], models=[VLLM_CARD]) as srv:
-        spec = f"openai:{A100_MODEL}@{srv.url}"
+    with ScriptedServer([say("hi")], models=[VLLM_CARD]) as srv:
+        spec = f"openai:{A100_MODEL}@{srv.openai_url}"
         with ensure_server(spec) as served:
             assert (served.server, served.model, served.spec, served.started_here) == ("vLLM", A100_MODEL, spec, False)
             assert served.runs(A100_MODEL)
 
 
 def test_a_server_holding_another_model_is_used_under_that_models_name():
-    with scripted_openai([say("hi")], models=[{"id": "smollm2-135m-instruct", "owned_by": "lab"},
+    with ScriptedServer([say("hi")], models=[{"id": "smollm2-135m-instruct", "owned_by": "lab"},
                                               {"id": "all-minilm-l6-v2", "owned_by": "lab"}]) as srv:
-        with ensure_server(f"openai:{A100_MODEL}@{srv.url}") as served:
+        with ensure_server(f"openai:{A100_MODEL}@{srv.openai_url}") as served:
             assert (served.server, served.model) == ("lab serve", "smollm2-135m-instruct")
-            assert served.spec == f"openai:smollm2-135m-instruct@{srv.url}"  # requests name what is served
+            assert served.spec == f"openai:smollm2-135m-instruct@{srv.openai_url}"  # requests name what is served
             assert not served.runs(A100_MODEL)
 
 
@@ -45,8 +45,8 @@ def test_method_is_kept_only_when_the_seeds_model_answered(tmp_path):
     for name, models in cards.items():
         for profile in ("a100", "cpu"):
             ctx = RunContext("phase13.react_loop", profile, tmp_path, quiet=True)
-            with scripted_openai([say("hi")], models=models) as srv:
-                with agent_llm(ctx, f"openai:{A100_MODEL}@{srv.url}") as (llm, _):
+            with ScriptedServer([say("hi")], models=models) as srv:
+                with agent_llm(ctx, f"openai:{A100_MODEL}@{srv.openai_url}") as (llm, _):
                     assert llm.chat([{"role": "user", "content": "x"}]).text == "hi"
             seen[name, profile] = ctx.method
             assert ctx.models[0]["server"] == "vLLM" and ctx.models[0]["served_model"] == models[0]["id"]

@@ -44,7 +44,7 @@ def test_a_telegram_message_through_openclaws_channel_publishes_a_post_and_gets_
     from lab.llm import from_spec
     from lab.serve.background import serving_app
     from phase14_frameworks import openclaw_runner as runner
-    from phase14_frameworks.scripted_model import scripted_app
+    from phase14_frameworks.scripted_model import scripted_model
     from phase16_capstone.api import create_app
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
@@ -59,8 +59,8 @@ def test_a_telegram_message_through_openclaws_channel_publishes_a_post_and_gets_
     deadline = time.monotonic() + DEADLINE_S
     try:
         with serving_app(create_app(store, corpus=str(corpus)), name="engine-api") as engine_url, \
-                serving_app(scripted_app("content-engine"), name="scripted-model") as model_url:
-            setup = runner.make_setup(tmp_path / "openclaw", base_url=model_url, api_key="sk-test-unused",
+                scripted_model("content-engine") as model_server:
+            setup = runner.make_setup(tmp_path / "openclaw", base_url=model_server.url, api_key="sk-test-unused",
                                       model="scripted", context_window=200_000, narrow=True,
                                       env={"CONTENT_ENGINE_URL": engine_url})
             runner.add_telegram_channel(setup, api_root=bot_api.url, bot_token="123456:TEST-TOKEN", allow_from=[READER])

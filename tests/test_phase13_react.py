@@ -16,8 +16,8 @@ import pytest
 
 from lab import runner
 from lab.llm.openai_client import OpenAILLM
+from lab.llm.scripted_server import ScriptedServer, call, say
 from phase13_react.loop import run_agent
-from phase13_react.scripted_server import call, say, scripted_openai
 from phase13_react.tools import Toolbox, tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,9 +54,9 @@ def _llm(url: str, timeout_s: float = 10.0) -> OpenAILLM:
 
 def _run(script, mode="native", **kw):
     box = Toolbox([add, nothing, boom, hang], retries=1, backoff_s=0.01)
-    with scripted_openai(script) as srv:
-        result = run_agent(_llm(srv.url, kw.pop("timeout_s", 10.0)), "What is 1 + 2?", box, mode=mode, **kw)
-        return result, srv.requests
+    with ScriptedServer(script) as srv:
+        result = run_agent(_llm(srv.openai_url, kw.pop("timeout_s", 10.0)), "What is 1 + 2?", box, mode=mode, **kw)
+        return result, [r.body for r in srv.requests]
 
 
 @pytest.mark.parametrize("script,outcome,stop", [
@@ -99,8 +99,8 @@ def test_repeated_action_runs_the_tool_once():
         calls.append(x)
         return x
 
-    with scripted_openai([call("counted", {"x": 1})]) as srv:
-        result = run_agent(_llm(srv.url), "loop", Toolbox([counted]), max_steps=10, max_repeats=3)
+    with ScriptedServer([call("counted", {"x": 1})]) as srv:
+        result = run_agent(_llm(srv.openai_url), "loop", Toolbox([counted]), max_steps=10, max_repeats=3)
     assert calls == [1] and result.stop_reason == "repeated_action" and len(result.steps) == 4
 
 
@@ -202,8 +202,8 @@ def test_research_run_killed_mid_task_resumes_without_redoing_steps(tmp_path, mo
            "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
     run_id = f"p13-test-kill-{os.getpid()}-{time.time_ns()}"
     store = AgentStateStore(env["LAB_DATABASE_URL"])
-    with scripted_openai(_research_script(block_compute=True)) as srv:
-        child = subprocess.Popen([sys.executable, str(tmp_path / "p13_child.py"), srv.url, run_id], env=env, cwd=REPO)
+    with ScriptedServer(_research_script(block_compute=True)) as srv:
+        child = subprocess.Popen([sys.executable, str(tmp_path / "p13_child.py"), srv.openai_url, run_id], env=env, cwd=REPO)
         try:
             deadline = time.monotonic() + 120
             while len(store.steps(run_id)) < 3 and time.monotonic() < deadline and child.poll() is None:
@@ -222,8 +222,8 @@ def test_research_run_killed_mid_task_resumes_without_redoing_steps(tmp_path, mo
 
     from phase13_react.research import research
 
-    with scripted_openai(_research_script(block_compute=False)) as srv:
-        res = research(_llm(srv.url), "What is 6 * 7?", p13_child.TOOLS, store, run_id)
+    with ScriptedServer(_research_script(block_compute=False)) as srv:
+        res = research(_llm(srv.openai_url), "What is 6 * 7?", p13_child.TOOLS, store, run_id)
     assert res.run.resumed_from == 3 and res.tool_executions == 1
     assert [s.index for s in store.steps(run_id)] == [0, 1, 2, 3, 4]
     assert res.run.answer == "42" and res.citations == ["notes.md#0"]
@@ -232,8 +232,8 @@ def test_research_run_killed_mid_task_resumes_without_redoing_steps(tmp_path, mo
     assert len(srv.requests) == 2  # compute + answer: the stored steps were not asked again
     assert store.run(run_id)["status"] == "finished"
     # resuming a finished run does nothing at all
-    with scripted_openai([say("unused")]) as srv:
-        again = research(_llm(srv.url), "What is 6 * 7?", p13_child.TOOLS, store, run_id)
+    with ScriptedServer([say("unused")]) as srv:
+        again = research(_llm(srv.openai_url), "What is 6 * 7?", p13_child.TOOLS, store, run_id)
     assert again.tool_executions == 0 and srv.requests == [] and again.run.answer == "42"
 
 
@@ -270,8 +270,8 @@ def _react_script(body):
 def test_react_loop_tiny_against_a_scripted_model(tmp_path):
     from phase13_react import react_loop
 
-    with scripted_openai(_react_script) as srv:
-        doc = _tiny(react_loop, tmp_path, llm=f"openai:scripted@{srv.url}", task_ids=["kv_bytes_token"], max_steps=3)
+    with ScriptedServer(_react_script) as srv:
+        doc = _tiny(react_loop, tmp_path, llm=f"openai:scripted@{srv.openai_url}", task_ids=["kv_bytes_token"], max_steps=3)
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["success_native_agent"] == 1.0 and m["success_text_agent"] == 1.0
     assert m["valid_step_rate_native_agent"] == 1.0 and m["steps_text_agent"] == 2
@@ -293,8 +293,8 @@ def test_research_agent_tiny_with_real_tools(tmp_path):
                            "read_chunk": {"chunk_id": "results/phase08/kv_cache/cpu/result.md#2"},
                            "calculator": {"expression": "4.29 * 1"}}[name])
 
-    with scripted_openai(script) as srv:
-        doc = _tiny(research_agent, tmp_path, llm=f"openai:scripted@{srv.url}")
+    with ScriptedServer(script) as srv:
+        doc = _tiny(research_agent, tmp_path, llm=f"openai:scripted@{srv.openai_url}")
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["task_success_agent"] == 1.0 and m["citation_accuracy_agent"] == 1.0
     assert m["steps_per_task_agent"] == 5 and m["tool_calls_per_task_agent"] == 3
@@ -310,8 +310,8 @@ def test_function_calling_tiny_both_wires_from_one_definition(tmp_path):
             return say("It needs 4.295 GB.")
         return call("kv_cache_gb", {"context": 32768})
 
-    with scripted_openai(script) as srv:
-        doc = _tiny(function_calling, tmp_path, llm=f"openai:scripted@{srv.url}")
+    with ScriptedServer(script) as srv:
+        doc = _tiny(function_calling, tmp_path, llm=f"openai:scripted@{srv.openai_url}")
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["calls"] == 2 and m["valid_call_rate"] == 1.0
     assert m["grounded_answer_rate_anthropic"] == 1.0 and m["grounded_answer_rate_openai"] == 1.0

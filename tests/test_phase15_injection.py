@@ -12,7 +12,7 @@ import pytest
 from lab.errors import ConfigError
 from lab.jsonl import read_jsonl
 from lab.llm.base import ToolCall
-from phase13_react.scripted_server import call, say, scripted_openai
+from lab.llm.scripted_server import ScriptedServer, call, say
 from phase15_production.adversary import ObedientAdversary
 from phase15_production.attack_set import load_attacks, load_benign
 from phase15_production.defence import LAYERS, Defence, contains_canary
@@ -245,7 +245,7 @@ def obeys_the_page(body):
 
 @pytest.fixture
 def scripted():
-    with scripted_openai(obeys_the_page) as server:
+    with ScriptedServer(obeys_the_page) as server:
         yield server
 
 
@@ -253,7 +253,7 @@ def test_a_served_model_that_obeys_is_stopped_by_provenance(scripted, monkeypatc
     from lab.llm.openai_client import OpenAILLM
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    llm = OpenAILLM("scripted", base_url=scripted.url, max_attempts=1)
+    llm = OpenAILLM("scripted", base_url=scripted.openai_url, max_attempts=1)
     effects = []
     undefended = run_defended(llm, TASK, PAGE, "web page", privileged_tools(effects), Defence([]))
     assert attack_outcome(undefended, "ZQ-7731")["in_calls"]
@@ -271,7 +271,7 @@ def test_exercise_tiny_run_with_a_served_model(tmp_path, scripted, monkeypatch):
     attacks = tmp_path / "attacks.jsonl"
     attacks.write_text("\n".join(json.dumps({"id": f"a{i}", "user_task": TASK, "untrusted": PAGE, "canary": "ZQ-7731",
                                              "category": c}) for i, c in enumerate(["x", "y"])) + "\n")
-    served = f"openai:scripted@{scripted.url}"  # the scripted obedient server stands in for the agent model
+    served = f"openai:scripted@{scripted.openai_url}"  # the scripted obedient server stands in for the agent model
     doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "attacks": str(attacks), "configs": ["none", "stages", "all"],
                                     "limit": 4, "max_steps": 4, "models": ["adversary", "agent"],
                                     "specs": {"agent": served}}, out=tmp_path, quiet=True)

@@ -4,49 +4,29 @@ scripted OpenAI-compatible servers on loopback (never mocks of our own code)."""
 import json
 import threading
 import time
-from collections import deque
 
 import pytest
 
+from lab.llm.scripted_server import ScriptedServer, error, say
 from lab.runner import execute
 
 
-class ScriptedOpenAI:
-    """An OpenAI-compatible /v1/chat/completions that answers from a script: each request pops the
-    next step ("ok", an HTTP status as int, or (status, retry_after)); an empty script answers "ok"."""
+class ScriptedOpenAI(ScriptedServer):
+    """A scripted OpenAI-compatible server: each request takes the next step ("ok", an HTTP status as int,
+    or (status, retry_after)); once the steps are spent it answers "ok"."""
 
     def __init__(self, *steps, reply: str = "scripted reply"):
-        from starlette.applications import Starlette
-        from starlette.responses import JSONResponse
-        from starlette.routing import Route
-
-        self.script, self.reply, self.requests = deque(steps), reply, 0
-
-        async def chat(request):
-            self.requests += 1
-            step = self.script.popleft() if self.script else "ok"
+        def answer(step):
             if step == "ok":
-                return JSONResponse({"id": f"c{self.requests}", "object": "chat.completion", "created": 0, "model": "m",
-                                     "choices": [{"index": 0, "finish_reason": "stop",
-                                                  "message": {"role": "assistant", "content": self.reply}}],
-                                     "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+                return say(reply, usage=(3, 2))
             status, after = step if isinstance(step, tuple) else (step, None)
-            return JSONResponse({"error": {"message": f"scripted {status}", "type": "scripted", "param": None,
-                                           "code": str(status)}}, status_code=status,
-                                headers={"retry-after": str(after)} if after is not None else {})
+            return error(status, f"scripted {status}", retry_after=after)
 
-        self.app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+        super().__init__([answer(step) for step in (*steps, "ok")])
 
-    def __enter__(self):
-        from lab.serve.background import serving_app
-
-        self._ctx = serving_app(self.app)
-        self.url = self._ctx.__enter__()
-        self.spec = f"openai:m@{self.url}/v1"
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
+    @property
+    def spec(self) -> str:
+        return f"openai:m@{self.openai_url}"
 
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -61,13 +41,13 @@ def test_retry_honours_retry_after_and_never_retries_a_400():
     with ScriptedOpenAI((429, 7), 503, "ok") as server:
         client = client_for(server.spec)
         assert policy.call(lambda: client.chat(MSG)).text == "scripted reply"
-        assert server.requests == 3
+        assert len(server.requests) == 3
         assert waits[0] == 7.0 and 0 <= waits[1] <= policy.max_wait_s  # Retry-After, then jittered backoff
     waits.clear()
     with ScriptedOpenAI(400, "ok") as server:
         with pytest.raises(LLMError) as err:
             policy.call(lambda: client_for(server.spec).chat(MSG))
-        assert err.value.status == 400 and server.requests == 1 and waits == []
+        assert err.value.status == 400 and len(server.requests) == 1 and waits == []
 
 
 def test_retry_gives_up_after_max_attempts_with_the_last_error():
@@ -77,7 +57,7 @@ def test_retry_gives_up_after_max_attempts_with_the_last_error():
     with ScriptedOpenAI(500, 500, 529, "ok") as server:
         with pytest.raises(LLMError) as err:
             RetryPolicy(max_attempts=3, sleep=lambda s: None).call(lambda: client_for(server.spec).chat(MSG))
-        assert err.value.status == 529 and server.requests == 3
+        assert err.value.status == 529 and len(server.requests) == 3
 
 
 def test_breaker_goes_closed_open_half_open_closed():
@@ -93,10 +73,10 @@ def test_breaker_goes_closed_open_half_open_closed():
         assert breaker.state == "open"
         with pytest.raises(pybreaker.CircuitBreakerError):  # open: refused without a request
             breaker.call(client.chat, MSG)
-        assert server.requests == 2
+        assert len(server.requests) == 2
         time.sleep(0.25)  # past reset_timeout_s: the next call is the half-open trial
         assert breaker.call(client.chat, MSG).text == "scripted reply"
-        assert breaker.state == "closed" and server.requests == 3
+        assert breaker.state == "closed" and len(server.requests) == 3
     assert dict(breaker.transitions) == {"closed->open": 1, "open->half-open": 1, "half-open->closed": 1}
 
 
@@ -121,7 +101,7 @@ def test_fallback_serves_when_the_primary_fails_and_records_who_served():
         assert replies == ["from fallback"] * 5
         assert llm.served() == {fallback.spec: 5}
         assert [r.provider_index for r in llm.records] == [1] * 5
-        assert primary.requests == 2  # two attempts opened its breaker; later calls skip it
+        assert len(primary.requests) == 2  # two attempts opened its breaker; later calls skip it
         assert llm.breakers[0].state == "open" and llm.records[0].retries == 1
 
 
@@ -132,7 +112,7 @@ def test_fallback_is_not_used_for_a_bad_request():
     with ScriptedOpenAI(400) as primary, ScriptedOpenAI() as fallback:
         with pytest.raises(LLMError):
             ResilientLLM([primary.spec, fallback.spec]).chat(MSG)
-        assert fallback.requests == 0
+        assert len(fallback.requests) == 0
 
 
 def test_resilient_llm_refuses_a_client_that_retries_on_its_own():

@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from lab.llm.base import ToolCall
 from lab.llm.openai_client import OpenAILLM
+from lab.llm.scripted_server import Reply, ScriptedServer, call, error, say
 from lab.runner import execute
 from phase13_react.tools import Toolbox, tool
 from phase15_production import cost_model
@@ -35,79 +34,34 @@ from phase15_production.trace_view import tree_text
 SECRET = "sk-live-0123456789abcdefABCDEF"
 
 
-class ScriptedOpenAI:
-    """An OpenAI Chat Completions double on 127.0.0.1. Policy: with tools offered, call the first real tool
-    with arguments made from its schema, then (after a tool result) ``final_answer``; without tools, a short
-    text. Usage counts are derived from the request size. ``fail_with`` makes every reply that HTTP error."""
+def _arguments(schema: dict, task: str) -> dict:
+    values = {"expression": "(17 + 4) * 23", "unit_from": "days", "unit_to": "seconds"}
+    args = {}
+    for name, prop in schema.get("properties", {}).items():
+        kind = prop.get("type")
+        args[name] = 3 if kind in ("number", "integer") else values.get(name, " ".join(task.split()[:6]))
+    return args
 
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.fail_with: tuple[int, str] | None = None
-        scripted = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                scripted.requests.append({"headers": dict(self.headers), "body": body})
-                if scripted.fail_with:
-                    status, payload = scripted.fail_with[0], {"error": {"message": scripted.fail_with[1], "type": "x"}}
-                else:
-                    status, payload = 200, scripted.reply(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    @staticmethod
-    def _arguments(schema: dict, task: str) -> dict:
-        values = {"expression": "(17 + 4) * 23", "unit_from": "days", "unit_to": "seconds"}
-        args = {}
-        for name, prop in schema.get("properties", {}).items():
-            kind = prop.get("type")
-            args[name] = 3 if kind in ("number", "integer") else values.get(name, " ".join(task.split()[:6]))
-        return args
-
-    def reply(self, body: dict) -> dict:
-        messages, tools = body["messages"], body.get("tools") or []
-        task = next(m["content"] for m in messages if m["role"] == "user")
-        real = [t["function"] for t in tools if t["function"]["name"] != "final_answer"]
-        message: dict = {"role": "assistant", "content": None}
-        if tools and messages[-1]["role"] != "tool" and real:
-            fn = real[0]
-            call = {"name": fn["name"], "arguments": json.dumps(self._arguments(fn["parameters"], task))}
-        elif tools and any(t["function"]["name"] == "final_answer" for t in tools):
-            call = {"name": "final_answer", "arguments": json.dumps({"answer": f"done after {len(messages)} messages"})}
-        else:
-            call, message["content"] = None, "A short scripted draft about " + " ".join(task.split()[:8])
-        if call:
-            message["tool_calls"] = [{"id": f"call_{len(self.requests)}", "type": "function", "function": call}]
-        out_tokens = max(1, len(json.dumps(message)) // 8)
-        return {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}],
-                "usage": {"prompt_tokens": len(json.dumps(messages)) // 4, "completion_tokens": out_tokens,
-                          "total_tokens": len(json.dumps(messages)) // 4 + out_tokens}}
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def policy(body: dict) -> Reply:
+    """The scripted model: with tools offered, call the first real tool with arguments made from its schema,
+    then (after a tool result) ``final_answer``; without tools, a short text."""
+    messages, tools = body["messages"], body.get("tools") or []
+    task = next(m["content"] for m in messages if m["role"] == "user")
+    real = [t["function"] for t in tools if t["function"]["name"] != "final_answer"]
+    if tools and messages[-1]["role"] != "tool" and real:
+        return call(real[0]["name"], _arguments(real[0]["parameters"], task))
+    if tools and any(t["function"]["name"] == "final_answer" for t in tools):
+        return call("final_answer", {"answer": f"done after {len(messages)} messages"})
+    return say("A short scripted draft about " + " ".join(task.split()[:8]))
 
 
 @pytest.fixture
 def scripted():
-    server = ScriptedOpenAI()
-    yield server
-    server.close()
+    """An OpenAI Chat Completions double on 127.0.0.1 answering by ``policy`` (a test swaps ``script`` for an
+    HTTP error); usage is the words of the request and the reply."""
+    with ScriptedServer(policy) as server:
+        yield server
 
 
 @pytest.fixture
@@ -130,7 +84,7 @@ def leaky(key: str) -> str:
 
 
 def llm_at(server, key=SECRET):
-    return OpenAILLM("scripted-model", base_url=server.url, api_key=key, max_attempts=1)
+    return OpenAILLM("scripted-model", base_url=server.openai_url, api_key=key, max_attempts=1)
 
 
 def by_kind(spans):
@@ -171,7 +125,7 @@ def test_agent_run_is_one_nested_trace_with_gen_ai_attributes(scripted, store):
 
 
 def test_a_failing_tool_and_a_failing_model_are_error_spans(scripted, store):
-    scripted.fail_with = (400, "bad request: context too long")
+    scripted.script = [error(400, "bad request: context too long")]
     with agent_span("solo", "run-err"):
         box = TracedToolbox(Toolbox([add], retries=0))
         obs = box.execute(ToolCall("c1", "nope", {}))
@@ -203,12 +157,12 @@ def test_secrets_in_a_prompt_an_error_and_a_header_never_reach_any_exporter(scri
             llm = TracedLLM(llm_at(scripted))
             llm.chat([{"role": "user", "content": f"my key is {SECRET}, keep it safe"}])
             TracedToolbox(Toolbox([leaky], retries=0)).execute(ToolCall("c1", "leaky", {"key": "x"}))
-            scripted.fail_with = (401, f"Incorrect API key provided: {SECRET}")
+            scripted.script = [error(401, f"Incorrect API key provided: {SECRET}")]
             with pytest.raises(Exception, match="401"):
                 llm.chat([{"role": "user", "content": "again"}])
         tracing.close()
     # the secret really was in play: sent as a header and quoted back by the server
-    assert scripted.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert scripted.requests[0].headers["Authorization"] == f"Bearer {SECRET}"
     local = (tmp_path / "s.jsonl").read_text()
     assert SECRET not in local and "***" in local
     assert receiver.raw and all(SECRET.encode() not in body for body in receiver.raw)
@@ -313,7 +267,8 @@ def test_cost_arithmetic_hosted_self_hosted_and_no_double_counting():
 
 def test_tracing_exercise_tiny(scripted, tmp_path):
     exercise = tracing_exercise.EXERCISE
-    doc = execute(exercise, "cpu", {**exercise.tiny, "llm": f"openai:scripted@{scripted.url}"}, out=tmp_path, quiet=True)
+    overrides = {**exercise.tiny, "llm": f"openai:scripted@{scripted.openai_url}"}
+    doc = execute(exercise, "cpu", overrides, out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("reason")
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["llm_call_span_coverage"] == 1.0 and m["tool_call_span_coverage"] == 1.0
@@ -325,7 +280,7 @@ def test_tracing_exercise_tiny(scripted, tmp_path):
 
 
 def test_cost_model_exercise_tiny_and_reading_a_span_store(scripted, tmp_path):
-    overrides = {**cost_model.EXERCISE.tiny, "llm": f"openai:scripted@{scripted.url}"}
+    overrides = {**cost_model.EXERCISE.tiny, "llm": f"openai:scripted@{scripted.openai_url}"}
     doc = execute(cost_model.EXERCISE, "cpu", overrides, out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("reason")
     m = {k: v["value"] for k, v in doc["metrics"].items()}

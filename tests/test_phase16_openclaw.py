@@ -26,7 +26,7 @@ def test_a_message_to_openclaw_starts_a_real_engine_job_that_gets_published(tmp_
     from lab.llm import from_spec
     from phase14_frameworks import openclaw_runner as runner
     from lab.serve.background import serving_app
-    from phase14_frameworks.scripted_model import scripted_app
+    from phase14_frameworks.scripted_model import scripted_model
     from phase16_capstone.api import create_app
     from phase16_capstone.engine import Engine, EngineSettings, deploy_for
     from phase16_capstone.job_store import JobStore
@@ -39,8 +39,8 @@ def test_a_message_to_openclaw_starts_a_real_engine_job_that_gets_published(tmp_
     store = JobStore(namespace=f"p16oc_{uuid.uuid4().hex[:8]}")
     try:
         with serving_app(create_app(store, corpus=str(corpus)), name="engine-api") as engine_url, \
-                serving_app(scripted_app("content-engine"), name="scripted-model") as model_url:
-            setup = runner.make_setup(tmp_path / "openclaw", base_url=model_url, api_key="sk-test-unused",
+                scripted_model("content-engine") as model_server:
+            setup = runner.make_setup(tmp_path / "openclaw", base_url=model_server.url, api_key="sk-test-unused",
                                       model="scripted", context_window=200_000, narrow=True,
                                       env={"CONTENT_ENGINE_URL": engine_url})
             turn = runner.run_turn(setup, "Start a content-engine job about vector databases.", timeout_s=300)

@@ -114,9 +114,9 @@ def test_a_bad_value_names_its_flag():
 
 
 def test_phase16_exercise_configs_take_the_engine_fields_from_the_settings():
-    from phase16_capstone import engine_run, injection_check, load
+    from phase16_capstone import engine_run, injection, load
 
-    for module in (engine_run, load, injection_check):
+    for module in (engine_run, load, injection):
         fields = module.Config.model_fields
         taken = [n for n, f in fields.items() if (f.json_schema_extra or {}).get("engine_setting") == n]
         assert {"k", "writer_max_tokens", "max_revisions"} <= set(taken), module.__name__
@@ -126,7 +126,7 @@ def test_phase16_exercise_configs_take_the_engine_fields_from_the_settings():
             assert name in ("llm", "site"), f"{module.__name__}.{name} is an engine setting: declare it with setting()"
     # engine_run runs the engine as it ships; the injection exercise's a100 profile too, for k and max_revisions
     assert EngineSettings.from_config(engine_run.EXERCISE.config("cpu")) == EngineSettings()
-    a100 = injection_check.EXERCISE.config("a100")
+    a100 = injection.EXERCISE.config("a100")
     assert (a100.k, a100.max_revisions) == (EngineSettings().k, EngineSettings().max_revisions)
 
 

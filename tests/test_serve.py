@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anthropic
@@ -26,6 +25,7 @@ import pytest
 
 from lab.llm.base import LLM, ChatResponse, LLMError, Usage
 from lab.llm.openai_client import OpenAILLM
+from lab.llm.scripted_server import Reply, ScriptedServer, error, say
 from lab.serve.app import field_path
 from lab.serve.background import serving
 
@@ -80,65 +80,36 @@ def http(lab_server):
 
 # --- a scripted upstream and tiny models for the server's own behaviour ---------------------------
 
-class Upstream:
-    """An OpenAI-compatible server on 127.0.0.1: every chat request waits ``delay_s`` then answers
+class Upstream(ScriptedServer):
+    """A scripted OpenAI-compatible server on 127.0.0.1: every chat request waits ``delay_s`` then answers
     ``status``; counts how many requests it served at once."""
 
     def __init__(self):
+        super().__init__(self.answer)
         self.delay_s, self.status = 0.0, 200
         self.active = self.max_active = self.served = 0
-        lock, up = threading.Lock(), self
+        self._count = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                with lock:
-                    up.active += 1
-                    up.max_active = max(up.max_active, up.active)
-                try:
-                    time.sleep(up.delay_s)
-                finally:
-                    with lock:
-                        up.active -= 1
-                        up.served += 1
-                if up.status == 200:
-                    payload = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "upstream-model",
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": "pong"},
-                                            "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-                else:
-                    payload = {"error": {"message": f"upstream says {up.status}", "type": "x"}}
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(up.status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (a timeout test)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        ThreadingHTTPServer.daemon_threads = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.block_on_close = False
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    def answer(self, body: dict) -> Reply:
+        with self._count:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(self.delay_s)
+        finally:
+            with self._count:
+                self.active -= 1
+                self.served += 1
+        return say("pong", usage=(3, 1)) if self.status == 200 else error(self.status, f"upstream says {self.status}")
 
     def llm(self, timeout_s: float = 30.0) -> OpenAILLM:
-        return OpenAILLM("upstream-model", base_url=f"{self.url}/v1", max_attempts=1, timeout_s=timeout_s)
+        return OpenAILLM("upstream-model", base_url=self.openai_url, max_attempts=1, timeout_s=timeout_s)
 
 
 @pytest.fixture
 def upstream():
-    up = Upstream()
-    yield up
-    up.server.shutdown()
-    up.server.server_close()
+    with Upstream() as up:
+        yield up
 
 
 class Broken(LLM):

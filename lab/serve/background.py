@@ -6,7 +6,7 @@
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test")      # OpenAI SDKs: url + /v1
         claude = anthropic.Anthropic(base_url=url, api_key="sk-test")         # Anthropic SDK: url
 
-``serving_app(app)`` does the same for any ASGI app (a fault proxy, a wire double). The port is bound
+``serving_app(app)`` does the same for any ASGI app (the capstone's API, an engine double). The port is bound
 before the server starts (no race for a "free" port); leaving the block stops the server and joins
 its thread.
 """
@@ -43,7 +43,7 @@ def serving(llm: LLM | str | Sequence[LLM | str] | None = None, *, host: str = "
 @contextmanager
 def serving_app(app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
                 name: str = "asgi app") -> Iterator[str]:
-    """Yield the root URL while any ASGI app (a proxy, a wire double, an API) is served there by uvicorn
+    """Yield the root URL while any ASGI app (an API, a double of one) is served there by uvicorn
     in a daemon thread; leaving the block stops the server and joins the thread."""
     import uvicorn
 
