@@ -23,9 +23,17 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from lab.artifacts import ArtifactStore
+from lab.paths import RESULTS_ROOT
+from lab.registry import resolve
+from lab.results import load_result, result_dir
+from lab.scheduler import critical_path, plan
+
 
 def latest(root: Path, exercise, profile: str) -> dict | None:
-    from lab.results import load_result, result_dir
 
     path = result_dir(root, exercise.id, profile) / "result.json"
     return load_result(path) if path.exists() else None
@@ -33,7 +41,6 @@ def latest(root: Path, exercise, profile: str) -> dict | None:
 
 def replay(jobs, seconds: dict[str, float], workers: int) -> float:
     """Makespan of list-scheduling ``jobs`` (deps respected) on ``workers`` with these durations."""
-    from lab.scheduler import critical_path
 
     for job in jobs:
         job.estimate_s = seconds.get(job.key, job.estimate_s)
@@ -55,7 +62,6 @@ def replay(jobs, seconds: dict[str, float], workers: int) -> float:
 def longest_chain(jobs) -> list:
     """The chain of dependent jobs that bounds the reproduction however many run at once: from the
     job with the longest critical path, on through the dependent with the longest one."""
-    from lab.scheduler import critical_path
 
     priority = critical_path(jobs)
     chain = [max(jobs, key=lambda j: priority[j.key])]
@@ -70,14 +76,6 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--results", type=Path, default=None, help="results root (default: the repo's results/)")
     args = parser.parse_args()
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from lab.artifacts import ArtifactStore
-    from lab.paths import RESULTS_ROOT
-    from lab.registry import resolve
-    from lab.scheduler import plan
 
     root = args.results or RESULTS_ROOT
     table = Table("exercise", "status", "wall s", "date", "load 1m", title=f"latest {args.profile} results in {root}")
@@ -94,8 +92,13 @@ def main() -> None:
             continue
         seconds[ex.id] = doc["duration_s"]
         spans.append((doc["started_at"], doc["ended_at"]))
-        table.add_row(ex.id, doc["status"], f"{doc['duration_s']:.1f}", doc["ended_at"][:10],
-                      str(doc["hardware"].get("load_avg_1m", "")))
+        table.add_row(
+            ex.id,
+            doc["status"],
+            f"{doc['duration_s']:.1f}",
+            doc["ended_at"][:10],
+            str(doc["hardware"].get("load_avg_1m", "")),
+        )
     total = sum(seconds.values())
     table.add_section()
     table.add_row("total (one after another)", "", f"{total:.1f}", f"{total / 60:.1f} min", "")
@@ -105,8 +108,13 @@ def main() -> None:
         chain = longest_chain(jobs)
     table.add_row(f"estimate with --jobs {args.jobs}", "", f"{estimate:.1f}", f"{estimate / 60:.1f} min", "")
     floor = sum(j.estimate_s for j in chain)
-    table.add_row("longest chain (any --jobs): " + " → ".join(j.key for j in chain), "", f"{floor:.1f}",
-                  f"{floor / 60:.1f} min", "")
+    table.add_row(
+        "longest chain (any --jobs): " + " → ".join(j.key for j in chain),
+        "",
+        f"{floor:.1f}",
+        f"{floor / 60:.1f} min",
+        "",
+    )
     if spans:
         first = datetime.fromisoformat(min(start for start, _ in spans))
         last = datetime.fromisoformat(max(end for _, end in spans))

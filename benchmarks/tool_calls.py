@@ -29,54 +29,111 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
 from lab import Exercise, ExerciseConfig, RunContext
 from lab.hashing import sha256_file
 from lab.jsonl import NonEmptyStr, read_jsonl
+from lab.llm import from_spec
+from lab.llm.local import LocalLLM
 
 PROMPTS = Path(__file__).resolve().parent / "data" / "tool_call_prompts.jsonl"
 Mode = Literal["prompt_only", "constrained", "auto_constrained"]
 MODES: tuple[Mode, ...] = ("prompt_only", "constrained", "auto_constrained")
 
 TOOLS = [
-    {"name": "get_weather", "description": "Current weather for a city.",
-     "input_schema": {"type": "object", "properties": {
-         "city": {"type": "string", "description": "City name, e.g. Paris"},
-         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-         "required": ["city", "unit"], "additionalProperties": False}},
-    {"name": "calculator", "description": "Evaluate an arithmetic expression.",
-     "input_schema": {"type": "object", "properties": {
-         "expression": {"type": "string", "description": "e.g. (3 + 4) * 2"}},
-         "required": ["expression"], "additionalProperties": False}},
-    {"name": "search_web", "description": "Search the web and return the top results.",
-     "input_schema": {"type": "object", "properties": {
-         "query": {"type": "string"},
-         "max_results": {"type": "integer", "minimum": 1, "maximum": 10}},
-         "required": ["query"], "additionalProperties": False}},
-    {"name": "send_email", "description": "Send an email.",
-     "input_schema": {"type": "object", "properties": {
-         "to": {"type": "string", "pattern": "^[a-z0-9._-]+@[a-z0-9.-]+\\.[a-z]{2,6}$"},
-         "subject": {"type": "string", "maxLength": 80},
-         "body": {"type": "string"}},
-         "required": ["to", "subject", "body"], "additionalProperties": False}},
-    {"name": "convert_currency", "description": "Convert an amount between currencies.",
-     "input_schema": {"type": "object", "properties": {
-         "amount": {"type": "number", "minimum": 0},
-         "from_currency": {"type": "string", "enum": ["USD", "EUR", "GBP", "JPY"]},
-         "to_currency": {"type": "string", "enum": ["USD", "EUR", "GBP", "JPY"]}},
-         "required": ["amount", "from_currency", "to_currency"], "additionalProperties": False}},
-    {"name": "set_reminder", "description": "Remind the user of something later.",
-     "input_schema": {"type": "object", "properties": {
-         "text": {"type": "string"},
-         "minutes_from_now": {"type": "integer", "minimum": 1, "maximum": 10080}},
-         "required": ["text", "minutes_from_now"], "additionalProperties": False}},
-    {"name": "kv_cache_size", "description": "KV cache memory of a model at a context length and batch size.",
-     "input_schema": {"type": "object", "properties": {
-         "model": {"type": "string", "enum": ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b"]},
-         "context": {"type": "integer", "minimum": 1, "maximum": 131072},
-         "batch": {"type": "integer", "minimum": 1, "maximum": 64}},
-         "required": ["model", "context", "batch"], "additionalProperties": False}},
+    {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name, e.g. Paris"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"expression": {"type": "string", "description": "e.g. (3 + 4) * 2"}},
+            "required": ["expression"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "search_web",
+        "description": "Search the web and return the top results.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "max_results": {"type": "integer", "minimum": 1, "maximum": 10},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "send_email",
+        "description": "Send an email.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "to": {"type": "string", "pattern": "^[a-z0-9._-]+@[a-z0-9.-]+\\.[a-z]{2,6}$"},
+                "subject": {"type": "string", "maxLength": 80},
+                "body": {"type": "string"},
+            },
+            "required": ["to", "subject", "body"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "convert_currency",
+        "description": "Convert an amount between currencies.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number", "minimum": 0},
+                "from_currency": {"type": "string", "enum": ["USD", "EUR", "GBP", "JPY"]},
+                "to_currency": {"type": "string", "enum": ["USD", "EUR", "GBP", "JPY"]},
+            },
+            "required": ["amount", "from_currency", "to_currency"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "set_reminder",
+        "description": "Remind the user of something later.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "text": {"type": "string"},
+                "minutes_from_now": {"type": "integer", "minimum": 1, "maximum": 10080},
+            },
+            "required": ["text", "minutes_from_now"],
+            "additionalProperties": False,
+        },
+    },
+    {
+        "name": "kv_cache_size",
+        "description": "KV cache memory of a model at a context length and batch size.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "model": {"type": "string", "enum": ["llama-3.1-8b", "llama-3.1-70b", "mixtral-8x7b"]},
+                "context": {"type": "integer", "minimum": 1, "maximum": 131072},
+                "batch": {"type": "integer", "minimum": 1, "maximum": 64},
+            },
+            "required": ["model", "context", "batch"],
+            "additionalProperties": False,
+        },
+    },
 ]
 
 
@@ -99,13 +156,16 @@ def load_prompts(n: int) -> list[dict]:
 
 def judge(reply, expected: str) -> tuple[bool, bool, str]:
     """(valid, correct tool, outcome) of one reply; the outcome names what went wrong."""
-    from jsonschema import Draft202012Validator
 
     schemas = {t["name"]: t["input_schema"] for t in TOOLS}
     if not reply.tool_calls:
         if reply.stop_reason == "max_tokens":
             return False, False, "cut off by the token budget"
-        return False, False, "no tool call" + (" (unparseable <tool_call> block)" if "<tool_call>" in reply.text else "")
+        return (
+            False,
+            False,
+            "no tool call" + (" (unparseable <tool_call> block)" if "<tool_call>" in reply.text else ""),
+        )
     for call in reply.tool_calls:
         if call.name not in schemas:  # a hosted model may name a tool it was not offered
             return False, False, f"{call.name}: not a listed tool"
@@ -117,15 +177,15 @@ def judge(reply, expected: str) -> tuple[bool, bool, str]:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
-    from lab.llm.local import LocalLLM
 
     llm = from_spec(None)
     local = isinstance(llm, LocalLLM)
     modes = cfg.modes if local else ("native",)
     prompts = load_prompts(cfg.n_prompts)
     ctx.model(**llm.describe())
-    ctx.dataset("benchmarks/data/tool_call_prompts.jsonl", n=len(prompts), sha256=sha256_file(PROMPTS), tools=len(TOOLS))
+    ctx.dataset(
+        "benchmarks/data/tool_call_prompts.jsonl", n=len(prompts), sha256=sha256_file(PROMPTS), tools=len(TOOLS)
+    )
     llm.chat([{"role": "user", "content": "Hi"}], max_tokens=2)  # load before timing anything
 
     # modes alternate prompt by prompt, so a change in machine load hits every mode alike
@@ -137,8 +197,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 if local:
                     llm.constrained = mode != "prompt_only"
                 choice = "auto" if mode == "auto_constrained" else "required"
-                reply = llm.chat([{"role": "user", "content": item["prompt"]}], tools=TOOLS, tool_choice=choice,
-                                 max_tokens=cfg.max_tokens)
+                reply = llm.chat(
+                    [{"role": "user", "content": item["prompt"]}],
+                    tools=TOOLS,
+                    tool_choice=choice,
+                    max_tokens=cfg.max_tokens,
+                )
                 ok, right, outcome = judge(reply, item["tool"])
                 t = tally[mode]
                 t["valid"] += ok
@@ -147,8 +211,16 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 t["tokens"] += reply.usage.output_tokens
                 t["seconds"] += reply.latency_s
                 first = reply.tool_calls[0] if reply.tool_calls else None
-                rows.append([mode, item["prompt"], item["tool"], first.name if first else "—",
-                             json.dumps(first.arguments)[:90] if first else reply.text[:90], outcome])
+                rows.append(
+                    [
+                        mode,
+                        item["prompt"],
+                        item["tool"],
+                        first.name if first else "—",
+                        json.dumps(first.arguments)[:90] if first else reply.text[:90],
+                        outcome,
+                    ]
+                )
     finally:
         if local:
             llm.constrained = constrained  # from_spec's client is shared by the process
@@ -162,10 +234,15 @@ def run(cfg: Config, ctx: RunContext) -> None:
         choice = "auto" if mode == "auto_constrained" else "required"
         summary.append([mode, choice, n, t["valid"] / n, t["correct"] / n, t["calls"] / n, rate])
 
-    ctx.table("summary", summary, ["mode", "tool_choice", "prompts", "valid", "correct tool", "called a tool", "tok/s"],
-              title="Validity and correct-tool rate by decoding mode")
-    ctx.table("replies", rows, ["mode", "prompt", "expected", "called", "arguments (or text)", "outcome"],
-              title="Every reply")
+    ctx.table(
+        "summary",
+        summary,
+        ["mode", "tool_choice", "prompts", "valid", "correct tool", "called a tool", "tok/s"],
+        title="Validity and correct-tool rate by decoding mode",
+    )
+    ctx.table(
+        "replies", rows, ["mode", "prompt", "expected", "called", "arguments (or text)", "outcome"], title="Every reply"
+    )
     m = ctx.metrics
     if "validity_constrained" in m and "validity_prompt_only" in m:
         fast, slow = m["tokens_per_s_prompt_only"]["value"], m["tokens_per_s_constrained"]["value"]
@@ -177,12 +254,14 @@ def run(cfg: Config, ctx: RunContext) -> None:
             f"guarantees the shape, not the judgement: the right tool was chosen "
             f"{m['correct_tool_constrained']['value']:.0%} of the time constrained "
             f"({m['correct_tool_prompt_only']['value']:.0%} prompt-only). Decoding speed: {slow:.1f} vs {fast:.1f} tok/s "
-            f"({overhead:+.1f}% overhead).")
+            f"({overhead:+.1f}% overhead)."
+        )
     if "tool_call_rate_auto_constrained" in m:
         ctx.finding(
             f"With tool_choice=auto the model chose to call a tool on "
             f"{m['tool_call_rate_auto_constrained']['value']:.0%} of requests that needed one; "
-            f"{m['validity_auto_constrained']['value']:.0%} of all requests ended in a valid call.")
+            f"{m['validity_auto_constrained']['value']:.0%} of all requests ended in a valid call."
+        )
     for mode in modes:
         failures = [r[5] for r in rows if r[0] == mode and r[5] != "valid"]
         for outcome in sorted(set(failures)):
@@ -197,8 +276,12 @@ EXERCISE = Exercise(
     profiles={"cpu": {}},
     methods={"cpu": "own"},
     tiny={"n_prompts": 2, "max_tokens": 48},
-    summary_metrics=("validity_prompt_only", "validity_constrained", "correct_tool_constrained",
-                     "constraint_overhead_pct"),
+    summary_metrics=(
+        "validity_prompt_only",
+        "validity_constrained",
+        "correct_tool_constrained",
+        "constraint_overhead_pct",
+    ),
 )
 
 if __name__ == "__main__":

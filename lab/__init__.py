@@ -6,6 +6,12 @@ from lab.errors import ConfigError, LabError, MissingResource, SkipExercise
 from lab.exercise import Exercise, ExerciseConfig, Reference
 
 __all__ = [
-    "ConfigError", "Exercise", "ExerciseConfig", "LabError", "MissingResource", "Reference",
-    "RunContext", "SkipExercise",
+    "ConfigError",
+    "Exercise",
+    "ExerciseConfig",
+    "LabError",
+    "MissingResource",
+    "Reference",
+    "RunContext",
+    "SkipExercise",
 ]

@@ -37,10 +37,13 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
+
+from rich.console import Console
 
 from lab.atomic import file_lock, publish_dir, staged
 from lab.device import smoke_active
@@ -116,8 +119,10 @@ class Artifact:
         bad = {f: self.flags[f] for f in flags if f in self.flags}
         if bad:
             reasons = "; ".join(f"{f}: {why}" for f, why in bad.items())
-            raise UnusableArtifact(f"artifact {self.id} is flagged {', '.join(bad)} ({reasons}); "
-                                   "change its recipe (e.g. steps or learning rate) to train a usable one")
+            raise UnusableArtifact(
+                f"artifact {self.id} is flagged {', '.join(bad)} ({reasons}); "
+                "change its recipe (e.g. steps or learning rate) to train a usable one"
+            )
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ class ArtifactKind:
     name: str
     params: Callable[[str], Mapping[str, Any]]
     build: Callable[[str, Path, Reporter], Mapping[str, Any] | None]
-    needs: tuple["ArtifactKind", ...] = ()
+    needs: tuple[ArtifactKind, ...] = ()
     reject_flags: tuple[str, ...] = ()
     description: str = ""
 
@@ -142,7 +147,7 @@ class ArtifactKind:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ArtifactStore:
@@ -165,16 +170,21 @@ class ArtifactStore:
             return None
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("recipe_sha256") != recipe.sha256:
-            raise ValueError(f"{meta_path}: recipe_sha256 {meta.get('recipe_sha256')!r} does not match "
-                             f"{recipe.sha256} (a corrupted store entry: delete the folder)")
+            raise ValueError(
+                f"{meta_path}: recipe_sha256 {meta.get('recipe_sha256')!r} does not match "
+                f"{recipe.sha256} (a corrupted store entry: delete the folder)"
+            )
         return Artifact(recipe, folder, meta)
 
     def load(self, recipe: Recipe, reject_flags: tuple[str, ...] = ()) -> Artifact:
         """The stored artifact, or MissingArtifact naming the command that builds it. Never trains."""
         found = self.find(recipe)
         if found is None:
-            how = (f"build it with `{recipe.command}`" if recipe.command
-                   else "it is built by the run that uses this recipe")
+            how = (
+                f"build it with `{recipe.command}`"
+                if recipe.command
+                else "it is built by the run that uses this recipe"
+            )
             raise MissingArtifact(f"artifact {recipe.id} is not in the artifact store: {how}")
         found.refuse_flags(reject_flags)
         return found
@@ -185,9 +195,16 @@ class ArtifactStore:
         leaves nothing behind)."""
         return staged(self.path(recipe))
 
-    def publish(self, recipe: Recipe, folder: Path, *, producer: Mapping[str, Any] | None = None,
-                metrics: Mapping[str, Any] | None = None, flags: Mapping[str, str] | None = None,
-                build_s: float | None = None) -> tuple[Artifact, bool]:
+    def publish(
+        self,
+        recipe: Recipe,
+        folder: Path,
+        *,
+        producer: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        flags: Mapping[str, str] | None = None,
+        build_s: float | None = None,
+    ) -> tuple[Artifact, bool]:
         """Store a folder built in ``staging(recipe)``; returns (artifact, stored). If the recipe is
         already stored the existing artifact is kept (same recipe, same content) and ``folder`` removed."""
         with file_lock(self._lock(recipe)):
@@ -197,8 +214,13 @@ class ArtifactStore:
                 return existing, False
             return self._commit(recipe, folder, producer, metrics, flags, build_s), True
 
-    def build(self, recipe: Recipe, make: Callable[[Path], Mapping[str, Any] | None], *,
-              producer: Mapping[str, Any] | None = None) -> tuple[Artifact, bool]:
+    def build(
+        self,
+        recipe: Recipe,
+        make: Callable[[Path], Mapping[str, Any] | None],
+        *,
+        producer: Mapping[str, Any] | None = None,
+    ) -> tuple[Artifact, bool]:
         """The stored artifact of ``recipe``, running ``make(folder)`` first if it is missing.
 
         Returns (artifact, built). Holds the recipe's lock while building, so a concurrent process
@@ -214,15 +236,23 @@ class ArtifactStore:
                 unknown = set(info) - {"metrics", "flags"}
                 if unknown:
                     raise ValueError(f"{recipe.id}: a build returns metrics/flags only, got {sorted(unknown)}")
-                return self._commit(recipe, folder, producer, info.get("metrics"), info.get("flags"),
-                                    time.perf_counter() - started), True
+                return self._commit(
+                    recipe, folder, producer, info.get("metrics"), info.get("flags"), time.perf_counter() - started
+                ), True
 
     def _commit(self, recipe: Recipe, folder: Path, producer, metrics, flags, build_s) -> Artifact:
         """Write artifact.json into the staging folder and rename it into place (lock held)."""
-        meta = {"id": recipe.id, "name": recipe.name, "recipe_sha256": recipe.sha256,
-                "recipe": dict(recipe.params), "created_at": _utc_now(), "producer": dict(producer or {}),
-                "build_s": None if build_s is None else round(build_s, 1),
-                "metrics": dict(metrics or {}), "flags": dict(flags or {})}
+        meta = {
+            "id": recipe.id,
+            "name": recipe.name,
+            "recipe_sha256": recipe.sha256,
+            "recipe": dict(recipe.params),
+            "created_at": _utc_now(),
+            "producer": dict(producer or {}),
+            "build_s": None if build_s is None else round(build_s, 1),
+            "metrics": dict(metrics or {}),
+            "flags": dict(flags or {}),
+        }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
         if not publish_dir(folder, self.path(recipe)):
             raise RuntimeError(f"{recipe.id}: appeared in the store while its lock was held")
@@ -256,9 +286,15 @@ def load(kind: ArtifactKind, profile: str, store: ArtifactStore | None = None) -
     return (store or default_store()).load(kind.recipe(profile), kind.reject_flags)
 
 
-def ensure(kind: ArtifactKind, profile: str, reporter: Reporter, *, store: ArtifactStore | None = None,
-           producer: Mapping[str, Any] | None = None,
-           on_built: Callable[[Artifact], None] | None = None) -> Artifact:
+def ensure(
+    kind: ArtifactKind,
+    profile: str,
+    reporter: Reporter,
+    *,
+    store: ArtifactStore | None = None,
+    producer: Mapping[str, Any] | None = None,
+    on_built: Callable[[Artifact], None] | None = None,
+) -> Artifact:
     """The profile's artifact of ``kind``, trained first (its needs too) if it is missing.
 
     Explicit by design: the caller asked to train, ``reporter`` says so, ``on_built`` is told about
@@ -293,6 +329,5 @@ class ConsoleReporter:
     quiet = False
 
     def log(self, message: str) -> None:
-        from rich.console import Console
 
         Console(stderr=True).print(f"[dim]artifacts[/dim] {message}")

@@ -8,17 +8,17 @@ thing across processes (``lab run all --jobs N``): the second waits, then finds 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if absent) for the ``with`` block."""
-    import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rich.console import Console
+from rich.progress import track
 
 from lab.errors import SkipExercise
 from lab.schema import Metric, Table, check_method
@@ -36,8 +40,9 @@ class RunContext:
 
     ARTIFACT_ROLES = ("used", "built", "published", "kept")
 
-    def __init__(self, exercise_id: str, profile: str, out_dir: Path, quiet: bool = False, run_id: str = "",
-                 smoke: bool = False):
+    def __init__(
+        self, exercise_id: str, profile: str, out_dir: Path, quiet: bool = False, run_id: str = "", smoke: bool = False
+    ):
         self.exercise_id = exercise_id
         self.profile = profile
         self.smoke = smoke
@@ -113,43 +118,44 @@ class RunContext:
         """What an artifact stored by this run records as its producer."""
         return {"exercise": self.exercise_id, "profile": self.profile, "run_id": self.run_id}
 
-    def load_artifact(self, kind: "ArtifactKind") -> "Artifact":
+    def load_artifact(self, kind: ArtifactKind) -> Artifact:
         """The profile's stored artifact of ``kind``; never trains (MissingArtifact names the command)."""
-        from lab import artifacts
+        from lab import artifacts  # noqa: PLC0415 (import cycle: lab imports this module)
 
         found = artifacts.load(kind, self.profile)
         self.record_artifact(found, "used")
         return found
 
-    def require_artifact(self, kind: "ArtifactKind") -> "Artifact":
+    def require_artifact(self, kind: ArtifactKind) -> Artifact:
         """The profile's stored artifact of ``kind``, trained here first if it is missing — explicitly:
         the run logs it, adds a finding and records the artifact as "built"."""
-        from lab import artifacts
+        from lab import artifacts  # noqa: PLC0415 (import cycle: lab imports this module)
 
-        found = artifacts.ensure(kind, self.profile, self, producer=self.producer,
-                                 on_built=lambda a: self.record_artifact(a, "built"))
+        found = artifacts.ensure(
+            kind, self.profile, self, producer=self.producer, on_built=lambda a: self.record_artifact(a, "built")
+        )
         self.record_artifact(found, "used")
         return found
 
-    def build_artifact(self, recipe: "Recipe", make) -> "Artifact":
+    def build_artifact(self, recipe: Recipe, make) -> Artifact:
         """The stored artifact of ``recipe``, made here by ``make(folder)`` if missing (recorded as
         "built", with a finding); for recipes of the run's own (e.g. changed by --set)."""
-        from lab.artifacts import default_store
+        from lab.artifacts import default_store  # noqa: PLC0415 (import cycle: lab imports this module)
 
         found, built = default_store().build(recipe, make, producer=self.producer)
         self.record_artifact(found, "built" if built else "used")
         return found
 
-    def publish_artifact(self, recipe: "Recipe", folder: Path, **meta) -> "Artifact":
+    def publish_artifact(self, recipe: Recipe, folder: Path, **meta) -> Artifact:
         """Store ``folder`` (built by this run) as ``recipe``'s artifact, recorded as "published", or
         as "kept" when the store already held that recipe. ``meta``: metrics, flags, build_s."""
-        from lab.artifacts import default_store
+        from lab.artifacts import default_store  # noqa: PLC0415 (import cycle: lab imports this module)
 
         stored, new = default_store().publish(recipe, folder, producer=self.producer, **meta)
         self.record_artifact(stored, "published" if new else "kept")
         return stored
 
-    def record_artifact(self, artifact: "Artifact", role: str) -> None:
+    def record_artifact(self, artifact: Artifact, role: str) -> None:
         """Name a stored artifact in the result (id + recipe hash; see lab.schema for the roles)."""
         if role not in self.ARTIFACT_ROLES:
             raise ValueError(f"artifact role {role!r}: expected one of {self.ARTIFACT_ROLES}")
@@ -159,9 +165,12 @@ class RunContext:
         self.stored_artifacts.append(entry)
         if role == "built":
             took = artifact.meta.get("build_s")
-            self.finding(f"{artifact.id} was not in the artifact store, so this run made it first "
-                         f"(recipe {artifact.recipe.sha256[:12]}" + (f", {took:.0f} s" if took is not None else "")
-                         + "); later runs reuse it.")
+            self.finding(
+                f"{artifact.id} was not in the artifact store, so this run made it first "
+                f"(recipe {artifact.recipe.sha256[:12]}"
+                + (f", {took:.0f} s" if took is not None else "")
+                + "); later runs reuse it."
+            )
 
     def skip(self, reason: str) -> None:
         raise SkipExercise(reason)
@@ -172,12 +181,9 @@ class RunContext:
         if self.quiet:
             yield from items
             return
-        from rich.progress import track
 
         yield from track(items, description=description, total=total, transient=True)
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            from rich.console import Console
-
             Console(stderr=True).print(f"[dim]{self.exercise_id}[/dim] {message}")

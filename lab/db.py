@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from lab.errors import MissingResource
 from lab.paths import cache_dir
+from lab.results import redact
 
 
 @lru_cache(maxsize=1)
@@ -21,7 +22,7 @@ def _embedded_server():
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
-        import pgserver
+        import pgserver  # noqa: PLC0415 (heavy: pgserver loads on first use)
     except ImportError as exc:
         raise MissingResource(
             "no LAB_DATABASE_URL set and the embedded PostgreSQL (`pgserver`) is not installed; "
@@ -45,9 +46,7 @@ def crdb_url() -> str | None:
 
 def connect(url: str | None = None, **kwargs):
     """psycopg connection with a clear error naming the (redacted) URL when it is unreachable."""
-    import psycopg
-
-    from lab.results import redact
+    import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     url = url or database_url()
     try:

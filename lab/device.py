@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from lab.errors import LabError
 
@@ -47,7 +48,7 @@ def smoke_env(on: bool) -> Iterator[None]:
 
 
 def cuda_available() -> bool:
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     return torch.cuda.is_available()
 
@@ -60,7 +61,7 @@ def require_cuda(what: str) -> str:
     """The CUDA device's name, or NoCudaDevice naming ``what`` needed it (never a silent CPU fallback)."""
     if not cuda_available():
         raise NoCudaDevice(f"{what}: no CUDA device (torch.cuda.is_available() is False); run it on a GPU machine")
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     return torch.cuda.get_device_name(0)
 
@@ -87,13 +88,13 @@ class Device:
 
     def compute_dtype(self):
         """NF4's matmul dtype: bf16 on the a100 path, fp32 on a plain CPU run (emulated bf16 was slower)."""
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         return torch.bfloat16 if self.gpu_path else torch.float32
 
     def weights_dtype(self):
         """Dtype of a full-precision base for inference/training: bf16 on the a100 path, else fp32."""
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         return torch.bfloat16 if self.gpu_path else torch.float32
 
@@ -121,8 +122,12 @@ class Device:
 
     def trainer_args(self, quantized: bool) -> dict[str, Any]:
         """The device-dependent TrainingArguments of the a100 recipe (trl's SFT/DPO configs)."""
-        return dict(use_cpu=not self.cuda, bf16=self.bf16(), gradient_checkpointing=self.gradient_checkpointing(),
-                    optim=self.optimizer(quantized))
+        return dict(
+            use_cpu=not self.cuda,
+            bf16=self.bf16(),
+            gradient_checkpointing=self.gradient_checkpointing(),
+            optim=self.optimizer(quantized),
+        )
 
     def gpu_only_reason(self, what: str) -> str | None:
         """Why ``what`` (an a100-only step) cannot run here, or None when it can (GPU, or a smoke)."""
@@ -136,9 +141,12 @@ def quantization_label(config) -> str | None:
     double-quant, bfloat16 compute": a smoke test reads it to check the a100 recipe's NF4 ran."""
     if config is None:
         return None
-    return (f"bnb {config.bnb_4bit_quant_type} 4-bit" + (" double-quant" if config.bnb_4bit_use_double_quant else "")
-            + f", {str(config.bnb_4bit_compute_dtype).replace('torch.', '')} compute"
-            + (", fp32 CPU offload allowed" if config.llm_int8_enable_fp32_cpu_offload else ""))
+    return (
+        f"bnb {config.bnb_4bit_quant_type} 4-bit"
+        + (" double-quant" if config.bnb_4bit_use_double_quant else "")
+        + f", {str(config.bnb_4bit_compute_dtype).replace('torch.', '')} compute"
+        + (", fp32 CPU offload allowed" if config.llm_int8_enable_fp32_cpu_offload else "")
+    )
 
 
 def current(smoke: bool | None = None) -> Device:

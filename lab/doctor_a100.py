@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from lab import torch_install
+from lab import models, torch_install
+from lab.llm import DEFAULT_SPEC
+from lab.models import hub_access_problem
+from lab.registry import phases
 
 Check = tuple[str, bool | None, str]
 
@@ -47,15 +52,27 @@ def driver_check(smi_output: str | None, torch_cuda: str | None, smi_error: str 
         return name, False, str(exc)
     shown = torch_install.dotted(driver)
     if not torch_cuda:
-        return name, False, (f"{gpus}, driver {shown}, but torch is the CPU build: "
-                             "reinstall with `make clean-venv setup` (it picks the CUDA build)")
+        return (
+            name,
+            False,
+            (
+                f"{gpus}, driver {shown}, but torch is the CPU build: "
+                "reinstall with `make clean-venv setup` (it picks the CUDA build)"
+            ),
+        )
     need = torch_install.min_driver(torch_cuda)
     if need is None:
         return name, None, f"{gpus}, driver {shown}; torch CUDA {torch_cuda}: no driver floor known for it"
     ok = driver >= need
     floor = torch_install.dotted(need)
-    return name, ok, (f"{gpus}, driver {shown}; torch built for CUDA {torch_cuda} needs >= {floor}"
-                      + ("" if ok else ": upgrade the driver, or `make clean-venv setup` to get a build it runs"))
+    return (
+        name,
+        ok,
+        (
+            f"{gpus}, driver {shown}; torch built for CUDA {torch_cuda} needs >= {floor}"
+            + ("" if ok else ": upgrade the driver, or `make clean-venv setup` to get a build it runs")
+        ),
+    )
 
 
 def bitsandbytes_check(backend: str | None, native_loaded: bool, error: str = "") -> Check:
@@ -63,8 +80,11 @@ def bitsandbytes_check(backend: str | None, native_loaded: bool, error: str = ""
     if backend is None:
         return "bitsandbytes backend", False, f"not importable: {error or 'not installed'}"
     if backend.upper() == "CUDA":
-        return "bitsandbytes backend", native_loaded, "cuda" + ("" if native_loaded else
-                                                                 f": its CUDA library did not load ({error})")
+        return (
+            "bitsandbytes backend",
+            native_loaded,
+            "cuda" + ("" if native_loaded else f": its CUDA library did not load ({error})"),
+        )
     return "bitsandbytes backend", None, f"{backend.lower()}: NF4 runs on CPU (slow); the a100 profile needs cuda"
 
 
@@ -81,24 +101,30 @@ def a100_model_ids(profile_values: Iterable) -> list[str]:
     return found
 
 
-def disk_check(model_ids: list[str], cached: Callable[[str], bool], free_bytes: int, where: str,
-               required: bool = True) -> Check:
+def disk_check(
+    model_ids: list[str], cached: Callable[[str], bool], free_bytes: int, where: str, required: bool = True
+) -> Check:
     """Free disk where the HF cache lives vs what the a100 models not yet fully cached will download."""
     missing = [m for m in model_ids if not cached(m)]
     unknown = [m for m in missing if m not in MODEL_DOWNLOAD_BYTES]
     need = sum(MODEL_DOWNLOAD_BYTES.get(m, 0) for m in missing)
-    detail = (f"{free_bytes / 1e9:.0f} GB free in {where}; the a100 models still to download need "
-              f"{need / 1e9:.1f} GB ({len(missing)} of {len(model_ids)} not fully cached)")
+    detail = (
+        f"{free_bytes / 1e9:.0f} GB free in {where}; the a100 models still to download need "
+        f"{need / 1e9:.1f} GB ({len(missing)} of {len(model_ids)} not fully cached)"
+    )
     if unknown:
         detail += f"; size unknown: {', '.join(unknown)}"
     enough = free_bytes >= need
-    return "disk for a100 models", enough or (False if required else None), detail + ("" if enough else ": free space first")
+    return (
+        "disk for a100 models",
+        enough or (False if required else None),
+        detail + ("" if enough else ": free space first"),
+    )
 
 
 def gated_checks(token: str | None, access: Callable[[str], None]) -> Iterator[Check]:
     """Can HF_TOKEN read each gated repo? ``access(repo)`` raises as huggingface_hub.auth_check does.
     Without a token nothing is asked (that is reported, not failed)."""
-    from lab.models import hub_access_problem
 
     for repo in GATED:
         name = f"access {repo}"
@@ -113,21 +139,25 @@ def gated_checks(token: str | None, access: Callable[[str], None]) -> Iterator[C
             yield name, True, "HF_TOKEN can read it"
 
 
-def endpoint_checks(a100_specs: Iterable[str], env_spec: str | None, probe: Callable[[str], str | None],
-                    required: bool = True) -> Iterator[Check]:
+def endpoint_checks(
+    a100_specs: Iterable[str], env_spec: str | None, probe: Callable[[str], str | None], required: bool = True
+) -> Iterator[Check]:
     """The LLM endpoints Phases 13-16 will call: the a100 configs' ``llm`` (a served model), and
     --llm / $LAB_LLM (else the embedded model) for the exercises without one. ``probe(url)`` returns
     None when a server answers there, else why not."""
-    from lab.llm import DEFAULT_SPEC
 
     for spec in dict.fromkeys(a100_specs):
         provider, _, rest = spec.partition(":")
         url = rest.partition("@")[2]
         if provider == "openai" and url:
             why = probe(url)
-            yield (f"endpoint {spec}", True if why is None else (False if required else None),
-                   "answers (phase13 a100 configs)" if why is None else
-                   f"no server at {url} ({why}): start the model server before the phase 13 a100 runs")
+            yield (
+                f"endpoint {spec}",
+                True if why is None else (False if required else None),
+                "answers (phase13 a100 configs)"
+                if why is None
+                else f"no server at {url} ({why}): start the model server before the phase 13 a100 runs",
+            )
         else:
             yield f"endpoint {spec}", None, "used by the a100 configs"
     chosen = env_spec or DEFAULT_SPEC
@@ -137,8 +167,6 @@ def endpoint_checks(a100_specs: Iterable[str], env_spec: str | None, probe: Call
 
 def http_probe(base_url: str, timeout_s: float = 3.0) -> str | None:
     """None if an OpenAI-compatible server answers GET <base_url>/models, else why not."""
-    import urllib.error
-    import urllib.request
 
     try:
         with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout_s):
@@ -158,7 +186,7 @@ def _driver(torch_cuda: str | None) -> Check:
 
 def _bitsandbytes() -> Check:
     try:
-        from bitsandbytes import cextension
+        from bitsandbytes import cextension  # noqa: PLC0415 (heavy: bitsandbytes loads on first use)
     except Exception as exc:  # an import that fails in any way is the finding
         return bitsandbytes_check(None, False, f"{type(exc).__name__}: {exc}")
     loaded = not isinstance(cextension.lib, cextension.ErrorHandlerMockBNBNativeLibrary)
@@ -166,7 +194,6 @@ def _bitsandbytes() -> Check:
 
 
 def _a100_profiles() -> list[tuple[str, dict]]:
-    from lab.registry import phases
 
     return [(ex.id, dict(ex.profiles["a100"])) for p in phases() for ex in p.exercises if "a100" in ex.profiles]
 
@@ -179,9 +206,7 @@ def _free(path: Path) -> tuple[int, str]:
 
 def a100_checks(torch_cuda: str | None, gpu: bool) -> Iterator[Check]:
     """The checks above on this machine's real values (``gpu``: torch sees a CUDA device)."""
-    from huggingface_hub import auth_check, constants
-
-    from lab import models
+    from huggingface_hub import auth_check, constants  # noqa: PLC0415 (heavy: huggingface_hub loads on first use)
 
     yield _driver(torch_cuda)
     yield _bitsandbytes()
@@ -191,6 +216,9 @@ def a100_checks(torch_cuda: str | None, gpu: bool) -> Iterator[Check]:
     yield disk_check(ids, models.fully_cached, free, where, required=gpu)
     token = os.environ.get("HF_TOKEN")
     yield from gated_checks(token, lambda repo: auth_check(repo, token=token))
-    specs = [cfg["llm"] for ex_id, cfg in profiles
-             if isinstance(cfg.get("llm"), str) and ex_id.split(".")[0] in ("phase13", "phase14", "phase15", "phase16")]
+    specs = [
+        cfg["llm"]
+        for ex_id, cfg in profiles
+        if isinstance(cfg.get("llm"), str) and ex_id.split(".")[0] in ("phase13", "phase14", "phase15", "phase16")
+    ]
     yield from endpoint_checks(specs, os.environ.get("LAB_LLM") or None, http_probe, required=gpu)

@@ -14,8 +14,9 @@ imports (torch, transformers, chromadb...) live inside the run function so impor
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -110,7 +111,7 @@ class Exercise:
         """The config of the profile's canonical run — in a smoke of the a100 profile
         (``lab.device.smoke_active``), with the exercise's smoke sizes: what an artifact kind computes
         its recipe from, so a smoke finds the adapters its own smoke runs stored."""
-        from lab.device import smoke_active
+        from lab.device import smoke_active  # noqa: PLC0415 (import cycle: lab imports this module)
 
         smoke = profile == "a100" and self.smoke is not None and smoke_active()
         return self.config(profile, self.smoke if smoke else None)
@@ -118,9 +119,7 @@ class Exercise:
     def config(self, profile: str = "cpu", overrides: Mapping[str, Any] | None = None) -> ExerciseConfig:
         """Resolve profile defaults + overrides into a validated config (errors name the key)."""
         if profile not in self.profiles:
-            raise ConfigError(
-                f"{self.id}: unknown profile {profile!r}; choose one of {sorted(self.profiles)}"
-            )
+            raise ConfigError(f"{self.id}: unknown profile {profile!r}; choose one of {sorted(self.profiles)}")
         values = {**self.profiles[profile], **(overrides or {})}
         unknown = sorted(set(values) - set(self.config_cls.model_fields))
         if unknown:
@@ -131,7 +130,5 @@ class Exercise:
         try:
             return self.config_cls(**values)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
             raise ConfigError(f"{self.id} (profile {profile}): invalid config: {problems}") from None

@@ -17,7 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from lab.device import NoCudaDevice, require_cuda
 from lab.paths import SCRATCH_ROOT
+from lab.registry import resolve
+from lab.scheduler import run_all
 
 PHASES = ("phase08", "phase09", "phase10", "phase11", "phase12")
 SUMMARY = "gpu_smoke.json"
@@ -30,15 +33,19 @@ def summarize(device_name: str, finished, started: float) -> dict:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": round(time.time() - started, 1),
         "ok": all(job.status == "ok" for job in finished if job.exercise is not None),
-        "jobs": [{"job": job.key, "status": job.status, "seconds": job.seconds and round(job.seconds, 1),
-                  "detail": job.detail} for job in finished],
+        "jobs": [
+            {
+                "job": job.key,
+                "status": job.status,
+                "seconds": job.seconds and round(job.seconds, 1),
+                "detail": job.detail,
+            }
+            for job in finished
+        ],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lab.device import NoCudaDevice, require_cuda
-    from lab.registry import resolve
-    from lab.scheduler import run_all
 
     parser = argparse.ArgumentParser(prog="python -m lab.gpu_smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("phases", nargs="*", default=list(PHASES), help="phases or exercise ids (default: 8-12)")
@@ -56,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(device_name, finished, started)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{device_name}: {'all ok' if summary['ok'] else 'FAILURES'} in {summary['wall_s']} s -> {args.out / SUMMARY}")
+    print(
+        f"{device_name}: {'all ok' if summary['ok'] else 'FAILURES'} in {summary['wall_s']} s -> {args.out / SUMMARY}"
+    )
     return 0 if summary["ok"] else 1
 
 

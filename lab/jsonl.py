@@ -18,7 +18,7 @@ import gzip
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, cast
 
 from pydantic import AfterValidator, BeforeValidator, TypeAdapter, ValidationError
 
@@ -36,7 +36,7 @@ class JsonlError(ConfigError, ValueError):
 
 def _open(path: Path, mode: str) -> IO[str]:
     if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")
+        return cast(IO[str], gzip.open(path, mode + "t", encoding="utf-8"))  # text mode: a TextIOWrapper
     return open(path, mode, encoding="utf-8")
 
 
@@ -87,8 +87,9 @@ def _field_error(path: Path, line_no: int, err: ValidationError) -> JsonlError:
     return JsonlError(path, line_no, problem, field)
 
 
-def iter_jsonl(path: str | Path, *, model: Any = None, required: Iterable[str] = (),
-               unique: str | None = None) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(
+    path: str | Path, *, model: Any = None, required: Iterable[str] = (), unique: str | None = None
+) -> Iterator[tuple[int, Any]]:
     """(line number, row) of every non-blank line, read lazily.
 
     ``model``: a pydantic model (or any type pydantic validates) each line must be an object of; the row
@@ -116,16 +117,17 @@ def iter_jsonl(path: str | Path, *, model: Any = None, required: Iterable[str] =
             except ValidationError as err:
                 raise _field_error(path, line_no, err) from None
         if unique:
-            key = row.get(unique) if isinstance(row, dict) else getattr(row, unique, None)
-            if key not in (None, ""):
-                if key in seen:
-                    raise JsonlError(path, line_no, f"{key!r} is used twice (first on line {seen[key]})", unique)
-                seen[key] = line_no
+            value = row.get(unique) if isinstance(row, dict) else getattr(row, unique, None)
+            if value not in (None, ""):
+                if value in seen:
+                    raise JsonlError(path, line_no, f"{value!r} is used twice (first on line {seen[value]})", unique)
+                seen[value] = line_no
         yield line_no, row
 
 
-def read_jsonl(path: str | Path, *, model: Any = None, required: Iterable[str] = (),
-               unique: str | None = None) -> list[Any]:
+def read_jsonl(
+    path: str | Path, *, model: Any = None, required: Iterable[str] = (), unique: str | None = None
+) -> list[Any]:
     """Every row of a JSON-lines file (``.jsonl`` or ``.jsonl.gz``); see ``iter_jsonl`` for the checks."""
     return [row for _, row in iter_jsonl(path, model=model, required=required, unique=unique)]
 

@@ -55,6 +55,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.db import connect
+
 log = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"[a-z_][a-z0-9_]*")
@@ -131,7 +133,7 @@ def version_table(namespace: str) -> str:
 
 # --- reading and forgetting versions (a connection in autocommit mode) -------------------------------
 def _cursor(conn):
-    from psycopg.rows import tuple_row
+    from psycopg.rows import tuple_row  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     return conn.cursor(row_factory=tuple_row)  # whatever row factory the caller's connection has
 
@@ -178,7 +180,6 @@ def forget(conn, namespace: str, owner: str) -> None:
 # --- the runner ----------------------------------------------------------------------------------------
 def migrate(url: str, schema: Schema) -> Outcome:
     """Bring ``schema``'s owner to its latest version on the database at ``url`` (own connection)."""
-    from lab.db import connect
 
     with connect(url, autocommit=True) as conn:
         _prepare_session(conn)
@@ -199,7 +200,7 @@ def _prepare_session(conn) -> None:
 def _ensure_version_table(conn, namespace: str) -> None:
     """Create the version table; two starters creating it at once may collide on PostgreSQL's catalog
     (a unique violation instead of IF NOT EXISTS): the loser tries again and finds it there."""
-    import psycopg
+    import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     table = version_table(namespace)
     for attempt in range(RETRIES):
@@ -283,8 +284,8 @@ def _is_recorded(conn, table: str, owner: str, version: int) -> bool:
 
 def _apply(conn, schema: Schema, migration: Migration) -> bool:
     """Run one migration and record it, in one transaction. False when a concurrent starter did."""
-    import psycopg
-    from psycopg import pq
+    import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
+    from psycopg import pq  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     table = version_table(schema.namespace)
     label = f"{schema.owner} migration {migration.version} ({migration.name})"

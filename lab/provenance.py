@@ -12,9 +12,24 @@ from pathlib import Path
 from lab.paths import REPO_ROOT
 
 KEY_PACKAGES = (
-    "torch", "transformers", "accelerate", "gguf", "peft", "trl", "datasets", "bitsandbytes",
-    "sentence-transformers", "chromadb", "psycopg", "pgvector", "pgserver", "ragas", "anthropic",
-    "openai", "numpy", "pydantic",
+    "torch",
+    "transformers",
+    "accelerate",
+    "gguf",
+    "peft",
+    "trl",
+    "datasets",
+    "bitsandbytes",
+    "sentence-transformers",
+    "chromadb",
+    "psycopg",
+    "pgvector",
+    "pgserver",
+    "ragas",
+    "anthropic",
+    "openai",
+    "numpy",
+    "pydantic",
 )
 
 

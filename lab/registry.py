@@ -72,9 +72,19 @@ def phases() -> tuple[Phase, ...]:
         sections = tuple((name, path, target) for name, (path, target) in getattr(mod, "REPORT_SECTIONS", {}).items())
         for name, _, target in sections:
             if ":" not in str(target):
-                raise ConfigError(f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'")
-        found.append(Phase(package.split("_", 1)[0], package, getattr(mod, "TITLE", package), exercises, sections,
-                           _published_kinds(package, getattr(mod, "ARTIFACTS", ()))))
+                raise ConfigError(
+                    f"{package}/__init__.py REPORT_SECTIONS[{name!r}]: {target!r} is not 'module:function'"
+                )
+        found.append(
+            Phase(
+                package.split("_", 1)[0],
+                package,
+                getattr(mod, "TITLE", package),
+                exercises,
+                sections,
+                _published_kinds(package, getattr(mod, "ARTIFACTS", ())),
+            )
+        )
     return tuple(found)
 
 

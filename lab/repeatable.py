@@ -23,7 +23,7 @@ from __future__ import annotations
 
 def repeatable(seed: int) -> None:
     """Seed torch's global generator and, on CPU, turn on deterministic kernels for the rest of the process."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     torch.manual_seed(seed)
     if not torch.cuda.is_available():

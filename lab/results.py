@@ -29,8 +29,10 @@ HISTORY_KEEP = 10
 _SECRET_KEY = re.compile(r"(api[_-]?key|token(?![a-z])|secret|password|passwd|authorization)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@\s]+)@", re.I)
 # API keys (OpenAI/Anthropic sk-, Hugging Face hf_), Telegram bot tokens (<bot id>:<35 chars>), bearer tokens
-_TOKEN_LIKE = re.compile(r"\b(sk-(?:ant-)?[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{8,}|\d{6,12}:[A-Za-z0-9_-]{30,})\b"
-                         r"|(?<=Bearer )[A-Za-z0-9._~+/=-]{8,}")
+_TOKEN_LIKE = re.compile(
+    r"\b(sk-(?:ant-)?[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{8,}|\d{6,12}:[A-Za-z0-9_-]{30,})\b"
+    r"|(?<=Bearer )[A-Za-z0-9._~+/=-]{8,}"
+)
 REDACTED = "***"
 
 

@@ -9,9 +9,12 @@ import secrets
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import numpy as np
 
 from lab import provenance, results
 from lab.context import RunContext
@@ -25,16 +28,18 @@ from lab.schema import SCHEMA_VERSION, is_substitute
 
 LLM_OVERRIDE = "--llm"  # the key under which a run's LLM spec is recorded in its overrides
 # What a smoke result measured: the code path, not the models (no reference row carries a delta).
-SMOKE_METHOD = ("substitute: smoke run — tiny random-initialised stand-ins of the same architectures, "
-                "toy data and a few steps; checks the code path, measures nothing about the real models")
+SMOKE_METHOD = (
+    "substitute: smoke run — tiny random-initialised stand-ins of the same architectures, "
+    "toy data and a few steps; checks the code path, measures nothing about the real models"
+)
 
 
 def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(3)
 
 
 def config_sha256(config: dict, llm: str | None = None) -> str:
@@ -74,8 +79,6 @@ def with_llm(exercise, profile: str, overrides: dict[str, Any], spec: str | None
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     try:
-        import numpy as np
-
         np.random.seed(seed)
     except ImportError:
         pass
@@ -123,13 +126,22 @@ def smoke_overrides(exercise, profile: str, overrides: dict[str, Any]) -> dict[s
 
 
 def _smoke_skip(exercise) -> str:
-    return (f"{exercise.id} declares no smoke (Exercise.smoke is None): its a100 path needs what a smoke cannot "
-            "stand in for here (e.g. a model server); declare smoke overrides in the exercise to include it")
+    return (
+        f"{exercise.id} declares no smoke (Exercise.smoke is None): its a100 path needs what a smoke cannot "
+        "stand in for here (e.g. a model server); declare smoke overrides in the exercise to include it"
+    )
 
 
-def execute(exercise, profile: str, overrides: dict[str, Any], out: Path | None = None,
-            results_root: Path | None = None, quiet: bool = False, llm: str | None = None,
-            smoke: bool = False) -> dict:
+def execute(
+    exercise,
+    profile: str,
+    overrides: dict[str, Any],
+    out: Path | None = None,
+    results_root: Path | None = None,
+    quiet: bool = False,
+    llm: str | None = None,
+    smoke: bool = False,
+) -> dict:
     """Run ``exercise`` once and write its result; returns the result dict (``_path``: where it went).
 
     ``llm``: the --llm spec (else $LAB_LLM). Like ``overrides`` it is recorded, hashed into

@@ -24,8 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from lab import results
-from lab.artifacts import ArtifactKind, ArtifactStore
+from lab.artifacts import ArtifactKind, ArtifactStore, default_store
+from lab.device import smoke_env
 from lab.paths import RESULTS_ROOT, SCRATCH_ROOT
 from lab.runner import new_run_id, recorded_overrides, target_root
 
@@ -59,14 +64,21 @@ def _last_duration(exercise, profile: str) -> float:
     return float(doc["duration_s"]) if doc and doc.get("duration_s") else DEFAULT_ESTIMATE_S
 
 
-def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, out: Path | None = None,
-         llm: str | None = None, config_dir: Path, smoke: bool = False) -> list[Job]:
+def plan(
+    runs: list[tuple[Any, dict]],
+    profile: str,
+    store: ArtifactStore,
+    *,
+    out: Path | None = None,
+    llm: str | None = None,
+    config_dir: Path,
+    smoke: bool = False,
+) -> list[Job]:
     """Jobs for (exercise, overrides) pairs, with dependencies from their declared needs/produces.
 
     ``config_dir``: where each job's overrides are written as a --config YAML file. ``smoke``: every
     job (artifact builds too) runs with --smoke; ``store`` must then be the smoke store.
     """
-    import yaml
 
     jobs: dict[str, Job] = {}
     producers = {kind.name: ex.id for ex, _ in runs for kind in ex.produces}
@@ -82,8 +94,14 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             argv += ["--llm", llm]
         if smoke:
             argv += ["--smoke"]
-        jobs[ex.id] = Job(ex.id, argv, _last_duration(ex, profile), exercise=ex, gpu=uses_gpu(ex, profile),
-                          root=target_root(recorded_overrides(overrides, llm), out, None, smoke))
+        jobs[ex.id] = Job(
+            ex.id,
+            argv,
+            _last_duration(ex, profile),
+            exercise=ex,
+            gpu=uses_gpu(ex, profile),
+            root=target_root(recorded_overrides(overrides, llm), out, None, smoke),
+        )
 
     def provider(kind: ArtifactKind, consumer: str) -> str | None:
         """The job that makes ``kind`` available to ``consumer`` (None: already stored)."""
@@ -93,8 +111,12 @@ def plan(runs: list[tuple[Any, dict]], profile: str, store: ArtifactStore, *, ou
             return producers[kind.name]
         key = f"build:{kind.name}"
         if key not in jobs:
-            jobs[key] = Job(key, ["artifacts", "build", kind.name, "--profile", profile] + (["--smoke"] if smoke else []),
-                            DEFAULT_ESTIMATE_S, gpu=uses_gpu(None, profile))
+            jobs[key] = Job(
+                key,
+                ["artifacts", "build", kind.name, "--profile", profile] + (["--smoke"] if smoke else []),
+                DEFAULT_ESTIMATE_S,
+                gpu=uses_gpu(None, profile),
+            )
             jobs[key].deps = {p for need in kind.needs if (p := provider(need, key))}
         return key
 
@@ -144,7 +166,6 @@ class Runner:
         self.profile = profile
         self.log_dir = log_dir
         self.priority = critical_path(jobs)
-        from rich.console import Console
 
         self.console = console or Console(stderr=True)
 
@@ -183,13 +204,19 @@ class Runner:
 
     def run(self) -> list[Job]:
         """Run every job; a job whose dependency failed still runs (it builds or reports what is missing)."""
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=self.console, disable=self.workers == 1) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=self.workers == 1,
+        ) as progress:
             gpu_note = f" (GPU jobs {self.gpu_slots} at a time)" if any(j.gpu for j in self.jobs.values()) else ""
-            overall = progress.add_task(f"{len(self.jobs)} jobs, {self.workers} at a time{gpu_note}", total=len(self.jobs))
+            overall = progress.add_task(
+                f"{len(self.jobs)} jobs, {self.workers} at a time{gpu_note}", total=len(self.jobs)
+            )
             rows = {k: progress.add_task(self._label(j), total=1, start=False) for k, j in self.jobs.items()}
             try:
                 while any(j.status in ("waiting", "running") for j in self.jobs.values()):
@@ -222,36 +249,49 @@ class Runner:
         return list(self.jobs.values())
 
     def _label(self, job: Job) -> str:
-        mark = {"waiting": "[dim]waiting[/dim]", "running": "[cyan]running[/cyan]", "ok": "[green]ok[/green]",
-                "skipped": "[yellow]skipped[/yellow]", "failed": "[red]failed[/red]"}[job.status]
+        mark = {
+            "waiting": "[dim]waiting[/dim]",
+            "running": "[cyan]running[/cyan]",
+            "ok": "[green]ok[/green]",
+            "skipped": "[yellow]skipped[/yellow]",
+            "failed": "[red]failed[/red]",
+        }[job.status]
         after = f" [dim](after {', '.join(sorted(job.deps))})[/dim]" if job.status == "waiting" and job.deps else ""
         took = f" {job.seconds:.0f} s" if job.seconds is not None else ""
         return f"{mark} {job.key}{took}{after}"
 
     def _report(self, job: Job, progress) -> None:
         colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[job.status]
-        progress.console.print(f"[{colour}]{job.status}[/{colour}] {job.key} in {job.seconds:.1f} s"
-                               + (f": {job.detail}" if job.detail else ""))
+        progress.console.print(
+            f"[{colour}]{job.status}[/{colour}] {job.key} in {job.seconds:.1f} s"
+            + (f": {job.detail}" if job.detail else "")
+        )
         if job.status == "failed" and self.workers > 1:
             log = self._log(job)
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
             progress.console.print("\n".join(tail) + f"\n[dim](full log: {log})[/dim]", markup=False)
 
 
-def run_all(runs: list[tuple[Any, dict]], profile: str, workers: int, *, out: Path | None = None,
-            llm: str | None = None, store: ArtifactStore | None = None, console=None,
-            log_root: Path = SCRATCH_ROOT / ".logs", smoke: bool = False) -> list[Job]:
+def run_all(
+    runs: list[tuple[Any, dict]],
+    profile: str,
+    workers: int,
+    *,
+    out: Path | None = None,
+    llm: str | None = None,
+    store: ArtifactStore | None = None,
+    console=None,
+    log_root: Path = SCRATCH_ROOT / ".logs",
+    smoke: bool = False,
+) -> list[Job]:
     """Plan and run several exercises; returns the finished jobs (status, seconds, detail).
 
     Each job's log and overrides file go to a fresh folder under ``log_root`` (runs/ is gitignored).
     ``smoke``: plan against the smoke store and run every job with --smoke (lab.device).
     """
-    from lab.artifacts import default_store
-    from lab.device import smoke_env
 
     log_root.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="lab-run-", dir=log_root))
     with smoke_env(smoke):  # the smoke store and the smoke-sized recipes
         jobs = plan(runs, profile, store or default_store(), out=out, llm=llm, config_dir=log_dir, smoke=smoke)
     return Runner(jobs, workers, profile, log_dir, console=console).run()
-

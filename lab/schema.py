@@ -128,7 +128,7 @@ def check_method(method: Any, where: str) -> str:
     """``method`` as stored; raises ValueError naming ``where`` unless it is one of METHOD_KINDS."""
     if method in ("same", "scaled", "own"):
         return method
-    if isinstance(method, str) and method.startswith("substitute: ") and method[len("substitute: "):].strip():
+    if isinstance(method, str) and method.startswith("substitute: ") and method[len("substitute: ") :].strip():
         return method
     raise ValueError(f"{where}: method {method!r} must be 'same', 'scaled', 'substitute: <what>' or 'own'")
 

@@ -7,10 +7,14 @@ approximation, stays inside [0, 1] and is not zero-width at 0 of n or n of n.
 
 from __future__ import annotations
 
+from statistics import mean, stdev
+
+import numpy as np
+
 
 def rate_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """(low, high) of the Wilson score interval for ``successes`` of ``n``."""
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # noqa: PLC0415 (heavy: scipy loads on first use)
 
     if n <= 0 or not 0 <= successes <= n:
         raise ValueError(f"a rate needs 0 <= successes <= n and n > 0, got {successes} of {n}")
@@ -19,13 +23,14 @@ def rate_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[flo
 
 
 def rate_note(successes: int, n: int) -> str:
-    """"57 of 60, 95% CI 0.86-0.98": how a rate's description states its evidence."""
+    """ "57 of 60, 95% CI 0.86-0.98": how a rate's description states its evidence."""
     low, high = rate_interval(successes, n)
     return f"{successes} of {n}, 95% CI {low:.2f}-{high:.2f} (Wilson)"
 
 
-def record_rate(ctx, name: str, successes: int, n: int, description: str,
-                higher_is_better: bool | None = True) -> tuple[float, float] | None:
+def record_rate(
+    ctx, name: str, successes: int, n: int, description: str, higher_is_better: bool | None = True
+) -> tuple[float, float] | None:
     """Record a rate on a RunContext as four metrics — ``name`` (with its note), ``name_n``,
     ``name_ci_low``, ``name_ci_high`` — so no rate is published without its evidence; returns the
     interval (None, and a null rate, when there were no cases)."""
@@ -43,9 +48,8 @@ def record_rate(ctx, name: str, successes: int, n: int, description: str,
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     """(low, high) of the t interval for the mean of ``values`` (a point when n = 1 or all are equal)."""
-    from statistics import mean, stdev
 
-    from scipy.stats import t
+    from scipy.stats import t  # noqa: PLC0415 (heavy: scipy loads on first use)
 
     values = [float(v) for v in values]
     if not values:
@@ -58,7 +62,7 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def interval_text(successes: int, n: int) -> str:
-    """"0.57 [0.44, 0.69] (n=60)": a rate as a table cell that carries its n and 95% interval."""
+    """ "0.57 [0.44, 0.69] (n=60)": a rate as a table cell that carries its n and 95% interval."""
     if n == 0:
         return "n/a (n=0)"
     low, high = rate_interval(successes, n)
@@ -75,6 +79,5 @@ def tail(samples) -> tuple[str, float | None]:
         return "max", None
     if len(values) < TAIL_MIN_SAMPLES:
         return "max", max(values)
-    import numpy as np
 
     return "p99", float(np.percentile(values, 99))

@@ -27,7 +27,7 @@ FAMILIES = {"mixtral": re.compile(r"mixtral", re.I), "llama": re.compile(r"llama
 
 
 def family(model_id: str) -> str | None:
-    """"mixtral" / "llama" for a hub id of that family, else None (not substituted)."""
+    """ "mixtral" / "llama" for a hub id of that family, else None (not substituted)."""
     for name, pattern in FAMILIES.items():
         if pattern.search(model_id):
             return name
@@ -35,18 +35,35 @@ def family(model_id: str) -> str | None:
 
 
 def _config(kind: str, tok):
-    from transformers import LlamaConfig, MixtralConfig
+    from transformers import LlamaConfig, MixtralConfig  # noqa: PLC0415 (heavy: transformers loads on first use)
 
-    common = dict(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
-                  num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=4096,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                  tie_word_embeddings=False)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     if kind == "mixtral":
         return MixtralConfig(num_local_experts=8, num_experts_per_tok=2, **common)
     # Llama 3.1's rope scaling, so the llama3 RoPE code path runs too
-    return LlamaConfig(rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 2048,
-                                        "rope_theta": 500000.0}, **common)
+    return LlamaConfig(
+        rope_parameters={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 2048,
+            "rope_theta": 500000.0,
+        },
+        **common,
+    )
 
 
 def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
@@ -58,14 +75,14 @@ def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
     target = cache_dir() / "tiny-models" / f"{kind}-v{TINY_VERSION}"
     if (target / "config.json").exists():
         return target
-    from lab.atomic import file_lock, publish_dir, staged
+    from lab.atomic import file_lock, publish_dir, staged  # noqa: PLC0415 (import cycle: lab imports this module)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.with_name(f".{target.name}.lock")):
         if (target / "config.json").exists():
             return target
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
         torch.manual_seed(0)
@@ -75,12 +92,15 @@ def tiny_path(model_id: str, tokenizer_dir: Path) -> Path:
             tok.save_pretrained(tmp)
             (tmp / "SOURCE.txt").write_text(
                 f"SMOKE-TEST MODEL, random weights (seed 0): a {type(model).__name__} with hidden {HIDDEN}, "
-                f"{LAYERS} layers, standing in for {kind} hub ids in `lab run --smoke`; tokenizer: the one in {tokenizer_dir.name}/.\n")
+                f"{LAYERS} layers, standing in for {kind} hub ids in `lab run --smoke`; tokenizer: the one in {tokenizer_dir.name}/.\n"
+            )
             publish_dir(tmp, target)
     return target
 
 
 def describe(model_id: str) -> str:
     """What a result records about the stand-in it ran instead of ``model_id``."""
-    return (f"smoke stand-in for {model_id}: random-init {family(model_id)} architecture, hidden {HIDDEN}, "
-            f"{LAYERS} layers (lab.tiny_models v{TINY_VERSION})")
+    return (
+        f"smoke stand-in for {model_id}: random-init {family(model_id)} architecture, hidden {HIDDEN}, "
+        f"{LAYERS} layers (lab.tiny_models v{TINY_VERSION})"
+    )

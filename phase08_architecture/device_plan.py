@@ -25,11 +25,16 @@ GIB = 1024**3
 def nf4_moe_config():
     """The a100 profile's BitsAndBytesConfig for Mixtral: NF4, double-quant, bf16 compute; CPU offload
     allowed, because under transformers 5 the bf16 experts do not all fit (see ``plan``)."""
-    import torch
-    from transformers import BitsAndBytesConfig
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import BitsAndBytesConfig  # noqa: PLC0415 (heavy: transformers loads on first use)
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                              bnb_4bit_use_double_quant=True, llm_int8_enable_fp32_cpu_offload=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+        llm_int8_enable_fp32_cpu_offload=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,10 @@ class DevicePlan:
 def plan(config_name: str, gpu_max_memory_gib: float, cpu_max_memory_gib: float = 120.0) -> DevicePlan:
     """transformers 5.24's ``device_map="auto"`` placement of ``config_name`` loaded in NF4 with bf16
     weights, under ``max_memory={0: gpu_max_memory_gib GiB, "cpu": cpu_max_memory_gib GiB}``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.integrations.accelerate import _get_device_map, compute_module_sizes
-    from transformers.quantizers import AutoHfQuantizer
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
+    from transformers.integrations.accelerate import _get_device_map, compute_module_sizes  # noqa: PLC0415 (heavy: transformers loads on first use)
+    from transformers.quantizers import AutoHfQuantizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     if gpu_max_memory_gib <= 0:
         raise ValueError(f"gpu_max_memory_gib must be > 0, got {gpu_max_memory_gib}")

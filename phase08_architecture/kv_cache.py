@@ -24,12 +24,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext
-from lab.models import DEFAULT_LLM
+from lab.device import current
+from lab.models import DEFAULT_LLM, explain_load_failure, load_causal_lm
+from phase08_architecture.model_configs import load_config, meta_model
 
-from phase08_architecture.model_configs import load_config
-
-DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2,
-               "float8": 1, "fp8": 1, "int8": 1}
+DTYPE_BYTES = {
+    "float32": 4,
+    "fp32": 4,
+    "bfloat16": 2,
+    "bf16": 2,
+    "float16": 2,
+    "fp16": 2,
+    "float8": 1,
+    "fp8": 1,
+    "int8": 1,
+}
 K = 1024  # "8K" context = 8,192 tokens; GB below are decimal (1e9 bytes), as in the seed
 CAPSTONE_AGENTS, CAPSTONE_CONTEXT = 4, 32 * K  # Phase 16's four agents at 32K each
 
@@ -74,8 +83,10 @@ def kv_shape(config: dict[str, Any]) -> KVShape:
     name = config.get("_name", "config")
     cfg = config.get("text_config") or config  # multimodal configs nest the language model
     if cfg.get("kv_lora_rank") is not None:
-        raise ConfigError(f"config {name}: multi-head latent attention (kv_lora_rank) caches a latent, "
-                          "not per-head K/V; this formula does not apply")
+        raise ConfigError(
+            f"config {name}: multi-head latent attention (kv_lora_rank) caches a latent, "
+            "not per-head K/V; this formula does not apply"
+        )
     layers = int(_field(cfg, name, "num_hidden_layers", "n_layer", "num_layers"))
     q_heads = int(_field(cfg, name, "num_attention_heads", "n_head"))
     kv_heads = cfg.get("num_key_value_heads") or (1 if cfg.get("multi_query") else q_heads)
@@ -129,31 +140,30 @@ def prefill(model, n_tokens: int, chunk: int, seed: int = 0):
     Chunked prefill keeps activations (and logits: only the last position is computed) small,
     so that what stays allocated afterwards is the cache itself.
     """
-    import torch
-    from transformers import DynamicCache
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import DynamicCache  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, n_tokens), generator=gen).to(model.device)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         for start in range(0, n_tokens, chunk):
-            out = model(input_ids=ids[:, start:start + chunk], cache=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids[:, start : start + chunk], cache=cache, use_cache=True, logits_to_keep=1)
             cache = out.cache
             del out
     return cache
 
 
-def measure(cfg: "Config", ctx: RunContext) -> list[list[Any]]:
+def measure(cfg: Config, ctx: RunContext) -> list[list[Any]]:
     """Formula vs the bytes a real model's cache holds (and, on CUDA, the allocator's delta)."""
-    import torch
-
-    from lab.device import current
-    from lab.models import explain_load_failure, load_causal_lm
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     rows = []
     for dtype in cfg.measure_dtypes:
         try:
-            model, _ = load_causal_lm(cfg.measure_model, dtype=getattr(torch, dtype), device_map=current().place(cfg.device))
+            model, _ = load_causal_lm(
+                cfg.measure_model, dtype=getattr(torch, dtype), device_map=current().place(cfg.device)
+            )
         except MissingResource as exc:
             ctx.skip(str(exc))
         except OSError as exc:
@@ -175,8 +185,18 @@ def measure(cfg: "Config", ctx: RunContext) -> list[list[Any]]:
                 torch.cuda.empty_cache()
                 allocated = torch.cuda.memory_allocated() - before
             formula = kv_cache_bytes(shape, n, 1, dtype)
-            rows.append([cfg.measure_model, dtype, n, formula, held, held - formula, allocated,
-                         None if allocated is None else round(allocated / formula, 4)])
+            rows.append(
+                [
+                    cfg.measure_model,
+                    dtype,
+                    n,
+                    formula,
+                    held,
+                    held - formula,
+                    allocated,
+                    None if allocated is None else round(allocated / formula, 4),
+                ]
+            )
             del cache
         del model
     return rows
@@ -215,7 +235,6 @@ def _grid_shape(config_name: str, variant: str | None) -> KVShape:
 
 def _weights_bytes(config: dict, dtype: str) -> int | None:
     """Parameter bytes from the meta model of the config (None if transformers cannot build it)."""
-    from phase08_architecture.model_configs import meta_model
 
     try:
         return sum(p.numel() for p in meta_model(config).parameters()) * dtype_bytes(dtype)
@@ -224,16 +243,18 @@ def _weights_bytes(config: dict, dtype: str) -> int | None:
 
 
 def plot(shapes: list[KVShape], dtype: str, gpu_gb: float, path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
-    contexts = [2 ** p for p in range(10, 18)]  # 1K .. 128K
+    contexts = [2**p for p in range(10, 18)]  # 1K .. 128K
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, batch in zip(axes, (1, 10)):
         for s in shapes:
-            ax.plot(contexts, [gb(kv_cache_bytes(s, c, batch, dtype)) for c in contexts], marker="o", ms=3, label=s.name)
+            ax.plot(
+                contexts, [gb(kv_cache_bytes(s, c, batch, dtype)) for c in contexts], marker="o", ms=3, label=s.name
+            )
         ax.axhline(gpu_gb, color="red", ls="--", lw=1)
         ax.text(contexts[0], gpu_gb * 1.15, f"one A100 {gpu_gb:g} GB", color="red", fontsize=8)
         ax.set_xscale("log", base=2)
@@ -251,7 +272,6 @@ def plot(shapes: list[KVShape], dtype: str, gpu_gb: float, path) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.device import current
 
     if current().place(cfg.device) is None:
         ctx.skip(f"the measured cache runs on CUDA (device={cfg.device}); none here")
@@ -268,12 +288,21 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 ctx.metric(f"{prefix}_{ctx_label(c).lower()}_b{b}_gb", value, "GB", higher_is_better=False)
                 cells.append(value)
             grid_rows.append([shape.name, ctx_label(c), *cells, shape.bytes_per_token(cfg.dtype)])
-    ctx.table("seed_grid", grid_rows, ["config", "context", *[f"batch={b} (GB)" for b in cfg.batches], "bytes/token"],
-              title=f"KV cache, decimal GB, {cfg.dtype} — the seed's table (+ MQA) from the shipped configs")
+    ctx.table(
+        "seed_grid",
+        grid_rows,
+        ["config", "context", *[f"batch={b} (GB)" for b in cfg.batches], "bytes/token"],
+        title=f"KV cache, decimal GB, {cfg.dtype} — the seed's table (+ MQA) from the shipped configs",
+    )
 
     capstone = kv_cache_bytes(_grid_shape("llama-3.1-8b", None), CAPSTONE_CONTEXT, CAPSTONE_AGENTS, cfg.dtype)
-    ctx.metric("capstone_4_agents_32k_gb", round(gb(capstone), 1), "GB", higher_is_better=False,
-               description="four Llama 3.1 8B agents, 32K context each")
+    ctx.metric(
+        "capstone_4_agents_32k_gb",
+        round(gb(capstone), 1),
+        "GB",
+        higher_is_better=False,
+        description="four Llama 3.1 8B agents, 32K context each",
+    )
 
     # 2. the model being sized: as shipped, and its MHA / MQA twins
     config = load_config(cfg.config)
@@ -283,33 +312,88 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for v in variants(shape):
         per_seq = kv_cache_bytes(v, cfg.context, 1, cfg.dtype)
         total = per_seq * cfg.batch
-        fit = None if weights is None else max(0, math.floor((cfg.gpu_memory_gb * 1e9 - weights) / per_seq)) if per_seq else None
-        size_rows.append([v.name, v.kind, f"{v.q_heads}:{v.kv_heads}", v.bytes_per_token(cfg.dtype), ctx_label(cfg.context),
-                          cfg.batch, round(gb(total), 2), None if weights is None else round(gb(weights), 2), fit])
-    ctx.table("sizing", size_rows, ["config", "attention", "Q:KV heads", "bytes/token", "context", "batch", "KV cache (GB)",
-                                    "weights (GB)", f"max sequences on {cfg.gpu_memory_gb:g} GB"],
-              title=f"Sizing {shape.name} ({config['_source']}) at {ctx_label(cfg.context)} × batch {cfg.batch}, {cfg.dtype}")
-    ctx.metric("kv_cache_gb", round(gb(kv_cache_bytes(shape, cfg.context, cfg.batch, cfg.dtype)), 2), "GB", higher_is_better=False,
-               description=f"{shape.name} at context {cfg.context}, batch {cfg.batch}")
+        fit = (
+            None
+            if weights is None
+            else max(0, math.floor((cfg.gpu_memory_gb * 1e9 - weights) / per_seq))
+            if per_seq
+            else None
+        )
+        size_rows.append(
+            [
+                v.name,
+                v.kind,
+                f"{v.q_heads}:{v.kv_heads}",
+                v.bytes_per_token(cfg.dtype),
+                ctx_label(cfg.context),
+                cfg.batch,
+                round(gb(total), 2),
+                None if weights is None else round(gb(weights), 2),
+                fit,
+            ]
+        )
+    ctx.table(
+        "sizing",
+        size_rows,
+        [
+            "config",
+            "attention",
+            "Q:KV heads",
+            "bytes/token",
+            "context",
+            "batch",
+            "KV cache (GB)",
+            "weights (GB)",
+            f"max sequences on {cfg.gpu_memory_gb:g} GB",
+        ],
+        title=f"Sizing {shape.name} ({config['_source']}) at {ctx_label(cfg.context)} × batch {cfg.batch}, {cfg.dtype}",
+    )
+    ctx.metric(
+        "kv_cache_gb",
+        round(gb(kv_cache_bytes(shape, cfg.context, cfg.batch, cfg.dtype)), 2),
+        "GB",
+        higher_is_better=False,
+        description=f"{shape.name} at context {cfg.context}, batch {cfg.batch}",
+    )
     ctx.metric("kv_bytes_per_token", shape.bytes_per_token(cfg.dtype), "bytes", higher_is_better=False)
     max_pos = config.get("max_position_embeddings") or config.get("n_positions")
     if max_pos and cfg.context > max_pos:
-        ctx.finding(f"{shape.name} was trained for at most {max_pos:,} positions; {cfg.context:,} is beyond that "
-                    "(the arithmetic holds, the model may not).")
+        ctx.finding(
+            f"{shape.name} was trained for at most {max_pos:,} positions; {cfg.context:,} is beyond that "
+            "(the arithmetic holds, the model may not)."
+        )
     if shape.sliding_window:
-        ctx.finding(f"{shape.name}: {shape.sliding_layers} of {shape.layers} layers use a {shape.sliding_window:,}-token "
-                    "sliding window and are counted at min(context, window) tokens.")
+        ctx.finding(
+            f"{shape.name}: {shape.sliding_layers} of {shape.layers} layers use a {shape.sliding_window:,}-token "
+            "sliding window and are counted at min(context, window) tokens."
+        )
 
     # 3. the formula against a real cache (measure_tokens=[] skips it: sizing only)
     rows = measure(cfg, ctx) if cfg.measure_tokens else []
     if rows:
-        ctx.table("measured", rows, ["model", "dtype", "tokens", "formula (bytes)", "cache tensors (bytes)", "difference",
-                                     "CUDA allocated delta (bytes)", "allocated / formula"],
-                  title="Formula vs the bytes held by a real DynamicCache after a forward pass")
-        ctx.metric("measured_vs_formula_max_abs_diff_bytes", max(abs(r[5]) for r in rows), "bytes", higher_is_better=False)
+        ctx.table(
+            "measured",
+            rows,
+            [
+                "model",
+                "dtype",
+                "tokens",
+                "formula (bytes)",
+                "cache tensors (bytes)",
+                "difference",
+                "CUDA allocated delta (bytes)",
+                "allocated / formula",
+            ],
+            title="Formula vs the bytes held by a real DynamicCache after a forward pass",
+        )
+        ctx.metric(
+            "measured_vs_formula_max_abs_diff_bytes", max(abs(r[5]) for r in rows), "bytes", higher_is_better=False
+        )
 
     # 4. plot and what it means
-    plot_shapes = grid_shapes + ([s for s in variants(shape)[:1]] if cfg.config not in ("llama-3.1-8b", "llama-3.1-70b") else [])
+    plot_shapes = grid_shapes + (
+        [s for s in variants(shape)[:1]] if cfg.config not in ("llama-3.1-8b", "llama-3.1-70b") else []
+    )
     plot(plot_shapes, cfg.dtype, cfg.gpu_memory_gb, ctx.artifact("kv_cache_vs_context.png"))
 
     gqa, mha, mqa, big = grid_shapes
@@ -330,14 +414,20 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"({big.layers} vs {gqa.layers} layers, {big.kv_heads} vs {gqa.kv_heads} K/V heads): "
         "GQA makes the cache grow with depth, not with width."
     )
-    ctx.finding(f"Capstone: {CAPSTONE_AGENTS} 8B agents at {CAPSTONE_CONTEXT // K}K each hold {gb(capstone):.1f} GB of "
-                "KV cache in total.")
+    ctx.finding(
+        f"Capstone: {CAPSTONE_AGENTS} 8B agents at {CAPSTONE_CONTEXT // K}K each hold {gb(capstone):.1f} GB of "
+        "KV cache in total."
+    )
     exact = all(r[5] == 0 for r in rows)
     if rows:
         ctx.finding(
             f"Measured: {len(rows)} forward passes of {cfg.measure_model} ({', '.join(cfg.measure_dtypes)}; "
             f"{', '.join(str(n) for n in cfg.measure_tokens)} tokens) left caches whose tensors hold "
-            + ("exactly the bytes the formula predicts." if exact else "bytes that differ from the formula (see the measured table).")
+            + (
+                "exactly the bytes the formula predicts."
+                if exact
+                else "bytes that differ from the formula (see the measured table)."
+            )
         )
     if not exact:
         ctx.failure_mode("the formula and a real cache disagree; see the measured table")
@@ -351,14 +441,20 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 
 SEED_TABLE = {  # the seed's published table (decimal GB), batch 1, 10, 50
-    "kv_8b_gqa_8k": (1.1, 10.7, 53.7), "kv_8b_gqa_32k": (4.3, 42.9, 214.4), "kv_8b_gqa_128k": (17.2, 171.8, 859.0),
-    "kv_8b_mha_128k": (68.7, 687.2, 3436.0), "kv_70b_gqa_128k": (42.9, 429.5, 2147.5),
+    "kv_8b_gqa_8k": (1.1, 10.7, 53.7),
+    "kv_8b_gqa_32k": (4.3, 42.9, 214.4),
+    "kv_8b_gqa_128k": (17.2, 171.8, 859.0),
+    "kv_8b_mha_128k": (68.7, 687.2, 3436.0),
+    "kv_70b_gqa_128k": (42.9, 429.5, 2147.5),
 }
 
 
 def _seed_refs() -> tuple[Reference, ...]:
-    refs = [Reference(f"{row}_b{b}_gb", v, "GB", f"seed table, batch {b}") for row, vals in SEED_TABLE.items()
-            for b, v in zip((1, 10, 50), vals)]
+    refs = [
+        Reference(f"{row}_b{b}_gb", v, "GB", f"seed table, batch {b}")
+        for row, vals in SEED_TABLE.items()
+        for b, v in zip((1, 10, 50), vals)
+    ]
     refs.append(Reference("capstone_4_agents_32k_gb", 17.2, "GB", "seed: four agents at 32K"))
     return tuple(refs)
 
@@ -371,14 +467,22 @@ EXERCISE = Exercise(
     profiles={
         "cpu": {},
         # the seed's model: measure a real Llama 3.1 8B cache in GPU memory at 8K and 32K
-        "a100": {"measure_model": "meta-llama/Llama-3.1-8B-Instruct", "measure_tokens": [8 * K, 32 * K],
-                 "measure_dtypes": ["bfloat16"], "measure_chunk": 2048, "device": "cuda"},
+        "a100": {
+            "measure_model": "meta-llama/Llama-3.1-8B-Instruct",
+            "measure_tokens": [8 * K, 32 * K],
+            "measure_dtypes": ["bfloat16"],
+            "measure_chunk": 2048,
+            "device": "cuda",
+        },
     },
     tiny={"measure_tokens": [64], "measure_dtypes": ["float32"], "measure_chunk": 32},
     smoke={"measure_tokens": [256, 512], "measure_chunk": 128},  # bf16 on the tiny Llama stand-in
     references=_seed_refs(),
     summary_metrics=("kv_8b_gqa_128k_b1_gb", "kv_8b_mha_128k_b10_gb", "measured_vs_formula_max_abs_diff_bytes"),
-    methods={"cpu": "same", "a100": "same"},  # the arithmetic is the method; cpu measures the cache on the embedded chat model
+    methods={
+        "cpu": "same",
+        "a100": "same",
+    },  # the arithmetic is the method; cpu measures the cache on the embedded chat model
 )
 
 if __name__ == "__main__":

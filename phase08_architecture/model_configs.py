@@ -50,14 +50,16 @@ def load_config(name_or_path: str) -> dict[str, Any]:
 
 def hf_config(data: dict[str, Any]):
     """A transformers PretrainedConfig from the dict (our ``_`` keys dropped)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     fields = {k: v for k, v in data.items() if not k.startswith("_")}
     model_type = fields.pop("model_type")
     try:
         return AutoConfig.for_model(model_type, **fields)
     except (ValueError, KeyError) as exc:
-        raise ConfigError(f"config {data.get('_name')}: transformers cannot build model_type {model_type!r}: {exc}") from None
+        raise ConfigError(
+            f"config {data.get('_name')}: transformers cannot build model_type {model_type!r}: {exc}"
+        ) from None
 
 
 def meta_model(data: dict[str, Any]):
@@ -66,8 +68,8 @@ def meta_model(data: dict[str, Any]):
     Shapes, module types and parameter counts are exact; nothing is allocated, so a 70B model
     builds in a second on a laptop.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(hf_config(data))

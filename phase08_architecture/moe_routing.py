@@ -38,9 +38,12 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext
-from lab.models import DEFAULT_LLM
+import numpy as np
 
+from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext, tiny_models
+from lab.device import current, quantization_label
+from lab.models import DEFAULT_LLM, resolve, transformers_folder
+from phase08_architecture import device_plan
 from phase08_architecture.model_configs import load_config, meta_model
 
 PROMPTS = Path(__file__).parent / "data" / "moe_prompts.json"
@@ -50,7 +53,6 @@ RANDOM_MODEL = "random-init-tiny-mixtral"
 # --- the statistics (pure numpy; counts has shape [domains, layers, experts]) -------------------
 def usage(counts):
     """P[d, l, e]: share of each domain's assignments per layer going to each expert."""
-    import numpy as np
 
     counts = np.asarray(counts, dtype=float)
     totals = counts.sum(axis=-1, keepdims=True)
@@ -61,27 +63,24 @@ def usage(counts):
 
 def specialization_scores(P):
     """Per layer: mean over experts of the (population) variance across domains of P[d, l, e]."""
-    import numpy as np
 
     return np.asarray(P).var(axis=0).mean(axis=-1)
 
 
 def disjoint_score(n_domains: int, n_experts: int) -> float:
     """The score of full specialization: each domain routes evenly to its own n_experts / n_domains experts."""
-    import numpy as np
 
     if n_experts % n_domains:
         raise ValueError(f"{n_experts} experts do not split evenly over {n_domains} domains")
     own = n_experts // n_domains
     P = np.zeros((n_domains, 1, n_experts))
     for d in range(n_domains):
-        P[d, 0, d * own:(d + 1) * own] = 1 / own
+        P[d, 0, d * own : (d + 1) * own] = 1 / own
     return float(specialization_scores(P)[0])
 
 
 def noise_floor(P, tokens_per_domain, top_k: int):
     """Per layer: the score identical routing would show from sampling alone (see module doc)."""
-    import numpy as np
 
     P = np.asarray(P)
     D = P.shape[0]
@@ -93,21 +92,18 @@ def noise_floor(P, tokens_per_domain, top_k: int):
 
 def aggregate_usage(counts):
     """[D, E]: each domain's share per expert, summed over all layers."""
-    import numpy as np
 
     summed = np.asarray(counts, dtype=float).sum(axis=1)
     return summed / summed.sum(axis=-1, keepdims=True)
 
 
 def max_deviation_pp(agg) -> float:
-    import numpy as np
 
     agg = np.asarray(agg)
     return float(np.abs(agg - 1 / agg.shape[-1]).max() * 100)
 
 
 def cosine_matrix(vectors):
-    import numpy as np
 
     V = np.asarray(vectors, dtype=float).reshape(len(vectors), -1)
     unit = V / np.linalg.norm(V, axis=1, keepdims=True)
@@ -119,7 +115,6 @@ class RoutingRecorder:
     """Forward hooks on every router: counts top-k expert picks per (domain, layer, expert)."""
 
     def __init__(self, model, domains: list[str]):
-        import numpy as np
 
         self.routers = router_modules(model)
         cfg = model.config
@@ -131,8 +126,7 @@ class RoutingRecorder:
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.routers)]
 
     def _hook(self, layer: int):
-        import numpy as np
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         def hook(module, inputs, output):
             if self.domain is None:
@@ -157,7 +151,11 @@ def router_modules(model) -> list:
     """The router of each MoE layer: ``mlp.gate`` (transformers 5) or ``block_sparse_moe.gate`` (4.x)."""
     routers = []
     for i, layer in enumerate(model.model.layers):
-        moe = getattr(layer, "mlp", None) if hasattr(getattr(layer, "mlp", None), "experts") else getattr(layer, "block_sparse_moe", None)
+        moe = (
+            getattr(layer, "mlp", None)
+            if hasattr(getattr(layer, "mlp", None), "experts")
+            else getattr(layer, "block_sparse_moe", None)
+        )
         if moe is None or not hasattr(moe, "gate"):
             raise ValueError(f"layer {i} ({type(layer).__name__}) has no MoE router (mlp.gate / block_sparse_moe.gate)")
         routers.append(moe.gate)
@@ -169,7 +167,11 @@ def load_prompts(path: Path, per_domain: int) -> dict[str, list[str]]:
     data = json.loads(path.read_text())
     domains = {k: v for k, v in data.items() if not k.startswith("_")}
     for domain, prompts in domains.items():
-        if not isinstance(prompts, list) or len(prompts) < per_domain or not all(isinstance(p, str) and p for p in prompts):
+        if (
+            not isinstance(prompts, list)
+            or len(prompts) < per_domain
+            or not all(isinstance(p, str) and p for p in prompts)
+        ):
             raise ConfigError(f"{path}: domain {domain!r} needs at least {per_domain} non-empty prompt strings")
     return {d: p[:per_domain] for d, p in domains.items()}
 
@@ -191,27 +193,34 @@ class Config(ExerciseConfig):
 
 def build_model(cfg: Config, ctx: RunContext):
     """(model, tokenizer, label): the random tiny Mixtral (cpu) or the real one (a100)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM
-
-    from lab import tiny_models
-    from lab.device import current, quantization_label
-    from lab.models import resolve, transformers_folder
-    from phase08_architecture import device_plan
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     if cfg.model == RANDOM_MODEL:
         tok = AutoTokenizer.from_pretrained(transformers_folder(cfg.tokenizer) or resolve(cfg.tokenizer))
         mcfg = MixtralConfig(
-            vocab_size=len(tok), hidden_size=cfg.random_hidden, intermediate_size=2 * cfg.random_hidden,
-            num_hidden_layers=cfg.random_layers, num_attention_heads=4, num_key_value_heads=2,
-            num_local_experts=cfg.random_experts, num_experts_per_tok=cfg.random_top_k, max_position_embeddings=4096,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=cfg.random_hidden,
+            intermediate_size=2 * cfg.random_hidden,
+            num_hidden_layers=cfg.random_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=cfg.random_experts,
+            num_experts_per_tok=cfg.random_top_k,
+            max_position_embeddings=4096,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
         torch.manual_seed(cfg.seed)
         model = MixtralForCausalLM(mcfg).eval()
-        ctx.model(RANDOM_MODEL, dtype="float32", n_params=sum(p.numel() for p in model.parameters()),
-                  note=f"random init (seed {cfg.seed}), {cfg.random_layers} layers, {cfg.random_experts} experts, "
-                       f"top-{cfg.random_top_k}, hidden {cfg.random_hidden}; tokenizer {cfg.tokenizer}")
+        ctx.model(
+            RANDOM_MODEL,
+            dtype="float32",
+            n_params=sum(p.numel() for p in model.parameters()),
+            note=f"random init (seed {cfg.seed}), {cfg.random_layers} layers, {cfg.random_experts} experts, "
+            f"top-{cfg.random_top_k}, hidden {cfg.random_hidden}; tokenizer {cfg.tokenizer}",
+        )
         return model, tok
     where = current().place(cfg.device)
     if where is None:
@@ -231,30 +240,46 @@ def build_model(cfg: Config, ctx: RunContext):
         ctx.skip(str(exc))
     except OSError as exc:
         ctx.skip(f"could not load {cfg.model}: {exc}")
-    offloaded = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} - {"0", "cuda", "cuda:0"})
-    ctx.model(cfg.model, dtype="bfloat16", quantization=cfg.quantization, n_params=sum(p.numel() for p in model.parameters()),
-              memory_footprint_gb=round(model.get_memory_footprint() / 1e9, 2), offloaded_to=offloaded or None,
-              quantization_config=quantization_label(kwargs.get("quantization_config")),
-              stand_in=tiny_models.describe(cfg.model) if ctx.smoke else None)
+    offloaded = sorted(
+        {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} - {"0", "cuda", "cuda:0"}
+    )
+    ctx.model(
+        cfg.model,
+        dtype="bfloat16",
+        quantization=cfg.quantization,
+        n_params=sum(p.numel() for p in model.parameters()),
+        memory_footprint_gb=round(model.get_memory_footprint() / 1e9, 2),
+        offloaded_to=offloaded or None,
+        quantization_config=quantization_label(kwargs.get("quantization_config")),
+        stand_in=tiny_models.describe(cfg.model) if ctx.smoke else None,
+    )
     if where.startswith("cuda"):  # on a CPU (a smoke) everything is "off the GPU" by design: nothing to measure
         measured = device_plan.offloaded_bytes(model)
-        ctx.metric("measured_offload_gb", round(measured / 1e9, 2), "GB", higher_is_better=False,
-                   description=f"parameters and buffers of the loaded model outside the GPU ({', '.join(offloaded) or 'none'})")
+        ctx.metric(
+            "measured_offload_gb",
+            round(measured / 1e9, 2),
+            "GB",
+            higher_is_better=False,
+            description=f"parameters and buffers of the loaded model outside the GPU ({', '.join(offloaded) or 'none'})",
+        )
         if offloaded:
-            ctx.failure_mode(f"{cfg.model}: {measured / 1e9:.1f} GB did not fit in {cfg.gpu_max_memory_gib} GiB and runs "
-                             f"offloaded to {', '.join(offloaded)} (slow, same routing)")
+            ctx.failure_mode(
+                f"{cfg.model}: {measured / 1e9:.1f} GB did not fit in {cfg.gpu_max_memory_gib} GiB and runs "
+                f"offloaded to {', '.join(offloaded)} (slow, same routing)"
+            )
     return model, tok
 
 
 def encode(tok, prompt: str, device):
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     return ids.to(device)
 
 
 def route(model, tok, prompts: dict[str, list[str]], new_tokens: int, ctx: RunContext, label: str):
     """Run every prompt (prefill, then generate `new_tokens` greedily if > 0); return the recorder."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     domains = list(prompts)
     rec = RoutingRecorder(model, domains)
@@ -266,8 +291,14 @@ def route(model, tok, prompts: dict[str, list[str]], new_tokens: int, ctx: RunCo
                 rec.domain = domains.index(domain)
                 ids = encode(tok, prompt, device)
                 if new_tokens > 0:
-                    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                   min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+                    model.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                    )
                 else:
                     model(ids)
     finally:
@@ -278,24 +309,37 @@ def route(model, tok, prompts: dict[str, list[str]], new_tokens: int, ctx: RunCo
 
 # --- the footprint question: why NF4, and what transformers 5 quantizes ---------------------------
 A100_GB = 80  # the seed's card
+
+
 def nf4_footprint(config_name: str) -> list[list[Any]]:
     """Bytes of the real Mixtral under bf16 and NF4, counted from its meta module tree.
 
     bitsandbytes replaces only ``nn.Linear`` modules (lm_head kept); transformers 5 stores each
     layer's experts as fused 3D parameters, which are not Linear modules and stay in bf16.
     """
-    import torch.nn as nn
+    import torch.nn as nn  # noqa: PLC0415 (heavy: torch loads on first use)
 
     model = meta_model(load_config(config_name))
-    linear = sum(m.weight.numel() for n, m in model.named_modules() if type(m) is nn.Linear and not n.endswith("lm_head"))
+    linear = sum(
+        m.weight.numel() for n, m in model.named_modules() if type(m) is nn.Linear and not n.endswith("lm_head")
+    )
     total = sum(p.numel() for p in model.parameters())
     experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
     nf4 = 0.5  # bytes per 4-bit weight, before the (small) quantization constants
     rows = [
         ["bf16, everything", total, 0, round(total * 2 / 1e9, 1)],
-        ["NF4 as transformers 5.24 loads it (fused experts stay bf16)", total, linear, round((linear * nf4 + (total - linear) * 2) / 1e9, 1)],
-        ["NF4 with experts quantized too (per-expert nn.Linear, transformers 4.x)", total, linear + experts,
-         round(((linear + experts) * nf4 + (total - linear - experts) * 2) / 1e9, 1)],
+        [
+            "NF4 as transformers 5.24 loads it (fused experts stay bf16)",
+            total,
+            linear,
+            round((linear * nf4 + (total - linear) * 2) / 1e9, 1),
+        ],
+        [
+            "NF4 with experts quantized too (per-expert nn.Linear, transformers 4.x)",
+            total,
+            linear + experts,
+            round(((linear + experts) * nf4 + (total - linear - experts) * 2) / 1e9, 1),
+        ],
     ]
     return rows
 
@@ -303,55 +347,79 @@ def nf4_footprint(config_name: str) -> list[list[Any]]:
 def record_device_plan(cfg: Config, ctx: RunContext) -> None:
     """Where device_map="auto" puts the real Mixtral in NF4 within ``gpu_max_memory_gib``, computed on the
     meta device before loading (phase08_architecture.device_plan): a smoke states the a100 run's offload."""
-    from phase08_architecture import device_plan
 
     p = device_plan.plan(cfg.footprint_config, cfg.gpu_max_memory_gib)
     gb = 1e9
-    ctx.metric("planned_total_gb", round(p.total_bytes / gb, 2), "GB",
-               description=f"{cfg.footprint_config} in NF4 as transformers loads it (fused experts bf16)")
-    ctx.metric("planned_gpu_budget_gb", round(p.gpu_budget_bytes / gb, 2), "GB",
-               description=f"90% of max_memory {cfg.gpu_max_memory_gib} GiB (the bitsandbytes quantizer keeps 10%)")
+    ctx.metric(
+        "planned_total_gb",
+        round(p.total_bytes / gb, 2),
+        "GB",
+        description=f"{cfg.footprint_config} in NF4 as transformers loads it (fused experts bf16)",
+    )
+    ctx.metric(
+        "planned_gpu_budget_gb",
+        round(p.gpu_budget_bytes / gb, 2),
+        "GB",
+        description=f"90% of max_memory {cfg.gpu_max_memory_gib} GiB (the bitsandbytes quantizer keeps 10%)",
+    )
     ctx.metric("planned_gpu_gb", round(p.gpu_bytes / gb, 2), "GB")
-    ctx.metric("planned_offload_gb", round(p.offload_bytes / gb, 2), "GB", higher_is_better=False,
-               description="placed on CPU RAM by device_map='auto' (computed on the meta device)")
-    ctx.table("device_plan", [[name, str(dev)] for name, dev in p.device_map.items()], ["module", "device"],
-              title=f"device_map='auto' for {cfg.footprint_config} NF4, max_memory {cfg.gpu_max_memory_gib} GiB "
-                    "(transformers' own placement on the meta device)")
+    ctx.metric(
+        "planned_offload_gb",
+        round(p.offload_bytes / gb, 2),
+        "GB",
+        higher_is_better=False,
+        description="placed on CPU RAM by device_map='auto' (computed on the meta device)",
+    )
+    ctx.table(
+        "device_plan",
+        [[name, str(dev)] for name, dev in p.device_map.items()],
+        ["module", "device"],
+        title=f"device_map='auto' for {cfg.footprint_config} NF4, max_memory {cfg.gpu_max_memory_gib} GiB "
+        "(transformers' own placement on the meta device)",
+    )
     if p.offload_bytes:
         ctx.failure_mode(
             f"{cfg.footprint_config} in NF4 does not fit {cfg.gpu_max_memory_gib} GiB under transformers 5.24: "
             f"{p.total_bytes / gb:.1f} GB as loaded (the fused experts stay bf16) against a GPU budget of "
             f"{p.gpu_budget_bytes / gb:.1f} GB, so {p.offload_bytes / gb:.1f} GB ({len(p.offloaded)} modules: "
             f"{', '.join(p.offloaded[:3])}{', ...' if len(p.offloaded) > 3 else ''}) runs offloaded to CPU RAM — "
-            "slower, same routing.")
+            "slower, same routing."
+        )
 
 
 # --- the exercise ---------------------------------------------------------------------------------
 def _summaries(rec: RoutingRecorder, top_k: int) -> dict[str, Any]:
-    import numpy as np
 
     P = usage(rec.counts)
     agg = aggregate_usage(rec.counts)
     scores = specialization_scores(P)
     floor = noise_floor(P, rec.tokens, top_k)
-    return dict(P=P, agg=agg, scores=scores, floor=floor, cos=cosine_matrix(P), cos_agg=cosine_matrix(agg),
-                max_dev=max_deviation_pp(agg), best_layer=int(np.argmax(scores)))
+    return dict(
+        P=P,
+        agg=agg,
+        scores=scores,
+        floor=floor,
+        cos=cosine_matrix(P),
+        cos_agg=cosine_matrix(agg),
+        max_dev=max_deviation_pp(agg),
+        best_layer=int(np.argmax(scores)),
+    )
 
 
 def plot_heatmaps(P, domains: list[str], scores, floor, title: str, path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
+    from matplotlib.colors import TwoSlopeNorm  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     D, L, E = P.shape
     uniform = 100 / E
     spread = max(float(np.abs(P * 100 - uniform).max()), 1e-3)
     norm = TwoSlopeNorm(vcenter=uniform, vmin=max(0.0, uniform - spread), vmax=uniform + spread)
-    fig, axes = plt.subplots(1, D + 1, figsize=(3.2 * (D + 1), 0.25 * L + 2.6),
-                             gridspec_kw={"width_ratios": [1] * D + [1.2]})
+    fig, axes = plt.subplots(
+        1, D + 1, figsize=(3.2 * (D + 1), 0.25 * L + 2.6), gridspec_kw={"width_ratios": [1] * D + [1.2]}
+    )
     ticks = range(0, L, max(1, L // 8))
     for d, ax in enumerate(axes[:D]):
         im = ax.imshow(P[d] * 100, aspect="auto", cmap="RdBu_r", norm=norm)
@@ -376,12 +444,19 @@ def plot_heatmaps(P, domains: list[str], scores, floor, title: str, path) -> Non
 
 def run(cfg: Config, ctx: RunContext) -> None:
     prompts = load_prompts(PROMPTS, cfg.prompts_per_domain)
-    ctx.dataset("phase08_architecture/data/moe_prompts.json", n=sum(len(p) for p in prompts.values()),
-                sha256=hashlib.sha256(PROMPTS.read_bytes()).hexdigest(), domains=list(prompts))
+    ctx.dataset(
+        "phase08_architecture/data/moe_prompts.json",
+        n=sum(len(p) for p in prompts.values()),
+        sha256=hashlib.sha256(PROMPTS.read_bytes()).hexdigest(),
+        domains=list(prompts),
+    )
     footprint = nf4_footprint(cfg.footprint_config)
-    ctx.table("nf4_footprint", footprint,
-              ["Mixtral 8x7B weights", "params", "params in 4-bit", "GB (decimal, ≈ for NF4)"],
-              title="Why NF4 — and what it quantizes: counted from the meta module tree")
+    ctx.table(
+        "nf4_footprint",
+        footprint,
+        ["Mixtral 8x7B weights", "params", "params in 4-bit", "GB (decimal, ≈ for NF4)"],
+        title="Why NF4 — and what it quantizes: counted from the meta module tree",
+    )
 
     real = cfg.model != RANDOM_MODEL
     if real and cfg.quantization == "nf4":
@@ -397,19 +472,39 @@ def run(cfg: Config, ctx: RunContext) -> None:
     v2 = _summaries(rec2, top_k)
 
     for name, s in (("v1", v1), ("v2", v2)):
-        ctx.table(f"{name}_usage", [[d, *[round(x * 100, 2) for x in s["agg"][i]], round(float(abs(s["agg"][i] - 1 / E).max() * 100), 2)]
-                                    for i, d in enumerate(domains)],
-                  ["domain", *[f"e{e} %" for e in range(E)], "max dev (pp)"],
-                  title=f"{name}: expert usage summed over all layers (uniform {100 / E:g}%) — {kind}")
-    ctx.table("v2_layers", [[l, float(v2["scores"][l]), float(v2["floor"][l]), round(float(v2["scores"][l] / v2["floor"][l]), 2)]
-                            for l in range(len(v2["scores"]))],
-              ["layer (0-based)", "specialization score", "noise floor", "score / floor"],
-              title=f"v2: per-layer specialization — {kind}")
+        ctx.table(
+            f"{name}_usage",
+            [
+                [d, *[round(x * 100, 2) for x in s["agg"][i]], round(float(abs(s["agg"][i] - 1 / E).max() * 100), 2)]
+                for i, d in enumerate(domains)
+            ],
+            ["domain", *[f"e{e} %" for e in range(E)], "max dev (pp)"],
+            title=f"{name}: expert usage summed over all layers (uniform {100 / E:g}%) — {kind}",
+        )
+    ctx.table(
+        "v2_layers",
+        [
+            [
+                layer,
+                float(v2["scores"][layer]),
+                float(v2["floor"][layer]),
+                round(float(v2["scores"][layer] / v2["floor"][layer]), 2),
+            ]
+            for layer in range(len(v2["scores"]))
+        ],
+        ["layer (0-based)", "specialization score", "noise floor", "score / floor"],
+        title=f"v2: per-layer specialization — {kind}",
+    )
     pairs = list(combinations(range(len(domains)), 2))
-    ctx.table("v2_cosine", [[f"{domains[a]} vs {domains[b]}", round(float(v2["cos"][a, b]), 4), round(float(v2["cos_agg"][a, b]), 4)]
-                            for a, b in pairs],
-              ["domains", "cosine (layers × experts)", "cosine (summed over layers)"],
-              title=f"v2: similarity of domain routing — {kind}")
+    ctx.table(
+        "v2_cosine",
+        [
+            [f"{domains[a]} vs {domains[b]}", round(float(v2["cos"][a, b]), 4), round(float(v2["cos_agg"][a, b]), 4)]
+            for a, b in pairs
+        ],
+        ["domains", "cosine (layers × experts)", "cosine (summed over layers)"],
+        title=f"v2: similarity of domain routing — {kind}",
+    )
 
     ctx.metric("v1_max_deviation_pp", round(v1["max_dev"], 2), "pp")
     ctx.metric("v2_max_deviation_pp", round(v2["max_dev"], 2), "pp")
@@ -425,8 +520,14 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.metric(f"v2_cosine_{domains[a]}_{domains[b]}", round(float(v2["cos"][a, b]), 4), "")
     ctx.metric("v2_cosine_min", round(float(min(v2["cos"][a, b] for a, b in pairs)), 4), "")
 
-    plot_heatmaps(v2["P"], domains, v2["scores"], v2["floor"],
-                  f"{cfg.model} — v2 routing per domain (layer × expert) — {kind}", ctx.artifact("moe_routing_heatmap.png"))
+    plot_heatmaps(
+        v2["P"],
+        domains,
+        v2["scores"],
+        v2["floor"],
+        f"{cfg.model} — v2 routing per domain (layer × expert) — {kind}",
+        ctx.artifact("moe_routing_heatmap.png"),
+    )
 
     if not real:
         ctx.finding(
@@ -444,8 +545,12 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"Specialization scores range {v2['scores'].min():.6f}–{v2['scores'].max():.6f} (layer {best} highest); the sampling "
         f"noise floor for this many tokens averages {v2['floor'].mean():.6f}, so the highest layer is "
         f"{v2['scores'][best] / v2['floor'][best]:.1f}× its floor."
-        + (f" For scale: {len(domains)} domains each owning {E // len(domains)} of {E} experts would score "
-           f"{disjoint_score(len(domains), E):g}." if E % len(domains) == 0 else "")
+        + (
+            f" For scale: {len(domains)} domains each owning {E // len(domains)} of {E} experts would score "
+            f"{disjoint_score(len(domains), E):g}."
+            if E % len(domains) == 0
+            else ""
+        )
     )
     ctx.finding(
         f"Cosine between domains (layers × experts): {min(v2['cos'][a, b] for a, b in pairs):.4f}–"
@@ -473,7 +578,9 @@ EXERCISE = Exercise(
     tiny={"prompts_per_domain": 2, "new_tokens": 4, "random_layers": 2},
     smoke={"prompts_per_domain": 1, "new_tokens": 2},  # NF4 load of the tiny Mixtral stand-in
     references=(
-        Reference("v2_min_usage_pct", 10.9, "%", "seed, real Mixtral (cpu: random-init pipeline check, not comparable)"),
+        Reference(
+            "v2_min_usage_pct", 10.9, "%", "seed, real Mixtral (cpu: random-init pipeline check, not comparable)"
+        ),
         Reference("v2_max_usage_pct", 13.6, "%", "seed, real Mixtral"),
         Reference("v2_max_deviation_pp", 1.6, "pp", "seed, real Mixtral"),
         Reference("v2_score_min", 0.000162, "", "seed, real Mixtral"),
@@ -485,8 +592,11 @@ EXERCISE = Exercise(
         Reference("v2_cosine_math_language", 0.9988, "", "seed, real Mixtral"),
     ),
     summary_metrics=("v2_max_deviation_pp", "v2_score_max", "v2_cosine_min"),
-    methods={"cpu": "substitute: a random-initialised tiny Mixtral in place of trained Mixtral 8x7B (a pipeline "
-                    "check: an untrained router says nothing about specialization)", "a100": "same"},
+    methods={
+        "cpu": "substitute: a random-initialised tiny Mixtral in place of trained Mixtral 8x7B (a pipeline "
+        "check: an untrained router says nothing about specialization)",
+        "a100": "same",
+    },
 )
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ Mixtral's fused expert tensors, which transformers 5.x does not quantize (hence 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
+from lab.report import md_table
 from phase08_architecture.kv_cache import kv_cache_bytes
-from phase08_architecture.model_configs import CONFIG_DIR, load_config
+from phase08_architecture.model_configs import CONFIG_DIR, hf_config, load_config
 
 GPU_GB = 80.0  # the seed's A100 80 GB
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmax blocks
@@ -47,7 +48,9 @@ MODELS = {
     "meta-llama/Llama-3.2-1B-Instruct": Hub(str(CONFIG_DIR / "llama-3.2-1b.json"), 2, gated=True),
     "mistralai/Mixtral-8x7B-Instruct-v0.1": Hub("mixtral-8x7b", 2, gated=True),
     "sentence-transformers/all-mpnet-base-v2": Hub(str(CONFIG_DIR / "all-mpnet-base-v2.json"), 4, False, causal=False),
-    "cross-encoder/ms-marco-MiniLM-L-6-v2": Hub(str(CONFIG_DIR / "ms-marco-minilm-l-6-v2.json"), 4, False, causal=False),
+    "cross-encoder/ms-marco-MiniLM-L-6-v2": Hub(
+        str(CONFIG_DIR / "ms-marco-minilm-l-6-v2.json"), 4, False, causal=False
+    ),
 }
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -77,8 +80,9 @@ WORKLOADS: dict[str, Workload] = {
     "phase09.rank_sweep": Workload("qlora", context=("max_length",), batch="batch_size", lora_r="ranks"),
     "phase09.before_after": Workload("infer", LLAMA_8B, context=(PROMPT, "max_new_tokens"), batch="batch_size"),
     "phase10.reward_model": Workload("full", context=("max_length",), batch="batch_size", sequences_per_row=2),
-    "phase10.dpo": Workload("qlora", LLAMA_8B, context=("max_length",), batch="batch_size", sequences_per_row=2,
-                            lora_r=16),
+    "phase10.dpo": Workload(
+        "qlora", LLAMA_8B, context=("max_length",), batch="batch_size", sequences_per_row=2, lora_r=16
+    ),
     "phase10.compare": Workload("infer", LLAMA_8B, context=(PROMPT, "max_new_tokens")),
     "phase10.judge": Workload("infer", LLAMA_8B, context=(PROMPT, "max_new_tokens")),
     "phase11.eval_set": Workload("none"),
@@ -86,14 +90,18 @@ WORKLOADS: dict[str, Workload] = {
     "phase11.contamination": Workload("infer", LLAMA_8B, context=(PROMPT, "max_new_tokens")),
     "phase11.model_comparison": Workload("infer", LLAMA_8B, context=(PROMPT, "max_new_tokens")),
     "phase12.embeddings": Workload("none", extra=("sentence-transformers/all-mpnet-base-v2",)),
-    "phase12.rag_from_scratch": Workload("infer", context=(PROMPT * 4, "max_tokens"),
-                                         extra=("sentence-transformers/all-mpnet-base-v2",)),
+    "phase12.rag_from_scratch": Workload(
+        "infer", context=(PROMPT * 4, "max_tokens"), extra=("sentence-transformers/all-mpnet-base-v2",)
+    ),
     "phase12.storage_bench": Workload("none"),
-    "phase12.hyde_rerank": Workload("infer", context=(PROMPT, "hyde_max_tokens"),
-                                    extra=("sentence-transformers/all-mpnet-base-v2",
-                                           "cross-encoder/ms-marco-MiniLM-L-6-v2")),
-    "phase12.ragas_eval": Workload("infer", context=(PROMPT * 4, "answer_max_tokens"),
-                                   extra=("sentence-transformers/all-mpnet-base-v2",)),
+    "phase12.hyde_rerank": Workload(
+        "infer",
+        context=(PROMPT, "hyde_max_tokens"),
+        extra=("sentence-transformers/all-mpnet-base-v2", "cross-encoder/ms-marco-MiniLM-L-6-v2"),
+    ),
+    "phase12.ragas_eval": Workload(
+        "infer", context=(PROMPT * 4, "answer_max_tokens"), extra=("sentence-transformers/all-mpnet-base-v2",)
+    ),
     "phase13.failure_modes": Workload("none"),
     "phase15.contention": Workload("none"),
     "phase16.load": Workload("served", batch="workers"),
@@ -113,13 +121,11 @@ SEED_RUNS = {
 
 
 # --- arithmetic ---------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def counts(model: str) -> tuple[int, int, int]:
     """``(parameters, of which in nn.Linear layers a 4-bit load quantizes, LoRA params per rank)``."""
-    import torch
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from phase08_architecture.model_configs import hf_config
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import AutoModel, AutoModelForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     hub = hub_of(model)
     with torch.device("meta"):
@@ -188,9 +194,15 @@ def size(exercise, workload: Workload) -> Row:
         else:
             load = "nf4" if workload.kind == "nf4" else "bf16"
             vram += weights_bytes(model, load) + kv_cache_bytes(hub_cfg, context, seqs)
-    return Row(exercise.id, models, [m for m in models if hub_of(m).gated],
-               sum(download_bytes(m) for m in models), vram, disk + sum(download_bytes(m) for m in models),
-               f"lab run {exercise.id} --profile a100")
+    return Row(
+        exercise.id,
+        models,
+        [m for m in models if hub_of(m).gated],
+        sum(download_bytes(m) for m in models),
+        vram,
+        disk + sum(download_bytes(m) for m in models),
+        f"lab run {exercise.id} --profile a100",
+    )
 
 
 def _configured_model(cfg: dict[str, Any]) -> str | None:
@@ -220,24 +232,48 @@ def gb(n_bytes: int) -> str:
 
 def render(phases) -> str:
     """The README section: one row per a100 exercise, then how the numbers were computed."""
-    from lab.report import md_table
 
     table = []
     for r in rows(phases):
         wall, cost = SEED_RUNS.get(r.exercise, ("not stated", "not stated"))
         fits = "" if r.vram <= GPU_GB * 1e9 else f" (over {GPU_GB:.0f} GB)"
-        table.append([f"`{r.exercise}`", ", ".join(r.models) or "— (no GPU model)", ", ".join(r.gated) or "none",
-                      gb(r.download), gb(r.vram) + fits, gb(r.disk), wall, cost, f"`{r.command}`"])
+        table.append(
+            [
+                f"`{r.exercise}`",
+                ", ".join(r.models) or "— (no GPU model)",
+                ", ".join(r.gated) or "none",
+                gb(r.download),
+                gb(r.vram) + fits,
+                gb(r.disk),
+                wall,
+                cost,
+                f"`{r.command}`",
+            ]
+        )
     counted = {m: counts(m)[0] for m in MODELS}
     notes = "; ".join(f"{m} {n:,} params" for m, n in counted.items())
-    return "\n".join([
-        md_table(["exercise", "model(s)", "gated: accept on HF", "download", "VRAM (computed)", "disk",
-                  "seed wall time", "seed cost", "command"], table),
-        "",
-        f"Computed by [`phase08_architecture/sizing.py`](phase08_architecture/sizing.py) from the published configs "
-        f"({notes}); download = parameters × the published dtype; VRAM = weights as loaded + KV cache at the "
-        f"exercise's context × batch (served rows: {SERVED_CONTEXT:,} tokens, the server's --max-model-len) + "
-        "training state + one batch of fp32 logits — activations and the CUDA context come on top, and vLLM "
-        "reserves its --gpu-memory-utilization share of the card whatever the model needs. Hosted judges "
-        "(anthropic:…) need a key, not a GPU.",
-    ])
+    return "\n".join(
+        [
+            md_table(
+                [
+                    "exercise",
+                    "model(s)",
+                    "gated: accept on HF",
+                    "download",
+                    "VRAM (computed)",
+                    "disk",
+                    "seed wall time",
+                    "seed cost",
+                    "command",
+                ],
+                table,
+            ),
+            "",
+            f"Computed by [`phase08_architecture/sizing.py`](phase08_architecture/sizing.py) from the published configs "
+            f"({notes}); download = parameters × the published dtype; VRAM = weights as loaded + KV cache at the "
+            f"exercise's context × batch (served rows: {SERVED_CONTEXT:,} tokens, the server's --max-model-len) + "
+            "training state + one batch of fp32 logits — activations and the CUDA context come on top, and vLLM "
+            "reserves its --gpu-memory-utilization share of the card whatever the model needs. Hosted judges "
+            "(anthropic:…) need a key, not a GPU.",
+        ]
+    )

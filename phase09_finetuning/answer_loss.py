@@ -16,7 +16,7 @@ def answer_ids(tok, prompt: list[dict], completion: list[dict], max_answer_token
     token after the prompt's generation header, cut to ``max_answer_tokens``."""
     head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     full = tok.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-    if full[:len(head)] != head:
+    if full[: len(head)] != head:
         raise ValueError("the chat template renders the prompt differently with and without the answer")
     end = len(full) if max_answer_tokens is None else len(head) + max_answer_tokens
     return full[:end], len(head)
@@ -24,8 +24,8 @@ def answer_ids(tok, prompt: list[dict], completion: list[dict], max_answer_token
 
 def answer_losses(model, tok, rows: list[dict], max_answer_tokens: int | None = None) -> list[float]:
     """Per row {"prompt": [...], "completion": [...]}: mean NLL (nats/token) of the answer tokens."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    import torch.nn.functional as F  # noqa: PLC0415 (heavy: torch loads on first use)
 
     model.eval()
     losses = []
@@ -33,6 +33,6 @@ def answer_losses(model, tok, rows: list[dict], max_answer_tokens: int | None = 
         for row in rows:
             ids, n_prompt = answer_ids(tok, row["prompt"], row["completion"], max_answer_tokens)
             x = torch.tensor([ids], device=model.device)
-            logits = model(input_ids=x).logits[0, n_prompt - 1:-1].float()
+            logits = model(input_ids=x).logits[0, n_prompt - 1 : -1].float()
             losses.append(F.cross_entropy(logits, x[0, n_prompt:]).item())
     return losses

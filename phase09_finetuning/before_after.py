@@ -22,10 +22,15 @@ import statistics
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.artifacts import Artifact, Recipe
+from lab.device import current
 from phase09_finetuning import generation, sft
+from phase09_finetuning.answer_loss import answer_losses
+from phase09_finetuning.dataset import dataset_sha256, load_training_set
 
 REFERENCES = (
-    Reference("unmerged_penalty_pct", 39, "%", "seed: PEFT adapter unmerged vs base, single stream (18.1 vs 11.0 tok/s)"),
+    Reference(
+        "unmerged_penalty_pct", 39, "%", "seed: PEFT adapter unmerged vs base, single stream (18.1 vs 11.0 tok/s)"
+    ),
     Reference("tuned_red_flags", 0, "answers", "seed: both hallucinations corrected"),
 )
 
@@ -42,8 +47,9 @@ class Config(ExerciseConfig):
 
 
 def _tps(model, tok, prompts, cfg: Config) -> tuple[float, list[str]]:
-    texts, n, s = generation.timed_generate(model, tok, prompts, cfg.tput_tokens, batch_size=len(prompts),
-                                            min_new_tokens=cfg.tput_tokens)
+    texts, n, s = generation.timed_generate(
+        model, tok, prompts, cfg.tput_tokens, batch_size=len(prompts), min_new_tokens=cfg.tput_tokens
+    )
     return n / s, texts
 
 
@@ -70,55 +76,67 @@ def _adapter(cfg: Config, ctx: RunContext) -> Artifact:
     ``adapter_steps`` a small adapter of its own recipe (stored too, so a rerun reuses it)."""
     if not cfg.adapter_steps:
         return ctx.require_artifact(sft.SFT_ADAPTER)
-    from phase09_finetuning.dataset import load_training_set
 
     model_id, lr, lora_r = (sft.profile_recipe(ctx.profile)[k] for k in ("model_id", "lr", "lora_r"))
     shape = dict(batch_size=2, max_length=64, subset=4)
-    recipe = Recipe(sft.SFT_ADAPTER.name, sft.sft_params(model_id=model_id, lora_r=lora_r, qlora=False, lr=lr,
-                                                         max_steps=cfg.adapter_steps, **shape))
+    recipe = Recipe(
+        sft.SFT_ADAPTER.name,
+        sft.sft_params(model_id=model_id, lora_r=lora_r, qlora=False, lr=lr, max_steps=cfg.adapter_steps, **shape),
+    )
 
     def train(folder):
-        res = sft.train_sft(model_id, load_training_set("train")[:shape["subset"]], folder, lora_r=lora_r,
-                            max_steps=cfg.adapter_steps, batch_size=shape["batch_size"],
-                            max_length=shape["max_length"], lr=lr, ctx=ctx)
+        res = sft.train_sft(
+            model_id,
+            load_training_set("train")[: shape["subset"]],
+            folder,
+            lora_r=lora_r,
+            max_steps=cfg.adapter_steps,
+            batch_size=shape["batch_size"],
+            max_length=shape["max_length"],
+            lr=lr,
+            ctx=ctx,
+        )
         return {"metrics": sft.adapter_metrics(res)}
 
     return ctx.build_artifact(recipe, train)
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import torch
-    from peft import PeftModel
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
-    from phase09_finetuning.answer_loss import answer_losses
-    from phase09_finetuning.dataset import dataset_sha256, load_training_set
-
-    from lab.device import current
-
-    if ctx.profile == "a100" and (why := current().gpu_only_reason("the a100 profile compares Llama 3.1 8B with its QLoRA adapter")):
+    if ctx.profile == "a100" and (
+        why := current().gpu_only_reason("the a100 profile compares Llama 3.1 8B with its QLoRA adapter")
+    ):
         ctx.skip(why)
     adapter = _adapter(cfg, ctx)
     base_id, lora_r, steps = adapter.params["base_model"], adapter.params["lora_r"], adapter.metrics.get("steps")
-    prompts = generation.load_eval_prompts()[:cfg.n_prompts]
+    prompts = generation.load_eval_prompts()[: cfg.n_prompts]
     texts = [p["prompt"] for p in prompts]
-    tput_texts = texts[:cfg.tput_prompts]
+    tput_texts = texts[: cfg.tput_prompts]
     held_out = load_training_set("eval")
-    held_out = held_out[:cfg.n_heldout] if cfg.n_heldout else held_out
+    held_out = held_out[: cfg.n_heldout] if cfg.n_heldout else held_out
     ctx.dataset("phase09-ai-infra-qa/eval (held-out reference answers)", n=len(held_out), sha256=dataset_sha256())
 
     # The adapter is applied to a full-precision base (bf16 on GPU): merging into an NF4 base is lossy.
     model, tok, _ = sft.load_base(base_id, qlora=False)
     model.eval()
-    ctx.model(base_id, dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-              n_params=sum(p.numel() for p in model.parameters()))
+    ctx.model(
+        base_id,
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        n_params=sum(p.numel() for p in model.parameters()),
+    )
     ctx.log("generating with the base model")
     base_answers = generation.generate(model, tok, texts, cfg.max_new_tokens, batch_size=cfg.batch_size)
 
     model = PeftModel.from_pretrained(model, str(adapter.path))
     model.eval()
     trained = adapter.metrics.get("epochs")
-    ctx.model(base_id, adapter=f"{adapter.id} (r={lora_r}, {steps} steps"
-              + (f", {trained:.2f} epochs)" if trained is not None else ")"))
+    ctx.model(
+        base_id,
+        adapter=f"{adapter.id} (r={lora_r}, {steps} steps"
+        + (f", {trained:.2f} epochs)" if trained is not None else ")"),
+    )
     ctx.log(f"held-out answer loss on {len(held_out)} reference answers, base and fine-tuned")
     rows = sft.to_prompt_completion(held_out)
     with model.disable_adapter():
@@ -137,26 +155,58 @@ def run(cfg: Config, ctx: RunContext) -> None:
     n_rows = len(rows)
     mean_base, mean_tuned = statistics.mean(loss_base), statistics.mean(loss_tuned)
     improved = sum(t < b for b, t in zip(loss_base, loss_tuned))
-    ctx.metric("heldout_loss_base", round(mean_base, 4), "nats/token", higher_is_better=False,
-               description=f"base model: mean over {n_rows} held-out rows of the reference answer's mean token NLL")
-    ctx.metric("heldout_loss_tuned", round(mean_tuned, 4), "nats/token", higher_is_better=False,
-               description="the same rows through the fine-tuned model (adapter unmerged)")
-    ctx.metric("heldout_loss_delta", round(mean_tuned - mean_base, 4), "nats/token", higher_is_better=False,
-               description="tuned − base (negative: the fine-tune expects the held-out answers more)")
-    ctx.metric("heldout_rows_improved", improved, f"of {n_rows}", higher_is_better=True,
-               description="held-out rows whose answer loss is lower after fine-tuning")
-    ctx.table("heldout_loss", [[r["id"], r["topic"], round(b, 3), round(t, 3), round(t - b, 3)]
-                               for r, b, t in zip(held_out, loss_base, loss_tuned)],
-              ["row", "topic", "base loss", "tuned loss", "Δ"],
-              title=f"Answer-token loss on {n_rows} held-out reference answers (nats/token), base vs fine-tuned")
+    ctx.metric(
+        "heldout_loss_base",
+        round(mean_base, 4),
+        "nats/token",
+        higher_is_better=False,
+        description=f"base model: mean over {n_rows} held-out rows of the reference answer's mean token NLL",
+    )
+    ctx.metric(
+        "heldout_loss_tuned",
+        round(mean_tuned, 4),
+        "nats/token",
+        higher_is_better=False,
+        description="the same rows through the fine-tuned model (adapter unmerged)",
+    )
+    ctx.metric(
+        "heldout_loss_delta",
+        round(mean_tuned - mean_base, 4),
+        "nats/token",
+        higher_is_better=False,
+        description="tuned − base (negative: the fine-tune expects the held-out answers more)",
+    )
+    ctx.metric(
+        "heldout_rows_improved",
+        improved,
+        f"of {n_rows}",
+        higher_is_better=True,
+        description="held-out rows whose answer loss is lower after fine-tuning",
+    )
+    ctx.table(
+        "heldout_loss",
+        [
+            [r["id"], r["topic"], round(b, 3), round(t, 3), round(t - b, 3)]
+            for r, b, t in zip(held_out, loss_base, loss_tuned)
+        ],
+        ["row", "topic", "base loss", "tuned loss", "Δ"],
+        title=f"Answer-token loss on {n_rows} held-out reference answers (nats/token), base vs fine-tuned",
+    )
 
     # --- mechanical checks on generated answers -----------------------------------------------
     epochs_text = f", {trained:.2f} epochs" if trained is not None else ""
-    table, md = [], ["# Before/after: base vs SFT adapter", "",
-                     f"Base `{base_id}`; adapter `{adapter.id}`, r={lora_r} after {steps} steps{epochs_text} "
-                     f"on {adapter.params['subset'] or 'all'} training rows. Greedy decoding, repetition penalty "
-                     f"{generation.GEN_KWARGS['repetition_penalty']}, max {cfg.max_new_tokens} new tokens. Key-term "
-                     "coverage counts whole words and leaves out the key terms the prompt already contains.", ""]
+    table, md = (
+        [],
+        [
+            "# Before/after: base vs SFT adapter",
+            "",
+            f"Base `{base_id}`; adapter `{adapter.id}`, r={lora_r} after {steps} steps{epochs_text} "
+            f"on {adapter.params['subset'] or 'all'} training rows. Greedy decoding, repetition penalty "
+            f"{generation.GEN_KWARGS['repetition_penalty']}, max {cfg.max_new_tokens} new tokens. Key-term "
+            "coverage counts whole words and leaves out the key terms the prompt already contains.",
+            "",
+        ],
+    )
     cov = {"base": [], "tuned": []}
     asks = {"base": 0, "tuned": 0}
     flags = {"base": 0, "tuned": 0}
@@ -172,24 +222,49 @@ def run(cfg: Config, ctx: RunContext) -> None:
             flags[name] += bool(f)
             row += [_round(c), "yes" if q else "", ", ".join(f), len(ans.split())]
         table.append(row)
-        md += [f"## {p['id']}: {p['prompt']}", "",
-               f"key terms an answer can earn: {', '.join(terms) or 'none (all are in the prompt)'}", "",
-               "| | base | fine-tuned |", "|---|---|---|",
-               f"| answer | {_cell(b)} | {_cell(t)} |",
-               f"| key-term coverage | {_pct(row[2])} | {_pct(row[6])} |",
-               f"| answers with a question | {row[3] or 'no'} | {row[7] or 'no'} |",
-               f"| red flags | {row[4] or '-'} | {row[8] or '-'} |", ""]
+        md += [
+            f"## {p['id']}: {p['prompt']}",
+            "",
+            f"key terms an answer can earn: {', '.join(terms) or 'none (all are in the prompt)'}",
+            "",
+            "| | base | fine-tuned |",
+            "|---|---|---|",
+            f"| answer | {_cell(b)} | {_cell(t)} |",
+            f"| key-term coverage | {_pct(row[2])} | {_pct(row[6])} |",
+            f"| answers with a question | {row[3] or 'no'} | {row[7] or 'no'} |",
+            f"| red flags | {row[4] or '-'} | {row[8] or '-'} |",
+            "",
+        ]
     ctx.artifact("before_after.md").write_text("\n".join(md))
-    ctx.table("prompts", table, ["prompt", "key terms not in prompt", "base coverage", "base asks?", "base red flags",
-                                 "base words", "tuned coverage", "tuned asks?", "tuned red flags", "tuned words"],
-              title=f"{len(prompts)} domain prompts, base vs fine-tuned (full text in before_after.md)")
+    ctx.table(
+        "prompts",
+        table,
+        [
+            "prompt",
+            "key terms not in prompt",
+            "base coverage",
+            "base asks?",
+            "base red flags",
+            "base words",
+            "tuned coverage",
+            "tuned asks?",
+            "tuned red flags",
+            "tuned words",
+        ],
+        title=f"{len(prompts)} domain prompts, base vs fine-tuned (full text in before_after.md)",
+    )
 
     n = len(prompts)
     cov_base, cov_tuned = generation.mean_coverage(cov["base"]), generation.mean_coverage(cov["tuned"])
     scored = sum(c is not None for c in cov["base"])
     for name, value in (("base", cov_base), ("tuned", cov_tuned)):
-        ctx.metric(f"{name}_key_term_coverage", _round(value, 3), "", higher_is_better=True,
-                   description=f"whole-word key terms not in the prompt, mean over the {scored} prompts that have any")
+        ctx.metric(
+            f"{name}_key_term_coverage",
+            _round(value, 3),
+            "",
+            higher_is_better=True,
+            description=f"whole-word key terms not in the prompt, mean over the {scored} prompts that have any",
+        )
     ctx.metric("base_answers_with_question", asks["base"], f"of {n}", higher_is_better=False)
     ctx.metric("tuned_answers_with_question", asks["tuned"], f"of {n}", higher_is_better=False)
     ctx.metric("base_red_flags", flags["base"], "answers", higher_is_better=False)
@@ -200,57 +275,95 @@ def run(cfg: Config, ctx: RunContext) -> None:
     noise = (max(rates["base"]) - min(rates["base"])) / base_tput
     penalty = 100 * (1 - tput["unmerged"] / base_tput)
     stream = "single stream" if len(tput_texts) == 1 else f"batch {len(tput_texts)}"
-    ctx.metric("unmerged_penalty_pct", round(penalty, 1), "%", higher_is_better=False,
-               description=f"1 - unmerged/base throughput, {stream}, medians of interleaved rounds")
+    ctx.metric(
+        "unmerged_penalty_pct",
+        round(penalty, 1),
+        "%",
+        higher_is_better=False,
+        description=f"1 - unmerged/base throughput, {stream}, medians of interleaved rounds",
+    )
     ctx.metric("merged_vs_base_ratio", round(tput["merged"] / base_tput, 3), "")
-    ctx.metric("base_timing_spread_pct", round(100 * noise, 1), "%",
-               description="(max - min) / median of the base rounds: the noise floor of this comparison")
+    ctx.metric(
+        "base_timing_spread_pct",
+        round(100 * noise, 1),
+        "%",
+        description="(max - min) / median of the base rounds: the noise floor of this comparison",
+    )
     same = sum(a == b for a, b in zip(unmerged_texts, merged_texts)) / len(merged_texts)
-    ctx.metric("merged_matches_unmerged", round(same, 2), "share",
-               description="greedy outputs identical after merge_and_unload (numerics check)")
-    ctx.table("throughput", [[k, round(v, 2), round(v / base_tput, 3), ", ".join(f"{r:.1f}" for r in rates[k])]
-                             for k, v in tput.items()], ["variant", "tokens/s (median)", "vs base", "rounds"],
-              title=f"Generation throughput, {stream}, {cfg.tput_tokens} forced tokens, "
-                    f"{cfg.tput_repeats} interleaved rounds")
+    ctx.metric(
+        "merged_matches_unmerged",
+        round(same, 2),
+        "share",
+        description="greedy outputs identical after merge_and_unload (numerics check)",
+    )
+    ctx.table(
+        "throughput",
+        [[k, round(v, 2), round(v / base_tput, 3), ", ".join(f"{r:.1f}" for r in rates[k])] for k, v in tput.items()],
+        ["variant", "tokens/s (median)", "vs base", "rounds"],
+        title=f"Generation throughput, {stream}, {cfg.tput_tokens} forced tokens, "
+        f"{cfg.tput_repeats} interleaved rounds",
+    )
 
     direction = "lower" if mean_tuned < mean_base else "not lower"
-    ctx.finding(f"Held-out answer loss (the before/after number): {mean_base:.3f} nats/token for the base model, "
-                f"{mean_tuned:.3f} fine-tuned ({mean_tuned - mean_base:+.3f}), {direction}; lower on {improved} of "
-                f"{n_rows} held-out reference answers (per-row table). Adapter: {steps} steps{epochs_text} over "
-                f"{adapter.params['subset'] or 'all'} training rows. It says whether the model now expects the domain's "
-                "answers; it does not say whether its own generations are right (read before_after.md).")
+    ctx.finding(
+        f"Held-out answer loss (the before/after number): {mean_base:.3f} nats/token for the base model, "
+        f"{mean_tuned:.3f} fine-tuned ({mean_tuned - mean_base:+.3f}), {direction}; lower on {improved} of "
+        f"{n_rows} held-out reference answers (per-row table). Adapter: {steps} steps{epochs_text} over "
+        f"{adapter.params['subset'] or 'all'} training rows. It says whether the model now expects the domain's "
+        "answers; it does not say whether its own generations are right (read before_after.md)."
+    )
     better = [p["id"] for p, b, t in zip(prompts, cov["base"], cov["tuned"]) if b is not None and t > b]
     worse = [p["id"] for p, b, t in zip(prompts, cov["base"], cov["tuned"]) if b is not None and t < b]
-    ctx.finding(f"Key-term coverage of generated answers (whole words, key terms already in the prompt left out; "
-                f"{scored} of {n} prompts have terms left): {_fmt(cov_base)} (base) -> {_fmt(cov_tuned)} (fine-tuned); "
-                f"up on {len(better)} prompts ({', '.join(better) or 'none'}), down on {len(worse)} "
-                f"({', '.join(worse) or 'none'}). A vocabulary proxy over a few greedy answers, not a correctness score.")
+    ctx.finding(
+        f"Key-term coverage of generated answers (whole words, key terms already in the prompt left out; "
+        f"{scored} of {n} prompts have terms left): {_fmt(cov_base)} (base) -> {_fmt(cov_tuned)} (fine-tuned); "
+        f"up on {len(better)} prompts ({', '.join(better) or 'none'}), down on {len(worse)} "
+        f"({', '.join(worse) or 'none'}). A vocabulary proxy over a few greedy answers, not a correctness score."
+    )
     if cov_base is not None and cov_tuned is not None and cov_tuned <= cov_base and mean_tuned < mean_base:
-        ctx.finding("The fine-tune lowered the held-out answer loss but its greedy answers did not gain key terms: "
-                    "it moved which tokens the model expects more than what the model says at this size; the "
-                    "seed's point that fine-tuning does not conjure knowledge holds here too (Phase 12 retrieves it).")
-    ctx.finding(f"Seed's hallucinations checked by red-flag terms (roofline as psychology, Tenstorrent as Chinese, "
-                f"Chinchilla as an animal): base {flags['base']}, fine-tuned {flags['tuned']} answers flagged. "
-                "Red flags only catch those specific errors: an answer can be free of them and still invented "
-                "(read before_after.md).")
-    ctx.finding(f"'Answers with a question' (ends on '?' or half its sentences are questions): base "
-                f"{asks['base']}/{n}, fine-tuned {asks['tuned']}/{n}. The seed's adapter learned it from Socratic "
-                "pairs; this dataset has none, so a rise here would come from the base model, not the data.")
+        ctx.finding(
+            "The fine-tune lowered the held-out answer loss but its greedy answers did not gain key terms: "
+            "it moved which tokens the model expects more than what the model says at this size; the "
+            "seed's point that fine-tuning does not conjure knowledge holds here too (Phase 12 retrieves it)."
+        )
+    ctx.finding(
+        f"Seed's hallucinations checked by red-flag terms (roofline as psychology, Tenstorrent as Chinese, "
+        f"Chinchilla as an animal): base {flags['base']}, fine-tuned {flags['tuned']} answers flagged. "
+        "Red flags only catch those specific errors: an answer can be free of them and still invented "
+        "(read before_after.md)."
+    )
+    ctx.finding(
+        f"'Answers with a question' (ends on '?' or half its sentences are questions): base "
+        f"{asks['base']}/{n}, fine-tuned {asks['tuned']}/{n}. The seed's adapter learned it from Socratic "
+        "pairs; this dataset has none, so a rise here would come from the base model, not the data."
+    )
     ratio = tput["merged"] / base_tput
-    verdict = ("back to base speed: merging removes the LoRA cost" if abs(1 - ratio) <= max(noise, 0.1) else
-               f"not back to base speed, a gap larger than the {100 * noise:.0f}% between the two base timings; "
-               "the merged model has the base's shapes and FLOPs, so this run cannot attribute the gap")
-    measured = ("beyond the noise" if penalty / 100 > noise else
-                f"within this run's noise ({100 * noise:.0f}% spread between base rounds), so not conclusive")
+    verdict = (
+        "back to base speed: merging removes the LoRA cost"
+        if abs(1 - ratio) <= max(noise, 0.1)
+        else f"not back to base speed, a gap larger than the {100 * noise:.0f}% between the two base timings; "
+        "the merged model has the base's shapes and FLOPs, so this run cannot attribute the gap"
+    )
+    measured = (
+        "beyond the noise"
+        if penalty / 100 > noise
+        else f"within this run's noise ({100 * noise:.0f}% spread between base rounds), so not conclusive"
+    )
     seed = EXERCISE.seed("unmerged_penalty_pct")
-    ctx.finding(f"Throughput ({stream}): unmerged adapter {penalty:.0f}% slower than the base, {measured} "
-                f"(seed: {seed}%); merged {ratio:.2f}x base, {verdict}. Greedy outputs after "
-                f"merge_and_unload match the unmerged ones on {same:.0%} of the timed prompts.")
+    ctx.finding(
+        f"Throughput ({stream}): unmerged adapter {penalty:.0f}% slower than the base, {measured} "
+        f"(seed: {seed}%); merged {ratio:.2f}x base, {verdict}. Greedy outputs after "
+        f"merge_and_unload match the unmerged ones on {same:.0%} of the timed prompts."
+    )
     if not torch.cuda.is_available():
-        ctx.finding("On a CPU the unmerged penalty is the extra skinny matmuls per projection with no launch "
-                    "overhead; on a GPU at batch 1 kernel launches dominate and the penalty is larger.")
-    ctx.failure_mode("Loading a second adapter onto a PeftModel stacks it on the first: load every variant "
-                     "fresh from the base (the seed's Phase 10 lesson).")
+        ctx.finding(
+            "On a CPU the unmerged penalty is the extra skinny matmuls per projection with no launch "
+            "overhead; on a GPU at batch 1 kernel launches dominate and the penalty is larger."
+        )
+    ctx.failure_mode(
+        "Loading a second adapter onto a PeftModel stacks it on the first: load every variant "
+        "fresh from the base (the seed's Phase 10 lesson)."
+    )
 
 
 def _round(value, digits: int = 2):
@@ -278,12 +391,18 @@ EXERCISE = Exercise(
         "cpu": dict(max_new_tokens=96, batch_size=10, tput_prompts=1, tput_tokens=48, tput_repeats=3),
         "a100": dict(max_new_tokens=256, batch_size=10, tput_prompts=1, tput_tokens=128, tput_repeats=3),
     },
-    tiny=dict(n_prompts=2, max_new_tokens=8, tput_prompts=1, tput_tokens=4, tput_repeats=1, adapter_steps=1,
-              n_heldout=2),
+    tiny=dict(
+        n_prompts=2, max_new_tokens=8, tput_prompts=1, tput_tokens=4, tput_repeats=1, adapter_steps=1, n_heldout=2
+    ),
     smoke=dict(n_prompts=2, max_new_tokens=8, tput_tokens=4, tput_repeats=1, n_heldout=2),
     references=REFERENCES,
-    summary_metrics=("heldout_loss_base", "heldout_loss_tuned", "heldout_rows_improved", "tuned_key_term_coverage",
-                     "unmerged_penalty_pct"),
+    summary_metrics=(
+        "heldout_loss_base",
+        "heldout_loss_tuned",
+        "heldout_rows_improved",
+        "tuned_key_term_coverage",
+        "unmerged_penalty_pct",
+    ),
     needs=(sft.SFT_ADAPTER,),
     methods={"cpu": "scaled", "a100": "same"},
 )

@@ -46,8 +46,9 @@ def build_dataset(raw_path: Path = RAW_PATH) -> tuple[pipeline.BuildResult, Arti
     store, recipe = default_store(), dataset_recipe(raw_path)
     with store.staging(recipe) as folder:
         pipeline.write(result, folder)
-        artifact, stored = store.publish(recipe, folder, metrics={"kept_pairs": result.kept_pairs,
-                                                                  "sha256": result.sha256})
+        artifact, stored = store.publish(
+            recipe, folder, metrics={"kept_pairs": result.kept_pairs, "sha256": result.sha256}
+        )
     return result, artifact, stored
 
 
@@ -75,52 +76,85 @@ def run(cfg: Config, ctx: RunContext) -> None:
     result, built, stored = build_dataset(raw)
     ctx.record_artifact(built, "published" if stored else "kept")
     c = pipeline.card(result)
-    ctx.dataset("phase09-ai-infra-qa", n=result.kept_pairs, sha256=result.sha256,
-                raw_sha256=result.raw_sha256, artifact=built.id, train=len(result.train), eval=len(result.eval))
+    ctx.dataset(
+        "phase09-ai-infra-qa",
+        n=result.kept_pairs,
+        sha256=result.sha256,
+        raw_sha256=result.raw_sha256,
+        artifact=built.id,
+        train=len(result.train),
+        eval=len(result.eval),
+    )
 
     ctx.metric("raw_pairs", result.raw_pairs, "rows", description="non-blank lines in the raw extraction")
     ctx.metric("kept_pairs", result.kept_pairs, "pairs", higher_is_better=True)
-    ctx.metric("filter_rate", round(100 * result.filter_rate, 2), "%",
-               description="share of raw rows rejected (quarantined)")
+    ctx.metric(
+        "filter_rate", round(100 * result.filter_rate, 2), "%", description="share of raw rows rejected (quarantined)"
+    )
     ctx.metric("train_pairs", len(result.train), "pairs")
     ctx.metric("eval_pairs", len(result.eval), "pairs")
-    ctx.metric("repaired_json", result.counts["repaired_json"], "rows",
-               description="malformed JSON rows repaired (unescaped quotes in code) and kept")
-    ctx.metric("max_kept_jaccard", result.max_kept_jaccard, "",
-               description=f"highest {pipeline.SHINGLE}-word-shingle Jaccard between two kept answers")
+    ctx.metric(
+        "repaired_json",
+        result.counts["repaired_json"],
+        "rows",
+        description="malformed JSON rows repaired (unescaped quotes in code) and kept",
+    )
+    ctx.metric(
+        "max_kept_jaccard",
+        result.max_kept_jaccard,
+        "",
+        description=f"highest {pipeline.SHINGLE}-word-shingle Jaccard between two kept answers",
+    )
     words = [len(r["messages"][-1]["content"].split()) for r in result.train + result.eval]
     ctx.metric("mean_answer_words", round(sum(words) / len(words), 1), "words")
     ctx.metric("min_answer_words", min(words), "words")
 
-    rejected = {k: v for k, v in result.counts.items()
-                if k not in ("raw_rows", "repaired_json", "kept", "train", "eval")}
+    rejected = {
+        k: v for k, v in result.counts.items() if k not in ("raw_rows", "repaired_json", "kept", "train", "eval")
+    }
     example = {}
     for q in result.quarantine:
         example.setdefault(q["reason"], f"{q['where']}: {q['detail']}")
-    ctx.table("filters", [[k, v, example.get(k, "")] for k, v in rejected.items()],
-              ["filter", "rows rejected", "first example (file:line: reason)"], title="Rows rejected per filter")
+    ctx.table(
+        "filters",
+        [[k, v, example.get(k, "")] for k, v in rejected.items()],
+        ["filter", "rows rejected", "first example (file:line: reason)"],
+        title="Rows rejected per filter",
+    )
     ctx.table("topics", sorted(c["topics"].items()), ["topic", "kept pairs"], title="Kept pairs per topic")
 
     ctx.artifact("dataset_card.md").write_text(pipeline.card_markdown(result))
     shutil.copy(built.path / "quarantine.jsonl", ctx.artifact("quarantine.jsonl"))
 
-    ctx.finding(f"{result.raw_pairs} raw rows -> {result.kept_pairs} kept pairs "
-                f"({100 * result.filter_rate:.1f}% filtered; the seed: 589 -> 550, 6.6%). "
-                f"Every rejected row is in quarantine.jsonl with its reason; "
-                f"{result.counts['repaired_json']} rows with unescaped quotes in code were repaired, not dropped.")
-    ctx.finding(f"Near-duplicates are answers with {pipeline.SHINGLE}-word-shingle Jaccard >= "
-                f"{pipeline.NEAR_DUP_JACCARD}; the closest two kept answers score {result.max_kept_jaccard:.2f}, "
-                "far below the threshold, so the kept set is not padded with rewordings.")
-    ctx.finding(f"Dataset version (content sha256) {result.sha256[:16]}…: it changes when any kept row, "
-                "split assignment or filter outcome changes, and not when only the file date does.")
-    ctx.failure_mode("Code pasted into answers breaks JSON (print(\"hi\") inside a string): repaired by "
-                     "re-escaping quotes between known field boundaries; truncated lines are quarantined, not guessed.")
-    ctx.failure_mode("Setup chatter (billing, calendars, editor themes) and answers that point outside "
-                     "the pair ('as we discussed above') read as fluent domain text; only explicit filters catch them.")
+    ctx.finding(
+        f"{result.raw_pairs} raw rows -> {result.kept_pairs} kept pairs "
+        f"({100 * result.filter_rate:.1f}% filtered; the seed: 589 -> 550, 6.6%). "
+        f"Every rejected row is in quarantine.jsonl with its reason; "
+        f"{result.counts['repaired_json']} rows with unescaped quotes in code were repaired, not dropped."
+    )
+    ctx.finding(
+        f"Near-duplicates are answers with {pipeline.SHINGLE}-word-shingle Jaccard >= "
+        f"{pipeline.NEAR_DUP_JACCARD}; the closest two kept answers score {result.max_kept_jaccard:.2f}, "
+        "far below the threshold, so the kept set is not padded with rewordings."
+    )
+    ctx.finding(
+        f"Dataset version (content sha256) {result.sha256[:16]}…: it changes when any kept row, "
+        "split assignment or filter outcome changes, and not when only the file date does."
+    )
+    ctx.failure_mode(
+        'Code pasted into answers breaks JSON (print("hi") inside a string): repaired by '
+        "re-escaping quotes between known field boundaries; truncated lines are quarantined, not guessed."
+    )
+    ctx.failure_mode(
+        "Setup chatter (billing, calendars, editor themes) and answers that point outside "
+        "the pair ('as we discussed above') read as fluent domain text; only explicit filters catch them."
+    )
 
 
-_DATA_METHOD = ("substitute: a raw Q&A file composed for this repo with planted failure modes in place of pairs "
-                "extracted from the seed's curriculum threads")
+_DATA_METHOD = (
+    "substitute: a raw Q&A file composed for this repo with planted failure modes in place of pairs "
+    "extracted from the seed's curriculum threads"
+)
 EXERCISE = Exercise(
     id="phase09.dataset",
     title="Dataset construction: raw extraction -> filtered, versioned Q&A set",

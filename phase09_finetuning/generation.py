@@ -19,35 +19,43 @@ def load_eval_prompts(path: Path = EVAL_PROMPTS) -> list[dict]:
 
 
 def _chat_inputs(tok, prompts: list[str]):
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                     add_generation_prompt=True) for p in prompts]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     tok.padding_side = "left"  # decoder-only batches pad on the left so every row ends at its prompt
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 
-def timed_generate(model, tok, prompts: list[str], max_new_tokens: int = 96, *, batch_size: int = 10,
-                   min_new_tokens: int | None = None) -> tuple[list[str], int, float]:
+def timed_generate(
+    model, tok, prompts: list[str], max_new_tokens: int = 96, *, batch_size: int = 10, min_new_tokens: int | None = None
+) -> tuple[list[str], int, float]:
     """(answers, new tokens generated, seconds). Pass min_new_tokens=max_new_tokens to force equal
     lengths when timing throughput, so models that stop early are not credited with speed."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     answers, n_new, seconds = [], 0, 0.0
     for start in range(0, len(prompts), batch_size):
-        batch = _chat_inputs(tok, prompts[start:start + batch_size]).to(model.device)
+        batch = _chat_inputs(tok, prompts[start : start + batch_size]).to(model.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                 pad_token_id=tok.pad_token_id, **GEN_KWARGS)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                **GEN_KWARGS,
+            )
         if out.is_cuda:
             torch.cuda.synchronize()  # kernels run asynchronously: stop the clock when they are done
         seconds += time.perf_counter() - t0
-        new = out[:, batch["input_ids"].shape[1]:]
+        new = out[:, batch["input_ids"].shape[1] :]
         for row in new:
             ids = row.tolist()
             if tok.eos_token_id in ids:
-                ids = ids[:ids.index(tok.eos_token_id)]
+                ids = ids[: ids.index(tok.eos_token_id)]
             n_new += len(ids)
             answers.append(tok.decode(ids, skip_special_tokens=True).strip())
     return answers, n_new, seconds

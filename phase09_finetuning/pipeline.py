@@ -22,7 +22,7 @@ PIPELINE_VERSION = "1"
 FIELDS = ("id", "topic", "question", "answer")
 MIN_ANSWER_WORDS = 75
 NEAR_DUP_JACCARD = 0.4  # 3-word-shingle Jaccard of answers: light rewordings score ~0.55-0.75 here,
-SHINGLE = 3             # distinct answers on the same topic stay below ~0.15 (the card records the max kept)
+SHINGLE = 3  # distinct answers on the same topic stay below ~0.15 (the card records the max kept)
 EVAL_FRACTION = 0.1
 
 # Setup/logistics chatter that slips into extraction from working threads: about the session,
@@ -68,7 +68,7 @@ class BuildResult:
 
 
 # --- stage 1: parse ----------------------------------------------------------------------------
-_FIELD_START = re.compile(r'"(%s)"\s*:\s*"' % "|".join(FIELDS))
+_FIELD_START = re.compile(r'"({})"\s*:\s*"'.format("|".join(FIELDS)))
 
 
 def repair_json_line(line: str) -> dict | None:
@@ -86,12 +86,12 @@ def repair_json_line(line: str) -> dict | None:
         begin = match.end()
         if i + 1 < len(starts):
             end = line.rfind('"', begin, starts[i + 1].start())
-            between = line[end + 1:starts[i + 1].start()].strip()
+            between = line[end + 1 : starts[i + 1].start()].strip()
             if between != ",":
                 return None
         else:
             end = line.rstrip().rfind('"', begin, len(line.rstrip()) - 1)
-            if line[end + 1:].strip() != "}":
+            if line[end + 1 :].strip() != "}":
                 return None
         raw_value = line[begin:end]
         escaped = re.sub(r'(?<!\\)"', r'\\"', raw_value)
@@ -118,19 +118,33 @@ def parse_raw(path: Path) -> tuple[list[dict], list[dict], list[str], int]:
         except json.JSONDecodeError as err:
             rec = repair_json_line(line)
             if rec is None:
-                quarantine.append(dict(where=where, id=None, reason="malformed_json",
-                                       detail=f"unrepairable: {err.msg} at column {err.colno}",
-                                       raw=line[:300]))
+                quarantine.append(
+                    dict(
+                        where=where,
+                        id=None,
+                        reason="malformed_json",
+                        detail=f"unrepairable: {err.msg} at column {err.colno}",
+                        raw=line[:300],
+                    )
+                )
                 continue
             repaired.append(rec.get("id") or where)
         if not isinstance(rec, dict):
-            quarantine.append(dict(where=where, id=None, reason="malformed_json",
-                                   detail="not a JSON object", raw=line[:300]))
+            quarantine.append(
+                dict(where=where, id=None, reason="malformed_json", detail="not a JSON object", raw=line[:300])
+            )
             continue
         missing = [f for f in FIELDS if not isinstance(rec.get(f), str) or not rec[f].strip()]
         if missing:
-            quarantine.append(dict(where=where, id=rec.get("id"), reason="missing_field",
-                                   detail=f"missing or empty: {', '.join(missing)}", raw=line[:300]))
+            quarantine.append(
+                dict(
+                    where=where,
+                    id=rec.get("id"),
+                    reason="missing_field",
+                    detail=f"missing or empty: {', '.join(missing)}",
+                    raw=line[:300],
+                )
+            )
             continue
         rec = {f: " ".join(rec[f].split()) if f != "answer" else rec[f].strip() for f in FIELDS}
         rec["where"] = where
@@ -163,7 +177,7 @@ def normalize(text: str) -> str:
 
 def shingles(text: str, n: int = SHINGLE) -> set[tuple[str, ...]]:
     words = normalize(text).split()
-    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
+    return {tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -186,8 +200,7 @@ def deduplicate(records: list[dict]) -> tuple[list[dict], list[dict], float]:
         sh = shingles(rec["answer"])
         best = max(((jaccard(sh, s), other["id"]) for other, s in kept_shingles), default=(0.0, None))
         if best[0] >= NEAR_DUP_JACCARD:
-            dropped.append(dict(rec, reason="near_duplicate",
-                                detail=f"answer Jaccard {best[0]:.2f} with {best[1]}"))
+            dropped.append(dict(rec, reason="near_duplicate", detail=f"answer Jaccard {best[0]:.2f} with {best[1]}"))
             continue
         seen[key] = rec["id"]
         max_kept = max(max_kept, best[0])
@@ -198,10 +211,14 @@ def deduplicate(records: list[dict]) -> tuple[list[dict], list[dict], float]:
 
 # --- stage 4: split + version ------------------------------------------------------------------
 def to_chat(rec: dict) -> dict:
-    return {"id": rec["id"], "topic": rec["topic"], "messages": [
-        {"role": "user", "content": rec["question"]},
-        {"role": "assistant", "content": rec["answer"]},
-    ]}
+    return {
+        "id": rec["id"],
+        "topic": rec["topic"],
+        "messages": [
+            {"role": "user", "content": rec["question"]},
+            {"role": "assistant", "content": rec["answer"]},
+        ],
+    }
 
 
 def split(records: list[dict], eval_fraction: float = EVAL_FRACTION) -> tuple[list[dict], list[dict]]:
@@ -234,24 +251,40 @@ def build(raw_path: Path) -> BuildResult:
     passed = []
     for rec in records:
         if (fail := check_row(rec)) is not None:
-            quarantine.append(dict(where=rec["where"], id=rec["id"], reason=fail[0], detail=fail[1],
-                                   question=rec["question"]))
+            quarantine.append(
+                dict(where=rec["where"], id=rec["id"], reason=fail[0], detail=fail[1], question=rec["question"])
+            )
         else:
             passed.append(rec)
     unique, dups, max_kept = deduplicate(passed)
-    quarantine += [dict(where=d["where"], id=d["id"], reason=d["reason"], detail=d["detail"],
-                        question=d["question"]) for d in dups]
+    quarantine += [
+        dict(where=d["where"], id=d["id"], reason=d["reason"], detail=d["detail"], question=d["question"]) for d in dups
+    ]
     train_recs, eval_recs = split(unique)
     train, evals = [to_chat(r) for r in train_recs], [to_chat(r) for r in eval_recs]
     counts: dict[str, int] = {"raw_rows": n_raw, "repaired_json": len(repaired)}
-    for reason in ("malformed_json", "missing_field", "too_short", "off_topic", "meta_reference",
-                   "exact_duplicate", "near_duplicate"):
+    for reason in (
+        "malformed_json",
+        "missing_field",
+        "too_short",
+        "off_topic",
+        "meta_reference",
+        "exact_duplicate",
+        "near_duplicate",
+    ):
         counts[reason] = sum(q["reason"] == reason for q in quarantine)
     counts.update(kept=len(unique), train=len(train), eval=len(evals))
-    return BuildResult(train=train, eval=evals, quarantine=quarantine, counts=counts,
-                       sha256=content_sha256(train, evals), raw_sha256=sha256_file(raw_path),
-                       raw_pairs=n_raw, repaired=repaired, max_kept_jaccard=round(max_kept, 4))
-
+    return BuildResult(
+        train=train,
+        eval=evals,
+        quarantine=quarantine,
+        counts=counts,
+        sha256=content_sha256(train, evals),
+        raw_sha256=sha256_file(raw_path),
+        raw_pairs=n_raw,
+        repaired=repaired,
+        max_kept_jaccard=round(max_kept, 4),
+    )
 
 
 def write(result: BuildResult, out_dir: Path) -> Path:
@@ -268,22 +301,38 @@ def card(result: BuildResult) -> dict:
     topics: dict[str, int] = {}
     for row in result.train + result.eval:
         topics[row["topic"]] = topics.get(row["topic"], 0) + 1
-    return dict(name="phase09-ai-infra-qa", pipeline_version=PIPELINE_VERSION, sha256=result.sha256,
-                raw_sha256=result.raw_sha256, raw_pairs=result.raw_pairs, kept_pairs=result.kept_pairs,
-                filter_rate=round(result.filter_rate, 4), counts=result.counts, topics=topics,
-                min_answer_words=MIN_ANSWER_WORDS, near_dup_jaccard=NEAR_DUP_JACCARD,
-                max_kept_jaccard=result.max_kept_jaccard, shingle_words=SHINGLE,
-                eval_fraction=EVAL_FRACTION, repaired_ids=result.repaired)
+    return dict(
+        name="phase09-ai-infra-qa",
+        pipeline_version=PIPELINE_VERSION,
+        sha256=result.sha256,
+        raw_sha256=result.raw_sha256,
+        raw_pairs=result.raw_pairs,
+        kept_pairs=result.kept_pairs,
+        filter_rate=round(result.filter_rate, 4),
+        counts=result.counts,
+        topics=topics,
+        min_answer_words=MIN_ANSWER_WORDS,
+        near_dup_jaccard=NEAR_DUP_JACCARD,
+        max_kept_jaccard=result.max_kept_jaccard,
+        shingle_words=SHINGLE,
+        eval_fraction=EVAL_FRACTION,
+        repaired_ids=result.repaired,
+    )
 
 
 def card_markdown(result: BuildResult) -> str:
     c = card(result)
-    lines = [f"# Dataset card: {c['name']}", "",
-             f"- version (content sha256): `{c['sha256']}`",
-             f"- raw input sha256: `{c['raw_sha256']}`  (pipeline v{PIPELINE_VERSION})",
-             f"- raw rows {c['raw_pairs']} -> kept {c['kept_pairs']} "
-             f"(train {len(result.train)}, eval {len(result.eval)}), filter rate {c['filter_rate']:.1%}",
-             "", "| stage | rows |", "|---|---:|"]
+    lines = [
+        f"# Dataset card: {c['name']}",
+        "",
+        f"- version (content sha256): `{c['sha256']}`",
+        f"- raw input sha256: `{c['raw_sha256']}`  (pipeline v{PIPELINE_VERSION})",
+        f"- raw rows {c['raw_pairs']} -> kept {c['kept_pairs']} "
+        f"(train {len(result.train)}, eval {len(result.eval)}), filter rate {c['filter_rate']:.1%}",
+        "",
+        "| stage | rows |",
+        "|---|---:|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in c["counts"].items()]
     lines += ["", "| topic | kept pairs |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(c["topics"].items())]

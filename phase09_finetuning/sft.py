@@ -14,6 +14,7 @@ adapter and never a stale one.
 
 from __future__ import annotations
 
+import copy
 import resource
 import shutil
 import tempfile
@@ -21,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab import models
 from lab.artifacts import ArtifactKind, Reporter
+from lab.device import current, smoke_active
 from lab.errors import ConfigError
 from lab.models import DEFAULT_LLM
 from lab.repeatable import repeatable
+from phase09_finetuning.dataset import dataset_sha256, load_training_set
 
 # All attention and FFN projections of a Llama-style block (the seed's choice for Llama 3.1 8B).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -38,12 +42,12 @@ SFT_RECIPES: dict[str, dict[str, Any]] = {
     # hold every training row but one whole (chat template included: median 159, max 273). One fp32
     # step of 4 x ~160 tokens takes ~10 s on one shared core, so the epoch is ~10-15 minutes.
     # lr 5e-4 (not the 2e-4 of the 8B recipe) so the embedded chat model (135M) moves visibly within one epoch.
-    "cpu": dict(model_id=DEFAULT_LLM, lora_r=16, qlora=False, epochs=1.0, lr=5e-4, batch_size=4,
-                max_length=256),
+    "cpu": dict(model_id=DEFAULT_LLM, lora_r=16, qlora=False, epochs=1.0, lr=5e-4, batch_size=4, max_length=256),
     # The seed's run: Llama 3.1 8B Instruct, NF4 base + bf16 LoRA r=16 on q,k,v,o,gate,up,down,
     # 3 epochs at an effective batch of 16 (the seed's 102 steps over ~550 pairs = ~34 steps/epoch).
-    "a100": dict(model_id=LLAMA_8B, lora_r=16, qlora=True, epochs=3, lr=2e-4, batch_size=4,
-                 grad_accum=4, max_length=1024),
+    "a100": dict(
+        model_id=LLAMA_8B, lora_r=16, qlora=True, epochs=3, lr=2e-4, batch_size=4, grad_accum=4, max_length=1024
+    ),
 }
 
 
@@ -55,23 +59,44 @@ SMOKE_SIZES: dict[str, Any] = dict(max_steps=2, subset=8, batch_size=2, grad_acc
 TRAINER_VERSION = "train_sft/1"
 
 
-def sft_params(*, model_id: str, lora_r: int, qlora: bool, lr: float, batch_size: int, max_length: int,
-               max_steps: int | None = None, epochs: float | None = None, grad_accum: int = 1, seed: int = 0,
-               subset: int = 0) -> dict[str, Any]:
+def sft_params(
+    *,
+    model_id: str,
+    lora_r: int,
+    qlora: bool,
+    lr: float,
+    batch_size: int,
+    max_length: int,
+    max_steps: int | None = None,
+    epochs: float | None = None,
+    grad_accum: int = 1,
+    seed: int = 0,
+    subset: int = 0,
+) -> dict[str, Any]:
     """The recipe of an SFT adapter: everything that determines its weights, normalised so that the
     same training written two ways (epochs ignored when steps are set, 3 vs 3.0) hashes the same."""
-    from phase09_finetuning.dataset import dataset_sha256
 
-    return dict(base_model=model_id, data_sha256=dataset_sha256(), subset=subset or None, lora_r=lora_r,
-                lora_targets=list(LORA_TARGETS), qlora=bool(qlora), max_steps=max_steps or None,
-                epochs=None if max_steps else float(epochs or 1.0), lr=float(lr), batch_size=batch_size,
-                grad_accum=grad_accum, max_length=max_length, seed=seed, trainer=TRAINER_VERSION)
+    return dict(
+        base_model=model_id,
+        data_sha256=dataset_sha256(),
+        subset=subset or None,
+        lora_r=lora_r,
+        lora_targets=list(LORA_TARGETS),
+        qlora=bool(qlora),
+        max_steps=max_steps or None,
+        epochs=None if max_steps else float(epochs or 1.0),
+        lr=float(lr),
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        seed=seed,
+        trainer=TRAINER_VERSION,
+    )
 
 
 def profile_recipe(profile: str) -> dict[str, Any]:
     """SFT_RECIPES[profile] (with SMOKE_SIZES in a smoke of the a100 profile), or a ConfigError naming
     the profiles that have one."""
-    from lab.device import smoke_active
 
     if profile not in SFT_RECIPES:
         raise ConfigError(f"no SFT recipe for profile {profile!r}; choose one of {sorted(SFT_RECIPES)}")
@@ -82,12 +107,16 @@ def profile_recipe(profile: str) -> dict[str, Any]:
 
 def adapter_metrics(res: dict[str, Any]) -> dict[str, Any]:
     """What a stored SFT adapter records about its training (read by Phase 10/11 provenance)."""
-    return dict(steps=res["steps"], epochs=res["epochs"], final_loss=res["losses"][-1] if res["losses"] else None,
-                train_time_s=round(res["train_time_s"], 1), adapter_bytes=res["adapter_bytes"])
+    return dict(
+        steps=res["steps"],
+        epochs=res["epochs"],
+        final_loss=res["losses"][-1] if res["losses"] else None,
+        train_time_s=round(res["train_time_s"], 1),
+        adapter_bytes=res["adapter_bytes"],
+    )
 
 
 def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> dict[str, Any]:
-    from phase09_finetuning.dataset import load_training_set
 
     recipe = dict(profile_recipe(profile))
     subset = recipe.pop("subset", 0)
@@ -106,14 +135,13 @@ SFT_ADAPTER = ArtifactKind(
 
 def model_path(model_id: str) -> str:
     """Local folder or hub id to load: an embedded GGUF model as a trainable folder, else the HF cache/hub."""
-    from lab import models
 
     return str(models.transformers_folder(model_id) or models.resolve(model_id))
 
 
 def load_tokenizer(model_id: str):
     """The tokenizer alone (cheap): for data filtering before any model is loaded."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     tok = AutoTokenizer.from_pretrained(model_path(model_id))
     if tok.pad_token is None:
@@ -124,10 +152,16 @@ def load_tokenizer(model_id: str):
 def lora_config(r: int, alpha: int | None = None, dropout: float = 0.05):
     """LoRA on every attention and FFN projection; alpha = 2r keeps the update scale (alpha/r) fixed
     across ranks, so the rank sweep changes capacity, not the effective learning rate."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # noqa: PLC0415 (heavy: peft loads on first use)
 
-    return LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=dropout, bias="none",
-                      target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha or 2 * r,
+        lora_dropout=dropout,
+        bias="none",
+        target_modules=list(LORA_TARGETS),
+        task_type="CAUSAL_LM",
+    )
 
 
 def nf4_config(compute_dtype=None):
@@ -136,14 +170,16 @@ def nf4_config(compute_dtype=None):
     Off the a100 path the compute dtype falls back to fp32 (bf16 matmuls are emulated on a CPU
     and were several times slower on this project's build machine); storage stays NF4.
     """
-    from transformers import BitsAndBytesConfig
-
-    from lab.device import current
+    from transformers import BitsAndBytesConfig  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     if compute_dtype is None:
         compute_dtype = current().compute_dtype()
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def load_base(model_id: str, *, qlora: bool = False):
@@ -152,9 +188,7 @@ def load_base(model_id: str, *, qlora: bool = False):
     A 4-bit model must be loaded fresh for training: on CPU, any eval-mode forward of a bitsandbytes
     Linear4bit first repacks its weights for inference and later training is silently wrong.
     """
-    from transformers import AutoModelForCausalLM
-
-    from lab.device import current
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     device = current()
     path = model_path(model_id)
@@ -177,14 +211,16 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou "
     "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + "
     "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 CHATML_TRAINING_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou "
     "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
     "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}{% generation %}"
     "{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
     "{% else %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 LOSS_ON = ("completion", "assistant")
 
 
@@ -195,8 +231,10 @@ def training_template(tok) -> str:
         return CHATML_TRAINING_TEMPLATE
     if "{% generation %}" in (tok.chat_template or ""):
         return tok.chat_template
-    raise ConfigError("loss_on='assistant' needs a chat template with {% generation %} markers; this tokenizer's "
-                      "template has none and no marked twin is known here (use loss_on='completion')")
+    raise ConfigError(
+        "loss_on='assistant' needs a chat template with {% generation %} markers; this tokenizer's "
+        "template has none and no marked twin is known here (use loss_on='completion')"
+    )
 
 
 def keep_cpu_training_layout(model) -> int:
@@ -206,7 +244,7 @@ def keep_cpu_training_layout(model) -> int:
     an inference layout, after which training is silently wrong (flat loss). A smoke generates a
     sample from the 4-bit policy before DPO trains it, so every 4-bit layer keeps its training layout.
     """
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # noqa: PLC0415 (heavy: bitsandbytes loads on first use)
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     for layer in layers:
@@ -228,7 +266,7 @@ def to_prompt_completion(rows: list[dict]) -> list[dict]:
 
 def peak_memory_bytes() -> tuple[int, str]:
     """(bytes, what was measured): CUDA peak allocation, else the process's peak resident set."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated()), "cuda max_memory_allocated"
@@ -237,8 +275,15 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 
 # What a result records of the trainer it ran (a smoke checks these are the a100 recipe's).
-RECORDED_ARGS = ("optim", "bf16", "gradient_checkpointing", "lr_scheduler_type", "learning_rate",
-                 "per_device_train_batch_size", "gradient_accumulation_steps")
+RECORDED_ARGS = (
+    "optim",
+    "bf16",
+    "gradient_checkpointing",
+    "lr_scheduler_type",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+)
 
 
 def train_sft(
@@ -272,12 +317,10 @@ def train_sft(
     ``loss_on``: "completion" trains on each row's last assistant turn; "assistant" on every assistant turn
     of the conversation (an agent trajectory teaches each of its decisions, its prompt computed once).
     """
-    import torch
-    from datasets import Dataset
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from trl import SFTConfig, SFTTrainer
-
-    from lab.device import current
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from datasets import Dataset  # noqa: PLC0415 (heavy: datasets loads on first use)
+    from peft import get_peft_model, prepare_model_for_kbit_training  # noqa: PLC0415 (heavy: peft loads on first use)
+    from trl import SFTConfig, SFTTrainer  # noqa: PLC0415 (heavy: trl loads on first use)
 
     if not rows:
         raise ValueError("train_sft: no training rows")
@@ -326,11 +369,12 @@ def train_sft(
     shape = to_prompt_completion if loss_on == "completion" else (lambda rs: [{"messages": r["messages"]} for r in rs])
     dataset = Dataset.from_list(shape(rows))
     eval_dataset = Dataset.from_list(shape(eval_rows)) if eval_rows else None
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
-                         processing_class=tok)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tok)
     if ctx is not None:
-        ctx.log(f"SFT {model_id} r={lora_r} qlora={qlora}: {trainable:,} trainable params, "
-                f"{len(rows)} rows, steps={trainer.state.max_steps or max_steps}")
+        ctx.log(
+            f"SFT {model_id} r={lora_r} qlora={qlora}: {trainable:,} trainable params, "
+            f"{len(rows)} rows, steps={trainer.state.max_steps or max_steps}"
+        )
     eval_before_loss = None
     if eval_before and eval_dataset is not None:
         if qlora and not device.cuda:
@@ -349,32 +393,54 @@ def train_sft(
         adapter_bytes = sum(f.stat().st_size for f in Path(out_dir).glob("adapter_model.*"))
     shutil.rmtree(scratch, ignore_errors=True)
     return dict(
-        losses=[loss for _, loss in losses], loss_steps=[s for s, _ in losses], steps=out.global_step,
-        epochs=round(float(trainer.state.epoch or 0.0), 4), rows=len(rows),
-        train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1),
-        trainable_params=int(trainable), total_params=int(total), adapter_bytes=adapter_bytes,
-        peak_memory_bytes=peak, peak_memory_kind=peak_kind, eval_loss=eval_loss, eval_loss_before=eval_before_loss,
-        base_memory_bytes=base_bytes, trainer_args={k: getattr(getattr(args, k), "value", getattr(args, k)) for k in RECORDED_ARGS},
+        losses=[loss for _, loss in losses],
+        loss_steps=[s for s, _ in losses],
+        steps=out.global_step,
+        epochs=round(float(trainer.state.epoch or 0.0), 4),
+        rows=len(rows),
+        train_time_s=train_time,
+        s_per_step=train_time / max(out.global_step, 1),
+        trainable_params=int(trainable),
+        total_params=int(total),
+        adapter_bytes=adapter_bytes,
+        peak_memory_bytes=peak,
+        peak_memory_kind=peak_kind,
+        eval_loss=eval_loss,
+        eval_loss_before=eval_before_loss,
+        base_memory_bytes=base_bytes,
+        trainer_args={k: getattr(getattr(args, k), "value", getattr(args, k)) for k in RECORDED_ARGS},
     )
 
 
 def llama31_8b_config():
     """Llama 3.1 8B's published architecture (its config.json), for exact counts without weights."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     return LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
     )
 
 
 def meta_model(config):
     """The architecture on the meta device: shapes without weights (an 8B model in seconds, no GPU)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
@@ -382,17 +448,19 @@ def meta_model(config):
 
 def lora_param_count(model, r: int) -> int:
     """Exact LoRA trainable params from the targeted Linear shapes: r·(in + out) per matrix."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
-    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS)
+    return sum(
+        r * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
+    )
 
 
 def peft_trainable_count(model, r: int) -> int:
     """What peft actually creates on (a copy of) the model: the cross-check of lora_param_count."""
-    import copy
 
-    from peft import get_peft_model
+    from peft import get_peft_model  # noqa: PLC0415 (heavy: peft loads on first use)
 
     peft_model = get_peft_model(copy.deepcopy(model), lora_config(r))
     return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

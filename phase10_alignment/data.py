@@ -36,9 +36,11 @@ class PreferencePair:
 
     def dpo_row(self) -> dict[str, Any]:
         """trl's conversational preference row."""
-        return {"prompt": [dict(m) for m in self.prompt],
-                "chosen": [{"role": "assistant", "content": self.chosen}],
-                "rejected": [{"role": "assistant", "content": self.rejected}]}
+        return {
+            "prompt": [dict(m) for m in self.prompt],
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+        }
 
 
 def parse_dialogue(text: str, where: str) -> list[dict[str, str]]:
@@ -66,8 +68,9 @@ def to_pair(row: Any, where: str) -> PreferencePair:
             raise ValueError(f"{where}: field '{key}' does not end with an Assistant turn after a Human turn")
     if chosen[:-1] != rejected[:-1]:
         raise ValueError(f"{where}: 'chosen' and 'rejected' differ before the final Assistant turn")
-    return PreferencePair(row["chosen"], row["rejected"], tuple(chosen[:-1]), chosen[-1]["content"],
-                          rejected[-1]["content"])
+    return PreferencePair(
+        row["chosen"], row["rejected"], tuple(chosen[:-1]), chosen[-1]["content"], rejected[-1]["content"]
+    )
 
 
 def load_records(source: str, split: str = "train") -> tuple[list[dict], dict[str, Any]]:
@@ -77,7 +80,7 @@ def load_records(source: str, split: str = "train") -> tuple[list[dict], dict[st
         sha = hashlib.sha256(LOCAL_FILE.read_bytes()).hexdigest()
         return rows, {"id": f"hh-rlhf harmless-base/test (first 600): {LOCAL_FILE.name}", "sha256": sha}
     if source == "hub":
-        from datasets import load_dataset
+        from datasets import load_dataset  # noqa: PLC0415 (heavy: datasets loads on first use)
 
         ds = load_dataset(HUB_ID, split=split)
         return [dict(r) for r in ds], {"id": f"{HUB_ID} ({split})", "sha256": getattr(ds, "_fingerprint", None)}

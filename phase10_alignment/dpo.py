@@ -45,11 +45,25 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
-from lab.artifacts import Artifact, ArtifactKind, Recipe, Reporter, default_store
+from lab.artifacts import Artifact, ArtifactKind, Recipe, Reporter, default_store, load
 from lab.device import current, quantization_label
+from lab.errors import MissingResource
+from lab.hashing import sha256_file
 from lab.models import EMBEDDED_LLM
 from lab.repeatable import repeatable
-from phase09_finetuning.sft import RECORDED_ARGS, SFT_ADAPTER, load_tokenizer
+from phase09_finetuning.answer_loss import answer_ids
+from phase09_finetuning.dataset import dataset_sha256, load_training_set
+from phase09_finetuning.generation import generate, load_eval_prompts
+from phase09_finetuning.sft import (
+    RECORDED_ARGS,
+    SFT_ADAPTER,
+    load_base,
+    load_tokenizer,
+    nf4_config,
+    peak_memory_bytes,
+    to_prompt_completion,
+)
+from phase10_alignment.data import HUB_ID, LOCAL_FILE, load_pairs
 
 # A run below either bar did not move the policy: its adapter is flagged "noop" and refused downstream.
 NOOP_MIN_MARGIN = 0.1  # reward margin (β·Δ log-ratio) on its own trained pairs, after training
@@ -97,18 +111,35 @@ class NoOpRun(RuntimeError):
 
 def dpo_params(cfg: Config, sft: Recipe) -> dict[str, Any]:
     """The recipe of the main-run DPO adapter: the SFT adapter it starts from, the pairs, the training."""
-    from lab.hashing import sha256_file
-    from phase10_alignment.data import HUB_ID, LOCAL_FILE
 
-    data = dict(source=cfg.data_source, split=cfg.split, start=cfg.data_start, candidates=cfg.n_candidates,
-                n_train=cfg.n_train, n_eval=cfg.n_eval,
-                sha256=sha256_file(LOCAL_FILE) if cfg.data_source == "local" else None,
-                hub_id=HUB_ID if cfg.data_source == "hub" else None)
-    return dict(base_model=sft.params["base_model"], qlora=sft.params["qlora"], sft_recipe_sha256=sft.sha256,
-                data=data, max_length=cfg.max_length, beta=cfg.beta, lr=cfg.learning_rate,
-                lr_scheduler=cfg.lr_scheduler, warmup=cfg.warmup, max_steps=cfg.max_steps,
-                epochs=None if cfg.max_steps else cfg.epochs, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                seed=cfg.seed, upcast_lora=cfg.upcast_lora, trainer=TRAINER_VERSION)
+    data = dict(
+        source=cfg.data_source,
+        split=cfg.split,
+        start=cfg.data_start,
+        candidates=cfg.n_candidates,
+        n_train=cfg.n_train,
+        n_eval=cfg.n_eval,
+        sha256=sha256_file(LOCAL_FILE) if cfg.data_source == "local" else None,
+        hub_id=HUB_ID if cfg.data_source == "hub" else None,
+    )
+    return dict(
+        base_model=sft.params["base_model"],
+        qlora=sft.params["qlora"],
+        sft_recipe_sha256=sft.sha256,
+        data=data,
+        max_length=cfg.max_length,
+        beta=cfg.beta,
+        lr=cfg.learning_rate,
+        lr_scheduler=cfg.lr_scheduler,
+        warmup=cfg.warmup,
+        max_steps=cfg.max_steps,
+        epochs=None if cfg.max_steps else cfg.epochs,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        seed=cfg.seed,
+        upcast_lora=cfg.upcast_lora,
+        trainer=TRAINER_VERSION,
+    )
 
 
 def noop_reason(result: dict[str, Any]) -> str | None:
@@ -118,28 +149,42 @@ def noop_reason(result: dict[str, Any]) -> str | None:
     problems = []
     if not result.get("smoke"):  # a smoke's few steps cannot reach these bars; its weights still must move
         if margin <= NOOP_MIN_MARGIN:
-            problems.append(f"reward margin on its own {result['train_pairs']['n']} trained pairs {margin:+.3g} "
-                            f"≤ {NOOP_MIN_MARGIN:g}")
+            problems.append(
+                f"reward margin on its own {result['train_pairs']['n']} trained pairs {margin:+.3g} "
+                f"≤ {NOOP_MIN_MARGIN:g}"
+            )
         if kl < NOOP_MIN_KL:
             problems.append(f"KL to the reference {kl:.2e} nats/token < {NOOP_MIN_KL:g}")
     if changed is not None and changed < NOOP_MIN_CHANGED:
-        problems.append(f"only {changed:.1%} of the trainable weights changed (< {NOOP_MIN_CHANGED:.0%}: "
-                        f"updates rounded away in {result.get('trainable_dtype')})")
+        problems.append(
+            f"only {changed:.1%} of the trainable weights changed (< {NOOP_MIN_CHANGED:.0%}: "
+            f"updates rounded away in {result.get('trainable_dtype')})"
+        )
     if not problems:
         return None
-    return (f"DPO at lr {result['lr']:g} for {result['steps']} steps left the policy where it started ("
-            + "; ".join(problems) + "): not a usable SFT+DPO variant, its answers would be the SFT model's")
+    return (
+        f"DPO at lr {result['lr']:g} for {result['steps']} steps left the policy where it started ("
+        + "; ".join(problems)
+        + "): not a usable SFT+DPO variant, its answers would be the SFT model's"
+    )
 
 
 def adapter_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """What a stored DPO adapter records about its training (read by later phases' provenance)."""
     hist = result["history"]
-    return dict(steps=result["steps"], epochs=result["epochs"], lr=result["lr"],
-                final_loss=hist[-1]["loss"] if hist else None,
-                train_pairs_accuracy=result["train_pairs"]["accuracy"], train_pairs_margin=result["train_pairs"]["margin"],
-                heldout_pairs_accuracy=result["heldout_pairs"]["accuracy"],
-                heldout_pairs_margin=result["heldout_pairs"]["margin"], kl_per_token=result["kl"]["kl_per_token"],
-                train_time_s=round(result["train_time_s"], 1), reference=result["reference"])
+    return dict(
+        steps=result["steps"],
+        epochs=result["epochs"],
+        lr=result["lr"],
+        final_loss=hist[-1]["loss"] if hist else None,
+        train_pairs_accuracy=result["train_pairs"]["accuracy"],
+        train_pairs_margin=result["train_pairs"]["margin"],
+        heldout_pairs_accuracy=result["heldout_pairs"]["accuracy"],
+        heldout_pairs_margin=result["heldout_pairs"]["margin"],
+        kl_per_token=result["kl"]["kl_per_token"],
+        train_time_s=round(result["train_time_s"], 1),
+        reference=result["reference"],
+    )
 
 
 def adapter_flags(result: dict[str, Any]) -> dict[str, str]:
@@ -149,7 +194,6 @@ def adapter_flags(result: dict[str, Any]) -> dict[str, str]:
 
 
 def _build_profile_adapter(profile: str, folder: Path, reporter: Reporter) -> dict[str, Any]:
-    from lab.artifacts import load
 
     cfg = EXERCISE.canonical_config(profile)
     sft = load(SFT_ADAPTER, profile)
@@ -165,7 +209,7 @@ DPO_ADAPTER = ArtifactKind(
     needs=(SFT_ADAPTER,),
     reject_flags=("noop",),
     description="the profile's SFT+DPO LoRA adapter (phase10.dpo's main run: the SFT adapter trained on with DPO); "
-                "refused when flagged noop",
+    "refused when flagged noop",
 )
 
 
@@ -175,23 +219,24 @@ def select_pairs(pairs, tok, max_length: int):
     trl 1.16 truncates only from the end (``keep_start``): a long dialogue would lose the answers the
     loss is about, so such pairs are dropped rather than truncated (the seed's "after filtering").
     """
+
     def n_tokens(messages) -> int:
         return len(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
     kept = []
     for p in pairs:
         row = p.dpo_row()
-        if p.chosen.strip() and max(n_tokens(row["prompt"] + row["chosen"]),
-                                    n_tokens(row["prompt"] + row["rejected"])) <= max_length:
+        if (
+            p.chosen.strip()
+            and max(n_tokens(row["prompt"] + row["chosen"]), n_tokens(row["prompt"] + row["rejected"])) <= max_length
+        ):
             kept.append(p)
     return kept
 
 
 def load_policy(sft: Artifact, *, trainable: bool):
     """(peft model, tokenizer): a fresh base (NF4 when the SFT run was QLoRA) + the stored SFT adapter."""
-    from peft import PeftModel, prepare_model_for_kbit_training
-
-    from phase09_finetuning.sft import load_base
+    from peft import PeftModel, prepare_model_for_kbit_training  # noqa: PLC0415 (heavy: peft loads on first use)
 
     qlora = bool(sft.params.get("qlora"))
     model, tok, _ = load_base(sft.params["base_model"], qlora=qlora and trainable)
@@ -213,7 +258,7 @@ def upcast_trainable(model) -> int:
     accept, would change the recipe being reproduced. The LoRA weights are ~0.5% of the model, so fp32
     costs ~2x of a few hundred MB on an 8B base. The optimizer is created in ``train()``, after this.
     """
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     n = 0
     for _, param in model.named_parameters():
@@ -240,8 +285,8 @@ def build_trainer(model, tok, train_rows, cfg: Config, lr: float, output_dir: st
     the device), so one recipe trains the same way everywhere; the device switches (bf16, paged 8-bit
     AdamW, gradient checkpointing) come from lab.device. With ``upcast_lora`` the trainable weights are
     fp32 again after trl's bf16 cast (see upcast_trainable)."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from datasets import Dataset  # noqa: PLC0415 (heavy: datasets loads on first use)
+    from trl import DPOConfig, DPOTrainer  # noqa: PLC0415 (heavy: trl loads on first use)
 
     args = DPOConfig(
         output_dir=output_dir,
@@ -265,8 +310,9 @@ def build_trainer(model, tok, train_rows, cfg: Config, lr: float, output_dir: st
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tok,
-                         train_dataset=Dataset.from_list(train_rows))
+    trainer = DPOTrainer(
+        model=model, ref_model=None, args=args, processing_class=tok, train_dataset=Dataset.from_list(train_rows)
+    )
     if cfg.upcast_lora:
         upcast_trainable(trainer.model)
     return trainer
@@ -274,20 +320,28 @@ def build_trainer(model, tok, train_rows, cfg: Config, lr: float, output_dir: st
 
 def reference_kind(model) -> str:
     """Which reference the trainer uses with ref_model=None (see the module docstring)."""
-    return ("frozen copy of the SFT adapter ('ref')" if "ref" in getattr(model, "peft_config", {})
-            else "adapter disabled (the base model)")
+    return (
+        "frozen copy of the SFT adapter ('ref')"
+        if "ref" in getattr(model, "peft_config", {})
+        else "adapter disabled (the base model)"
+    )
 
 
 # --- after training: did the policy move? ------------------------------------------------------------
 
+
 def pair_eval(trainer, rows: list[dict], name: str) -> dict[str, Any]:
     """DPO loss, reward accuracy and margin over ``rows`` in one eval pass (no update, no dropout)."""
-    from datasets import Dataset
+    from datasets import Dataset  # noqa: PLC0415 (heavy: datasets loads on first use)
 
     out = trainer.evaluate(eval_dataset=Dataset.from_list(rows), metric_key_prefix=name)
     # trl logs its reward metrics as "eval_rewards/..." whatever the prefix; the loss takes the prefix
-    return {"n": len(rows), "loss": out[f"{name}_loss"], "accuracy": out["eval_rewards/accuracies"],
-            "margin": out["eval_rewards/margins"]}
+    return {
+        "n": len(rows),
+        "loss": out[f"{name}_loss"],
+        "accuracy": out["eval_rewards/accuracies"],
+        "margin": out["eval_rewards/margins"],
+    }
 
 
 def pair_answers(rows: list[dict]) -> list[dict]:
@@ -299,10 +353,8 @@ def kl_to_reference(model, tok, rows: list[dict], max_answer_tokens: int | None 
     """Mean per-token KL(reference ‖ policy) over the answer tokens of prompt/completion ``rows``, and
     the change in those tokens' log-probability; the reference is what the trainer used (the frozen
     'ref' adapter, else the adapter disabled), read from the same model one forward apart."""
-    import torch
-    from trl.trainer.utils import use_adapter
-
-    from phase09_finetuning.answer_loss import answer_ids
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from trl.trainer.utils import use_adapter  # noqa: PLC0415 (heavy: trl loads on first use)
 
     ref_name = "ref" if "ref" in model.peft_config else None
     kl, d_logp, n = 0.0, 0.0, 0
@@ -312,10 +364,10 @@ def kl_to_reference(model, tok, rows: list[dict], max_answer_tokens: int | None 
             ids, n_prompt = answer_ids(tok, row["prompt"], row["completion"], max_answer_tokens)
             x = torch.tensor([ids], device=model.device)
             with use_adapter(model, ref_name):
-                ref_logits = model(input_ids=x).logits[0, n_prompt - 1:-1]
+                ref_logits = model(input_ids=x).logits[0, n_prompt - 1 : -1]
             # float64: a barely-moved policy differs from its reference below float32 rounding
             ref = torch.log_softmax(ref_logits.double(), -1)
-            pol = torch.log_softmax(model(input_ids=x).logits[0, n_prompt - 1:-1].double(), -1)
+            pol = torch.log_softmax(model(input_ids=x).logits[0, n_prompt - 1 : -1].double(), -1)
             target = x[0, n_prompt:, None]
             kl += torch.sum(ref.exp() * (ref - pol)).item()
             d_logp += (pol.gather(1, target) - ref.gather(1, target)).sum().item()
@@ -326,42 +378,48 @@ def kl_to_reference(model, tok, rows: list[dict], max_answer_tokens: int | None 
 def domain_answers(n: int) -> list[dict]:
     """Phase 9's held-out domain Q&A (prompt/completion rows): the behaviour SFT taught, which DPO on
     general HH-RLHF pairs should leave alone."""
-    from phase09_finetuning.dataset import load_training_set
-    from phase09_finetuning.sft import to_prompt_completion
 
     return to_prompt_completion(load_training_set("eval")[:n])
 
 
 # --- training -----------------------------------------------------------------------------------------------
 
+
 def prepare_data(cfg: Config, tok) -> tuple[list[dict], list[dict], dict[str, Any], dict[str, int]]:
     """(train, held-out) preference rows (disjoint), provenance and counts."""
-    from phase10_alignment.data import load_pairs
 
     pairs, prov, dropped = load_pairs(cfg.data_source, cfg.split, cfg.data_start, cfg.n_candidates)
     kept = select_pairs(pairs, tok, cfg.max_length)
     n_train = cfg.n_train if cfg.n_train is not None else len(kept) - cfg.n_eval
     need = n_train + cfg.n_eval
     if n_train <= 0 or len(kept) < need:
-        raise ValueError(f"{prov['id']}: {len(kept)} of {len(pairs)} pairs fit max_length={cfg.max_length}; "
-                         f"need {need} (train {n_train} + held out {cfg.n_eval}): raise n_candidates")
+        raise ValueError(
+            f"{prov['id']}: {len(kept)} of {len(pairs)} pairs fit max_length={cfg.max_length}; "
+            f"need {need} (train {n_train} + held out {cfg.n_eval}): raise n_candidates"
+        )
     rows = [p.dpo_row() for p in kept]
     counts = dict(candidates=cfg.n_candidates, invalid=dropped, fit=len(kept), train=n_train, eval=cfg.n_eval)
     return rows[:n_train], rows[n_train:need], prov, counts
 
 
-def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drift_rows=(), sample_prompt=None,
-              save_to: Path | None = None, ctx=None) -> dict[str, Any]:
+def train_dpo(
+    cfg: Config,
+    sft: Artifact,
+    train_rows,
+    eval_rows,
+    lr: float,
+    drift_rows=(),
+    sample_prompt=None,
+    save_to: Path | None = None,
+    ctx=None,
+) -> dict[str, Any]:
     """One DPO run from the stored SFT adapter, then the checks of whether it moved: an eval pass on
     the trained and the held-out pairs, KL to the reference on the held-out answers, drift on
     ``drift_rows`` and a greedy sample before/after.
 
     ``save_to``: an empty folder that receives only the trained 'default' adapter (not trl's frozen
     'ref' copy), e.g. a store staging folder."""
-    import torch
-
-    from phase09_finetuning.generation import generate
-    from phase09_finetuning.sft import peak_memory_bytes
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -375,19 +433,33 @@ def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drif
         before = trainable_snapshot(trainer.model)
         trainable_dtype = str(next(iter(before.values())).dtype).replace("torch.", "")
         if ctx is not None:
-            ctx.log(f"DPO lr={lr:g} beta={cfg.beta}: {len(train_rows)} pairs, {trainer.args.num_train_epochs:g} epochs, "
-                    f"reference = {reference}")
+            ctx.log(
+                f"DPO lr={lr:g} beta={cfg.beta}: {len(train_rows)} pairs, {trainer.args.num_train_epochs:g} epochs, "
+                f"reference = {reference}"
+            )
         started = time.perf_counter()
         out = trainer.train()
         train_time = time.perf_counter() - started
         peak_bytes, peak_kind = peak_memory_bytes()
         history = [h for h in trainer.state.log_history if "loss" in h and "rewards/margins" in h]
-        result = dict(lr=lr, steps=out.global_step, epochs=round(float(trainer.state.epoch or 0.0), 3),
-                      train_time_s=train_time, s_per_step=train_time / max(out.global_step, 1), history=history,
-                      reference=reference, peak_gb=peak_bytes / 1e9, peak_kind=peak_kind, sample_before=sample_before,
-                      trainable_changed_share=changed_share(before, trainer.model), trainable_dtype=trainable_dtype,
-                      smoke=current().smoke, trainer_args={k: getattr(getattr(trainer.args, k), "value",
-                                                                      getattr(trainer.args, k)) for k in RECORDED_ARGS})
+        result = dict(
+            lr=lr,
+            steps=out.global_step,
+            epochs=round(float(trainer.state.epoch or 0.0), 3),
+            train_time_s=train_time,
+            s_per_step=train_time / max(out.global_step, 1),
+            history=history,
+            reference=reference,
+            peak_gb=peak_bytes / 1e9,
+            peak_kind=peak_kind,
+            sample_before=sample_before,
+            trainable_changed_share=changed_share(before, trainer.model),
+            trainable_dtype=trainable_dtype,
+            smoke=current().smoke,
+            trainer_args={
+                k: getattr(getattr(trainer.args, k), "value", getattr(trainer.args, k)) for k in RECORDED_ARGS
+            },
+        )
         if ctx is not None:
             ctx.log(f"lr={lr:g}: eval pass over the trained and the held-out pairs, KL to the reference")
         result["train_pairs"] = pair_eval(trainer, train_rows, "train_pairs")
@@ -409,10 +481,18 @@ def train_dpo(cfg: Config, sft: Artifact, train_rows, eval_rows, lr: float, drif
 
 REFERENCES = (
     Reference("final_train_loss", 0.90, "", "seed: final train loss (last logged step; Llama 3.1 8B, 1,948 pairs)"),
-    Reference("last_step_reward_accuracy", 0.58, "",
-              "seed: 'final accuracy' = the last logged training step's batch, not an eval pass"),
-    Reference("last_step_reward_margin", 0.44, "",
-              "seed: 'final reward margin', last logged step; its reference was the base model (trl 0.9.6)"),
+    Reference(
+        "last_step_reward_accuracy",
+        0.58,
+        "",
+        "seed: 'final accuracy' = the last logged training step's batch, not an eval pass",
+    ),
+    Reference(
+        "last_step_reward_margin",
+        0.44,
+        "",
+        "seed: 'final reward margin', last logged step; its reference was the base model (trl 0.9.6)",
+    ),
     Reference("peak_memory_gb", 51.0, "GB", "seed: VRAM on an A100 80GB"),
 )
 
@@ -422,12 +502,10 @@ def _final(history: list[dict], key: str) -> float | None:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.errors import MissingResource
-    from phase09_finetuning.dataset import dataset_sha256
-    from phase09_finetuning.generation import load_eval_prompts
 
-    if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile trains DPO on Llama 3.1 8B (NF4) + "
-                                                              "the Phase 9 adapter")):
+    if cfg.require_cuda and (
+        why := current().gpu_only_reason("the a100 profile trains DPO on Llama 3.1 8B (NF4) + the Phase 9 adapter")
+    ):
         ctx.skip(why)
     try:
         sft = ctx.require_artifact(SFT_ADAPTER)  # trained first (and said so) if the store lacks it
@@ -440,24 +518,38 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset("phase09 domain Q&A, eval split (drift probe)", n=len(drift_rows), sha256=dataset_sha256())
     quantization = None
     if sft.params.get("qlora"):
-        from phase09_finetuning.sft import nf4_config
-
         quantization = quantization_label(nf4_config())
     sample_prompt = load_eval_prompts()[0]["prompt"]
 
     main = _main_run(cfg, ctx, sft, train_rows, eval_rows, drift_rows, sample_prompt)
-    ctx.model(sft.params["base_model"], adapter=f"{sft.id}: Phase 9 SFT LoRA r={sft.params['lora_r']}, "
-              "trained on with DPO", quantization=quantization, trainable_dtype=main["trainable_dtype"],
-              trainer_args=main["trainer_args"])
+    ctx.model(
+        sft.params["base_model"],
+        adapter=f"{sft.id}: Phase 9 SFT LoRA r={sft.params['lora_r']}, trained on with DPO",
+        quantization=quantization,
+        trainable_dtype=main["trainable_dtype"],
+        trainer_args=main["trainer_args"],
+    )
     runs = [main]
     if cfg.ablation_learning_rate:
-        runs.append(train_dpo(cfg, sft, train_rows, eval_rows, cfg.ablation_learning_rate, drift_rows=drift_rows,
-                              sample_prompt=sample_prompt, ctx=ctx))
+        runs.append(
+            train_dpo(
+                cfg,
+                sft,
+                train_rows,
+                eval_rows,
+                cfg.ablation_learning_rate,
+                drift_rows=drift_rows,
+                sample_prompt=sample_prompt,
+                ctx=ctx,
+            )
+        )
     _report(cfg, ctx, runs, len(drift_rows), sample_prompt)
     reason = noop_reason(main)
     if reason:
-        ctx.failure_mode(f"No-op run: {reason}. Its adapter is stored flagged 'noop' and every loader of "
-                         f"{DPO_ADAPTER.name} refuses it.")
+        ctx.failure_mode(
+            f"No-op run: {reason}. Its adapter is stored flagged 'noop' and every loader of "
+            f"{DPO_ADAPTER.name} refuses it."
+        )
         raise NoOpRun(reason)
 
 
@@ -465,50 +557,109 @@ def _main_run(cfg: Config, ctx: RunContext, sft: Artifact, train_rows, eval_rows
     """The run at ``learning_rate``; with ``save_adapter`` its adapter is stored under its recipe, flagged
     ``noop`` when it did not move the policy."""
     if not cfg.save_adapter:
-        return train_dpo(cfg, sft, train_rows, eval_rows, cfg.learning_rate, drift_rows=drift_rows,
-                         sample_prompt=sample_prompt, ctx=ctx)
+        return train_dpo(
+            cfg,
+            sft,
+            train_rows,
+            eval_rows,
+            cfg.learning_rate,
+            drift_rows=drift_rows,
+            sample_prompt=sample_prompt,
+            ctx=ctx,
+        )
     store, recipe = default_store(), Recipe(DPO_ADAPTER.name, dpo_params(cfg, sft.recipe))
     with store.staging(recipe) as folder:
-        result = train_dpo(cfg, sft, train_rows, eval_rows, cfg.learning_rate, drift_rows=drift_rows,
-                           sample_prompt=sample_prompt, save_to=folder, ctx=ctx)
-        ctx.publish_artifact(recipe, folder, metrics=adapter_metrics(result), flags=adapter_flags(result),
-                             build_s=result["train_time_s"])
+        result = train_dpo(
+            cfg,
+            sft,
+            train_rows,
+            eval_rows,
+            cfg.learning_rate,
+            drift_rows=drift_rows,
+            sample_prompt=sample_prompt,
+            save_to=folder,
+            ctx=ctx,
+        )
+        ctx.publish_artifact(
+            recipe, folder, metrics=adapter_metrics(result), flags=adapter_flags(result), build_s=result["train_time_s"]
+        )
     return result
 
 
 def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample_prompt: str) -> None:
     """Metrics of the main run, the learning-rate table, the plot and the findings."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     main = runs[0]
     hist, tp, hp = main["history"], main["train_pairs"], main["heldout_pairs"]
-    ctx.metric("train_pairs_accuracy", tp["accuracy"], "", higher_is_better=True,
-               description=f"eval pass after training over its own {tp['n']} trained pairs: "
-                           "reward(chosen) > reward(rejected)")
-    ctx.metric("train_pairs_margin", tp["margin"], "", higher_is_better=True,
-               description=f"same pass: mean β·(log-ratio chosen − log-ratio rejected); "
-                           f"≤ {NOOP_MIN_MARGIN:g} is a no-op")
-    ctx.metric("heldout_pairs_accuracy", hp["accuracy"], "", higher_is_better=True,
-               description=f"{hp['n']} held-out pairs after training")
+    ctx.metric(
+        "train_pairs_accuracy",
+        tp["accuracy"],
+        "",
+        higher_is_better=True,
+        description=f"eval pass after training over its own {tp['n']} trained pairs: reward(chosen) > reward(rejected)",
+    )
+    ctx.metric(
+        "train_pairs_margin",
+        tp["margin"],
+        "",
+        higher_is_better=True,
+        description=f"same pass: mean β·(log-ratio chosen − log-ratio rejected); ≤ {NOOP_MIN_MARGIN:g} is a no-op",
+    )
+    ctx.metric(
+        "heldout_pairs_accuracy",
+        hp["accuracy"],
+        "",
+        higher_is_better=True,
+        description=f"{hp['n']} held-out pairs after training",
+    )
     ctx.metric("heldout_pairs_margin", hp["margin"], "", higher_is_better=True)
-    ctx.metric("kl_per_token", main["kl"]["kl_per_token"], "nats", higher_is_better=False,
-               description=f"KL(reference ‖ policy) per answer token of the held-out pairs ({main['kl']['tokens']} "
-                           f"tokens); < {NOOP_MIN_KL:g} is a no-op")
+    ctx.metric(
+        "kl_per_token",
+        main["kl"]["kl_per_token"],
+        "nats",
+        higher_is_better=False,
+        description=f"KL(reference ‖ policy) per answer token of the held-out pairs ({main['kl']['tokens']} "
+        f"tokens); < {NOOP_MIN_KL:g} is a no-op",
+    )
     if "drift" in main:
-        ctx.metric("domain_kl_per_token", main["drift"]["kl_per_token"], "nats", higher_is_better=False,
-                   description=f"the same KL on {n_drift} Phase 9 held-out domain answers (what DPO should leave alone)")
-    ctx.metric("final_train_loss", _final(hist, "loss"), "", higher_is_better=False,
-               description="DPO loss at the last logged step (log 2 = 0.693 means no preference yet)")
-    ctx.metric("last_step_reward_accuracy", _final(hist, "rewards/accuracies"), "",
-               description=f"the last logged training step's batch of {cfg.batch_size} pairs, before its update (noisy)")
-    ctx.metric("last_step_reward_margin", _final(hist, "rewards/margins"), "",
-               description="the same batch's mean margin, before its update")
-    ctx.metric("trainable_changed_share", main["trainable_changed_share"], "share", higher_is_better=True,
-               description=f"trainable ({main['trainable_dtype']}) weights that training changed at all; "
-                           f"< {NOOP_MIN_CHANGED:g} is a no-op (updates rounded away)")
+        ctx.metric(
+            "domain_kl_per_token",
+            main["drift"]["kl_per_token"],
+            "nats",
+            higher_is_better=False,
+            description=f"the same KL on {n_drift} Phase 9 held-out domain answers (what DPO should leave alone)",
+        )
+    ctx.metric(
+        "final_train_loss",
+        _final(hist, "loss"),
+        "",
+        higher_is_better=False,
+        description="DPO loss at the last logged step (log 2 = 0.693 means no preference yet)",
+    )
+    ctx.metric(
+        "last_step_reward_accuracy",
+        _final(hist, "rewards/accuracies"),
+        "",
+        description=f"the last logged training step's batch of {cfg.batch_size} pairs, before its update (noisy)",
+    )
+    ctx.metric(
+        "last_step_reward_margin",
+        _final(hist, "rewards/margins"),
+        "",
+        description="the same batch's mean margin, before its update",
+    )
+    ctx.metric(
+        "trainable_changed_share",
+        main["trainable_changed_share"],
+        "share",
+        higher_is_better=True,
+        description=f"trainable ({main['trainable_dtype']}) weights that training changed at all; "
+        f"< {NOOP_MIN_CHANGED:g} is a no-op (updates rounded away)",
+    )
     ctx.metric("steps", main["steps"], "steps")
     ctx.metric("epochs", main["epochs"], "epochs", description=f"passes over the {tp['n']} trained pairs")
     ctx.metric("peak_memory_gb", main["peak_gb"], "GB", higher_is_better=False, description=main["peak_kind"])
@@ -518,29 +669,62 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
     rows = []
     for r in runs:
         d = r.get("drift", {})
-        rows.append([f"{r['lr']:g}", r["steps"], _round(_final(r["history"], "loss")), _round(r["train_pairs"]["accuracy"]),
-                     _round(r["train_pairs"]["margin"]), _round(r["heldout_pairs"]["accuracy"]),
-                     _round(r["heldout_pairs"]["margin"]), _sci(r["kl"]["kl_per_token"]), _sci(d.get("kl_per_token")),
-                     _sci(d.get("delta_logp_per_token")), _round(r["trainable_changed_share"], 3),
-                     "NO-OP" if noop_reason(r) else "moved"])
-    ctx.table("learning_rate_ablation", rows,
-              ["lr", "steps", "last logged loss", "trained pairs acc", "trained pairs margin", "held-out acc",
-               "held-out margin", "KL/token (held-out pairs)", "KL/token (domain answers)", "Δ log p/token (domain)",
-               "LoRA weights changed", "verdict"],
-              title="DPO at the profile's rate vs the ablation rate (same pairs, same steps; accuracy, margin and KL "
-                    "from an eval pass after training)")
-    ctx.table("samples", [["SFT (start)", main["sample_before"]]] + [[f"after DPO lr={r['lr']:g}", r.get("sample_after")]
-                                                                     for r in runs],
-              ["model", f"greedy answer to {sample_prompt!r} ({cfg.sample_tokens} tokens)"],
-              title="What the learning rate does to a domain answer")
+        rows.append(
+            [
+                f"{r['lr']:g}",
+                r["steps"],
+                _round(_final(r["history"], "loss")),
+                _round(r["train_pairs"]["accuracy"]),
+                _round(r["train_pairs"]["margin"]),
+                _round(r["heldout_pairs"]["accuracy"]),
+                _round(r["heldout_pairs"]["margin"]),
+                _sci(r["kl"]["kl_per_token"]),
+                _sci(d.get("kl_per_token")),
+                _sci(d.get("delta_logp_per_token")),
+                _round(r["trainable_changed_share"], 3),
+                "NO-OP" if noop_reason(r) else "moved",
+            ]
+        )
+    ctx.table(
+        "learning_rate_ablation",
+        rows,
+        [
+            "lr",
+            "steps",
+            "last logged loss",
+            "trained pairs acc",
+            "trained pairs margin",
+            "held-out acc",
+            "held-out margin",
+            "KL/token (held-out pairs)",
+            "KL/token (domain answers)",
+            "Δ log p/token (domain)",
+            "LoRA weights changed",
+            "verdict",
+        ],
+        title="DPO at the profile's rate vs the ablation rate (same pairs, same steps; accuracy, margin and KL "
+        "from an eval pass after training)",
+    )
+    ctx.table(
+        "samples",
+        [["SFT (start)", main["sample_before"]]] + [[f"after DPO lr={r['lr']:g}", r.get("sample_after")] for r in runs],
+        ["model", f"greedy answer to {sample_prompt!r} ({cfg.sample_tokens} tokens)"],
+        title="What the learning rate does to a domain answer",
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for r in runs:
         steps = [h["step"] for h in r["history"]]
         axes[0].plot(steps, [h["loss"] for h in r["history"]], "o-", ms=3, label=f"lr {r['lr']:g}")
         axes[1].plot(steps, [h["rewards/margins"] for h in r["history"]], "o-", ms=3, label=f"lr {r['lr']:g} (batch)")
-        axes[1].plot([r["steps"]], [r["train_pairs"]["margin"]], "s", ms=7, color=axes[1].lines[-1].get_color(),
-                     label=f"lr {r['lr']:g}: all trained pairs, after")
+        axes[1].plot(
+            [r["steps"]],
+            [r["train_pairs"]["margin"]],
+            "s",
+            ms=7,
+            color=axes[1].lines[-1].get_color(),
+            label=f"lr {r['lr']:g}: all trained pairs, after",
+        )
     axes[0].axhline(0.6931, color="grey", ls="--", lw=0.8)
     axes[1].axhline(NOOP_MIN_MARGIN, color="grey", ls=":", lw=0.8)
     axes[0].set_title("DPO loss (per logged step)"), axes[1].set_title("reward margin (β·Δ log-ratio)")
@@ -550,28 +734,38 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
     fig.savefig(ctx.artifact("dpo_training.png"), dpi=110)
     plt.close(fig)
 
-    ctx.finding(f"Reference with ref_model=None in trl 1.16: {main['reference']}. The seed's trl 0.9.6 disabled "
-                "the adapter instead (reference = base model), so its reward margins also contain the SFT adapter's "
-                "distance from the base; here the margin starts at exactly 0 and measures DPO alone.")
+    ctx.finding(
+        f"Reference with ref_model=None in trl 1.16: {main['reference']}. The seed's trl 0.9.6 disabled "
+        "the adapter instead (reference = base model), so its reward margins also contain the SFT adapter's "
+        "distance from the base; here the margin starts at exactly 0 and measures DPO alone."
+    )
     verdict = noop_reason(main) or (
         f"it moved: margin {tp['margin']:+.3f} on its own pairs (> {NOOP_MIN_MARGIN:g}) and KL "
-        f"{main['kl']['kl_per_token']:.2e} nats/token (≥ {NOOP_MIN_KL:g})")
+        f"{main['kl']['kl_per_token']:.2e} nats/token (≥ {NOOP_MIN_KL:g})"
+    )
     ctx.finding(
         f"After {main['steps']} steps ({main['epochs']:g} epochs over {tp['n']} pairs, lr {main['lr']:g} "
         f"{cfg.lr_scheduler}, β {cfg.beta:g}), an eval pass gives reward accuracy {tp['accuracy']:.2f} and margin "
         f"{tp['margin']:+.3f} on the trained pairs, {hp['accuracy']:.2f} and {hp['margin']:+.3f} on {hp['n']} held-out "
         f"pairs; {verdict}. The last logged step ({_fmt(_final(hist, 'rewards/accuracies'), '.2f')} / "
         f"{_fmt(_final(hist, 'rewards/margins'), '+.3f')}) is one batch before its update: the seed's "
-        f"{EXERCISE.seed('last_step_reward_accuracy')} / {EXERCISE.seed('last_step_reward_margin')} are that quantity.")
+        f"{EXERCISE.seed('last_step_reward_accuracy')} / {EXERCISE.seed('last_step_reward_margin')} are that quantity."
+    )
     if tp["accuracy"] > hp["accuracy"] + 0.1:
-        ctx.finding(f"The gap between trained ({tp['accuracy']:.2f}) and held-out ({hp['accuracy']:.2f}) accuracy says "
-                    f"the run fitted its {tp['n']} pairs over {main['epochs']:g} epochs more than it learned a "
-                    "preference that carries to new pairs.")
+        ctx.finding(
+            f"The gap between trained ({tp['accuracy']:.2f}) and held-out ({hp['accuracy']:.2f}) accuracy says "
+            f"the run fitted its {tp['n']} pairs over {main['epochs']:g} epochs more than it learned a "
+            "preference that carries to new pairs."
+        )
     if len(runs) > 1:
         lo, hi = sorted(runs[:2], key=lambda r: r["lr"])
         changed = {r["lr"]: r.get("sample_after") != r.get("sample_before") for r in runs}
-        dom = (f"; on {n_drift} Phase 9 domain answers {_sci(lo.get('drift', {}).get('kl_per_token'))} vs "
-               f"{_sci(hi.get('drift', {}).get('kl_per_token'))}" if "drift" in lo else "")
+        dom = (
+            f"; on {n_drift} Phase 9 domain answers {_sci(lo.get('drift', {}).get('kl_per_token'))} vs "
+            f"{_sci(hi.get('drift', {}).get('kl_per_token'))}"
+            if "drift" in lo
+            else ""
+        )
         ctx.finding(
             f"Learning rate, same pairs and steps: lr {lo['lr']:g} ends at margin "
             f"{lo['train_pairs']['margin']:+.3g} on its "
@@ -581,13 +775,15 @@ def _report(cfg: Config, ctx: RunContext, runs: list[dict], n_drift: int, sample
             f"{'changed' if changed[lo['lr']] else 'did not change'} at {lo['lr']:g} and "
             f"{'changed' if changed[hi['lr']] else 'did not change'} at {hi['lr']:g} (samples table). Both runs saw "
             "the same pairs and steps; only how far each step may move the policy differs, and it compounds with "
-            "steps (the seed paired its rate with an 8B policy and hundreds of steps).")
+            "steps (the seed paired its rate with an 8B policy and hundreds of steps)."
+        )
     if ctx.profile == "cpu":
         ctx.finding(
             f"cpu profile: {EMBEDDED_LLM.label} + the Phase 9 cpu adapter, {tp['n']} HH-RLHF pairs short enough for "
             f"{cfg.max_length} tokens, {main['steps']} steps of batch {cfg.batch_size} ({main['s_per_step']:.1f} s/step "
             "on a shared core); the seed trained an 8B policy on its whole filtered HH-RLHF selection (reference rows). "
-            "Peak memory here is the whole process's resident set.")
+            "Peak memory here is the whole process's resident set."
+        )
 
 
 def _round(value, digits: int = 4):
@@ -610,17 +806,55 @@ EXERCISE = Exercise(
     profiles={
         "cpu": {},
         # The seed: Llama 3.1 8B NF4 + Phase 9 adapter, 1,948 HH-RLHF pairs after filtering, beta 0.1, lr 5e-7.
-        "a100": dict(data_source="hub", split="train", data_start=0, n_candidates=2000, n_train=None, n_eval=32,
-                     n_drift=16, drift_tokens=128, max_length=512, max_steps=None, epochs=1.0, batch_size=2, grad_accum=2,
-                     learning_rate=5e-7, ablation_learning_rate=2e-4, sample_tokens=120, require_cuda=True),
+        "a100": dict(
+            data_source="hub",
+            split="train",
+            data_start=0,
+            n_candidates=2000,
+            n_train=None,
+            n_eval=32,
+            n_drift=16,
+            drift_tokens=128,
+            max_length=512,
+            max_steps=None,
+            epochs=1.0,
+            batch_size=2,
+            grad_accum=2,
+            learning_rate=5e-7,
+            ablation_learning_rate=2e-4,
+            sample_tokens=120,
+            require_cuda=True,
+        ),
     },
     # a real rate on 2 pairs for 3 steps: the margin moves in seconds (a no-op is tested with the seed's rate)
-    tiny=dict(n_candidates=300, n_train=2, n_eval=2, n_drift=1, drift_tokens=8, max_length=64, max_steps=3,
-              batch_size=2, learning_rate=1e-3, lr_scheduler="constant", warmup=0.0, ablation_learning_rate=None,
-              sample_tokens=2, save_adapter=False),
+    tiny=dict(
+        n_candidates=300,
+        n_train=2,
+        n_eval=2,
+        n_drift=1,
+        drift_tokens=8,
+        max_length=64,
+        max_steps=3,
+        batch_size=2,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        warmup=0.0,
+        ablation_learning_rate=None,
+        sample_tokens=2,
+        save_adapter=False,
+    ),
     # the a100 recipe (NF4 base, lr 5e-7, paged 8-bit AdamW, bf16) on a few local pairs for a few steps
-    smoke=dict(data_source="local", n_candidates=300, n_train=4, n_eval=2, n_drift=1, drift_tokens=8, max_length=128,
-               max_steps=3, sample_tokens=2),
+    smoke=dict(
+        data_source="local",
+        n_candidates=300,
+        n_train=4,
+        n_eval=2,
+        n_drift=1,
+        drift_tokens=8,
+        max_length=128,
+        max_steps=3,
+        sample_tokens=2,
+    ),
     references=REFERENCES,
     summary_metrics=("train_pairs_margin", "heldout_pairs_accuracy", "kl_per_token"),
     needs=(SFT_ADAPTER,),

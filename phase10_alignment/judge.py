@@ -21,7 +21,10 @@ import statistics
 from typing import Literal
 
 from lab import Reference, RunContext
+from lab.device import current
+from lab.errors import MissingResource
 from lab.exercise import Exercise
+from lab.llm import check_spec, from_spec
 from lab.models import EMBEDDED_LLM
 from phase10_alignment import compare
 from phase10_alignment.rubric_judge import Dimension, Judge, JudgeFailure, Rubric, summarize
@@ -30,16 +33,39 @@ RUBRIC = Rubric(
     name="phase10-technical-answer",
     version="1.0",
     dimensions=(
-        Dimension("technical_accuracy", "Are the technical statements correct and do they answer the question?", {
-            1: "wrong or about a different topic", 2: "mostly wrong, a correct fragment",
-            3: "partly correct with notable errors or gaps", 4: "correct with minor imprecision",
-            5: "correct, precise and complete for the question"}),
-        Dimension("conciseness", "Does it answer directly without filler or repetition?", {
-            1: "rambling, repetitive or off-topic", 2: "much filler", 3: "some filler",
-            4: "mostly direct", 5: "direct and economical"}),
-        Dimension("hallucination_avoidance", "Does it avoid invented facts, numbers, names and citations?", {
-            1: "confident invented facts", 2: "several unsupported specifics", 3: "some unsupported specifics",
-            4: "hedges where unsure, rare slips", 5: "no invented content"}),
+        Dimension(
+            "technical_accuracy",
+            "Are the technical statements correct and do they answer the question?",
+            {
+                1: "wrong or about a different topic",
+                2: "mostly wrong, a correct fragment",
+                3: "partly correct with notable errors or gaps",
+                4: "correct with minor imprecision",
+                5: "correct, precise and complete for the question",
+            },
+        ),
+        Dimension(
+            "conciseness",
+            "Does it answer directly without filler or repetition?",
+            {
+                1: "rambling, repetitive or off-topic",
+                2: "much filler",
+                3: "some filler",
+                4: "mostly direct",
+                5: "direct and economical",
+            },
+        ),
+        Dimension(
+            "hallucination_avoidance",
+            "Does it avoid invented facts, numbers, names and citations?",
+            {
+                1: "confident invented facts",
+                2: "several unsupported specifics",
+                3: "some unsupported specifics",
+                4: "hedges where unsure, rare slips",
+                5: "no invented content",
+            },
+        ),
     ),
 )
 VARIANT_LABELS = {"base": "BASE", "sft": "SFT", "dpo": "SFT+DPO"}
@@ -59,14 +85,11 @@ class Config(compare.Config):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.errors import MissingResource
-    from lab.llm import check_spec, from_spec
 
     try:  # the judge is built after the generations: a hosted one without its API key must stop the run first
         check_spec(cfg.llm or None)
     except MissingResource as err:
         ctx.skip(f"the judge cannot run: {err} (checked before loading any model)")
-    from lab.device import current
 
     if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile judges Llama 3.1 8B generations")):
         ctx.skip(why)
@@ -92,11 +115,20 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for v, label in VARIANT_LABELS.items():
         s = summarize(results[v], RUBRIC)
         rows.append([label] + [_r(s["means"][d]) for d in dims] + [_r(s["overall"]), s["n_scored"], s["n_failed"]])
-        ctx.metric(f"{v}_mean", s["overall"], "score 1-5", higher_is_better=True,
-                   description=f"{label}: mean over {len(dims)} dimensions and {s['n_scored']} scored answers")
+        ctx.metric(
+            f"{v}_mean",
+            s["overall"],
+            "score 1-5",
+            higher_is_better=True,
+            description=f"{label}: mean over {len(dims)} dimensions and {s['n_scored']} scored answers",
+        )
         ctx.metric(f"{v}_failures", s["n_failed"], "answers", higher_is_better=False)
-    ctx.table("scores", rows, ["model"] + dims + ["mean", "scored", "failed"],
-              title=f"Judge means per variant ({info['judge_model']}, method {info['method']})")
+    ctx.table(
+        "scores",
+        rows,
+        ["model"] + dims + ["mean", "scored", "failed"],
+        title=f"Judge means per variant ({info['judge_model']}, method {info['method']})",
+    )
     per_item = []
     for i, p in enumerate(prompts):
         row = [p.get("id") or str(i + 1)]
@@ -104,12 +136,20 @@ def run(cfg: Config, ctx: RunContext) -> None:
             r = results[v][i]
             row.append("FAILED" if isinstance(r, JudgeFailure) else " / ".join(f"{r.scores[d]:.1f}" for d in dims))
         per_item.append(row)
-    ctx.table("per_prompt", per_item, ["prompt"] + [f"{l} ({'/'.join(d[:4] for d in dims)})" for l in VARIANT_LABELS.values()],
-              title="Scores per prompt: accuracy / conciseness / hallucination avoidance")
+    ctx.table(
+        "per_prompt",
+        per_item,
+        ["prompt"] + [f"{label} ({'/'.join(d[:4] for d in dims)})" for label in VARIANT_LABELS.values()],
+        title="Scores per prompt: accuracy / conciseness / hallucination avoidance",
+    )
     failures = [(v, i, r) for v in VARIANT_LABELS for i, r in enumerate(results[v]) if isinstance(r, JudgeFailure)]
     if failures:
-        ctx.table("failures", [[VARIANT_LABELS[v], i + 1, r.attempts, r.reason[:200]] for v, i, r in failures],
-                  ["model", "prompt", "attempts", "reason"], title="Answers the judge could not score (not counted)")
+        ctx.table(
+            "failures",
+            [[VARIANT_LABELS[v], i + 1, r.attempts, r.reason[:200]] for v, i, r in failures],
+            ["model", "prompt", "attempts", "reason"],
+            title="Answers the judge could not score (not counted)",
+        )
     ctx.metric("judge_failures", len(failures), "answers", higher_is_better=False)
     for key in ("rubric_sha256", "prompt_sha256"):
         ctx.metric(key, info[key], "", description=f"judge {info['judge_model']} ({info['method']}), {info['rubric']}")
@@ -118,32 +158,52 @@ def run(cfg: Config, ctx: RunContext) -> None:
     scored = [r for v in VARIANT_LABELS for r in results[v] if not isinstance(r, JudgeFailure)]
     acc = [r.scores["technical_accuracy"] for r in scored]
     ctrl_acc = [r.scores["technical_accuracy"] for r in controls if not isinstance(r, JudgeFailure)]
-    matched_acc = [results["sft"][i].scores["technical_accuracy"] for i in range(n_ctrl)
-                   if not isinstance(results["sft"][i], JudgeFailure)]
+    matched_acc = [
+        results["sft"][i].scores["technical_accuracy"]
+        for i in range(n_ctrl)
+        if not isinstance(results["sft"][i], JudgeFailure)
+    ]
     if ctrl_acc and matched_acc:
         gap = statistics.mean(matched_acc) - statistics.mean(ctrl_acc)
-        ctx.metric("control_accuracy_gap", gap, "score", higher_is_better=True,
-                   description="SFT answer to the right prompt minus an answer to a different prompt (accuracy)")
+        ctx.metric(
+            "control_accuracy_gap",
+            gap,
+            "score",
+            higher_is_better=True,
+            description="SFT answer to the right prompt minus an answer to a different prompt (accuracy)",
+        )
     spread = statistics.pstdev(acc) if len(acc) > 1 else 0.0
     ctx.metric("accuracy_score_stdev", spread, "score", description="spread of technical_accuracy over all answers")
     if info["method"] == "choice_probs" and scored:
         peak = statistics.mean(max(d.values()) for r in scored for k, d in r.details.items() if k in dims)
         ctx.metric("mean_top_choice_prob", peak, "", description="how peaked the judge's 1..5 distribution is")
-        lengths = [len(answers[v][i]) for v in VARIANT_LABELS for i in range(len(prompts))
-                   if not isinstance(results[v][i], JudgeFailure)]
+        lengths = [
+            len(answers[v][i])
+            for v in VARIANT_LABELS
+            for i in range(len(prompts))
+            if not isinstance(results[v][i], JudgeFailure)
+        ]
         corr = _pearson(lengths, [r.scores["conciseness"] for r in scored])
-        gap_text = (f"the matched answer scored {gap:+.2f} vs an answer to a *different* question (technical "
-                    f"accuracy, {len(ctrl_acc)} controls)" if ctrl_acc and matched_acc else "no controls were run")
+        gap_text = (
+            f"the matched answer scored {gap:+.2f} vs an answer to a *different* question (technical "
+            f"accuracy, {len(ctrl_acc)} controls)"
+            if ctrl_acc and matched_acc
+            else "no controls were run"
+        )
         blind = not (ctrl_acc and matched_acc) or gap < 0.25
         ctx.finding(
             f"What a {llm.spec} judge can and cannot do (choice_probs): technical-accuracy scores spread by "
             f"±{spread:.2f} over {len(acc)} answers; its most likely digit gets {peak:.0%} of the probability on "
             f"average (20% = uniform over 1..5); {gap_text}; conciseness "
             f"vs answer length r = {corr:+.2f}. "
-            + ("It cannot tell a matched answer from a mismatched one, so its means measure the prompt format, not "
-               "answer quality: what it can do is exercise the pipeline (constrained choice, failure accounting, "
-               "hashes) offline. " if blind else "The mismatched-answer control scores clearly lower, so it carries "
-               "some signal; still check it against a stronger judge before trusting small differences. ")
+            + (
+                "It cannot tell a matched answer from a mismatched one, so its means measure the prompt format, not "
+                "answer quality: what it can do is exercise the pipeline (constrained choice, failure accounting, "
+                "hashes) offline. "
+                if blind
+                else "The mismatched-answer control scores clearly lower, so it carries "
+                "some signal; still check it against a stronger judge before trusting small differences. "
+            )
             + "Use --llm anthropic:… (json method) for scores comparable to the seed's."
         )
     seed = EXERCISE.seed
@@ -177,17 +237,22 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     # generation settings as phase10.compare's, so the judge scores the generations compare stored
-    profiles={"cpu": dict(compare.EXERCISE.profiles["cpu"]),
-              "a100": dict(compare.EXERCISE.profiles["a100"], llm="anthropic:claude-sonnet-4-5", method="json",
-                           n_controls=10)},
+    profiles={
+        "cpu": dict(compare.EXERCISE.profiles["cpu"]),
+        "a100": dict(
+            compare.EXERCISE.profiles["a100"], llm="anthropic:claude-sonnet-4-5", method="json", n_controls=10
+        ),
+    },
     tiny=dict(compare.EXERCISE.tiny, n_controls=1),
     # the judging path with the embedded judge in place of the API judge (no network in a smoke)
     smoke=dict(compare.EXERCISE.smoke, n_controls=1, llm=""),
     references=REFERENCES,
     summary_metrics=("base_mean", "sft_mean", "dpo_mean", "judge_failures"),
     needs=compare.EXERCISE.needs,  # it scores phase10.compare's generations of the same adapters
-    methods={"cpu": f"substitute: a {EMBEDDED_LLM.size_label} choice-probability judge ({EMBEDDED_LLM.family}) in place of Claude Sonnet",
-             "a100": "same"},
+    methods={
+        "cpu": f"substitute: a {EMBEDDED_LLM.size_label} choice-probability judge ({EMBEDDED_LLM.family}) in place of Claude Sonnet",
+        "a100": "same",
+    },
 )
 
 if __name__ == "__main__":

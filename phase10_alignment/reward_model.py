@@ -37,8 +37,12 @@ from typing import Literal
 from pydantic import model_validator
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.device import current
+from lab.errors import MissingResource
 from lab.models import DEFAULT_LLM, EMBEDDED_LLM
 from lab.repeatable import repeatable
+from phase09_finetuning.sft import model_path
+from phase10_alignment.data import load_pairs
 
 
 class Config(ExerciseConfig):
@@ -62,14 +66,20 @@ class Config(ExerciseConfig):
     @model_validator(mode="after")
     def _trained_weights_stay_fp32(self):
         if self.train_backbone and self.dtype != "float32":
-            raise ValueError(f"train_backbone with dtype={self.dtype}: AdamW updates of ~learning_rate round away in "
-                             f"{self.dtype} weights; keep dtype=float32 and set autocast=bfloat16 for bf16 compute")
+            raise ValueError(
+                f"train_backbone with dtype={self.dtype}: AdamW updates of ~learning_rate round away in "
+                f"{self.dtype} weights; keep dtype=float32 and set autocast=bfloat16 for bf16 compute"
+            )
         return self
 
 
 REFERENCES = (
-    Reference("last_step_accuracy", 0.75, "", "seed: 'final accuracy' = its last logged training step, a batch of 4 "
-              "pairs (not held out); Llama 3.2 1B"),
+    Reference(
+        "last_step_accuracy",
+        0.75,
+        "",
+        "seed: 'final accuracy' = its last logged training step, a batch of 4 pairs (not held out); Llama 3.2 1B",
+    ),
     Reference("last_step_margin", 1.4609, "", "seed: 'final reward margin', the same last training step"),
     Reference("last_step_loss", 0.6445, "", "seed: 'final loss', the same last training step"),
     Reference("train_pairs", 5000, "pairs", "seed: HH-RLHF train pairs"),
@@ -78,13 +88,14 @@ REFERENCES = (
 
 # --- the lesson: the loss and what it is judged by ----------------------------------------------------
 
+
 def bradley_terry_loss(r_chosen, r_rejected):
     """Mean of −log σ(r_chosen − r_rejected): the negative log-likelihood that the annotator's pick wins.
 
     Equal rewards cost log 2 ≈ 0.693 (a coin); the loss only cares about the difference, so adding a
     constant to every reward changes nothing — rewards are meaningful only relative to each other.
     """
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # noqa: PLC0415 (heavy: torch loads on first use)
 
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
@@ -109,12 +120,11 @@ def preference_stats(r_chosen, r_rejected) -> tuple[float, float]:
 
 # --- model and data ---------------------------------------------------------------------------------
 
+
 def load_reward_model(model_id: str, dtype: str, device: str):
     """(model, tokenizer, missing_keys): a sequence classifier with one output and a fresh head."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from phase09_finetuning.sft import model_path
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     path = model_path(model_id)
     tok = AutoTokenizer.from_pretrained(path)
@@ -123,7 +133,8 @@ def load_reward_model(model_id: str, dtype: str, device: str):
     tok.truncation_side = "left"  # keep the end of the dialogue: that is where chosen and rejected differ
     tok.padding_side = "right"
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=getattr(torch, dtype), output_loading_info=True)
+        path, num_labels=1, dtype=getattr(torch, dtype), output_loading_info=True
+    )
     model.config.pad_token_id = tok.pad_token_id
     return model.to(device), tok, sorted(info.get("missing_keys", []))
 
@@ -135,13 +146,13 @@ def _encode(tok, texts: list[str], max_length: int, device: str):
 
 def last_token_features(model, tok, texts: list[str], max_length: int, device: str, batch_size: int = 16):
     """Backbone hidden state at each text's last real token: exactly what the score head reads."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     feats = []
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             enc = _encode(tok, [texts[i] for i in idx], max_length, device)
             hidden = model.base_model(**enc).last_hidden_state
             last = enc["attention_mask"].sum(dim=1) - 1  # right padding: last real token
@@ -159,23 +170,22 @@ def full_rewards(model, tok, texts: list[str], max_length: int, device: str):
 
 # --- the run ------------------------------------------------------------------------------------------
 
+
 def run(cfg: Config, ctx: RunContext) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    from lab.errors import MissingResource
-    from phase10_alignment.data import load_pairs
-
-    from lab.device import current
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     device = current().torch_device()
-    if cfg.require_cuda and (why := current().gpu_only_reason("the a100 profile full-fine-tunes Llama 3.2 1B "
-                                                              "(fp32 weights, bf16 autocast)")):
+    if cfg.require_cuda and (
+        why := current().gpu_only_reason("the a100 profile full-fine-tunes Llama 3.2 1B (fp32 weights, bf16 autocast)")
+    ):
         ctx.skip(why)
-    repeatable(cfg.seed)  # before the load: the new score head is drawn from torch's generator; CPU kernels deterministic
+    repeatable(
+        cfg.seed
+    )  # before the load: the new score head is drawn from torch's generator; CPU kernels deterministic
     try:
         model, tok, missing = load_reward_model(cfg.model, cfg.dtype, device)
     except MissingResource as err:
@@ -185,13 +195,23 @@ def run(cfg: Config, ctx: RunContext) -> None:
         held, _, dropped_eval = load_pairs("local", "", cfg.n_train, cfg.n_eval)
     else:
         held, _, dropped_eval = load_pairs("hub", cfg.eval_split, 0, cfg.n_eval)
-    ctx.dataset(prov["id"], n=len(train) + len(held), sha256=prov["sha256"], train_pairs=len(train),
-                eval_pairs=len(held), dropped=dropped_train + dropped_eval)
+    ctx.dataset(
+        prov["id"],
+        n=len(train) + len(held),
+        sha256=prov["sha256"],
+        train_pairs=len(train),
+        eval_pairs=len(held),
+        dropped=dropped_train + dropped_eval,
+    )
     n_params = sum(p.numel() for p in model.parameters())
     compute = f"{cfg.dtype} weights" + (f", {cfg.autocast} autocast" if cfg.autocast != "none" else "")
     ctx.model(cfg.model, dtype=compute, n_params=n_params, adapter="1-output score head (new)")
-    ctx.metric("missing_keys_at_load", len(missing), "tensors",
-               description="tensors absent from the checkpoint, initialised randomly: " + ", ".join(missing))
+    ctx.metric(
+        "missing_keys_at_load",
+        len(missing),
+        "tensors",
+        description="tensors absent from the checkpoint, initialised randomly: " + ", ".join(missing),
+    )
 
     head = model.score
     # How much of one AdamW step survives in bf16 weights, on this model's embeddings: at this run's rate when the
@@ -199,12 +219,17 @@ def run(cfg: Config, ctx: RunContext) -> None:
     step = cfg.learning_rate if cfg.train_backbone else EXERCISE.profiles["a100"]["learning_rate"]
     weights = model.get_input_embeddings().weight
     survive = {d: surviving_update_share(weights, step, getattr(torch, d)) for d in ("float32", "bfloat16")}
-    ctx.metric("bf16_update_survival", survive["bfloat16"], "share",
-               description=f"embedding weights changed by a step of {step:g} (≈ one AdamW update at that rate) when "
-                           f"stored in bf16; in fp32: {survive['float32']:.3f}")
+    ctx.metric(
+        "bf16_update_survival",
+        survive["bfloat16"],
+        "share",
+        description=f"embedding weights changed by a step of {step:g} (≈ one AdamW update at that rate) when "
+        f"stored in bf16; in fp32: {survive['float32']:.3f}",
+    )
 
     def autocast():
         return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.autocast == "bfloat16")
+
     splits = {"train": train, "eval": held}
     if cfg.train_backbone:
         if cfg.gradient_checkpointing:
@@ -225,11 +250,16 @@ def run(cfg: Config, ctx: RunContext) -> None:
         texts = [getattr(p, w) for s, w in keys for p in splits[s]]
         with autocast():
             feats = last_token_features(model, tok, texts, cfg.max_length, device)
-        ctx.metric("feature_time_s", time.perf_counter() - started, "s", higher_is_better=False,
-                   description=f"one frozen-backbone forward over {len(texts)} dialogues")
+        ctx.metric(
+            "feature_time_s",
+            time.perf_counter() - started,
+            "s",
+            higher_is_better=False,
+            description=f"one frozen-backbone forward over {len(texts)} dialogues",
+        )
         cached, offset = {}, 0
         for s, w in keys:
-            cached[(s, w)] = feats[offset:offset + len(splits[s])]
+            cached[(s, w)] = feats[offset : offset + len(splits[s])]
             offset += len(splits[s])
 
         def score(split: str, idx: list[int], which: str):
@@ -257,7 +287,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         model.train(cfg.train_backbone)
         order = torch.randperm(len(train), generator=gen).tolist()
         for start in range(0, len(order), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             r_c, r_r = score("train", idx, "chosen_text"), score("train", idx, "rejected_text")
             loss = bradley_terry_loss(r_c, r_r)
             optim.zero_grad()
@@ -274,34 +304,65 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     window = max(1, len(losses) // 10)
     final_train_loss = sum(losses[-window:]) / window
-    ctx.metric("train_loss_final", final_train_loss, "", higher_is_better=False,
-               description=f"mean Bradley-Terry loss over the last {window} steps")
+    ctx.metric(
+        "train_loss_final",
+        final_train_loss,
+        "",
+        higher_is_better=False,
+        description=f"mean Bradley-Terry loss over the last {window} steps",
+    )
     ctx.metric("eval_loss", loss1, "", higher_is_better=False)
-    ctx.metric("eval_accuracy", acc1, "", higher_is_better=True,
-               description=f"held-out pairs where r_chosen > r_rejected ({len(held)} pairs)")
-    ctx.metric("eval_reward_margin", margin1, "", higher_is_better=True,
-               description="mean r_chosen − r_rejected on held-out pairs")
+    ctx.metric(
+        "eval_accuracy",
+        acc1,
+        "",
+        higher_is_better=True,
+        description=f"held-out pairs where r_chosen > r_rejected ({len(held)} pairs)",
+    )
+    ctx.metric(
+        "eval_reward_margin",
+        margin1,
+        "",
+        higher_is_better=True,
+        description="mean r_chosen − r_rejected on held-out pairs",
+    )
     ctx.metric("eval_accuracy_untrained", acc0, "", description="same pairs, random head before training")
-    ctx.metric("last_step_accuracy", accs[-1], "", description=f"the last training step's batch of "
-               f"{cfg.batch_size} pairs, scored before its update (the seed's 'final accuracy')")
+    ctx.metric(
+        "last_step_accuracy",
+        accs[-1],
+        "",
+        description=f"the last training step's batch of "
+        f"{cfg.batch_size} pairs, scored before its update (the seed's 'final accuracy')",
+    )
     ctx.metric("last_step_margin", margins[-1], "", description="the same batch's mean r_chosen − r_rejected")
     ctx.metric("last_step_loss", losses[-1], "", higher_is_better=False, description="the same batch's loss")
-    ctx.metric("train_accuracy_last_steps", sum(accs[-window:]) / window, "",
-               description=f"mean training-batch accuracy over the last {window} steps (the trend, not one batch)")
+    ctx.metric(
+        "train_accuracy_last_steps",
+        sum(accs[-window:]) / window,
+        "",
+        description=f"mean training-batch accuracy over the last {window} steps (the trend, not one batch)",
+    )
     ctx.metric("train_pairs", len(train), "pairs")
     ctx.metric("steps", step, "steps")
     ctx.metric("train_time_s", train_time, "s", higher_is_better=False)
-    ctx.table("before_after", [["untrained head", round(loss0, 4), round(acc0, 4), round(margin0, 4)],
-                               ["trained", round(loss1, 4), round(acc1, 4), round(margin1, 4)]],
-              ["reward model", "eval BT loss", "eval accuracy", "eval margin"],
-              title=f"Held-out preference pairs (n={len(held)})")
+    ctx.table(
+        "before_after",
+        [
+            ["untrained head", round(loss0, 4), round(acc0, 4), round(margin0, 4)],
+            ["trained", round(loss1, 4), round(acc1, 4), round(margin1, 4)],
+        ],
+        ["reward model", "eval BT loss", "eval accuracy", "eval margin"],
+        title=f"Held-out preference pairs (n={len(held)})",
+    )
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, lw=0.6, alpha=0.5, label="train loss (per step)")
-    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-              for i in range(len(losses))]
+    smooth = [
+        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+        for i in range(len(losses))
+    ]
     ax.plot(steps, smooth, lw=1.5, label=f"train loss ({window}-step mean)")
-    ax.plot([s for s, _, _ in evals], [l for _, l, _ in evals], "o-", label="held-out loss")
+    ax.plot([s for s, _, _ in evals], [loss for _, loss, _ in evals], "o-", label="held-out loss")
     ax.axhline(0.6931, color="grey", ls="--", lw=0.8, label="log 2 (coin)")
     ax.set_xlabel("step"), ax.set_ylabel("Bradley-Terry loss"), ax.legend(fontsize=8)
     ax.set_title(f"Reward model {cfg.model} ({'full' if cfg.train_backbone else 'head only'})")
@@ -353,19 +414,33 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {},
-        "a100": dict(model="meta-llama/Llama-3.2-1B-Instruct", data_source="hub", n_train=5000, n_eval=500,
-                     max_length=512, train_backbone=True, epochs=1, batch_size=4, learning_rate=1e-5,
-                     weight_decay=0.01, dtype="float32", autocast="bfloat16", require_cuda=True,
-                     gradient_checkpointing=True),
+        "a100": dict(
+            model="meta-llama/Llama-3.2-1B-Instruct",
+            data_source="hub",
+            n_train=5000,
+            n_eval=500,
+            max_length=512,
+            train_backbone=True,
+            epochs=1,
+            batch_size=4,
+            learning_rate=1e-5,
+            weight_decay=0.01,
+            dtype="float32",
+            autocast="bfloat16",
+            require_cuda=True,
+            gradient_checkpointing=True,
+        ),
     },
     tiny=dict(n_train=8, n_eval=8, max_length=16, epochs=3, batch_size=4),
     # the a100 recipe (full fine-tune, fp32 weights, bf16 autocast, checkpointing) on local pairs, one epoch
     smoke=dict(data_source="local", n_train=8, n_eval=8, max_length=32, epochs=1),
     references=REFERENCES,
     summary_metrics=("eval_accuracy", "eval_reward_margin"),
-    methods={"cpu": f"substitute: a frozen-backbone linear reward probe on {EMBEDDED_LLM.label} features in place of a "
-                    "fully fine-tuned Llama 3.2 1B reward model",
-             "a100": "same"},
+    methods={
+        "cpu": f"substitute: a frozen-backbone linear reward probe on {EMBEDDED_LLM.label} features in place of a "
+        "fully fine-tuned Llama 3.2 1B reward model",
+        "a100": "same",
+    },
 )
 
 if __name__ == "__main__":

@@ -21,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from lab.hashing import json_sha256
+from lab.llm import JSONReplyError, LLMError, parse_json_reply
 
 SCORES = ("1", "2", "3", "4", "5")
 YES_NO = (" Yes", " No")  # after "flag:", the natural tokenization is ":" + " Yes"
@@ -61,10 +63,18 @@ class Rubric:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "instructions": self.instructions,
+            "name": self.name,
+            "version": self.version,
+            "instructions": self.instructions,
             "flags": list(self.flags),
-            "dimensions": [{"name": d.name, "description": d.description,
-                            "anchors": {str(k): v for k, v in sorted(d.anchors.items())}} for d in self.dimensions],
+            "dimensions": [
+                {
+                    "name": d.name,
+                    "description": d.description,
+                    "anchors": {str(k): v for k, v in sorted(d.anchors.items())},
+                }
+                for d in self.dimensions
+            ],
         }
 
     def sha256(self) -> str:
@@ -118,6 +128,7 @@ class JudgeParseError(ValueError):
 
 # --- the verdict format -----------------------------------------------------------------------------
 
+
 def verdict_schema(rubric: Rubric) -> dict[str, Any]:
     """JSON schema of a verdict: reasoning first (the judge explains before it scores)."""
     schema: dict[str, Any] = {
@@ -150,7 +161,6 @@ def parse_verdict(text: str, rubric: Rubric) -> Verdict:
 
     Raises JudgeParseError naming the first wrong field (``scores.conciseness``, ``flags.x``...).
     """
-    from lab.llm import JSONReplyError, parse_json_reply
 
     try:
         obj = parse_json_reply(text)
@@ -205,8 +215,17 @@ CHOICE_ASK = "Rate the answer's {name} from 1 to 5 using the rubric. Reply with 
 FLAG_ASK = "Does the answer show {flag}? Reply Yes or No."
 CHOICE_PREFIX = "{name} score: "  # "score: 1" tokenizes as ":" " " "1", so the space belongs here
 FLAG_PREFIX = "{flag}:"
-_TEMPLATES = (SYSTEM_TEMPLATE, ITEM_TEMPLATE, REFERENCE_TEMPLATE, JSON_ASK, RETRY_ASK, CHOICE_ASK, FLAG_ASK,
-              CHOICE_PREFIX, FLAG_PREFIX)
+_TEMPLATES = (
+    SYSTEM_TEMPLATE,
+    ITEM_TEMPLATE,
+    REFERENCE_TEMPLATE,
+    JSON_ASK,
+    RETRY_ASK,
+    CHOICE_ASK,
+    FLAG_ASK,
+    CHOICE_PREFIX,
+    FLAG_PREFIX,
+)
 
 
 class Judge:
@@ -217,8 +236,10 @@ class Judge:
             raise ValueError(f"judge method {method!r}: expected auto, json or choice_probs")
         has_probs = llm.scores_choices  # the LLM says so (a wrapper says what the model under it offers)
         if method == "choice_probs" and not has_probs:
-            raise ValueError(f"judge method choice_probs needs an LLM that scores choices; {llm.spec} does not "
-                             "(scores_choices is False)")
+            raise ValueError(
+                f"judge method choice_probs needs an LLM that scores choices; {llm.spec} does not "
+                "(scores_choices is False)"
+            )
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.llm = llm
@@ -234,8 +255,13 @@ class Judge:
 
     def describe(self) -> dict[str, Any]:
         """What to record in results next to the scores."""
-        return {"judge_model": self.llm.spec, "method": self.method, "rubric": f"{self.rubric.name} v{self.rubric.version}",
-                "rubric_sha256": self.rubric.sha256(), "prompt_sha256": self.prompt_sha256}
+        return {
+            "judge_model": self.llm.spec,
+            "method": self.method,
+            "rubric": f"{self.rubric.name} v{self.rubric.version}",
+            "rubric_sha256": self.rubric.sha256(),
+            "prompt_sha256": self.prompt_sha256,
+        }
 
     def _system(self, only: str | None = None) -> str:
         return SYSTEM_TEMPLATE.format(rubric=self.rubric.render(only))
@@ -252,7 +278,6 @@ class Judge:
         return self._score_json(item)
 
     def _score_json(self, item: str) -> Verdict | JudgeFailure:
-        from lab.llm import LLMError
 
         flags = ", flags" if self.rubric.flags else ""
         messages: list[dict[str, Any]] = [{"role": "user", "content": item + "\n\n" + JSON_ASK.format(flags=flags)}]
@@ -260,8 +285,13 @@ class Judge:
         error = ""
         for attempt in range(1, self.max_retries + 2):
             try:
-                reply = self.llm.chat(messages, system=self._system(), max_tokens=self.max_tokens, temperature=0.0,
-                                      json_schema=verdict_schema(self.rubric))
+                reply = self.llm.chat(
+                    messages,
+                    system=self._system(),
+                    max_tokens=self.max_tokens,
+                    temperature=0.0,
+                    json_schema=verdict_schema(self.rubric),
+                )
             except LLMError as err:  # the provider gave up after its own retries: a failure, not a score
                 return JudgeFailure(reason=f"LLM error: {err}", attempts=attempt, replies=replies)
             replies.append(reply.text)
@@ -271,13 +301,16 @@ class Judge:
                 error = str(err)
                 # show the model its own reply and what was wrong with it: at temperature 0 a bare
                 # resend would just reproduce the same reply
-                messages = messages + [{"role": "assistant", "content": reply.text},
-                                       {"role": "user", "content": RETRY_ASK.format(error=error)}]
+                messages = messages + [
+                    {"role": "assistant", "content": reply.text},
+                    {"role": "user", "content": RETRY_ASK.format(error=error)},
+                ]
                 continue
             verdict.attempts = attempt
             return verdict
-        return JudgeFailure(reason=f"unparseable after {len(replies)} attempts: {error}", attempts=len(replies),
-                            replies=replies)
+        return JudgeFailure(
+            reason=f"unparseable after {len(replies)} attempts: {error}", attempts=len(replies), replies=replies
+        )
 
     def _score_choice_probs(self, item: str) -> Verdict | JudgeFailure:
         scores: dict[str, float] = {}
@@ -285,19 +318,33 @@ class Judge:
         details: dict[str, Any] = {}
         for dim in self.rubric.dimensions:
             ask = CHOICE_ASK.format(name=dim.name)
-            probs = self.llm.choice_probs([{"role": "user", "content": item + "\n\n" + ask}], choices=list(SCORES),
-                                          system=self._system(dim.name), prefix=CHOICE_PREFIX.format(name=dim.name))
+            probs = self.llm.choice_probs(
+                [{"role": "user", "content": item + "\n\n" + ask}],
+                choices=list(SCORES),
+                system=self._system(dim.name),
+                prefix=CHOICE_PREFIX.format(name=dim.name),
+            )
             if not _is_distribution(probs, SCORES):
-                return JudgeFailure(reason=f"choice_probs for '{dim.name}' is not a distribution: {probs}",
-                                    attempts=1, replies=[json.dumps(probs)])
+                return JudgeFailure(
+                    reason=f"choice_probs for '{dim.name}' is not a distribution: {probs}",
+                    attempts=1,
+                    replies=[json.dumps(probs)],
+                )
             scores[dim.name] = expected_score(probs)
             details[dim.name] = {k: round(v, 4) for k, v in probs.items()}
         for flag in self.rubric.flags:
-            probs = self.llm.choice_probs([{"role": "user", "content": item + "\n\n" + FLAG_ASK.format(flag=flag)}],
-                                          choices=list(YES_NO), system=self._system(flag), prefix=FLAG_PREFIX.format(flag=flag))
+            probs = self.llm.choice_probs(
+                [{"role": "user", "content": item + "\n\n" + FLAG_ASK.format(flag=flag)}],
+                choices=list(YES_NO),
+                system=self._system(flag),
+                prefix=FLAG_PREFIX.format(flag=flag),
+            )
             if not _is_distribution(probs, YES_NO):
-                return JudgeFailure(reason=f"choice_probs for flag '{flag}' is not a distribution: {probs}",
-                                    attempts=1, replies=[json.dumps(probs)])
+                return JudgeFailure(
+                    reason=f"choice_probs for flag '{flag}' is not a distribution: {probs}",
+                    attempts=1,
+                    replies=[json.dumps(probs)],
+                )
             flags[flag] = probs[" Yes"] > probs[" No"]
             details[flag] = {k.strip(): round(v, 4) for k, v in probs.items()}
         return Verdict(scores=scores, flags=flags, reasoning="", attempts=1, method="choice_probs", details=details)
@@ -323,9 +370,16 @@ def summarize(results: Sequence[Verdict | JudgeFailure], rubric: Rubric) -> dict
     Failures are excluded from the means and reported beside them, never scored as anything.
     """
     scored = [r for r in results if isinstance(r, Verdict)]
-    means = {d.name: (sum(v.scores[d.name] for v in scored) / len(scored) if scored else None)
-             for d in rubric.dimensions}
+    means = {
+        d.name: (sum(v.scores[d.name] for v in scored) / len(scored) if scored else None) for d in rubric.dimensions
+    }
     overall = (sum(means.values()) / len(means)) if scored else None
     flag_rates = {f: (sum(v.flags[f] for v in scored) / len(scored) if scored else None) for f in rubric.flags}
-    return {"n": len(results), "n_scored": len(scored), "n_failed": len(results) - len(scored),
-            "means": means, "overall": overall, "flag_rates": flag_rates}
+    return {
+        "n": len(results),
+        "n_scored": len(scored),
+        "n_failed": len(results) - len(scored),
+        "means": means,
+        "overall": overall,
+        "flag_rates": flag_rates,
+    }

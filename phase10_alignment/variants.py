@@ -11,7 +11,7 @@ adapter, and is checked: one LoRA adapter per targeted layer, no PEFT wrapper in
 from __future__ import annotations
 
 from lab.artifacts import Artifact
-from phase09_finetuning.sft import SFT_ADAPTER
+from phase09_finetuning.sft import SFT_ADAPTER, load_base, profile_recipe
 from phase10_alignment.dpo import DPO_ADAPTER
 
 VARIANTS = ("base", "sft", "dpo")
@@ -22,7 +22,6 @@ VARIANT_ADAPTERS = {"sft": SFT_ADAPTER, "dpo": DPO_ADAPTER}
 
 def base_model_id(profile: str) -> str:
     """The base model of the profile's Phase 9 recipe (Phase 10 tunes on top of it)."""
-    from phase09_finetuning.sft import profile_recipe
 
     return profile_recipe(profile)["model_id"]
 
@@ -33,9 +32,7 @@ def load_variant(name: str, profile: str, adapter: Artifact | None = None):
     ``adapter``: the stored adapter for "sft"/"dpo" (None for "base"). Raises if it was trained on
     another base than the profile's, or if the loaded module tree shows adapter stacking.
     """
-    from peft import PeftModel
-
-    from phase09_finetuning.sft import load_base
+    from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose one of {VARIANTS}")
@@ -46,7 +43,9 @@ def load_variant(name: str, profile: str, adapter: Artifact | None = None):
     if adapter is not None:
         trained_on = adapter.params.get("base_model")
         if trained_on != base_id:
-            raise ValueError(f"{adapter.id}: adapter was trained on {trained_on!r}, profile {profile!r} uses {base_id!r}")
+            raise ValueError(
+                f"{adapter.id}: adapter was trained on {trained_on!r}, profile {profile!r} uses {base_id!r}"
+            )
         model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
         problems = adapter_stacking_problems(model)
         if problems:
@@ -57,14 +56,14 @@ def load_variant(name: str, profile: str, adapter: Artifact | None = None):
 
 def lora_layers(model) -> dict[str, list[str]]:
     """Every LoRA-wrapped module -> the adapter names it carries."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # noqa: PLC0415 (heavy: peft loads on first use)
 
     return {n: sorted(m.lora_A.keys()) for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
 def adapter_stacking_problems(model) -> list[str]:
     """Why the module tree is not 'one base + one adapter' (empty list when it is)."""
-    from peft import PeftModel
+    from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
     problems = []
     names = [n for n, _ in model.named_modules()]

@@ -23,9 +23,23 @@ SmolLM2-135M as judge, expect little or no correlation — that is the measureme
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.errors import MissingResource
+from phase10_alignment.rubric_judge import JudgeFailure
+from phase11_evals import editor_gate
+from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
+from phase11_evals.judging import (
+    build_judge,
+    check_judge,
+    failures_note,
+    judge_method,
+    local_cache_saving,
+    record_judge,
+    score_all,
+)
 
 
 class Config(ExerciseConfig):
@@ -53,22 +67,31 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 def agreement(judge: Sequence[float], reference: Sequence[float]) -> dict[str, Any]:
     """r, MAE, mean signed error and how often the judge scores above / below the reference."""
     diffs = [j - r for j, r in zip(judge, reference)]
-    return {"r": pearson(judge, reference), "mae": math.fsum(abs(d) for d in diffs) / len(diffs),
-            "mean_error": math.fsum(diffs) / len(diffs), "judge_higher": sum(d > 1e-9 for d in diffs),
-            "judge_lower": sum(d < -1e-9 for d in diffs), "n": len(diffs)}
+    return {
+        "r": pearson(judge, reference),
+        "mae": math.fsum(abs(d) for d in diffs) / len(diffs),
+        "mean_error": math.fsum(diffs) / len(diffs),
+        "judge_higher": sum(d > 1e-9 for d in diffs),
+        "judge_lower": sum(d < -1e-9 for d in diffs),
+        "n": len(diffs),
+    }
 
 
 def calibration_inputs(eval_set, items, with_reference: bool = True) -> list[tuple[str, str, str | None]]:
     """(prompt, response, reference answer) per calibration item, as the judge reads them."""
-    return [(eval_set.by_id(i.prompt_id).prompt, i.response,
-             eval_set.by_id(i.prompt_id).key_facts if with_reference else None) for i in items]
+    return [
+        (
+            eval_set.by_id(i.prompt_id).prompt,
+            i.response,
+            eval_set.by_id(i.prompt_id).key_facts if with_reference else None,
+        )
+        for i in items
+    ]
 
 
 def overall_agreement(verdicts, items) -> dict[str, Any]:
     """Judge vs reference over the items the judge scored: ``agreement`` of per-response means, plus
     the MAE pooled over response x dimension and the indices scored. Raises when fewer than 2 scored."""
-    from phase10_alignment.rubric_judge import JudgeFailure
-    from phase11_evals.evaldata import DIMENSIONS
 
     ok = [k for k, v in enumerate(verdicts) if not isinstance(v, JudgeFailure)]
     if len(ok) < 2:
@@ -104,16 +127,10 @@ def status(r: float | None, pass_r: float) -> str:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lab.errors import MissingResource
-    from phase11_evals import editor_gate
-    from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
-    from phase11_evals.judging import (build_judge, check_judge, failures_note, judge_method, local_cache_saving,
-                                       record_judge, score_all)
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     check_judge(cfg.judge_llm, ctx)
 
@@ -148,25 +165,54 @@ def run(cfg: Config, ctx: RunContext) -> None:
         for dim in DIMENSIONS:
             judged = [verdicts[k].scores[dim] for k in ok]
             a = agreement(judged, [items[k].scores[dim] for k in ok])
-            dim_rows.append([f"v{version}", dim, a["r"], a["mae"], a["mean_error"], f"{a['judge_higher']}/{a['n']}",
-                             status(a["r"], cfg.pass_r)])
+            dim_rows.append(
+                [
+                    f"v{version}",
+                    dim,
+                    a["r"],
+                    a["mae"],
+                    a["mean_error"],
+                    f"{a['judge_higher']}/{a['n']}",
+                    status(a["r"], cfg.pass_r),
+                ]
+            )
             ctx.metric(f"r_{dim}_v{tag}", a["r"], "r", higher_is_better=True)
             ctx.metric(f"mae_{dim}_v{tag}", a["mae"], "points", higher_is_better=False)
             ax = axes[DIMENSIONS.index(dim)]
             ax.scatter([items[k].scores[dim] for k in ok], judged, label=f"v{version}", alpha=0.7)
             ax.set_title(dim)
             ax.set_xlabel("reference score")
-        overall_rows.append([f"v{version}", overall["r"], pooled_mae, f"{overall['judge_higher']}/{overall['n']}",
-                             status(overall["r"], cfg.pass_r)])
-        ctx.metric(f"overall_r_v{tag}", overall["r"], "r", higher_is_better=True,
-                   description="Pearson r of per-response mean scores, judge vs reference")
+        overall_rows.append(
+            [
+                f"v{version}",
+                overall["r"],
+                pooled_mae,
+                f"{overall['judge_higher']}/{overall['n']}",
+                status(overall["r"], cfg.pass_r),
+            ]
+        )
+        ctx.metric(
+            f"overall_r_v{tag}",
+            overall["r"],
+            "r",
+            higher_is_better=True,
+            description="Pearson r of per-response mean scores, judge vs reference",
+        )
         ctx.metric(f"overall_mae_v{tag}", pooled_mae, "points", higher_is_better=False)
         judge_all = [verdicts[k].scores[d] for k in ok for d in DIMENSIONS]
         ref_all = [items[k].scores[d] for k in ok for d in DIMENSIONS]
-        ctx.metric(f"judge_score_range_v{tag}", max(judge_all) - min(judge_all), "points",
-                   description=f"max - min of all judge scores (reference range {max(ref_all) - min(ref_all)})")
-        ctx.metric(f"judge_higher_v{tag}", overall["judge_higher"], "responses",
-                   description=f"responses (of {overall['n']}) whose judge mean exceeds the reference mean")
+        ctx.metric(
+            f"judge_score_range_v{tag}",
+            max(judge_all) - min(judge_all),
+            "points",
+            description=f"max - min of all judge scores (reference range {max(ref_all) - min(ref_all)})",
+        )
+        ctx.metric(
+            f"judge_higher_v{tag}",
+            overall["judge_higher"],
+            "responses",
+            description=f"responses (of {overall['n']}) whose judge mean exceeds the reference mean",
+        )
 
         # flag agreement and the decision that matters: would the Editor gate agree?
         flag_hits = sum(verdicts[k].flags[FLAG] == items[k].flag for k in ok)
@@ -175,35 +221,85 @@ def run(cfg: Config, ctx: RunContext) -> None:
         judge_gate = {k: editor_gate.decide(verdicts[k]).verdict for k in ok}
         false_approvals = [items[k].id for k in ok if judge_gate[k] == "APPROVE" and ref_gate[k] != "APPROVE"]
         false_rejections = [items[k].id for k in ok if judge_gate[k] != "APPROVE" and ref_gate[k] == "APPROVE"]
-        gate_rows.append([f"v{version}", f"{flag_hits}/{len(ok)}", f"{caught}/{positives}",
-                          f"{sum(judge_gate[k] == ref_gate[k] for k in ok)}/{len(ok)}",
-                          ", ".join(false_approvals) or "-", ", ".join(false_rejections) or "-"])
+        gate_rows.append(
+            [
+                f"v{version}",
+                f"{flag_hits}/{len(ok)}",
+                f"{caught}/{positives}",
+                f"{sum(judge_gate[k] == ref_gate[k] for k in ok)}/{len(ok)}",
+                ", ".join(false_approvals) or "-",
+                ", ".join(false_rejections) or "-",
+            ]
+        )
         ctx.metric(f"flag_agreement_v{tag}", flag_hits / len(ok), "fraction", higher_is_better=True)
-        ctx.metric(f"gate_false_approvals_v{tag}", len(false_approvals), "responses", higher_is_better=False,
-                   description="judge scores APPROVE where reference scores do not")
+        ctx.metric(
+            f"gate_false_approvals_v{tag}",
+            len(false_approvals),
+            "responses",
+            higher_is_better=False,
+            description="judge scores APPROVE where reference scores do not",
+        )
         for k in ok:
             v = verdicts[k]
-            item_rows.append([f"v{version}", items[k].id, items[k].prompt_id,
-                              *[f"{v.scores[d]:.2f} / {items[k].scores[d]}" for d in DIMENSIONS],
-                              f"{v.flags[FLAG]} / {items[k].flag}", f"{judge_gate[k]} / {ref_gate[k]}"])
+            item_rows.append(
+                [
+                    f"v{version}",
+                    items[k].id,
+                    items[k].prompt_id,
+                    *[f"{v.scores[d]:.2f} / {items[k].scores[d]}" for d in DIMENSIONS],
+                    f"{v.flags[FLAG]} / {items[k].flag}",
+                    f"{judge_gate[k]} / {ref_gate[k]}",
+                ]
+            )
         saving = local_cache_saving(judge)
         if saving:
-            ctx.metric(f"judge_tokens_run_fraction_v{tag}", saving["computed"] / saving["requested"], "fraction",
-                       higher_is_better=False, description=f"prompt tokens the prefix-cached judge ran ({saving['computed']}) "
-                       f"of those a cache-less choice_probs judge would run ({saving['requested']})")
+            ctx.metric(
+                f"judge_tokens_run_fraction_v{tag}",
+                saving["computed"] / saving["requested"],
+                "fraction",
+                higher_is_better=False,
+                description=f"prompt tokens the prefix-cached judge ran ({saving['computed']}) "
+                f"of those a cache-less choice_probs judge would run ({saving['requested']})",
+            )
 
-    ctx.table("calibration_by_dimension", dim_rows,
-              ["rubric", "dimension", "pearson r", "MAE", "mean error (judge - ref)", "judge higher", "status"],
-              title=f"Judge vs reference per dimension ({len(items)} responses; PASS at r >= {cfg.pass_r})")
-    ctx.table("calibration_overall", overall_rows,
-              ["rubric", "pearson r (per-response means)", "MAE (pooled)", "judge mean higher", "status"],
-              title="Overall agreement, rubric v1.0 vs v1.1")
-    ctx.table("gate_agreement", gate_rows,
-              ["rubric", f"{FLAG} agrees", "reference flags caught", "gate verdict agrees", "false approvals",
-               "false rejections"], title="Would the Editor gate decide the same on judge scores as on reference scores?")
-    ctx.table("items", item_rows, ["rubric", "item", "prompt", *[f"{d} (judge / ref)" for d in DIMENSIONS],
-                                   f"{FLAG} (judge / ref)", "gate (judge / ref)"],
-              title="Every calibration item: judge score / reference score")
+    ctx.table(
+        "calibration_by_dimension",
+        dim_rows,
+        ["rubric", "dimension", "pearson r", "MAE", "mean error (judge - ref)", "judge higher", "status"],
+        title=f"Judge vs reference per dimension ({len(items)} responses; PASS at r >= {cfg.pass_r})",
+    )
+    ctx.table(
+        "calibration_overall",
+        overall_rows,
+        ["rubric", "pearson r (per-response means)", "MAE (pooled)", "judge mean higher", "status"],
+        title="Overall agreement, rubric v1.0 vs v1.1",
+    )
+    ctx.table(
+        "gate_agreement",
+        gate_rows,
+        [
+            "rubric",
+            f"{FLAG} agrees",
+            "reference flags caught",
+            "gate verdict agrees",
+            "false approvals",
+            "false rejections",
+        ],
+        title="Would the Editor gate decide the same on judge scores as on reference scores?",
+    )
+    ctx.table(
+        "items",
+        item_rows,
+        [
+            "rubric",
+            "item",
+            "prompt",
+            *[f"{d} (judge / ref)" for d in DIMENSIONS],
+            f"{FLAG} (judge / ref)",
+            "gate (judge / ref)",
+        ],
+        title="Every calibration item: judge score / reference score",
+    )
     axes[0].set_ylabel("judge score")
     for ax in axes:
         ax.plot([1, 5], [1, 5], color="grey", lw=0.8, ls="--")
@@ -217,18 +313,26 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     for version in cfg.rubric_versions:
         span = ctx.metrics[f"judge_score_range_v{version.replace('.', '_')}"]["value"]
-        ctx.finding(f"Rubric v{version}: the judge's scores span {span:.2f} points across all responses and dimensions, "
-                    "against the reference's 1-5" + (": it barely separates an excellent answer from a confidently "
-                                                    "wrong one." if span < 2 else "."))
+        ctx.finding(
+            f"Rubric v{version}: the judge's scores span {span:.2f} points across all responses and dimensions, "
+            "against the reference's 1-5"
+            + (": it barely separates an excellent answer from a confidently wrong one." if span < 2 else ".")
+        )
     for version, r, mae, higher, verdict in overall_rows:
-        ctx.finding(f"Rubric {version}: overall r = {'n/a' if r is None else f'{r:.3f}'}, MAE {mae:.2f}, judge mean "
-                    f"above the reference on {higher} responses — {verdict}.")
+        ctx.finding(
+            f"Rubric {version}: overall r = {'n/a' if r is None else f'{r:.3f}'}, MAE {mae:.2f}, judge mean "
+            f"above the reference on {higher} responses — {verdict}."
+        )
     spread = [row for row in dim_rows if row[2] is None or row[2] < cfg.pass_r]
     if spread:
-        ctx.finding(f"{len(spread)} of {len(dim_rows)} rubric x dimension rows are below r = {cfg.pass_r}: this judge "
-                    "is not trustworthy for autonomous Editor decisions on those dimensions.")
-    ctx.finding("The reference scores were written by an AI assistant for this repo, not by a human grader: a PASS "
-                "here means agreement with that labeller, which is weaker evidence than the seed's human scoring.")
+        ctx.finding(
+            f"{len(spread)} of {len(dim_rows)} rubric x dimension rows are below r = {cfg.pass_r}: this judge "
+            "is not trustworthy for autonomous Editor decisions on those dimensions."
+        )
+    ctx.finding(
+        "The reference scores were written by an AI assistant for this repo, not by a human grader: a PASS "
+        "here means agreement with that labeller, which is weaker evidence than the seed's human scoring."
+    )
 
 
 _LABELS = "substitute: AI-written reference scores in place of the seed's 20 human-scored responses"
@@ -241,8 +345,13 @@ EXERCISE = Exercise(
     tiny={"limit": 3},
     smoke={"limit": 3, "judge_llm": ""},  # the embedded judge in place of the API judge (no network in a smoke)
     references=(
-        Reference("overall_r_v1_1", 0.861, "r", "seed: rubric v1.1 (its summary: 'rubric v1.1 calibrated to r=0.861'), "
-                  "Claude Sonnet judge vs 20 human-scored responses"),
+        Reference(
+            "overall_r_v1_1",
+            0.861,
+            "r",
+            "seed: rubric v1.1 (its summary: 'rubric v1.1 calibrated to r=0.861'), "
+            "Claude Sonnet judge vs 20 human-scored responses",
+        ),
         Reference("overall_mae_v1_1", 0.562, "points", "seed: rubric v1.1, mean of its four per-dimension MAEs"),
         Reference("r_technical_accuracy_v1_1", 0.808, "r", "seed: rubric v1.1"),
         Reference("r_calibration_v1_1", 0.829, "r", "seed: rubric v1.1"),
@@ -252,8 +361,13 @@ EXERCISE = Exercise(
         Reference("mae_calibration_v1_1", 0.40, "points", "seed: rubric v1.1"),
         Reference("mae_mechanistic_depth_v1_1", 0.55, "points", "seed: rubric v1.1"),
         Reference("mae_audience_calibration_v1_1", 0.90, "points", "seed: rubric v1.1"),
-        Reference("judge_higher_v1_0", 17, "responses", "seed: judge above human on 17/20, the bias v1.1's tighter "
-                  "anchor answered (the seed does not say which version's scores showed it)"),
+        Reference(
+            "judge_higher_v1_0",
+            17,
+            "responses",
+            "seed: judge above human on 17/20, the bias v1.1's tighter "
+            "anchor answered (the seed does not say which version's scores showed it)",
+        ),
     ),
     summary_metrics=("overall_r_v1_0", "overall_r_v1_1", "overall_mae_v1_1", "gate_false_approvals_v1_1"),
     methods={"cpu": _LABELS, "a100": _LABELS},

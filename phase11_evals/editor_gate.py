@@ -18,8 +18,9 @@ scores say. Thresholds are data (``GateThresholds``) so a team can tighten them 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 DIMENSIONS = ("technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration")
 FLAG = "confident_hallucination"
@@ -68,15 +69,25 @@ class GateDecision:
         """What the Writer (REJECT) or the human reviewer (ESCALATE) reads."""
         lines = [f"Editor verdict: {self.verdict} (after {self.revisions_done} revision(s))"]
         lines += [f"- {r}" for r in self.reasons]
-        lines.append("Scores: " + ", ".join(f"{d} {self.scores[d]:.2f}" for d in DIMENSIONS)
-                     + f"; mean {self.mean:.2f}; {FLAG}={self.confident_hallucination}")
+        lines.append(
+            "Scores: "
+            + ", ".join(f"{d} {self.scores[d]:.2f}" for d in DIMENSIONS)
+            + f"; mean {self.mean:.2f}; {FLAG}={self.confident_hallucination}"
+        )
         if self.reasoning:
             lines.append(f"Judge reasoning: {self.reasoning}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reasons": list(self.reasons), "scores": dict(self.scores), "mean": self.mean,
-                FLAG: self.confident_hallucination, "revisions_done": self.revisions_done, "reasoning": self.reasoning}
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "scores": dict(self.scores),
+            "mean": self.mean,
+            FLAG: self.confident_hallucination,
+            "revisions_done": self.revisions_done,
+            "reasoning": self.reasoning,
+        }
 
 
 def _as_mapping(scores: Any) -> Mapping[str, Any]:
@@ -99,8 +110,9 @@ def _score(values: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
-def decide(scores: Mapping[str, Any] | Any, revisions_done: int = 0,
-           thresholds: GateThresholds = DEFAULT_THRESHOLDS) -> GateDecision:
+def decide(
+    scores: Mapping[str, Any] | Any, revisions_done: int = 0, thresholds: GateThresholds = DEFAULT_THRESHOLDS
+) -> GateDecision:
     """Apply the gate to one draft's scores. Raises GateInputError naming a bad field."""
     values = _as_mapping(scores)
     dims = {d: _score(values, d) for d in DIMENSIONS}
@@ -126,13 +138,22 @@ def decide(scores: Mapping[str, Any] | Any, revisions_done: int = 0,
 
     if not failed:
         verdict: Verdict = "APPROVE"
-        reasons = (f"all checks passed: technical_accuracy {dims['technical_accuracy']:.2f}, calibration "
-                   f"{dims['calibration']:.2f}, mean {mean:.3f}, no {FLAG}",)
+        reasons = (
+            f"all checks passed: technical_accuracy {dims['technical_accuracy']:.2f}, calibration "
+            f"{dims['calibration']:.2f}, mean {mean:.3f}, no {FLAG}",
+        )
     elif revisions_done >= thresholds.max_revisions:
         verdict = "ESCALATE"
         reasons = (*failed, f"{revisions_done} revision cycle(s) done (limit {thresholds.max_revisions}): human review")
     else:
         verdict = "REJECT"
         reasons = tuple(failed)
-    return GateDecision(verdict=verdict, reasons=reasons, scores=dims, mean=mean, confident_hallucination=flagged,
-                        revisions_done=revisions_done, reasoning=str(reasoning))
+    return GateDecision(
+        verdict=verdict,
+        reasons=reasons,
+        scores=dims,
+        mean=mean,
+        confident_hallucination=flagged,
+        revisions_done=revisions_done,
+        reasoning=str(reasoning),
+    )

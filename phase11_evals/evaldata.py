@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lab.hashing import json_sha256
 from phase10_alignment.rubric_judge import Dimension, Rubric
 from phase11_evals.editor_gate import DIMENSIONS, FLAG
@@ -29,7 +31,6 @@ def canonical_sha256(obj: Any) -> str:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
 
     if not path.exists():
         raise EvalDataError(f"{path}: no such file")
@@ -52,6 +53,7 @@ def _field(obj: Any, key: str, kind: type, where: str) -> Any:
 
 
 # --- eval set -----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class EvalPrompt:
@@ -104,12 +106,17 @@ def load_eval_set(path: Path = DATA_DIR / "eval_set.yaml") -> EvalSet:
     empty = [c for c in categories if not any(p.category == c for p in prompts)]
     if empty:
         raise EvalDataError(f"{path.name}: categories with no prompts: {empty}")
-    content = {"name": name, "version": version, "categories": list(categories),
-               "prompts": [p.__dict__ for p in prompts]}
+    content = {
+        "name": name,
+        "version": version,
+        "categories": list(categories),
+        "prompts": [p.__dict__ for p in prompts],
+    }
     return EvalSet(name, version, categories, tuple(prompts), canonical_sha256(content))
 
 
 # --- rubrics ------------------------------------------------------------------------------------------
+
 
 def load_rubric(version: str, data_dir: Path = DATA_DIR) -> Rubric:
     """Rubric v1.0 / v1.1 from ``data/rubrics/v<version>.yaml`` as a Phase 10 ``Rubric``."""
@@ -123,19 +130,30 @@ def load_rubric(version: str, data_dir: Path = DATA_DIR) -> Rubric:
         anchors = _field(raw, "anchors", dict, where)
         if sorted(anchors) != [1, 2, 3, 4, 5]:
             raise EvalDataError(f"{where}: field 'anchors' must have exactly the keys 1..5, got {sorted(anchors)}")
-        dims.append(Dimension(name=_field(raw, "name", str, where), description=_field(raw, "description", str, where),
-                              anchors={int(k): str(v) for k, v in anchors.items()}))
+        dims.append(
+            Dimension(
+                name=_field(raw, "name", str, where),
+                description=_field(raw, "description", str, where),
+                anchors={int(k): str(v) for k, v in anchors.items()},
+            )
+        )
     names = tuple(d.name for d in dims)
     if names != DIMENSIONS:
         raise EvalDataError(f"{path.name}: dimensions must be {list(DIMENSIONS)} in that order, got {list(names)}")
     flags = tuple(doc.get("flags") or ())
     if flags != (FLAG,):
         raise EvalDataError(f"{path.name}: field 'flags' must be [{FLAG}], got {list(flags)}")
-    return Rubric(name=_field(doc, "name", str, path.name), version=version, dimensions=tuple(dims), flags=flags,
-                  instructions=str(doc.get("instructions") or "").strip())
+    return Rubric(
+        name=_field(doc, "name", str, path.name),
+        version=version,
+        dimensions=tuple(dims),
+        flags=flags,
+        instructions=str(doc.get("instructions") or "").strip(),
+    )
 
 
 # --- calibration set ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CalibrationItem:
@@ -174,20 +192,33 @@ def load_calibration(eval_set: EvalSet, path: Path = DATA_DIR / "calibration.yam
         scores, rationales = {}, {}
         for dim in DIMENSIONS:
             pair = _field(ref, dim, list, f"{where} reference")
-            if len(pair) != 2 or isinstance(pair[0], bool) or pair[0] not in (1, 2, 3, 4, 5) or not str(pair[1]).strip():
+            if (
+                len(pair) != 2
+                or isinstance(pair[0], bool)
+                or pair[0] not in (1, 2, 3, 4, 5)
+                or not str(pair[1]).strip()
+            ):
                 raise EvalDataError(f"{where}: field 'reference.{dim}' must be [score 1..5, rationale], got {pair!r}")
             scores[dim], rationales[dim] = int(pair[0]), str(pair[1])
         pair = _field(ref, FLAG, list, f"{where} reference")
         if len(pair) != 2 or not isinstance(pair[0], bool) or not str(pair[1]).strip():
             raise EvalDataError(f"{where}: field 'reference.{FLAG}' must be [true/false, rationale], got {pair!r}")
         rationales[FLAG] = str(pair[1])
-        items.append(CalibrationItem(item_id, prompt_id, _field(raw, "response", str, where), scores, pair[0], rationales))
+        items.append(
+            CalibrationItem(item_id, prompt_id, _field(raw, "response", str, where), scores, pair[0], rationales)
+        )
     content = {k: doc.get(k) for k in ("name", "version", "labeller", "items")}
-    return CalibrationSet(_field(doc, "name", str, path.name), _field(doc, "version", str, path.name),
-                          _field(doc, "labeller", str, path.name), tuple(items), canonical_sha256(content))
+    return CalibrationSet(
+        _field(doc, "name", str, path.name),
+        _field(doc, "version", str, path.name),
+        _field(doc, "labeller", str, path.name),
+        tuple(items),
+        canonical_sha256(content),
+    )
 
 
 # --- contamination pairs ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PublicReference:
@@ -212,8 +243,9 @@ def _public_reference(raw: Any, where: str) -> PublicReference | None:
     return PublicReference(*(_field(ref, k, str, f"{where} public_reference") for k in ("text", "source", "licence")))
 
 
-def load_contamination_pairs(eval_set: EvalSet, path: Path = DATA_DIR / "contamination_pairs.yaml"
-                             ) -> tuple[list[ContaminationPair], str]:
+def load_contamination_pairs(
+    eval_set: EvalSet, path: Path = DATA_DIR / "contamination_pairs.yaml"
+) -> tuple[list[ContaminationPair], str]:
     """The pairs and the sha256 of the file's canonical content."""
     doc = _load_yaml(path)
     pairs = []

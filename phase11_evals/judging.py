@@ -7,8 +7,11 @@ results so a score can be traced to its instrument (judge model, method, rubric 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from lab.errors import MissingResource
+from lab.llm import check_spec, from_spec
 from phase10_alignment.rubric_judge import Judge, JudgeFailure, Rubric, Verdict
 
 
@@ -16,8 +19,6 @@ def check_judge(spec: str, ctx) -> None:
     """Skip the run now if its judge cannot be built (a hosted judge without its SDK or API key): the
     judge is built after the models under test have answered, and GPU time spent on answers nobody
     can score is wasted. A malformed spec raises ConfigError."""
-    from lab.errors import MissingResource
-    from lab.llm import check_spec
 
     try:
         check_spec(spec or None)
@@ -27,7 +28,6 @@ def check_judge(spec: str, ctx) -> None:
 
 def build_judge(spec: str, rubric: Rubric) -> Judge:
     """A Judge on ``spec`` ("" = --llm / LAB_LLM / SmolLM2); local models use choice_probs, hosted json."""
-    from lab.llm import from_spec
 
     llm = from_spec(spec or None)
     if hasattr(llm, "reset_prefix_cache"):  # local: count this judge's prefix-cache saving from zero
@@ -50,13 +50,20 @@ def record_judge(ctx, judge: Judge, name: str) -> None:
         ctx.model(**desc, role="judge")
     rows = ctx.tables["judge_instruments"]["rows"] if "judge_instruments" in ctx.tables else []
     info = judge.describe()
-    rows.append([name, info["judge_model"], info["method"], info["rubric"], info["rubric_sha256"], info["prompt_sha256"]])
-    ctx.table("judge_instruments", rows, ["used for", "judge model", "method", "rubric", "rubric sha256",
-                                          "judge prompt sha256"], title="Judge instruments (what produced the scores)")
+    rows.append(
+        [name, info["judge_model"], info["method"], info["rubric"], info["rubric_sha256"], info["prompt_sha256"]]
+    )
+    ctx.table(
+        "judge_instruments",
+        rows,
+        ["used for", "judge model", "method", "rubric", "rubric sha256", "judge prompt sha256"],
+        title="Judge instruments (what produced the scores)",
+    )
 
 
-def score_all(judge: Judge, items: Sequence[tuple[str, str, str | None]], ctx, description: str
-              ) -> list[Verdict | JudgeFailure]:
+def score_all(
+    judge: Judge, items: Sequence[tuple[str, str, str | None]], ctx, description: str
+) -> list[Verdict | JudgeFailure]:
     """Score (prompt, response, reference) items; failures stay in the list as JudgeFailure."""
     return [judge.score(p, r, reference=ref) for p, r, ref in ctx.progress(items, description, total=len(items))]
 

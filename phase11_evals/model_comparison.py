@@ -28,8 +28,16 @@ import gc
 import math
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.device import current
+from lab.errors import MissingResource
 from lab.models import EMBEDDED_LLM
+from phase10_alignment.rubric_judge import JudgeFailure
 from phase10_alignment.variants import VARIANT_ADAPTERS, VARIANTS
+from phase11_evals import editor_gate
+from phase11_evals.calibration import calibration_inputs, judge_calibration
+from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
+from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
+from phase11_evals.responders import Responder, missing_reason
 
 STYLE = ("mechanistic_depth", "audience_calibration")
 ACCURACY = ("technical_accuracy", "calibration")
@@ -54,6 +62,7 @@ def _mean(xs) -> float | None:
 
 def quadrant(d_style: float, d_accuracy: float, eps: float = 0.05) -> str:
     """Name the two-by-two cell of a (style change, accuracy change) pair; |change| < eps is 'flat'."""
+
     def word(d):
         return "up" if d >= eps else "down" if d <= -eps else "flat"
 
@@ -61,29 +70,25 @@ def quadrant(d_style: float, d_accuracy: float, eps: float = 0.05) -> str:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lab.errors import MissingResource
-    from phase10_alignment.rubric_judge import JudgeFailure
-    from phase11_evals import editor_gate
-    from phase11_evals.calibration import calibration_inputs
-    from phase11_evals.calibration import judge_calibration
-    from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
-    from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
-    from phase11_evals.responders import Responder, missing_reason
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     check_judge(cfg.judge_llm, ctx)
-    from lab.device import current
 
-    if ctx.profile == "a100" and (why := current().gpu_only_reason("the a100 profile answers with Llama 3.1 8B variants")):
+    if ctx.profile == "a100" and (
+        why := current().gpu_only_reason("the a100 profile answers with Llama 3.1 8B variants")
+    ):
         ctx.skip(why)
     eval_set = load_eval_set()
     prompts = eval_set.subset(cfg.per_category)[: cfg.limit]
-    ctx.dataset(f"{eval_set.name} v{eval_set.version}", n=len(prompts), sha256=eval_set.sha256,
-                selection=f"{cfg.per_category or 'all'} per category" + (f", first {cfg.limit}" if cfg.limit else ""))
+    ctx.dataset(
+        f"{eval_set.name} v{eval_set.version}",
+        n=len(prompts),
+        sha256=eval_set.sha256,
+        selection=f"{cfg.per_category or 'all'} per category" + (f", first {cfg.limit}" if cfg.limit else ""),
+    )
 
     status_rows, variants = [], []
     for name in cfg.variants:
@@ -96,8 +101,13 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.table("variants", status_rows, ["variant", "status", "reason"], title="Variants requested")
     for name in VARIANTS:  # a declared summary metric of a variant not scored here is null, never missing
         if name not in variants:
-            ctx.metric(f"mean_{name}", None, "points", higher_is_better=True,
-                       description=f"{name} was not scored in this run (see the variants table)")
+            ctx.metric(
+                f"mean_{name}",
+                None,
+                "points",
+                higher_is_better=True,
+                description=f"{name} was not scored in this run (see the variants table)",
+            )
     if not variants:
         raise RuntimeError(f"none of the variants {cfg.variants} is available: {status_rows}")
 
@@ -113,9 +123,14 @@ def run(cfg: Config, ctx: RunContext) -> None:
         gc.collect()
     tokens = sum(a.new_tokens for v in answers.values() for a in v)
     seconds = sum(a.seconds for v in answers.values() for a in v)
-    ctx.metric("generation_tokens_per_s", tokens / seconds, "tokens/s", higher_is_better=True,
-               description=f"greedy decoding, merged adapter, batches of up to {cfg.batch_size} prompts "
-                           "(throughput, not single-stream speed), this machine")
+    ctx.metric(
+        "generation_tokens_per_s",
+        tokens / seconds,
+        "tokens/s",
+        higher_is_better=True,
+        description=f"greedy decoding, merged adapter, batches of up to {cfg.batch_size} prompts "
+        "(throughput, not single-stream speed), this machine",
+    )
 
     judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
     record_judge(ctx, judge, "model comparison")
@@ -123,62 +138,127 @@ def run(cfg: Config, ctx: RunContext) -> None:
         ctx.set_method(judge_method(judge))
     calib = load_calibration(eval_set)
     calib_items = list(calib.items[: cfg.calibration_limit])
-    ctx.dataset(f"{calib.name} v{calib.version}", n=len(calib_items), sha256=calib.sha256, labeller=calib.labeller,
-                used_for="calibrating this run's judge before its gate approvals count")
+    ctx.dataset(
+        f"{calib.name} v{calib.version}",
+        n=len(calib_items),
+        sha256=calib.sha256,
+        labeller=calib.labeller,
+        used_for="calibrating this run's judge before its gate approvals count",
+    )
     verdicts: dict[str, list] = {}
     try:
         calib_verdicts = score_all(judge, calibration_inputs(eval_set, calib_items), ctx, "calibrating the judge")
         for name in variants:
-            verdicts[name] = score_all(judge, [(p.prompt, a.text, p.key_facts) for p, a in zip(prompts, answers[name])],
-                                       ctx, f"judging {name}")
+            verdicts[name] = score_all(
+                judge, [(p.prompt, a.text, p.key_facts) for p, a in zip(prompts, answers[name])], ctx, f"judging {name}"
+            )
     except MissingResource as err:
         ctx.skip(str(err))
 
     r, gate_na = judge_calibration(calib_verdicts, calib_items, cfg.pass_r)
-    ctx.metric("judge_calibration_r", r, "r", higher_is_better=True,
-               description=f"Pearson r of per-response means vs the reference scores, {len(calib_items)} calibration "
-                           f"responses, rubric v{cfg.rubric_version}, this run's judge")
-    ctx.metric("judge_passed_calibration", gate_na is None, "", higher_is_better=True,
-               description=f"r >= {cfg.pass_r}: only then are gate approvals reported")
+    ctx.metric(
+        "judge_calibration_r",
+        r,
+        "r",
+        higher_is_better=True,
+        description=f"Pearson r of per-response means vs the reference scores, {len(calib_items)} calibration "
+        f"responses, rubric v{cfg.rubric_version}, this run's judge",
+    )
+    ctx.metric(
+        "judge_passed_calibration",
+        gate_na is None,
+        "",
+        higher_is_better=True,
+        description=f"r >= {cfg.pass_r}: only then are gate approvals reported",
+    )
 
     summary_rows, response_rows, dim_means, cat_means, style_acc = [], [], {}, {}, {}
     for name in variants:
         note = failures_note(verdicts[name])
         if note:
             ctx.failure_mode(f"{name}: {note}")
-        scored = [(p, a, v) for p, a, v in zip(prompts, answers[name], verdicts[name]) if not isinstance(v, JudgeFailure)]
+        scored = [
+            (p, a, v) for p, a, v in zip(prompts, answers[name], verdicts[name]) if not isinstance(v, JudgeFailure)
+        ]
         if not scored:
             raise RuntimeError(f"variant {name}: the judge scored none of its answers")
         means = [_mean(v.scores.values()) for _, _, v in scored]
         gates = [editor_gate.decide(v).verdict for _, _, v in scored]
         flags = sum(v.flags[FLAG] for _, _, v in scored)
         mean = _mean(means)
-        summary_rows.append([name, len(scored), round(mean, 3), f"{flags}/{len(scored)}",
-                             f"{gates.count('APPROVE')}/{len(scored)}" if gate_na is None else f"n/a: {gate_na}"])
+        summary_rows.append(
+            [
+                name,
+                len(scored),
+                round(mean, 3),
+                f"{flags}/{len(scored)}",
+                f"{gates.count('APPROVE')}/{len(scored)}" if gate_na is None else f"n/a: {gate_na}",
+            ]
+        )
         ctx.metric(f"mean_{name}", mean, "points", higher_is_better=True)
         ctx.metric(f"flag_rate_{name}", flags / len(scored), "fraction", higher_is_better=False)
-        ctx.metric(f"gate_approval_rate_{name}", gates.count("APPROVE") / len(scored) if gate_na is None else None,
-                   "fraction", higher_is_better=True, description=f"n/a: {gate_na}" if gate_na else "")
+        ctx.metric(
+            f"gate_approval_rate_{name}",
+            gates.count("APPROVE") / len(scored) if gate_na is None else None,
+            "fraction",
+            higher_is_better=True,
+            description=f"n/a: {gate_na}" if gate_na else "",
+        )
         dim_means[name] = {d: _mean(v.scores[d] for _, _, v in scored) for d in DIMENSIONS}
         for d in DIMENSIONS:
             ctx.metric(f"{d}_{name}", dim_means[name][d], "points", higher_is_better=True)
-        cat_means[name] = {c: _mean(m for (p, _, _), m in zip(scored, means) if p.category == c) for c in eval_set.categories}
-        ctx.metric(f"agent_infrastructure_{name}", cat_means[name]["agent_infrastructure"], "points", higher_is_better=True)
+        cat_means[name] = {
+            c: _mean(m for (p, _, _), m in zip(scored, means) if p.category == c) for c in eval_set.categories
+        }
+        ctx.metric(
+            f"agent_infrastructure_{name}", cat_means[name]["agent_infrastructure"], "points", higher_is_better=True
+        )
         style_acc[name] = (_mean(dim_means[name][d] for d in STYLE), _mean(dim_means[name][d] for d in ACCURACY))
         for (p, a, v), g in zip(scored, gates):
-            response_rows.append([name, p.id, p.category, *[round(v.scores[d], 2) for d in DIMENSIONS], v.flags[FLAG],
-                                  g if gate_na is None else "n/a", a.new_tokens, a.text])
+            response_rows.append(
+                [
+                    name,
+                    p.id,
+                    p.category,
+                    *[round(v.scores[d], 2) for d in DIMENSIONS],
+                    v.flags[FLAG],
+                    g if gate_na is None else "n/a",
+                    a.new_tokens,
+                    a.text,
+                ]
+            )
 
-    ctx.table("by_variant", summary_rows, ["variant", "answers scored", "mean score", f"{FLAG} flags",
-                                           "Editor gate approvals"], title="Per variant (rubric v" + cfg.rubric_version + ")")
-    ctx.table("by_dimension", [[d, *[round(dim_means[n][d], 3) for n in variants]] for d in DIMENSIONS],
-              ["dimension", *variants], title="Mean score per dimension")
-    ctx.table("by_category", [[c, sum(p.category == c for p in prompts),
-                               *[None if cat_means[n][c] is None else round(cat_means[n][c], 3) for n in variants]]
-                              for c in eval_set.categories],
-              ["category", "prompts", *variants], title="Mean score per category")
-    ctx.table("responses", response_rows, ["variant", "prompt", "category", *DIMENSIONS, FLAG, "gate", "tokens", "answer"],
-              title="Every scored answer")
+    ctx.table(
+        "by_variant",
+        summary_rows,
+        ["variant", "answers scored", "mean score", f"{FLAG} flags", "Editor gate approvals"],
+        title="Per variant (rubric v" + cfg.rubric_version + ")",
+    )
+    ctx.table(
+        "by_dimension",
+        [[d, *[round(dim_means[n][d], 3) for n in variants]] for d in DIMENSIONS],
+        ["dimension", *variants],
+        title="Mean score per dimension",
+    )
+    ctx.table(
+        "by_category",
+        [
+            [
+                c,
+                sum(p.category == c for p in prompts),
+                *[None if cat_means[n][c] is None else round(cat_means[n][c], 3) for n in variants],
+            ]
+            for c in eval_set.categories
+        ],
+        ["category", "prompts", *variants],
+        title="Mean score per category",
+    )
+    ctx.table(
+        "responses",
+        response_rows,
+        ["variant", "prompt", "category", *DIMENSIONS, FLAG, "gate", "tokens", "answer"],
+        title="Every scored answer",
+    )
 
     # the two-by-two: each fine-tuned variant against BASE
     if "base" in variants and len(variants) > 1:
@@ -191,21 +271,31 @@ def run(cfg: Config, ctx: RunContext) -> None:
             rows.append([name, round(d_style, 3), round(d_acc, 3), quadrant(d_style, d_acc)])
             ctx.metric(f"style_change_{name}", d_style, "points")
             ctx.metric(f"accuracy_change_{name}", d_acc, "points")
-        ctx.table("two_by_two", rows, ["variant", "Δ style (depth, audience)", "Δ accuracy (accuracy, calibration)",
-                                       "cell"], title="Two-by-two: change vs BASE in style and in accuracy dimensions")
+        ctx.table(
+            "two_by_two",
+            rows,
+            ["variant", "Δ style (depth, audience)", "Δ accuracy (accuracy, calibration)", "cell"],
+            title="Two-by-two: change vs BASE in style and in accuracy dimensions",
+        )
         for name, d_style, d_acc, cell in rows:
             seed_style, seed_acc = seed_change(name)
-            ctx.finding(f"{name} vs base: style dimensions {d_style:+.2f}, accuracy dimensions {d_acc:+.2f} -> {cell} "
-                        f"(seed, Llama 3.1 8B with a Claude judge: {seed_style:+.2f} / {seed_acc:+.2f} -> "
-                        f"{quadrant(seed_style, seed_acc)}).")
+            ctx.finding(
+                f"{name} vs base: style dimensions {d_style:+.2f}, accuracy dimensions {d_acc:+.2f} -> {cell} "
+                f"(seed, Llama 3.1 8B with a Claude judge: {seed_style:+.2f} / {seed_acc:+.2f} -> "
+                f"{quadrant(seed_style, seed_acc)})."
+            )
     else:
-        ctx.finding(f"Only {variants} could be scored, so the two-by-two (fine-tuned vs BASE) is not computed here; "
-                    "see the 'Variants requested' table for what is missing and which command produces it.")
+        ctx.finding(
+            f"Only {variants} could be scored, so the two-by-two (fine-tuned vs BASE) is not computed here; "
+            "see the 'Variants requested' table for what is missing and which command produces it."
+        )
 
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(variants)
     for i, name in enumerate(variants):
-        ax.bar([x + i * width for x in range(len(DIMENSIONS))], [dim_means[name][d] for d in DIMENSIONS], width, label=name)
+        ax.bar(
+            [x + i * width for x in range(len(DIMENSIONS))], [dim_means[name][d] for d in DIMENSIONS], width, label=name
+        )
     ax.set_xticks([x + width * (len(variants) - 1) / 2 for x in range(len(DIMENSIONS))], DIMENSIONS, fontsize=8)
     ax.set_ylim(1, 5)
     ax.set_ylabel(f"mean judge score (rubric v{cfg.rubric_version})")
@@ -217,34 +307,48 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for a_name, b_name in (("sft", "dpo"), ("base", "sft")):
         if a_name in answers and b_name in answers:
             same = sum(x.text == y.text for x, y in zip(answers[a_name], answers[b_name]))
-            ctx.metric(f"identical_answers_{a_name}_{b_name}", same, "prompts",
-                       description=f"prompts (of {len(prompts)}) where {a_name} and {b_name} gave the same greedy answer")
+            ctx.metric(
+                f"identical_answers_{a_name}_{b_name}",
+                same,
+                "prompts",
+                description=f"prompts (of {len(prompts)}) where {a_name} and {b_name} gave the same greedy answer",
+            )
             if same:
-                ctx.finding(f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts "
-                            "(how far its adapter moved the policy is in its training record under Models).")
+                ctx.finding(
+                    f"{b_name} gave exactly the same greedy answer as {a_name} on {same}/{len(prompts)} prompts "
+                    "(how far its adapter moved the policy is in its training record under Models)."
+                )
     best = max(summary_rows, key=lambda row: row[2])
     seed_best = max(EXERCISE.seed(f"mean_{v}") for v in ("base", "sft", "dpo"))
-    ctx.finding(f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers (seed's highest: {seed_best:.3f}/5).")
+    ctx.finding(
+        f"Highest mean: {best[0]} at {best[2]:.2f}/5 over {best[1]} answers (seed's highest: {seed_best:.3f}/5)."
+    )
     if gate_na is None:
-        ctx.finding(f"The judge passed calibration in this run (r = {r:.3f} >= {cfg.pass_r}); Editor-gate approvals per "
-                    "variant: " + ", ".join(f"{row[0]} {row[4]}" for row in summary_rows) + ".")
+        ctx.finding(
+            f"The judge passed calibration in this run (r = {r:.3f} >= {cfg.pass_r}); Editor-gate approvals per "
+            "variant: " + ", ".join(f"{row[0]} {row[4]}" for row in summary_rows) + "."
+        )
     else:
-        ctx.finding(f"Editor-gate approval rates are n/a: {gate_na}. Approvals from a judge that does not track the "
-                    "reference scores are noise, so none are published.")
+        ctx.finding(
+            f"Editor-gate approval rates are n/a: {gate_na}. Approvals from a judge that does not track the "
+            "reference scores are noise, so none are published."
+        )
     spread = max(row[2] for row in summary_rows) - min(row[2] for row in summary_rows)
     if judge.method == "choice_probs":
-        ctx.finding(f"Variant means span {spread:.2f} points with a {EMBEDDED_LLM.size_label} choice_probs judge whose "
-                    "scores barely move with "
-                    "answer quality (phase11.calibration): read these as the judge's limits, not as a ranking of variants.")
+        ctx.finding(
+            f"Variant means span {spread:.2f} points with a {EMBEDDED_LLM.size_label} choice_probs judge whose "
+            "scores barely move with "
+            "answer quality (phase11.calibration): read these as the judge's limits, not as a ranking of variants."
+        )
 
 
 def seed_change(variant: str) -> tuple[float, float]:
     """The seed's (style, accuracy) change vs BASE, from its per-dimension means in the references."""
+
     def mean_of(dims, name):
         return math.fsum(EXERCISE.seed(f"{d}_{name}") for d in dims) / len(dims)
 
     return (mean_of(STYLE, variant) - mean_of(STYLE, "base"), mean_of(ACCURACY, variant) - mean_of(ACCURACY, "base"))
-
 
 
 _SEED = "seed: Llama 3.1 8B variants, 50 prompts, Claude judge"
@@ -253,8 +357,10 @@ EXERCISE = Exercise(
     title="BASE vs SFT vs DPO on the eval set, rubric v1.1",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"judge_llm": "anthropic:claude-sonnet-4-5", "per_category": None,
-                                  "max_new_tokens": 512}},
+    profiles={
+        "cpu": {},
+        "a100": {"judge_llm": "anthropic:claude-sonnet-4-5", "per_category": None, "max_new_tokens": 512},
+    },
     tiny={"variants": ["base"], "limit": 1, "max_new_tokens": 8, "calibration_limit": 3},
     # every variant (base, sft, dpo on the tiny Llama), the embedded judge in place of the API judge
     smoke={"limit": 2, "max_new_tokens": 8, "calibration_limit": 3, "judge_llm": ""},

@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from lab.artifacts import Artifact
+from lab.artifacts import Artifact, load
+from lab.errors import MissingArtifact, UnusableArtifact
+from phase10_alignment.variants import VARIANT_ADAPTERS, VARIANTS, base_model_id, load_variant
 
 
 @dataclass
@@ -27,8 +29,6 @@ class Answer:
 
 def stored_adapter(variant: str, profile: str) -> Artifact | None:
     """The variant's stored adapter (None for base); MissingArtifact names the build command."""
-    from lab.artifacts import load
-    from phase10_alignment.variants import VARIANT_ADAPTERS, VARIANTS
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
@@ -37,7 +37,6 @@ def stored_adapter(variant: str, profile: str) -> Artifact | None:
 
 def missing_reason(variant: str, profile: str) -> str | None:
     """Why ``variant`` cannot be loaded for ``profile`` without training (None when it can)."""
-    from lab.errors import MissingArtifact, UnusableArtifact
 
     try:
         stored_adapter(variant, profile)
@@ -50,7 +49,6 @@ class Responder:
     """One variant, loaded and merged, answering single-turn prompts greedily."""
 
     def __init__(self, variant: str, profile: str):
-        from phase10_alignment.variants import base_model_id, load_variant
 
         self.variant = variant
         self.base_id = base_model_id(profile)
@@ -62,9 +60,14 @@ class Responder:
 
     def describe(self) -> dict[str, Any]:
         """Provenance, with the adapter's own training record (steps, pairs, lr...) so a weak adapter shows."""
-        info = {"id": f"{self.variant}: {self.base_id}", "adapter": self.adapter.id if self.adapter else None,
-                "n_params": self.n_params, "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
-                "role": "model under test", "merged": self.adapter is not None}
+        info = {
+            "id": f"{self.variant}: {self.base_id}",
+            "adapter": self.adapter.id if self.adapter else None,
+            "n_params": self.n_params,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "role": "model under test",
+            "merged": self.adapter is not None,
+        }
         if self.adapter:
             info["training"] = dict(self.adapter.metrics)
         return info
@@ -81,24 +84,35 @@ class Responder:
         (``tests/test_phase11_evals.py`` compares the two). An answer's ``seconds`` is its batch's
         wall time shared equally, so summed seconds are the generation wall time.
         """
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
-        encoded = [self.tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                return_dict=True)["input_ids"] for p in prompts]
+        encoded = [
+            self.tok.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+            for p in prompts
+        ]
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         ends = self._end_ids()
         order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
         answers: list[Answer | None] = [None] * len(prompts)
         for start in range(0, len(order), max(1, batch_size)):
-            rows = order[start:start + max(1, batch_size)]
+            rows = order[start : start + max(1, batch_size)]
             width = max(len(encoded[i]) for i in rows)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + list(encoded[i]) for i in rows])
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in rows])
             begin = time.perf_counter()
             with torch.inference_mode():
-                out = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                                          max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                          top_p=None, top_k=None, pad_token_id=pad)
+                out = self.model.generate(
+                    input_ids=ids.to(self.model.device),
+                    attention_mask=mask.to(self.model.device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=pad,
+                )
             seconds = (time.perf_counter() - begin) / len(rows)
             for i, row in zip(rows, out[:, width:].tolist()):
                 new = _until_end(row, ends)  # a row that ended early is padded to the batch's length
@@ -116,5 +130,5 @@ def _until_end(ids: list[int], ends: set[int]) -> list[int]:
     """The generated ids up to and including the first end token (what unbatched generate returns)."""
     for k, token in enumerate(ids):
         if token in ends:
-            return ids[:k + 1]
+            return ids[: k + 1]
     return ids

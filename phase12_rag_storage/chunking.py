@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from phase12_rag_storage.corpus import Document
 
@@ -34,7 +34,7 @@ def _windows(words: list[str], size: int, overlap: int) -> list[str]:
     step = size - overlap
     out = []
     for start in range(0, len(words), step):
-        out.append(" ".join(words[start:start + size]))
+        out.append(" ".join(words[start : start + size]))
         if start + size >= len(words):
             break
     return out

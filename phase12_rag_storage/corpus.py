@@ -50,7 +50,7 @@ def strip_generated(text: str) -> str:
     end = text.find(RESULTS_END)
     if start == -1 or end == -1 or end < start:
         return text
-    return text[:start] + text[end + len(RESULTS_END):]
+    return text[:start] + text[end + len(RESULTS_END) :]
 
 
 def load_corpus(folder: str | Path | None = None, include_readmes: bool = False) -> list[Document]:
@@ -61,7 +61,9 @@ def load_corpus(folder: str | Path | None = None, include_readmes: bool = False)
     docs = [
         Document(str(p.relative_to(root)), p.read_text(encoding="utf-8", errors="replace"))
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        if p.is_file()
+        and p.suffix.lower() in TEXT_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     if include_readmes:
         docs += [
@@ -102,11 +104,23 @@ def load_queries(path: str | Path | None = None, sources: set[str] | None = None
     for line_no, row in iter_jsonl(path, model=QueryRow, unique="id"):
         missing = [g for g in row.gold_sources if sources is not None and g not in sources]
         if missing:
-            raise JsonlError(path, line_no, f"names {missing} not in the corpus (corpus sources: "
-                             f"{sorted(sources)[:8]}{' ...' if len(sources) > 8 else ''})", "gold_sources")
-        queries.append(Query(id=row.id or f"line{line_no}", query=row.query, category=row.category,
-                             gold_sources=tuple(row.gold_sources), gold_answer=row.gold_answer,
-                             evidence=tuple(row.evidence or ())))
+            raise JsonlError(
+                path,
+                line_no,
+                f"names {missing} not in the corpus (corpus sources: "
+                f"{sorted(sources)[:8]}{' ...' if len(sources) > 8 else ''})",
+                "gold_sources",
+            )
+        queries.append(
+            Query(
+                id=row.id or f"line{line_no}",
+                query=row.query,
+                category=row.category,
+                gold_sources=tuple(row.gold_sources),
+                gold_answer=row.gold_answer,
+                evidence=tuple(row.evidence or ()),
+            )
+        )
     if not queries:
         raise ConfigError(f"queries file {path} holds no queries")
     return queries

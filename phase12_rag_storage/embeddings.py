@@ -22,9 +22,16 @@ import re
 from statistics import mean
 
 import numpy as np
+from rank_bm25 import BM25Okapi
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
 from lab.models import DEFAULT_EMBEDDER
+from phase12_rag_storage.chunking import fixed_size_chunks
+from phase12_rag_storage.corpus import load_corpus, load_queries
+from phase12_rag_storage.optional_models import load_or_reason
+from phase12_rag_storage.retrieval_eval import evaluate, summarise
+from phase12_rag_storage.retriever import Embedder
+from phase12_rag_storage.stores import Hit, NumpyStore
 
 GROUPS = {
     "flash_attention": [
@@ -55,26 +62,32 @@ GROUPS = {
 SEPARATION_PAIR = ("flash_attention", "distributed_training")  # the seed's ratio
 PARAPHRASES = {
     "hbm": ("HBM round trips", "memory access overhead"),
-    "lora": ("LoRA trains a low-rank update while the base weights stay frozen",
-             "only two thin matrices are learned and the pretrained model is left untouched"),
-    "memory_bound": ("decoding is memory-bandwidth bound",
-                     "generating each token waits on reading the weights from GPU memory"),
-    "judge": ("calibrate the LLM judge against human scores",
-              "check that the grading model agrees with people"),
-    "chunking": ("split documents at headings and paragraphs",
-                 "cut the text where the sections naturally end"),
+    "lora": (
+        "LoRA trains a low-rank update while the base weights stay frozen",
+        "only two thin matrices are learned and the pretrained model is left untouched",
+    ),
+    "memory_bound": (
+        "decoding is memory-bandwidth bound",
+        "generating each token waits on reading the weights from GPU memory",
+    ),
+    "judge": ("calibrate the LLM judge against human scores", "check that the grading model agrees with people"),
+    "chunking": ("split documents at headings and paragraphs", "cut the text where the sections naturally end"),
 }
 ADVERSARIAL = {
-    "paper_title": ("Attention Is All You Need",
-                    "FlashAttention tiles the attention computation so the score matrix never makes a round trip through HBM."),
-    "attention_everyday": ("multi-head attention projects queries, keys and values per head",
-                           "please pay attention to the safety instructions at the head of the queue"),
-    "adapter": ("attach a LoRA adapter to the attention projections",
-                "plug the power adapter into the wall socket"),
-    "token": ("the tokenizer splits text into subword tokens",
-              "the API token expired so the request was rejected"),
-    "reward": ("the reward model scores responses for the policy",
-               "the loyalty programme reward gives customers a discount"),
+    "paper_title": (
+        "Attention Is All You Need",
+        "FlashAttention tiles the attention computation so the score matrix never makes a round trip through HBM.",
+    ),
+    "attention_everyday": (
+        "multi-head attention projects queries, keys and values per head",
+        "please pay attention to the safety instructions at the head of the queue",
+    ),
+    "adapter": ("attach a LoRA adapter to the attention projections", "plug the power adapter into the wall socket"),
+    "token": ("the tokenizer splits text into subword tokens", "the API token expired so the request was rejected"),
+    "reward": (
+        "the reward model scores responses for the policy",
+        "the loyalty programme reward gives customers a discount",
+    ),
 }
 LEXICAL = "bm25"
 
@@ -95,7 +108,6 @@ class BM25Similarity:
     """Lexical pair similarity; idf from the probe sentences themselves (rank-bm25's Okapi)."""
 
     def __init__(self, corpus: list[str]):
-        from rank_bm25 import BM25Okapi
 
         self.texts = list(dict.fromkeys(corpus))
         self.bm25 = BM25Okapi([tokens(t) for t in self.texts])
@@ -115,8 +127,6 @@ def similarity_fn(model_id: str, probe_texts: list[str], ctx: RunContext):
     """A pair-similarity function for the model, or (None, reason) when it cannot be loaded."""
     if model_id == LEXICAL:
         return BM25Similarity(probe_texts), None
-    from phase12_rag_storage.optional_models import load_or_reason
-    from phase12_rag_storage.retriever import Embedder
 
     embedder, reason = load_or_reason(model_id, Embedder)
     if embedder is None:
@@ -128,10 +138,13 @@ def similarity_fn(model_id: str, probe_texts: list[str], ctx: RunContext):
 
 def probe(sim) -> dict:
     within = {g: mean(sim(a, b) for a, b in itertools.combinations(s, 2)) for g, s in GROUPS.items()}
-    cross = {(g, h): mean(sim(a, b) for a in GROUPS[g] for b in GROUPS[h]) for g, h in itertools.combinations(GROUPS, 2)}
+    cross = {
+        (g, h): mean(sim(a, b) for a in GROUPS[g] for b in GROUPS[h]) for g, h in itertools.combinations(GROUPS, 2)
+    }
     fa, dt = SEPARATION_PAIR
     return {
-        "within": within, "cross_mean": mean(cross.values()),
+        "within": within,
+        "cross_mean": mean(cross.values()),
         "separation_overall": mean(within.values()) / mean(cross.values()),
         "separation_fa_vs_dist": mean([within[fa], within[dt]]) / cross[(fa, dt)],
         "paraphrase": {k: sim(a, b) for k, (a, b) in PARAPHRASES.items()},
@@ -146,9 +159,6 @@ def short(model_id: str) -> str:
 
 def bm25_search(chunks):
     """Lexical retrieval over chunks, returning stores.Hit like the vector stores do."""
-    from rank_bm25 import BM25Okapi
-
-    from phase12_rag_storage.stores import Hit
 
     bm25 = BM25Okapi([tokens(c.text) for c in chunks])
 
@@ -161,9 +171,12 @@ def bm25_search(chunks):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    probe_texts = list(dict.fromkeys(
-        [t for s in GROUPS.values() for t in s] + [t for p in (*PARAPHRASES.values(), *ADVERSARIAL.values()) for t in p]
-    ))
+    probe_texts = list(
+        dict.fromkeys(
+            [t for s in GROUPS.values() for t in s]
+            + [t for p in (*PARAPHRASES.values(), *ADVERSARIAL.values()) for t in p]
+        )
+    )
     results, embedders = {}, {}
     for model_id in cfg.models:
         sim, loaded = similarity_fn(model_id, probe_texts, ctx)
@@ -194,17 +207,23 @@ def run(cfg: Config, ctx: RunContext) -> None:
     rows += [[f"paraphrase: {k}"] + [results[m]["paraphrase"][k] for m in names] for k in PARAPHRASES]
     rows += [[f"adversarial: {k}"] + [results[m]["adversarial"][k] for m in names] for k in ADVERSARIAL]
     ctx.table("probes", rows, cols, title="Similarity probes (BM25: symmetrised, self-normalised score)")
-    ctx.table("pairs", [[k, "paraphrase", a, b] for k, (a, b) in PARAPHRASES.items()]
-              + [[k, "adversarial", a, b] for k, (a, b) in ADVERSARIAL.items()], ["pair", "kind", "a", "b"],
-              title="The probe pairs")
+    ctx.table(
+        "pairs",
+        [[k, "paraphrase", a, b] for k, (a, b) in PARAPHRASES.items()]
+        + [[k, "adversarial", a, b] for k, (a, b) in ADVERSARIAL.items()],
+        ["pair", "kind", "a", "b"],
+        title="The probe pairs",
+    )
     for m in names:
         r = results[m]
         gap = mean(r["paraphrase"].values()) - mean(r["adversarial"].values())
-        ctx.finding(f"{m} on the probe pairs: separation ratio {r['separation_overall']:.2f}x over {len(GROUPS)} groups "
-                    f"({r['separation_fa_vs_dist']:.2f}x FA vs distributed training); paraphrase mean "
-                    f"{mean(r['paraphrase'].values()):.3f} vs adversarial mean {mean(r['adversarial'].values()):.3f} "
-                    f"(gap {gap:+.3f}: it scores paraphrases {'above' if gap > 0 else 'below'} same-word pairs of "
-                    "different meaning). A pair probe is not retrieval: see the retrieval table for that.")
+        ctx.finding(
+            f"{m} on the probe pairs: separation ratio {r['separation_overall']:.2f}x over {len(GROUPS)} groups "
+            f"({r['separation_fa_vs_dist']:.2f}x FA vs distributed training); paraphrase mean "
+            f"{mean(r['paraphrase'].values()):.3f} vs adversarial mean {mean(r['adversarial'].values()):.3f} "
+            f"(gap {gap:+.3f}: it scores paraphrases {'above' if gap > 0 else 'below'} same-word pairs of "
+            "different meaning). A pair probe is not retrieval: see the retrieval table for that."
+        )
 
     if cfg.retrieval:
         retrieval_comparison(cfg, ctx, embedders, LEXICAL in results)
@@ -212,10 +231,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 def retrieval_comparison(cfg: Config, ctx: RunContext, embedders: dict, with_bm25: bool) -> None:
     """The same models as retrievers over 12.2's fixed-size chunks and query set."""
-    from phase12_rag_storage.chunking import fixed_size_chunks
-    from phase12_rag_storage.corpus import load_corpus, load_queries
-    from phase12_rag_storage.retrieval_eval import evaluate, summarise
-    from phase12_rag_storage.stores import NumpyStore
 
     docs = load_corpus(cfg.corpus)
     queries = load_queries(cfg.queries, {d.source for d in docs})
@@ -226,14 +241,26 @@ def retrieval_comparison(cfg: Config, ctx: RunContext, embedders: dict, with_bm2
         searchers[LEXICAL] = lambda q: bm25(q.query, cfg.k)
     for model_id, emb in embedders.items():
         store = NumpyStore(emb.dim)
-        store.insert([c.id for c in chunks], emb.encode([c.text for c in chunks]), [c.text for c in chunks],
-                     [{"source": c.source} for c in chunks])
+        store.insert(
+            [c.id for c in chunks],
+            emb.encode([c.text for c in chunks]),
+            [c.text for c in chunks],
+            [{"source": c.source} for c in chunks],
+        )
         searchers[model_id] = lambda q, s=store, e=emb: s.search(e.encode([q.query])[0], k=cfg.k)
     summaries = {m: summarise(evaluate(queries, fn)) for m, fn in searchers.items()}
     cats = list(next(iter(summaries.values())))
-    rows = [[cat] + [v for m in summaries for v in (summaries[m][cat]["hit_rate"], summaries[m][cat]["top1"])] for cat in cats]
+    rows = [
+        [cat] + [v for m in summaries for v in (summaries[m][cat]["hit_rate"], summaries[m][cat]["top1"])]
+        for cat in cats
+    ]
     cols = ["category"] + [f"{h} ({m})" for m in summaries for h in ("hit rate", "top-1")]
-    ctx.table("retrieval", rows, cols, title=f"As retrievers: {len(chunks)} fixed 400/50 chunks, {len(queries)} queries, top-{cfg.k}")
+    ctx.table(
+        "retrieval",
+        rows,
+        cols,
+        title=f"As retrievers: {len(chunks)} fixed 400/50 chunks, {len(queries)} queries, top-{cfg.k}",
+    )
     for m, s in summaries.items():
         ctx.metric(f"{short(m)}_retrieval_top1_paraphrase", s.get("paraphrase", s["overall"])["top1"], "fraction", True)
         ctx.metric(f"{short(m)}_retrieval_top1", s["overall"]["top1"], "fraction", True)
@@ -243,33 +270,44 @@ def retrieval_comparison(cfg: Config, ctx: RunContext, embedders: dict, with_bm2
 
 def retrieval_finding(summaries: dict[str, dict], n_queries: int, k: int) -> str:
     """What the retrieval table shows, overall and per category: who leads on hit rate and top-1."""
+
     def leader(key: str, cat: str) -> str:
         values = {m: s[cat][key] for m, s in summaries.items() if cat in s}
         best = max(values.values())
         top = [m for m, v in values.items() if v == best]
         return "tie" if len(top) == len(values) > 1 else ", ".join(top)
 
-    overall = "; ".join(f"{m}: hit rate {s['overall']['hit_rate']:.2f}, top-1 {s['overall']['top1']:.2f}"
-                        for m, s in summaries.items())
+    overall = "; ".join(
+        f"{m}: hit rate {s['overall']['hit_rate']:.2f}, top-1 {s['overall']['top1']:.2f}" for m, s in summaries.items()
+    )
     cats = [c for c in next(iter(summaries.values())) if c != "overall"]
     per_cat = "; ".join(f"{c} top-1 leader: {leader('top1', c)}" for c in cats)
-    text = (f"As retrievers over {n_queries} queries (top-{k}) — {overall}. Overall hit-rate leader: "
-            f"{leader('hit_rate', 'overall')}; top-1 leader: {leader('top1', 'overall')}. By category: {per_cat}.")
+    text = (
+        f"As retrievers over {n_queries} queries (top-{k}) — {overall}. Overall hit-rate leader: "
+        f"{leader('hit_rate', 'overall')}; top-1 leader: {leader('top1', 'overall')}. By category: {per_cat}."
+    )
     dense = {m: s["overall"] for m, s in summaries.items() if m != LEXICAL}
     if LEXICAL in summaries and dense:
         lex = summaries[LEXICAL]["overall"]
         behind = [m for m, d in dense.items() if (d["hit_rate"], d["top1"]) > (lex["hit_rate"], lex["top1"])]
-        text += (f" BM25 is not behind {', '.join(m for m in dense if m not in behind)} on this query set: its low "
-                 "paraphrase-probe scores did not make it a weak retriever here."
-                 if len(behind) < len(dense) else f" BM25 trails {', '.join(behind)} on this query set.")
+        text += (
+            f" BM25 is not behind {', '.join(m for m in dense if m not in behind)} on this query set: its low "
+            "paraphrase-probe scores did not make it a weak retriever here."
+            if len(behind) < len(dense)
+            else f" BM25 trails {', '.join(behind)} on this query set."
+        )
     return text
 
 
 REFS = [
-    ("minilm_within_flash_attention", 0.430), ("mpnet_within_flash_attention", 0.420),
-    ("minilm_paraphrase_hbm", 0.510), ("mpnet_paraphrase_hbm", 0.653),
-    ("minilm_adversarial_paper_title", 0.124), ("mpnet_adversarial_paper_title", 0.374),
-    ("minilm_separation_fa_vs_dist", 2.0), ("mpnet_separation_fa_vs_dist", 1.9),
+    ("minilm_within_flash_attention", 0.430),
+    ("mpnet_within_flash_attention", 0.420),
+    ("minilm_paraphrase_hbm", 0.510),
+    ("mpnet_paraphrase_hbm", 0.653),
+    ("minilm_adversarial_paper_title", 0.124),
+    ("mpnet_adversarial_paper_title", 0.374),
+    ("minilm_separation_fa_vs_dist", 2.0),
+    ("mpnet_separation_fa_vs_dist", 1.9),
 ]
 
 EXERCISE = Exercise(
@@ -283,8 +321,15 @@ EXERCISE = Exercise(
     },
     tiny={"models": [DEFAULT_EMBEDDER, LEXICAL, "sentence-transformers/all-mpnet-base-v2"]},
     smoke={},  # MPNet is reported missing offline, as on the cpu profile
-    references=tuple(Reference(m, v, "x" if "separation" in m else "cosine",
-                               "seed: own Phase 1-11 sentences; ours: this file's probe sentences") for m, v in REFS),
+    references=tuple(
+        Reference(
+            m,
+            v,
+            "x" if "separation" in m else "cosine",
+            "seed: own Phase 1-11 sentences; ours: this file's probe sentences",
+        )
+        for m, v in REFS
+    ),
     summary_metrics=("minilm_paraphrase_hbm", "minilm_separation_fa_vs_dist", "bm25_paraphrase_mean"),
     methods={"cpu": "scaled", "a100": "same"},  # cpu: MPNet is not available offline
 )

@@ -17,9 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.llm import from_spec
 from lab.models import DEFAULT_EMBEDDER
 from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
+from phase12_rag_storage.optional_models import load_or_reason
+from phase12_rag_storage.rag_from_scratch import build_retriever, metric_key
 from phase12_rag_storage.retrieval_eval import evaluate, summarise
+from phase12_rag_storage.retriever import Embedder
 
 
 class Config(ExerciseConfig):
@@ -45,13 +49,11 @@ def rerank(cross_encoder, question: str, hits, k: int):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
-    from phase12_rag_storage.optional_models import load_or_reason
-    from phase12_rag_storage.rag_from_scratch import build_retriever, metric_key
-    from phase12_rag_storage.retriever import Embedder
 
     docs = load_corpus(cfg.corpus)
-    queries = [q for q in load_queries(cfg.queries, {d.source for d in docs}) if not cfg.query_ids or q.id in cfg.query_ids]
+    queries = [
+        q for q in load_queries(cfg.queries, {d.source for d in docs}) if not cfg.query_ids or q.id in cfg.query_ids
+    ]
     if not queries:
         raise ValueError(f"query_ids {cfg.query_ids} matched no query in the queries file")
     ctx.dataset(cfg.corpus or "phase12_rag_storage/notes", n=len(docs), sha256=corpus_sha256(docs))
@@ -89,14 +91,25 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     per_method = {m: evaluate(queries, fn) for m, fn in methods.items()}
     summaries = {m: summarise(rows) for m, rows in per_method.items()}
-    rows = [[m, s["overall"]["hit_rate"], s["overall"]["top1"], s["overall"]["evidence_complete"]] for m, s in summaries.items()]
+    rows = [
+        [m, s["overall"]["hit_rate"], s["overall"]["top1"], s["overall"]["evidence_complete"]]
+        for m, s in summaries.items()
+    ]
     if cross_encoder is None:
         rows += [[m, None, None, None] for m in ("rerank", "HyDE+rerank")]
-    ctx.table("methods", rows, ["method", "hit rate", "top-1", "evidence complete"],
-              title=f"Retrieval by method ({len(queries)} queries, {len(retriever.chunks)} {cfg.chunking} chunks, top-{cfg.k})")
+    ctx.table(
+        "methods",
+        rows,
+        ["method", "hit rate", "top-1", "evidence complete"],
+        title=f"Retrieval by method ({len(queries)} queries, {len(retriever.chunks)} {cfg.chunking} chunks, top-{cfg.k})",
+    )
     cats = [c for c in summaries["baseline"] if c != "overall"]
-    ctx.table("by_category", [[c] + [summaries[m][c][k] for m in summaries for k in ("hit_rate", "top1")] for c in cats],
-              ["category"] + [f"{k} ({m})" for m in summaries for k in ("hit", "top-1")], title="By query category")
+    ctx.table(
+        "by_category",
+        [[c] + [summaries[m][c][k] for m in summaries for k in ("hit_rate", "top1")] for c in cats],
+        ["category"] + [f"{k} ({m})" for m in summaries for k in ("hit", "top-1")],
+        title="By query category",
+    )
     for m, s in summaries.items():
         key = metric_key(m.lower().replace("+", "_"))
         ctx.metric(f"hit_rate_{key}", s["overall"]["hit_rate"], "fraction", True)
@@ -112,29 +125,57 @@ def run(cfg: Config, ctx: RunContext) -> None:
     for q, b, h in zip(queries, base, hyde):
         spread_b = b["scores"][0] - b["scores"][-1] if len(b["scores"]) > 1 else None
         spread_h = h["scores"][0] - h["scores"][-1] if len(h["scores"]) > 1 else None
-        table.append([q.id, q.category, b["top1"], h["top1"], spread_b, spread_h, " ".join(hypotheses[q.id].split())[:240]])
-    ctx.table("hyde_per_query", table, ["id", "category", "top-1 baseline", "top-1 HyDE", "score spread baseline",
-                                        "score spread HyDE", "hypothesis (first 240 chars)"], title="HyDE per query")
+        table.append(
+            [q.id, q.category, b["top1"], h["top1"], spread_b, spread_h, " ".join(hypotheses[q.id].split())[:240]]
+        )
+    ctx.table(
+        "hyde_per_query",
+        table,
+        [
+            "id",
+            "category",
+            "top-1 baseline",
+            "top-1 HyDE",
+            "score spread baseline",
+            "score spread HyDE",
+            "hypothesis (first 240 chars)",
+        ],
+        title="HyDE per query",
+    )
     fixed = [r[0] for r in table if not r[2] and r[3]]
     broke = [r[0] for r in table if r[2] and not r[3]]
-    ctx.finding(f"HyDE changed top-1 on {len(fixed) + len(broke)} of {len(queries)} queries: fixed {fixed or 'none'}, "
-                f"broke {broke or 'none'} (hypotheses from {retriever.hyde_llm.spec}, {cfg.hyde_max_tokens} tokens max).")
+    ctx.finding(
+        f"HyDE changed top-1 on {len(fixed) + len(broke)} of {len(queries)} queries: fixed {fixed or 'none'}, "
+        f"broke {broke or 'none'} (hypotheses from {retriever.hyde_llm.spec}, {cfg.hyde_max_tokens} tokens max)."
+    )
     b, h = summaries["baseline"]["overall"], summaries["HyDE"]["overall"]
-    ctx.finding(f"Baseline hit rate {b['hit_rate']:.2f} / top-1 {b['top1']:.2f}; HyDE {h['hit_rate']:.2f} / {h['top1']:.2f}; "
-                f"HyDE+query {summaries['HyDE+query']['overall']['hit_rate']:.2f} / {summaries['HyDE+query']['overall']['top1']:.2f}.")
+    ctx.finding(
+        f"Baseline hit rate {b['hit_rate']:.2f} / top-1 {b['top1']:.2f}; HyDE {h['hit_rate']:.2f} / {h['top1']:.2f}; "
+        f"HyDE+query {summaries['HyDE+query']['overall']['hit_rate']:.2f} / {summaries['HyDE+query']['overall']['top1']:.2f}."
+    )
     if cross_encoder is not None:
         r = summaries["rerank"]["overall"]
-        ctx.finding(f"Rerank ({cfg.reranker}, top-{cfg.rerank_candidates} candidates): hit rate {r['hit_rate']:.2f}, top-1 {r['top1']:.2f}.")
+        ctx.finding(
+            f"Rerank ({cfg.reranker}, top-{cfg.rerank_candidates} candidates): hit rate {r['hit_rate']:.2f}, top-1 {r['top1']:.2f}."
+        )
 
 
 def _load_cross_encoder(where: str):
-    from sentence_transformers import CrossEncoder
+    from sentence_transformers import CrossEncoder  # noqa: PLC0415 (heavy: sentence_transformers loads on first use)
 
     return CrossEncoder(where)
 
 
-REFS = [("hit_rate_baseline", 0.85), ("top1_baseline", 0.80), ("hit_rate_hyde", 1.0), ("top1_hyde", 0.90),
-        ("hit_rate_rerank", 0.85), ("top1_rerank", 0.60), ("hit_rate_hyde_rerank", 0.85), ("top1_hyde_rerank", 0.60)]
+REFS = [
+    ("hit_rate_baseline", 0.85),
+    ("top1_baseline", 0.80),
+    ("hit_rate_hyde", 1.0),
+    ("top1_hyde", 0.90),
+    ("hit_rate_rerank", 0.85),
+    ("top1_rerank", 0.60),
+    ("hit_rate_hyde_rerank", 0.85),
+    ("top1_hyde_rerank", 0.60),
+]
 
 EXERCISE = Exercise(
     id="phase12.hyde_rerank",
@@ -143,8 +184,11 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {"hyde_max_tokens": 40},
-        "a100": {"embedder": "sentence-transformers/all-mpnet-base-v2", "hyde_max_tokens": 120,
-                 "llm": "local:meta-llama/Llama-3.1-8B-Instruct"},
+        "a100": {
+            "embedder": "sentence-transformers/all-mpnet-base-v2",
+            "hyde_max_tokens": 120,
+            "llm": "local:meta-llama/Llama-3.1-8B-Instruct",
+        },
     },
     tiny={"query_ids": ["q04", "q10", "q18"], "hyde_max_tokens": 8},
     smoke={"embedder": DEFAULT_EMBEDDER, "query_ids": ["q04", "q10"], "hyde_max_tokens": 8},

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
+
+from lab import models
+from lab.errors import MissingResource
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -27,8 +31,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def load_or_reason(model_id: str, loader: Callable[[str], Any]) -> tuple[Any | None, str | None]:
     """(model, None) when it loads; (None, reason) when it cannot be loaded here."""
-    from lab import models
-    from lab.errors import MissingResource
 
     try:
         where = models.resolve(model_id)

@@ -16,14 +16,17 @@ Point it at your own documents: ``--set corpus=DIR --set queries=FILE.jsonl --se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from statistics import mean
-from typing import Sequence
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab.llm import from_spec
 from lab.models import DEFAULT_EMBEDDER
+from phase12_rag_storage.chunking import make_chunker
 from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
 from phase12_rag_storage.retrieval_eval import evaluate, summarise
-from phase12_rag_storage.stores import Hit
+from phase12_rag_storage.retriever import Embedder, Retriever
+from phase12_rag_storage.stores import Hit, NumpyStore
 
 ANSWER_SYSTEM = (
     "Answer the question using only the context. If the context does not contain the answer, reply "
@@ -59,9 +62,6 @@ def answer(llm, question: str, hits: Sequence[Hit], max_tokens: int = 80) -> str
 
 def build_retriever(chunking: str, embedder, docs, chunk_words: int = 400, chunk_overlap: int = 50):
     """Chunker + embedder + a from-scratch numpy store, ingested."""
-    from phase12_rag_storage.chunking import make_chunker
-    from phase12_rag_storage.retriever import Retriever
-    from phase12_rag_storage.stores import NumpyStore
 
     retriever = Retriever(make_chunker(chunking, chunk_words, chunk_overlap), embedder, NumpyStore(embedder.dim))
     retriever.add_documents(docs)
@@ -73,12 +73,15 @@ def metric_key(category: str) -> str:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from phase12_rag_storage.retriever import Embedder
 
     docs = load_corpus(cfg.corpus, cfg.include_readmes)
     queries = load_queries(cfg.queries, {d.source for d in docs})
-    ctx.dataset(cfg.corpus or "phase12_rag_storage/notes", n=len(docs), sha256=corpus_sha256(docs),
-                include_readmes=cfg.include_readmes)
+    ctx.dataset(
+        cfg.corpus or "phase12_rag_storage/notes",
+        n=len(docs),
+        sha256=corpus_sha256(docs),
+        include_readmes=cfg.include_readmes,
+    )
     ctx.dataset(cfg.queries or "phase12_rag_storage/data/queries.jsonl", n=len(queries), sha256=None)
     embedder = Embedder(cfg.embedder)
     ctx.model(cfg.embedder, dim=embedder.dim)
@@ -94,32 +97,88 @@ def run(cfg: Config, ctx: RunContext) -> None:
     rows = []
     for cat, fixed in summary["fixed"].items():
         struct = summary["structure"][cat]
-        rows.append([cat, fixed["n"], fixed["hit_rate"], fixed["top1"], fixed["evidence_complete"],
-                     struct["hit_rate"], struct["top1"], struct["evidence_complete"]])
+        rows.append(
+            [
+                cat,
+                fixed["n"],
+                fixed["hit_rate"],
+                fixed["top1"],
+                fixed["evidence_complete"],
+                struct["hit_rate"],
+                struct["top1"],
+                struct["evidence_complete"],
+            ]
+        )
         suffix = "" if cat == "overall" else f"_{metric_key(cat)}"
         for chunking, s in (("", fixed), ("_structure", struct)):
             ctx.metric(f"hit_rate{suffix}{chunking}", s["hit_rate"], "fraction", True)
             ctx.metric(f"top1{suffix}{chunking}", s["top1"], "fraction", True)
         if cat == "overall":
-            ctx.metric("evidence_complete", fixed["evidence_complete"], "fraction", True,
-                       "queries whose evidence phrases all sit in one retrieved chunk (fixed chunking)")
+            ctx.metric(
+                "evidence_complete",
+                fixed["evidence_complete"],
+                "fraction",
+                True,
+                "queries whose evidence phrases all sit in one retrieved chunk (fixed chunking)",
+            )
             ctx.metric("evidence_complete_structure", struct["evidence_complete"], "fraction", True)
-    ctx.table("by_category", rows, ["category", "queries", "hit rate (fixed)", "top-1 (fixed)",
-                                     "evidence complete (fixed)", "hit rate (structure)", "top-1 (structure)",
-                                     "evidence complete (structure)"],
-              title=f"Retrieval by query category, top-{cfg.k}: fixed {cfg.chunk_words}/{cfg.chunk_overlap}-word chunks vs structure-aware")
+    ctx.table(
+        "by_category",
+        rows,
+        [
+            "category",
+            "queries",
+            "hit rate (fixed)",
+            "top-1 (fixed)",
+            "evidence complete (fixed)",
+            "hit rate (structure)",
+            "top-1 (structure)",
+            "evidence complete (structure)",
+        ],
+        title=f"Retrieval by query category, top-{cfg.k}: fixed {cfg.chunk_words}/{cfg.chunk_overlap}-word chunks vs structure-aware",
+    )
 
     per_query = []
     for fixed, struct, q in zip(results["fixed"], results["structure"], queries):
         spread = fixed["scores"][0] - fixed["scores"][-1] if fixed["scores"] else None
-        per_query.append([q.id, q.category, q.query, fixed["hit"], fixed["top1"], fixed["evidence_complete"],
-                          struct["hit"], struct["top1"], struct["evidence_complete"], spread])
-    ctx.table("per_query", per_query, ["id", "category", "query", "hit (fixed)", "top-1 (fixed)", "evidence (fixed)",
-                                       "hit (structure)", "top-1 (structure)", "evidence (structure)", "top-k score spread"],
-              title="Per query (hit = share of gold sources in the top-k)")
+        per_query.append(
+            [
+                q.id,
+                q.category,
+                q.query,
+                fixed["hit"],
+                fixed["top1"],
+                fixed["evidence_complete"],
+                struct["hit"],
+                struct["top1"],
+                struct["evidence_complete"],
+                spread,
+            ]
+        )
+    ctx.table(
+        "per_query",
+        per_query,
+        [
+            "id",
+            "category",
+            "query",
+            "hit (fixed)",
+            "top-1 (fixed)",
+            "evidence (fixed)",
+            "hit (structure)",
+            "top-1 (structure)",
+            "evidence (structure)",
+            "top-k score spread",
+        ],
+        title="Per query (hit = share of gold sources in the top-k)",
+    )
 
     # --- the failures the seed named: split answers and flat score distributions ----------------
-    split = [(f, s) for f, s in zip(results["fixed"], results["structure"]) if f["hit"] == 1 and f["evidence_complete"] is False]
+    split = [
+        (f, s)
+        for f, s in zip(results["fixed"], results["structure"])
+        if f["hit"] == 1 and f["evidence_complete"] is False
+    ]
     for f, s in split:
         ctx.finding(
             f"{f['id']} is a split-answer query: with fixed chunks its gold source is retrieved (hit 1.0) but no "
@@ -128,25 +187,34 @@ def run(cfg: Config, ctx: RunContext) -> None:
         )
     ctx.metric("split_answer_queries", len(split), "queries", False, "hit with fixed chunks but evidence split")
     ctx.metric("split_answer_repaired", sum(bool(s["evidence_complete"]) for _, s in split), "queries", True)
-    flat = min((r for r in results["fixed"] if len(r["scores"]) > 1), key=lambda r: r["scores"][0] - r["scores"][-1], default=None)
+    flat = min(
+        (r for r in results["fixed"] if len(r["scores"]) > 1),
+        key=lambda r: r["scores"][0] - r["scores"][-1],
+        default=None,
+    )
     if flat:
-        ctx.finding(f"Flattest score distribution (fixed): {flat['id']} — top-{cfg.k} scores {flat['scores'][0]:.3f} to "
-                    f"{flat['scores'][-1]:.3f}, spread {flat['scores'][0] - flat['scores'][-1]:.3f}: the query sits "
-                    "between topics (the seed's Query 4 pattern; 12.4's HyDE target).")
+        ctx.finding(
+            f"Flattest score distribution (fixed): {flat['id']} — top-{cfg.k} scores {flat['scores'][0]:.3f} to "
+            f"{flat['scores'][-1]:.3f}, spread {flat['scores'][0] - flat['scores'][-1]:.3f}: the query sits "
+            "between topics (the seed's Query 4 pattern; 12.4's HyDE target)."
+        )
     for chunking in CHUNKINGS:
         s = summary[chunking]["overall"]
-        ctx.finding(f"{chunking} chunking: {len(retrievers[chunking].chunks)} chunks, hit rate {s['hit_rate']:.2f}, "
-                    f"top-1 {s['top1']:.2f}, evidence complete {s['evidence_complete'] if s['evidence_complete'] is None else round(s['evidence_complete'], 2)}.")
+        ctx.finding(
+            f"{chunking} chunking: {len(retrievers[chunking].chunks)} chunks, hit rate {s['hit_rate']:.2f}, "
+            f"top-1 {s['top1']:.2f}, evidence complete {s['evidence_complete'] if s['evidence_complete'] is None else round(s['evidence_complete'], 2)}."
+        )
 
     n_fixed = len(retrievers["fixed"].chunks)
     if min(cfg.k, n_fixed) / n_fixed >= 0.25:
-        ctx.finding(f"The top-{cfg.k} list covers {min(cfg.k, n_fixed) / n_fixed:.0%} of the {n_fixed} fixed chunks: hit rate is near "
-                    "its ceiling on a corpus this small; top-1 and evidence complete are what separate methods here.")
+        ctx.finding(
+            f"The top-{cfg.k} list covers {min(cfg.k, n_fixed) / n_fixed:.0%} of the {n_fixed} fixed chunks: hit rate is near "
+            "its ceiling on a corpus this small; top-1 and evidence complete are what separate methods here."
+        )
     if not cfg.generate:
         ctx.finding("generate=false: retrieval only, no answers generated.")
         return
     # --- generation for a subset (SmolLM2 on 2 cores is ~10 tokens/s) ----------------------------
-    from lab.llm import from_spec
 
     llm = from_spec(cfg.llm)
     ctx.model(**llm.describe())
@@ -157,17 +225,35 @@ def run(cfg: Config, ctx: RunContext) -> None:
             hits = retrievers[chunking].retrieve(q.query, k=cfg.k)
             text = answer(llm, q.query, hits, cfg.max_tokens)
             row = next(r for r in results[chunking] if r["id"] == q.id)
-            answers.append([q.id, chunking, row["evidence_complete"], REFUSAL in text.lower(), " ".join(text.split())[:300]])
-    ctx.table("answers", answers, ["id", "chunking", "evidence in one chunk", "refused", "answer (first 300 chars)"],
-              title=f"Generated answers ({llm.spec}, max {cfg.max_tokens} tokens)")
-    ctx.metric("refusal_rate", mean(float(a[3]) for a in answers), "fraction", None,
-               "answers that said the context does not contain the information")
+            answers.append(
+                [q.id, chunking, row["evidence_complete"], REFUSAL in text.lower(), " ".join(text.split())[:300]]
+            )
+    ctx.table(
+        "answers",
+        answers,
+        ["id", "chunking", "evidence in one chunk", "refused", "answer (first 300 chars)"],
+        title=f"Generated answers ({llm.spec}, max {cfg.max_tokens} tokens)",
+    )
+    ctx.metric(
+        "refusal_rate",
+        mean(float(a[3]) for a in answers),
+        "fraction",
+        None,
+        "answers that said the context does not contain the information",
+    )
 
 
 REFS = [
-    ("hit_rate_direct", 1.0), ("top1_direct", 1.0), ("hit_rate_paraphrase", 0.75), ("top1_paraphrase", 0.5),
-    ("hit_rate_cross_document", 0.5), ("top1_cross_document", 0.0), ("hit_rate_abstract", 1.0),
-    ("top1_abstract", 1.0), ("hit_rate", 0.85), ("top1", 0.8),
+    ("hit_rate_direct", 1.0),
+    ("top1_direct", 1.0),
+    ("hit_rate_paraphrase", 0.75),
+    ("top1_paraphrase", 0.5),
+    ("hit_rate_cross_document", 0.5),
+    ("top1_cross_document", 0.0),
+    ("hit_rate_abstract", 1.0),
+    ("top1_abstract", 1.0),
+    ("hit_rate", 0.85),
+    ("top1", 0.8),
 ]
 
 EXERCISE = Exercise(
@@ -177,14 +263,19 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {"generate_ids": ["q04", "q01", "q18"], "max_tokens": 80},
-        "a100": {"embedder": "sentence-transformers/all-mpnet-base-v2", "generate_ids": [], "max_tokens": 256,
-                 "llm": "local:meta-llama/Llama-3.1-8B-Instruct"},
+        "a100": {
+            "embedder": "sentence-transformers/all-mpnet-base-v2",
+            "generate_ids": [],
+            "max_tokens": 256,
+            "llm": "local:meta-llama/Llama-3.1-8B-Instruct",
+        },
     },
     tiny={"generate": False},
     # MiniLM stands in for MPNet (not available offline); the tiny Llama answers through lab.llm's local engine
     smoke={"embedder": DEFAULT_EMBEDDER, "generate_ids": ["q04"], "max_tokens": 16},
-    references=tuple(Reference(m, v, "fraction", "seed: MPNet, fixed 400/50, 10 queries, 11 Phase 1-11 note files")
-                     for m, v in REFS),
+    references=tuple(
+        Reference(m, v, "fraction", "seed: MPNet, fixed 400/50, 10 queries, 11 Phase 1-11 note files") for m, v in REFS
+    ),
     summary_metrics=("hit_rate", "top1", "evidence_complete", "evidence_complete_structure"),
     methods={"cpu": "scaled", "a100": "scaled"},  # a smaller corpus written for this repo
 )

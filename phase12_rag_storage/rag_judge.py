@@ -29,19 +29,32 @@ to the real pairs is not measuring anything.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+
+from lab.llm import JSONReplyError, LLMError, parse_json_reply
 
 YES_NO = (" Yes", " No")
 PREFIX = "Verdict:"
-VERDICT_SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
-                  "required": ["verdict"], "additionalProperties": False}
-SYSTEM = ("You check answers produced by a retrieval-augmented assistant. Answer each question with Yes or No "
-          "only. Say Yes only when the text clearly supports it.")
-FAITHFUL_ASK = ("Context:\n{context}\n\nStatement: {statement}\n\nCan the statement be inferred from the context "
-                "above? Answer Yes or No.")
-RELEVANT_ASK = ("Question: {question}\n\nAnswer: {answer}\n\nDoes the answer address the question directly (not "
-                "evasive, not about something else)? Answer Yes or No.")
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["verdict"],
+    "additionalProperties": False,
+}
+SYSTEM = (
+    "You check answers produced by a retrieval-augmented assistant. Answer each question with Yes or No "
+    "only. Say Yes only when the text clearly supports it."
+)
+FAITHFUL_ASK = (
+    "Context:\n{context}\n\nStatement: {statement}\n\nCan the statement be inferred from the context "
+    "above? Answer Yes or No."
+)
+RELEVANT_ASK = (
+    "Question: {question}\n\nAnswer: {answer}\n\nDoes the answer address the question directly (not "
+    "evasive, not about something else)? Answer Yes or No."
+)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -83,11 +96,11 @@ class YesNoJudge:
             if not total > 0:
                 return Verdict(None, reply=f"not a distribution: {probs}")
             return Verdict(probs[" Yes"] / total)
-        from lab.llm import JSONReplyError, LLMError, parse_json_reply
 
         try:
-            reply = self.llm.chat(messages, system=SYSTEM, max_tokens=self.max_tokens, temperature=0.0,
-                                  json_schema=VERDICT_SCHEMA)
+            reply = self.llm.chat(
+                messages, system=SYSTEM, max_tokens=self.max_tokens, temperature=0.0, json_schema=VERDICT_SCHEMA
+            )
         except LLMError as err:
             return Verdict(None, reply=f"LLM error: {err}")
         try:

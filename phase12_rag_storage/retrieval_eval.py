@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from statistics import mean
-from typing import Callable, Sequence
 
 from phase12_rag_storage.corpus import Query
 from phase12_rag_storage.stores import Hit
@@ -23,11 +23,13 @@ def score(query: Query, hits: Sequence[Hit]) -> dict:
     if query.evidence:
         evidence = any(contains_all(h.text, query.evidence) for h in hits)
     return {
-        "id": query.id, "category": query.category,
+        "id": query.id,
+        "category": query.category,
         "hit": len(gold & set(sources)) / len(gold),
         "top1": bool(sources) and sources[0] in gold,
         "evidence_complete": evidence,
-        "top_sources": sources, "scores": [round(h.score, 4) for h in hits],
+        "top_sources": sources,
+        "scores": [round(h.score, 4) for h in hits],
     }
 
 
@@ -48,9 +50,12 @@ def summarise(rows: Sequence[dict]) -> dict[str, dict]:
     for cat in cats + ["overall"]:
         sel = [r for r in rows if cat == "overall" or r["category"] == cat]
         ev = [r["evidence_complete"] for r in sel if r["evidence_complete"] is not None]
-        out[cat] = {"n": len(sel), "hit_rate": mean(r["hit"] for r in sel),
-                    "top1": mean(float(r["top1"]) for r in sel),
-                    "evidence_complete": mean(float(e) for e in ev) if ev else None}
+        out[cat] = {
+            "n": len(sel),
+            "hit_rate": mean(r["hit"] for r in sel),
+            "top1": mean(float(r["top1"]) for r in sel),
+            "evidence_complete": mean(float(e) for e in ev) if ev else None,
+        }
     return out
 
 

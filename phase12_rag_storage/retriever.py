@@ -15,10 +15,11 @@ Any ``VectorStore`` works (Chroma, pgvector, CockroachDB): ``where`` filters on 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from lab import models
 from lab.models import DEFAULT_EMBEDDER
 from phase12_rag_storage.chunking import Chunk, Chunker
 from phase12_rag_storage.corpus import Document
@@ -34,7 +35,6 @@ class Embedder:
     """A sentence-transformers model that returns L2-normalised float32 vectors (cosine = dot)."""
 
     def __init__(self, model: str = DEFAULT_EMBEDDER, batch_size: int = 32):
-        from lab import models
 
         self.id = model
         self._model = models.load_embedder(model)
@@ -50,16 +50,22 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("Embedder.encode takes a list of strings, not one string")
-        vectors = self._model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
 
 
 class Retriever:
     """Chunk → embed → store on ingest; embed (the query or a HyDE hypothesis) → search on query."""
 
-    def __init__(self, chunker: Chunker, embedder: Embedder, store: VectorStore, hyde_llm=None,
-                 hyde_max_tokens: int = 80):
+    def __init__(
+        self, chunker: Chunker, embedder: Embedder, store: VectorStore, hyde_llm=None, hyde_max_tokens: int = 80
+    ):
         if getattr(store, "dim", embedder.dim) != embedder.dim:
             raise ValueError(
                 f"embedder {embedder.id} makes {embedder.dim}-d vectors but the store {type(store).__name__} "
@@ -79,8 +85,12 @@ class Retriever:
                 raise ValueError(f"document {doc.source!r} is empty")
         chunks = [c for doc in docs for c in self.chunker(doc)]
         vectors = self.embedder.encode([c.text for c in chunks])
-        self.store.insert([c.id for c in chunks], vectors, [c.text for c in chunks],
-                          [{"source": c.source, "chunk": c.index} for c in chunks])
+        self.store.insert(
+            [c.id for c in chunks],
+            vectors,
+            [c.text for c in chunks],
+            [{"source": c.source, "chunk": c.index} for c in chunks],
+        )
         self.chunks.extend(chunks)
         return chunks
 
@@ -88,12 +98,14 @@ class Retriever:
         """HyDE: the LLM's guess at an answer, written in the vocabulary of the documents."""
         if self.hyde_llm is None:
             raise ValueError("HyDE needs an LLM: Retriever(..., hyde_llm=from_spec(...))")
-        reply = self.hyde_llm.chat([{"role": "user", "content": query}], system=HYDE_SYSTEM,
-                                   max_tokens=self.hyde_max_tokens, temperature=0.0)
+        reply = self.hyde_llm.chat(
+            [{"role": "user", "content": query}], system=HYDE_SYSTEM, max_tokens=self.hyde_max_tokens, temperature=0.0
+        )
         return reply.text.strip() or query
 
-    def retrieve(self, query: str, k: int = 5, where: dict | None = None, hyde: bool | None = None,
-                 hypothesis: str | None = None) -> list[Hit]:
+    def retrieve(
+        self, query: str, k: int = 5, where: dict | None = None, hyde: bool | None = None, hypothesis: str | None = None
+    ) -> list[Hit]:
         """Top-k chunks. HyDE is used when an LLM was given (or ``hyde=True``); pass ``hypothesis``
         to reuse one already generated."""
         if not isinstance(query, str) or not query.strip():

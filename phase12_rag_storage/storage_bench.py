@@ -33,15 +33,23 @@ of the rows, the same selectivity at every N.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from pydantic import field_validator
 
 from lab import Exercise, ExerciseConfig, Reference, RunContext
-from lab.models import EMBEDDED_EMBEDDER
+from lab.db import connect, crdb_url, server_version
+from lab.errors import MissingResource
+from lab.models import DEFAULT_EMBEDDER, EMBEDDED_EMBEDDER, load_embedder, resolve, weights_sha256
+from phase12_rag_storage.chunking import make_chunker
+from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
+from phase12_rag_storage.stores import ChromaStore, CockroachStore, NumpyStore, PgVectorStore
 
 BACKENDS = ("chroma", "pgvector", "cockroachdb")
 # The index each seed row was measured with: Chroma's built-in HNSW, pgvector IVFFlat, CRDB none.
@@ -54,8 +62,14 @@ SEED_ROWS = {  # seed 12.3 table (M1 Pro 16 GB, 106 chunks): doc/s, doc/s, then 
 SEED_SETUP = {"hardware": "M1 Pro 16 GB", "chunks": 106, "pgvector": "0.8.2"}  # the seed's 12.3 conditions
 PGVECTOR_DEFAULT_EF_SEARCH = 40  # hnsw.ef_search when nothing sets it
 COPY_TARGET_X = 10  # the fast write path should beat per-row autocommit INSERT by at least this factor
-SEED_METRICS = ("single_writer_docs_per_s", "4_writers_docs_per_s", "sim_p50_ms", "sim_p99_ms",
-                "hybrid_p50_ms", "hybrid_p99_ms")
+SEED_METRICS = (
+    "single_writer_docs_per_s",
+    "4_writers_docs_per_s",
+    "sim_p50_ms",
+    "sim_p99_ms",
+    "hybrid_p50_ms",
+    "hybrid_p99_ms",
+)
 
 
 class Config(ExerciseConfig):
@@ -123,25 +137,33 @@ class Dataset:
 
 def corpus_dataset(cfg: Config, ctx: RunContext) -> Dataset:
     """Chunks of the phase corpus embedded with MiniLM; queries = the phase's real query set."""
-    from lab.models import DEFAULT_EMBEDDER, load_embedder, resolve, weights_sha256
-    from phase12_rag_storage.chunking import make_chunker
-    from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
 
     docs = load_corpus(cfg.corpus, include_readmes=cfg.include_readmes)
     chunker = make_chunker("structure", cfg.chunk_words)
     chunks = [chunk for doc in docs for chunk in chunker(doc)]
     query_texts = [q.query for q in load_queries()]
     embedder = load_embedder()
-    ctx.model(DEFAULT_EMBEDDER, dtype="float32", sha256=weights_sha256(resolve(DEFAULT_EMBEDDER)),
-              n_params=sum(p.numel() for p in embedder.parameters()))
-    ctx.dataset("phase12 corpus chunks", n=len(chunks), sha256=corpus_sha256(docs),
-                documents=len(docs), chunking=f"structure, <= {cfg.chunk_words} words")
+    ctx.model(
+        DEFAULT_EMBEDDER,
+        dtype="float32",
+        sha256=weights_sha256(resolve(DEFAULT_EMBEDDER)),
+        n_params=sum(p.numel() for p in embedder.parameters()),
+    )
+    ctx.dataset(
+        "phase12 corpus chunks",
+        n=len(chunks),
+        sha256=corpus_sha256(docs),
+        documents=len(docs),
+        chunking=f"structure, <= {cfg.chunk_words} words",
+    )
     vectors = embedder.encode([c.text for c in chunks], batch_size=32, normalize_embeddings=True)
     queries = embedder.encode(query_texts, batch_size=32, normalize_embeddings=True)
     reps = -(-cfg.queries // len(queries))
     rng = np.random.default_rng(cfg.seed)
     return Dataset(
-        kind=f"real {EMBEDDED_EMBEDDER.family}", ids=[c.id for c in chunks], vectors=np.asarray(vectors, dtype=np.float32),
+        kind=f"real {EMBEDDED_EMBEDDER.family}",
+        ids=[c.id for c in chunks],
+        vectors=np.asarray(vectors, dtype=np.float32),
         texts=[c.text for c in chunks],
         metadatas=[{"source": c.source, "bucket": i % cfg.buckets} for i, c in enumerate(chunks)],
         queries=np.tile(queries, (reps, 1))[: cfg.queries].astype(np.float32),
@@ -164,19 +186,24 @@ def synthetic_dataset(n: int, cfg: Config) -> Dataset:
     vectors, labels = _clustered(n, centres, cfg.cluster_spread, rng)
     queries, _ = _clustered(cfg.queries, centres, cfg.cluster_spread, rng)
     return Dataset(
-        kind="synthetic clustered", ids=[f"v{i}" for i in range(n)], vectors=vectors,
+        kind="synthetic clustered",
+        ids=[f"v{i}" for i in range(n)],
+        vectors=vectors,
         texts=[f"synthetic vector {i} of cluster {c}" for i, c in enumerate(labels)],
         metadatas=[{"cluster": int(c), "bucket": i % cfg.buckets} for i, c in enumerate(labels)],
-        queries=queries, query_buckets=rng.integers(0, cfg.buckets, cfg.queries).tolist(),
+        queries=queries,
+        query_buckets=rng.integers(0, cfg.buckets, cfg.queries).tolist(),
     )
 
 
 def record_synthetic(ctx: RunContext, data: Dataset, cfg: Config) -> None:
-    import hashlib
 
-    ctx.dataset(f"synthetic clustered unit vectors N={data.n}", n=data.n,
-                sha256=hashlib.sha256(data.vectors.tobytes()).hexdigest(),
-                generator=f"seed {cfg.seed}, {cfg.clusters} centres, spread {cfg.cluster_spread}, dim {cfg.dim}")
+    ctx.dataset(
+        f"synthetic clustered unit vectors N={data.n}",
+        n=data.n,
+        sha256=hashlib.sha256(data.vectors.tobytes()).hexdigest(),
+        generator=f"seed {cfg.seed}, {cfg.clusters} centres, spread {cfg.cluster_spread}, dim {cfg.dim}",
+    )
 
 
 @dataclass
@@ -187,7 +214,6 @@ class Truth:
 
 def exact_truth(data: Dataset, k: int) -> Truth:
     """Ground truth from NumpyStore: the exhaustive dot product every ANN index approximates."""
-    from phase12_rag_storage.stores import NumpyStore
 
     exact = NumpyStore(data.vectors.shape[1])
     exact.insert(data.ids, data.vectors, data.texts, data.metadatas)
@@ -197,7 +223,6 @@ def exact_truth(data: Dataset, k: int) -> Truth:
 
 # --- the backends ----------------------------------------------------------------------------
 def open_store(backend: str, table: str, cfg: Config, recreate: bool = False, **options):
-    from phase12_rag_storage.stores import ChromaStore, CockroachStore, PgVectorStore
 
     if backend == "chroma":  # stores opened with one name share one in-process collection
         return ChromaStore(table.replace("_", "-"), cfg.dim, recreate=recreate)
@@ -208,8 +233,6 @@ def open_store(backend: str, table: str, cfg: Config, recreate: bool = False, **
 
 def crdb_unavailable(cfg: Config) -> str | None:
     """Why CockroachDB rows are skipped (None when LAB_CRDB_URL reaches a server)."""
-    from lab.db import crdb_url
-    from lab.errors import MissingResource
 
     if "cockroachdb" not in cfg.backends:
         return None
@@ -227,8 +250,16 @@ def batch_size(n: int, cfg: Config) -> int:
     return max(1, min(cfg.batch_size, n // (cfg.writers * 4)))
 
 
-def ingest(backend: str, table: str, data: Dataset, cfg: Config, writers: int, index_first: bool = False,
-           timed_rows: int | None = None, **options) -> tuple[float, int]:
+def ingest(
+    backend: str,
+    table: str,
+    data: Dataset,
+    cfg: Config,
+    writers: int,
+    index_first: bool = False,
+    timed_rows: int | None = None,
+    **options,
+) -> tuple[float, int]:
     """Load ``data`` into a fresh table with ``writers`` threads, each with its own connection.
 
     ``index_first``: build the store's ANN index on the empty table first, so every insert maintains
@@ -237,11 +268,12 @@ def ingest(backend: str, table: str, data: Dataset, cfg: Config, writers: int, i
     and index of a full load at this N. Returns (doc/s over the wall-clock time of the timed rows,
     serialization retries). Batches (``batch_size`` at the full N) are dealt round-robin.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     timed_rows = data.n if timed_rows is None else min(timed_rows, data.n)
     first = data.n - timed_rows
-    with open_store(backend, table, cfg, recreate=True, **{**options, **({"ingest": "copy"} if first else {})}) as fresh:
+    with open_store(
+        backend, table, cfg, recreate=True, **{**options, **({"ingest": "copy"} if first else {})}
+    ) as fresh:
         if first:  # the untimed part: bulk COPY (pgvector only), batches of the full-N size
             size = batch_size(data.n, cfg)
             for i in range(0, first, size):
@@ -299,18 +331,25 @@ def measure(store, data: Dataset, truth: Truth, k: int) -> dict:
         hyb_recall.append(len({h.id for h in hits} & set(expected)) / len(expected))
         fill.append(len(hits) / len(expected))
     return {
-        "sim_p50": float(np.percentile(sim_ms, 50)), "sim_p99": float(np.percentile(sim_ms, 99)),
+        "sim_p50": float(np.percentile(sim_ms, 50)),
+        "sim_p99": float(np.percentile(sim_ms, 99)),
         "sim_recall": float(np.mean(sim_recall)),
-        "hyb_p50": float(np.percentile(hyb_ms, 50)), "hyb_p99": float(np.percentile(hyb_ms, 99)),
-        "hyb_recall": float(np.mean(hyb_recall)), "fill_mean": float(np.mean(fill)), "fill_min": float(np.min(fill)),
+        "hyb_p50": float(np.percentile(hyb_ms, 50)),
+        "hyb_p99": float(np.percentile(hyb_ms, 99)),
+        "hyb_recall": float(np.mean(hyb_recall)),
+        "fill_mean": float(np.mean(fill)),
+        "fill_min": float(np.min(fill)),
     }
 
 
 # How each backend is loaded: (write path, index present during the load). pgvector's last variant
 # leaves the table index-less for query_rows, which builds each index on it in turn.
 CHROMA_LOAD = ("upsert batches", "hnsw (maintained per insert)")
-PG_LOADS = (("per_row", "hnsw (maintained per insert)"), ("copy", "hnsw (maintained per insert)"),
-            ("copy", "none (built after the load)"))
+PG_LOADS = (
+    ("per_row", "hnsw (maintained per insert)"),
+    ("copy", "hnsw (maintained per insert)"),
+    ("copy", "none (built after the load)"),
+)
 SEED_LOAD = {"chroma": CHROMA_LOAD, "pgvector": PG_LOADS[0], "cockroachdb": ("batch", "none (built after the load)")}
 
 
@@ -359,14 +398,18 @@ def postfilter_rows(table: str, data: Dataset, truth: Truth, cfg: Config) -> lis
 
     Runs on the loaded table right after the HNSW variant of ``query_rows`` (the index exists).
     """
-    from phase12_rag_storage.stores import PgVectorStore
 
     raised = cfg.ef_search_raised
     settings = [
-        (f"ef_search={PGVECTOR_DEFAULT_EF_SEARCH} (pgvector default), no fallback",
-         dict(hybrid_ef_search=None, exact_fallback=False)),
+        (
+            f"ef_search={PGVECTOR_DEFAULT_EF_SEARCH} (pgvector default), no fallback",
+            dict(hybrid_ef_search=None, exact_fallback=False),
+        ),
         (f"SET LOCAL hnsw.ef_search={raised}", dict(hybrid_ef_search=raised, exact_fallback=False)),
-        (f"ef_search={PGVECTOR_DEFAULT_EF_SEARCH} + exact re-run when short", dict(hybrid_ef_search=None, exact_fallback=True)),
+        (
+            f"ef_search={PGVECTOR_DEFAULT_EF_SEARCH} + exact re-run when short",
+            dict(hybrid_ef_search=None, exact_fallback=True),
+        ),
         (f"ef_search={raised} + exact re-run (store default)", dict(hybrid_ef_search=raised, exact_fallback=True)),
         (PARTIAL_SETTING, dict(hybrid_ef_search=raised, exact_fallback=True, partial_index_key="bucket")),
     ]
@@ -381,8 +424,9 @@ def postfilter_rows(table: str, data: Dataset, truth: Truth, cfg: Config) -> lis
     return rows
 
 
-PARTIAL_SETTING = (f"one partial HNSW index per bucket (searched at ef_search={PGVECTOR_DEFAULT_EF_SEARCH}) "
-                   "+ exact re-run when short")
+PARTIAL_SETTING = (
+    f"one partial HNSW index per bucket (searched at ef_search={PGVECTOR_DEFAULT_EF_SEARCH}) + exact re-run when short"
+)
 
 
 def ingest_path_rows(backend: str, cfg: Config) -> list[dict]:
@@ -402,14 +446,23 @@ def ingest_path_rows(backend: str, cfg: Config) -> list[dict]:
 
 
 # --- the run -------------------------------------------------------------------------------
-def bench_size(data: Dataset, cfg: Config, ctx: RunContext, backends: list[str], skipped: dict[str, str],
-               pg_only: bool) -> tuple[list, list, list]:
+def bench_size(
+    data: Dataset, cfg: Config, ctx: RunContext, backends: list[str], skipped: dict[str, str], pg_only: bool
+) -> tuple[list, list, list]:
     truth = exact_truth(data, cfg.k)
     ingest_rows, q_rows, pf_rows = [], [], []
     for backend in backends:
         if backend in skipped:
-            ingest_rows.append(dict(N=data.n, kind=data.kind, backend=backend, path="-", index="-",
-                                    status=f"skipped: {skipped[backend]}"))
+            ingest_rows.append(
+                dict(
+                    N=data.n,
+                    kind=data.kind,
+                    backend=backend,
+                    path="-",
+                    index="-",
+                    status=f"skipped: {skipped[backend]}",
+                )
+            )
             q_rows.append(dict(N=data.n, backend=backend, index="-", status=f"skipped: {skipped[backend]}"))
             continue
         table = f"p12b_{os.getpid()}_{backend}_{data.n}"
@@ -419,15 +472,32 @@ def bench_size(data: Dataset, cfg: Config, ctx: RunContext, backends: list[str],
             first = index.startswith("hnsw") and backend != "chroma"
             timed = timed_rows(backend, index, data.n, cfg)
             one, retries, runs = repeated_ingest(
-                cfg, lambda: ingest(backend, table, data, cfg, 1, first, timed_rows=timed, **options))
+                cfg, partial(ingest, backend, table, data, cfg, 1, first, timed_rows=timed, **options)
+            )
             many, runs_many = None, None
             if not pg_only:
                 many, more, runs_many = repeated_ingest(
-                    cfg, lambda: ingest(backend, table + "_w", data, cfg, cfg.writers, first, timed_rows=timed, **options))
+                    cfg,
+                    partial(ingest, backend, table + "_w", data, cfg, cfg.writers, first, timed_rows=timed, **options),
+                )
                 retries += more
                 open_store(backend, table + "_w", cfg).drop()
-            ingest_rows.append(dict(N=data.n, kind=data.kind, backend=backend, path=path, index=index, status="ok",
-                                    one=one, many=many, retries=retries, timed=timed, runs=runs, runs_many=runs_many))
+            ingest_rows.append(
+                dict(
+                    N=data.n,
+                    kind=data.kind,
+                    backend=backend,
+                    path=path,
+                    index=index,
+                    status="ok",
+                    one=one,
+                    many=many,
+                    retries=retries,
+                    timed=timed,
+                    runs=runs,
+                    runs_many=runs_many,
+                )
+            )
         ctx.log(f"N={data.n}: {backend} queries")
         q_rows += query_rows(backend, table, data, truth, cfg, only=["none", "hnsw"] if pg_only else None)
         if backend == "pgvector" and "hnsw" in cfg.pg_indexes:
@@ -475,28 +545,42 @@ def run(cfg: Config, ctx: RunContext) -> None:
 def conditions(cfg: Config, ctx: RunContext, skipped: dict[str, str]) -> str | None:
     """Server versions and index parameters: a benchmark number means nothing without them.
     Returns the pgvector version (None when pgvector is not benchmarked)."""
-    import chromadb
-
-    from lab.db import connect, crdb_url, server_version
+    import chromadb  # noqa: PLC0415 (heavy: chromadb loads on first use)
 
     rows, pg_version = [], None
     if "chroma" in cfg.backends:
-        rows.append(["chroma", f"chromadb {chromadb.__version__}, in-process",
-                     "HNSW space=cosine, chroma defaults (M=16, ef_construction=100, ef_search=100)"])
+        rows.append(
+            [
+                "chroma",
+                f"chromadb {chromadb.__version__}, in-process",
+                "HNSW space=cosine, chroma defaults (M=16, ef_construction=100, ef_search=100)",
+            ]
+        )
     if "pgvector" in cfg.backends:
         v = server_version()
         pg_version = v["pgvector"]
-        rows.append(["pgvector", f"{v['server']}, pgvector {v['pgvector']} (lab.db)",
-                     "HNSW vector_cosine_ops m=16 ef_construction=64 (defaults); IVFFlat lists=rows/1000, "
-                     "probes=sqrt(lists)"])
+        rows.append(
+            [
+                "pgvector",
+                f"{v['server']}, pgvector {v['pgvector']} (lab.db)",
+                "HNSW vector_cosine_ops m=16 ef_construction=64 (defaults); IVFFlat lists=rows/1000, "
+                "probes=sqrt(lists)",
+            ]
+        )
     if "cockroachdb" in cfg.backends:
         if "cockroachdb" in skipped:
             version = f"skipped: {skipped['cockroachdb']}"
         else:
             with connect(crdb_url()) as conn:
                 version = conn.execute("SELECT version()").fetchone()[0].split("(")[0].strip()
-        rows.append(["cockroachdb", version, "VECTOR INDEX (embedding) + (prefix_value = bucket, embedding), "
-                     "vector_l2_ops, default partition sizes and vector_search_beam_size"])
+        rows.append(
+            [
+                "cockroachdb",
+                version,
+                "VECTOR INDEX (embedding) + (prefix_value = bucket, embedding), "
+                "vector_l2_ops, default partition sizes and vector_search_beam_size",
+            ]
+        )
     ctx.table("conditions", rows, columns=["backend", "version", "index parameters"], title="What was measured")
     return pg_version
 
@@ -506,40 +590,122 @@ def _r(value, digits: int = 2):
 
 
 def report(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skipped, loads, pg_version) -> None:
-    ctx.table("ingest", [
-        [r["N"], r["kind"], r["backend"], r["path"], r["index"], r["status"], batch_size(r["N"], cfg),
-         timed_label(r), runs_label(r), _r(r.get("one"), 0), _r(r.get("many"), 0),
-         _r(r["many"] / r["one"]) if r.get("many") else None, r.get("retries")]
-        for r in ingest_rows
-    ], columns=["N", "vectors", "backend", "write path", "index during load", "status", "batch", "rows timed",
-                "runs (1 / many writers)", "1 writer doc/s", f"{cfg.writers} writers doc/s", "speedup", "40001 retries"],
+    ctx.table(
+        "ingest",
+        [
+            [
+                r["N"],
+                r["kind"],
+                r["backend"],
+                r["path"],
+                r["index"],
+                r["status"],
+                batch_size(r["N"], cfg),
+                timed_label(r),
+                runs_label(r),
+                _r(r.get("one"), 0),
+                _r(r.get("many"), 0),
+                _r(r["many"] / r["one"]) if r.get("many") else None,
+                r.get("retries"),
+            ]
+            for r in ingest_rows
+        ],
+        columns=[
+            "N",
+            "vectors",
+            "backend",
+            "write path",
+            "index during load",
+            "status",
+            "batch",
+            "rows timed",
+            "runs (1 / many writers)",
+            "1 writer doc/s",
+            f"{cfg.writers} writers doc/s",
+            "speedup",
+            "40001 retries",
+        ],
         title="Ingest throughput by write path and by the index present during the load (rows timed: a pgvector "
-              f"load maintaining its index above {cfg.maintained_sample:,} rows is timed on its last "
-              f"{cfg.maintained_sample:,} rows, the rows before COPY-loaded and indexed untimed; runs: loads under "
-              f"{cfg.repeat_below_s:g} s are run 3 times, median kept)")
-    ctx.table("queries", [
-        [r["N"], r["backend"], r["index"], r.get("status", "ok"), _r(r.get("build_s")), _r(r.get("sim_p50")),
-         _r(r.get("sim_p99")), _r(r.get("sim_recall"), 3), _r(r.get("hyb_p50")), _r(r.get("hyb_p99")),
-         _r(r.get("hyb_recall"), 3), _r(r.get("fill_mean"), 3), _r(r.get("fill_min"), 3)]
-        for r in q_rows
-    ], columns=["N", "backend", "index", "status", "build s", "sim p50 ms", "sim p99 ms", "sim recall@10",
-                "hybrid p50 ms", "hybrid p99 ms", "hybrid recall@10", "hybrid rows/k mean", "hybrid rows/k min"],
+        f"load maintaining its index above {cfg.maintained_sample:,} rows is timed on its last "
+        f"{cfg.maintained_sample:,} rows, the rows before COPY-loaded and indexed untimed; runs: loads under "
+        f"{cfg.repeat_below_s:g} s are run 3 times, median kept)",
+    )
+    ctx.table(
+        "queries",
+        [
+            [
+                r["N"],
+                r["backend"],
+                r["index"],
+                r.get("status", "ok"),
+                _r(r.get("build_s")),
+                _r(r.get("sim_p50")),
+                _r(r.get("sim_p99")),
+                _r(r.get("sim_recall"), 3),
+                _r(r.get("hyb_p50")),
+                _r(r.get("hyb_p99")),
+                _r(r.get("hyb_recall"), 3),
+                _r(r.get("fill_mean"), 3),
+                _r(r.get("fill_min"), 3),
+            ]
+            for r in q_rows
+        ],
+        columns=[
+            "N",
+            "backend",
+            "index",
+            "status",
+            "build s",
+            "sim p50 ms",
+            "sim p99 ms",
+            "sim recall@10",
+            "hybrid p50 ms",
+            "hybrid p99 ms",
+            "hybrid recall@10",
+            "hybrid rows/k mean",
+            "hybrid rows/k min",
+        ],
         title=f"Query latency and recall@{cfg.k} vs exact search (hybrid = similarity + bucket filter, "
-              f"selectivity 1/{cfg.buckets}, one SQL statement; pgvector hybrid with the store default "
-              f"ef_search={cfg.ef_search_raised} + exact re-run when short)")
+        f"selectivity 1/{cfg.buckets}, one SQL statement; pgvector hybrid with the store default "
+        f"ef_search={cfg.ef_search_raised} + exact re-run when short)",
+    )
     if pf_rows:
-        ctx.table("postfilter", [
-            [r["N"], r["setting"], _r(r["fill_mean"], 3), _r(r["fill_min"], 3), _r(r["hyb_recall"], 3),
-             _r(r["hyb_p50"]), _r(r["hyb_p99"]), r["fallbacks"], _r(r["build_s"], 1)]
-            for r in pf_rows
-        ], columns=["N", "pgvector HNSW setting", "rows/k mean", "rows/k min", "hybrid recall@10", "p50 ms",
-                    "p99 ms", "exact re-runs", "partial indexes build s"],
-            title=f"pgvector 0.6 post-filtering: hybrid queries keeping 1/{cfg.buckets} of rows")
+        ctx.table(
+            "postfilter",
+            [
+                [
+                    r["N"],
+                    r["setting"],
+                    _r(r["fill_mean"], 3),
+                    _r(r["fill_min"], 3),
+                    _r(r["hyb_recall"], 3),
+                    _r(r["hyb_p50"]),
+                    _r(r["hyb_p99"]),
+                    r["fallbacks"],
+                    _r(r["build_s"], 1),
+                ]
+                for r in pf_rows
+            ],
+            columns=[
+                "N",
+                "pgvector HNSW setting",
+                "rows/k mean",
+                "rows/k min",
+                "hybrid recall@10",
+                "p50 ms",
+                "p99 ms",
+                "exact re-runs",
+                "partial indexes build s",
+            ],
+            title=f"pgvector 0.6 post-filtering: hybrid queries keeping 1/{cfg.buckets} of rows",
+        )
     if path_rows:
-        ctx.table("ingest_paths", [
-            [r["backend"], r["path"], r["n"], _r(r["docs_s"], 0), _r(r["ratio"], 1)] for r in path_rows
-        ], columns=["backend", "write path", "docs", "doc/s", "x per-row"],
-            title="Naive per-row autocommit INSERT vs the fast paths (one writer, synthetic vectors)")
+        ctx.table(
+            "ingest_paths",
+            [[r["backend"], r["path"], r["n"], _r(r["docs_s"], 0), _r(r["ratio"], 1)] for r in path_rows],
+            columns=["backend", "write path", "docs", "doc/s", "x per-row"],
+            title="Naive per-row autocommit INSERT vs the fast paths (one writer, synthetic vectors)",
+        )
     seed_table(cfg, ctx, ingest_rows, q_rows, corpus_n, skipped)
     headline_metrics(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n)
     plots(cfg, ctx, ingest_rows, q_rows, path_rows)
@@ -547,7 +713,7 @@ def report(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skipped,
 
 
 def timed_label(r: dict) -> str | None:
-    """"all" or "last T of N (first N-T COPY-loaded + index built, untimed)"."""
+    """ "all" or "last T of N (first N-T COPY-loaded + index built, untimed)"."""
     if r.get("status") != "ok":
         return None
     if r["timed"] >= r["N"]:
@@ -583,12 +749,25 @@ def seed_table(cfg, ctx, ingest_rows, q_rows, corpus_n, skipped) -> None:
         seed = SEED_ROWS[backend]
         for i, metric in enumerate(SEED_METRICS):
             value = _r(ours[i], 0 if i < 2 else 2) if ours else f"skipped: {skipped.get(backend, 'not run')}"
-            how = "write path {}, index during load {}".format(*SEED_LOAD[backend]) if i < 2 else \
-                f"index {SEED_INDEX[backend]}"
+            how = (
+                "write path {}, index during load {}".format(*SEED_LOAD[backend])
+                if i < 2
+                else f"index {SEED_INDEX[backend]}"
+            )
             rows.append([backend, metric, seed[i], SEED_INDEX[backend], value, how])
-    ctx.table("seed_vs_ours", rows, columns=["backend", "metric", "seed (M1 Pro, 106 chunks)", "seed's index",
-                                             f"ours (2 shared vCPU, {corpus_n} chunks)", "ours measured with"],
-              title="The seed's 12.3 table next to ours — different hardware, corpus and load; compare shapes, not values")
+    ctx.table(
+        "seed_vs_ours",
+        rows,
+        columns=[
+            "backend",
+            "metric",
+            "seed (M1 Pro, 106 chunks)",
+            "seed's index",
+            f"ours (2 shared vCPU, {corpus_n} chunks)",
+            "ours measured with",
+        ],
+        title="The seed's 12.3 table next to ours — different hardware, corpus and load; compare shapes, not values",
+    )
 
 
 def headline_metrics(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n) -> None:
@@ -598,78 +777,144 @@ def headline_metrics(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n
             continue
         for name, value in zip(SEED_METRICS, ours):
             higher = name.endswith("docs_per_s")
-            how = ("write path {}, index during load {}".format(*SEED_LOAD[backend]) if higher
-                   else f"index {SEED_INDEX[backend]}")
-            ctx.metric(f"{backend}_{name}", round(value, 1 if higher else 3), "doc/s" if higher else "ms",
-                       higher_is_better=higher, description=f"N={corpus_n} real chunks, {how}")
+            how = (
+                "write path {}, index during load {}".format(*SEED_LOAD[backend])
+                if higher
+                else f"index {SEED_INDEX[backend]}"
+            )
+            ctx.metric(
+                f"{backend}_{name}",
+                round(value, 1 if higher else 3),
+                "doc/s" if higher else "ms",
+                higher_is_better=higher,
+                description=f"N={corpus_n} real chunks, {how}",
+            )
     shared_n = max((r["N"] for r in ingest_rows if r.get("many")), default=None)
     for r in ingest_rows:
         if r["N"] == shared_n and r["status"] == "ok":
             tag = f"{r['backend']}_ingest_{r['path'].replace(' ', '_')}_{r['index'].split()[0]}"
             timed = "" if r["timed"] >= r["N"] else f", timed on the last {r['timed']:,} rows (the rest preloaded)"
-            ctx.metric(f"{tag}_docs_per_s_max_n", round(r["one"], 0), "doc/s", higher_is_better=True,
-                       description=f"N={shared_n}, one writer, {r['path']}, index during load: {r['index']}{timed}")
+            ctx.metric(
+                f"{tag}_docs_per_s_max_n",
+                round(r["one"], 0),
+                "doc/s",
+                higher_is_better=True,
+                description=f"N={shared_n}, one writer, {r['path']}, index during load: {r['index']}{timed}",
+            )
     per_row = _row(path_rows, backend="pgvector", path="per_row")
     for path in ("copy", "executemany"):
         row = _row(path_rows, backend="pgvector", path=path)
         if row and per_row:
-            ctx.metric(f"pgvector_{path}_vs_per_row_x", round(row["ratio"], 1), "x", higher_is_better=True,
-                       description=f"{path} doc/s / per-row autocommit doc/s, {row['n']} docs")
+            ctx.metric(
+                f"pgvector_{path}_vs_per_row_x",
+                round(row["ratio"], 1),
+                "x",
+                higher_is_better=True,
+                description=f"{path} doc/s / per-row autocommit doc/s, {row['n']} docs",
+            )
             ctx.metric(f"pgvector_{path}_docs_per_s", round(row["docs_s"], 0), "doc/s", higher_is_better=True)
     if per_row:
         ctx.metric("pgvector_per_row_docs_per_s", round(per_row["docs_s"], 0), "doc/s", higher_is_better=True)
     max_n = max((r["N"] for r in q_rows if r["backend"] == "pgvector" and "sim_p50" in r), default=None)
-    for backend, index in (("pgvector", "hnsw"), ("pgvector", "ivfflat"), ("pgvector", "none"), ("chroma", "hnsw"),
-                           ("cockroachdb", "vector index")):
-        top = max((r["N"] for r in q_rows if r["backend"] == backend and r["index"] == index and "sim_p50" in r),
-                  default=None)
+    for backend, index in (
+        ("pgvector", "hnsw"),
+        ("pgvector", "ivfflat"),
+        ("pgvector", "none"),
+        ("chroma", "hnsw"),
+        ("cockroachdb", "vector index"),
+    ):
+        top = max(
+            (r["N"] for r in q_rows if r["backend"] == backend and r["index"] == index and "sim_p50" in r), default=None
+        )
         row = _row(q_rows, N=top, backend=backend, index=index)
         if row:
             tag = index.replace(" ", "_")
-            ctx.metric(f"{backend}_{tag}_recall_at_{cfg.k}_max_n", round(row["sim_recall"], 4), "",
-                       higher_is_better=True, description=f"N={top}")
-            ctx.metric(f"{backend}_{tag}_sim_p50_ms_max_n", round(row["sim_p50"], 3), "ms",
-                       higher_is_better=False, description=f"N={top}")
+            ctx.metric(
+                f"{backend}_{tag}_recall_at_{cfg.k}_max_n",
+                round(row["sim_recall"], 4),
+                "",
+                higher_is_better=True,
+                description=f"N={top}",
+            )
+            ctx.metric(
+                f"{backend}_{tag}_sim_p50_ms_max_n",
+                round(row["sim_p50"], 3),
+                "ms",
+                higher_is_better=False,
+                description=f"N={top}",
+            )
     hybrid = _row(q_rows, N=max_n, backend="pgvector", index="hnsw")
     if hybrid:
         met = hybrid["hyb_p99"] <= cfg.hybrid_target_p99_ms and hybrid["hyb_recall"] >= cfg.hybrid_target_recall
-        for key, name, unit, higher in (("hyb_p50", "hybrid_p50_ms", "ms", False), ("hyb_p99", "hybrid_p99_ms", "ms", False),
-                                        ("hyb_recall", f"hybrid_recall_at_{cfg.k}", "", True)):
-            ctx.metric(f"pgvector_hnsw_{name}_max_n", round(hybrid[key], 4 if higher else 3), unit, higher_is_better=higher,
-                       description=f"N={max_n}, store default (ef_search={cfg.ef_search_raised} + exact re-run when short)")
-        ctx.metric("pgvector_hnsw_hybrid_target_met", met, "", higher_is_better=True,
-                   description=f"N={max_n}: p99 <= {cfg.hybrid_target_p99_ms:g} ms and recall@{cfg.k} >= "
-                               f"{cfg.hybrid_target_recall:g}, {os.cpu_count()} vCPUs")
+        for key, name, unit, higher in (
+            ("hyb_p50", "hybrid_p50_ms", "ms", False),
+            ("hyb_p99", "hybrid_p99_ms", "ms", False),
+            ("hyb_recall", f"hybrid_recall_at_{cfg.k}", "", True),
+        ):
+            ctx.metric(
+                f"pgvector_hnsw_{name}_max_n",
+                round(hybrid[key], 4 if higher else 3),
+                unit,
+                higher_is_better=higher,
+                description=f"N={max_n}, store default (ef_search={cfg.ef_search_raised} + exact re-run when short)",
+            )
+        ctx.metric(
+            "pgvector_hnsw_hybrid_target_met",
+            met,
+            "",
+            higher_is_better=True,
+            description=f"N={max_n}: p99 <= {cfg.hybrid_target_p99_ms:g} ms and recall@{cfg.k} >= "
+            f"{cfg.hybrid_target_recall:g}, {os.cpu_count()} vCPUs",
+        )
     partial = next((r for r in pf_rows if r["N"] == max_n and r["setting"] == PARTIAL_SETTING), None)
     if partial:
         met = partial["hyb_p99"] <= cfg.hybrid_target_p99_ms and partial["hyb_recall"] >= cfg.hybrid_target_recall
-        for key, name, unit, higher in (("hyb_p50", "hybrid_p50_ms", "ms", False), ("hyb_p99", "hybrid_p99_ms", "ms", False),
-                                        ("hyb_recall", f"hybrid_recall_at_{cfg.k}", "", True)):
-            ctx.metric(f"pgvector_hnsw_partial_{name}_max_n", round(partial[key], 4 if higher else 3), unit,
-                       higher_is_better=higher, description=f"N={max_n}, {PARTIAL_SETTING}")
-        ctx.metric("pgvector_hnsw_partial_hybrid_target_met", met, "", higher_is_better=True,
-                   description=f"N={max_n}, {PARTIAL_SETTING}: p99 <= {cfg.hybrid_target_p99_ms:g} ms and recall@{cfg.k} "
-                               f">= {cfg.hybrid_target_recall:g}")
+        for key, name, unit, higher in (
+            ("hyb_p50", "hybrid_p50_ms", "ms", False),
+            ("hyb_p99", "hybrid_p99_ms", "ms", False),
+            ("hyb_recall", f"hybrid_recall_at_{cfg.k}", "", True),
+        ):
+            ctx.metric(
+                f"pgvector_hnsw_partial_{name}_max_n",
+                round(partial[key], 4 if higher else 3),
+                unit,
+                higher_is_better=higher,
+                description=f"N={max_n}, {PARTIAL_SETTING}",
+            )
+        ctx.metric(
+            "pgvector_hnsw_partial_hybrid_target_met",
+            met,
+            "",
+            higher_is_better=True,
+            description=f"N={max_n}, {PARTIAL_SETTING}: p99 <= {cfg.hybrid_target_p99_ms:g} ms and recall@{cfg.k} "
+            f">= {cfg.hybrid_target_recall:g}",
+        )
     labels = ("no fallback", "SET LOCAL", f"{PGVECTOR_DEFAULT_EF_SEARCH} + exact re-run", "(store default)")
     for label, tag in zip(labels, ("default", "raised_ef", "fallback", "store_default")):
         row = next((r for r in pf_rows if r["N"] == max_n and label in r["setting"]), None)
         if row:
-            ctx.metric(f"pgvector_hnsw_hybrid_rows_per_k_{tag}", round(row["fill_mean"], 3), "",
-                       higher_is_better=True, description=f"N={max_n}, {row['setting']}")
+            ctx.metric(
+                f"pgvector_hnsw_hybrid_rows_per_k_{tag}",
+                round(row["fill_mean"], 3),
+                "",
+                higher_is_better=True,
+                description=f"N={max_n}, {row['setting']}",
+            )
 
 
 def plots(cfg, ctx, ingest_rows, q_rows, path_rows) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     series = sorted({(r["backend"], r["index"]) for r in q_rows if "sim_p50" in r})
     for ax, key, title in ((axes[0], "sim_p50", "similarity p50"), (axes[1], "hyb_p50", "hybrid p50")):
         for backend, index in series:
-            pts = sorted((r["N"], r[key]) for r in q_rows if r["backend"] == backend and r["index"] == index
-                         and key in r)
+            pts = sorted(
+                (r["N"], r[key]) for r in q_rows if r["backend"] == backend and r["index"] == index and key in r
+            )
             ax.plot(*zip(*pts), marker="o", label=f"{backend} / {index}")
         ax.set(xscale="log", yscale="log", xlabel="N vectors", title=title)
         ax.grid(True, which="both", alpha=0.3)
@@ -683,10 +928,17 @@ def plots(cfg, ctx, ingest_rows, q_rows, path_rows) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     done = [r for r in ingest_rows if r["status"] == "ok"]
     for backend, path, index in sorted({(r["backend"], r["path"], r["index"]) for r in done}):
-        pts = sorted((r["N"], r["one"]) for r in done if (r["backend"], r["path"], r["index"]) == (backend, path, index))
+        pts = sorted(
+            (r["N"], r["one"]) for r in done if (r["backend"], r["path"], r["index"]) == (backend, path, index)
+        )
         axes[0].plot(*zip(*pts), marker="o", label=f"{backend}: {path}, index {index.split()[0]}")
-    axes[0].set(xscale="log", yscale="log", xlabel="N vectors", ylabel="doc/s (1 writer)",
-                title="Ingest by write path and index present during the load")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="N vectors",
+        ylabel="doc/s (1 writer)",
+        title="Ingest by write path and index present during the load",
+    )
     axes[0].grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
     if path_rows:
@@ -710,9 +962,14 @@ def ingest_finding(q_rows, rows) -> str:
             total = r["N"] / r["one"] + built["build_s"]
             text += f" ({r['N'] / total:.0f} doc/s once the {built['build_s']:.1f} s HNSW build is counted)"
         parts.append(text)
-    return (f"Ingest at N={rows[0]['N']}, one writer — " + "; ".join(parts) + ". Only rows with the same index "
-            "state compare like with like: Chroma always maintains its HNSW graph on insert.") if rows else \
-        "No ingest row completed."
+    return (
+        (
+            f"Ingest at N={rows[0]['N']}, one writer — " + "; ".join(parts) + ". Only rows with the same index "
+            "state compare like with like: Chroma always maintains its HNSW graph on insert."
+        )
+        if rows
+        else "No ingest row completed."
+    )
 
 
 def hybrid_target_finding(cfg, ctx, q_rows, pf_rows, corpus_n) -> None:
@@ -722,25 +979,38 @@ def hybrid_target_finding(cfg, ctx, q_rows, pf_rows, corpus_n) -> None:
         return
     kind = f"real {EMBEDDED_EMBEDDER.family} chunks" if n == corpus_n else "synthetic clustered vectors"
     texts = []
-    for prefix, label in (("pgvector_hnsw", f"store default (ef_search={cfg.ef_search_raised} + exact re-run when short)"),
-                          ("pgvector_hnsw_partial", PARTIAL_SETTING)):
+    for prefix, label in (
+        ("pgvector_hnsw", f"store default (ef_search={cfg.ef_search_raised} + exact re-run when short)"),
+        ("pgvector_hnsw_partial", PARTIAL_SETTING),
+    ):
         met = ctx.metrics.get(f"{prefix}_hybrid_target_met")
         if met is None:
             continue
-        p50, p99, recall = (ctx.metrics[f"{prefix}_{k}_max_n"]["value"] for k in
-                            ("hybrid_p50_ms", "hybrid_p99_ms", f"hybrid_recall_at_{cfg.k}"))
-        misses = [what for what, bad in ((f"p99 {p99:.1f} ms > {cfg.hybrid_target_p99_ms:g} ms",
-                                          p99 > cfg.hybrid_target_p99_ms),
-                                         (f"recall {recall:.3f} < {cfg.hybrid_target_recall:g}",
-                                          recall < cfg.hybrid_target_recall)) if bad]
-        texts.append(f"{label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, recall@{cfg.k} {recall:.3f} — "
-                     + ("target MET" if met["value"] else "target MISSED (" + "; ".join(misses) + ")"))
+        p50, p99, recall = (
+            ctx.metrics[f"{prefix}_{k}_max_n"]["value"]
+            for k in ("hybrid_p50_ms", "hybrid_p99_ms", f"hybrid_recall_at_{cfg.k}")
+        )
+        misses = [
+            what
+            for what, bad in (
+                (f"p99 {p99:.1f} ms > {cfg.hybrid_target_p99_ms:g} ms", p99 > cfg.hybrid_target_p99_ms),
+                (f"recall {recall:.3f} < {cfg.hybrid_target_recall:g}", recall < cfg.hybrid_target_recall),
+            )
+            if bad
+        ]
+        texts.append(
+            f"{label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, recall@{cfg.k} {recall:.3f} — "
+            + ("target MET" if met["value"] else "target MISSED (" + "; ".join(misses) + ")")
+        )
     build = next((r["build_s"] for r in pf_rows if r["N"] == n and r["setting"] == PARTIAL_SETTING), None)
     ctx.finding(
         f"Target check at N={n:,} ({kind}), pgvector HNSW hybrid query (1/{cfg.buckets} of rows pass the filter), "
         f"{os.cpu_count()} shared vCPUs, target p99 <= {cfg.hybrid_target_p99_ms:g} ms and recall@{cfg.k} >= "
-        f"{cfg.hybrid_target_recall:g}. " + ". ".join(texts) + "."
-        + (f" The partial indexes cost {build:.1f} s to build on top of the full HNSW index." if build else ""))
+        f"{cfg.hybrid_target_recall:g}. "
+        + ". ".join(texts)
+        + "."
+        + (f" The partial indexes cost {build:.1f} s to build on top of the full HNSW index." if build else "")
+    )
 
 
 def findings(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skipped, loads, pg_version) -> None:
@@ -749,7 +1019,10 @@ def findings(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skippe
         f"at the start and {loads[1]:.1f} at the end ({os.cpu_count()} = saturated). Absolute ms and doc/s are inflated and noisy; "
         "the ratios between backends, paths and index settings measured in the same run are what carry over."
     )
-    per_row, fast = _row(path_rows, backend="pgvector", path="per_row"), _row(path_rows, backend="pgvector", path="copy")
+    per_row, fast = (
+        _row(path_rows, backend="pgvector", path="per_row"),
+        _row(path_rows, backend="pgvector", path="copy"),
+    )
     if per_row and fast:
         many = _row(path_rows, backend="pgvector", path="executemany")
         verdict = "meets" if fast["ratio"] >= COPY_TARGET_X else "misses"
@@ -774,17 +1047,26 @@ def findings(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skippe
             f"{both['fill_mean']:.0%}, recall {both['hyb_recall']:.2f}, p50 {both['hyb_p50']:.1f} ms, "
             f"{both['fallbacks']} re-runs."
         )
-    for backend, index in (("pgvector", "hnsw"), ("pgvector", "ivfflat"), ("cockroachdb", "vector index"),
-                           ("chroma", "hnsw")):
-        big = max((r["N"] for r in q_rows if r["backend"] == backend and r["index"] == index and "sim_p50" in r),
-                  default=None)
-        row, exact = _row(q_rows, N=big, backend=backend, index=index), _row(q_rows, N=big, backend=backend, index="none")
+    for backend, index in (
+        ("pgvector", "hnsw"),
+        ("pgvector", "ivfflat"),
+        ("cockroachdb", "vector index"),
+        ("chroma", "hnsw"),
+    ):
+        big = max(
+            (r["N"] for r in q_rows if r["backend"] == backend and r["index"] == index and "sim_p50" in r), default=None
+        )
+        row, exact = (
+            _row(q_rows, N=big, backend=backend, index=index),
+            _row(q_rows, N=big, backend=backend, index="none"),
+        )
         if row:
-            versus = (f" vs {exact['sim_p50']:.1f} ms for the exact scan without an index" if exact else "")
+            versus = f" vs {exact['sim_p50']:.1f} ms for the exact scan without an index" if exact else ""
             ctx.finding(
                 f"{backend} {index} at N={big}: recall@{cfg.k} {row['sim_recall']:.3f} against exact search, "
                 f"similarity p50 {row['sim_p50']:.1f} ms{versus}"
-                + (f"; index build {row['build_s']:.1f} s" if row.get("build_s") else "") + "."
+                + (f"; index build {row['build_s']:.1f} s" if row.get("build_s") else "")
+                + "."
             )
     top_ingest = max((x["N"] for x in ingest_rows if x.get("many")), default=None)
     ctx.finding(ingest_finding(q_rows, [r for r in ingest_rows if r["N"] == top_ingest and r["status"] == "ok"]))
@@ -814,8 +1096,10 @@ def findings(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skippe
             f"of the k rows with recall@{cfg.k} {chroma_big['hyb_recall']:.3f}: the filter costs time here, not rows."
         )
     if "cockroachdb" in skipped:
-        ctx.finding(f"CockroachDB rows are skipped: {skipped['cockroachdb']}. The CockroachStore code path "
-                    "(VECTOR(n), CREATE VECTOR INDEX with a prefix column, UPSERT batches, 40001 retries) did not run here.")
+        ctx.finding(
+            f"CockroachDB rows are skipped: {skipped['cockroachdb']}. The CockroachStore code path "
+            "(VECTOR(n), CREATE VECTOR INDEX with a prefix column, UPSERT batches, 40001 retries) did not run here."
+        )
     ctx.finding(
         f"Seed comparison: the seed ran on an {SEED_SETUP['hardware']} with {SEED_SETUP['chunks']} chunks, all three "
         f"servers local; these rows run {corpus_n} chunks on {os.cpu_count()} shared vCPUs with an embedded "
@@ -827,10 +1111,14 @@ def findings(cfg, ctx, ingest_rows, q_rows, pf_rows, path_rows, corpus_n, skippe
         f"rows at the default hnsw.ef_search={PGVECTOR_DEFAULT_EF_SEARCH}. Raise ef_search per query (SET LOCAL) or "
         "re-run exactly when short."
     )
-    ctx.failure_mode("COPY cannot upsert: a batch holding an existing id fails with UniqueViolation; "
-                     "the store re-sends it through a temp staging table + INSERT ... ON CONFLICT.")
-    ctx.failure_mode("Chroma rejects an empty metadata dict ({}) but accepts None; without embeddings or an "
-                     "embedding_function it tries to download an ONNX model (offline: fails).")
+    ctx.failure_mode(
+        "COPY cannot upsert: a batch holding an existing id fails with UniqueViolation; "
+        "the store re-sends it through a temp staging table + INSERT ... ON CONFLICT."
+    )
+    ctx.failure_mode(
+        "Chroma rejects an empty metadata dict ({}) but accepts None; without embeddings or an "
+        "embedding_function it tries to download an ONNX model (offline: fails)."
+    )
 
 
 EXERCISE = Exercise(
@@ -840,21 +1128,45 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={
         "cpu": {"sizes": [0, 2000, 20000], "pgvector_only_sizes": [100000], "queries": 100},
-        "a100": {"sizes": [0, 2000, 20000, 100000], "pgvector_only_sizes": [], "queries": 500,
-                 "ingest_paths_n": 5000},
+        "a100": {"sizes": [0, 2000, 20000, 100000], "pgvector_only_sizes": [], "queries": 500, "ingest_paths_n": 5000},
     },
-    tiny={"sizes": [0, 300], "pgvector_only_sizes": [], "queries": 20, "batch_size": 100, "ingest_paths_n": 100, "pg_indexes": ["hnsw", "ivfflat"],
-          "include_readmes": False, "backends": ["chroma", "pgvector", "cockroachdb"], "maintained_sample": 100},
-    smoke={"sizes": [0, 300], "queries": 20, "batch_size": 100, "ingest_paths_n": 100, "include_readmes": False,
-           "maintained_sample": 100},
+    tiny={
+        "sizes": [0, 300],
+        "pgvector_only_sizes": [],
+        "queries": 20,
+        "batch_size": 100,
+        "ingest_paths_n": 100,
+        "pg_indexes": ["hnsw", "ivfflat"],
+        "include_readmes": False,
+        "backends": ["chroma", "pgvector", "cockroachdb"],
+        "maintained_sample": 100,
+    },
+    smoke={
+        "sizes": [0, 300],
+        "queries": 20,
+        "batch_size": 100,
+        "ingest_paths_n": 100,
+        "include_readmes": False,
+        "maintained_sample": 100,
+    },
     references=tuple(
-        Reference(f"{backend}_{metric}", value, "doc/s" if i < 2 else "ms",
-                  f"seed: M1 Pro, 106 chunks, index {SEED_INDEX[backend]}")
-        for backend, values in SEED_ROWS.items() for i, (metric, value) in enumerate(zip(SEED_METRICS, values))
+        Reference(
+            f"{backend}_{metric}",
+            value,
+            "doc/s" if i < 2 else "ms",
+            f"seed: M1 Pro, 106 chunks, index {SEED_INDEX[backend]}",
+        )
+        for backend, values in SEED_ROWS.items()
+        for i, (metric, value) in enumerate(zip(SEED_METRICS, values))
     ),
-    summary_metrics=("pgvector_copy_vs_per_row_x", "pgvector_ingest_per_row_hnsw_docs_per_s_max_n",
-                     "pgvector_hnsw_hybrid_p99_ms_max_n", "pgvector_hnsw_hybrid_recall_at_10_max_n",
-                     "pgvector_hnsw_hybrid_target_met", "pgvector_hnsw_partial_hybrid_target_met"),
+    summary_metrics=(
+        "pgvector_copy_vs_per_row_x",
+        "pgvector_ingest_per_row_hnsw_docs_per_s_max_n",
+        "pgvector_hnsw_hybrid_p99_ms_max_n",
+        "pgvector_hnsw_hybrid_recall_at_10_max_n",
+        "pgvector_hnsw_hybrid_target_met",
+        "pgvector_hnsw_partial_hybrid_target_met",
+    ),
     methods={"cpu": "scaled", "a100": "scaled"},  # 2 vCPUs, pgvector 0.6.2, no CockroachDB
 )
 

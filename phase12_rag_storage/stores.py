@@ -16,10 +16,19 @@ the databases) so that a hybrid query is one statement.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import random
+import re
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from lab.db import connect, crdb_url, database_url
+from lab.errors import MissingResource
 
 
 @dataclass
@@ -36,7 +45,9 @@ class VectorStore(ABC):
     name: str = "store"
     dim: int
 
-    def insert(self, ids: list[str], vectors: np.ndarray, texts: list[str], metadatas: list[dict] | None = None) -> None:
+    def insert(
+        self, ids: list[str], vectors: np.ndarray, texts: list[str], metadatas: list[dict] | None = None
+    ) -> None:
         """Store rows; validates the whole batch before anything is written."""
         ids, vectors, texts, metadatas = self._check_batch(ids, vectors, texts, metadatas)
         self._insert(ids, vectors, texts, metadatas)
@@ -47,13 +58,13 @@ class VectorStore(ABC):
             raise ValueError(f"{self.name}: k must be >= 1, got {k}")
         return self._search(self._check_query(vector), k, dict(where or {}))
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 (a hook: stores without an index keep the no-op)
         """Build the ANN index (HNSW / IVFFlat / vector index); a no-op where there is none."""
 
     @abstractmethod
     def count(self) -> int: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: stores without connections keep the no-op)
         """Release connections/clients; safe to call twice."""
 
     def __enter__(self):
@@ -155,8 +166,9 @@ class NumpyStore(VectorStore):
         row's metadata costs more than the dot product at 100,000 rows)."""
         key = tuple(sorted((k, repr(v)) for k, v in where.items()))
         if key not in self._masks:
-            self._masks[key] = np.array([all(m.get(k) == v for k, v in where.items()) for m in self._metadatas],
-                                        dtype=bool)
+            self._masks[key] = np.array(
+                [all(m.get(k) == v for k, v in where.items()) for m in self._metadatas], dtype=bool
+            )
         return self._masks[key]
 
     def search_ids(self, queries: np.ndarray, k: int) -> list[list[str]]:
@@ -181,17 +193,20 @@ class ChromaStore(VectorStore):
 
     name = "chroma"
 
-    def __init__(self, collection: str = "phase12-chunks", dim: int = 384, path: str | None = None,
-                 recreate: bool = False):
-        import os
+    def __init__(
+        self, collection: str = "phase12-chunks", dim: int = 384, path: str | None = None, recreate: bool = False
+    ):
 
         os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-        import chromadb
+        import chromadb  # noqa: PLC0415 (heavy: chromadb loads on first use)
 
         settings = chromadb.Settings(anonymized_telemetry=False)
         self.dim = dim
-        self._client = (chromadb.PersistentClient(path=path, settings=settings) if path
-                        else chromadb.EphemeralClient(settings=settings))
+        self._client = (
+            chromadb.PersistentClient(path=path, settings=settings)
+            if path
+            else chromadb.EphemeralClient(settings=settings)
+        )
         if recreate and collection in [c.name for c in self._client.list_collections()]:
             self._client.delete_collection(collection)
         self._collection = self._client.get_or_create_collection(
@@ -203,7 +218,9 @@ class ChromaStore(VectorStore):
         for start in range(0, len(ids), self._max_batch):
             end = start + self._max_batch
             self._collection.upsert(
-                ids=ids[start:end], embeddings=vectors[start:end], documents=texts[start:end],
+                ids=ids[start:end],
+                embeddings=vectors[start:end],
+                documents=texts[start:end],
                 metadatas=[m or None for m in metadatas[start:end]],  # chroma rejects {} but takes None
             )
 
@@ -211,7 +228,9 @@ class ChromaStore(VectorStore):
         if len(where) > 1:
             where = {"$and": [{key: value} for key, value in where.items()]}
         result = self._collection.query(
-            query_embeddings=vector[None, :], n_results=k, where=where or None,
+            query_embeddings=vector[None, :],
+            n_results=k,
+            where=where or None,
             include=["documents", "metadatas", "distances"],
         )
         return [
@@ -238,9 +257,6 @@ class _SqlStore(VectorStore):
     """
 
     def __init__(self, url: str, table: str, dim: int, recreate: bool, max_retries: int = 30):
-        import re
-
-        from lab.db import connect
 
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
             raise ValueError(f"{self.name}: table name {table!r} must match [a-z_][a-z0-9_]*")
@@ -268,14 +284,14 @@ class _SqlStore(VectorStore):
 
     # -- shared ----------------------------------------------------------------------------
     def _existing_dim(self) -> int | None:
-        import re
 
-        import psycopg
+        import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         try:
             row = self._conn.execute(
                 "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                "WHERE a.attrelid = %s::regclass AND a.attname = 'embedding'", (self.table,)
+                "WHERE a.attrelid = %s::regclass AND a.attname = 'embedding'",
+                (self.table,),
             ).fetchone()
         except psycopg.Error:  # catalog differences (CockroachDB): inserts still check the dimension
             return None
@@ -284,10 +300,8 @@ class _SqlStore(VectorStore):
 
     def _transaction(self, work):
         """Run ``work(conn)`` in one transaction, retrying on SQLSTATE 40001 with jittered backoff."""
-        import random
-        import time
 
-        import psycopg
+        import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         for attempt in range(self.max_retries + 1):
             try:
@@ -301,7 +315,6 @@ class _SqlStore(VectorStore):
 
     def _where_sql(self, where: dict) -> tuple[str, list]:
         """``metadata @> '{"key": value}'``: one JSONB containment predicate for an equality filter."""
-        import json
 
         if not where:
             return "", []
@@ -313,13 +326,13 @@ class _SqlStore(VectorStore):
     def drop(self) -> None:
         self._conn.execute(f"DROP TABLE IF EXISTS {self.table}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: stores without connections keep the no-op)
         if not self._conn.closed:
             self._conn.close()
 
     @staticmethod
     def _rows(ids, vectors, texts, metadatas, vector_param):
-        from psycopg.types.json import Jsonb
+        from psycopg.types.json import Jsonb  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         return [(i, t, Jsonb(m), vector_param(v)) for i, t, m, v in zip(ids, texts, metadatas, vectors)]
 
@@ -354,11 +367,20 @@ class PgVectorStore(_SqlStore):
     INDEX_KINDS = (None, "hnsw", "ivfflat")
     PARTIAL_MAX_VALUES = 64
 
-    def __init__(self, url: str | None = None, table: str = "phase12_chunks", dim: int = 384,
-                 index: str | None = "hnsw", ingest: str = "copy", ef_search: int | None = None,
-                 hybrid_ef_search: int | None = 200, ivfflat_probes: int | None = None,
-                 exact_fallback: bool = True, partial_index_key: str | None = None, recreate: bool = False):
-        from lab.db import database_url
+    def __init__(
+        self,
+        url: str | None = None,
+        table: str = "phase12_chunks",
+        dim: int = 384,
+        index: str | None = "hnsw",
+        ingest: str = "copy",
+        ef_search: int | None = None,
+        hybrid_ef_search: int | None = 200,
+        ivfflat_probes: int | None = None,
+        exact_fallback: bool = True,
+        partial_index_key: str | None = None,
+        recreate: bool = False,
+    ):
 
         if ingest not in self.INGEST_MODES:
             raise ValueError(f"pgvector: ingest must be one of {self.INGEST_MODES}, got {ingest!r}")
@@ -371,7 +393,7 @@ class PgVectorStore(_SqlStore):
         super().__init__(url or database_url(), table, dim, recreate)
 
     def _prepare_connection(self) -> None:
-        from pgvector.psycopg import register_vector
+        from pgvector.psycopg import register_vector  # noqa: PLC0415 (pgvector loads only on the path that uses it)
 
         if self._conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
             self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -399,7 +421,7 @@ class PgVectorStore(_SqlStore):
         elif self.ingest == "executemany":
             self._transaction(lambda conn: conn.cursor().executemany(self._upsert_sql(), rows))
         else:
-            import psycopg
+            import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
             try:  # new ids (a bulk load): COPY straight into the table
                 self._transaction(lambda conn: self._copy(conn, rows, self.table))
@@ -438,12 +460,14 @@ class PgVectorStore(_SqlStore):
 
     def _where_sql(self, where: dict) -> tuple[str, list]:
         """The JSONB containment predicate, plus the partial indexes' own predicate with its value inlined."""
-        from psycopg import sql
+        from psycopg import sql  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         where_sql, params = super()._where_sql(where)
         value = self._partial_value(where)
         if value is not None:
-            implied = sql.SQL(" AND (metadata->>{}) = {}").format(sql.Literal(self.partial_index_key), sql.Literal(value))
+            implied = sql.SQL(" AND (metadata->>{}) = {}").format(
+                sql.Literal(self.partial_index_key), sql.Literal(value)
+            )
             where_sql += implied.as_string(self._conn)
         return where_sql, params
 
@@ -461,8 +485,11 @@ class PgVectorStore(_SqlStore):
 
         # a filter served by its own partial index loses no candidates to the WHERE: no wider beam needed
         post_filtered = bool(where) and self._partial_value(where) is None
-        ef_search = ((self.hybrid_ef_search or self.ef_search) if post_filtered else self.ef_search) \
-            if self.index == "hnsw" else None
+        ef_search = (
+            ((self.hybrid_ef_search or self.ef_search) if post_filtered else self.ef_search)
+            if self.index == "hnsw"
+            else None
+        )
         probes = self.ivfflat_probes if self.index == "ivfflat" else None
 
         def work(conn):  # SET LOCAL lasts until the end of this transaction only
@@ -477,13 +504,12 @@ class PgVectorStore(_SqlStore):
         return [Hit(id_, float(score), text, meta) for id_, text, meta, score in rows]
 
     # -- index -----------------------------------------------------------------------------
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 (a hook: stores without an index keep the no-op)
         """Build the configured ANN index (cosine ops) and refresh planner statistics."""
         if self.index == "hnsw":
             self._conn.execute("SET maintenance_work_mem = '256MB'")
             self._conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} "
-                "USING hnsw (embedding vector_cosine_ops)"
+                f"CREATE INDEX IF NOT EXISTS {self.table}_hnsw ON {self.table} USING hnsw (embedding vector_cosine_ops)"
             )
             if self.partial_index_key:
                 self._build_partial_indexes()
@@ -499,27 +525,39 @@ class PgVectorStore(_SqlStore):
 
     def _build_partial_indexes(self) -> None:
         """One HNSW index per distinct value of ``partial_index_key`` (see the class doc)."""
-        import hashlib
 
-        from psycopg import sql
+        from psycopg import sql  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         key = sql.Literal(self.partial_index_key)
-        values = [v for (v,) in self._conn.execute(
-            sql.SQL("SELECT DISTINCT metadata->>{} FROM {}").format(key, sql.Identifier(self.table))) if v is not None]
+        values = [
+            v
+            for (v,) in self._conn.execute(
+                sql.SQL("SELECT DISTINCT metadata->>{} FROM {}").format(key, sql.Identifier(self.table))
+            )
+            if v is not None
+        ]
         if len(values) > self.PARTIAL_MAX_VALUES:
-            raise ValueError(f"pgvector: partial_index_key {self.partial_index_key!r} has {len(values)} distinct values "
-                             f"(> {self.PARTIAL_MAX_VALUES}): partition the table instead of one index per value")
+            raise ValueError(
+                f"pgvector: partial_index_key {self.partial_index_key!r} has {len(values)} distinct values "
+                f"(> {self.PARTIAL_MAX_VALUES}): partition the table instead of one index per value"
+            )
         for value in values:
             name = f"{self.table}_hnsw_p_{hashlib.sha1(value.encode()).hexdigest()[:10]}"
-            self._conn.execute(sql.SQL(
-                "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) WHERE (metadata->>{}) = {}"
-            ).format(sql.Identifier(name), sql.Identifier(self.table), key, sql.Literal(value)))
+            self._conn.execute(
+                sql.SQL(
+                    "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops) WHERE (metadata->>{}) = {}"
+                ).format(sql.Identifier(name), sql.Identifier(self.table), key, sql.Literal(value))
+            )
 
     def partial_indexes(self) -> list[str]:
         """Names of this table's per-value partial HNSW indexes."""
-        return [name for (name,) in self._conn.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE %s ORDER BY indexname",
-            (self.table, f"{self.table}_hnsw_p_%"))]
+        return [
+            name
+            for (name,) in self._conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE %s ORDER BY indexname",
+                (self.table, f"{self.table}_hnsw_p_%"),
+            )
+        ]
 
     def drop_indexes(self) -> None:
         for kind in ("hnsw", "ivfflat"):
@@ -544,11 +582,17 @@ class CockroachStore(_SqlStore):
     name = "cockroachdb"
     INGEST_MODES = ("per_row", "batch")
 
-    def __init__(self, url: str | None = None, table: str = "phase12_chunks", dim: int = 384,
-                 prefix_key: str | None = "bucket", beam_size: int | None = None, ingest: str = "batch",
-                 rows_per_statement: int = 100, recreate: bool = False):
-        from lab.db import crdb_url
-        from lab.errors import MissingResource
+    def __init__(
+        self,
+        url: str | None = None,
+        table: str = "phase12_chunks",
+        dim: int = 384,
+        prefix_key: str | None = "bucket",
+        beam_size: int | None = None,
+        ingest: str = "batch",
+        rows_per_statement: int = 100,
+        recreate: bool = False,
+    ):
 
         url = url or crdb_url()
         if not url:
@@ -577,8 +621,10 @@ class CockroachStore(_SqlStore):
         return None if value is None else str(value)
 
     def _insert(self, ids, vectors, texts, metadatas) -> None:
-        rows = [(*row, self._prefix(m)) for row, m in
-                zip(self._rows(ids, vectors, texts, metadatas, self._vector_param), metadatas)]
+        rows = [
+            (*row, self._prefix(m))
+            for row, m in zip(self._rows(ids, vectors, texts, metadatas, self._vector_param), metadatas)
+        ]
         one = "(%s, %s, %s, %s::VECTOR, %s)"
         head = f"UPSERT INTO {self.table} (id, text, metadata, embedding, prefix_value) VALUES "
         if self.ingest == "per_row":
@@ -586,13 +632,12 @@ class CockroachStore(_SqlStore):
                 self._transaction(lambda conn, row=row: conn.execute(head + one, row))
             return
         for start in range(0, len(rows), self.rows_per_statement):
-            chunk = rows[start:start + self.rows_per_statement]
+            chunk = rows[start : start + self.rows_per_statement]
             sql = head + ", ".join([one] * len(chunk))
             params = [value for row in chunk for value in row]
             self._transaction(lambda conn, sql=sql, params=params: conn.execute(sql, params))
 
     def _where_sql(self, where: dict) -> tuple[str, list]:
-        import json
 
         clauses, params = [], []
         rest = dict(where)
@@ -610,13 +655,14 @@ class CockroachStore(_SqlStore):
         # ORDER BY spells out `column <-> constant` (the shape the optimizer matches to a vector index)
         rows = self._conn.execute(
             f"SELECT id, text, metadata, embedding <-> %s::VECTOR AS dist FROM {self.table} "
-            f"{where_sql} ORDER BY embedding <-> %s::VECTOR LIMIT %s", [literal, *params, literal, k]
+            f"{where_sql} ORDER BY embedding <-> %s::VECTOR LIMIT %s",
+            [literal, *params, literal, k],
         ).fetchall()
         return [Hit(id_, 1.0 - float(dist) ** 2 / 2.0, text, meta) for id_, text, meta, dist in rows]
 
-    def optimize(self) -> None:
+    def optimize(self) -> None:  # noqa: B027 (a hook: stores without an index keep the no-op)
         """Enable and build CockroachDB vector indexes (blocks writes to the table while backfilling)."""
-        import psycopg
+        import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         try:  # needs admin; absent or already on in some versions: CREATE VECTOR INDEX says if it is off
             self._conn.execute("SET CLUSTER SETTING feature.vector_index.enabled = true")

@@ -16,7 +16,6 @@ PUBLIC: dict[str, str] = {
     "phase13_react.research_tools": "RESEARCH_TOOLS: the research agent's tools, given to the Phase 14 framework agents",
     "phase13_react.tasks": "load_tasks, check: the research task set the Phase 14 comparison scores on",
     "phase13_react.served": "agent_llm, AGENT_SPEC, BASE_SPEC: which model an agentic exercise runs and how results name it",
-    "phase13_react.scripted_server": "scripted_openai: the scripted OpenAI-compatible server Phase 15's adversary is served on",
 }
 # the tool-use adapter is trained on demand (lab artifacts build) and committed as smollm2-135m-agent
 ARTIFACTS: tuple[str, ...] = ("phase13_react.tool_adapter:TOOL_ADAPTER",)

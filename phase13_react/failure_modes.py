@@ -26,9 +26,20 @@ import time
 from typing import Any
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.llm.openai_client import OpenAILLM
+from lab.llm.scripted_server import ScriptedServer, call, say
+from phase13_react.loop import run_agent
+from phase13_react.tools import Toolbox, tool
 
-FAILURE_MODES = ("unknown_tool", "invalid_arguments", "tool_error", "tool_timeout", "repeated_action",
-                 "max_steps", "empty_observation")
+FAILURE_MODES = (
+    "unknown_tool",
+    "invalid_arguments",
+    "tool_error",
+    "tool_timeout",
+    "repeated_action",
+    "max_steps",
+    "empty_observation",
+)
 
 
 class Config(ExerciseConfig):
@@ -42,7 +53,6 @@ class Config(ExerciseConfig):
 
 def failure_tools(cfg: Config) -> list:
     """The fault-injecting tools (and one that works)."""
-    from phase13_react.tools import tool
 
     @tool
     def add(a: float, b: float) -> float:
@@ -70,39 +80,74 @@ def failure_tools(cfg: Config) -> list:
 
 def scenarios(cfg: Config) -> list[dict[str, Any]]:
     """(name, the scripted replies, loop mode, the outcome and stop reason expected)."""
-    from lab.llm.scripted_server import call, say
 
     done = say("Done.")
     return [
-        {"name": "unknown_tool", "script": [call("web_browse", {"url": "x"}), done], "expect": ("unknown_tool", "answer")},
-        {"name": "invalid_arguments", "script": [call("add", '{"a": 1, "b": '), call("add", {"a": 1}), done],
-         "expect": ("invalid_arguments", "answer")},
-        {"name": "tool_error", "script": [call("broken_lookup", {"key": "k"}), done], "expect": ("tool_error", "answer")},
-        {"name": "tool_timeout", "script": [call("slow_search", {"query": "q"}), done], "expect": ("tool_timeout", "answer")},
-        {"name": "repeated_action", "script": [call("add", {"a": 1, "b": 2})], "expect": ("repeated_action", "repeated_action")},
-        {"name": "max_steps", "script": lambda body: call("add", {"a": len(body["messages"]), "b": 1}),
-         "expect": ("max_steps", "max_steps")},
-        {"name": "empty_observation", "script": [call("empty_search", {"query": "q"}), done],
-         "expect": ("empty_observation", "answer")},
-        {"name": "garbage_text", "script": [say("}}{{ lorem ipsum <tool_call> ???")], "mode": "text",
-         "expect": ("parse_error", "max_steps")},
-        {"name": "slow_model", "script": [say("late", delay_s=cfg.slow_model_s)], "expect": ("model_error", "model_error")},
+        {
+            "name": "unknown_tool",
+            "script": [call("web_browse", {"url": "x"}), done],
+            "expect": ("unknown_tool", "answer"),
+        },
+        {
+            "name": "invalid_arguments",
+            "script": [call("add", '{"a": 1, "b": '), call("add", {"a": 1}), done],
+            "expect": ("invalid_arguments", "answer"),
+        },
+        {
+            "name": "tool_error",
+            "script": [call("broken_lookup", {"key": "k"}), done],
+            "expect": ("tool_error", "answer"),
+        },
+        {
+            "name": "tool_timeout",
+            "script": [call("slow_search", {"query": "q"}), done],
+            "expect": ("tool_timeout", "answer"),
+        },
+        {
+            "name": "repeated_action",
+            "script": [call("add", {"a": 1, "b": 2})],
+            "expect": ("repeated_action", "repeated_action"),
+        },
+        {
+            "name": "max_steps",
+            "script": lambda body: call("add", {"a": len(body["messages"]), "b": 1}),
+            "expect": ("max_steps", "max_steps"),
+        },
+        {
+            "name": "empty_observation",
+            "script": [call("empty_search", {"query": "q"}), done],
+            "expect": ("empty_observation", "answer"),
+        },
+        {
+            "name": "garbage_text",
+            "script": [say("}}{{ lorem ipsum <tool_call> ???")],
+            "mode": "text",
+            "expect": ("parse_error", "max_steps"),
+        },
+        {
+            "name": "slow_model",
+            "script": [say("late", delay_s=cfg.slow_model_s)],
+            "expect": ("model_error", "model_error"),
+        },
     ]
 
 
 def run_scenario(sc: dict[str, Any], cfg: Config) -> tuple[Any, int]:
     """Run one scenario end to end; returns (the AgentRun, requests the scripted model received)."""
-    from lab.llm.openai_client import OpenAILLM
-    from phase13_react.loop import run_agent
-    from lab.llm.scripted_server import ScriptedServer
-    from phase13_react.tools import Toolbox
 
     toolbox = Toolbox(failure_tools(cfg), retries=cfg.tool_retries, backoff_s=0.01)
     with ScriptedServer(sc["script"]) as srv:
-        llm = OpenAILLM("scripted", base_url=srv.openai_url, api_key="sk-scripted", max_attempts=1,
-                        timeout_s=cfg.client_timeout_s)
-        run = run_agent(llm, "Use the tools to answer: what is 1 + 2?", toolbox, mode=sc.get("mode", "native"),
-                        max_steps=cfg.max_steps, max_repeats=cfg.max_repeats)
+        llm = OpenAILLM(
+            "scripted", base_url=srv.openai_url, api_key="sk-scripted", max_attempts=1, timeout_s=cfg.client_timeout_s
+        )
+        run = run_agent(
+            llm,
+            "Use the tools to answer: what is 1 + 2?",
+            toolbox,
+            mode=sc.get("mode", "native"),
+            max_steps=cfg.max_steps,
+            max_repeats=cfg.max_repeats,
+        )
         return run, len(srv.requests)
 
 
@@ -123,28 +168,55 @@ def run(cfg: Config, ctx: RunContext) -> None:
         handled += ok
         first = next((o for s in agent_run.steps for o in s.observations if o["outcome"] == expected_outcome), None)
         shown = first["content"] if first else next((s.feedback for s in agent_run.steps if s.feedback), "") or ""
-        rows.append([sc["name"], ", ".join(f"{k}×{v}" for k, v in sorted(counts.items())) or "none",
-                     agent_run.stop_reason, len(agent_run.steps), requests, "yes" if ok else "no", shown[:110]])
+        rows.append(
+            [
+                sc["name"],
+                ", ".join(f"{k}×{v}" for k, v in sorted(counts.items())) or "none",
+                agent_run.stop_reason,
+                len(agent_run.steps),
+                requests,
+                "yes" if ok else "no",
+                shown[:110],
+            ]
+        )
     for mode in FAILURE_MODES:
-        ctx.metric(f"{mode}_count", counted.get(mode, 0), "events",
-                   description=f"{mode} outcomes recorded in its scenario")
+        ctx.metric(
+            f"{mode}_count", counted.get(mode, 0), "events", description=f"{mode} outcomes recorded in its scenario"
+        )
     ctx.metric("modes_detected", sum(counted.get(m, 0) > 0 for m in FAILURE_MODES), f"of {len(FAILURE_MODES)}")
     ctx.metric("scenarios_handled", handled, f"of {len(all_scenarios)}")
     ctx.metric("crashes", crashes, "runs", higher_is_better=False)
-    ctx.table("failure_modes", rows, ["scenario", "outcomes recorded", "stop reason", "steps", "model requests",
-                                      "handled as designed", "what the model was shown"],
-              title="Each failure injected on purpose (scripted OpenAI-compatible model + fault-injecting tools)")
+    ctx.table(
+        "failure_modes",
+        rows,
+        [
+            "scenario",
+            "outcomes recorded",
+            "stop reason",
+            "steps",
+            "model requests",
+            "handled as designed",
+            "what the model was shown",
+        ],
+        title="Each failure injected on purpose (scripted OpenAI-compatible model + fault-injecting tools)",
+    )
     for name in FAILURE_MODES:
-        ctx.failure_mode(f"{name}: injected and recorded {counted.get(name, 0)} time(s); see the table for the handling.")
+        ctx.failure_mode(
+            f"{name}: injected and recorded {counted.get(name, 0)} time(s); see the table for the handling."
+        )
     detected = sum(counted.get(m, 0) > 0 for m in FAILURE_MODES)
-    ctx.finding(f"{detected} of {len(FAILURE_MODES)} named failure modes were recorded under their own name, "
-                f"{handled} of {len(all_scenarios)} scenarios ended with the designed stop reason, and the agent "
-                f"crashed {crashes} time(s): a broken model or tool yields a run record, not an exception.")
+    ctx.finding(
+        f"{detected} of {len(FAILURE_MODES)} named failure modes were recorded under their own name, "
+        f"{handled} of {len(all_scenarios)} scenarios ended with the designed stop reason, and the agent "
+        f"crashed {crashes} time(s): a broken model or tool yields a run record, not an exception."
+    )
     rep = next((r for r in rows if r[0] == "repeated_action"), None)
     if rep and rep[1] != "CRASH":
-        ctx.finding(f"The model that repeats one call forever was stopped after {rep[3]} steps ({rep[4]} model "
-                    f"requests) by loop detection (max_repeats={cfg.max_repeats}); the tool ran once, the repeats "
-                    "were answered from the first result.")
+        ctx.finding(
+            f"The model that repeats one call forever was stopped after {rep[3]} steps ({rep[4]} model "
+            f"requests) by loop detection (max_repeats={cfg.max_repeats}); the tool ran once, the repeats "
+            "were answered from the first result."
+        )
 
 
 EXERCISE = Exercise(

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from lab.llm.base import LLM, ChatResponse, LLMError, ToolCall
 from phase13_react.steps import AgentRun, Step
@@ -46,12 +47,18 @@ def final_answer_tool(cite: bool = False) -> dict[str, Any]:
     schema = json.loads(json.dumps(FINAL_ANSWER_TOOL["input_schema"]))
     schema["properties"]["citations"] = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_CITATIONS}
     schema["required"] = ["answer", "citations"]
-    return {**FINAL_ANSWER_TOOL, "description": FINAL_ANSWER_TOOL["description"] + " Cite the ids of the "
-            "sources you used.", "input_schema": schema}
+    return {
+        **FINAL_ANSWER_TOOL,
+        "description": FINAL_ANSWER_TOOL["description"] + " Cite the ids of the sources you used.",
+        "input_schema": schema,
+    }
 
-NATIVE_SYSTEM = ("You solve the user's task step by step with the tools you are given. Call one tool at a time, "
-                 "read its result, then decide the next step. When you know the answer, give it"
-                 " (with the final_answer tool when you must call a tool).")
+
+NATIVE_SYSTEM = (
+    "You solve the user's task step by step with the tools you are given. Call one tool at a time, "
+    "read its result, then decide the next step. When you know the answer, give it"
+    " (with the final_answer tool when you must call a tool)."
+)
 
 TEXT_SYSTEM = """You solve the user's task step by step. You can use these tools:
 {tools}
@@ -71,8 +78,7 @@ _FINAL = re.compile(r"Final Answer:\s*(.*)", re.S)
 
 def action_key(call: ToolCall) -> str:
     """Two calls are the same action when name and arguments match (argument order does not matter)."""
-    return call.name + json.dumps(call.arguments if call.raw_arguments is None else call.raw_arguments,
-                                  sort_keys=True)
+    return call.name + json.dumps(call.arguments if call.raw_arguments is None else call.raw_arguments, sort_keys=True)
 
 
 def messages_from(task: str, steps: Iterable[Step], mode: str) -> list[dict[str, Any]]:
@@ -87,8 +93,10 @@ def messages_from(task: str, steps: Iterable[Step], mode: str) -> list[dict[str,
             continue
         if step.tool_calls:
             messages.append({"role": "assistant", "content": step.model_text, "tool_calls": step.calls()})
-            messages.extend({"role": "tool", "tool_call_id": o["tool_call_id"], "name": o["name"],
-                             "content": o["content"]} for o in step.observations)
+            messages.extend(
+                {"role": "tool", "tool_call_id": o["tool_call_id"], "name": o["name"], "content": o["content"]}
+                for o in step.observations
+            )
         else:
             messages.append({"role": "assistant", "content": step.model_text})
         if step.feedback:
@@ -106,7 +114,7 @@ def parse_text_reply(text: str) -> tuple[str | None, ToolCall | None]:
         return None, None
     raw = action.group(2).strip()
     start, end = raw.find("{"), raw.rfind("}")
-    candidate = raw[start:end + 1] if 0 <= start < end else raw
+    candidate = raw[start : end + 1] if 0 <= start < end else raw
     try:
         args = json.loads(candidate)
     except json.JSONDecodeError:
@@ -117,10 +125,21 @@ def parse_text_reply(text: str) -> tuple[str | None, ToolCall | None]:
     return None, ToolCall(call_id, action.group(1), args)
 
 
-def run_agent(llm: LLM, task: str, toolbox: Toolbox, *, mode: str = "native", system: str | None = None,
-              tool_choice: str = "required", max_steps: int = 8, max_repeats: int = 3, max_tokens: int = 256,
-              cite: bool = False, prior_steps: Iterable[Step] = (),
-              on_step: Callable[[Step], None] | None = None) -> AgentRun:
+def run_agent(
+    llm: LLM,
+    task: str,
+    toolbox: Toolbox,
+    *,
+    mode: str = "native",
+    system: str | None = None,
+    tool_choice: str = "required",
+    max_steps: int = 8,
+    max_repeats: int = 3,
+    max_tokens: int = 256,
+    cite: bool = False,
+    prior_steps: Iterable[Step] = (),
+    on_step: Callable[[Step], None] | None = None,
+) -> AgentRun:
     """Run ``task`` until an answer or a stop condition; ``on_step`` sees each finished step (persist it).
 
     By default each native step is one structured action (``tool_choice="required"``): a call to one
@@ -151,19 +170,31 @@ def run_agent(llm: LLM, task: str, toolbox: Toolbox, *, mode: str = "native", sy
             _finish(step, steps, on_step)
             return AgentRun(task, steps, answer, "answer", resumed)
         for call in calls:
-            step.tool_calls.append({"id": call.id, "name": call.name, "arguments": call.arguments,
-                                    "raw_arguments": call.raw_arguments})
+            step.tool_calls.append(
+                {"id": call.id, "name": call.name, "arguments": call.arguments, "raw_arguments": call.raw_arguments}
+            )
             key = action_key(call)
             if call.name == FINAL_ANSWER:  # reached only when its arguments were unusable
-                obs = Observation(call.id, call.name, dict(call.arguments), 'Error: final_answer takes one JSON '
-                                  'object {"answer": "<text>"}.', outcome="invalid_arguments")
+                obs = Observation(
+                    call.id,
+                    call.name,
+                    dict(call.arguments),
+                    'Error: final_answer takes one JSON object {"answer": "<text>"}.',
+                    outcome="invalid_arguments",
+                )
             elif key in seen:  # the same action again: show the earlier result instead of running it twice
                 repeats += 1
                 earlier_index, earlier = seen[key]
-                obs = Observation(call.id, call.name, dict(call.arguments), (
-                    f"You already called {call.name} with these arguments at step {earlier_index + 1}; "
-                    f"the result was: {earlier['content']} Do something different or give the final answer."),
-                    outcome="repeated_action")
+                obs = Observation(
+                    call.id,
+                    call.name,
+                    dict(call.arguments),
+                    (
+                        f"You already called {call.name} with these arguments at step {earlier_index + 1}; "
+                        f"the result was: {earlier['content']} Do something different or give the final answer."
+                    ),
+                    outcome="repeated_action",
+                )
             else:
                 obs = toolbox.execute(call)
                 seen[key] = (step.index, obs.to_dict())
@@ -180,17 +211,33 @@ def _finish(step: Step, steps: list[Step], on_step: Callable[[Step], None] | Non
         on_step(step)
 
 
-def _ask(llm: LLM, task: str, steps: list[Step], toolbox: Toolbox, mode: str, system: str | None,
-         tool_choice: str, max_tokens: int, cite: bool) -> ChatResponse:
+def _ask(
+    llm: LLM,
+    task: str,
+    steps: list[Step],
+    toolbox: Toolbox,
+    mode: str,
+    system: str | None,
+    tool_choice: str,
+    max_tokens: int,
+    cite: bool,
+) -> ChatResponse:
     messages = messages_from(task, steps, mode)
     if mode == "text":
-        tools = "\n".join(f"- {t['name']}: {t['description']} Arguments: {json.dumps(t['input_schema'])}"
-                          for t in toolbox.schemas())
+        tools = "\n".join(
+            f"- {t['name']}: {t['description']} Arguments: {json.dumps(t['input_schema'])}" for t in toolbox.schemas()
+        )
         prompt = TEXT_SYSTEM.format(tools=tools) + (f"\n\n{system}" if system else "")
         return llm.chat(messages, system=prompt, max_tokens=max_tokens, stop=["Observation:"])
     schemas = toolbox.schemas() + ([final_answer_tool(cite)] if tool_choice == "required" else [])
-    return llm.chat(messages, system=system or NATIVE_SYSTEM, tools=schemas, tool_choice=tool_choice,
-                    parallel_tool_calls=False, max_tokens=max_tokens)
+    return llm.chat(
+        messages,
+        system=system or NATIVE_SYSTEM,
+        tools=schemas,
+        tool_choice=tool_choice,
+        parallel_tool_calls=False,
+        max_tokens=max_tokens,
+    )
 
 
 def _decide(reply: ChatResponse, mode: str, step: Step, cite: bool = False) -> tuple[str | None, list[ToolCall]]:
@@ -200,8 +247,9 @@ def _decide(reply: ChatResponse, mode: str, step: Step, cite: bool = False) -> t
         answer, call = parse_text_reply(reply.text)
         if answer is None and call is None:
             step.error = "parse_error"
-            step.feedback = ("Your reply did not follow the format. Write 'Action:' and 'Action Input:' lines, "
-                             "or 'Final Answer:'.")
+            step.feedback = (
+                "Your reply did not follow the format. Write 'Action:' and 'Action Input:' lines, or 'Final Answer:'."
+            )
         return answer, [call] if call else []
     final = [c for c in reply.tool_calls if c.name == FINAL_ANSWER and c.raw_arguments is None]
     if final and isinstance(final[0].arguments.get("answer"), str):

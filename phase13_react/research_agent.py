@@ -18,7 +18,13 @@ from __future__ import annotations
 import uuid
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM, BASE_SPEC
+from lab.stats import interval_text, record_rate
+from phase13_react.research import STEPS, research
+from phase13_react.research_tools import RESEARCH_TOOLS, notes_index
+from phase13_react.served import A100_LLM, BASE_SPEC, agent_llm, model_rows
+from phase13_react.state_store import AgentStateStore
+from phase13_react.tasks import check, cites_evidence, load_tasks
+from phase13_react.tools import Toolbox
 
 
 class Config(ExerciseConfig):
@@ -31,16 +37,9 @@ class Config(ExerciseConfig):
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.stats import interval_text, record_rate
-    from phase13_react.served import agent_llm, model_rows
-    from phase13_react.research import STEPS, research
-    from phase13_react.research_tools import RESEARCH_TOOLS, notes_index
-    from phase13_react.state_store import AgentStateStore
-    from phase13_react.tasks import check, cites_evidence, load_tasks
-    from phase13_react.tools import Toolbox
 
     tasks = load_tasks(cfg.tasks)
-    tasks = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
+    tasks = tasks[: cfg.n_tasks] if cfg.n_tasks else tasks
     ctx.dataset(str(cfg.tasks or "phase13_react/data/research_tasks.jsonl"), len(tasks), None)
     store = AgentStateStore()
     base = cfg.resume or f"p13-research-{uuid.uuid4().hex[:10]}"
@@ -56,11 +55,19 @@ def run(cfg: Config, ctx: RunContext) -> None:
             steps = calls = tokens = 0
             costs: list[float] = []
             for task in ctx.progress(tasks, f"{label}: research tasks"):
-                res = research(llm, task.question, toolbox, store, f"{base}-{label}-{task.id}",
-                               max_tokens=cfg.max_tokens, meta={"task_id": task.id, "model": spec})
+                res = research(
+                    llm,
+                    task.question,
+                    toolbox,
+                    store,
+                    f"{base}-{label}-{task.id}",
+                    max_tokens=cfg.max_tokens,
+                    meta={"task_id": task.id, "model": spec},
+                )
                 ok = check(task, res.run.answer)
-                good_cite = any(cites_evidence(task, c, index.chunks[c].text)
-                                for c in res.citations if c in index.chunks)
+                good_cite = any(
+                    cites_evidence(task, c, index.chunks[c].text) for c in res.citations if c in index.chunks
+                )
                 solved += ok
                 with_evidence += task.evidence is not None
                 cited += good_cite
@@ -71,38 +78,85 @@ def run(cfg: Config, ctx: RunContext) -> None:
                 tokens += res.run.input_tokens + res.run.output_tokens
                 if res.run.cost_usd is not None:
                     costs.append(res.run.cost_usd)
-                trail = " → ".join(f"{s.tool_calls[0]['name']}({s.observations[0]['outcome']})" if s.tool_calls
-                                   else (s.error or "json") for s in res.run.steps)
-                rows.append([task.id, task.answer, (res.run.answer or "")[:60], "yes" if ok else "no",
-                             ", ".join(res.citations)[:80] or "none", "yes" if good_cite else "no", trail])
+                trail = " → ".join(
+                    f"{s.tool_calls[0]['name']}({s.observations[0]['outcome']})"
+                    if s.tool_calls
+                    else (s.error or "json")
+                    for s in res.run.steps
+                )
+                rows.append(
+                    [
+                        task.id,
+                        task.answer,
+                        (res.run.answer or "")[:60],
+                        "yes" if ok else "no",
+                        ", ".join(res.citations)[:80] or "none",
+                        "yes" if good_cite else "no",
+                        trail,
+                    ]
+                )
 
             n = len(tasks)
             record_rate(ctx, f"task_success_{label}", solved, n, f"{spec}: research tasks answered correctly")
-            record_rate(ctx, f"citation_accuracy_{label}", cited, with_evidence,
-                        f"{spec}: tasks whose citations include the chunk holding the answer")
+            record_rate(
+                ctx,
+                f"citation_accuracy_{label}",
+                cited,
+                with_evidence,
+                f"{spec}: tasks whose citations include the chunk holding the answer",
+            )
             ctx.metric(f"steps_per_task_{label}", steps / n, "steps", higher_is_better=False)
             ctx.metric(f"tool_calls_per_task_{label}", calls / n, "calls")
             ctx.metric(f"tokens_per_task_{label}", tokens / n, "tokens", higher_is_better=False)
             ctx.metric(f"cost_usd_{label}", sum(costs) if costs else None, "USD", higher_is_better=False)
-            ctx.metric(f"resumed_steps_{label}", resumed, "steps",
-                       description="steps loaded from the store, not redone")
+            ctx.metric(
+                f"resumed_steps_{label}", resumed, "steps", description="steps loaded from the store, not redone"
+            )
             ctx.metric(f"tool_executions_{label}", executions, "calls", description="tools run by this process")
-            ctx.table(f"tasks_{label}", rows,
-                      ["task", "gold", "agent's answer", "correct", "citations", "cites evidence",
-                       " → ".join(s.name for s in STEPS)], title=f"Research tasks ({label}: {spec})")
-            summary.append([label, spec, interval_text(solved, n), interval_text(cited, with_evidence),
-                            round(steps / n, 2), round(tokens / n)])
-            ctx.finding(f"{label} ({spec}): {solved} of {n} tasks answered correctly and {cited} of {with_evidence} "
-                        f"cited the chunk holding the answer, over {steps} persisted steps ({calls} tool calls, "
-                        f"{tokens} tokens).")
+            ctx.table(
+                f"tasks_{label}",
+                rows,
+                [
+                    "task",
+                    "gold",
+                    "agent's answer",
+                    "correct",
+                    "citations",
+                    "cites evidence",
+                    " → ".join(s.name for s in STEPS),
+                ],
+                title=f"Research tasks ({label}: {spec})",
+            )
+            summary.append(
+                [
+                    label,
+                    spec,
+                    interval_text(solved, n),
+                    interval_text(cited, with_evidence),
+                    round(steps / n, 2),
+                    round(tokens / n),
+                ]
+            )
+            ctx.finding(
+                f"{label} ({spec}): {solved} of {n} tasks answered correctly and {cited} of {with_evidence} "
+                f"cited the chunk holding the answer, over {steps} persisted steps ({calls} tool calls, "
+                f"{tokens} tokens)."
+            )
             if n - solved:
-                ctx.failure_mode(f"{label} ({spec}): {n - solved} of {n} tasks answered wrongly or not at all (see "
-                                 f"tasks_{label})")
+                ctx.failure_mode(
+                    f"{label} ({spec}): {n - solved} of {n} tasks answered wrongly or not at all (see tasks_{label})"
+                )
             if resumed:
-                ctx.finding(f"Resumed run {base} ({label}): {resumed} stored steps were loaded from PostgreSQL and not "
-                            f"redone; this process ran {executions} tool calls.")
-    ctx.table("models", summary, ["row", "model", "task success [95% CI] (n)", "citation accuracy [95% CI] (n)",
-                                  "steps/task", "tokens/task"], title="Research agent, per model")
+                ctx.finding(
+                    f"Resumed run {base} ({label}): {resumed} stored steps were loaded from PostgreSQL and not "
+                    f"redone; this process ran {executions} tool calls."
+                )
+    ctx.table(
+        "models",
+        summary,
+        ["row", "model", "task success [95% CI] (n)", "citation accuracy [95% CI] (n)", "steps/task", "tokens/task"],
+        title="Research agent, per model",
+    )
 
 
 EXERCISE = Exercise(
@@ -116,8 +170,13 @@ EXERCISE = Exercise(
     },
     tiny={"n_tasks": 1, "max_tokens": 64},
     smoke={"n_tasks": 1, "max_tokens": 64},
-    summary_metrics=("task_success_agent", "task_success_base", "citation_accuracy_agent", "steps_per_task_agent",
-                     "tokens_per_task_agent"),
+    summary_metrics=(
+        "task_success_agent",
+        "task_success_base",
+        "citation_accuracy_agent",
+        "steps_per_task_agent",
+        "tokens_per_task_agent",
+    ),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

@@ -29,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lab.paths import REPO_ROOT, RESULTS_ROOT, cache_dir
+from phase08_architecture.kv_cache import gb, kv_cache_bytes
+from phase08_architecture.model_configs import load_config
+from phase12_rag_storage.chunking import make_chunker
+from phase12_rag_storage.corpus import Document, load_corpus
+from phase12_rag_storage.retriever import Embedder, Retriever
+from phase12_rag_storage.stores import NumpyStore
 from phase13_react.tools import tool
 
 # Results of this phase and later ones are not research material for it (they would cite themselves).
@@ -40,10 +48,12 @@ CHUNK_WORDS = 400
 # --- the notes index (Phase 12 retriever) ----------------------------------------------------------
 def research_documents(results_root: Path = RESULTS_ROOT):
     """Phase 12's corpus (notes + phase READMEs) plus every committed result.md of earlier phases."""
-    from phase12_rag_storage.corpus import Document, load_corpus
 
-    docs = [d for d in load_corpus(include_readmes=True)
-            if not d.source.startswith(tuple(f"readme:{p}" for p in LATER_PHASES))]
+    docs = [
+        d
+        for d in load_corpus(include_readmes=True)
+        if not d.source.startswith(tuple(f"readme:{p}" for p in LATER_PHASES))
+    ]
     for path in sorted(results_root.glob("*/*/*/result.md")):
         rel = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
         if rel.parts[-4] not in LATER_PHASES:
@@ -55,7 +65,6 @@ class CachedEmbedder:
     """An ``Embedder`` whose vectors are kept on disk by sha256 of the text (same model, same vector)."""
 
     def __init__(self, embedder, path: Path):
-        import numpy as np
 
         self.inner, self.path, self.id, self.dim = embedder, path, embedder.id, embedder.dim
         self._cache: dict[str, Any] = {}
@@ -64,7 +73,6 @@ class CachedEmbedder:
                 self._cache = {k: data[k] for k in data.files}
 
     def encode(self, texts):
-        import numpy as np
 
         keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
         missing = sorted({k: t for k, t in zip(keys, texts) if k not in self._cache}.items())
@@ -85,23 +93,24 @@ class NotesIndex:
     chunks: dict[str, Any]
 
     def search(self, query: str, k: int) -> list[dict[str, Any]]:
-        return [{"chunk_id": h.id, "source": h.metadata.get("source"), "score": round(h.score, 3),
-                 "text": h.text[:300]} for h in self.retriever.retrieve(query, k=k)]
+        return [
+            {"chunk_id": h.id, "source": h.metadata.get("source"), "score": round(h.score, 3), "text": h.text[:300]}
+            for h in self.retriever.retrieve(query, k=k)
+        ]
 
     def read(self, chunk_id: str) -> str:
         chunk = self.chunks.get(chunk_id)
         if chunk is None:
             close = difflib.get_close_matches(chunk_id, list(self.chunks), n=3, cutoff=0.5)
-            raise KeyError(f"no chunk {chunk_id!r}" + (f"; did you mean {', '.join(close)}?" if close else
-                                                     "; use an id that search_notes returned"))
+            raise KeyError(
+                f"no chunk {chunk_id!r}"
+                + (f"; did you mean {', '.join(close)}?" if close else "; use an id that search_notes returned")
+            )
         return chunk.text
 
 
 def build_index(docs=None) -> NotesIndex:
     """Chunk, embed and store ``docs`` (default: ``research_documents()``)."""
-    from phase12_rag_storage.chunking import make_chunker
-    from phase12_rag_storage.retriever import Embedder, Retriever
-    from phase12_rag_storage.stores import NumpyStore
 
     embedder = Embedder()
     folder = cache_dir() / "phase13"
@@ -146,8 +155,6 @@ def read_chunk(chunk_id: str) -> str:
 def kv_cache_gb(context: int, batch: int = 1, model: str = "llama-3.1-8b", dtype: str = "bfloat16") -> float:
     """KV-cache size in decimal GB for a model (llama-3.1-8b, llama-3.1-70b, gpt2-124m, mixtral-8x7b)
     holding `batch` sequences of `context` tokens each."""
-    from phase08_architecture.kv_cache import gb, kv_cache_bytes
-    from phase08_architecture.model_configs import load_config
 
     return round(gb(kv_cache_bytes(load_config(model), context, batch, dtype)), 4)
 
@@ -159,8 +166,10 @@ def result_path(exercise: str, profile: str = "cpu", results_root: Path = RESULT
     if not name or not path.is_file():
         known = sorted(f"{p.parts[-4]}.{p.parts[-3]}" for p in results_root.glob(f"*/*/{profile}/result.json"))
         close = difflib.get_close_matches(exercise, known, n=3, cutoff=0.4)
-        raise ValueError(f"no committed {profile} result for exercise {exercise!r}"
-                         + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"))
+        raise ValueError(
+            f"no committed {profile} result for exercise {exercise!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}")
+        )
     return path
 
 
@@ -170,12 +179,19 @@ def metric_value(exercise: str, metric: str, profile: str = "cpu", results_root:
     metrics = json.loads(path.read_text())["metrics"]
     if metric not in metrics:
         close = difflib.get_close_matches(metric, list(metrics), n=5, cutoff=0.3)
-        raise ValueError(f"{exercise} ({profile}) has no metric {metric!r}; "
-                         f"{'closest' if close else 'some'}: {', '.join(close or list(metrics)[:8])}")
+        raise ValueError(
+            f"{exercise} ({profile}) has no metric {metric!r}; "
+            f"{'closest' if close else 'some'}: {', '.join(close or list(metrics)[:8])}"
+        )
     entry = metrics[metric]
     rel = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
-    return {"exercise": exercise, "metric": metric, "value": entry["value"], "unit": entry.get("unit", ""),
-            "source": str(rel)}
+    return {
+        "exercise": exercise,
+        "metric": metric,
+        "value": entry["value"],
+        "unit": entry.get("unit", ""),
+        "source": str(rel),
+    }
 
 
 @tool
@@ -185,11 +201,27 @@ def read_result_metric(exercise: str, metric: str, profile: str = "cpu") -> dict
     return metric_value(exercise, metric, profile)
 
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_FUNCTIONS = {"sqrt": math.sqrt, "log": math.log, "log2": math.log2, "log10": math.log10, "exp": math.exp,
-              "abs": abs, "round": round, "min": min, "max": max}
+_FUNCTIONS = {
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "log2": math.log2,
+    "log10": math.log10,
+    "exp": math.exp,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+}
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 MAX_EXPONENT = 1000
 
@@ -216,11 +248,16 @@ def safe_eval(expression: str) -> float:
             return _UNARY[type(node.op)](walk(node.operand))
         if isinstance(node, ast.Name) and node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS
-                and not node.keywords):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+        ):
             return _FUNCTIONS[node.func.id](*(walk(a) for a in node.args))
-        raise ValueError(f"{ast.unparse(node)!r} is not allowed: use numbers, + - * / // % ** ( ) and "
-                         f"{', '.join(_FUNCTIONS)}")
+        raise ValueError(
+            f"{ast.unparse(node)!r} is not allowed: use numbers, + - * / // % ** ( ) and {', '.join(_FUNCTIONS)}"
+        )
 
     try:
         value = walk(tree)

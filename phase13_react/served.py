@@ -18,10 +18,12 @@ The cpu profile's method already says "scaled" (a small model by design) and is 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
-from lab.llm import DEFAULT_SPEC
+from lab.llm import DEFAULT_SPEC, from_spec
+from lab.llm.server import ensure_server
 from lab.models import AGENT_SPEC
 
 if TYPE_CHECKING:
@@ -37,24 +39,25 @@ A100_LLM = f"openai:{A100_MODEL}@{A100_URL}"  # the a100 profiles' `llm`: found 
 
 
 @contextmanager
-def agent_llm(ctx: "RunContext", spec: str | None, *, labels_method: bool = True, describe: bool = True,
-              **model_fields: Any) -> Iterator[tuple["LLM", "Served"]]:
+def agent_llm(
+    ctx: RunContext, spec: str | None, *, labels_method: bool = True, describe: bool = True, **model_fields: Any
+) -> Iterator[tuple[LLM, Served]]:
     """``(client, what answered)`` for ``spec`` (None: $LAB_LLM, else the tuned agent model), its server
     found or started for the block; records the model with its server in ``ctx``. ``labels_method``:
     on the a100 profile, a model other than Llama 3.1 8B turns the method into a substitute (False
     for exercises whose method is their own, with no seed model to match); ``describe=False`` records the
     spec without asking the client (a local model's description loads it, which a caller that only hands
     the spec to worker processes should not pay for)."""
-    from lab.llm import from_spec
-    from lab.llm.server import ensure_server
 
     with ensure_server(spec or os.environ.get("LAB_LLM") or AGENT_SPEC, log=ctx.log) as served:
         llm = from_spec(served.spec)
         ctx.model(**{**(llm.describe() if describe else {"id": llm.spec}), **served.provenance(), **model_fields})
         if labels_method and ctx.profile == "a100" and not served.runs(A100_MODEL):
-            ctx.set_method(f"substitute: {served.model} ({served.server}) in place of {A100_MODEL}",
-                           f"the a100 profile means {A100_MODEL}; {served.model} answered, so no figure here is "
-                           "the seed's model's")
+            ctx.set_method(
+                f"substitute: {served.model} ({served.server}) in place of {A100_MODEL}",
+                f"the a100 profile means {A100_MODEL}; {served.model} answered, so no figure here is "
+                "the seed's model's",
+            )
         yield llm, served
 
 

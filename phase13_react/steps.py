@@ -39,8 +39,10 @@ class Step:
     cost_usd: float | None = None
 
     def calls(self) -> list[ToolCall]:
-        return [ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}), c.get("raw_arguments"))
-                for c in self.tool_calls]
+        return [
+            ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}), c.get("raw_arguments"))
+            for c in self.tool_calls
+        ]
 
     def outcomes(self) -> list[str]:
         """Every outcome this step recorded: one per observation, plus the step's own error."""
@@ -55,7 +57,7 @@ class Step:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "Step":
+    def from_dict(cls, record: dict[str, Any]) -> Step:
         return cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__})
 
 
@@ -100,5 +102,10 @@ class AgentRun:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "answer": self.answer, "stop_reason": self.stop_reason,
-                "resumed_from": self.resumed_from, "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "task": self.task,
+            "answer": self.answer,
+            "stop_reason": self.stop_reason,
+            "resumed_from": self.resumed_from,
+            "steps": [s.to_dict() for s in self.steps],
+        }

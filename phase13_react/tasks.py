@@ -35,6 +35,8 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from lab.errors import ConfigError
 from lab.jsonl import NonEmptyStr, RowId, iter_jsonl, write_jsonl
 from lab.models import EMBEDDED_LLM
+from lab.paths import RESULTS_ROOT
+from phase13_react.research_tools import kv_cache_gb, metric_value, result_path, safe_eval
 
 TASKS_FILE = Path(__file__).resolve().parent / "data" / "research_tasks.jsonl"
 MAX_NUMBERS = 4
@@ -83,9 +85,18 @@ class TaskRow(BaseModel):
 def load_tasks(path: str | Path | None = None) -> list[Task]:
     """Parse and validate a task file; every error names the file, the line and the field."""
     path = Path(path).expanduser() if path else TASKS_FILE
-    tasks = [Task(row.id or f"line{line_no}", row.question.strip(), row.answer, row.answer_type, row.tolerance,
-                  row.evidence, row.derivation)
-             for line_no, row in iter_jsonl(path, model=TaskRow, unique="id")]
+    tasks = [
+        Task(
+            row.id or f"line{line_no}",
+            row.question.strip(),
+            row.answer,
+            row.answer_type,
+            row.tolerance,
+            row.evidence,
+            row.derivation,
+        )
+        for line_no, row in iter_jsonl(path, model=TaskRow, unique="id")
+    ]
     if not tasks:
         raise ConfigError(f"tasks file {path} holds no tasks")
     return tasks
@@ -132,15 +143,14 @@ def derive(derivation: dict[str, Any], results_root: Path | None = None) -> Any:
     ``{"metric": [exercise, name]}`` a metric's value; ``{"expression": "{ex:metric} / {ex:metric}"}``
     arithmetic over metrics; ``{"kv_cache_gb": {...}}`` Phase 8's formula; ``{"field": [exercise,
     key]}`` a field of the result by dotted path (``method``, ``models.0.id``)."""
-    from lab.paths import RESULTS_ROOT
-    from phase13_react.research_tools import kv_cache_gb, metric_value, result_path, safe_eval
 
     root = results_root or RESULTS_ROOT
     if "metric" in derivation:
         return metric_value(*derivation["metric"], results_root=root)["value"]
     if "expression" in derivation:
-        expr = _REF.sub(lambda m: repr(metric_value(m.group(1), m.group(2), results_root=root)["value"]),
-                        derivation["expression"])
+        expr = _REF.sub(
+            lambda m: repr(metric_value(m.group(1), m.group(2), results_root=root)["value"]), derivation["expression"]
+        )
         return round(safe_eval(expr), 6)
     if "kv_cache_gb" in derivation:
         return kv_cache_gb.fn(**derivation["kv_cache_gb"])
@@ -159,14 +169,24 @@ def _source(exercise: str) -> str:
 
 
 def _metric(tid, question, exercise, metric, tol=None):
-    return {"id": tid, "question": question, "derivation": {"metric": [exercise, metric]}, "tol": tol,
-            "evidence": {"source": _source(exercise), "contains": [metric]}}
+    return {
+        "id": tid,
+        "question": question,
+        "derivation": {"metric": [exercise, metric]},
+        "tol": tol,
+        "evidence": {"source": _source(exercise), "contains": [metric]},
+    }
 
 
 def _expr(tid, question, expression, tol=None):
     refs = _REF.findall(expression)
-    return {"id": tid, "question": question, "derivation": {"expression": expression}, "tol": tol,
-            "evidence": {"source": _source(refs[0][0]), "contains": [m for _, m in refs]}}
+    return {
+        "id": tid,
+        "question": question,
+        "derivation": {"expression": expression},
+        "tol": tol,
+        "evidence": {"source": _source(refs[0][0]), "contains": [m for _, m in refs]},
+    }
 
 
 # Figures that come out of training on CPU. The same recipe now repeats bit for bit on one machine
@@ -183,79 +203,213 @@ def _trained(spec, cases=None):
 
 
 def _kv(tid, question, **params):
-    return {"id": tid, "question": question, "derivation": {"kv_cache_gb": params}, "tol": None,
-            "evidence": {"source": "results/phase08/kv_cache/cpu/result.md", "contains": ["bytes per token"]}}
+    return {
+        "id": tid,
+        "question": question,
+        "derivation": {"kv_cache_gb": params},
+        "tol": None,
+        "evidence": {"source": "results/phase08/kv_cache/cpu/result.md", "contains": ["bytes per token"]},
+    }
 
 
 SPECS: list[dict[str, Any]] = [
-    _metric("kv_8b_32k", "According to this repo's phase08.kv_cache result, how many GB does the KV cache of Llama 3.1 8B "
-            "take at 32K context, batch 1, bf16 (metric kv_cache_gb)?", "phase08.kv_cache", "kv_cache_gb"),
-    _metric("kv_bytes_token", "How many bytes per token does Llama 3.1 8B's KV cache hold in bf16 (phase08.kv_cache)?",
-            "phase08.kv_cache", "kv_bytes_per_token"),
-    _expr("kv_mha_vs_gqa", "In phase08.kv_cache, how many times larger is the hypothetical MHA cache of Llama 3.1 8B "
-          "than its actual GQA cache at 128K context, batch 1?",
-          "{phase08.kv_cache:kv_8b_mha_128k_b1_gb} / {phase08.kv_cache:kv_8b_gqa_128k_b1_gb}", tol=0.05),
-    _metric("kv_capstone", "How many GB of KV cache do the capstone's four agents at 32K context each need "
-            "(phase08.kv_cache)?", "phase08.kv_cache", "capstone_4_agents_32k_gb"),
-    _metric("kv_70b_128k", "How many GB is the KV cache of Llama 3.1 70B at 128K context, batch 1 (phase08.kv_cache)?",
-            "phase08.kv_cache", "kv_70b_gqa_128k_b1_gb"),
-    _kv("kv_70b_64k_b4", "How many GB (decimal) of KV cache does Llama 3.1 70B need for 4 sequences of 65536 tokens "
-        "in bf16?", context=65536, batch=4, model="llama-3.1-70b"),
-    _kv("kv_8b_16k_b8", "How many GB (decimal) of KV cache does Llama 3.1 8B need for 8 sequences of 16384 tokens "
-        "in bf16?", context=16384, batch=8, model="llama-3.1-8b"),
-    _metric("params_8b", "How many parameters does Llama 3.1 8B have in total (phase08.architecture)?",
-            "phase08.architecture", "llama31_8b_total_params"),
-    _metric("a100_headroom", "How many GB are left on an 80 GB A100 after Llama 3.1 8B's bf16 weights "
-            "(phase08.architecture)?", "phase08.architecture", "a100_headroom_after_weights_gb"),
-    _metric("gpt2_params", "How many parameters does GPT-2 small have in total (phase08.architecture)?",
-            "phase08.architecture", "gpt2_total_params"),
-    _metric("sft_kept_pairs", "How many question-answer pairs did the phase09.dataset filter keep?",
-            "phase09.dataset", "kept_pairs"),
-    _metric("sft_filter_rate", "What percentage of raw pairs did the phase09.dataset filter remove (filter_rate)?",
-            "phase09.dataset", "filter_rate"),
-    _metric("lora_trainable", f"How many trainable parameters does the phase09.qlora LoRA adapter on {EMBEDDED_LLM.label} "
-            "have?",
-            "phase09.qlora", "trainable_params"),
-    _trained(_expr("lora_eval_gain", "By how much did the held-out eval loss drop in phase09.qlora (eval_loss_before "
-                   "minus eval_loss_after)?", "{phase09.qlora:eval_loss_before} - {phase09.qlora:eval_loss_after}",
-                   tol=0.01)),
-    _expr("rank_ratio", "In phase09.rank_sweep, how many times more LoRA parameters does rank 64 give Llama 3.1 8B "
-          "than rank 4?", "{phase09.rank_sweep:llama8b_params_r64} / {phase09.rank_sweep:llama8b_params_r4}"),
-    _trained(_metric("dpo_heldout", "What held-out preference-pair accuracy did phase10.dpo reach?",
-                     "phase10.dpo", "heldout_pairs_accuracy", tol=0.01), cases=16),
-    _trained(_metric("rm_eval_acc", "What eval accuracy did the phase10.reward_model reach?",
-                     "phase10.reward_model", "eval_accuracy", tol=0.01), cases=64),
-    {"id": "judge_method", "question": "Which judge_method did the phase10.judge exercise use?",
-     "derivation": {"metric": ["phase10.judge", "judge_method"]}, "tol": None,
-     "evidence": {"source": "results/phase10/judge/cpu/result.md", "contains": ["judge_method"]}},
-    _metric("eval_prompts", "How many prompts are in the phase11.eval_set evaluation set?", "phase11.eval_set", "n_prompts"),
-    _metric("eval_categories", "How many categories does the phase11.eval_set evaluation set cover?",
-            "phase11.eval_set", "n_categories"),
-    _metric("judge_r_v11", "What overall correlation r with human scores did rubric v1.1 reach in phase11.calibration?",
-            "phase11.calibration", "overall_r_v1_1", tol=0.01),
-    _metric("rag_chunks", "How many chunks did structure chunking make in phase12.rag_from_scratch?",
-            "phase12.rag_from_scratch", "n_chunks_structure"),
-    _metric("ragas_recall", "What context recall did phase12.ragas_eval measure?", "phase12.ragas_eval",
-            "context_recall", tol=0.01),
-    _metric("constrained_correct", "What fraction of constrained tool calls named the correct tool in the "
-            "tool_calls benchmark?", "benchmarks.tool_calls", "correct_tool_constrained", tol=0.01),
-    {"id": "kv_method", "question": "Which method label (same, scaled or substitute) does the committed cpu result "
-     "of phase08.kv_cache carry?", "derivation": {"field": ["phase08.kv_cache", "method"]}, "tol": None,
-     "evidence": {"source": "results/phase08/kv_cache/cpu/result.md", "contains": ["method"]}},
-    {"id": "embedder", "question": "Which embedding model did phase12.embeddings use (model id)?",
-     "derivation": {"field": ["phase12.embeddings", "models.0.id"]}, "tol": None,
-     "evidence": {"source": "results/phase12/embeddings/cpu/result.md", "contains": ["Models:"]}},
+    _metric(
+        "kv_8b_32k",
+        "According to this repo's phase08.kv_cache result, how many GB does the KV cache of Llama 3.1 8B "
+        "take at 32K context, batch 1, bf16 (metric kv_cache_gb)?",
+        "phase08.kv_cache",
+        "kv_cache_gb",
+    ),
+    _metric(
+        "kv_bytes_token",
+        "How many bytes per token does Llama 3.1 8B's KV cache hold in bf16 (phase08.kv_cache)?",
+        "phase08.kv_cache",
+        "kv_bytes_per_token",
+    ),
+    _expr(
+        "kv_mha_vs_gqa",
+        "In phase08.kv_cache, how many times larger is the hypothetical MHA cache of Llama 3.1 8B "
+        "than its actual GQA cache at 128K context, batch 1?",
+        "{phase08.kv_cache:kv_8b_mha_128k_b1_gb} / {phase08.kv_cache:kv_8b_gqa_128k_b1_gb}",
+        tol=0.05,
+    ),
+    _metric(
+        "kv_capstone",
+        "How many GB of KV cache do the capstone's four agents at 32K context each need (phase08.kv_cache)?",
+        "phase08.kv_cache",
+        "capstone_4_agents_32k_gb",
+    ),
+    _metric(
+        "kv_70b_128k",
+        "How many GB is the KV cache of Llama 3.1 70B at 128K context, batch 1 (phase08.kv_cache)?",
+        "phase08.kv_cache",
+        "kv_70b_gqa_128k_b1_gb",
+    ),
+    _kv(
+        "kv_70b_64k_b4",
+        "How many GB (decimal) of KV cache does Llama 3.1 70B need for 4 sequences of 65536 tokens in bf16?",
+        context=65536,
+        batch=4,
+        model="llama-3.1-70b",
+    ),
+    _kv(
+        "kv_8b_16k_b8",
+        "How many GB (decimal) of KV cache does Llama 3.1 8B need for 8 sequences of 16384 tokens in bf16?",
+        context=16384,
+        batch=8,
+        model="llama-3.1-8b",
+    ),
+    _metric(
+        "params_8b",
+        "How many parameters does Llama 3.1 8B have in total (phase08.architecture)?",
+        "phase08.architecture",
+        "llama31_8b_total_params",
+    ),
+    _metric(
+        "a100_headroom",
+        "How many GB are left on an 80 GB A100 after Llama 3.1 8B's bf16 weights (phase08.architecture)?",
+        "phase08.architecture",
+        "a100_headroom_after_weights_gb",
+    ),
+    _metric(
+        "gpt2_params",
+        "How many parameters does GPT-2 small have in total (phase08.architecture)?",
+        "phase08.architecture",
+        "gpt2_total_params",
+    ),
+    _metric(
+        "sft_kept_pairs",
+        "How many question-answer pairs did the phase09.dataset filter keep?",
+        "phase09.dataset",
+        "kept_pairs",
+    ),
+    _metric(
+        "sft_filter_rate",
+        "What percentage of raw pairs did the phase09.dataset filter remove (filter_rate)?",
+        "phase09.dataset",
+        "filter_rate",
+    ),
+    _metric(
+        "lora_trainable",
+        f"How many trainable parameters does the phase09.qlora LoRA adapter on {EMBEDDED_LLM.label} have?",
+        "phase09.qlora",
+        "trainable_params",
+    ),
+    _trained(
+        _expr(
+            "lora_eval_gain",
+            "By how much did the held-out eval loss drop in phase09.qlora (eval_loss_before minus eval_loss_after)?",
+            "{phase09.qlora:eval_loss_before} - {phase09.qlora:eval_loss_after}",
+            tol=0.01,
+        )
+    ),
+    _expr(
+        "rank_ratio",
+        "In phase09.rank_sweep, how many times more LoRA parameters does rank 64 give Llama 3.1 8B than rank 4?",
+        "{phase09.rank_sweep:llama8b_params_r64} / {phase09.rank_sweep:llama8b_params_r4}",
+    ),
+    _trained(
+        _metric(
+            "dpo_heldout",
+            "What held-out preference-pair accuracy did phase10.dpo reach?",
+            "phase10.dpo",
+            "heldout_pairs_accuracy",
+            tol=0.01,
+        ),
+        cases=16,
+    ),
+    _trained(
+        _metric(
+            "rm_eval_acc",
+            "What eval accuracy did the phase10.reward_model reach?",
+            "phase10.reward_model",
+            "eval_accuracy",
+            tol=0.01,
+        ),
+        cases=64,
+    ),
+    {
+        "id": "judge_method",
+        "question": "Which judge_method did the phase10.judge exercise use?",
+        "derivation": {"metric": ["phase10.judge", "judge_method"]},
+        "tol": None,
+        "evidence": {"source": "results/phase10/judge/cpu/result.md", "contains": ["judge_method"]},
+    },
+    _metric(
+        "eval_prompts", "How many prompts are in the phase11.eval_set evaluation set?", "phase11.eval_set", "n_prompts"
+    ),
+    _metric(
+        "eval_categories",
+        "How many categories does the phase11.eval_set evaluation set cover?",
+        "phase11.eval_set",
+        "n_categories",
+    ),
+    _metric(
+        "judge_r_v11",
+        "What overall correlation r with human scores did rubric v1.1 reach in phase11.calibration?",
+        "phase11.calibration",
+        "overall_r_v1_1",
+        tol=0.01,
+    ),
+    _metric(
+        "rag_chunks",
+        "How many chunks did structure chunking make in phase12.rag_from_scratch?",
+        "phase12.rag_from_scratch",
+        "n_chunks_structure",
+    ),
+    _metric(
+        "ragas_recall",
+        "What context recall did phase12.ragas_eval measure?",
+        "phase12.ragas_eval",
+        "context_recall",
+        tol=0.01,
+    ),
+    _metric(
+        "constrained_correct",
+        "What fraction of constrained tool calls named the correct tool in the tool_calls benchmark?",
+        "benchmarks.tool_calls",
+        "correct_tool_constrained",
+        tol=0.01,
+    ),
+    {
+        "id": "kv_method",
+        "question": "Which method label (same, scaled or substitute) does the committed cpu result "
+        "of phase08.kv_cache carry?",
+        "derivation": {"field": ["phase08.kv_cache", "method"]},
+        "tol": None,
+        "evidence": {"source": "results/phase08/kv_cache/cpu/result.md", "contains": ["method"]},
+    },
+    {
+        "id": "embedder",
+        "question": "Which embedding model did phase12.embeddings use (model id)?",
+        "derivation": {"field": ["phase12.embeddings", "models.0.id"]},
+        "tol": None,
+        "evidence": {"source": "results/phase12/embeddings/cpu/result.md", "contains": ["Models:"]},
+    },
 ]
 
 # More KV-cache sizing questions, so every headline agent rate rests on >= 30 tasks: the answers come from
 # the Phase 8 formula (the kv_cache_gb tool), not from a result that regeneration could move.
-KV_GRID = (("llama-3.1-8b", "Llama 3.1 8B", 4096, 16), ("llama-3.1-8b", "Llama 3.1 8B", 131072, 2),
-           ("llama-3.1-70b", "Llama 3.1 70B", 8192, 8), ("llama-3.1-70b", "Llama 3.1 70B", 32768, 2),
-           ("mixtral-8x7b", "Mixtral 8x7B", 32768, 1), ("mixtral-8x7b", "Mixtral 8x7B", 8192, 16),
-           ("gpt2-124m", "GPT-2 small", 1024, 32), ("llama-3.1-8b", "Llama 3.1 8B", 2048, 64))
-SPECS += [_kv(f"kv_{model.replace('.', '').replace('-', '_')}_{context // 1024}k_b{batch}",
-              f"How many GB (decimal) of KV cache does {name} need for {batch} sequences of {context} tokens in bf16?",
-              context=context, batch=batch, model=model) for model, name, context, batch in KV_GRID]
+KV_GRID = (
+    ("llama-3.1-8b", "Llama 3.1 8B", 4096, 16),
+    ("llama-3.1-8b", "Llama 3.1 8B", 131072, 2),
+    ("llama-3.1-70b", "Llama 3.1 70B", 8192, 8),
+    ("llama-3.1-70b", "Llama 3.1 70B", 32768, 2),
+    ("mixtral-8x7b", "Mixtral 8x7B", 32768, 1),
+    ("mixtral-8x7b", "Mixtral 8x7B", 8192, 16),
+    ("gpt2-124m", "GPT-2 small", 1024, 32),
+    ("llama-3.1-8b", "Llama 3.1 8B", 2048, 64),
+)
+SPECS += [
+    _kv(
+        f"kv_{model.replace('.', '').replace('-', '_')}_{context // 1024}k_b{batch}",
+        f"How many GB (decimal) of KV cache does {name} need for {batch} sequences of {context} tokens in bf16?",
+        context=context,
+        batch=batch,
+        model=model,
+    )
+    for model, name, context, batch in KV_GRID
+]
 
 
 def tolerance(value: Any, spec: dict[str, Any]) -> tuple[float, str]:
@@ -272,8 +426,11 @@ def tolerance(value: Any, spec: dict[str, Any]) -> tuple[float, str]:
         widest = max(abs(value) * trained["relative"], 1 / trained["cases"] if trained.get("cases") else 0.0)
         if widest > tol:
             tol = round(widest, 6)
-            basis = (f"trained on CPU: {trained['relative']:.0%} of the value"
-                     + (f" or one case of {trained['cases']}" if trained.get("cases") else "") + ", the larger")
+            basis = (
+                f"trained on CPU: {trained['relative']:.0%} of the value"
+                + (f" or one case of {trained['cases']}" if trained.get("cases") else "")
+                + ", the larger"
+            )
     return tol, basis
 
 
@@ -285,9 +442,18 @@ def build_rows(specs: list[dict[str, Any]] | None = None, results_root: Path | N
         value = derive(spec["derivation"], results_root)
         kind = "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else "text"
         tol, basis = tolerance(value, spec) if kind == "number" else (0.0, "exact text")
-        rows.append({"id": spec["id"], "question": spec["question"], "answer": value if kind == "number" else str(value),
-                     "answer_type": kind, "tolerance": tol, "tolerance_basis": basis,
-                     "evidence": spec["evidence"], "derivation": spec["derivation"]})
+        rows.append(
+            {
+                "id": spec["id"],
+                "question": spec["question"],
+                "answer": value if kind == "number" else str(value),
+                "answer_type": kind,
+                "tolerance": tol,
+                "tolerance_basis": basis,
+                "evidence": spec["evidence"],
+                "derivation": spec["derivation"],
+            }
+        )
     return rows
 
 

@@ -21,9 +21,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lab.artifacts import ArtifactKind, Recipe, Reporter
+from lab.artifacts import ArtifactKind, Recipe, Reporter, load
 from lab.errors import ConfigError
 from lab.models import AGENT_LLM, DEFAULT_LLM, EMBEDDED_LLM, PUBLISHED_ADAPTERS
+from phase09_finetuning.sft import LORA_TARGETS, train_sft
+from phase13_react.tool_use_data import GENERATOR_VERSION, generate, training_rows
 
 PUBLISHED = PUBLISHED_ADAPTERS[AGENT_LLM]
 HUB_BASE = EMBEDDED_LLM.hub_id  # written into the published adapter_config (portable)
@@ -37,44 +39,74 @@ DATA: dict[str, Any] = dict(seed=0)
 
 def recipe_params(profile: str) -> dict[str, Any]:
     """Everything that determines the adapter's weights (cheap: generates the data, loads no model)."""
-    from phase09_finetuning.sft import LORA_TARGETS
-    from phase13_react.tool_use_data import GENERATOR_VERSION, generate
 
     if profile != "cpu":
-        raise ConfigError(f"phase13.tool_adapter has a cpu recipe only (profile {profile!r}); the a100 profile's "
-                          "agents run a capable served model instead")
+        raise ConfigError(
+            f"phase13.tool_adapter has a cpu recipe only (profile {profile!r}); the a100 profile's "
+            "agents run a capable served model instead"
+        )
     data = generate(**DATA)
-    return dict(base_model=DEFAULT_LLM, data=dict(DATA, generator=GENERATOR_VERSION, sha256=data.sha256(),
-                                                  conversations=sum(e.terminal for e in data.train)),
-                lora_targets=list(LORA_TARGETS), loss_on="assistant", trainer=TRAINER_VERSION, **RECIPE)
+    return dict(
+        base_model=DEFAULT_LLM,
+        data=dict(
+            DATA, generator=GENERATOR_VERSION, sha256=data.sha256(), conversations=sum(e.terminal for e in data.train)
+        ),
+        lora_targets=list(LORA_TARGETS),
+        loss_on="assistant",
+        trainer=TRAINER_VERSION,
+        **RECIPE,
+    )
 
 
 def build(profile: str, folder: Path, reporter: Reporter) -> dict[str, Any]:
     """Train the recipe into ``folder``: the adapter (fp16), ``training_log.json``."""
-    from phase09_finetuning.sft import train_sft
-    from phase13_react.tool_use_data import generate, training_rows
 
     params = recipe_params(profile)
     rows = training_rows(generate(**DATA).train)
     reporter.log(f"tool-use SFT: {len(rows)} conversations, data {params['data']['sha256'][:12]}")
-    res = train_sft(DEFAULT_LLM, rows, folder, lora_r=RECIPE["lora_r"], lr=RECIPE["lr"],
-                    batch_size=RECIPE["batch_size"], epochs=RECIPE["epochs"], max_length=RECIPE["max_length"],
-                    seed=RECIPE["seed"], loss_on="assistant", ctx=reporter)
+    res = train_sft(
+        DEFAULT_LLM,
+        rows,
+        folder,
+        lora_r=RECIPE["lora_r"],
+        lr=RECIPE["lr"],
+        batch_size=RECIPE["batch_size"],
+        epochs=RECIPE["epochs"],
+        max_length=RECIPE["max_length"],
+        seed=RECIPE["seed"],
+        loss_on="assistant",
+        ctx=reporter,
+    )
     to_fp16(folder)
-    log = dict(losses=res["losses"], loss_steps=res["loss_steps"], steps=res["steps"], epochs=res["epochs"],
-               rows=res["rows"], train_time_s=round(res["train_time_s"], 1), s_per_step=round(res["s_per_step"], 2),
-               trainable_params=res["trainable_params"], peak_memory_bytes=res["peak_memory_bytes"])
+    log = dict(
+        losses=res["losses"],
+        loss_steps=res["loss_steps"],
+        steps=res["steps"],
+        epochs=res["epochs"],
+        rows=res["rows"],
+        train_time_s=round(res["train_time_s"], 1),
+        s_per_step=round(res["s_per_step"], 2),
+        trainable_params=res["trainable_params"],
+        peak_memory_bytes=res["peak_memory_bytes"],
+    )
     (folder / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     adapter_bytes = (folder / "adapter_model.safetensors").stat().st_size
-    return {"metrics": dict(steps=res["steps"], final_loss=res["losses"][-1], train_time_s=log["train_time_s"],
-                            adapter_bytes=adapter_bytes, conversations=len(rows))}
+    return {
+        "metrics": dict(
+            steps=res["steps"],
+            final_loss=res["losses"][-1],
+            train_time_s=log["train_time_s"],
+            adapter_bytes=adapter_bytes,
+            conversations=len(rows),
+        )
+    }
 
 
 def to_fp16(folder: Path) -> None:
     """Store the adapter's weights in fp16 (half the bytes; llama.cpp and PEFT load either) and name its base
     by hub id, not by this machine's cache path."""
-    import torch
-    from safetensors.torch import load_file, save_file
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415 (heavy: safetensors loads on first use)
 
     weights = folder / "adapter_model.safetensors"
     save_file({k: v.to(torch.float16) for k, v in load_file(str(weights)).items()}, str(weights))
@@ -106,22 +138,27 @@ def check_published(profile: str = "cpu") -> dict[str, Any]:
     record = published_recipe()
     current = Recipe(TOOL_ADAPTER.name, recipe_params(profile)).sha256
     if record["recipe_sha256"] != current:
-        raise ConfigError(f"the published {AGENT_LLM} was trained from recipe {record['recipe_sha256'][:12]}, the "
-                          f"current recipe is {current[:12]}: re-train (lab artifacts build phase13.tool_adapter) "
-                          "and publish (python -m phase13_react.tool_adapter --publish)")
+        raise ConfigError(
+            f"the published {AGENT_LLM} was trained from recipe {record['recipe_sha256'][:12]}, the "
+            f"current recipe is {current[:12]}: re-train (lab artifacts build phase13.tool_adapter) "
+            "and publish (python -m phase13_react.tool_adapter --publish)"
+        )
     return record
 
 
 def publish(profile: str = "cpu") -> Path:
     """Copy the stored artifact of the current recipe to ``PUBLISHED`` with its recipe and training log."""
-    from lab.artifacts import load
 
     artifact = load(TOOL_ADAPTER, profile)
     PUBLISHED.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors", "training_log.json"):
         shutil.copy2(artifact.path / name, PUBLISHED / name)
-    record = dict(artifact=TOOL_ADAPTER.name, recipe_sha256=artifact.recipe.sha256, params=dict(artifact.params),
-                  metrics=dict(artifact.metrics))
+    record = dict(
+        artifact=TOOL_ADAPTER.name,
+        recipe_sha256=artifact.recipe.sha256,
+        params=dict(artifact.params),
+        metrics=dict(artifact.metrics),
+    )
     (PUBLISHED / "published.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return PUBLISHED
 

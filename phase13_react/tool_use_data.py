@@ -38,13 +38,19 @@ import functools
 import hashlib
 import json
 import random
+import string
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from lab.llm.base import ToolCall
-from lab.llm.constrained import render_tool_call
+from lab.llm.constrained import render_tool_call, tools_prompt
+from lab.llm.local import chat_turns
 from phase13_react.loop import FINAL_ANSWER, FINAL_ANSWER_TOOL, NATIVE_SYSTEM
+from phase13_react.research_tools import RESEARCH_TOOLS
+from phase13_react.tasks import load_tasks
+from phase13_react.tools import Toolbox
 
 GENERATOR_VERSION = "tool_use_data/1"
 FAMILIES = ("imperative", "question", "polite", "indirect")
@@ -72,8 +78,11 @@ class Function:
     heldout: bool = False
 
     def schema(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "input_schema": {"type": "object", "properties": self.properties, "required": list(self.required)}}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": {"type": "object", "properties": self.properties, "required": list(self.required)},
+        }
 
 
 def _s(description: str, **extra: Any) -> dict[str, Any]:
@@ -88,11 +97,43 @@ def _n(description: str) -> dict[str, Any]:
     return {"type": "number", "description": description}
 
 
-CITIES = ("Paris", "Tokyo", "Lisbon", "Nairobi", "Toronto", "Berlin", "Lima", "Oslo", "Seoul", "Austin", "Madrid",
-          "Cairo", "Dublin", "Hanoi", "Perth", "Denver", "Milan", "Quito", "Riga", "Accra")
+CITIES = (
+    "Paris",
+    "Tokyo",
+    "Lisbon",
+    "Nairobi",
+    "Toronto",
+    "Berlin",
+    "Lima",
+    "Oslo",
+    "Seoul",
+    "Austin",
+    "Madrid",
+    "Cairo",
+    "Dublin",
+    "Hanoi",
+    "Perth",
+    "Denver",
+    "Milan",
+    "Quito",
+    "Riga",
+    "Accra",
+)
 NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lea")
-DATES = ("2027-01-14", "2027-02-03", "2027-03-22", "2027-04-09", "2027-05-30", "2027-06-18", "2027-07-07",
-         "2027-08-25", "2027-09-12", "2027-10-01", "2027-11-19", "2027-12-05")
+DATES = (
+    "2027-01-14",
+    "2027-02-03",
+    "2027-03-22",
+    "2027-04-09",
+    "2027-05-30",
+    "2027-06-18",
+    "2027-07-07",
+    "2027-08-25",
+    "2027-09-12",
+    "2027-10-01",
+    "2027-11-19",
+    "2027-12-05",
+)
 CURRENCIES = ("USD", "EUR", "JPY", "GBP", "CHF", "CAD", "INR", "BRL")
 LANGUAGES = ("French", "Spanish", "German", "Japanese", "Italian", "Portuguese")
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "SAP", "ASML", "TSM")
@@ -107,245 +148,440 @@ def _pick(rng: random.Random, pool: tuple, k: int = 1):
 
 FUNCTIONS: tuple[Function, ...] = (
     Function(
-        "get_weather", "Get the current weather for a city.",
-        {"city": _s("City name"), "unit": _s("Temperature unit", enum=["celsius", "fahrenheit"])}, ("city",),
+        "get_weather",
+        "Get the current weather for a city.",
+        {"city": _s("City name"), "unit": _s("Temperature unit", enum=["celsius", "fahrenheit"])},
+        ("city",),
         lambda r: {"city": _pick(r, CITIES), "unit": _pick(r, ("celsius", "fahrenheit"))},
-        {"imperative": ("Get the weather in {city}.", "Check the current weather in {city} in {unit}."),
-         "question": ("What's the weather like in {city} right now?", "How warm is it in {city} in {unit}?"),
-         "polite": ("Could you please look up the weather in {city}?", "Would you check the weather in {city} "
-                    "for me, in {unit}?"),
-         "indirect": ("I'm heading out in {city} soon and don't know whether to bring a jacket.",
-                      "My sister lives in {city}; I wonder what the weather is doing there (she thinks in {unit}).")},
+        {
+            "imperative": ("Get the weather in {city}.", "Check the current weather in {city} in {unit}."),
+            "question": ("What's the weather like in {city} right now?", "How warm is it in {city} in {unit}?"),
+            "polite": (
+                "Could you please look up the weather in {city}?",
+                "Would you check the weather in {city} for me, in {unit}?",
+            ),
+            "indirect": (
+                "I'm heading out in {city} soon and don't know whether to bring a jacket.",
+                "My sister lives in {city}; I wonder what the weather is doing there (she thinks in {unit}).",
+            ),
+        },
         lambda a, r: {"temperature": r.randint(-5, 35), "condition": _pick(r, ("sunny", "cloudy", "rainy", "windy"))},
-        "It is {temperature} degrees and {condition} in {city}.", "check the weather"),
+        "It is {temperature} degrees and {condition} in {city}.",
+        "check the weather",
+    ),
     Function(
-        "convert_currency", "Convert an amount of money from one currency to another.",
-        {"amount": _n("Amount to convert"), "from_currency": _s("ISO code to convert from", enum=list(CURRENCIES)),
-         "to_currency": _s("ISO code to convert to", enum=list(CURRENCIES))},
+        "convert_currency",
+        "Convert an amount of money from one currency to another.",
+        {
+            "amount": _n("Amount to convert"),
+            "from_currency": _s("ISO code to convert from", enum=list(CURRENCIES)),
+            "to_currency": _s("ISO code to convert to", enum=list(CURRENCIES)),
+        },
         ("amount", "from_currency", "to_currency"),
-        lambda r: dict(zip(("from_currency", "to_currency"), _pick(r, CURRENCIES, 2)), amount=r.choice(
-            (20, 75, 150, 300, 1200, 49.5))),
-        {"imperative": ("Convert {amount} {from_currency} to {to_currency}.",),
-         "question": ("How much is {amount} {from_currency} in {to_currency}?",),
-         "polite": ("Please convert {amount} {from_currency} into {to_currency}.",),
-         "indirect": ("I have {amount} {from_currency} left over from my trip and need to know what that is in "
-                      "{to_currency}.",)},
+        lambda r: dict(
+            zip(("from_currency", "to_currency"), _pick(r, CURRENCIES, 2)),
+            amount=r.choice((20, 75, 150, 300, 1200, 49.5)),
+        ),
+        {
+            "imperative": ("Convert {amount} {from_currency} to {to_currency}.",),
+            "question": ("How much is {amount} {from_currency} in {to_currency}?",),
+            "polite": ("Please convert {amount} {from_currency} into {to_currency}.",),
+            "indirect": (
+                "I have {amount} {from_currency} left over from my trip and need to know what that is in "
+                "{to_currency}.",
+            ),
+        },
         lambda a, r: {"converted": round(a["amount"] * r.uniform(0.5, 1.8), 2)},
-        "{amount} {from_currency} is {converted} {to_currency}.", "convert currencies"),
+        "{amount} {from_currency} is {converted} {to_currency}.",
+        "convert currencies",
+    ),
     Function(
-        "search_flights", "Search for flights between two cities on a date.",
-        {"origin": _s("Departure city"), "destination": _s("Arrival city"), "date": _s("Date, YYYY-MM-DD"),
-         "passengers": _i("Number of passengers", minimum=1, maximum=9),
-         "cabin": _s("Cabin class", enum=["economy", "premium", "business"])},
+        "search_flights",
+        "Search for flights between two cities on a date.",
+        {
+            "origin": _s("Departure city"),
+            "destination": _s("Arrival city"),
+            "date": _s("Date, YYYY-MM-DD"),
+            "passengers": _i("Number of passengers", minimum=1, maximum=9),
+            "cabin": _s("Cabin class", enum=["economy", "premium", "business"]),
+        },
         ("origin", "destination", "date"),
-        lambda r: dict(zip(("origin", "destination"), _pick(r, CITIES, 2)), date=_pick(r, DATES),
-                       passengers=r.randint(1, 5), cabin=_pick(r, ("economy", "premium", "business"))),
-        {"imperative": ("Find flights from {origin} to {destination} on {date}.",
-                        "Search {cabin} flights from {origin} to {destination} on {date} for {passengers} people."),
-         "question": ("Are there flights from {origin} to {destination} on {date}?",
-                      "Which flights go from {origin} to {destination} on {date} for {passengers} passengers?"),
-         "polite": ("Could you search for flights from {origin} to {destination} on {date}, please?",),
-         "indirect": ("We are {passengers} people who need to get from {origin} to {destination} on {date}.",)},
+        lambda r: dict(
+            zip(("origin", "destination"), _pick(r, CITIES, 2)),
+            date=_pick(r, DATES),
+            passengers=r.randint(1, 5),
+            cabin=_pick(r, ("economy", "premium", "business")),
+        ),
+        {
+            "imperative": (
+                "Find flights from {origin} to {destination} on {date}.",
+                "Search {cabin} flights from {origin} to {destination} on {date} for {passengers} people.",
+            ),
+            "question": (
+                "Are there flights from {origin} to {destination} on {date}?",
+                "Which flights go from {origin} to {destination} on {date} for {passengers} passengers?",
+            ),
+            "polite": ("Could you search for flights from {origin} to {destination} on {date}, please?",),
+            "indirect": ("We are {passengers} people who need to get from {origin} to {destination} on {date}.",),
+        },
         lambda a, r: {"flights": r.randint(2, 9), "cheapest_usd": r.randint(90, 900)},
         "I found {flights} flights from {origin} to {destination} on {date}; the cheapest costs {cheapest_usd} USD.",
-        "search for flights"),
+        "search for flights",
+    ),
     Function(
-        "set_timer", "Start a countdown timer.",
+        "set_timer",
+        "Start a countdown timer.",
         {"minutes": _i("Length of the timer in minutes", minimum=1, maximum=600), "label": _s("Optional label")},
         ("minutes",),
-        lambda r: {"minutes": r.choice((3, 5, 10, 12, 25, 45, 90)), "label": _pick(r, ("tea", "pasta", "laundry",
-                                                                                       "break", "oven"))},
-        {"imperative": ("Set a timer for {minutes} minutes.", "Start a {minutes} minute timer labelled {label}."),
-         "question": ("Can you time {minutes} minutes for me?",),
-         "polite": ("Please set a {minutes}-minute timer called {label}.",),
-         "indirect": ("The {label} needs {minutes} minutes and I always forget to check on it.",)},
+        lambda r: {
+            "minutes": r.choice((3, 5, 10, 12, 25, 45, 90)),
+            "label": _pick(r, ("tea", "pasta", "laundry", "break", "oven")),
+        },
+        {
+            "imperative": ("Set a timer for {minutes} minutes.", "Start a {minutes} minute timer labelled {label}."),
+            "question": ("Can you time {minutes} minutes for me?",),
+            "polite": ("Please set a {minutes}-minute timer called {label}.",),
+            "indirect": ("The {label} needs {minutes} minutes and I always forget to check on it.",),
+        },
         lambda a, r: {"status": "started"},
-        "Your {minutes}-minute timer is {status}.", "set timers"),
+        "Your {minutes}-minute timer is {status}.",
+        "set timers",
+    ),
     Function(
-        "send_email", "Send an email.",
+        "send_email",
+        "Send an email.",
         {"to": _s("Recipient name or address"), "subject": _s("Subject line"), "body": _s("Message text")},
         ("to", "subject", "body"),
-        lambda r: {"to": _pick(r, NAMES), "subject": _pick(r, TOPICS),
-                   "body": _pick(r, ("I will be 10 minutes late.", "The notes are attached.", "Can we move it to Friday?",
-                                     "Thanks for your help today."))},
-        {"imperative": ("Email {to} with the subject '{subject}' saying: {body}",),
-         "question": ("Can you send {to} an email titled '{subject}' that says: {body}",),
-         "polite": ("Please write to {to}, subject '{subject}', and tell them: {body}",),
-         "indirect": ("{to} is waiting to hear from me about the {subject}; the message is: {body}",)},
+        lambda r: {
+            "to": _pick(r, NAMES),
+            "subject": _pick(r, TOPICS),
+            "body": _pick(
+                r,
+                (
+                    "I will be 10 minutes late.",
+                    "The notes are attached.",
+                    "Can we move it to Friday?",
+                    "Thanks for your help today.",
+                ),
+            ),
+        },
+        {
+            "imperative": ("Email {to} with the subject '{subject}' saying: {body}",),
+            "question": ("Can you send {to} an email titled '{subject}' that says: {body}",),
+            "polite": ("Please write to {to}, subject '{subject}', and tell them: {body}",),
+            "indirect": ("{to} is waiting to hear from me about the {subject}; the message is: {body}",),
+        },
         lambda a, r: {"status": "sent"},
-        "Your email to {to} is {status}.", "send email"),
+        "Your email to {to} is {status}.",
+        "send email",
+    ),
     Function(
-        "create_event", "Create a calendar event.",
-        {"title": _s("Event title"), "date": _s("Date, YYYY-MM-DD"), "time": _s("Start time, HH:MM"),
-         "attendees": {"type": "array", "items": {"type": "string"}, "description": "People to invite"}},
+        "create_event",
+        "Create a calendar event.",
+        {
+            "title": _s("Event title"),
+            "date": _s("Date, YYYY-MM-DD"),
+            "time": _s("Start time, HH:MM"),
+            "attendees": {"type": "array", "items": {"type": "string"}, "description": "People to invite"},
+        },
         ("title", "date", "time"),
-        lambda r: {"title": _pick(r, TOPICS), "date": _pick(r, DATES), "time": _pick(r, ("09:00", "10:30", "14:00",
-                                                                                          "16:45")),
-                   "attendees": _pick(r, NAMES, 2)},
-        {"imperative": ("Create an event '{title}' on {date} at {time}.",
-                        "Schedule '{title}' on {date} at {time} with {attendees}."),
-         "question": ("Can you put '{title}' in my calendar for {date} at {time}?",),
-         "polite": ("Please add '{title}' to the calendar on {date} at {time} and invite {attendees}.",),
-         "indirect": ("We agreed to hold the {title} on {date} at {time}; {attendees} will join.",)},
+        lambda r: {
+            "title": _pick(r, TOPICS),
+            "date": _pick(r, DATES),
+            "time": _pick(r, ("09:00", "10:30", "14:00", "16:45")),
+            "attendees": _pick(r, NAMES, 2),
+        },
+        {
+            "imperative": (
+                "Create an event '{title}' on {date} at {time}.",
+                "Schedule '{title}' on {date} at {time} with {attendees}.",
+            ),
+            "question": ("Can you put '{title}' in my calendar for {date} at {time}?",),
+            "polite": ("Please add '{title}' to the calendar on {date} at {time} and invite {attendees}.",),
+            "indirect": ("We agreed to hold the {title} on {date} at {time}; {attendees} will join.",),
+        },
         lambda a, r: {"event_id": f"ev{r.randint(100, 999)}"},
-        "I created '{title}' on {date} at {time} (event {event_id}).", "manage the calendar"),
+        "I created '{title}' on {date} at {time} (event {event_id}).",
+        "manage the calendar",
+    ),
     Function(
-        "get_stock_price", "Get the latest price of a stock by its ticker symbol.",
-        {"symbol": _s("Ticker symbol")}, ("symbol",),
+        "get_stock_price",
+        "Get the latest price of a stock by its ticker symbol.",
+        {"symbol": _s("Ticker symbol")},
+        ("symbol",),
         lambda r: {"symbol": _pick(r, SYMBOLS)},
-        {"imperative": ("Get the stock price of {symbol}.",), "question": ("What is {symbol} trading at?",),
-         "polite": ("Could you tell me the current price of {symbol} shares?",),
-         "indirect": ("I'm thinking of selling my {symbol} shares if the price is good today.",)},
+        {
+            "imperative": ("Get the stock price of {symbol}.",),
+            "question": ("What is {symbol} trading at?",),
+            "polite": ("Could you tell me the current price of {symbol} shares?",),
+            "indirect": ("I'm thinking of selling my {symbol} shares if the price is good today.",),
+        },
         lambda a, r: {"price_usd": round(r.uniform(20, 900), 2)},
-        "{symbol} is trading at {price_usd} USD.", "look up stock prices"),
+        "{symbol} is trading at {price_usd} USD.",
+        "look up stock prices",
+    ),
     Function(
-        "translate_text", "Translate text into another language.",
+        "translate_text",
+        "Translate text into another language.",
         {"text": _s("Text to translate"), "target_language": _s("Language", enum=list(LANGUAGES))},
         ("text", "target_language"),
-        lambda r: {"text": _pick(r, ("good morning", "where is the station", "thank you very much", "see you soon")),
-                   "target_language": _pick(r, LANGUAGES)},
-        {"imperative": ("Translate '{text}' into {target_language}.",),
-         "question": ("How do you say '{text}' in {target_language}?",),
-         "polite": ("Please translate '{text}' to {target_language}.",),
-         "indirect": ("I want to greet my {target_language}-speaking host properly with '{text}'.",)},
+        lambda r: {
+            "text": _pick(r, ("good morning", "where is the station", "thank you very much", "see you soon")),
+            "target_language": _pick(r, LANGUAGES),
+        },
+        {
+            "imperative": ("Translate '{text}' into {target_language}.",),
+            "question": ("How do you say '{text}' in {target_language}?",),
+            "polite": ("Please translate '{text}' to {target_language}.",),
+            "indirect": ("I want to greet my {target_language}-speaking host properly with '{text}'.",),
+        },
         lambda a, r: {"translation": "…"},
-        "Here is '{text}' in {target_language}: {translation}", "translate text"),
+        "Here is '{text}' in {target_language}: {translation}",
+        "translate text",
+    ),
     Function(
-        "find_restaurants", "Find restaurants in a city by cuisine.",
-        {"city": _s("City"), "cuisine": _s("Type of food"), "max_price": _i("Highest price level, 1-4",
-                                                                             minimum=1, maximum=4)},
+        "find_restaurants",
+        "Find restaurants in a city by cuisine.",
+        {
+            "city": _s("City"),
+            "cuisine": _s("Type of food"),
+            "max_price": _i("Highest price level, 1-4", minimum=1, maximum=4),
+        },
         ("city", "cuisine"),
         lambda r: {"city": _pick(r, CITIES), "cuisine": _pick(r, CUISINES), "max_price": r.randint(1, 4)},
-        {"imperative": ("Find {cuisine} restaurants in {city}.", "List {cuisine} places in {city} up to price "
-                        "level {max_price}."),
-         "question": ("Where can I eat {cuisine} food in {city}?",),
-         "polite": ("Could you find me a {cuisine} restaurant in {city}?",),
-         "indirect": ("I'm in {city} tonight and craving {cuisine}, nothing above price level {max_price}.",)},
-        lambda a, r: {"top": f"{_pick(r, ('Casa', 'Little', 'Golden', 'Blue'))} {a['cuisine'].title()}",
-                      "count": r.randint(3, 12)},
-        "There are {count} {cuisine} places in {city}; the best rated is {top}.", "find restaurants"),
+        {
+            "imperative": (
+                "Find {cuisine} restaurants in {city}.",
+                "List {cuisine} places in {city} up to price level {max_price}.",
+            ),
+            "question": ("Where can I eat {cuisine} food in {city}?",),
+            "polite": ("Could you find me a {cuisine} restaurant in {city}?",),
+            "indirect": ("I'm in {city} tonight and craving {cuisine}, nothing above price level {max_price}.",),
+        },
+        lambda a, r: {
+            "top": f"{_pick(r, ('Casa', 'Little', 'Golden', 'Blue'))} {a['cuisine'].title()}",
+            "count": r.randint(3, 12),
+        },
+        "There are {count} {cuisine} places in {city}; the best rated is {top}.",
+        "find restaurants",
+    ),
     Function(
-        "add_todo", "Add a task to the to-do list.",
-        {"task": _s("What to do"), "priority": _s("Priority", enum=["low", "medium", "high"]),
-         "due_date": _s("Due date, YYYY-MM-DD")},
+        "add_todo",
+        "Add a task to the to-do list.",
+        {
+            "task": _s("What to do"),
+            "priority": _s("Priority", enum=["low", "medium", "high"]),
+            "due_date": _s("Due date, YYYY-MM-DD"),
+        },
         ("task", "priority"),
-        lambda r: {"task": _pick(r, ("renew passport", "call the plumber", "water the plants", "pay rent",
-                                     "book dentist")), "priority": _pick(r, ("low", "medium", "high")),
-                   "due_date": _pick(r, DATES)},
-        {"imperative": ("Add '{task}' to my to-do list with {priority} priority.",
-                        "Put '{task}' on my list, {priority} priority, due {due_date}."),
-         "question": ("Can you add '{task}' as a {priority} priority task?",),
-         "polite": ("Please add a {priority}-priority to-do: {task}, due {due_date}.",),
-         "indirect": ("I keep forgetting to {task}; it's {priority} priority and due {due_date}.",)},
+        lambda r: {
+            "task": _pick(r, ("renew passport", "call the plumber", "water the plants", "pay rent", "book dentist")),
+            "priority": _pick(r, ("low", "medium", "high")),
+            "due_date": _pick(r, DATES),
+        },
+        {
+            "imperative": (
+                "Add '{task}' to my to-do list with {priority} priority.",
+                "Put '{task}' on my list, {priority} priority, due {due_date}.",
+            ),
+            "question": ("Can you add '{task}' as a {priority} priority task?",),
+            "polite": ("Please add a {priority}-priority to-do: {task}, due {due_date}.",),
+            "indirect": ("I keep forgetting to {task}; it's {priority} priority and due {due_date}.",),
+        },
         lambda a, r: {"position": r.randint(1, 9)},
-        "Added '{task}' ({priority} priority) as item {position}.", "manage the to-do list"),
+        "Added '{task}' ({priority} priority) as item {position}.",
+        "manage the to-do list",
+    ),
     Function(
-        "get_directions", "Get directions between two places.",
-        {"origin": _s("Start"), "destination": _s("End"), "mode": _s("Travel mode", enum=["walking", "driving",
-                                                                                          "transit", "cycling"])},
+        "get_directions",
+        "Get directions between two places.",
+        {
+            "origin": _s("Start"),
+            "destination": _s("End"),
+            "mode": _s("Travel mode", enum=["walking", "driving", "transit", "cycling"]),
+        },
         ("origin", "destination", "mode"),
-        lambda r: {"origin": _pick(r, ("the museum", "the station", "the airport", "my hotel")),
-                   "destination": _pick(r, ("the harbour", "the old town", "the stadium", "the university")),
-                   "mode": _pick(r, ("walking", "driving", "transit", "cycling"))},
-        {"imperative": ("Give me {mode} directions from {origin} to {destination}.",),
-         "question": ("How do I get from {origin} to {destination} by {mode}?",),
-         "polite": ("Please find a {mode} route from {origin} to {destination}.",),
-         "indirect": ("I'm at {origin} and have to reach {destination}; I'll be {mode}.",)},
+        lambda r: {
+            "origin": _pick(r, ("the museum", "the station", "the airport", "my hotel")),
+            "destination": _pick(r, ("the harbour", "the old town", "the stadium", "the university")),
+            "mode": _pick(r, ("walking", "driving", "transit", "cycling")),
+        },
+        {
+            "imperative": ("Give me {mode} directions from {origin} to {destination}.",),
+            "question": ("How do I get from {origin} to {destination} by {mode}?",),
+            "polite": ("Please find a {mode} route from {origin} to {destination}.",),
+            "indirect": ("I'm at {origin} and have to reach {destination}; I'll be {mode}.",),
+        },
         lambda a, r: {"minutes": r.randint(5, 70)},
-        "From {origin} to {destination} by {mode} takes about {minutes} minutes.", "give directions"),
+        "From {origin} to {destination} by {mode} takes about {minutes} minutes.",
+        "give directions",
+    ),
     Function(
-        "book_hotel", "Book a hotel room.",
-        {"city": _s("City"), "check_in": _s("Check-in date, YYYY-MM-DD"),
-         "nights": _i("Number of nights", minimum=1, maximum=30),
-         "guests": {"type": "object", "description": "Who is staying",
-                    "properties": {"adults": {"type": "integer", "minimum": 1}, "children": {"type": "integer",
-                                                                                            "minimum": 0}},
-                    "required": ["adults", "children"]}},
+        "book_hotel",
+        "Book a hotel room.",
+        {
+            "city": _s("City"),
+            "check_in": _s("Check-in date, YYYY-MM-DD"),
+            "nights": _i("Number of nights", minimum=1, maximum=30),
+            "guests": {
+                "type": "object",
+                "description": "Who is staying",
+                "properties": {
+                    "adults": {"type": "integer", "minimum": 1},
+                    "children": {"type": "integer", "minimum": 0},
+                },
+                "required": ["adults", "children"],
+            },
+        },
         ("city", "check_in", "nights", "guests"),
-        lambda r: {"city": _pick(r, CITIES), "check_in": _pick(r, DATES), "nights": r.randint(1, 7),
-                   "guests": {"adults": r.randint(1, 3), "children": r.randint(0, 2)}},
-        {"imperative": ("Book a hotel in {city} from {check_in} for {nights} nights, {guests}.",),
-         "question": ("Can you reserve a room in {city} checking in {check_in} for {nights} nights for {guests}?",),
-         "polite": ("Please book us a hotel in {city}: {nights} nights from {check_in}, {guests}.",),
-         "indirect": ("Our family ({guests}) arrives in {city} on {check_in} and stays {nights} nights.",)},
+        lambda r: {
+            "city": _pick(r, CITIES),
+            "check_in": _pick(r, DATES),
+            "nights": r.randint(1, 7),
+            "guests": {"adults": r.randint(1, 3), "children": r.randint(0, 2)},
+        },
+        {
+            "imperative": ("Book a hotel in {city} from {check_in} for {nights} nights, {guests}.",),
+            "question": ("Can you reserve a room in {city} checking in {check_in} for {nights} nights for {guests}?",),
+            "polite": ("Please book us a hotel in {city}: {nights} nights from {check_in}, {guests}.",),
+            "indirect": ("Our family ({guests}) arrives in {city} on {check_in} and stays {nights} nights.",),
+        },
         lambda a, r: {"confirmation": f"H{r.randint(1000, 9999)}"},
         "Your hotel in {city} is booked from {check_in} for {nights} nights (confirmation {confirmation}).",
-        "book hotels"),
+        "book hotels",
+    ),
     Function(
-        "calculate_tip", "Calculate the tip for a bill.",
-        {"bill": _n("Bill amount"), "percent": _n("Tip percentage")}, ("bill", "percent"),
+        "calculate_tip",
+        "Calculate the tip for a bill.",
+        {"bill": _n("Bill amount"), "percent": _n("Tip percentage")},
+        ("bill", "percent"),
         lambda r: {"bill": r.choice((18.5, 42, 64.8, 120, 87.25)), "percent": r.choice((10, 15, 18, 20))},
-        {"imperative": ("Calculate a {percent}% tip on {bill}.",), "question": ("What is a {percent}% tip on a "
-                                                                                 "{bill} bill?",),
-         "polite": ("Could you work out a {percent} percent tip for a bill of {bill}?",),
-         "indirect": ("Dinner came to {bill} and I usually leave {percent} percent.",)},
+        {
+            "imperative": ("Calculate a {percent}% tip on {bill}.",),
+            "question": ("What is a {percent}% tip on a {bill} bill?",),
+            "polite": ("Could you work out a {percent} percent tip for a bill of {bill}?",),
+            "indirect": ("Dinner came to {bill} and I usually leave {percent} percent.",),
+        },
         lambda a, r: {"tip": round(a["bill"] * a["percent"] / 100, 2)},
-        "A {percent}% tip on {bill} is {tip}.", "calculate tips"),
+        "A {percent}% tip on {bill} is {tip}.",
+        "calculate tips",
+    ),
     Function(
-        "play_music", "Play a song.",
+        "play_music",
+        "Play a song.",
         {"song": _s("Song title"), "shuffle": {"type": "boolean", "description": "Shuffle the queue after it"}},
         ("song",),
         lambda r: {"song": _pick(r, SONGS), "shuffle": r.random() < 0.5},
-        {"imperative": ("Play {song}.",), "question": ("Can you put on {song}?",),
-         "polite": ("Please play {song} for me.",), "indirect": ("I'd love to hear {song} while I cook.",)},
+        {
+            "imperative": ("Play {song}.",),
+            "question": ("Can you put on {song}?",),
+            "polite": ("Please play {song} for me.",),
+            "indirect": ("I'd love to hear {song} while I cook.",),
+        },
         lambda a, r: {"status": "playing"},
-        "Now {status}: {song}.", "play music"),
+        "Now {status}: {song}.",
+        "play music",
+    ),
     # --- held out by name: training never shows these functions or their schemas ---
     Function(
-        "track_package", "Track a parcel by its tracking number.",
-        {"tracking_id": _s("Tracking number")}, ("tracking_id",),
+        "track_package",
+        "Track a parcel by its tracking number.",
+        {"tracking_id": _s("Tracking number")},
+        ("tracking_id",),
         lambda r: {"tracking_id": f"{_pick(r, ('1Z', 'JD', 'LX'))}{r.randint(100000, 999999)}"},
-        {"imperative": ("Track package {tracking_id}.",), "question": ("Where is my parcel {tracking_id}?",),
-         "polite": ("Could you check the status of shipment {tracking_id}?",),
-         "indirect": ("My order with tracking number {tracking_id} still hasn't arrived.",)},
+        {
+            "imperative": ("Track package {tracking_id}.",),
+            "question": ("Where is my parcel {tracking_id}?",),
+            "polite": ("Could you check the status of shipment {tracking_id}?",),
+            "indirect": ("My order with tracking number {tracking_id} still hasn't arrived.",),
+        },
         lambda a, r: {"status": _pick(r, ("in transit", "out for delivery", "delivered"))},
-        "Package {tracking_id} is {status}.", "track parcels", heldout=True),
+        "Package {tracking_id} is {status}.",
+        "track parcels",
+        heldout=True,
+    ),
     Function(
-        "get_air_quality", "Get the air quality index of a city.",
-        {"city": _s("City")}, ("city",),
+        "get_air_quality",
+        "Get the air quality index of a city.",
+        {"city": _s("City")},
+        ("city",),
         lambda r: {"city": _pick(r, CITIES)},
-        {"imperative": ("Get the air quality in {city}.",), "question": ("How clean is the air in {city} today?",),
-         "polite": ("Please check the air quality index for {city}.",),
-         "indirect": ("I have asthma and I'm going running in {city} this afternoon.",)},
+        {
+            "imperative": ("Get the air quality in {city}.",),
+            "question": ("How clean is the air in {city} today?",),
+            "polite": ("Please check the air quality index for {city}.",),
+            "indirect": ("I have asthma and I'm going running in {city} this afternoon.",),
+        },
         lambda a, r: {"aqi": r.randint(10, 180)},
-        "The air quality index in {city} is {aqi}.", "report air quality", heldout=True),
+        "The air quality index in {city} is {aqi}.",
+        "report air quality",
+        heldout=True,
+    ),
     Function(
-        "order_pizza", "Order a pizza for delivery.",
-        {"size": _s("Pizza size", enum=["small", "medium", "large"]),
-         "toppings": {"type": "array", "items": {"type": "string"}, "description": "Toppings"},
-         "address": _s("Delivery address")},
+        "order_pizza",
+        "Order a pizza for delivery.",
+        {
+            "size": _s("Pizza size", enum=["small", "medium", "large"]),
+            "toppings": {"type": "array", "items": {"type": "string"}, "description": "Toppings"},
+            "address": _s("Delivery address"),
+        },
         ("size", "toppings", "address"),
-        lambda r: {"size": _pick(r, ("small", "medium", "large")),
-                   "toppings": _pick(r, ("mushrooms", "olives", "peppers", "onions", "basil"), 2),
-                   "address": f"{r.randint(1, 99)} {_pick(r, ('Elm', 'Oak', 'Pine'))} Street"},
-        {"imperative": ("Order a {size} pizza with {toppings} to {address}.",),
-         "question": ("Can you get a {size} pizza with {toppings} delivered to {address}?",),
-         "polite": ("Please order us a {size} pizza, {toppings}, to {address}.",),
-         "indirect": ("We're starving at {address}; a {size} pizza with {toppings} would be perfect.",)},
+        lambda r: {
+            "size": _pick(r, ("small", "medium", "large")),
+            "toppings": _pick(r, ("mushrooms", "olives", "peppers", "onions", "basil"), 2),
+            "address": f"{r.randint(1, 99)} {_pick(r, ('Elm', 'Oak', 'Pine'))} Street",
+        },
+        {
+            "imperative": ("Order a {size} pizza with {toppings} to {address}.",),
+            "question": ("Can you get a {size} pizza with {toppings} delivered to {address}?",),
+            "polite": ("Please order us a {size} pizza, {toppings}, to {address}.",),
+            "indirect": ("We're starving at {address}; a {size} pizza with {toppings} would be perfect.",),
+        },
         lambda a, r: {"eta_minutes": r.randint(20, 50)},
-        "Your {size} pizza arrives in about {eta_minutes} minutes.", "order food", heldout=True),
+        "Your {size} pizza arrives in about {eta_minutes} minutes.",
+        "order food",
+        heldout=True,
+    ),
     Function(
-        "check_train_times", "List train departures between two stations.",
-        {"from_station": _s("Departure station"), "to_station": _s("Arrival station"),
-         "after": _s("Earliest departure time, HH:MM")},
+        "check_train_times",
+        "List train departures between two stations.",
+        {
+            "from_station": _s("Departure station"),
+            "to_station": _s("Arrival station"),
+            "after": _s("Earliest departure time, HH:MM"),
+        },
         ("from_station", "to_station"),
-        lambda r: dict(zip(("from_station", "to_station"), _pick(r, CITIES, 2)),
-                       after=_pick(r, ("07:30", "12:00", "17:15"))),
-        {"imperative": ("List trains from {from_station} to {to_station} after {after}.",),
-         "question": ("When are the trains from {from_station} to {to_station}?",),
-         "polite": ("Could you look up trains from {from_station} to {to_station} leaving after {after}?",),
-         "indirect": ("I need to be in {to_station} tonight and I'm in {from_station} until {after}.",)},
+        lambda r: dict(
+            zip(("from_station", "to_station"), _pick(r, CITIES, 2)), after=_pick(r, ("07:30", "12:00", "17:15"))
+        ),
+        {
+            "imperative": ("List trains from {from_station} to {to_station} after {after}.",),
+            "question": ("When are the trains from {from_station} to {to_station}?",),
+            "polite": ("Could you look up trains from {from_station} to {to_station} leaving after {after}?",),
+            "indirect": ("I need to be in {to_station} tonight and I'm in {from_station} until {after}.",),
+        },
         lambda a, r: {"next": f"{r.randint(12, 22)}:{r.choice(('05', '20', '45'))}"},
-        "The next train from {from_station} to {to_station} leaves at {next}.", "look up trains", heldout=True),
+        "The next train from {from_station} to {to_station} leaves at {next}.",
+        "look up trains",
+        heldout=True,
+    ),
     Function(
-        "define_word", "Look up the dictionary definition of a word.",
-        {"word": _s("The word")}, ("word",),
+        "define_word",
+        "Look up the dictionary definition of a word.",
+        {"word": _s("The word")},
+        ("word",),
         lambda r: {"word": _pick(r, ("ephemeral", "laconic", "ubiquitous", "serendipity", "pragmatic"))},
-        {"imperative": ("Define '{word}'.",), "question": ("What does '{word}' mean?",),
-         "polite": ("Could you look up the meaning of '{word}'?",),
-         "indirect": ("Someone called my plan '{word}' and I'm not sure that was a compliment.",)},
+        {
+            "imperative": ("Define '{word}'.",),
+            "question": ("What does '{word}' mean?",),
+            "polite": ("Could you look up the meaning of '{word}'?",),
+            "indirect": ("Someone called my plan '{word}' and I'm not sure that was a compliment.",),
+        },
         lambda a, r: {"definition": "…"},
-        "'{word}' means: {definition}", "look up words", heldout=True),
+        "'{word}' means: {definition}",
+        "look up words",
+        heldout=True,
+    ),
 )
 
 # (c) plain chat requests: the right action is text, whatever tools are offered
@@ -358,8 +594,10 @@ CHAT_TRAIN = (
     ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
     ("Give me a synonym for 'happy'.", "A synonym for 'happy' is 'joyful'."),
     ("How many days are in a week?", "There are seven days in a week."),
-    ("Summarize what a neural network is in one sentence.",
-     "A neural network is a model made of layers of connected units that learns patterns from data."),
+    (
+        "Summarize what a neural network is in one sentence.",
+        "A neural network is a model made of layers of connected units that learns patterns from data.",
+    ),
     ("Can you recommend a good habit for better sleep?", "Try going to bed at the same time every night."),
     ("What color do you get by mixing blue and yellow?", "Mixing blue and yellow gives green."),
     ("Say hello in a friendly way.", "Hello there! It's great to hear from you."),
@@ -369,13 +607,26 @@ CHAT_TRAIN = (
     ("Explain what an API is in simple words.", "An API is a set of rules that lets programs talk to each other."),
 )
 CHAT_HELDOUT = (
-    "Good evening! Anything fun planned?", "What is the opposite of 'ancient'?", "Tell me a fun fact about owls.",
-    "How do I say thank you politely?", "Write a haiku about rain.", "What's the boiling point of water in Celsius?",
-    "Which planet is known as the red planet?", "What does RAM stand for?", "Give me an antonym of 'generous'.",
-    "Can you cheer me up a little?", "What is a prime number?", "Describe the ocean in three words.",
-    "What do bees make?", "Name a famous painter.", "How are rainbows formed, briefly?",
-    "What's the plural of 'mouse'?", "Suggest a title for a short story about a lighthouse.",
-    "Why do leaves change colour in autumn?", "Who painted the Mona Lisa?", "Good morning!",
+    "Good evening! Anything fun planned?",
+    "What is the opposite of 'ancient'?",
+    "Tell me a fun fact about owls.",
+    "How do I say thank you politely?",
+    "Write a haiku about rain.",
+    "What's the boiling point of water in Celsius?",
+    "Which planet is known as the red planet?",
+    "What does RAM stand for?",
+    "Give me an antonym of 'generous'.",
+    "Can you cheer me up a little?",
+    "What is a prime number?",
+    "Describe the ocean in three words.",
+    "What do bees make?",
+    "Name a famous painter.",
+    "How are rainbows formed, briefly?",
+    "What's the plural of 'mouse'?",
+    "Suggest a title for a short story about a lighthouse.",
+    "Why do leaves change colour in autumn?",
+    "Who painted the Mona Lisa?",
+    "Good morning!",
 )
 
 
@@ -384,25 +635,61 @@ CHAT_HELDOUT = (
 # research task asks about (a test checks): the training data cannot change when results are regenerated or
 # research tasks are added.
 READER_METRICS: tuple[tuple[str, str], ...] = (
-    *(("phase08.architecture", m) for m in (
-        "gpt2_bf16_gb", "gpt2_non_embedding_params_m", "gpt2_position_table_params",
-        "gpt2_total_params_m", "llama31_8b_bf16_bytes", "llama31_8b_bf16_gb",
-        "llama31_8b_non_embedding_params", "llama31_8b_q_to_kv_ratio",
-        "llama31_8b_rope_learned_params", "loaded_total_params", "loaded_vs_meta_shape_mismatches"
-    )),
-    *(("phase08.kv_cache", m) for m in (
-        "kv_70b_gqa_128k_b10_gb", "kv_70b_gqa_128k_b50_gb", "kv_70b_gqa_32k_b10_gb",
-        "kv_70b_gqa_32k_b1_gb", "kv_70b_gqa_32k_b50_gb", "kv_70b_gqa_8k_b10_gb",
-        "kv_70b_gqa_8k_b1_gb", "kv_70b_gqa_8k_b50_gb", "kv_8b_gqa_128k_b10_gb",
-        "kv_8b_gqa_128k_b50_gb", "kv_8b_gqa_32k_b10_gb", "kv_8b_gqa_32k_b1_gb",
-        "kv_8b_gqa_32k_b50_gb", "kv_8b_gqa_8k_b10_gb", "kv_8b_gqa_8k_b1_gb", "kv_8b_gqa_8k_b50_gb",
-        "kv_8b_mha_128k_b10_gb", "kv_8b_mha_128k_b50_gb", "kv_8b_mha_32k_b10_gb",
-        "kv_8b_mha_32k_b1_gb", "kv_8b_mha_32k_b50_gb", "kv_8b_mha_8k_b10_gb", "kv_8b_mha_8k_b1_gb",
-        "kv_8b_mha_8k_b50_gb", "kv_8b_mqa_128k_b10_gb", "kv_8b_mqa_128k_b1_gb",
-        "kv_8b_mqa_128k_b50_gb", "kv_8b_mqa_32k_b10_gb", "kv_8b_mqa_32k_b1_gb",
-        "kv_8b_mqa_32k_b50_gb", "kv_8b_mqa_8k_b10_gb", "kv_8b_mqa_8k_b1_gb", "kv_8b_mqa_8k_b50_gb",
-        "measured_vs_formula_max_abs_diff_bytes"
-    )),
+    *(
+        ("phase08.architecture", m)
+        for m in (
+            "gpt2_bf16_gb",
+            "gpt2_non_embedding_params_m",
+            "gpt2_position_table_params",
+            "gpt2_total_params_m",
+            "llama31_8b_bf16_bytes",
+            "llama31_8b_bf16_gb",
+            "llama31_8b_non_embedding_params",
+            "llama31_8b_q_to_kv_ratio",
+            "llama31_8b_rope_learned_params",
+            "loaded_total_params",
+            "loaded_vs_meta_shape_mismatches",
+        )
+    ),
+    *(
+        ("phase08.kv_cache", m)
+        for m in (
+            "kv_70b_gqa_128k_b10_gb",
+            "kv_70b_gqa_128k_b50_gb",
+            "kv_70b_gqa_32k_b10_gb",
+            "kv_70b_gqa_32k_b1_gb",
+            "kv_70b_gqa_32k_b50_gb",
+            "kv_70b_gqa_8k_b10_gb",
+            "kv_70b_gqa_8k_b1_gb",
+            "kv_70b_gqa_8k_b50_gb",
+            "kv_8b_gqa_128k_b10_gb",
+            "kv_8b_gqa_128k_b50_gb",
+            "kv_8b_gqa_32k_b10_gb",
+            "kv_8b_gqa_32k_b1_gb",
+            "kv_8b_gqa_32k_b50_gb",
+            "kv_8b_gqa_8k_b10_gb",
+            "kv_8b_gqa_8k_b1_gb",
+            "kv_8b_gqa_8k_b50_gb",
+            "kv_8b_mha_128k_b10_gb",
+            "kv_8b_mha_128k_b50_gb",
+            "kv_8b_mha_32k_b10_gb",
+            "kv_8b_mha_32k_b1_gb",
+            "kv_8b_mha_32k_b50_gb",
+            "kv_8b_mha_8k_b10_gb",
+            "kv_8b_mha_8k_b1_gb",
+            "kv_8b_mha_8k_b50_gb",
+            "kv_8b_mqa_128k_b10_gb",
+            "kv_8b_mqa_128k_b1_gb",
+            "kv_8b_mqa_128k_b50_gb",
+            "kv_8b_mqa_32k_b10_gb",
+            "kv_8b_mqa_32k_b1_gb",
+            "kv_8b_mqa_32k_b50_gb",
+            "kv_8b_mqa_8k_b10_gb",
+            "kv_8b_mqa_8k_b1_gb",
+            "kv_8b_mqa_8k_b50_gb",
+            "measured_vs_formula_max_abs_diff_bytes",
+        )
+    ),
 )
 KV_MODELS = ("llama-3.1-8b", "llama-3.1-70b", "gpt2-124m", "mixtral-8x7b")
 KV_CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -414,33 +701,52 @@ PROJECT_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
         "heldout": ("I need the value of {expr}, exactly.", "Work out {expr}, please."),
     },
     "kv_cache_gb": {
-        "train": ("How many GB of KV cache does {model} need for {batch} sequences of {context} tokens?",
-                  "KV cache size in GB for {model} at {context} tokens context and batch {batch}?"),
-        "heldout": ("If I serve {model} to {batch} users at once, each with {context} tokens of context, how much "
-                    "KV cache memory (GB) is that?",),
+        "train": (
+            "How many GB of KV cache does {model} need for {batch} sequences of {context} tokens?",
+            "KV cache size in GB for {model} at {context} tokens context and batch {batch}?",
+        ),
+        "heldout": (
+            "If I serve {model} to {batch} users at once, each with {context} tokens of context, how much "
+            "KV cache memory (GB) is that?",
+        ),
     },
     "read_result_metric": {
-        "train": ("What value does {exercise} report for the metric {metric}?",
-                  "Read the metric {metric} from the committed result of {exercise}."),
+        "train": (
+            "What value does {exercise} report for the metric {metric}?",
+            "Read the metric {metric} from the committed result of {exercise}.",
+        ),
         "heldout": ("According to this repo's {exercise} result, what is {metric}?",),
     },
     "kv_then_calculator": {
-        "train": ("How many GB of KV cache do {n} copies of {model} at {context} tokens (batch 1 each) need in total?",),
-        "heldout": ("Each of my {n} agents runs {model} with {context} tokens of context; what is the total KV "
-                    "cache in GB?",),
+        "train": (
+            "How many GB of KV cache do {n} copies of {model} at {context} tokens (batch 1 each) need in total?",
+        ),
+        "heldout": (
+            "Each of my {n} agents runs {model} with {context} tokens of context; what is the total KV cache in GB?",
+        ),
     },
     "metric_then_calculator": {
         "train": ("What is {metric} of {exercise} multiplied by {k}?",),
         "heldout": ("Take {exercise}'s {metric} and scale it by {k}: what do you get?",),
     },
     "search_notes": {  # the held-out tool
-        "heldout": ("Search the notes for what this repo says about {topic}.",
-                    "Look up {topic} in the project notes."),
+        "heldout": ("Search the notes for what this repo says about {topic}.", "Look up {topic} in the project notes."),
     },
 }
-SEARCH_TOPICS = ("the KV cache of Llama 3.1 8B", "QLoRA memory use", "DPO held-out accuracy", "HyDE retrieval",
-                 "judge calibration", "reward model accuracy", "pgvector storage", "mixture-of-experts routing",
-                 "rank sweep of LoRA", "the contamination check", "prompt injection defence", "agent tracing")
+SEARCH_TOPICS = (
+    "the KV cache of Llama 3.1 8B",
+    "QLoRA memory use",
+    "DPO held-out accuracy",
+    "HyDE retrieval",
+    "judge calibration",
+    "reward model accuracy",
+    "pgvector storage",
+    "mixture-of-experts routing",
+    "rank sweep of LoRA",
+    "the contamination check",
+    "prompt injection defence",
+    "agent tracing",
+)
 
 
 # --- examples ---------------------------------------------------------------------------------------
@@ -494,7 +800,6 @@ def _format(template: str, args: dict[str, Any]) -> str:
 
 
 def _slots(template: str) -> set[str]:
-    import string
 
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
@@ -524,8 +829,15 @@ def _offer(fn: Function, pool: list[Function], rng: random.Random, include: bool
     return [f.schema() for f in chosen]
 
 
-def function_examples(split: str, functions: list[Function], families: tuple[str, ...], rng: random.Random,
-                      per_function: int, pool: list[Function], modes: tuple[str, ...] = MODES) -> list[Example]:
+def function_examples(
+    split: str,
+    functions: list[Function],
+    families: tuple[str, ...],
+    rng: random.Random,
+    per_function: int,
+    pool: list[Function],
+    modes: tuple[str, ...] = MODES,
+) -> list[Example]:
     """Call, irrelevance and final-turn examples for synthetic functions (sources a, c, d)."""
     out: list[Example] = []
     for fn in functions:
@@ -540,44 +852,98 @@ def function_examples(split: str, functions: list[Function], families: tuple[str
             tools = _offer(fn, pool, rng, include=True)
             offered = _agent_tools(tools) if mode == "agent" else tools
             user = [{"role": "user", "content": request}]
-            out.append(Example(f"{base}-call", split, "call", mode, _system(mode, rng), offered, user,
-                               {"call": {"name": fn.name, "arguments": args}}, family, fn.name, terminal=False))
+            out.append(
+                Example(
+                    f"{base}-call",
+                    split,
+                    "call",
+                    mode,
+                    _system(mode, rng),
+                    offered,
+                    user,
+                    {"call": {"name": fn.name, "arguments": args}},
+                    family,
+                    fn.name,
+                    terminal=False,
+                )
+            )
             # the final turn: the call ran and returned; the answer states what it returned
             result = fn.result(args, rng)
             call = ToolCall(_call_id(rng), fn.name, args)
-            history = user + [{"role": "assistant", "content": "", "tool_calls": [call]},
-                              {"role": "tool", "tool_call_id": call.id, "name": fn.name, "content": json.dumps(result)}]
+            history = user + [
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call.id, "name": fn.name, "content": json.dumps(result)},
+            ]
             answer = _format(fn.answer, {**full, **args, **result})
-            out.append(Example(f"{base}-final", split, "final", mode, _system(mode, rng), offered, history,
-                               _final(mode, answer), family, fn.name,
-                               contains=[str(v) for v in result.values() if str(v) != "…"][:2]))
+            out.append(
+                Example(
+                    f"{base}-final",
+                    split,
+                    "final",
+                    mode,
+                    _system(mode, rng),
+                    offered,
+                    history,
+                    _final(mode, answer),
+                    family,
+                    fn.name,
+                    contains=[str(v) for v in result.values() if str(v) != "…"][:2],
+                )
+            )
             # irrelevance: the same kind of request with its tool withheld
             if i % 2 == 0:
                 tools = _offer(fn, pool, rng, include=False)
                 offered = _agent_tools(tools) if mode == "agent" else tools
                 decline = f"I can't {fn.purpose} with the tools I have here."
-                out.append(Example(f"{base}-irrelevant", split, "irrelevant", mode, _system(mode, rng), offered, user,
-                                   _final(mode, decline), family, fn.name))
+                out.append(
+                    Example(
+                        f"{base}-irrelevant",
+                        split,
+                        "irrelevant",
+                        mode,
+                        _system(mode, rng),
+                        offered,
+                        user,
+                        _final(mode, decline),
+                        family,
+                        fn.name,
+                    )
+                )
     return out
 
 
-def chat_examples(split: str, chats: list[tuple[str, str | None]], rng: random.Random,
-                  pool: list[Function], modes: tuple[str, ...] = MODES) -> list[Example]:
+def chat_examples(
+    split: str,
+    chats: list[tuple[str, str | None]],
+    rng: random.Random,
+    pool: list[Function],
+    modes: tuple[str, ...] = MODES,
+) -> list[Example]:
     """Plain chat requests offered unrelated tools (source c): the answer is text."""
     out = []
     for i, (request, reply) in enumerate(chats):
         mode = modes[i % len(modes)]
         tools = [f.schema() for f in rng.sample(pool, rng.randint(1, 3))]
         offered = _agent_tools(tools) if mode == "agent" else tools
-        out.append(Example(f"{split}-chat-{i}", split, "chat", mode, _system(mode, rng), offered,
-                           [{"role": "user", "content": request}], _final(mode, reply or ""), "chat"))
+        out.append(
+            Example(
+                f"{split}-chat-{i}",
+                split,
+                "chat",
+                mode,
+                _system(mode, rng),
+                offered,
+                [{"role": "user", "content": request}],
+                _final(mode, reply or ""),
+                "chat",
+            )
+        )
     return out
 
 
 # --- (b) trajectories over the real tools ----------------------------------------------------------
 def research_task_metrics() -> set[tuple[str, str]]:
     """(exercise, metric) pairs the shipped research tasks ask about: never in the training data."""
-    from phase13_react.tasks import load_tasks
 
     pairs = set()
     for task in load_tasks():
@@ -589,7 +955,9 @@ def research_task_metrics() -> set[tuple[str, str]]:
     return pairs
 
 
-def _plan(kind: str, rng: random.Random, metrics: list[tuple[str, str]]) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
+def _plan(
+    kind: str, rng: random.Random, metrics: list[tuple[str, str]]
+) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
     """(template slots, the tool calls that solve it) for one project-tool task of ``kind``."""
     if kind == "calculator":
         a, b = rng.randint(12, 999), rng.randint(3, 99)
@@ -597,20 +965,31 @@ def _plan(kind: str, rng: random.Random, metrics: list[tuple[str, str]]) -> tupl
         expr = f"{a} {op} {b}"
         return {"expr": expr}, [("calculator", {"expression": expr})]
     if kind == "kv_cache_gb":
-        args = {"context": rng.choice(KV_CONTEXTS), "batch": rng.choice((1, 2, 4, 8, 16)), "model": rng.choice(KV_MODELS)}
+        args = {
+            "context": rng.choice(KV_CONTEXTS),
+            "batch": rng.choice((1, 2, 4, 8, 16)),
+            "model": rng.choice(KV_MODELS),
+        }
         return dict(args), [("kv_cache_gb", args)]
     if kind == "read_result_metric":
         exercise, metric = rng.choice(metrics)
-        return {"exercise": exercise, "metric": metric}, [("read_result_metric", {"exercise": exercise, "metric": metric})]
+        return {"exercise": exercise, "metric": metric}, [
+            ("read_result_metric", {"exercise": exercise, "metric": metric})
+        ]
     if kind == "kv_then_calculator":
         args = {"context": rng.choice(KV_CONTEXTS), "batch": 1, "model": rng.choice(KV_MODELS)}
         n = rng.choice((2, 3, 4, 6, 10))
-        return {**args, "n": n}, [("kv_cache_gb", args), ("calculator", {"expression": "{0} * %d" % n})]
+        return {**args, "n": n}, [("kv_cache_gb", args), ("calculator", {"expression": f"{{0}} * {n}"})]
     if kind == "metric_then_calculator":
         exercise, metric = rng.choice(metrics)
         k = rng.choice((2, 3, 4, 10, 0.5))
-        return ({"exercise": exercise, "metric": metric, "k": k},
-                [("read_result_metric", {"exercise": exercise, "metric": metric}), ("calculator", {"expression": "{0} * %s" % k})])
+        return (
+            {"exercise": exercise, "metric": metric, "k": k},
+            [
+                ("read_result_metric", {"exercise": exercise, "metric": metric}),
+                ("calculator", {"expression": f"{{0}} * {k}"}),
+            ],
+        )
     if kind == "search_notes":
         return {"topic": rng.choice(SEARCH_TOPICS)}, [("search_notes", {"query": None})]
     raise ValueError(f"unknown project task kind {kind!r}")
@@ -618,7 +997,6 @@ def _plan(kind: str, rng: random.Random, metrics: list[tuple[str, str]]) -> tupl
 
 def _observe(tools: dict[str, Any], name: str, arguments: dict[str, Any]) -> tuple[str, Any]:
     """Run the real tool: (observation text, raw value)."""
-    from phase13_react.tools import Toolbox
 
     obs = Toolbox([tools[name]], retries=0).execute(ToolCall("x", name, arguments))
     if obs.outcome != "ok":
@@ -635,10 +1013,10 @@ def _value_text(value: Any) -> str:
     return str(round(value, 4) if isinstance(value, float) else value)
 
 
-def project_trajectory(split: str, kind: str, template: str, index: int, rng: random.Random,
-                       metrics: list[tuple[str, str]], mode: str) -> tuple[list[Example], MultiStepTask]:
+def project_trajectory(
+    split: str, kind: str, template: str, index: int, rng: random.Random, metrics: list[tuple[str, str]], mode: str
+) -> tuple[list[Example], MultiStepTask]:
     """A task over the real tools: one example per decision (each call, then the answer)."""
-    from phase13_react.research_tools import RESEARCH_TOOLS
 
     tools = {t.name: t for t in RESEARCH_TOOLS}
     slots, plan = _plan(kind, rng, metrics)
@@ -655,13 +1033,27 @@ def project_trajectory(split: str, kind: str, template: str, index: int, rng: ra
             arguments = {"expression": arguments["expression"].format(_value_text(previous))}
         if name == "search_notes":
             arguments = {"query": slots["topic"]}
-        examples.append(Example(f"{split}-{kind}-{index}-s{step}", split, "trajectory", mode, system, offered,
-                                list(history), {"call": {"name": name, "arguments": arguments}}, kind, name,
-                                terminal=False))
+        examples.append(
+            Example(
+                f"{split}-{kind}-{index}-s{step}",
+                split,
+                "trajectory",
+                mode,
+                system,
+                offered,
+                list(history),
+                {"call": {"name": name, "arguments": arguments}},
+                kind,
+                name,
+                terminal=False,
+            )
+        )
         content, value = _observe(tools, name, arguments)
         call = ToolCall(_call_id(rng), name, arguments)
-        history += [{"role": "assistant", "content": "", "tool_calls": [call]},
-                    {"role": "tool", "tool_call_id": call.id, "name": name, "content": content}]
+        history += [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call.id, "name": name, "content": content},
+        ]
         previous = last_value = value
     if kind == "search_notes":
         top = last_value[0] if last_value else {}
@@ -671,8 +1063,21 @@ def project_trajectory(split: str, kind: str, template: str, index: int, rng: ra
         stated = _value_text(last_value)
         answer = f"The answer is {stated}."
         contains = [stated]
-    examples.append(Example(f"{split}-{kind}-{index}-answer", split, "trajectory", mode, system, offered,
-                            list(history), _final(mode, answer), kind, "answer", contains=contains))
+    examples.append(
+        Example(
+            f"{split}-{kind}-{index}-answer",
+            split,
+            "trajectory",
+            mode,
+            system,
+            offered,
+            list(history),
+            _final(mode, answer),
+            kind,
+            "answer",
+            contains=contains,
+        )
+    )
     task = MultiStepTask(f"{split}-{kind}-{index}", split, question, offered_names, contains, template)
     return examples, task
 
@@ -689,13 +1094,21 @@ class ToolUseData:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def counts(self) -> dict[str, int]:
-        return {"train": len(self.train), **{k: len(v) for k, v in self.heldout.items()},
-                "heldout_multistep": len(self.multistep)}
+        return {
+            "train": len(self.train),
+            **{k: len(v) for k, v in self.heldout.items()},
+            "heldout_multistep": len(self.multistep),
+        }
 
 
 @functools.lru_cache(maxsize=4)
-def generate(seed: int = 0, per_function: int = 8, per_project_kind: int = 10, heldout_per_function: int = 4,
-             multistep_per_kind: int = 8) -> ToolUseData:
+def generate(
+    seed: int = 0,
+    per_function: int = 8,
+    per_project_kind: int = 10,
+    heldout_per_function: int = 4,
+    multistep_per_kind: int = 8,
+) -> ToolUseData:
     """The training set and the held-out splits, deterministically from ``seed``. Made once per process and
     arguments (it runs the real tools; the recipe check and the evaluation both ask for it): treat it as
     read-only."""
@@ -716,19 +1129,35 @@ def generate(seed: int = 0, per_function: int = 8, per_project_kind: int = 10, h
     # held-out decisions are asked as a chat client asks them: tool_choice="auto"
     held = random.Random(seed + 1)
     heldout = {
-        "heldout_template": [e for e in function_examples("heldout_template", seen, ("indirect",), held,
-                                                          heldout_per_function, seen, ("auto",)) if e.kind != "final"],
-        "heldout_function": [e for e in function_examples("heldout_function", unseen, TRAIN_FAMILIES, held,
-                                                          2 * heldout_per_function, seen + unseen, ("auto",))
-                             if e.kind != "final"],
+        "heldout_template": [
+            e
+            for e in function_examples(
+                "heldout_template", seen, ("indirect",), held, heldout_per_function, seen, ("auto",)
+            )
+            if e.kind != "final"
+        ],
+        "heldout_function": [
+            e
+            for e in function_examples(
+                "heldout_function", unseen, TRAIN_FAMILIES, held, 2 * heldout_per_function, seen + unseen, ("auto",)
+            )
+            if e.kind != "final"
+        ],
         "heldout_chat": chat_examples("heldout_chat", [(c, "") for c in CHAT_HELDOUT], held, seen + unseen, ("auto",)),
     }
     multistep: list[MultiStepTask] = []
     tool_examples: list[Example] = []
     for kind, templates in PROJECT_TEMPLATES.items():
         for i in range(multistep_per_kind):
-            examples, task = project_trajectory("heldout_multistep" if kind != "search_notes" else "heldout_tool",
-                                                kind, held.choice(templates["heldout"]), i, held, metrics, "agent")
+            examples, task = project_trajectory(
+                "heldout_multistep" if kind != "search_notes" else "heldout_tool",
+                kind,
+                held.choice(templates["heldout"]),
+                i,
+                held,
+                metrics,
+                "agent",
+            )
             if kind == "search_notes":
                 tool_examples.append(examples[0])
             else:
@@ -742,8 +1171,6 @@ def training_rows(examples: list[Example]) -> list[dict[str, Any]]:
     ending with the gold action (a ``<tool_call>`` block, or text). One row per conversation, taken at its
     terminal decision: every earlier assistant turn in it is a gold call too, so each row teaches all of
     its decisions while its prompt is computed once."""
-    from lab.llm.constrained import tools_prompt
-    from lab.llm.local import chat_turns
 
     rows = []
     for e in (e for e in examples if e.terminal):

@@ -31,10 +31,12 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from lab.llm.base import ToolCall
 
@@ -67,15 +69,20 @@ class Tool:
 
     def schema(self) -> dict[str, Any]:
         """The tool as ``lab.llm`` takes it (each provider converts it to its own wire format)."""
-        return {"name": self.name, "description": self.description, "input_schema": _clean(self.params.model_json_schema())}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "input_schema": _clean(self.params.model_json_schema()),
+        }
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """The arguments checked against the schema; a ValueError names every bad field."""
         try:
             return self.params.model_validate(arguments).model_dump()
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}"
-                                 for e in err.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}" for e in err.errors()
+            )
             raise ValueError(f"invalid arguments for {self.name}: {problems}") from None
 
 
@@ -88,8 +95,14 @@ def _clean(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
-         timeout_s: float = 20.0, privileged: bool = False):
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float = 20.0,
+    privileged: bool = False,
+):
     """Make a ``Tool`` from a type-annotated function (usable as ``@tool`` or ``@tool(timeout_s=...)``).
 
     The description is the docstring's first paragraph; defaults become optional fields.
@@ -163,8 +176,9 @@ def render(value: Any) -> str:
 
 
 def _is_empty(value: Any) -> bool:
-    return value is None or (isinstance(value, (str, list, dict, tuple)) and not (
-        value.strip() if isinstance(value, str) else value))
+    return value is None or (
+        isinstance(value, (str, list, dict, tuple)) and not (value.strip() if isinstance(value, str) else value)
+    )
 
 
 class Toolbox:
@@ -208,16 +222,22 @@ class Toolbox:
         try:
             value = self._attempts(t, kwargs, obs)
         except ToolTimeout as exc:
-            return "tool_timeout", f"Error: {t.name} timed out ({exc}, {obs.attempts} attempts). Try another approach.", None
+            return (
+                "tool_timeout",
+                f"Error: {t.name} timed out ({exc}, {obs.attempts} attempts). Try another approach.",
+                None,
+            )
         except Exception as exc:  # the tool's own failure: the model sees it, the run goes on
             return "tool_error", f"Error: {t.name} failed: {type(exc).__name__}: {exc}", None
         if _is_empty(value):
-            return ("empty_observation", f"{t.name} returned nothing for these arguments. Try different arguments "
-                    "or another tool.", value)
+            return (
+                "empty_observation",
+                f"{t.name} returned nothing for these arguments. Try different arguments or another tool.",
+                value,
+            )
         return "ok", render(value), value
 
     def _attempts(self, t: Tool, kwargs: dict[str, Any], obs: Observation) -> Any:
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
         retrying = Retrying(
             stop=stop_after_attempt(1 + self.retries),

@@ -30,7 +30,19 @@ from pathlib import Path
 from statistics import mean
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM, AGENT_SPEC, BASE_SPEC
+from lab.errors import ConfigError
+from lab.hashing import sha256_file
+from lab.serve.background import serving
+from lab.stats import mean_interval, rate_note, record_rate
+from phase13_react.loop import run_agent
+from phase13_react.research_tools import RESEARCH_TOOLS
+from phase13_react.served import A100_LLM, AGENT_SPEC, BASE_SPEC, agent_llm
+from phase13_react.tasks import TASKS_FILE, check, load_tasks
+from phase13_react.tools import Toolbox
+from phase14_frameworks import langgraph_research as lr
+from phase14_frameworks.comparison_tasks import TASKS_FILE as MORE
+from phase14_frameworks.crew import as_crewai_tools, crew_llm, isolated_home, research_crew
+from phase14_frameworks.metered import RecordingLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-lab-p14-compare"
@@ -38,18 +50,41 @@ MODELS = {"agent": AGENT_SPEC, "base": BASE_SPEC}  # label -> lab.llm spec
 SLUGS = {"raw Phase 13": "raw", "LangGraph": "langgraph", "CrewAI": "crewai"}
 STEP_CAPPED = ("raw Phase 13", "LangGraph")  # one model call per step, capped at max_steps (CrewAI: its own max_iter)
 ADAPTERS = {  # framework -> {file: top-level definitions that turn (endpoint, toolbox, question) into an answer}
-    "raw Phase 13": {"phase13_react/loop.py": ["FINAL_ANSWER", "FINAL_ANSWER_TOOL", "final_answer_tool", "NATIVE_SYSTEM",
-                                               "action_key", "messages_from", "run_agent", "_finish", "_ask", "_decide"]},
-    "LangGraph": {"phase14_frameworks/langgraph_research.py": [
-        "ResearchState", "chat_model", "as_langchain_tools", "FINAL_ANSWER_TOOL_OPENAI", "build_graph", "initial_state",
-        "thread", "run_thread"]},
+    "raw Phase 13": {
+        "phase13_react/loop.py": [
+            "FINAL_ANSWER",
+            "FINAL_ANSWER_TOOL",
+            "final_answer_tool",
+            "NATIVE_SYSTEM",
+            "action_key",
+            "messages_from",
+            "run_agent",
+            "_finish",
+            "_ask",
+            "_decide",
+        ]
+    },
+    "LangGraph": {
+        "phase14_frameworks/langgraph_research.py": [
+            "ResearchState",
+            "chat_model",
+            "as_langchain_tools",
+            "FINAL_ANSWER_TOOL_OPENAI",
+            "build_graph",
+            "initial_state",
+            "thread",
+            "run_thread",
+        ]
+    },
     "CrewAI": {"phase14_frameworks/crew.py": ["FINAL_MARKER", "crew_llm", "as_crewai_tools", "research_crew"]},
 }
-OPENCLAW_ABSENT = ("OpenClaw: no column. Its agent acts only through its own tools (read, exec, skills), so the Phase "
-                   "13 research tools would reach it only through a skill that shells out to them — a different "
-                   "adapter doing a different job; and its headless turn carries OpenClaw's own system prompt and tool "
-                   "schemas before the task, which alone do not fit the 8,192-token window of the models compared "
-                   "here (phase14.openclaw_skill measures its turn on its own).")
+OPENCLAW_ABSENT = (
+    "OpenClaw: no column. Its agent acts only through its own tools (read, exec, skills), so the Phase "
+    "13 research tools would reach it only through a skill that shells out to them — a different "
+    "adapter doing a different job; and its headless turn carries OpenClaw's own system prompt and tool "
+    "schemas before the task, which alone do not fit the 8,192-token window of the models compared "
+    "here (phase14.openclaw_skill measures its turn on its own)."
+)
 CAPABILITIES = {  # what each offers, as read from the code in this repo
     "raw Phase 13": {
         "crash recovery": "steps you persist yourself (phase13 AgentStateStore, one row per step) replay on resume",
@@ -92,8 +127,14 @@ def code_line_numbers(source: str) -> set[int]:
     lines: set[int] = set()
     previous = tokenize.NEWLINE
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                        tokenize.ENDMARKER):
+        if tok.type in (
+            tokenize.COMMENT,
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+            tokenize.ENDMARKER,
+        ):
             if tok.type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
                 previous = tok.type
             continue
@@ -111,8 +152,11 @@ def adapter_lines(path: Path, names: list[str]) -> int:
     code = code_line_numbers(source)
     spans: dict[str, range] = {}
     for node in ast.parse(source).body:
-        targets = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
-            [t.id for t in getattr(node, "targets", [getattr(node, "target", None)]) if isinstance(t, ast.Name)]
+        targets = (
+            [node.name]
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            else [t.id for t in getattr(node, "targets", [getattr(node, "target", None)]) if isinstance(t, ast.Name)]
+        )
         first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
         for name in targets:
             spans[name] = range(first, node.end_lineno + 1)
@@ -123,8 +167,6 @@ def adapter_lines(path: Path, names: list[str]) -> int:
 
 
 def default_tasks():
-    from phase13_react.tasks import TASKS_FILE, load_tasks
-    from phase14_frameworks.comparison_tasks import TASKS_FILE as MORE
 
     return load_tasks(TASKS_FILE) + load_tasks(MORE), [TASKS_FILE, MORE]
 
@@ -138,22 +180,19 @@ def _models(cfg: Config) -> dict[str, str]:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.errors import ConfigError
-    from lab.hashing import sha256_file
-    from phase13_react.research_tools import RESEARCH_TOOLS
-    from phase13_react.served import agent_llm
-    from phase13_react.tasks import load_tasks
-    from phase13_react.tools import Toolbox
 
     unknown = sorted(set(cfg.frameworks) - set(SLUGS)) + sorted(set(cfg.models) - set(cfg.specs))
     if unknown:
-        raise ConfigError(f"frameworks/models: {unknown} not runnable here; frameworks are {list(SLUGS)}, models "
-                          f"{list(MODELS)} (OpenClaw: see OPENCLAW_ABSENT)")
+        raise ConfigError(
+            f"frameworks/models: {unknown} not runnable here; frameworks are {list(SLUGS)}, models "
+            f"{list(MODELS)} (OpenClaw: see OPENCLAW_ABSENT)"
+        )
     tasks, files = (load_tasks(cfg.tasks), [Path(cfg.tasks)]) if cfg.tasks else default_tasks()
-    chosen = tasks[:cfg.n_tasks] if cfg.n_tasks else tasks
+    chosen = tasks[: cfg.n_tasks] if cfg.n_tasks else tasks
     for f in files:
-        ctx.dataset(str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f), n=len(load_tasks(f)),
-                    sha256=sha256_file(f))
+        ctx.dataset(
+            str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f), n=len(load_tasks(f)), sha256=sha256_file(f)
+        )
     toolbox = Toolbox([t for t in RESEARCH_TOOLS if not cfg.tools or t.name in cfg.tools])
     measured: dict[tuple[str, str], list[dict]] = {}
     for label, spec in _models(cfg).items():
@@ -164,12 +203,6 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 def run_model(cfg: Config, ctx: RunContext, label: str, llm, tasks: list, toolbox) -> dict:
     """Every task through every framework against one model behind one meter."""
-    from lab.serve.background import serving
-    from phase13_react.loop import run_agent
-    from phase13_react.tasks import check
-    from phase14_frameworks import langgraph_research as lr
-    from phase14_frameworks.crew import as_crewai_tools, crew_llm, isolated_home, research_crew
-    from phase14_frameworks.metered import RecordingLLM
 
     metered = RecordingLLM(llm)
     measured: dict[tuple[str, str], list[dict]] = {(f, label): [] for f in cfg.frameworks}
@@ -181,20 +214,39 @@ def run_model(cfg: Config, ctx: RunContext, label: str, llm, tasks: list, toolbo
         except Exception as exc:  # a framework that fails on a task is a measured outcome
             answer, error = None, f"{type(exc).__name__}: {str(exc)[:200]}"
         calls = metered.since(mark)
-        measured[framework, label].append({
-            "task": task.id, "ok": check(task, answer), "answered": bool(answer and str(answer).strip()),
-            "wall": time.perf_counter() - started, "error": error, **metered.totals(mark),
-            "prompt_chars": mean(c.prompt_chars for c in calls) if calls else 0})
+        measured[framework, label].append(
+            {
+                "task": task.id,
+                "ok": check(task, answer),
+                "answered": bool(answer and str(answer).strip()),
+                "wall": time.perf_counter() - started,
+                "error": error,
+                **metered.totals(mark),
+                "prompt_chars": mean(c.prompt_chars for c in calls) if calls else 0,
+            }
+        )
 
     with serving(metered, api_key=API_KEY) as url:
         saver = lr.open_saver(lr.database_url()) if "LangGraph" in cfg.frameworks else None
-        runners = {"raw Phase 13": lambda t: run_agent(metered, t.question, toolbox, tool_choice="required",
-                                                       max_steps=cfg.max_steps, max_tokens=cfg.max_tokens).answer}
+        runners = {
+            "raw Phase 13": lambda t: (
+                run_agent(
+                    metered,
+                    t.question,
+                    toolbox,
+                    tool_choice="required",
+                    max_steps=cfg.max_steps,
+                    max_tokens=cfg.max_tokens,
+                ).answer
+            )
+        }
         if saver is not None:
-            graph = lr.build_graph(lr.chat_model(f"{url}/v1", API_KEY, metered.model, cfg.max_tokens), toolbox,
-                                   checkpointer=saver)
-            runners["LangGraph"] = lambda t: lr.run_thread(graph, f"p14-cmp-{t.id}-{uuid.uuid4().hex[:6]}",
-                                                           lr.initial_state(t.question, cfg.max_steps)).get("answer")
+            graph = lr.build_graph(
+                lr.chat_model(f"{url}/v1", API_KEY, metered.model, cfg.max_tokens), toolbox, checkpointer=saver
+            )
+            runners["LangGraph"] = lambda t: lr.run_thread(
+                graph, f"p14-cmp-{t.id}-{uuid.uuid4().hex[:6]}", lr.initial_state(t.question, cfg.max_steps)
+            ).get("answer")
         with isolated_home():
             llm = crew_llm(f"{url}/v1", API_KEY, metered.model, cfg.max_tokens)
             runners["CrewAI"] = lambda t: research_crew(llm, t.question, as_crewai_tools(toolbox)).kickoff().raw
@@ -207,7 +259,6 @@ def run_model(cfg: Config, ctx: RunContext, label: str, llm, tasks: list, toolbo
 
 
 def report(ctx: RunContext, cfg: Config, measured: dict, n_tasks: int) -> None:
-    from lab.stats import mean_interval, rate_note, record_rate
 
     loc = {f: sum(adapter_lines(ROOT / path, names) for path, names in files.items()) for f, files in ADAPTERS.items()}
     stats: dict[tuple[str, str], dict] = {}
@@ -215,11 +266,22 @@ def report(ctx: RunContext, cfg: Config, measured: dict, n_tasks: int) -> None:
     for (framework, label), runs in measured.items():
         slug = SLUGS[framework]
         n = len(runs)
-        s = {"success": record_rate(ctx, f"success_{slug}_{label}", sum(r["ok"] for r in runs), n,
-                                    f"{label} through {framework}: tasks answered correctly"),
-             "answered": record_rate(ctx, f"answered_{slug}_{label}", sum(r["answered"] for r in runs), n,
-                                     f"{label} through {framework}: tasks that ended with an answer (not the step cap "
-                                     "or an error)")}
+        s = {
+            "success": record_rate(
+                ctx,
+                f"success_{slug}_{label}",
+                sum(r["ok"] for r in runs),
+                n,
+                f"{label} through {framework}: tasks answered correctly",
+            ),
+            "answered": record_rate(
+                ctx,
+                f"answered_{slug}_{label}",
+                sum(r["answered"] for r in runs),
+                n,
+                f"{label} through {framework}: tasks that ended with an answer (not the step cap or an error)",
+            ),
+        }
         for key, unit in (("calls", "calls/task"), ("tokens", "tokens/task"), ("wall", "s/task")):
             values = [r["input_tokens"] + r["output_tokens"] if key == "tokens" else r[key] for r in runs]
             ctx.metric(f"{key}_{slug}_{label}", mean(values), unit, False, f"{label} through {framework}: mean of {n}")
@@ -227,32 +289,72 @@ def report(ctx: RunContext, cfg: Config, measured: dict, n_tasks: int) -> None:
             s[key] = (mean(values), max(0.0, low), high)  # counts and seconds are never negative
         ctx.metric(f"prompt_chars_{slug}_{label}", mean(r["prompt_chars"] for r in runs), "chars/call", None)
         if framework in STEP_CAPPED:
-            ctx.metric(f"calls_at_step_cap_{slug}_{label}", sum(r["calls"] >= cfg.max_steps for r in runs), "tasks",
-                       None, f"tasks whose model calls reached max_steps ({cfg.max_steps}) of {n}")
+            ctx.metric(
+                f"calls_at_step_cap_{slug}_{label}",
+                sum(r["calls"] >= cfg.max_steps for r in runs),
+                "tasks",
+                None,
+                f"tasks whose model calls reached max_steps ({cfg.max_steps}) of {n}",
+            )
         stats[framework, label] = s
         errors = [r for r in runs if r["error"]]
         if errors:
             ctx.failure_mode(f"{framework} ({label}): {len(errors)} of {n} tasks raised, e.g. {errors[0]['error']}")
-        rows.append([framework, label, n, loc[framework], rate_note(sum(r["ok"] for r in runs), n),
-                     rate_note(sum(r["answered"] for r in runs), n)] +
-                    [f"{s[k][0]:.1f} [{s[k][1]:.1f}, {s[k][2]:.1f}]" for k in ("calls", "tokens", "wall")] +
-                    [round(mean(r["prompt_chars"] for r in runs)), *CAPABILITIES[framework].values()])
+        rows.append(
+            [
+                framework,
+                label,
+                n,
+                loc[framework],
+                rate_note(sum(r["ok"] for r in runs), n),
+                rate_note(sum(r["answered"] for r in runs), n),
+            ]
+            + [f"{s[k][0]:.1f} [{s[k][1]:.1f}, {s[k][2]:.1f}]" for k in ("calls", "tokens", "wall")]
+            + [round(mean(r["prompt_chars"] for r in runs)), *CAPABILITIES[framework].values()]
+        )
     for framework in {f for f, _ in measured}:
         ctx.metric(f"n_tasks_{SLUGS[framework]}", n_tasks, "tasks", None, f"tasks each model ran through {framework}")
     for framework, lines in loc.items():
-        ctx.metric(f"loc_{SLUGS[framework]}", lines, "lines", False,
-                   "code lines of the adapter definitions in ADAPTERS (comments, docstrings, blank lines excluded)")
-    ctx.table("comparison", rows, ["framework", "model", "tasks", "adapter lines", "correct (k of n, 95% CI)",
-                                   "answered (k of n, 95% CI)", "LLM calls/task [95% CI]", "tokens/task [95% CI]",
-                                   "wall s/task [95% CI]", "prompt chars/call", *next(iter(CAPABILITIES.values()))],
-              title="One task set through each framework, per model (numbers counted at the same model server)")
-    ctx.table("adapter_code", [[f, path, ", ".join(names), adapter_lines(ROOT / path, names)]
-                               for f, files in ADAPTERS.items() for path, names in files.items()],
-              ["framework", "file", "definitions counted", "code lines"],
-              title="Lines of code: the definitions that turn (endpoint, toolbox, question) into an answer")
-    ctx.finding("Lines of code count only the adapter definitions that do the same job in each framework (table "
-                "adapter_code): measurement, crash-test, approval-demo and test-isolation code is left out, and so is "
-                "the shared Phase 13 toolbox. " + ", ".join(f"{f} {n}" for f, n in loc.items()) + " lines.")
+        ctx.metric(
+            f"loc_{SLUGS[framework]}",
+            lines,
+            "lines",
+            False,
+            "code lines of the adapter definitions in ADAPTERS (comments, docstrings, blank lines excluded)",
+        )
+    ctx.table(
+        "comparison",
+        rows,
+        [
+            "framework",
+            "model",
+            "tasks",
+            "adapter lines",
+            "correct (k of n, 95% CI)",
+            "answered (k of n, 95% CI)",
+            "LLM calls/task [95% CI]",
+            "tokens/task [95% CI]",
+            "wall s/task [95% CI]",
+            "prompt chars/call",
+            *next(iter(CAPABILITIES.values())),
+        ],
+        title="One task set through each framework, per model (numbers counted at the same model server)",
+    )
+    ctx.table(
+        "adapter_code",
+        [
+            [f, path, ", ".join(names), adapter_lines(ROOT / path, names)]
+            for f, files in ADAPTERS.items()
+            for path, names in files.items()
+        ],
+        ["framework", "file", "definitions counted", "code lines"],
+        title="Lines of code: the definitions that turn (endpoint, toolbox, question) into an answer",
+    )
+    ctx.finding(
+        "Lines of code count only the adapter definitions that do the same job in each framework (table "
+        "adapter_code): measurement, crash-test, approval-demo and test-isolation code is left out, and so is "
+        "the shared Phase 13 toolbox. " + ", ".join(f"{f} {n}" for f, n in loc.items()) + " lines."
+    )
     ctx.finding(OPENCLAW_ABSENT)
     when_to_choose(ctx, stats)
 
@@ -260,9 +362,13 @@ def report(ctx: RunContext, cfg: Config, measured: dict, n_tasks: int) -> None:
 def when_to_choose(ctx: RunContext, stats: dict) -> None:
     """A finding only where one framework's 95% interval lies wholly apart from another's, per model."""
     labels = sorted({label for _, label in stats})
-    words = {"success": ("answered more tasks correctly than", True), "answered": ("ended with an answer more often than",
-             True), "calls": ("made fewer LLM calls per task than", False),
-             "tokens": ("used fewer tokens per task than", False), "wall": ("took less wall time per task than", False)}
+    words = {
+        "success": ("answered more tasks correctly than", True),
+        "answered": ("ended with an answer more often than", True),
+        "calls": ("made fewer LLM calls per task than", False),
+        "tokens": ("used fewer tokens per task than", False),
+        "wall": ("took less wall time per task than", False),
+    }
     separated = 0
     for label in labels:
         fws = [f for f, m in stats if m == label]
@@ -276,14 +382,19 @@ def when_to_choose(ctx: RunContext, stats: dict) -> None:
                     lo_b, hi_b = sb[-2:]
                     if (higher and lo_a > hi_b) or (not higher and hi_a < lo_b):
                         separated += 1
-                        ctx.finding(f"{label}: {a} {phrase} {b} — 95% intervals [{lo_a:.2f}, {hi_a:.2f}] vs "
-                                    f"[{lo_b:.2f}, {hi_b:.2f}] do not overlap.")
+                        ctx.finding(
+                            f"{label}: {a} {phrase} {b} — 95% intervals [{lo_a:.2f}, {hi_a:.2f}] vs "
+                            f"[{lo_b:.2f}, {hi_b:.2f}] do not overlap."
+                        )
     for label in labels:
         rates = {f: stats[f, m]["success"] for f, m in stats if m == label}
         if all(r is not None for r in rates.values()) and all(
-                a[0] <= b[1] and b[0] <= a[1] for a in rates.values() for b in rates.values()):
-            ctx.finding(f"{label}: success does not separate the frameworks (every pair of 95% intervals overlaps): "
-                        "choose on the capability rows, not on this model's success.")
+            a[0] <= b[1] and b[0] <= a[1] for a in rates.values() for b in rates.values()
+        ):
+            ctx.finding(
+                f"{label}: success does not separate the frameworks (every pair of 95% intervals overlaps): "
+                "choose on the capability rows, not on this model's success."
+            )
     if not separated:
         ctx.finding("No measured quantity separates the frameworks on these tasks (all 95% intervals overlap).")
 
@@ -293,12 +404,21 @@ EXERCISE = Exercise(
     title="Raw Phase 13 vs LangGraph vs CrewAI on one task set, per model (OpenClaw: why it has no column)",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {"n_tasks": 0, "max_steps": 3, "max_tokens": 128},
-              "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512, "models": [], "llm": A100_LLM}},
+    profiles={
+        "cpu": {"n_tasks": 0, "max_steps": 3, "max_tokens": 128},
+        "a100": {"n_tasks": 0, "max_steps": 8, "max_tokens": 512, "models": [], "llm": A100_LLM},
+    },
     tiny={"n_tasks": 1, "max_steps": 2, "max_tokens": 32, "tools": ["calculator"], "models": ["agent"]},
     smoke={"n_tasks": 1, "max_steps": 2, "max_tokens": 32, "tools": ["calculator"]},
-    summary_metrics=("success_raw_agent", "success_langgraph_agent", "success_crewai_agent", "tokens_raw_agent",
-                     "tokens_langgraph_agent", "tokens_crewai_agent", "n_tasks_raw"),
+    summary_metrics=(
+        "success_raw_agent",
+        "success_langgraph_agent",
+        "success_crewai_agent",
+        "tokens_raw_agent",
+        "tokens_langgraph_agent",
+        "tokens_crewai_agent",
+        "n_tasks_raw",
+    ),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

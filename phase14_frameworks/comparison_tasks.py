@@ -17,36 +17,63 @@ from pathlib import Path
 from typing import Any
 
 from lab.jsonl import write_jsonl
+from phase13_react.tasks import derive
 
 TASKS_FILE = Path(__file__).resolve().parent / "data" / "comparison_tasks.jsonl"
 KV_GRID = [  # (model, context, batch)
-    ("llama-3.1-8b", 4096, 1), ("llama-3.1-8b", 8192, 2), ("llama-3.1-8b", 32768, 4), ("llama-3.1-8b", 131072, 1),
-    ("llama-3.1-70b", 8192, 1), ("llama-3.1-70b", 32768, 2), ("mixtral-8x7b", 16384, 1), ("mixtral-8x7b", 32768, 8),
-    ("gpt2-124m", 1024, 16), ("gpt2-124m", 1024, 64),
+    ("llama-3.1-8b", 4096, 1),
+    ("llama-3.1-8b", 8192, 2),
+    ("llama-3.1-8b", 32768, 4),
+    ("llama-3.1-8b", 131072, 1),
+    ("llama-3.1-70b", 8192, 1),
+    ("llama-3.1-70b", 32768, 2),
+    ("mixtral-8x7b", 16384, 1),
+    ("mixtral-8x7b", 32768, 8),
+    ("gpt2-124m", 1024, 16),
+    ("gpt2-124m", 1024, 64),
 ]
-EXPRESSIONS = ["17.5 * 48", "2 ** 20 / 512", "(131072 * 128) / 1e6", "sqrt(7 * 7 + 24 * 24)", "3600 * 24 * 7",
-               "80 - 16.06"]
+EXPRESSIONS = [
+    "17.5 * 48",
+    "2 ** 20 / 512",
+    "(131072 * 128) / 1e6",
+    "sqrt(7 * 7 + 24 * 24)",
+    "3600 * 24 * 7",
+    "80 - 16.06",
+]
 RELATIVE_TOLERANCE = 0.01
 
 
 def specs() -> list[dict[str, Any]]:
-    kv = [{"id": f"kv_{m.replace('.', '').replace('-', '_')}_{c}_b{b}", "derivation": {"kv_cache_gb": {
-        "context": c, "batch": b, "model": m}},
-        "question": f"How many GB (decimal) of KV cache does {m} need for {b} sequence(s) of {c} tokens in bf16?"}
-        for m, c, b in KV_GRID]
-    calc = [{"id": f"calc_{i}", "derivation": {"expression": e}, "question": f"What is {e}? Use the calculator."}
-            for i, e in enumerate(EXPRESSIONS, 1)]
+    kv = [
+        {
+            "id": f"kv_{m.replace('.', '').replace('-', '_')}_{c}_b{b}",
+            "derivation": {"kv_cache_gb": {"context": c, "batch": b, "model": m}},
+            "question": f"How many GB (decimal) of KV cache does {m} need for {b} sequence(s) of {c} tokens in bf16?",
+        }
+        for m, c, b in KV_GRID
+    ]
+    calc = [
+        {"id": f"calc_{i}", "derivation": {"expression": e}, "question": f"What is {e}? Use the calculator."}
+        for i, e in enumerate(EXPRESSIONS, 1)
+    ]
     return kv + calc
 
 
 def build_rows() -> list[dict[str, Any]]:
-    from phase13_react.tasks import derive
 
     rows = []
     for spec in specs():
         value = derive(spec["derivation"])
-        rows.append({"id": spec["id"], "question": spec["question"], "answer": value, "answer_type": "number",
-                     "tolerance": round(abs(value) * RELATIVE_TOLERANCE, 6), "derivation": spec["derivation"]})
+        rows.append(
+            {
+                "id": spec["id"],
+                "question": spec["question"],
+                "answer": value,
+                "answer_type": "number",
+                "tolerance": round(abs(value) * RELATIVE_TOLERANCE, 6),
+                "derivation": spec["derivation"],
+            }
+        )
     return rows
 
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from lab.llm.base import ToolCall
+from lab.toolchain import quiet_frameworks
 from phase13_react.tools import Toolbox
 
 FINAL_MARKER = "Final Answer:"
@@ -32,14 +34,17 @@ RETRY_MARKERS = {  # text CrewAI adds to the next prompt when a reply missed its
 @contextmanager
 def isolated_home() -> Iterator[str]:
     """HOME and XDG dirs in a temp folder, CrewAI telemetry off, for the duration of the block."""
-    from lab.toolchain import quiet_frameworks
 
     quiet_frameworks()
     keys = ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME")
     saved = {k: os.environ.get(k) for k in keys}
     with tempfile.TemporaryDirectory(prefix="lab-crewai-home-") as home:
-        os.environ.update(HOME=home, XDG_CONFIG_HOME=f"{home}/.config", XDG_DATA_HOME=f"{home}/.local/share",
-                          XDG_CACHE_HOME=f"{home}/.cache")
+        os.environ.update(
+            HOME=home,
+            XDG_CONFIG_HOME=f"{home}/.config",
+            XDG_DATA_HOME=f"{home}/.local/share",
+            XDG_CACHE_HOME=f"{home}/.cache",
+        )
         try:
             yield home
         finally:
@@ -53,7 +58,7 @@ def isolated_home() -> Iterator[str]:
 def crew_llm(base_url: str, api_key: str, model: str, max_tokens: int = 256, text_format: bool = False):
     """CrewAI's LLM pointed at ``lab serve`` (``base_url`` ends in ``/v1``); ``text_format`` makes
     CrewAI use its ReAct text prompt instead of native tool calls."""
-    from crewai import LLM
+    from crewai import LLM  # noqa: PLC0415 (crewai loads only on the path that uses it)
 
     llm = LLM(model=f"openai/{model}", base_url=base_url, api_key=api_key, temperature=0, max_tokens=max_tokens)
     if text_format:
@@ -63,7 +68,7 @@ def crew_llm(base_url: str, api_key: str, model: str, max_tokens: int = 256, tex
 
 def as_crewai_tools(toolbox: Toolbox) -> list:
     """The Phase 13 tools as CrewAI tools (same name, description, argument model), run by the Toolbox."""
-    from crewai.tools import BaseTool
+    from crewai.tools import BaseTool  # noqa: PLC0415 (crewai loads only on the path that uses it)
 
     def make(t) -> BaseTool:
         class Phase13Tool(BaseTool):
@@ -82,38 +87,70 @@ def as_crewai_tools(toolbox: Toolbox) -> list:
 def content_crew(llm, topic: str, notes: str, research_tools: list = ()):
     """Researcher (with ``research_tools``) → Writer → Editor, sequential: each task's output is the
     next one's context."""
-    from crewai import Agent, Crew, Process, Task
+    from crewai import Agent, Crew, Process, Task  # noqa: PLC0415 (crewai loads only on the path that uses it)
 
     def agent(role: str, goal: str, backstory: str, tools: list = ()) -> Agent:
-        return Agent(role=role, goal=goal, backstory=backstory, llm=llm, allow_delegation=False, verbose=False,
-                     max_iter=3, tools=list(tools))
+        return Agent(
+            role=role,
+            goal=goal,
+            backstory=backstory,
+            llm=llm,
+            allow_delegation=False,
+            verbose=False,
+            max_iter=3,
+            tools=list(tools),
+        )
 
-    researcher = agent("Researcher", "Pull the facts that matter out of engineering notes.",
-                       "You read lab notes and list only what they actually say.", research_tools)
-    writer = agent("Writer", "Turn research notes into a short, clear blog post.",
-                   "You write plainly for engineers.")
-    editor = agent("Editor", "Make a draft correct, short and publishable.",
-                   "You cut what is vague and fix what is wrong.")
-    research = Task(description=f"Topic: {topic}\n\nNotes:\n{notes}\n\nList the 3 most important facts about the "
-                    "topic from these notes.", expected_output="3 bullet points, each one fact from the notes",
-                    agent=researcher)
-    draft = Task(description=f"Write a short blog post (under 150 words) about {topic} from the research.",
-                 expected_output="a post of under 150 words with a title", agent=writer, context=[research])
-    edit = Task(description="Edit the draft: keep it under 150 words, remove claims the research does not support.",
-                expected_output="the final post", agent=editor, context=[draft])
-    return Crew(agents=[researcher, writer, editor], tasks=[research, draft, edit], process=Process.sequential,
-                verbose=False)
+    researcher = agent(
+        "Researcher",
+        "Pull the facts that matter out of engineering notes.",
+        "You read lab notes and list only what they actually say.",
+        research_tools,
+    )
+    writer = agent("Writer", "Turn research notes into a short, clear blog post.", "You write plainly for engineers.")
+    editor = agent(
+        "Editor", "Make a draft correct, short and publishable.", "You cut what is vague and fix what is wrong."
+    )
+    research = Task(
+        description=f"Topic: {topic}\n\nNotes:\n{notes}\n\nList the 3 most important facts about the "
+        "topic from these notes.",
+        expected_output="3 bullet points, each one fact from the notes",
+        agent=researcher,
+    )
+    draft = Task(
+        description=f"Write a short blog post (under 150 words) about {topic} from the research.",
+        expected_output="a post of under 150 words with a title",
+        agent=writer,
+        context=[research],
+    )
+    edit = Task(
+        description="Edit the draft: keep it under 150 words, remove claims the research does not support.",
+        expected_output="the final post",
+        agent=editor,
+        context=[draft],
+    )
+    return Crew(
+        agents=[researcher, writer, editor], tasks=[research, draft, edit], process=Process.sequential, verbose=False
+    )
 
 
 def research_crew(llm, question: str, tools: list):
     """One researcher agent with the Phase 13 tools answering one research question (the comparison)."""
-    from crewai import Agent, Crew, Process, Task
+    from crewai import Agent, Crew, Process, Task  # noqa: PLC0415 (crewai loads only on the path that uses it)
 
-    researcher = Agent(role="Researcher", goal="Answer questions about this repo's measured results exactly.",
-                       backstory="You look numbers up with your tools before answering.", llm=llm, tools=tools,
-                       allow_delegation=False, verbose=False, max_iter=6)
-    task = Task(description=question, expected_output="the answer, with the number if one is asked for",
-                agent=researcher)
+    researcher = Agent(
+        role="Researcher",
+        goal="Answer questions about this repo's measured results exactly.",
+        backstory="You look numbers up with your tools before answering.",
+        llm=llm,
+        tools=tools,
+        allow_delegation=False,
+        verbose=False,
+        max_iter=6,
+    )
+    task = Task(
+        description=question, expected_output="the answer, with the number if one is asked for", agent=researcher
+    )
     return Crew(agents=[researcher], tasks=[task], process=Process.sequential, verbose=False)
 
 
@@ -122,10 +159,12 @@ def text_format_report(calls) -> dict[str, int]:
     replies carrying ``Final Answer:``, an ``Action:``, neither (format misses), and the retries CrewAI
     sent after a miss. Only calls whose prompt asked for the format count."""
     asked = [c for c in calls if FINAL_MARKER in (c.system or "") + "".join(str(m.get("content")) for m in c.messages)]
-    report = {"format_prompts": len(asked),
-              "replies_with_final_answer": sum(FINAL_MARKER in c.reply_text for c in asked),
-              "replies_with_action": sum("Action:" in c.reply_text and FINAL_MARKER not in c.reply_text for c in asked),
-              "format_misses": sum(FINAL_MARKER not in c.reply_text and "Action:" not in c.reply_text for c in asked)}
+    report = {
+        "format_prompts": len(asked),
+        "replies_with_final_answer": sum(FINAL_MARKER in c.reply_text for c in asked),
+        "replies_with_action": sum("Action:" in c.reply_text and FINAL_MARKER not in c.reply_text for c in asked),
+        "format_misses": sum(FINAL_MARKER not in c.reply_text and "Action:" not in c.reply_text for c in asked),
+    }
     for name, marker in RETRY_MARKERS.items():
         report[name] = sum(any(marker in str(m.get("content")) for m in c.messages) for c in calls)
     return report

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
+from lab.serve.background import serving
+from phase13_react.research_tools import RESEARCH_TOOLS
+from phase13_react.served import A100_LLM, agent_llm
+from phase13_react.tools import Toolbox
+from phase14_frameworks.crew import as_crewai_tools, content_crew, crew_llm, isolated_home, text_format_report
+from phase14_frameworks.metered import RecordingLLM
 
 API_KEY = "sk-lab-p14-crew"
 ROLES = ("Researcher", "Writer", "Editor")
@@ -51,18 +56,12 @@ def role_of(call) -> str:
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from phase13_react.served import agent_llm
 
     with agent_llm(ctx, cfg.llm) as (llm, _):
         run_crew(cfg, ctx, llm)
 
 
 def run_crew(cfg: Config, ctx: RunContext, model) -> None:
-    from lab.serve.background import serving
-    from phase13_react.research_tools import RESEARCH_TOOLS
-    from phase13_react.tools import Toolbox
-    from phase14_frameworks.crew import as_crewai_tools, content_crew, crew_llm, isolated_home, text_format_report
-    from phase14_frameworks.metered import RecordingLLM
 
     note = Path(cfg.note) if Path(cfg.note).is_absolute() else Path(__file__).parents[1] / cfg.note
     if not note.is_file():
@@ -76,7 +75,7 @@ def run_crew(cfg: Config, ctx: RunContext, model) -> None:
     metered = RecordingLLM(model)
     rows, outputs = [], []
     with serving(metered, api_key=API_KEY) as url, isolated_home():
-        import crewai
+        import crewai  # noqa: PLC0415 (crewai loads only on the path that uses it)
 
         ctx.finding(f"CrewAI {crewai.__version__}, telemetry off, HOME isolated in a temporary folder.")
         for fmt in ctx.progress(cfg.formats, "crew runs"):
@@ -100,14 +99,25 @@ def run_crew(cfg: Config, ctx: RunContext, model) -> None:
             for i, role in enumerate(ROLES):
                 mine = [c for c in calls if role_of(c) == role]
                 text = task_outputs[i] if i < len(task_outputs) else ""
-                rows.append([fmt, role, len(mine), sum(c.input_tokens for c in mine),
-                             sum(c.output_tokens for c in mine), len(text), text[:300]])
+                rows.append(
+                    [
+                        fmt,
+                        role,
+                        len(mine),
+                        sum(c.input_tokens for c in mine),
+                        sum(c.output_tokens for c in mine),
+                        len(text),
+                        text[:300],
+                    ]
+                )
                 outputs.append((fmt, role, text))
             if error:
                 ctx.failure_mode(f"{fmt} format: the crew failed: {error[:300]}")
             if crewai_tokens is not None and crewai_tokens != server_tokens:
-                ctx.failure_mode(f"{fmt} format: CrewAI reported {crewai_tokens} tokens, the server counted "
-                                 f"{server_tokens} over {used['calls']} calls")
+                ctx.failure_mode(
+                    f"{fmt} format: CrewAI reported {crewai_tokens} tokens, the server counted "
+                    f"{server_tokens} over {used['calls']} calls"
+                )
             if fmt == "text":
                 report = text_format_report(calls)
                 for key, value in report.items():
@@ -116,11 +126,18 @@ def run_crew(cfg: Config, ctx: RunContext, model) -> None:
                     ctx.failure_mode(
                         f"text format: {report['format_misses']}/{report['format_prompts']} replies carried neither "
                         f"'Final Answer:' nor 'Action:'; CrewAI sent {report['format_retry']} format retries and "
-                        f"{report['forced_final_answer']} forced-final-answer prompts, and took the rest as answers")
-            ctx.finding(f"{fmt} format: {used['calls']} LLM calls, {server_tokens} tokens at the server, "
-                        f"{wall:.1f} s; outputs of {', '.join(f'{r} {len(t)} chars' for f, r, t in outputs if f == fmt)}.")
-    ctx.table("agents", rows, ["format", "agent", "LLM calls", "input tokens", "output tokens", "output chars",
-                               "output (first 300 chars)"], title="Each agent's work, counted at lab serve")
+                        f"{report['forced_final_answer']} forced-final-answer prompts, and took the rest as answers"
+                    )
+            ctx.finding(
+                f"{fmt} format: {used['calls']} LLM calls, {server_tokens} tokens at the server, "
+                f"{wall:.1f} s; outputs of {', '.join(f'{r} {len(t)} chars' for f, r, t in outputs if f == fmt)}."
+            )
+    ctx.table(
+        "agents",
+        rows,
+        ["format", "agent", "LLM calls", "input tokens", "output tokens", "output chars", "output (first 300 chars)"],
+        title="Each agent's work, counted at lab serve",
+    )
     with open(ctx.artifact("posts.md"), "w", encoding="utf-8") as f:
         for fmt, role, text in outputs:
             f.write(f"## {fmt} format — {role}\n\n{text or '_(empty)_'}\n\n")

@@ -11,9 +11,12 @@ is researched or published.
 
 import itertools
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 from lab.serve.background import serving_app
 
@@ -30,8 +33,7 @@ class EngineDouble:
         self._lock = threading.Lock()
 
     def app(self):
-        from fastapi import FastAPI, HTTPException
-        from pydantic import BaseModel, Field
+        from fastapi import FastAPI, HTTPException  # noqa: PLC0415 (fastapi loads only on the path that uses it)
 
         # defined here and annotated without `from __future__ import annotations`: FastAPI must see
         # the class itself to read the body from JSON rather than from the query string
@@ -45,9 +47,15 @@ class EngineDouble:
             with self._lock:
                 self.posts.append(body.model_dump())
                 job_id = f"job-{next(self._ids):04d}"
-                job = {"id": job_id, "topic": body.topic, "state": "queued", "source": "api",
-                       "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "stages": [], "post_url": None}
+                job = {
+                    "id": job_id,
+                    "topic": body.topic,
+                    "state": "queued",
+                    "source": "api",
+                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "stages": [],
+                    "post_url": None,
+                }
                 self.jobs[job_id] = job
             return job
 

@@ -30,9 +30,12 @@ from __future__ import annotations
 import json
 import operator
 import os
-from typing import Annotated, Any, Iterable, TypedDict, get_type_hints
+from collections.abc import Iterable
+from typing import Annotated, Any, TypedDict, get_type_hints
 
+from lab import db
 from lab.llm.base import ToolCall
+from lab.migrations import Migration, Schema, migrate
 from phase13_react.loop import FINAL_ANSWER, FINAL_ANSWER_TOOL, NATIVE_SYSTEM
 from phase13_react.tools import Toolbox
 
@@ -61,11 +64,13 @@ def schema():
     """The node-execution log and the published answers, with their migrations (``lab.migrations``;
     versions in ``p14_schema_migrations``, beside LangGraph's own ``checkpoint_migrations``). Version 1
     is the schema as the code before migrations created it, so a database it made is adopted as it is."""
-    from lab.migrations import Migration, Schema
 
-    return Schema("p14", "phase14.node_log", tables=("p14_node_executions", "p14_published"), migrations=(
-        Migration(1, "node executions and published answers", NODE_LOG_V1),
-    ))
+    return Schema(
+        "p14",
+        "phase14.node_log",
+        tables=("p14_node_executions", "p14_published"),
+        migrations=(Migration(1, "node executions and published answers", NODE_LOG_V1),),
+    )
 
 
 class ResearchState(TypedDict, total=False):
@@ -84,7 +89,6 @@ class ResearchState(TypedDict, total=False):
 def database_url() -> str:
     """Where checkpoints live: ``LAB_CRDB_URL`` when given (CockroachDB speaks the same wire), else
     ``LAB_DATABASE_URL`` / the embedded PostgreSQL (``lab.db``)."""
-    from lab import db
 
     return db.crdb_url() or db.database_url()
 
@@ -92,11 +96,9 @@ def database_url() -> str:
 def open_saver(url: str):
     """A ``PostgresSaver`` on its own autocommit connection, its tables created (idempotent), plus the
     node-execution log (migrated to its latest version). Close it with ``saver.conn.close()``."""
-    import psycopg
-    from langgraph.checkpoint.postgres import PostgresSaver
-    from psycopg.rows import dict_row
-
-    from lab.migrations import migrate
+    import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
+    from langgraph.checkpoint.postgres import PostgresSaver  # noqa: PLC0415 (langgraph loads only on the path that uses it)
+    from psycopg.rows import dict_row  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     conn = psycopg.connect(url, autocommit=True, prepare_threshold=0, row_factory=dict_row)
     try:
@@ -111,49 +113,70 @@ def open_saver(url: str):
 
 def chat_model(base_url: str, api_key: str, model: str, max_tokens: int = 256):
     """LangChain's OpenAI chat client pointed at ``lab serve`` (``base_url`` ends in ``/v1``)."""
-    from langchain_openai import ChatOpenAI
+    from langchain_openai import ChatOpenAI  # noqa: PLC0415 (langchain_openai loads only on the path that uses it)
 
-    return ChatOpenAI(model=model, base_url=base_url, api_key=api_key, temperature=0, max_tokens=max_tokens,
-                      max_retries=1, timeout=600)
+    return ChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        temperature=0,
+        max_tokens=max_tokens,
+        max_retries=1,
+        timeout=600,
+    )
 
 
 def as_langchain_tools(toolbox: Toolbox) -> list:
     """The Phase 13 tools as LangChain tools: same name, description and pydantic argument model, and
     a call runs through the Toolbox (timeouts, retries, the observation text the raw loop shows)."""
-    from langchain_core.tools import StructuredTool
+    from langchain_core.tools import StructuredTool  # noqa: PLC0415 (langchain_core loads only on the path that uses it)
 
     def runner(name: str):
         return lambda **kwargs: toolbox.execute(ToolCall(f"lc_{name}", name, kwargs)).content
 
-    return [StructuredTool.from_function(func=runner(t.name), name=t.name, description=t.description,
-                                         args_schema=t.params) for t in toolbox.tools.values()]
+    return [
+        StructuredTool.from_function(func=runner(t.name), name=t.name, description=t.description, args_schema=t.params)
+        for t in toolbox.tools.values()
+    ]
 
 
-FINAL_ANSWER_TOOL_OPENAI = {"type": "function", "function": {
-    "name": FINAL_ANSWER_TOOL["name"], "description": FINAL_ANSWER_TOOL["description"],
-    "parameters": FINAL_ANSWER_TOOL["input_schema"]}}
+FINAL_ANSWER_TOOL_OPENAI = {
+    "type": "function",
+    "function": {
+        "name": FINAL_ANSWER_TOOL["name"],
+        "description": FINAL_ANSWER_TOOL["description"],
+        "parameters": FINAL_ANSWER_TOOL["input_schema"],
+    },
+}
 
 
 def _log_node(saver, config: dict, node: str, state) -> None:
     meta = config.get("metadata") or {}
     with saver.lock:  # the saver's connection: its own writes may be in flight on another thread
-        saver.conn.execute("INSERT INTO p14_node_executions (thread_id, node, step, pid, turn) "
-                           "VALUES (%s, %s, %s, %s, %s)",
-                           (config["configurable"]["thread_id"], node, int(meta.get("langgraph_step", -1)),
-                            os.getpid(), len(state.get("messages", []))))
+        saver.conn.execute(
+            "INSERT INTO p14_node_executions (thread_id, node, step, pid, turn) VALUES (%s, %s, %s, %s, %s)",
+            (
+                config["configurable"]["thread_id"],
+                node,
+                int(meta.get("langgraph_step", -1)),
+                os.getpid(),
+                len(state.get("messages", [])),
+            ),
+        )
 
 
-def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = None, approval: bool = False,
-                min_tool_steps: int = 0):
+def build_graph(
+    model, toolbox: Toolbox, *, checkpointer, system: str | None = None, approval: bool = False, min_tool_steps: int = 0
+):
     """Compile the research graph. ``approval=True`` adds ``review`` (an ``interrupt`` asking a human to
     approve how the run ended) before ``publish`` (the side effect: the answer is written to
     ``p14_published``); a run that ran out of budget is reviewed too, so the human sees that as well.
     ``min_tool_steps`` withholds final_answer until that many tool results are in (the crash demo uses
     it so that a model which answers at once still leaves finished nodes to kill after)."""
-    from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
-    from langgraph.graph import END, START, StateGraph
-    from langgraph.graph.message import add_messages
-    from langgraph.types import interrupt
+    from langchain_core.messages import AIMessage, SystemMessage, ToolMessage  # noqa: PLC0415 (langchain_core loads only on the path that uses it)
+    from langgraph.graph import END, START, StateGraph  # noqa: PLC0415 (langgraph loads only on the path that uses it)
+    from langgraph.graph.message import add_messages  # noqa: PLC0415 (langgraph loads only on the path that uses it)
+    from langgraph.types import interrupt  # noqa: PLC0415 (langgraph loads only on the path that uses it)
 
     fields = {**get_type_hints(ResearchState, include_extras=True), "messages": Annotated[list, add_messages]}
     State = TypedDict("State", fields, total=False)  # ResearchState, with LangGraph's message reducer
@@ -179,12 +202,20 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
         last = state["messages"][-1]
         results, outcomes = [], []
         for bad in getattr(last, "invalid_tool_calls", []):  # arguments that were not a JSON object
-            results.append(ToolMessage(content=f"Error: arguments of {bad.get('name')} are not one JSON object: "
-                                       f"{bad.get('error')}", tool_call_id=bad.get("id") or "invalid", name=bad.get("name")))
+            results.append(
+                ToolMessage(
+                    content=f"Error: arguments of {bad.get('name')} are not one JSON object: {bad.get('error')}",
+                    tool_call_id=bad.get("id") or "invalid",
+                    name=bad.get("name"),
+                )
+            )
             outcomes.append("invalid_arguments")
         for c in last.tool_calls:
             if c["name"] == FINAL_ANSWER:  # reached only with unusable arguments
-                content, outcome = 'Error: final_answer takes one JSON object {"answer": "<text>"}.', "invalid_arguments"
+                content, outcome = (
+                    'Error: final_answer takes one JSON object {"answer": "<text>"}.',
+                    "invalid_arguments",
+                )
             else:
                 obs = toolbox.execute(ToolCall(c["id"] or c["name"], c["name"], dict(c["args"] or {})))
                 content, outcome = obs.content, obs.outcome
@@ -209,18 +240,25 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
     graph.add_node("tools", tools)
     graph.add_node("out_of_budget", out_of_budget)
     graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", route, ["tools", "out_of_budget", "review", END] if approval
-                                else ["tools", "out_of_budget", END])
+    graph.add_conditional_edges(
+        "agent", route, ["tools", "out_of_budget", "review", END] if approval else ["tools", "out_of_budget", END]
+    )
     graph.add_edge("tools", "agent")
     graph.add_edge("out_of_budget", "review" if approval else END)
 
     if approval:
+
         def review(state, config) -> dict:
             # Pauses the graph: the checkpoint holds everything, this process may exit. The value given
             # to Command(resume=...) in any later process becomes interrupt()'s return value.
-            decision = interrupt({"question": state["question"], "answer": state.get("answer"),
-                                  "stop_reason": state.get("stop_reason"),
-                                  "ask": "publish this answer? reply 'approve' or 'reject'"})
+            decision = interrupt(
+                {
+                    "question": state["question"],
+                    "answer": state.get("answer"),
+                    "stop_reason": state.get("stop_reason"),
+                    "ask": "publish this answer? reply 'approve' or 'reject'",
+                }
+            )
             _log_node(checkpointer, config, "review", state)
             return {"decision": str(decision)}
 
@@ -230,7 +268,9 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
                 with checkpointer.lock:
                     checkpointer.conn.execute(
                         "INSERT INTO p14_published (thread_id, answer, decided) VALUES (%s, %s, %s) "
-                        "ON CONFLICT (thread_id) DO NOTHING", (config["configurable"]["thread_id"], answer, "approve"))
+                        "ON CONFLICT (thread_id) DO NOTHING",
+                        (config["configurable"]["thread_id"], answer, "approve"),
+                    )
             _log_node(checkpointer, config, "publish", state)
             return {} if state.get("decision") == "approve" else {"stop_reason": "rejected"}
 
@@ -242,10 +282,18 @@ def build_graph(model, toolbox: Toolbox, *, checkpointer, system: str | None = N
 
 
 def initial_state(question: str, max_steps: int) -> dict[str, Any]:
-    from langchain_core.messages import HumanMessage
+    from langchain_core.messages import HumanMessage  # noqa: PLC0415 (langchain_core loads only on the path that uses it)
 
-    return {"messages": [HumanMessage(question)], "question": question, "steps": 0, "max_steps": max_steps,
-            "answer": None, "stop_reason": None, "outcomes": [], "decision": None}
+    return {
+        "messages": [HumanMessage(question)],
+        "question": question,
+        "steps": 0,
+        "max_steps": max_steps,
+        "answer": None,
+        "stop_reason": None,
+        "outcomes": [],
+        "decision": None,
+    }
 
 
 def thread(thread_id: str) -> dict[str, Any]:
@@ -276,14 +324,16 @@ def checkpoint_stats(conn, thread_id: str) -> dict[str, int]:
         "  FROM checkpoints WHERE thread_id = %(t)s) AS cp,"
         " (SELECT coalesce(sum(octet_length(blob)), 0) FROM checkpoint_blobs WHERE thread_id = %(t)s) AS bl,"
         " (SELECT coalesce(sum(octet_length(blob)), 0) FROM checkpoint_writes WHERE thread_id = %(t)s) AS wr",
-        {"t": thread_id}).fetchone()
+        {"t": thread_id},
+    ).fetchone()
     return {"checkpoints": int(row["n"]), "bytes": int(row["cp"] + row["bl"] + row["wr"])}
 
 
 def node_executions(conn, thread_id: str) -> list[dict[str, Any]]:
     """Every finished node execution of a thread, in order: node, graph step, process id."""
-    return conn.execute("SELECT node, step, pid, turn FROM p14_node_executions WHERE thread_id = %s ORDER BY id",
-                        (thread_id,)).fetchall()
+    return conn.execute(
+        "SELECT node, step, pid, turn FROM p14_node_executions WHERE thread_id = %s ORDER BY id", (thread_id,)
+    ).fetchall()
 
 
 def reexecuted(executions: Iterable[dict[str, Any]], before_pid: int, after_pids: Iterable[int]) -> int:
@@ -297,9 +347,15 @@ def reexecuted(executions: Iterable[dict[str, Any]], before_pid: int, after_pids
 def summary(values: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able outcome of a thread's state (answer, stop reason, steps, tokens, tool outcomes)."""
     ins, outs = usage_of(values)
-    return {"answer": values.get("answer"), "stop_reason": values.get("stop_reason"), "steps": values.get("steps", 0),
-            "input_tokens": ins, "output_tokens": outs, "outcomes": list(values.get("outcomes", [])),
-            "decision": values.get("decision")}
+    return {
+        "answer": values.get("answer"),
+        "stop_reason": values.get("stop_reason"),
+        "steps": values.get("steps", 0),
+        "input_tokens": ins,
+        "output_tokens": outs,
+        "outcomes": list(values.get("outcomes", [])),
+        "decision": values.get("decision"),
+    }
 
 
 def dumps(record: dict[str, Any]) -> str:

@@ -19,12 +19,14 @@ import os
 import sys
 import time
 
+from phase13_react.research_tools import RESEARCH_TOOLS
+from phase13_react.tools import Toolbox
+from phase14_frameworks import langgraph_research as lr
+
 STARTED = time.perf_counter()
 
 
 def toolbox(names: str):
-    from phase13_react.research_tools import RESEARCH_TOOLS
-    from phase13_react.tools import Toolbox
 
     wanted = [n for n in names.split(",") if n]
     known = {t.name: t for t in RESEARCH_TOOLS}
@@ -50,25 +52,42 @@ def main(argv: list[str] | None = None) -> int:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--continue", dest="cont", action="store_true", help="continue from the last checkpoint")
     how.add_argument("--decision", default=None, help="resume an approval interrupt with this decision")
-    how.add_argument("--from-older", type=int, default=0, metavar="N",
-                     help="continue from the checkpoint N before the latest (the crash test's negative control: "
-                          "as if the newer checkpoints were lost)")
+    how.add_argument(
+        "--from-older",
+        type=int,
+        default=0,
+        metavar="N",
+        help="continue from the checkpoint N before the latest (the crash test's negative control: "
+        "as if the newer checkpoints were lost)",
+    )
     args = p.parse_args(argv)
 
-    from langgraph.types import Command
-
-    from phase14_frameworks import langgraph_research as lr
+    from langgraph.types import Command  # noqa: PLC0415 (langgraph loads only on the path that uses it)
 
     loading = time.perf_counter()
     saver = lr.open_saver(args.db_url or lr.database_url())
-    graph = lr.build_graph(lr.chat_model(args.base_url, args.api_key, args.model, args.max_tokens),
-                           toolbox(args.tools), checkpointer=saver, approval=args.approval,
-                           min_tool_steps=args.min_tool_steps)
+    graph = lr.build_graph(
+        lr.chat_model(args.base_url, args.api_key, args.model, args.max_tokens),
+        toolbox(args.tools),
+        checkpointer=saver,
+        approval=args.approval,
+        min_tool_steps=args.min_tool_steps,
+    )
     snapshot = graph.get_state(lr.thread(args.thread))
-    print(lr.dumps({"event": "loaded", "pid": os.getpid(), "checkpoint_found": bool(snapshot.values),
-                    "steps_done": snapshot.values.get("steps", 0), "next": list(snapshot.next),
-                    "load_s": time.perf_counter() - loading, "since_start_s": time.perf_counter() - STARTED}),
-          flush=True)
+    print(
+        lr.dumps(
+            {
+                "event": "loaded",
+                "pid": os.getpid(),
+                "checkpoint_found": bool(snapshot.values),
+                "steps_done": snapshot.values.get("steps", 0),
+                "next": list(snapshot.next),
+                "load_s": time.perf_counter() - loading,
+                "since_start_s": time.perf_counter() - STARTED,
+            }
+        ),
+        flush=True,
+    )
     if args.decision is not None:
         state = Command(resume=args.decision)
     elif args.cont or args.from_older:
@@ -83,8 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         values = lr.run_thread(graph, args.thread, state)
     paused = bool(graph.get_state(lr.thread(args.thread)).next)
-    print(lr.dumps({"event": "paused" if paused else "done", "pid": os.getpid(), **lr.summary(values),
-                    **lr.checkpoint_stats(saver.conn, args.thread)}), flush=True)
+    print(
+        lr.dumps(
+            {
+                "event": "paused" if paused else "done",
+                "pid": os.getpid(),
+                **lr.summary(values),
+                **lr.checkpoint_stats(saver.conn, args.thread),
+            }
+        ),
+        flush=True,
+    )
     saver.conn.close()
     return 0
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from lab.llm.base import LLM, ChatResponse
 from lab.llm.wrapper import LLMWrapper
@@ -49,6 +50,7 @@ class ModelCall:
     @property
     def prompt_chars(self) -> int:
         """Characters of prompt text sent (system + every message's text)."""
+
         def text(content: Any) -> str:
             if isinstance(content, list):
                 return "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -66,9 +68,13 @@ class RecordingLLM(LLMWrapper):
         self._lock = threading.Lock()
 
     def _record(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> ModelCall:
-        call = ModelCall(messages=[dict(m) for m in messages], system=kwargs.get("system"),
-                         tool_names=[t["name"] for t in kwargs.get("tools") or []],
-                         tool_choice=kwargs.get("tool_choice"), stop=kwargs.get("stop"))
+        call = ModelCall(
+            messages=[dict(m) for m in messages],
+            system=kwargs.get("system"),
+            tool_names=[t["name"] for t in kwargs.get("tools") or []],
+            tool_choice=kwargs.get("tool_choice"),
+            stop=kwargs.get("stop"),
+        )
         with self._lock:
             self.calls.append(call)
         return call
@@ -114,8 +120,14 @@ class RecordingLLM(LLMWrapper):
             self._failed(self._record(messages, kwargs), exc, started)
             raise
 
-    def choice_probs(self, messages: list[dict[str, Any]], choices: list[str], system: str | None = None,
-                     prefix: str = "", **kwargs: Any) -> dict[str, float]:
+    def choice_probs(
+        self,
+        messages: list[dict[str, Any]],
+        choices: list[str],
+        system: str | None = None,
+        prefix: str = "",
+        **kwargs: Any,
+    ) -> dict[str, float]:
         """One forward pass: recorded with its prompt tokens, no reply and no output tokens."""
         call, started = self._record(messages, {"system": system}), time.perf_counter()
         try:
@@ -138,7 +150,10 @@ class RecordingLLM(LLMWrapper):
 
     def totals(self, since: int = 0) -> dict[str, Any]:
         calls = self.since(since)
-        return {"calls": len(calls), "input_tokens": sum(c.input_tokens for c in calls),
-                "output_tokens": sum(c.output_tokens for c in calls),
-                "errors": sum(c.error is not None for c in calls),
-                "model_s": round(sum(c.latency_s for c in calls), 3)}
+        return {
+            "calls": len(calls),
+            "input_tokens": sum(c.input_tokens for c in calls),
+            "output_tokens": sum(c.output_tokens for c in calls),
+            "errors": sum(c.error is not None for c in calls),
+            "model_s": round(sum(c.latency_s for c in calls), 3),
+        }

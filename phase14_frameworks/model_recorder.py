@@ -20,8 +20,9 @@ from __future__ import annotations
 import html
 import json
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from lab.llm.scripted_server import LoopbackServer, Reply, Request
@@ -124,7 +125,7 @@ class ModelRecorder(LoopbackServer):
         self._lock = threading.Lock()
 
     def handle(self, request: Request) -> Reply:
-        import httpx
+        import httpx  # noqa: PLC0415 (httpx loads only on the path that uses it)
 
         exchange = None
         if request.method == "POST" and urlsplit(request.path).path in CHAT_PATHS:
@@ -133,8 +134,12 @@ class ModelRecorder(LoopbackServer):
                 self.exchanges.append(exchange)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         client = httpx.Client(timeout=None)
-        upstream = client.send(client.build_request(request.method, f"{self.upstream}{request.path}",
-                                                    headers=headers, content=request.raw), stream=True)
+        upstream = client.send(
+            client.build_request(
+                request.method, f"{self.upstream}{request.path}", headers=headers, content=request.raw
+            ),
+            stream=True,
+        )
 
         def relay() -> Iterator[bytes]:
             received = bytearray()
@@ -152,8 +157,9 @@ class ModelRecorder(LoopbackServer):
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         return Reply(status=upstream.status_code, headers=out_headers, stream=relay())
 
-    def summary(self, count_tokens: Callable[[dict[str, Any]], int | None] | None = None,
-                needles: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def summary(
+        self, count_tokens: Callable[[dict[str, Any]], int | None] | None = None, needles: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """One row per recorded request: sizes, tools offered, tokens, whether each needle is in the
         system prompt, and what the model answered. ``count_tokens(body)`` counts an OpenAI request
         body with the served model's tokenizer (None where it cannot: the reply's usage is used)."""
@@ -161,24 +167,29 @@ class ModelRecorder(LoopbackServer):
         for i, ex in enumerate(self.exchanges):
             system = ex.system_prompt
             prompt_tokens = count_tokens(ex.body) if count_tokens else None
-            system_tokens = (count_tokens({**ex.body, "messages": [{"role": "system", "content": system}],
-                                           "tools": None}) if count_tokens and system else None)
+            system_tokens = (
+                count_tokens({**ex.body, "messages": [{"role": "system", "content": system}], "tools": None})
+                if count_tokens and system
+                else None
+            )
             reported = (ex.usage or {}).get("prompt_tokens")
-            rows.append({
-                "request": i + 1,
-                "status": ex.status,
-                "messages": len(ex.body.get("messages") or []),
-                "system_prompt_chars": len(system),
-                "system_prompt_tokens": system_tokens,
-                "prompt_tokens": prompt_tokens if prompt_tokens is not None else reported,
-                "prompt_tokens_reported": reported,
-                "tools_offered": len(ex.tool_names),
-                "tool_names": ex.tool_names,
-                "tools_json_chars": ex.tools_json_chars,
-                "stream": bool(ex.body.get("stream")),
-                "in_system_prompt": {k: ex.mentions(v) for k, v in (needles or {}).items()},
-                "reply_chars": len(ex.reply_text),
-                "reply_tool_calls": [c["name"] for c in ex.reply_tool_calls],
-                "error_code": ex.error_code,
-            })
+            rows.append(
+                {
+                    "request": i + 1,
+                    "status": ex.status,
+                    "messages": len(ex.body.get("messages") or []),
+                    "system_prompt_chars": len(system),
+                    "system_prompt_tokens": system_tokens,
+                    "prompt_tokens": prompt_tokens if prompt_tokens is not None else reported,
+                    "prompt_tokens_reported": reported,
+                    "tools_offered": len(ex.tool_names),
+                    "tool_names": ex.tool_names,
+                    "tools_json_chars": ex.tools_json_chars,
+                    "stream": bool(ex.body.get("stream")),
+                    "in_system_prompt": {k: ex.mentions(v) for k, v in (needles or {}).items()},
+                    "reply_chars": len(ex.reply_text),
+                    "reply_tool_calls": [c["name"] for c in ex.reply_tool_calls],
+                    "error_code": ex.error_code,
+                }
+            )
         return rows

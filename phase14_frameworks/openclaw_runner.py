@@ -35,10 +35,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import yaml
 
 from lab.toolchain import TELEMETRY_OFF, node_bin, node_env, openclaw_bin, version_of
 
@@ -87,8 +90,10 @@ class TurnRecord:
 def require_openclaw() -> tuple[Path, Path]:
     node, openclaw = node_bin(), openclaw_bin()
     if node is None or openclaw is None:
-        raise OpenClawMissing("Node/OpenClaw are not installed in the project's node prefix "
-                              "(lab.toolchain.node_prefix()); run `make setup`")
+        raise OpenClawMissing(
+            "Node/OpenClaw are not installed in the project's node prefix "
+            "(lab.toolchain.node_prefix()); run `make setup`"
+        )
     return node, openclaw
 
 
@@ -97,12 +102,25 @@ def versions() -> dict[str, str | None]:
     return {"openclaw": version_of([str(openclaw), "--version"]), "node": version_of([str(node), "--version"])}
 
 
-def openclaw_config(*, base_url: str, api_key: str, model: str, context_window: int, max_tokens: int,
-                    workspace: Path, narrow: bool = False, skills: tuple[str, ...] = ()) -> dict[str, Any]:
+def openclaw_config(
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    context_window: int,
+    max_tokens: int,
+    workspace: Path,
+    narrow: bool = False,
+    skills: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """The config: one loopback provider, update check and telemetry off; ``narrow`` also limits the
     agent to ``NARROW_TOOLS`` and the catalog to ``skills`` (tool policy and skill allowlist)."""
-    provider = {"baseUrl": f"{base_url.rstrip('/')}/v1", "apiKey": api_key, "api": "openai-completions",
-                "models": [{"id": model, "name": model, "contextWindow": context_window, "maxTokens": max_tokens}]}
+    provider = {
+        "baseUrl": f"{base_url.rstrip('/')}/v1",
+        "apiKey": api_key,
+        "api": "openai-completions",
+        "models": [{"id": model, "name": model, "contextWindow": context_window, "maxTokens": max_tokens}],
+    }
     defaults: dict[str, Any] = {"model": {"primary": f"{PROVIDER}/{model}"}, "workspace": str(workspace)}
     config: dict[str, Any] = {
         "update": {"checkOnStart": False},
@@ -125,17 +143,34 @@ def install_skill(workspace: Path, source: Path) -> Path:
     return target
 
 
-def make_setup(root: Path, *, base_url: str, api_key: str, model: str, context_window: int,
-               max_tokens: int = 512, skills: tuple[Path, ...] = (SKILLS_DIR / "content-engine",),
-               narrow: bool = False, env: dict[str, str] | None = None) -> Setup:
+def make_setup(
+    root: Path,
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    context_window: int,
+    max_tokens: int = 512,
+    skills: tuple[Path, ...] = (SKILLS_DIR / "content-engine",),
+    narrow: bool = False,
+    env: dict[str, str] | None = None,
+) -> Setup:
     """Create the folder layout, install ``skills`` into the workspace and write the config."""
     root = Path(root)
     home, state, workspace = root / "home", root / "state", root / "workspace"
     for folder in (home, state, workspace):
         folder.mkdir(parents=True, exist_ok=True)
     names = tuple(skill_name(install_skill(workspace, s)) for s in skills)
-    config = openclaw_config(base_url=base_url, api_key=api_key, model=model, context_window=context_window,
-                             max_tokens=max_tokens, workspace=workspace, narrow=narrow, skills=names)
+    config = openclaw_config(
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        context_window=context_window,
+        max_tokens=max_tokens,
+        workspace=workspace,
+        narrow=narrow,
+        skills=names,
+    )
     path = root / "openclaw.json"
     path.write_text(json.dumps(config, indent=2))
     return Setup(root, home, state, path, workspace, f"{PROVIDER}/{model}", dict(env or {}))
@@ -148,7 +183,6 @@ def skill_name(folder: Path) -> str:
 
 def read_front_matter(path: Path) -> dict[str, Any]:
     """The YAML front matter of a SKILL.md; a file without one is an error naming the file."""
-    import yaml
 
     text = Path(path).read_text(encoding="utf-8")
     match = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n", text, re.S)
@@ -166,8 +200,14 @@ def process_env(setup: Setup) -> dict[str, str]:
     env = node_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(TELEMETRY_OFF)
-    env.update(HOME=str(setup.home), OPENCLAW_STATE_DIR=str(setup.state), OPENCLAW_CONFIG_PATH=str(setup.config),
-               OPENCLAW_NO_AUTO_UPDATE="1", CLAWHUB_DISABLE_TELEMETRY="1", NO_COLOR="1")
+    env.update(
+        HOME=str(setup.home),
+        OPENCLAW_STATE_DIR=str(setup.state),
+        OPENCLAW_CONFIG_PATH=str(setup.config),
+        OPENCLAW_NO_AUTO_UPDATE="1",
+        CLAWHUB_DISABLE_TELEMETRY="1",
+        NO_COLOR="1",
+    )
     env.update(setup.env)
     return env
 
@@ -175,8 +215,14 @@ def process_env(setup: Setup) -> dict[str, str]:
 def skills_list(setup: Setup, timeout_s: float = 120) -> list[dict[str, Any]]:
     """``openclaw skills list --json`` for this setup: every skill it found, with eligibility."""
     _, openclaw = require_openclaw()
-    done = subprocess.run([str(openclaw), "skills", "list", "--json"], capture_output=True, text=True,
-                          env=process_env(setup), timeout=timeout_s, cwd=setup.workspace)
+    done = subprocess.run(
+        [str(openclaw), "skills", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=process_env(setup),
+        timeout=timeout_s,
+        cwd=setup.workspace,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"openclaw skills list failed ({done.returncode}): {tail(done.stderr or done.stdout)}")
     return json.loads(done.stdout)["skills"]
@@ -186,17 +232,46 @@ def run_turn(setup: Setup, message: str, *, timeout_s: int = 600, strace_log: Pa
     """One ``openclaw agent exec`` turn. ``strace_log``: run it under ``strace -f -e trace=connect``
     and write every connect() there (to check where the process tree connects)."""
     _, openclaw = require_openclaw()
-    command = [str(openclaw), "agent", "exec", message, "--config", str(setup.config), "--model", setup.model_ref,
-               "--json", "--cwd", str(setup.workspace), "--timeout", str(timeout_s)]
+    command = [
+        str(openclaw),
+        "agent",
+        "exec",
+        message,
+        "--config",
+        str(setup.config),
+        "--model",
+        setup.model_ref,
+        "--json",
+        "--cwd",
+        str(setup.workspace),
+        "--timeout",
+        str(timeout_s),
+    ]
     if strace_log is not None:
         command = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(strace_log), *command]
     started = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=process_env(setup),
-                              cwd=setup.workspace, timeout=timeout_s + 120)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=process_env(setup),
+            cwd=setup.workspace,
+            timeout=timeout_s + 120,
+        )
     except subprocess.TimeoutExpired as exc:
-        return TurnRecord(124, "timeout", "", 0, [], None, None, time.perf_counter() - started,
-                          error=f"openclaw did not exit within {timeout_s + 120} s", stderr_tail=tail(str(exc.stderr or "")))
+        return TurnRecord(
+            124,
+            "timeout",
+            "",
+            0,
+            [],
+            None,
+            None,
+            time.perf_counter() - started,
+            error=f"openclaw did not exit within {timeout_s + 120} s",
+            stderr_tail=tail(str(exc.stderr or "")),
+        )
     latency = time.perf_counter() - started
     return parse_envelope(done.returncode, done.stdout, done.stderr, latency)
 
@@ -204,12 +279,22 @@ def run_turn(setup: Setup, message: str, *, timeout_s: int = 600, strace_log: Pa
 def parse_envelope(exit_code: int, stdout: str, stderr: str, latency_s: float) -> TurnRecord:
     """The ``--json`` envelope (``ok, status, final, usage, assistantTurns, toolSummary, error``)."""
     try:
-        envelope = json.loads(stdout[stdout.index("{"):]) if "{" in stdout else None
+        envelope = json.loads(stdout[stdout.index("{") :]) if "{" in stdout else None
     except json.JSONDecodeError:
         envelope = None
     if not isinstance(envelope, dict):
-        return TurnRecord(exit_code, "no-envelope", "", 0, [], None, None, latency_s,
-                          error=f"no JSON envelope on stdout ({len(stdout)} chars)", stderr_tail=tail(stderr))
+        return TurnRecord(
+            exit_code,
+            "no-envelope",
+            "",
+            0,
+            [],
+            None,
+            None,
+            latency_s,
+            error=f"no JSON envelope on stdout ({len(stdout)} chars)",
+            stderr_tail=tail(stderr),
+        )
     summary = envelope.get("toolSummary") or {}
     error = envelope.get("error")
     return TurnRecord(
@@ -236,10 +321,21 @@ def add_telegram_channel(setup: Setup, *, api_root: str, bot_token: str, allow_f
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = json.loads(setup.config.read_text())
-    config["gateway"] = {"mode": "local", "port": port, "bind": "loopback",
-                         "auth": {"mode": "token", "token": secrets.token_hex(16)}}
-    config["channels"] = {"telegram": {"enabled": True, "botToken": bot_token, "apiRoot": api_root.rstrip("/"),
-                                       "dmPolicy": "allowlist", "allowFrom": [str(u) for u in allow_from]}}
+    config["gateway"] = {
+        "mode": "local",
+        "port": port,
+        "bind": "loopback",
+        "auth": {"mode": "token", "token": secrets.token_hex(16)},
+    }
+    config["channels"] = {
+        "telegram": {
+            "enabled": True,
+            "botToken": bot_token,
+            "apiRoot": api_root.rstrip("/"),
+            "dmPolicy": "allowlist",
+            "allowFrom": [str(u) for u in allow_from],
+        }
+    }
     setup.config.write_text(json.dumps(config, indent=2))
     return port
 
@@ -251,8 +347,13 @@ def gateway(setup: Setup, log: Path) -> Iterator[subprocess.Popen]:
     _, openclaw = require_openclaw()
     port = json.loads(setup.config.read_text())["gateway"]["port"]
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(openclaw), "gateway", "run", "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, env=process_env(setup), cwd=setup.workspace)
+        proc = subprocess.Popen(
+            [str(openclaw), "gateway", "run", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=process_env(setup),
+            cwd=setup.workspace,
+        )
         try:
             yield proc
         finally:

@@ -43,17 +43,35 @@ import shutil
 import statistics
 import tempfile
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM, AGENT_SPEC, BASE_SPEC
+from lab.serve import openai_protocol as op
+from lab.serve.background import serving
+from lab.stats import record_rate
+from phase13_react.served import A100_LLM, AGENT_SPEC, BASE_SPEC, agent_llm
+from phase14_frameworks import openclaw_runner as runner
+from phase14_frameworks.engine_double import EngineDouble
+from phase14_frameworks.model_recorder import ModelRecorder
+from phase14_frameworks.openclaw_runner import is_loopback, read_front_matter
+from phase14_frameworks.scripted_model import scripted_model
 
 SKILL = "content-engine"
 HOSTED_CONTEXT_WINDOW = 200_000  # what OpenClaw is told for a hosted model whose window it cannot ask
-TOPICS = ("vector databases", "KV caching", "LoRA fine-tuning", "retrieval-augmented generation",
-          "mixture-of-experts routing", "speculative decoding", "4-bit quantization", "prompt injection defences",
-          "LLM judges", "agent checkpoints")
+TOPICS = (
+    "vector databases",
+    "KV caching",
+    "LoRA fine-tuning",
+    "retrieval-augmented generation",
+    "mixture-of-experts routing",
+    "speculative decoding",
+    "4-bit quantization",
+    "prompt injection defences",
+    "LLM judges",
+    "agent checkpoints",
+)
 # What one turn came to, checked in this order: the engine API received POST /jobs; the server refused a
 # request as larger than the model's window; the turn ran out of time; OpenClaw reported another error;
 # the turn finished without starting a job.
@@ -94,8 +112,9 @@ def outcome(turn, exchanges, ran: bool) -> str:
     """One turn's outcome (``OUTCOMES``) from the engine's count, the recorded requests and OpenClaw's envelope."""
     if ran:
         return "skill_ran"
-    if any(ex.context_overflow for ex in exchanges) or re.search(r"context.{0,20}(window|length|overflow)",
-                                                                  turn.error or "", re.I):
+    if any(ex.context_overflow for ex in exchanges) or re.search(
+        r"context.{0,20}(window|length|overflow)", turn.error or "", re.I
+    ):
         return "context_overflow"
     if turn.status == "timeout" or turn.exit_code in (2, 124):
         return "timeout"
@@ -107,7 +126,6 @@ def outcome(turn, exchanges, ran: bool) -> str:
 def token_counter(llm):
     """Count an OpenAI request body with the served model's tokenizer, as ``lab serve`` renders it
     (None for hosted models: their tokenizers are not public)."""
-    from lab.serve import openai_protocol as op
 
     def count(body: dict[str, Any]) -> int | None:
         try:
@@ -123,27 +141,44 @@ def jobs_seen(engine, engine_url: str) -> int:
     """Jobs the engine API has been asked for: the double's recorded POSTs, a real engine's job list."""
     if engine is not None:
         return len(engine.posts)
-    import httpx
+    import httpx  # noqa: PLC0415 (httpx loads only on the path that uses it)
 
     return len(httpx.get(f"{engine_url}/jobs", timeout=30).raise_for_status().json())
 
 
-def measure_configuration(ctx: RunContext, name: str, root: Path, *, model_url: str, api_key: str, model: str,
-                          cfg: Config, messages: list[str], context_window: int, engine, engine_url: str,
-                          narrow: bool, count_tokens=None) -> dict[str, Any]:
+def measure_configuration(
+    ctx: RunContext,
+    name: str,
+    root: Path,
+    *,
+    model_url: str,
+    api_key: str,
+    model: str,
+    cfg: Config,
+    messages: list[str],
+    context_window: int,
+    engine,
+    engine_url: str,
+    narrow: bool,
+    count_tokens=None,
+) -> dict[str, Any]:
     """One OpenClaw configuration behind a recorder, one headless turn per message (each a fresh session):
     what its first request held, and per turn the run record, the tool calls and the outcome."""
-    from phase14_frameworks import openclaw_runner as runner
-    from phase14_frameworks.model_recorder import ModelRecorder
-    from phase14_frameworks.openclaw_runner import read_front_matter
 
     description = read_front_matter(runner.SKILLS_DIR / SKILL / "SKILL.md")["description"]
     recorder = ModelRecorder(model_url)
     turns: list[dict[str, Any]] = []
     with recorder:
-        setup = runner.make_setup(root / name, base_url=recorder.url, api_key=api_key, model=model,
-                                  context_window=context_window, max_tokens=cfg.max_tokens, narrow=narrow,
-                                  env={"CONTENT_ENGINE_URL": engine_url})
+        setup = runner.make_setup(
+            root / name,
+            base_url=recorder.url,
+            api_key=api_key,
+            model=model,
+            context_window=context_window,
+            max_tokens=cfg.max_tokens,
+            narrow=narrow,
+            env={"CONTENT_ENGINE_URL": engine_url},
+        )
         listed = {s["name"]: s for s in runner.skills_list(setup)}
         skill_md = str(setup.workspace / "skills" / SKILL / "SKILL.md")
         for i, message in enumerate(messages):
@@ -153,10 +188,17 @@ def measure_configuration(ctx: RunContext, name: str, root: Path, *, model_url: 
             exchanges = recorder.exchanges[first:]
             calls = [c for ex in exchanges for c in ex.reply_tool_calls]
             ran = jobs_seen(engine, engine_url) > posts_before
-            turns.append({"message": message, "turn": turn, "outcome": outcome(turn, exchanges, ran),
-                          "requests": len(exchanges), "model_calls": [c["name"] for c in calls],
-                          "read_skill_file": any(c["name"] == "read" and skill_md in c["arguments"] for c in calls),
-                          "connects": sorted(set(runner.connect_destinations(strace_log))) if strace_log else None})
+            turns.append(
+                {
+                    "message": message,
+                    "turn": turn,
+                    "outcome": outcome(turn, exchanges, ran),
+                    "requests": len(exchanges),
+                    "model_calls": [c["name"] for c in calls],
+                    "read_skill_file": any(c["name"] == "read" and skill_md in c["arguments"] for c in calls),
+                    "connects": sorted(set(runner.connect_destinations(strace_log))) if strace_log else None,
+                }
+            )
     rows = recorder.summary(count_tokens, needles={"skill_name": f"<name>{SKILL}</name>", "description": description})
     first = rows[0] if rows else {}
     if recorder.exchanges:
@@ -180,17 +222,17 @@ def measure_configuration(ctx: RunContext, name: str, root: Path, *, model_url: 
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from contextlib import ExitStack
-
-    from phase13_react.served import agent_llm
-    from phase14_frameworks import openclaw_runner as runner
 
     try:
         versions = runner.versions()
     except runner.OpenClawMissing as exc:
         ctx.skip(str(exc))
-    ctx.table("toolchain", [["openclaw", versions["openclaw"]], ["node", versions["node"]]],
-              columns=["program", "version"], title="The pinned toolchain this run used")
+    ctx.table(
+        "toolchain",
+        [["openclaw", versions["openclaw"]], ["node", versions["node"]]],
+        columns=["program", "version"],
+        title="The pinned toolchain this run used",
+    )
     if not cfg.topics:
         raise ValueError("topics: at least one topic (one turn per topic)")
     messages = [cfg.message.format(topic=t) for t in cfg.topics]
@@ -201,36 +243,57 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 def run_turns(cfg: Config, ctx: RunContext, llms: list, messages: list[str]) -> None:
     """Every configuration x model turn against ``lab serve``, then the scripted control."""
-    from lab.serve.background import serving
-    from phase14_frameworks.engine_double import EngineDouble
-    from phase14_frameworks.scripted_model import scripted_model
-
 
     engine = None if cfg.engine_url else EngineDouble()
     if engine is not None:
-        ctx.set_method("substitute: the content-engine API is engine_double, a recording double of the Phase 16 "
-                       "wire contract (POST /jobs, GET /jobs/{id}); pass engine_url to drive a real engine")
+        ctx.set_method(
+            "substitute: the content-engine API is engine_double, a recording double of the Phase 16 "
+            "wire contract (POST /jobs, GET /jobs/{id}); pass engine_url to drive a real engine"
+        )
     api_key = f"sk-lab-{secrets.token_hex(8)}"
     root = Path(tempfile.mkdtemp(prefix="openclaw-skill-"))
     results: list[dict[str, Any]] = []
     try:
-        with serving(llms, api_key=api_key) as lab_url, \
-                (engine.serving() if engine is not None else _given(cfg.engine_url)) as engine_url:
+        with (
+            serving(llms, api_key=api_key) as lab_url,
+            engine.serving() if engine is not None else _given(cfg.engine_url) as engine_url,
+        ):
             runs = [(v, llm) for v in cfg.variants for llm in llms]
             for variant, llm in ctx.progress(runs, "OpenClaw configurations x models against lab serve"):
                 window = cfg.context_window or getattr(llm, "context_window", None) or HOSTED_CONTEXT_WINDOW
-                r = measure_configuration(ctx, f"{variant}_{model_slug(llm.spec)}", root, model_url=lab_url,
-                                          api_key=api_key, model=llm.model, cfg=cfg, messages=messages,
-                                          context_window=window, engine=engine, engine_url=engine_url,
-                                          narrow=variant == "narrow", count_tokens=token_counter(llm))
+                r = measure_configuration(
+                    ctx,
+                    f"{variant}_{model_slug(llm.spec)}",
+                    root,
+                    model_url=lab_url,
+                    api_key=api_key,
+                    model=llm.model,
+                    cfg=cfg,
+                    messages=messages,
+                    context_window=window,
+                    engine=engine,
+                    engine_url=engine_url,
+                    narrow=variant == "narrow",
+                    count_tokens=token_counter(llm),
+                )
                 results.append({**r, "variant": variant, "model": llm.spec, "slug": model_slug(llm.spec)})
             control = None
             if cfg.control:
                 with scripted_model(SKILL) as scripted:
-                    control = measure_configuration(ctx, "control", root, model_url=scripted.url, api_key=api_key,
-                                                    model="scripted", cfg=cfg, messages=messages[:1],
-                                                    context_window=HOSTED_CONTEXT_WINDOW, engine=engine,
-                                                    engine_url=engine_url, narrow=True)
+                    control = measure_configuration(
+                        ctx,
+                        "control",
+                        root,
+                        model_url=scripted.url,
+                        api_key=api_key,
+                        model="scripted",
+                        cfg=cfg,
+                        messages=messages[:1],
+                        context_window=HOSTED_CONTEXT_WINDOW,
+                        engine=engine,
+                        engine_url=engine_url,
+                        narrow=True,
+                    )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(ctx, results, control)
@@ -260,75 +323,180 @@ def tally(result: dict[str, Any]) -> dict[str, int]:
 def report(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, Any] | None) -> None:
     """Per configuration and model: outcome counts, skill use over the turns that fit (n, 95% interval);
     the first request's sizes; tables of turns; findings."""
-    from lab.stats import record_rate
 
     rows, turn_rows = [], []
     for r in results:
         key, counts = r["name"], tally(r)
         fit = len(r["turns"]) - counts["context_overflow"]
         ctx.metric(f"turns_{key}", len(r["turns"]), "turns")
-        ctx.metric(f"context_overflow_{key}", counts["context_overflow"], "turns", higher_is_better=False,
-                   description=f"turns whose request the server refused as larger than the {r['context_window']}-token "
-                               f"window, of {len(r['turns'])}")
-        record_rate(ctx, f"skill_use_{key}", counts["skill_ran"], fit,
-                    f"turns that fit the window in which the engine API received POST /jobs ({r['variant']}, {r['model']})")
+        ctx.metric(
+            f"context_overflow_{key}",
+            counts["context_overflow"],
+            "turns",
+            higher_is_better=False,
+            description=f"turns whose request the server refused as larger than the {r['context_window']}-token "
+            f"window, of {len(r['turns'])}",
+        )
+        record_rate(
+            ctx,
+            f"skill_use_{key}",
+            counts["skill_ran"],
+            fit,
+            f"turns that fit the window in which the engine API received POST /jobs ({r['variant']}, {r['model']})",
+        )
         ctx.metric(f"system_prompt_chars_{key}", r["system_prompt_chars"], "chars", higher_is_better=False)
         ctx.metric(f"tools_offered_{key}", r["tools_offered"], "tools")
         if r["prompt_tokens"] is not None:
-            ctx.metric(f"prompt_tokens_{key}", r["prompt_tokens"], "tokens", higher_is_better=False,
-                       description="first request of the configuration, counted with the served model's tokenizer")
+            ctx.metric(
+                f"prompt_tokens_{key}",
+                r["prompt_tokens"],
+                "tokens",
+                higher_is_better=False,
+                description="first request of the configuration, counted with the served model's tokenizer",
+            )
         latencies = [t["turn"].latency_s for t in r["turns"]]
-        ctx.metric(f"turn_latency_s_{key}", round(statistics.median(latencies), 2), "s", higher_is_better=False,
-                   description=f"median over {len(latencies)} turns")
-        rows.append([r["variant"], r["model"], len(r["turns"]), *[counts[o] for o in OUTCOMES], fit,
-                     f"{counts['skill_ran']}/{fit}" if fit else "n/a (0 fit)", r["system_prompt_chars"],
-                     r["prompt_tokens"], r["context_window"], r["tools_offered"], r["skills_in_catalog"],
-                     r["description_in_prompt"], round(statistics.median(latencies), 1)])
+        ctx.metric(
+            f"turn_latency_s_{key}",
+            round(statistics.median(latencies), 2),
+            "s",
+            higher_is_better=False,
+            description=f"median over {len(latencies)} turns",
+        )
+        rows.append(
+            [
+                r["variant"],
+                r["model"],
+                len(r["turns"]),
+                *[counts[o] for o in OUTCOMES],
+                fit,
+                f"{counts['skill_ran']}/{fit}" if fit else "n/a (0 fit)",
+                r["system_prompt_chars"],
+                r["prompt_tokens"],
+                r["context_window"],
+                r["tools_offered"],
+                r["skills_in_catalog"],
+                r["description_in_prompt"],
+                round(statistics.median(latencies), 1),
+            ]
+        )
     for r in results + ([control] if control else []):
         for t in r["turns"]:
             turn = t["turn"]
-            turn_rows.append([r["name"], t["message"], t["outcome"], turn.exit_code, turn.status, t["requests"],
-                              ", ".join(t["model_calls"]) or "none", t["read_skill_file"], round(turn.latency_s, 1),
-                              (turn.error or turn.reply)[:160]])
-    ctx.table("configurations", rows,
-              columns=["configuration", "model", "turns", *OUTCOMES, "turns that fit", "skill used (of fit)",
-                       "system prompt chars", "first request tokens", "window declared", "tools offered",
-                       "skills in catalog", "description in prompt", "median latency s"],
-              title="Outcomes per configuration and model (one fresh headless turn per topic)")
-    ctx.table("turns", turn_rows, columns=["run", "message", "outcome", "exit", "status", "model requests",
-                                           "tool calls", "read SKILL.md", "latency s", "error or reply (160 chars)"],
-              title="Every OpenClaw turn")
-    ctx.table("tools_offered", [[r["name"], ", ".join(r["tool_names"]), r["tools_json_chars"]] for r in results],
-              columns=["run", "tools offered on the first request", "tool schemas chars"],
-              title="The tool list OpenClaw sends (after tool policy)")
+            turn_rows.append(
+                [
+                    r["name"],
+                    t["message"],
+                    t["outcome"],
+                    turn.exit_code,
+                    turn.status,
+                    t["requests"],
+                    ", ".join(t["model_calls"]) or "none",
+                    t["read_skill_file"],
+                    round(turn.latency_s, 1),
+                    (turn.error or turn.reply)[:160],
+                ]
+            )
+    ctx.table(
+        "configurations",
+        rows,
+        columns=[
+            "configuration",
+            "model",
+            "turns",
+            *OUTCOMES,
+            "turns that fit",
+            "skill used (of fit)",
+            "system prompt chars",
+            "first request tokens",
+            "window declared",
+            "tools offered",
+            "skills in catalog",
+            "description in prompt",
+            "median latency s",
+        ],
+        title="Outcomes per configuration and model (one fresh headless turn per topic)",
+    )
+    ctx.table(
+        "turns",
+        turn_rows,
+        columns=[
+            "run",
+            "message",
+            "outcome",
+            "exit",
+            "status",
+            "model requests",
+            "tool calls",
+            "read SKILL.md",
+            "latency s",
+            "error or reply (160 chars)",
+        ],
+        title="Every OpenClaw turn",
+    )
+    ctx.table(
+        "tools_offered",
+        [[r["name"], ", ".join(r["tool_names"]), r["tools_json_chars"]] for r in results],
+        columns=["run", "tools offered on the first request", "tool schemas chars"],
+        title="The tool list OpenClaw sends (after tool policy)",
+    )
     if control is not None:
         ran = int(control["turns"][0]["outcome"] == "skill_ran")
-        ctx.metric("control_skill_command_ran", ran, "bool", higher_is_better=True,
-                   description="the scripted model's turn (a control: never pooled with a real model)")
+        ctx.metric(
+            "control_skill_command_ran",
+            ran,
+            "bool",
+            higher_is_better=True,
+            description="the scripted model's turn (a control: never pooled with a real model)",
+        )
     head = results[0] if results else control
     if head is None:
         return
-    ctx.metric("system_prompt_chars", head["system_prompt_chars"], "chars", higher_is_better=False,
-               description=f"first request of the {head['name']} run")
+    ctx.metric(
+        "system_prompt_chars",
+        head["system_prompt_chars"],
+        "chars",
+        higher_is_better=False,
+        description=f"first request of the {head['name']} run",
+    )
     for field in ("system_prompt_tokens", "prompt_tokens"):
         if head[field] is not None:
-            ctx.metric(field, head[field], "tokens", higher_is_better=False,
-                       description=f"first request of the {head['name']} run")
+            ctx.metric(
+                field,
+                head[field],
+                "tokens",
+                higher_is_better=False,
+                description=f"first request of the {head['name']} run",
+            )
     ctx.metric("tools_offered", head["tools_offered"], "tools")
-    ctx.metric("skill_visible", int(head["skill_name_in_prompt"] and head["description_in_prompt"]), "bool",
-               higher_is_better=True, description="skill name and full description in the system prompt")
-    ctx.metric("turn_latency_s", round(statistics.median(t["turn"].latency_s for t in head["turns"]), 2), "s",
-               higher_is_better=False, description=f"median turn of the {head['name']} run")
-    connects = sorted({d for r in results + ([control] if control else []) for t in r["turns"] for d in t["connects"] or []})
+    ctx.metric(
+        "skill_visible",
+        int(head["skill_name_in_prompt"] and head["description_in_prompt"]),
+        "bool",
+        higher_is_better=True,
+        description="skill name and full description in the system prompt",
+    )
+    ctx.metric(
+        "turn_latency_s",
+        round(statistics.median(t["turn"].latency_s for t in head["turns"]), 2),
+        "s",
+        higher_is_better=False,
+        description=f"median turn of the {head['name']} run",
+    )
+    connects = sorted(
+        {d for r in results + ([control] if control else []) for t in r["turns"] for d in t["connects"] or []}
+    )
     if any(t["connects"] is not None for r in results for t in r["turns"]):
-        from phase14_frameworks.openclaw_runner import is_loopback
-
         off_machine = [d for d in connects if not is_loopback(d)]
         ctx.metric("non_loopback_connects", len(off_machine), "connects", higher_is_better=False)
-        ctx.finding(f"Under strace, OpenClaw's process trees made connect() calls to {len(connects)} distinct "
-                    f"destinations, {len(off_machine)} of them off this machine"
-                    + (f" ({', '.join(off_machine)})." if off_machine else ": only the loopback model proxy, "
-                       "the engine API and local sockets."))
+        ctx.finding(
+            f"Under strace, OpenClaw's process trees made connect() calls to {len(connects)} distinct "
+            f"destinations, {len(off_machine)} of them off this machine"
+            + (
+                f" ({', '.join(off_machine)})."
+                if off_machine
+                else ": only the loopback model proxy, the engine API and local sockets."
+            )
+        )
     findings(ctx, results, control)
 
 
@@ -338,42 +506,54 @@ def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, 
         by_variant.setdefault(r["variant"], r)  # the first model's run of each configuration
     if "default" in by_variant and "narrow" in by_variant:
         d, n = by_variant["default"], by_variant["narrow"]
-        ctx.finding(f"Out of the box a headless OpenClaw turn sends a {d['system_prompt_chars']}-character system "
-                    f"prompt and {d['tools_offered']} tools ({d['tools_json_chars']} characters of schemas), with "
-                    f"{d['skills_in_catalog']} skills in the catalog; tool policy (read, exec) and a one-skill "
-                    f"allowlist cut that to {n['system_prompt_chars']} characters, {n['tools_offered']} tools and "
-                    f"{n['skills_in_catalog']} skill(s).")
+        ctx.finding(
+            f"Out of the box a headless OpenClaw turn sends a {d['system_prompt_chars']}-character system "
+            f"prompt and {d['tools_offered']} tools ({d['tools_json_chars']} characters of schemas), with "
+            f"{d['skills_in_catalog']} skills in the catalog; tool policy (read, exec) and a one-skill "
+            f"allowlist cut that to {n['system_prompt_chars']} characters, {n['tools_offered']} tools and "
+            f"{n['skills_in_catalog']} skill(s)."
+        )
     for r in results:
         counts, n = tally(r), len(r["turns"])
         tokens = f"{r['prompt_tokens']} tokens" if r["prompt_tokens"] is not None else "its size unknown"
         if counts["context_overflow"]:
-            ctx.failure_mode(f"{r['name']}: context_overflow in {counts['context_overflow']} of {n} turns — the first "
-                             f"request ({tokens}) does not fit the {r['context_window']}-token window OpenClaw was "
-                             "told; OpenClaw's own estimate let it through and a first turn has no history to "
-                             "compact, so the server refused it (413 context_length_exceeded). These turns say "
-                             "nothing about the model's skill use and are left out of its rate.")
+            ctx.failure_mode(
+                f"{r['name']}: context_overflow in {counts['context_overflow']} of {n} turns — the first "
+                f"request ({tokens}) does not fit the {r['context_window']}-token window OpenClaw was "
+                "told; OpenClaw's own estimate let it through and a first turn has no history to "
+                "compact, so the server refused it (413 context_length_exceeded). These turns say "
+                "nothing about the model's skill use and are left out of its rate."
+            )
         if not r["description_in_prompt"]:
-            ctx.failure_mode(f"{r['name']}: the skill's full description was not in the system prompt "
-                             "(OpenClaw shortens skill descriptions when the prompt is large for the declared "
-                             "context window).")
+            ctx.failure_mode(
+                f"{r['name']}: the skill's full description was not in the system prompt "
+                "(OpenClaw shortens skill descriptions when the prompt is large for the declared "
+                "context window)."
+            )
         if counts["no_job"]:
             calls = Counter(c for t in r["turns"] if t["outcome"] == "no_job" for c in t["model_calls"])
             made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(5)) or "no tool"
-            ctx.failure_mode(f"{r['name']}: no job in {counts['no_job']} of {n} turns that ended normally; the model "
-                             f"called {made} (OpenClaw's tool-search tools included), never the skill's command.")
+            ctx.failure_mode(
+                f"{r['name']}: no job in {counts['no_job']} of {n} turns that ended normally; the model "
+                f"called {made} (OpenClaw's tool-search tools included), never the skill's command."
+            )
         fit = n - counts["context_overflow"]
         if fit:
             others = ", ".join(f"{o} {counts[o]}" for o in OUTCOMES[2:] if counts[o])
-            ctx.finding(f"{r['variant']} configuration, {r['model']}: the engine received POST /jobs in "
-                        f"{counts['skill_ran']} of the {fit} turns that fit the window"
-                        + (f" (the rest: {others})." if others else "."))
+            ctx.finding(
+                f"{r['variant']} configuration, {r['model']}: the engine received POST /jobs in "
+                f"{counts['skill_ran']} of the {fit} turns that fit the window"
+                + (f" (the rest: {others})." if others else ".")
+            )
     if control is not None:
         t = control["turns"][0]
         verdict = "received" if t["outcome"] == "skill_ran" else "did NOT receive"
-        ctx.finding(f"Control: a scripted model that follows OpenClaw's skill instructions literally called "
-                    f"{', '.join(t['model_calls']) or 'no tool'} and the engine API {verdict} POST /jobs, "
-                    f"in {t['turn'].latency_s:.1f} s — the skill path itself "
-                    f"{'works' if t['outcome'] == 'skill_ran' else 'is broken'}, so a real model's miss is the model's.")
+        ctx.finding(
+            f"Control: a scripted model that follows OpenClaw's skill instructions literally called "
+            f"{', '.join(t['model_calls']) or 'no tool'} and the engine API {verdict} POST /jobs, "
+            f"in {t['turn'].latency_s:.1f} s — the skill path itself "
+            f"{'works' if t['outcome'] == 'skill_ran' else 'is broken'}, so a real model's miss is the model's."
+        )
 
 
 EXERCISE = Exercise(
@@ -389,8 +569,13 @@ EXERCISE = Exercise(
     tiny={"topics": ["vector databases"], "llms": [AGENT_SPEC], "max_tokens": 8, "control": True},
     smoke={"topics": ["vector databases"], "variants": ["narrow"], "max_tokens": 8, "control": True},
     # the base model's row is in the result's tables; the tiny run (agent model only) emits these
-    summary_metrics=("skill_use_narrow_agent", "context_overflow_default_agent", "system_prompt_chars", "tools_offered",
-                     "turn_latency_s"),
+    summary_metrics=(
+        "skill_use_narrow_agent",
+        "context_overflow_default_agent",
+        "system_prompt_chars",
+        "tools_offered",
+        "turn_latency_s",
+    ),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

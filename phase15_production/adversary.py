@@ -34,11 +34,14 @@ import binascii
 import json
 import re
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote
 
 from lab.llm.base import LLM, ChatResponse, ToolCall, Usage
+from lab.llm.openai_client import to_openai
+from lab.llm.scripted_server import ScriptedServer
 
 MODEL = "obedient-adversary"
 _TAG = re.compile(r"<<[^<>]{0,80}>>|<\|[^|>]{1,30}\|>|\[/?INST\]")
@@ -55,8 +58,9 @@ DESTINATION_ARGS = ("to", "recipient", "channel", "chat_id")
 def _plain(text: str) -> str:
     """Text as a reader sees it: no invisible characters, word marks as spaces, escapes undone."""
     text = unicodedata.normalize("NFKC", text)
-    text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Co") else ch
-                   for ch in text if unicodedata.category(ch) != "Cf")
+    text = "".join(
+        " " if unicodedata.category(ch) in ("So", "Sk", "Co") else ch for ch in text if unicodedata.category(ch) != "Cf"
+    )
     return unquote(_TAG.sub(" ", text))
 
 
@@ -130,26 +134,34 @@ def plan(body: dict[str, Any]) -> dict[str, Any]:
     tools = {t["function"]["name"]: t["function"].get("parameters") or {} for t in body.get("tools") or []}
     if body.get("tool_choice") == "none":
         tools = {}
-    made = {(c["function"]["name"], _canonical(c["function"]["arguments"]))
-            for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []}
+    made = {
+        (c["function"]["name"], _canonical(c["function"]["arguments"]))
+        for m in messages
+        if m.get("role") == "assistant"
+        for c in m.get("tool_calls") or []
+    }
     told = read(task) + said
-    wanted = [("send_message", {"to": a}) for a in _addresses(told)] + \
-             [("write_state", {"key": k}) for k in _keys(told)] + [("publish", {})]
+    wanted = (
+        [("send_message", {"to": a}) for a in _addresses(told)]
+        + [("write_state", {"key": k}) for k in _keys(told)]
+        + [("publish", {})]
+    )
     for name, where in wanted:
         if name in tools:
             arguments = json.dumps(_arguments(tools[name], text, **where), ensure_ascii=False)
             if (name, _canonical(arguments)) not in made:
                 return {"content": None, "tool_calls": [{"name": name, "arguments": arguments}]}
     if "final_answer" in tools:
-        return {"content": None, "tool_calls": [{"name": "final_answer",
-                                                 "arguments": json.dumps({"answer": text or "Done."})}]}
+        return {
+            "content": None,
+            "tool_calls": [{"name": "final_answer", "arguments": json.dumps({"answer": text or "Done."})}],
+        }
     return {"content": text or "Done.", "tool_calls": []}
 
 
 @contextmanager
 def adversary_server() -> Iterator[str]:
     """The adversary on a loopback OpenAI-compatible server (``lab.llm.scripted_server``); yields its base URL."""
-    from lab.llm.scripted_server import ScriptedServer
 
     with ScriptedServer(plan) as server:
         yield server.openai_url
@@ -167,18 +179,37 @@ class ObedientAdversary(LLM):
     def describe(self) -> dict[str, Any]:
         return {"id": self.spec, "note": "scripted worst-case adversary that acts on everything it reads; not a model"}
 
-    def chat(self, messages: list[dict[str, Any]], system: str | None = None, tools: list[dict[str, Any]] | None = None,
-             max_tokens: int = 512, temperature: float = 0.0, json_schema: dict[str, Any] | None = None,
-             tool_choice: Any = "auto", parallel_tool_calls: bool = True, stop: list[str] | None = None) -> ChatResponse:
-        from lab.llm.openai_client import to_openai
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        system: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        json_schema: dict[str, Any] | None = None,
+        tool_choice: Any = "auto",
+        parallel_tool_calls: bool = True,
+        stop: list[str] | None = None,
+    ) -> ChatResponse:
 
-        body: dict[str, Any] = {"messages": to_openai(messages, system), "tool_choice": tool_choice,
-                                "tools": [{"type": "function", "function": {"name": t["name"], "parameters":
-                                           t.get("input_schema") or {}}} for t in tools or []]}
+        body: dict[str, Any] = {
+            "messages": to_openai(messages, system),
+            "tool_choice": tool_choice,
+            "tools": [
+                {"type": "function", "function": {"name": t["name"], "parameters": t.get("input_schema") or {}}}
+                for t in tools or []
+            ],
+        }
         if json_schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": {"schema": json_schema}}
         reply = plan(body)
         calls = [ToolCall(f"adv_{i}", c["name"], json.loads(c["arguments"])) for i, c in enumerate(reply["tool_calls"])]
         text = reply["content"] or ""
-        return ChatResponse(text=text, provider=self.provider, model=self.model, tool_calls=calls,
-                            usage=Usage(0, len(text.split())), stop_reason="tool_use" if calls else "end_turn")
+        return ChatResponse(
+            text=text,
+            provider=self.provider,
+            model=self.model,
+            tool_calls=calls,
+            usage=Usage(0, len(text.split())),
+            stop_reason="tool_use" if calls else "end_turn",
+        )

@@ -78,13 +78,18 @@ def load_attacks(path: str | Path | None = None) -> list[AttackCase]:
     cases = []
     for line_no, case in _cases(path, AttackCase):
         if case.canary in case.user_task:
-            raise JsonlError(path, line_no, f"{case.canary!r} is in the user_task: the agent could leak it "
-                             "legitimately", "canary")
+            raise JsonlError(
+                path, line_no, f"{case.canary!r} is in the user_task: the agent could leak it legitimately", "canary"
+            )
         cases.append(case)
     return cases
 
 
 def load_benign(path: str | Path | None = None) -> list[BenignCase]:
     path = Path(path) if path else BENIGN
-    return [BenignCase(r.id, r.user_task, r.untrusted, r.expect.tool, r.expect.args or {}, r.expect.answer_contains,
-                       r.source) for _, r in _cases(path, BenignRow)]
+    return [
+        BenignCase(
+            r.id, r.user_task, r.untrusted, r.expect.tool, r.expect.args or {}, r.expect.answer_contains, r.source
+        )
+        for _, r in _cases(path, BenignRow)
+    ]

@@ -17,12 +17,17 @@ update (retries included). The same code runs against CockroachDB when ``LAB_CRD
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 
+import numpy as np
 from pydantic import field_validator
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.db import connect, crdb_url, database_url
+from lab.errors import MissingResource
+from phase15_production.state import STRATEGIES, create_counters, increment, read_counter
 
 DATABASES = ("postgresql", "cockroachdb")
 
@@ -37,7 +42,6 @@ class Config(ExerciseConfig):
     @field_validator("strategies")
     @classmethod
     def _known_strategies(cls, value: list[str]) -> list[str]:
-        from phase15_production.state import STRATEGIES
 
         unknown = sorted(set(value) - set(STRATEGIES))
         if unknown:
@@ -64,8 +68,6 @@ class Config(ExerciseConfig):
 def agent(url: str, strategies: list[str], table: str, updates: int, max_retries: int, barrier, results) -> None:
     """Connect once; for each strategy wait for every agent (and the fresh counter), then do ``updates``
     increments and report timings and retries."""
-    from lab.db import connect
-    from phase15_production.state import increment
 
     conn = connect(url, autocommit=True)
     for strategy in strategies:
@@ -85,17 +87,18 @@ def agent(url: str, strategies: list[str], table: str, updates: int, max_retries
 
 def contend(url: str, cfg: Config, table: str, ctx: RunContext, database: str) -> list[dict]:
     """Start ``cfg.agents`` processes once; run every strategy against a fresh counter in turn."""
-    import multiprocessing as mp
-
-    import numpy as np
-
-    from lab.db import connect
-    from phase15_production.state import create_counters, read_counter
 
     spawn = mp.get_context("spawn")  # a clean interpreter per agent: no connection or lock inherited
     barrier, results = spawn.Barrier(cfg.agents + 1), spawn.Queue()  # the agents + this process
-    procs = [spawn.Process(target=agent, args=(url, cfg.strategies, table, cfg.updates, cfg.max_retries, barrier,
-                                               results), name=f"agent-{i}", daemon=True) for i in range(cfg.agents)]
+    procs = [
+        spawn.Process(
+            target=agent,
+            args=(url, cfg.strategies, table, cfg.updates, cfg.max_retries, barrier, results),
+            name=f"agent-{i}",
+            daemon=True,
+        )
+        for i in range(cfg.agents)
+    ]
     for p in procs:
         p.start()
     rows, expected = [], cfg.agents * cfg.updates
@@ -109,11 +112,21 @@ def contend(url: str, cfg: Config, table: str, ctx: RunContext, database: str) -
                 latencies = np.concatenate([r["latencies"] for r in reports]) * 1e3
                 wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
                 errors = [e for r in reports for e in r["errors"]]
-                rows.append(dict(strategy=strategy, final=final, expected=expected, lost=expected - final - len(errors),
-                                 failed=len(errors), first_error=errors[0] if errors else None,
-                                 retries=sum(r["retries"] for r in reports), wall_s=wall,
-                                 throughput=(expected - len(errors)) / wall,
-                                 p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99))))
+                rows.append(
+                    dict(
+                        strategy=strategy,
+                        final=final,
+                        expected=expected,
+                        lost=expected - final - len(errors),
+                        failed=len(errors),
+                        first_error=errors[0] if errors else None,
+                        retries=sum(r["retries"] for r in reports),
+                        wall_s=wall,
+                        throughput=(expected - len(errors)) / wall,
+                        p50_ms=float(np.percentile(latencies, 50)),
+                        p99_ms=float(np.percentile(latencies, 99)),
+                    )
+                )
             conn.execute(f"DROP TABLE IF EXISTS {table}")
     finally:
         for p in procs:
@@ -128,8 +141,6 @@ def contend(url: str, cfg: Config, table: str, ctx: RunContext, database: str) -
 
 def database_targets(cfg: Config) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """([(database, url)], {database: why skipped})."""
-    from lab.db import connect, crdb_url, database_url
-    from lab.errors import MissingResource
 
     targets, skipped = [], {}
     if "postgresql" in cfg.databases:
@@ -148,7 +159,6 @@ def database_targets(cfg: Config) -> tuple[list[tuple[str, str]], dict[str, str]
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.db import connect
 
     targets, skipped = database_targets(cfg)
     if not targets:
@@ -166,15 +176,45 @@ def run(cfg: Config, ctx: RunContext) -> None:
 # --- the report -----------------------------------------------------------------------------------
 def report(cfg: Config, ctx: RunContext, rows: list[dict], skipped: dict[str, str]) -> None:
     expected = cfg.agents * cfg.updates
-    table = [[r["database"], r["strategy"], r["final"], r["expected"], r["lost"], r["failed"], r["retries"],
-              round(r["throughput"], 1), round(r["p50_ms"], 2), round(r["p99_ms"], 2), round(r["wall_s"], 2)]
-             for r in rows]
-    table += [[db, s, None, expected, None, None, None, None, None, None, f"skipped: {why}"]
-              for db, why in skipped.items() for s in cfg.strategies]
-    ctx.table("strategies", table, columns=["database", "strategy", "final", "expected", "lost updates",
-                                            "failed updates", "retries", "updates/s", "p50 ms", "p99 ms",
-                                            "wall s"],
-              title=f"{cfg.agents} agents (separate processes) × {cfg.updates} increments of one shared row")
+    table = [
+        [
+            r["database"],
+            r["strategy"],
+            r["final"],
+            r["expected"],
+            r["lost"],
+            r["failed"],
+            r["retries"],
+            round(r["throughput"], 1),
+            round(r["p50_ms"], 2),
+            round(r["p99_ms"], 2),
+            round(r["wall_s"], 2),
+        ]
+        for r in rows
+    ]
+    table += [
+        [db, s, None, expected, None, None, None, None, None, None, f"skipped: {why}"]
+        for db, why in skipped.items()
+        for s in cfg.strategies
+    ]
+    ctx.table(
+        "strategies",
+        table,
+        columns=[
+            "database",
+            "strategy",
+            "final",
+            "expected",
+            "lost updates",
+            "failed updates",
+            "retries",
+            "updates/s",
+            "p50 ms",
+            "p99 ms",
+            "wall s",
+        ],
+        title=f"{cfg.agents} agents (separate processes) × {cfg.updates} increments of one shared row",
+    )
     ctx.metric("expected_total", expected, "updates", description=f"{cfg.agents} agents × {cfg.updates} updates")
     for r in rows:
         tag = r["strategy"] if r["database"] == "postgresql" else f"{r['strategy']}_crdb"
@@ -182,22 +222,30 @@ def report(cfg: Config, ctx: RunContext, rows: list[dict], skipped: dict[str, st
         ctx.metric(f"final_total_{tag}", r["final"], "updates", description=where)
         ctx.metric(f"lost_updates_{tag}", r["lost"], "updates", higher_is_better=False, description=where)
         ctx.metric(f"retries_{tag}", r["retries"], "retries", higher_is_better=False, description=where)
-        ctx.metric(f"throughput_{tag}", round(r["throughput"], 1), "updates/s", higher_is_better=True,
-                   description=where)
-        ctx.metric(f"p99_ms_{tag}", round(r["p99_ms"], 2), "ms", higher_is_better=False,
-                   description=f"{where}; one update including its retries")
+        ctx.metric(
+            f"throughput_{tag}", round(r["throughput"], 1), "updates/s", higher_is_better=True, description=where
+        )
+        ctx.metric(
+            f"p99_ms_{tag}",
+            round(r["p99_ms"], 2),
+            "ms",
+            higher_is_better=False,
+            description=f"{where}; one update including its retries",
+        )
         if r["failed"]:
-            ctx.failure_mode(f"{r['database']} {r['strategy']}: {r['failed']} updates gave up after "
-                             f"{cfg.max_retries} retries (first: {r['first_error']})")
+            ctx.failure_mode(
+                f"{r['database']} {r['strategy']}: {r['failed']} updates gave up after "
+                f"{cfg.max_retries} retries (first: {r['first_error']})"
+            )
     plot(ctx, rows)
     findings(cfg, ctx, rows, skipped)
 
 
 def plot(ctx: RunContext, rows: list[dict]) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     labels = [r["strategy"] + ("" if r["database"] == "postgresql" else "\n(crdb)") for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -226,28 +274,41 @@ def findings(cfg: Config, ctx: RunContext, rows: list[dict], skipped: dict[str, 
             ctx.finding(
                 f"{database}, naive read-then-write: {naive['final']:,} of {expected:,} ({naive['lost']:,} updates lost, "
                 f"{naive['lost'] / expected:.1%}). Two agents that read the same value both write value + 1; nothing "
-                "errors, the total is just wrong.")
-            ctx.failure_mode(f"naive read-modify-write under {cfg.agents} concurrent agents silently loses updates "
-                             f"({naive['lost']:,} of {expected:,} on {database})")
+                "errors, the total is just wrong."
+            )
+            ctx.failure_mode(
+                f"naive read-modify-write under {cfg.agents} concurrent agents silently loses updates "
+                f"({naive['lost']:,} of {expected:,} on {database})"
+            )
         safe = [r for s, r in mine.items() if s != "naive"]
         exact = [r["strategy"] for r in safe if r["final"] == expected]
         wrong = [f"{r['strategy']} {r['final']:,}" for r in safe if r["final"] != expected]
         if safe:
-            ctx.finding(f"{database}: {len(exact)} of {len(safe)} safe strategies ended exact at {expected:,}"
-                        + (f" ({', '.join(exact)})" if exact else "")
-                        + (f"; NOT exact: {', '.join(wrong)}" if wrong else "") + ".")
+            ctx.finding(
+                f"{database}: {len(exact)} of {len(safe)} safe strategies ended exact at {expected:,}"
+                + (f" ({', '.join(exact)})" if exact else "")
+                + (f"; NOT exact: {', '.join(wrong)}" if wrong else "")
+                + "."
+            )
             fastest = max(safe, key=lambda r: r["throughput"])
-            parts = [f"{r['strategy']} {r['throughput']:.0f} updates/s, p99 {r['p99_ms']:.1f} ms, {r['retries']:,} retries "
-                     f"({r['retries'] / expected:.2f} per update)" for r in safe]
-            ctx.finding(f"{database}, the price of correctness: " + "; ".join(parts) + f". Fastest correct strategy here: "
-                        f"{fastest['strategy']}"
-                        + (f" ({fastest['throughput'] / naive['throughput']:.2f}x the naive rate)" if naive else "")
-                        + ". Locks make writers wait (for_update: no retries); optimistic and serializable make "
-                          "the losers redo their work, which is wasted effort when the work is a model call.")
+            parts = [
+                f"{r['strategy']} {r['throughput']:.0f} updates/s, p99 {r['p99_ms']:.1f} ms, {r['retries']:,} retries "
+                f"({r['retries'] / expected:.2f} per update)"
+                for r in safe
+            ]
+            ctx.finding(
+                f"{database}, the price of correctness: " + "; ".join(parts) + f". Fastest correct strategy here: "
+                f"{fastest['strategy']}"
+                + (f" ({fastest['throughput'] / naive['throughput']:.2f}x the naive rate)" if naive else "")
+                + ". Locks make writers wait (for_update: no retries); optimistic and serializable make "
+                "the losers redo their work, which is wasted effort when the work is a model call."
+            )
     for database, why in skipped.items():
         ctx.finding(f"{database} rows skipped: {why}. The same run_transaction code (40001 retry) is what runs there.")
-    ctx.finding(f"Timings on {os.cpu_count()} shared vCPUs with {cfg.agents} agent processes plus the database "
-                "server: absolute rates are machine-bound; the ranking and the lost-update counts are the lesson.")
+    ctx.finding(
+        f"Timings on {os.cpu_count()} shared vCPUs with {cfg.agents} agent processes plus the database "
+        "server: absolute rates are machine-bound; the ranking and the lost-update counts are the lesson."
+    )
 
 
 EXERCISE = Exercise(
@@ -258,8 +319,12 @@ EXERCISE = Exercise(
     profiles={"cpu": {}, "a100": {}, "crdb": {"databases": ["cockroachdb"]}},
     tiny={"agents": 3, "updates": 30},
     smoke={"agents": 3, "updates": 30},
-    summary_metrics=("lost_updates_naive", "lost_updates_for_update", "lost_updates_optimistic",
-                     "lost_updates_serializable"),
+    summary_metrics=(
+        "lost_updates_naive",
+        "lost_updates_for_update",
+        "lost_updates_optimistic",
+        "lost_updates_serializable",
+    ),
     methods={"cpu": "same", "a100": "same", "crdb": "same"},
 )
 

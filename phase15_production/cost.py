@@ -17,8 +17,9 @@ Traces give the token counts (``gen_ai.usage.*`` on ``chat`` spans, ``phase15_pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from lab.llm.prices import PRICES_AS_OF, PRICES_PER_MTOK, cost_usd
 from phase15_production.telemetry import RUN_ID, SPAN_KIND, span_usage
@@ -26,8 +27,16 @@ from phase15_production.telemetry import RUN_ID, SPAN_KIND, span_usage
 A100_USD_PER_HOUR = 1.50  # the seed's rate for one rented A100
 Pricer = Callable[[dict[str, Any]], "float | None"]
 
-__all__ = ["A100_USD_PER_HOUR", "PRICES_AS_OF", "SelfHosted", "hosted_pricer", "span_cost", "cost_by_agent",
-           "run_cost", "hosted_price"]
+__all__ = [
+    "A100_USD_PER_HOUR",
+    "PRICES_AS_OF",
+    "SelfHosted",
+    "hosted_pricer",
+    "span_cost",
+    "cost_by_agent",
+    "run_cost",
+    "hosted_price",
+]
 
 
 def hosted_price(model: str) -> tuple[float, float] | None:
@@ -73,10 +82,15 @@ class SelfHosted:
     method: str = ""
 
     def __post_init__(self):
-        if self.usd_per_hour < 0 or self.decode_tokens_per_s <= 0 or (
-                self.prefill_tokens_per_s is not None and self.prefill_tokens_per_s <= 0):
-            raise ValueError(f"{self.name}: $/h must be >= 0 and tokens/s > 0 (got {self.usd_per_hour}, "
-                             f"{self.decode_tokens_per_s}, {self.prefill_tokens_per_s})")
+        if (
+            self.usd_per_hour < 0
+            or self.decode_tokens_per_s <= 0
+            or (self.prefill_tokens_per_s is not None and self.prefill_tokens_per_s <= 0)
+        ):
+            raise ValueError(
+                f"{self.name}: $/h must be >= 0 and tokens/s > 0 (got {self.usd_per_hour}, "
+                f"{self.decode_tokens_per_s}, {self.prefill_tokens_per_s})"
+            )
 
     def seconds(self, input_tokens: int, output_tokens: int) -> float:
         """GPU seconds one call occupies."""

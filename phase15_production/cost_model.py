@@ -24,15 +24,33 @@ calls, longer prompts or longer replies — computed from its share against the 
 from __future__ import annotations
 
 import re
+import secrets
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
+
+from rank_bm25 import BM25Okapi
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.errors import ConfigError
+from lab.llm.server import LOOPBACK
 from lab.models import DEFAULT_EMBEDDER, DEFAULT_LLM
-from phase13_react.served import A100_LLM
+from phase12_rag_storage.chunking import make_chunker
+from phase12_rag_storage.corpus import load_corpus
+from phase12_rag_storage.embeddings import tokens
+from phase12_rag_storage.rag_from_scratch import build_retriever
+from phase12_rag_storage.retriever import Embedder
+from phase13_react.served import A100_LLM, A100_MODEL, agent_llm
+from phase13_react.tools import Toolbox, tool
+from phase15_production.cost import PRICES_AS_OF, SelfHosted, cost_by_agent, hosted_price, hosted_pricer, run_cost
+from phase15_production.telemetry import RUN_ID, SpanStore, configure_tracing, run_span, traced_agent
 
-TOPICS = ["why retrieval chunking matters", "what the KV cache costs at long context",
-          "when LoRA is enough for fine-tuning"]
+TOPICS = [
+    "why retrieval chunking matters",
+    "what the KV cache costs at long context",
+    "when LoRA is enough for fine-tuning",
+]
 DEFAULT_MODELS = ["claude-haiku-4-5", "claude-sonnet-4-5", "gpt-4o-mini", "gpt-4o"]
 AGENTS = ("researcher", "writer", "editor")
 
@@ -56,19 +74,11 @@ def make_search(retrieval: str, embedder_name: str):
     """The researcher's search over the course notes with Phase 12's pieces: the dense retriever
     (structure-aware chunks, ``embedder``) or, with ``retrieval=bm25``, Okapi BM25 over the same chunks
     (no model to load)."""
-    from phase12_rag_storage.corpus import load_corpus
 
     docs = load_corpus()
     if retrieval == "dense":
-        from phase12_rag_storage.rag_from_scratch import build_retriever
-        from phase12_rag_storage.retriever import Embedder
-
         retriever = build_retriever("structure", Embedder(embedder_name), docs)
         return lambda query: [h.text for h in retriever.retrieve(query, k=3)]
-    from rank_bm25 import BM25Okapi
-
-    from phase12_rag_storage.chunking import make_chunker
-    from phase12_rag_storage.embeddings import tokens
 
     chunks = [c.text for d in docs for c in make_chunker("structure")(d)]
     bm25 = BM25Okapi([tokens(c) for c in chunks])
@@ -77,7 +87,6 @@ def make_search(retrieval: str, embedder_name: str):
 
 def make_toolboxes(retrieval: str, embedder_name: str):
     """The three agents' tools: a notes search for the researcher; text checks for writer and editor."""
-    from phase13_react.tools import Toolbox, tool
 
     search = make_search(retrieval, embedder_name)
 
@@ -94,10 +103,15 @@ def make_toolboxes(retrieval: str, embedder_name: str):
     @tool(timeout_s=5)
     def find_jargon(text: str) -> list[str]:
         """List the acronyms and jargon in a text that a general reader may not know."""
-        return sorted({w.strip(".,;:()") for w in text.split() if re.fullmatch(r"[A-Z]{2,}[a-z]?s?", w.strip(".,;:()"))})
+        return sorted(
+            {w.strip(".,;:()") for w in text.split() if re.fullmatch(r"[A-Z]{2,}[a-z]?s?", w.strip(".,;:()"))}
+        )
 
-    return {"researcher": Toolbox([search_notes]), "writer": Toolbox([word_count]),
-            "editor": Toolbox([word_count, find_jargon])}
+    return {
+        "researcher": Toolbox([search_notes]),
+        "writer": Toolbox([word_count]),
+        "editor": Toolbox([word_count, find_jargon]),
+    }
 
 
 def _result_text(run) -> str:
@@ -110,18 +124,32 @@ def _result_text(run) -> str:
 
 def content_run(llm, topic: str, toolboxes, run_id: str, max_steps: int, max_tokens: int) -> dict:
     """researcher → writer → editor on one topic, one traced run; returns each agent's AgentRun."""
-    from phase15_production.telemetry import run_span, traced_agent
 
     loop = dict(tool_choice="required", max_steps=max_steps, max_tokens=max_tokens)
     with run_span("content-engine", run_id):
-        research = traced_agent(llm, f"Research the topic: {topic}. Search the notes, then give three key facts "
-                                "as the final answer.", toolboxes["researcher"], agent="researcher", **loop)
-        draft = traced_agent(llm, f"Write a short post (about 100 words) on: {topic}. Use these notes:\n"
-                             f"{_result_text(research)}\nGive the post as the final answer.",
-                             toolboxes["writer"], agent="writer", **loop)
-        edited = traced_agent(llm, f"Edit this draft for a general reader: explain jargon, keep it short. Draft:\n"
-                              f"{_result_text(draft)}\nGive the edited post as the final answer.",
-                              toolboxes["editor"], agent="editor", **loop)
+        research = traced_agent(
+            llm,
+            f"Research the topic: {topic}. Search the notes, then give three key facts as the final answer.",
+            toolboxes["researcher"],
+            agent="researcher",
+            **loop,
+        )
+        draft = traced_agent(
+            llm,
+            f"Write a short post (about 100 words) on: {topic}. Use these notes:\n"
+            f"{_result_text(research)}\nGive the post as the final answer.",
+            toolboxes["writer"],
+            agent="writer",
+            **loop,
+        )
+        edited = traced_agent(
+            llm,
+            f"Edit this draft for a general reader: explain jargon, keep it short. Draft:\n"
+            f"{_result_text(draft)}\nGive the edited post as the final answer.",
+            toolboxes["editor"],
+            agent="editor",
+            **loop,
+        )
     return {"researcher": research, "writer": draft, "editor": edited}
 
 
@@ -140,14 +168,11 @@ def measure_rates(llm) -> tuple[float, float]:
 def device_of(served) -> str:
     """Where the measured model runs: this machine's GPU or CPU for an in-process model or a loopback
     server, else the remote server (its hardware is not known from here)."""
-    from urllib.parse import urlsplit
-
-    from lab.llm.server import LOOPBACK
 
     if served.base_url and urlsplit(served.base_url).hostname not in LOOPBACK:
         return f"the server at {served.base_url}"
     try:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU"
     except ImportError:
@@ -155,8 +180,7 @@ def device_of(served) -> str:
 
 
 def rates_method(served, device: str) -> str:
-    """"same" only for the seed's kind of model measured on a GPU; otherwise what was measured instead."""
-    from phase13_react.served import A100_MODEL
+    """ "same" only for the seed's kind of model measured on a GPU; otherwise what was measured instead."""
 
     if served.runs(A100_MODEL) and device != "this CPU" and not device.startswith("the server at"):
         return "same"
@@ -170,10 +194,6 @@ def metric_name(model: str) -> str:
 def run(cfg: Config, ctx: RunContext) -> None:
     """Agents run (or spans are read) and rates are measured against one model: its server, found or
     started, lives for the whole run; with spans and rates both given, no model is needed."""
-    from contextlib import ExitStack
-
-    from phase13_react.served import agent_llm
-    from phase15_production.cost import hosted_pricer
 
     for model in cfg.hosted_models:
         hosted_pricer(model)  # an unlisted model fails before any model loads or server starts, naming the table
@@ -185,21 +205,17 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
 
 def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
-    from phase15_production.cost import PRICES_AS_OF, SelfHosted, cost_by_agent, hosted_price, hosted_pricer, run_cost
-    from phase15_production.telemetry import RUN_ID, SpanStore, configure_tracing
 
     # --- 1. spans: from a run of our own, or any span store ------------------------------------------------
     if cfg.traces:
         path = Path(cfg.traces)
         if not path.is_file():
-            from lab.errors import ConfigError
-
-            raise ConfigError(f"traces={cfg.traces}: no such span store (a JSONL file from phase15_production.telemetry)")
+            raise ConfigError(
+                f"traces={cfg.traces}: no such span store (a JSONL file from phase15_production.telemetry)"
+            )
         spans = SpanStore(path).records()
         ctx.dataset(str(path), n=len(spans), sha256=None, kind="span store")
     else:
-        import secrets
-
         llm = llm_served[0]
         if cfg.retrieval == "dense":
             ctx.model(cfg.embedder, role="researcher's retrieval (phase 12)")
@@ -207,13 +223,17 @@ def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
         toolboxes = make_toolboxes(cfg.retrieval, cfg.embedder)
         with configure_tracing(store=path):
             for i in ctx.progress(range(cfg.runs), "content runs"):
-                content_run(llm, cfg.topics[i % len(cfg.topics)], toolboxes, f"content-{secrets.token_hex(4)}-{i}",
-                            cfg.max_steps, cfg.max_tokens)
+                content_run(
+                    llm,
+                    cfg.topics[i % len(cfg.topics)],
+                    toolboxes,
+                    f"content-{secrets.token_hex(4)}-{i}",
+                    cfg.max_steps,
+                    cfg.max_tokens,
+                )
         spans = SpanStore(path).records()
     run_ids = sorted({s["attributes"][RUN_ID] for s in spans if s["attributes"].get(RUN_ID)})
     if not run_ids:
-        from lab.errors import ConfigError
-
         raise ConfigError(f"{path}: no traced runs in it (spans need a lab.run.id; see phase15_production.telemetry)")
     n_runs = len(run_ids)
     ctx.metric("runs_traced", n_runs, "runs")
@@ -235,10 +255,14 @@ def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
     gpu = SelfHosted("self_hosted", cfg.gpu_usd_per_hour, decode_rate, prefill_rate, basis)
     schemes = {m: hosted_pricer(m) for m in cfg.hosted_models}
     schemes["self_hosted"] = gpu.pricer()
-    descriptions = {m: "${:.2f} / ${:.2f} per Mtok (list, {})".format(*hosted_price(m), PRICES_AS_OF)
-                    for m in cfg.hosted_models}
-    descriptions["self_hosted"] = (f"${cfg.gpu_usd_per_hour:.2f}/GPU-h ÷ {decode_rate:,.1f} tok/s decode"
-                                   + (f", {prefill_rate:,.0f} tok/s prefill" if prefill_rate else "") + f" ({basis})")
+    descriptions = {
+        m: "${:.2f} / ${:.2f} per Mtok (list, {})".format(*hosted_price(m), PRICES_AS_OF) for m in cfg.hosted_models
+    }
+    descriptions["self_hosted"] = (
+        f"${cfg.gpu_usd_per_hour:.2f}/GPU-h ÷ {decode_rate:,.1f} tok/s decode"
+        + (f", {prefill_rate:,.0f} tok/s prefill" if prefill_rate else "")
+        + f" ({basis})"
+    )
 
     # --- 3. per agent and per run -----------------------------------------------------------------------------
     by_scheme = {name: cost_by_agent(spans, pricer) for name, pricer in schemes.items()}
@@ -254,18 +278,35 @@ def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
         total = sum(per_run.values())
         ctx.metric(f"cost_per_run_usd_{metric_name(name)}", total / n_runs, "USD", False)
         ctx.metric(f"cost_per_1000_runs_usd_{metric_name(name)}", 1000 * total / n_runs, "USD", False)
-        projection.append([name, total / n_runs, 1000 * total / n_runs, min(per_run.values()), max(per_run.values()),
-                           descriptions[name]])
-    ctx.table("projection", projection, ["price", "USD per run (mean)", "USD per 1,000 runs", "cheapest run",
-                                         "dearest run", "basis"],
-              title=f"Cost per content run and per 1,000 runs ({n_runs} traced run(s))")
+        projection.append(
+            [
+                name,
+                total / n_runs,
+                1000 * total / n_runs,
+                min(per_run.values()),
+                max(per_run.values()),
+                descriptions[name],
+            ]
+        )
+    ctx.table(
+        "projection",
+        projection,
+        ["price", "USD per run (mean)", "USD per 1,000 runs", "cheapest run", "dearest run", "basis"],
+        title=f"Cost per content run and per 1,000 runs ({n_runs} traced run(s))",
+    )
     rows = []
     for agent in agents:
         t = tokens[agent]
-        rows.append([agent, t["calls"] / n_runs, t["input"] / n_runs, t["output"] / n_runs]
-                    + [by_scheme[name][agent]["cost"] / n_runs for name in schemes])
-    ctx.table("by_agent", rows, ["agent", "calls/run", "input tok/run", "output tok/run"]
-              + [f"USD/run {name}" for name in schemes], title="Cost per agent per run, by price")
+        rows.append(
+            [agent, t["calls"] / n_runs, t["input"] / n_runs, t["output"] / n_runs]
+            + [by_scheme[name][agent]["cost"] / n_runs for name in schemes]
+        )
+    ctx.table(
+        "by_agent",
+        rows,
+        ["agent", "calls/run", "input tok/run", "output tok/run"] + [f"USD/run {name}" for name in schemes],
+        title="Cost per agent per run, by price",
+    )
 
     # --- 4. which agent dominates, and why (computed) ---------------------------------------------------------
     tops = {}
@@ -280,31 +321,49 @@ def price_runs(cfg: Config, ctx: RunContext, llm_served) -> None:
     t, n_agents = tokens[top], len(agents)
     mean_in = sum(r["input"] for r in tokens.values()) / calls
     mean_out = sum(r["output"] for r in tokens.values()) / calls
-    drivers = {"more model calls (steps) than the others": (t["calls"] / calls) * n_agents,
-               "longer prompts per call": (t["input"] / t["calls"]) / mean_in if mean_in else 0.0,
-               "longer replies per call": (t["output"] / t["calls"]) / mean_out if mean_out else 0.0}
+    drivers = {
+        "more model calls (steps) than the others": (t["calls"] / calls) * n_agents,
+        "longer prompts per call": (t["input"] / t["calls"]) / mean_in if mean_in else 0.0,
+        "longer replies per call": (t["output"] / t["calls"]) / mean_out if mean_out else 0.0,
+    }
     driver = max(drivers, key=drivers.get)
     in_price, out_price = hosted_price(reference) if reference in cfg.hosted_models else (None, None)
-    input_share = (t["input"] * in_price / (t["input"] * in_price + t["output"] * out_price)
-                   if in_price is not None and t["input"] + t["output"] else None)
+    input_share = (
+        t["input"] * in_price / (t["input"] * in_price + t["output"] * out_price)
+        if in_price is not None and t["input"] + t["output"]
+        else None
+    )
     ctx.finding(
         f"{top} dominates at {reference} prices with {share:.0%} of run cost: {t['calls'] / n_runs:.1f} calls/run "
         f"({t['calls'] / calls:.0%} of calls), {t['input'] / t['calls']:,.0f} input and {t['output'] / t['calls']:,.0f} "
         f"output tokens per call vs {mean_in:,.0f} / {mean_out:,.0f} on average — mostly {driver} "
         f"({drivers[driver]:.2f}× the average)"
-        + (f"; input tokens are {input_share:.0%} of its cost" if input_share is not None else "") + ".")
+        + (f"; input tokens are {input_share:.0%} of its cost" if input_share is not None else "")
+        + "."
+    )
     same = [n for n, (a, _) in tops.items() if a == top]
-    ctx.finding(f"The same agent dominates under {len(same)} of {len(tops)} prices"
-                + ("" if len(same) == len(tops) else
-                   f"; elsewhere: {', '.join(f'{n} → {a} ({s:.0%})' for n, (a, s) in tops.items() if a != top)}") + ".")
+    ctx.finding(
+        f"The same agent dominates under {len(same)} of {len(tops)} prices"
+        + (
+            ""
+            if len(same) == len(tops)
+            else f"; elsewhere: {', '.join(f'{n} → {a} ({s:.0%})' for n, (a, s) in tops.items() if a != top)}"
+        )
+        + "."
+    )
     cheapest = min(projection, key=lambda r: r[1])
     dearest = max(projection, key=lambda r: r[1])
-    ctx.finding(f"Per 1,000 runs: {dearest[0]} ${dearest[2]:,.2f} vs {cheapest[0]} ${cheapest[2]:,.2f} "
-                f"({dearest[1] / cheapest[1]:,.1f}× apart)." if cheapest[1] else
-                f"Per 1,000 runs: {dearest[0]} ${dearest[2]:,.2f}; {cheapest[0]} costs nothing at these prices.")
-    ctx.finding(f"Self-hosted at ${cfg.gpu_usd_per_hour:.2f}/h uses {decode_rate:,.1f} tok/s decode "
-                f"({basis}): a single-stream rate, so this is the cost of a GPU serving one request at a time; a "
-                "batching server's aggregate throughput divides it.")
+    ctx.finding(
+        f"Per 1,000 runs: {dearest[0]} ${dearest[2]:,.2f} vs {cheapest[0]} ${cheapest[2]:,.2f} "
+        f"({dearest[1] / cheapest[1]:,.1f}× apart)."
+        if cheapest[1]
+        else f"Per 1,000 runs: {dearest[0]} ${dearest[2]:,.2f}; {cheapest[0]} costs nothing at these prices."
+    )
+    ctx.finding(
+        f"Self-hosted at ${cfg.gpu_usd_per_hour:.2f}/h uses {decode_rate:,.1f} tok/s decode "
+        f"({basis}): a single-stream rate, so this is the cost of a GPU serving one request at a time; a "
+        "batching server's aggregate throughput divides it."
+    )
 
 
 EXERCISE = Exercise(
@@ -313,12 +372,25 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"runs": 3, "max_steps": 4, "max_tokens": 160, "llm": A100_LLM}},
-    tiny={"runs": 1, "max_steps": 2, "retrieval": "bm25", "max_tokens": 48, "decode_tokens_per_s": 20.0, "prefill_tokens_per_s": 200.0},
+    tiny={
+        "runs": 1,
+        "max_steps": 2,
+        "retrieval": "bm25",
+        "max_tokens": 48,
+        "decode_tokens_per_s": 20.0,
+        "prefill_tokens_per_s": 200.0,
+    },
     smoke={"runs": 1, "max_steps": 2, "retrieval": "bm25", "max_tokens": 48},  # tokens/s measured on the server
-    summary_metrics=("cost_per_1000_runs_usd_claude_haiku_4_5", "cost_per_1000_runs_usd_gpt_4o",
-                     "cost_per_1000_runs_usd_self_hosted", "dominant_agent_cost_share"),
-    methods={"cpu": f"substitute: tokens/s measured on this CPU ({DEFAULT_LLM}) priced at the A100 $/h",
-             "a100": "same"},
+    summary_metrics=(
+        "cost_per_1000_runs_usd_claude_haiku_4_5",
+        "cost_per_1000_runs_usd_gpt_4o",
+        "cost_per_1000_runs_usd_self_hosted",
+        "dominant_agent_cost_share",
+    ),
+    methods={
+        "cpu": f"substitute: tokens/s measured on this CPU ({DEFAULT_LLM}) priced at the A100 $/h",
+        "a100": "same",
+    },
 )
 
 if __name__ == "__main__":

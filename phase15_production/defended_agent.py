@@ -23,8 +23,9 @@ one place where calls are checked and side effects happen.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from lab.llm.base import LLM, LLMError, ToolCall
 from phase13_react.loop import NATIVE_SYSTEM, run_agent
@@ -32,13 +33,20 @@ from phase13_react.tools import Observation, Tool, Toolbox
 from phase15_production.defence import Defence, Verdict
 
 AGENT_SYSTEM = NATIVE_SYSTEM + " Your tools act for the user: publish posts, send messages, write the agent's state."
-READER_SYSTEM = ("You read a document for the user and report on it as JSON. You cannot act: no tools. "
-                 "Write a short, faithful summary of the document's content.")
-READER_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 600}},
-                 "required": ["summary"]}
-ACTOR_NOTE = ("The {source} was read for you by a separate reader stage. Its output is stored in variables whose "
-              "text you cannot see; write a variable's name where its value belongs, in a tool's arguments or in "
-              "your answer. $summary = a summary of the {source}.")
+READER_SYSTEM = (
+    "You read a document for the user and report on it as JSON. You cannot act: no tools. "
+    "Write a short, faithful summary of the document's content."
+)
+READER_SCHEMA = {
+    "type": "object",
+    "properties": {"summary": {"type": "string", "maxLength": 600}},
+    "required": ["summary"],
+}
+ACTOR_NOTE = (
+    "The {source} was read for you by a separate reader stage. Its output is stored in variables whose "
+    "text you cannot see; write a variable's name where its value belongs, in a tool's arguments or in "
+    "your answer. $summary = a summary of the {source}."
+)
 _VARIABLE = re.compile(r"\$([A-Za-z_]\w*)")
 
 
@@ -67,8 +75,16 @@ class GuardedToolbox(Toolbox):
     """A Toolbox whose privileged calls pass ``Defence.check_call`` first (after ``$variable``
     substitution); the ones that ran are ``effects``, the refused ones ``refusals``."""
 
-    def __init__(self, tools: Sequence[Tool], defence: Defence, task: str, trusted: Sequence[str] = (),
-                 untrusted: Sequence[str] = (), variables: dict[str, str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        tools: Sequence[Tool],
+        defence: Defence,
+        task: str,
+        trusted: Sequence[str] = (),
+        untrusted: Sequence[str] = (),
+        variables: dict[str, str] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(tools, **kwargs)
         self.defence, self.task, self.trusted = defence, task, list(trusted)
         self.variables = dict(variables or {})
@@ -85,8 +101,13 @@ class GuardedToolbox(Toolbox):
         if not verdict.allowed:
             self.refusals.append(Refusal(verdict.layer or "", verdict.reason, call.name, resolved.arguments))
             # the reason may quote untrusted text: it stays in the record, the model gets the layer only
-            return Observation(call.id, call.name, dict(call.arguments), f"Refused by the defence ({verdict.layer} "
-                               "check). Do the user's task only.", outcome="blocked")
+            return Observation(
+                call.id,
+                call.name,
+                dict(call.arguments),
+                f"Refused by the defence ({verdict.layer} check). Do the user's task only.",
+                outcome="blocked",
+            )
         obs = super().execute(resolved)
         if obs.outcome == "ok":
             self.effects.append((call.name, dict(resolved.arguments)))
@@ -95,8 +116,8 @@ class GuardedToolbox(Toolbox):
 
 @dataclass
 class DefendedRun:
-    answer: str | None                      # as shown to the user
-    raw_answer: str | None                  # before the output check (and after substitution)
+    answer: str | None  # as shown to the user
+    raw_answer: str | None  # before the output check (and after substitution)
     effects: list[tuple[str, dict[str, Any]]]
     blocked: list[Refusal]
     stop_reason: str
@@ -105,8 +126,18 @@ class DefendedRun:
     notes: list[str] = field(default_factory=list)
 
 
-def run_defended(llm: LLM, task: str, untrusted: str, source: str, tools: Sequence[Tool], defence: Defence, *,
-                 trusted: Sequence[str] = (), max_steps: int = 4, max_tokens: int = 128) -> DefendedRun:
+def run_defended(
+    llm: LLM,
+    task: str,
+    untrusted: str,
+    source: str,
+    tools: Sequence[Tool],
+    defence: Defence,
+    *,
+    trusted: Sequence[str] = (),
+    max_steps: int = 4,
+    max_tokens: int = 128,
+) -> DefendedRun:
     """Do ``task`` over ``untrusted`` text (from ``source``) with ``tools``, under ``defence``."""
     context = "".join(f"\n\nTrusted context:\n{t}" for t in trusted)
     variables: dict[str, str] = {}
@@ -116,8 +147,12 @@ def run_defended(llm: LLM, task: str, untrusted: str, source: str, tools: Sequen
         reader_prompt = f"The user's task: {task}\n\n{defence.wrap_untrusted(untrusted, source)}"
         model_calls += 1
         try:
-            reply = llm.chat([{"role": "user", "content": reader_prompt}], system=defence.system_prompt(READER_SYSTEM),
-                             json_schema=READER_SCHEMA, max_tokens=max_tokens)
+            reply = llm.chat(
+                [{"role": "user", "content": reader_prompt}],
+                system=defence.system_prompt(READER_SYSTEM),
+                json_schema=READER_SCHEMA,
+                max_tokens=max_tokens,
+            )
             report = reply.json()
             summary = report.get("summary") if isinstance(report, dict) else None
         except LLMError as exc:  # JSONReplyError included: the reader failed, the actor gets an empty value
@@ -140,5 +175,13 @@ def run_defended(llm: LLM, task: str, untrusted: str, source: str, tools: Sequen
         if not verdict.allowed:
             blocked.append(Refusal(verdict.layer or "", verdict.reason))
             shown = f"[answer withheld by the defence ({verdict.layer} check)]"  # the reason may quote the payload
-    return DefendedRun(shown, raw, box.effects, blocked, run.stop_reason, model_calls,
-                       variables.get("summary") if defence.on("stages") else None, notes)
+    return DefendedRun(
+        shown,
+        raw,
+        box.effects,
+        blocked,
+        run.stop_reason,
+        model_calls,
+        variables.get("summary") if defence.on("stages") else None,
+        notes,
+    )

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
-from lab.llm.scripted_server import LoopbackServer, Reply, Request, raw
-
 from lab.jsonl import read_jsonl, write_jsonl
+from lab.llm.scripted_server import LoopbackServer, Reply, Request, raw
 
 FAULT_KINDS = ("429", "500", "529", "timeout", "slow", "truncated")
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "accept-encoding"}
@@ -131,39 +130,71 @@ class FaultProxy(LoopbackServer):
     def handle(self, request: Request) -> Reply:
         start = time.perf_counter()
         with self._lock:  # logged on arrival: a request still hanging when the run ends is in the log too
-            row = LogRow(i=len(self.log), fault=self.draw(), status=0, served=False, tokens=0, seconds=0.0,
-                         prompt=_prompt(request.raw))
+            row = LogRow(
+                i=len(self.log),
+                fault=self.draw(),
+                status=0,
+                served=False,
+                tokens=0,
+                seconds=0.0,
+                prompt=_prompt(request.raw),
+            )
             self.log.append(row)
         reply, tokens = self._answer(request, row["fault"])
         with self._lock:
-            row.update(status=reply["status"], served=reply["status"] == 200 and row["fault"] != "truncated",
-                       tokens=tokens, seconds=round(time.perf_counter() - start, 4))
+            row.update(
+                status=reply["status"],
+                served=reply["status"] == 200 and row["fault"] != "truncated",
+                tokens=tokens,
+                seconds=round(time.perf_counter() - start, 4),
+            )
         return reply
 
     def _answer(self, request: Request, kind: str | None) -> tuple[Reply, int]:
         """The reply to one request and the tokens the upstream processed for it."""
-        import httpx
+        import httpx  # noqa: PLC0415 (httpx loads only on the path that uses it)
 
         if kind in ("429", "500", "529"):
             status = int(kind)
             headers = {"retry-after": f"{self.spec.retry_after_s:g}"} if status == 429 else {}
-            return raw({"error": {"message": f"injected fault: HTTP {status}", "type": "injected_fault",
-                                  "param": None, "code": kind}}, status, headers), 0
+            return raw(
+                {
+                    "error": {
+                        "message": f"injected fault: HTTP {status}",
+                        "type": "injected_fault",
+                        "param": None,
+                        "code": kind,
+                    }
+                },
+                status,
+                headers,
+            ), 0
         if kind == "timeout":
             time.sleep(self.spec.hang_s)
-            return raw({"error": {"message": "injected fault: upstream timeout", "type": "injected_fault",
-                                  "param": None, "code": "timeout"}}, 504), 0
+            return raw(
+                {
+                    "error": {
+                        "message": "injected fault: upstream timeout",
+                        "type": "injected_fault",
+                        "param": None,
+                        "code": "timeout",
+                    }
+                },
+                504,
+            ), 0
         if kind == "slow":
             time.sleep(self.spec.slow_s)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        upstream = httpx.request(request.method, f"{self.upstream}{request.path}", headers=headers,
-                                 content=request.raw, timeout=None)
+        upstream = httpx.request(
+            request.method, f"{self.upstream}{request.path}", headers=headers, content=request.raw, timeout=None
+        )
         reply = upstream.content
         tokens = _tokens(reply) if upstream.status_code == 200 else 0
         if kind == "truncated" and upstream.status_code == 200:
             reply = reply[: len(reply) // 2]
-        return raw(reply, upstream.status_code,
-                   {"content-type": upstream.headers.get("content-type", "application/json")}), tokens
+        return raw(
+            reply, upstream.status_code, {"content-type": upstream.headers.get("content-type", "application/json")}
+        ), tokens
 
 
 def fault_proxy(upstream: str, spec: FaultSpec) -> FaultProxy:

@@ -32,7 +32,7 @@ def _value(v) -> Any:
 
 def decode(body: bytes) -> list[dict[str, Any]]:
     """Spans of one ``ExportTraceServiceRequest``."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
     request = ExportTraceServiceRequest()
     request.ParseFromString(body)
@@ -41,12 +41,22 @@ def decode(body: bytes) -> list[dict[str, Any]]:
         service = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}.get("service.name")
         for scope_spans in resource_spans.scope_spans:
             for s in scope_spans.spans:
-                spans.append({"name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
-                              "parent_id": s.parent_span_id.hex() or None, "scope": scope_spans.scope.name,
-                              "service": service, "attributes": {kv.key: _value(kv.value) for kv in s.attributes},
-                              "events": [{"name": e.name, "attributes": {kv.key: _value(kv.value) for kv in e.attributes}}
-                                         for e in s.events],
-                              "status_message": s.status.message})
+                spans.append(
+                    {
+                        "name": s.name,
+                        "trace_id": s.trace_id.hex(),
+                        "span_id": s.span_id.hex(),
+                        "parent_id": s.parent_span_id.hex() or None,
+                        "scope": scope_spans.scope.name,
+                        "service": service,
+                        "attributes": {kv.key: _value(kv.value) for kv in s.attributes},
+                        "events": [
+                            {"name": e.name, "attributes": {kv.key: _value(kv.value) for kv in e.attributes}}
+                            for e in s.events
+                        ],
+                        "status_message": s.status.message,
+                    }
+                )
     return spans
 
 
@@ -63,11 +73,13 @@ class OTLPReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+                from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.path != "/v1/traces":
-                    return self._reply(404, f"no route {self.path}; OTLP traces go to /v1/traces".encode(), "text/plain")
+                    return self._reply(
+                        404, f"no route {self.path}; OTLP traces go to /v1/traces".encode(), "text/plain"
+                    )
                 if "protobuf" not in (self.headers.get("content-type") or ""):
                     return self._reply(415, b"expected application/x-protobuf", "text/plain")
                 try:
@@ -95,7 +107,7 @@ class OTLPReceiver:
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def __enter__(self) -> "OTLPReceiver":
+    def __enter__(self) -> OTLPReceiver:
         self._thread.start()
         return self
 

@@ -35,13 +35,24 @@ redeliveries, effects deduplicated by key, and duplicate side effects in the led
 from __future__ import annotations
 
 import os
+import random
+import threading
 import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass
 
+import numpy as np
 from pydantic import field_validator
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
+from lab.db import connect, database_url
+from lab.serve.background import serving
+from lab.stats import interval_text, rate_note, record_rate, tail
+from phase13_react.served import A100_LLM, agent_llm
+from phase15_production.faults import FAULT_KINDS, FaultSpec, fault_proxy, first_attempts_served, write_log
+from phase15_production.resilient_calls import IdempotentEffects, ResilientLLM, RetryPolicy, client_for
 
 
 class Config(ExerciseConfig):
@@ -71,7 +82,6 @@ class Config(ExerciseConfig):
     @field_validator("fault_kinds")
     @classmethod
     def _kinds(cls, value: list[str]) -> list[str]:
-        from phase15_production.faults import FAULT_KINDS
 
         unknown = sorted(set(value) - set(FAULT_KINDS))
         if unknown or not value:
@@ -80,8 +90,12 @@ class Config(ExerciseConfig):
 
 
 STRATEGIES = ("bare", "retry", "breaker", "fallback")  # each adds one layer to the one before
-STRATEGY_LABELS = {"bare": "bare client (1 attempt)", "retry": "retry", "breaker": "retry + breaker",
-                   "fallback": "retry + breaker + fallback"}
+STRATEGY_LABELS = {
+    "bare": "bare client (1 attempt)",
+    "retry": "retry",
+    "breaker": "retry + breaker",
+    "fallback": "retry + breaker + fallback",
+}
 LOG_FILE = "proxy_log.jsonl"
 
 
@@ -99,15 +113,15 @@ class Timing:
     visibility_timeout_s: float
 
     @classmethod
-    def measure(cls, cfg: Config, upstream: str, served_model: str) -> "Timing":
-        from phase15_production.resilient_calls import client_for
+    def measure(cls, cfg: Config, upstream: str, served_model: str) -> Timing:
 
         client = client_for(f"openai:{served_model}@{upstream}/v1", timeout_s=600)
         seconds = []
         for i in range(4):  # the first also loads the model: not counted
             start = time.perf_counter()
-            client.chat([{"role": "user", "content": f"Greet customer number {i} in five words."}],
-                        max_tokens=cfg.max_tokens)
+            client.chat(
+                [{"role": "user", "content": f"Greet customer number {i} in five words."}], max_tokens=cfg.max_tokens
+            )
             seconds.append(time.perf_counter() - start)
         healthy = sorted(seconds[1:])[1]  # the median of three warm replies
         timeout = max(cfg.client_timeout_s, cfg.timeout_x_healthy * healthy)
@@ -116,28 +130,23 @@ class Timing:
 
 def strategy_client(cfg: Config, strategy: str, primary: str, fallback: str, timing: Timing):
     """The client a strategy puts between a job and the model (a ResilientLLM with layers switched off)."""
-    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     chain = [primary, fallback] if strategy == "fallback" else [primary]
     attempts = 1 if strategy == "bare" else cfg.max_attempts
-    return ResilientLLM(chain, policy=RetryPolicy(attempts, cfg.base_wait_s, cfg.max_wait_s),
-                        fail_max=cfg.fail_max if strategy in ("breaker", "fallback") else None,
-                        reset_timeout_s=cfg.reset_timeout_s, timeout_s=timing.client_timeout_s)
+    return ResilientLLM(
+        chain,
+        policy=RetryPolicy(attempts, cfg.base_wait_s, cfg.max_wait_s),
+        fail_max=cfg.fail_max if strategy in ("breaker", "fallback") else None,
+        reset_timeout_s=cfg.reset_timeout_s,
+        timeout_s=timing.client_timeout_s,
+    )
 
 
-def run_level(cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream: str, served_model: str, url: str,
-              timing: Timing) -> dict:
+def run_level(
+    cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream: str, served_model: str, url: str, timing: Timing
+) -> dict:
     """``cfg.requests`` jobs through fresh proxies (the primary's deck, and for ``fallback`` a second,
     independent deck), the strategy's client and a fresh effects table, at ``rate``."""
-    import random
-    import threading
-    from collections import Counter
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-    from contextlib import ExitStack
-
-    from lab.db import connect
-    from phase15_production.faults import FaultSpec, fault_proxy
-    from phase15_production.resilient_calls import IdempotentEffects
 
     tag = f"{strategy}_{rate_tag(rate)}"
     effects_table, ledger = f"p15_effects_{os.getpid()}_{tag}", f"p15_ledger_{os.getpid()}_{tag}"
@@ -149,8 +158,14 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream
     reached, reached_lock = [0], threading.Lock()
 
     def spec(seed: int) -> FaultSpec:
-        return FaultSpec(rate=rate, kinds={k: 1.0 for k in cfg.fault_kinds}, seed=seed,
-                         retry_after_s=cfg.retry_after_s, slow_s=cfg.slow_s, hang_s=timing.hang_s)
+        return FaultSpec(
+            rate=rate,
+            kinds={k: 1.0 for k in cfg.fault_kinds},
+            seed=seed,
+            retry_after_s=cfg.retry_after_s,
+            slow_s=cfg.slow_s,
+            hang_s=timing.hang_s,
+        )
 
     with ExitStack() as stack:
         paths = {"primary": stack.enter_context(fault_proxy(upstream, spec(cfg.seed)))}
@@ -161,8 +176,9 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream
 
         def deliver(job: int) -> str:
             """One delivery: ask the model, then perform the job's side effect under its key."""
-            reply = llm.chat([{"role": "user", "content": f"Greet customer number {job} in five words."}],
-                             max_tokens=cfg.max_tokens)
+            reply = llm.chat(
+                [{"role": "user", "content": f"Greet customer number {job} in five words."}], max_tokens=cfg.max_tokens
+            )
             with reached_lock:
                 reached[0] += 1
 
@@ -205,22 +221,34 @@ def run_level(cfg: Config, ctx: RunContext, rate: float, strategy: str, upstream
         rows, keys = conn.execute(f"SELECT count(*), count(DISTINCT key) FROM {ledger}").fetchone()
         for t in (effects_table, ledger):
             conn.execute(f"DROP TABLE {t}")
-    return dict(rate=rate, strategy=strategy, requests=cfg.requests, completed=completed, latencies=latencies,
-                records=records, transitions=transitions, counts=counts, log=log, redelivered=redelivered,
-                acks_lost=acks_lost, ledger_rows=rows, ledger_keys=keys, duplicates=rows - keys,
-                executed=effects.executed, deduplicated=effects.deduplicated, reached_effect=reached[0])
+    return dict(
+        rate=rate,
+        strategy=strategy,
+        requests=cfg.requests,
+        completed=completed,
+        latencies=latencies,
+        records=records,
+        transitions=transitions,
+        counts=counts,
+        log=log,
+        redelivered=redelivered,
+        acks_lost=acks_lost,
+        ledger_rows=rows,
+        ledger_keys=keys,
+        duplicates=rows - keys,
+        executed=effects.executed,
+        deduplicated=effects.deduplicated,
+        reached_effect=reached[0],
+    )
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from phase13_react.served import agent_llm
 
     with agent_llm(ctx, cfg.llm) as (llm, _):
         inject_faults(cfg, ctx, llm)
 
 
 def inject_faults(cfg: Config, ctx: RunContext, llm) -> None:
-    from lab.db import database_url
-    from lab.serve.background import serving
 
     url = database_url()
     levels = []
@@ -231,7 +259,6 @@ def inject_faults(cfg: Config, ctx: RunContext, llm) -> None:
             for strategy in STRATEGIES:
                 ctx.log(f"{rate:.0%} injected faults, {strategy}: {cfg.requests} jobs")
                 levels.append(run_level(cfg, ctx, rate, strategy, upstream, llm.model, url, timing))
-    from phase15_production.faults import write_log
 
     write_log([row for lv in levels for row in lv["log"]], ctx.artifact(LOG_FILE))
     report(cfg, ctx, levels, timing)
@@ -240,27 +267,26 @@ def inject_faults(cfg: Config, ctx: RunContext, llm) -> None:
 # --- the report -------------------------------------------------------------------------------------
 def bare_from_log(rows: list[dict], rate: float, within_s: float) -> tuple[int, int]:
     """(completed, jobs) of the bare client at ``rate``, recomputed from the proxy log alone."""
-    from phase15_production.faults import first_attempts_served
 
-    return first_attempts_served([r for r in rows if r["strategy"] == "bare" and r["rate"] == rate
-                                  and r["path"] == "primary"], within_s)
+    return first_attempts_served(
+        [r for r in rows if r["strategy"] == "bare" and r["rate"] == rate and r["path"] == "primary"], within_s
+    )
 
 
 def summarise(level: dict) -> dict:
-    import numpy as np
-
-    from lab.stats import tail
 
     records = level["records"]
     served = [r for r in records if r.served_by]
     tail_name, tail_s = tail(level["latencies"])
     return dict(
         p50=float(np.percentile(level["latencies"], 50)) if level["latencies"] else None,
-        tail_name=tail_name, tail=tail_s,
+        tail_name=tail_name,
+        tail=tail_s,
         retries=sum(r.retries for r in records),
         calls=len(level["log"]),
         tokens=sum(r["tokens"] for r in level["log"]),
-        fallback_served=sum(1 for r in served if r.provider_index), served=len(served),
+        fallback_served=sum(1 for r in served if r.provider_index),
+        served=len(served),
         transitions=sum(level["transitions"].values()),
         injected=sum(v for k, v in level["counts"].items() if k != "pass"),
     )
@@ -271,13 +297,29 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 
 def report(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -> None:
-    from lab.stats import interval_text, record_rate
 
-    ctx.table("timing", [[round(timing.healthy_s, 3), round(timing.client_timeout_s, 2), round(timing.hang_s, 2),
-                          round(timing.visibility_timeout_s, 2), cfg.retry_after_s, cfg.slow_s]],
-              columns=["healthy reply s (median of 3 warm)", "client timeout s", "injected hang s",
-                       "visibility timeout s", "429 Retry-After s", "slow fault delay s"],
-              title=f"Clocks: client timeout = max({cfg.client_timeout_s:g} s, {cfg.timeout_x_healthy:g} × healthy reply)")
+    ctx.table(
+        "timing",
+        [
+            [
+                round(timing.healthy_s, 3),
+                round(timing.client_timeout_s, 2),
+                round(timing.hang_s, 2),
+                round(timing.visibility_timeout_s, 2),
+                cfg.retry_after_s,
+                cfg.slow_s,
+            ]
+        ],
+        columns=[
+            "healthy reply s (median of 3 warm)",
+            "client timeout s",
+            "injected hang s",
+            "visibility timeout s",
+            "429 Retry-After s",
+            "slow fault delay s",
+        ],
+        title=f"Clocks: client timeout = max({cfg.client_timeout_s:g} s, {cfg.timeout_x_healthy:g} × healthy reply)",
+    )
     ctx.metric("healthy_reply_s", round(timing.healthy_s, 3), "s", False, "lab serve, no proxy, warm, median of 3")
     rows = []
     log = [row for lv in levels for row in lv["log"]]
@@ -288,60 +330,133 @@ def report(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -> 
         completed = level["completed"]
         if strategy == "bare":
             from_log, jobs = bare_from_log(log, rate, timing.client_timeout_s)
-            where += (f"; recomputed from {LOG_FILE}: {from_log} of {jobs} first requests served within the "
-                      f"{timing.client_timeout_s:.1f} s client timeout")
+            where += (
+                f"; recomputed from {LOG_FILE}: {from_log} of {jobs} first requests served within the "
+                f"{timing.client_timeout_s:.1f} s client timeout"
+            )
             if (from_log, jobs) != (completed, level["requests"]):
-                ctx.failure_mode(f"bare client at {rate:.0%}: the client completed {completed} of {level['requests']} "
-                                 f"jobs but the proxy log says {from_log} of {jobs}")
+                ctx.failure_mode(
+                    f"bare client at {rate:.0%}: the client completed {completed} of {level['requests']} "
+                    f"jobs but the proxy log says {from_log} of {jobs}"
+                )
         record_rate(ctx, f"completion_rate_{tag}", completed, level["requests"], where)
         ctx.metric(f"calls_{tag}", s["calls"], "requests", False, f"{where}; requests sent to the fault proxies")
-        ctx.metric(f"tokens_billed_{tag}", s["tokens"], "tokens", False,
-                   f"{where}; tokens the model processed for those requests (truncated replies included)")
+        ctx.metric(
+            f"tokens_billed_{tag}",
+            s["tokens"],
+            "tokens",
+            False,
+            f"{where}; tokens the model processed for those requests (truncated replies included)",
+        )
         ctx.metric(f"p50_s_{tag}", _r(s["p50"], 3), "s", False, f"{where}; job latency of completed jobs")
-        ctx.metric(f"{s['tail_name']}_s_{tag}", _r(s["tail"], 3), "s", False,
-                   f"{where}; job latency of completed jobs ({s['tail_name']} of {len(level['latencies'])})")
-        ctx.metric(f"duplicate_side_effects_{tag}", level["duplicates"], "effects", False,
-                   f"{where}; ledger rows minus distinct job keys")
+        ctx.metric(
+            f"{s['tail_name']}_s_{tag}",
+            _r(s["tail"], 3),
+            "s",
+            False,
+            f"{where}; job latency of completed jobs ({s['tail_name']} of {len(level['latencies'])})",
+        )
+        ctx.metric(
+            f"duplicate_side_effects_{tag}",
+            level["duplicates"],
+            "effects",
+            False,
+            f"{where}; ledger rows minus distinct job keys",
+        )
         if strategy == "fallback":
             ctx.metric(f"retries_{tag}", s["retries"], "retries", False, where)
             ctx.metric(f"breaker_transitions_{tag}", s["transitions"], "transitions", None, where)
-            record_rate(ctx, f"fallback_share_{rate_tag(rate)}", s["fallback_served"], s["served"],
-                        f"{where}; share of served calls the fallback path served")
-            ctx.metric(f"effects_deduplicated_{tag}", level["deduplicated"], "effects", None,
-                       f"{where}; deliveries whose effect was answered from the idempotency table")
-        rows.append([f"{rate:.0%}", STRATEGY_LABELS[strategy], interval_text(completed, level["requests"]),
-                     _r(s["p50"]), f"{s['tail_name']} {s['tail']:.2f}" if s["tail"] is not None else "-",
-                     s["calls"], s["tokens"], round(s["tokens"] / completed, 1) if completed else None,
-                     s["retries"], ", ".join(f"{k} {v}" for k, v in sorted(level["transitions"].items())) or "-",
-                     interval_text(s["fallback_served"], s["served"]) if strategy == "fallback" else "-",
-                     level["redelivered"], level["acks_lost"], level["reached_effect"], level["executed"],
-                     level["deduplicated"], level["duplicates"]])
+            record_rate(
+                ctx,
+                f"fallback_share_{rate_tag(rate)}",
+                s["fallback_served"],
+                s["served"],
+                f"{where}; share of served calls the fallback path served",
+            )
+            ctx.metric(
+                f"effects_deduplicated_{tag}",
+                level["deduplicated"],
+                "effects",
+                None,
+                f"{where}; deliveries whose effect was answered from the idempotency table",
+            )
+        rows.append(
+            [
+                f"{rate:.0%}",
+                STRATEGY_LABELS[strategy],
+                interval_text(completed, level["requests"]),
+                _r(s["p50"]),
+                f"{s['tail_name']} {s['tail']:.2f}" if s["tail"] is not None else "-",
+                s["calls"],
+                s["tokens"],
+                round(s["tokens"] / completed, 1) if completed else None,
+                s["retries"],
+                ", ".join(f"{k} {v}" for k, v in sorted(level["transitions"].items())) or "-",
+                interval_text(s["fallback_served"], s["served"]) if strategy == "fallback" else "-",
+                level["redelivered"],
+                level["acks_lost"],
+                level["reached_effect"],
+                level["executed"],
+                level["deduplicated"],
+                level["duplicates"],
+            ]
+        )
         if completed < level["requests"] and strategy != "bare":
-            ctx.failure_mode(f"{STRATEGY_LABELS[strategy]} at {rate:.0%} faults: {level['requests'] - completed} of "
-                             f"{level['requests']} jobs failed (every attempt on every path failed)")
-    ctx.metric("duplicate_side_effects", sum(lv["duplicates"] for lv in levels), "effects", False,
-               "all rates and strategies; must be 0")
-    ctx.table("by_strategy", rows, columns=[
-        "faults", "strategy", "completion [95% CI] (n)", "p50 s", "slowest s (max; p99 from 100 jobs)",
-        "requests to proxies", "tokens billed", "tokens per completed job", "retries", "breaker transitions",
-        "fallback share [95% CI] (n)", "redelivered (visibility timeout)", "redelivered (ack lost)",
-        "deliveries reaching effect", "effects run", "effects deduplicated", "duplicate effects"],
+            ctx.failure_mode(
+                f"{STRATEGY_LABELS[strategy]} at {rate:.0%} faults: {level['requests'] - completed} of "
+                f"{level['requests']} jobs failed (every attempt on every path failed)"
+            )
+    ctx.metric(
+        "duplicate_side_effects",
+        sum(lv["duplicates"] for lv in levels),
+        "effects",
+        False,
+        "all rates and strategies; must be 0",
+    )
+    ctx.table(
+        "by_strategy",
+        rows,
+        columns=[
+            "faults",
+            "strategy",
+            "completion [95% CI] (n)",
+            "p50 s",
+            "slowest s (max; p99 from 100 jobs)",
+            "requests to proxies",
+            "tokens billed",
+            "tokens per completed job",
+            "retries",
+            "breaker transitions",
+            "fallback share [95% CI] (n)",
+            "redelivered (visibility timeout)",
+            "redelivered (ack lost)",
+            "deliveries reaching effect",
+            "effects run",
+            "effects deduplicated",
+            "duplicate effects",
+        ],
         title=f"The same jobs and the same fault deck per strategy: retry ({cfg.max_attempts} attempts), breaker "
-              f"(opens after {cfg.fail_max}, half-open after {cfg.reset_timeout_s:g} s), fallback (its own faulty path)")
+        f"(opens after {cfg.fail_max}, half-open after {cfg.reset_timeout_s:g} s), fallback (its own faulty path)",
+    )
     kinds = sorted({k for lv in levels for k in lv["counts"]})
-    ctx.table("injected", [[f"{lv['rate']:.0%}", STRATEGY_LABELS[lv["strategy"]]] + [lv["counts"].get(k, 0) for k in kinds]
-                           for lv in levels],
-              columns=["faults", "strategy"] + kinds,
-              title="What the primary's proxy did to its requests (pass = forwarded untouched)")
+    ctx.table(
+        "injected",
+        [
+            [f"{lv['rate']:.0%}", STRATEGY_LABELS[lv["strategy"]]] + [lv["counts"].get(k, 0) for k in kinds]
+            for lv in levels
+        ],
+        columns=["faults", "strategy"] + kinds,
+        title="What the primary's proxy did to its requests (pass = forwarded untouched)",
+    )
     plot(ctx, levels)
     findings(cfg, ctx, levels, timing)
 
 
 def plot(ctx: RunContext, levels: list[dict]) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy: matplotlib loads on first use)
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for strategy, style in zip(STRATEGIES, ("s--", "o:", "^-.", "o-")):
@@ -350,8 +465,9 @@ def plot(ctx: RunContext, levels: list[dict]) -> None:
         s = [summarise(lv) for lv in mine]
         axes[0].plot(x, [lv["completed"] / lv["requests"] for lv in mine], style, label=STRATEGY_LABELS[strategy])
         axes[1].plot(x, [v["calls"] / lv["requests"] for v, lv in zip(s, mine)], style, label=STRATEGY_LABELS[strategy])
-        axes[2].plot(x, [v["tail"] if v["tail"] is not None else float("nan") for v in s], style,
-                     label=STRATEGY_LABELS[strategy])
+        axes[2].plot(
+            x, [v["tail"] if v["tail"] is not None else float("nan") for v in s], style, label=STRATEGY_LABELS[strategy]
+        )
     axes[0].set(xlabel="injected faults %", ylim=(-0.05, 1.05), title="job completion")
     axes[1].set(xlabel="injected faults %", ylabel="requests per job", title="calls (what is billed)")
     axes[2].set(xlabel="injected faults %", ylabel="s", title="slowest completed job (max)")
@@ -363,21 +479,27 @@ def plot(ctx: RunContext, levels: list[dict]) -> None:
 
 
 def findings(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -> None:
-    from lab.stats import rate_note
 
     worst = max(lv["rate"] for lv in levels)
     at = {lv["strategy"]: lv for lv in levels if lv["rate"] == worst}
-    parts = [f"{STRATEGY_LABELS[k]} {rate_note(lv['completed'], lv['requests'])} in {summarise(lv)['calls']} requests"
-             for k, lv in at.items()]
-    ctx.finding(f"At {worst:.0%} injected faults, on the same fault deck, jobs completed: " + "; ".join(parts) +
-                ". The fallback path had its own deck at the same rate, so it could fail too.")
+    parts = [
+        f"{STRATEGY_LABELS[k]} {rate_note(lv['completed'], lv['requests'])} in {summarise(lv)['calls']} requests"
+        for k, lv in at.items()
+    ]
+    ctx.finding(
+        f"At {worst:.0%} injected faults, on the same fault deck, jobs completed: "
+        + "; ".join(parts)
+        + ". The fallback path had its own deck at the same rate, so it could fail too."
+    )
     full = summarise(at["fallback"]) if "fallback" in at else None
     if full:
-        ctx.finding(f"Latency is what resilience costs: at {worst:.0%} faults the slowest completed job took "
-                    f"{full['tail']:.2f} s ({full['tail_name']}) with retry + breaker + fallback (Retry-After waits of "
-                    f"{cfg.retry_after_s:g} s, client timeouts of {timing.client_timeout_s:.1f} s, backoff); "
-                    f"{full['retries']} retries, {full['transitions']} breaker transitions, "
-                    f"{full['tokens']} tokens billed.")
+        ctx.finding(
+            f"Latency is what resilience costs: at {worst:.0%} faults the slowest completed job took "
+            f"{full['tail']:.2f} s ({full['tail_name']}) with retry + breaker + fallback (Retry-After waits of "
+            f"{cfg.retry_after_s:g} s, client timeouts of {timing.client_timeout_s:.1f} s, backoff); "
+            f"{full['retries']} retries, {full['transitions']} breaker transitions, "
+            f"{full['tokens']} tokens billed."
+        )
     redelivered = sum(lv["redelivered"] for lv in levels)
     acks = sum(lv["acks_lost"] for lv in levels)
     dedup = sum(lv["deduplicated"] for lv in levels)
@@ -387,7 +509,8 @@ def findings(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -
         f"{timing.visibility_timeout_s:.1f} s visibility timeout) and {acks} after finishing (ack lost); "
         f"{sum(lv['reached_effect'] for lv in levels)} deliveries reached the side effect for "
         f"{sum(lv['ledger_keys'] for lv in levels)} distinct jobs, the idempotency key answered {dedup} of them from the "
-        f"table, and the ledger holds {dups} duplicate side effects" + (" — as it must." if dups == 0 else " — A BUG."))
+        f"table, and the ledger holds {dups} duplicate side effects" + (" — as it must." if dups == 0 else " — A BUG.")
+    )
     if dups:
         ctx.failure_mode(f"{dups} duplicate side effects despite idempotency keys")
 
@@ -398,12 +521,32 @@ EXERCISE = Exercise(
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"requests": 200, "llm": A100_LLM}},
-    tiny={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
-          "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
-    smoke={"fault_rates": [0.0, 0.5], "requests": 4, "max_tokens": 2, "retry_after_s": 0.2, "client_timeout_s": 2.0,
-           "slow_s": 0.2, "reset_timeout_s": 1.0, "visibility_x_timeout": 1.5},
-    summary_metrics=("completion_rate_bare_50pct", "completion_rate_fallback_50pct", "fallback_share_50pct",
-                     "duplicate_side_effects"),
+    tiny={
+        "fault_rates": [0.0, 0.5],
+        "requests": 4,
+        "max_tokens": 2,
+        "retry_after_s": 0.2,
+        "client_timeout_s": 2.0,
+        "slow_s": 0.2,
+        "reset_timeout_s": 1.0,
+        "visibility_x_timeout": 1.5,
+    },
+    smoke={
+        "fault_rates": [0.0, 0.5],
+        "requests": 4,
+        "max_tokens": 2,
+        "retry_after_s": 0.2,
+        "client_timeout_s": 2.0,
+        "slow_s": 0.2,
+        "reset_timeout_s": 1.0,
+        "visibility_x_timeout": 1.5,
+    },
+    summary_metrics=(
+        "completion_rate_bare_50pct",
+        "completion_rate_fallback_50pct",
+        "fallback_share_50pct",
+        "duplicate_side_effects",
+    ),
     methods={"cpu": "scaled", "a100": "same"},
 )
 

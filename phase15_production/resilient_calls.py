@@ -29,11 +29,22 @@ import json
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from lab.db import connect, database_url
+from lab.llm import from_spec
+from lab.llm.anthropic_client import AnthropicLLM
 from lab.llm.base import LLM, ChatResponse, LLMError
+from lab.llm.hosted import HostedLLM
+from lab.llm.openai_client import OpenAILLM
 from lab.llm.wrapper import LLMWrapper
+from lab.migrations import Migration, Schema, migrate
+from phase15_production.state import check_table
 
 T = TypeVar("T")
 
@@ -42,8 +53,17 @@ CALLER_FAULT_STATUSES = frozenset({400, 422})  # the same request fails at every
 # Timeouts, connection resets and cut-off bodies, by class name so no SDK is imported to check them:
 # openai/anthropic APIConnectionError (APITimeoutError is one), httpx TransportError and its
 # subclasses (ReadTimeout, RemoteProtocolError...), a reply body that is not JSON because it was cut.
-TRANSIENT_CLASS_NAMES = frozenset({"APIConnectionError", "APITimeoutError", "TransportError", "TimeoutException",
-                                   "RemoteProtocolError", "JSONDecodeError", "TruncatedReplyError"})
+TRANSIENT_CLASS_NAMES = frozenset(
+    {
+        "APIConnectionError",
+        "APITimeoutError",
+        "TransportError",
+        "TimeoutException",
+        "RemoteProtocolError",
+        "JSONDecodeError",
+        "TruncatedReplyError",
+    }
+)
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
@@ -70,8 +90,10 @@ def is_transient(exc: BaseException) -> bool:
     status = http_status(exc)
     if status is not None:
         return status in TRANSIENT_STATUSES
-    return any(isinstance(e, (TimeoutError, ConnectionError))
-               or TRANSIENT_CLASS_NAMES & {c.__name__ for c in type(e).__mro__} for e in _chain(exc))
+    return any(
+        isinstance(e, (TimeoutError, ConnectionError)) or TRANSIENT_CLASS_NAMES & {c.__name__ for c in type(e).__mro__}
+        for e in _chain(exc)
+    )
 
 
 def retry_after_s(exc: BaseException) -> float | None:
@@ -100,7 +122,6 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
 
     def wait_s(self, retry_state) -> float:
-        from tenacity import wait_random_exponential
 
         after = retry_after_s(retry_state.outcome.exception())
         if after is not None:
@@ -109,14 +130,19 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], on_retry: Callable[[BaseException, float], None] | None = None) -> T:
         """``fn()``, retried; ``on_retry(error, wait_s)`` is told before each wait. The last error is raised."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
         def before_sleep(state) -> None:
             if on_retry:
                 on_retry(state.outcome.exception(), state.next_action.sleep)
 
-        return Retrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(self.max_attempts),
-                        wait=self.wait_s, sleep=self.sleep, before_sleep=before_sleep, reraise=True)(fn)
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self.wait_s,
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )(fn)
 
 
 class Breaker:
@@ -127,7 +153,7 @@ class Breaker:
     """
 
     def __init__(self, name: str, fail_max: int = 3, reset_timeout_s: float = 10.0):
-        import pybreaker
+        import pybreaker  # noqa: PLC0415 (pybreaker loads only on the path that uses it)
 
         breaker = self
         self.transitions: Counter[str] = Counter()
@@ -140,9 +166,14 @@ class Breaker:
 
         # throw_new_error_on_trip=False: the call that trips it raises its own (transient) error, so
         # the retry policy retries and finds the breaker open; excluded errors don't count as failures
-        self._cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout_s, name=name,
-                                            exclude=[lambda e: not is_transient(e)], listeners=[Listener()],
-                                            throw_new_error_on_trip=False)
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout_s,
+            name=name,
+            exclude=[lambda e: not is_transient(e)],
+            listeners=[Listener()],
+            throw_new_error_on_trip=False,
+        )
 
     @property
     def state(self) -> str:
@@ -162,14 +193,9 @@ def client_for(spec: str, timeout_s: float = 60.0) -> LLM:
     provider, _, rest = spec.partition(":")
     model, _, base_url = rest.partition("@")
     if provider == "openai":
-        from lab.llm.openai_client import OpenAILLM
-
         return OpenAILLM(model, base_url=base_url or None, max_attempts=1, timeout_s=timeout_s)
     if provider == "anthropic":
-        from lab.llm.anthropic_client import AnthropicLLM
-
         return AnthropicLLM(model, base_url=base_url or None, max_attempts=1, timeout_s=timeout_s)
-    from lab.llm import from_spec
 
     return from_spec(spec)  # local models have no retry loop of their own
 
@@ -210,17 +236,25 @@ class ResilientLLM(LLMWrapper):
 
     provider = "resilient"
 
-    def __init__(self, chain: Sequence[LLM | str], policy: RetryPolicy | None = None, fail_max: int | None = 3,
-                 reset_timeout_s: float = 10.0, timeout_s: float = 60.0, keep_records: int = 10_000):
-        from lab.llm.hosted import HostedLLM
+    def __init__(
+        self,
+        chain: Sequence[LLM | str],
+        policy: RetryPolicy | None = None,
+        fail_max: int | None = 3,
+        reset_timeout_s: float = 10.0,
+        timeout_s: float = 60.0,
+        keep_records: int = 10_000,
+    ):
 
         if not chain:
             raise ValueError("ResilientLLM needs at least one provider")
         clients = [client_for(c, timeout_s) if isinstance(c, str) else c for c in chain]
         for c in clients:
             if isinstance(c, HostedLLM) and c.max_attempts > 1:
-                raise ValueError(f"{c.spec} retries on its own (max_attempts={c.max_attempts}): pass its spec string, "
-                                 "or build it with max_attempts=1, so retries are not multiplied")
+                raise ValueError(
+                    f"{c.spec} retries on its own (max_attempts={c.max_attempts}): pass its spec string, "
+                    "or build it with max_attempts=1, so retries are not multiplied"
+                )
         super().__init__(clients[0])
         self.model = " > ".join(c.spec for c in clients)
         self.clients = clients
@@ -233,11 +267,28 @@ class ResilientLLM(LLMWrapper):
     def spec(self) -> str:
         return f"resilient:{self.model}"
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
-        kwargs = dict(system=system, tools=tools, max_tokens=max_tokens, temperature=temperature,
-                      json_schema=json_schema, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
-                      stop=stop)
+    def chat(
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+    ) -> ChatResponse:
+        kwargs = dict(
+            system=system,
+            tools=tools,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            json_schema=json_schema,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            stop=stop,
+        )
         return self._through_chain(lambda client: client.chat(messages, **kwargs))
 
     def stream(self, messages, **kwargs) -> Iterator[str | ChatResponse]:
@@ -251,7 +302,8 @@ class ResilientLLM(LLMWrapper):
             return LLM.choice_probs(self, messages, choices, system=system, prefix=prefix, **kwargs)
         return self._through_chain(
             lambda client: client.choice_probs(messages, choices, system=system, prefix=prefix, **kwargs),
-            skip=lambda client: None if client.scores_choices else "cannot score choices (scores_choices is False)")
+            skip=lambda client: None if client.scores_choices else "cannot score choices (scores_choices is False)",
+        )
 
     def _through_chain(self, call: Callable[[LLM], T], skip: Callable[[LLM], str | None] = lambda client: None) -> T:
         """``call(client)`` on each provider in turn, behind its retries and breaker, until one answers;
@@ -268,7 +320,7 @@ class ResilientLLM(LLMWrapper):
                 continue
             guarded = self.breakers[i].call if self.breakers else (lambda fn, *a, **k: fn(*a, **k))
             try:
-                result = self.policy.call(lambda: guarded(call, client), on_retry=count)
+                result = self.policy.call(partial(guarded, call, client), on_retry=count)
             except Exception as exc:
                 if http_status(exc) in CALLER_FAULT_STATUSES:
                     raise  # a bad request is bad everywhere: falling back would only hide it
@@ -301,13 +353,24 @@ def effects_schema(table: str):
     """An effects table's migrations (``lab.migrations``): versions in ``p15_schema_migrations``, one owner
     per table (the table is the caller's choice; throwaway runs drop theirs). Version 1 is the table as
     the code before migrations created it."""
-    from lab.migrations import Migration, Schema
 
-    return Schema("p15", f"phase15.effects.{table}", tables=(table,), migrations=(
-        Migration(1, "idempotency keys and results", (
-            (f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
-             "result JSONB, claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), done_at TIMESTAMPTZ)"),)),
-    ))
+    return Schema(
+        "p15",
+        f"phase15.effects.{table}",
+        tables=(table,),
+        migrations=(
+            Migration(
+                1,
+                "idempotency keys and results",
+                (
+                    (
+                        f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                        "result JSONB, claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), done_at TIMESTAMPTZ)"
+                    ),
+                ),
+            ),
+        ),
+    )
 
 
 class IdempotentEffects:
@@ -322,11 +385,9 @@ class IdempotentEffects:
     by hand). Works on CockroachDB too (same SQL).
     """
 
-    def __init__(self, url: str | None = None, table: str = "idempotent_effects", wait_s: float = 60.0,
-                 poll_s: float = 0.02):
-        from lab.db import database_url
-        from lab.migrations import migrate
-        from phase15_production.state import check_table
+    def __init__(
+        self, url: str | None = None, table: str = "idempotent_effects", wait_s: float = 60.0, poll_s: float = 0.02
+    ):
 
         self.url, self.table = url or database_url(), check_table(table)
         self.wait_s, self.poll_s = wait_s, poll_s
@@ -337,15 +398,16 @@ class IdempotentEffects:
 
     def run_once(self, key: str, effect: Callable[[], Any]) -> Any:
         """The effect's result; the effect itself runs at most once per ``key`` (result must be JSON)."""
-        from psycopg.types.json import Jsonb
-
-        from lab.db import connect
+        from psycopg.types.json import Jsonb  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         deadline = time.monotonic() + self.wait_s
         with connect(self.url, autocommit=True) as conn:
             while True:
-                claimed = conn.execute(f"INSERT INTO {self.table} (key, status) VALUES (%s, 'running') "
-                                       "ON CONFLICT (key) DO NOTHING RETURNING key", (key,)).fetchone()
+                claimed = conn.execute(
+                    f"INSERT INTO {self.table} (key, status) VALUES (%s, 'running') "
+                    "ON CONFLICT (key) DO NOTHING RETURNING key",
+                    (key,),
+                ).fetchone()
                 if claimed:
                     try:
                         result = effect()
@@ -353,8 +415,10 @@ class IdempotentEffects:
                     except BaseException:
                         conn.execute(f"DELETE FROM {self.table} WHERE key = %s AND status = 'running'", (key,))
                         raise
-                    conn.execute(f"UPDATE {self.table} SET status = 'done', result = %s, done_at = now() "
-                                 "WHERE key = %s", (Jsonb(result), key))
+                    conn.execute(
+                        f"UPDATE {self.table} SET status = 'done', result = %s, done_at = now() WHERE key = %s",
+                        (Jsonb(result), key),
+                    )
                     with self._lock:
                         self.executed += 1
                     return result
@@ -364,6 +428,8 @@ class IdempotentEffects:
                         self.deduplicated += 1
                     return row[1]
                 if time.monotonic() > deadline:
-                    raise EffectInProgress(f"effect {key!r} is claimed by another caller and not done after "
-                                           f"{self.wait_s:g} s (still running, or its process died)")
+                    raise EffectInProgress(
+                        f"effect {key!r} is claimed by another caller and not done after "
+                        f"{self.wait_s:g} s (still running, or its process died)"
+                    )
                 time.sleep(self.poll_s)  # running elsewhere (or released: the next INSERT claims it)

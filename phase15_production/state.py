@@ -23,8 +23,11 @@ Each returns how many times it had to start over, so the cost of correctness is 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 STRATEGIES = ("naive", "for_update", "optimistic", "serializable")
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
@@ -47,20 +50,32 @@ def is_retryable(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) in RETRY_SQLSTATES
 
 
-def _retrying(is_retryable_exc: Callable[[BaseException], bool], max_retries: int, base_s: float, max_s: float,
-              counter: list[int]):
+def _retrying(
+    is_retryable_exc: Callable[[BaseException], bool], max_retries: int, base_s: float, max_s: float, counter: list[int]
+):
     """A tenacity loop: full-jitter exponential waits, at most ``max_retries`` retries, then re-raise."""
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
     def count(_state) -> None:
         counter[0] += 1
 
-    return Retrying(retry=retry_if_exception(is_retryable_exc), stop=stop_after_attempt(max_retries + 1),
-                    wait=wait_random_exponential(multiplier=base_s, max=max_s), before_sleep=count, reraise=True)
+    return Retrying(
+        retry=retry_if_exception(is_retryable_exc),
+        stop=stop_after_attempt(max_retries + 1),
+        wait=wait_random_exponential(multiplier=base_s, max=max_s),
+        before_sleep=count,
+        reraise=True,
+    )
 
 
-def run_transaction(connect, work: Callable[[Any], Any], *, isolation: str = "serializable", max_retries: int = 100,
-                    backoff_s: float = 0.001, max_backoff_s: float = 0.1) -> TxOutcome:
+def run_transaction(
+    connect,
+    work: Callable[[Any], Any],
+    *,
+    isolation: str = "serializable",
+    max_retries: int = 100,
+    backoff_s: float = 0.001,
+    max_backoff_s: float = 0.1,
+) -> TxOutcome:
     """Run ``work(conn)`` inside one transaction at ``isolation``; retry the whole of it on 40001/40P01.
 
     ``connect``: a zero-argument callable returning a psycopg connection (opened once, closed at the
@@ -76,11 +91,13 @@ def run_transaction(connect, work: Callable[[Any], Any], *, isolation: str = "se
     conn = connect() if own else connect
     retries = [0]
     try:
-        from psycopg import pq
+        from psycopg import pq  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-            raise ValueError("run_transaction needs a connection outside any transaction "
-                             "(open it with autocommit=True, or commit first)")
+            raise ValueError(
+                "run_transaction needs a connection outside any transaction "
+                "(open it with autocommit=True, or commit first)"
+            )
 
         def attempt():
             with conn.transaction():
@@ -129,6 +146,7 @@ def increment(conn, strategy: str, table: str, name: str, delta: int = 1, *, max
         conn.execute(f"UPDATE {table} SET value = %s WHERE name = %s", (value + delta, name))
         return 0
     if strategy == "for_update":  # the row lock is held from the read to the commit
+
         def locked(c):
             value, _ = c.execute(select + " FOR UPDATE", (name,)).fetchone()
             c.execute(f"UPDATE {table} SET value = %s WHERE name = %s", (value + delta, name))
@@ -139,14 +157,17 @@ def increment(conn, strategy: str, table: str, name: str, delta: int = 1, *, max
 
         def compare_and_set():
             value, version = conn.execute(select, (name,)).fetchone()
-            cur = conn.execute(f"UPDATE {table} SET value = %s, version = version + 1 WHERE name = %s AND version = %s",
-                               (value + delta, name, version))
+            cur = conn.execute(
+                f"UPDATE {table} SET value = %s, version = version + 1 WHERE name = %s AND version = %s",
+                (value + delta, name, version),
+            )
             if cur.rowcount != 1:
                 raise VersionConflict(f"{table}.{name} changed since version {version}")
 
         _retrying(lambda e: isinstance(e, VersionConflict), max_retries, 0.001, 0.1, retries)(compare_and_set)
         return retries[0]
     if strategy == "serializable":  # the database detects the conflict and aborts one side (40001)
+
         def read_write(c):
             value, _ = c.execute(select, (name,)).fetchone()
             c.execute(f"UPDATE {table} SET value = %s WHERE name = %s", (value + delta, name))

@@ -34,14 +34,18 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
+from lab.errors import ConfigError
 from lab.jsonl import read_jsonl
 from lab.llm.base import LLM, ChatResponse, ToolCall
 from lab.llm.wrapper import LLMWrapper
+from lab.paths import SCRATCH_ROOT
 from lab.results import REDACTED, redact
+from phase13_react.loop import run_agent
 from phase13_react.tools import Observation, Toolbox
 
 TRACER_NAME = "phase15_production.tracing"
@@ -53,8 +57,10 @@ SPAN_KIND = "lab.span.kind"  # run | agent | step | chat | tool: what `lab trace
 # Stricter than lab.results.redact (which catches sk-/hf_ keys, URL passwords, secret-named fields):
 # bearer values, header-style "x-api-key: ...", Telegram bot tokens (also inside /bot<token>/ URLs).
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}")
-_HEADER_SECRET = re.compile(r"(?i)\b(x-api-key|api[_-]?key|authorization|access[_-]?token|bot[_-]?token|secret)"
-                            r"(\"?\s*[:=]\s*\"?)([^\s\"',;}]{6,})")
+_HEADER_SECRET = re.compile(
+    r"(?i)\b(x-api-key|api[_-]?key|authorization|access[_-]?token|bot[_-]?token|secret)"
+    r"(\"?\s*[:=]\s*\"?)([^\s\"',;}]{6,})"
+)
 _BOT_TOKEN = re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b")
 _SECRET_ENV = re.compile(r"(?i)(api_?key|token|secret|password|passwd|auth)")
 
@@ -93,28 +99,45 @@ def redact_attributes(attributes: dict[str, Any] | None) -> dict[str, Any]:
 
 def redacted_span(span):
     """A copy of a finished span with secrets blanked in attributes, events and status (spans are immutable)."""
-    from opentelemetry.sdk.trace import Event, ReadableSpan
-    from opentelemetry.trace import Status
+    from opentelemetry.sdk.trace import Event, ReadableSpan  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
+    from opentelemetry.trace import Status  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
     events = [Event(e.name, redact_attributes(dict(e.attributes or {})), e.timestamp) for e in span.events]
     status = Status(span.status.status_code, redact_text(span.status.description) if span.status.description else None)
-    return ReadableSpan(name=redact_text(span.name), context=span.context, parent=span.parent, resource=span.resource,
-                        attributes=redact_attributes(dict(span.attributes or {})), events=events, links=span.links,
-                        kind=span.kind, status=status, start_time=span.start_time, end_time=span.end_time,
-                        instrumentation_scope=span.instrumentation_scope)
+    return ReadableSpan(
+        name=redact_text(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=redact_attributes(dict(span.attributes or {})),
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def span_record(span) -> dict[str, Any]:
     """One finished span as a JSON-able dict: the local store's line format."""
     return {
-        "trace_id": f"{span.context.trace_id:032x}", "span_id": f"{span.context.span_id:016x}",
+        "trace_id": f"{span.context.trace_id:032x}",
+        "span_id": f"{span.context.span_id:016x}",
         "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-        "name": span.name, "kind": span.kind.name, "scope": span.instrumentation_scope.name if span.instrumentation_scope else "",
-        "start_ns": span.start_time, "end_ns": span.end_time,
+        "name": span.name,
+        "kind": span.kind.name,
+        "scope": span.instrumentation_scope.name if span.instrumentation_scope else "",
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
         "duration_s": round((span.end_time - span.start_time) / 1e9, 6) if span.end_time else None,
-        "status": span.status.status_code.name, "status_description": span.status.description,
+        "status": span.status.status_code.name,
+        "status_description": span.status.description,
         "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in (span.attributes or {}).items()},
-        "events": [{"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events],
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events
+        ],
     }
 
 
@@ -122,7 +145,6 @@ def span_record(span) -> dict[str, Any]:
 
 
 def default_store_path() -> Path:
-    from lab.paths import SCRATCH_ROOT
 
     return Path(os.environ.get("LAB_TRACES") or SCRATCH_ROOT / "traces" / "spans.jsonl")
 
@@ -154,9 +176,16 @@ class SpanStore:
         for trace_id, spans in by_trace.items():
             ids = {s["span_id"] for s in spans}
             root = min((s for s in spans if s["parent_id"] not in ids), key=lambda s: s["start_ns"])
-            summaries.append({"run_id": root["attributes"].get(RUN_ID) or trace_id, "trace_id": trace_id,
-                              "name": root["name"], "start_ns": root["start_ns"], "duration_s": root["duration_s"],
-                              "spans": len(spans)})
+            summaries.append(
+                {
+                    "run_id": root["attributes"].get(RUN_ID) or trace_id,
+                    "trace_id": trace_id,
+                    "name": root["name"],
+                    "start_ns": root["start_ns"],
+                    "duration_s": root["duration_s"],
+                    "spans": len(spans),
+                }
+            )
         return sorted(summaries, key=lambda s: s["start_ns"])
 
     def spans(self, run_id: str) -> list[dict[str, Any]]:
@@ -165,12 +194,8 @@ class SpanStore:
         exact = [r for r in runs if run_id in (r["run_id"], r["trace_id"])]
         found = exact or [r for r in runs if r["run_id"].startswith(run_id) or r["trace_id"].startswith(run_id)]
         if not found:
-            from lab.errors import ConfigError
-
             raise ConfigError(f"no run {run_id!r} in {self.path} ({len(runs)} run(s); `lab traces` lists them)")
         if len({r["run_id"] for r in found}) > 1:
-            from lab.errors import ConfigError
-
             raise ConfigError(f"run id prefix {run_id!r} matches {len(found)} runs in {self.path}: give more of it")
         traces = {r["trace_id"] for r in runs if r["run_id"] == found[0]["run_id"]}
         return [r for r in self.records() if r["trace_id"] in traces]
@@ -183,7 +208,7 @@ class _RedactingExporter:
         self.inner, self.exported, self.failed = inner, 0, 0
 
     def export(self, spans):
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.sdk.trace.export import SpanExportResult  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         result = self.inner.export([redacted_span(s) for s in spans])
         if result == SpanExportResult.SUCCESS:
@@ -206,7 +231,7 @@ class StoreExporter:
         self.store = store
 
     def export(self, spans):
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        from opentelemetry.sdk.trace.export import SpanExportResult  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         self.store.append([span_record(s) for s in spans])
         return SpanExportResult.SUCCESS
@@ -263,18 +288,18 @@ _SETUP_LOCK = threading.Lock()
 def _router():
     """The router on the global SDK tracer provider (created and set once; a provider set by someone else is reused)."""
     global _ROUTER
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry import trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
     with _SETUP_LOCK:
         if _ROUTER is not None:
             return _ROUTER
         if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-            from lab.errors import ConfigError
-
-            raise ConfigError("OTEL_SDK_DISABLED=true switches OpenTelemetry off for the whole process, so no span "
-                              "would be recorded; unset it (silence a framework with its own switch, as lab.toolchain.quiet_frameworks does)")
+            raise ConfigError(
+                "OTEL_SDK_DISABLED=true switches OpenTelemetry off for the whole process, so no span "
+                "would be recorded; unset it (silence a framework with its own switch, as lab.toolchain.quiet_frameworks does)"
+            )
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):
             provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
@@ -289,7 +314,7 @@ def _router():
 def _instrument_openai(provider) -> None:
     """The maintained OpenAI SDK instrumentation, once per process: its spans nest under ours."""
     try:
-        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+        from opentelemetry.instrumentation.openai import OpenAIInstrumentor  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
     except ImportError:  # the agents extra is not installed: our own spans still cover every call
         return
     instrumentor = OpenAIInstrumentor()
@@ -301,7 +326,7 @@ class Tracing:
     """What ``configure_tracing`` set up: its exporters (with export counts) until ``close``."""
 
     def __init__(self, store: SpanStore, otlp_endpoint: str | None):
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         self.store, self.otlp_endpoint = store, otlp_endpoint
         self.local = _RedactingExporter(StoreExporter(store))
@@ -309,7 +334,7 @@ class Tracing:
         self._processors = [SimpleSpanProcessor(self.local)]
         self.otlp = None
         if otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
             self.otlp = _RedactingExporter(OTLPSpanExporter(endpoint=otlp_endpoint, timeout=10))
             self._processors.append(BatchSpanProcessor(self.otlp, schedule_delay_millis=500))
@@ -334,7 +359,7 @@ class Tracing:
             self._router.remove(p)
             p.shutdown()
 
-    def __enter__(self) -> "Tracing":
+    def __enter__(self) -> Tracing:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -356,7 +381,7 @@ def configure_tracing(store: str | Path | None = None, otlp_endpoint: str | None
 
 
 def _tracer():
-    from opentelemetry import trace
+    from opentelemetry import trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
     return trace.get_tracer(TRACER_NAME)
 
@@ -402,8 +427,12 @@ def current_run_id() -> str | None:
 @contextmanager
 def tool_span(name: str, call_id: str | None = None, arguments: dict | None = None) -> Iterator[Any]:
     """An ``execute_tool`` span; the caller sets the outcome (``traced`` Toolbox does)."""
-    attributes = {**_common("tool"), "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
-                  "gen_ai.tool.type": "function"}
+    attributes = {
+        **_common("tool"),
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": name,
+        "gen_ai.tool.type": "function",
+    }
     if call_id:
         attributes["gen_ai.tool.call.id"] = call_id
     if arguments is not None:
@@ -414,7 +443,8 @@ def tool_span(name: str, call_id: str | None = None, arguments: dict | None = No
 
 def _messages_text(messages: list[dict[str, Any]], system: str | None) -> str:
     turns = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": m.get("role"), "content": m.get("content")} for m in messages]
+        {"role": m.get("role"), "content": m.get("content")} for m in messages
+    ]
     return _clip(json.dumps(turns, default=str, ensure_ascii=False))
 
 
@@ -429,14 +459,19 @@ class TracedLLM(LLMWrapper):
         self._before_call = before_call  # the step tracker opens the step span here
 
     def _start(self, messages, kwargs):
-        from opentelemetry import trace
+        from opentelemetry import trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         if self._before_call is not None:
             self._before_call()
-        attributes = {**_common("chat"), "gen_ai.operation.name": "chat", "gen_ai.system": self.provider,
-                      "gen_ai.provider.name": self.provider, "gen_ai.request.model": self.model,
-                      "gen_ai.request.max_tokens": kwargs.get("max_tokens", 512),
-                      "gen_ai.request.temperature": kwargs.get("temperature", 0.0)}
+        attributes = {
+            **_common("chat"),
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": self.provider,
+            "gen_ai.provider.name": self.provider,
+            "gen_ai.request.model": self.model,
+            "gen_ai.request.max_tokens": kwargs.get("max_tokens", 512),
+            "gen_ai.request.temperature": kwargs.get("temperature", 0.0),
+        }
         if kwargs.get("tools"):
             attributes["gen_ai.request.tools"] = tuple(t["name"] for t in kwargs["tools"])
             attributes["lab.request.tool_choice"] = json.dumps(kwargs.get("tool_choice", "auto"))
@@ -446,26 +481,34 @@ class TracedLLM(LLMWrapper):
 
     @staticmethod
     def _fail(span, exc: BaseException) -> None:
-        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.set_attribute("error.type", type(exc).__name__)
 
     def _finish(self, span, reply: ChatResponse) -> None:
-        span.set_attributes({
-            "gen_ai.response.model": reply.model, "gen_ai.usage.input_tokens": reply.usage.input_tokens,
-            "gen_ai.usage.output_tokens": reply.usage.output_tokens,
-            "gen_ai.response.finish_reasons": (reply.stop_reason or "unknown",), "lab.latency_s": reply.latency_s,
-            "lab.tool_calls": len(reply.tool_calls)})
+        span.set_attributes(
+            {
+                "gen_ai.response.model": reply.model,
+                "gen_ai.usage.input_tokens": reply.usage.input_tokens,
+                "gen_ai.usage.output_tokens": reply.usage.output_tokens,
+                "gen_ai.response.finish_reasons": (reply.stop_reason or "unknown",),
+                "lab.latency_s": reply.latency_s,
+                "lab.tool_calls": len(reply.tool_calls),
+            }
+        )
         if reply.cost_usd is not None:
             span.set_attribute("lab.cost_usd", reply.cost_usd)
         if self.capture_content:
-            out = {"text": reply.text, "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls]}
+            out = {
+                "text": reply.text,
+                "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in reply.tool_calls],
+            }
             span.set_attribute("gen_ai.output.messages", _clip(json.dumps(out, default=str, ensure_ascii=False)))
 
     def chat(self, messages, **kwargs) -> ChatResponse:
-        from opentelemetry import trace
+        from opentelemetry import trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         span = self._start(messages, kwargs)
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
@@ -478,7 +521,7 @@ class TracedLLM(LLMWrapper):
             return reply
 
     def stream(self, messages, **kwargs):
-        from opentelemetry import trace
+        from opentelemetry import trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         span = self._start(messages, {**kwargs, "stream": True})
         span.set_attribute("gen_ai.request.stream", True)
@@ -510,13 +553,14 @@ class TracedToolbox(Toolbox):
         self.inner, self.capture_content = inner, capture_content
 
     def execute(self, call: ToolCall) -> Observation:
-        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         arguments = call.arguments if call.raw_arguments is None else {"_raw": call.raw_arguments}
         with tool_span(call.name, call.id, arguments if self.capture_content else None) as span:
             obs = self.inner.execute(call)
-            span.set_attributes({"lab.tool.outcome": obs.outcome, "lab.tool.attempts": obs.attempts,
-                                 "lab.latency_s": obs.latency_s})
+            span.set_attributes(
+                {"lab.tool.outcome": obs.outcome, "lab.tool.attempts": obs.attempts, "lab.latency_s": obs.latency_s}
+            )
             if self.capture_content:
                 span.set_attribute("gen_ai.tool.call.result", _clip(obs.content))
             if obs.outcome not in ("ok", "empty_observation"):
@@ -537,7 +581,7 @@ class _StepSpans:
         self.span, self.token = None, None
 
     def begin(self) -> None:
-        from opentelemetry import context, trace
+        from opentelemetry import context, trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         if self.span is not None:
             return
@@ -546,14 +590,19 @@ class _StepSpans:
         self.token = context.attach(trace.set_span_in_context(self.span))
 
     def finish(self, step) -> None:
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry import context  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         self.begin()
         self.span.update_name(f"step {step.index}")
-        self.span.set_attributes({
-            "lab.step.index": step.index, "lab.step.tool_calls": len(step.tool_calls),
-            "lab.step.outcomes": tuple(step.outcomes()) or ("ok",), "lab.step.answered": step.answer is not None})
+        self.span.set_attributes(
+            {
+                "lab.step.index": step.index,
+                "lab.step.tool_calls": len(step.tool_calls),
+                "lab.step.outcomes": tuple(step.outcomes()) or ("ok",),
+                "lab.step.answered": step.answer is not None,
+            }
+        )
         if step.error:
             self.span.set_status(Status(StatusCode.ERROR, step.error))
         context.detach(self.token)
@@ -562,8 +611,8 @@ class _StepSpans:
         self.next_index = step.index + 1
 
     def abort(self, exc: BaseException) -> None:
-        from opentelemetry import context
-        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry import context  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
         if self.span is not None:
             self.span.record_exception(exc)
@@ -573,11 +622,18 @@ class _StepSpans:
             self.span = None
 
 
-def traced_agent(llm: LLM, task: str, toolbox: Toolbox, *, agent: str, run_id: str | None = None,
-                 capture_content: bool = True, **loop_kwargs: Any):
+def traced_agent(
+    llm: LLM,
+    task: str,
+    toolbox: Toolbox,
+    *,
+    agent: str,
+    run_id: str | None = None,
+    capture_content: bool = True,
+    **loop_kwargs: Any,
+):
     """``phase13_react.loop.run_agent`` inside an ``invoke_agent`` span, a span per step, LLM call and tool
     call. The loop itself is unchanged: tracing enters through the LLM, the toolbox and ``on_step``."""
-    from phase13_react.loop import run_agent
 
     prior = list(loop_kwargs.get("prior_steps", ()))
     user_on_step = loop_kwargs.pop("on_step", None)
@@ -595,9 +651,14 @@ def traced_agent(llm: LLM, task: str, toolbox: Toolbox, *, agent: str, run_id: s
         except BaseException as exc:
             steps.abort(exc)
             raise
-        span.set_attributes({"lab.agent.stop_reason": run.stop_reason, "lab.agent.steps": len(run.steps),
-                             "gen_ai.usage.input_tokens": run.input_tokens,
-                             "gen_ai.usage.output_tokens": run.output_tokens})
+        span.set_attributes(
+            {
+                "lab.agent.stop_reason": run.stop_reason,
+                "lab.agent.steps": len(run.steps),
+                "gen_ai.usage.input_tokens": run.input_tokens,
+                "gen_ai.usage.output_tokens": run.output_tokens,
+            }
+        )
         return run
 
 

@@ -11,9 +11,16 @@ says (the cost lab.llm reported, else the model's list price; a local model cost
 
 from __future__ import annotations
 
+import argparse
 import os
+from datetime import UTC, datetime
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from lab.errors import LabError
 from phase15_production.cost import span_cost
 from phase15_production.telemetry import RUN_ID, TRACER_NAME, SpanStore, default_store_path, span_usage
 
@@ -51,7 +58,6 @@ def subtree_totals(span: dict, kids: dict[str, list[dict]], price) -> dict[str, 
 
 def render_tree(spans: list[dict[str, Any]], price=None):
     """A rich Tree of the run: per span its latency, tokens (in → out) and cost."""
-    from rich.tree import Tree
 
     price = price or span_cost
     roots, kids = children_of(spans)
@@ -85,7 +91,6 @@ def render_tree(spans: list[dict[str, Any]], price=None):
 
 def tree_text(spans: list[dict[str, Any]], width: int = 140) -> str:
     """The tree as plain text (for artifacts and tests)."""
-    from rich.console import Console
 
     console = Console(width=width, record=True, file=open(os.devnull, "w"), color_system=None)
     console.print(render_tree(spans))
@@ -94,12 +99,6 @@ def tree_text(spans: list[dict[str, Any]], width: int = 140) -> str:
 
 def cli(argv: list[str]) -> int:
     """List the runs in the span store, or render one run as a tree with latency, tokens and cost per span."""
-    import argparse
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from lab.errors import LabError
 
     parser = argparse.ArgumentParser(prog="lab traces", description=cli.__doc__)
     parser.add_argument("run_id", nargs="?", help="run id (or trace id, or a unique prefix); none: list runs")
@@ -118,11 +117,10 @@ def cli(argv: list[str]) -> int:
     if not runs:
         console.print(f"no runs in {store.path}")
         return 0
-    from datetime import datetime, timezone
 
     table = Table("run id", "root span", "started (UTC)", "duration s", "spans", title=str(store.path))
     for r in runs:
-        started = datetime.fromtimestamp(r["start_ns"] / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        started = datetime.fromtimestamp(r["start_ns"] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(r["run_id"], r["name"], started, f"{r['duration_s'] or 0:.2f}", str(r["spans"]))
     console.print(table)
     return 0

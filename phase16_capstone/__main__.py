@@ -17,13 +17,29 @@ replies). ``serve`` logs one line per record, request data escaped (``http_guard
 from __future__ import annotations
 
 import argparse
+import logging
+import logging.config
 import os
+import signal
 import sys
 import threading
 
+from rich.console import Console
+
+from lab.errors import LabError
+from lab.llm import DEFAULT_SPEC, from_spec
+from lab.toolchain import quiet_frameworks
+from phase15_production.resilient_calls import ResilientLLM
+from phase16_capstone.api import create_app
+from phase16_capstone.engine import Engine, EngineSettings, deploy_for
+from phase16_capstone.http_guard import log_config
+from phase16_capstone.job_store import JobStore
+from phase16_capstone.site_builder import PostRecord, post_path
+from phase16_capstone.telegram import Replier, webhook_secret
+from phase16_capstone.untrusted import TOPIC, admit
+
 
 def _parser() -> argparse.ArgumentParser:
-    from phase16_capstone.engine import EngineSettings
 
     common = argparse.ArgumentParser(add_help=False)
     EngineSettings.add_flags(common)
@@ -41,31 +57,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_engine(args, on_event=None):
-    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
-    from phase16_capstone.job_store import JobStore
-    from phase16_capstone.telegram import Replier
 
     settings = EngineSettings.from_args(args)
     store = JobStore(namespace=settings.namespace, lease_s=settings.lease_s)
-    return Engine(store, engine_llm(settings.llm, settings.fallback), deploy_for(settings.site), settings,
-                  on_event=on_event, replier=Replier.from_env())
+    return Engine(
+        store,
+        engine_llm(settings.llm, settings.fallback),
+        deploy_for(settings.site),
+        settings,
+        on_event=on_event,
+        replier=Replier.from_env(),
+    )
 
 
 def engine_llm(spec: str | None, fallbacks: list[str]):
     """The engine's model: ``spec`` alone, or with fallbacks the Phase 15 chain (retries, a breaker per
     provider, the next provider when one is open). Specs, not clients, so each provider is built with
     its own retries off and retries are never multiplied (see ResilientLLM)."""
-    from lab.llm import DEFAULT_SPEC, from_spec
 
     if not fallbacks:
         return from_spec(spec)
-    from phase15_production.resilient_calls import ResilientLLM
 
     return ResilientLLM([spec or os.environ.get("LAB_LLM") or DEFAULT_SPEC, *fallbacks])
 
 
 def printer(console):
     """The rich progress lines ``run`` prints as the job moves."""
+
     def on_event(kind: str, info: dict) -> None:
         if kind == "stage":
             console.print(f"[cyan]{info['stage']}[/cyan] …")
@@ -77,17 +95,17 @@ def printer(console):
                 extra = f"{info['verdict']} (mean {info['mean']})" if info.get("mean") is not None else info["verdict"]
             elif info["stage"] == "researching":
                 extra = ", ".join(info["evidence"])
-            console.print(f"  done in {info['seconds']:.1f} s, {info['input_tokens']}+{info['output_tokens']} tokens "
-                          f"→ [bold]{info['to']}[/bold]  {extra}")
+            console.print(
+                f"  done in {info['seconds']:.1f} s, {info['input_tokens']}+{info['output_tokens']} tokens "
+                f"→ [bold]{info['to']}[/bold]  {extra}"
+            )
         elif kind == "claimed":
             console.print(f"job {info['job']} claimed at [bold]{info['state']}[/bold] (attempt {info['attempt']})")
+
     return on_event
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-
-    from phase16_capstone.untrusted import TOPIC, admit
 
     console = Console()
     topic = admit(args.topic, TOPIC, "cli")
@@ -99,8 +117,6 @@ def cmd_run(args) -> int:
     console.print(f"[{colour}]{final.state}[/{colour}] job {final.id}" + (f": {final.error}" if final.error else ""))
     publication = engine.store.publication(final.id)
     if publication:
-        from phase16_capstone.site_builder import PostRecord, post_path
-
         written = engine.deploy.location(post_path(PostRecord.from_dict(publication["post"])))
         console.print(f"post: {final.post_url} (written to {written})")
     console.print(f"site: {engine.deploy.location('index.html')}")
@@ -108,7 +124,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    import signal
 
     engine = build_engine(args)
     stop = threading.Event()
@@ -121,14 +136,8 @@ def cmd_worker(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import logging
-    import logging.config
 
-    import uvicorn
-
-    from phase16_capstone.api import create_app
-    from phase16_capstone.http_guard import log_config
-    from phase16_capstone.telegram import webhook_secret
+    import uvicorn  # noqa: PLC0415 (uvicorn loads only on the path that uses it)
 
     logging.config.dictConfig(log_config())
     secret = webhook_secret()
@@ -136,14 +145,21 @@ def cmd_serve(args) -> int:
         logging.getLogger("phase16.api").warning("ENGINE_TELEGRAM_SECRET is not set: /telegram/webhook is NOT exposed")
     stop = threading.Event()
     engines = [build_engine(args) for _ in range(args.workers)]
-    threads = [threading.Thread(target=e.work, kwargs={"stop": stop}, daemon=True, name=f"engine-worker-{i}")
-               for i, e in enumerate(engines)]
+    threads = [
+        threading.Thread(target=e.work, kwargs={"stop": stop}, daemon=True, name=f"engine-worker-{i}")
+        for i, e in enumerate(engines)
+    ]
     for t in threads:
         t.start()
     store = engines[0].store if engines else build_engine(args).store
     try:
-        uvicorn.run(create_app(store, corpus=args.corpus, webhook_secret=secret), host=args.host, port=args.port,
-                    log_config=log_config(), log_level="info")
+        uvicorn.run(
+            create_app(store, corpus=args.corpus, webhook_secret=secret),
+            host=args.host,
+            port=args.port,
+            log_config=log_config(),
+            log_level="info",
+        )
     finally:
         stop.set()
         for t in threads:
@@ -152,8 +168,6 @@ def cmd_serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lab.errors import LabError
-    from lab.toolchain import quiet_frameworks
 
     quiet_frameworks()
     args = _parser().parse_args(argv)

@@ -28,11 +28,14 @@ good and Telegram's re-delivery is what keeps it from being lost.
 
 import logging
 from collections import Counter
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from phase16_capstone.http_guard import MAX_BODY_BYTES
+from phase16_capstone.http_guard import MAX_BODY_BYTES, BodyLimit, printable
+from phase16_capstone.job_store import JobStoreError, UnknownJob
+from phase16_capstone.telegram import SECRET_HEADER, IgnoredUpdate, UpdateError, check_secret, parse_update
+from phase16_capstone.untrusted import TOPIC, UntrustedInputError, admit
 
 log = logging.getLogger("phase16.api")
 
@@ -42,25 +45,21 @@ class JobRequest(BaseModel):
     topic: str = Field(min_length=1, max_length=300, description="what the post is about")
 
 
-def create_app(store, corpus: Optional[str] = None, webhook_secret: Optional[str] = None,
-               max_body_bytes: int = MAX_BODY_BYTES):
+def create_app(
+    store, corpus: str | None = None, webhook_secret: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+):
     # no `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-
-    from phase16_capstone.http_guard import BodyLimit, printable
-    from phase16_capstone.job_store import JobStoreError, UnknownJob
-    from phase16_capstone.telegram import SECRET_HEADER, IgnoredUpdate, UpdateError, check_secret, parse_update
-    from phase16_capstone.untrusted import TOPIC, UntrustedInputError, admit
+    from fastapi import FastAPI, Request  # noqa: PLC0415 (fastapi loads only on the path that uses it)
+    from fastapi.exceptions import RequestValidationError  # noqa: PLC0415 (fastapi loads only on the path that uses it)
+    from fastapi.responses import JSONResponse  # noqa: PLC0415 (fastapi loads only on the path that uses it)
+    from starlette.concurrency import run_in_threadpool  # noqa: PLC0415 (starlette loads only on the path that uses it)
+    from starlette.exceptions import HTTPException  # noqa: PLC0415 (starlette loads only on the path that uses it)
 
     app = FastAPI(title="phase16 content engine", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     unused_updates: Counter = Counter()  # Updates acknowledged without a job, by outcome (malformed / ignored)
 
-    def problem(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    def problem(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -80,8 +79,12 @@ def create_app(store, corpus: Optional[str] = None, webhook_secret: Optional[str
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "telegram_webhook": "on" if webhook_secret else "off (set ENGINE_TELEGRAM_SECRET)",
-                "telegram_updates_without_job": dict(unused_updates), "jobs": store.count_by_state()}
+        return {
+            "ok": True,
+            "telegram_webhook": "on" if webhook_secret else "off (set ENGINE_TELEGRAM_SECRET)",
+            "telegram_updates_without_job": dict(unused_updates),
+            "jobs": store.count_by_state(),
+        }
 
     @app.post("/jobs", status_code=201)
     def create(req: JobRequest):
@@ -108,6 +111,7 @@ def create_app(store, corpus: Optional[str] = None, webhook_secret: Optional[str
             return problem(400, str(exc))
 
     if webhook_secret:
+
         def acknowledge(outcome: str, reason: str) -> dict[str, Any]:
             unused_updates[outcome] += 1
             log.info("telegram update %s, no job: %s", outcome, printable(reason))
@@ -129,12 +133,14 @@ def create_app(store, corpus: Optional[str] = None, webhook_secret: Optional[str
             except UpdateError as exc:
                 return acknowledge("malformed", str(exc))
             try:
-                job, created = await run_in_threadpool(store.create_job, req.topic, "telegram",
-                                                       update_id=req.update_id, chat_id=req.chat_id, corpus=corpus)
+                job, created = await run_in_threadpool(
+                    store.create_job, req.topic, "telegram", update_id=req.update_id, chat_id=req.chat_id, corpus=corpus
+                )
             except Exception as exc:  # noqa: BLE001 — the Update is good; Telegram re-delivers a 503
                 log.error("telegram update %s not stored: %s", req.update_id, printable(f"{type(exc).__name__}: {exc}"))
-                return problem(503, "the job store is unavailable; the update will be re-delivered",
-                               {"Retry-After": "30"})
+                return problem(
+                    503, "the job store is unavailable; the update will be re-delivered", {"Retry-After": "30"}
+                )
             return {"ok": True, "job_id": job.id, "created": created, "state": job.state}
 
     return app

@@ -60,10 +60,18 @@ class FakeBotAPI:
         """Queue a private message from user ``chat_id``; returns its update_id."""
         with self._arrived:
             update_id = len(self.updates) + 1
-            self.updates.append({"update_id": update_id, "message": {
-                "message_id": 1000 + update_id, "date": int(time.time()), "text": text,
-                "chat": {"id": chat_id, "type": "private", "first_name": first_name},
-                "from": {"id": chat_id, "is_bot": False, "first_name": first_name}}})
+            self.updates.append(
+                {
+                    "update_id": update_id,
+                    "message": {
+                        "message_id": 1000 + update_id,
+                        "date": int(time.time()),
+                        "text": text,
+                        "chat": {"id": chat_id, "type": "private", "first_name": first_name},
+                        "from": {"id": chat_id, "is_bot": False, "first_name": first_name},
+                    },
+                }
+            )
             self._arrived.notify_all()
             return update_id
 
@@ -81,17 +89,25 @@ class FakeBotAPI:
         with self._lock:
             self.paths.append(path)
             if path.endswith("/getMe"):
-                return 200, {"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "engine",
-                                                    "username": "engine_bot"}}
+                return 200, {
+                    "ok": True,
+                    "result": {"id": 1, "is_bot": True, "first_name": "engine", "username": "engine_bot"},
+                }
             if not path.endswith("/sendMessage"):
                 return 200, {"ok": True, "result": True}
             if self.refuse:
                 status, description = self.refuse.pop(0)
                 return status, {"ok": False, "error_code": status, "description": description}
             self.sent.append(params)
-            return 200, {"ok": True, "result": {"message_id": len(self.sent), "date": 1700000000,
-                                                "text": params.get("text"),
-                                                "chat": {"id": int(params["chat_id"]), "type": "private"}}}
+            return 200, {
+                "ok": True,
+                "result": {
+                    "message_id": len(self.sent),
+                    "date": 1700000000,
+                    "text": params.get("text"),
+                    "chat": {"id": int(params["chat_id"]), "type": "private"},
+                },
+            }
 
     def to(self, chat_id: int) -> list[str]:
         """The texts sent to one chat, in order."""

@@ -20,10 +20,20 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-INSTALL_HINT = ("install it with `sudo apt-get install -y --no-install-recommends chromium fonts-dejavu-core` "
-                "(Debian/Ubuntu; `make setup` does this when it runs as root or with sudo)")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-extensions", "--disable-sync", "--mute-audio")
+INSTALL_HINT = (
+    "install it with `sudo apt-get install -y --no-install-recommends chromium fonts-dejavu-core` "
+    "(Debian/Ubuntu; `make setup` does this when it runs as root or with sudo)"
+)
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--disable-sync",
+    "--mute-audio",
+)
 
 
 class BrowserError(RuntimeError):
@@ -32,7 +42,7 @@ class BrowserError(RuntimeError):
 
 def find_chromium(name: str | None = None) -> str | None:
     """Path of the Chromium binary: ``name`` if given (a path or a command), else the usual command names."""
-    for candidate in ((name,) if name else CANDIDATES):
+    for candidate in (name,) if name else CANDIDATES:
         path = shutil.which(candidate)
         if path:
             return path

@@ -30,15 +30,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
+from phase10_alignment.rubric_judge import Judge, JudgeFailure
+from phase11_evals.calibration import calibration_inputs, judge_calibration
+from phase11_evals.editor_gate import DEFAULT_THRESHOLDS, GateThresholds, decide
+from phase11_evals.evaldata import load_calibration, load_eval_set, load_rubric
+from phase16_capstone.writer import marker_counts, model_citations
 
 RUBRIC_VERSION = "1.1"
 QUESTION = "Write a short technical blog post for engineers about: {topic}"
 
 
 def make_judge(llm, rubric_version: str = RUBRIC_VERSION):
-    from phase10_alignment.rubric_judge import Judge
-    from phase11_evals.evaldata import load_rubric
 
     return Judge(llm, load_rubric(rubric_version), method="auto", max_tokens=300)
 
@@ -61,56 +63,76 @@ def calibrate(judge, limit: int | None = None, pass_r: float = 0.75) -> Calibrat
     """Score Phase 11's reference-scored responses (the first ``limit``; 0 skips it) with ``judge``."""
     if limit == 0:
         return Calibration(None, 0, pass_r, "the judge was not calibrated in this run (calibration_items = 0)")
-    from phase11_evals.calibration import calibration_inputs, judge_calibration
-    from phase11_evals.evaldata import load_calibration, load_eval_set
 
     eval_set = load_eval_set()
     items = list(load_calibration(eval_set).items[:limit])
-    verdicts = [judge.score(prompt, response, reference=ref)
-                for prompt, response, ref in calibration_inputs(eval_set, items)]
+    verdicts = [
+        judge.score(prompt, response, reference=ref) for prompt, response, ref in calibration_inputs(eval_set, items)
+    ]
     r, note = judge_calibration(verdicts, items, pass_r)
     return Calibration(r, len(items), pass_r, note)
 
 
 def citation_check(body: str, evidence) -> dict[str, int]:
     """Whose markers are whose: model-written, code-added ``[n?]``, and sentences the model's markers support."""
-    from phase16_capstone.writer import marker_counts, model_citations
 
     supported, sentences = model_citations(body, {e.n: e.text for e in evidence})
     return {**marker_counts(body), "supported_sentences": supported, "sentences": sentences}
 
 
-def review(judge, topic: str, body: str, evidence, revisions_done: int,
-           max_revisions: int = DEFAULT_THRESHOLDS.max_revisions,
-           calibration: Calibration | None = None) -> dict[str, Any]:
+def review(
+    judge,
+    topic: str,
+    body: str,
+    evidence,
+    revisions_done: int,
+    max_revisions: int = DEFAULT_THRESHOLDS.max_revisions,
+    calibration: Calibration | None = None,
+) -> dict[str, Any]:
     """One Editor pass: the gate's decision as a dict (``GateDecision.to_dict()`` plus the judge method,
     ``citations`` and ``reviewed``: whether an APPROVE counts as a review — False without a passed
     ``calibration``)."""
-    from phase10_alignment.rubric_judge import JudgeFailure
-    from phase11_evals.editor_gate import GateThresholds, decide
 
     cites = citation_check(body, evidence)
     reference = "\n\n".join(f"[{e.n}] {e.text}" for e in evidence)
     verdict = judge.score(QUESTION.format(topic=topic), body, reference=reference)
     if isinstance(verdict, JudgeFailure):
-        return {"verdict": "ESCALATE", "reasons": [f"the judge could not score the draft: {verdict.reason[:300]}"],
-                "scores": {}, "mean": None, "confident_hallucination": None, "revisions_done": revisions_done,
-                "reasoning": "", "method": judge.method, "citations": cites, "reviewed": None}
+        return {
+            "verdict": "ESCALATE",
+            "reasons": [f"the judge could not score the draft: {verdict.reason[:300]}"],
+            "scores": {},
+            "mean": None,
+            "confident_hallucination": None,
+            "revisions_done": revisions_done,
+            "reasoning": "",
+            "method": judge.method,
+            "citations": cites,
+            "reviewed": None,
+        }
     decision = decide(verdict, revisions_done, GateThresholds(max_revisions=max_revisions))
     reasons = list(decision.reasons)
     if cites["added"]:
         reasons.append(f"{cites['added']} paragraph(s) carry no citation of the Writer's own: the engine added [n?]")
     if cites["sentences"] and cites["supported_sentences"] < cites["sentences"]:
-        reasons.append(f"{cites['sentences'] - cites['supported_sentences']} of {cites['sentences']} sentence(s) lack a "
-                       "model-written citation whose source shares their words")
+        reasons.append(
+            f"{cites['sentences'] - cites['supported_sentences']} of {cites['sentences']} sentence(s) lack a "
+            "model-written citation whose source shares their words"
+        )
     reviewed = None
     if decision.verdict == "APPROVE":
         reviewed = bool(calibration and calibration.passed)
         if not reviewed:
             note = calibration.note if calibration else "no calibration of the judge in this run"
             reasons.append(f"APPROVE does not count as a review ({note}): published marked UNREVIEWED")
-    return {**decision.to_dict(), "reasons": reasons, "scores": {k: round(v, 3) for k, v in decision.scores.items()},
-            "mean": round(decision.mean, 3), "method": judge.method, "citations": cites, "reviewed": reviewed}
+    return {
+        **decision.to_dict(),
+        "reasons": reasons,
+        "scores": {k: round(v, 3) for k, v in decision.scores.items()},
+        "mean": round(decision.mean, 3),
+        "method": judge.method,
+        "citations": cites,
+        "reviewed": reviewed,
+    }
 
 
 def feedback_for_writer(decision: dict[str, Any]) -> str:

@@ -34,12 +34,16 @@ import argparse
 import inspect
 import logging
 import os
+import signal
+import socket
 import threading
 import time
 import typing
 import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,8 +51,26 @@ from lab.errors import ConfigError
 from lab.models import EMBEDDED_LLM
 from lab.paths import REPO_ROOT
 from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
+from phase15_production.defence import ALLOW
+from phase15_production.telemetry import TracedLLM
+from phase16_capstone.editor import calibrate, feedback_for_writer, make_judge, review
 from phase16_capstone.job_store import Job, JobStore, Lease, LeaseLost
+from phase16_capstone.job_tracing import job_trace, stage_span, tracing_for
 from phase16_capstone.metering import StageMeter
+from phase16_capstone.publisher import DirectoryDeploy, GitDeploy, publish
+from phase16_capstone.researcher import CorpusIndex, Evidence
+from phase16_capstone.site_builder import (
+    Citation,
+    PostRecord,
+    RevisionRecord,
+    check_site_url,
+    make_slug,
+    post_path,
+    public_url,
+)
+from phase16_capstone.telegram import WITHHELD, reply_text
+from phase16_capstone.untrusted import check_output, check_post, defence_for
+from phase16_capstone.writer import write as write_draft
 
 log = logging.getLogger("phase16.engine")
 CRASH_POINTS = ("mid_stage", "between_stages", "publishing", "after_publish", "reply_sending")
@@ -63,8 +85,6 @@ def crash_point(name: str) -> None:
     not claimed; ``reply_sending`` — the reply is claimed (``sending``), not sent. Nothing happens
     unless the variable names this point."""
     if os.environ.get(CRASH_ENV) == name:
-        import signal
-
         log.warning("crash point %s: SIGKILL", name)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -80,8 +100,9 @@ def flag(default: Any, description: str, *, env: str | None = None, metavar: str
     is the flag's help; ``env`` names a variable whose value, when set, is the flag's default instead."""
     cli = {key: value for key, value in (("env", env), ("metavar", metavar)) if value is not None}
     if isinstance(default, list):
-        return Field(default_factory=lambda: list(default), description=description, json_schema_extra={"cli": cli},
-                     **bounds)
+        return Field(
+            default_factory=lambda: list(default), description=description, json_schema_extra={"cli": cli}, **bounds
+        )
     return Field(default, description=description, json_schema_extra={"cli": cli}, **bounds)
 
 
@@ -105,37 +126,53 @@ class EngineSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     llm: str | None = flag(None, f"lab.llm spec (default: $LAB_LLM or the embedded {EMBEDDED_LLM.family})")
-    fallback: list[str] = flag([], "a provider to fall back to when --llm keeps failing (repeatable, in order): the "
-                               "chain runs behind Phase 15's retry + circuit breaker (phase15_production.resilient_calls)",
-                               metavar="SPEC")
-    corpus: str | None = flag(None, "folder of .md/.txt files, the default corpus of jobs that name none (default: "
-                                    "the repo's notes + READMEs)")
+    fallback: list[str] = flag(
+        [],
+        "a provider to fall back to when --llm keeps failing (repeatable, in order): the "
+        "chain runs behind Phase 15's retry + circuit breaker (phase15_production.resilient_calls)",
+        metavar="SPEC",
+    )
+    corpus: str | None = flag(
+        None,
+        "folder of .md/.txt files, the default corpus of jobs that name none (default: the repo's notes + READMEs)",
+    )
     site: str = flag(str(DEFAULT_SITE), "site folder, or git+URL to commit and push")
-    site_url: str | None = flag(None, "the site's public URL: a job's post_url is it + posts/<slug>.html "
-                                      "(default $ENGINE_SITE_URL; unset: the site-relative path)", env="ENGINE_SITE_URL")
+    site_url: str | None = flag(
+        None,
+        "the site's public URL: a job's post_url is it + posts/<slug>.html "
+        "(default $ENGINE_SITE_URL; unset: the site-relative path)",
+        env="ENGINE_SITE_URL",
+    )
     namespace: str = flag(_store_default("namespace"), "prefix of the engine's tables")
     lease_s: float = flag(_store_default("lease_s"), "a job's lease; a dead worker's job resumes after it", gt=0)
     k: int = flag(3, "evidence chunks per post", ge=1)
     hyde_max_tokens: int = flag(60, "tokens of the HyDE hypothesis", ge=1)
     writer_max_tokens: int = flag(80, "tokens per Writer paragraph", ge=1)
     max_revisions: int = flag(DEFAULT_THRESHOLDS.max_revisions, "Editor: escalate after this many revisions", ge=0)
-    calibration_items: int | None = flag(None, "Phase 11 calibration responses the judge scores before its approvals "
-                                               "count (default: all 20; 0: none, every approved post is published "
-                                               "UNREVIEWED)", ge=0)
+    calibration_items: int | None = flag(
+        None,
+        "Phase 11 calibration responses the judge scores before its approvals "
+        "count (default: all 20; 0: none, every approved post is published "
+        "UNREVIEWED)",
+        ge=0,
+    )
     rubric: str = Field("1.1", description="the Phase 11 rubric the Editor's judge scores with")
-    pass_r: float = Field(0.75, description="the judge's approvals count as reviews only at r >= this (Phase 11's rule)")
-    trace: bool = Field(True, description="each job a trace (job_tracing): spans to the local store (+ OTLP when "
-                                          "configured)")
+    pass_r: float = Field(
+        0.75, description="the judge's approvals count as reviews only at r >= this (Phase 11's rule)"
+    )
+    trace: bool = Field(
+        True, description="each job a trace (job_tracing): spans to the local store (+ OTLP when configured)"
+    )
     traces: str | None = Field(None, description="span store (None: $LAB_TRACES, else runs/traces/spans.jsonl)")
-    defence: bool = Field(True, description="the Phase 15 defence (spotlighting + output check); False only to "
-                                            "measure without it")
+    defence: bool = Field(
+        True, description="the Phase 15 defence (spotlighting + output check); False only to measure without it"
+    )
     poll_s: float = Field(0.5, description="idle worker's wait between claims", gt=0)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("site_url")
     @classmethod
     def _site_url(cls, value: str | None) -> str | None:
-        from phase16_capstone.site_builder import check_site_url
 
         return None if value is None else check_site_url(value)
 
@@ -143,8 +180,11 @@ class EngineSettings(BaseModel):
     @classmethod
     def flags(cls) -> dict[str, str]:
         """field name -> its flag, for the fields declared with ``flag()``, in declaration order."""
-        return {name: "--" + name.replace("_", "-") for name, info in cls.model_fields.items()
-                if "cli" in (info.json_schema_extra or {})}
+        return {
+            name: "--" + name.replace("_", "-")
+            for name, info in cls.model_fields.items()
+            if "cli" in (info.json_schema_extra or {})
+        }
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
@@ -172,15 +212,19 @@ class EngineSettings(BaseModel):
         try:
             return cls(**{name: getattr(args, name) for name in flags})
         except ValidationError as err:
-            raise ConfigError("; ".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}"
-                                        for e in err.errors())) from None
+            raise ConfigError(
+                "; ".join(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in err.errors())
+            ) from None
 
     def argv(self) -> list[str]:
         """The flags that give a worker process these settings: each flag field that was set explicitly
         (``None`` left out: the flag's default). A set field with no flag is refused, never dropped."""
         flags = self.flags()
-        lost = sorted(name for name in self.model_fields_set - set(flags)
-                      if getattr(self, name) != self.model_fields[name].get_default(call_default_factory=True))
+        lost = sorted(
+            name
+            for name in self.model_fields_set - set(flags)
+            if getattr(self, name) != self.model_fields[name].get_default(call_default_factory=True)
+        )
         if lost:
             raise ValueError(f"{', '.join(lost)}: no command-line flag carries these settings to a worker process")
         out: list[str] = []
@@ -200,8 +244,11 @@ class EngineSettings(BaseModel):
     @classmethod
     def from_config(cls, config: BaseModel, **values: Any) -> EngineSettings:
         """The settings an exercise config holds (its fields made with ``setting()``), ``values`` on top."""
-        held = {name: getattr(config, name) for name, info in type(config).model_fields.items()
-                if (info.json_schema_extra or {}).get("engine_setting") == name}
+        held = {
+            name: getattr(config, name)
+            for name, info in type(config).model_fields.items()
+            if (info.json_schema_extra or {}).get("engine_setting") == name
+        }
         return cls(**{**held, **values})
 
 
@@ -228,7 +275,6 @@ class OutputBlocked(Exception):
 
 
 def worker_name() -> str:
-    import socket
 
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -236,15 +282,19 @@ def worker_name() -> str:
 class Engine:
     """One engine = a job store, an LLM, a deploy target and settings; ``work`` runs a worker loop."""
 
-    def __init__(self, store: JobStore, llm, deploy, settings: EngineSettings | None = None,
-                 on_event: Callable[[str, dict], None] | None = None, replier=None):
+    def __init__(
+        self,
+        store: JobStore,
+        llm,
+        deploy,
+        settings: EngineSettings | None = None,
+        on_event: Callable[[str, dict], None] | None = None,
+        replier=None,
+    ):
         self.store, self.deploy = store, deploy
         self.settings = settings or EngineSettings()
         self.tracing = None
         if self.settings.trace:
-            from phase15_production.telemetry import TracedLLM
-            from phase16_capstone.job_tracing import tracing_for
-
             self.tracing = tracing_for(self.settings.traces)
             llm = TracedLLM(llm)
         self.llm = StageMeter(llm)
@@ -257,7 +307,6 @@ class Engine:
 
     # --- shared pieces, built once per process ---------------------------------------------
     def index(self, corpus: str | None):
-        from phase16_capstone.researcher import CorpusIndex
 
         key = corpus or self.settings.corpus
         if key not in self._indexes:
@@ -267,8 +316,6 @@ class Engine:
     @property
     def judge(self):
         if self._judge is None:
-            from phase16_capstone.editor import make_judge
-
             self._judge = make_judge(self.llm, self.settings.rubric)
         return self._judge
 
@@ -277,11 +324,16 @@ class Engine:
         """This run's calibration of the judge (``editor.calibrate``), measured once per engine, on first use."""
         with self._calibration_lock:
             if self._calibration is None:
-                from phase16_capstone.editor import calibrate
-
                 self._calibration = calibrate(self.judge, self.settings.calibration_items, self.settings.pass_r)
-                self.on_event("judge_calibrated", {"r": self._calibration.r, "n": self._calibration.n,
-                                                   "passed": self._calibration.passed, "note": self._calibration.note})
+                self.on_event(
+                    "judge_calibrated",
+                    {
+                        "r": self._calibration.r,
+                        "n": self._calibration.n,
+                        "passed": self._calibration.passed,
+                        "note": self._calibration.note,
+                    },
+                )
             return self._calibration
 
     @property
@@ -289,8 +341,13 @@ class Engine:
         return str(getattr(self.deploy, "site_dir", None) or getattr(self.deploy, "remote_url", "site"))
 
     # --- the worker loop ----------------------------------------------------------------------
-    def work(self, worker: str | None = None, stop: threading.Event | None = None, job_id: str | None = None,
-             exit_when_idle: bool = False) -> None:
+    def work(
+        self,
+        worker: str | None = None,
+        stop: threading.Event | None = None,
+        job_id: str | None = None,
+        exit_when_idle: bool = False,
+    ) -> None:
         """Claim and run jobs until ``stop`` is set (or, with ``job_id``, until that job is terminal;
         with ``exit_when_idle``, until no job is claimable and none is running elsewhere)."""
         worker = worker or worker_name()
@@ -303,9 +360,13 @@ class Engine:
                 continue
             if job_id is not None and self.store.get(job_id).terminal:
                 return
-            if exit_when_idle and not any(n for s, n in self.store.count_by_state().items()
-                                          if s not in ("published", "escalated", "failed")) \
-                    and not (self.replier and self.store.unsent_replies()):
+            if (
+                exit_when_idle
+                and not any(
+                    n for s, n in self.store.count_by_state().items() if s not in ("published", "escalated", "failed")
+                )
+                and not (self.replier and self.store.unsent_replies())
+            ):
                 return  # idle: no job to run and no chat still owed its reply (a dead sender's included)
             stop.wait(self.settings.poll_s)
 
@@ -331,17 +392,15 @@ class Engine:
             if self.tracing is not None:
                 self.tracing.flush()
         final = self.store.get(job.id)
-        self.on_event("finished", {"job": job.id, "state": final.state, "post_url": final.post_url,
-                                   "error": final.error})
+        self.on_event(
+            "finished", {"job": job.id, "state": final.state, "post_url": final.post_url, "error": final.error}
+        )
         if final.state == "published":
             crash_point("after_publish")
         self.send_reply(final)
         return final
 
     def _trace(self, job: Job):
-        from contextlib import nullcontext
-
-        from phase16_capstone.job_tracing import job_trace
 
         return job_trace(job) if self.tracing is not None else nullcontext()
 
@@ -355,16 +414,18 @@ class Engine:
                 log.warning("lease renewal failed: %s", exc)
 
     def _stage(self, job: Job, lease: Lease, state: str) -> str:
-        stages = {"researching": self._research, "writing": self._write, "editing": self._edit,
-                  "publishing": self._publish}
+        stages = {
+            "researching": self._research,
+            "writing": self._write,
+            "editing": self._edit,
+            "publishing": self._publish,
+        }
         run_id = self.store.start_stage(lease, state, job.attempts)
         self.on_event("stage", {"job": job.id, "stage": state})
         self.llm.reset()
         started = time.perf_counter()
         try:
             if self.tracing is not None:
-                from phase16_capstone.job_tracing import stage_span
-
                 with stage_span(state):
                     to_state, write, detail, delta = stages[state](job)
             else:
@@ -383,18 +444,29 @@ class Engine:
         usage = dict(self.llm.usage)
         if state != "publishing":
             crash_point("mid_stage")
-        self.store.complete_stage(lease, run_id, state, to_state, seconds=seconds, usage=usage,
-                                  detail={**detail, "llm_calls": usage["calls"]}, write=write, revisions_delta=delta)
+        self.store.complete_stage(
+            lease,
+            run_id,
+            state,
+            to_state,
+            seconds=seconds,
+            usage=usage,
+            detail={**detail, "llm_calls": usage["calls"]},
+            write=write,
+            revisions_delta=delta,
+        )
         if to_state not in ("published", "escalated", "failed"):
             crash_point("between_stages")
-        self.on_event("stage_done", {"job": job.id, "stage": state, "to": to_state, "seconds": seconds,
-                                     **usage, **detail})
+        self.on_event(
+            "stage_done", {"job": job.id, "stage": state, "to": to_state, "seconds": seconds, **usage, **detail}
+        )
         return to_state
 
     # --- the four stages: each returns (next state, write(conn, revisions), detail, revisions delta) --
     def _research(self, job: Job):
-        evidence, hypothesis = self.index(job.corpus).research(job.topic, self.llm, k=self.settings.k,
-                                                               hyde_max_tokens=self.settings.hyde_max_tokens)
+        evidence, hypothesis = self.index(job.corpus).research(
+            job.topic, self.llm, k=self.settings.k, hyde_max_tokens=self.settings.hyde_max_tokens
+        )
         if not evidence:
             raise RuntimeError("the corpus returned no evidence")
         rows = [e.to_dict() for e in evidence]
@@ -405,52 +477,77 @@ class Engine:
         return "writing", write, {"evidence": [e.chunk_id for e in evidence], "hypothesis": hypothesis[:300]}, 0
 
     def _evidence(self, job: Job):
-        from phase16_capstone.researcher import Evidence
 
-        return [Evidence(e["n"], e["chunk_id"], e["source"], e["text"], e["score"]) for e in self.store.evidence(job.id)]
+        return [
+            Evidence(e["n"], e["chunk_id"], e["source"], e["text"], e["score"]) for e in self.store.evidence(job.id)
+        ]
 
     def _write(self, job: Job):
-        from phase16_capstone.editor import feedback_for_writer
-        from phase16_capstone.writer import write as write_draft
 
         revision = self.store.get(job.id).revisions
         reviews = self.store.reviews(job.id)
         feedback = feedback_for_writer(reviews[-1]) if revision > 0 and reviews else None
-        draft = write_draft(self.llm, job.topic, self._evidence(job), feedback, self.settings.writer_max_tokens,
-                            defence=self.defence(job.id))
+        draft = write_draft(
+            self.llm,
+            job.topic,
+            self._evidence(job),
+            feedback,
+            self.settings.writer_max_tokens,
+            defence=self.defence(job.id),
+        )
         if not draft.body:
             raise RuntimeError("the Writer produced an empty draft")
 
         def write(conn, revisions):
             self.store.write_draft(conn, job.id, revisions, draft.title, draft.body, draft.coverage, draft.citations)
 
-        return "editing", write, {"revision": revision, "coverage": round(draft.coverage, 4),
-                                  "coverage_model": round(draft.coverage_model, 4),
-                                  "invalid_markers": draft.invalid_markers, "added_markers": draft.added_markers}, 0
+        return (
+            "editing",
+            write,
+            {
+                "revision": revision,
+                "coverage": round(draft.coverage, 4),
+                "coverage_model": round(draft.coverage_model, 4),
+                "invalid_markers": draft.invalid_markers,
+                "added_markers": draft.added_markers,
+            },
+            0,
+        )
 
     def _edit(self, job: Job):
-        from phase16_capstone.editor import review
 
         revision = self.store.get(job.id).revisions
         draft = self.store.drafts(job.id)[-1]
         calibration = self.calibration
         self.llm.reset()  # calibrating (once per engine) is not this stage's cost
-        decision = review(self.judge, job.topic, draft["body"], self._evidence(job), revision,
-                          self.settings.max_revisions, calibration)
+        decision = review(
+            self.judge,
+            job.topic,
+            draft["body"],
+            self._evidence(job),
+            revision,
+            self.settings.max_revisions,
+            calibration,
+        )
         verdict = decision["verdict"]
         to_state = {"APPROVE": "publishing", "REJECT": "writing", "ESCALATE": "escalated"}[verdict]
 
         def write(conn, revisions):
             self.store.write_review(conn, job.id, revisions, decision)
 
-        detail = {"revision": revision, "verdict": verdict, "scores": decision["scores"], "mean": decision["mean"],
-                  "judge_method": decision["method"], "reviewed": decision["reviewed"],
-                  "judge_calibration_r": calibration.r, "citations": decision["citations"]}
+        detail = {
+            "revision": revision,
+            "verdict": verdict,
+            "scores": decision["scores"],
+            "mean": decision["mean"],
+            "judge_method": decision["method"],
+            "reviewed": decision["reviewed"],
+            "judge_calibration_r": calibration.r,
+            "citations": decision["citations"],
+        }
         return to_state, write, detail, 1 if verdict == "REJECT" else 0
 
     def _publish(self, job: Job):
-        from phase16_capstone.publisher import publish
-        from phase16_capstone.site_builder import PostRecord, post_path, public_url
 
         post = self.post_record(job.id)
         verdict = self.check(f"{post.title}\n\n{post.body_markdown}", job, post=True)
@@ -469,7 +566,6 @@ class Engine:
 
     def post_record(self, job_id: str):
         """The PostRecord of a job, built from the store (deterministic: a re-publish renders the same)."""
-        from phase16_capstone.site_builder import Citation, PostRecord, RevisionRecord, make_slug
 
         job = self.store.get(job_id)
         draft = self.store.drafts(job_id)[-1]
@@ -481,20 +577,28 @@ class Engine:
         last = reviews[-1] if reviews else {}
         note = next((r for r in last.get("reasons", []) if r.startswith("APPROVE does not count")), "")
         return PostRecord(
-            job_id=job.id, slug=make_slug(draft["title"], job.id), title=draft["title"], topic=job.topic,
+            job_id=job.id,
+            slug=make_slug(draft["title"], job.id),
+            title=draft["title"],
+            topic=job.topic,
             body_markdown=draft["body"],
-            citations=[Citation(n, chunk_id, evidence[n]["source"], evidence[n]["text"]) for n, chunk_id in cited.items()],
-            revisions=[RevisionRecord(r["revision"] + 1, r["verdict"], dict(r["scores"]), list(r["reasons"]))
-                       for r in reviews],
+            citations=[
+                Citation(n, chunk_id, evidence[n]["source"], evidence[n]["text"]) for n, chunk_id in cited.items()
+            ],
+            revisions=[
+                RevisionRecord(r["revision"] + 1, r["verdict"], dict(r["scores"]), list(r["reasons"])) for r in reviews
+            ],
             trace_id=job.trace_id,
             tokens={"input": sum(r["tokens_in"] for r in runs), "output": sum(r["tokens_out"] for r in runs)},
             cost_usd=None if any(c is None for c in costs) else round(sum(costs), 6),
-            created_at=job.created_at.isoformat(), model=self.llm.spec, reviewed=last.get("reviewed"),
-            review_note=note)
+            created_at=job.created_at.isoformat(),
+            model=self.llm.spec,
+            reviewed=last.get("reviewed"),
+            review_note=note,
+        )
 
     # --- the Phase 15 defence (untrusted.py) ------------------------------------------------------
     def defence(self, job_id: str):
-        from phase16_capstone.untrusted import defence_for
 
         return defence_for(job_id) if self.settings.defence else None
 
@@ -502,8 +606,6 @@ class Engine:
         """The output check on text about to leave the engine, against the job's topic and evidence
         (``trusted``: what the engine itself wrote into it, such as the post's URL); a ``post`` must
         also hold only allowed markup (``untrusted.check_post``)."""
-        from phase15_production.defence import ALLOW
-        from phase16_capstone.untrusted import check_output, check_post
 
         defence = self.defence(job.id)
         if defence is None:
@@ -522,7 +624,6 @@ class Engine:
         token = self.store.take_reply(job.id)
         if token is None:  # sent, given up, or another sender's claim is live
             return
-        from phase16_capstone.telegram import WITHHELD, reply_text
 
         reviews = self.store.reviews(job.id)
         text = reply_text(job, reviews[-1]["reviewed"] if reviews else None)
@@ -550,7 +651,6 @@ class Engine:
 
 def deploy_for(site: str | Path):
     """A deploy target from a CLI/config value: a git remote (``git+URL``) or a directory."""
-    from phase16_capstone.publisher import DirectoryDeploy, GitDeploy
 
     site = str(site)
     if site.startswith("git+"):

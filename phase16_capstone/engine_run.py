@@ -20,9 +20,19 @@ as ``corpus_embed_s``, never folded into the Researcher's time).
 
 from __future__ import annotations
 
+import tempfile
+import time
+import uuid
+
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
-from phase16_capstone.engine import setting
+from lab.llm import from_spec
+from lab.stats import interval_text, record_rate
+from phase12_rag_storage.corpus import corpus_sha256
+from phase13_react.served import A100_LLM, agent_llm
+from phase16_capstone.engine import Engine, EngineSettings, deploy_for, setting
+from phase16_capstone.job_store import JobStore
+from phase16_capstone.scripted_llm import scripted_server
+from phase16_capstone.writer import marker_counts, model_citations
 
 STAGES = ("researching", "writing", "editing", "publishing")
 
@@ -43,13 +53,6 @@ class Config(ExerciseConfig):
 
 
 def run_one(cfg: Config, ctx: RunContext, llm) -> None:
-    import tempfile
-    import time
-    import uuid
-
-    from phase12_rag_storage.corpus import corpus_sha256
-    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
-    from phase16_capstone.job_store import JobStore
 
     store = JobStore(namespace=f"p16x_{uuid.uuid4().hex[:8]}")
     site = cfg.site or tempfile.mkdtemp(prefix="phase16-site-")
@@ -60,17 +63,27 @@ def run_one(cfg: Config, ctx: RunContext, llm) -> None:
         started = time.perf_counter()
         index = engine.index(cfg.corpus)
         corpus_s = time.perf_counter() - started
-        ctx.dataset(cfg.corpus or "repo notes + phase READMEs + results overview", n=len(index.docs),
-                    sha256=corpus_sha256(index.docs), chunks=index.n_chunks, embedded_now=index.embedded_now)
+        ctx.dataset(
+            cfg.corpus or "repo notes + phase READMEs + results overview",
+            n=len(index.docs),
+            sha256=corpus_sha256(index.docs),
+            chunks=index.n_chunks,
+            embedded_now=index.embedded_now,
+        )
         job, _ = store.create_job(cfg.topic, "cli", corpus=cfg.corpus)
         started = time.perf_counter()
         engine.work(job_id=job.id)
         job_s = time.perf_counter() - started
         report(ctx, store, engine, job.id, job_s, corpus_s, index)
         calibration = engine.calibration
-        ctx.metric("judge_calibration_r", calibration.r, "r", True,
-                   f"the Editor's judge on {calibration.n} Phase 11 reference-scored responses, this run; approvals "
-                   f"count as reviews at r >= {calibration.pass_r}" + (f" ({calibration.note})" if calibration.note else ""))
+        ctx.metric(
+            "judge_calibration_r",
+            calibration.r,
+            "r",
+            True,
+            f"the Editor's judge on {calibration.n} Phase 11 reference-scored responses, this run; approvals "
+            f"count as reviews at r >= {calibration.pass_r}" + (f" ({calibration.note})" if calibration.note else ""),
+        )
     finally:
         store.drop()
         store.close()
@@ -85,28 +98,61 @@ def report(ctx: RunContext, store, engine, job_id: str, job_s: float, corpus_s: 
     for stage in STAGES:
         mine = [r for r in runs if r["stage"] == stage]
         costs = [r["cost_usd"] for r in mine]
-        rows.append([stage, len(mine), round(sum(r["seconds"] for r in mine), 3),
-                     sum(r["detail"].get("llm_calls", 0) for r in mine), sum(r["tokens_in"] for r in mine),
-                     sum(r["tokens_out"] for r in mine),
-                     None if any(c is None for c in costs) else round(sum(costs), 6)])
-    ctx.table("stages", rows, ["stage", "runs", "seconds", "llm calls", "tokens in", "tokens out", "cost usd"],
-              title="Per stage: wall time, LLM calls, tokens, cost (all runs of the stage summed)")
-    from lab.stats import interval_text, record_rate
-    from phase16_capstone.writer import marker_counts, model_citations
+        rows.append(
+            [
+                stage,
+                len(mine),
+                round(sum(r["seconds"] for r in mine), 3),
+                sum(r["detail"].get("llm_calls", 0) for r in mine),
+                sum(r["tokens_in"] for r in mine),
+                sum(r["tokens_out"] for r in mine),
+                None if any(c is None for c in costs) else round(sum(costs), 6),
+            ]
+        )
+    ctx.table(
+        "stages",
+        rows,
+        ["stage", "runs", "seconds", "llm calls", "tokens in", "tokens out", "cost usd"],
+        title="Per stage: wall time, LLM calls, tokens, cost (all runs of the stage summed)",
+    )
 
     evidence = {e["n"]: e["text"] for e in store.evidence(job_id)}
     body_of = {d["revision"]: d["body"] for d in drafts}
-    ctx.table("revisions", [[r["revision"], r["verdict"], {True: "yes", False: "no (uncalibrated judge)"}.get(
-        r["reviewed"], "-"), *(r["scores"].get(d) for d in (
-            "technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration")), r["mean"],
-        interval_text(*model_citations(body_of.get(r["revision"], ""), evidence)),
-        next((d["coverage"] for d in drafts if d["revision"] == r["revision"]), None),
-        marker_counts(body_of.get(r["revision"], ""))["added"], "; ".join(r["reasons"])[:240]]
-        for r in reviews],
-        ["revision", "verdict", "APPROVE counted as review", "technical_accuracy", "calibration", "mechanistic_depth",
-         "audience_calibration", "mean", "model citations supported [95% CI] (n sentences)",
-         "coverage incl. code-added", "[n?] added by code", "reasons"],
-        title="Every Editor pass: judge scores, the gate's verdict, whose citations are whose")
+    ctx.table(
+        "revisions",
+        [
+            [
+                r["revision"],
+                r["verdict"],
+                {True: "yes", False: "no (uncalibrated judge)"}.get(r["reviewed"], "-"),
+                *(
+                    r["scores"].get(d)
+                    for d in ("technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration")
+                ),
+                r["mean"],
+                interval_text(*model_citations(body_of.get(r["revision"], ""), evidence)),
+                next((d["coverage"] for d in drafts if d["revision"] == r["revision"]), None),
+                marker_counts(body_of.get(r["revision"], ""))["added"],
+                "; ".join(r["reasons"])[:240],
+            ]
+            for r in reviews
+        ],
+        [
+            "revision",
+            "verdict",
+            "APPROVE counted as review",
+            "technical_accuracy",
+            "calibration",
+            "mechanistic_depth",
+            "audience_calibration",
+            "mean",
+            "model citations supported [95% CI] (n sentences)",
+            "coverage incl. code-added",
+            "[n?] added by code",
+            "reasons",
+        ],
+        title="Every Editor pass: judge scores, the gate's verdict, whose citations are whose",
+    )
     total_in = sum(r[4] for r in rows)
     total_out = sum(r[5] for r in rows)
     costs = [r[6] for r in rows]
@@ -116,58 +162,92 @@ def report(ctx: RunContext, store, engine, job_id: str, job_s: float, corpus_s: 
     markers = marker_counts(final)
     ctx.metric("outcome", job.state, description="terminal state of the job")
     ctx.metric("revisions", job.revisions, "revisions", description="Writer passes after the first draft")
-    record_rate(ctx, "citation_coverage_model", supported, n_sentences,
-                "final draft: sentences carrying a citation the model wrote whose chunk supports the sentence "
-                "(lexical support: >= half the sentence's content words occur in the chunk; token overlap, not "
-                "embeddings)")
-    ctx.metric("citation_coverage", coverage, "fraction", True,
-               f"final draft ({n_sentences} sentences): sentences with any valid marker, including the "
-               f"{markers['added']} [n?] the code appended to paragraphs the model left uncited")
+    record_rate(
+        ctx,
+        "citation_coverage_model",
+        supported,
+        n_sentences,
+        "final draft: sentences carrying a citation the model wrote whose chunk supports the sentence "
+        "(lexical support: >= half the sentence's content words occur in the chunk; token overlap, not "
+        "embeddings)",
+    )
+    ctx.metric(
+        "citation_coverage",
+        coverage,
+        "fraction",
+        True,
+        f"final draft ({n_sentences} sentences): sentences with any valid marker, including the "
+        f"{markers['added']} [n?] the code appended to paragraphs the model left uncited",
+    )
     ctx.metric("markers_model", markers["model"], "markers", None, "final draft: [n] markers the model wrote (valid)")
-    ctx.metric("markers_added_by_code", markers["added"], "markers", False,
-               "final draft: [n?] markers the Writer's code appended (the model cited nothing there)")
+    ctx.metric(
+        "markers_added_by_code",
+        markers["added"],
+        "markers",
+        False,
+        "final draft: [n?] markers the Writer's code appended (the model cited nothing there)",
+    )
     last_review = reviews[-1] if reviews else {}
-    ctx.metric("reviewed", last_review.get("reviewed"), description="True: a calibrated judge approved the post; "
-               "False: published UNREVIEWED (the judge had not passed calibration); None: no APPROVE")
+    ctx.metric(
+        "reviewed",
+        last_review.get("reviewed"),
+        description="True: a calibrated judge approved the post; "
+        "False: published UNREVIEWED (the judge had not passed calibration); None: no APPROVE",
+    )
     ctx.metric("job_wall_s", round(job_s, 2), "s", False, "claim to terminal state")
-    ctx.metric("corpus_embed_s", round(corpus_s, 2), "s", False,
-               "opening the corpus index (embedding it when no engine had yet)")
+    ctx.metric(
+        "corpus_embed_s",
+        round(corpus_s, 2),
+        "s",
+        False,
+        "opening the corpus index (embedding it when no engine had yet)",
+    )
     ctx.metric("tokens_total", total_in + total_out, "tokens", False)
     ctx.metric("cost_usd", None if any(c is None for c in costs) else round(sum(costs), 6), "USD", False)
     ctx.metric("gate_verdicts", " ".join(r["verdict"] for r in reviews) or "none")
     for stage, _, seconds, *_ in rows:
         ctx.metric(f"{stage}_s", seconds, "s", False)
     slowest = max(rows, key=lambda r: r[2])
-    ctx.finding(f"The job ended {job.state} after {job.revisions} revision(s) in {job_s:.1f} s "
-                f"({total_in + total_out} tokens); the slowest stage was {slowest[0]} ({slowest[2]:.1f} s).")
+    ctx.finding(
+        f"The job ended {job.state} after {job.revisions} revision(s) in {job_s:.1f} s "
+        f"({total_in + total_out} tokens); the slowest stage was {slowest[0]} ({slowest[2]:.1f} s)."
+    )
     if reviews:
-        ctx.finding("Gate verdicts in order: " + ", ".join(
-            f"{r['verdict']} (mean {r['mean']:.2f})" if r["mean"] is not None else r["verdict"] for r in reviews)
+        ctx.finding(
+            "Gate verdicts in order: "
+            + ", ".join(
+                f"{r['verdict']} (mean {r['mean']:.2f})" if r["mean"] is not None else r["verdict"] for r in reviews
+            )
             + f"; final draft: {supported} of {n_sentences} sentences carry a supported citation the model wrote "
-            f"(coverage incl. the code's {markers['added']} [n?] markers: {coverage:.2f}).")
+            f"(coverage incl. the code's {markers['added']} [n?] markers: {coverage:.2f})."
+        )
     if last_review.get("reviewed") is False:
-        ctx.failure_mode("Published UNREVIEWED: the Editor's judge approved, but it had not passed calibration in this "
-                         "run, so its approval is not a review (Phase 11's rule).")
+        ctx.failure_mode(
+            "Published UNREVIEWED: the Editor's judge approved, but it had not passed calibration in this "
+            "run, so its approval is not a review (Phase 11's rule)."
+        )
     if not index.embedded_now:
-        ctx.finding(f"The corpus ({index.n_chunks} chunks) was already embedded in pgvector: opening it took "
-                    f"{corpus_s:.1f} s and no chunk was re-embedded.")
+        ctx.finding(
+            f"The corpus ({index.n_chunks} chunks) was already embedded in pgvector: opening it took "
+            f"{corpus_s:.1f} s and no chunk was re-embedded."
+        )
     if job.state == "escalated":
-        ctx.failure_mode(f"Not published: the Editor's gate rejected every draft and escalated after "
-                         f"{job.revisions} revision(s) — the gate working as designed on a weak writer.")
+        ctx.failure_mode(
+            f"Not published: the Editor's gate rejected every draft and escalated after "
+            f"{job.revisions} revision(s) — the gate working as designed on a weak writer."
+        )
     if job.state == "failed":
         ctx.failure_mode(f"The job failed: {job.error}")
     if job.post_url:
-        ctx.finding(f"Published as {job.post_url.rsplit('/', 1)[-1]} with {len(store.citations(job_id, drafts[-1]['revision']))} "
-                    f"cited chunk(s) and an audit page.")
+        ctx.finding(
+            f"Published as {job.post_url.rsplit('/', 1)[-1]} with {len(store.citations(job_id, drafts[-1]['revision']))} "
+            f"cited chunk(s) and an audit page."
+        )
 
 
 def run(cfg: Config, ctx: RunContext) -> None:
-    from lab.llm import from_spec
-    from phase13_react.served import agent_llm
 
     if cfg.scripted:
-        from phase16_capstone.scripted_llm import scripted_server
-
         ctx.set_method("substitute: scripted OpenAI-compatible replies in place of a model (an engine check)")
         with scripted_server(reject_first=cfg.scripted_reject_first) as (url, _):
             llm = from_spec(f"openai:scripted@{url}")
@@ -185,10 +265,23 @@ EXERCISE = Exercise(
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"writer_max_tokens": 160, "hyde_max_tokens": 120, "k": 5, "llm": A100_LLM}},
     tiny={"scripted": True, "corpus": "phase12_rag_storage/notes", "calibration_items": 4},
-    smoke={"corpus": "phase12_rag_storage/notes", "k": 2, "hyde_max_tokens": 24, "writer_max_tokens": 32,
-           "max_revisions": 1, "calibration_items": 4},
-    summary_metrics=("outcome", "reviewed", "revisions", "citation_coverage_model", "citation_coverage", "job_wall_s",
-                     "tokens_total"),
+    smoke={
+        "corpus": "phase12_rag_storage/notes",
+        "k": 2,
+        "hyde_max_tokens": 24,
+        "writer_max_tokens": 32,
+        "max_revisions": 1,
+        "calibration_items": 4,
+    },
+    summary_metrics=(
+        "outcome",
+        "reviewed",
+        "revisions",
+        "citation_coverage_model",
+        "citation_coverage",
+        "job_wall_s",
+        "tokens_total",
+    ),
     methods={"cpu": "scaled", "a100": "scaled"},
 )
 

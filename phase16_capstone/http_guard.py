@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 
+from lab.serve.limits import limited, too_large
+
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a Telegram Update or a job request is a few KB at most
 
 
@@ -42,12 +44,15 @@ def log_config(level: str = "INFO") -> dict:
     """A ``logging.config.dictConfig`` (also uvicorn's ``log_config``): one stderr handler with
     ``OneLineFormatter`` that the root, uvicorn's and the engine's loggers all write through."""
     return {
-        "version": 1, "disable_existing_loggers": False,
+        "version": 1,
+        "disable_existing_loggers": False,
         "formatters": {"line": {"()": OneLineFormatter, "fmt": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
-        "loggers": {name: {"handlers": [], "level": level, "propagate": True}
-                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+        "loggers": {
+            name: {"handlers": [], "level": level, "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
     }
 
 
@@ -61,15 +66,16 @@ class BodyLimit:
         self.app, self.max_bytes = app, int(max_bytes)
 
     async def __call__(self, scope, receive, send) -> None:
-        from starlette.responses import JSONResponse
-
-        from lab.serve.limits import limited, too_large
+        from starlette.responses import JSONResponse  # noqa: PLC0415 (starlette loads only on the path that uses it)
 
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:  # the server's parser already refused non-digits
-            response = JSONResponse({"error": too_large(f"over {self.max_bytes}", self.max_bytes)}, status_code=413,
-                                    headers={"Connection": "close"})
+            response = JSONResponse(
+                {"error": too_large(f"over {self.max_bytes}", self.max_bytes)},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
             return await response(scope, receive, send)
         await self.app(scope, limited(receive, self.max_bytes), send)

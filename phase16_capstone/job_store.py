@@ -33,9 +33,15 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
+
+from lab import db
+from lab.db import connect
+from lab.migrations import Migration, Schema, forget, migrate
+from phase15_production.state import run_transaction
 
 STATES = ("queued", "researching", "writing", "editing", "publishing", "published", "escalated", "failed")
 ACTIVE = STATES[:5]
@@ -89,12 +95,21 @@ class Job:
 
     def summary(self) -> dict[str, Any]:
         """The list view (``GET /jobs``)."""
-        return {"id": self.id, "topic": self.topic, "state": self.state, "source": self.source,
-                "update_id": self.update_id, "chat_id": self.chat_id, "post_url": self.post_url}
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "state": self.state,
+            "source": self.source,
+            "update_id": self.update_id,
+            "chat_id": self.chat_id,
+            "post_url": self.post_url,
+        }
 
 
-_JOB_COLUMNS = ("id, topic, state, source, update_id, chat_id, corpus, revisions, attempts, trace_id, error, "
-                "post_url, created_at, finished_at")
+_JOB_COLUMNS = (
+    "id, topic, state, source, update_id, chat_id, corpus, revisions, attempts, trace_id, error, "
+    "post_url, created_at, finished_at"
+)
 
 
 def _job(row, lease: Lease | None = None) -> Job:
@@ -118,12 +133,19 @@ def schema(ns: str):
     Version 1 is the schema as the code created it before migrations (``CREATE ... IF NOT EXISTS`` and
     the ``ADD COLUMN IF NOT EXISTS`` of columns added since), so a database made by that code is adopted
     as it is. A change to the schema is a new version appended here, never an edit of an applied one."""
-    from lab.migrations import Migration, Schema
 
-    return Schema(ns, OWNER, tables=tuple(f"{ns}_{t}" for t in TABLES), migrations=(
-        Migration(1, "jobs, stage runs, evidence, drafts, citations, reviews, publications, events, sites",
-                  tuple(_schema_v1(ns))),
-    ))
+    return Schema(
+        ns,
+        OWNER,
+        tables=tuple(f"{ns}_{t}" for t in TABLES),
+        migrations=(
+            Migration(
+                1,
+                "jobs, stage runs, evidence, drafts, citations, reviews, publications, events, sites",
+                tuple(_schema_v1(ns)),
+            ),
+        ),
+    )
 
 
 def _schema_v1(ns: str) -> list[str]:
@@ -145,9 +167,15 @@ def _schema_v1(ns: str) -> list[str]:
             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             finished_at TIMESTAMPTZ)""",
         # tables made before replies were claimed get the claim's columns
-        *(f"ALTER TABLE {ns}_jobs ADD COLUMN IF NOT EXISTS {column}" for column in (
-            "reply_token TEXT", "reply_expires TIMESTAMPTZ", "reply_attempts INT NOT NULL DEFAULT 0",
-            "reply_message_id BIGINT")),
+        *(
+            f"ALTER TABLE {ns}_jobs ADD COLUMN IF NOT EXISTS {column}"
+            for column in (
+                "reply_token TEXT",
+                "reply_expires TIMESTAMPTZ",
+                "reply_attempts INT NOT NULL DEFAULT 0",
+                "reply_message_id BIGINT",
+            )
+        ),
         f"CREATE INDEX IF NOT EXISTS {ns}_jobs_claimable ON {ns}_jobs (state, created_at)",
         f"""CREATE TABLE IF NOT EXISTS {ns}_stage_runs (
             id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES {ns}_jobs (id), stage TEXT NOT NULL,
@@ -192,7 +220,7 @@ def _new_id() -> str:
 
 
 def _jsonb(value: Any):
-    from psycopg.types.json import Jsonb
+    from psycopg.types.json import Jsonb  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     return Jsonb(value)
 
@@ -204,8 +232,6 @@ class JobStore:
     """
 
     def __init__(self, url: str | None = None, namespace: str = "p16", lease_s: float = 30.0, max_attempts: int = 5):
-        from lab import db
-        from lab.migrations import migrate
 
         if not _NAMESPACE.fullmatch(namespace):
             raise JobStoreError(f"namespace {namespace!r} must match [a-z][a-z0-9_]{{0,30}}")
@@ -218,7 +244,6 @@ class JobStore:
 
     # --- connections and transactions ---------------------------------------------------
     def _conn(self):
-        from lab.db import connect
 
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
@@ -230,7 +255,6 @@ class JobStore:
 
     def tx(self, work: Callable[[Any], Any]) -> Any:
         """``work(conn)`` in one SERIALIZABLE transaction, retried on 40001/40P01 (the Phase 15 contract)."""
-        from phase15_production.state import run_transaction
 
         return run_transaction(self._conn(), work).value
 
@@ -243,7 +267,6 @@ class JobStore:
 
     def drop(self) -> None:
         """Remove every table of this namespace and its recorded versions (tests, throwaway runs)."""
-        from lab.migrations import forget
 
         conn = self._conn()
         for table in reversed(TABLES):
@@ -251,12 +274,20 @@ class JobStore:
         forget(conn, self.ns, OWNER)
 
     def _event(self, conn, job_id: str, kind: str, **detail: Any) -> None:
-        conn.execute(f"INSERT INTO {self.ns}_events (id, job_id, kind, detail) VALUES (%s, %s, %s, %s)",
-                     (_new_id(), job_id, kind, _jsonb(detail)))
+        conn.execute(
+            f"INSERT INTO {self.ns}_events (id, job_id, kind, detail) VALUES (%s, %s, %s, %s)",
+            (_new_id(), job_id, kind, _jsonb(detail)),
+        )
 
     # --- creating and reading jobs --------------------------------------------------------
-    def create_job(self, topic: str, source: str = "api", update_id: int | None = None, chat_id: int | None = None,
-                   corpus: str | None = None) -> tuple[Job, bool]:
+    def create_job(
+        self,
+        topic: str,
+        source: str = "api",
+        update_id: int | None = None,
+        chat_id: int | None = None,
+        corpus: str | None = None,
+    ) -> tuple[Job, bool]:
         """A queued job; ``(job, created)``. An ``update_id`` seen before returns the existing job and
         ``created=False`` (the UNIQUE constraint decides, so two racing webhook deliveries agree)."""
         if not isinstance(topic, str) or not topic.strip():
@@ -269,7 +300,8 @@ class JobStore:
             row = conn.execute(
                 f"INSERT INTO {self.ns}_jobs (id, topic, source, update_id, chat_id, corpus, trace_id) "
                 f"VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (update_id) DO NOTHING RETURNING id",
-                (job_id, topic.strip(), source, update_id, chat_id, corpus, uuid.uuid4().hex)).fetchone()
+                (job_id, topic.strip(), source, update_id, chat_id, corpus, uuid.uuid4().hex),
+            ).fetchone()
             if row is None:
                 return False
             self._event(conn, job_id, "created", source=source, update_id=update_id)
@@ -281,22 +313,31 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         """The job (JobStoreError for a malformed id, UnknownJob for one no job has)."""
-        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE id = %s",
-                                   (check_job_id(job_id),)).fetchone()
+        row = (
+            self._conn()
+            .execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE id = %s", (check_job_id(job_id),))
+            .fetchone()
+        )
         if row is None:
             raise UnknownJob(f"no job with id {job_id!r}")
         return _job(row)
 
     def by_update_id(self, update_id: int) -> Job:
-        row = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE update_id = %s",
-                                   (update_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs WHERE update_id = %s", (update_id,))
+            .fetchone()
+        )
         if row is None:
             raise JobStoreError(f"no job for Telegram update_id {update_id}")
         return _job(row)
 
     def list_jobs(self, limit: int = 100) -> list[Job]:
-        rows = self._conn().execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs ORDER BY created_at DESC LIMIT %s",
-                                    (limit,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT {_JOB_COLUMNS} FROM {self.ns}_jobs ORDER BY created_at DESC LIMIT %s", (limit,))
+            .fetchall()
+        )
         return [_job(r) for r in rows]
 
     def count_by_state(self) -> dict[str, int]:
@@ -305,8 +346,14 @@ class JobStore:
 
     def leases(self) -> list[tuple[str, str, str]]:
         """(job id, state, lease owner) of every active job under a live lease."""
-        rows = self._conn().execute(f"SELECT id, state, lease_owner FROM {self.ns}_jobs WHERE lease_expires > now() "
-                                    f"AND state IN ({', '.join(repr(s) for s in ACTIVE)})").fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT id, state, lease_owner FROM {self.ns}_jobs WHERE lease_expires > now() "
+                f"AND state IN ({', '.join(repr(s) for s in ACTIVE)})"
+            )
+            .fetchall()
+        )
         return [tuple(r) for r in rows]
 
     # --- leases ---------------------------------------------------------------------------
@@ -330,20 +377,34 @@ class JobStore:
                 f"WHERE id = (SELECT id FROM {self.ns}_jobs WHERE state IN ({active}) "
                 f"AND (lease_expires IS NULL OR lease_expires < now()) {only} "
                 f"ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_JOB_COLUMNS}",
-                {"w": worker, "t": token, "s": self.lease_s, "job": job_id}).fetchone()
+                {"w": worker, "t": token, "s": self.lease_s, "job": job_id},
+            ).fetchone()
             if row is None:
                 return None
             job = _job(row, Lease(row[0], token, worker))
-            abandoned = conn.execute(f"UPDATE {self.ns}_stage_runs SET status = 'abandoned', finished_at = now() "
-                                     f"WHERE job_id = %s AND status = 'running'", (job.id,)).rowcount
-            self._event(conn, job.id, "claimed", worker=worker, attempt=job.attempts, state=job.state,
-                        abandoned_stage_runs=abandoned)
+            abandoned = conn.execute(
+                f"UPDATE {self.ns}_stage_runs SET status = 'abandoned', finished_at = now() "
+                f"WHERE job_id = %s AND status = 'running'",
+                (job.id,),
+            ).rowcount
+            self._event(
+                conn,
+                job.id,
+                "claimed",
+                worker=worker,
+                attempt=job.attempts,
+                state=job.state,
+                abandoned_stage_runs=abandoned,
+            )
             return job
 
         job = self.tx(work)
         if job is not None and job.attempts > self.max_attempts:
-            self.finish(job.lease, "failed", error=f"claimed {job.attempts} times (limit {self.max_attempts}): "
-                                                   "a stage keeps dying")
+            self.finish(
+                job.lease,
+                "failed",
+                error=f"claimed {job.attempts} times (limit {self.max_attempts}): a stage keeps dying",
+            )
             return self.claim(worker, job_id) if job_id is None else None
         return job
 
@@ -351,18 +412,24 @@ class JobStore:
         """Extend the lease (the worker's heartbeat); False when it was taken over."""
         cur = self._conn().execute(
             f"UPDATE {self.ns}_jobs SET lease_expires = now() + (%s * interval '1 second') "
-            f"WHERE id = %s AND lease_token = %s", (self.lease_s, lease.job_id, lease.token))
+            f"WHERE id = %s AND lease_token = %s",
+            (self.lease_s, lease.job_id, lease.token),
+        )
         return cur.rowcount == 1
 
     def release(self, lease: Lease) -> None:
         """Give an unfinished job back at once (a clean shutdown), instead of waiting for expiry."""
-        self._conn().execute(f"UPDATE {self.ns}_jobs SET lease_owner = NULL, lease_token = NULL, lease_expires = NULL "
-                             f"WHERE id = %s AND lease_token = %s", (lease.job_id, lease.token))
+        self._conn().execute(
+            f"UPDATE {self.ns}_jobs SET lease_owner = NULL, lease_token = NULL, lease_expires = NULL "
+            f"WHERE id = %s AND lease_token = %s",
+            (lease.job_id, lease.token),
+        )
 
     def _fence(self, conn, lease: Lease, expect: str | tuple[str, ...]) -> tuple[str, int]:
         """Lock the job row; raise LeaseLost unless this lease still holds it in an expected state."""
-        row = conn.execute(f"SELECT state, revisions, lease_token FROM {self.ns}_jobs WHERE id = %s FOR UPDATE",
-                           (lease.job_id,)).fetchone()
+        row = conn.execute(
+            f"SELECT state, revisions, lease_token FROM {self.ns}_jobs WHERE id = %s FOR UPDATE", (lease.job_id,)
+        ).fetchone()
         expected = (expect,) if isinstance(expect, str) else expect
         if row is None or row[2] != lease.token or row[0] not in expected:
             raise LeaseLost(f"job {lease.job_id}: lease of {lease.worker} lost (now {row[0] if row else 'gone'})")
@@ -374,8 +441,11 @@ class JobStore:
 
         def work(conn):
             self._fence(conn, lease, stage)
-            conn.execute(f"INSERT INTO {self.ns}_stage_runs (id, job_id, stage, attempt, worker, status) "
-                         f"VALUES (%s, %s, %s, %s, %s, 'running')", (run_id, lease.job_id, stage, attempt, lease.worker))
+            conn.execute(
+                f"INSERT INTO {self.ns}_stage_runs (id, job_id, stage, attempt, worker, status) "
+                f"VALUES (%s, %s, %s, %s, %s, 'running')",
+                (run_id, lease.job_id, stage, attempt, lease.worker),
+            )
 
         self.tx(work)
         return run_id
@@ -384,12 +454,30 @@ class JobStore:
         conn.execute(
             f"UPDATE {self.ns}_stage_runs SET status = %s, finished_at = now(), seconds = %s, tokens_in = %s, "
             f"tokens_out = %s, cost_usd = %s, detail = %s WHERE id = %s",
-            (status, seconds, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)),
-             usage.get("cost_usd"), _jsonb(detail), run_id))
+            (
+                status,
+                seconds,
+                int(usage.get("input_tokens", 0)),
+                int(usage.get("output_tokens", 0)),
+                usage.get("cost_usd"),
+                _jsonb(detail),
+                run_id,
+            ),
+        )
 
-    def complete_stage(self, lease: Lease, run_id: str, from_state: str, to_state: str, *, seconds: float,
-                       usage: dict[str, Any], detail: dict | None = None,
-                       write: Callable[[Any, int], None] | None = None, revisions_delta: int = 0) -> int:
+    def complete_stage(
+        self,
+        lease: Lease,
+        run_id: str,
+        from_state: str,
+        to_state: str,
+        *,
+        seconds: float,
+        usage: dict[str, Any],
+        detail: dict | None = None,
+        write: Callable[[Any, int], None] | None = None,
+        revisions_delta: int = 0,
+    ) -> int:
         """ONE transaction: check the lease, store the stage's output (``write(conn, revisions)``),
         close its stage run and move the job ``from_state → to_state``. Returns the job's revisions."""
         if to_state not in STATES:
@@ -405,9 +493,18 @@ class JobStore:
                 f"UPDATE {self.ns}_jobs SET state = %s, revisions = revisions + %s, updated_at = now(), "
                 f"finished_at = CASE WHEN %s THEN now() ELSE finished_at END, "
                 f"lease_expires = now() + (%s * interval '1 second') WHERE id = %s",
-                (to_state, revisions_delta, terminal, self.lease_s, lease.job_id))
-            self._event(conn, lease.job_id, "stage", stage=from_state, to=to_state, worker=lease.worker,
-                        seconds=round(seconds, 3), **(detail or {}))
+                (to_state, revisions_delta, terminal, self.lease_s, lease.job_id),
+            )
+            self._event(
+                conn,
+                lease.job_id,
+                "stage",
+                stage=from_state,
+                to=to_state,
+                worker=lease.worker,
+                seconds=round(seconds, 3),
+                **(detail or {}),
+            )
             return revisions + revisions_delta
 
         return self.tx(work)
@@ -421,9 +518,11 @@ class JobStore:
             self._fence(conn, lease, ACTIVE)
             if run_id:
                 self._end_stage(conn, run_id, "failed", 0.0, {}, {"error": error})
-            conn.execute(f"UPDATE {self.ns}_jobs SET state = %s, error = %s, finished_at = now(), updated_at = now(), "
-                         f"lease_owner = NULL, lease_token = NULL, lease_expires = NULL WHERE id = %s",
-                         (state, error, lease.job_id))
+            conn.execute(
+                f"UPDATE {self.ns}_jobs SET state = %s, error = %s, finished_at = now(), updated_at = now(), "
+                f"lease_owner = NULL, lease_token = NULL, lease_expires = NULL WHERE id = %s",
+                (state, error, lease.job_id),
+            )
             self._event(conn, lease.job_id, state, error=error, worker=lease.worker)
 
         self.tx(work)
@@ -432,19 +531,27 @@ class JobStore:
     def write_evidence(self, conn, job_id: str, evidence: list[dict[str, Any]]) -> None:
         conn.execute(f"DELETE FROM {self.ns}_evidence WHERE job_id = %s", (job_id,))
         for e in evidence:
-            conn.execute(f"INSERT INTO {self.ns}_evidence (job_id, n, chunk_id, source, text, score) "
-                         f"VALUES (%s, %s, %s, %s, %s, %s)", (job_id, e["n"], e["chunk_id"], e["source"], e["text"],
-                                                              e.get("score")))
+            conn.execute(
+                f"INSERT INTO {self.ns}_evidence (job_id, n, chunk_id, source, text, score) "
+                f"VALUES (%s, %s, %s, %s, %s, %s)",
+                (job_id, e["n"], e["chunk_id"], e["source"], e["text"], e.get("score")),
+            )
 
-    def write_draft(self, conn, job_id: str, revision: int, title: str, body: str, coverage: float,
-                    citations: dict[int, str]) -> None:
-        conn.execute(f"INSERT INTO {self.ns}_drafts (job_id, revision, title, body, coverage) VALUES (%s, %s, %s, %s, %s) "
-                     f"ON CONFLICT (job_id, revision) DO UPDATE SET title = EXCLUDED.title, body = EXCLUDED.body, "
-                     f"coverage = EXCLUDED.coverage", (job_id, revision, title, body, coverage))
+    def write_draft(
+        self, conn, job_id: str, revision: int, title: str, body: str, coverage: float, citations: dict[int, str]
+    ) -> None:
+        conn.execute(
+            f"INSERT INTO {self.ns}_drafts (job_id, revision, title, body, coverage) VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT (job_id, revision) DO UPDATE SET title = EXCLUDED.title, body = EXCLUDED.body, "
+            f"coverage = EXCLUDED.coverage",
+            (job_id, revision, title, body, coverage),
+        )
         conn.execute(f"DELETE FROM {self.ns}_citations WHERE job_id = %s AND revision = %s", (job_id, revision))
         for n, chunk_id in sorted(citations.items()):
-            conn.execute(f"INSERT INTO {self.ns}_citations (job_id, revision, n, chunk_id) VALUES (%s, %s, %s, %s)",
-                         (job_id, revision, n, chunk_id))
+            conn.execute(
+                f"INSERT INTO {self.ns}_citations (job_id, revision, n, chunk_id) VALUES (%s, %s, %s, %s)",
+                (job_id, revision, n, chunk_id),
+            )
 
     def write_review(self, conn, job_id: str, revision: int, decision: dict[str, Any]) -> None:
         conn.execute(
@@ -453,63 +560,127 @@ class JobStore:
             f"DO UPDATE SET verdict = EXCLUDED.verdict, scores = EXCLUDED.scores, mean = EXCLUDED.mean, "
             f"flagged = EXCLUDED.flagged, reasons = EXCLUDED.reasons, reasoning = EXCLUDED.reasoning, "
             f"reviewed = EXCLUDED.reviewed, citations = EXCLUDED.citations",
-            (job_id, revision, decision["verdict"], _jsonb(decision["scores"]), decision.get("mean"),
-             decision.get("confident_hallucination"), _jsonb(list(decision["reasons"])), decision.get("reasoning"),
-             decision.get("reviewed"), _jsonb(decision.get("citations"))))
+            (
+                job_id,
+                revision,
+                decision["verdict"],
+                _jsonb(decision["scores"]),
+                decision.get("mean"),
+                decision.get("confident_hallucination"),
+                _jsonb(list(decision["reasons"])),
+                decision.get("reasoning"),
+                decision.get("reviewed"),
+                _jsonb(decision.get("citations")),
+            ),
+        )
 
     def lock_site(self, conn, site: str) -> None:
         """Serialize publishers of one site: each renders the index from every published post, so two
         at once would each miss the other's entry. The upsert row-locks the site; the second publisher
         waits, then (SERIALIZABLE) retries with a snapshot that sees the first one's publication."""
-        conn.execute(f"INSERT INTO {self.ns}_sites (site, version) VALUES (%s, 1) "
-                     f"ON CONFLICT (site) DO UPDATE SET version = {self.ns}_sites.version + 1", (site,))
+        conn.execute(
+            f"INSERT INTO {self.ns}_sites (site, version) VALUES (%s, 1) "
+            f"ON CONFLICT (site) DO UPDATE SET version = {self.ns}_sites.version + 1",
+            (site,),
+        )
 
     def published_posts_in(self, conn) -> list[dict[str, Any]]:
         return [r[0] for r in conn.execute(f"SELECT post FROM {self.ns}_publications ORDER BY published_at").fetchall()]
 
     def write_publication(self, conn, job_id: str, slug: str, url: str, post: dict[str, Any]) -> None:
-        conn.execute(f"INSERT INTO {self.ns}_publications (job_id, slug, url, post) VALUES (%s, %s, %s, %s) "
-                     f"ON CONFLICT (job_id) DO NOTHING", (job_id, slug, url, _jsonb(post)))
+        conn.execute(
+            f"INSERT INTO {self.ns}_publications (job_id, slug, url, post) VALUES (%s, %s, %s, %s) "
+            f"ON CONFLICT (job_id) DO NOTHING",
+            (job_id, slug, url, _jsonb(post)),
+        )
         conn.execute(f"UPDATE {self.ns}_jobs SET post_url = %s WHERE id = %s", (url, job_id))
 
     # --- reads the stages and the API need -----------------------------------------------
     def evidence(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(f"SELECT n, chunk_id, source, text, score FROM {self.ns}_evidence "
-                                    f"WHERE job_id = %s ORDER BY n", (job_id,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT n, chunk_id, source, text, score FROM {self.ns}_evidence WHERE job_id = %s ORDER BY n",
+                (job_id,),
+            )
+            .fetchall()
+        )
         return [{"n": n, "chunk_id": c, "source": s, "text": t, "score": sc} for n, c, s, t, sc in rows]
 
     def drafts(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(f"SELECT revision, title, body, coverage FROM {self.ns}_drafts WHERE job_id = %s "
-                                    f"ORDER BY revision", (job_id,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT revision, title, body, coverage FROM {self.ns}_drafts WHERE job_id = %s ORDER BY revision",
+                (job_id,),
+            )
+            .fetchall()
+        )
         return [{"revision": r, "title": t, "body": b, "coverage": c} for r, t, b, c in rows]
 
     def citations(self, job_id: str, revision: int) -> dict[int, str]:
-        rows = self._conn().execute(f"SELECT n, chunk_id FROM {self.ns}_citations WHERE job_id = %s AND revision = %s "
-                                    f"ORDER BY n", (job_id, revision)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT n, chunk_id FROM {self.ns}_citations WHERE job_id = %s AND revision = %s ORDER BY n",
+                (job_id, revision),
+            )
+            .fetchall()
+        )
         return {n: c for n, c in rows}
 
     def reviews(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning, reviewed, "
-                                    f"citations FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision",
-                                    (job_id,)).fetchall()
-        return [{"revision": r, "verdict": v, "scores": s, "mean": m, "confident_hallucination": f, "reasons": rs,
-                 "reasoning": why, "reviewed": ok, "citations": c} for r, v, s, m, f, rs, why, ok, c in rows]
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT revision, verdict, scores, mean, flagged, reasons, reasoning, reviewed, "
+                f"citations FROM {self.ns}_reviews WHERE job_id = %s ORDER BY revision",
+                (job_id,),
+            )
+            .fetchall()
+        )
+        return [
+            {
+                "revision": r,
+                "verdict": v,
+                "scores": s,
+                "mean": m,
+                "confident_hallucination": f,
+                "reasons": rs,
+                "reasoning": why,
+                "reviewed": ok,
+                "citations": c,
+            }
+            for r, v, s, m, f, rs, why, ok, c in rows
+        ]
 
     def stage_runs(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(
-            f"SELECT stage, attempt, worker, status, seconds, tokens_in, tokens_out, cost_usd, detail "
-            f"FROM {self.ns}_stage_runs WHERE job_id = %s ORDER BY started_at", (job_id,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT stage, attempt, worker, status, seconds, tokens_in, tokens_out, cost_usd, detail "
+                f"FROM {self.ns}_stage_runs WHERE job_id = %s ORDER BY started_at",
+                (job_id,),
+            )
+            .fetchall()
+        )
         keys = ("stage", "attempt", "worker", "status", "seconds", "tokens_in", "tokens_out", "cost_usd", "detail")
         return [dict(zip(keys, r)) for r in rows]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._conn().execute(f"SELECT kind, detail, at FROM {self.ns}_events WHERE job_id = %s ORDER BY at",
-                                    (job_id,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT kind, detail, at FROM {self.ns}_events WHERE job_id = %s ORDER BY at", (job_id,))
+            .fetchall()
+        )
         return [{"kind": k, "detail": d, "at": at.isoformat()} for k, d, at in rows]
 
     def publication(self, job_id: str) -> dict[str, Any] | None:
-        row = self._conn().execute(f"SELECT slug, url, post FROM {self.ns}_publications WHERE job_id = %s",
-                                   (job_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute(f"SELECT slug, url, post FROM {self.ns}_publications WHERE job_id = %s", (job_id,))
+            .fetchone()
+        )
         return None if row is None else {"slug": row[0], "url": row[1], "post": row[2]}
 
     def publications_count(self) -> dict[str, int]:
@@ -525,16 +696,23 @@ class JobStore:
         cited = self.citations(job_id, last) if last is not None else {}
         reviews = self.reviews(job_id)
         return {
-            **job.summary(), "trace_id": job.trace_id, "revisions": job.revisions, "attempts": job.attempts,
-            "error": job.error, "created_at": job.created_at.isoformat(),
+            **job.summary(),
+            "trace_id": job.trace_id,
+            "revisions": job.revisions,
+            "attempts": job.attempts,
+            "error": job.error,
+            "created_at": job.created_at.isoformat(),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             "stages": self.stage_runs(job_id),
             "drafts": [{k: d[k] for k in ("revision", "title", "coverage")} for d in drafts],
             "gate_decisions": reviews,
             # did a calibrated judge approve it? False: approved by an uncalibrated judge (published UNREVIEWED)
             "reviewed": reviews[-1]["reviewed"] if reviews else None,
-            "citations": [{"n": n, "chunk_id": c, "source": evidence.get(n, {}).get("source")} for n, c in cited.items()],
-            "events": self.events(job_id), "reply": self.reply(job_id),
+            "citations": [
+                {"n": n, "chunk_id": c, "source": evidence.get(n, {}).get("source")} for n, c in cited.items()
+            ],
+            "events": self.events(job_id),
+            "reply": self.reply(job_id),
         }
 
     # --- the chat reply: at least once, one sender at a time ----------------------------------
@@ -565,12 +743,15 @@ class JobStore:
                 f"UPDATE {self.ns}_jobs SET reply_state = 'sending', reply_token = %s, reply_attempts = reply_attempts + 1, "
                 f"reply_expires = now() + (%s * interval '1 second') WHERE id = %s AND chat_id IS NOT NULL "
                 f"AND state IN ({terminal}) AND (reply_state IS NULL OR (reply_state = 'sending' AND reply_expires < now())) "
-                f"RETURNING reply_attempts", (token, self.lease_s, job_id)).fetchone()
+                f"RETURNING reply_attempts",
+                (token, self.lease_s, job_id),
+            ).fetchone()
             if row is None:
                 return None
             if row[0] > MAX_REPLY_ATTEMPTS:
-                conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = 'failed', reply_token = NULL WHERE id = %s",
-                             (job_id,))
+                conn.execute(
+                    f"UPDATE {self.ns}_jobs SET reply_state = 'failed', reply_token = NULL WHERE id = %s", (job_id,)
+                )
                 self._event(conn, job_id, "reply", ok=False, detail=f"given up after {MAX_REPLY_ATTEMPTS} attempts")
                 return None
             return token
@@ -581,10 +762,16 @@ class JobStore:
         """``sending → sent`` with Telegram's message id, one transaction, fenced by the claim's token.
         False when the claim was lost meanwhile (it expired and another sender took it: the chat may
         get the reply twice — the window ``take_reply`` describes)."""
+
         def work(conn):
-            held = conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = 'sent', reply_message_id = %s, "
-                                f"reply_token = NULL WHERE id = %s AND reply_token = %s AND reply_state = 'sending'",
-                                (message_id, job_id, token)).rowcount == 1
+            held = (
+                conn.execute(
+                    f"UPDATE {self.ns}_jobs SET reply_state = 'sent', reply_message_id = %s, "
+                    f"reply_token = NULL WHERE id = %s AND reply_token = %s AND reply_state = 'sending'",
+                    (message_id, job_id, token),
+                ).rowcount
+                == 1
+            )
             self._event(conn, job_id, "reply", ok=True, message_id=message_id, claim_held=held)
             return held
 
@@ -593,19 +780,27 @@ class JobStore:
     def reply_failed(self, job_id: str, token: str, detail: str, retry: bool) -> None:
         """A try that did not go through. ``retry``: the claim is dropped but left to expire, so a
         sweep tries again after it (up to ``MAX_REPLY_ATTEMPTS``); otherwise ``failed`` for good."""
+
         def work(conn):
-            conn.execute(f"UPDATE {self.ns}_jobs SET reply_state = %s, reply_token = NULL WHERE id = %s "
-                         f"AND reply_token = %s", ("sending" if retry else "failed", job_id, token))
+            conn.execute(
+                f"UPDATE {self.ns}_jobs SET reply_state = %s, reply_token = NULL WHERE id = %s AND reply_token = %s",
+                ("sending" if retry else "failed", job_id, token),
+            )
             self._event(conn, job_id, "reply", ok=False, retry=retry, detail=detail)
 
         self.tx(work)
 
     def pending_replies(self) -> list[str]:
         """Terminal jobs with a chat whose reply is claimable (unsent, or ``sending`` under an expired claim)."""
-        rows = self._conn().execute(
-            f"SELECT id FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
-            f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR "
-            f"(reply_state = 'sending' AND reply_expires < now()))").fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT id FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
+                f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR "
+                f"(reply_state = 'sending' AND reply_expires < now()))"
+            )
+            .fetchall()
+        )
         return [r[0] for r in rows]
 
     def rewind(self, job_id: str, state: str) -> None:
@@ -616,9 +811,11 @@ class JobStore:
             raise JobStoreError(f"rewind() needs an active state, got {state!r}")
 
         def work(conn):
-            conn.execute(f"UPDATE {self.ns}_jobs SET state = %s, finished_at = NULL, lease_owner = NULL, "
-                         f"lease_token = NULL, lease_expires = NULL, updated_at = now() WHERE id = %s",
-                         (state, check_job_id(job_id)))
+            conn.execute(
+                f"UPDATE {self.ns}_jobs SET state = %s, finished_at = NULL, lease_owner = NULL, "
+                f"lease_token = NULL, lease_expires = NULL, updated_at = now() WHERE id = %s",
+                (state, check_job_id(job_id)),
+            )
             self._event(conn, job_id, "rewound", state=state)
 
         self.tx(work)
@@ -633,21 +830,35 @@ class JobStore:
         for r in self.stage_runs(job_id):
             if r["status"] == "done":
                 done[r["stage"]] = done.get(r["stage"], 0) + 1
-        expected = {"researching": 1, "writing": drafts, "editing": len(self.reviews(job_id)),
-                    "publishing": 1 if job.state == "published" else 0}
+        expected = {
+            "researching": 1,
+            "writing": drafts,
+            "editing": len(self.reviews(job_id)),
+            "publishing": 1 if job.state == "published" else 0,
+        }
         return sum(max(0, n - expected.get(stage, 0)) for stage, n in done.items())
 
     def unsent_replies(self) -> int:
         """Terminal jobs with a chat whose reply is neither sent nor given up — including a ``sending``
         claim still live for a sender that died: a worker leaving when idle must wait for it to expire
         and send it, or the chat never hears back."""
-        row = self._conn().execute(
-            f"SELECT count(*) FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
-            f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR reply_state = 'sending')").fetchone()
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT count(*) FROM {self.ns}_jobs WHERE chat_id IS NOT NULL AND state IN "
+                f"({', '.join(repr(s) for s in TERMINAL)}) AND (reply_state IS NULL OR reply_state = 'sending')"
+            )
+            .fetchone()
+        )
         return int(row[0])
 
     def reply(self, job_id: str) -> dict[str, Any]:
         """The chat reply's state, tries so far and Telegram's message id (``GET /jobs/{id}``)."""
-        row = self._conn().execute(f"SELECT reply_state, reply_attempts, reply_message_id FROM {self.ns}_jobs "
-                                   f"WHERE id = %s", (job_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT reply_state, reply_attempts, reply_message_id FROM {self.ns}_jobs WHERE id = %s", (job_id,)
+            )
+            .fetchone()
+        )
         return {"state": row[0], "attempts": row[1], "message_id": row[2]} if row else {}

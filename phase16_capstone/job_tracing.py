@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from phase15_production.telemetry import agent_span, configure_tracing, default_store_path, run_span
 
@@ -41,11 +41,15 @@ def tracing_for(store: str | Path | None = None):
 @contextmanager
 def job_trace(job) -> Iterator[object]:
     """The run span of one worker's pass over ``job``, inside the job's own trace."""
-    from opentelemetry import context, trace
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+    from opentelemetry import context, trace  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags  # noqa: PLC0415 (opentelemetry loads only on the path that uses it)
 
-    parent = SpanContext(trace_id=int(job.trace_id, 16), span_id=random.getrandbits(64) or 1, is_remote=True,
-                         trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = SpanContext(
+        trace_id=int(job.trace_id, 16),
+        span_id=random.getrandbits(64) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
     token = context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
     try:
         with run_span(WORKFLOW, run_id=job.id) as span:

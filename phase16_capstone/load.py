@@ -29,15 +29,29 @@ published post is marked UNREVIEWED. The tiny config uses the scripted OpenAI-co
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
 from pydantic import Field, field_validator
 
 from lab import Exercise, ExerciseConfig, RunContext
-from phase13_react.served import A100_LLM
-from phase16_capstone.engine import setting
+from lab.stats import tail
+from phase13_react.served import A100_LLM, agent_llm
+from phase16_capstone.bot_api_double import FakeBotAPI
+from phase16_capstone.engine import CRASH_POINTS, EngineSettings, setting
+from phase16_capstone.job_store import JobStore
+from phase16_capstone.researcher import CorpusIndex
+from phase16_capstone.scripted_llm import scripted_server
 
 
 def _crash_points() -> list[str]:
-    from phase16_capstone.engine import CRASH_POINTS
 
     return list(CRASH_POINTS)
 
@@ -70,9 +84,18 @@ class Config(ExerciseConfig):
         return value
 
 
-TOPICS = ("KV cache memory at long context", "why LoRA rank matters", "DPO versus PPO", "judge calibration",
-          "structure-aware chunking", "HyDE retrieval", "pgvector hybrid queries", "mixture-of-experts routing",
-          "the editor gate", "QLoRA on a CPU")
+TOPICS = (
+    "KV cache memory at long context",
+    "why LoRA rank matters",
+    "DPO versus PPO",
+    "judge calibration",
+    "structure-aware chunking",
+    "HyDE retrieval",
+    "pgvector hybrid queries",
+    "mixture-of-experts routing",
+    "the editor gate",
+    "QLoRA on a CPU",
+)
 
 
 BOT_TOKEN = "4242:load-test-token"  # the Bot API double accepts any token
@@ -80,14 +103,12 @@ CHAT_BASE = 7000  # job i's chat id is CHAT_BASE + i
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    import numpy as np
 
     return float(np.percentile(values, q)) if values else None
 
 
 def site_duplicates(site_dir, slugs: list[str]) -> tuple[int, int]:
     """(post pages beyond one per published job, index links beyond one per post) on the deployed site."""
-    from pathlib import Path
 
     site = Path(site_dir)
     pages = list((site / "posts").glob("*.html")) if (site / "posts").is_dir() else []
@@ -96,14 +117,9 @@ def site_duplicates(site_dir, slugs: list[str]) -> tuple[int, int]:
     return max(0, len(pages) - len(slugs)), extra_links
 
 
-def spawn_worker(cfg: Config, spec: str, namespace: str, site: str, log_path, bot_url: str | None = None,
-                 crash_at: str | None = None):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from phase16_capstone.engine import EngineSettings
+def spawn_worker(
+    cfg: Config, spec: str, namespace: str, site: str, log_path, bot_url: str | None = None, crash_at: str | None = None
+):
 
     settings = EngineSettings.from_config(cfg, llm=spec, site=site, namespace=namespace)
     cmd = [sys.executable, "-m", "phase16_capstone", "worker", "--exit-when-idle", *settings.argv()]
@@ -121,7 +137,6 @@ def watch(cfg: Config, store, procs, victims: dict, deadline: float):
     """Yield once per job reaching a terminal state. ``victims``: crash point -> its worker process;
     each one's death (return code) is noted in ``victims_dead``. Ends when every job is terminal and
     every chat's reply is sent or given up, the workers are all gone, or the deadline passes."""
-    import time
 
     done = 0
     while time.monotonic() < deadline:
@@ -137,21 +152,16 @@ def watch(cfg: Config, store, procs, victims: dict, deadline: float):
 
 def victim_job(store, job_ids: list[str], pid: int) -> str | None:
     """The job a worker process (by pid) claimed last: the one it held when it died."""
-    claims = [(e["at"], j) for j in job_ids for e in store.events(j)
-              if e["kind"] == "claimed" and f":{pid}:" in e["detail"].get("worker", "")]
+    claims = [
+        (e["at"], j)
+        for j in job_ids
+        for e in store.events(j)
+        if e["kind"] == "claimed" and f":{pid}:" in e["detail"].get("worker", "")
+    ]
     return max(claims)[1] if claims else None
 
 
 def run_load(cfg: Config, ctx: RunContext, spec: str) -> None:
-    import tempfile
-    import time
-    import uuid
-    from pathlib import Path
-
-    from phase16_capstone.job_store import JobStore
-    from phase16_capstone.researcher import CorpusIndex
-
-    from phase16_capstone.bot_api_double import FakeBotAPI
 
     namespace = f"p16load_{uuid.uuid4().hex[:8]}"
     store = JobStore(namespace=namespace, lease_s=cfg.lease_s)
@@ -161,24 +171,40 @@ def run_load(cfg: Config, ctx: RunContext, spec: str) -> None:
     bot = FakeBotAPI()
     try:
         index = CorpusIndex(store.url, cfg.corpus)  # embed once before the workers start: they only search
-        ctx.dataset(cfg.corpus or "repo notes + phase READMEs + results overview", n=len(index.docs), sha256=index.sha256,
-                    chunks=index.n_chunks)
+        ctx.dataset(
+            cfg.corpus or "repo notes + phase READMEs + results overview",
+            n=len(index.docs),
+            sha256=index.sha256,
+            chunks=index.n_chunks,
+        )
         index.close()
-        jobs = [store.create_job(f"{TOPICS[i % len(TOPICS)]} ({i + 1})", "load", chat_id=CHAT_BASE + i,
-                                 corpus=cfg.corpus)[0] for i in range(cfg.n_jobs)]
+        jobs = [
+            store.create_job(f"{TOPICS[i % len(TOPICS)]} ({i + 1})", "load", chat_id=CHAT_BASE + i, corpus=cfg.corpus)[
+                0
+            ]
+            for i in range(cfg.n_jobs)
+        ]
         started = time.perf_counter()
         # the victims first, so that each holds a job of its own before the survivors take the rest
-        victims = {point: spawn_worker(cfg, spec, namespace, site, workdir / f"victim-{point}.log", bot.url, point)
-                   for point in cfg.kill_points}
+        victims = {
+            point: spawn_worker(cfg, spec, namespace, site, workdir / f"victim-{point}.log", bot.url, point)
+            for point in cfg.kill_points
+        }
         wait_until = time.monotonic() + 120
-        while victims and time.monotonic() < wait_until and not {p.pid for p in victims.values()} <= {
-                int(owner.split(":")[1]) for _, _, owner in store.leases()} | {p.pid for p in victims.values()
-                                                                               if p.poll() is not None}:
+        while (
+            victims
+            and time.monotonic() < wait_until
+            and not {p.pid for p in victims.values()}
+            <= {int(owner.split(":")[1]) for _, _, owner in store.leases()}
+            | {p.pid for p in victims.values() if p.poll() is not None}
+        ):
             time.sleep(0.1)
-        procs = list(victims.values()) + [spawn_worker(cfg, spec, namespace, site, workdir / f"worker{i}.log", bot.url)
-                                          for i in range(cfg.workers)]
-        for _ in ctx.progress(watch(cfg, store, procs, victims, time.monotonic() + cfg.timeout_s),
-                              "jobs finished", total=cfg.n_jobs):
+        procs = list(victims.values()) + [
+            spawn_worker(cfg, spec, namespace, site, workdir / f"worker{i}.log", bot.url) for i in range(cfg.workers)
+        ]
+        for _ in ctx.progress(
+            watch(cfg, store, procs, victims, time.monotonic() + cfg.timeout_s), "jobs finished", total=cfg.n_jobs
+        ):
             pass
         wall = time.perf_counter() - started
         for p in procs:
@@ -202,16 +228,19 @@ def run_load(cfg: Config, ctx: RunContext, spec: str) -> None:
 def kill_record(store, job_ids: list[str], point: str, proc, bot) -> dict:
     """What happened at one crash point: did the victim die there, which job it held, and that job's
     posts, replies and re-executed stages afterwards."""
-    import signal
 
     died = proc.returncode == -signal.SIGKILL
     job = victim_job(store, job_ids, proc.pid) if died else None
     record = {"point": point, "pid": proc.pid, "killed": died, "job": job}
     if job:
         final = store.get(job)
-        record.update(state=final.state, claims=sum(1 for e in store.events(job) if e["kind"] == "claimed"),
-                      posts=store.publications_count().get(job, 0), replies=len(bot.to(final.chat_id)),
-                      reexecuted=store.stages_reexecuted(job))
+        record.update(
+            state=final.state,
+            claims=sum(1 for e in store.events(job) if e["kind"] == "claimed"),
+            posts=store.publications_count().get(job, 0),
+            replies=len(bot.to(final.chat_id)),
+            reexecuted=store.stages_reexecuted(job),
+        )
     return record
 
 
@@ -228,9 +257,18 @@ def run_control(cfg: Config, store, spec: str, namespace: str, site: str, workdi
     return {"job": job, "state": store.get(job).state, "reexecuted": store.stages_reexecuted(job)}
 
 
-def report(ctx: RunContext, cfg: Config, store, job_ids: list[str], kills: list[dict], control: dict | None,
-           wall: float, site: str, workdir, bot) -> None:
-    from lab.stats import tail
+def report(
+    ctx: RunContext,
+    cfg: Config,
+    store,
+    job_ids: list[str],
+    kills: list[dict],
+    control: dict | None,
+    wall: float,
+    site: str,
+    workdir,
+    bot,
+) -> None:
 
     final = [store.get(j) for j in job_ids]
     states = {s: sum(1 for j in final if j.state == s) for s in ("published", "escalated", "failed")}
@@ -244,64 +282,157 @@ def report(ctx: RunContext, cfg: Config, store, job_ids: list[str], kills: list[
     tail_name, tail_s = tail(latencies)
     reexecuted = sum(store.stages_reexecuted(j.id) for j in final if not control or j.id != control["job"])
     unreviewed = sum(1 for j in final if j.state == "published" and store.detail(j.id)["reviewed"] is False)
-    ctx.metric("jobs_completed", states["published"] + states["escalated"], "jobs", True,
-               "published or escalated (a decision was reached)")
+    ctx.metric(
+        "jobs_completed",
+        states["published"] + states["escalated"],
+        "jobs",
+        True,
+        "published or escalated (a decision was reached)",
+    )
     ctx.metric("jobs_published", states["published"], "jobs")
-    ctx.metric("posts_unreviewed", unreviewed, "posts", None,
-               f"published on an approval by a judge not calibrated in this run (calibration_items = {cfg.calibration_items})")
+    ctx.metric(
+        "posts_unreviewed",
+        unreviewed,
+        "posts",
+        None,
+        f"published on an approval by a judge not calibrated in this run (calibration_items = {cfg.calibration_items})",
+    )
     ctx.metric("jobs_escalated", states["escalated"], "jobs")
     ctx.metric("jobs_failed", states["failed"], "jobs", False)
     ctx.metric("lost_jobs", len(lost), "jobs", False, "not terminal when the run ended (must be 0)")
-    ctx.metric("duplicate_posts", db_duplicates + page_dupes + index_dupes, "posts", False,
-               "extra publication rows + extra post pages + repeated index entries (must be 0)")
-    ctx.metric("missing_replies", sum(1 for n in replies.values() if n == 0), "chats", False,
-               f"of {len(final)} chats, none sent (must be 0)")
-    ctx.metric("duplicate_replies", sum(n - 1 for n in replies.values() if n > 1), "replies", False,
-               "replies beyond one per chat (must be 0)")
-    ctx.metric("nodes_reexecuted_after_crash", reexecuted, "stage runs", False,
-               "finished stages that ran again, every job but the control's (must be 0: a crash resumes at the "
-               "last commit)")
+    ctx.metric(
+        "duplicate_posts",
+        db_duplicates + page_dupes + index_dupes,
+        "posts",
+        False,
+        "extra publication rows + extra post pages + repeated index entries (must be 0)",
+    )
+    ctx.metric(
+        "missing_replies",
+        sum(1 for n in replies.values() if n == 0),
+        "chats",
+        False,
+        f"of {len(final)} chats, none sent (must be 0)",
+    )
+    ctx.metric(
+        "duplicate_replies",
+        sum(n - 1 for n in replies.values() if n > 1),
+        "replies",
+        False,
+        "replies beyond one per chat (must be 0)",
+    )
+    ctx.metric(
+        "nodes_reexecuted_after_crash",
+        reexecuted,
+        "stage runs",
+        False,
+        "finished stages that ran again, every job but the control's (must be 0: a crash resumes at the last commit)",
+    )
     if control is not None:
-        ctx.metric("nodes_reexecuted_control", control["reexecuted"], "stage runs", True,
-                   f"negative control: job {control['job'][:8]} rewound to researching (later checkpoints lost) and "
-                   "resumed; the counter must read > 0")
+        ctx.metric(
+            "nodes_reexecuted_control",
+            control["reexecuted"],
+            "stage runs",
+            True,
+            f"negative control: job {control['job'][:8]} rewound to researching (later checkpoints lost) and "
+            "resumed; the counter must read > 0",
+        )
         if control["reexecuted"] == 0:
             ctx.failure_mode("the negative control read 0: the re-execution counter cannot see a redone stage")
     ctx.metric("latency_p50_s", percentile(latencies, 50), "s", False, "job created -> terminal, queueing included")
     ctx.metric(f"latency_{tail_name}_s", tail_s, "s", False, f"{tail_name} of {len(latencies)} jobs")
     ctx.metric("wall_s", round(wall, 2), "s", False)
     reached = [k for k in kills if k["killed"]]
-    ctx.metric("kill_points_reached", len(reached), "points", True,
-               f"of {len(kills)} crash points, those where the victim worker died by SIGKILL")
-    ctx.table("kills", [[k["point"], k["pid"], "yes" if k["killed"] else "no (never got there)",
-                         (k.get("job") or "-")[:8], k.get("state", "-"), k.get("claims", "-"), k.get("posts", "-"),
-                         k.get("replies", "-"), k.get("reexecuted", "-")] for k in kills],
-              ["crash point", "victim pid", "killed there", "job", "final state", "claims", "posts", "replies",
-               "stages re-executed"], title="One victim worker per crash point: what its job ended with")
+    ctx.metric(
+        "kill_points_reached",
+        len(reached),
+        "points",
+        True,
+        f"of {len(kills)} crash points, those where the victim worker died by SIGKILL",
+    )
+    ctx.table(
+        "kills",
+        [
+            [
+                k["point"],
+                k["pid"],
+                "yes" if k["killed"] else "no (never got there)",
+                (k.get("job") or "-")[:8],
+                k.get("state", "-"),
+                k.get("claims", "-"),
+                k.get("posts", "-"),
+                k.get("replies", "-"),
+                k.get("reexecuted", "-"),
+            ]
+            for k in kills
+        ],
+        [
+            "crash point",
+            "victim pid",
+            "killed there",
+            "job",
+            "final state",
+            "claims",
+            "posts",
+            "replies",
+            "stages re-executed",
+        ],
+        title="One victim worker per crash point: what its job ended with",
+    )
     rows = []
     for j in final:
         claims = [e for e in store.events(j.id) if e["kind"] == "claimed"]
-        rows.append([j.id[:8], j.topic, j.state, j.revisions, len(claims),
-                     sum(e["detail"].get("abandoned_stage_runs", 0) for e in claims),
-                     round((j.finished_at - j.created_at).total_seconds(), 2) if j.finished_at else None,
-                     replies[j.id], next((k["point"] for k in reached if k["job"] == j.id), "-")])
-    ctx.table("jobs", rows, ["job", "topic", "state", "revisions", "claims", "abandoned stage runs", "latency s",
-                             "replies", "victim died at"], title="Every job: outcome, claims, replies and the crash it survived")
+        rows.append(
+            [
+                j.id[:8],
+                j.topic,
+                j.state,
+                j.revisions,
+                len(claims),
+                sum(e["detail"].get("abandoned_stage_runs", 0) for e in claims),
+                round((j.finished_at - j.created_at).total_seconds(), 2) if j.finished_at else None,
+                replies[j.id],
+                next((k["point"] for k in reached if k["job"] == j.id), "-"),
+            ]
+        )
+    ctx.table(
+        "jobs",
+        rows,
+        [
+            "job",
+            "topic",
+            "state",
+            "revisions",
+            "claims",
+            "abandoned stage runs",
+            "latency s",
+            "replies",
+            "victim died at",
+        ],
+        title="Every job: outcome, claims, replies and the crash it survived",
+    )
     for k in reached:
         if k["job"] and (k["posts"] != (1 if k["state"] == "published" else 0) or k["replies"] != 1):
-            ctx.failure_mode(f"crash at {k['point']}: job {k['job'][:8]} ended {k['state']} with {k['posts']} post(s) "
-                             f"and {k['replies']} reply(ies); expected {1 if k['state'] == 'published' else 0} and 1")
+            ctx.failure_mode(
+                f"crash at {k['point']}: job {k['job'][:8]} ended {k['state']} with {k['posts']} post(s) "
+                f"and {k['replies']} reply(ies); expected {1 if k['state'] == 'published' else 0} and 1"
+            )
     for k in kills:
         if not k["killed"]:
-            ctx.failure_mode(f"crash point {k['point']} was never reached: its victim finished its jobs without "
-                             "passing it (e.g. every job it held escalated before publishing)")
-    ctx.finding(f"{len(final)} jobs, {cfg.workers} surviving workers and {len(kills)} victims: {states['published']} "
-                f"published, {states['escalated']} escalated, {states['failed']} failed, {len(lost)} lost; "
-                f"{len(reached)} of {len(kills)} crash points reached; {db_duplicates + page_dupes + index_dupes} "
-                f"duplicate post(s); {sum(1 for n in replies.values() if n == 0)} chat(s) without and "
-                f"{sum(n - 1 for n in replies.values() if n > 1)} extra repl(ies); {reexecuted} finished stage(s) run "
-                f"again" + (f" (the control, rewound, re-ran {control['reexecuted']})" if control else "")
-                + f"; p50 {percentile(latencies, 50) or 0:.1f} s, {tail_name} {tail_s or 0:.1f} s from queueing to the end.")
+            ctx.failure_mode(
+                f"crash point {k['point']} was never reached: its victim finished its jobs without "
+                "passing it (e.g. every job it held escalated before publishing)"
+            )
+    ctx.finding(
+        f"{len(final)} jobs, {cfg.workers} surviving workers and {len(kills)} victims: {states['published']} "
+        f"published, {states['escalated']} escalated, {states['failed']} failed, {len(lost)} lost; "
+        f"{len(reached)} of {len(kills)} crash points reached; {db_duplicates + page_dupes + index_dupes} "
+        f"duplicate post(s); {sum(1 for n in replies.values() if n == 0)} chat(s) without and "
+        f"{sum(n - 1 for n in replies.values() if n > 1)} extra repl(ies); {reexecuted} finished stage(s) run "
+        f"again"
+        + (f" (the control, rewound, re-ran {control['reexecuted']})" if control else "")
+        + f"; p50 {percentile(latencies, 50) or 0:.1f} s, {tail_name} {tail_s or 0:.1f} s from queueing to the end."
+    )
     if lost:
         ctx.failure_mode(f"{len(lost)} job(s) never finished: {', '.join(x[:8] for x in lost)}")
         for log in sorted(workdir.glob("*.log")):
@@ -314,16 +445,15 @@ def run(cfg: Config, ctx: RunContext) -> None:
     if cfg.workers < 1:
         raise ValueError("field 'workers' must be >= 1 (a surviving worker resumes the victims' jobs)")
     if cfg.n_jobs < len(cfg.kill_points) + cfg.workers:
-        raise ValueError(f"field 'n_jobs' ({cfg.n_jobs}) must be >= kill points + workers "
-                         f"({len(cfg.kill_points)} + {cfg.workers}) so that every victim gets a job")
+        raise ValueError(
+            f"field 'n_jobs' ({cfg.n_jobs}) must be >= kill points + workers "
+            f"({len(cfg.kill_points)} + {cfg.workers}) so that every victim gets a job"
+        )
     if cfg.scripted:
-        from phase16_capstone.scripted_llm import scripted_server
-
         ctx.set_method("substitute: scripted OpenAI-compatible replies in place of a model (a coordination check)")
         with scripted_server(reject_first=0, delay_s=cfg.scripted_delay_s) as (url, _):
             run_load(cfg, ctx, f"openai:scripted@{url}")
         return
-    from phase13_react.served import agent_llm
 
     # describe=False: a local model is loaded by the workers, not by this process too
     with agent_llm(ctx, cfg.llm, describe=False, role="every stage, in each worker process") as (llm, _):
@@ -335,13 +465,29 @@ EXERCISE = Exercise(
     title="N concurrent jobs on worker processes, victims SIGKILLed at five crash points: lost jobs, posts, replies",
     run=run,
     config_cls=Config,
-    profiles={"cpu": {}, "a100": {"n_jobs": 32, "workers": 4, "writer_max_tokens": 120, "hyde_max_tokens": 80,
-                                  "llm": A100_LLM}},
+    profiles={
+        "cpu": {},
+        "a100": {"n_jobs": 32, "workers": 4, "writer_max_tokens": 120, "hyde_max_tokens": 80, "llm": A100_LLM},
+    },
     tiny={"scripted": True, "n_jobs": 6, "workers": 1, "lease_s": 2.0, "corpus": "phase12_rag_storage/notes"},
-    smoke={"n_jobs": 6, "workers": 1, "lease_s": 2.0, "corpus": "phase12_rag_storage/notes", "hyde_max_tokens": 16,
-           "writer_max_tokens": 24},
-    summary_metrics=("jobs_completed", "lost_jobs", "duplicate_posts", "duplicate_replies", "missing_replies",
-                     "kill_points_reached", "nodes_reexecuted_after_crash", "nodes_reexecuted_control"),
+    smoke={
+        "n_jobs": 6,
+        "workers": 1,
+        "lease_s": 2.0,
+        "corpus": "phase12_rag_storage/notes",
+        "hyde_max_tokens": 16,
+        "writer_max_tokens": 24,
+    },
+    summary_metrics=(
+        "jobs_completed",
+        "lost_jobs",
+        "duplicate_posts",
+        "duplicate_replies",
+        "missing_replies",
+        "kill_points_reached",
+        "nodes_reexecuted_after_crash",
+        "nodes_reexecuted_control",
+    ),
     methods={"cpu": "scaled", "a100": "scaled"},
 )
 

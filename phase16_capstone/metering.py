@@ -14,11 +14,13 @@ every wrapper (``innermost``: a fallback chain's primary, whose tokenizer counte
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from lab.llm import LLM, LLMWrapper
-from lab.llm.wrapper import innermost
 from lab.llm.base import ChatResponse
+from lab.llm.prices import cost_usd
+from lab.llm.wrapper import innermost
 
 
 class StageMeter(LLMWrapper):
@@ -61,7 +63,6 @@ class StageMeter(LLMWrapper):
             yield item
 
     def choice_probs(self, messages, choices, system=None, prefix="", **kwargs) -> dict[str, float]:
-        from lab.llm.prices import cost_usd
 
         probs = super().choice_probs(messages, choices, system=system, prefix=prefix, **kwargs)
         n_in = (self.count_tokens(messages, system=system) or 0) + len(prefix.split())

@@ -24,18 +24,52 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-BLOCKS = frozenset({"paragraph_open", "paragraph_close", "heading_open", "heading_close", "bullet_list_open",
-                    "bullet_list_close", "ordered_list_open", "ordered_list_close", "list_item_open",
-                    "list_item_close", "inline"})
-INLINE = frozenset({"text", "softbreak", "hardbreak", "strong_open", "strong_close", "em_open", "em_close",
-                    "code_inline", "link_open", "link_close"})
-NAMES = {"html_block": "raw HTML", "html_inline": "raw HTML", "image": "an image", "fence": "a code block",
-         "code_block": "a code block", "blockquote_open": "a block quote", "hr": "a horizontal rule"}
+from markdown_it import MarkdownIt
+
+from phase16_capstone.http_guard import printable
+
+BLOCKS = frozenset(
+    {
+        "paragraph_open",
+        "paragraph_close",
+        "heading_open",
+        "heading_close",
+        "bullet_list_open",
+        "bullet_list_close",
+        "ordered_list_open",
+        "ordered_list_close",
+        "list_item_open",
+        "list_item_close",
+        "inline",
+    }
+)
+INLINE = frozenset(
+    {
+        "text",
+        "softbreak",
+        "hardbreak",
+        "strong_open",
+        "strong_close",
+        "em_open",
+        "em_close",
+        "code_inline",
+        "link_open",
+        "link_close",
+    }
+)
+NAMES = {
+    "html_block": "raw HTML",
+    "html_inline": "raw HTML",
+    "image": "an image",
+    "fence": "a code block",
+    "code_block": "a code block",
+    "blockquote_open": "a block quote",
+    "hr": "a horizontal rule",
+}
 LINK_SCHEMES = ("http", "https")
 
 
 def _parser():
-    from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark")  # html on: raw HTML becomes html_* tokens, not text
     md.disable("text_join")  # keep entities and escapes as their own tokens (text_special)
@@ -44,7 +78,6 @@ def _parser():
 
 
 def _snippet(text: str) -> str:
-    from phase16_capstone.http_guard import printable
 
     return printable(text.strip(), limit=40)
 

@@ -23,8 +23,9 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Mapping, Protocol
+from typing import Protocol
 
 from lab.results import redact
 from phase16_capstone.site_builder import PostRecord, post_path, render_post_files
@@ -44,7 +45,11 @@ class Deploy(Protocol):
 
 def _safe_relpath(relpath: str) -> PurePosixPath:
     path = PurePosixPath(relpath)
-    if path.is_absolute() or not path.parts or any(part in ("..", ".", "") or part.startswith(".") for part in path.parts):
+    if (
+        path.is_absolute()
+        or not path.parts
+        or any(part in ("..", ".", "") or part.startswith(".") for part in path.parts)
+    ):
         raise DeployError(f"refusing to write {relpath!r}: site paths must be relative, without '..' or hidden parts")
     return path
 
@@ -94,8 +99,9 @@ class DirectoryDeploy:
 class GitDeploy:
     """The site as commits on a branch of a git remote (any URL git can push to; tests use a bare repo)."""
 
-    def __init__(self, remote_url: str, branch: str = "main", workdir: str | Path | None = None,
-                 public_url: str | None = None):
+    def __init__(
+        self, remote_url: str, branch: str = "main", workdir: str | Path | None = None, public_url: str | None = None
+    ):
         if not re.fullmatch(r"[A-Za-z0-9._/-]+", branch) or branch.startswith(("-", "/")) or ".." in branch:
             raise DeployError(f"branch {branch!r} is not a plain branch name")
         self.remote_url, self.branch, self.public_url = remote_url, branch, public_url
@@ -103,11 +109,24 @@ class GitDeploy:
         self.committed = False  # whether the last deploy made a new commit
 
     def _git(self, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
-               "GIT_AUTHOR_NAME": AUTHOR_NAME, "GIT_AUTHOR_EMAIL": AUTHOR_EMAIL,
-               "GIT_COMMITTER_NAME": AUTHOR_NAME, "GIT_COMMITTER_EMAIL": AUTHOR_EMAIL}
-        proc = subprocess.run(["git", "-c", "commit.gpgsign=false", *args],
-                              cwd=cwd or self.workdir, env=env, capture_output=True, text=True, timeout=120)
+        env = {
+            **os.environ,
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": AUTHOR_NAME,
+            "GIT_AUTHOR_EMAIL": AUTHOR_EMAIL,
+            "GIT_COMMITTER_NAME": AUTHOR_NAME,
+            "GIT_COMMITTER_EMAIL": AUTHOR_EMAIL,
+        }
+        proc = subprocess.run(
+            ["git", "-c", "commit.gpgsign=false", *args],
+            cwd=cwd or self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise DeployError(redact(f"git {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}"))
         return proc

@@ -16,10 +16,18 @@ Every retrieved chunk passes through ``untrusted.admit`` before any later stage 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.db import connect, crdb_url
+from lab.migrations import Migration, Schema, migrate
 from lab.models import DEFAULT_EMBEDDER
+from lab.paths import REPO_ROOT
+from phase12_rag_storage.chunking import make_chunker
+from phase12_rag_storage.corpus import Document, corpus_sha256, load_corpus
+from phase12_rag_storage.retriever import Embedder, Retriever
+from phase12_rag_storage.stores import CockroachStore, PgVectorStore
 from phase16_capstone.untrusted import EVIDENCE, admit
 
 CHUNK_WORDS = 200  # short evidence: the Writer puts each chunk in a small model's prompt
@@ -33,14 +41,25 @@ def registry_schema():
     its own list beside the job store's. Version 1 is the table as the code before migrations made it.
     (The chunk tables themselves are Phase 12's stores, made per corpus by ``PgVectorStore`` /
     ``CockroachStore``: data named by a content hash, not a schema of the engine.)"""
-    from lab.migrations import Migration, Schema
 
-    return Schema(PREFIX, "phase16.corpora", tables=(REGISTRY,), migrations=(
-        Migration(1, "the corpus registry", (
-            (f"CREATE TABLE IF NOT EXISTS {REGISTRY} (sha256 TEXT PRIMARY KEY, tbl TEXT NOT NULL, "
-             f"n_docs INT NOT NULL, n_chunks INT NOT NULL, embedder TEXT NOT NULL, "
-             f"created_at TIMESTAMPTZ NOT NULL DEFAULT now())"),)),
-    ))
+    return Schema(
+        PREFIX,
+        "phase16.corpora",
+        tables=(REGISTRY,),
+        migrations=(
+            Migration(
+                1,
+                "the corpus registry",
+                (
+                    (
+                        f"CREATE TABLE IF NOT EXISTS {REGISTRY} (sha256 TEXT PRIMARY KEY, tbl TEXT NOT NULL, "
+                        f"n_docs INT NOT NULL, n_chunks INT NOT NULL, embedder TEXT NOT NULL, "
+                        f"created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                    ),
+                ),
+            ),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -58,8 +77,6 @@ class Evidence:
 def default_corpus():
     """The repo's lesson notes, every phase README (generated results removed) and the committed
     results overview: what the engine knows about by default."""
-    from lab.paths import REPO_ROOT
-    from phase12_rag_storage.corpus import Document, load_corpus
 
     docs = load_corpus(None, include_readmes=True)
     overview = REPO_ROOT / "results" / "README.md"
@@ -71,8 +88,6 @@ def default_corpus():
 def load_documents(corpus: str | None):
     """``corpus``: a folder of .md/.txt files (a relative one not found here is taken from the repo
     root), or None for ``default_corpus()``."""
-    from lab.paths import REPO_ROOT
-    from phase12_rag_storage.corpus import load_corpus
 
     if corpus is None:
         return default_corpus()
@@ -97,11 +112,8 @@ class CorpusIndex:
     SETUP_TRIES = 3
 
     def __init__(self, url: str, corpus: str | None, embedder: str = DEFAULT_EMBEDDER):
-        import time
 
-        from psycopg import errors
-
-        from phase12_rag_storage.corpus import corpus_sha256
+        from psycopg import errors  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
         self.docs = load_documents(corpus)
         self.sha256 = corpus_sha256(self.docs)
@@ -119,27 +131,27 @@ class CorpusIndex:
 
     def _set_up(self, url: str, embedder: str) -> None:
         """Open the chunk table (creating it if needed) and embed the corpus unless it is registered."""
-        from lab.db import connect
-        from lab.migrations import migrate
 
         self.store = self._open_store(url)
         registry = REGISTRY
         migrate(url, registry_schema())
         with connect(url, autocommit=True) as conn:
-            row = conn.execute(f"SELECT n_chunks FROM {registry} WHERE sha256 = %s AND embedder = %s",
-                               (self.sha256, embedder)).fetchone()
+            row = conn.execute(
+                f"SELECT n_chunks FROM {registry} WHERE sha256 = %s AND embedder = %s", (self.sha256, embedder)
+            ).fetchone()
             self.embedded_now = row is None
             if row is None:  # first job on this corpus anywhere: embed it; a racing worker's upsert is harmless
                 self.n_chunks = self._ingest()
-                conn.execute(f"INSERT INTO {registry} (sha256, tbl, n_docs, n_chunks, embedder) VALUES (%s, %s, %s, %s, %s) "
-                             f"ON CONFLICT (sha256) DO NOTHING", (self.sha256, self.table, len(self.docs),
-                                                                  self.n_chunks, embedder))
+                conn.execute(
+                    f"INSERT INTO {registry} (sha256, tbl, n_docs, n_chunks, embedder) VALUES (%s, %s, %s, %s, %s) "
+                    f"ON CONFLICT (sha256) DO NOTHING",
+                    (self.sha256, self.table, len(self.docs), self.n_chunks, embedder),
+                )
             else:
                 self.n_chunks = int(row[0])
 
     @classmethod
     def _embedder(cls, name: str):
-        from phase12_rag_storage.retriever import Embedder
 
         with cls._lock:  # one MiniLM per process, shared by every job and thread
             if name not in cls._embedders:
@@ -147,16 +159,12 @@ class CorpusIndex:
             return cls._embedders[name]
 
     def _open_store(self, url: str):
-        from lab.db import crdb_url
-        from phase12_rag_storage.stores import CockroachStore, PgVectorStore
 
         if crdb_url() and url == crdb_url():
             return CockroachStore(url, table=self.table, dim=self.embedder.dim, prefix_key=None)
         return PgVectorStore(url, table=self.table, dim=self.embedder.dim)
 
     def _ingest(self) -> int:
-        from phase12_rag_storage.chunking import make_chunker
-        from phase12_rag_storage.retriever import Retriever
 
         retriever = Retriever(make_chunker("structure", CHUNK_WORDS), self.embedder, self.store)
         chunks = retriever.add_documents(self.docs)
@@ -166,16 +174,26 @@ class CorpusIndex:
     def research(self, topic: str, llm, *, k: int, hyde_max_tokens: int) -> tuple[list[Evidence], str]:
         """HyDE: the LLM's hypothetical passage is embedded and searched; returns (evidence, hypothesis).
         ``k`` and ``hyde_max_tokens``: the engine's settings (``EngineSettings``)."""
-        from phase12_rag_storage.chunking import make_chunker
-        from phase12_rag_storage.retriever import Retriever
 
-        retriever = Retriever(make_chunker("structure", CHUNK_WORDS), self.embedder, self.store, hyde_llm=llm,
-                              hyde_max_tokens=hyde_max_tokens)
+        retriever = Retriever(
+            make_chunker("structure", CHUNK_WORDS),
+            self.embedder,
+            self.store,
+            hyde_llm=llm,
+            hyde_max_tokens=hyde_max_tokens,
+        )
         hypothesis = retriever.hypothesis(topic)
         hits = retriever.retrieve(topic, k=k, hypothesis=hypothesis)
-        evidence = [Evidence(n, hit.id, str(hit.metadata.get("source", hit.id.rsplit("#", 1)[0])),
-                             admit(hit.text, EVIDENCE, f"corpus:{hit.id}"), round(float(hit.score), 4))
-                    for n, hit in enumerate(hits, start=1)]
+        evidence = [
+            Evidence(
+                n,
+                hit.id,
+                str(hit.metadata.get("source", hit.id.rsplit("#", 1)[0])),
+                admit(hit.text, EVIDENCE, f"corpus:{hit.id}"),
+                round(float(hit.score), 4),
+            )
+            for n, hit in enumerate(hits, start=1)
+        ]
         return evidence, hypothesis
 
     def close(self) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from lab.llm.scripted_server import Reply, ScriptedServer, say
 
@@ -54,8 +54,10 @@ class EngineScript:
         if source:
             self._count("writer")
             n = source.group(1)
-            return (f"This sentence states a fact from the source [{n}]. "
-                    f"A second sentence explains why it matters to engineers [{n}].")
+            return (
+                f"This sentence states a fact from the source [{n}]. "
+                f"A second sentence explains why it matters to engineers [{n}]."
+            )
         self._count("other")
         return "OK."
 
@@ -73,10 +75,15 @@ class EngineScript:
             self.reviews[topic] = seen + 1
         passing = "escalate" not in topic.lower() and seen >= self.reject_first
         score = 4 if passing else 2
-        return json.dumps({"reasoning": "scripted verdict: " + ("clear and cited" if passing else "too vague"),
-                           "scores": {d: score for d in ("technical_accuracy", "calibration", "mechanistic_depth",
-                                                         "audience_calibration")},
-                           "flags": {"confident_hallucination": False}})
+        return json.dumps(
+            {
+                "reasoning": "scripted verdict: " + ("clear and cited" if passing else "too vague"),
+                "scores": {
+                    d: score for d in ("technical_accuracy", "calibration", "mechanistic_depth", "audience_calibration")
+                },
+                "flags": {"confident_hallucination": False},
+            }
+        )
 
 
 @contextmanager

@@ -29,9 +29,14 @@ Layout (relative paths, so the site works from ``file://`` and any static host):
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import markupsafe
+from markupsafe import Markup, escape
 
 from lab.results import redact
 from phase16_capstone.untrusted import excerpt
@@ -82,15 +87,21 @@ class PostRecord:
         if not isinstance(self.job_id, str) or not self.job_id.strip():
             raise ValueError(f"post field 'job_id' must be a non-empty string, got {self.job_id!r}")
         if not isinstance(self.slug, str) or not SLUG.match(self.slug):
-            raise ValueError(f"{where}: field 'slug' {self.slug!r} is not a safe file name "
-                             "(lowercase a-z, 0-9 and inner '-', at most 80 characters; use make_slug)")
+            raise ValueError(
+                f"{where}: field 'slug' {self.slug!r} is not a safe file name "
+                "(lowercase a-z, 0-9 and inner '-', at most 80 characters; use make_slug)"
+            )
         numbers = [c.n for c in self.citations]
-        if len(set(numbers)) != len(numbers) or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in numbers):
+        if len(set(numbers)) != len(numbers) or any(
+            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in numbers
+        ):
             raise ValueError(f"{where}: field 'citations' needs distinct positive integers n, got {numbers}")
         for rev in self.revisions:
             if rev.decision not in DECISIONS:
-                raise ValueError(f"{where}: revision {rev.number} field 'decision' is {rev.decision!r}, "
-                                 f"expected one of {', '.join(DECISIONS)}")
+                raise ValueError(
+                    f"{where}: revision {rev.number} field 'decision' is {rev.decision!r}, "
+                    f"expected one of {', '.join(DECISIONS)}"
+                )
         created(self)  # raises naming the field when it is not ISO-8601
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,14 +109,18 @@ class PostRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PostRecord":
-        from dataclasses import MISSING
+    def from_dict(cls, data: dict[str, Any]) -> PostRecord:
 
         missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
         if missing:
             raise ValueError(f"post record is missing field(s) {', '.join(missing)}")
-        return cls(**{**data, "citations": [Citation(**c) for c in data["citations"]],
-                      "revisions": [RevisionRecord(**r) for r in data["revisions"]]})
+        return cls(
+            **{
+                **data,
+                "citations": [Citation(**c) for c in data["citations"]],
+                "revisions": [RevisionRecord(**r) for r in data["revisions"]],
+            }
+        )
 
 
 def make_slug(title: str, job_id: str) -> str:
@@ -120,7 +135,7 @@ def created(post: PostRecord) -> datetime:
         moment = datetime.fromisoformat(post.created_at.replace("Z", "+00:00"))
     except (TypeError, ValueError, AttributeError):
         raise ValueError(f"post {post.job_id!r}: field 'created_at' {post.created_at!r} is not ISO-8601") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def post_path(post: PostRecord) -> str:
@@ -129,13 +144,20 @@ def post_path(post: PostRecord) -> str:
 
 def check_site_url(url: str) -> str:
     """``url`` when it can be the site's public base URL: http(s), a host, no credentials, query or fragment."""
-    from urllib.parse import urlsplit
 
     parts = urlsplit(url.strip())
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
-            or parts.query or parts.fragment):
-        raise ValueError(f"site URL {url!r} must be an http(s) URL with a host and no credentials, query or "
-                         "fragment, e.g. https://example.github.io/site/")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username
+        or parts.password
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(
+            f"site URL {url!r} must be an http(s) URL with a host and no credentials, query or "
+            "fragment, e.g. https://example.github.io/site/"
+        )
     return url.strip()
 
 
@@ -152,29 +174,35 @@ def audit_path(post: PostRecord) -> str:
 # --- the body: a small, safe subset of markdown ---------------------------------------------------
 # Blocks split on blank lines: "# " / "## " headings, "- " lists, paragraphs. Inline: [n] and
 # [n, m] citations, **bold**, `code`. Every piece of text is escaped before it is wrapped in a tag.
-_INLINE = re.compile(r"\[(?P<cite>\d+(?:\s*,\s*\d+)*)\]|\[(?P<added>\d+)\?\]|\*\*(?P<bold>[^*\n]+)\*\*|`(?P<code>[^`\n]+)`")
+_INLINE = re.compile(
+    r"\[(?P<cite>\d+(?:\s*,\s*\d+)*)\]|\[(?P<added>\d+)\?\]|\*\*(?P<bold>[^*\n]+)\*\*|`(?P<code>[^`\n]+)`"
+)
 ADDED_TITLE = "added by the engine: the model cited no source here; this is the chunk the paragraph was written from"
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _ITEM = re.compile(r"^\s*[-*]\s+(.*)$")
 
 
 def _inline(text: str, cite_href: dict[int, str]):
-    from markupsafe import Markup, escape
 
     out, pos = [], 0
     for m in _INLINE.finditer(text):
-        out.append(escape(text[pos:m.start()]))
+        out.append(escape(text[pos : m.start()]))
         if m["cite"]:
             for n in (int(x) for x in m["cite"].split(",")):
                 if n in cite_href:
-                    out.append(Markup('<a class="cite" href="{}" title="source [{}]">[{}]</a>').format(cite_href[n], n, n))
+                    out.append(
+                        Markup('<a class="cite" href="{}" title="source [{}]">[{}]</a>').format(cite_href[n], n, n)
+                    )
                 else:  # the Writer cited a chunk it was never given: visible, never a dead link
                     out.append(Markup('<span class="cite-missing" title="no such citation">[{}]</span>').format(n))
         elif m["added"]:
             n = int(m["added"])
             target = cite_href.get(n)
-            out.append(Markup('<a class="cite cite-added" href="{}" title="{}">[{}?]</a>').format(target, ADDED_TITLE, n)
-                       if target else Markup('<span class="cite-missing" title="no such citation">[{}?]</span>').format(n))
+            out.append(
+                Markup('<a class="cite cite-added" href="{}" title="{}">[{}?]</a>').format(target, ADDED_TITLE, n)
+                if target
+                else Markup('<span class="cite-missing" title="no such citation">[{}?]</span>').format(n)
+            )
         elif m["bold"]:
             out.append(Markup("<strong>{}</strong>").format(m["bold"]))
         else:
@@ -186,7 +214,6 @@ def _inline(text: str, cite_href: dict[int, str]):
 
 def render_body(markdown: str, cite_href: dict[int, str]):
     """Markdown-ish text -> safe HTML (``markupsafe.Markup``); ``cite_href`` maps n -> link target."""
-    from markupsafe import Markup
 
     blocks = []
     for block in re.split(r"\n\s*\n", markdown.strip()):
@@ -198,7 +225,9 @@ def render_body(markdown: str, cite_href: dict[int, str]):
             tag = "h2" if len(heading[1]) <= 2 else "h3"
             blocks.append(Markup(f"<{tag}>{{}}</{tag}>").format(_inline(heading[2], cite_href)))
         elif all(_ITEM.match(ln) for ln in lines):
-            items = Markup("").join(Markup("<li>{}</li>").format(_inline(_ITEM.match(ln)[1], cite_href)) for ln in lines)
+            items = Markup("").join(
+                Markup("<li>{}</li>").format(_inline(_ITEM.match(ln)[1], cite_href)) for ln in lines
+            )
             blocks.append(Markup("<ul>{}</ul>").format(items))
         else:
             blocks.append(Markup("<p>{}</p>").format(_inline(" ".join(lines), cite_href)))
@@ -295,11 +324,14 @@ AUDIT = """{% extends "base" %}{% block title %}Audit: {{ title }}{% endblock %}
 
 
 def _env():
-    import jinja2
-    import markupsafe
+    import jinja2  # noqa: PLC0415 (jinja2 loads only on the path that uses it)
 
-    env = jinja2.Environment(loader=jinja2.DictLoader({"base": BASE, "index": INDEX, "post": POST, "audit": AUDIT}),
-                             autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader({"base": BASE, "index": INDEX, "post": POST, "audit": AUDIT}),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     env.globals["css"] = markupsafe.Markup(CSS)  # our constant; escaping it would break the quotes in <style>
     return env
 
@@ -340,13 +372,25 @@ def merge_posts(post: PostRecord, all_posts: Iterable[PostRecord]) -> list[PostR
     slugs: dict[str, str] = {}
     for p in by_job.values():
         if slugs.setdefault(p.slug, p.job_id) != p.job_id:
-            raise ValueError(f"slug {p.slug!r} is used by jobs {slugs[p.slug]!r} and {p.job_id!r}; slugs must be unique")
+            raise ValueError(
+                f"slug {p.slug!r} is used by jobs {slugs[p.slug]!r} and {p.job_id!r}; slugs must be unique"
+            )
     return sorted(by_job.values(), key=lambda p: (created(p), p.job_id), reverse=True)
 
 
 def render_index(posts: list[PostRecord]) -> str:
-    rows = [{"href": post_path(p), "audit_href": audit_path(p), "title": p.title, "created_at": p.created_at,
-             "topic": p.topic, "n_citations": len(p.citations), "verdict": _verdict(p)} for p in map(_redacted, posts)]
+    rows = [
+        {
+            "href": post_path(p),
+            "audit_href": audit_path(p),
+            "title": p.title,
+            "created_at": p.created_at,
+            "topic": p.topic,
+            "n_citations": len(p.citations),
+            "verdict": _verdict(p),
+        }
+        for p in map(_redacted, posts)
+    ]
     return _env().get_template("index").render(posts=rows)
 
 
@@ -354,10 +398,20 @@ def render_post(post: PostRecord) -> str:
     post = _redacted(post)
     audit = f"../{audit_path(post)}"
     hrefs = {c.n: f"{audit}#cite-{c.n}" for c in post.citations}
-    return _env().get_template("post").render(
-        title=post.title, created_at=post.created_at, topic=post.topic, audit_href=audit,
-        body=render_body(post.body_markdown, hrefs), n_citations=len(post.citations), verdict=_verdict(post),
-        review_note=_review_note(post))
+    return (
+        _env()
+        .get_template("post")
+        .render(
+            title=post.title,
+            created_at=post.created_at,
+            topic=post.topic,
+            audit_href=audit,
+            body=render_body(post.body_markdown, hrefs),
+            n_citations=len(post.citations),
+            verdict=_verdict(post),
+            review_note=_review_note(post),
+        )
+    )
 
 
 def render_audit(post: PostRecord) -> str:
@@ -370,17 +424,40 @@ def render_audit(post: PostRecord) -> str:
     dims: list[str] = []
     for rev in post.revisions:
         dims += [d for d in rev.scores if d not in dims]
-    revisions = [{"number": r.number, "decision": r.decision, "reasons": r.reasons,
-                  "scores": {k: _fmt_score(v) for k, v in r.scores.items()}} for r in post.revisions]
-    return _env().get_template("audit").render(
-        title=post.title, job_id=post.job_id, topic=post.topic, created_at=post.created_at, model=post.model,
-        trace_id=post.trace_id, tokens=sorted(post.tokens.items()), verdict=_verdict(post), review_note=_review_note(post),
-        cost="not recorded" if post.cost_usd is None else f"${post.cost_usd:.6f}",
-        post_href=f"../{post_path(post)}",
-        sources=[{"source": s, "numbers": ns} for s, ns in sources.items()],
-        citations=[{"n": c.n, "chunk_id": c.chunk_id, "source": c.source, "used": c.n in used,
-                    "excerpt": excerpt(c.text)} for c in citations],
-        missing=sorted(used - {c.n for c in citations}), dims=dims, revisions=revisions)
+    revisions = [
+        {
+            "number": r.number,
+            "decision": r.decision,
+            "reasons": r.reasons,
+            "scores": {k: _fmt_score(v) for k, v in r.scores.items()},
+        }
+        for r in post.revisions
+    ]
+    return (
+        _env()
+        .get_template("audit")
+        .render(
+            title=post.title,
+            job_id=post.job_id,
+            topic=post.topic,
+            created_at=post.created_at,
+            model=post.model,
+            trace_id=post.trace_id,
+            tokens=sorted(post.tokens.items()),
+            verdict=_verdict(post),
+            review_note=_review_note(post),
+            cost="not recorded" if post.cost_usd is None else f"${post.cost_usd:.6f}",
+            post_href=f"../{post_path(post)}",
+            sources=[{"source": s, "numbers": ns} for s, ns in sources.items()],
+            citations=[
+                {"n": c.n, "chunk_id": c.chunk_id, "source": c.source, "used": c.n in used, "excerpt": excerpt(c.text)}
+                for c in citations
+            ],
+            missing=sorted(used - {c.n for c in citations}),
+            dims=dims,
+            revisions=revisions,
+        )
+    )
 
 
 def render_post_files(post: PostRecord, all_posts: Iterable[PostRecord]) -> dict[str, str]:

@@ -26,6 +26,7 @@ reply) and raises ``ReplyFailed``, which says whether trying again can help (``p
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -35,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError, field_validator
 
+from lab.results import redact
 from phase16_capstone.untrusted import TOPIC, UntrustedInputError, admit, valid_unicode
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -92,8 +94,10 @@ def webhook_secret() -> str | None:
     """ENGINE_TELEGRAM_SECRET, validated as Telegram's secret_token; None when unset (webhook off)."""
     secret = os.environ.get("ENGINE_TELEGRAM_SECRET") or None
     if secret is not None and not _SECRET.fullmatch(secret):
-        raise ValueError("ENGINE_TELEGRAM_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
-                         "(what Telegram's setWebhook accepts)")
+        raise ValueError(
+            "ENGINE_TELEGRAM_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and - "
+            "(what Telegram's setWebhook accepts)"
+        )
     return secret
 
 
@@ -144,16 +148,22 @@ def reply_text(job, reviewed: bool | None = True) -> str:
     """What the chat reads when its job ends (never the output check's reason: it may quote the payload);
     ``reviewed`` False: the Editor's approval came from a judge that had not passed calibration."""
     if job.state == "published" and reviewed is False:
-        return (f"Published UNREVIEWED (the Editor's judge has not passed calibration, so its approval is not a "
-                f"review): {job.topic}\n{job.post_url}")
+        return (
+            f"Published UNREVIEWED (the Editor's judge has not passed calibration, so its approval is not a "
+            f"review): {job.topic}\n{job.post_url}"
+        )
     if job.state == "published":
         return f"Published: {job.topic}\n{job.post_url}"
     if job.state == "escalated" and (job.error or "").startswith("output check:"):
-        return (f"Not published: the output check held the draft (it may carry instructions from a source); "
-                f"it waits for a human (job {job.id}).")
+        return (
+            f"Not published: the output check held the draft (it may carry instructions from a source); "
+            f"it waits for a human (job {job.id})."
+        )
     if job.state == "escalated":
-        return (f"Not published: the Editor rejected the draft after {job.revisions} revision(s); "
-                f"it waits for a human (job {job.id}).")
+        return (
+            f"Not published: the Editor rejected the draft after {job.revisions} revision(s); "
+            f"it waits for a human (job {job.id})."
+        )
     return f"Failed: {job.topic} (job {job.id}): {(job.error or 'unknown error')[:200]}"
 
 
@@ -175,21 +185,19 @@ class Replier:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     @classmethod
-    def from_env(cls) -> "Replier | None":
+    def from_env(cls) -> Replier | None:
         token = os.environ.get("ENGINE_TELEGRAM_TOKEN")
         return cls(token) if token else None
 
     def redact(self, text: str) -> str:
-        from lab.results import redact
 
         return redact(text.replace(self._token, "[REDACTED]"))
 
     def send(self, chat_id: int, text: str) -> int:
         """Send ``text`` to the chat; Telegram's id of the message sent, or ReplyFailed."""
-        import asyncio
 
-        from telegram import Bot
-        from telegram.error import BadRequest, ChatMigrated, EndPointNotFound, Forbidden, InvalidToken
+        from telegram import Bot  # noqa: PLC0415 (telegram loads only on the path that uses it)
+        from telegram.error import BadRequest, ChatMigrated, EndPointNotFound, Forbidden, InvalidToken  # noqa: PLC0415 (telegram loads only on the path that uses it)
 
         async def go():
             async with Bot(self._token, base_url=self.base_url) as bot:

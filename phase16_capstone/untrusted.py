@@ -39,6 +39,9 @@ from __future__ import annotations
 import hashlib
 import re
 
+from phase15_production.defence import Defence, Verdict, instruction_sentences, quoted, sentences
+from phase16_capstone.post_markup import disallowed
+
 TOPIC = "topic"  # a user's request: Telegram message text, POST /jobs, the CLI
 EVIDENCE = "evidence"  # a corpus chunk the Researcher retrieved
 MAX_CHARS = {TOPIC: 300, EVIDENCE: 2000}
@@ -75,12 +78,11 @@ def admit(text: object, kind: str, source: str) -> str:
     cleaned = _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
     if not cleaned:
         raise UntrustedInputError(f"{source}: {kind} is empty")
-    return cleaned[:MAX_CHARS[kind]].rstrip()
+    return cleaned[: MAX_CHARS[kind]].rstrip()
 
 
 def defence_for(job_id: str):
     """The job's ``Defence`` (same marks, block ids and canary in every worker that runs the job)."""
-    from phase15_production.defence import Defence
 
     return Defence(ENGINE_LAYERS, seed=int(hashlib.sha256(job_id.encode()).hexdigest()[:16], 16))
 
@@ -103,8 +105,6 @@ def check_output(text: str, topic: str, evidence: list[str], defence, trusted=()
 
 def check_post(text: str, topic: str, evidence: list[str], defence):
     """A post about to be published: only allowed markup (``post_markup``), then ``check_output``."""
-    from phase15_production.defence import Verdict
-    from phase16_capstone.post_markup import disallowed
 
     found = disallowed(text)
     if found:
@@ -117,7 +117,6 @@ def instruction_spans(text: str) -> list[tuple[int, int]]:
     one with a directive verb in imperative position or a cue ("ignore previous..."), looked for
     through every encoding (``instruction_sentences``), or one with a directive verb anywhere and a
     quoted payload — exactly the text the output check refuses to see repeated."""
-    from phase15_production.defence import instruction_sentences, quoted, sentences
 
     spans, cursor = [], 0
     for sentence in sentences(text):

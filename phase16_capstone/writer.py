@@ -49,10 +49,78 @@ _ADDED = re.compile(r"\[(\d+)\?\]")  # a marker the code added (the model cited 
 _ANY_MARKER = re.compile(r"\[(\d+)\??\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])(?:\s*\[\d+\??\])*\s+")
 _WORD = re.compile(r"[a-z]{4,}|\d+")
-STOP_WORDS = frozenset("""this that these those with from into onto over under about above below than then them
-they their there here what when where which while whose also just only very more most much many such some
-each every other both will would could should have been being were does done make makes made your yours
-because between through during before after again against same like into upon across""".split())
+STOP_WORDS = frozenset(
+    [
+        "this",
+        "that",
+        "these",
+        "those",
+        "with",
+        "from",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "about",
+        "above",
+        "below",
+        "than",
+        "then",
+        "them",
+        "they",
+        "their",
+        "there",
+        "here",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "whose",
+        "also",
+        "just",
+        "only",
+        "very",
+        "more",
+        "most",
+        "much",
+        "many",
+        "such",
+        "some",
+        "each",
+        "every",
+        "other",
+        "both",
+        "will",
+        "would",
+        "could",
+        "should",
+        "have",
+        "been",
+        "being",
+        "were",
+        "does",
+        "done",
+        "make",
+        "makes",
+        "made",
+        "your",
+        "yours",
+        "because",
+        "between",
+        "through",
+        "during",
+        "before",
+        "after",
+        "again",
+        "against",
+        "same",
+        "like",
+        "into",
+        "upon",
+        "across",
+    ]
+)
 SUPPORT_MIN = 0.5  # share of a sentence's content words that must occur in the chunk it cites
 
 
@@ -73,7 +141,7 @@ def sentences(text: str) -> list[str]:
     for paragraph in re.split(r"\n\s*\n", text):
         start = 0
         for m in _SENTENCE_END.finditer(paragraph):
-            out.append(paragraph[start:m.end()].strip())
+            out.append(paragraph[start : m.end()].strip())
             start = m.end()
         rest = paragraph[start:].strip()
         if out and rest and not _ANY_MARKER.sub("", rest).strip():
@@ -104,8 +172,9 @@ def model_citations(body: str, evidence: dict[int, str]) -> tuple[int, int]:
     """(supported, sentences): sentences carrying a model-written ``[n]`` whose chunk ``evidence[n]``
     supports them (``supports``); code-added ``[n?]`` markers never count."""
     found = sentences(body)
-    supported = sum(1 for s in found if any(int(n) in evidence and supports(s, evidence[int(n)])
-                                            for n in _MARKER.findall(s)))
+    supported = sum(
+        1 for s in found if any(int(n) in evidence and supports(s, evidence[int(n)]) for n in _MARKER.findall(s))
+    )
     return supported, len(found)
 
 
@@ -125,7 +194,7 @@ def _complete_sentences(text: str) -> str:
     cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
     if text.endswith((".", "!", "?", "]")) or cut == -1:
         return text
-    return text[:cut + 1]
+    return text[: cut + 1]
 
 
 def clean_paragraph(text: str, n: int, valid: set[int]) -> tuple[str, int, bool]:
@@ -166,5 +235,12 @@ def write(llm, topic: str, evidence, feedback: str | None = None, max_tokens: in
     body = "\n\n".join(paragraphs)
     used = {int(m) for m in _ANY_MARKER.findall(body)}
     citations = {e.n: e.chunk_id for e in evidence if e.n in used}
-    return Draft(title_for(topic), body, citations, citation_coverage(body, valid),
-                 citation_coverage_model(body, {e.n: e.text for e in evidence}), invalid, added)
+    return Draft(
+        title_for(topic),
+        body,
+        citations,
+        citation_coverage(body, valid),
+        citation_coverage_model(body, {e.n: e.text for e in evidence}),
+        invalid,
+        added,
+    )

@@ -6,6 +6,9 @@ import functools
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
+
+from lab.serve.background import serving
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -20,9 +23,9 @@ ARTIFACT_STORE = tempfile.mkdtemp(prefix="lab-test-artifacts-")
 os.environ["LAB_ARTIFACTS"] = ARTIFACT_STORE
 
 import pytest  # noqa: E402
+from offline import forbid_network  # noqa: E402  (tests/offline.py)
 
 from lab import runner  # noqa: E402
-from offline import forbid_network  # noqa: E402  (tests/offline.py)
 
 forbid_network()  # the suite runs offline by construction: a connection off this machine is an error
 
@@ -33,6 +36,7 @@ TINY_METRICS: dict[str, set[str]] = {}
 def _recording(execute):
     """Wrap lab.runner.execute before any test module imports it, so every tiny run the suite makes
     anyway also feeds the registry-wide contract test (which then need not run them all again)."""
+
     @functools.wraps(execute)
     def wrapper(exercise, profile, overrides, *args, **kwargs):
         doc = execute(exercise, profile, overrides, *args, **kwargs)
@@ -55,7 +59,7 @@ def pytest_collection_modifyitems(config, items):
     # tests marked `last` read what the other tests recorded: run them after everything else
     items.sort(key=lambda item: item.get_closest_marker("last") is not None)
     try:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         has_gpu = torch.cuda.is_available()
     except ImportError:
@@ -75,7 +79,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
     try:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         torch.set_num_threads(1)
     except ImportError:
@@ -88,11 +92,13 @@ def lab_server():
     """`lab serve` for the embedded SmolLM2 and, beside it, the tool-tuned smollm2-135m-agent (+ MiniLM
     embeddings) on a free loopback port, one per test session: ``.url`` (Anthropic SDK base_url),
     ``.openai_url`` (``url/v1``), ``.api_key``, ``.model``, ``.agent_model``. Models load on first use."""
-    from types import SimpleNamespace
-
-    from lab.serve.background import serving
 
     api_key = "sk-lab-serve-test"
     with serving(["local:smollm2-135m-instruct", "local:smollm2-135m-agent"], api_key=api_key) as url:
-        yield SimpleNamespace(url=url, openai_url=f"{url}/v1", api_key=api_key, model="smollm2-135m-instruct",
-                              agent_model="smollm2-135m-agent")
+        yield SimpleNamespace(
+            url=url,
+            openai_url=f"{url}/v1",
+            api_key=api_key,
+            model="smollm2-135m-instruct",
+            agent_model="smollm2-135m-agent",
+        )

@@ -19,21 +19,31 @@ from pathlib import Path
 
 import pytest
 
-from lab import Exercise, ExerciseConfig, RunContext
+from lab import Exercise, ExerciseConfig, RunContext, report
 from lab.device import Device
+from lab.gpu_smoke import main
 from lab.paths import REPO_ROOT, SMOKE_ROOT
-from lab.registry import all_exercises
+from lab.registry import all_exercises, phases
 from lab.runner import SMOKE_METHOD, execute, target_root
+from phase08_architecture.device_plan import plan
+from phase09_finetuning.sft import LORA_TARGETS
+from phase10_alignment.dpo import NOOP_MIN_CHANGED
 
 PHASES = ("phase08", "phase09", "phase10", "phase11", "phase12", "phase13", "phase14", "phase15", "phase16")
 SMOKED = [ex for ex in all_exercises() if ex.phase in PHASES and "a100" in ex.profiles]
 
 
 def _lab(args: list[str], artifacts: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LAB_ARTIFACTS": str(artifacts),
-           "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "LAB_ARTIFACTS": str(artifacts),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "lab", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +79,6 @@ def test_every_a100_profile_runs_ok_as_a_labelled_smoke_with_its_recipe(smoke, e
 
 
 def test_qlora_smoke_trains_nf4_with_the_a100_trainer(smoke):
-    from phase09_finetuning.sft import LORA_TARGETS
 
     for exercise_id in ("phase09.qlora", "phase09.rank_sweep"):
         doc = _result(smoke[0], exercise_id)
@@ -81,7 +90,6 @@ def test_qlora_smoke_trains_nf4_with_the_a100_trainer(smoke):
 
 
 def test_dpo_smoke_moves_fp32_lora_weights_at_the_seed_rate(smoke):
-    from phase10_alignment.dpo import NOOP_MIN_CHANGED
 
     doc = _result(smoke[0], "phase10.dpo")
     assert _model(doc, "quantization").startswith("bnb nf4 4-bit")
@@ -93,8 +101,22 @@ def test_dpo_smoke_moves_fp32_lora_weights_at_the_seed_rate(smoke):
 
 def test_dpo_smoke_refuses_bf16_lora_at_the_seed_rate(smoke, tmp_path):
     """trl's own bf16 cast of a 4-bit policy's LoRA weights: at lr 5e-7 the updates round away."""
-    res = _lab(["run", "phase10.dpo", "--profile", "a100", "--smoke", "--set", "upcast_lora=false",
-                "--set", "ablation_learning_rate=null", "--out", str(tmp_path)], smoke[1])
+    res = _lab(
+        [
+            "run",
+            "phase10.dpo",
+            "--profile",
+            "a100",
+            "--smoke",
+            "--set",
+            "upcast_lora=false",
+            "--set",
+            "ablation_learning_rate=null",
+            "--out",
+            str(tmp_path),
+        ],
+        smoke[1],
+    )
     assert res.returncode == 1
     doc = _result(tmp_path, "phase10.dpo")
     assert doc["status"] == "failed" and doc["error"]["type"] == "NoOpRun"
@@ -110,7 +132,6 @@ def test_mixtral_smoke_states_the_a100_offload(smoke):
 
 
 def test_mixtral_device_plan_follows_the_gpu_budget():
-    from phase08_architecture.device_plan import plan
 
     tight, roomy = plan("mixtral-8x7b", 76), plan("mixtral-8x7b", 110)
     assert tight.total_bytes == roomy.total_bytes and 90e9 < tight.total_bytes < 93e9
@@ -124,13 +145,20 @@ def test_mixtral_device_plan_follows_the_gpu_budget():
 
 def test_device_switches_take_the_gpu_path_in_a_smoke_on_cpu():
     smoke, plain, gpu = Device(cuda=False, smoke=True), Device(cuda=False, smoke=False), Device(cuda=True, smoke=False)
-    assert smoke.trainer_args(quantized=True) == dict(use_cpu=True, bf16=True, gradient_checkpointing=True,
-                                                      optim="paged_adamw_8bit")
-    assert plain.trainer_args(quantized=True) == dict(use_cpu=True, bf16=False, gradient_checkpointing=False,
-                                                      optim="adamw_torch")
+    assert smoke.trainer_args(quantized=True) == dict(
+        use_cpu=True, bf16=True, gradient_checkpointing=True, optim="paged_adamw_8bit"
+    )
+    assert plain.trainer_args(quantized=True) == dict(
+        use_cpu=True, bf16=False, gradient_checkpointing=False, optim="adamw_torch"
+    )
     assert gpu.trainer_args(quantized=False)["optim"] == "adamw_torch" and not gpu.trainer_args(True)["use_cpu"]
     assert (smoke.device_map(), gpu.device_map()) == ({"": "cpu"}, {"": 0})
-    assert (smoke.place("cuda"), plain.place("cuda"), gpu.place("cuda"), plain.place("cpu")) == ("cpu", None, "cuda", "cpu")
+    assert (smoke.place("cuda"), plain.place("cuda"), gpu.place("cuda"), plain.place("cpu")) == (
+        "cpu",
+        None,
+        "cuda",
+        "cpu",
+    )
     assert plain.gpu_only_reason("x").startswith("x: it needs a CUDA GPU") and smoke.gpu_only_reason("x") is None
 
 
@@ -148,10 +176,21 @@ def _declared(ids: list[str]):
 
 def test_smoke_applies_declared_sizes_and_skips_an_undeclared_exercise(tmp_path):
     seen: list[str] = []
-    declared = Exercise(id="phase99.declared", title="t", run=_declared(seen), config_cls=_Cfg,
-                        profiles={"cpu": {}, "a100": {"n": 100}}, smoke={"n": 2})
-    undeclared = Exercise(id="phase99.undeclared", title="t", run=_declared(seen), config_cls=_Cfg,
-                          profiles={"cpu": {}, "a100": {"n": 100}})
+    declared = Exercise(
+        id="phase99.declared",
+        title="t",
+        run=_declared(seen),
+        config_cls=_Cfg,
+        profiles={"cpu": {}, "a100": {"n": 100}},
+        smoke={"n": 2},
+    )
+    undeclared = Exercise(
+        id="phase99.undeclared",
+        title="t",
+        run=_declared(seen),
+        config_cls=_Cfg,
+        profiles={"cpu": {}, "a100": {"n": 100}},
+    )
     doc = execute(declared, "a100", {}, out=tmp_path, quiet=True, smoke=True)
     assert doc["status"] == "ok" and doc["smoke"] is True and seen == ["smoke=True n=2"]
     skipped = execute(undeclared, "a100", {}, out=tmp_path, quiet=True, smoke=True)
@@ -160,12 +199,16 @@ def test_smoke_applies_declared_sizes_and_skips_an_undeclared_exercise(tmp_path)
 
 
 def test_report_refuses_a_smoke_result_among_the_real_ones(tmp_path):
-    from lab import report
-    from lab.registry import phases
 
     seen: list[str] = []
-    ex = Exercise(id="phase99.declared", title="t", run=_declared(seen), config_cls=_Cfg,
-                  profiles={"cpu": {}, "a100": {}}, smoke={})
+    ex = Exercise(
+        id="phase99.declared",
+        title="t",
+        run=_declared(seen),
+        config_cls=_Cfg,
+        profiles={"cpu": {}, "a100": {}},
+        smoke={},
+    )
     execute(ex, "a100", {}, out=tmp_path, quiet=True, smoke=True)
     fake_phase = type(phases()[0])("phase99", "phase99_x", "t", (ex,))
     with pytest.raises(ValueError, match="a smoke result"):
@@ -173,9 +216,7 @@ def test_report_refuses_a_smoke_result_among_the_real_ones(tmp_path):
 
 
 def test_gpu_smoke_fails_clearly_without_cuda(capsys):
-    import torch
-
-    from lab.gpu_smoke import main
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: make gpu-smoke would run")

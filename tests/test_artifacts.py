@@ -11,6 +11,8 @@ from lab import Exercise, ExerciseConfig, RunContext
 from lab.artifacts import ArtifactKind, ArtifactStore, Recipe, ensure
 from lab.errors import MissingArtifact, UnusableArtifact
 from lab.runner import execute
+from phase09_finetuning import qlora, sft
+from phase10_alignment import dpo
 
 
 def write_weights(value: str):
@@ -29,8 +31,10 @@ def test_a_recipe_change_is_a_new_artifact_id():
     base = Recipe("phase99.adapter", {"base_model": "m", "data_sha256": "ab" * 32, "max_steps": 12, "lr": 5e-4})
     assert base.id == Recipe("phase99.adapter", dict(reversed(list(base.params.items())))).id  # order-free
     assert base.id.startswith("phase99.adapter/") and len(base.id.split("/")[1]) == 16
-    changed = [Recipe(base.name, {**base.params, key: value})
-               for key, value in (("max_steps", 13), ("lr", 2e-4), ("data_sha256", "cd" * 32), ("seed", 1))]
+    changed = [
+        Recipe(base.name, {**base.params, key: value})
+        for key, value in (("max_steps", 13), ("lr", 2e-4), ("data_sha256", "cd" * 32), ("seed", 1))
+    ]
     assert len({base.id, *(r.id for r in changed)}) == 5
     assert Recipe("phase99.other", dict(base.params)).id != base.id
     with pytest.raises(ValueError, match="artifact name 'Bad/Name'"):
@@ -41,8 +45,11 @@ def test_build_stores_files_and_metadata_once_and_load_never_builds(tmp_path):
     store = ArtifactStore(tmp_path)
     recipe = Recipe("phase99.adapter", {"steps": 3}, command="lab artifacts build phase99.adapter --profile cpu")
     assert store.find(recipe) is None
-    with pytest.raises(MissingArtifact, match=r"phase99.adapter/\w{16} is not in the artifact store: build it with "
-                                              r"`lab artifacts build phase99.adapter --profile cpu`"):
+    with pytest.raises(
+        MissingArtifact,
+        match=r"phase99.adapter/\w{16} is not in the artifact store: build it with "
+        r"`lab artifacts build phase99.adapter --profile cpu`",
+    ):
         store.load(recipe)
     art, built = store.build(recipe, write_weights("w1"), producer={"exercise": "phase99.x", "run_id": "r1"})
     assert built and (art.path / "weights.txt").read_text() == "w1"
@@ -97,8 +104,10 @@ def _slow_build(root: str, counter: str) -> None:
 
 def test_two_processes_asking_for_one_recipe_train_it_once(tmp_path):
     counter = tmp_path / "builds.txt"
-    procs = [multiprocessing.get_context("spawn").Process(target=_slow_build, args=(str(tmp_path / "store"), str(counter)))
-             for _ in range(2)]
+    procs = [
+        multiprocessing.get_context("spawn").Process(target=_slow_build, args=(str(tmp_path / "store"), str(counter)))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -114,8 +123,9 @@ def _kind(name, steps, needs=(), reject=(), flags=None, calls=None):
         (folder / "weights.txt").write_text(f"{name} {steps[profile]}")
         return {"flags": flags or {}}
 
-    return ArtifactKind(name, params=lambda profile: {"steps": steps[profile]}, build=build, needs=needs,
-                        reject_flags=reject)
+    return ArtifactKind(
+        name, params=lambda profile: {"steps": steps[profile]}, build=build, needs=needs, reject_flags=reject
+    )
 
 
 class Quiet:
@@ -164,14 +174,21 @@ def test_a_run_records_the_artifact_it_trained_then_the_one_it_reused(tmp_path, 
         art = ctx.require_artifact(kind)
         ctx.metric("weights", (art.path / "weights.txt").read_text(), "")
 
-    ex = Exercise(id="phase99.needy", title="Needs an adapter", run=run, config_cls=NeedConfig,
-                  profiles={"cpu": {}}, needs=(kind,))
+    ex = Exercise(
+        id="phase99.needy",
+        title="Needs an adapter",
+        run=run,
+        config_cls=NeedConfig,
+        profiles={"cpu": {}},
+        needs=(kind,),
+    )
     first = execute(ex, "cpu", {}, out=tmp_path / "out", quiet=True)
     assert first["status"] == "ok" and first["metrics"]["weights"]["value"] == "phase99.sft 5"
     recipe = kind.recipe("cpu")
     assert first["stored_artifacts"] == [{"id": recipe.id, "recipe_sha256": recipe.sha256, "role": "built"}]
-    assert any(f.startswith(f"{recipe.id} was not in the artifact store, so this run made it first")
-               for f in first["findings"])
+    assert any(
+        f.startswith(f"{recipe.id} was not in the artifact store, so this run made it first") for f in first["findings"]
+    )
     second = execute(ex, "cpu", {}, out=tmp_path / "out", quiet=True)
     assert second["stored_artifacts"][0]["role"] == "used" and calls == ["phase99.sft"]
     assert str(tmp_path) not in json.dumps(second["stored_artifacts"])
@@ -179,13 +196,19 @@ def test_a_run_records_the_artifact_it_trained_then_the_one_it_reused(tmp_path, 
 
 def test_sft_and_dpo_recipes_follow_their_settings(monkeypatch):
     """The two bugs this store fixes: SFT ignored max_steps, DPO ignored its own config."""
-    from phase09_finetuning import qlora, sft
-    from phase10_alignment import dpo
 
     cpu = sft.SFT_ADAPTER.recipe("cpu")
     cfg = qlora.EXERCISE.config("cpu")  # the canonical qlora run publishes exactly the profile's recipe
-    assert sft.sft_params(model_id=cfg.model, lora_r=cfg.lora_r, qlora=False, lr=cfg.lr, batch_size=cfg.batch_size,
-                          max_length=cfg.max_length, max_steps=cfg.max_steps, epochs=cfg.epochs) == dict(cpu.params)
+    assert sft.sft_params(
+        model_id=cfg.model,
+        lora_r=cfg.lora_r,
+        qlora=False,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        max_steps=cfg.max_steps,
+        epochs=cfg.epochs,
+    ) == dict(cpu.params)
     monkeypatch.setitem(sft.SFT_RECIPES, "cpu", {**sft.SFT_RECIPES["cpu"], "max_steps": 13})
     more_steps = sft.SFT_ADAPTER.recipe("cpu")
     assert more_steps.id != cpu.id

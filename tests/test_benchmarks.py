@@ -2,9 +2,12 @@
 
 import pytest
 
+from benchmarks.demo_time import replay
+from benchmarks.setup_time import EXERCISE as SETUP
 from benchmarks.tool_calls import EXERCISE, TOOLS, judge, load_prompts
 from lab.llm import ChatResponse, ToolCall
 from lab.runner import execute
+from lab.scheduler import Job
 
 
 def reply(calls=(), text="", stop="tool_use"):
@@ -42,7 +45,6 @@ def test_tiny_benchmark_run(tmp_path):
 
 
 def test_setup_time_benchmark_clones_and_times_the_command(tmp_path):
-    from benchmarks.setup_time import EXERCISE as SETUP
 
     doc = execute(SETUP, "cpu", SETUP.tiny, out=tmp_path)  # `make --dry-run setup`: the plumbing, in seconds
     assert doc["status"] == "ok", doc["reason"]
@@ -50,18 +52,20 @@ def test_setup_time_benchmark_clones_and_times_the_command(tmp_path):
 
 
 def test_setup_time_benchmark_reports_a_failing_command(tmp_path):
-    from benchmarks.setup_time import EXERCISE as SETUP
 
     doc = execute(SETUP, "cpu", {"command": "make no-such-target"}, out=tmp_path)
     assert doc["status"] == "failed" and "`make no-such-target` exited 2" in doc["reason"]
 
 
 def test_demo_time_replays_the_schedule_with_dependencies():
-    from benchmarks.demo_time import replay
-    from lab.scheduler import Job
 
     def jobs():  # sft (10 s) -> dpo (5 s) -> judge (1 s), and an independent 12 s exercise
-        return [Job("sft", [], 1), Job("dpo", [], 1, deps={"sft"}), Job("judge", [], 1, deps={"dpo"}), Job("rag", [], 1)]
+        return [
+            Job("sft", [], 1),
+            Job("dpo", [], 1, deps={"sft"}),
+            Job("judge", [], 1, deps={"dpo"}),
+            Job("rag", [], 1),
+        ]
 
     seconds = {"sft": 10, "dpo": 5, "judge": 1, "rag": 12}
     assert replay(jobs(), seconds, workers=1) == 28  # one after another

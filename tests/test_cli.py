@@ -13,6 +13,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lab import Exercise, ExerciseConfig, RunContext, cli, paths, registry, report
+from lab import runner as lab_runner
+from lab.artifacts import ArtifactKind
 from lab.llm import from_spec
 from lab.registry import Phase
 
@@ -33,6 +35,7 @@ def flat(text: str) -> str:
 
 # --- a fake phase registered in-process ---------------------------------------------------------
 
+
 class EchoConfig(ExerciseConfig):
     n: int = 2
     fail: bool = False
@@ -45,8 +48,9 @@ def echo_run(cfg: EchoConfig, ctx: RunContext) -> None:
     ctx.finding(f"llm spec seen by the exercise: {from_spec().spec}")
 
 
-ECHO = Exercise(id="phase99.echo", title="Echo", run=echo_run, config_cls=EchoConfig,
-                profiles={"cpu": {"n": 3}}, tiny={"n": 1})
+ECHO = Exercise(
+    id="phase99.echo", title="Echo", run=echo_run, config_cls=EchoConfig, profiles={"cpu": {"n": 3}}, tiny={"n": 1}
+)
 
 
 @pytest.fixture
@@ -84,7 +88,6 @@ def test_run_writes_a_result_and_passes_the_llm_spec(fake_phase):
 
 
 def test_llm_is_an_override_that_goes_to_runs_and_leaves_results_untouched(fake_phase, tmp_path, monkeypatch):
-    from lab import runner as lab_runner
 
     committed, scratch = tmp_path / "committed", tmp_path / "scratch"
     monkeypatch.setattr(lab_runner, "RESULTS_ROOT", committed)
@@ -141,15 +144,15 @@ def test_exercise_module_entry_point_validates_like_lab_run(capsys):
 
 
 def test_artifacts_lists_declared_kinds_and_builds_one_with_its_needs(monkeypatch, tmp_path):
-    from lab.artifacts import ArtifactKind
 
     def build(profile, folder, reporter):
         (folder / "weights.txt").write_text(profile)
 
     base = ArtifactKind("phase99.base", params=lambda p: {"p": p, "steps": 2}, build=build)
     tuned = ArtifactKind("phase99.tuned", params=lambda p: {"p": p, "lr": 0.1}, build=build, needs=(base,))
-    user = Exercise(id="phase99.user", title="User", run=echo_run, config_cls=EchoConfig, profiles={"cpu": {}},
-                    needs=(tuned,))
+    user = Exercise(
+        id="phase99.user", title="User", run=echo_run, config_cls=EchoConfig, profiles={"cpu": {}}, needs=(tuned,)
+    )
     monkeypatch.setattr(registry, "phases", lambda: (Phase("phase99", "phase99_echo", "Echo", (ECHO, user)),))
     monkeypatch.setenv("LAB_ARTIFACTS", str(tmp_path / "store"))
     res = runner.invoke(cli.app, ["artifacts"])
@@ -161,7 +164,9 @@ def test_artifacts_lists_declared_kinds_and_builds_one_with_its_needs(monkeypatc
     stored = sorted(p.parent.parent.name for p in (tmp_path / "store").glob("*/*/artifact.json"))
     assert stored == ["phase99.base", "phase99.tuned"]
     res = runner.invoke(cli.app, ["artifacts", "build", "phase99.nothing"])
-    assert res.exit_code == 2 and "unknown artifact 'phase99.nothing'; known: phase99.base, phase99.tuned" in flat(res.output)
+    assert res.exit_code == 2 and "unknown artifact 'phase99.nothing'; known: phase99.base, phase99.tuned" in flat(
+        res.output
+    )
 
 
 def test_doctor_reports_an_unreachable_database_without_its_password(monkeypatch):
@@ -178,6 +183,7 @@ def test_doctor_reports_an_unreachable_database_without_its_password(monkeypatch
 
 
 # --- the installed script, as a user runs it ----------------------------------------------------
+
 
 def test_help_lists_the_commands():
     res = lab("--help")

@@ -19,8 +19,10 @@ IDS = [ex.id for ex in EXERCISES]
 # the floors, bottom to top: lab/, the phases in number order, then benchmarks (lab.registry lists it last)
 FLOORS = ("lab", *(p.package for p in phases()))
 
-IMPORT_ALL = ("import time; t = time.perf_counter(); from lab.registry import all_exercises; "
-              "all_exercises(); print(time.perf_counter() - t)")
+IMPORT_ALL = (
+    "import time; t = time.perf_counter(); from lab.registry import all_exercises; "
+    "all_exercises(); print(time.perf_counter() - t)"
+)
 
 
 @pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
@@ -97,7 +99,9 @@ def test_exercise_modules_are_named_as_their_ids():
     for phase in phases():
         for module in importlib.import_module(phase.package).EXERCISES:
             exercise_id = importlib.import_module(module).EXERCISE.id
-            if module != f"{phase.package}.{exercise_id.partition('.')[2]}" or not exercise_id.startswith(f"{phase.key}."):
+            if module != f"{phase.package}.{exercise_id.partition('.')[2]}" or not exercise_id.startswith(
+                f"{phase.key}."
+            ):
                 misnamed.append(f"{module} holds exercise {exercise_id}")
     assert not misnamed, "exercise module not named as its id: " + "; ".join(misnamed)
 
@@ -115,7 +119,9 @@ def test_every_phase_lists_its_public_modules_and_each_exists():
             if not module.startswith(f"{phase.package}.") or _project_module(module) != module:
                 wrong.append(f"{phase.package}/__init__.py PUBLIC lists {module!r}: no such module in {phase.package}")
             if not isinstance(why, str) or not why.strip() or "\n" in why:
-                wrong.append(f"{phase.package}/__init__.py PUBLIC[{module!r}]: say in one line why a later phase needs it")
+                wrong.append(
+                    f"{phase.package}/__init__.py PUBLIC[{module!r}]: say in one line why a later phase needs it"
+                )
     assert not wrong, "; ".join(wrong)
 
 

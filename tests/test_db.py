@@ -18,7 +18,9 @@ def test_embedded_postgres_has_pgvector_and_answers_a_nearest_neighbour_query(mo
         conn.execute("CREATE TEMP TABLE docs (id int PRIMARY KEY, embedding vector(3))")
         conn.execute("INSERT INTO docs VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0,0,1]'), (4, '[0.7,0.7,0]')")
         nearest = conn.execute("SELECT id FROM docs ORDER BY embedding <-> '[0.1,0.95,0]' LIMIT 2").fetchall()
-        cosine = conn.execute("SELECT round((embedding <=> '[1,1,0]')::numeric, 4) FROM docs WHERE id = 4").fetchone()[0]
+        cosine = conn.execute("SELECT round((embedding <=> '[1,1,0]')::numeric, 4) FROM docs WHERE id = 4").fetchone()[
+            0
+        ]
     assert [row[0] for row in nearest] == [2, 4]
     assert float(cosine) == pytest.approx(0.0, abs=1e-3)  # same direction: cosine distance 0
     info = db.server_version(url)
@@ -30,7 +32,9 @@ def test_unreachable_database_url_is_a_missing_resource_with_the_password_redact
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("LAB_DATABASE_URL", f"postgresql://bob:hunter2secret@127.0.0.1:{port}/lab")
-    with pytest.raises(MissingResource, match=rf"cannot connect to postgresql://bob:\*\*\*@127.0.0.1:{port}/lab") as err:
+    with pytest.raises(
+        MissingResource, match=rf"cannot connect to postgresql://bob:\*\*\*@127.0.0.1:{port}/lab"
+    ) as err:
         db.database_url()
     assert "hunter2secret" not in str(err.value)
 

@@ -26,9 +26,15 @@ def test_bitsandbytes_backend():
 
 
 def test_model_ids_come_from_the_a100_profiles_values():
-    values = ["meta-llama/Llama-3.1-8B-Instruct", "local:meta-llama/Llama-3.1-8B-Instruct", "bfloat16",
-              ["all-minilm-l6-v2", "sentence-transformers/all-mpnet-base-v2", "bm25"], 3,
-              "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1", "anthropic:claude-sonnet-4-5"]
+    values = [
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "local:meta-llama/Llama-3.1-8B-Instruct",
+        "bfloat16",
+        ["all-minilm-l6-v2", "sentence-transformers/all-mpnet-base-v2", "bm25"],
+        3,
+        "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1",
+        "anthropic:claude-sonnet-4-5",
+    ]
     assert d.a100_model_ids(values) == ["meta-llama/Llama-3.1-8B-Instruct", "sentence-transformers/all-mpnet-base-v2"]
 
 
@@ -63,8 +69,11 @@ def test_endpoints_phases_13_to_16_will_call():
     served = "openai:meta-llama/Llama-3.1-8B-Instruct@http://127.0.0.1:8000/v1"
     down = list(d.endpoint_checks([served, served], None, lambda url: "ConnectionRefusedError"))
     assert down[0][:2] == (f"endpoint {served}", False) and "start the model server" in down[0][2]
-    assert down[1] == ("LLM for phases 13-16", None,
-                       "local:smollm2-135m-instruct: the default (no --llm / LAB_LLM), for exercises whose config names no llm")
+    assert down[1] == (
+        "LLM for phases 13-16",
+        None,
+        "local:smollm2-135m-instruct: the default (no --llm / LAB_LLM), for exercises whose config names no llm",
+    )
     up = list(d.endpoint_checks([served], "anthropic:claude-sonnet-4-5", lambda url: None, required=False))
     assert up[0][1] is True and up[1][2].startswith("anthropic:claude-sonnet-4-5: $LAB_LLM")
     assert list(d.endpoint_checks([served], None, lambda url: "refused", required=False))[0][1] is None

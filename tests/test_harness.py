@@ -1,12 +1,13 @@
 """The harness contract: config validation, results with provenance, atomic writes, report."""
 
 import json
+import subprocess
 
 import pytest
 
-from lab import ConfigError, Exercise, ExerciseConfig, Reference, RunContext
-from lab import report, results
-from lab.registry import Phase
+from lab import ConfigError, Exercise, ExerciseConfig, Reference, RunContext, report, results, runner
+from lab.provenance import git_info
+from lab.registry import Phase, phases
 from lab.runner import execute
 from lab.schema import REQUIRED_KEYS, SCHEMA_VERSION, validate
 
@@ -30,8 +31,12 @@ def fake_run(cfg: FakeConfig, ctx: RunContext) -> None:
 
 
 FAKE = Exercise(
-    id="phase99.fake", title="Fake exercise", run=fake_run, config_cls=FakeConfig,
-    profiles={"cpu": {"n": 4}, "a100": {"n": 8}}, tiny={"n": 2},
+    id="phase99.fake",
+    title="Fake exercise",
+    run=fake_run,
+    config_cls=FakeConfig,
+    profiles={"cpu": {"n": 4}, "a100": {"n": 8}},
+    tiny={"n": 2},
     references=(Reference("total", 6, "items", "seed figure"), Reference("missing", 1.0)),
     summary_metrics=("total",),
 )
@@ -53,7 +58,14 @@ def test_result_round_trip_has_provenance(tmp_path):
     assert loaded["exercise"] == {"id": "phase99.fake", "version": "1", "title": "Fake exercise"}
     assert loaded["hardware"]["cores"] >= 1 and loaded["env"]["python"]
     assert "sha" in loaded["git"] and "dirty" in loaded["git"]
-    assert loaded["reference"][0] == {"metric": "total", "seed": 6, "ours": 6, "unit": "items", "delta": 0, "note": "seed figure"}
+    assert loaded["reference"][0] == {
+        "metric": "total",
+        "seed": 6,
+        "ours": 6,
+        "unit": "items",
+        "delta": 0,
+        "note": "seed figure",
+    }
     assert loaded["reference"][1]["ours"] is None and loaded["reference"][1]["delta"] is None
     assert loaded["artifacts"] == ["note.txt"]
     assert (path.parent / "note.txt").read_text() == "artifact\n"
@@ -102,12 +114,24 @@ def test_secrets_are_redacted(tmp_path):
     doc = _run(tmp_path, api_key="sk-ant-abcdefghijklmnop")
     text = (tmp_path / "phase99" / "fake" / "cpu" / "result.json").read_text()
     assert "abcdefghijklmnop" not in text and doc["config"]["api_key"] == "***"
-    assert results.redact("bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0 said; Bearer abc.DEF-123_xyz") == \
-        "bot *** said; Bearer ***"
-    red = results.redact({"url": "postgresql://bob:hunter2@db:5432/x", "note": "token hf_abcdefghijkl used",
-                          "HF_TOKEN": "x", "nested": [{"password": "p"}]})
-    assert red == {"url": "postgresql://bob:***@db:5432/x", "note": "token *** used",
-                   "HF_TOKEN": "***", "nested": [{"password": "***"}]}
+    assert (
+        results.redact("bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0 said; Bearer abc.DEF-123_xyz")
+        == "bot *** said; Bearer ***"
+    )
+    red = results.redact(
+        {
+            "url": "postgresql://bob:hunter2@db:5432/x",
+            "note": "token hf_abcdefghijkl used",
+            "HF_TOKEN": "x",
+            "nested": [{"password": "p"}],
+        }
+    )
+    assert red == {
+        "url": "postgresql://bob:***@db:5432/x",
+        "note": "token *** used",
+        "HF_TOKEN": "***",
+        "nested": [{"password": "***"}],
+    }
 
 
 def test_schema_validation_names_the_field(tmp_path):
@@ -168,7 +192,6 @@ def test_report_fills_figures_in_prose_and_names_a_missing_one(tmp_path):
 
 
 def test_overridden_run_never_replaces_the_canonical_result(tmp_path, monkeypatch):
-    from lab import runner
 
     monkeypatch.setattr(runner, "SCRATCH_ROOT", tmp_path / "scratch")
     root = tmp_path / "results"
@@ -179,9 +202,6 @@ def test_overridden_run_never_replaces_the_canonical_result(tmp_path, monkeypatc
 
 
 def test_git_dirty_flag_ignores_written_results(tmp_path):
-    import subprocess
-
-    from lab.provenance import git_info
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -206,14 +226,22 @@ def _method_run(tmp_path, method):
         if cfg.n == 5:
             ctx.set_method("scaled", note="n=5 is a smaller run")
 
-    ex = Exercise(id="phase99.m", title="m", run=run, config_cls=FakeConfig, profiles={"cpu": {}},
-                  references=(Reference("total", 6, "items"),), methods={"cpu": method})
+    ex = Exercise(
+        id="phase99.m",
+        title="m",
+        run=run,
+        config_cls=FakeConfig,
+        profiles={"cpu": {}},
+        references=(Reference("total", 6, "items"),),
+        methods={"cpu": method},
+    )
     return ex
 
 
 def test_method_is_recorded_and_a_substitute_reference_carries_no_delta(tmp_path):
-    doc = execute(_method_run(tmp_path, "substitute: a fake in place of the real thing"), "cpu", {}, out=tmp_path,
-                  quiet=True)
+    doc = execute(
+        _method_run(tmp_path, "substitute: a fake in place of the real thing"), "cpu", {}, out=tmp_path, quiet=True
+    )
     assert doc["method"] == "substitute: a fake in place of the real thing" and doc["method_note"] is None
     assert doc["reference"][0]["ours"] == 7 and doc["reference"][0]["delta"] is None
     md = (tmp_path / "phase99" / "m" / "cpu" / "result.md").read_text()
@@ -230,8 +258,14 @@ def test_method_must_be_same_scaled_a_named_substitute_or_own():
             _method_run(None, bad)
     assert _method_run(None, "own").methods == {"cpu": "own"}  # a benchmark: no seed experiment behind it
     with pytest.raises(ValueError, match="unknown profile 'h100'"):
-        Exercise(id="phase99.m", title="m", run=fake_run, config_cls=FakeConfig, profiles={"cpu": {}},
-                 methods={"h100": "same"})
+        Exercise(
+            id="phase99.m",
+            title="m",
+            run=fake_run,
+            config_cls=FakeConfig,
+            profiles={"cpu": {}},
+            methods={"h100": "same"},
+        )
 
 
 def test_schema_1_0_results_stay_readable_with_method_not_recorded(tmp_path):
@@ -249,10 +283,9 @@ def test_schema_1_0_results_stay_readable_with_method_not_recorded(tmp_path):
         validate(doc, "x.json")
 
 
-
 def test_every_registered_exercise_declares_a_method_per_profile():
-    from lab.registry import phases
 
-    undeclared = [f"{ex.id}:{p}" for phase in phases() for ex in phase.exercises for p in ex.profiles
-                  if p not in ex.methods]
+    undeclared = [
+        f"{ex.id}:{p}" for phase in phases() for ex in phase.exercises for p in ex.profiles if p not in ex.methods
+    ]
     assert undeclared == []

@@ -3,8 +3,10 @@ the a100 judge exercises at once, not after the GPU generations were paid for.""
 
 import pytest
 
+from lab import models
 from lab.errors import ConfigError, MissingResource
 from lab.llm import check_spec
+from lab.registry import resolve
 from lab.runner import execute
 
 
@@ -22,8 +24,11 @@ def test_check_spec_names_the_missing_key_and_builds_nothing(monkeypatch):
 
 
 def test_check_spec_rejects_a_malformed_spec(monkeypatch):
-    for bad, why in [("claude", "expected provider:model"), ("mistral:large", "unknown provider"),
-                     ("anthropic:@http://proxy", "no model name")]:
+    for bad, why in [
+        ("claude", "expected provider:model"),
+        ("mistral:large", "unknown provider"),
+        ("anthropic:@http://proxy", "no model name"),
+    ]:
         with pytest.raises(ConfigError, match=why):
             check_spec(bad)
     monkeypatch.setenv("LAB_LLM", "nonsense")
@@ -31,11 +36,10 @@ def test_check_spec_rejects_a_malformed_spec(monkeypatch):
         check_spec(None)  # like from_spec: None means $LAB_LLM
 
 
-@pytest.mark.parametrize("exercise_id", ["phase11.model_comparison", "phase11.contamination",
-                                         "phase11.calibration", "phase10.judge"])
+@pytest.mark.parametrize(
+    "exercise_id", ["phase11.model_comparison", "phase11.contamination", "phase11.calibration", "phase10.judge"]
+)
 def test_a100_judge_exercises_skip_before_loading_anything_without_the_key(exercise_id, tmp_path, monkeypatch):
-    from lab import models
-    from lab.registry import resolve
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("LAB_LLM", raising=False)

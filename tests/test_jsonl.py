@@ -56,18 +56,23 @@ def test_bad_gz_line_names_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         fh.write('{"id": "x", "answer": 1}\n{"id": "y", "answer": "two"}\n')
-    assert str(error(path, model=Row)) == f"{path}:2: field 'answer': Input should be a valid number, " \
-                                          "unable to parse string as a number, got 'two'"
+    assert (
+        str(error(path, model=Row)) == f"{path}:2: field 'answer': Input should be a valid number, "
+        "unable to parse string as a number, got 'two'"
+    )
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"answer": 1}', "field 'id': Field required"),
-    ('{"id": "", "answer": 1}', "field 'id': Input should be a non-empty string, got ''"),
-    ('{"id": "x", "answer": 1, "kind": "c"}', "field 'kind': Input should be 'a' or 'b', got 'c'"),
-    ('{"id": "x", "answer": 1, "color": "red"}', "field 'color': Extra inputs are not permitted, got 'red'"),
-    ('["x", 1]', "expected a JSON object, got list"),
-    ('{"kind": "c"}', "field 'id': Field required (and 2 more problems on this line)"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"answer": 1}', "field 'id': Field required"),
+        ('{"id": "", "answer": 1}', "field 'id': Input should be a non-empty string, got ''"),
+        ('{"id": "x", "answer": 1, "kind": "c"}', "field 'kind': Input should be 'a' or 'b', got 'c'"),
+        ('{"id": "x", "answer": 1, "color": "red"}', "field 'color': Extra inputs are not permitted, got 'red'"),
+        ('["x", 1]', "expected a JSON object, got list"),
+        ('{"kind": "c"}', "field 'id': Field required (and 2 more problems on this line)"),
+    ],
+)
 def test_model_errors_name_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"id": "ok", "answer": 0}\n' + line + "\n")

@@ -23,10 +23,14 @@ VERDICT_SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string"}
 # a conversation where the model already asked for two tools and both answered
 HISTORY = [
     {"role": "user", "content": "Weather in Paris and Oslo?"},
-    {"role": "assistant", "content": "Checking both.", "tool_calls": [
-        ToolCall("call_1", "get_weather", {"city": "Paris"}),
-        {"id": "call_2", "name": "get_weather", "arguments": {"city": "Oslo"}},  # dict form works too
-    ]},
+    {
+        "role": "assistant",
+        "content": "Checking both.",
+        "tool_calls": [
+            ToolCall("call_1", "get_weather", {"city": "Paris"}),
+            {"id": "call_2", "name": "get_weather", "arguments": {"city": "Oslo"}},  # dict form works too
+        ],
+    },
     {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18C sunny"},
     {"role": "tool", "tool_call_id": "call_2", "name": "get_weather", "content": {"temp_c": 4}},
 ]
@@ -56,16 +60,32 @@ def closed_port_url() -> str:
 
 # --- Anthropic --------------------------------------------------------------------------------
 
+
 def anthropic_message(content: list[dict], stop="end_turn", model="claude-haiku-4-5-20251001", usage=(1000, 200)):
-    return {"id": "msg_01", "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop, "stop_sequence": None,
-            "usage": {"input_tokens": usage[0], "output_tokens": usage[1]}}
+    return {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage[0], "output_tokens": usage[1]},
+    }
 
 
 def test_anthropic_tool_use_round_trip(server, keys):
-    server.script.append(raw(anthropic_message(
-        [{"type": "text", "text": "One more city."},
-         {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Rome"}}], stop="tool_use")))
+    server.script.append(
+        raw(
+            anthropic_message(
+                [
+                    {"type": "text", "text": "One more city."},
+                    {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Rome"}},
+                ],
+                stop="tool_use",
+            )
+        )
+    )
     llm = from_spec(f"anthropic:claude-haiku-4-5@{server.url}")
     reply = llm.chat(HISTORY, system="You are terse.", tools=[WEATHER_TOOL], max_tokens=64)
 
@@ -79,13 +99,21 @@ def test_anthropic_tool_use_round_trip(server, keys):
     assert body["tools"] == [WEATHER_TOOL]
     assert body["messages"] == [
         {"role": "user", "content": "Weather in Paris and Oslo?"},
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Checking both."},
-            {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
-            {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Oslo"}}]},
-        {"role": "user", "content": [  # both results in ONE user turn, as the API requires
-            {"type": "tool_result", "tool_use_id": "call_1", "content": "18C sunny"},
-            {"type": "tool_result", "tool_use_id": "call_2", "content": '{"temp_c": 4}'}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Checking both."},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Oslo"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [  # both results in ONE user turn, as the API requires
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "18C sunny"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": '{"temp_c": 4}'},
+            ],
+        },
     ]
 
     assert isinstance(reply, ChatResponse)
@@ -100,8 +128,14 @@ def test_anthropic_tool_use_round_trip(server, keys):
 
 
 def test_anthropic_json_schema_is_a_forced_tool(server, keys):
-    server.script.append(raw(anthropic_message([{"type": "tool_use", "id": "toolu_1", "name": "json_reply",
-                                                 "input": {"verdict": "pass"}}], stop="tool_use")))
+    server.script.append(
+        raw(
+            anthropic_message(
+                [{"type": "tool_use", "id": "toolu_1", "name": "json_reply", "input": {"verdict": "pass"}}],
+                stop="tool_use",
+            )
+        )
+    )
     llm = AnthropicLLM("claude-sonnet-4-5", base_url=server.url)
     reply = llm.chat([{"role": "user", "content": "Judge this."}], json_schema=VERDICT_SCHEMA)
     body = server.requests[0].body
@@ -130,10 +164,15 @@ def test_anthropic_retries_a_5xx_then_succeeds(server, keys):
 
 
 def test_anthropic_400_is_an_llm_error_naming_provider_model_status(server, keys):
-    server.script.append(raw({"type": "error", "error": {"type": "invalid_request_error",
-                                                         "message": "max_tokens too large"}}, status=400))
+    server.script.append(
+        raw(
+            {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens too large"}}, status=400
+        )
+    )
     llm = AnthropicLLM("claude-haiku-4-5", base_url=server.url, retry_wait_s=0.01)
-    with pytest.raises(LLMError, match=r"anthropic:claude-haiku-4-5 at http://127\.0\.0\.1:\d+: HTTP 400.*max_tokens too large") as err:
+    with pytest.raises(
+        LLMError, match=r"anthropic:claude-haiku-4-5 at http://127\.0\.0\.1:\d+: HTTP 400.*max_tokens too large"
+    ) as err:
         llm.chat([{"role": "user", "content": "hi"}])
     assert err.value.status == 400
     assert len(server.requests) == 1  # a client error is not retried
@@ -154,16 +193,36 @@ def test_unreachable_server_is_an_llm_error_after_bounded_retries(keys):
 
 # --- OpenAI-compatible ------------------------------------------------------------------------
 
+
 def openai_completion(message: dict, finish="stop", model="gpt-4o-mini-2024-07-18", usage=(2000, 100)):
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
+    }
 
 
 def test_openai_compatible_tool_calls_round_trip(server, keys):
-    server.script.append(raw(openai_completion({"content": None, "tool_calls": [
-        {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-        finish="tool_calls")))
+    server.script.append(
+        raw(
+            openai_completion(
+                {
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_9",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                        }
+                    ],
+                },
+                finish="tool_calls",
+            )
+        )
+    )
     llm = from_spec(f"openai:gpt-4o-mini@{server.url}/v1")
     reply = llm.chat(HISTORY, system="You are terse.", tools=[WEATHER_TOOL], max_tokens=32)
 
@@ -172,14 +231,35 @@ def test_openai_compatible_tool_calls_round_trip(server, keys):
     assert req.headers["authorization"] == "Bearer not-needed"  # local server, no OPENAI_API_KEY
     body = req.body
     assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 32 and body["temperature"] == 0.0
-    assert body["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "description": WEATHER_TOOL["description"], "parameters": WEATHER_TOOL["input_schema"]}}]
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": WEATHER_TOOL["description"],
+                "parameters": WEATHER_TOOL["input_schema"],
+            },
+        }
+    ]
     assert body["messages"] == [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Weather in Paris and Oslo?"},
-        {"role": "assistant", "content": "Checking both.", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": "Checking both.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "18C sunny"},
         {"role": "tool", "tool_call_id": "call_2", "content": '{"temp_c": 4}'},
     ]
@@ -196,14 +276,17 @@ def test_openai_json_schema_uses_response_format(server, keys):
     llm = OpenAILLM("qwen2.5-7b-instruct", base_url=f"{server.url}/v1")
     reply = llm.chat([{"role": "user", "content": "Judge."}], json_schema=VERDICT_SCHEMA)
     assert server.requests[0].body["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "reply", "schema": VERDICT_SCHEMA}}
+        "type": "json_schema",
+        "json_schema": {"name": "reply", "schema": VERDICT_SCHEMA},
+    }
     assert reply.json() == {"verdict": "pass"} and reply.stop_reason == "end_turn"
     assert reply.cost_usd is None  # a self-hosted model has no list price: no guess
 
 
 def test_openai_server_without_structured_output_falls_back_to_an_instruction(server, keys):
-    server.script.append(raw({"error": {"message": "response_format is not supported",
-                                        "type": "invalid_request_error"}}, status=400))
+    server.script.append(
+        raw({"error": {"message": "response_format is not supported", "type": "invalid_request_error"}}, status=400)
+    )
     server.script.append(raw(openai_completion({"content": 'Sure: {"verdict": "fail"}'})))
     server.script.append(raw(openai_completion({"content": '{"verdict": "pass"}'})))
     llm = OpenAILLM("llama3", base_url=f"{server.url}/v1", retry_wait_s=0.01)
@@ -245,10 +328,24 @@ def test_openai_api_without_base_url_sends_max_completion_tokens(server, keys, m
 
 
 def test_openai_tool_arguments_that_are_not_json_are_kept_raw_and_named(server, keys):
-    server.script.append(raw(openai_completion({"content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Rome"}},
-        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "[1]"}}]},
-        finish="tool_calls")))
+    server.script.append(
+        raw(
+            openai_completion(
+                {
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{city: Rome"},
+                        },
+                        {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "[1]"}},
+                    ],
+                },
+                finish="tool_calls",
+            )
+        )
+    )
     llm = OpenAILLM("llama3", base_url=f"{server.url}/v1")
     reply = llm.chat([{"role": "user", "content": "hi"}], tools=[WEATHER_TOOL])
     bad, not_object = reply.tool_calls
@@ -297,12 +394,15 @@ def test_anthropic_tool_choice_parallel_and_stop_map_to_native_fields(server, ke
     assert auto_single["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
-@pytest.mark.parametrize("choice, tools, message", [
-    ("sometimes", [WEATHER_TOOL], "expected one of auto, required, none"),
-    ("required", None, "needs at least one tool"),
-    ({"name": "delete_db"}, [WEATHER_TOOL], "names tool 'delete_db', which is not among the tools given"),
-    ({"type": "function"}, [WEATHER_TOOL], "needs a tool name"),
-])
+@pytest.mark.parametrize(
+    "choice, tools, message",
+    [
+        ("sometimes", [WEATHER_TOOL], "expected one of auto, required, none"),
+        ("required", None, "needs at least one tool"),
+        ({"name": "delete_db"}, [WEATHER_TOOL], "names tool 'delete_db', which is not among the tools given"),
+        ({"type": "function"}, [WEATHER_TOOL], "needs a tool name"),
+    ],
+)
 def test_bad_tool_choice_is_refused_before_any_request(server, keys, choice, tools, message):
     llm = OpenAILLM("m", base_url=f"{server.url}/v1")
     with pytest.raises(ValueError, match=message):
@@ -311,6 +411,7 @@ def test_bad_tool_choice_is_refused_before_any_request(server, keys, choice, too
 
 
 # --- specs, prices, JSON replies --------------------------------------------------------------
+
 
 def test_from_spec_rejects_bad_specs_and_caches():
     with pytest.raises(ConfigError, match="expected provider:model"):
@@ -366,8 +467,11 @@ def test_local_model_generates_text(smollm):
 
 @pytest.mark.slow
 def test_local_choice_probs(smollm):
-    probs = smollm.choice_probs([{"role": "user", "content": "Rate 'The cat sat on the mat.' for grammar, 1-5."}],
-                                choices=["1", "2", "3", "4", "5"], prefix="Score: ")
+    probs = smollm.choice_probs(
+        [{"role": "user", "content": "Rate 'The cat sat on the mat.' for grammar, 1-5."}],
+        choices=["1", "2", "3", "4", "5"],
+        prefix="Score: ",
+    )
     assert list(probs) == ["1", "2", "3", "4", "5"]
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5) and all(p > 0 for p in probs.values())
     with pytest.raises(ValueError, match="choices must be single tokens"):
@@ -381,10 +485,12 @@ def test_prefix_cached_choice_probs_equal_a_full_forward_pass(smollm):
     smollm.reset_prefix_cache()
     tolerance = {"llama.cpp": 2e-2, "transformers": 1e-4}[smollm.engine_request]
     system = "You are a strict grader. " * 5
-    asks = [("Q: what is 2+2? A: 4. Rate accuracy.", "accuracy score: "),
-            ("Q: what is 2+2? A: 4. Rate depth.", "depth score: "),  # shares a prefix: copy + extend
-            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: "),
-            ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: ")]  # identical: recompute last token
+    asks = [
+        ("Q: what is 2+2? A: 4. Rate accuracy.", "accuracy score: "),
+        ("Q: what is 2+2? A: 4. Rate depth.", "depth score: "),  # shares a prefix: copy + extend
+        ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: "),
+        ("Q: what is GQA? A: a benchmark. Rate accuracy.", "accuracy score: "),
+    ]  # identical: recompute last token
     for text, prefix in asks:
         msgs = [{"role": "user", "content": text}]
         plain = smollm.choice_probs(msgs, list("12345"), system=system, prefix=prefix, use_prefix_cache=False)
@@ -412,13 +518,14 @@ def test_an_agent_conversation_reuses_its_prefix_and_decodes_the_same(smollm):
 def test_transformers_choice_probs_project_only_the_last_position_and_match_a_full_forward():
     """The vocabulary projection runs on the one position read (not on every prompt token), on both
     the plain and the prefix-cached path, and gives the probabilities of a full-logits forward."""
-    import torch
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     llm = LocalLLM("smollm2-135m-instruct", engine="transformers")
     model, tok = llm.engine.model, llm.tokenizer
     msgs = [{"role": "user", "content": "Context: the sky is blue.\n\nIs the sky blue? Answer Yes or No."}]
-    ids = tok(tok.apply_chat_template(chat_turns(msgs), add_generation_prompt=True, tokenize=False)
-              + "Verdict:").input_ids
+    ids = tok(
+        tok.apply_chat_template(chat_turns(msgs), add_generation_prompt=True, tokenize=False) + "Verdict:"
+    ).input_ids
     with torch.inference_mode():
         full = model(torch.tensor([ids])).logits[0, -1]  # every position projected
     choice = [tok.encode(c, add_special_tokens=False)[0] for c in (" Yes", " No")]

@@ -8,10 +8,13 @@ import pytest
 
 from lab.context import RunContext
 from lab.errors import MissingResource
+from lab.llm import from_spec
 from lab.llm.scripted_server import ScriptedServer, say
 from lab.llm.server import ensure_server, probe, same_model
 from lab.runner import with_llm
+from phase13_react.research_agent import EXERCISE
 from phase13_react.served import A100_MODEL, agent_llm
+from phase16_capstone.scripted_llm import scripted_server
 
 VLLM_CARD = {"id": A100_MODEL, "owned_by": "vllm", "root": A100_MODEL, "parent": None, "max_model_len": 16384}
 
@@ -31,8 +34,10 @@ def test_finds_a_vllm_server_and_keeps_the_spec():
 
 
 def test_a_server_holding_another_model_is_used_under_that_models_name():
-    with ScriptedServer([say("hi")], models=[{"id": "smollm2-135m-instruct", "owned_by": "lab"},
-                                              {"id": "all-minilm-l6-v2", "owned_by": "lab"}]) as srv:
+    with ScriptedServer(
+        [say("hi")],
+        models=[{"id": "smollm2-135m-instruct", "owned_by": "lab"}, {"id": "all-minilm-l6-v2", "owned_by": "lab"}],
+    ) as srv:
         with ensure_server(f"openai:{A100_MODEL}@{srv.openai_url}") as served:
             assert (served.server, served.model) == ("lab serve", "smollm2-135m-instruct")
             assert served.spec == f"openai:smollm2-135m-instruct@{srv.openai_url}"  # requests name what is served
@@ -51,8 +56,9 @@ def test_method_is_kept_only_when_the_seeds_model_answered(tmp_path):
             seen[name, profile] = ctx.method
             assert ctx.models[0]["server"] == "vLLM" and ctx.models[0]["served_model"] == models[0]["id"]
     assert seen["llama", "a100"] is None  # the declared method ("same") stands
-    assert seen["other", "a100"] == ("substitute: Qwen/Qwen2.5-7B-Instruct (vLLM) in place of "
-                                     "meta-llama/Llama-3.1-8B-Instruct")
+    assert seen["other", "a100"] == (
+        "substitute: Qwen/Qwen2.5-7B-Instruct (vLLM) in place of meta-llama/Llama-3.1-8B-Instruct"
+    )
     assert seen["llama", "cpu"] is seen["other", "cpu"] is None  # the cpu profile says "scaled" by itself
 
 
@@ -77,7 +83,6 @@ def test_same_model_ignores_owner_and_folder():
 
 
 def test_llm_flag_replaces_the_profiles_model_but_not_an_explicit_set():
-    from phase13_react.research_agent import EXERCISE
 
     assert with_llm(EXERCISE, "a100", {}, "local:x") == {"llm": "local:x"}
     assert with_llm(EXERCISE, "a100", {"llm": "local:y"}, "local:x") == {"llm": "local:y"}
@@ -86,10 +91,10 @@ def test_llm_flag_replaces_the_profiles_model_but_not_an_explicit_set():
 
 def test_starts_lab_serve_on_loopback_when_nothing_answers():
     url = f"http://127.0.0.1:{free_port()}/v1"
-    with ensure_server(f"openai:smollm2-135m-instruct@{url}", serve_spec="local:smollm2-135m-instruct",
-                       start_timeout_s=300) as served:
+    with ensure_server(
+        f"openai:smollm2-135m-instruct@{url}", serve_spec="local:smollm2-135m-instruct", start_timeout_s=300
+    ) as served:
         assert (served.server, served.model, served.started_here) == ("lab serve", "smollm2-135m-instruct", True)
-        from lab.llm import from_spec
 
         reply = from_spec(served.spec).chat([{"role": "user", "content": "Say hi."}], max_tokens=4)
         assert reply.usage.output_tokens > 0
@@ -97,7 +102,6 @@ def test_starts_lab_serve_on_loopback_when_nothing_answers():
 
 
 def test_a_server_without_a_model_list_is_used_but_never_counted_as_the_seeds_model():
-    from phase16_capstone.scripted_llm import scripted_server
 
     with scripted_server() as (url, _):  # speaks chat completions only: GET /v1/models is a 404
         with ensure_server(f"openai:{A100_MODEL}@{url}") as served:

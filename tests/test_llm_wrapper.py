@@ -8,11 +8,20 @@ import inspect
 import pytest
 
 from lab.llm import LLM, CapabilityError, ChatResponse, LLMError, LLMWrapper, Usage
+from lab.llm.base import PromptTooLongError
 from phase10_alignment.rubric_judge import Dimension, Judge, Rubric
 from phase12_rag_storage.rag_judge import YesNoJudge
+from phase14_frameworks.metered import RecordingLLM
+from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
+from phase15_production.telemetry import TracedLLM
+from phase16_capstone.metering import StageMeter
 
-RUBRIC = Rubric(name="t", version="1", dimensions=(Dimension("accuracy", "is it right", {1: "bad", 5: "great"}),),
-                flags=("confident_hallucination",))
+RUBRIC = Rubric(
+    name="t",
+    version="1",
+    dimensions=(Dimension("accuracy", "is it right", {1: "bad", 5: "great"}),),
+    flags=("confident_hallucination",),
+)
 DIGITS = {"1": 0.0, "2": 0.0, "3": 0.5, "4": 0.5, "5": 0.0}  # expected score 3.5
 YES_NO = {" Yes": 0.2, " No": 0.8}
 
@@ -28,8 +37,11 @@ class ChatOnly(LLM):
 
     def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None, **kw):
         self.chats += 1
-        text = ('{"reasoning": "ok", "scores": {"accuracy": 4}, "flags": {"confident_hallucination": false}}'
-                if json_schema else "hello")
+        text = (
+            '{"reasoning": "ok", "scores": {"accuracy": 4}, "flags": {"confident_hallucination": false}}'
+            if json_schema
+            else "hello"
+        )
         return ChatResponse(text=text, provider=self.provider, model=self.model, usage=Usage(7, 3), cost_usd=0.0)
 
 
@@ -62,43 +74,43 @@ class Scoring(ChatOnly):
 
     def prepare(self, messages, *, timeout_s=None, **kw):
         if "too long" in messages[-1]["content"]:
-            from lab.llm.base import PromptTooLongError
-
             raise PromptTooLongError(f"{self.spec}: the prompt is too long")
 
 
 def _resilient(*chain):
-    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     return ResilientLLM(list(chain), policy=RetryPolicy(max_attempts=1, sleep=lambda s: None))
 
 
 def _stage_meter(inner):
-    from phase16_capstone.metering import StageMeter
 
     return StageMeter(inner)
 
 
 def _traced(inner):
-    from phase15_production.telemetry import TracedLLM
 
     return TracedLLM(inner)
 
 
 def _recording(inner):
-    from phase14_frameworks.metered import RecordingLLM
 
     return RecordingLLM(inner)
 
 
 def _memo(inner):
-    from phase15_production.injection import _memo
+    from phase15_production.injection import _memo  # noqa: PLC0415 (its name is bound otherwise at module level)
 
     return _memo(inner)
 
 
-WRAPPERS = {"LLMWrapper": LLMWrapper, "StageMeter": _stage_meter, "TracedLLM": _traced, "ResilientLLM": _resilient,
-            "RecordingLLM": _recording, "Memo": _memo}
+WRAPPERS = {
+    "LLMWrapper": LLMWrapper,
+    "StageMeter": _stage_meter,
+    "TracedLLM": _traced,
+    "ResilientLLM": _resilient,
+    "RecordingLLM": _recording,
+    "Memo": _memo,
+}
 
 
 def stack(model):
@@ -117,8 +129,18 @@ def test_the_wrapper_base_declares_every_part_of_the_llm_interface():
     """A name added to ``LLM`` and not forwarded by ``LLMWrapper`` would be the base's default on every wrapper
     (``scores_choices`` False, ``count_tokens`` None): each public name is defined on the wrapper itself."""
     public = {name for name in dir(LLM) if not name.startswith("_")}
-    assert {"chat", "stream", "prepare", "count_tokens", "describe", "choice_probs", "scores_choices",
-            "parallel_requests", "spec", "provider"} <= public
+    assert {
+        "chat",
+        "stream",
+        "prepare",
+        "count_tokens",
+        "describe",
+        "choice_probs",
+        "scores_choices",
+        "parallel_requests",
+        "spec",
+        "provider",
+    } <= public
     assert public <= set(vars(LLMWrapper)), sorted(public - set(vars(LLMWrapper)))
 
 
@@ -132,8 +154,10 @@ def test_each_wrapper_forwards_the_capability_and_forwards_nothing_by_getattr(na
     assert offers_choice_scoring(llm) and inner.scored  # the inner model's probabilities, computed by it
     assert llm.parallel_requests == 4 and llm.count_tokens([{"role": "user", "content": "a b c"}]) == 3
     assert llm.chat([{"role": "user", "content": "hi"}]).text == "hello"
-    assert [x if isinstance(x, str) else x.text for x in llm.stream([{"role": "user", "content": "hi"}])] == \
-        ["hello", "hello"]
+    assert [x if isinstance(x, str) else x.text for x in llm.stream([{"role": "user", "content": "hi"}])] == [
+        "hello",
+        "hello",
+    ]
     plain = wrap(ChatOnly())
     assert plain.scores_choices is False and not offers_choice_scoring(plain)
     with pytest.raises(CapabilityError, match="chat-only.*scores_choices"):
@@ -145,8 +169,10 @@ def test_the_engine_stack_keeps_choice_scoring_and_meters_it():
     llm = stack(model)
     assert llm.scores_choices and llm.parallel_requests == 4
     msgs = [{"role": "user", "content": "Rate the answer."}]
-    assert llm.choice_probs(msgs, list("12345"), system="Be fair.", prefix="accuracy score: ",
-                            use_prefix_cache=False) == DIGITS
+    assert (
+        llm.choice_probs(msgs, list("12345"), system="Be fair.", prefix="accuracy score: ", use_prefix_cache=False)
+        == DIGITS
+    )
     assert model.scored == [(tuple("12345"), "accuracy score: ", False)]  # extra keywords reach the model
     # counted as prompt tokens (the primary's count + the prefix's words), no output; priced as the local model
     assert llm.usage == {"calls": 1, "input_tokens": 5 + 2, "output_tokens": 0, "cost_usd": 0.0}
@@ -173,6 +199,7 @@ def test_a_judge_on_the_stack_scores_by_probabilities_and_on_a_chat_model_by_jso
 def test_a_wrapper_that_does_not_forward_is_caught():
     """The regression this base prevents: a wrapper written against ``LLM`` that forwards only ``chat`` hides
     the capability (the judge silently switches method) — the checks above fail on it."""
+
     class ChatForwarder(LLM):
         def __init__(self, inner):
             super().__init__(inner.model)
@@ -188,7 +215,6 @@ def test_a_wrapper_that_does_not_forward_is_caught():
 
 
 def test_a_fallback_chain_scores_only_with_providers_that_can():
-    from phase15_production.resilient_calls import ResilientLLM
 
     msgs = [{"role": "user", "content": "Rate it."}]
     down = TimeoutError("primary down")  # transient: the chain moves on
@@ -196,8 +222,10 @@ def test_a_fallback_chain_scores_only_with_providers_that_can():
     chain = _resilient(Scoring("primary", fail_with=down), ChatOnly("hosted"), Scoring("local2"))
     assert chain.choice_probs(msgs, list("12345")) == DIGITS
     assert chain.records[-1].served_by == "local:local2"
-    assert chain.records[-1].errors == ["local:primary: TimeoutError: primary down",
-                                        "fake:hosted: cannot score choices (scores_choices is False)"]
+    assert chain.records[-1].errors == [
+        "local:primary: TimeoutError: primary down",
+        "fake:hosted: cannot score choices (scores_choices is False)",
+    ]
     # ... and when none can, the error says why each was not used
     chain = _resilient(Scoring("primary", fail_with=down), ChatOnly("hosted"))
     with pytest.raises(LLMError, match=r"primary down.*fake:hosted: cannot score choices"):
@@ -210,8 +238,10 @@ def test_a_fallback_chain_scores_only_with_providers_that_can():
     # chat still falls back to any provider, and a stream is one resilient chat
     chain = _resilient(Scoring("primary", fail_with=down), ChatOnly("hosted"))
     assert chain.chat(msgs).text == "hello" and chain.records[-1].served_by == "fake:hosted"
-    assert chain.describe() == {"id": "resilient:local:primary > fake:hosted",
-                                "chain": ["local:primary", "fake:hosted"]}
+    assert chain.describe() == {
+        "id": "resilient:local:primary > fake:hosted",
+        "chain": ["local:primary", "fake:hosted"],
+    }
     assert chain.spec == "resilient:local:primary > fake:hosted" and chain.provider == "resilient"
     assert isinstance(chain, ResilientLLM) and inspect.isgenerator(chain.stream(msgs))
     chain.prepare([{"role": "user", "content": "too long"}])  # not the primary's refusal: a fallback may fit it

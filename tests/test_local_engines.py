@@ -7,13 +7,17 @@ import threading
 import pytest
 import torch
 
+from lab import models
+from lab.artifacts import default_store
 from lab.errors import ConfigError
 from lab.llm.base import LLMError
 from lab.llm.engine import LLAMA_CPP_NOTE, Engine, engine_runs, generation_note, select_engine
+from lab.llm.gguf_models import plan
+from lab.llm.llamacpp_engine import LlamaCppEngine
 from lab.llm.local import LocalLLM
 
-
 # --- the decoding loop every engine shares ------------------------------------------------------------
+
 
 class ScriptedEngine(Engine):
     """Logits that make token ``k`` the argmax at step ``k``; records what the loop asked for."""
@@ -125,7 +129,6 @@ def test_a_local_model_names_its_engine_without_loading_it(monkeypatch):
 
 
 def test_which_models_have_a_gguf_route(tmp_path):
-    from lab.llm.gguf_models import plan
 
     assert plan("smollm2-135m-instruct").base == "smollm2-135m-instruct"
     assert plan("HuggingFaceTB/SmolLM2-135M-Instruct").base == "smollm2-135m-instruct"
@@ -135,14 +138,16 @@ def test_which_models_have_a_gguf_route(tmp_path):
     assert plan(str(gguf)).base == str(gguf)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": "/elsewhere/llm-systems-lab/models/smollm2-135m-instruct-hf"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "/elsewhere/llm-systems-lab/models/smollm2-135m-instruct-hf"})
+    )
     assert plan(str(adapter)).adapter == adapter  # trained on the embedded folder, on another machine
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "meta-llama/Llama-3.1-8B"}))
     assert plan(str(adapter)) is None
 
 
 # --- llama.cpp: several sequences in one KV cache ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fast():
@@ -168,8 +173,10 @@ def test_concurrent_sequences_are_batched_without_crosstalk(fast):
     the distributions it gets alone (equal up to llama.cpp's batch-size-dependent rounding; a mixed-up
     sequence or position would be off by whole nats)."""
     engine, tok = fast.engine, fast.tokenizer
-    prompts = [fast._prompt([{"role": "user", "content": p}])[0]
-               for p in ("Write a haiku about the sea.", "List three uses of Python.", "Say hello in French.")]
+    prompts = [
+        fast._prompt([{"role": "user", "content": p}])[0]
+        for p in ("Write a haiku about the sea.", "List three uses of Python.", "Say hello in French.")
+    ]
     forced = tok("The quick brown fox jumps over the lazy dog and keeps running", add_special_tokens=False).input_ids
     alone = [teacher_forced(engine, p, forced) for p in prompts]
     together, batches = [None] * 3, []
@@ -181,8 +188,10 @@ def test_concurrent_sequences_are_batched_without_crosstalk(fast):
 
     engine._decode = counting
     try:
-        threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, teacher_forced(engine, prompts[k], forced)))
-                   for k in range(3)]
+        threads = [
+            threading.Thread(target=lambda k=k: together.__setitem__(k, teacher_forced(engine, prompts[k], forced)))
+            for k in range(3)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -200,7 +209,6 @@ def test_finished_sequences_leave_the_kv_cache_as_snapshots_and_come_back(fast):
     """Four 200-token prompts in a 512-token cache: each finished one moves out into the snapshot
     store, so they all fit one after another; asking again restores the stored prefix (nothing is
     recomputed but the last token); a prompt larger than the cache is a clear error."""
-    from lab.llm.llamacpp_engine import LlamaCppEngine
 
     small = LlamaCppEngine(fast.engine.gguf, fast.tokenizer, weights="Q8_0", kv_tokens=512)
     words = fast.tokenizer("alpha beta gamma delta " * 200, add_special_tokens=False).input_ids
@@ -216,19 +224,21 @@ def test_finished_sequences_leave_the_kv_cache_as_snapshots_and_come_back(fast):
 
 # --- LoRA adapters: converted once, applied by llama.cpp -------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_peft_adapter_runs_on_llama_cpp_converted_once_and_matches_transformers(tmp_path, monkeypatch):
-    from peft import LoraConfig, get_peft_model
-
-    from lab import models
-    from lab.artifacts import default_store
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (heavy: peft loads on first use)
 
     monkeypatch.setenv("LAB_ARTIFACTS", str(tmp_path / "store"))
     folder = models.hf_folder()
     model, tok = models.load_causal_lm()
     torch.manual_seed(0)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
-                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=8, lora_alpha=16, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        ),
+    )
     adapter = tmp_path / "adapter"
     peft.save_pretrained(adapter)
     tok.save_pretrained(adapter)
@@ -245,6 +255,6 @@ def test_a_peft_adapter_runs_on_llama_cpp_converted_once_and_matches_transformer
     assert kl < 0.05 and int(a.argmax()) == int(b.argmax())
     assert float((b.exp() * (b - base)).sum()) > 10 * kl  # the adapter really changed the model
 
-    LocalLLM(str(adapter)).engine  # a second client: the stored conversion is reused
+    assert LocalLLM(str(adapter)).engine is not None  # a second client: the stored conversion is reused
     stored = [a for a in default_store().list() if a.recipe.name == "llm.gguf-lora"]
     assert len(stored) == 1

@@ -7,10 +7,25 @@ CockroachDB too.
 """
 
 import hashlib
+import re
 import threading
+import time
 import uuid
 
 import pytest
+
+from lab import db
+from lab.db import connect
+from lab.migrations import Migration, MigrationError, Schema, migrate, recorded, version_table
+from lab.paths import REPO_ROOT
+from phase13_react.state_store import AgentStateStore
+from phase13_react.state_store import schema as agent_schema
+from phase14_frameworks import langgraph_research as lr
+from phase14_frameworks.langgraph_research import schema as node_log_schema
+from phase15_production.resilient_calls import IdempotentEffects, effects_schema
+from phase16_capstone.job_store import JobStore, schema
+from phase16_capstone.job_store import schema as engine_schema
+from phase16_capstone.researcher import registry_schema
 
 pytestmark = pytest.mark.db
 
@@ -18,10 +33,8 @@ pytestmark = pytest.mark.db
 @pytest.fixture(params=["postgresql", "cockroachdb"])
 def url(request):
     """The URL of a new, empty database (dropped at the end)."""
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    from lab import db
+    import psycopg  # noqa: PLC0415 (psycopg loads only on the path that uses it)
+    from psycopg.conninfo import make_conninfo  # noqa: PLC0415 (psycopg loads only on the path that uses it)
 
     if request.param == "cockroachdb":
         base = db.crdb_url()
@@ -43,14 +56,6 @@ def url(request):
 
 def owners(ns="p16m"):
     """Every owner of tables, by name: (schema, how the owner's own code starts on a URL)."""
-    from lab.migrations import migrate
-    from phase13_react.state_store import AgentStateStore
-    from phase13_react.state_store import schema as agent_schema
-    from phase14_frameworks.langgraph_research import schema as node_log_schema
-    from phase15_production.resilient_calls import IdempotentEffects, effects_schema
-    from phase16_capstone.job_store import JobStore
-    from phase16_capstone.job_store import schema as engine_schema
-    from phase16_capstone.researcher import registry_schema
 
     def engine(url):
         store = JobStore(url, namespace=ns)
@@ -67,15 +72,12 @@ def owners(ns="p16m"):
 
 
 def rows(url, schema):
-    from lab.db import connect
-    from lab.migrations import recorded
 
     with connect(url, autocommit=True) as conn:
         return recorded(conn, schema.namespace, schema.owner)
 
 
 def tables(url):
-    from lab.db import connect
 
     with connect(url, autocommit=True) as conn:
         return {
@@ -87,7 +89,6 @@ def tables(url):
 
 
 def oids(url, names):
-    from lab.db import connect
 
     with connect(url, autocommit=True) as conn:
         return {n: conn.execute(f"SELECT '{n}'::regclass::oid").fetchone()[0] for n in names}
@@ -105,12 +106,11 @@ V1_SHA256 = {  # of each owner's version-1 statements: databases in use were mad
 
 
 def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_changes():
-    from phase15_production.resilient_calls import effects_schema
 
     schemas = {name: schema for name, (schema, _) in owners("p16").items()}
     schemas["effects"] = effects_schema("idempotent_effects")  # IdempotentEffects' default table
-    for name, schema in schemas.items():
-        text = "\n;\n".join(schema.migrations[0].statements)
+    for name, owner in schemas.items():
+        text = "\n;\n".join(owner.migrations[0].statements)
         assert hashlib.sha256(text.encode()).hexdigest()[:16] == V1_SHA256[name], (
             f"{name}: version 1 was edited; databases already at version 1 will not see the change: "
             f"append a version instead"
@@ -120,9 +120,6 @@ def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_c
 
 def test_nothing_else_creates_engine_or_agent_tables():
     """Every CREATE/ALTER of the engine's and agents' tables lives in a migration list."""
-    import re
-
-    from lab.paths import REPO_ROOT
 
     allowed = {
         "phase16_capstone/job_store.py",
@@ -143,17 +140,17 @@ def test_nothing_else_creates_engine_or_agent_tables():
 
 
 def test_fresh_database_gets_every_version_once_and_a_rerun_is_a_no_op(url):
-    for name, (schema, start) in owners().items():
+    for name, (owner, start) in owners().items():
         first = start(url)
-        recorded = rows(url, schema)
-        assert [r[0] for r in recorded] == list(range(1, schema.latest + 1)), name
-        assert set(schema.tables) <= tables(url), name
+        recorded = rows(url, owner)
+        assert [r[0] for r in recorded] == list(range(1, owner.latest + 1)), name
+        assert set(owner.tables) <= tables(url), name
         if first is not None:
-            assert first.applied == list(range(1, schema.latest + 1)) and not first.adopted, name
+            assert first.applied == list(range(1, owner.latest + 1)) and not first.adopted, name
         again = start(url)
         if again is not None:
-            assert again.applied == [] and again.version == schema.latest, name
-        assert rows(url, schema) == recorded, name  # same rows, same applied_at: nothing ran again
+            assert again.applied == [] and again.version == owner.latest, name
+        assert rows(url, owner) == recorded, name  # same rows, same applied_at: nothing ran again
     assert "p16m_schema_migrations" in tables(url) and "p16_schema_migrations" in tables(url)
 
 
@@ -161,7 +158,6 @@ def test_a_database_made_by_the_old_code_is_adopted_not_recreated(url):
     """The old code ran each owner's CREATE ... IF NOT EXISTS statements on every start: a database it
     made (and filled) is recognized, recorded at version 1 and keeps its tables and rows. The oldest
     engine tables, made before the reply-claim and review columns, get those columns."""
-    from lab.db import connect
 
     everyone = owners()
     with connect(url, autocommit=True) as conn:  # the old code: statements, no version table
@@ -184,8 +180,6 @@ def test_a_database_made_by_the_old_code_is_adopted_not_recreated(url):
             assert outcome.adopted and outcome.applied == [1] and outcome.version == 1, name
         assert [r[0] for r in rows(url, schema)] == [1], name
     assert oids(url, before) == before  # the same tables, not dropped and made again
-
-    from phase16_capstone.job_store import JobStore
 
     store = JobStore(url, namespace="p16m")
     try:
@@ -212,8 +206,6 @@ def test_a_database_made_by_the_old_code_is_adopted_not_recreated(url):
 
 def planted(ns, statements=None, apply=None):
     """The engine's schema with a version 2 appended, as a later change of the code would."""
-    from lab.migrations import Migration, Schema
-    from phase16_capstone.job_store import schema
 
     base = schema(ns)
     v2 = Migration(
@@ -236,11 +228,6 @@ def test_a_new_version_applies_once_and_only_once_with_starters_racing(url):
     """Four starters (threads, each on its own connections as separate processes would be) bring an
     engine at version 1 to a version 2 at once, twice over: exactly one applies it, the others find it
     applied and go on."""
-    import time
-
-    from lab.db import connect
-    from lab.migrations import migrate
-    from phase16_capstone.job_store import JobStore
 
     for round_ in range(2):
         ns = f"p16race{round_}"
@@ -285,7 +272,6 @@ def race(n, start):
 def test_engines_starting_at_once_on_a_fresh_database_all_come_up_at_version_1(url):
     """PostgreSQL lets the slower of two concurrent CREATE TABLE IF NOT EXISTS fail on its catalog;
     the runner's loser rolls back, finds version 1 recorded and starts."""
-    from phase16_capstone.job_store import JobStore, schema
 
     stores, errors = race(4, lambda: JobStore(url, namespace="p16fresh"))
     assert not errors, errors
@@ -297,9 +283,6 @@ def test_engines_starting_at_once_on_a_fresh_database_all_come_up_at_version_1(u
 
 @pytest.mark.parametrize("failure", ["sql", "python"])
 def test_a_failing_migration_is_rolled_back_whole_and_the_version_is_unchanged(url, failure):
-    from lab.db import connect
-    from lab.migrations import MigrationError, migrate
-    from phase16_capstone.job_store import JobStore
 
     ns = "p16fail"
     JobStore(url, namespace=ns).close()
@@ -338,10 +321,6 @@ def test_a_failing_migration_is_rolled_back_whole_and_the_version_is_unchanged(u
 def test_tables_dropped_outside_the_runner_are_made_again_and_a_partial_drop_is_an_error(url):
     """A throwaway run drops its effects table and leaves the version row; the same name later (a
     recycled pid) must get a working table, not a version that says it exists."""
-    from lab.db import connect
-    from lab.migrations import MigrationError, migrate
-    from phase15_production.resilient_calls import IdempotentEffects, effects_schema
-    from phase16_capstone.job_store import JobStore, schema
 
     IdempotentEffects(url, table="p15m_throwaway")
     with connect(url, autocommit=True) as conn:
@@ -358,7 +337,6 @@ def test_tables_dropped_outside_the_runner_are_made_again_and_a_partial_drop_is_
 
 
 def test_drop_forgets_the_versions_so_the_namespace_can_start_again(url):
-    from phase16_capstone.job_store import JobStore, schema
 
     store = JobStore(url, namespace="p16again")
     store.drop()
@@ -370,8 +348,6 @@ def test_drop_forgets_the_versions_so_the_namespace_can_start_again(url):
 
 
 def test_a_bad_migration_list_or_a_gap_in_the_versions_is_refused(url):
-    from lab.db import connect
-    from lab.migrations import Migration, MigrationError, Schema, migrate, version_table
 
     with pytest.raises(ValueError, match="1, 2, 3"):
         Schema("p16bad", "o", (Migration(1, "a"), Migration(3, "c")))
@@ -392,7 +368,6 @@ def test_a_bad_migration_list_or_a_gap_in_the_versions_is_refused(url):
 
 def test_the_langgraph_saver_opens_with_the_node_log_migrated(url):
     pytest.importorskip("langgraph.checkpoint.postgres")
-    from phase14_frameworks import langgraph_research as lr
 
     saver = lr.open_saver(url)
     saver.conn.close()

@@ -6,13 +6,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from lab import models
+from lab.llm import DEFAULT_SPEC, gguf_models
 from lab.paths import REPO_ROOT
+from lab.serve.app import DEFAULT_EMBEDDERS
+from phase13_react.served import AGENT_SPEC, BASE_SPEC
 
 
 def test_the_defaults_are_the_records():
-    from lab.llm import DEFAULT_SPEC
-    from lab.serve.app import DEFAULT_EMBEDDERS
-    from phase13_react.served import AGENT_SPEC, BASE_SPEC
 
     assert models.EMBEDDED_LLM.key == models.DEFAULT_LLM and models.EMBEDDED_EMBEDDER.key == models.DEFAULT_EMBEDDER
     assert DEFAULT_SPEC == BASE_SPEC == f"local:{models.DEFAULT_LLM}"
@@ -37,7 +37,6 @@ def test_the_records_labels_are_what_method_strings_and_findings_say():
 def test_gguf_routing_follows_the_record_not_the_name(monkeypatch, tmp_path):
     """Another embedded GGUF chat model takes the same routes (llama.cpp plan, dequantized folder) by its
     properties alone; the embedder (no GGUF) takes none of them."""
-    from lab.llm import gguf_models
 
     other = replace(models.EMBEDDED_LLM, key="other-chat-1b", hub_id="org/Other-Chat-1B", size_label="1B")
     monkeypatch.setattr(models, "EMBEDDED", {**models.EMBEDDED, other.key: other})

@@ -28,7 +28,8 @@ def fake_snapshot(cache, shards_present=2, incomplete_blob=True):
     (repo / "refs" / "main").write_text(COMMIT)
     (snap / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (snap / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": {f"layer.{i}": s for i, s in enumerate(SHARDS)}}))
+        json.dumps({"metadata": {}, "weight_map": {f"layer.{i}": s for i, s in enumerate(SHARDS)}})
+    )
     for i, shard in enumerate(SHARDS[:shards_present]):
         blob = repo / "blobs" / f"etag{i}"
         blob.write_bytes(b"w")
@@ -111,8 +112,11 @@ def test_resuming_without_access_says_no_access(cache, monkeypatch):
         raise gated
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
-    with pytest.raises(MissingResource, match=r"incomplete .* resuming failed: no access to the gated repo "
-                                              r"meta-llama/Llama-3.1-8B-Instruct: HF_TOKEN is not set"):
+    with pytest.raises(
+        MissingResource,
+        match=r"incomplete .* resuming failed: no access to the gated repo "
+        r"meta-llama/Llama-3.1-8B-Instruct: HF_TOKEN is not set",
+    ):
         models.resolve(REPO)
 
 

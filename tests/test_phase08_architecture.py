@@ -59,13 +59,24 @@ def test_comparison_table_is_generated_from_the_inventories(gpt2, llama):
 
 
 def test_shape_mismatch_detection():
-    small = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
+    small = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 100,
+    }
     a = inventory(meta_model(small))
     b = inventory(meta_model({**small, "num_key_value_heads": 4}))
     assert shape_mismatches(a, a) == []
-    assert shape_mismatches(a, b) == ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
-                                      "model.layers.1.self_attn.k_proj.weight", "model.layers.1.self_attn.v_proj.weight"]
+    assert shape_mismatches(a, b) == [
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+    ]
 
 
 @pytest.mark.slow
@@ -73,8 +84,13 @@ def test_exercise_end_to_end_reads_loaded_weights(tmp_path):
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
     refs = {r["metric"]: r for r in doc["reference"]}
-    for exact in ("llama31_8b_total_params", "llama31_8b_non_embedding_params", "llama31_8b_bf16_gb",
-                  "gpt2_position_table_params", "llama31_8b_q_to_kv_ratio"):
+    for exact in (
+        "llama31_8b_total_params",
+        "llama31_8b_non_embedding_params",
+        "llama31_8b_bf16_gb",
+        "gpt2_position_table_params",
+        "llama31_8b_q_to_kv_ratio",
+    ):
         assert refs[exact]["delta"] == 0, exact
     assert refs["llama31_8b_k_proj_shape"]["ours"] == refs["llama31_8b_k_proj_shape"]["seed"] == "[1024, 4096]"
     # SmolLM2 loaded with real weights: the same code reads its tensors, identical to its meta model

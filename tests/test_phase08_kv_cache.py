@@ -16,12 +16,19 @@ def test_llama_8b_bytes_per_token_by_hand():
     assert kv_cache_bytes(load_config("llama-3.1-70b"), 1, 1, "bfloat16") == 2 * 80 * 8 * 128 * 2
 
 
-@pytest.mark.parametrize("config,variant,context,batch,seed_gb", [
-    ("llama-3.1-8b", None, 8 * K, 1, 1.1), ("llama-3.1-8b", None, 128 * K, 1, 17.2),
-    ("llama-3.1-8b", None, 128 * K, 10, 171.8), ("llama-3.1-8b", None, 128 * K, 50, 859.0),
-    ("llama-3.1-8b", "MHA", 128 * K, 10, 687.2), ("llama-3.1-8b", "MHA", 128 * K, 50, 3436.0),
-    ("llama-3.1-70b", None, 128 * K, 1, 42.9), ("llama-3.1-70b", None, 128 * K, 50, 2147.5),
-])
+@pytest.mark.parametrize(
+    "config,variant,context,batch,seed_gb",
+    [
+        ("llama-3.1-8b", None, 8 * K, 1, 1.1),
+        ("llama-3.1-8b", None, 128 * K, 1, 17.2),
+        ("llama-3.1-8b", None, 128 * K, 10, 171.8),
+        ("llama-3.1-8b", None, 128 * K, 50, 859.0),
+        ("llama-3.1-8b", "MHA", 128 * K, 10, 687.2),
+        ("llama-3.1-8b", "MHA", 128 * K, 50, 3436.0),
+        ("llama-3.1-70b", None, 128 * K, 1, 42.9),
+        ("llama-3.1-70b", None, 128 * K, 50, 2147.5),
+    ],
+)
 def test_seed_table_cells(config, variant, context, batch, seed_gb):
     shape = kv_shape(load_config(config))
     if variant:
@@ -43,8 +50,15 @@ def test_reads_gpt2_names_head_dim_and_sliding_window(tmp_path):
     gpt2 = kv_shape(load_config("gpt2-124m"))
     assert (gpt2.layers, gpt2.q_heads, gpt2.kv_heads, gpt2.head_dim, gpt2.kind) == (12, 12, 12, 64, "MHA")
     # explicit head_dim wins over hidden/heads; a sliding window caps the tokens of those layers
-    cfg = {"model_type": "mistral", "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
-           "hidden_size": 512, "head_dim": 128, "sliding_window": 100}
+    cfg = {
+        "model_type": "mistral",
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "hidden_size": 512,
+        "head_dim": 128,
+        "sliding_window": 100,
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     loaded = load_config(str(tmp_path))  # a model folder works as well as a file
@@ -88,8 +102,18 @@ def test_exercise_end_to_end_tiny(tmp_path):
 def test_sizing_any_config_from_the_cli_keys(tmp_path):
     cfg = {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 64, "vocab_size": 100, "n_positions": 64}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    doc = execute(EXERCISE, "cpu", {"config": str(tmp_path / "config.json"), "context": 1000, "batch": 3,
-                                   "dtype": "float32", "measure_tokens": []}, out=tmp_path / "out")
+    doc = execute(
+        EXERCISE,
+        "cpu",
+        {
+            "config": str(tmp_path / "config.json"),
+            "context": 1000,
+            "batch": 3,
+            "dtype": "float32",
+            "measure_tokens": [],
+        },
+        out=tmp_path / "out",
+    )
     assert doc["status"] == "ok", doc["reason"]
     assert doc["metrics"]["kv_bytes_per_token"]["value"] == 2 * 2 * 64 * 4
     assert doc["metrics"]["kv_cache_gb"]["value"] == round(2 * 2 * 64 * 4 * 1000 * 3 / 1e9, 2)

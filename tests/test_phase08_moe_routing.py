@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from lab.runner import execute
-from phase08_architecture.moe_routing import (EXERCISE, aggregate_usage, cosine_matrix, max_deviation_pp,
-                                              noise_floor, specialization_scores, usage)
+from phase08_architecture.moe_routing import (
+    EXERCISE,
+    aggregate_usage,
+    cosine_matrix,
+    max_deviation_pp,
+    noise_floor,
+    specialization_scores,
+    usage,
+)
 
 
 def test_identical_routing_scores_zero_and_cosine_one():
@@ -36,7 +43,7 @@ def test_partial_overlap_by_hand():
     counts = np.array([[[2, 2, 0, 0]], [[1, 1, 1, 1]]])
     P = usage(counts)
     assert specialization_scores(P) == pytest.approx([0.015625])
-    assert cosine_matrix(P)[0, 1] == pytest.approx(2 ** -0.5)
+    assert cosine_matrix(P)[0, 1] == pytest.approx(2**-0.5)
     assert max_deviation_pp(aggregate_usage(counts)) == pytest.approx(25.0)
 
 

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from lab import report
+from lab.doctor_a100 import MODEL_DOWNLOAD_BYTES
 from lab.paths import REPO_ROOT
 from lab.registry import phases, render_sections
 from phase08_architecture import sizing
 from phase08_architecture.kv_cache import kv_cache_bytes
 from phase08_architecture.model_configs import load_config
 from phase08_architecture.model_configs import meta_model as mixtral_on_meta
+from phase08_architecture.sizing import download_bytes
+from phase09_finetuning.sft import llama31_8b_config, lora_param_count, meta_model
 
 
 def test_the_readme_section_is_what_lab_report_renders():
-    (path, name, body), = [s for s in render_sections(REPO_ROOT) if s[1] == "a100-sizing"]
+    ((path, name, body),) = [s for s in render_sections(REPO_ROOT) if s[1] == "a100-sizing"]
     text = path.read_text(encoding="utf-8")
     assert report.replace_section(path, text, name, body) == text  # `lab report --check` agrees
     assert body == sizing.render(phases())  # and rendering twice gives the same table
 
 
 def test_counts_match_the_published_configs_built_elsewhere():
-    from phase09_finetuning.sft import llama31_8b_config, lora_param_count, meta_model
 
     llama = meta_model(llama31_8b_config())
     total, quantized, per_rank = sizing.counts(sizing.LLAMA_8B)
@@ -53,8 +55,6 @@ def test_rows_are_params_times_bytes_plus_kv_and_training_state():
 def test_lab_doctor_counts_the_downloads_the_sizing_table_computes():
     """`lab doctor` (a lab module, which cannot import a phase) keeps its own download table; it must agree
     with the parameter counts the README's sizing table computes from the published configs."""
-    from lab.doctor_a100 import MODEL_DOWNLOAD_BYTES
-    from phase08_architecture.sizing import download_bytes
 
     for model, stated in MODEL_DOWNLOAD_BYTES.items():
         assert stated == download_bytes(model), model

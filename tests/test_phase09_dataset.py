@@ -1,6 +1,7 @@
 """Phase 9.1: every filter on known bad rows, JSON repair, dedup, versioning, and the exercise end to end."""
 
 import json
+import random
 
 import pytest
 
@@ -10,11 +11,13 @@ from phase09_finetuning import pipeline
 from phase09_finetuning.data import make_raw
 from phase09_finetuning.dataset import EXERCISE, RAW_PATH
 
-LONG = ("The KV cache keeps keys and values of earlier tokens so each decoding step only computes the new "
-        "token's projections and reads the rest from memory. Its size is two times layers times key-value "
-        "heads times head dimension times tokens times bytes per element, so grouped-query attention and "
-        "8-bit caches shrink it directly. Serving engines page it in fixed blocks to avoid fragmentation, "
-        "share blocks between requests with a common prefix, and evict or offload blocks under memory pressure.")
+LONG = (
+    "The KV cache keeps keys and values of earlier tokens so each decoding step only computes the new "
+    "token's projections and reads the rest from memory. Its size is two times layers times key-value "
+    "heads times head dimension times tokens times bytes per element, so grouped-query attention and "
+    "8-bit caches shrink it directly. Serving engines page it in fixed blocks to avoid fragmentation, "
+    "share blocks between requests with a common prefix, and evict or offload blocks under memory pressure."
+)
 
 
 def rec(id, answer=LONG, question="What does the KV cache store?", topic="kv_cache"):
@@ -32,22 +35,27 @@ def test_long_answer_fixture_passes_every_filter():
     assert pipeline.check_row(rec("ok")) is None
 
 
-@pytest.mark.parametrize("row, reason", [
-    (rec("short", answer="Keys and values of past tokens."), "too_short"),
-    (rec("chat", question="Where is the billing page for the pod?"), "off_topic"),
-    (rec("chat2", answer=LONG + " Let's put the follow-up in the calendar."), "off_topic"),
-    (rec("meta", answer="As we discussed above, " + LONG), "meta_reference"),
-    (rec("meta2", answer=LONG + " The table above has the numbers."), "meta_reference"),
-    (rec("meta3", answer="Like I said in the previous answer, " + LONG), "meta_reference"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        (rec("short", answer="Keys and values of past tokens."), "too_short"),
+        (rec("chat", question="Where is the billing page for the pod?"), "off_topic"),
+        (rec("chat2", answer=LONG + " Let's put the follow-up in the calendar."), "off_topic"),
+        (rec("meta", answer="As we discussed above, " + LONG), "meta_reference"),
+        (rec("meta2", answer=LONG + " The table above has the numbers."), "meta_reference"),
+        (rec("meta3", answer="Like I said in the previous answer, " + LONG), "meta_reference"),
+    ],
+)
 def test_each_content_filter_rejects_its_known_bad_row(row, reason):
     got = pipeline.check_row(row)
     assert got is not None and got[0] == reason, got
 
 
 def test_unescaped_quotes_in_code_are_repaired():
-    line = ('{"id": "c1", "topic": "serving", "question": "How to call it?", '
-            '"answer": "Use OpenAI(base_url="http://localhost:8000/v1") then print("ok")."}')
+    line = (
+        '{"id": "c1", "topic": "serving", "question": "How to call it?", '
+        '"answer": "Use OpenAI(base_url="http://localhost:8000/v1") then print("ok")."}'
+    )
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
     fixed = pipeline.repair_json_line(line)
@@ -56,8 +64,15 @@ def test_unescaped_quotes_in_code_are_repaired():
 
 
 def test_truncated_or_non_json_lines_are_quarantined_not_guessed(tmp_path):
-    raw = write_raw(tmp_path, [rec("good"), '{"id": "t", "topic": "x", "question": "q?", "answer": "cut off',
-                               "Q: loose text A: not json", rec("empty", answer="")])
+    raw = write_raw(
+        tmp_path,
+        [
+            rec("good"),
+            '{"id": "t", "topic": "x", "question": "q?", "answer": "cut off',
+            "Q: loose text A: not json",
+            rec("empty", answer=""),
+        ],
+    )
     records, quarantine, repaired, n = pipeline.parse_raw(raw)
     assert n == 4 and [r["id"] for r in records] == ["good"] and repaired == []
     assert [q["reason"] for q in quarantine] == ["malformed_json", "malformed_json", "missing_field"]
@@ -68,15 +83,13 @@ def test_truncated_or_non_json_lines_are_quarantined_not_guessed(tmp_path):
 def test_exact_and_near_duplicates_keep_the_first():
     reworded = LONG.replace("keeps keys and values", "stores the keys and values").replace("directly", "at once")
     other = rec("other", answer=" ".join(reversed(LONG.split())))
-    kept, dropped, max_kept = pipeline.deduplicate(
-        [rec("a"), rec("a-again"), rec("b", answer=reworded), other])
+    kept, dropped, max_kept = pipeline.deduplicate([rec("a"), rec("a-again"), rec("b", answer=reworded), other])
     assert [r["id"] for r in kept] == ["a", "other"]
     assert [(d["id"], d["reason"]) for d in dropped] == [("a-again", "exact_duplicate"), ("b", "near_duplicate")]
     assert "with a" in dropped[1]["detail"] and max_kept < pipeline.NEAR_DUP_JACCARD
 
 
 def test_version_hash_changes_with_content_only(tmp_path):
-    import random
 
     def distinct_answer(i):  # unrelated word sequences: no two are near-duplicates
         return " ".join(f"w{random.Random(i).randrange(5000)}x{j}" for j in range(80))
@@ -107,8 +120,15 @@ def test_committed_raw_file_is_what_make_raw_composes():
 def test_shipped_raw_really_contains_every_failure_mode():
     result = pipeline.build(RAW_PATH)
     c = result.counts
-    for reason in ("malformed_json", "missing_field", "too_short", "off_topic", "meta_reference",
-                   "exact_duplicate", "near_duplicate"):
+    for reason in (
+        "malformed_json",
+        "missing_field",
+        "too_short",
+        "off_topic",
+        "meta_reference",
+        "exact_duplicate",
+        "near_duplicate",
+    ):
         assert c[reason] >= 1, reason
     assert c["repaired_json"] >= 1
     assert result.kept_pairs >= 300

@@ -7,13 +7,14 @@ import pytest
 from lab.models import DEFAULT_LLM
 from lab.runner import execute
 from phase09_finetuning import generation, sft
+from phase09_finetuning.answer_loss import answer_ids, answer_losses
+from phase09_finetuning.dataset import load_training_set
 
 
 def test_llama8b_lora_counts_are_exact_on_the_meta_device():
     model = sft.meta_model(sft.llama31_8b_config())
     assert sum(p.numel() for p in model.parameters()) == 8_030_261_248
-    assert {r: sft.lora_param_count(model, r) for r in (4, 16, 64)} == {
-        4: 10_485_760, 16: 41_943_040, 64: 167_772_160}
+    assert {r: sft.lora_param_count(model, r) for r in (4, 16, 64)} == {4: 10_485_760, 16: 41_943_040, 64: 167_772_160}
 
 
 def test_answers_with_question_detector():
@@ -34,7 +35,9 @@ def test_key_terms_match_whole_words_only():
     assert not generation.mentions("It stalls during the all-reduce", "ring")  # the substring bug
     assert generation.mentions("A ring all-reduce", "ring") and generation.mentions("Two rings", "ring")
     assert generation.mentions("a RISC-V core", "risc-v") and generation.mentions("128 KiB per token", "128 kib")
-    assert not generation.mentions("memory-bounded", "memory-bound") and not generation.mentions("compute-bound", "bound")
+    assert not generation.mentions("memory-bounded", "memory-bound") and not generation.mentions(
+        "compute-bound", "bound"
+    )
 
 
 def test_key_terms_in_the_prompt_earn_nothing():
@@ -50,8 +53,9 @@ def test_key_terms_in_the_prompt_earn_nothing():
 
 def test_chat_rows_become_prompt_completion_and_bad_rows_are_named():
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
-    assert sft.to_prompt_completion(rows) == [{"prompt": [{"role": "user", "content": "q"}],
-                                               "completion": [{"role": "assistant", "content": "a"}]}]
+    assert sft.to_prompt_completion(rows) == [
+        {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}
+    ]
     with pytest.raises(ValueError, match="training row 0"):
         sft.to_prompt_completion([{"messages": [{"role": "user", "content": "q"}]}])
 
@@ -59,7 +63,6 @@ def test_chat_rows_become_prompt_completion_and_bad_rows_are_named():
 @pytest.fixture(scope="module")
 def tiny_adapter(tmp_path_factory):
     """Six steps on one repeated batch at a high lr: the loss must fall. The adapter is reused below."""
-    from phase09_finetuning.dataset import load_training_set
 
     rows = load_training_set("train")[:2]
     out = tmp_path_factory.mktemp("sft")
@@ -83,15 +86,21 @@ def test_training_repeats_bit_for_bit_whatever_the_process_drew_before(tiny_adap
     """The same recipe trained again in this process, after other code drew from torch's generator and
     allocated odd-sized buffers: the same losses and adapter bytes (lab.repeatable seeds LoRA's draw; without
     it the second run's losses differed from step 2 on, measured on this machine)."""
-    import torch
-
-    from phase09_finetuning.dataset import load_training_set
+    import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
     out, first = tiny_adapter
     torch.rand(12345)
     scratch = [torch.empty(n) for n in (7, 1031, 65537)]
-    res = sft.train_sft(DEFAULT_LLM, load_training_set("train")[:2], tmp_path, lora_r=8, max_steps=6, batch_size=2,
-                        max_length=64, lr=2e-3)
+    res = sft.train_sft(
+        DEFAULT_LLM,
+        load_training_set("train")[:2],
+        tmp_path,
+        lora_r=8,
+        max_steps=6,
+        batch_size=2,
+        max_length=64,
+        lr=2e-3,
+    )
     del scratch
     assert res["losses"] == first["losses"]  # bitwise: floats compared exactly
     assert (tmp_path / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
@@ -101,10 +110,7 @@ def test_training_repeats_bit_for_bit_whatever_the_process_drew_before(tiny_adap
 def test_held_out_answer_loss_is_lower_where_the_adapter_trained(tiny_adapter):
     """answer_losses scores the reference answer's tokens only: the adapter that trained on these two
     rows expects their answers more than the base does, and the prompt tokens are not counted."""
-    from peft import PeftModel
-
-    from phase09_finetuning.answer_loss import answer_ids, answer_losses
-    from phase09_finetuning.dataset import load_training_set
+    from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
     out, _ = tiny_adapter
     rows = sft.to_prompt_completion(load_training_set("train")[:2])
@@ -122,7 +128,7 @@ def test_held_out_answer_loss_is_lower_where_the_adapter_trained(tiny_adapter):
 
 @pytest.mark.slow
 def test_qlora_exercise_tiny(tmp_path):
-    from phase09_finetuning.qlora import EXERCISE
+    from phase09_finetuning.qlora import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -141,7 +147,7 @@ def test_qlora_exercise_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_rank_sweep_exercise_tiny(tmp_path):
-    from phase09_finetuning.rank_sweep import EXERCISE
+    from phase09_finetuning.rank_sweep import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -154,7 +160,7 @@ def test_rank_sweep_exercise_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_before_after_exercise_tiny(tmp_path):
-    from phase09_finetuning.before_after import EXERCISE
+    from phase09_finetuning.before_after import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -164,8 +170,9 @@ def test_before_after_exercise_tiny(tmp_path):
     assert len(doc["tables"]["prompts"]["rows"]) == 2
     # the main number: answer loss of held-out reference answers, per row, base vs fine-tuned
     heldout = doc["tables"]["heldout_loss"]["rows"]
-    assert len(heldout) == 2 and all(r[2] > 0 and r[3] > 0 and r[4] == pytest.approx(r[3] - r[2], abs=2e-3)
-                                     for r in heldout)
+    assert len(heldout) == 2 and all(
+        r[2] > 0 and r[3] > 0 and r[4] == pytest.approx(r[3] - r[2], abs=2e-3) for r in heldout
+    )
     assert m["heldout_loss_base"] == pytest.approx(sum(r[2] for r in heldout) / 2, abs=2e-3)
     assert 0 <= m["heldout_rows_improved"] <= 2 and doc["metrics"]["heldout_rows_improved"]["unit"] == "of 2"
     assert "single stream" in doc["metrics"]["unmerged_penalty_pct"]["description"]

@@ -5,12 +5,23 @@ import json
 import pytest
 
 from lab.llm import LLM, ChatResponse, LLMError
-from phase10_alignment.rubric_judge import (Dimension, Judge, JudgeFailure, JudgeParseError, Rubric, Verdict,
-                                     expected_score, parse_verdict, summarize, verdict_schema)
+from phase10_alignment.rubric_judge import (
+    Dimension,
+    Judge,
+    JudgeFailure,
+    JudgeParseError,
+    Rubric,
+    Verdict,
+    expected_score,
+    parse_verdict,
+    summarize,
+    verdict_schema,
+)
 
 ANCHORS = {1: "bad", 3: "ok", 5: "great"}
 RUBRIC = Rubric(
-    name="test", version="1.0",
+    name="test",
+    version="1.0",
     dimensions=(Dimension("accuracy", "is it right", ANCHORS), Dimension("concise", "is it short", ANCHORS)),
     flags=("confident_hallucination",),
 )
@@ -60,19 +71,22 @@ def test_parse_verdict_accepts_a_valid_reply_in_a_fence():
     assert verdict.reasoning == "fine" and verdict.method == "json"
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d["scores"].pop("concise"), "scores.concise"),
-    (lambda d: d["scores"].update(accuracy=6), "scores.accuracy"),
-    (lambda d: d["scores"].update(accuracy=0), "scores.accuracy"),
-    (lambda d: d["scores"].update(accuracy="4"), "scores.accuracy"),
-    (lambda d: d["scores"].update(accuracy=3.5), "scores.accuracy"),
-    (lambda d: d["scores"].update(accuracy=True), "scores.accuracy"),
-    (lambda d: d["flags"].update(confident_hallucination="no"), "flags.confident_hallucination"),
-    (lambda d: d["flags"].pop("confident_hallucination"), "flags.confident_hallucination"),
-    (lambda d: d.pop("flags"), "flags"),
-    (lambda d: d.pop("scores"), "scores"),
-    (lambda d: d.update(reasoning=3), "reasoning"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d["scores"].pop("concise"), "scores.concise"),
+        (lambda d: d["scores"].update(accuracy=6), "scores.accuracy"),
+        (lambda d: d["scores"].update(accuracy=0), "scores.accuracy"),
+        (lambda d: d["scores"].update(accuracy="4"), "scores.accuracy"),
+        (lambda d: d["scores"].update(accuracy=3.5), "scores.accuracy"),
+        (lambda d: d["scores"].update(accuracy=True), "scores.accuracy"),
+        (lambda d: d["flags"].update(confident_hallucination="no"), "flags.confident_hallucination"),
+        (lambda d: d["flags"].pop("confident_hallucination"), "flags.confident_hallucination"),
+        (lambda d: d.pop("flags"), "flags"),
+        (lambda d: d.pop("scores"), "scores"),
+        (lambda d: d.update(reasoning=3), "reasoning"),
+    ],
+)
 def test_parse_verdict_errors_name_the_field(mutate, field):
     reply = json.loads(json.dumps(GOOD))
     mutate(reply)
@@ -101,10 +115,10 @@ def test_json_judge_retries_with_the_error_then_scores():
 
 
 def test_json_judge_records_a_failure_after_the_retries_never_a_score():
-    llm = ScriptedLLM(["nope", "{\"scores\": {}}", "still nope"])
+    llm = ScriptedLLM(["nope", '{"scores": {}}', "still nope"])
     result = Judge(llm, RUBRIC, method="json", max_retries=2).score("q", "a")
     assert isinstance(result, JudgeFailure)
-    assert result.attempts == 3 and result.replies == ["nope", "{\"scores\": {}}", "still nope"]
+    assert result.attempts == 3 and result.replies == ["nope", '{"scores": {}}', "still nope"]
     assert "unparseable after 3 attempts" in result.reason
     assert not llm.replies  # exactly 1 + max_retries calls
 
@@ -146,8 +160,13 @@ def test_expected_score_renormalises():
 def test_hashes_change_with_the_rubric_and_are_stable():
     same = Rubric(name="test", version="1.0", dimensions=RUBRIC.dimensions, flags=RUBRIC.flags)
     assert same.sha256() == RUBRIC.sha256() and len(RUBRIC.sha256()) == 64
-    capped = Rubric(name="test", version="1.1", dimensions=RUBRIC.dimensions, flags=RUBRIC.flags,
-                    instructions="a wrong core definition caps accuracy at 2")
+    capped = Rubric(
+        name="test",
+        version="1.1",
+        dimensions=RUBRIC.dimensions,
+        flags=RUBRIC.flags,
+        instructions="a wrong core definition caps accuracy at 2",
+    )
     assert capped.sha256() != RUBRIC.sha256()
     judge = Judge(ScriptedLLM([]), RUBRIC)
     assert len(judge.prompt_sha256) == 64

@@ -5,10 +5,20 @@ cpu profile's adapters in a private artifact store, so the tests do not depend o
 run and every variant really differs from the base.
 """
 
+import shutil
+
 import pytest
 
+from lab.artifacts import Artifact, ArtifactStore, Recipe
+from lab.errors import UnusableArtifact
 from lab.models import DEFAULT_LLM
 from lab.runner import execute
+from phase09_finetuning.sft import SFT_ADAPTER, load_base, lora_config
+from phase10_alignment import compare, dpo, judge
+from phase10_alignment.compare import probe_logits
+from phase10_alignment.dpo import DPO_ADAPTER, noop_reason
+from phase10_alignment.variants import VARIANT_ADAPTERS, adapter_stacking_problems, load_variant, lora_layers
+from phase11_evals import model_comparison, responders
 
 torch = pytest.importorskip("torch")
 
@@ -19,11 +29,7 @@ pytestmark = pytest.mark.slow
 def store(tmp_path_factory):
     """A private artifact store for this module, holding two random r=4 adapters as the cpu profile's
     SFT and DPO adapters (made on one base load)."""
-    from peft import get_peft_model
-
-    from lab.artifacts import ArtifactStore
-    from phase09_finetuning.sft import SFT_ADAPTER, load_base, lora_config
-    from phase10_alignment.dpo import DPO_ADAPTER
+    from peft import get_peft_model  # noqa: PLC0415 (heavy: peft loads on first use)
 
     root = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as mp:
@@ -45,17 +51,12 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapters(store):
-    from phase10_alignment.variants import VARIANT_ADAPTERS
 
     return {name: store.load(kind.recipe("cpu")) for name, kind in VARIANT_ADAPTERS.items()}
 
 
 def test_variants_load_fresh_one_adapter_each_and_reload_identically(adapters):
-    from peft import PeftModel
-
-    from phase09_finetuning.sft import load_base
-    from phase10_alignment.compare import probe_logits
-    from phase10_alignment.variants import adapter_stacking_problems, load_variant, lora_layers
+    from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
     base, tok = load_variant("base", "cpu")
     base_logits = probe_logits(base, tok)
@@ -90,9 +91,7 @@ def test_variants_load_fresh_one_adapter_each_and_reload_identically(adapters):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # peft's own (very long) "missing adapter keys" warning
 def test_stacking_an_adapter_on_a_live_peft_model_is_detected(adapters):
-    from peft import PeftModel
-
-    from phase10_alignment.variants import adapter_stacking_problems, load_variant
+    from peft import PeftModel  # noqa: PLC0415 (heavy: peft loads on first use)
 
     sft, _ = load_variant("sft", "cpu", adapter=adapters["sft"])
     stacked = PeftModel.from_pretrained(sft, str(adapters["dpo"].path))  # the seed's failure mode
@@ -101,23 +100,19 @@ def test_stacking_an_adapter_on_a_live_peft_model_is_detected(adapters):
 
 
 def test_load_variant_rejects_unknown_names_missing_and_foreign_adapters(adapters):
-    from lab.artifacts import Artifact, Recipe
-    from phase10_alignment.variants import load_variant
 
     with pytest.raises(ValueError, match="unknown variant 'rlhf'"):
         load_variant("rlhf", "cpu")
     with pytest.raises(ValueError, match="variant 'sft': pass its stored adapter"):
         load_variant("sft", "cpu")
-    foreign = Artifact(Recipe("phase09.sft_adapter", {"base_model": "meta-llama/Llama-3.1-8B-Instruct"}),
-                       adapters["sft"].path)
+    foreign = Artifact(
+        Recipe("phase09.sft_adapter", {"base_model": "meta-llama/Llama-3.1-8B-Instruct"}), adapters["sft"].path
+    )
     with pytest.raises(ValueError, match="trained on 'meta-llama/Llama-3.1-8B-Instruct'"):
         load_variant("sft", "cpu", adapter=foreign)
 
 
 def test_dpo_tiny_run_with_a_real_rate_moves_the_policy_and_stores_its_adapter(store, adapters, tmp_path):
-    from lab.artifacts import Recipe
-    from phase10_alignment import dpo
-    from phase10_alignment.variants import adapter_stacking_problems, load_variant, lora_layers
 
     overrides = {**dpo.EXERCISE.tiny, "save_adapter": True}
     doc = execute(dpo.EXERCISE, "cpu", overrides, out=tmp_path / "out")
@@ -137,17 +132,16 @@ def test_dpo_tiny_run_with_a_real_rate_moves_the_policy_and_stores_its_adapter(s
     assert saved.flags == {} and saved.params["lr"] == 1e-3 and saved.params["beta"] == 0.1
     assert saved.params["sft_recipe_sha256"] == adapters["sft"].recipe.sha256 and saved.metrics["steps"] == 3
     assert saved.metrics["train_pairs_margin"] == pytest.approx(m["train_pairs_margin"])
-    assert {(a["id"], a["role"]) for a in doc["stored_artifacts"]} == {(adapters["sft"].id, "used"),
-                                                                      (saved.id, "published")}
+    assert {(a["id"], a["role"]) for a in doc["stored_artifacts"]} == {
+        (adapters["sft"].id, "used"),
+        (saved.id, "published"),
+    }
     assert not (saved.path / "ref").exists()  # only the trained adapter, not trl's frozen 'ref' copy
     model, _ = load_variant("dpo", "cpu", adapter=saved)
     assert adapter_stacking_problems(model) == [] and len(lora_layers(model)) == 30 * 7
 
 
 def test_a_noop_dpo_run_fails_and_its_adapter_is_refused(store, adapters, tmp_path):
-    from lab.artifacts import Recipe
-    from lab.errors import UnusableArtifact
-    from phase10_alignment import dpo
 
     overrides = {**dpo.EXERCISE.tiny, "save_adapter": True, "learning_rate": 5e-7, "max_steps": 1}
     doc = execute(dpo.EXERCISE, "cpu", overrides, out=tmp_path / "out")
@@ -162,7 +156,6 @@ def test_a_noop_dpo_run_fails_and_its_adapter_is_refused(store, adapters, tmp_pa
 
 
 def test_noop_reason_names_each_bar_it_misses():
-    from phase10_alignment.dpo import noop_reason
 
     def result(margin, kl):
         return {"lr": 5e-7, "steps": 4, "train_pairs": {"n": 32, "margin": margin}, "kl": {"kl_per_token": kl}}
@@ -177,11 +170,6 @@ def test_noop_reason_names_each_bar_it_misses():
 def test_downstream_exercises_refuse_a_noop_dpo_adapter(adapters, tmp_path, monkeypatch):
     """compare (and judge, which reads compare's generations) and Phase 11's responders load the
     profile's DPO adapter; flagged noop, each refuses it with the reason instead of scoring SFT twice."""
-    import shutil
-
-    from lab.artifacts import ArtifactStore
-    from phase10_alignment import compare, dpo
-    from phase11_evals import model_comparison, responders
 
     noop_store = ArtifactStore(tmp_path / "store")
     monkeypatch.setenv("LAB_ARTIFACTS", str(noop_store.root))
@@ -197,13 +185,13 @@ def test_downstream_exercises_refuse_a_noop_dpo_adapter(adapters, tmp_path, monk
     assert doc["status"] == "failed" and "flagged noop" in doc["reason"] and "left the policy" in doc["reason"]
     assert "flagged noop" in responders.missing_reason("dpo", "cpu")
     assert responders.missing_reason("sft", "cpu") is None
-    doc = execute(model_comparison.EXERCISE, "cpu", {**model_comparison.EXERCISE.tiny, "variants": ["dpo"]},
-                  out=tmp_path / "out")
+    doc = execute(
+        model_comparison.EXERCISE, "cpu", {**model_comparison.EXERCISE.tiny, "variants": ["dpo"]}, out=tmp_path / "out"
+    )
     assert doc["status"] == "failed" and "flagged noop" in doc["reason"]
 
 
 def test_compare_tiny_end_to_end(store, adapters, tmp_path):
-    from phase10_alignment import compare
 
     doc = execute(compare.EXERCISE, "cpu", compare.EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["error"]
@@ -214,27 +202,35 @@ def test_compare_tiny_end_to_end(store, adapters, tmp_path):
     assert loads["sft"][2] == loads["dpo"][2] == "[1]" and not any(r[3] for r in loads.values())
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["sft_reload_max_abs_diff"] == 0
-    assert all(m[f"{v}_single_stream_tokens_per_s"] > 0 and m[f"{v}_batched_tokens_per_s"] > 0
-               for v in ("base", "sft", "dpo"))
+    assert all(
+        m[f"{v}_single_stream_tokens_per_s"] > 0 and m[f"{v}_batched_tokens_per_s"] > 0 for v in ("base", "sft", "dpo")
+    )
     assert m["adapter_overhead_pct"] == pytest.approx(
-        100 * (1 - m["sft_single_stream_tokens_per_s"] / m["base_single_stream_tokens_per_s"]))
+        100 * (1 - m["sft_single_stream_tokens_per_s"] / m["base_single_stream_tokens_per_s"])
+    )
     refs = {r["metric"]: r for r in doc["reference"]}
-    assert refs["base_single_stream_tokens_per_s"]["seed"] == 18.1 and "one request at a time" in refs[
-        "base_single_stream_tokens_per_s"]["note"]
+    assert (
+        refs["base_single_stream_tokens_per_s"]["seed"] == 18.1
+        and "one request at a time" in refs["base_single_stream_tokens_per_s"]["note"]
+    )
     # the finding counts what changed, from the values (never a hand-typed claim about the seed)
     changed = m["dpo_answers_changed"]
-    assert 0 <= changed <= 2 and any(f.startswith(f"DPO changed {changed} of 2 greedy answers") for f in doc["findings"])
+    assert 0 <= changed <= 2 and any(
+        f.startswith(f"DPO changed {changed} of 2 greedy answers") for f in doc["findings"]
+    )
     assert not any("seed saw the same" in f for f in doc["findings"])
     md = (tmp_path / "phase10" / "compare" / "cpu" / "generations.md").read_text()
     assert "roofline" in md and "**SFT**" in md
     roles = {a["id"].split("/")[0]: a["role"] for a in doc["stored_artifacts"]}
     assert roles == {"phase09.sft_adapter": "used", "phase10.dpo_adapter": "used", "phase10.generations": "built"}
-    assert [m["adapter"] for m in doc["models"]] == ["base: none", f"sft: {adapters['sft'].id}",
-                                                     f"dpo: {adapters['dpo'].id}"]
+    assert [m["adapter"] for m in doc["models"]] == [
+        "base: none",
+        f"sft: {adapters['sft'].id}",
+        f"dpo: {adapters['dpo'].id}",
+    ]
 
 
 def test_judge_tiny_end_to_end(store, adapters, tmp_path):
-    from phase10_alignment import judge
 
     doc = execute(judge.EXERCISE, "cpu", judge.EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["error"]

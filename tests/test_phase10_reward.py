@@ -6,9 +6,11 @@ import os
 
 import pytest
 
+from lab.errors import ConfigError
+from lab.registry import resolve
 from lab.runner import execute
 from phase10_alignment.data import LOCAL_FILE, load_pairs, parse_dialogue, to_pair
-from phase10_alignment.reward_model import EXERCISE, bradley_terry_loss, preference_stats
+from phase10_alignment.reward_model import EXERCISE, bradley_terry_loss, preference_stats, surviving_update_share
 
 torch = pytest.importorskip("torch")
 
@@ -42,8 +44,10 @@ def test_preference_stats_accuracy_and_margin():
 
 
 def test_parse_dialogue_and_pair_split():
-    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like this",
-           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: no"}
+    row = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like this",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: no",
+    }
     pair = to_pair(row, "row 7")
     assert [m["role"] for m in pair.prompt] == ["user", "assistant", "user"]
     assert pair.chosen == "like this" and pair.rejected == "no"
@@ -52,14 +56,20 @@ def test_parse_dialogue_and_pair_split():
     assert parse_dialogue("\n\nHuman: a\n\nAssistant:", "x")[-1] == {"role": "assistant", "content": ""}
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b"}, "row 3: field 'rejected'"),
-    ({"chosen": 5, "rejected": "x"}, "row 3: field 'chosen'"),
-    ({"chosen": "Human: a", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "row 3 field 'chosen': dialogue does not start"),
-    ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "row 3: field 'chosen' does not end"),
-    ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: b"}, "differ before"),
-    ([1, 2], "row 3: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"chosen": "\n\nHuman: a\n\nAssistant: b"}, "row 3: field 'rejected'"),
+        ({"chosen": 5, "rejected": "x"}, "row 3: field 'chosen'"),
+        (
+            {"chosen": "Human: a", "rejected": "\n\nHuman: a\n\nAssistant: b"},
+            "row 3 field 'chosen': dialogue does not start",
+        ),
+        ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "row 3: field 'chosen' does not end"),
+        ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: z\n\nAssistant: b"}, "differ before"),
+        ([1, 2], "row 3: expected a JSON object"),
+    ],
+)
 def test_bad_records_name_row_and_field(row, message):
     with pytest.raises(ValueError, match=message):
         to_pair(row, "row 3")
@@ -93,7 +103,6 @@ def test_reward_model_tiny_end_to_end(tmp_path):
 
 
 def test_every_phase10_profile_resolves_and_a100_skips_cleanly_without_cuda(tmp_path):
-    from lab.registry import resolve
 
     exercises = resolve("phase10")
     assert [e.id for e in exercises] == ["phase10.reward_model", "phase10.dpo", "phase10.compare", "phase10.judge"]
@@ -113,7 +122,6 @@ def test_every_phase10_profile_resolves_and_a100_skips_cleanly_without_cuda(tmp_
 
 
 def test_bf16_weights_swallow_an_adamw_step_that_fp32_keeps():
-    from phase10_alignment.reward_model import surviving_update_share
 
     torch.manual_seed(0)
     weights = torch.randn(100_000) * 0.02  # the scale of a trained LM's weights
@@ -122,7 +130,6 @@ def test_bf16_weights_swallow_an_adamw_step_that_fp32_keeps():
 
 
 def test_the_a100_reward_model_keeps_fp32_master_weights_and_refuses_bf16_ones():
-    from lab.errors import ConfigError
 
     cfg = EXERCISE.config("a100")
     assert cfg.train_backbone and cfg.dtype == "float32" and cfg.autocast == "bfloat16" and cfg.learning_rate == 1e-5
@@ -133,8 +140,16 @@ def test_the_a100_reward_model_keeps_fp32_master_weights_and_refuses_bf16_ones()
 @pytest.mark.slow
 def test_full_fine_tune_with_bf16_autocast_runs_on_fp32_weights(tmp_path):
     """The a100 code path (whole model trained, fp32 weights, bf16 autocast) on one tiny CPU step."""
-    overrides = dict(EXERCISE.tiny, train_backbone=True, autocast="bfloat16", n_train=4, n_eval=4, max_length=8,
-                     epochs=1, learning_rate=1e-5)
+    overrides = dict(
+        EXERCISE.tiny,
+        train_backbone=True,
+        autocast="bfloat16",
+        n_train=4,
+        n_eval=4,
+        max_length=8,
+        epochs=1,
+        learning_rate=1e-5,
+    )
     doc = execute(EXERCISE, "cpu", overrides, out=tmp_path)
     assert doc["status"] == "ok", doc["error"]
     assert doc["models"][0]["dtype"] == "float32 weights, bfloat16 autocast" and doc["metrics"]["steps"]["value"] == 1

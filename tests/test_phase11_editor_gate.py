@@ -1,12 +1,14 @@
 """The Editor gate the capstone imports: the APPROVE rule, REJECT/ESCALATE, and clear input errors."""
 
+import dataclasses
 import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phase11_evals.editor_gate import (DIMENSIONS, FLAG, GateDecision, GateInputError, GateThresholds, decide)
+from phase10_alignment.rubric_judge import Verdict
+from phase11_evals.editor_gate import DIMENSIONS, FLAG, GateDecision, GateInputError, GateThresholds, decide
 
 # quarter-point grid: every mean of four such scores is exact in binary, so boundaries are exact
 grid = st.integers(4, 20).map(lambda k: k / 4)
@@ -14,8 +16,14 @@ any_score = st.floats(1.0, 5.0, allow_nan=False)
 
 
 def scores_of(ta, cal, md, aud, flag=False, **extra):
-    return dict(technical_accuracy=ta, calibration=cal, mechanistic_depth=md, audience_calibration=aud,
-                confident_hallucination=flag, **extra)
+    return dict(
+        technical_accuracy=ta,
+        calibration=cal,
+        mechanistic_depth=md,
+        audience_calibration=aud,
+        confident_hallucination=flag,
+        **extra,
+    )
 
 
 @settings(max_examples=400, deadline=None)
@@ -80,8 +88,8 @@ def test_thresholds_are_configurable_and_frozen():
     assert decide(s).verdict == "APPROVE"
     assert decide(s, thresholds=strict).verdict == "REJECT"
     assert decide(s, revisions_done=1, thresholds=strict).verdict == "ESCALATE"
-    with pytest.raises(Exception):
-        strict.mean = 1.0  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        strict.mean = 1.0
     with pytest.raises(GateInputError, match="threshold 'mean'"):
         GateThresholds(mean=6.0)
     with pytest.raises(GateInputError, match="max_revisions"):
@@ -116,10 +124,14 @@ def test_flag_must_be_a_bool_and_revisions_an_int():
 
 
 def test_accepts_a_phase10_judge_verdict():
-    from phase10_alignment.rubric_judge import Verdict
 
-    v = Verdict(scores={d: 4.0 for d in DIMENSIONS}, flags={FLAG: True}, reasoning="invented benchmark numbers",
-                attempts=1, method="json")
+    v = Verdict(
+        scores={d: 4.0 for d in DIMENSIONS},
+        flags={FLAG: True},
+        reasoning="invented benchmark numbers",
+        attempts=1,
+        method="json",
+    )
     d = decide(v)
     assert isinstance(d, GateDecision) and d.verdict == "REJECT" and d.reasoning == "invented benchmark numbers"
     assert d.to_dict()["verdict"] == "REJECT"

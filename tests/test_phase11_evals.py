@@ -3,21 +3,36 @@
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lab.jsonl import read_jsonl
 from lab.runner import execute
-from phase11_evals.calibration import agreement, pearson, status
+from phase10_alignment.data import LOCAL_FILE, to_pair
+from phase10_alignment.rubric_judge import JudgeFailure, Rubric, Verdict
+from phase11_evals import editor_gate, judging, responders
+from phase11_evals.calibration import agreement, judge_calibration, pearson, status
 from phase11_evals.contamination import PairScores, retest_noise, score_signal, verbatim_overlap
-from phase11_evals.evaldata import (DATA_DIR, DIMENSIONS, FLAG, EvalDataError, load_calibration,
-                                    load_contamination_pairs, load_eval_set, load_rubric)
+from phase11_evals.evaldata import (
+    DATA_DIR,
+    DIMENSIONS,
+    FLAG,
+    EvalDataError,
+    load_calibration,
+    load_contamination_pairs,
+    load_eval_set,
+    load_rubric,
+)
 from phase11_evals.model_comparison import quadrant
-
+from phase11_evals.responders import Answer, Responder, _until_end
 
 # --- data -----------------------------------------------------------------------------------------------
+
 
 def test_eval_set_has_50_prompts_in_7_categories_with_a_stable_hash():
     es = load_eval_set()
@@ -41,13 +56,23 @@ def test_editing_the_eval_set_changes_its_hash(tmp_path):
     assert load_eval_set(path).sha256 != load_eval_set().sha256
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("    category: fine_tuning\n    prompt: What does QLoRA", "    category: finetune\n    prompt: What does QLoRA"),
-     r"prompts\[23\] \(id ft-02\): field 'category' = 'finetune'"),
-    (lambda t: t.replace("  - id: ft-03", "  - id: ft-02"), r"duplicate id 'ft-02'"),
-    (lambda t: t.replace("    key_facts: >-\n      Prompt tokens", "    facts: >-\n      Prompt tokens"),
-     r"prompts\[24\] \(id ft-03\): missing field 'key_facts'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda t: t.replace(
+                "    category: fine_tuning\n    prompt: What does QLoRA",
+                "    category: finetune\n    prompt: What does QLoRA",
+            ),
+            r"prompts\[23\] \(id ft-02\): field 'category' = 'finetune'",
+        ),
+        (lambda t: t.replace("  - id: ft-03", "  - id: ft-02"), r"duplicate id 'ft-02'"),
+        (
+            lambda t: t.replace("    key_facts: >-\n      Prompt tokens", "    facts: >-\n      Prompt tokens"),
+            r"prompts\[24\] \(id ft-03\): missing field 'key_facts'",
+        ),
+    ],
+)
 def test_bad_eval_set_names_the_row_and_field(tmp_path, edit, message):
     path = _copy_data(tmp_path) / "eval_set.yaml"
     path.write_text(edit(path.read_text()))
@@ -56,7 +81,6 @@ def test_bad_eval_set_names_the_row_and_field(tmp_path, edit, message):
 
 
 def test_rubrics_load_as_phase10_rubrics_and_v1_1_tightens_only_accuracy():
-    from phase10_alignment.rubric_judge import Rubric
 
     v10, v11 = load_rubric("1.0"), load_rubric("1.1")
     assert isinstance(v11, Rubric) and tuple(d.name for d in v11.dimensions) == DIMENSIONS
@@ -70,7 +94,9 @@ def test_rubrics_load_as_phase10_rubrics_and_v1_1_tightens_only_accuracy():
 def test_bad_rubric_names_the_field(tmp_path):
     data = _copy_data(tmp_path)
     path = data / "rubrics" / "v1.1.yaml"
-    path.write_text(path.read_text().replace("      5: fully correct and precise", "      6: fully correct and precise"))
+    path.write_text(
+        path.read_text().replace("      5: fully correct and precise", "      6: fully correct and precise")
+    )
     with pytest.raises(EvalDataError, match=r"dimensions\[0\]: field 'anchors' must have exactly the keys 1..5"):
         load_rubric("1.1", data_dir=data)
 
@@ -90,7 +116,7 @@ def test_calibration_set_spans_the_score_range_and_says_who_labelled_it():
 
 def test_bad_calibration_score_names_item_and_field(tmp_path):
     path = _copy_data(tmp_path) / "calibration.yaml"
-    path.write_text(path.read_text().replace("calibration: [5, \"states only", "calibration: [7, \"states only"))
+    path.write_text(path.read_text().replace('calibration: [5, "states only', 'calibration: [7, "states only'))
     with pytest.raises(EvalDataError, match=r"items\[0\] \(id cal-01\): field 'reference.calibration'"):
         load_calibration(load_eval_set(), path)
 
@@ -103,6 +129,7 @@ def test_contamination_pairs_point_into_the_eval_set():
 
 
 # --- statistics and signals ------------------------------------------------------------------------------
+
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 5), st.floats(1, 5)), min_size=3, max_size=20))
@@ -144,7 +171,6 @@ def test_score_signal_needs_a_delta_beyond_the_judges_retest_noise():
 
 def test_the_gate_rejects_every_reference_bad_calibration_response():
     """What eval_set used to publish as a metric (0 by construction) is a property of the gate and the data."""
-    from phase11_evals import editor_gate
 
     items = load_calibration(load_eval_set()).items
     bad = [i for i in items if i.flag or i.scores["technical_accuracy"] <= 2]
@@ -160,12 +186,13 @@ def test_quadrant_names_the_two_by_two_cell():
 
 # --- the exercises end to end ---------------------------------------------------------------------------
 
+
 def _result(tmp_path, name):
     return json.loads((tmp_path / "phase11" / name / "cpu" / "result.json").read_text())
 
 
 def test_eval_set_exercise_records_hashes_and_the_gate_on_reference_scores(tmp_path):
-    from phase11_evals.eval_set import EXERCISE
+    from phase11_evals.eval_set import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -183,7 +210,7 @@ def test_eval_set_exercise_records_hashes_and_the_gate_on_reference_scores(tmp_p
 
 @pytest.mark.slow
 def test_calibration_exercise_compares_both_rubrics(tmp_path):
-    from phase11_evals.calibration import EXERCISE
+    from phase11_evals.calibration import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -205,7 +232,7 @@ def test_calibration_exercise_compares_both_rubrics(tmp_path):
 
 @pytest.mark.slow
 def test_contamination_exercise_scores_both_wordings(tmp_path):
-    from phase11_evals.contamination import EXERCISE
+    from phase11_evals.contamination import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -215,15 +242,16 @@ def test_contamination_exercise_scores_both_wordings(tmp_path):
     assert 1 <= row[1] <= 5 and 1 <= row[2] <= 5 and row[9] in ("score", "no")
     assert row[6] == "n/a (no public reference)"
     assert res["metrics"]["pairs_scored"]["value"] == 1
-    assert res["metrics"]["judge_retest_noise"]["value"] == pytest.approx(math.hypot(row[4], row[5]) / math.sqrt(2),
-                                                                          abs=2e-3)
+    assert res["metrics"]["judge_retest_noise"]["value"] == pytest.approx(
+        math.hypot(row[4], row[5]) / math.sqrt(2), abs=2e-3
+    )
     assert res["method"].startswith("substitute: local:") and "choice probabilities" in res["method"]
     assert any(m.get("role") == "model under test" for m in res["models"])
 
 
 @pytest.mark.slow
 def test_model_comparison_exercise_scores_base_and_applies_the_gate(tmp_path):
-    from phase11_evals.model_comparison import EXERCISE
+    from phase11_evals.model_comparison import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = execute(EXERCISE, "cpu", EXERCISE.tiny, out=tmp_path)
     assert doc["status"] == "ok", doc["reason"]
@@ -249,15 +277,16 @@ def test_model_comparison_exercise_scores_base_and_applies_the_gate(tmp_path):
 def test_batched_answers_match_one_at_a_time_and_keep_prompt_order():
     """Left-padded greedy batches (prompts of different lengths) give the answers and token counts of
     one-at-a-time decoding here, returned in the prompts' order; an early end is cut at its end token."""
-    from phase11_evals.responders import Responder, _until_end
 
     responder = Responder("base", "cpu")
     prompts = [p.prompt for p in load_eval_set().prompts[:4]] + ["Define LoRA in one sentence."]
     one = [responder.answer(p, 10) for p in prompts]
     many = responder.answer_all(prompts, 10, batch_size=3)
     assert [(a.text, a.new_tokens) for a in many] == [(a.text, a.new_tokens) for a in one]
-    lengths = {len(responder.tok.apply_chat_template([{"role": "user", "content": p}], return_dict=True)["input_ids"])
-               for p in prompts}
+    lengths = {
+        len(responder.tok.apply_chat_template([{"role": "user", "content": p}], return_dict=True)["input_ids"])
+        for p in prompts
+    }
     assert len(lengths) > 1  # the batches really are padded
     end = next(iter(responder._end_ids()))
     assert _until_end([5, 6, end, end, end], {end}) == [5, 6, end] and _until_end([5, 6], {end}) == [5, 6]
@@ -265,10 +294,9 @@ def test_batched_answers_match_one_at_a_time_and_keep_prompt_order():
 
 # --- a planted contaminated pair must be detected ---------------------------------------------------------
 
+
 def _public_answer() -> str:
     """A published text (Anthropic HH-RLHF, MIT, shipped in phase10_alignment/data) to plant as memorized."""
-    from lab.jsonl import read_jsonl
-    from phase10_alignment.data import LOCAL_FILE, to_pair
 
     return to_pair(read_jsonl(LOCAL_FILE)[0], "hh-rlhf row 0").chosen
 
@@ -286,7 +314,6 @@ class _PlantedModel:
         return {"id": "planted model", "role": "model under test"}
 
     def answer(self, prompt, max_new_tokens):
-        from phase11_evals.responders import Answer
 
         text = self.memorized if prompt == self.planted_prompt else f"It is probably about {prompt.split()[-1]}"
         return Answer(text, 8, 0.01)
@@ -301,36 +328,44 @@ class _StubJudge:
     method = "json"
 
     def __init__(self, memorized: str):
-        from types import SimpleNamespace
 
         self.memorized = memorized
         self.llm = SimpleNamespace(spec="stub:judge", describe=lambda: {"id": "stub:judge"})
 
     def describe(self):
-        return {"judge_model": "stub:judge", "method": "json", "rubric": "stub", "rubric_sha256": "0" * 64,
-                "prompt_sha256": "0" * 64}
+        return {
+            "judge_model": "stub:judge",
+            "method": "json",
+            "rubric": "stub",
+            "rubric_sha256": "0" * 64,
+            "prompt_sha256": "0" * 64,
+        }
 
     def score(self, prompt, response, reference=None):
-        from phase10_alignment.rubric_judge import Verdict
 
         value = 4.8 if response == self.memorized else 2.5 + 0.1 * (len(prompt) % 5 - 2)
-        return Verdict(scores={d: value for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
-                       method="json")
+        return Verdict(
+            scores={d: value for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1, method="json"
+        )
 
 
 @pytest.mark.parametrize("public", [False, True])
 def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path, monkeypatch, public):
-    import yaml
 
-    from phase11_evals import judging, responders
-    from phase11_evals.contamination import EXERCISE
+    from phase11_evals.contamination import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     memorized = _public_answer()
     shipped = yaml.safe_load((DATA_DIR / "contamination_pairs.yaml").read_text())
     pairs = shipped["pairs"][:4]
     if public:
-        pairs[0] = {**pairs[0], "public_reference": {"text": memorized, "licence": "MIT",
-                                                     "source": "Anthropic/hh-rlhf harmless-base test row 0"}}
+        pairs[0] = {
+            **pairs[0],
+            "public_reference": {
+                "text": memorized,
+                "licence": "MIT",
+                "source": "Anthropic/hh-rlhf harmless-base test row 0",
+            },
+        }
     pairs_file = tmp_path / "pairs.yaml"
     pairs_file.write_text(yaml.safe_dump({**shipped, "pairs": pairs}))
     planted_prompt = load_eval_set().by_id(pairs[0]["original_id"]).prompt
@@ -351,14 +386,14 @@ def test_a_planted_contaminated_pair_is_detected_and_the_others_are_not(tmp_path
 
 
 def test_gate_approvals_need_a_judge_calibrated_in_the_same_run():
-    from phase10_alignment.rubric_judge import JudgeFailure, Verdict
-    from phase11_evals.calibration import judge_calibration
 
     items = load_calibration(load_eval_set()).items[:6]
 
     def verdicts(fn):
-        return [Verdict(scores={d: fn(i) for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
-                        method="json") for i in items]
+        return [
+            Verdict(scores={d: fn(i) for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1, method="json")
+            for i in items
+        ]
 
     def ref_mean(i):
         return sum(i.scores.values()) / len(DIMENSIONS)
@@ -368,7 +403,9 @@ def test_gate_approvals_need_a_judge_calibrated_in_the_same_run():
     r, reason = judge_calibration(verdicts(lambda i: 6 - ref_mean(i)), items, 0.75)  # anti-correlated
     assert r == pytest.approx(-1.0) and reason.startswith("this run's judge has r = -1.000 < 0.75")
     assert judge_calibration(verdicts(lambda i: 3.0), items, 0.75) == (
-        None, "the judge's scores on the calibration set are constant (no r)")
+        None,
+        "the judge's scores on the calibration set are constant (no r)",
+    )
     failed = [JudgeFailure("unparseable", 1, [])] * len(items)
     r, reason = judge_calibration(failed, items, 0.75)
     assert r is None and "could not be calibrated" in reason

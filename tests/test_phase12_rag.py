@@ -11,6 +11,7 @@ import pytest
 from lab.errors import ConfigError
 from phase12_rag_storage.chunking import fixed_size_chunks, make_chunker, structure_chunks
 from phase12_rag_storage.corpus import Document, Query, load_corpus, load_queries, strip_generated
+from phase12_rag_storage.embeddings import ADVERSARIAL, PARAPHRASES, BM25Similarity
 from phase12_rag_storage.retrieval_eval import contains_all, score, summarise
 from phase12_rag_storage.retriever import Retriever
 from phase12_rag_storage.stores import Hit, NumpyStore
@@ -63,7 +64,7 @@ def test_fixed_chunks_have_the_requested_size_and_overlap():
 
 
 def test_structure_chunks_cut_at_headings_and_pack_long_sections_by_paragraph():
-    long_section = "\n\n".join(" ".join(["para%d" % i] * 30) for i in range(5))  # 150 words
+    long_section = "\n\n".join(" ".join([f"para{i}"] * 30) for i in range(5))  # 150 words
     doc = Document("d.md", "# Title\nintro line\n\n## A\nalpha text\n\n## B\n" + long_section)
     chunks = structure_chunks(doc, max_words=70)
     assert chunks[0].text.startswith("# Title") and chunks[1].text.startswith("## A")
@@ -93,14 +94,29 @@ def test_readme_results_section_is_not_corpus_text():
     assert strip_generated(text) == "lesson\n\nmore"
 
 
-@pytest.mark.parametrize("line, message", [
-    ("not json", r"q\.jsonl:2: not valid JSON"),
-    (json.dumps({"category": "direct", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'query': Field required"),
-    (json.dumps({"query": "x", "category": "direct", "gold_sources": []}), r"q\.jsonl:2: field 'gold_sources': Input should be a non-empty list"),
-    (json.dumps({"query": "x", "category": "", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'category': Input should be a non-empty string"),
-    (json.dumps({"query": "x", "category": "direct", "gold_sources": ["nope.md"]}), r"q\.jsonl:2: field 'gold_sources': names \['nope.md'\]"),
-    (json.dumps({"query": "x", "category": "direct", "gold_sources": ["a.md"], "evidence": "one"}), r"q\.jsonl:2: field 'evidence': Input should be a valid list"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", r"q\.jsonl:2: not valid JSON"),
+        (json.dumps({"category": "direct", "gold_sources": ["a.md"]}), r"q\.jsonl:2: field 'query': Field required"),
+        (
+            json.dumps({"query": "x", "category": "direct", "gold_sources": []}),
+            r"q\.jsonl:2: field 'gold_sources': Input should be a non-empty list",
+        ),
+        (
+            json.dumps({"query": "x", "category": "", "gold_sources": ["a.md"]}),
+            r"q\.jsonl:2: field 'category': Input should be a non-empty string",
+        ),
+        (
+            json.dumps({"query": "x", "category": "direct", "gold_sources": ["nope.md"]}),
+            r"q\.jsonl:2: field 'gold_sources': names \['nope.md'\]",
+        ),
+        (
+            json.dumps({"query": "x", "category": "direct", "gold_sources": ["a.md"], "evidence": "one"}),
+            r"q\.jsonl:2: field 'evidence': Input should be a valid list",
+        ),
+    ],
+)
 def test_bad_queries_file_names_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "q.jsonl"
     good = json.dumps({"query": "ok", "category": "direct", "gold_sources": ["a.md"]})
@@ -123,8 +139,12 @@ def test_score_counts_the_share_of_gold_sources_and_evidence_in_one_chunk():
 def test_retriever_ingests_retrieves_filters_and_rejects_bad_input():
     emb = FakeEmbedder()
     r = Retriever(make_chunker("structure"), emb, NumpyStore(emb.dim))
-    chunks = r.add_documents([Document("kv.md", "## KV\nthe kv cache stores keys and values"),
-                              Document("lora.md", "## LoRA\nlow rank adapters train thin matrices")])
+    chunks = r.add_documents(
+        [
+            Document("kv.md", "## KV\nthe kv cache stores keys and values"),
+            Document("lora.md", "## LoRA\nlow rank adapters train thin matrices"),
+        ]
+    )
     assert len(chunks) == 2 and r.store.count() == 2
     assert r.retrieve("which adapters train thin matrices", k=1)[0].metadata["source"] == "lora.md"
     assert r.retrieve("keys and values", k=5, where={"source": "lora.md"})[0].id == "lora.md#0"
@@ -151,7 +171,6 @@ def test_retriever_hyde_embeds_the_hypothesis_not_the_question():
 
 
 def test_bm25_pair_similarity_sees_words_not_meaning():
-    from phase12_rag_storage.embeddings import ADVERSARIAL, PARAPHRASES, BM25Similarity
 
     texts = [t for pair in (*PARAPHRASES.values(), *ADVERSARIAL.values()) for t in pair]
     sim = BM25Similarity(texts)

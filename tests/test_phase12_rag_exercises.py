@@ -15,7 +15,7 @@ def _run(exercise, tmp_path, **overrides):
 
 @pytest.mark.slow
 def test_rag_from_scratch_shows_the_split_answer_and_its_repair(tmp_path):
-    from phase12_rag_storage.rag_from_scratch import EXERCISE
+    from phase12_rag_storage.rag_from_scratch import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = _run(EXERCISE, tmp_path)
     m = {k: v["value"] for k, v in doc["metrics"].items()}
@@ -32,16 +32,21 @@ def test_rag_from_scratch_shows_the_split_answer_and_its_repair(tmp_path):
 
 @pytest.mark.slow
 def test_rag_from_scratch_takes_any_folder_and_queries_file(tmp_path):
-    from phase12_rag_storage.rag_from_scratch import EXERCISE
+    from phase12_rag_storage.rag_from_scratch import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     corpus = tmp_path / "docs"
     corpus.mkdir()
     (corpus / "cats.md").write_text("# Cats\nCats are small felines that purr and chase mice.")
     (corpus / "ships.md").write_text("# Ships\nCargo ships carry containers across the ocean.")
     queries = tmp_path / "q.jsonl"
-    queries.write_text(json.dumps({"query": "Which animal purrs?", "category": "direct", "gold_sources": ["cats.md"]}) + "\n"
-                       + json.dumps({"query": "How are containers moved overseas?", "category": "paraphrase",
-                                     "gold_sources": ["ships.md"]}) + "\n")
+    queries.write_text(
+        json.dumps({"query": "Which animal purrs?", "category": "direct", "gold_sources": ["cats.md"]})
+        + "\n"
+        + json.dumps(
+            {"query": "How are containers moved overseas?", "category": "paraphrase", "gold_sources": ["ships.md"]}
+        )
+        + "\n"
+    )
     doc = _run(EXERCISE, tmp_path / "out", corpus=str(corpus), queries=str(queries), k=1)
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["hit_rate"] == 1.0 and m["top1"] == 1.0 and m["n_chunks_fixed"] == 2
@@ -49,7 +54,7 @@ def test_rag_from_scratch_takes_any_folder_and_queries_file(tmp_path):
 
 
 def test_rag_from_scratch_bad_queries_file_fails_naming_the_line(tmp_path):
-    from phase12_rag_storage.rag_from_scratch import EXERCISE
+    from phase12_rag_storage.rag_from_scratch import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "x", "category": "direct"}\n')
@@ -59,7 +64,7 @@ def test_rag_from_scratch_bad_queries_file_fails_naming_the_line(tmp_path):
 
 @pytest.mark.slow
 def test_embeddings_compares_minilm_with_bm25_and_records_mpnet_as_skipped(tmp_path):
-    from phase12_rag_storage.embeddings import EXERCISE
+    from phase12_rag_storage.embeddings import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = _run(EXERCISE, tmp_path)
     m = {k: v["value"] for k, v in doc["metrics"].items()}
@@ -74,7 +79,7 @@ def test_embeddings_compares_minilm_with_bm25_and_records_mpnet_as_skipped(tmp_p
 
 @pytest.mark.slow
 def test_hyde_rerank_runs_hyde_and_skips_an_unloadable_reranker(tmp_path):
-    from phase12_rag_storage.hyde_rerank import EXERCISE
+    from phase12_rag_storage.hyde_rerank import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = _run(EXERCISE, tmp_path)
     methods = {r[0]: r for r in doc["tables"]["methods"]["rows"]}
@@ -88,7 +93,7 @@ def test_hyde_rerank_runs_hyde_and_skips_an_unloadable_reranker(tmp_path):
 @pytest.mark.slow
 def test_ragas_eval_scores_every_query_offline(tmp_path):
     pytest.importorskip("ragas")
-    from phase12_rag_storage.ragas_eval import EXERCISE, METRICS
+    from phase12_rag_storage.ragas_eval import EXERCISE, METRICS  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     doc = _run(EXERCISE, tmp_path)
     m = {k: v["value"] for k, v in doc["metrics"].items()}

@@ -1,5 +1,7 @@
 """The constrained yes/no judge behind 12.5's faithfulness and relevancy: failures are counted, not scored."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from phase12_rag_storage.rag_judge import YesNoJudge, statements
@@ -16,7 +18,6 @@ class _ReplyLLM:
         self.schemas = []
 
     def chat(self, messages, system=None, max_tokens=0, temperature=0.0, json_schema=None):
-        from types import SimpleNamespace
 
         self.schemas.append(json_schema)
         return SimpleNamespace(text=self.replies.pop(0))

@@ -23,7 +23,7 @@ def test_synthetic_vectors_are_seeded_unit_and_clustered():
     cfg = sb.Config(buckets=4, queries=10)
     a, b = sb.synthetic_dataset(500, cfg), sb.synthetic_dataset(500, cfg)
     assert (a.vectors == b.vectors).all() and a.ids == b.ids
-    norms = (a.vectors ** 2).sum(axis=1)
+    norms = (a.vectors**2).sum(axis=1)
     assert abs(norms - 1).max() < 1e-5
     labels = np.array([m["cluster"] for m in a.metadatas])
     sims = a.vectors @ a.vectors.T
@@ -54,8 +54,9 @@ def test_a_sampled_load_times_the_last_rows_into_the_full_table_with_its_index()
     data = sb.synthetic_dataset(600, cfg)
     table = f"p12t_{os.getpid()}_sampled"
     try:
-        rate, retries = sb.ingest("pgvector", table, data, cfg, writers=2, index_first=True, timed_rows=200,
-                                  ingest="per_row")
+        rate, retries = sb.ingest(
+            "pgvector", table, data, cfg, writers=2, index_first=True, timed_rows=200, ingest="per_row"
+        )
         with sb.open_store("pgvector", table, cfg) as store:
             assert store.count() == 600 and rate > 0 and retries == 0
             indexes = store._conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,)).fetchall()
@@ -103,20 +104,25 @@ def test_storage_bench_end_to_end_tiny(tmp_path, monkeypatch):
     ingest = {(r[0], r[2], r[3], r[4]): dict(zip(cols, r)) for r in tables["ingest"]["rows"]}
     sizes = sorted({key[0] for key in ingest})
     assert sizes[1] == 300 and 0 < sizes[0] < 300  # the real corpus, then the synthetic size
-    loads = [("chroma", "upsert batches", "hnsw (maintained per insert)"),
-             ("pgvector", "per_row", "hnsw (maintained per insert)"),  # the seed's write path, index present
-             ("pgvector", "copy", "hnsw (maintained per insert)"),
-             ("pgvector", "copy", "none (built after the load)")]
+    loads = [
+        ("chroma", "upsert batches", "hnsw (maintained per insert)"),
+        ("pgvector", "per_row", "hnsw (maintained per insert)"),  # the seed's write path, index present
+        ("pgvector", "copy", "hnsw (maintained per insert)"),
+        ("pgvector", "copy", "none (built after the load)"),
+    ]
     for n in sizes:
         for load in loads:
             row = ingest[(n, *load)]
             assert row["status"] == "ok" and row["1 writer doc/s"] > 0 and row["4 writers doc/s"] > 0, (n, load)
             sampled = load[0] == "pgvector" and load[2].startswith("hnsw") and n > 100  # tiny: maintained_sample=100
-            assert row["rows timed"] == (f"last 100 of {n:,} (first {n - 100:,} COPY-loaded + index built, untimed)"
-                                         if sampled else "all"), (n, load)
+            assert row["rows timed"] == (
+                f"last 100 of {n:,} (first {n - 100:,} COPY-loaded + index built, untimed)" if sampled else "all"
+            ), (n, load)
             assert row["runs (1 / many writers)"] in ("1 / 1", "1 / 3", "3 / 1", "3 / 3")
         assert ingest[(n, "cockroachdb", "-", "-")]["status"].startswith("skipped: LAB_CRDB_URL")
-    assert "timed on the last 100 rows" in saved["metrics"]["pgvector_ingest_per_row_hnsw_docs_per_s_max_n"]["description"]
+    assert (
+        "timed on the last 100 rows" in saved["metrics"]["pgvector_ingest_per_row_hnsw_docs_per_s_max_n"]["description"]
+    )
     assert ingest[(sizes[0], *loads[1])]["vectors"] == "real MiniLM"
     assert ingest[(300, *loads[1])]["vectors"] == "synthetic clustered"
     seed_rows = {(r[0], r[1]): r for r in tables["seed_vs_ours"]["rows"]}
@@ -129,7 +135,10 @@ def test_storage_bench_end_to_end_tiny(tmp_path, monkeypatch):
     pg = [dict(zip(cols, r)) for r in queries if r[1] == "pgvector"]
     assert {r["index"] for r in pg} == {"none", "hnsw", "ivfflat"}
     m = saved["metrics"]
-    assert m["pgvector_hnsw_hybrid_p99_ms_max_n"]["value"] > 0 and 0 <= m["pgvector_hnsw_hybrid_recall_at_10_max_n"]["value"] <= 1
+    assert (
+        m["pgvector_hnsw_hybrid_p99_ms_max_n"]["value"] > 0
+        and 0 <= m["pgvector_hnsw_hybrid_recall_at_10_max_n"]["value"] <= 1
+    )
     assert isinstance(m["pgvector_hnsw_hybrid_target_met"]["value"], bool)
     assert any(f.startswith("Target check at N=300") for f in saved["findings"])
     assert all((r["build s"] is None) == (r["index"] == "none") for r in pg)  # each index really built

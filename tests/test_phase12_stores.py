@@ -31,8 +31,15 @@ BACKENDS = [
     "numpy",
     "chroma",
     pytest.param("pgvector", marks=pytest.mark.db),
-    pytest.param("cockroachdb", marks=[pytest.mark.db, pytest.mark.skipif(
-        not os.environ.get("LAB_CRDB_URL"), reason="LAB_CRDB_URL not set: no CockroachDB server")]),
+    pytest.param(
+        "cockroachdb",
+        marks=[
+            pytest.mark.db,
+            pytest.mark.skipif(
+                not os.environ.get("LAB_CRDB_URL"), reason="LAB_CRDB_URL not set: no CockroachDB server"
+            ),
+        ],
+    ),
 ]
 
 
@@ -182,7 +189,9 @@ def test_cockroach_filter_pins_the_vector_index_prefix_column():
     store = CockroachStore.__new__(CockroachStore)
     store.prefix_key = "bucket"
     assert store._where_sql({"bucket": 3, "source": "a.md"}) == (
-        "WHERE prefix_value = %s AND metadata @> %s::JSONB", ["3", '{"source": "a.md"}'])
+        "WHERE prefix_value = %s AND metadata @> %s::JSONB",
+        ["3", '{"source": "a.md"}'],
+    )
     assert store._where_sql({}) == ("", [])
     assert store._prefix({"bucket": 3}) == "3" and store._prefix({}) is None
     assert store._vector_param(np.array([0.5, -1.0], dtype=np.float32)) == "[0.5,-1.0]"
@@ -205,9 +214,13 @@ def test_pgvector_partial_index_per_filter_value_serves_the_hybrid_query():
         assert "(metadata->>'bucket') = '2'" in where_sql
         with store._conn.transaction():
             store._conn.execute("SET LOCAL enable_seqscan = off")
-            plan = " ".join(r[0] for r in store._conn.execute(
-                f"EXPLAIN SELECT id FROM {store.table} {where_sql} ORDER BY embedding <=> %s LIMIT 5",
-                [*params, vectors[0]]))
+            plan = " ".join(
+                r[0]
+                for r in store._conn.execute(
+                    f"EXPLAIN SELECT id FROM {store.table} {where_sql} ORDER BY embedding <=> %s LIMIT 5",
+                    [*params, vectors[0]],
+                )
+            )
         assert "_hnsw_p_" in plan  # the planner matched the value's own index
         for q in vectors[:10]:
             got = [h.id for h in store.search(q, k=5, where={"bucket": 2})]

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from lab import runner
+from lab import db, runner
 from lab.llm.openai_client import OpenAILLM
 from lab.llm.scripted_server import ScriptedServer, call, say
+from phase13_react import failure_modes, function_calling, react_loop, research_agent
 from phase13_react.loop import run_agent
+from phase13_react.research import research
+from phase13_react.state_store import AgentStateStore
 from phase13_react.tools import Toolbox, tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,16 +62,19 @@ def _run(script, mode="native", **kw):
         return result, [r.body for r in srv.requests]
 
 
-@pytest.mark.parametrize("script,outcome,stop", [
-    ([call("web_browse", {"url": "x"}), say("3")], "unknown_tool", "answer"),
-    ([call("add", '{"a": 1, "b": '), say("3")], "invalid_arguments", "answer"),  # not JSON
-    ([call("add", {"a": 1}), say("3")], "invalid_arguments", "answer"),  # a required field missing
-    ([call("add", '[1, 2]'), say("3")], "invalid_arguments", "answer"),  # JSON, but not an object
-    ([call("boom", {"key": "k"}), say("3")], "tool_error", "answer"),
-    ([call("hang", {"query": "q"}), say("3")], "tool_timeout", "answer"),
-    ([call("nothing", {"query": "q"}), say("3")], "empty_observation", "answer"),
-    ([call("add", {"a": 1, "b": 2})], "repeated_action", "repeated_action"),  # the same call forever
-])
+@pytest.mark.parametrize(
+    "script,outcome,stop",
+    [
+        ([call("web_browse", {"url": "x"}), say("3")], "unknown_tool", "answer"),
+        ([call("add", '{"a": 1, "b": '), say("3")], "invalid_arguments", "answer"),  # not JSON
+        ([call("add", {"a": 1}), say("3")], "invalid_arguments", "answer"),  # a required field missing
+        ([call("add", "[1, 2]"), say("3")], "invalid_arguments", "answer"),  # JSON, but not an object
+        ([call("boom", {"key": "k"}), say("3")], "tool_error", "answer"),
+        ([call("hang", {"query": "q"}), say("3")], "tool_timeout", "answer"),
+        ([call("nothing", {"query": "q"}), say("3")], "empty_observation", "answer"),
+        ([call("add", {"a": 1, "b": 2})], "repeated_action", "repeated_action"),  # the same call forever
+    ],
+)
 def test_every_failure_mode_is_an_observation_and_the_run_goes_on(script, outcome, stop):
     result, requests = _run(script, max_steps=6, max_repeats=2)
     assert result.outcome_counts()[outcome] >= 1
@@ -128,8 +134,9 @@ def test_slow_model_is_a_model_error_stop():
 
 
 def test_final_answer_tool_ends_the_run_under_required_tool_choice():
-    result, requests = _run([call("add", {"a": 1, "b": 2}), call("final_answer", {"answer": "3"})],
-                            tool_choice="required")
+    result, requests = _run(
+        [call("add", {"a": 1, "b": 2}), call("final_answer", {"answer": "3"})], tool_choice="required"
+    )
     assert result.answer == "3" and result.stop_reason == "answer"
     assert requests[0]["tool_choice"] == "required"
     assert "final_answer" in [t["function"]["name"] for t in requests[0]["tools"]]
@@ -185,25 +192,36 @@ def _research_script(block_compute: bool):
         name = body["tools"][0]["function"]["name"]
         if name == "calculator" and block_compute:
             return say("never", delay_s=120)  # the process is killed while waiting here
-        return call(name, {"search_notes": {"query": "q"}, "read_chunk": {"chunk_id": "notes.md#0"},
-                           "calculator": {"expression": "6*7"}}[name])
+        return call(
+            name,
+            {
+                "search_notes": {"query": "q"},
+                "read_chunk": {"chunk_id": "notes.md#0"},
+                "calculator": {"expression": "6*7"},
+            }[name],
+        )
+
     return reply
 
 
 def test_research_run_killed_mid_task_resumes_without_redoing_steps(tmp_path, monkeypatch):
-    from lab import db
-    from phase13_react.state_store import AgentStateStore
 
     (tmp_path / "p13_child.py").write_text(CHILD)
     log = tmp_path / "tools.log"
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("P13_TOOL_LOG", str(log))
-    env = {**os.environ, "P13_TOOL_LOG": str(log), "LAB_DATABASE_URL": db.database_url(),
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    env = {
+        **os.environ,
+        "P13_TOOL_LOG": str(log),
+        "LAB_DATABASE_URL": db.database_url(),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]),
+    }
     run_id = f"p13-test-kill-{os.getpid()}-{time.time_ns()}"
     store = AgentStateStore(env["LAB_DATABASE_URL"])
     with ScriptedServer(_research_script(block_compute=True)) as srv:
-        child = subprocess.Popen([sys.executable, str(tmp_path / "p13_child.py"), srv.openai_url, run_id], env=env, cwd=REPO)
+        child = subprocess.Popen(
+            [sys.executable, str(tmp_path / "p13_child.py"), srv.openai_url, run_id], env=env, cwd=REPO
+        )
         try:
             deadline = time.monotonic() + 120
             while len(store.steps(run_id)) < 3 and time.monotonic() < deadline and child.poll() is None:
@@ -218,9 +236,7 @@ def test_research_run_killed_mid_task_resumes_without_redoing_steps(tmp_path, mo
     killed = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["tool"] for e in killed] == ["search_notes", "read_chunk"]
 
-    import p13_child  # the same tools, executed in this process now
-
-    from phase13_react.research import research
+    import p13_child  # the same tools, executed in this process now  # noqa: PLC0415 (p13_child loads only on the path that uses it)
 
     with ScriptedServer(_research_script(block_compute=False)) as srv:
         res = research(_llm(srv.openai_url), "What is 6 * 7?", p13_child.TOOLS, store, run_id)
@@ -247,7 +263,6 @@ def _tiny(module, tmp_path, **extra):
 
 
 def test_failure_modes_tiny(tmp_path):
-    from phase13_react import failure_modes
 
     doc = _tiny(failure_modes, tmp_path)
     m = {k: v["value"] for k, v in doc["metrics"].items()}
@@ -260,18 +275,21 @@ def _react_script(body):
         last = body["messages"][-1]["content"]
         if last.startswith("Observation"):
             return say("Thought: done\nFinal Answer: 131072")
-        return say('Thought: read it\nAction: read_result_metric\nAction Input: '
-                   '{"exercise": "phase08.kv_cache", "metric": "kv_bytes_per_token"}')
+        return say(
+            "Thought: read it\nAction: read_result_metric\nAction Input: "
+            '{"exercise": "phase08.kv_cache", "metric": "kv_bytes_per_token"}'
+        )
     if body["messages"][-1]["role"] == "tool":
         return call("final_answer", {"answer": "131072 bytes"})
     return call("read_result_metric", {"exercise": "phase08.kv_cache", "metric": "kv_bytes_per_token"})
 
 
 def test_react_loop_tiny_against_a_scripted_model(tmp_path):
-    from phase13_react import react_loop
 
     with ScriptedServer(_react_script) as srv:
-        doc = _tiny(react_loop, tmp_path, llm=f"openai:scripted@{srv.openai_url}", task_ids=["kv_bytes_token"], max_steps=3)
+        doc = _tiny(
+            react_loop, tmp_path, llm=f"openai:scripted@{srv.openai_url}", task_ids=["kv_bytes_token"], max_steps=3
+        )
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     assert m["success_native_agent"] == 1.0 and m["success_text_agent"] == 1.0
     assert m["valid_step_rate_native_agent"] == 1.0 and m["steps_text_agent"] == 2
@@ -280,7 +298,6 @@ def test_react_loop_tiny_against_a_scripted_model(tmp_path):
 
 
 def test_research_agent_tiny_with_real_tools(tmp_path):
-    from phase13_react import research_agent
 
     def script(body):
         step = body["messages"][-1]["content"]
@@ -289,9 +306,14 @@ def test_research_agent_tiny_with_real_tools(tmp_path):
                 return say(json.dumps({"search_query": "kv_bytes_per_token", "plan": "read the metric"}))
             return say(json.dumps({"answer": "4.29 GB", "citations": ["results/phase08/kv_cache/cpu/result.md#2"]}))
         name = body["tools"][0]["function"]["name"]
-        return call(name, {"search_notes": {"query": "kv_cache_gb Llama 3.1 8B"},
-                           "read_chunk": {"chunk_id": "results/phase08/kv_cache/cpu/result.md#2"},
-                           "calculator": {"expression": "4.29 * 1"}}[name])
+        return call(
+            name,
+            {
+                "search_notes": {"query": "kv_cache_gb Llama 3.1 8B"},
+                "read_chunk": {"chunk_id": "results/phase08/kv_cache/cpu/result.md#2"},
+                "calculator": {"expression": "4.29 * 1"},
+            }[name],
+        )
 
     with ScriptedServer(script) as srv:
         doc = _tiny(research_agent, tmp_path, llm=f"openai:scripted@{srv.openai_url}")
@@ -303,7 +325,6 @@ def test_research_agent_tiny_with_real_tools(tmp_path):
 
 def test_function_calling_tiny_both_wires_from_one_definition(tmp_path):
     """The OpenAI wire goes straight to the scripted model, the Anthropic wire through lab serve wrapping it."""
-    from phase13_react import function_calling
 
     def script(body):
         if body.get("tool_choice") == "none":
@@ -317,8 +338,10 @@ def test_function_calling_tiny_both_wires_from_one_definition(tmp_path):
     assert m["grounded_answer_rate_anthropic"] == 1.0 and m["grounded_answer_rate_openai"] == 1.0
     transcripts = json.loads((Path(doc["_path"]).parent / "wire_transcripts.json").read_text())
     by_wire = {t["wire"]: t["exchanges"] for t in transcripts}
-    assert by_wire["anthropic"][0]["request"]["tools"][0]["input_schema"] == \
-        by_wire["openai"][0]["request"]["tools"][0]["function"]["parameters"]
+    assert (
+        by_wire["anthropic"][0]["request"]["tools"][0]["input_schema"]
+        == by_wire["openai"][0]["request"]["tools"][0]["function"]["parameters"]
+    )
     assert by_wire["anthropic"][0]["request"]["tool_choice"]["type"] == "any"
     assert by_wire["anthropic"][0]["response"]["content"][0]["type"] == "tool_use"
     assert by_wire["anthropic"][1]["request"]["messages"][-1]["content"][0]["type"] == "tool_result"
@@ -326,10 +349,13 @@ def test_function_calling_tiny_both_wires_from_one_definition(tmp_path):
 
 
 def test_function_calling_hosted_without_a_key_is_skipped(tmp_path, monkeypatch):
-    from phase13_react import function_calling
 
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    doc = runner.execute(function_calling.EXERCISE, "cpu", {**function_calling.EXERCISE.tiny,
-                                                             "llm": "anthropic:claude-haiku-4-5"},
-                         results_root=tmp_path, quiet=True)
+    doc = runner.execute(
+        function_calling.EXERCISE,
+        "cpu",
+        {**function_calling.EXERCISE.tiny, "llm": "anthropic:claude-haiku-4-5"},
+        results_root=tmp_path,
+        quiet=True,
+    )
     assert doc["status"] == "skipped" and "ANTHROPIC_API_KEY" in doc["reason"]

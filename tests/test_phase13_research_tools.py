@@ -7,11 +7,13 @@ import json
 
 import pytest
 
+from lab import runner
 from lab.errors import ConfigError
 from lab.jsonl import read_jsonl, write_jsonl
 from lab.llm.base import ToolCall
+from phase09_finetuning.qlora import EXERCISE
 from phase13_react import tasks as T
-from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric, safe_eval
+from phase13_react.research_tools import calculator, kv_cache_gb, read_result_metric, result_path, safe_eval
 from phase13_react.tools import Toolbox
 
 
@@ -41,7 +43,6 @@ def test_the_file_is_what_the_specs_write():
 
 
 def _copy_results(tmp_path, exercises):
-    from phase13_react.research_tools import result_path
 
     for exercise in exercises:
         group, _, name = exercise.partition(".")
@@ -76,7 +77,6 @@ def test_a_trained_figure_may_move_within_its_tolerance_and_no_further(tmp_path)
 
 def test_trained_rates_state_the_cases_their_tolerance_assumes():
     """``_trained(..., cases=n)`` widens a rate's tolerance to one of n cases: the committed metric says n."""
-    from phase13_react.research_tools import result_path
 
     checked = 0
     for spec in T.SPECS:
@@ -94,8 +94,6 @@ def test_regenerating_the_trained_results_leaves_the_derived_answers_valid(tmp_p
     """`make demo` then `make test`, reduced: train phase09.qlora's tiny config twice into two results roots
     (as a demo regenerates the committed ones), derive the research tasks from the first, check them against
     the second. Trained twice on one machine the losses and the adapter repeat bit for bit (lab.repeatable)."""
-    from lab import runner
-    from phase09_finetuning.qlora import EXERCISE
 
     overrides = {**EXERCISE.tiny, "runs": ["lora"]}
     docs = [runner.execute(EXERCISE, "cpu", overrides, out=tmp_path / name, quiet=True) for name in ("first", "again")]
@@ -109,10 +107,17 @@ def test_regenerating_the_trained_results_leaves_the_derived_answers_valid(tmp_p
     assert T.stale(T.load_tasks(tmp_path / "tasks.jsonl"), tmp_path / "again") == []
 
 
-@pytest.mark.parametrize("reply,ok", [
-    ("The cache takes 4.29 GB.", True), ("about 4.3 GB", True), ("4.5 GB", False), ("", False), (None, False),
-    ("1 2 3 4 4.29", False),  # a list of guesses
-])
+@pytest.mark.parametrize(
+    "reply,ok",
+    [
+        ("The cache takes 4.29 GB.", True),
+        ("about 4.3 GB", True),
+        ("4.5 GB", False),
+        ("", False),
+        (None, False),
+        ("1 2 3 4 4.29", False),  # a list of guesses
+    ],
+)
 def test_number_check(reply, ok):
     task = T.Task("t", "q", 4.29, "number", 0.0429)
     assert T.check(task, reply) is ok
@@ -125,14 +130,26 @@ def test_number_check_reads_thousands_separators_and_text_match():
     assert not T.check(text, "It used MPNet.")
 
 
-@pytest.mark.parametrize("line,needle", [
-    ('{"question": "q", "answer": 1}', "field 'answer_type': Field required"),
-    ('{"question": "q", "answer": "x", "answer_type": "number"}', "field 'answer': Input should be a number"),
-    ('{"question": "q", "answer": 1, "answer_type": "float"}', "field 'answer_type': Input should be 'number' or 'text'"),
-    ('{"question": "q", "answer": 1, "answer_type": "number", "tolerance": -1}', "field 'tolerance': Input should be greater than or equal to 0"),
-    ('{"question": "", "answer": 1, "answer_type": "number"}', "field 'question': Input should be a non-empty string"),
-    ('not json', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "line,needle",
+    [
+        ('{"question": "q", "answer": 1}', "field 'answer_type': Field required"),
+        ('{"question": "q", "answer": "x", "answer_type": "number"}', "field 'answer': Input should be a number"),
+        (
+            '{"question": "q", "answer": 1, "answer_type": "float"}',
+            "field 'answer_type': Input should be 'number' or 'text'",
+        ),
+        (
+            '{"question": "q", "answer": 1, "answer_type": "number", "tolerance": -1}',
+            "field 'tolerance': Input should be greater than or equal to 0",
+        ),
+        (
+            '{"question": "", "answer": 1, "answer_type": "number"}',
+            "field 'question': Input should be a non-empty string",
+        ),
+        ("not json", "not valid JSON"),
+    ],
+)
 def test_loader_errors_name_file_line_and_field(tmp_path, line, needle):
     path = tmp_path / "tasks.jsonl"
     path.write_text('{"question": "fine", "answer": 2, "answer_type": "number"}\n' + line + "\n")
@@ -151,11 +168,15 @@ def test_calculator_is_arithmetic_only():
 
 def test_tools_fail_as_observations_that_name_the_fix():
     box = Toolbox([calculator, read_result_metric, kv_cache_gb])
-    unknown_metric = box.execute(ToolCall("1", "read_result_metric", {"exercise": "phase08.kv_cache", "metric": "kv_cache"}))
+    unknown_metric = box.execute(
+        ToolCall("1", "read_result_metric", {"exercise": "phase08.kv_cache", "metric": "kv_cache"})
+    )
     assert unknown_metric.outcome == "tool_error" and "kv_cache_gb" in unknown_metric.content
     unknown_ex = box.execute(ToolCall("2", "read_result_metric", {"exercise": "phase08.kv_cach", "metric": "x"}))
     assert unknown_ex.outcome == "tool_error" and "phase08.kv_cache" in unknown_ex.content
-    ok = box.execute(ToolCall("3", "read_result_metric", {"exercise": "phase08.kv_cache", "metric": "kv_bytes_per_token"}))
+    ok = box.execute(
+        ToolCall("3", "read_result_metric", {"exercise": "phase08.kv_cache", "metric": "kv_bytes_per_token"})
+    )
     assert ok.outcome == "ok" and json.loads(ok.content)["value"] == 131072
     assert box.execute(ToolCall("4", "kv_cache_gb", {"context": 32768})).value == pytest.approx(4.295, abs=1e-3)
     assert box.execute(ToolCall("5", "calculator", {"expression": "exec('1')"})).outcome == "tool_error"

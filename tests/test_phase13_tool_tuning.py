@@ -10,10 +10,19 @@ import pytest
 from lab import runner
 from lab.llm.base import ToolCall
 from lab.llm.constrained import render_tool_call, repeated_call_at, tools_prompt
+from lab.llm.local import LocalLLM
 from phase13_react import tool_tuning
 from phase13_react.loop import FINAL_ANSWER, final_answer_tool
-from phase13_react.tool_use_data import (FUNCTIONS, PROJECT_TEMPLATES, READER_METRICS, generate, research_task_metrics,
-                                         training_rows)
+from phase13_react.research_tools import safe_eval
+from phase13_react.tool_adapter import PUBLISHED, check_published
+from phase13_react.tool_use_data import (
+    FUNCTIONS,
+    PROJECT_TEMPLATES,
+    READER_METRICS,
+    generate,
+    research_task_metrics,
+    training_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +62,29 @@ def test_every_gold_call_validates_against_its_offered_schema(data):
 
 
 def test_multistep_answers_come_from_running_the_tools(data):
-    from phase13_react.research_tools import safe_eval
 
     calc = [t for t in data.multistep if t.id.split("-")[1] == "calculator"]
     assert calc
     for task in calc:
-        expression = task.question.split("of ", 1)[-1].split(",")[0].rstrip(".") if "value of" in task.question \
+        expression = (
+            task.question.split("of ", 1)[-1].split(",")[0].rstrip(".")
+            if "value of" in task.question
             else task.question.replace("Work out ", "").replace(", please.", "")
+        )
         assert float(task.contains[0]) == pytest.approx(safe_eval(expression), rel=1e-3)
 
 
 def test_training_rows_are_the_prompts_inference_builds(data):
     """A row's turns before its last assistant turn, templated with a generation prompt, are exactly the
     tokens LocalLLM sends for that request; the target is the Hermes call block (or the text)."""
-    from lab.llm.local import LocalLLM
 
     llm = LocalLLM("smollm2-135m-instruct")
     example = next(e for e in data.train if e.kind == "final")  # has a call and a tool result in its history
     row = training_rows([example])[0]
     tok = llm.tokenizer
-    prompt = tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=True,
-                                     return_dict=True)["input_ids"]
+    prompt = tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     mode = "required" if example.mode == "agent" else "auto"
     ids, *_ = llm._prompt(example.messages, example.system, example.tools, None, mode)
     assert list(prompt) == list(ids)
@@ -110,7 +121,6 @@ def test_same_value_accepts_what_a_caller_would():
 
 def test_published_adapter_matches_the_current_recipe():
     """The committed smollm2-135m-agent was trained from the recipe the code states now (data included)."""
-    from phase13_react.tool_adapter import PUBLISHED, check_published
 
     record = check_published()
     assert (PUBLISHED / "adapter_model.safetensors").stat().st_size <= 5 * 1024 * 1024

@@ -7,13 +7,22 @@ processes; nothing leaves the machine.
 """
 
 import json
+import os
 import time
 import uuid
 
 import pytest
 
+from lab.jsonl import read_jsonl
 from lab.llm.base import LLM, ChatResponse, ToolCall, Usage
 from lab.runner import execute
+from lab.serve.background import serving
+from phase13_react.research_tools import calculator
+from phase13_react.tools import Toolbox
+from phase14_frameworks import langgraph_research as lr
+from phase14_frameworks.comparison import ADAPTERS, ROOT, adapter_lines, default_tasks, when_to_choose
+from phase14_frameworks.comparison_tasks import TASKS_FILE, build_rows
+from phase14_frameworks.langgraph_agent import time_travel
 
 
 class ScriptedModel(LLM):
@@ -26,8 +35,18 @@ class ScriptedModel(LLM):
         super().__init__("scripted-model")
         self.n_calls, self.delay_s = n_calls, delay_s
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-             tool_choice="auto", parallel_tool_calls=True, stop=None):
+    def chat(
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+    ):
         time.sleep(self.delay_s)
         usage = Usage(20, 5)
         names = [t["name"] for t in tools or []]
@@ -45,7 +64,6 @@ class ScriptedModel(LLM):
 
 @pytest.fixture
 def scripted():
-    from lab.serve.background import serving
 
     model = ScriptedModel(n_calls=3, delay_s=0.15)
     with serving(model) as url:
@@ -55,14 +73,23 @@ def scripted():
 @pytest.fixture
 def tasks_file(tmp_path):
     path = tmp_path / "tasks.jsonl"
-    path.write_text(json.dumps({"id": "six_sevens", "question": "What is 6 times 7?", "answer": 42,
-                                "answer_type": "number", "tolerance": 0}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "id": "six_sevens",
+                "question": "What is 6 times 7?",
+                "answer": 42,
+                "answer_type": "number",
+                "tolerance": 0,
+            }
+        )
+        + "\n"
+    )
     return str(path)
 
 
 @pytest.fixture
 def saver():
-    from phase14_frameworks import langgraph_research as lr
 
     s = lr.open_saver(lr.database_url())
     yield s
@@ -75,12 +102,7 @@ def _metrics(doc):
 
 
 def test_a_rejected_answer_is_not_published_and_time_travel_reruns_only_later_nodes(scripted, saver):
-    from langgraph.types import Command
-
-    from phase13_react.research_tools import calculator
-    from phase13_react.tools import Toolbox
-    from phase14_frameworks import langgraph_research as lr
-    from phase14_frameworks.langgraph_agent import time_travel
+    from langgraph.types import Command  # noqa: PLC0415 (langgraph loads only on the path that uses it)
 
     model = lr.chat_model(f"{scripted}/v1", "none", "scripted-model")
     graph = lr.build_graph(model, Toolbox([calculator]), checkpointer=saver, approval=True)
@@ -89,8 +111,10 @@ def test_a_rejected_answer_is_not_published_and_time_travel_reruns_only_later_no
     assert graph.get_state(lr.thread(thread_id)).next == ("review",)
     values = lr.run_thread(graph, thread_id, Command(resume="reject"))
     assert values["stop_reason"] == "rejected"
-    assert saver.conn.execute("SELECT count(*) AS n FROM p14_published WHERE thread_id = %s",
-                              (thread_id,)).fetchone()["n"] == 0
+    assert (
+        saver.conn.execute("SELECT count(*) AS n FROM p14_published WHERE thread_id = %s", (thread_id,)).fetchone()["n"]
+        == 0
+    )
 
     plain = lr.build_graph(model, Toolbox([calculator]), checkpointer=saver)
     thread_id = f"test-travel-{uuid.uuid4().hex[:6]}"
@@ -101,10 +125,15 @@ def test_a_rejected_answer_is_not_published_and_time_travel_reruns_only_later_no
 
 
 def test_langgraph_exercise_tiny_run(scripted, tasks_file, tmp_path):
-    from phase14_frameworks.langgraph_agent import EXERCISE
+    from phase14_frameworks.langgraph_agent import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
-    doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "tasks": tasks_file, "max_steps": 6,
-                                    "llm": f"openai:scripted-model@{scripted}/v1"}, out=tmp_path, quiet=True)
+    doc = execute(
+        EXERCISE,
+        "cpu",
+        {**EXERCISE.tiny, "tasks": tasks_file, "max_steps": 6, "llm": f"openai:scripted-model@{scripted}/v1"},
+        out=tmp_path,
+        quiet=True,
+    )
     m = _metrics(doc)
     assert m["success_rate"] == 1.0 and m["steps_per_task"] == 4 and m["llm_calls_per_task"] == 4
     assert m["checkpoints_per_run"] == 9  # input, start, 4 agent turns, 3 tool nodes
@@ -124,15 +153,19 @@ def test_langgraph_exercise_tiny_run(scripted, tasks_file, tmp_path):
 
 
 def test_crew_runs_against_the_server_with_home_isolated_and_counts_format_misses(scripted, tmp_path, monkeypatch):
-    import os
 
-    from phase14_frameworks.crewai_crew import EXERCISE
+    from phase14_frameworks.crewai_crew import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "llm": f"openai:scripted-model@{scripted}/v1"},
-                  out=tmp_path / "out", quiet=True)
+    doc = execute(
+        EXERCISE,
+        "cpu",
+        {**EXERCISE.tiny, "llm": f"openai:scripted-model@{scripted}/v1"},
+        out=tmp_path / "out",
+        quiet=True,
+    )
     m = _metrics(doc)
     # native: the Researcher calls its tool 3 times, then one call per agent; text: one call per agent
     assert m["llm_calls_native"] == 6 and m["llm_calls_text"] == 3
@@ -147,12 +180,17 @@ def test_crew_runs_against_the_server_with_home_isolated_and_counts_format_misse
 
 
 def test_comparison_tiny_run_counts_every_framework_at_one_meter(scripted, tasks_file, tmp_path, monkeypatch):
-    from phase14_frameworks.comparison import EXERCISE, OPENCLAW_ABSENT
+    from phase14_frameworks.comparison import EXERCISE, OPENCLAW_ABSENT  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     monkeypatch.setenv("HOME", str(tmp_path))
     served = f"openai:scripted-model@{scripted}/v1"  # the scripted server stands in for the agent model
-    doc = execute(EXERCISE, "cpu", {**EXERCISE.tiny, "tasks": tasks_file, "max_steps": 6, "models": ["agent"],
-                                    "specs": {"agent": served}}, out=tmp_path / "out", quiet=True)
+    doc = execute(
+        EXERCISE,
+        "cpu",
+        {**EXERCISE.tiny, "tasks": tasks_file, "max_steps": 6, "models": ["agent"], "specs": {"agent": served}},
+        out=tmp_path / "out",
+        quiet=True,
+    )
     m = _metrics(doc)
     assert m["success_raw_agent"] == m["success_langgraph_agent"] == m["success_crewai_agent"] == 1.0
     assert m["success_raw_agent_n"] == m["n_tasks_raw"] == m["n_tasks_crewai"] == 1
@@ -168,7 +206,6 @@ def test_comparison_tiny_run_counts_every_framework_at_one_meter(scripted, tasks
 
 
 def test_when_to_choose_speaks_only_where_intervals_separate():
-    from phase14_frameworks.comparison import when_to_choose
 
     class Ctx:
         def __init__(self):
@@ -177,8 +214,13 @@ def test_when_to_choose_speaks_only_where_intervals_separate():
         def finding(self, text):
             self.findings.append(text)
 
-    apart = {"success": (0.6, 0.8), "answered": (0.9, 1.0), "calls": (2, 1.8, 2.2), "tokens": (900, 800, 1000),
-             "wall": (3, 2, 4)}
+    apart = {
+        "success": (0.6, 0.8),
+        "answered": (0.9, 1.0),
+        "calls": (2, 1.8, 2.2),
+        "tokens": (900, 800, 1000),
+        "wall": (3, 2, 4),
+    }
     close = {**apart, "success": (0.5, 0.7), "tokens": (950, 850, 1050)}
     far = {**apart, "success": (0.0, 0.1), "tokens": (5000, 4000, 6000)}
     ctx = Ctx()
@@ -191,20 +233,18 @@ def test_when_to_choose_speaks_only_where_intervals_separate():
 
 
 def test_adapter_lines_count_named_definitions_without_blanks_comments_and_docstrings(tmp_path):
-    from phase14_frameworks.comparison import adapter_lines
 
     f = tmp_path / "m.py"
-    f.write_text('"""Doc.\n\nMore."""\n\n# comment\nx = 1  # trailing\n\ndef f():\n    """Doc."""\n'
-                 '    return (x +\n            2)\n\n\ndef measure():\n    return 0\n')
+    f.write_text(
+        '"""Doc.\n\nMore."""\n\n# comment\nx = 1  # trailing\n\ndef f():\n    """Doc."""\n'
+        "    return (x +\n            2)\n\n\ndef measure():\n    return 0\n"
+    )
     assert adapter_lines(f, ["x", "f"]) == 4  # x = 1, def f():, return (x +, 2) -- measure() not counted
     with pytest.raises(ValueError, match="does not define"):
         adapter_lines(f, ["x", "gone"])
 
 
 def test_every_adapter_definition_exists_and_the_task_files_are_current():
-    from lab.jsonl import read_jsonl
-    from phase14_frameworks.comparison import ADAPTERS, ROOT, adapter_lines, default_tasks
-    from phase14_frameworks.comparison_tasks import TASKS_FILE, build_rows
 
     assert all(adapter_lines(ROOT / p, names) > 0 for files in ADAPTERS.values() for p, names in files.items())
     assert read_jsonl(TASKS_FILE) == build_rows()

@@ -20,20 +20,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab import runner
 from lab.toolchain import node_bin, openclaw_bin
 from phase14_frameworks import openclaw_runner
+from phase14_frameworks import openclaw_skill as oc
 from phase14_frameworks.engine_double import EngineDouble
 from phase14_frameworks.model_recorder import Exchange, parse_reply
-from phase14_frameworks.openclaw_runner import TurnRecord
-from phase14_frameworks.openclaw_runner import SKILLS_DIR, read_front_matter
+from phase14_frameworks.openclaw_runner import SKILLS_DIR, TurnRecord, read_front_matter
+from phase14_frameworks.openclaw_skill import EXERCISE, OUTCOMES, Config, model_slug, model_specs, outcome
 from phase14_frameworks.scripted_model import next_step, skill_location, topic_of
 
 SKILL_DIR = SKILLS_DIR / "content-engine"
 SCRIPT = SKILL_DIR / "scripts" / "content_engine.py"
-needs_openclaw = pytest.mark.skipif(node_bin() is None or openclaw_bin() is None,
-                                    reason="Node/OpenClaw not installed in <venv>/node (run `make setup`)")
+needs_openclaw = pytest.mark.skipif(
+    node_bin() is None or openclaw_bin() is None, reason="Node/OpenClaw not installed in <venv>/node (run `make setup`)"
+)
 
 
 def cli(*args: str, url: str | None) -> subprocess.CompletedProcess:
@@ -42,6 +45,7 @@ def cli(*args: str, url: str | None) -> subprocess.CompletedProcess:
 
 
 # --- the skill's files --------------------------------------------------------------------------
+
 
 def test_front_matter_has_what_openclaw_reads():
     meta = read_front_matter(SKILL_DIR / "SKILL.md")
@@ -69,6 +73,7 @@ def test_skill_script_imports_nothing_from_the_project():
 
 
 # --- the skill's command against the engine API double ------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def engine():
@@ -115,7 +120,7 @@ def test_bad_url_setting_is_a_usage_error():
 
 
 def test_engine_double_rejects_an_empty_topic(engine):
-    import httpx
+    import httpx  # noqa: PLC0415 (httpx loads only on the path that uses it)
 
     _, url = engine
     reply = httpx.post(f"{url}/jobs", json={"topic": ""})
@@ -124,24 +129,36 @@ def test_engine_double_rejects_an_empty_topic(engine):
 
 # --- the pieces the exercise measures with (no OpenClaw needed) ----------------------------------
 
+
 def test_recorder_reads_a_streamed_tool_call():
-    ex = Exchange({"messages": [{"role": "system", "content": "<name>a&amp;b</name>"}, {"role": "user", "content": "hi"}],
-                   "tools": [{"type": "function", "function": {"name": "exec", "parameters": {}}}]})
-    stream = (b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"exec","arguments":"{\\"comm"}}]}}]}\n\n'
-              b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"and\\": 1}"}}]}}]}\n\n'
-              b'data: {"choices":[],"usage":{"prompt_tokens":7}}\n\ndata: [DONE]\n\n')
+    ex = Exchange(
+        {
+            "messages": [{"role": "system", "content": "<name>a&amp;b</name>"}, {"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "exec", "parameters": {}}}],
+        }
+    )
+    stream = (
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"name":"exec","arguments":"{\\"comm"}}]}}]}\n\n'
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"and\\": 1}"}}]}}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":7}}\n\ndata: [DONE]\n\n'
+    )
     parse_reply(ex, stream, "text/event-stream")
     assert ex.reply_tool_calls == [{"name": "exec", "arguments": '{"command": 1}'}]
     assert ex.usage == {"prompt_tokens": 7} and ex.tool_names == ["exec"] and ex.mentions("<name>a&b</name>")
 
 
 def test_scripted_model_follows_the_skill_catalog():
-    system = ("<available_skills>\n  <skill>\n    <name>content-engine</name>\n    <description>x</description>\n"
-              "    <location>/w/skills/content-engine/SKILL.md</location>\n  </skill>\n</available_skills>")
+    system = (
+        "<available_skills>\n  <skill>\n    <name>content-engine</name>\n    <description>x</description>\n"
+        "    <location>/w/skills/content-engine/SKILL.md</location>\n  </skill>\n</available_skills>"
+    )
     assert skill_location(system, "content-engine") == "/w/skills/content-engine/SKILL.md"
     assert topic_of("Start a content-engine job about vector databases.\n\nRuntime: ...") == "vector databases"
     body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "Write about RAG."}]}
-    assert next_step(body, "content-engine") == {"name": "read", "arguments": {"path": "/w/skills/content-engine/SKILL.md"}}
+    assert next_step(body, "content-engine") == {
+        "name": "read",
+        "arguments": {"path": "/w/skills/content-engine/SKILL.md"},
+    }
     body["messages"].append({"role": "tool", "content": "skill text"})
     command = next_step(body, "content-engine")["arguments"]["command"]
     assert command == "python3 /w/skills/content-engine/scripts/content_engine.py start RAG"
@@ -149,8 +166,12 @@ def test_scripted_model_follows_the_skill_catalog():
 
 def test_recorder_reads_a_refusal_for_context_length():
     ex = Exchange({"messages": []}, status=413)
-    parse_reply(ex, b'{"error": {"message": "the prompt is 8200 tokens", "type": "invalid_request_error", '
-                    b'"param": "messages", "code": "context_length_exceeded"}}', "application/json")
+    parse_reply(
+        ex,
+        b'{"error": {"message": "the prompt is 8200 tokens", "type": "invalid_request_error", '
+        b'"param": "messages", "code": "context_length_exceeded"}}',
+        "application/json",
+    )
     assert ex.error_code == "context_length_exceeded" and ex.context_overflow
     too_big = Exchange({"messages": []}, status=413)
     parse_reply(too_big, b'{"error": {"message": "body over 8 MB", "code": "request_too_large"}}', "application/json")
@@ -162,7 +183,6 @@ def _turn(exit_code=0, status="ok", error=None):
 
 
 def test_each_turn_gets_one_outcome():
-    from phase14_frameworks.openclaw_skill import OUTCOMES, outcome
 
     refused = Exchange({}, status=413, error_code="context_length_exceeded")
     fine = Exchange({}, status=200)
@@ -181,7 +201,6 @@ def test_each_turn_gets_one_outcome():
 
 def test_skill_use_is_a_rate_over_the_turns_that_fit():
     """Overflowing turns are counted apart and left out of the skill-use rate's n."""
-    from phase14_frameworks import openclaw_skill as oc
 
     class Ctx:
         def __init__(self):
@@ -194,14 +213,33 @@ def test_skill_use_is_a_rate_over_the_turns_that_fit():
             return lambda *a, **k: None
 
     def turn(result):
-        return {"message": "m", "turn": _turn(), "outcome": result, "requests": 1, "model_calls": [],
-                "read_skill_file": False, "connects": None}
+        return {
+            "message": "m",
+            "turn": _turn(),
+            "outcome": result,
+            "requests": 1,
+            "model_calls": [],
+            "read_skill_file": False,
+            "connects": None,
+        }
 
-    result = {"name": "default_agent", "variant": "default", "model": "local:smollm2-135m-agent", "slug": "agent",
-              "turns": [turn("context_overflow")] * 3 + [turn("skill_ran"), turn("no_job")], "context_window": 8192,
-              "system_prompt_chars": 100, "system_prompt_tokens": 30, "prompt_tokens": 8200, "tools_offered": 11,
-              "tool_names": [], "tools_json_chars": 0, "skills_in_catalog": 1, "skill_name_in_prompt": True,
-              "description_in_prompt": True}
+    result = {
+        "name": "default_agent",
+        "variant": "default",
+        "model": "local:smollm2-135m-agent",
+        "slug": "agent",
+        "turns": [turn("context_overflow")] * 3 + [turn("skill_ran"), turn("no_job")],
+        "context_window": 8192,
+        "system_prompt_chars": 100,
+        "system_prompt_tokens": 30,
+        "prompt_tokens": 8200,
+        "tools_offered": 11,
+        "tool_names": [],
+        "tools_json_chars": 0,
+        "skills_in_catalog": 1,
+        "skill_name_in_prompt": True,
+        "description_in_prompt": True,
+    }
     ctx = Ctx()
     oc.report(ctx, [result], None)
     m = ctx.metrics
@@ -211,7 +249,6 @@ def test_skill_use_is_a_rate_over_the_turns_that_fit():
 
 
 def test_the_agent_model_runs_first_with_the_base_beside_it(monkeypatch):
-    from phase14_frameworks.openclaw_skill import Config, model_slug, model_specs
 
     monkeypatch.delenv("LAB_LLM", raising=False)
     assert [model_slug(s) for s in model_specs(Config())] == ["agent", "base"]
@@ -221,10 +258,12 @@ def test_the_agent_model_runs_first_with_the_base_beside_it(monkeypatch):
 
 def test_strace_log_parsing(tmp_path):
     log = tmp_path / "s.log"
-    log.write_text('12 connect(20, {sa_family=AF_INET, sin_port=htons(8088), sin_addr=inet_addr("127.0.0.1")}, 16) = 0\n'
-                   '13 connect(21, {sa_family=AF_UNIX, sun_path="/run/x.sock"}, 110) = 0\n'
-                   '14 connect(22, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), '
-                   'inet_pton(AF_INET6, "2606:4700::1", &sin6_addr), sin6_scope_id=0}, 28) = -1\n')
+    log.write_text(
+        '12 connect(20, {sa_family=AF_INET, sin_port=htons(8088), sin_addr=inet_addr("127.0.0.1")}, 16) = 0\n'
+        '13 connect(21, {sa_family=AF_UNIX, sun_path="/run/x.sock"}, 110) = 0\n'
+        "14 connect(22, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), "
+        'inet_pton(AF_INET6, "2606:4700::1", &sin6_addr), sin6_scope_id=0}, 28) = -1\n'
+    )
     found = openclaw_runner.connect_destinations(log)
     assert found == ["127.0.0.1:8088", "unix:/run/x.sock", "2606:4700::1:443"]
     assert [openclaw_runner.is_loopback(d) for d in found] == [True, True, False]
@@ -232,10 +271,12 @@ def test_strace_log_parsing(tmp_path):
 
 # --- real OpenClaw ------------------------------------------------------------------------------
 
+
 @needs_openclaw
 def test_openclaw_loads_the_skill_from_an_isolated_workspace(tmp_path):
-    setup = openclaw_runner.make_setup(tmp_path, base_url="http://127.0.0.1:9", api_key="sk-unused",
-                                       model="m", context_window=8192, narrow=True)
+    setup = openclaw_runner.make_setup(
+        tmp_path, base_url="http://127.0.0.1:9", api_key="sk-unused", model="m", context_window=8192, narrow=True
+    )
     config = json.loads(setup.config.read_text())
     assert config["update"] == {"checkOnStart": False} and config["telemetry"] == {"enabled": False}
     skills = {s["name"]: s for s in openclaw_runner.skills_list(setup)}
@@ -251,7 +292,6 @@ def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
     """The exercise's tiny run: the tuned agent model in the default configuration (its first request is
     larger than the 8,192-token window: context_overflow, not a skill miss) and in the narrow one (its
     first request fits), and the scripted control."""
-    from phase14_frameworks.openclaw_skill import EXERCISE
 
     doc = runner.execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
@@ -271,7 +311,9 @@ def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
     turns = {row[0]: dict(zip(tables["turns"]["columns"], row)) for row in tables["turns"]["rows"]}
     assert turns["default_agent"]["outcome"] == "context_overflow"
     control = turns["control"]
-    assert control["outcome"] == "skill_ran" and control["read SKILL.md"] is True and m["control_skill_command_ran"] == 1
+    assert (
+        control["outcome"] == "skill_ran" and control["read SKILL.md"] is True and m["control_skill_command_ran"] == 1
+    )
     prompt = (Path(doc["_path"]).parent / "system_prompt_narrow_agent.txt").read_text()
     assert "<name>content-engine</name>" in prompt
     if shutil.which("strace"):
@@ -279,7 +321,6 @@ def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
 
 
 def test_front_matter_parses_as_yaml_mapping():
-    import yaml
 
     text = (SKILL_DIR / "SKILL.md").read_text()
     assert isinstance(yaml.safe_load(text.split("---")[1]), dict)

@@ -5,10 +5,25 @@ import json
 import threading
 import time
 
+import pybreaker
 import pytest
 
+from lab.db import connect
+from lab.llm.base import LLMError
+from lab.llm.openai_client import OpenAILLM
 from lab.llm.scripted_server import ScriptedServer, error, say
 from lab.runner import execute
+from phase15_production.faults import FaultProxy, FaultSpec, fault_proxy, first_attempts_served, read_log
+from phase15_production.resilience import EXERCISE, STRATEGIES, bare_from_log
+from phase15_production.resilient_calls import (
+    Breaker,
+    IdempotentEffects,
+    ResilientLLM,
+    RetryPolicy,
+    client_for,
+    is_transient,
+    retry_after_s,
+)
 
 
 class ScriptedOpenAI(ScriptedServer):
@@ -33,8 +48,6 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def test_retry_honours_retry_after_and_never_retries_a_400():
-    from lab.llm.base import LLMError
-    from phase15_production.resilient_calls import RetryPolicy, client_for
 
     waits = []
     policy = RetryPolicy(max_attempts=4, sleep=waits.append)
@@ -51,8 +64,6 @@ def test_retry_honours_retry_after_and_never_retries_a_400():
 
 
 def test_retry_gives_up_after_max_attempts_with_the_last_error():
-    from lab.llm.base import LLMError
-    from phase15_production.resilient_calls import RetryPolicy, client_for
 
     with ScriptedOpenAI(500, 500, 529, "ok") as server:
         with pytest.raises(LLMError) as err:
@@ -61,14 +72,12 @@ def test_retry_gives_up_after_max_attempts_with_the_last_error():
 
 
 def test_breaker_goes_closed_open_half_open_closed():
-    import pybreaker
-
-    from phase15_production.resilient_calls import Breaker, client_for
+    import pybreaker  # noqa: PLC0415 (pybreaker loads only on the path that uses it)
 
     with ScriptedOpenAI(500, 500, "ok") as server:
         client, breaker = client_for(server.spec), Breaker("scripted", fail_max=2, reset_timeout_s=0.2)
         for _ in range(2):
-            with pytest.raises(Exception):
+            with pytest.raises(LLMError):
                 breaker.call(client.chat, MSG)
         assert breaker.state == "open"
         with pytest.raises(pybreaker.CircuitBreakerError):  # open: refused without a request
@@ -81,22 +90,24 @@ def test_breaker_goes_closed_open_half_open_closed():
 
 
 def test_breaker_does_not_count_a_callers_400():
-    from phase15_production.resilient_calls import Breaker, client_for
 
     with ScriptedOpenAI(400, 400, 400) as server:
         client, breaker = client_for(server.spec), Breaker("scripted", fail_max=2)
         for _ in range(3):
-            with pytest.raises(Exception):
+            with pytest.raises((LLMError, pybreaker.CircuitBreakerError)):
                 breaker.call(client.chat, MSG)
         assert breaker.state == "closed" and not breaker.transitions
 
 
 def test_fallback_serves_when_the_primary_fails_and_records_who_served():
-    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     with ScriptedOpenAI(*[503] * 50) as primary, ScriptedOpenAI(reply="from fallback") as fallback:
-        llm = ResilientLLM([primary.spec, fallback.spec], policy=RetryPolicy(max_attempts=2, sleep=lambda s: None),
-                           fail_max=2, reset_timeout_s=60)
+        llm = ResilientLLM(
+            [primary.spec, fallback.spec],
+            policy=RetryPolicy(max_attempts=2, sleep=lambda s: None),
+            fail_max=2,
+            reset_timeout_s=60,
+        )
         replies = [llm.chat(MSG).text for _ in range(5)]
         assert replies == ["from fallback"] * 5
         assert llm.served() == {fallback.spec: 5}
@@ -106,8 +117,6 @@ def test_fallback_serves_when_the_primary_fails_and_records_who_served():
 
 
 def test_fallback_is_not_used_for_a_bad_request():
-    from lab.llm.base import LLMError
-    from phase15_production.resilient_calls import ResilientLLM
 
     with ScriptedOpenAI(400) as primary, ScriptedOpenAI() as fallback:
         with pytest.raises(LLMError):
@@ -116,22 +125,17 @@ def test_fallback_is_not_used_for_a_bad_request():
 
 
 def test_resilient_llm_refuses_a_client_that_retries_on_its_own():
-    from lab.llm.openai_client import OpenAILLM
-    from phase15_production.resilient_calls import ResilientLLM
 
     with pytest.raises(ValueError, match="max_attempts=3"):
         ResilientLLM([OpenAILLM("m", base_url="http://127.0.0.1:9/v1", max_attempts=3)])
 
 
 def test_fault_proxy_injects_seeded_faults_the_policy_classifies():
-    from lab.llm.base import LLMError
-    from phase15_production.faults import FaultProxy, FaultSpec, fault_proxy
-    from phase15_production.resilient_calls import client_for, is_transient, retry_after_s
 
     proxies = [FaultProxy("http://127.0.0.1:9", FaultSpec(rate=0.3, seed=5)) for _ in range(2)]
     draws = [[proxy.draw() for _ in range(200)] for proxy in proxies]
     assert draws[0] == draws[1] and sum(d is not None for d in draws[0]) == 60  # exactly 30% of every deck of 20
-    assert all(sum(d is not None for d in draws[0][i:i + 20]) == 6 for i in range(0, 200, 20))
+    assert all(sum(d is not None for d in draws[0][i : i + 20]) == 6 for i in range(0, 200, 20))
     with ScriptedOpenAI() as upstream:
         for kind in ("429", "529", "truncated", "timeout"):
             spec = FaultSpec(rate=1.0, kinds={kind: 1.0}, retry_after_s=2, hang_s=1.0)
@@ -147,8 +151,6 @@ def test_fault_proxy_injects_seeded_faults_the_policy_classifies():
 
 @pytest.fixture
 def effects():
-    from lab.db import connect
-    from phase15_production.resilient_calls import IdempotentEffects
 
     table = f"p15_test_effects_{threading.get_ident() % 100000}"
     store = IdempotentEffects(table=table, wait_s=10)
@@ -186,8 +188,6 @@ def test_a_failed_effect_releases_its_key_for_a_retry(effects):
 
 
 def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
-    from phase15_production.faults import read_log
-    from phase15_production.resilience import EXERCISE, STRATEGIES, bare_from_log
 
     doc = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
@@ -216,7 +216,10 @@ def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
     for row in table["rows"]:  # a delivery that reached the effect either ran it or was answered from the table
         cell = dict(zip(table["columns"], row))
         assert cell["effects run"] + cell["effects deduplicated"] == cell["deliveries reaching effect"]
-        rate, n = cell["completion [95% CI] (n)"].split()[0], cell["completion [95% CI] (n)"].split("(n=")[1].rstrip(")")
+        rate, n = (
+            cell["completion [95% CI] (n)"].split()[0],
+            cell["completion [95% CI] (n)"].split("(n=")[1].rstrip(")"),
+        )
         assert cell["effects run"] == round(float(rate) * int(n))
         assert cell["duplicate effects"] == 0
         assert "(n=" in cell["completion [95% CI] (n)"]
@@ -224,30 +227,43 @@ def test_resilience_exercise_tiny_run_has_no_duplicate_effects(tmp_path):
 
 
 def test_the_bare_figure_from_the_log_counts_only_first_attempts_served_in_time():
-    from phase15_production.faults import first_attempts_served
 
     def row(i, prompt, served, seconds=0.1):
-        return {"i": i, "fault": None if served else "500", "status": 200 if served else 500, "served": served,
-                "tokens": 5, "seconds": seconds, "prompt": prompt}
+        return {
+            "i": i,
+            "fault": None if served else "500",
+            "status": 200 if served else 500,
+            "served": served,
+            "tokens": 5,
+            "seconds": seconds,
+            "prompt": prompt,
+        }
 
-    rows = [row(0, "a", False), row(1, "a", True),  # retried: a bare client failed it
-            row(2, "b", True), row(3, "b", True),   # served, then redelivered after a lost ack
-            row(4, "c", True, seconds=9.0)]         # served after the client had given up
+    rows = [
+        row(0, "a", False),
+        row(1, "a", True),  # retried: a bare client failed it
+        row(2, "b", True),
+        row(3, "b", True),  # served, then redelivered after a lost ack
+        row(4, "c", True, seconds=9.0),
+    ]  # served after the client had given up
     assert first_attempts_served(rows, within_s=5.0) == (1, 3)
 
 
 def test_a_fallback_behind_its_own_fault_deck_can_fail():
     """The negative control for the old design: with every request to both paths faulted, the
     + fallback client completes nothing (a fallback called directly would have completed all)."""
-    from lab.llm.base import LLMError
-    from phase15_production.faults import FaultSpec, fault_proxy
-    from phase15_production.resilient_calls import ResilientLLM, RetryPolicy
 
     with ScriptedOpenAI() as upstream:
         spec = dict(rate=1.0, kinds={"500": 1.0})
-        with fault_proxy(upstream.url, FaultSpec(seed=0, **spec)) as a, fault_proxy(upstream.url, FaultSpec(seed=1, **spec)) as b:
-            llm = ResilientLLM([f"openai:m@{a.url}/v1", f"openai:m@{b.url}/v1"],
-                               policy=RetryPolicy(max_attempts=2, sleep=lambda s: None), fail_max=None)
+        with (
+            fault_proxy(upstream.url, FaultSpec(seed=0, **spec)) as a,
+            fault_proxy(upstream.url, FaultSpec(seed=1, **spec)) as b,
+        ):
+            llm = ResilientLLM(
+                [f"openai:m@{a.url}/v1", f"openai:m@{b.url}/v1"],
+                policy=RetryPolicy(max_attempts=2, sleep=lambda s: None),
+                fail_max=None,
+            )
             with pytest.raises(LLMError):
                 llm.chat(MSG)
             assert len(a.log) == 2 and len(b.log) == 2 and not llm.breakers

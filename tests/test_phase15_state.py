@@ -6,13 +6,15 @@ import threading
 
 import pytest
 
+from lab.db import connect, database_url
 from lab.errors import ConfigError
 from lab.runner import execute
+from phase15_production.contention import EXERCISE
+from phase15_production.state import STRATEGIES, create_counters, increment, read_counter, run_transaction
 
 
 @pytest.fixture(scope="module")
 def pg_url():
-    from lab.db import database_url
 
     return database_url()
 
@@ -20,8 +22,6 @@ def pg_url():
 def test_run_transaction_reruns_a_transaction_aborted_with_40001(pg_url):
     """A concurrent commit between our read and our write makes PostgreSQL abort us (40001): the
     whole transaction runs again and its second attempt sees the other writer's value."""
-    from lab.db import connect
-    from phase15_production.state import create_counters, read_counter, run_transaction
 
     table = f"p15_test_tx_{os.getpid()}"
     with connect(pg_url, autocommit=True) as admin:
@@ -46,8 +46,6 @@ def test_run_transaction_reruns_a_transaction_aborted_with_40001(pg_url):
 
 
 def test_run_transaction_refuses_a_connection_inside_a_transaction(pg_url):
-    from lab.db import connect
-    from phase15_production.state import run_transaction
 
     with connect(pg_url) as conn:  # not autocommit: the SELECT opens a transaction
         conn.execute("SELECT 1")
@@ -59,8 +57,6 @@ def test_run_transaction_refuses_a_connection_inside_a_transaction(pg_url):
 
 def test_counter_strategies_hold_under_threads(pg_url):
     """Four threads × 30: every safe strategy is exact; naive never gains."""
-    from lab.db import connect
-    from phase15_production.state import STRATEGIES, create_counters, increment, read_counter
 
     table = f"p15_test_threads_{os.getpid()}"
     finals = {}
@@ -68,7 +64,7 @@ def test_counter_strategies_hold_under_threads(pg_url):
         with connect(pg_url, autocommit=True) as admin:
             create_counters(admin, table, ["c"])
 
-        def agent():
+        def agent(strategy=strategy):
             with connect(pg_url, autocommit=True) as conn:
                 for _ in range(30):
                     increment(conn, strategy, table, "c")
@@ -82,11 +78,14 @@ def test_counter_strategies_hold_under_threads(pg_url):
             finals[strategy] = read_counter(admin, table, "c")
             admin.execute(f"DROP TABLE {table}")
     assert finals["naive"] <= 120
-    assert {s: finals[s] for s in STRATEGIES if s != "naive"} == {"for_update": 120, "optimistic": 120, "serializable": 120}
+    assert {s: finals[s] for s in STRATEGIES if s != "naive"} == {
+        "for_update": 120,
+        "optimistic": 120,
+        "serializable": 120,
+    }
 
 
 def test_contention_exercise_tiny_run_with_separate_processes(tmp_path):
-    from phase15_production.contention import EXERCISE
 
     doc = execute(EXERCISE, "cpu", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
@@ -106,7 +105,6 @@ def test_contention_exercise_tiny_run_with_separate_processes(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("LAB_CRDB_URL"), reason="LAB_CRDB_URL is not set (no CockroachDB server here)")
 def test_contention_on_cockroachdb(tmp_path):
-    from phase15_production.contention import EXERCISE
 
     doc = execute(EXERCISE, "crdb", dict(EXERCISE.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("error")
@@ -116,7 +114,6 @@ def test_contention_on_cockroachdb(tmp_path):
 
 
 def test_contention_config_names_a_bad_strategy():
-    from phase15_production.contention import EXERCISE
 
     with pytest.raises(ConfigError, match="unknown strategy"):
         EXERCISE.config("cpu", {"strategies": ["naive", "pessimistic"]})

@@ -7,12 +7,31 @@ its own table namespace.
 
 import json
 import threading
+import time
 import uuid
 
 import pytest
-
 from fake_telegram import FakeBotAPI  # tests/fake_telegram.py
+
+from lab.llm import from_spec
 from lab.runner import execute
+from phase10_alignment.rubric_judge import Verdict
+from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set
+from phase16_capstone.__main__ import engine_llm
+from phase16_capstone.api import create_app
+from phase16_capstone.editor import Calibration, calibrate, review
+from phase16_capstone.engine import CRASH_POINTS, Engine, EngineSettings, deploy_for
+from phase16_capstone.job_store import JobStore, LeaseLost
+from phase16_capstone.researcher import Evidence
+from phase16_capstone.scripted_llm import scripted_server
+from phase16_capstone.telegram import Replier
+from phase16_capstone.writer import (
+    citation_coverage,
+    citation_coverage_model,
+    clean_paragraph,
+    marker_counts,
+    model_citations,
+)
 
 SECRET = "s3cret-for-tests_1"
 TOKEN = "123456:TEST-token-never-logged"
@@ -20,7 +39,6 @@ TOKEN = "123456:TEST-token-never-logged"
 
 @pytest.fixture(scope="module")
 def scripted():
-    from phase16_capstone.scripted_llm import scripted_server
 
     with scripted_server(reject_first=1) as (url, script):
         yield f"openai:scripted@{url}", script
@@ -29,18 +47,23 @@ def scripted():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
-    (folder / "hyde.md").write_text("# HyDE\nHyDE embeds a hypothetical answer written by an LLM instead of the "
-                                    "question, so the query vector lands among document-like passages.\n")
-    (folder / "gate.md").write_text("# Editor gate\nThe gate approves a draft when technical accuracy and "
-                                    "calibration are at least 3 and the mean of four dimensions is at least 3.25.\n")
-    (folder / "leases.md").write_text("# Leases\nA worker claims a job with FOR UPDATE SKIP LOCKED and renews its "
-                                      "lease; when the worker dies the lease expires and another worker resumes.\n")
+    (folder / "hyde.md").write_text(
+        "# HyDE\nHyDE embeds a hypothetical answer written by an LLM instead of the "
+        "question, so the query vector lands among document-like passages.\n"
+    )
+    (folder / "gate.md").write_text(
+        "# Editor gate\nThe gate approves a draft when technical accuracy and "
+        "calibration are at least 3 and the mean of four dimensions is at least 3.25.\n"
+    )
+    (folder / "leases.md").write_text(
+        "# Leases\nA worker claims a job with FOR UPDATE SKIP LOCKED and renews its "
+        "lease; when the worker dies the lease expires and another worker resumes.\n"
+    )
     return str(folder)
 
 
 @pytest.fixture
 def store():
-    from phase16_capstone.job_store import JobStore
 
     s = JobStore(namespace=f"p16t_{uuid.uuid4().hex[:8]}", lease_s=30)
     yield s
@@ -49,14 +72,14 @@ def store():
 
 
 def make_engine(store, spec, corpus, site, replier=None, **settings):
-    from lab.llm import from_spec
-    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
 
-    return Engine(store, from_spec(spec), deploy_for(site), EngineSettings(corpus=corpus, k=2, **settings),
-                  replier=replier)
+    return Engine(
+        store, from_spec(spec), deploy_for(site), EngineSettings(corpus=corpus, k=2, **settings), replier=replier
+    )
 
 
 # --- stages and transitions ---------------------------------------------------------------------
+
 
 def test_job_goes_through_every_stage_revises_once_and_publishes_one_post(store, scripted, corpus, tmp_path):
     engine = make_engine(store, scripted[0], corpus, tmp_path / "site")
@@ -67,8 +90,14 @@ def test_job_goes_through_every_stage_revises_once_and_publishes_one_post(store,
     detail = store.detail(job.id)
     assert detail["state"] == "published" and detail["revisions"] == 1
     moves = [(e["detail"]["stage"], e["detail"]["to"]) for e in detail["events"] if e["kind"] == "stage"]
-    assert moves == [("researching", "writing"), ("writing", "editing"), ("editing", "writing"),
-                     ("writing", "editing"), ("editing", "publishing"), ("publishing", "published")]
+    assert moves == [
+        ("researching", "writing"),
+        ("writing", "editing"),
+        ("editing", "writing"),
+        ("writing", "editing"),
+        ("editing", "publishing"),
+        ("publishing", "published"),
+    ]
     assert [g["verdict"] for g in detail["gate_decisions"]] == ["REJECT", "APPROVE"]
     assert all(s["status"] == "done" for s in detail["stages"])
     evidence = {e["chunk_id"] for e in store.evidence(job.id)}
@@ -99,7 +128,6 @@ def test_failing_drafts_escalate_after_three_revisions_and_publish_nothing(store
 
 
 def test_writer_citations_are_checked_not_trusted():
-    from phase16_capstone.writer import citation_coverage, clean_paragraph
 
     text, invalid, added = clean_paragraph("A fact [1]. Another fact [9]. A fragment without an end", 1, {1, 2})
     assert text == "A fact [1]. Another fact." and invalid == 1 and not added
@@ -109,21 +137,24 @@ def test_writer_citations_are_checked_not_trusted():
     assert citation_coverage("Nothing cited here. Nor here. [2?]", {1, 2}) == pytest.approx(1 / 2)
 
 
-EVIDENCE = {1: "HyDE asks a model to write a hypothetical answer passage, embeds that passage, and retrieves the "
-               "real chunks nearest to it.",
-            2: "Chunk overlap keeps a sentence that straddles a chunk boundary retrievable from either chunk."}
+EVIDENCE = {
+    1: "HyDE asks a model to write a hypothetical answer passage, embeds that passage, and retrieves the "
+    "real chunks nearest to it.",
+    2: "Chunk overlap keeps a sentence that straddles a chunk boundary retrievable from either chunk.",
+}
 
 
 def test_model_citation_coverage_counts_only_supported_markers_the_model_wrote():
     """A planted paragraph: one supported model citation, one model citation pointing at the wrong
     chunk, one drifted sentence citing a chunk that says nothing of it, and a paragraph whose only
     marker the code added. Only the first counts for the model; every marker counts for the old figure."""
-    from phase16_capstone.writer import citation_coverage, citation_coverage_model, marker_counts, model_citations
 
-    body = ("HyDE writes a hypothetical answer passage and retrieves the real chunks nearest to it [1]. "
-            "Chunk overlap keeps boundary sentences retrievable [1]. "
-            "This technique matters in the context of climate change [2].\n\n"
-            "Overlap keeps a sentence that straddles a chunk boundary retrievable. [2?]")
+    body = (
+        "HyDE writes a hypothetical answer passage and retrieves the real chunks nearest to it [1]. "
+        "Chunk overlap keeps boundary sentences retrievable [1]. "
+        "This technique matters in the context of climate change [2].\n\n"
+        "Overlap keeps a sentence that straddles a chunk boundary retrievable. [2?]"
+    )
     assert model_citations(body, EVIDENCE) == (1, 4)
     assert citation_coverage_model(body, EVIDENCE) == pytest.approx(0.25)
     assert citation_coverage(body, set(EVIDENCE)) == pytest.approx(1.0)  # what the old figure reported
@@ -133,17 +164,14 @@ def test_model_citation_coverage_counts_only_supported_markers_the_model_wrote()
 
 
 def test_the_editor_sees_code_added_markers_and_uncalibrated_approvals_do_not_count():
-    from phase10_alignment.rubric_judge import Verdict
-    from phase11_evals.evaldata import DIMENSIONS, FLAG
-    from phase16_capstone.editor import Calibration, review
-    from phase16_capstone.researcher import Evidence
 
     class StubJudge:  # a rubber stamp: every draft scores 5
         method = "json"
 
         def score(self, prompt, response, reference=None):
-            return Verdict(scores={d: 5.0 for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1,
-                           method="json")
+            return Verdict(
+                scores={d: 5.0 for d in DIMENSIONS}, flags={FLAG: False}, reasoning="", attempts=1, method="json"
+            )
 
     evidence = [Evidence(n, f"c{n}", "notes.md", text, 1.0) for n, text in EVIDENCE.items()]
     body = "HyDE writes a hypothetical answer passage and retrieves the real chunks nearest to it [1].\n\nFiller. [2?]"
@@ -158,9 +186,6 @@ def test_the_editor_sees_code_added_markers_and_uncalibrated_approvals_do_not_co
 
 
 def test_calibrate_passes_a_judge_that_tracks_the_reference_and_fails_a_rubber_stamp():
-    from phase10_alignment.rubric_judge import Verdict
-    from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set
-    from phase16_capstone.editor import calibrate
 
     items = load_calibration(load_eval_set()).items
     by_response = {i.response: i for i in items}
@@ -172,8 +197,13 @@ def test_calibrate_passes_a_judge_that_tracks_the_reference_and_fails_a_rubber_s
             self.fn = fn
 
         def score(self, prompt, response, reference=None):
-            return Verdict(scores={d: self.fn(by_response[response], d) for d in DIMENSIONS}, flags={FLAG: False},
-                           reasoning="", attempts=1, method="json")
+            return Verdict(
+                scores={d: self.fn(by_response[response], d) for d in DIMENSIONS},
+                flags={FLAG: False},
+                reasoning="",
+                attempts=1,
+                method="json",
+            )
 
     good = calibrate(Judge(lambda item, d: item.scores[d]), limit=6)
     assert good.passed and good.r == pytest.approx(1.0) and good.n == 6
@@ -183,6 +213,7 @@ def test_calibrate_passes_a_judge_that_tracks_the_reference_and_fails_a_rubber_s
 
 
 # --- leases, claims, fencing -------------------------------------------------------------------
+
 
 def test_concurrent_claims_never_hand_one_job_to_two_workers(store):
     jobs = [store.create_job(f"topic {i}", "load")[0].id for i in range(16)]
@@ -203,9 +234,6 @@ def test_concurrent_claims_never_hand_one_job_to_two_workers(store):
 
 
 def test_expired_lease_moves_the_job_and_fences_the_old_owner(store):
-    import time
-
-    from phase16_capstone.job_store import LeaseLost
 
     store.lease_s = 0.5
     job, _ = store.create_job("lease test", "api")
@@ -229,16 +257,22 @@ def test_a_repeated_update_id_never_makes_a_second_job(store):
 
 # --- HTTP API and the Telegram webhook ---------------------------------------------------------
 
+
 def update(update_id, text, chat_id=42):
-    return {"update_id": update_id, "message": {"message_id": 1, "date": 1700000000, "text": text,
-                                                "chat": {"id": chat_id, "type": "private"},
-                                                "from": {"id": chat_id, "is_bot": False, "first_name": "Ada"}}}
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": 1,
+            "date": 1700000000,
+            "text": text,
+            "chat": {"id": chat_id, "type": "private"},
+            "from": {"id": chat_id, "is_bot": False, "first_name": "Ada"},
+        },
+    }
 
 
 def client(store, secret=SECRET):
-    from fastapi.testclient import TestClient
-
-    from phase16_capstone.api import create_app
+    from fastapi.testclient import TestClient  # noqa: PLC0415 (fastapi loads only on the path that uses it)
 
     return TestClient(create_app(store, webhook_secret=secret))
 
@@ -265,9 +299,11 @@ def test_webhook_needs_the_secret_and_dedupes_update_ids(store):
     assert not_json.status_code == 200 and "not JSON" in not_json.json()["malformed"]
     bad = c.post(url, json={"message": {}}, headers={header: SECRET})
     assert bad.status_code == 200 and "update_id" in bad.json()["malformed"] and bad.json()["job_id"] is None
-    sticker = c.post(url, json={"update_id": 7, "message": {"message_id": 2, "date": 1700000000,
-                                                          "chat": {"id": 1, "type": "private"}}},
-                     headers={header: SECRET})
+    sticker = c.post(
+        url,
+        json={"update_id": 7, "message": {"message_id": 2, "date": 1700000000, "chat": {"id": 1, "type": "private"}}},
+        headers={header: SECRET},
+    )
     assert sticker.status_code == 200 and sticker.json()["job_id"] is None and "no text" in sticker.json()["ignored"]
     edit = {"update_id": 8, "edited_message": update(8, "/publish an edited topic")["message"]}
     edited = c.post(url, json=edit, headers={header: SECRET})
@@ -285,8 +321,12 @@ def test_no_secret_means_no_webhook(store):
 
 def test_jobs_api_names_bad_input_and_never_shows_a_traceback(store):
     c = client(store)
-    for body, field in (({}, "topic"), ({"topic": ""}, "topic"), ({"topic": 5}, "topic"),
-                        ({"topic": "x", "admin": True}, "admin")):
+    for body, field in (
+        ({}, "topic"),
+        ({"topic": ""}, "topic"),
+        ({"topic": 5}, "topic"),
+        ({"topic": "x", "admin": True}, "admin"),
+    ):
         r = c.post("/jobs", json=body)
         assert r.status_code == 422 and field in r.json()["error"] and "Traceback" not in r.text
     r = c.post("/jobs", json={"topic": "\x00\x01"})
@@ -302,21 +342,32 @@ def test_jobs_api_names_bad_input_and_never_shows_a_traceback(store):
 
 
 def test_terminal_job_replies_once_in_the_chat_through_the_bot_api(store, scripted, corpus, tmp_path, caplog):
-    from phase16_capstone.telegram import Replier
 
     bot = FakeBotAPI()
     try:
-        engine = make_engine(store, scripted[0], corpus, tmp_path / "site", Replier(TOKEN, base_url=bot.url),
-                             site_url="https://blog.example/engine/")
-        r = client(store).post("/telegram/webhook", json=update(77, "/publish editor gate thresholds", chat_id=4242),
-                               headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+        engine = make_engine(
+            store,
+            scripted[0],
+            corpus,
+            tmp_path / "site",
+            Replier(TOKEN, base_url=bot.url),
+            site_url="https://blog.example/engine/",
+        )
+        r = client(store).post(
+            "/telegram/webhook",
+            json=update(77, "/publish editor gate thresholds", chat_id=4242),
+            headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+        )
         job_id = r.json()["job_id"]
         with caplog.at_level("DEBUG"):
             engine.work(job_id=job_id)
             engine.send_reply(store.get(job_id))  # a second attempt sends nothing
         final = store.get(job_id)
-        assert final.state == "published" and store.detail(job_id)["reply"] == {"state": "sent", "attempts": 1,
-                                                                                "message_id": 1}
+        assert final.state == "published" and store.detail(job_id)["reply"] == {
+            "state": "sent",
+            "attempts": 1,
+            "message_id": 1,
+        }
         # the public URL (site URL + the post's path), never where the file was written
         slug = store.publication(job_id)["slug"]
         assert final.post_url == f"https://blog.example/engine/posts/{slug}.html" == store.publication(job_id)["url"]
@@ -352,7 +403,6 @@ class KilledWhileReplying:
 
 def _until_claimable(store, *job_ids, timeout_s: float = 30.0) -> None:
     """Wait for the replies' claims to expire (the database's clock decides, not a sleep of ours)."""
-    import time
 
     deadline = time.monotonic() + timeout_s
     while not set(job_ids) <= set(store.pending_replies()):
@@ -360,17 +410,20 @@ def _until_claimable(store, *job_ids, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_reply_left_sending_by_a_killed_worker_is_sent_once_after_its_claim_expires(store, scripted, corpus,
-                                                                                     tmp_path):
-    from phase16_capstone.telegram import Replier
+def test_a_reply_left_sending_by_a_killed_worker_is_sent_once_after_its_claim_expires(
+    store, scripted, corpus, tmp_path
+):
 
     bot = FakeBotAPI()
     try:
         replier = Replier(TOKEN, base_url=bot.url)
         claims = {}
         # chat 30's dying sender holds a claim that outlives the test; 31's and 32's expire at once
-        for chat, lease_s, dying in ((30, 600, KilledWhileReplying()), (31, 0.2, KilledWhileReplying()),
-                                     (32, 0.2, KilledWhileReplying(replier))):  # 32: killed after Telegram took it
+        for chat, lease_s, dying in (
+            (30, 600, KilledWhileReplying()),
+            (31, 0.2, KilledWhileReplying()),
+            (32, 0.2, KilledWhileReplying(replier)),
+        ):  # 32: killed after Telegram took it
             store.lease_s = lease_s
             claims[chat] = _ended_telegram_job(store, chat)
             with pytest.raises(SystemExit):
@@ -384,7 +437,10 @@ def test_a_reply_left_sending_by_a_killed_worker_is_sent_once_after_its_claim_ex
         restarted.send_pending_replies()  # sent replies are never sent again
         assert bot.to(30) == [] and store.reply(claims[30])["state"] == "sending"  # a live claim keeps others out
         assert len(bot.to(31)) == 1 and store.detail(claims[31])["reply"] == {
-            "state": "sent", "attempts": 2, "message_id": bot.message_ids(31)[0]}
+            "state": "sent",
+            "attempts": 2,
+            "message_id": bot.message_ids(31)[0],
+        }
         # killed after Telegram accepted it but before 'sent' was committed: the one window of the
         # contract (JobStore.take_reply), where the chat gets the reply twice
         assert len(bot.to(32)) == 2 and store.reply(claims[32])["state"] == "sent"
@@ -394,7 +450,6 @@ def test_a_reply_left_sending_by_a_killed_worker_is_sent_once_after_its_claim_ex
 
 
 def test_a_reply_telegram_could_not_take_is_retried_and_one_it_refused_is_not(store, scripted, corpus, tmp_path):
-    from phase16_capstone.telegram import Replier
 
     store.lease_s = 0.2
     bot = FakeBotAPI()
@@ -415,11 +470,11 @@ def test_a_reply_telegram_could_not_take_is_retried_and_one_it_refused_is_not(st
         bot.close()
 
 
-def test_a_reply_left_sending_by_a_dead_sender_is_sent_once_by_a_worker_leaving_when_idle(store, scripted, corpus,
-                                                                                          tmp_path):
+def test_a_reply_left_sending_by_a_dead_sender_is_sent_once_by_a_worker_leaving_when_idle(
+    store, scripted, corpus, tmp_path
+):
     """The planted failure: a sender claimed the reply (``sending``) and died. A worker that exits when
     idle used to leave at once — the chat never heard back; now it waits for the claim to expire."""
-    from phase16_capstone.telegram import Replier
 
     store.lease_s = 1.0
     job, _ = store.create_job("leases for a dead sender", "telegram", update_id=99, chat_id=515, corpus=corpus)
@@ -436,7 +491,9 @@ def test_a_reply_left_sending_by_a_dead_sender_is_sent_once_by_a_worker_leaving_
         bot.close()
 
 
-def test_the_reexecution_counter_reads_zero_on_a_normal_job_and_more_on_a_rewound_one(store, scripted, corpus, tmp_path):
+def test_the_reexecution_counter_reads_zero_on_a_normal_job_and_more_on_a_rewound_one(
+    store, scripted, corpus, tmp_path
+):
     engine = make_engine(store, scripted[0], corpus, tmp_path / "site")
     job, _ = store.create_job("how HyDE finds passages", "cli", corpus=corpus)
     engine.work(job_id=job.id)
@@ -449,6 +506,7 @@ def test_the_reexecution_counter_reads_zero_on_a_normal_job_and_more_on_a_rewoun
 
 # --- the exercises (tiny configs); load's tiny run is the kill -9 -> resume -> one post test ----------
 
+
 def _run(exercise, tmp_path):
     doc = execute(exercise, "cpu", dict(exercise.tiny), out=tmp_path, quiet=True)
     assert doc["status"] == "ok", doc.get("reason")
@@ -456,7 +514,7 @@ def _run(exercise, tmp_path):
 
 
 def test_engine_run_tiny(tmp_path):
-    from phase16_capstone.engine_run import EXERCISE
+    from phase16_capstone.engine_run import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     m, doc = _run(EXERCISE, tmp_path)
     assert m["outcome"] == "published" and m["revisions"] == 1 and m["gate_verdicts"] == "REJECT APPROVE"
@@ -470,8 +528,7 @@ def test_engine_run_tiny(tmp_path):
 
 
 def test_load_tiny_kills_at_five_points_lose_nothing_and_duplicate_nothing(tmp_path):
-    from phase16_capstone.engine import CRASH_POINTS
-    from phase16_capstone.load import EXERCISE
+    from phase16_capstone.load import EXERCISE  # noqa: PLC0415 (EXERCISE of several modules in this file)
 
     m, doc = _run(EXERCISE, tmp_path)
     assert m["kill_points_reached"] == len(CRASH_POINTS) == 5, doc["failure_modes"]
@@ -488,11 +545,10 @@ def test_load_tiny_kills_at_five_points_lose_nothing_and_duplicate_nothing(tmp_p
         assert (cell["final state"], cell["posts"], cell["replies"]) == ("published", 1, 1), cell
 
 
-def test_a_dead_primary_falls_back_through_the_phase15_chain_and_the_job_still_publishes(store, scripted, corpus,
-                                                                                       tmp_path):
+def test_a_dead_primary_falls_back_through_the_phase15_chain_and_the_job_still_publishes(
+    store, scripted, corpus, tmp_path
+):
     """`--fallback`: the primary refuses connections, so its breaker opens and the scripted provider serves."""
-    from phase16_capstone.__main__ import engine_llm
-    from phase16_capstone.engine import Engine, EngineSettings, deploy_for
 
     dead = "openai:dead@http://127.0.0.1:9/v1"  # discard port: nothing listens, every call fails fast
     llm = engine_llm(dead, [scripted[0]])

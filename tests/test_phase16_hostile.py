@@ -25,8 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-
 from fake_telegram import FakeBotAPI  # tests/fake_telegram.py
+
+from lab.db import database_url
+from lab.paths import REPO_ROOT
+from phase16_capstone.http_guard import OneLineFormatter, printable
+from phase16_capstone.job_store import JobStore
+from phase16_capstone.scripted_llm import scripted_server
 
 SECRET = "hostile-test-secret_1"
 TOKEN = "654321:HOSTILE-token-never-logged"
@@ -37,28 +42,53 @@ FORGED = "FORGED 2026-01-01 phase16.api ERROR an attacker wrote this line"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from lab.db import database_url
-    from lab.paths import REPO_ROOT
-    from phase16_capstone.job_store import JobStore
-    from phase16_capstone.scripted_llm import scripted_server
 
     tmp = tmp_path_factory.mktemp("hostile")
     corpus = tmp / "corpus"
     corpus.mkdir()
-    (corpus / "leases.md").write_text("# Leases\nA worker claims a job with FOR UPDATE SKIP LOCKED and renews its "
-                                      "lease; when the worker dies the lease expires and another worker resumes.\n")
+    (corpus / "leases.md").write_text(
+        "# Leases\nA worker claims a job with FOR UPDATE SKIP LOCKED and renews its "
+        "lease; when the worker dies the lease expires and another worker resumes.\n"
+    )
     namespace = f"p16h_{uuid.uuid4().hex[:8]}"
     store = JobStore(namespace=namespace)
     bot = FakeBotAPI()
     log_path = tmp / "server.log"
     with scripted_server() as (llm_url, _):
-        env = {**os.environ, "LAB_DATABASE_URL": database_url(), "ENGINE_TELEGRAM_SECRET": SECRET,
-               "ENGINE_TELEGRAM_TOKEN": TOKEN, "ENGINE_TELEGRAM_API": bot.url, "LAB_TRACES": str(tmp / "spans.jsonl"),
-               "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-        cmd = [sys.executable, "-m", "phase16_capstone", "serve", "--port", "0", "--workers", "2",
-               "--namespace", namespace, "--llm", f"openai:scripted@{llm_url}", "--corpus", str(corpus), "--k", "1",
-               "--site", str(tmp / "site"), "--site-url", SITE_URL]
+        env = {
+            **os.environ,
+            "LAB_DATABASE_URL": database_url(),
+            "ENGINE_TELEGRAM_SECRET": SECRET,
+            "ENGINE_TELEGRAM_TOKEN": TOKEN,
+            "ENGINE_TELEGRAM_API": bot.url,
+            "LAB_TRACES": str(tmp / "spans.jsonl"),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "phase16_capstone",
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--namespace",
+            namespace,
+            "--llm",
+            f"openai:scripted@{llm_url}",
+            "--corpus",
+            str(corpus),
+            "--k",
+            "1",
+            "--site",
+            str(tmp / "site"),
+            "--site-url",
+            SITE_URL,
+        ]
         with open(log_path, "w") as log_file:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
@@ -116,8 +146,10 @@ def raw(server, head: bytes, chunks=()) -> bytes:
 
 
 def message(update_id, text, chat_id=77):
-    return {"update_id": update_id, "message": {"message_id": 1, "date": 1700000000, "text": text,
-                                                "chat": {"id": chat_id, "type": "private"}}}
+    return {
+        "update_id": update_id,
+        "message": {"message_id": 1, "date": 1700000000, "text": text, "chat": {"id": chat_id, "type": "private"}},
+    }
 
 
 def still_serves(server):
@@ -134,13 +166,19 @@ def job_rows(server) -> int:
 
 BAD_UPDATES = {
     "message is not an object": ({"update_id": 101, "message": "hi"}, "field 'message'"),
-    "chat id is not a number": ({"update_id": 102, "message": {"message_id": 1, "date": 1700000000, "text": "x",
-                                                               "chat": {"id": "abc", "type": "private"}}},
-                                "field 'message.chat.id'"),
-    "update_id is 2^63": (message(2 ** 63, "/publish overflow"), "field 'update_id'"),
-    "text holds a lone surrogate": (b'{"update_id": 104, "message": {"message_id": 1, "date": 1700000000, '
-                                    b'"chat": {"id": 77, "type": "private"}, "text": "/publish \\ud800 x"}}',
-                                    "field 'message.text'"),
+    "chat id is not a number": (
+        {
+            "update_id": 102,
+            "message": {"message_id": 1, "date": 1700000000, "text": "x", "chat": {"id": "abc", "type": "private"}},
+        },
+        "field 'message.chat.id'",
+    ),
+    "update_id is 2^63": (message(2**63, "/publish overflow"), "field 'update_id'"),
+    "text holds a lone surrogate": (
+        b'{"update_id": 104, "message": {"message_id": 1, "date": 1700000000, '
+        b'"chat": {"id": 77, "type": "private"}, "text": "/publish \\ud800 x"}}',
+        "field 'message.text'",
+    ),
     "body is not JSON": (b"{not json", "not JSON"),
     "JSON nested past the parser's depth": (b"[" * 100_000, "not JSON"),
 }
@@ -183,8 +221,14 @@ def test_a_malformed_job_id_is_a_400_and_forges_no_log_line(server, path):
 
 def test_a_declared_20_mb_body_is_a_413_before_a_byte_of_it_is_read(server):
     for path, extra in (("/jobs", b""), (WEBHOOK, f"X-Telegram-Bot-Api-Secret-Token: {SECRET}\r\n".encode())):
-        answer = raw(server, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
-                     + extra + b"Content-Length: 20971520\r\n\r\n")  # the body is never sent
+        answer = raw(
+            server,
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
+            + extra
+            + b"Content-Length: 20971520\r\n\r\n",
+        )  # the body is never sent
         assert answer.startswith(b"HTTP/1.1 413 ") and b"over 1048576 bytes" in answer
     still_serves(server)
 
@@ -195,8 +239,11 @@ def test_a_streamed_body_is_cut_off_with_a_413_once_it_crosses_the_limit(server)
     # comes back while the body is still open. (Bytes sent past what the server read would make its
     # close a TCP reset that can swallow the answer, so the client stops at the first byte over.)
     chunks = [b"10000\r\n" + b"x" * 65536 + b"\r\n"] * 16 + [b"1\r\nx\r\n"]
-    answer = raw(server, b"POST /jobs HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n", chunks)
+    answer = raw(
+        server,
+        b"POST /jobs HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        chunks,
+    )
     assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer.lower()
     assert job_rows(server) == before
     still_serves(server)
@@ -210,13 +257,19 @@ def test_a_topic_with_a_lone_surrogate_is_a_422_naming_the_field(server):
 
 
 def test_log_records_are_one_line_whatever_they_quote():
-    from phase16_capstone.http_guard import OneLineFormatter, printable
 
     try:
         raise ValueError(f"bad id\n{FORGED}")
     except ValueError:
-        record = logging.LogRecord("phase16.api", logging.ERROR, __file__, 1, "GET %s failed",
-                                   (printable("/jobs/\x00\n" + FORGED),), sys.exc_info())
+        record = logging.LogRecord(
+            "phase16.api",
+            logging.ERROR,
+            __file__,
+            1,
+            "GET %s failed",
+            (printable("/jobs/\x00\n" + FORGED),),
+            sys.exc_info(),
+        )
     line = OneLineFormatter("%(name)s %(message)s").format(record)
     assert "\n" not in line and "\\n" + FORGED in line and "Traceback" in line and "\\x00" in line
     assert printable("\ud800\u2028" + "a" * 300, limit=10) == "\\ud800\\u2028aaaaaaaa…"
@@ -224,11 +277,15 @@ def test_log_records_are_one_line_whatever_they_quote():
 
 # --- soak: ~200 mixed requests, 8 clients ----------------------------------------------------------
 
+
 def test_soak_200_mixed_requests_from_8_clients(server):
     chats = {5000 + i: 900 + i for i in range(6)}  # chat -> its one update_id, delivered 3 times (Telegram retries)
     bad = [body for body, _ in BAD_UPDATES.values() if not (isinstance(body, bytes) and len(body) > 1000)]
-    requests = [("hook", message(update_id, f"/publish leases for chat {chat}", chat), 200)
-                for chat, update_id in chats.items() for _ in range(3)]
+    requests = [
+        ("hook", message(update_id, f"/publish leases for chat {chat}", chat), 200)
+        for chat, update_id in chats.items()
+        for _ in range(3)
+    ]
     requests += [("hook", bad[i % len(bad)], 200) for i in range(60)]
     requests += [("hook-wrong-secret", message(999, "x"), 403) for _ in range(10)]
     requests += [("api", {"topic": f"worker leases, take {i}"}, 201) for i in range(4)]
@@ -267,8 +324,10 @@ def test_soak_200_mixed_requests_from_8_clients(server):
     # every job ends, every chat hears back exactly once, no reply stuck in `sending`
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (
-            any(not server.store.get(j).terminal for j in mine) or server.store.pending_replies()
-            or any(server.store.reply(j)["state"] != "sent" for ids in by_update.values() for j in ids)):
+        any(not server.store.get(j).terminal for j in mine)
+        or server.store.pending_replies()
+        or any(server.store.reply(j)["state"] != "sent" for ids in by_update.values() for j in ids)
+    ):
         time.sleep(0.5)
     jobs = [server.store.get(j) for j in mine]
     assert {j.state for j in jobs} == {"published"}

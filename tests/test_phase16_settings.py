@@ -7,8 +7,12 @@ import argparse
 import pytest
 
 from lab.errors import ConfigError
+from lab.exercise import ExerciseConfig
+from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
+from phase16_capstone import engine_run, injection, load
 from phase16_capstone.__main__ import _parser, main
 from phase16_capstone.engine import EngineSettings, setting
+from phase16_capstone.load import EXERCISE
 
 # the flags scripts and tests pass (phase16.load's workers, the hostile test's server): names never change
 FLAGS = {
@@ -114,7 +118,6 @@ def test_a_bad_value_names_its_flag():
 
 
 def test_phase16_exercise_configs_take_the_engine_fields_from_the_settings():
-    from phase16_capstone import engine_run, injection, load
 
     for module in (engine_run, load, injection):
         fields = module.Config.model_fields
@@ -131,7 +134,6 @@ def test_phase16_exercise_configs_take_the_engine_fields_from_the_settings():
 
 
 def test_a_load_worker_process_gets_the_exercises_settings_through_its_flags():
-    from phase16_capstone.load import EXERCISE
 
     for overrides in ({}, {"corpus": "phase12_rag_storage/notes", "lease_s": 2.0, "k": 1}):
         cfg = EXERCISE.config("cpu", overrides)
@@ -152,7 +154,6 @@ def test_argv_refuses_a_setting_no_flag_carries():
 
 
 def test_setting_carries_bounds_and_takes_an_exercise_default():
-    from lab.exercise import ExerciseConfig
 
     class Smaller(ExerciseConfig):
         k: int = setting("k", 2)
@@ -164,6 +165,5 @@ def test_setting_carries_bounds_and_takes_an_exercise_default():
 
 
 def test_max_revisions_is_the_editor_gates_own_limit():
-    from phase11_evals.editor_gate import DEFAULT_THRESHOLDS
 
     assert EngineSettings().max_revisions == DEFAULT_THRESHOLDS.max_revisions

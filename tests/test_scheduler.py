@@ -7,7 +7,8 @@ import yaml
 
 from lab import Exercise, ExerciseConfig
 from lab.artifacts import ArtifactKind, ArtifactStore
-from lab.scheduler import critical_path, plan, run_all
+from lab.registry import resolve
+from lab.scheduler import Runner, critical_path, plan, run_all
 
 
 class NoConfig(ExerciseConfig):
@@ -24,15 +25,26 @@ INDEX = _kind("phase99.index")
 
 
 def _ex(name, needs=(), produces=()):
-    return Exercise(id=f"phase99.{name}", title=name, run=lambda cfg, ctx: None, config_cls=NoConfig,
-                    profiles={"cpu": {}}, needs=needs, produces=produces)
+    return Exercise(
+        id=f"phase99.{name}",
+        title=name,
+        run=lambda cfg, ctx: None,
+        config_cls=NoConfig,
+        profiles={"cpu": {}},
+        needs=needs,
+        produces=produces,
+    )
 
 
 def test_consumers_wait_for_producers_and_a_missing_artifact_gets_one_build_job(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     store.build(INDEX.recipe("cpu"), lambda folder: None)  # already stored: nobody waits for it
-    train, prefer, compare, search = (_ex("train", produces=(SFT,)), _ex("prefer", needs=(DPO,)),
-                                      _ex("compare", needs=(SFT, DPO)), _ex("search", needs=(INDEX,)))
+    train, prefer, compare, search = (
+        _ex("train", produces=(SFT,)),
+        _ex("prefer", needs=(DPO,)),
+        _ex("compare", needs=(SFT, DPO)),
+        _ex("search", needs=(INDEX,)),
+    )
     runs = [(search, {}), (compare, {"steps": 3}), (prefer, {}), (train, {})]
     jobs = {j.key: j for j in plan(runs, "cpu", store, config_dir=tmp_path)}
     assert set(jobs) == {"phase99.train", "phase99.prefer", "phase99.compare", "phase99.search", "build:phase99.dpo"}
@@ -51,8 +63,12 @@ def test_consumers_wait_for_producers_and_a_missing_artifact_gets_one_build_job(
 def test_a_produced_artifact_already_in_the_store_adds_no_wait(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     store.build(SFT.recipe("cpu"), lambda folder: None)
-    jobs = {j.key: j for j in plan([(_ex("train", produces=(SFT,)), {}), (_ex("use", needs=(SFT,)), {})], "cpu",
-                                   store, config_dir=tmp_path)}
+    jobs = {
+        j.key: j
+        for j in plan(
+            [(_ex("train", produces=(SFT,)), {}), (_ex("use", needs=(SFT,)), {})], "cpu", store, config_dir=tmp_path
+        )
+    }
     assert jobs["phase99.use"].deps == set()
 
 
@@ -66,7 +82,6 @@ def _comparable(root, exercise_id):
 
 @pytest.mark.slow
 def test_two_jobs_at_a_time_give_the_same_metrics_as_one(tmp_path):
-    from lab.registry import resolve
 
     runs = [(ex, dict(ex.tiny)) for ex in resolve("phase09.dataset") + resolve("phase11.eval_set")]
     metrics = {}
@@ -79,19 +94,33 @@ def test_two_jobs_at_a_time_give_the_same_metrics_as_one(tmp_path):
 
 
 def _gpu_ex(name, profiles=("cpu", "a100"), cpu_only=()):
-    return Exercise(id=f"phase99.{name}", title=name, run=lambda cfg, ctx: None, config_cls=NoConfig,
-                    profiles={p: {} for p in profiles}, cpu_only=cpu_only)
+    return Exercise(
+        id=f"phase99.{name}",
+        title=name,
+        run=lambda cfg, ctx: None,
+        config_cls=NoConfig,
+        profiles={p: {} for p in profiles},
+        cpu_only=cpu_only,
+    )
 
 
 def test_in_a_gpu_profile_gpu_jobs_start_one_at_a_time_and_cpu_only_jobs_run_beside(tmp_path):
-    from lab.scheduler import Runner
 
     store = ArtifactStore(tmp_path / "store")
-    runs = [(_gpu_ex("llama8b"), {}), (_gpu_ex("mixtral"), {}), (_gpu_ex("data", cpu_only=("a100",)), {}),
-            (_ex("consumer", needs=(INDEX,)), {})]
+    runs = [
+        (_gpu_ex("llama8b"), {}),
+        (_gpu_ex("mixtral"), {}),
+        (_gpu_ex("data", cpu_only=("a100",)), {}),
+        (_ex("consumer", needs=(INDEX,)), {}),
+    ]
     jobs = plan(runs, "a100", store, config_dir=tmp_path)
-    assert {j.key: j.gpu for j in jobs} == {"phase99.llama8b": True, "phase99.mixtral": True, "phase99.data": False,
-                                            "phase99.consumer": True, "build:phase99.index": True}
+    assert {j.key: j.gpu for j in jobs} == {
+        "phase99.llama8b": True,
+        "phase99.mixtral": True,
+        "phase99.data": False,
+        "phase99.consumer": True,
+        "build:phase99.index": True,
+    }
     runner = Runner(jobs, workers=16, profile="a100", log_dir=tmp_path, console=None)
     first = [j.key for j in runner.to_start()]
     assert len([k for k in first if runner.jobs[k].gpu]) == 1 and "phase99.data" in first
@@ -104,7 +133,6 @@ def test_in_a_gpu_profile_gpu_jobs_start_one_at_a_time_and_cpu_only_jobs_run_bes
 
 
 def test_the_cpu_profile_keeps_every_worker_busy(tmp_path):
-    from lab.scheduler import Runner
 
     runs = [(_gpu_ex(f"e{i}"), {}) for i in range(4)]
     jobs = plan(runs, "cpu", ArtifactStore(tmp_path / "store"), config_dir=tmp_path)

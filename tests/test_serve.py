@@ -26,22 +26,41 @@ import pytest
 from lab.llm.base import LLM, ChatResponse, LLMError, Usage
 from lab.llm.openai_client import OpenAILLM
 from lab.llm.scripted_server import Reply, ScriptedServer, error, say
-from lab.serve.app import field_path
+from lab.models import load_embedder
+from lab.serve.app import MAX_BODY_BYTES, field_path
 from lab.serve.background import serving
 
 MODEL = "smollm2-135m-instruct"
 AGENT_MODEL = "smollm2-135m-agent"  # the tool-tuned model, served beside the base
 
-WEATHER = {"name": "get_weather", "description": "Current weather for a city.", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["city"]}}
-TIMER = {"name": "set_timer", "description": "Start a countdown timer.", "parameters": {
-    "type": "object", "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 120},
-                                     "label": {"type": "string"}},
-    "required": ["minutes"]}}
-SEARCH = {"name": "search_docs", "description": "Search the documentation.", "parameters": {
-    "type": "object", "properties": {"query": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1, "maximum": 10}},
-    "required": ["query", "top_k"], "additionalProperties": False}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"],
+    },
+}
+TIMER = {
+    "name": "set_timer",
+    "description": "Start a countdown timer.",
+    "parameters": {
+        "type": "object",
+        "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 120}, "label": {"type": "string"}},
+        "required": ["minutes"],
+    },
+}
+SEARCH = {
+    "name": "search_docs",
+    "description": "Search the documentation.",
+    "parameters": {
+        "type": "object",
+        "properties": {"query": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1, "maximum": 10}},
+        "required": ["query", "top_k"],
+        "additionalProperties": False,
+    },
+}
 TOOLS = {t["name"]: t for t in (WEATHER, TIMER, SEARCH)}
 
 
@@ -73,12 +92,14 @@ def claude(lab_server):
 
 @pytest.fixture
 def http(lab_server):
-    with httpx.Client(base_url=lab_server.url, headers={"authorization": f"Bearer {lab_server.api_key}"},
-                      timeout=120) as client:
+    with httpx.Client(
+        base_url=lab_server.url, headers={"authorization": f"Bearer {lab_server.api_key}"}, timeout=120
+    ) as client:
         yield client
 
 
 # --- a scripted upstream and tiny models for the server's own behaviour ---------------------------
+
 
 class Upstream(ScriptedServer):
     """A scripted OpenAI-compatible server on 127.0.0.1: every chat request waits ``delay_s`` then answers
@@ -165,6 +186,7 @@ def chat_body(model=MODEL, **extra):
 
 # --- keys, models, request validation (no generation) ---------------------------------------------
 
+
 def test_api_key_required_bearer_or_x_api_key(lab_server, http):
     wrong = openai.OpenAI(base_url=lab_server.openai_url, api_key="sk-wrong-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as err:
@@ -184,7 +206,6 @@ def test_api_key_required_bearer_or_x_api_key(lab_server, http):
 
 
 def test_an_oversized_body_is_refused_unread(lab_server, http):
-    from lab.serve.app import MAX_BODY_BYTES
 
     big = b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * MAX_BODY_BYTES + b'"}]}'
     r = http.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"})
@@ -214,9 +235,21 @@ def test_unknown_model_is_404_naming_the_served_models(oai, claude, lab_server):
 OPENAI_400 = [
     ({"model": MODEL}, "messages", "Field required"),
     (chat_body(messages=[]), "messages", "at least 1"),
-    (chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                                       {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]),
-     "messages.0.content.1", "'image_url' is not supported"),
+    (
+        chat_body(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+                    ],
+                }
+            ]
+        ),
+        "messages.0.content.1",
+        "'image_url' is not supported",
+    ),
     (chat_body(messages=[{"role": "wizard", "content": "hi"}]), "messages.0.role", "Input should be"),
     (chat_body(messages=[{"role": "tool", "content": "42"}]), "messages.0", "tool_call_id"),
     (chat_body(temperature="hot"), "temperature", "valid number"),
@@ -226,16 +259,36 @@ OPENAI_400 = [
     (chat_body(logprobs=True), "logprobs", "not returned"),
     (chat_body(functions=[{"name": "f"}]), "functions", "use 'tools'"),
     (chat_body(tools=openai_tools(WEATHER), tool_choice="sometimes"), "tool_choice", "'auto', 'required' or 'none'"),
-    (chat_body(tools=openai_tools(WEATHER), tool_choice={"type": "function", "function": {"name": "rm_rf"}}),
-     "tool_choice", "'rm_rf', which is not among the tools"),
+    (
+        chat_body(tools=openai_tools(WEATHER), tool_choice={"type": "function", "function": {"name": "rm_rf"}}),
+        "tool_choice",
+        "'rm_rf', which is not among the tools",
+    ),
     (chat_body(tool_choice="required"), "tool_choice", "needs at least one tool"),
     (chat_body(tools=[{"type": "function", "function": {"name": "bad name!"}}]), "tools.0.function.name", "pattern"),
     (chat_body(response_format={"type": "json_schema"}), "response_format", "needs 'json_schema'"),
     (chat_body(response_format={"type": "xml"}), "response_format.type", "Input should be"),
     (chat_body(stop=7), "stop", "valid"),
-    (chat_body(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Paris"}}]}]),
-     "messages.1.tool_calls.0.function.arguments", "not valid JSON"),
+    (
+        chat_body(
+            messages=[
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{city: Paris"},
+                        }
+                    ],
+                },
+            ]
+        ),
+        "messages.1.tool_calls.0.function.arguments",
+        "not valid JSON",
+    ),
 ]
 
 
@@ -249,14 +302,21 @@ def test_bad_chat_request_is_400_naming_the_field(http, payload, param, fragment
 
 
 def test_bad_embedding_and_json_requests_are_400(http, oai):
-    for body, param, fragment in [({"model": "all-minilm-l6-v2", "input": [101, 2023, 102]}, "input", "token arrays"),
-                                  ({"model": "all-minilm-l6-v2", "input": [[101, 102]]}, "input", "token arrays"),
-                                  ({"model": "all-minilm-l6-v2", "input": []}, "input", "must not be empty"),
-                                  ({"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "int8"},
-                                   "encoding_format", "'float' or 'base64'")]:
+    for body, param, fragment in [
+        ({"model": "all-minilm-l6-v2", "input": [101, 2023, 102]}, "input", "token arrays"),
+        ({"model": "all-minilm-l6-v2", "input": [[101, 102]]}, "input", "token arrays"),
+        ({"model": "all-minilm-l6-v2", "input": []}, "input", "must not be empty"),
+        (
+            {"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "int8"},
+            "encoding_format",
+            "'float' or 'base64'",
+        ),
+    ]:
         r = http.post("/v1/embeddings", json=body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param and fragment in r.json()["error"]["message"]
-    r = http.post("/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"})
+    r = http.post(
+        "/v1/chat/completions", content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     with pytest.raises(openai.BadRequestError) as err:  # through the SDK: the field comes back as .param
         oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, n=3)
@@ -265,20 +325,73 @@ def test_bad_embedding_and_json_requests_are_400(http, oai):
 
 ANTHROPIC_400 = [
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, "max_tokens", "Field required"),
-    ({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]},
-     "messages.0.content.0", "'image' is not supported"),
-    ({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"},
-                                                    {"role": "assistant", "content": "The answer is ("}]},
-     "messages.1", "prefill"),
-    ({"model": MODEL, "max_tokens": 4, "thinking": {"type": "enabled", "budget_tokens": 1024},
-      "messages": [{"role": "user", "content": "hi"}]}, "thinking", "not supported"),
-    ({"model": MODEL, "max_tokens": 4, "tools": [{"type": "web_search_20250305", "name": "web_search"}],
-      "messages": [{"role": "user", "content": "hi"}]}, "tools.0", "'web_search_20250305' is not supported"),
-    ({"model": MODEL, "max_tokens": 4, "tool_choice": {"type": "tool"}, "tools": [anthropic_tool(WEATHER)],
-      "messages": [{"role": "user", "content": "hi"}]}, "tool_choice", "needs 'name'"),
-    ({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": [
-        {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]}]}, "messages.0", "assistant turns"),
+    (
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+                    ],
+                }
+            ],
+        },
+        "messages.0.content.0",
+        "'image' is not supported",
+    ),
+    (
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is ("}],
+        },
+        "messages.1",
+        "prefill",
+    ),
+    (
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        "thinking",
+        "not supported",
+    ),
+    (
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        "tools.0",
+        "'web_search_20250305' is not supported",
+    ),
+    (
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "tool_choice": {"type": "tool"},
+            "tools": [anthropic_tool(WEATHER)],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        "tool_choice",
+        "needs 'name'",
+    ),
+    (
+        {
+            "model": MODEL,
+            "max_tokens": 4,
+            "messages": [
+                {"role": "user", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]}
+            ],
+        },
+        "messages.0",
+        "assistant turns",
+    ),
 ]
 
 
@@ -300,6 +413,7 @@ def test_field_path_drops_pydantic_union_tags():
 
 # --- queue, upstream failures, crashes, disconnects ----------------------------------------------
 
+
 def test_one_generation_at_a_time_and_429_when_the_queue_is_full(upstream):
     upstream.delay_s = 1.0
     with serving(upstream.llm(), max_queue=1) as url:
@@ -309,7 +423,8 @@ def test_one_generation_at_a_time_and_429_when_the_queue_is_full(upstream):
         def call(i):
             try:
                 results[i] = client.chat.completions.create(
-                    model="upstream-model", messages=[{"role": "user", "content": "ping"}], max_tokens=2)
+                    model="upstream-model", messages=[{"role": "user", "content": "ping"}], max_tokens=2
+                )
             except openai.APIStatusError as exc:
                 results[i] = exc
 
@@ -336,8 +451,12 @@ def test_one_generation_at_a_time_and_429_when_the_queue_is_full(upstream):
         assert upstream.max_active == 1  # never two generations at once
         assert httpx.get(f"{url}/health").json()["waiting_or_running"] == 0
         upstream.delay_s = 0.0
-        assert client.chat.completions.create(model="upstream-model", messages=[{"role": "user", "content": "x"}],
-                                              max_tokens=2).usage.total_tokens == 4
+        assert (
+            client.chat.completions.create(
+                model="upstream-model", messages=[{"role": "user", "content": "x"}], max_tokens=2
+            ).usage.total_tokens
+            == 4
+        )
 
 
 def test_hanging_upstream_is_502_and_frees_the_model(upstream):
@@ -370,13 +489,17 @@ def test_internal_error_is_500_without_details_and_logged_with_request_id(caplog
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         for stream in (False, True):
             with pytest.raises(openai.InternalServerError) as err:
-                client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}], stream=stream)
+                client.chat.completions.create(
+                    model="broken", messages=[{"role": "user", "content": "hi"}], stream=stream
+                )
             rid = err.value.response.headers["x-request-id"]
             body = err.value.response.text
             assert err.value.status_code == 500 and rid in body
             assert "secret internals" not in body and "Traceback" not in body and "RuntimeError" not in body
-            assert any(rid in r.getMessage() and r.exc_info and "secret internals" in str(r.exc_info[1])
-                       for r in caplog.records)
+            assert any(
+                rid in r.getMessage() and r.exc_info and "secret internals" in str(r.exc_info[1])
+                for r in caplog.records
+            )
         claude = anthropic.Anthropic(base_url=url, api_key="none", max_retries=0)
         with pytest.raises(anthropic.InternalServerError) as aerr:
             claude.messages.create(model="broken", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
@@ -388,8 +511,9 @@ def test_error_after_the_stream_started_is_its_last_event():
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         received = []
         with pytest.raises(openai.APIError, match="the upstream closed the connection"):
-            for chunk in client.chat.completions.create(model="drops", messages=[{"role": "user", "content": "hi"}],
-                                                        stream=True):
+            for chunk in client.chat.completions.create(
+                model="drops", messages=[{"role": "user", "content": "hi"}], stream=True
+            ):
                 received.append(chunk.choices[0].delta.content if chunk.choices else None)
         assert "".join(filter(None, received)) == "Partial answer"
 
@@ -405,8 +529,11 @@ def test_client_disconnect_closes_the_stream_and_frees_the_model():
     ticker = Ticker()
     with serving(ticker) as url:
         with httpx.Client(timeout=10) as client:
-            with client.stream("POST", f"{url}/v1/chat/completions",
-                               json={"model": "ticker", "messages": [{"role": "user", "content": "go"}], "stream": True}) as r:
+            with client.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                json={"model": "ticker", "messages": [{"role": "user", "content": "go"}], "stream": True},
+            ) as r:
                 assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
                 deltas = 0
                 for line in r.iter_lines():
@@ -417,7 +544,8 @@ def test_client_disconnect_closes_the_stream_and_frees_the_model():
         assert ticker.closed.wait(5), "the model's stream was not closed after the client left"
         assert ticker.produced < 100
         reply = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=10).chat.completions.create(
-            model="ticker", messages=[{"role": "user", "content": "again"}])
+            model="ticker", messages=[{"role": "user", "content": "again"}]
+        )
         assert reply.choices[0].message.content == "done"  # the model slot was released
 
 
@@ -438,9 +566,13 @@ def test_lab_serve_command_binds_loopback_and_serves(upstream):
         port = sock.getsockname()[1]
     key = "sk-cli-secret-key"
     lab = str(Path(sys.executable).parent / "lab")
-    proc = subprocess.Popen([lab, "serve", "--llm", f"openai:upstream-model@{upstream.url}/v1", "--port", str(port),
-                             "--max-queue", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "LAB_SERVE_API_KEY": key, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [lab, "serve", "--llm", f"openai:upstream-model@{upstream.url}/v1", "--port", str(port), "--max-queue", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "LAB_SERVE_API_KEY": key, "COLUMNS": "200"},
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -452,8 +584,14 @@ def test_lab_serve_command_binds_loopback_and_serves(upstream):
             assert proc.poll() is None and time.monotonic() < deadline, "lab serve did not start"
             time.sleep(0.2)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        assert client.chat.completions.create(model="upstream-model", messages=[{"role": "user", "content": "hi"}],
-                                              max_tokens=2).choices[0].message.content == "pong"
+        assert (
+            client.chat.completions.create(
+                model="upstream-model", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+            .choices[0]
+            .message.content
+            == "pong"
+        )
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
     finally:
         proc.terminate()
@@ -464,16 +602,29 @@ def test_lab_serve_command_binds_loopback_and_serves(upstream):
 
 # --- the embedded model through the OpenAI SDK --------------------------------------------------
 
+
 @pytest.mark.slow
 def test_chat_completion_with_system_developer_and_text_parts(oai):
     raw = oai.chat.completions.with_raw_response.create(
-        model=MODEL, max_completion_tokens=6,
-        messages=[{"role": "system", "content": "You are terse."},
-                  {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
-                  {"role": "user", "content": [{"type": "text", "text": "What is the capital"},
-                                               {"type": "text", "text": "of France?"}]}],
+        model=MODEL,
+        max_completion_tokens=6,
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}],
+            },
+        ],
         # accepted, harmless: they change nothing for this server
-        seed=1, user="tester", top_p=1.0, n=1, logprobs=False, presence_penalty=0.0, stop=["\n\n"])
+        seed=1,
+        user="tester",
+        top_p=1.0,
+        n=1,
+        logprobs=False,
+        presence_penalty=0.0,
+        stop=["\n\n"],
+    )
     assert raw.headers["x-request-id"].startswith("req_")
     reply = raw.parse()
     choice = reply.choices[0]
@@ -482,14 +633,24 @@ def test_chat_completion_with_system_developer_and_text_parts(oai):
     assert choice.message.role == "assistant" and not choice.message.tool_calls
     assert choice.finish_reason in ("stop", "length")
     u = reply.usage
-    assert u.prompt_tokens > 10 and 1 <= u.completion_tokens <= 6 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    assert (
+        u.prompt_tokens > 10
+        and 1 <= u.completion_tokens <= 6
+        and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    )
 
 
 @pytest.mark.slow
 def test_stream_sends_role_deltas_finish_usage_and_done(oai, http):
-    chunks = list(oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=5, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
@@ -507,8 +668,11 @@ def test_stream_sends_role_deltas_finish_usage_and_done(oai, http):
 
 @pytest.mark.slow
 def test_leaving_a_local_stream_stops_generation(lab_server, http):
-    body = chat_body(messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
-                     max_tokens=400, stream=True)
+    body = chat_body(
+        messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+        max_tokens=400,
+        stream=True,
+    )
     with http.stream("POST", "/v1/chat/completions", json=body) as r:
         deltas = 0
         for line in r.iter_lines():
@@ -521,18 +685,27 @@ def test_leaving_a_local_stream_stops_generation(lab_server, http):
         time.sleep(0.05)
 
 
-PROMPTS = ["What's the weather in Paris right now?", "Set a timer for 10 minutes for the pasta.",
-           "Find the documentation about the KV cache, top 3 results.", "Is it cold in Oslo? Answer in fahrenheit.",
-           "Remind me in 25 minutes to stretch."]
+PROMPTS = [
+    "What's the weather in Paris right now?",
+    "Set a timer for 10 minutes for the pasta.",
+    "Find the documentation about the KV cache, top 3 results.",
+    "Is it cold in Oslo? Answer in fahrenheit.",
+    "Remind me in 25 minutes to stretch.",
+]
 
 
 @pytest.mark.slow
 def test_tool_choice_required_returns_schema_valid_calls_over_many_prompts(oai):
     names = []
     for prompt in PROMPTS:
-        reply = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                            tools=openai_tools(WEATHER, TIMER, SEARCH), tool_choice="required",
-                                            parallel_tool_calls=False, max_tokens=64)
+        reply = oai.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": prompt}],
+            tools=openai_tools(WEATHER, TIMER, SEARCH),
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=64,
+        )
         choice = reply.choices[0]
         assert choice.finish_reason == "tool_calls", (prompt, choice)
         [call] = choice.message.tool_calls
@@ -546,51 +719,88 @@ def test_parallel_calls_stop_at_the_first_repeat_and_false_allows_one(oai):
     """With parallel_tool_calls left at its default (true), a model that repeats its call is stopped at the first
     repeat instead of running to max_tokens; with false, a reply holds one call."""
     messages = [{"role": "user", "content": "What's the weather in Paris?"}]
-    reply = oai.chat.completions.create(model=MODEL, messages=messages, tools=openai_tools(WEATHER),
-                                        tool_choice="required", max_tokens=300)
+    reply = oai.chat.completions.create(
+        model=MODEL, messages=messages, tools=openai_tools(WEATHER), tool_choice="required", max_tokens=300
+    )
     calls = reply.choices[0].message.tool_calls
     assert reply.choices[0].finish_reason == "tool_calls" and calls
     keys = [(c.function.name, json.dumps(json.loads(c.function.arguments), sort_keys=True)) for c in calls]
     assert len(set(keys)) == len(keys)  # no repeated call
     assert reply.usage.completion_tokens < 300  # it stopped, not the budget
-    one = oai.chat.completions.create(model=MODEL, messages=messages, tools=openai_tools(WEATHER, TIMER),
-                                      tool_choice="required", parallel_tool_calls=False, max_tokens=300)
+    one = oai.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        tools=openai_tools(WEATHER, TIMER),
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=300,
+    )
     assert len(one.choices[0].message.tool_calls) == 1
 
 
 # Written for this test, after the agent model was trained: tools and requests it has not seen.
 UNSEEN_TOOLS = (
-    {"name": "get_flight_status", "description": "Status of a flight by its flight number.", "parameters": {
-        "type": "object", "properties": {"flight": {"type": "string"}}, "required": ["flight"]}},
-    {"name": "lookup_recipe", "description": "Find a cooking recipe by dish name.", "parameters": {
-        "type": "object", "properties": {"dish": {"type": "string"}}, "required": ["dish"]}},
-    {"name": "count_words", "description": "Count the words in a piece of text.", "parameters": {
-        "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+    {
+        "name": "get_flight_status",
+        "description": "Status of a flight by its flight number.",
+        "parameters": {"type": "object", "properties": {"flight": {"type": "string"}}, "required": ["flight"]},
+    },
+    {
+        "name": "lookup_recipe",
+        "description": "Find a cooking recipe by dish name.",
+        "parameters": {"type": "object", "properties": {"dish": {"type": "string"}}, "required": ["dish"]},
+    },
+    {
+        "name": "count_words",
+        "description": "Count the words in a piece of text.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    },
 )
-FITS = (("Is flight LH455 on time today?", "get_flight_status"), ("Has BA117 landed yet?", "get_flight_status"),
-        ("Find me a recipe for mushroom risotto.", "lookup_recipe"), ("I want to cook shakshuka tonight, how?",
-                                                                      "lookup_recipe"),
-        ("How many words are in 'the quick brown fox jumps'?", "count_words"),
-        ("Count the words in this sentence: I like green apples.", "count_words"))
-FITS_NONE = ("What is the tallest mountain in Africa?", "Say something nice about Mondays.",
-             "Which ocean is the largest?", "Translate 'good night' into German.", "Who invented the telephone?",
-             "What's 2 plus 2?")
+FITS = (
+    ("Is flight LH455 on time today?", "get_flight_status"),
+    ("Has BA117 landed yet?", "get_flight_status"),
+    ("Find me a recipe for mushroom risotto.", "lookup_recipe"),
+    ("I want to cook shakshuka tonight, how?", "lookup_recipe"),
+    ("How many words are in 'the quick brown fox jumps'?", "count_words"),
+    ("Count the words in this sentence: I like green apples.", "count_words"),
+)
+FITS_NONE = (
+    "What is the tallest mountain in Africa?",
+    "Say something nice about Mondays.",
+    "Which ocean is the largest?",
+    "Translate 'good night' into German.",
+    "Who invented the telephone?",
+    "What's 2 plus 2?",
+)
 
 
 def test_the_agent_model_acts_when_a_tool_fits_and_declines_when_none_does(oai):
     """tool_choice auto, from outside through the OpenAI SDK: the tuned model calls the fitting tool and answers
     in text when none fits; the base model, asked the same, never calls (what the tuning changed)."""
-    def ask(model, prompt):
-        return oai.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                           tools=openai_tools(*UNSEEN_TOOLS), tool_choice="auto",
-                                           parallel_tool_calls=False, max_tokens=64).choices[0].message
 
-    acted = [(m := ask(AGENT_MODEL, p)).tool_calls is not None and m.tool_calls[0].function.name == tool
-             for p, tool in FITS]
+    def ask(model, prompt):
+        return (
+            oai.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                tools=openai_tools(*UNSEEN_TOOLS),
+                tool_choice="auto",
+                parallel_tool_calls=False,
+                max_tokens=64,
+            )
+            .choices[0]
+            .message
+        )
+
+    acted = [
+        (m := ask(AGENT_MODEL, p)).tool_calls is not None and m.tool_calls[0].function.name == tool for p, tool in FITS
+    ]
     declined = [ask(AGENT_MODEL, p).tool_calls is None for p in FITS_NONE]
     base_calls = sum(ask(MODEL, p).tool_calls is not None for p, _ in FITS)
-    print(f"agent: right call {sum(acted)}/{len(FITS)}, declined {sum(declined)}/{len(FITS_NONE)}; "
-          f"base called {base_calls}/{len(FITS)}")
+    print(
+        f"agent: right call {sum(acted)}/{len(FITS)}, declined {sum(declined)}/{len(FITS_NONE)}; "
+        f"base called {base_calls}/{len(FITS)}"
+    )
     # a behaviour check on a handful of cases (the measurement, with n and intervals, is phase13.tool_tuning):
     # most fitting requests get the right call, most others none, and the tuned model acts where the base does not
     assert sum(acted) > len(FITS) / 2 and sum(declined) > len(FITS_NONE) / 2
@@ -600,17 +810,29 @@ def test_the_agent_model_acts_when_a_tool_fits_and_declines_when_none_does(oai):
 @pytest.mark.slow
 def test_named_tool_choice_and_streamed_tool_call_deltas(oai):
     reply = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "I need to boil an egg."}],
-        tools=openai_tools(WEATHER, TIMER), tool_choice={"type": "function", "function": {"name": "set_timer"}},
-        parallel_tool_calls=False, max_tokens=64)
+        model=MODEL,
+        messages=[{"role": "user", "content": "I need to boil an egg."}],
+        tools=openai_tools(WEATHER, TIMER),
+        tool_choice={"type": "function", "function": {"name": "set_timer"}},
+        parallel_tool_calls=False,
+        max_tokens=64,
+    )
     [call] = reply.choices[0].message.tool_calls
     assert call.function.name == "set_timer"
     assert_valid_call("set_timer", call.function.arguments)
 
-    chunks = list(oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Weather in Lisbon?"}], tools=openai_tools(WEATHER),
-        tool_choice="required", parallel_tool_calls=False, max_tokens=64, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Weather in Lisbon?"}],
+            tools=openai_tools(WEATHER),
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=64,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
     assert deltas[0].index == 0 and deltas[0].id and deltas[0].function.name == "get_weather"
     arguments = "".join(d.function.arguments or "" for d in deltas if d.index == 0)
@@ -621,30 +843,57 @@ def test_named_tool_choice_and_streamed_tool_call_deltas(oai):
 
 @pytest.mark.slow
 def test_tool_results_round_trip_back_to_text(oai):
-    reply = oai.chat.completions.create(model=MODEL, max_tokens=10, tools=openai_tools(WEATHER), tool_choice="none",
-                                        messages=[
-        {"role": "user", "content": "What's the weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"}])
+    reply = oai.chat.completions.create(
+        model=MODEL,
+        max_tokens=10,
+        tools=openai_tools(WEATHER),
+        tool_choice="none",
+        messages=[
+            {"role": "user", "content": "What's the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+        ],
+    )
     message = reply.choices[0].message
     assert message.content and not message.tool_calls and reply.choices[0].finish_reason in ("stop", "length")
 
 
 @pytest.mark.slow
 def test_response_format_json_schema_strict_and_json_object(oai):
-    schema = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["pass", "fail"]},
-                                               "score": {"type": "integer", "minimum": 1, "maximum": 5}},
-              "required": ["verdict", "score"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["pass", "fail"]},
+            "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        },
+        "required": ["verdict", "score"],
+        "additionalProperties": False,
+    }
     reply = oai.chat.completions.create(
-        model=MODEL, max_tokens=40, messages=[{"role": "user", "content": "Grade this answer: 2+2=4."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "grade", "schema": schema, "strict": True}})
+        model=MODEL,
+        max_tokens=40,
+        messages=[{"role": "user", "content": "Grade this answer: 2+2=4."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "grade", "schema": schema, "strict": True}},
+    )
     assert reply.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
 
     reply = oai.chat.completions.create(
-        model=MODEL, max_tokens=60, response_format={"type": "json_object"},
-        messages=[{"role": "user", "content": "Describe Paris as a JSON object with a name and a country."}])
+        model=MODEL,
+        max_tokens=60,
+        response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Describe Paris as a JSON object with a name and a country."}],
+    )
     assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
     assert isinstance(json.loads(reply.choices[0].message.content), dict)
 
@@ -653,8 +902,11 @@ def test_a_schema_the_grammar_engine_cannot_compile_is_400_not_a_model_failure(o
     broken = {"type": "object", "properties": {"a": {"$ref": "#/nope"}}, "required": ["a"]}
     with pytest.raises(openai.BadRequestError) as err:
         oai.chat.completions.create(
-            model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hi"}],
-            response_format={"type": "json_schema", "json_schema": {"name": "broken", "schema": broken}})
+            model=MODEL,
+            max_tokens=8,
+            messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "broken", "schema": broken}},
+        )
     assert "cannot be compiled to a grammar" in err.value.body["message"]
 
 
@@ -681,7 +933,6 @@ def test_prompt_over_the_context_window_is_413(oai, claude):
 
 @pytest.mark.slow
 def test_embeddings_float_and_base64_match_the_model(oai, http):
-    from lab.models import load_embedder
 
     texts = ["The KV cache grows with context.", "Paris is in France."]
     expected = load_embedder("all-minilm-l6-v2").encode(texts)
@@ -689,8 +940,15 @@ def test_embeddings_float_and_base64_match_the_model(oai, http):
     assert [d.index for d in sdk.data] == [0, 1] and sdk.usage.prompt_tokens == sdk.usage.total_tokens > 8
     assert np.allclose([d.embedding for d in sdk.data], expected, atol=1e-5)
 
-    r = http.post("/v1/embeddings", json={"model": "sentence-transformers/all-MiniLM-L6-v2", "input": texts[1],
-                                          "encoding_format": "float", "dimensions": 384})
+    r = http.post(
+        "/v1/embeddings",
+        json={
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "input": texts[1],
+            "encoding_format": "float",
+            "dimensions": 384,
+        },
+    )
     data = r.json()["data"]
     assert r.status_code == 200 and len(data) == 1 and isinstance(data[0]["embedding"], list)
     assert np.allclose(data[0]["embedding"], expected[1], atol=1e-5)
@@ -703,19 +961,26 @@ def test_embeddings_float_and_base64_match_the_model(oai, http):
 
 @pytest.mark.slow
 def test_langchain_chat_openai_bind_tools(lab_server):
-    from langchain_core.tools import tool
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-    from langchain_openai import ChatOpenAI
+    from langchain_core.tools import tool  # noqa: PLC0415 (langchain_core loads only on the path that uses it)
+    from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: PLC0415 (langchain_core loads only on the path that uses it)
+    from langchain_openai import ChatOpenAI  # noqa: PLC0415 (langchain_openai loads only on the path that uses it)
 
     @tool
     def get_weather(city: str) -> str:
         """Current weather for a city."""
         return "18C"
 
-    chat = ChatOpenAI(model=MODEL, base_url=lab_server.openai_url, api_key=lab_server.api_key, temperature=0,
-                      max_tokens=64, max_retries=0)
+    chat = ChatOpenAI(
+        model=MODEL,
+        base_url=lab_server.openai_url,
+        api_key=lab_server.api_key,
+        temperature=0,
+        max_tokens=64,
+        max_retries=0,
+    )
     message = chat.bind_tools([get_weather], tool_choice="required", parallel_tool_calls=False).invoke(
-        "What's the weather in Madrid?")
+        "What's the weather in Madrid?"
+    )
     [call] = message.tool_calls
     assert call["name"] == "get_weather" and call["id"]
     jsonschema.validate(call["args"], convert_to_openai_tool(get_weather)["function"]["parameters"])
@@ -724,11 +989,16 @@ def test_langchain_chat_openai_bind_tools(lab_server):
 
 # --- the embedded model through the Anthropic SDK -----------------------------------------------
 
+
 @pytest.mark.slow
 def test_anthropic_create_and_stream(claude):
-    message = claude.messages.create(model=MODEL, max_tokens=6, metadata={"user_id": "tester"},
-                                     system=[{"type": "text", "text": "You are terse."}],
-                                     messages=[{"role": "user", "content": "Name a colour."}])
+    message = claude.messages.create(
+        model=MODEL,
+        max_tokens=6,
+        metadata={"user_id": "tester"},
+        system=[{"type": "text", "text": "You are terse."}],
+        messages=[{"role": "user", "content": "Name a colour."}],
+    )
     assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
     assert message.content[0].type == "text" and message.content[0].text.strip()
     assert message.stop_reason in ("end_turn", "max_tokens") and message.stop_sequence is None
@@ -747,32 +1017,74 @@ def test_anthropic_create_and_stream(claude):
 def test_anthropic_tool_use_round_trip_with_tool_result(claude):
     tools = [anthropic_tool(WEATHER), anthropic_tool(TIMER)]
     ask = {"role": "user", "content": "What's the weather in Madrid?"}
-    first = claude.messages.create(model=MODEL, max_tokens=64, tools=tools, messages=[ask],
-                                   tool_choice={"type": "any", "disable_parallel_tool_use": True})
+    first = claude.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        tools=tools,
+        messages=[ask],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
     assert first.stop_reason == "tool_use"
     [use] = [b for b in first.content if b.type == "tool_use"]
     assert_valid_call(use.name, use.input)
 
-    second = claude.messages.create(model=MODEL, max_tokens=10, tools=tools, tool_choice={"type": "none"}, messages=[
-        ask, {"role": "assistant", "content": first.content},  # the SDK's own blocks, sent back as they came
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
-                                      "content": [{"type": "text", "text": "21C, clear sky"}]},
-                                     {"type": "text", "text": "Thanks. Summarise."}]}])
+    second = claude.messages.create(
+        model=MODEL,
+        max_tokens=10,
+        tools=tools,
+        tool_choice={"type": "none"},
+        messages=[
+            ask,
+            {"role": "assistant", "content": first.content},  # the SDK's own blocks, sent back as they came
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": use.id,
+                        "content": [{"type": "text", "text": "21C, clear sky"}],
+                    },
+                    {"type": "text", "text": "Thanks. Summarise."},
+                ],
+            },
+        ],
+    )
     assert second.stop_reason in ("end_turn", "max_tokens")
     assert second.content and all(b.type == "text" for b in second.content)
 
-    failed = claude.messages.create(model=MODEL, max_tokens=6, messages=[
-        ask, {"role": "assistant", "content": first.content},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "is_error": True,
-                                      "content": "weather service unavailable"}]}], tools=tools, tool_choice={"type": "none"})
+    failed = claude.messages.create(
+        model=MODEL,
+        max_tokens=6,
+        messages=[
+            ask,
+            {"role": "assistant", "content": first.content},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": use.id,
+                        "is_error": True,
+                        "content": "weather service unavailable",
+                    }
+                ],
+            },
+        ],
+        tools=tools,
+        tool_choice={"type": "none"},
+    )
     assert failed.content[0].type == "text"
 
 
 @pytest.mark.slow
 def test_anthropic_named_tool_streams_input_json(claude):
-    with claude.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Start my tea."}],
-                                tools=[anthropic_tool(WEATHER), anthropic_tool(TIMER)],
-                                tool_choice={"type": "tool", "name": "set_timer", "disable_parallel_tool_use": True}) as s:
+    with claude.messages.stream(
+        model=MODEL,
+        max_tokens=64,
+        messages=[{"role": "user", "content": "Start my tea."}],
+        tools=[anthropic_tool(WEATHER), anthropic_tool(TIMER)],
+        tool_choice={"type": "tool", "name": "set_timer", "disable_parallel_tool_use": True},
+    ) as s:
         events = [event for event in s]
         final = s.get_final_message()
     deltas = [e for e in events if e.type == "content_block_delta"]

@@ -92,15 +92,30 @@ def test_a_deeply_nested_schema_is_400_naming_the_depth_limit(http):
     assert r.json()["error"]["param"] == "response_format.json_schema.schema"
     refusal(r, 400, limit)
     tool = {"type": "function", "function": {"name": "deep", "parameters": deep}}
-    refusal(http.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice="required")), 400,
-            "tools.0.function.parameters", limit)
-    refusal(http.post("/v1/messages", json=message(output_config={"format": {"type": "json_schema", "schema": deep}})),
-            400, "output_config.format.schema", limit)
-    refusal(http.post("/v1/messages", json=message(tools=[{"name": "deep", "input_schema": deep}])), 400,
-            "tools.0.input_schema", limit)
+    refusal(
+        http.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice="required")),
+        400,
+        "tools.0.function.parameters",
+        limit,
+    )
+    refusal(
+        http.post("/v1/messages", json=message(output_config={"format": {"type": "json_schema", "schema": deep}})),
+        400,
+        "output_config.format.schema",
+        limit,
+    )
+    refusal(
+        http.post("/v1/messages", json=message(tools=[{"name": "deep", "input_schema": deep}])),
+        400,
+        "tools.0.input_schema",
+        limit,
+    )
     wide = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(MAX_SCHEMA_VALUES // 2)}}
-    refusal(http.post("/v1/chat/completions", json=chat(**reply_schema(wide))), 400,
-            f"more than {MAX_SCHEMA_VALUES} JSON values")
+    refusal(
+        http.post("/v1/chat/completions", json=chat(**reply_schema(wide))),
+        400,
+        f"more than {MAX_SCHEMA_VALUES} JSON values",
+    )
     assert_serves(http)
 
 
@@ -126,8 +141,11 @@ def raw(body) -> bytes:
 SURROGATE_REQUESTS = [
     ("/v1/chat/completions", chat(SURROGATE), "messages.0.content"),
     ("/v1/chat/completions", {**chat(SURROGATE), "stream": True}, "messages.0.content"),
-    ("/v1/chat/completions", chat(tools=[{"type": "function", "function": {"name": "f", "description": SURROGATE}}]),
-     "tools.0.function.description"),
+    (
+        "/v1/chat/completions",
+        chat(tools=[{"type": "function", "function": {"name": "f", "description": SURROGATE}}]),
+        "tools.0.function.description",
+    ),
     ("/v1/messages", message(SURROGATE), "messages.0.content"),
     ("/v1/messages", {**message([{"type": "text", "text": SURROGATE}]), "stream": True}, "messages.0.content.0.text"),
     ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": ["fine", SURROGATE]}, "input.1"),
@@ -154,12 +172,25 @@ def test_a_prompt_of_megabytes_is_refused_before_it_is_tokenized(http):
 
 def test_grammar_errors_name_the_problem_without_internal_paths(http):
     dangling = {"type": "object", "properties": {"a": {"$ref": "#/$defs/nowhere"}}, "required": ["a"]}
-    refusal(http.post("/v1/chat/completions", json=chat(**reply_schema(dangling))), 400,
-            "cannot be compiled to a grammar", "nowhere")
-    tool = {"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"code": {"type": "string", "pattern": "(("}}}}}
-    refusal(http.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice="required")), 400,
-            "tools cannot be compiled to a grammar", "Regex")
+    refusal(
+        http.post("/v1/chat/completions", json=chat(**reply_schema(dangling))),
+        400,
+        "cannot be compiled to a grammar",
+        "nowhere",
+    )
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string", "pattern": "(("}}},
+        },
+    }
+    refusal(
+        http.post("/v1/chat/completions", json=chat(tools=[tool], tool_choice="required")),
+        400,
+        "tools cannot be compiled to a grammar",
+        "Regex",
+    )
     assert_serves(http)
 
 
@@ -169,16 +200,31 @@ def obj(**properties):
 
 CANNOT_ENFORCE = [
     ("not", obj(age={"type": "integer", "not": {"const": 3}}), "properties.age.not"),
-    ("if", {**obj(a={"type": "integer"}, b={"type": "integer"}), "if": {"required": ["a"]}, "then": {"required": ["b"]}},
-     "at if"),
-    ("uniqueItems", obj(tags={"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
-     "properties.tags.uniqueItems"),
-    ("contains", obj(ids={"type": "array", "items": {"type": "integer"}, "contains": {"const": 7}}),
-     "properties.ids.contains"),
-    ("dependentRequired", {**obj(a={"type": "integer"}, b={"type": "integer"}), "dependentRequired": {"a": ["b"]}},
-     "at dependentRequired"),
-    ("allOf", obj(n={"allOf": [{"type": "integer", "minimum": 0}, {"type": "integer", "maximum": 9}]}),
-     "properties.n.allOf"),
+    (
+        "if",
+        {**obj(a={"type": "integer"}, b={"type": "integer"}), "if": {"required": ["a"]}, "then": {"required": ["b"]}},
+        "at if",
+    ),
+    (
+        "uniqueItems",
+        obj(tags={"type": "array", "items": {"type": "string"}, "uniqueItems": True}),
+        "properties.tags.uniqueItems",
+    ),
+    (
+        "contains",
+        obj(ids={"type": "array", "items": {"type": "integer"}, "contains": {"const": 7}}),
+        "properties.ids.contains",
+    ),
+    (
+        "dependentRequired",
+        {**obj(a={"type": "integer"}, b={"type": "integer"}), "dependentRequired": {"a": ["b"]}},
+        "at dependentRequired",
+    ),
+    (
+        "allOf",
+        obj(n={"allOf": [{"type": "integer", "minimum": 0}, {"type": "integer", "maximum": 9}]}),
+        "properties.n.allOf",
+    ),
     ("format", obj(mail={"type": "string", "format": "idn-email"}), "properties.mail.format"),
     ("$ref", obj(x={"$ref": "https://example.com/schema.json"}), "properties.x.$ref"),
     ("maxLength", obj(code={"type": "string", "pattern": "^[a-z]+$", "maxLength": 4}), "properties.code.maxLength"),
@@ -190,7 +236,9 @@ CANNOT_ENFORCE = [
 def test_a_keyword_the_grammar_cannot_enforce_is_400_naming_it_and_where(http, keyword, schema, where):
     r = http.post("/v1/chat/completions", json=chat(**reply_schema(schema)))
     refusal(r, 400, "response_format.json_schema.schema", f"keyword {keyword!r}", where, "not enforced")
-    r = http.post("/v1/messages", json=message(tools=[{"name": "f", "input_schema": schema}], tool_choice={"type": "any"}))
+    r = http.post(
+        "/v1/messages", json=message(tools=[{"name": "f", "input_schema": schema}], tool_choice={"type": "any"})
+    )
     refusal(r, 400, "tools.0.input_schema", f"keyword {keyword!r}", where)
     assert_serves(http)
 
@@ -213,8 +261,7 @@ def test_soak_of_mixed_requests_from_8_clients_leaves_no_5xx_and_a_healthy_serve
         ("/v1/chat/completions", {**chat(), "model": "gpt-4o"}, 404),
         ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": [SURROGATE]}, 400),
     ]
-    rare = [("/v1/chat/completions", chat(huge), 413),
-            ("/v1/chat/completions", b"[" * (MAX_BODY_BYTES + 1), 413)]
+    rare = [("/v1/chat/completions", chat(huge), 413), ("/v1/chat/completions", b"[" * (MAX_BODY_BYTES + 1), 413)]
     plan = [kinds[i % len(kinds)] for i in range(192)] + rare * 4
     statuses: Counter = Counter()
     wrong: list[str] = []
@@ -223,8 +270,11 @@ def test_soak_of_mixed_requests_from_8_clients_leaves_no_5xx_and_a_healthy_serve
     before = rss_mb()
 
     def client(jobs):
-        with httpx.Client(base_url=lab_server.url, headers={"x-api-key": lab_server.api_key,
-                                                            "content-type": "application/json"}, timeout=120) as c:
+        with httpx.Client(
+            base_url=lab_server.url,
+            headers={"x-api-key": lab_server.api_key, "content-type": "application/json"},
+            timeout=120,
+        ) as c:
             for path, body, expected in jobs:
                 r = c.post(path, content=raw(body))
                 with lock:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lab.stats import rate_interval, rate_note
+from lab.stats import mean_interval, rate_interval, rate_note, record_rate
 
 
 def test_the_wilson_interval_is_inside_0_1_and_not_degenerate_at_the_ends():
@@ -21,7 +21,6 @@ def test_a_rate_note_states_its_evidence_and_bad_counts_are_refused():
 
 
 def test_record_rate_writes_the_rate_its_n_and_its_interval():
-    from lab.stats import rate_interval, record_rate
 
     class Ctx:
         def __init__(self):
@@ -38,7 +37,6 @@ def test_record_rate_writes_the_rate_its_n_and_its_interval():
 
 
 def test_mean_interval_widens_with_spread_and_is_a_point_without_it():
-    from lab.stats import mean_interval
 
     low, high = mean_interval([1, 2, 3, 4, 5])
     assert low < 3 < high and round(high - 3, 6) == round(3 - low, 6)

@@ -8,8 +8,18 @@ from lab import toolchain
 from lab.doctor import AGENT_PACKAGES, agent_toolchain
 
 
-@pytest.mark.parametrize("version, ok", [("v24.22.3", True), ("v24.16.0", True), ("v24.15.9", False),
-                                         ("v25.3.0", False), ("v26.1.0", True), ("v20.20.2", False), ("junk", False)])
+@pytest.mark.parametrize(
+    "version, ok",
+    [
+        ("v24.22.3", True),
+        ("v24.16.0", True),
+        ("v24.15.9", False),
+        ("v25.3.0", False),
+        ("v26.1.0", True),
+        ("v20.20.2", False),
+        ("junk", False),
+    ],
+)
 def test_node_versions_openclaw_accepts(version, ok):
     assert toolchain.node_ok(version) is ok
 

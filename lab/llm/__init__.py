@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 
 from lab.errors import ConfigError, MissingResource
 from lab.llm.base import LLM, CapabilityError, ChatResponse, JSONReplyError, LLMError, ToolCall, Usage, parse_json_reply
@@ -18,8 +19,20 @@ from lab.models import EMBEDDED_LLM
 
 DEFAULT_SPEC = EMBEDDED_LLM.spec
 
-__all__ = ["LLM", "LLMWrapper", "CapabilityError", "ChatResponse", "JSONReplyError", "LLMError", "ToolCall", "Usage",
-           "check_spec", "from_spec", "parse_json_reply", "DEFAULT_SPEC"]
+__all__ = [
+    "LLM",
+    "LLMWrapper",
+    "CapabilityError",
+    "ChatResponse",
+    "JSONReplyError",
+    "LLMError",
+    "ToolCall",
+    "Usage",
+    "check_spec",
+    "from_spec",
+    "parse_json_reply",
+    "DEFAULT_SPEC",
+]
 
 _CACHE: dict[str, LLM] = {}
 
@@ -42,10 +55,10 @@ def _parse(spec: str) -> tuple[str, str, str | None]:
 def _hosted_class(provider: str):
     """The client class of a hosted provider (its module imports the SDK only when a client is built)."""
     if provider == "anthropic":
-        from lab.llm.anthropic_client import AnthropicLLM
+        from lab.llm.anthropic_client import AnthropicLLM  # noqa: PLC0415 (import cycle: lab.llm.anthropic_client imports this module)
 
         return AnthropicLLM
-    from lab.llm.openai_client import OpenAILLM
+    from lab.llm.openai_client import OpenAILLM  # noqa: PLC0415 (import cycle: lab.llm.openai_client imports this module)
 
     return OpenAILLM
 
@@ -58,7 +71,6 @@ def check_spec(spec: str | None = None) -> None:
     provider, _, base_url = _parse(spec)
     if provider == "local":
         return
-    from importlib.util import find_spec
 
     if find_spec(provider) is None:
         raise MissingResource(f"{spec}: the {provider} SDK is not installed; run `make setup`")
@@ -76,7 +88,7 @@ def from_spec(spec: str | None = None) -> LLM:
         return _CACHE[spec]
     provider, model, base_url = _parse(spec)
     if provider == "local":
-        from lab.llm.local import LocalLLM
+        from lab.llm.local import LocalLLM  # noqa: PLC0415 (import cycle: lab.llm.local imports this module)
 
         client: LLM = LocalLLM(model)
     else:

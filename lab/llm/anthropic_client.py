@@ -42,8 +42,12 @@ def to_anthropic(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[s
             if m.get("is_error"):
                 block["is_error"] = True
             last = turns[-1] if turns else None
-            if last and last["role"] == "user" and isinstance(last["content"], list) \
-                    and all(b.get("type") == "tool_result" for b in last["content"]):
+            if (
+                last
+                and last["role"] == "user"
+                and isinstance(last["content"], list)
+                and all(b.get("type") == "tool_result" for b in last["content"])
+            ):
                 last["content"].append(block)
             else:
                 turns.append({"role": "user", "content": [block]})
@@ -61,7 +65,7 @@ class AnthropicLLM(HostedLLM):
     key_env = "ANTHROPIC_API_KEY"
 
     def __init__(self, model: str, base_url: str | None = None, **kwargs: Any):
-        import anthropic
+        import anthropic  # noqa: PLC0415 (anthropic loads only on the path that uses it)
 
         super().__init__(model, base_url=base_url, **kwargs)
         self.connection_errors = (anthropic.APIConnectionError,)
@@ -69,8 +73,18 @@ class AnthropicLLM(HostedLLM):
             api_key=self._require_key(), base_url=base_url, max_retries=0, timeout=self.timeout_s
         )
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+    def chat(
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+    ) -> ChatResponse:
         mode, name = normalize_tool_choice(tool_choice, tools)
         systems, turns = to_anthropic(messages)
         if system:
@@ -78,14 +92,24 @@ class AnthropicLLM(HostedLLM):
         request: dict[str, Any] = dict(model=self.model, max_tokens=max_tokens, messages=turns)
         forced_json = bool(json_schema) and not tools and json_schema.get("type", "object") == "object"
         if forced_json:
-            request["tools"] = [{"name": JSON_TOOL, "description": "Give your whole reply as this tool's input.",
-                                 "input_schema": json_schema}]
+            request["tools"] = [
+                {
+                    "name": JSON_TOOL,
+                    "description": "Give your whole reply as this tool's input.",
+                    "input_schema": json_schema,
+                }
+            ]
             request["tool_choice"] = {"type": "tool", "name": JSON_TOOL}
         else:
             if tools:
-                request["tools"] = [{"name": t["name"], "description": t.get("description", ""),
-                                     "input_schema": t.get("input_schema") or {"type": "object", "properties": {}}}
-                                    for t in tools]
+                request["tools"] = [
+                    {
+                        "name": t["name"],
+                        "description": t.get("description", ""),
+                        "input_schema": t.get("input_schema") or {"type": "object", "properties": {}},
+                    }
+                    for t in tools
+                ]
                 if mode != "auto" or not parallel_tool_calls:  # auto + parallel is the API's default
                     choice: dict[str, Any] = {"type": TOOL_CHOICE_TYPES[mode]}
                     if mode == "named":
@@ -116,7 +140,13 @@ class AnthropicLLM(HostedLLM):
         n_in, n_out = reply.usage.input_tokens, reply.usage.output_tokens
         model = reply.model or self.model
         return ChatResponse(
-            text="".join(texts), provider=self.provider, model=model, tool_calls=calls,
-            usage=Usage(n_in, n_out), latency_s=latency, cost_usd=cost_usd(self.provider, model, n_in, n_out),
-            stop_reason=stop_reason, stop_sequence=getattr(reply, "stop_sequence", None),
+            text="".join(texts),
+            provider=self.provider,
+            model=model,
+            tool_calls=calls,
+            usage=Usage(n_in, n_out),
+            latency_s=latency,
+            cost_usd=cost_usd(self.provider, model, n_in, n_out),
+            stop_reason=stop_reason,
+            stop_sequence=getattr(reply, "stop_sequence", None),
         )

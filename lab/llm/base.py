@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any
 
 from lab.errors import LabError
 
-ToolChoice = Union[str, dict]  # "auto" | "required" | "none" | {"name": "<tool>"}
+ToolChoice = str | dict  # "auto" | "required" | "none" | {"name": "<tool>"}
 TOOL_CHOICE_MODES = ("auto", "required", "none")
 
 
@@ -172,7 +173,7 @@ class LLM(ABC):
             yield reply.text
         yield reply
 
-    def prepare(self, messages: list[dict[str, Any]], *, timeout_s: float | None = None, **kwargs: Any) -> None:
+    def prepare(self, messages: list[dict[str, Any]], *, timeout_s: float | None = None, **kwargs: Any) -> None:  # noqa: B027 (a hook: nothing to do by default)
         """Do the work of a ``chat`` / ``stream`` call with these arguments that does not need the model
         (a local model tokenizes the prompt and compiles its grammar), raising what that call would raise
         for arguments it cannot serve (InvalidRequestError, PromptTooLongError). A server calls it before a
@@ -189,15 +190,24 @@ class LLM(ABC):
         """Fields for ``ctx.model(...)`` provenance."""
         return {"id": self.spec}
 
-    def choice_probs(self, messages: list[dict[str, Any]], choices: list[str], system: str | None = None,
-                     prefix: str = "", **kwargs: Any) -> dict[str, float]:
+    def choice_probs(
+        self,
+        messages: list[dict[str, Any]],
+        choices: list[str],
+        system: str | None = None,
+        prefix: str = "",
+        use_prefix_cache: bool = True,
+    ) -> dict[str, float]:
         """Probability of each single-token choice as the next token of the assistant's reply (``prefix``:
-        text already placed at the start of that reply), as ``{choice: p}`` summing to 1 over ``choices``.
+        text already placed at the start of that reply), as ``{choice: p}`` summing to 1 over ``choices``;
+        ``use_prefix_cache=False`` scores without reusing a cached prompt prefix (where the model keeps one).
 
         Only models whose ``scores_choices`` is True implement it (``LocalLLM``); this default raises
         CapabilityError. Decide on the flag before calling, never on ``hasattr``."""
-        raise CapabilityError(f"{self.spec} cannot score choices (scores_choices is False): check "
-                              "llm.scores_choices before calling choice_probs, and ask it with chat instead")
+        raise CapabilityError(
+            f"{self.spec} cannot score choices (scores_choices is False): check "
+            "llm.scores_choices before calling choice_probs, and ask it with chat instead"
+        )
 
 
 def normalize_tool_choice(tool_choice: ToolChoice | None, tools: list[dict[str, Any]] | None) -> tuple[str, str | None]:
@@ -211,8 +221,9 @@ def normalize_tool_choice(tool_choice: ToolChoice | None, tools: list[dict[str, 
         tool_choice = "auto"
     if isinstance(tool_choice, str):
         if tool_choice not in TOOL_CHOICE_MODES:
-            raise InvalidRequestError(f"tool_choice {tool_choice!r}: expected one of "
-                                      f"{', '.join(TOOL_CHOICE_MODES)} or {{'name': ...}}")
+            raise InvalidRequestError(
+                f"tool_choice {tool_choice!r}: expected one of {', '.join(TOOL_CHOICE_MODES)} or {{'name': ...}}"
+            )
         if tool_choice == "required" and not tools:
             raise InvalidRequestError("tool_choice 'required' needs at least one tool")
         return tool_choice, None
@@ -222,21 +233,23 @@ def normalize_tool_choice(tool_choice: ToolChoice | None, tools: list[dict[str, 
         if not isinstance(name, str) or not name:
             raise InvalidRequestError(f"tool_choice {tool_choice!r}: a named choice needs a tool name")
         if name not in known:
-            raise InvalidRequestError(f"tool_choice names tool {name!r}, which is not among the tools given "
-                                      f"({', '.join(known) or 'none'})")
+            raise InvalidRequestError(
+                f"tool_choice names tool {name!r}, which is not among the tools given ({', '.join(known) or 'none'})"
+            )
         return "named", name
     raise InvalidRequestError(f"tool_choice {tool_choice!r}: expected a string or {{'name': ...}}")
 
 
 def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
     """The tool calls of an assistant message, as ToolCall whether stored as objects or dicts."""
-    return [c if isinstance(c, ToolCall) else ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}))
-            for c in message.get("tool_calls") or []]
+    return [
+        c if isinstance(c, ToolCall) else ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}))
+        for c in message.get("tool_calls") or []
+    ]
 
 
 def json_instruction(schema: dict[str, Any]) -> str:
     """The prompt suffix used by providers without native structured output."""
-    return (
-        "Reply with a single JSON object and nothing else. It must match this JSON schema:\n"
-        + json.dumps(schema, indent=None, sort_keys=True)
+    return "Reply with a single JSON object and nothing else. It must match this JSON schema:\n" + json.dumps(
+        schema, indent=None, sort_keys=True
     )

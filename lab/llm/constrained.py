@@ -61,7 +61,6 @@ TOOL_RESPONSE = "<tool_response>\n{}\n</tool_response>"
 _CALL_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_CLOSE), re.S)
 
 
-
 @dataclass(frozen=True)
 class Bounds:
     """Limits given to the free elements of a schema (see the module docstring)."""
@@ -92,19 +91,48 @@ MAX_SCHEMA_VALUES = 10_000  # JSON values in all (objects, arrays, strings, numb
 # (oneOf passes: xgrammar holds it as anyOf only where branches may overlap, which a discriminated
 # union's do not; patternProperties and propertyNames are enforced.)
 UNENFORCED = {
-    **dict.fromkeys(("if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies"),
-                    "list the cases with anyOf"),
+    **dict.fromkeys(
+        ("if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies"), "list the cases with anyOf"
+    ),
     **dict.fromkeys(("contains", "minContains", "maxContains"), "describe every item with 'items'"),
     **dict.fromkeys(("$dynamicRef", "$dynamicAnchor"), "use $ref to '#/$defs/...'"),
     "not": "exclude the values another way (enum, anyOf)",
 }
 # the string formats xgrammar enforces (others, e.g. idn-email, iri, regex, are ignored)
-FORMATS = ("date", "date-time", "duration", "email", "hostname", "ipv4", "ipv6", "json-pointer",
-           "relative-json-pointer", "time", "uri", "uri-reference", "uri-template", "uuid")
+FORMATS = (
+    "date",
+    "date-time",
+    "duration",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "json-pointer",
+    "relative-json-pointer",
+    "time",
+    "uri",
+    "uri-reference",
+    "uri-template",
+    "uuid",
+)
 # keyword -> how its value holds subschemas (everything else in a schema is data: enum, const, default, ...)
 _SUBSCHEMA_KEYWORDS = {
-    **dict.fromkeys(("items", "additionalProperties", "propertyNames", "unevaluatedProperties", "unevaluatedItems",
-                     "additionalItems", "not", "if", "then", "else", "contains"), "schema"),
+    **dict.fromkeys(
+        (
+            "items",
+            "additionalProperties",
+            "propertyNames",
+            "unevaluatedProperties",
+            "unevaluatedItems",
+            "additionalItems",
+            "not",
+            "if",
+            "then",
+            "else",
+            "contains",
+        ),
+        "schema",
+    ),
     **dict.fromkeys(("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"), "map"),
     **dict.fromkeys(("allOf", "anyOf", "oneOf", "prefixItems"), "list"),
 }
@@ -126,17 +154,23 @@ def check_schema(schema: Any, name: str | None = None) -> None:
         if not isinstance(node, (dict, list)):
             continue
         if depth > MAX_SCHEMA_DEPTH:
-            raise refuse(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels of JSON objects and arrays "
-                         "(the limit for compiling one into a grammar)")
+            raise refuse(
+                f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels of JSON objects and arrays "
+                "(the limit for compiling one into a grammar)"
+            )
         values += len(node)
         if values > MAX_SCHEMA_VALUES:
-            raise refuse(f"the schema holds more than {MAX_SCHEMA_VALUES} JSON values (the limit for compiling "
-                         "one into a grammar)")
+            raise refuse(
+                f"the schema holds more than {MAX_SCHEMA_VALUES} JSON values (the limit for compiling "
+                "one into a grammar)"
+            )
         in_schema = role == "schema" and isinstance(node, dict)
         if in_schema and isinstance(node, dict) and (problem := _unenforced(node)) is not None:
             keyword, advice = problem
-            raise refuse(f"keyword {keyword!r} (at {'.'.join((*path, keyword))}) is not enforced by the grammar "
-                         f"engine, so a reply could break it: {advice}")
+            raise refuse(
+                f"keyword {keyword!r} (at {'.'.join((*path, keyword))}) is not enforced by the grammar "
+                f"engine, so a reply could break it: {advice}"
+            )
         for key, child in node.items() if isinstance(node, dict) else enumerate(node):
             if in_schema:  # what the keyword's value holds: a schema, schemas by name or in a list, or data
                 kind = _SUBSCHEMA_KEYWORDS.get(str(key), "data")
@@ -171,16 +205,28 @@ def _unenforced(node: dict[str, Any]) -> tuple[str, str] | None:
     required: list[Any] = node["required"] if isinstance(node.get("required"), list) else []
     missing = [k for k in required if k not in properties]
     if missing:
-        return "required", (f"it names {str(missing[0])[:40]!r}, which this object's 'properties' does not define; "
-                            "only defined properties can be required")
+        return "required", (
+            f"it names {str(missing[0])[:40]!r}, which this object's 'properties' does not define; "
+            "only defined properties can be required"
+        )
     return None
 
 
 def tools_prompt(tools: list[dict[str, Any]]) -> str:
     """The system-prompt section that lists the tools, in the Hermes wording models are trained on."""
-    listing = "\n".join(json.dumps({"type": "function", "function": {
-        "name": t["name"], "description": t.get("description", ""),
-        "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}}) for t in tools)
+    listing = "\n".join(
+        json.dumps(
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {"type": "object", "properties": {}},
+                },
+            }
+        )
+        for t in tools
+    )
     return (
         "You may call one or more functions to assist with the user query.\n"
         "You are provided with function signatures within <tools></tools> XML tags:\n"
@@ -215,20 +261,25 @@ def bounded_schema(schema: dict[str, Any], bounds: Bounds = BOUNDS[0]) -> dict[s
         if "object" in kinds and not node.get("properties") and node.get("additionalProperties", True) is not False:
             # free keys: bound how many, and what each value may be
             node["additionalProperties"] = bound(node.get("additionalProperties", True))
-            node["maxProperties"] = max(min(node.get("maxProperties", bounds.array_items), bounds.array_items),
-                                        node.get("minProperties", 0))
+            node["maxProperties"] = max(
+                min(node.get("maxProperties", bounds.array_items), bounds.array_items), node.get("minProperties", 0)
+            )
             node.setdefault("propertyNames", {"maxLength": min(KEY_MAX_CHARS, bounds.string_chars)})
         if "string" in kinds and not any(k in node for k in _FIXED_STRINGS):
-            node["maxLength"] = max(min(node.get("maxLength", bounds.string_chars), bounds.string_chars),
-                                    node.get("minLength", 0))
+            node["maxLength"] = max(
+                min(node.get("maxLength", bounds.string_chars), bounds.string_chars), node.get("minLength", 0)
+            )
         if isinstance(node.get("pattern"), str):  # a pattern ignores maxLength: bound its repeats instead
             node["pattern"] = bounded_pattern(node["pattern"], bounds.pattern_repeat)
         if "array" in kinds:
-            node["maxItems"] = max(min(node.get("maxItems", bounds.array_items), bounds.array_items),
-                                   node.get("minItems", 0))
+            node["maxItems"] = max(
+                min(node.get("maxItems", bounds.array_items), bounds.array_items), node.get("minItems", 0)
+            )
         if kinds & {"integer", "number"} and "enum" not in node and "const" not in node:
             if "minimum" not in node:  # an open end gets a bound; a range the caller gave is kept
-                node["minimum"] = -bounds.number_abs if "maximum" not in node else node["maximum"] - 2 * bounds.number_abs
+                node["minimum"] = (
+                    -bounds.number_abs if "maximum" not in node else node["maximum"] - 2 * bounds.number_abs
+                )
             node.setdefault("maximum", node["minimum"] + 2 * bounds.number_abs)
         return node
 
@@ -247,14 +298,14 @@ def bounded_pattern(pattern: str, limit: int) -> str:
     while i < len(pattern):
         ch = pattern[i]
         if ch == "\\":
-            out.append(pattern[i:i + 2])
+            out.append(pattern[i : i + 2])
             i += 2
             continue
         if in_class:
             in_class = ch != "]"
         elif ch == "[":
             in_class = True
-            if pattern[i + 1:i + 2] == "]":  # a literal "]" first in the class
+            if pattern[i + 1 : i + 2] == "]":  # a literal "]" first in the class
                 out.append("[]")
                 i += 2
                 continue
@@ -276,8 +327,10 @@ def _any_json(depth: int) -> dict[str, Any]:
     """A schema for "any JSON value" whose nesting stops at ``depth`` (bounded_schema bounds the rest)."""
     alternatives: list[dict[str, Any]] = [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]
     if depth > 0:
-        alternatives += [{"type": "array", "items": _any_json(depth - 1)},
-                         {"type": "object", "additionalProperties": _any_json(depth - 1)}]
+        alternatives += [
+            {"type": "array", "items": _any_json(depth - 1)},
+            {"type": "object", "additionalProperties": _any_json(depth - 1)},
+        ]
     return {"anyOf": alternatives}
 
 
@@ -336,10 +389,12 @@ class Constraint:
     level: int = 0  # index into BOUNDS: how tightly free elements are bounded
 
     @classmethod
-    def of(cls, tools, mode: str, name: str | None, parallel: bool, json_schema) -> "Constraint":
+    def of(cls, tools, mode: str, name: str | None, parallel: bool, json_schema) -> Constraint:
         return cls(
             tools=tuple(json.dumps(t, sort_keys=True) for t in tools or ()) if mode != "none" else (),
-            mode=mode if tools else "none", name=name, parallel=parallel,
+            mode=mode if tools else "none",
+            name=name,
+            parallel=parallel,
             json_schema=json.dumps(json_schema, sort_keys=True) if json_schema is not None else None,
         )
 
@@ -358,7 +413,7 @@ class Constraint:
     def forces_call(self) -> bool:
         return self.mode in ("required", "named")
 
-    def tighter(self) -> "Constraint | None":
+    def tighter(self) -> Constraint | None:
         """The same constraint one bounds level tighter (and one call only), or None at the last level."""
         if self.level + 1 >= len(BOUNDS):
             return None
@@ -370,13 +425,13 @@ class GrammarMask:
     ``TokenMask`` every engine's decoding loop takes; one per request, as xgrammar's matcher is)."""
 
     def __init__(self, compiled, vocab_size: int):
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 (heavy: xgrammar loads on first use)
 
         self._matcher = xgr.GrammarMatcher(compiled)
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
 
     def apply(self, logits) -> None:
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 (heavy: xgrammar loads on first use)
 
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgr.apply_token_bitmask_inplace(logits.view(1, -1), self._bitmask)
@@ -400,7 +455,7 @@ class Grammars:
     WORKERS = 2
 
     def __init__(self, tokenizer, vocab_size: int):
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 (heavy: xgrammar loads on first use)
 
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)  # the cache below is the bounded one
@@ -431,7 +486,8 @@ class Grammars:
         except FutureTimeout:
             raise InvalidRequestError(
                 f"the grammar for the {constraint.subject} did not compile within {timeout_s:g} s, the limit on "
-                "compiling one: simplify the schema (fewer optional properties or anyOf branches)") from None
+                "compiling one: simplify the schema (fewer optional properties or anyOf branches)"
+            ) from None
 
     def _compile_and_keep(self, constraint: Constraint):
         try:
@@ -446,7 +502,7 @@ class Grammars:
                 del self._compiling[constraint]
 
     def _compile(self, c: Constraint):
-        import xgrammar as xgr
+        import xgrammar as xgr  # noqa: PLC0415 (heavy: xgrammar loads on first use)
 
         tools = [json.loads(t) for t in c.tools]
         for t in tools:
@@ -460,28 +516,42 @@ class Grammars:
                 return self._compiler.compile_json_schema(json.dumps(reply_schema), any_whitespace=False)
             except Exception as exc:  # xgrammar's own error names the unsupported keyword
                 raise InvalidRequestError(f"json_schema cannot be compiled to a grammar: {_reason(exc)}") from None
-        openai_tools: list[Any] = [{"type": "function", "function": {
-            "name": t["name"], "description": t.get("description", ""),
-            "parameters": bounded_schema(t.get("input_schema") or {"type": "object", "properties": {}}, bounds)}}
-            for t in tools]
+        openai_tools: list[Any] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": bounded_schema(t.get("input_schema") or {"type": "object", "properties": {}}, bounds),
+                },
+            }
+            for t in tools
+        ]
         try:
-            from xgrammar.structural_tag import JSONSchemaFormat, OrFormat, StructuralTag, TagsWithSeparatorFormat
+            from xgrammar.structural_tag import JSONSchemaFormat, OrFormat, StructuralTag, TagsWithSeparatorFormat  # noqa: PLC0415 (heavy: xgrammar loads on first use)
 
             def tag(choice: Any):
                 return xgr.get_model_structural_tag(
-                    "qwen_3", tools=openai_tools, tool_choice=choice, reasoning="disabled",
-                    parallel_tool_calls=c.parallel, max_whitespace_cnt=WHITESPACE_MAX).format
+                    "qwen_3",
+                    tools=openai_tools,
+                    tool_choice=choice,
+                    reasoning="disabled",
+                    parallel_tool_calls=c.parallel,
+                    max_whitespace_cnt=WHITESPACE_MAX,
+                ).format
 
             if c.mode == "named":  # exactly one call of that tool, then the end
                 fmt = tag({"type": "function", "function": {"name": c.name}})
             else:  # calls from the first token on, one per line, then the end (no trailing prose)
-                forced = TagsWithSeparatorFormat(tags=tag("required").tags, separator="\n", at_least_one=True,
-                                                 stop_after_first=not c.parallel)
+                forced = TagsWithSeparatorFormat(
+                    tags=tag("required").tags, separator="\n", at_least_one=True, stop_after_first=not c.parallel
+                )
                 if c.mode == "required":
                     fmt = forced
                 elif reply_schema is not None:  # auto with a reply schema: that JSON, or tool calls
-                    fmt = OrFormat(elements=[JSONSchemaFormat(json_schema=reply_schema,
-                                                              max_whitespace_cnt=WHITESPACE_MAX), forced])
+                    fmt = OrFormat(
+                        elements=[JSONSchemaFormat(json_schema=reply_schema, max_whitespace_cnt=WHITESPACE_MAX), forced]
+                    )
                 else:  # auto: free text; once the model opens <tool_call> the call is constrained
                     fmt = tag("auto")
             return self._compiler.compile_structural_tag(StructuralTag(format=fmt))

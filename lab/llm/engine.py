@@ -23,18 +23,21 @@ from __future__ import annotations
 import os
 import platform
 from abc import ABC, abstractmethod
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from lab.errors import ConfigError
 from lab.models import EMBEDDED_LLM
 
 ENGINES = ("llama.cpp", "transformers")
 _RUNS: dict[str, int] = {}  # sequences each engine has run in this process (the runner notes which ran)
-LLAMA_CPP_NOTE = ("Text was generated on the llama.cpp engine (a Q8_0 GGUF of the same weights), not on transformers "
-                  "as in results before 2026-12: the same model, but greedy text differs where near-ties flip "
-                  "(benchmarks.llm_throughput measures how often), so figures that depend on generated text moved "
-                  "for that reason, not because the method changed.")
+LLAMA_CPP_NOTE = (
+    "Text was generated on the llama.cpp engine (a Q8_0 GGUF of the same weights), not on transformers "
+    "as in results before 2026-12: the same model, but greedy text differs where near-ties flip "
+    "(benchmarks.llm_throughput measures how often), so figures that depend on generated text moved "
+    "for that reason, not because the method changed."
+)
 
 
 def engine_runs() -> dict[str, int]:
@@ -145,15 +148,16 @@ class Engine(ABC):
         self._finish(seq)
         return logits
 
-    def generate(self, ids: list[int], max_tokens: int, temperature: float = 0.0,
-                 mask: TokenMask | None = None) -> Iterator[int]:
+    def generate(
+        self, ids: list[int], max_tokens: int, temperature: float = 0.0, mask: TokenMask | None = None
+    ) -> Generator[int, None, None]:
         """New token ids, one at a time, ending at an end token (yielded), a completed grammar or
         ``max_tokens``. Closing the iterator early stops decoding and frees the sequence.
 
         Greedy at temperature 0; otherwise one draw from softmax(logits / temperature) with torch's
         global generator (seeded per run by the runner), masked by the grammar first either way.
         """
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         seq, logits = self._start(ids)
         self._count_run()
@@ -184,7 +188,7 @@ _X86_NEEDS = ("avx2", "fma", "f16c")  # the portable x86-64-v3 build `make setup
 def llama_cpp_unavailable() -> str | None:
     """Why the llama.cpp engine cannot run here, or None when it can."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp  # noqa: F401, PLC0415 (heavy: llama_cpp loads on first use)
     except ImportError:
         return "llama-cpp-python is not installed (`make setup` builds it)"
     if platform.machine().lower() in ("x86_64", "amd64"):
@@ -209,8 +213,10 @@ def select_engine(gguf_able: bool, requested: str | None = None) -> str:
         return requested
     if requested == "llama.cpp":
         if not gguf_able:
-            raise ConfigError(f"the llama.cpp engine runs GGUF models: the embedded {EMBEDDED_LLM.family}, a .gguf file, "
-                              "or a LoRA adapter on one; this model loads with transformers only")
+            raise ConfigError(
+                f"the llama.cpp engine runs GGUF models: the embedded {EMBEDDED_LLM.family}, a .gguf file, "
+                "or a LoRA adapter on one; this model loads with transformers only"
+            )
         if (why := llama_cpp_unavailable()) is not None:
             raise ConfigError(f"the llama.cpp engine was asked for, but {why}")
         return requested
@@ -221,7 +227,7 @@ def select_engine(gguf_able: bool, requested: str | None = None) -> str:
 
 def _cuda() -> bool:
     try:
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         return torch.cuda.is_available()
     except ImportError:

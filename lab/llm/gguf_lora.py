@@ -36,10 +36,29 @@ from lab.errors import ConfigError
 # value (use_dora, rank_pattern, alpha_pattern, modules_to_save, bias, lora_bias, ...) changes the
 # forward pass in a way ``W + alpha/r·B·A`` cannot express, so it is refused.
 _INERT_KEYS = {
-    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-    "inference_mode", "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "lora_dropout",
-    "layers_to_transform", "layers_pattern", "init_lora_weights", "loftq_config", "eva_config",
-    "corda_config", "lora_ga_config", "qalora_group_size", "megatron_core", "runtime_config",
+    "task_type",
+    "peft_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "r",
+    "lora_alpha",
+    "use_rslora",
+    "target_modules",
+    "exclude_modules",
+    "lora_dropout",
+    "layers_to_transform",
+    "layers_pattern",
+    "init_lora_weights",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "qalora_group_size",
+    "megatron_core",
+    "runtime_config",
 }
 # These initialisations also rewrite the base weights (W - B0·A0), so the saved adapter only works on
 # top of that rewritten base, unless it was saved with ``path_initial_model_for_weight_conversion``
@@ -57,8 +76,8 @@ def convert_peft_lora(adapter_dir: Path, out_file: Path, *, n_head: int, n_head_
     Returns a summary: rank, alpha (as stored), scale (the factor both runtimes apply), n_tensors,
     target_modules, bytes.
     """
-    import gguf
-    from safetensors.torch import load_file
+    import gguf  # noqa: PLC0415 (heavy: gguf loads on first use)
+    from safetensors.torch import load_file  # noqa: PLC0415 (heavy: safetensors loads on first use)
 
     adapter_dir, out_file = Path(adapter_dir), Path(out_file)
     config_file = adapter_dir / "adapter_config.json"
@@ -82,16 +101,22 @@ def convert_peft_lora(adapter_dir: Path, out_file: Path, *, n_head: int, n_head_
         found = names.get_type_and_name(hf_name + ".weight", try_suffixes=(".weight",))
         if found is None or found[0] not in projections:
             what = f"GGUF {found[1]}" if found else f"not a tensor of a {n_layer}-layer Llama model"
-            raise ConfigError(f"{weights_file}: LoRA on {hf_name} ({what}); only the attention and MLP "
-                              "projections of the transformer blocks can be converted")
+            raise ConfigError(
+                f"{weights_file}: LoRA on {hf_name} ({what}); only the attention and MLP "
+                "projections of the transformer blocks can be converted"
+            )
         kind, gguf_name = found
         if a.shape[0] != rank or b.shape[1] != rank:
-            raise ConfigError(f"{weights_file}: {hf_name} has lora_A of rank {a.shape[0]}, lora_B of rank "
-                              f"{b.shape[1]}; the config says r={rank}")
+            raise ConfigError(
+                f"{weights_file}: {hf_name} has lora_A of rank {a.shape[0]}, lora_B of rank "
+                f"{b.shape[1]}; the config says r={rank}"
+            )
         if heads := permuted.get(kind):
             if b.shape[0] % (2 * heads):
-                raise ConfigError(f"{weights_file}: {hf_name} has {b.shape[0]} rows, not {heads} heads of an "
-                                  "even head size; is the base a Llama model with these head counts?")
+                raise ConfigError(
+                    f"{weights_file}: {hf_name} has {b.shape[0]} rows, not {heads} heads of an "
+                    "even head size; is the base a Llama model with these head counts?"
+                )
             head_dims.add(b.shape[0] // heads)
             b = _permute(b, heads)
         for suffix, tensor in ((".lora_a", a), (".lora_b", b)):
@@ -100,15 +125,22 @@ def convert_peft_lora(adapter_dir: Path, out_file: Path, *, n_head: int, n_head_
                 raise ConfigError(f"{weights_file}: {hf_name} has values float16 cannot hold")
             writer.add_tensor(gguf_name + suffix, data)
     if len(head_dims) > 1:
-        raise ConfigError(f"{weights_file}: q_proj and k_proj disagree on the head size for n_head={n_head}, "
-                          f"n_head_kv={n_head_kv} (got {sorted(head_dims)}); wrong base model?")
+        raise ConfigError(
+            f"{weights_file}: q_proj and k_proj disagree on the head size for n_head={n_head}, "
+            f"n_head_kv={n_head_kv} (got {sorted(head_dims)}); wrong base model?"
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"rank": rank, "alpha": scale * rank, "scale": scale, "n_tensors": 2 * len(pairs),
-            "target_modules": sorted({name.rsplit(".", 1)[-1] for name in pairs}),
-            "bytes": out_file.stat().st_size}
+    return {
+        "rank": rank,
+        "alpha": scale * rank,
+        "scale": scale,
+        "n_tensors": 2 * len(pairs),
+        "target_modules": sorted({name.rsplit(".", 1)[-1] for name in pairs}),
+        "bytes": out_file.stat().st_size,
+    }
 
 
 def _check_config(config: dict, path: Path) -> None:
@@ -120,8 +152,10 @@ def _check_config(config: dict, path: Path) -> None:
             raise ConfigError(f"{path}: {key}={value!r} is not expressible as a GGUF LoRA (W + alpha/r·B·A)")
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
-        raise ConfigError(f"{path}: init_lora_weights={init!r} rewrote the base weights; save the adapter with "
-                          "path_initial_model_for_weight_conversion to make it apply to the original base")
+        raise ConfigError(
+            f"{path}: init_lora_weights={init!r} rewrote the base weights; save the adapter with "
+            "path_initial_model_for_weight_conversion to make it apply to the original base"
+        )
     if not config.get("lora_alpha"):
         raise ConfigError(f"{path}: lora_alpha={config.get('lora_alpha')!r}; llama.cpp reads alpha 0 as scale 1")
 
@@ -132,9 +166,11 @@ def _pairs(tensors: dict, path: Path) -> dict[str, tuple]:
     for key, tensor in tensors.items():
         suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
         if suffix is None or not key.startswith(_PREFIX):
-            raise ConfigError(f"{path}: tensor {key!r} is not a LoRA A/B weight (DoRA magnitude, bias, "
-                              "embedding LoRA or a fully trained module?)")
-        parts.setdefault(key[len(_PREFIX):-len(suffix)], {})[_SUFFIXES[suffix]] = tensor
+            raise ConfigError(
+                f"{path}: tensor {key!r} is not a LoRA A/B weight (DoRA magnitude, bias, "
+                "embedding LoRA or a fully trained module?)"
+            )
+        parts.setdefault(key[len(_PREFIX) : -len(suffix)], {})[_SUFFIXES[suffix]] = tensor
     for name, ab in parts.items():
         if len(ab) != 2:
             raise ConfigError(f"{path}: {name} has lora_{next(iter(ab))} but not its partner")

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal, overload
 from pathlib import Path
+from typing import Literal, overload
 
 from lab import models
 from lab.artifacts import Recipe, default_store
 from lab.errors import ConfigError
 from lab.hashing import sha256_file
+from lab.llm import gguf_lora
+from lab.llm.llamacpp_engine import quantize
 
 BASE_TYPE = "Q8_0"
 BASE_ARTIFACT = "llm.gguf-base"
@@ -46,7 +48,7 @@ class GGUFPlan:
         return Path(self.base), _file_type(Path(self.base))
 
     def tokenizer(self):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
         if self.adapter is not None and (self.adapter / "tokenizer_config.json").exists():
             return AutoTokenizer.from_pretrained(self.adapter)
@@ -95,19 +97,25 @@ def embedded_gguf(key: str = ..., build: bool = ...) -> Path | None: ...
 def embedded_gguf(key: str = models.DEFAULT_LLM, build: bool = True) -> Path | None:
     """The embedded model's weights as ``BASE_TYPE`` GGUF: converted from the shipped file once (~2 s;
     ``lab models fetch`` does it at setup). With ``build=False``: the stored file or None."""
-    import llama_cpp
+    import llama_cpp  # noqa: PLC0415 (heavy: llama_cpp loads on first use)
 
     spec = models.EMBEDDED[key]
-    recipe = Recipe(BASE_ARTIFACT, {"source": spec.member, "source_sha256": spec.sha256, "type": BASE_TYPE,
-                                    "llama_cpp_python": llama_cpp.__version__},
-                    command="lab models fetch")
+    recipe = Recipe(
+        BASE_ARTIFACT,
+        {
+            "source": spec.member,
+            "source_sha256": spec.sha256,
+            "type": BASE_TYPE,
+            "llama_cpp_python": llama_cpp.__version__,
+        },
+        command="lab models fetch",
+    )
     if not build:
         found = default_store().find(recipe)
         return found.path / f"{key}.{BASE_TYPE}.gguf" if found else None
     shipped = models.fetch(key)
 
     def convert(folder: Path) -> dict:
-        from lab.llm.llamacpp_engine import quantize
 
         quantize(shipped, folder / f"{key}.{BASE_TYPE}.gguf", BASE_TYPE)
         return {"metrics": {"bytes": (folder / f"{key}.{BASE_TYPE}.gguf").stat().st_size}}
@@ -118,15 +126,19 @@ def embedded_gguf(key: str = models.DEFAULT_LLM, build: bool = True) -> Path | N
 
 def lora_gguf(adapter: Path, base: str) -> Path:
     """A PEFT LoRA folder as a GGUF LoRA for ``base``: converted once per adapter content."""
-    from lab.llm import gguf_lora
 
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"{adapter}: no adapter_model.safetensors (a PEFT LoRA folder holds one)")
-    recipe = Recipe(LORA_ARTIFACT, {"adapter_sha256": sha256_file(weights),
-                                    "config_sha256": sha256_file(adapter / "adapter_config.json"),
-                                    "base": base if base in models.EMBEDDED else sha256_file(Path(base)),
-                                    "converter": LORA_CONVERTER})
+    recipe = Recipe(
+        LORA_ARTIFACT,
+        {
+            "adapter_sha256": sha256_file(weights),
+            "config_sha256": sha256_file(adapter / "adapter_config.json"),
+            "base": base if base in models.EMBEDDED else sha256_file(Path(base)),
+            "converter": LORA_CONVERTER,
+        },
+    )
 
     def convert(folder: Path) -> dict:
         shape = _llama_shape(models.fetch(base) if base in models.EMBEDDED else Path(base))
@@ -139,21 +151,23 @@ def lora_gguf(adapter: Path, base: str) -> Path:
 
 def _llama_shape(gguf: Path) -> dict[str, int]:
     """Heads, KV heads and layers of a Llama-architecture GGUF (what a LoRA conversion needs)."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # noqa: PLC0415 (heavy: gguf loads on first use)
 
     fields = GGUFReader(gguf).fields
     arch = fields["general.architecture"].contents()
     if arch != "llama":
         raise ConfigError(f"{gguf}: architecture {arch!r}; LoRA conversion supports Llama-architecture bases")
-    return {"n_head": int(fields["llama.attention.head_count"].contents()),
-            "n_head_kv": int(fields["llama.attention.head_count_kv"].contents()),
-            "n_layer": int(fields["llama.block_count"].contents())}
+    return {
+        "n_head": int(fields["llama.attention.head_count"].contents()),
+        "n_head_kv": int(fields["llama.attention.head_count_kv"].contents()),
+        "n_layer": int(fields["llama.block_count"].contents()),
+    }
 
 
 def _file_type(path: Path) -> str:
     """The weights format of a GGUF file, read from its header (e.g. Q4_1), for provenance."""
-    from gguf import GGUFReader
-    from gguf.constants import LlamaFileType
+    from gguf import GGUFReader  # noqa: PLC0415 (heavy: gguf loads on first use)
+    from gguf.constants import LlamaFileType  # noqa: PLC0415 (heavy: gguf loads on first use)
 
     field = GGUFReader(path).fields.get("general.file_type")
     if field is None:

@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from lab import models
 from lab.llm.engine import CachedPrefix, Engine, common_prefix
 
 
@@ -31,17 +32,15 @@ class TransformersEngine(Engine):
     MAX_CACHED_TOKENS = 16_384
 
     def __init__(self, model_id: str):
-        import torch
-
-        from lab import models
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         path = Path(model_id).expanduser()
         if path.suffix == ".gguf" and path.exists():
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (heavy: transformers loads on first use)
 
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-            self.weights = "GGUF, dequantized to float32"
+            self.weights: str | None = "GGUF, dequantized to float32"
         else:
             dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
             model, tok = models.load_causal_lm(model_id, dtype=dtype)
@@ -63,16 +62,15 @@ class TransformersEngine(Engine):
     # --- forward passes ---------------------------------------------------------------------------
 
     def _forward(self, ids: list[int], cache):
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         extra = {"logits_to_keep": 1} if self._takes_logits_to_keep else {}
         with torch.inference_mode():
-            out = self.model(torch.tensor([ids], device=self.model.device), cache=cache, use_cache=True,
-                             **extra)
+            out = self.model(torch.tensor([ids], device=self.model.device), cache=cache, use_cache=True, **extra)
         return out.logits[0, -1].float().cpu()
 
     def _start(self, ids: list[int], use_cache: bool = True):
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # noqa: PLC0415 (heavy: transformers loads on first use)
 
         with self._lock:
             best, common = None, 0
@@ -117,11 +115,13 @@ class TransformersEngine(Engine):
             self.prefix_stats.computed = self.prefix_stats.requested = 0
 
     def describe(self) -> dict[str, Any]:
-        import transformers
+        import transformers  # noqa: PLC0415 (heavy: transformers loads on first use)
 
         first = next(self.model.parameters())
-        return {"engine": f"transformers {transformers.__version__}",
-                "dtype": str(first.dtype).replace("torch.", ""),
-                "device": str(first.device),
-                "n_params": sum(p.numel() for p in self.model.parameters()),
-                "quantization": self.weights}
+        return {
+            "engine": f"transformers {transformers.__version__}",
+            "dtype": str(first.dtype).replace("torch.", ""),
+            "device": str(first.device),
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "quantization": self.weights,
+        }

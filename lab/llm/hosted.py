@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from lab.errors import MissingResource
 from lab.llm.base import LLM, LLMError
@@ -43,8 +46,15 @@ class HostedLLM(LLM):
     connection_errors: tuple[type[BaseException], ...] = ()  # set by each provider from its SDK
     _client: Any  # the SDK client, set by each provider
 
-    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 max_attempts: int = 3, retry_wait_s: float = 1.0, timeout_s: float = 120.0):
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_attempts: int = 3,
+        retry_wait_s: float = 1.0,
+        timeout_s: float = 120.0,
+    ):
         super().__init__(model)
         self.base_url = base_url
         self.api_key = api_key or os.environ.get(self.key_env) or None
@@ -71,15 +81,18 @@ class HostedLLM(LLM):
 
     def _send(self, call: Callable[[], T]) -> tuple[T, float]:
         """Run one SDK call with retries; returns (reply, seconds the successful attempt took)."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
         def timed() -> tuple[T, float]:
             start = time.perf_counter()
             reply = call()
             return reply, time.perf_counter() - start
 
-        retrying = Retrying(retry=retry_if_exception(self._transient), stop=stop_after_attempt(self.max_attempts),
-                            wait=self._wait, reraise=True)
+        retrying = Retrying(
+            retry=retry_if_exception(self._transient),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            reraise=True,
+        )
         try:
             return retrying(timed)
         except LLMError:

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lab.llm.base import LLMError
 from lab.llm.engine import CachedPrefix, Engine, common_prefix, engine_threads
 
@@ -48,7 +50,7 @@ _MODELS: dict[str, Any] = {}  # loaded weights by path: engines (base, + adapter
 def _library():
     """llama_cpp, initialised once per process with its logging silenced (errors surface as ours)."""
     global _LOG_CALLBACK
-    import llama_cpp
+    import llama_cpp  # noqa: PLC0415 (heavy: llama_cpp loads on first use)
 
     with _INIT:
         if _LOG_CALLBACK is None:
@@ -66,7 +68,9 @@ def _load_model(path: Path):
             params = L.llama_model_default_params()
             model = L.llama_model_load_from_file(key.encode(), params)
             if not model:
-                raise LLMError(f"llama.cpp could not load {path} (not a GGUF model file, or an unsupported architecture)")
+                raise LLMError(
+                    f"llama.cpp could not load {path} (not a GGUF model file, or an unsupported architecture)"
+                )
             _MODELS[key] = model
         return _MODELS[key]
 
@@ -79,8 +83,16 @@ class LlamaCppEngine(Engine):
     N_BATCH = 256  # prompt tokens per llama_decode call (256 ran long prompts ~10% faster than 512 here)
     GATHER_S = 0.002  # how long a step waits for the other running sequences' tokens to batch them
 
-    def __init__(self, gguf: Path, tokenizer, *, lora: Path | None = None, weights: str = "",
-                 kv_tokens: int | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        gguf: Path,
+        tokenizer,
+        *,
+        lora: Path | None = None,
+        weights: str = "",
+        kv_tokens: int | None = None,
+        threads: int | None = None,
+    ):
         L = self._L = _library()
         self.gguf, self.lora, self.weights = Path(gguf), lora, weights
         self._model = _load_model(self.gguf)
@@ -109,8 +121,9 @@ class LlamaCppEngine(Engine):
             if not adapter:
                 raise LLMError(f"llama.cpp could not load the LoRA adapter {lora}")
             self._adapter = adapter  # kept alive with the engine
-            L.llama_set_adapters_lora(self._ctx, (L.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
-                                      (ctypes.c_float * 1)(1.0))
+            L.llama_set_adapters_lora(
+                self._ctx, (L.llama_adapter_lora_p_ctypes * 1)(adapter), 1, (ctypes.c_float * 1)(1.0)
+            )
         self._mem = L.llama_get_memory(self._ctx)
         self._batch = L.llama_batch_init(self.N_BATCH, 0, 1)
         self._cond = threading.Condition()  # guards the context, the slots and the step batch
@@ -149,8 +162,7 @@ class LlamaCppEngine(Engine):
     def _decode(self, entries: list[tuple[CachedPrefix, list[int]]]) -> list[Any]:
         """One llama_decode over these (sequence, new tokens) pairs (lock held); the logits after each
         sequence's last token. The cache holds running sequences only: when they fill it, this fails."""
-        import numpy as np
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         L, batch = self._L, self._batch
         n = 0
@@ -163,16 +175,21 @@ class LlamaCppEngine(Engine):
         batch.n_tokens = n
         if (rc := L.llama_decode(self._ctx, batch)) == 1:
             running = sum(len(s.ids) for s in self._slots if s.busy)
-            raise LLMError(f"llama.cpp: the KV cache ({self.kv_tokens} tokens) is full: {n} new tokens do not "
-                           f"fit beside the {running} tokens of running sequences")
+            raise LLMError(
+                f"llama.cpp: the KV cache ({self.kv_tokens} tokens) is full: {n} new tokens do not "
+                f"fit beside the {running} tokens of running sequences"
+            )
         if rc != 0:
             raise LLMError(f"llama.cpp: llama_decode failed with code {rc}")
         logits, row = [], -1
         for slot, tokens in entries:
             row += len(tokens)
             slot.ids.extend(tokens)
-            logits.append(torch.from_numpy(np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, row),
-                                                                 shape=(self.n_vocab,)).copy()))
+            logits.append(
+                torch.from_numpy(
+                    np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,)).copy()
+                )
+            )
         return logits
 
     # --- the engine contract ----------------------------------------------------------------------
@@ -184,7 +201,7 @@ class LlamaCppEngine(Engine):
             rest = ids[common:]
             for start in range(0, len(rest), self.N_BATCH):
                 with self._cond:  # released between chunks: other sequences' steps run in between
-                    logits = self._decode([(slot, rest[start:start + self.N_BATCH])])[0]
+                    logits = self._decode([(slot, rest[start : start + self.N_BATCH])])[0]
         except BaseException:
             self._release(slot, keep=False)
             raise
@@ -242,13 +259,13 @@ class LlamaCppEngine(Engine):
         """Snapshot a finished sequence (lock held), unless a stored one already covers it; a stored
         prefix of it is replaced; the oldest go when the store is over ``SNAPSHOT_BYTES``."""
         L, ids = self._L, slot.ids
-        if any(len(snap.ids) >= len(ids) and snap.ids[:len(ids)] == ids for snap in self._snapshots):
+        if any(len(snap.ids) >= len(ids) and snap.ids[: len(ids)] == ids for snap in self._snapshots):
             return
         size = L.llama_state_seq_get_size(self._ctx, slot.handle)
         data = (ctypes.c_uint8 * size)()
         if L.llama_state_seq_get_data(self._ctx, data, size, slot.handle) != size:
             return
-        self._snapshots = [snap for snap in self._snapshots if snap.ids != ids[:len(snap.ids)]]
+        self._snapshots = [snap for snap in self._snapshots if snap.ids != ids[: len(snap.ids)]]
         self._snapshots.append(CachedPrefix(list(ids), data, last_used=next(self._clock)))
         self._snapshots.sort(key=lambda snap: snap.last_used)
         while sum(len(snap.handle) for snap in self._snapshots) > self.SNAPSHOT_BYTES:
@@ -260,14 +277,16 @@ class LlamaCppEngine(Engine):
             self.prefix_stats.computed = self.prefix_stats.requested = 0
 
     def describe(self) -> dict[str, Any]:
-        import llama_cpp
+        import llama_cpp  # noqa: PLC0415 (heavy: llama_cpp loads on first use)
 
-        return {"engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})",
-                "dtype": self.weights or "GGUF",
-                "n_params": int(self._L.llama_model_n_params(self._model)),
-                "quantization": f"{self.weights} GGUF" if self.weights else None,
-                "adapter": "LoRA (GGUF)" if self.lora is not None else None,
-                "threads": self.threads}
+        return {
+            "engine": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})",
+            "dtype": self.weights or "GGUF",
+            "n_params": int(self._L.llama_model_n_params(self._model)),
+            "quantization": f"{self.weights} GGUF" if self.weights else None,
+            "adapter": "LoRA (GGUF)" if self.lora is not None else None,
+            "threads": self.threads,
+        }
 
 
 def quantize(source: Path, target: Path, type_name: str) -> None:

@@ -23,17 +23,36 @@ import functools
 import json
 import threading
 import time
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
+from lab.llm import gguf_models
 from lab.llm.base import (
-    LLM, ChatResponse, PromptTooLongError, ToolCall, Usage, json_instruction, normalize_tool_choice, tool_calls_of,
+    LLM,
+    ChatResponse,
+    PromptTooLongError,
+    ToolCall,
+    Usage,
+    json_instruction,
+    normalize_tool_choice,
+    tool_calls_of,
 )
 from lab.llm.constrained import (
-    TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE, Constraint, Grammars, parse_tool_calls, render_tool_call,
-    repeated_call_at, tools_prompt,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    TOOL_RESPONSE,
+    Constraint,
+    Grammars,
+    parse_tool_calls,
+    render_tool_call,
+    repeated_call_at,
+    tools_prompt,
 )
-from lab.llm.engine import Engine
+from lab.llm.engine import Engine, select_engine
+from lab.llm.hf_engine import TransformersEngine
+from lab.llm.llamacpp_engine import LlamaCppEngine
 from lab.llm.prices import cost_usd
 
 
@@ -58,13 +77,14 @@ class _Request:
         """A forced tool call has no text to stream; everything else streams as it decodes."""
         return not self.constraint.forces_call
 
-    def constrained_by(self, constraint: Constraint) -> "_Request":
+    def constrained_by(self, constraint: Constraint) -> _Request:
         """This request decoded under another constraint (a tighter retry)."""
         return _Request(self.ids, self.max_tokens, self.temperature, constraint, self.tools, self.stop, True)
 
 
-def chat_turns(messages: list[dict[str, Any]], system: str | None = None,
-               extra_system: list[str] = ()) -> list[dict[str, str]]:
+def chat_turns(
+    messages: list[dict[str, Any]], system: str | None = None, extra_system: Sequence[str] = ()
+) -> list[dict[str, str]]:
     """Our messages as the plain turns a chat template understands.
 
     System texts (the ``system`` argument, system turns, the tool listing) become one system turn;
@@ -85,8 +105,9 @@ def chat_turns(messages: list[dict[str, Any]], system: str | None = None,
             else:
                 turns.append({"role": "user", "content": block})
         elif role == "assistant" and (calls := tool_calls_of(m)):
-            turns.append({"role": "assistant",
-                          "content": "\n".join(filter(None, [text] + [render_tool_call(c) for c in calls]))})
+            turns.append(
+                {"role": "assistant", "content": "\n".join(filter(None, [text] + [render_tool_call(c) for c in calls]))}
+            )
         else:
             turns.append({"role": role, "content": text})
     systems += list(extra_system)
@@ -120,21 +141,16 @@ class LocalLLM(LLM):
         workers it starts will run)."""
         if self._engine is not None:
             return self._engine.name
-        from lab.llm import gguf_models
-        from lab.llm.engine import select_engine
 
         return select_engine(gguf_models.plan(self.model) is not None, self.engine_request)
 
     def _open_engine(self) -> Engine:
-        from lab.llm import gguf_models
 
         if self.engine_name == "llama.cpp":
-            from lab.llm.llamacpp_engine import LlamaCppEngine
-
             route = gguf_models.plan(self.model)
+            assert route is not None  # select_engine picks llama.cpp only for a model with a GGUF plan
             path, weights = route.gguf()
             return LlamaCppEngine(path, route.tokenizer(), lora=route.lora(), weights=weights)
-        from lab.llm.hf_engine import TransformersEngine
 
         return TransformersEngine(self.model)
 
@@ -148,7 +164,7 @@ class LocalLLM(LLM):
         return self.engine.context_window
 
     @property
-    def parallel_requests(self) -> int:
+    def parallel_requests(self) -> int:  # type: ignore[override]  # the engine's batch size, known once it loads
         return self.engine.parallel
 
     @property
@@ -160,8 +176,11 @@ class LocalLLM(LLM):
         return self._grammars
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.spec, **self.engine.describe(),
-                "constrained_decoding": "xgrammar" if self.constrained else None}
+        return {
+            "id": self.spec,
+            **self.engine.describe(),
+            "constrained_decoding": "xgrammar" if self.constrained else None,
+        }
 
     # --- prompt -------------------------------------------------------------------------------
 
@@ -181,8 +200,10 @@ class LocalLLM(LLM):
         turns = chat_turns(messages, system, extra)
         chars = sum(len(t["content"]) for t in turns)
         if chars > self.max_prompt_chars:
-            raise PromptTooLongError(f"{self.spec}: the prompt is {chars} characters; the model's context window of "
-                                     f"{self.context_window} tokens holds at most {self.max_prompt_chars} characters")
+            raise PromptTooLongError(
+                f"{self.spec}: the prompt is {chars} characters; the model's context window of "
+                f"{self.context_window} tokens holds at most {self.max_prompt_chars} characters"
+            )
         ids = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)
         return list(ids["input_ids"]), offered, mode, name
 
@@ -193,25 +214,44 @@ class LocalLLM(LLM):
         """Tokenize the prompt and compile the grammar of a call before it runs (see ``LLM.prepare``)."""
         self._prepare(messages, **kwargs, grammar_timeout_s=timeout_s)
 
-    def _prepare(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-                 tool_choice="auto", parallel_tool_calls=True, stop=None, grammar_timeout_s=None) -> _Request:
+    def _prepare(
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+        grammar_timeout_s=None,
+    ) -> _Request:
         ids, offered, mode, name = self._prompt(messages, system, tools, json_schema, tool_choice)
         if len(ids) >= self.context_window:
             # worded as OpenAI's servers word it, so clients that recover from an overflow (OpenClaw compacts
             # and retries) recognise it: "... exceeds the model's maximum context length of N tokens"
-            raise PromptTooLongError(f"{self.spec}: the prompt is {len(ids)} tokens, which exceeds the model's maximum "
-                                     f"context length of {self.context_window} tokens (its context window)")
+            raise PromptTooLongError(
+                f"{self.spec}: the prompt is {len(ids)} tokens, which exceeds the model's maximum "
+                f"context length of {self.context_window} tokens (its context window)"
+            )
         constraint = Constraint.of(offered, mode if offered else "none", name, parallel_tool_calls, json_schema)
         grammar = self.constrained and constraint.active
         if grammar:
             self.grammars.compiled(constraint, grammar_timeout_s)  # now: a schema it cannot take is the caller's 400
-        return _Request(ids, min(max_tokens, self.context_window - len(ids)), temperature, constraint, offered,
-                        [] if grammar else list(stop or []),  # a stop string could cut a constrained reply in two
-                        grammar)
+        return _Request(
+            ids,
+            min(max_tokens, self.context_window - len(ids)),
+            temperature,
+            constraint,
+            offered,
+            [] if grammar else list(stop or []),  # a stop string could cut a constrained reply in two
+            grammar,
+        )
 
     # --- decoding -----------------------------------------------------------------------------
 
-    def _decode(self, req: _Request) -> Iterator[tuple[str, list[int]]]:
+    def _decode(self, req: _Request) -> Generator[tuple[str, list[int]], None, None]:
         """(the reply's text so far, its token ids) after each token; ends early at a stop string, and
         at a tool call that repeats an earlier one of the same reply (yielding the text without it).
         Closing it stops the engine at once."""
@@ -241,24 +281,39 @@ class LocalLLM(LLM):
         stop = "tool_use" if calls else "stop_sequence" if stopped else "end_turn" if ended else "max_tokens"
         n_out = len(new_ids)
         return ChatResponse(
-            text=text, provider=self.provider, model=self.model, tool_calls=calls,
-            usage=Usage(req.n_in, n_out), latency_s=latency,
-            cost_usd=cost_usd("local", self.model, req.n_in, n_out), stop_reason=stop,
+            text=text,
+            provider=self.provider,
+            model=self.model,
+            tool_calls=calls,
+            usage=Usage(req.n_in, n_out),
+            latency_s=latency,
+            cost_usd=cost_usd("local", self.model, req.n_in, n_out),
+            stop_reason=stop,
             stop_sequence=stopped if stop == "stop_sequence" else None,
         )
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+    def chat(
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+    ) -> ChatResponse:
         """One reply. A grammar-bound reply cut off by the budget is decoded again with tighter bounds
         (``constrained.BOUNDS``); usage and latency count every attempt."""
-        req = self._prepare(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
-                            parallel_tool_calls, stop)
+        req = self._prepare(
+            messages, system, tools, max_tokens, temperature, json_schema, tool_choice, parallel_tool_calls, stop
+        )
         spent_tokens, spent_s = 0, 0.0
         while True:
             start = time.perf_counter()
-            raw, new = "", []
-            for raw, new in self._decode(req):
-                pass
+            last = deque(self._decode(req), maxlen=1)  # run the decode to its end, keep its final state
+            raw, new = last[0] if last else ("", [])
             reply = self._response(req, raw, new, time.perf_counter() - start)
             tighter = req.constraint.tighter() if _cut_inside_grammar(reply, req) else None
             if tighter is None:
@@ -269,8 +324,18 @@ class LocalLLM(LLM):
         reply.latency_s += spent_s
         return reply
 
-    def stream(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-               tool_choice="auto", parallel_tool_calls=True, stop=None) -> Iterator[str | ChatResponse]:
+    def stream(  # type: ignore[override]  # chat's keywords, which the base takes as **kwargs
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+    ) -> Iterator[str | ChatResponse]:
         """Text deltas as the model decodes, then the ChatResponse.
 
         What is released is exactly what the final reply's ``text`` holds: leading and trailing
@@ -278,17 +343,19 @@ class LocalLLM(LLM):
         string are held back until the following tokens show what they are. Closing the iterator
         stops generation.
         """
-        req = self._prepare(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
-                            parallel_tool_calls, stop)
+        req = self._prepare(
+            messages, system, tools, max_tokens, temperature, json_schema, tool_choice, parallel_tool_calls, stop
+        )
         if not req.streams_text:  # a forced call comes whole (and may need a tighter retry): no deltas
-            yield self.chat(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
-                            parallel_tool_calls, stop)
+            yield self.chat(
+                messages, system, tools, max_tokens, temperature, json_schema, tool_choice, parallel_tool_calls, stop
+            )
             return
         start = time.perf_counter()
-        raw, new, released = "", [], 0
+        raw, new, released = "", list[int](), 0
         decoding = self._decode(req)
         try:
-            for raw, new in decoding:
+            for raw, new in decoding:  # noqa: B007 (new: the tokens so far, read after the loop)
                 safe = _releasable(raw, req)
                 if len(safe) > released:
                     yield safe[released:]
@@ -302,8 +369,9 @@ class LocalLLM(LLM):
 
     # --- judges -------------------------------------------------------------------------------
 
-    def choice_probs(self, messages, choices: list[str], system: str | None = None, prefix: str = "",
-                     use_prefix_cache: bool = True) -> dict[str, float]:
+    def choice_probs(
+        self, messages, choices: list[str], system: str | None = None, prefix: str = "", use_prefix_cache: bool = True
+    ) -> dict[str, float]:
         """Probability of each single-token choice as the next token of the assistant's reply.
 
         Constrained choice for small local models that cannot be relied on to emit valid JSON:
@@ -315,7 +383,7 @@ class LocalLLM(LLM):
         tokens after it (``use_prefix_cache=False`` runs the full prompt); ``prefix_cache_stats``
         counts the saving.
         """
-        import torch
+        import torch  # noqa: PLC0415 (heavy: torch loads on first use)
 
         tok = self.tokenizer
         turns = chat_turns(messages, system)

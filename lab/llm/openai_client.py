@@ -33,11 +33,20 @@ def to_openai(messages: list[dict[str, Any]], system: str | None) -> list[dict[s
         if m["role"] == "tool":
             out.append({"role": "tool", "tool_call_id": m["tool_call_id"], "content": _text(m["content"])})
         elif m["role"] == "assistant" and (calls := tool_calls_of(m)):
-            out.append({
-                "role": "assistant", "content": m.get("content") or None,
-                "tool_calls": [{"id": c.id, "type": "function",
-                                "function": {"name": c.name, "arguments": json.dumps(c.arguments)}} for c in calls],
-            })
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.get("content") or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                        }
+                        for c in calls
+                    ],
+                }
+            )
         else:
             out.append({"role": m["role"], "content": m["content"]})
     return out
@@ -48,7 +57,7 @@ class OpenAILLM(HostedLLM):
     key_env = "OPENAI_API_KEY"
 
     def __init__(self, model: str, base_url: str | None = None, **kwargs: Any):
-        import openai
+        import openai  # noqa: PLC0415 (openai loads only on the path that uses it)
 
         super().__init__(model, base_url=base_url, **kwargs)
         self.connection_errors = (openai.APIConnectionError,)
@@ -57,16 +66,34 @@ class OpenAILLM(HostedLLM):
         self._client = openai.OpenAI(api_key=key, max_retries=0, timeout=self.timeout_s, **endpoint)
         self._native_json = True
 
-    def chat(self, messages, system=None, tools=None, max_tokens=512, temperature=0.0, json_schema=None,
-             tool_choice="auto", parallel_tool_calls=True, stop=None) -> ChatResponse:
+    def chat(
+        self,
+        messages,
+        system=None,
+        tools=None,
+        max_tokens=512,
+        temperature=0.0,
+        json_schema=None,
+        tool_choice="auto",
+        parallel_tool_calls=True,
+        stop=None,
+    ) -> ChatResponse:
         mode, name = normalize_tool_choice(tool_choice, tools)
         request: dict[str, Any] = dict(model=self.model, temperature=temperature)
         # api.openai.com's newer models only take max_completion_tokens; local servers know max_tokens
         request["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
         if tools:
-            request["tools"] = [{"type": "function", "function": {
-                "name": t["name"], "description": t.get("description", ""),
-                "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}} for t in tools]
+            request["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t["name"],
+                        "description": t.get("description", ""),
+                        "parameters": t.get("input_schema") or {"type": "object", "properties": {}},
+                    },
+                }
+                for t in tools
+            ]
             if mode != "auto":  # auto is the API's default: leave it out for servers that lack the field
                 request["tool_choice"] = {"type": "function", "function": {"name": name}} if mode == "named" else mode
             if not parallel_tool_calls:
@@ -74,17 +101,30 @@ class OpenAILLM(HostedLLM):
         if stop:
             request["stop"] = list(stop)
         if json_schema and self._native_json:
-            request["response_format"] = {"type": "json_schema", "json_schema": {"name": "reply", "schema": json_schema}}
+            request["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": json_schema},
+            }
         elif json_schema:
             system = "\n\n".join(filter(None, [system, json_instruction(json_schema)]))
         try:
-            reply, latency = self._send(lambda: self._client.chat.completions.create(
-                messages=cast(Any, to_openai(messages, system)), **request))
+            reply, latency = self._send(
+                lambda: self._client.chat.completions.create(messages=cast(Any, to_openai(messages, system)), **request)
+            )
         except LLMError as exc:
             if "response_format" in request and exc.status in (400, 422):
                 self._native_json = False  # this server has no structured output: say it in the prompt
-                return self.chat(messages, system, tools, max_tokens, temperature, json_schema, tool_choice,
-                                 parallel_tool_calls, stop)
+                return self.chat(
+                    messages,
+                    system,
+                    tools,
+                    max_tokens,
+                    temperature,
+                    json_schema,
+                    tool_choice,
+                    parallel_tool_calls,
+                    stop,
+                )
             raise
         return self._response(reply, latency)
 
@@ -96,8 +136,13 @@ class OpenAILLM(HostedLLM):
         usage = Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0) if reply.usage else Usage()
         model = reply.model or self.model
         return ChatResponse(
-            text=choice.message.content or "", provider=self.provider, model=model, tool_calls=calls, usage=usage,
-            latency_s=latency, cost_usd=cost_usd(self.provider, model, usage.input_tokens, usage.output_tokens),
+            text=choice.message.content or "",
+            provider=self.provider,
+            model=model,
+            tool_calls=calls,
+            usage=usage,
+            latency_s=latency,
+            cost_usd=cost_usd(self.provider, model, usage.input_tokens, usage.output_tokens),
             stop_reason=STOP_REASONS.get(choice.finish_reason, choice.finish_reason),
         )
 

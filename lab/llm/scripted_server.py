@@ -31,16 +31,24 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Sequence, TypedDict
+from typing import Any, TypedDict, cast
 from urllib.parse import urlsplit
 
 DEFAULT_MODELS = ({"id": "scripted", "owned_by": "scripted"},)
 WIRES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 class Reply(TypedDict, total=False):
@@ -65,19 +73,19 @@ class Reply(TypedDict, total=False):
 
 def say(text: str, **extra: Any) -> Reply:
     """A text reply; ``extra`` adds reply keys (``delay_s``, ``usage``, ``chunks``, ``drop`` ...)."""
-    return Reply(content=text, tool_calls=[], **extra)
+    return cast(Reply, {"content": text, "tool_calls": [], **extra})
 
 
 def call(name: str, arguments: str | dict, **extra: Any) -> Reply:
     """A reply that asks for one tool call; ``arguments`` goes on the wire as given when it is a string."""
     raw_arguments = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return Reply(content=None, tool_calls=[{"name": name, "arguments": raw_arguments}], **extra)
+    return cast(Reply, {"content": None, "tool_calls": [{"name": name, "arguments": raw_arguments}], **extra})
 
 
 def error(status: int, message: str, *, retry_after: float | None = None, **extra: Any) -> Reply:
     """An HTTP error in the wire's error envelope (``retry_after``: a ``Retry-After`` header, seconds)."""
     headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
-    return Reply(status=status, error=message, headers=headers, **extra)
+    return cast(Reply, {"status": status, "error": message, "headers": headers, **extra})
 
 
 def raw(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -120,8 +128,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             reply = self.server.owner.handle(Request(self.command, self.path, self.headers, data, body))
         except Exception as exc:  # a broken script is a 500 naming it, not a hung client
-            reply = Reply(status=500, body={"error": {"message": f"handler failed: {type(exc).__name__}: {exc}",
-                                                      "type": "script_error"}})
+            reply = Reply(
+                status=500,
+                body={"error": {"message": f"handler failed: {type(exc).__name__}: {exc}", "type": "script_error"}},
+            )
         try:
             self._send(reply)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a timeout test)
@@ -194,7 +204,7 @@ class LoopbackServer:
 
     def __init__(self, handle: Callable[[Request], Reply] | None = None, *, name: str = "loopback"):
         if handle is not None:
-            self.handle = handle  # type: ignore[method-assign]
+            self.handle = handle  # type: ignore[assignment]  # a callable given in place of overriding handle
         self.name, self.url = name, ""
         self._httpd: _Server | None = None
 
@@ -210,12 +220,17 @@ class LoopbackServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"{self.name}-{self._httpd.server_address[1]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}-{self._httpd.server_address[1]}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        assert self._httpd is not None  # __enter__ made it
         self._httpd.shutdown()
         for connection in list(self._httpd.connections):  # a kept-alive connection is not served after the exit
             try:
@@ -241,8 +256,13 @@ class ScriptedServer(LoopbackServer):
     """A model's wire protocol answered from ``script`` (see the module docstring); ``requests``: every
     chat/messages request it answered; ``models``: the ``GET /v1/models`` cards (None: no model list)."""
 
-    def __init__(self, script: Sequence[Reply] | Callable[[dict[str, Any]], Reply],
-                 models: Sequence[dict[str, Any]] | None = DEFAULT_MODELS, *, name: str = "scripted-model"):
+    def __init__(
+        self,
+        script: Sequence[Reply] | Callable[[dict[str, Any]], Reply],
+        models: Sequence[dict[str, Any]] | None = DEFAULT_MODELS,
+        *,
+        name: str = "scripted-model",
+    ):
         super().__init__(name=name)
         self.script = script
         self.models = None if models is None else [{"object": "model", "created": 0, **card} for card in models]
@@ -281,8 +301,14 @@ def _render(reply: Reply, wire: str, body: dict[str, Any], n: int) -> Reply:
         if wire == "anthropic":
             envelope = {"type": "error", "error": {"type": kind, "message": reply["error"]}}
         else:
-            envelope = {"error": {"message": reply["error"], "type": kind, "param": None,
-                                  "code": reply.get("code") or str(status)}}
+            envelope = {
+                "error": {
+                    "message": reply["error"],
+                    "type": kind,
+                    "param": None,
+                    "code": reply.get("code") or str(status),
+                }
+            }
         return {**http, "status": status, "body": envelope}
     if reply.get("drop") and not body.get("stream"):
         return http
@@ -290,16 +316,30 @@ def _render(reply: Reply, wire: str, body: dict[str, Any], n: int) -> Reply:
         return _render(error(400, "the scripted server does not stream /v1/messages"), wire, body, n)
     calls = reply.get("tool_calls") or []
     text = reply.get("content")
-    usage = reply["usage"] if "usage" in reply else (
-        _words(_text(body.get("system"))) + sum(_words(_text(m.get("content"))) for m in body.get("messages") or []),
-        _words(text) + sum(_words(c["arguments"]) for c in calls))
+    usage = (
+        reply["usage"]
+        if "usage" in reply
+        else (
+            _words(_text(body.get("system")))
+            + sum(_words(_text(m.get("content"))) for m in body.get("messages") or []),
+            _words(text) + sum(_words(c["arguments"]) for c in calls),
+        )
+    )
     model = body.get("model") or "scripted"
     if wire == "anthropic":
         blocks = ([{"type": "text", "text": text}] if text else []) + [
             {"type": "tool_use", "id": f"toolu_{n}_{i}", "name": c["name"], "input": _input(c["arguments"])}
-            for i, c in enumerate(calls)]
-        message = {"id": f"msg_scripted_{n}", "type": "message", "role": "assistant", "model": model,
-                   "content": blocks, "stop_reason": "tool_use" if calls else "end_turn", "stop_sequence": None}
+            for i, c in enumerate(calls)
+        ]
+        message = {
+            "id": f"msg_scripted_{n}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": blocks,
+            "stop_reason": "tool_use" if calls else "end_turn",
+            "stop_sequence": None,
+        }
         if usage is not None:
             message["usage"] = {"input_tokens": usage[0], "output_tokens": usage[1]}
         return {**http, "body": message}
@@ -309,18 +349,26 @@ def _render(reply: Reply, wire: str, body: dict[str, Any], n: int) -> Reply:
 def _openai(reply: Reply, body: dict[str, Any], n: int, model: str, usage: tuple[int, int] | None) -> Reply:
     """A chat completion, or its SSE chunks when the request streams (cut short by ``drop``)."""
     text = reply.get("content")
-    calls = [{"id": f"call_{n}_{i}", "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-             for i, c in enumerate(reply.get("tool_calls") or [])]
+    calls = [
+        {"id": f"call_{n}_{i}", "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for i, c in enumerate(reply.get("tool_calls") or [])
+    ]
     finish = "tool_calls" if calls else "stop"
-    counted = None if usage is None else {"prompt_tokens": usage[0], "completion_tokens": usage[1],
-                                          "total_tokens": usage[0] + usage[1]}
+    counted = (
+        None
+        if usage is None
+        else {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
+    )
     head = {"id": f"chatcmpl-scripted-{n}", "created": int(time.time()), "model": model}
     if not body.get("stream"):
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = calls
-        completion = {**head, "object": "chat.completion",
-                      "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        completion = {
+            **head,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        }
         return Reply(body=completion if counted is None else {**completion, "usage": counted})
 
     def event(delta: dict[str, Any] | None, finish_reason: str | None = None, **extra: Any) -> str:

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from lab.errors import LabError, MissingResource
@@ -40,8 +41,10 @@ PROBE_TIMEOUT_S = 3.0
 # a first `lab serve` of an 8B model downloads ~16 GB before it listens: allow for it
 START_TIMEOUT_S = float(os.environ.get("LAB_SERVER_START_TIMEOUT_S", "1800"))
 SERVER_KINDS = {"vllm": "vLLM", "lab": "lab serve"}  # owned_by -> the server's name
-VLLM_HINT = ("start vLLM from its own venv (`make vllm`, then the launch command it prints) or let the lab start "
-             "`lab serve` on loopback")
+VLLM_HINT = (
+    "start vLLM from its own venv (`make vllm`, then the launch command it prints) or let the lab start "
+    "`lab serve` on loopback"
+)
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,17 @@ class Served:
 
     def provenance(self) -> dict[str, Any]:
         """Fields for ``ctx.model(...)``: which server, which model, where, started by whom."""
-        return {"server": self.server, "served_model": self.model, "base_url": self.base_url,
-                "server_started_here": self.started_here}
+        return {
+            "server": self.server,
+            "served_model": self.model,
+            "base_url": self.base_url,
+            "server_started_here": self.started_here,
+        }
 
 
 def same_model(a: str, b: str) -> bool:
     """Model ids equal up to case, or with the same last path component (owner or folder aside)."""
+
     def last(model_id: str) -> str:
         return model_id.rstrip("/").rsplit("/", 1)[-1].lower()
 
@@ -92,7 +100,7 @@ def probe(base_url: str, api_key: str | None = None, timeout_s: float = PROBE_TI
     """The model cards ``GET <base_url>/models`` lists, None when nothing answers there, ``[]`` when a
     server answers without a model list (some OpenAI-compatible servers and test doubles lack the
     route: it is used, but what it serves cannot be checked)."""
-    import httpx
+    import httpx  # noqa: PLC0415 (httpx loads only on the path that uses it)
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
@@ -100,8 +108,10 @@ def probe(base_url: str, api_key: str | None = None, timeout_s: float = PROBE_TI
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout, httpx.RemoteProtocolError):
         return None
     if reply.status_code in (401, 403):
-        raise MissingResource(f"{base_url}/models answered {reply.status_code}: the server wants an API key; "
-                              "export OPENAI_API_KEY with it")
+        raise MissingResource(
+            f"{base_url}/models answered {reply.status_code}: the server wants an API key; "
+            "export OPENAI_API_KEY with it"
+        )
     try:
         cards = reply.json().get("data") if reply.status_code == 200 else None
     except (ValueError, AttributeError):
@@ -118,14 +128,26 @@ def pick(cards: list[dict], wanted: str) -> dict:
 
 
 def found(spec: str, model: str, base_url: str, card: dict, started: bool) -> Served:
-    return Served(spec=f"openai:{card['id']}@{base_url}", requested=spec, server=server_kind(card),
-                  model=str(card["id"]), base_url=base_url, started_here=started)
+    return Served(
+        spec=f"openai:{card['id']}@{base_url}",
+        requested=spec,
+        server=server_kind(card),
+        model=str(card["id"]),
+        base_url=base_url,
+        started_here=started,
+    )
 
 
 @contextmanager
-def ensure_server(spec: str, *, serve_spec: str | None = None, start: bool = True, api_key: str | None = None,
-                  start_timeout_s: float = START_TIMEOUT_S,
-                  log: Callable[[str], None] = lambda _: None) -> Iterator[Served]:
+def ensure_server(
+    spec: str,
+    *,
+    serve_spec: str | None = None,
+    start: bool = True,
+    api_key: str | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
+    log: Callable[[str], None] = lambda _: None,
+) -> Iterator[Served]:
     """Yield what ``spec`` runs on, finding or starting its server first (see the module doc).
 
     ``serve_spec``: what a started ``lab serve`` serves (default ``local:<model of spec>``: the same
@@ -134,16 +156,25 @@ def ensure_server(spec: str, *, serve_spec: str | None = None, start: bool = Tru
     endpoint = openai_endpoint(spec)
     if endpoint is None:
         provider, _, rest = spec.partition(":")
-        yield Served(spec=spec, requested=spec, server="in-process" if provider == "local" else "hosted",
-                     model=rest.rpartition("@")[0] or rest)
+        yield Served(
+            spec=spec,
+            requested=spec,
+            server="in-process" if provider == "local" else "hosted",
+            model=rest.rpartition("@")[0] or rest,
+        )
         return
     model, base_url = endpoint
     key = api_key or os.environ.get("OPENAI_API_KEY")
     cards = probe(base_url, key)
     if cards == []:  # it answers, but does not say what it serves: never counted as the model asked for
         log(f"a server answers at {base_url} without a model list; using it as {model} (unverified)")
-        yield Served(spec=spec, requested=spec, server="unknown (no model list)", model=f"{model} (unverified)",
-                     base_url=base_url)
+        yield Served(
+            spec=spec,
+            requested=spec,
+            server="unknown (no model list)",
+            model=f"{model} (unverified)",
+            base_url=base_url,
+        )
         return
     if cards is not None:
         card = pick(cards, model)
@@ -153,18 +184,22 @@ def ensure_server(spec: str, *, serve_spec: str | None = None, start: bool = Tru
     parts = urlsplit(base_url)
     if not start or parts.hostname not in LOOPBACK:
         why = "" if start else " (starting one was not allowed)"
-        raise MissingResource(f"no OpenAI-compatible server answers at {base_url}{why}: {VLLM_HINT}"
-                              + ("" if parts.hostname in LOOPBACK else "; the lab starts servers only on loopback"))
-    with started_lab_serve(serve_spec or f"local:{model}", parts.hostname, parts.port or 80, base_url,
-                           start_timeout_s, log) as cards:
+        raise MissingResource(
+            f"no OpenAI-compatible server answers at {base_url}{why}: {VLLM_HINT}"
+            + ("" if parts.hostname in LOOPBACK else "; the lab starts servers only on loopback")
+        )
+    with started_lab_serve(
+        serve_spec or f"local:{model}", parts.hostname, parts.port or 80, base_url, start_timeout_s, log
+    ) as cards:
         if not cards:
             raise LabError(f"the lab serve started at {base_url} lists no model: another program holds that port")
         yield found(spec, model, base_url, pick(cards, model), started=True)
 
 
 @contextmanager
-def started_lab_serve(serve_spec: str, host: str, port: int, base_url: str, timeout_s: float,
-                      log: Callable[[str], None]) -> Iterator[list[dict]]:
+def started_lab_serve(
+    serve_spec: str, host: str, port: int, base_url: str, timeout_s: float, log: Callable[[str], None]
+) -> Iterator[list[dict]]:
     """Run ``lab serve --llm serve_spec`` on host:port until the block ends; yields its model cards once
     ``/models`` answers. Its output goes to a log file whose tail any failure quotes."""
     command = [sys.executable, "-m", "lab", "serve", "--llm", serve_spec, "--host", host, "--port", str(port)]
@@ -190,14 +225,18 @@ def wait_ready(proc: subprocess.Popen, base_url: str, timeout_s: float, tail: Ca
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise LabError(f"lab serve for {base_url} exited with status {proc.returncode} before it answered; "
-                           f"its log ends:\n{tail()}")
+            raise LabError(
+                f"lab serve for {base_url} exited with status {proc.returncode} before it answered; "
+                f"its log ends:\n{tail()}"
+            )
         cards = probe(base_url, timeout_s=1.0)
         if cards is not None:
             return cards
         if time.monotonic() > deadline:
-            raise LabError(f"lab serve for {base_url} did not answer within {timeout_s:.0f} s "
-                           f"(LAB_SERVER_START_TIMEOUT_S); its log ends:\n{tail()}")
+            raise LabError(
+                f"lab serve for {base_url} did not answer within {timeout_s:.0f} s "
+                f"(LAB_SERVER_START_TIMEOUT_S); its log ends:\n{tail()}"
+            )
         time.sleep(0.25)
 
 

@@ -23,7 +23,8 @@ through ``.inner`` by the code that knows which model it holds.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from lab.llm.base import LLM, ChatResponse
 
@@ -53,8 +54,8 @@ class LLMWrapper(LLM):
         return self.inner.scores_choices
 
     # --- the calls ----------------------------------------------------------------------------
-    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> ChatResponse:
-        return self.inner.chat(messages, **kwargs)
+    def chat(self, messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> ChatResponse:
+        return self.inner.chat(messages, *args, **kwargs)
 
     def stream(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[str | ChatResponse]:
         return self.inner.stream(messages, **kwargs)
@@ -68,10 +69,17 @@ class LLMWrapper(LLM):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
-    def choice_probs(self, messages: list[dict[str, Any]], choices: list[str], system: str | None = None,
-                     prefix: str = "", **kwargs: Any) -> dict[str, float]:
-        return self.inner.choice_probs(messages, choices, system=system, prefix=prefix, **kwargs)
-
+    def choice_probs(
+        self,
+        messages: list[dict[str, Any]],
+        choices: list[str],
+        system: str | None = None,
+        prefix: str = "",
+        use_prefix_cache: bool = True,
+    ) -> dict[str, float]:
+        return self.inner.choice_probs(
+            messages, choices, system=system, prefix=prefix, use_prefix_cache=use_prefix_cache
+        )
 
 
 def innermost(llm: LLM) -> LLM:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -29,12 +29,22 @@ from lab.serve.limits import Schema, WireModel, WireRequest
 
 STOP_REASONS = ("end_turn", "max_tokens", "tool_use", "stop_sequence")
 # HTTP status -> Anthropic error type (https://docs.anthropic.com/en/api/errors)
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-               500: "api_error", 502: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 # --- errors ------------------------------------------------------------------------------------
+
 
 class ErrorDetail(BaseModel):
     type: str
@@ -44,16 +54,19 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     type: Literal["error"] = "error"
     error: ErrorDetail
-    request_id: Optional[str] = None
+    request_id: str | None = None
 
 
 def error_body(err: APIError, request_id: str | None = None) -> dict:
     kind = ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
     message = err.message if not err.param or err.message.startswith(err.param) else f"{err.param}: {err.message}"
-    return ErrorResponse(error=ErrorDetail(type=kind, message=message), request_id=request_id).model_dump(exclude_none=True)
+    return ErrorResponse(error=ErrorDetail(type=kind, message=message), request_id=request_id).model_dump(
+        exclude_none=True
+    )
 
 
 # --- request -----------------------------------------------------------------------------------
+
 
 def _blocks(value: Any) -> Any:
     """A string content is one text block."""
@@ -64,13 +77,13 @@ class ContentBlock(WireModel):
     """One content block of a request (text, tool_use, tool_result; thinking is dropped)."""
 
     type: str
-    text: Optional[str] = None
-    id: Optional[str] = None
-    name: Optional[str] = None
-    input: Optional[dict[str, Any]] = None
-    tool_use_id: Optional[str] = None
-    content: Optional[list["ContentBlock"]] = None
-    is_error: Optional[bool] = None
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+    tool_use_id: str | None = None
+    content: list[ContentBlock] | None = None
+    is_error: bool | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -78,12 +91,19 @@ class ContentBlock(WireModel):
         return _blocks(value)
 
     @model_validator(mode="after")
-    def _known(self) -> "ContentBlock":
-        need = {"text": ("text",), "tool_use": ("id", "name"), "tool_result": ("tool_use_id",),
-                "thinking": (), "redacted_thinking": ()}
+    def _known(self) -> ContentBlock:
+        need = {
+            "text": ("text",),
+            "tool_use": ("id", "name"),
+            "tool_result": ("tool_use_id",),
+            "thinking": (),
+            "redacted_thinking": (),
+        }
         if self.type not in need:
-            raise ValueError(f"content block type {self.type!r} is not supported "
-                             "(text, tool_use, tool_result; this server serves text)")
+            raise ValueError(
+                f"content block type {self.type!r} is not supported "
+                "(text, tool_use, tool_result; this server serves text)"
+            )
         missing = [f for f in need[self.type] if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.type} block needs {', '.join(repr(f) for f in missing)}")
@@ -106,7 +126,7 @@ class Message(WireModel):
         return _blocks(value)
 
     @model_validator(mode="after")
-    def _roles(self) -> "Message":
+    def _roles(self) -> Message:
         kinds = {b.type for b in self.content}
         if self.role == "user" and "tool_use" in kinds:
             raise ValueError("tool_use blocks belong in assistant turns")
@@ -117,9 +137,9 @@ class Message(WireModel):
 
 class Tool(WireModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
-    description: Optional[str] = None
+    description: str | None = None
     input_schema: Schema
-    type: Optional[str] = None
+    type: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -131,11 +151,11 @@ class Tool(WireModel):
 
 class ToolChoice(WireModel):
     type: Literal["auto", "any", "tool", "none"]
-    name: Optional[str] = None
-    disable_parallel_tool_use: Optional[bool] = None
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
 
     @model_validator(mode="after")
-    def _named(self) -> "ToolChoice":
+    def _named(self) -> ToolChoice:
         if self.type == "tool" and not self.name:
             raise ValueError("tool_choice type 'tool' needs 'name'")
         return self
@@ -147,27 +167,27 @@ class OutputFormat(WireModel):
 
 
 class OutputConfig(WireModel):
-    format: Optional[OutputFormat] = None
-    effort: Optional[str] = None  # accepted, ignored
+    format: OutputFormat | None = None
+    effort: str | None = None  # accepted, ignored
 
 
 class MessagesRequest(WireRequest):
     model: str
     max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
-    system: Optional[list[ContentBlock]] = None
-    tools: Optional[list[Tool]] = None
-    tool_choice: Optional[ToolChoice] = None
-    stop_sequences: Optional[list[str]] = None
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    stream: Optional[bool] = False
-    output_config: Optional[OutputConfig] = None
+    system: list[ContentBlock] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    stream: bool | None = False
+    output_config: OutputConfig | None = None
     # accepted, ignored
-    top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    top_k: Optional[int] = Field(default=None, ge=0)
-    metadata: Optional[dict[str, Any]] = None
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    metadata: dict[str, Any] | None = None
     # rejected unless disabled
-    thinking: Optional[dict[str, Any]] = None
+    thinking: dict[str, Any] | None = None
 
     @field_validator("system", mode="before")
     @classmethod
@@ -175,7 +195,7 @@ class MessagesRequest(WireRequest):
         return _blocks(value)
 
     @model_validator(mode="after")
-    def _supported(self) -> "MessagesRequest":
+    def _supported(self) -> MessagesRequest:
         if any(b.type != "text" for b in self.system or []):
             raise UnsupportedField("system", "system must be a string or text blocks")
         if self.thinking and self.thinking.get("type") not in (None, "disabled"):
@@ -186,8 +206,10 @@ class MessagesRequest(WireRequest):
 def to_chat_kwargs(req: MessagesRequest) -> dict[str, Any]:
     """``LLM.chat`` keyword arguments for one Messages request."""
     if req.messages[-1].role == "assistant":
-        raise bad_request(f"messages.{len(req.messages) - 1}",
-                          "a final assistant turn (prefill) is not supported: end with a user turn")
+        raise bad_request(
+            f"messages.{len(req.messages) - 1}",
+            "a final assistant turn (prefill) is not supported: end with a user turn",
+        )
     messages: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_use id -> tool name
     for m in req.messages:
@@ -202,25 +224,34 @@ def to_chat_kwargs(req: MessagesRequest) -> dict[str, Any]:
             continue
         for b in m.content:  # tool results first: they answer the previous assistant turn
             if b.type == "tool_result":
-                result: dict[str, Any] = {"role": "tool", "tool_call_id": b.tool_use_id, "name": names.get(b.tool_use_id or "", ""),
-                          "content": b.joined_text}
+                result: dict[str, Any] = {
+                    "role": "tool",
+                    "tool_call_id": b.tool_use_id,
+                    "name": names.get(b.tool_use_id or "", ""),
+                    "content": b.joined_text,
+                }
                 if b.is_error:
                     result["is_error"] = True
                 messages.append(result)
         if texts:
             messages.append({"role": "user", "content": "\n".join(texts)})
 
-    tools = [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema}
-             for t in req.tools or []]
+    tools = [
+        {"name": t.name, "description": t.description or "", "input_schema": t.input_schema} for t in req.tools or []
+    ]
     choice = req.tool_choice
     tool_choice: Any = "auto"
     if choice is not None:
         tool_choice = {"auto": "auto", "any": "required", "none": "none"}.get(choice.type) or {"name": choice.name}
     fmt = req.output_config.format if req.output_config else None
     kwargs: dict[str, Any] = dict(
-        messages=messages, system="\n".join(b.text or "" for b in req.system or []) or None,
-        tools=tools or None, max_tokens=req.max_tokens, json_schema=fmt.schema_ if fmt else None,
-        tool_choice=tool_choice, parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
+        messages=messages,
+        system="\n".join(b.text or "" for b in req.system or []) or None,
+        tools=tools or None,
+        max_tokens=req.max_tokens,
+        json_schema=fmt.schema_ if fmt else None,
+        tool_choice=tool_choice,
+        parallel_tool_calls=not (choice and choice.disable_parallel_tool_use),
         stop=list(req.stop_sequences or []) or None,
     )
     if req.temperature is not None:
@@ -229,6 +260,7 @@ def to_chat_kwargs(req: MessagesRequest) -> dict[str, Any]:
 
 
 # --- response ----------------------------------------------------------------------------------
+
 
 class TextOut(BaseModel):
     type: Literal["text"] = "text"
@@ -252,9 +284,9 @@ class MessagesResponse(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[Union[TextOut, ToolUseOut]]
-    stop_reason: Optional[str] = None
-    stop_sequence: Optional[str] = None
+    content: list[TextOut | ToolUseOut]
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
     usage: Usage
 
 
@@ -264,23 +296,31 @@ def message_id() -> str:
 
 def stop_of(reply: ChatResponse) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) of a reply, in the Messages API's vocabulary."""
-    reason = "tool_use" if reply.tool_calls else (reply.stop_reason if reply.stop_reason in STOP_REASONS else "end_turn")
+    reason = (
+        "tool_use" if reply.tool_calls else (reply.stop_reason if reply.stop_reason in STOP_REASONS else "end_turn")
+    )
     return reason, reply.stop_sequence if reason == "stop_sequence" else None
 
 
-def content_of(reply: ChatResponse) -> list[Union[TextOut, ToolUseOut]]:
-    blocks: list[Union[TextOut, ToolUseOut]] = [TextOut(text=reply.text)] if reply.text else []
+def content_of(reply: ChatResponse) -> list[TextOut | ToolUseOut]:
+    blocks: list[TextOut | ToolUseOut] = [TextOut(text=reply.text)] if reply.text else []
     return blocks + [ToolUseOut(id=c.id, name=c.name, input=c.arguments) for c in reply.tool_calls]
 
 
 def messages_response(reply: ChatResponse, mid: str) -> MessagesResponse:
     reason, sequence = stop_of(reply)
-    return MessagesResponse(id=mid, model=reply.model, content=content_of(reply), stop_reason=reason,
-                            stop_sequence=sequence,
-                            usage=Usage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens))
+    return MessagesResponse(
+        id=mid,
+        model=reply.model,
+        content=content_of(reply),
+        stop_reason=reason,
+        stop_sequence=sequence,
+        usage=Usage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens),
+    )
 
 
 # --- stream events -----------------------------------------------------------------------------
+
 
 class EventWriter:
     """The SSE events of one streamed message: text as it comes, tool_use blocks at the end."""
@@ -298,18 +338,28 @@ class EventWriter:
         """``input_tokens``: the prompt's size where the model can count it before replying (else 0;
         ``message_delta`` carries the real count at the end)."""
         usage = {"input_tokens": input_tokens or 0, "output_tokens": 0}
-        message: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                   "stop_reason": None, "stop_sequence": None, "usage": usage}
+        message: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
         return self.event("message_start", {"message": message})
 
     def text(self, delta: str) -> list[str]:
         lines = []
         if not self.text_open:
-            lines.append(self.event("content_block_start", {"index": self.index,
-                                                            "content_block": {"type": "text", "text": ""}}))
+            lines.append(
+                self.event("content_block_start", {"index": self.index, "content_block": {"type": "text", "text": ""}})
+            )
             self.text_open = True
-        lines.append(self.event("content_block_delta", {"index": self.index,
-                                                        "delta": {"type": "text_delta", "text": delta}}))
+        lines.append(
+            self.event("content_block_delta", {"index": self.index, "delta": {"type": "text_delta", "text": delta}})
+        )
         return lines
 
     def _close_text(self) -> list[str]:
@@ -322,16 +372,36 @@ class EventWriter:
     def finish(self, reply: ChatResponse) -> list[str]:
         lines = self._close_text()
         for call in reply.tool_calls:
-            lines.append(self.event("content_block_start", {"index": self.index, "content_block": {
-                "type": "tool_use", "id": call.id, "name": call.name, "input": {}}}))
-            lines.append(self.event("content_block_delta", {"index": self.index, "delta": {
-                "type": "input_json_delta", "partial_json": json.dumps(call.arguments)}}))
+            lines.append(
+                self.event(
+                    "content_block_start",
+                    {
+                        "index": self.index,
+                        "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+                    },
+                )
+            )
+            lines.append(
+                self.event(
+                    "content_block_delta",
+                    {
+                        "index": self.index,
+                        "delta": {"type": "input_json_delta", "partial_json": json.dumps(call.arguments)},
+                    },
+                )
+            )
             lines.append(self.event("content_block_stop", {"index": self.index}))
             self.index += 1
         reason, sequence = stop_of(reply)
-        lines.append(self.event("message_delta", {
-            "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens}}))
+        lines.append(
+            self.event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "usage": {"input_tokens": reply.usage.input_tokens, "output_tokens": reply.usage.output_tokens},
+                },
+            )
+        )
         lines.append(self.event("message_stop", {}))
         return lines
 

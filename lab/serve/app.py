@@ -23,11 +23,13 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,9 +38,11 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lab import models
 from lab.errors import LabError
+from lab.llm import DEFAULT_SPEC, from_spec
 from lab.llm.base import LLM, ChatResponse, InvalidRequestError, LLMError, normalize_tool_choice
-from lab.models import DEFAULT_EMBEDDER
+from lab.models import DEFAULT_EMBEDDER, EMBEDDED, load_embedder
 from lab.serve import anthropic_protocol as ap
 from lab.serve import openai_protocol as op
 from lab.serve.errors import APIError, UnsupportedField, bad_request
@@ -55,13 +59,14 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 # --- request ids and errors --------------------------------------------------------------------
 
+
 class GatewayMiddleware:
     """Every request gets an id (``request.state.request_id``, returned as a header); with an API
     key set, every ``/v1`` request must carry it, checked before the body is even read; a body
     declared larger than ``MAX_BODY_BYTES`` is refused unread, and one sent without a length (chunked)
     as soon as it passes the limit (``limits.limited``)."""
 
-    def __init__(self, app, server: "Server"):
+    def __init__(self, app, server: Server):
         self.app = app
         self.server = server
 
@@ -73,15 +78,20 @@ class GatewayMiddleware:
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", [])) + [(b"x-request-id", rid.encode()),
-                                                              (b"request-id", rid.encode())]
+                headers = list(message.get("headers", [])) + [
+                    (b"x-request-id", rid.encode()),
+                    (b"request-id", rid.encode()),
+                ]
                 message = {**message, "headers": headers}
             await send(message)
 
         request = Request(scope)
         if scope["path"].startswith("/v1") and not self.server.key_ok(request):
-            err = APIError(401, "missing or invalid API key: send it as 'Authorization: Bearer <key>' "
-                                "or 'x-api-key: <key>'", code="invalid_api_key")
+            err = APIError(
+                401,
+                "missing or invalid API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                code="invalid_api_key",
+            )
             return await error_response(request, err)(scope, receive, send_with_id)
         size = request.headers.get("content-length", "0")
         if not size.isdigit() or int(size) > MAX_BODY_BYTES:
@@ -129,8 +139,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     first = errors[0]
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
-        return bad_request(None, f"the request body is not valid JSON ({detail})" if detail else
-                           "the request body is not valid JSON")
+        return bad_request(
+            None, f"the request body is not valid JSON ({detail})" if detail else "the request body is not valid JSON"
+        )
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, UnsupportedField):
         return bad_request(cause.field, f"{cause.field}: {cause}")
@@ -145,11 +156,11 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 # --- the served models -------------------------------------------------------------------------
 
+
 class Embedders:
     """Sentence-transformers models served by name, each loaded once (on first use)."""
 
     def __init__(self, names: Iterable[str], max_waiting: int):
-        from lab.models import EMBEDDED
 
         self.names = list(dict.fromkeys(names))
         self._aliases: dict[str, str] = {}
@@ -169,8 +180,6 @@ class Embedders:
     def _model(self, name: str):
         with self._load_lock:
             if name not in self._models:
-                from lab.models import load_embedder
-
                 self._models[name] = load_embedder(name)
             return self._models[name]
 
@@ -179,12 +188,19 @@ class Embedders:
         try:
             model = self._model(name)
         except LabError as exc:
-            raise APIError(500, f"embedding model {name!r} could not be loaded: {exc}", code="model_unavailable") from None
-        dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") \
+            raise APIError(
+                500, f"embedding model {name!r} could not be loaded: {exc}", code="model_unavailable"
+            ) from None
+        dim = (
+            model.get_embedding_dimension()
+            if hasattr(model, "get_embedding_dimension")
             else model.get_sentence_embedding_dimension()
+        )
         if dimensions is not None and dimensions != dim:
-            raise bad_request("dimensions", f"dimensions: {name} returns {dim}-dimensional embeddings; "
-                                            f"omit 'dimensions' or send {dim}")
+            raise bad_request(
+                "dimensions",
+                f"dimensions: {name} returns {dim}-dimensional embeddings; omit 'dimensions' or send {dim}",
+            )
         tokens = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
         vectors = model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype("<f4"), sum(len(t) for t in tokens)
@@ -203,15 +219,25 @@ class Server:
     """What the routes share: the chat models (each with its names and queue), the embedders, the key.
     The first model is the default one (``/health`` names it; ``model_names`` are extra names for it)."""
 
-    def __init__(self, llms: LLM | Sequence[LLM], *, api_key: str | None, max_queue: int, embedders: Iterable[str],
-                 default_max_tokens: int, model_names: Iterable[str] = (),
-                 grammar_timeout_s: float = GRAMMAR_TIMEOUT_S):
+    def __init__(
+        self,
+        llms: LLM | Sequence[LLM],
+        *,
+        api_key: str | None,
+        max_queue: int,
+        embedders: Iterable[str],
+        default_max_tokens: int,
+        model_names: Iterable[str] = (),
+        grammar_timeout_s: float = GRAMMAR_TIMEOUT_S,
+    ):
         llms = [llms] if isinstance(llms, LLM) else list(llms)
         self.grammar_timeout_s = grammar_timeout_s
         self.models: list[ChatModel] = []
         taken: set[str] = set()
         for i, llm in enumerate(llms):
-            names = [n for n in dict.fromkeys([llm.model, *(model_names if i == 0 else ()), llm.spec]) if n not in taken]
+            names = [
+                n for n in dict.fromkeys([llm.model, *(model_names if i == 0 else ()), llm.spec]) if n not in taken
+            ]
             taken |= set(names)
             self.models.append(ChatModel(llm, names, ModelQueue(llm.model, max_queue, parallel=llm.parallel_requests)))
         self.names = [n for m in self.models for n in m.names]
@@ -237,8 +263,12 @@ class Server:
         for model in self.models:
             if name in model.names:
                 return model
-        raise APIError(404, f"model {name!r} is not served here; chat models: {', '.join(self.names)}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model {name!r} is not served here; chat models: {', '.join(self.names)}",
+            param="model",
+            code="model_not_found",
+        )
 
     def check_tools(self, kwargs: dict[str, Any]) -> None:
         try:
@@ -262,13 +292,18 @@ class Server:
             if exc.status in (400, 404, 422):
                 return APIError(400, f"the model's provider rejected the request: {exc}", code="upstream_rejected")
             if exc.status in (429, 503, 529):
-                return APIError(503, f"the model's provider is overloaded: {exc}", code="upstream_overloaded",
-                                headers={"Retry-After": str(model.queue.retry_after_s())})
+                return APIError(
+                    503,
+                    f"the model's provider is overloaded: {exc}",
+                    code="upstream_overloaded",
+                    headers={"Retry-After": str(model.queue.retry_after_s())},
+                )
             status = 500 if model.llm.provider == "local" else 502
             return APIError(status, f"the model failed: {exc}", code="model_error")
         log.error("request %s failed", rid, exc_info=(type(exc), exc, exc.__traceback__))
-        return APIError(500, f"internal server error (request id {rid}); the server log has the details",
-                        code="internal_error")
+        return APIError(
+            500, f"internal server error (request id {rid}); the server log has the details", code="internal_error"
+        )
 
     # --- running the model
     async def off_loop(self, work: Callable[[], Any], rid: str, model: ChatModel | None = None) -> Any:
@@ -329,15 +364,29 @@ def final_reply(reply: ChatResponse | None) -> ChatResponse:
 
 # --- the app -----------------------------------------------------------------------------------
 
-def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
-               embedders: Iterable[str] = DEFAULT_EMBEDDERS, default_max_tokens: int = 512,
-               model_names: Iterable[str] = (), grammar_timeout_s: float = GRAMMAR_TIMEOUT_S) -> FastAPI:
+
+def create_app(
+    llm: LLM | Sequence[LLM],
+    *,
+    api_key: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    embedders: Iterable[str] = DEFAULT_EMBEDDERS,
+    default_max_tokens: int = 512,
+    model_names: Iterable[str] = (),
+    grammar_timeout_s: float = GRAMMAR_TIMEOUT_S,
+) -> FastAPI:
     """The ASGI app serving ``llm`` — one chat model or several, the first the default — and ``embedders``.
     Each chat model answers to its ``model`` and its ``spec``; ``model_names`` are extra names for the first.
     A request whose grammar takes longer than ``grammar_timeout_s`` to compile is refused (400)."""
-    server = Server(llm, api_key=api_key, max_queue=max_queue, embedders=embedders,
-                    default_max_tokens=default_max_tokens, model_names=model_names,
-                    grammar_timeout_s=grammar_timeout_s)
+    server = Server(
+        llm,
+        api_key=api_key,
+        max_queue=max_queue,
+        embedders=embedders,
+        default_max_tokens=default_max_tokens,
+        model_names=model_names,
+        grammar_timeout_s=grammar_timeout_s,
+    )
     app = FastAPI(title="lab serve", description=__doc__, docs_url=None, redoc_url=None)
     app.state.server = server
     app.add_middleware(GatewayMiddleware, server=server)
@@ -352,8 +401,10 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        message = {404: f"no route {request.method} {request.url.path}",
-                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         code = "request_too_large" if exc.status_code == 413 else None  # a body cut off as it arrived
         return error_response(request, APIError(exc.status_code, message, code=code, headers=exc.headers))
 
@@ -363,8 +414,11 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": server.models[0].llm.model,
-                "waiting_or_running": sum(m.queue.admitted for m in server.models)}
+        return {
+            "status": "ok",
+            "model": server.models[0].llm.model,
+            "waiting_or_running": sum(m.queue.admitted for m in server.models),
+        }
 
     v1 = APIRouter(prefix="/v1")
 
@@ -389,7 +443,9 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
             reply = await server.chat(model, kwargs, rid)
             return op.chat_response(reply, op.completion_id(), int(time.time())).model_dump()
         run, first = await server.stream(model, kwargs, rid)
-        writer = op.ChunkWriter(model.llm.model, include_usage=bool(body.stream_options and body.stream_options.include_usage))
+        writer = op.ChunkWriter(
+            model.llm.model, include_usage=bool(body.stream_options and body.stream_options.include_usage)
+        )
 
         async def sse():
             reply = None
@@ -408,20 +464,26 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
             finally:
                 run.stop()
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers=SSE_HEADERS,
-                                 background=BackgroundTask(run.stop))
+        return StreamingResponse(
+            sse(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(run.stop)
+        )
 
     @v1.post("/embeddings")
     async def embeddings(body: op.EmbeddingRequest, request: Request):
         name = server.embedders.resolve(body.model)
         if name is None:
-            raise APIError(404, f"embedding model {body.model!r} is not served here; embedding models: "
-                                f"{', '.join(server.embedders.names) or 'none'} (start with --embedder NAME)",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"embedding model {body.model!r} is not served here; embedding models: "
+                f"{', '.join(server.embedders.names) or 'none'} (start with --embedder NAME)",
+                param="model",
+                code="model_not_found",
+            )
         slot = await server.embedders.queues[name].acquire()
         try:
             vectors, n_tokens = await server.off_loop(
-                lambda: server.embedders.encode(name, body.texts, body.dimensions), request_id(request))
+                lambda: server.embedders.encode(name, body.texts, body.dimensions), request_id(request)
+            )
         finally:
             slot.release()
         if body.encoding_format == "base64":
@@ -429,8 +491,10 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
         else:
             data = [v.tolist() for v in vectors]
         return op.EmbeddingResponse(
-            data=[op.EmbeddingData(index=i, embedding=e) for i, e in enumerate(data)], model=body.model,
-            usage=op.EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens)).model_dump()
+            data=[op.EmbeddingData(index=i, embedding=e) for i, e in enumerate(data)],
+            model=body.model,
+            usage=op.EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens),
+        ).model_dump()
 
     @v1.post("/messages")
     async def messages(body: ap.MessagesRequest, request: Request):
@@ -462,8 +526,9 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
             finally:
                 run.stop()
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers=SSE_HEADERS,
-                                 background=BackgroundTask(run.stop))
+        return StreamingResponse(
+            sse(), media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(run.stop)
+        )
 
     app.include_router(v1)
     return app
@@ -472,10 +537,6 @@ def create_app(llm: LLM | Sequence[LLM], *, api_key: str | None = None, max_queu
 def default_specs() -> list[str]:
     """What ``lab serve`` serves without ``--llm``: $LAB_LLM, else the embedded chat model and, beside it, the
     tool-tuned agent model (``lab.models.AGENT_LLM``) when its adapter is published (``PUBLISHED_ADAPTERS``)."""
-    import os
-
-    from lab import models
-    from lab.llm import DEFAULT_SPEC
 
     if os.environ.get("LAB_LLM"):
         return [os.environ["LAB_LLM"]]
@@ -483,14 +544,19 @@ def default_specs() -> list[str]:
     return [DEFAULT_SPEC] + ([models.AGENT_SPEC] if published else [])
 
 
-def serve(specs: Sequence[str] = (), *, host: str = "127.0.0.1", port: int = 8088, api_key: str | None = None,
-          max_queue: int = DEFAULT_MAX_QUEUE, embedders: Iterable[str] = DEFAULT_EMBEDDERS,
-          say: Callable[[str], None] = print) -> None:
+def serve(
+    specs: Sequence[str] = (),
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8088,
+    api_key: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    embedders: Iterable[str] = DEFAULT_EMBEDDERS,
+    say: Callable[[str], None] = print,
+) -> None:
     """Serve in the foreground until Ctrl-C (what ``lab serve`` runs): ``specs`` (the first is the default
     model), else ``default_specs()``."""
-    import uvicorn
-
-    from lab.llm import from_spec
+    import uvicorn  # noqa: PLC0415 (uvicorn loads only on the path that uses it)
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)

@@ -86,8 +86,11 @@ class WireRequest(WireModel):
     def _valid_text(cls, data: Any) -> Any:
         path = lone_surrogate_at(data)
         if path is not None:
-            raise UnsupportedField(path, "holds a lone UTF-16 surrogate (such as \\ud800), which is not valid "
-                                         "Unicode text; send text as UTF-8 or as surrogate pairs")
+            raise UnsupportedField(
+                path,
+                "holds a lone UTF-16 surrogate (such as \\ud800), which is not valid "
+                "Unicode text; send text as UTF-8 or as surrogate pairs",
+            )
         return data
 
 

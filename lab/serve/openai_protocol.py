@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -24,22 +24,37 @@ from lab.serve.errors import APIError, UnsupportedField, bad_request
 from lab.serve.limits import Schema, WireModel, WireRequest
 
 # ChatResponse.stop_reason -> Chat Completions finish_reason
-FINISH_REASONS = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls", "stop_sequence": "stop", None: "stop"}
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "stop_sequence": "stop",
+    None: "stop",
+}
 
 
 # --- errors ------------------------------------------------------------------------------------
 
 # HTTP status -> OpenAI-style error type
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error",
-               500: "server_error", 502: "upstream_error", 503: "overloaded_error", 504: "upstream_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "overloaded_error",
+    504: "upstream_error",
+}
 
 
 class ErrorInfo(BaseModel):
     message: str
     type: str
-    param: Optional[str] = None
-    code: Optional[str] = None
+    param: str | None = None
+    code: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -47,21 +62,23 @@ class ErrorResponse(BaseModel):
 
 
 def error_body(err: APIError) -> dict:
-    info = ErrorInfo(message=err.message, type=ERROR_TYPES.get(err.status, "server_error"), param=err.param,
-                     code=err.code)
+    info = ErrorInfo(
+        message=err.message, type=ERROR_TYPES.get(err.status, "server_error"), param=err.param, code=err.code
+    )
     return ErrorResponse(error=info).model_dump()
 
 
 # --- chat completions: request -----------------------------------------------------------------
 
+
 class ContentPart(WireModel):
     """One part of a message's content. Only text parts are served (this is a text model)."""
 
     type: str
-    text: Optional[str] = None
+    text: str | None = None
 
     @model_validator(mode="after")
-    def _text_only(self) -> "ContentPart":
+    def _text_only(self) -> ContentPart:
         if self.type != "text":
             raise ValueError(f"content part type {self.type!r} is not supported (text only)")
         if self.text is None:
@@ -87,10 +104,10 @@ class ToolCallIn(WireModel):
 
 class ChatMessage(WireModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[list[ContentPart]] = None
-    name: Optional[str] = None
-    tool_calls: Optional[list[ToolCallIn]] = None
-    tool_call_id: Optional[str] = None
+    content: list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("content", mode="before")
     @classmethod
@@ -98,7 +115,7 @@ class ChatMessage(WireModel):
         return _parts(value)
 
     @model_validator(mode="after")
-    def _shape(self) -> "ChatMessage":
+    def _shape(self) -> ChatMessage:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs 'tool_call_id'")
         if self.tool_calls and self.role != "assistant":
@@ -114,9 +131,9 @@ class ChatMessage(WireModel):
 
 class FunctionDef(WireModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    description: Optional[str] = None
-    parameters: Optional[Schema] = None
-    strict: Optional[bool] = None
+    description: str | None = None
+    parameters: Schema | None = None
+    strict: bool | None = None
 
 
 class ChatTool(WireModel):
@@ -135,17 +152,17 @@ class NamedToolChoice(WireModel):
 
 class JSONSchemaSpec(WireModel):
     name: str = Field(min_length=1, max_length=64)
-    description: Optional[str] = None
+    description: str | None = None
     schema_: Schema = Field(default_factory=lambda: {"type": "object"}, alias="schema")
-    strict: Optional[bool] = None
+    strict: bool | None = None
 
 
 class ResponseFormat(WireModel):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[JSONSchemaSpec] = None
+    json_schema: JSONSchemaSpec | None = None
 
     @model_validator(mode="after")
-    def _schema_given(self) -> "ResponseFormat":
+    def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("response_format type 'json_schema' needs 'json_schema'")
         return self
@@ -158,43 +175,45 @@ class StreamOptions(WireModel):
 class ChatCompletionRequest(WireRequest):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    tools: Optional[list[ChatTool]] = None
-    tool_choice: Optional[Union[Literal["auto", "required", "none"], NamedToolChoice]] = None
-    parallel_tool_calls: Optional[bool] = None
-    response_format: Optional[ResponseFormat] = None
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
-    stop: Optional[Union[str, list[str]]] = None
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["auto", "required", "none"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
     # accepted; they change nothing here (sampling knobs beyond temperature, bookkeeping)
-    top_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    seed: Optional[int] = None
-    user: Optional[str] = None
-    presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = None
+    user: str | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     # meanings this server cannot honour: rejected unless they ask for the default
-    n: Optional[int] = Field(default=None, ge=1)
-    logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
-    logit_bias: Optional[dict[str, float]] = None
-    modalities: Optional[list[str]] = None
-    audio: Optional[dict[str, Any]] = None
-    functions: Optional[list[Any]] = None
-    function_call: Optional[Any] = None
+    n: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    functions: list[Any] | None = None
+    function_call: Any | None = None
 
     @model_validator(mode="after")
-    def _supported(self) -> "ChatCompletionRequest":
+    def _supported(self) -> ChatCompletionRequest:
         unsupported = {
             "n": self.n not in (None, 1) and "only n=1 is supported",
             "logprobs": bool(self.logprobs) and "logprobs are not returned by this server",
             "top_logprobs": bool(self.top_logprobs) and "logprobs are not returned by this server",
             "logit_bias": bool(self.logit_bias) and "logit_bias is not supported",
-            "modalities": bool(self.modalities and set(self.modalities) - {"text"}) and "only the text modality is served",
+            "modalities": bool(self.modalities and set(self.modalities) - {"text"})
+            and "only the text modality is served",
             "audio": self.audio is not None and "audio output is not supported",
             "functions": self.functions is not None and "the legacy 'functions' field is not supported; use 'tools'",
-            "function_call": self.function_call is not None and "the legacy 'function_call' field is not supported; use 'tool_choice'",
+            "function_call": self.function_call is not None
+            and "the legacy 'function_call' field is not supported; use 'tool_choice'",
         }
         for field, problem in unsupported.items():
             if problem:
@@ -203,6 +222,7 @@ class ChatCompletionRequest(WireRequest):
 
 
 # --- chat completions: request -> lab.llm ------------------------------------------------------
+
 
 def to_chat_kwargs(req: ChatCompletionRequest, default_max_tokens: int) -> dict[str, Any]:
     """``LLM.chat`` keyword arguments (messages, system, tools, ...) for one request."""
@@ -220,17 +240,30 @@ def to_chat_kwargs(req: ChatCompletionRequest, default_max_tokens: int) -> dict[
         elif m.role == "assistant":
             turn: dict[str, Any] = {"role": "assistant", "content": m.text}
             if m.tool_calls:
-                turn["tool_calls"] = [_tool_call_in(c, f"messages.{i}.tool_calls.{j}.function.arguments")
-                                      for j, c in enumerate(m.tool_calls)]
+                turn["tool_calls"] = [
+                    _tool_call_in(c, f"messages.{i}.tool_calls.{j}.function.arguments")
+                    for j, c in enumerate(m.tool_calls)
+                ]
                 names.update({c.id: c.function.name for c in m.tool_calls})
             messages.append(turn)
         else:  # tool
-            messages.append({"role": "tool", "tool_call_id": m.tool_call_id,
-                             "name": m.name or names.get(m.tool_call_id or "", ""), "content": m.text})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": m.tool_call_id,
+                    "name": m.name or names.get(m.tool_call_id or "", ""),
+                    "content": m.text,
+                }
+            )
 
-    tools = [{"name": t.function.name, "description": t.function.description or "",
-              "input_schema": t.function.parameters or {"type": "object", "properties": {}}}
-             for t in req.tools or []]
+    tools = [
+        {
+            "name": t.function.name,
+            "description": t.function.description or "",
+            "input_schema": t.function.parameters or {"type": "object", "properties": {}},
+        }
+        for t in req.tools or []
+    ]
     tool_choice: Any = req.tool_choice or "auto"
     if isinstance(tool_choice, NamedToolChoice):
         tool_choice = {"name": tool_choice.function.name}
@@ -238,15 +271,21 @@ def to_chat_kwargs(req: ChatCompletionRequest, default_max_tokens: int) -> dict[
     json_schema = None
     if req.response_format is not None and req.response_format.type == "json_object":
         json_schema = {"type": "object"}
-    elif (req.response_format is not None and req.response_format.type == "json_schema"
-          and req.response_format.json_schema is not None):  # always given for this type (ResponseFormat checks)
+    elif (
+        req.response_format is not None
+        and req.response_format.type == "json_schema"
+        and req.response_format.json_schema is not None
+    ):  # always given for this type (ResponseFormat checks)
         json_schema = req.response_format.json_schema.schema_
 
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     kwargs: dict[str, Any] = dict(
-        messages=messages, system="\n\n".join(system) or None, tools=tools or None,
+        messages=messages,
+        system="\n\n".join(system) or None,
+        tools=tools or None,
         max_tokens=req.max_completion_tokens or req.max_tokens or default_max_tokens,
-        json_schema=json_schema, tool_choice=tool_choice,
+        json_schema=json_schema,
+        tool_choice=tool_choice,
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         stop=stop or None,
     )
@@ -267,6 +306,7 @@ def _tool_call_in(call: ToolCallIn, param: str) -> ToolCall:
 
 # --- chat completions: responses ---------------------------------------------------------------
 
+
 class FunctionCallOut(BaseModel):
     name: str
     arguments: str
@@ -280,9 +320,9 @@ class ToolCallOut(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: Optional[str] = None
-    refusal: Optional[str] = None
-    tool_calls: Optional[list[ToolCallOut]] = None
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(BaseModel):
@@ -305,7 +345,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[Choice]
     usage: UsageInfo
-    system_fingerprint: Optional[str] = None
+    system_fingerprint: str | None = None
 
 
 def completion_id() -> str:
@@ -324,42 +364,54 @@ def finish_reason(reply: ChatResponse) -> str:
 
 
 def tool_calls_out(reply: ChatResponse) -> list[ToolCallOut]:
-    return [ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=json.dumps(c.arguments) if c.raw_arguments is None else c.raw_arguments))
-            for c in reply.tool_calls]
+    return [
+        ToolCallOut(
+            id=c.id,
+            function=FunctionCallOut(
+                name=c.name, arguments=json.dumps(c.arguments) if c.raw_arguments is None else c.raw_arguments
+            ),
+        )
+        for c in reply.tool_calls
+    ]
 
 
 def chat_response(reply: ChatResponse, cid: str, created: int) -> ChatCompletionResponse:
     calls = tool_calls_out(reply)
     message = AssistantMessage(content=reply.text if reply.text or not calls else None, tool_calls=calls or None)
-    return ChatCompletionResponse(id=cid, created=created, model=reply.model,
-                                  choices=[Choice(message=message, finish_reason=finish_reason(reply))],
-                                  usage=usage_of(reply))
+    return ChatCompletionResponse(
+        id=cid,
+        created=created,
+        model=reply.model,
+        choices=[Choice(message=message, finish_reason=finish_reason(reply))],
+        usage=usage_of(reply),
+    )
 
 
 # --- chat completions: stream chunks -----------------------------------------------------------
 
+
 class FunctionDelta(BaseModel):
-    name: Optional[str] = None
-    arguments: Optional[str] = None
+    name: str | None = None
+    arguments: str | None = None
 
 
 class ToolCallDelta(BaseModel):
     index: int
-    id: Optional[str] = None
-    type: Optional[Literal["function"]] = None
+    id: str | None = None
+    type: Literal["function"] | None = None
     function: FunctionDelta
 
 
 class Delta(BaseModel):
-    role: Optional[Literal["assistant"]] = None
-    content: Optional[str] = None
-    tool_calls: Optional[list[ToolCallDelta]] = None
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
     logprobs: None = None
 
 
@@ -369,7 +421,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: Optional[UsageInfo] = None
+    usage: UsageInfo | None = None
 
 
 class ChunkWriter:
@@ -398,10 +450,37 @@ class ChunkWriter:
         """Each call as two chunks: index, id and name first, then its arguments."""
         lines = []
         for i, call in enumerate(tool_calls_out(reply)):
-            lines.append(self._line([ChunkChoice(delta=Delta(tool_calls=[ToolCallDelta(
-                index=i, id=call.id, type="function", function=FunctionDelta(name=call.function.name, arguments=""))]))]))
-            lines.append(self._line([ChunkChoice(delta=Delta(tool_calls=[ToolCallDelta(
-                index=i, function=FunctionDelta(arguments=call.function.arguments))]))]))
+            lines.append(
+                self._line(
+                    [
+                        ChunkChoice(
+                            delta=Delta(
+                                tool_calls=[
+                                    ToolCallDelta(
+                                        index=i,
+                                        id=call.id,
+                                        type="function",
+                                        function=FunctionDelta(name=call.function.name, arguments=""),
+                                    )
+                                ]
+                            )
+                        )
+                    ]
+                )
+            )
+            lines.append(
+                self._line(
+                    [
+                        ChunkChoice(
+                            delta=Delta(
+                                tool_calls=[
+                                    ToolCallDelta(index=i, function=FunctionDelta(arguments=call.function.arguments))
+                                ]
+                            )
+                        )
+                    ]
+                )
+            )
         return lines
 
     def finish(self, reply: ChatResponse) -> list[str]:
@@ -417,12 +496,13 @@ class ChunkWriter:
 
 # --- embeddings and models ---------------------------------------------------------------------
 
+
 class EmbeddingRequest(WireRequest):
     model: str
-    input: Union[str, list[str]]
+    input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[int] = Field(default=None, ge=1)
-    user: Optional[str] = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -442,7 +522,7 @@ class EmbeddingRequest(WireRequest):
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: Union[list[float], str]
+    embedding: list[float] | str
 
 
 class EmbeddingUsage(BaseModel):

@@ -19,7 +19,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from lab.serve.errors import APIError
 
@@ -48,13 +49,17 @@ class ModelQueue:
     def retry_after_s(self) -> int:
         return max(1, min(MAX_RETRY_AFTER_S, math.ceil(self._mean_hold_s * self._admitted / self.parallel)))
 
-    async def acquire(self) -> "Slot":
+    async def acquire(self) -> Slot:
         """Wait for the model (FIFO); a 429 APIError when the queue is full."""
         if self._admitted >= self.parallel + self.max_waiting:
             wait = self.retry_after_s()
-            raise APIError(429, f"model {self.name!r} is busy: {self._admitted} requests are running or queued "
-                                f"(at most {self.parallel} + {self.max_waiting}); retry after {wait} s",
-                           code="queue_full", headers={"Retry-After": str(wait)})
+            raise APIError(
+                429,
+                f"model {self.name!r} is busy: {self._admitted} requests are running or queued "
+                f"(at most {self.parallel} + {self.max_waiting}); retry after {wait} s",
+                code="queue_full",
+                headers={"Retry-After": str(wait)},
+            )
         self._admitted += 1
         try:
             await self._lock.acquire()

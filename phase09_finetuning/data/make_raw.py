@@ -34,9 +34,10 @@ def read_sheet(path: Path) -> list[dict]:
                 answer = " ".join(answer_lines).strip()
                 if not answer:
                     raise ValueError(f"{path.name}:{qline}: question without an answer")
-                records.append(dict(id=f"{topic}-{len(records) + 1:02d}", topic=topic,
-                                    question=question, answer=answer))
-            question, answer_lines, qline = line[len("## Q: "):].strip(), [], lineno
+                records.append(
+                    dict(id=f"{topic}-{len(records) + 1:02d}", topic=topic, question=question, answer=answer)
+                )
+            question, answer_lines, qline = line[len("## Q: ") :].strip(), [], lineno
         elif question is not None and line.strip():
             answer_lines.append(line.strip())
     return records
@@ -48,8 +49,11 @@ def compose(seed: int = 9) -> list[str]:
         lines += [json.dumps(rec, ensure_ascii=False) for rec in read_sheet(sheet)]
     by_id = {json.loads(line)["id"]: line for line in lines}
     extras = [by_id[i] for i in EXTRACTED_TWICE]
-    extras += [line for line in (SHEETS / "extraction_noise.txt").read_text(encoding="utf-8").splitlines()
-               if line.strip() and not line.startswith("#")]
+    extras += [
+        line
+        for line in (SHEETS / "extraction_noise.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     rng = random.Random(seed)
     for extra in extras:  # scattered through the file, as they were in the threads
         lines.insert(rng.randrange(len(lines) + 1), extra)

@@ -48,8 +48,9 @@ class Unreachable(Exception):
 def call(method: str, path: str, body: dict | None = None) -> dict:
     url = engine_url() + path
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", "Accept": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             return json.loads(response.read() or b"{}")
@@ -57,8 +58,9 @@ def call(method: str, path: str, body: dict | None = None) -> dict:
         raise EngineError(f"{method} {url} -> HTTP {exc.code}: {error_message(exc)}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise Unreachable(f"cannot reach the content engine at {engine_url()} ({reason}); "
-                          f"is it running? (set CONTENT_ENGINE_URL)") from None
+        raise Unreachable(
+            f"cannot reach the content engine at {engine_url()} ({reason}); is it running? (set CONTENT_ENGINE_URL)"
+        ) from None
     except json.JSONDecodeError:
         raise EngineError(f"{method} {url} answered with something that is not JSON") from None
 
