@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from lab.processes import stop
 from lab.toolchain import TELEMETRY_OFF, node_bin, node_env, openclaw_bin, version_of
 
 PROVIDER = "lab"
@@ -357,12 +358,7 @@ def gateway(setup: Setup, log: Path) -> Iterator[subprocess.Popen]:
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, grace_s=60)
 
 
 def connect_destinations(strace_log: Path) -> list[str]:

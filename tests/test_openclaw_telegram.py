@@ -13,27 +13,14 @@ server. The gateway takes one to two minutes to start on a loaded CPU: one slow 
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 
 import pytest
 from fake_telegram import FakeBotAPI  # tests/fake_telegram.py
+from openclaw_engine import needs_openclaw, openclaw_before_the_engine, publish_and_check  # tests/openclaw_engine.py
 
-from lab.llm import from_spec
-from lab.serve.background import serving_app
-from lab.toolchain import node_bin, openclaw_bin
 from phase14_frameworks import openclaw_runner as runner
-from phase14_frameworks.scripted_model import scripted_model
-from phase16_capstone.api import create_app
-from phase16_capstone.engine import Engine, EngineSettings, deploy_for
-from phase16_capstone.job_store import JobStore
-from phase16_capstone.scripted_llm import scripted_server
 
-needs_openclaw = pytest.mark.skipif(
-    node_bin() is None or openclaw_bin() is None,
-    reason="Node/OpenClaw not installed in the project's node prefix (make setup)",
-)
 READER = 4242
 DEADLINE_S = 540
 
@@ -52,30 +39,10 @@ def wait_for(condition, what: str, proc, log, deadline: float) -> None:
 @pytest.mark.slow
 @needs_openclaw
 def test_a_telegram_message_through_openclaws_channel_publishes_a_post_and_gets_a_reply(tmp_path):
-
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "vectors.md").write_text(
-        "# Vector databases\nA vector database stores embeddings and answers nearest-"
-        "neighbour queries with an index such as HNSW.\n"
-    )
-    store = JobStore(namespace=f"p14tg_{uuid.uuid4().hex[:8]}")
     bot_api = FakeBotAPI()
     deadline = time.monotonic() + DEADLINE_S
     try:
-        with (
-            serving_app(create_app(store, corpus=str(corpus)), name="engine-api") as engine_url,
-            scripted_model("content-engine") as model_server,
-        ):
-            setup = runner.make_setup(
-                tmp_path / "openclaw",
-                base_url=model_server.url,
-                api_key="sk-test-unused",
-                model="scripted",
-                context_window=200_000,
-                narrow=True,
-                env={"CONTENT_ENGINE_URL": engine_url},
-            )
+        with openclaw_before_the_engine(tmp_path, "p14tg") as (store, setup):
             runner.add_telegram_channel(setup, api_root=bot_api.url, bot_token="123456:TEST-TOKEN", allow_from=[READER])
             log = tmp_path / "gateway.log"
             with runner.gateway(setup, log) as proc:
@@ -92,21 +59,9 @@ def test_a_telegram_message_through_openclaws_channel_publishes_a_post_and_gets_
                     log,
                     deadline,
                 )
-        assert [(j.topic, j.source, j.state) for j in store.list_jobs()] == [("vector databases", "api", "queued")]
-
-        with scripted_server() as (url, _):  # an engine worker takes the job OpenClaw started
-            engine = Engine(
-                store,
-                from_spec(f"openai:scripted@{url}"),
-                deploy_for(tmp_path / "site"),
-                EngineSettings(corpus=str(corpus), k=1),
-            )
-            engine.work(job_id=job.id)
-        done = store.get(job.id)
-        assert done.state == "published" and store.publications_count() == {job.id: 1}
-        assert json.loads(json.dumps(store.detail(job.id)))["citations"]
-        assert [m for m in bot_api.sent if int(m["chat_id"]) != READER] == []  # nobody else was written to
+            jobs = [(j.topic, j.source, j.state) for j in store.list_jobs()]
+            assert jobs == [("vector databases", "api", "queued")]
+            publish_and_check(store, job.id, tmp_path)
+            assert [m for m in bot_api.sent if int(m["chat_id"]) != READER] == []  # nobody else was written to
     finally:
         bot_api.close()
-        store.drop()
-        store.close()

@@ -236,7 +236,7 @@ def test_research_run_killed_mid_task_resumes_without_redoing_steps(tmp_path, mo
     killed = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["tool"] for e in killed] == ["search_notes", "read_chunk"]
 
-    import p13_child  # the same tools, executed in this process now  # noqa: PLC0415 (p13_child loads only on the path that uses it)
+    import p13_child  # the same tools, executed in this process now  # noqa: PLC0415 (the module this test wrote at run time)
 
     with ScriptedServer(_research_script(block_compute=False)) as srv:
         res = research(_llm(srv.openai_url), "What is 6 * 7?", p13_child.TOOLS, store, run_id)

@@ -38,17 +38,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypedDict, cast
 from urllib.parse import urlsplit
 
+from lab.serve.anthropic_protocol import ERROR_TYPES  # the Anthropic wire's error types, as lab serve sends them
+
 DEFAULT_MODELS = ({"id": "scripted", "owned_by": "scripted"},)
 WIRES = {"/v1/chat/completions": "openai", "/v1/messages": "anthropic"}
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
 
 
 class Reply(TypedDict, total=False):
@@ -297,7 +290,7 @@ def _render(reply: Reply, wire: str, body: dict[str, Any], n: int) -> Reply:
     http = Reply(**{k: reply[k] for k in ("delay_s", "drop", "headers") if k in reply})  # type: ignore[typeddict-item]
     if "error" in reply:
         status = reply.get("status", 500)
-        kind = ERROR_TYPES.get(status, "api_error")
+        kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         if wire == "anthropic":
             envelope = {"type": "error", "error": {"type": kind, "message": reply["error"]}}
         else:

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lab.errors import LabError, MissingResource
+from lab.processes import stop
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PROBE_TIMEOUT_S = 3.0
@@ -212,12 +213,7 @@ def started_lab_serve(
             log(f"lab serve ready at {base_url} (pid {proc.pid})")
             yield cards
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, grace_s=15)
 
 
 def wait_ready(proc: subprocess.Popen, base_url: str, timeout_s: float, tail: Callable[[], str]) -> list[dict]:
