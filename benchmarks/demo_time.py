@@ -26,8 +26,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from lab import paths
 from lab.artifacts import ArtifactStore
-from lab.paths import RESULTS_ROOT
 from lab.registry import resolve
 from lab.results import load_result, result_dir
 from lab.scheduler import critical_path, plan
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None, help="results root (default: the repo's results/)")
     args = parser.parse_args()
 
-    root = args.results or RESULTS_ROOT
+    root = args.results or paths.RESULTS_ROOT
     table = Table("exercise", "status", "wall s", "date", "load 1m", title=f"latest {args.profile} results in {root}")
     seconds: dict[str, float] = {}
     spans: list[tuple[str, str]] = []

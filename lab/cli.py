@@ -13,15 +13,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from lab import artifacts, models, report
+from lab import artifacts, models, paths, registry, report  # read at call time: tests and tools re-point them
 from lab.device import smoke_env
 from lab.doctor import checks
 from lab.errors import ConfigError, LabError
-from lab.llm import gguf_models
-from lab.llm.engine import llama_cpp_unavailable
+from lab.llm import engine, gguf_models
 from lab.models import AGENT_LLM, DEFAULT_EMBEDDER, EMBEDDED_LLM
-from lab.paths import REPO_ROOT, RESULTS_ROOT
-from lab.registry import artifact_kinds, artifact_users, phase_commands, phases, render_sections, resolve
+from lab.registry import artifact_kinds, artifact_users, phase_commands, render_sections, resolve
 from lab.results import last_run
 from lab.runner import execute, smoke_overrides
 from lab.scheduler import run_all
@@ -156,14 +154,14 @@ def list_cmd() -> None:
     """Phases, exercises, profiles and the status of each exercise's last run."""
 
     table = Table("exercise", "title", "profiles", "last run (per profile)")
-    for phase in phases():
+    for phase in registry.phases():
         table.add_row(
             f"[bold]{phase.key}[/bold]", f"[bold]{phase.title}[/bold]", "", "" if phase.exercises else "not started"
         )
         for ex in phase.exercises:
             states = []
             for profile in ex.profiles:
-                doc = last_run(RESULTS_ROOT, ex.id, profile)
+                doc = last_run(paths.RESULTS_ROOT, ex.id, profile)
                 if doc:
                     states.append(f"{profile}: {doc['status']} {doc['ended_at'][:10]}")
             table.add_row(f"  {ex.id}", ex.title, ", ".join(ex.profiles), "; ".join(states) or "never run")
@@ -176,9 +174,9 @@ def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any ge
     phases declare (REPORT_SECTIONS: the a100 sizing table)."""
 
     try:
-        sections = render_sections(REPO_ROOT)
+        sections = render_sections(paths.REPO_ROOT)
         if check:
-            stale = report.stale(RESULTS_ROOT, REPO_ROOT, phases(), sections)
+            stale = report.stale(paths.RESULTS_ROOT, paths.REPO_ROOT, registry.phases(), sections)
             if stale:
                 for path in stale:
                     err.print(f"[red]stale:[/red] {path}")
@@ -186,7 +184,7 @@ def report_cmd(check: bool = typer.Option(False, "--check", help="Fail if any ge
                 raise typer.Exit(1)
             console.print("generated tables are up to date")
             return
-        changed = report.write_all(RESULTS_ROOT, REPO_ROOT, phases(), sections)
+        changed = report.write_all(paths.RESULTS_ROOT, paths.REPO_ROOT, registry.phases(), sections)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -300,7 +298,7 @@ def _engine_weights(key: str, build: bool) -> tuple[str, str, str, str]:
     """The row of the embedded chat model's llama.cpp weights (converted from the shipped GGUF)."""
 
     name, source = f"{key} ({gguf_models.BASE_TYPE})", "converted for the llama.cpp engine"
-    if (why := llama_cpp_unavailable()) is not None:
+    if (why := engine.llama_cpp_unavailable()) is not None:
         return name, source, f"not used: {why}; the transformers engine runs it", ""
     if models.local_path(key) is None:
         return name, source, "not fetched (run `lab models fetch`)", ""

@@ -15,10 +15,9 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from lab import models, torch_install
+from lab import models, registry, torch_install
 from lab.llm import DEFAULT_SPEC
 from lab.models import hub_access_problem
-from lab.registry import phases
 
 Check = tuple[str, bool | None, str]
 
@@ -195,7 +194,9 @@ def _bitsandbytes() -> Check:
 
 def _a100_profiles() -> list[tuple[str, dict]]:
 
-    return [(ex.id, dict(ex.profiles["a100"])) for p in phases() for ex in p.exercises if "a100" in ex.profiles]
+    return [
+        (ex.id, dict(ex.profiles["a100"])) for p in registry.phases() for ex in p.exercises if "a100" in ex.profiles
+    ]
 
 
 def _free(path: Path) -> tuple[int, str]:

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab import Exercise, ExerciseConfig, MissingResource, Reference, RunContext
+from lab import Exercise, ExerciseConfig, MissingResource, Reference, RunContext, models
 from lab.device import current
-from lab.models import DEFAULT_LLM, explain_load_failure, load_causal_lm
+from lab.models import DEFAULT_LLM, explain_load_failure
 from phase08_architecture.model_configs import load_config, meta_model
 
 A100_GB = 80.0
@@ -250,7 +250,7 @@ def _load_real(cfg: Config, ctx: RunContext):
     if where is None:
         ctx.skip(f"loading {cfg.loaded_model} needs CUDA (device={cfg.device}); none here")
     try:
-        model, _ = load_causal_lm(cfg.loaded_model, dtype=getattr(torch, cfg.loaded_dtype), device_map=where)
+        model, _ = models.load_causal_lm(cfg.loaded_model, dtype=getattr(torch, cfg.loaded_dtype), device_map=where)
     except MissingResource as exc:
         ctx.skip(str(exc))
     except OSError as exc:  # no access to the gated repo, no hub, an incomplete download: say which

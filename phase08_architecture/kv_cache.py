@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext
+from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext, models
 from lab.device import current
-from lab.models import DEFAULT_LLM, explain_load_failure, load_causal_lm
+from lab.models import DEFAULT_LLM, explain_load_failure
 from phase08_architecture.model_configs import load_config, meta_model
 
 DTYPE_BYTES = {
@@ -161,7 +161,7 @@ def measure(cfg: Config, ctx: RunContext) -> list[list[Any]]:
     rows = []
     for dtype in cfg.measure_dtypes:
         try:
-            model, _ = load_causal_lm(
+            model, _ = models.load_causal_lm(
                 cfg.measure_model, dtype=getattr(torch, dtype), device_map=current().place(cfg.device)
             )
         except MissingResource as exc:

@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext, tiny_models
+from lab import ConfigError, Exercise, ExerciseConfig, MissingResource, Reference, RunContext, models, tiny_models
 from lab.device import current, quantization_label
-from lab.models import DEFAULT_LLM, resolve, transformers_folder
+from lab.models import DEFAULT_LLM, transformers_folder
 from phase08_architecture import device_plan
 from phase08_architecture.model_configs import load_config, meta_model
 
@@ -197,7 +197,7 @@ def build_model(cfg: Config, ctx: RunContext):
     from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM  # noqa: PLC0415 (heavy: transformers loads on first use)
 
     if cfg.model == RANDOM_MODEL:
-        tok = AutoTokenizer.from_pretrained(transformers_folder(cfg.tokenizer) or resolve(cfg.tokenizer))
+        tok = AutoTokenizer.from_pretrained(transformers_folder(cfg.tokenizer) or models.resolve(cfg.tokenizer))
         mcfg = MixtralConfig(
             vocab_size=len(tok),
             hidden_size=cfg.random_hidden,
@@ -233,7 +233,7 @@ def build_model(cfg: Config, ctx: RunContext):
         if where.startswith("cuda"):
             kwargs["max_memory"] = {0: f"{cfg.gpu_max_memory_gib}GiB", "cpu": "120GiB"}
     try:
-        path = resolve(cfg.model)
+        path = models.resolve(cfg.model)
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     except MissingResource as exc:

@@ -43,9 +43,10 @@ from lab.device import current
 from lab.errors import MissingResource
 from lab.models import EMBEDDED_EMBEDDER
 from phase10_alignment.rubric_judge import JudgeFailure
+from phase11_evals import judging, responders
 from phase11_evals.evaldata import DATA_DIR, DIMENSIONS, FLAG, load_contamination_pairs, load_eval_set, load_rubric
-from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
-from phase11_evals.responders import Responder, missing_reason
+from phase11_evals.judging import check_judge, failures_note, judge_method, record_judge, score_all
+from phase11_evals.responders import missing_reason
 
 
 class Config(ExerciseConfig):
@@ -127,7 +128,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
     ctx.dataset("phase11-contamination-pairs", n=len(pairs), sha256=pairs_sha, source=cfg.pairs or "shipped")
     ctx.dataset(f"{eval_set.name} v{eval_set.version}", n=len(eval_set.prompts), sha256=eval_set.sha256)
 
-    responder = Responder(cfg.variant, ctx.profile)
+    responder = responders.Responder(cfg.variant, ctx.profile)
     ctx.model(**responder.describe())
     ctx.log(f"{cfg.variant} answering {len(pairs)} originals and rephrasings, {cfg.batch_size} at a time")
     flat = responder.answer_all(
@@ -146,7 +147,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         f"{cfg.batch_size} prompts (throughput, not single-stream speed), this machine",
     )
 
-    judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
+    judge = judging.build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
     record_judge(ctx, judge, "contamination pairs")
     if judge_method(judge):
         ctx.set_method(judge_method(judge))

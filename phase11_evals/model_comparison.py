@@ -33,11 +33,11 @@ from lab.errors import MissingResource
 from lab.models import EMBEDDED_LLM
 from phase10_alignment.rubric_judge import JudgeFailure
 from phase10_alignment.variants import VARIANT_ADAPTERS, VARIANTS
-from phase11_evals import editor_gate
+from phase11_evals import editor_gate, judging, responders
 from phase11_evals.calibration import calibration_inputs, judge_calibration
 from phase11_evals.evaldata import DIMENSIONS, FLAG, load_calibration, load_eval_set, load_rubric
-from phase11_evals.judging import build_judge, check_judge, failures_note, judge_method, record_judge, score_all
-from phase11_evals.responders import Responder, missing_reason
+from phase11_evals.judging import check_judge, failures_note, judge_method, record_judge, score_all
+from phase11_evals.responders import missing_reason
 
 STYLE = ("mechanistic_depth", "audience_calibration")
 ACCURACY = ("technical_accuracy", "calibration")
@@ -113,7 +113,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
 
     answers: dict[str, list] = {}
     for name in variants:
-        responder = Responder(name, ctx.profile)
+        responder = responders.Responder(name, ctx.profile)
         ctx.model(**responder.describe())
         if responder.adapter is not None:
             ctx.record_artifact(responder.adapter, "used")
@@ -132,7 +132,7 @@ def run(cfg: Config, ctx: RunContext) -> None:
         "(throughput, not single-stream speed), this machine",
     )
 
-    judge = build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
+    judge = judging.build_judge(cfg.judge_llm, load_rubric(cfg.rubric_version))
     record_judge(ctx, judge, "model comparison")
     if judge_method(judge):
         ctx.set_method(judge_method(judge))

@@ -43,10 +43,10 @@ from functools import partial
 import numpy as np
 from pydantic import field_validator
 
-from lab import Exercise, ExerciseConfig, Reference, RunContext
+from lab import Exercise, ExerciseConfig, Reference, RunContext, models
 from lab.db import connect, crdb_url, server_version
 from lab.errors import MissingResource
-from lab.models import DEFAULT_EMBEDDER, EMBEDDED_EMBEDDER, load_embedder, resolve, weights_sha256
+from lab.models import DEFAULT_EMBEDDER, EMBEDDED_EMBEDDER, load_embedder, weights_sha256
 from phase12_rag_storage.chunking import make_chunker
 from phase12_rag_storage.corpus import corpus_sha256, load_corpus, load_queries
 from phase12_rag_storage.stores import ChromaStore, CockroachStore, NumpyStore, PgVectorStore
@@ -146,7 +146,7 @@ def corpus_dataset(cfg: Config, ctx: RunContext) -> Dataset:
     ctx.model(
         DEFAULT_EMBEDDER,
         dtype="float32",
-        sha256=weights_sha256(resolve(DEFAULT_EMBEDDER)),
+        sha256=weights_sha256(models.resolve(DEFAULT_EMBEDDER)),
         n_params=sum(p.numel() for p in embedder.parameters()),
     )
     ctx.dataset(

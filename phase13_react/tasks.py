@@ -32,10 +32,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from lab import paths
 from lab.errors import ConfigError
 from lab.jsonl import NonEmptyStr, RowId, iter_jsonl, write_jsonl
 from lab.models import EMBEDDED_LLM
-from lab.paths import RESULTS_ROOT
 from phase13_react.research_tools import kv_cache_gb, metric_value, result_path, safe_eval
 
 TASKS_FILE = Path(__file__).resolve().parent / "data" / "research_tasks.jsonl"
@@ -144,7 +144,7 @@ def derive(derivation: dict[str, Any], results_root: Path | None = None) -> Any:
     arithmetic over metrics; ``{"kv_cache_gb": {...}}`` Phase 8's formula; ``{"field": [exercise,
     key]}`` a field of the result by dotted path (``method``, ``models.0.id``)."""
 
-    root = results_root or RESULTS_ROOT
+    root = results_root or paths.RESULTS_ROOT
     if "metric" in derivation:
         return metric_value(*derivation["metric"], results_root=root)["value"]
     if "expression" in derivation:

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab import paths
 from lab.db import connect, crdb_url
 from lab.migrations import Migration, Schema, migrate
 from lab.models import DEFAULT_EMBEDDER
-from lab.paths import REPO_ROOT
 from phase12_rag_storage.chunking import make_chunker
 from phase12_rag_storage.corpus import Document, corpus_sha256, load_corpus
 from phase12_rag_storage.retriever import Embedder, Retriever
@@ -79,7 +79,7 @@ def default_corpus():
     results overview: what the engine knows about by default."""
 
     docs = load_corpus(None, include_readmes=True)
-    overview = REPO_ROOT / "results" / "README.md"
+    overview = paths.REPO_ROOT / "results" / "README.md"
     if overview.is_file():
         docs.append(Document("results:README", overview.read_text(encoding="utf-8")))
     return docs
@@ -92,8 +92,8 @@ def load_documents(corpus: str | None):
     if corpus is None:
         return default_corpus()
     folder = Path(corpus).expanduser()
-    if not folder.is_absolute() and not folder.exists() and (REPO_ROOT / folder).is_dir():
-        folder = REPO_ROOT / folder
+    if not folder.is_absolute() and not folder.exists() and (paths.REPO_ROOT / folder).is_dir():
+        folder = paths.REPO_ROOT / folder
     return load_corpus(folder)
 
 

@@ -107,7 +107,7 @@ V1_SHA256 = {  # of each owner's version-1 statements: databases in use were mad
 
 def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_changes():
 
-    schemas = {name: schema for name, (schema, _) in owners("p16").items()}
+    schemas = {name: owner for name, (owner, _) in owners("p16").items()}
     schemas["effects"] = effects_schema("idempotent_effects")  # IdempotentEffects' default table
     for name, owner in schemas.items():
         text = "\n;\n".join(owner.migrations[0].statements)
@@ -115,7 +115,7 @@ def test_version_1_of_every_owner_is_the_schema_the_old_code_created_and_never_c
             f"{name}: version 1 was edited; databases already at version 1 will not see the change: "
             f"append a version instead"
         )
-        assert schema.tables and all(t.startswith(schema.namespace) or name == "effects" for t in schema.tables)
+        assert owner.tables and all(t.startswith(owner.namespace) or name == "effects" for t in owner.tables)
 
 
 def test_nothing_else_creates_engine_or_agent_tables():

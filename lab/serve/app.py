@@ -42,7 +42,7 @@ from lab import models
 from lab.errors import LabError
 from lab.llm import DEFAULT_SPEC, from_spec
 from lab.llm.base import LLM, ChatResponse, InvalidRequestError, LLMError, normalize_tool_choice
-from lab.models import DEFAULT_EMBEDDER, EMBEDDED, load_embedder
+from lab.models import DEFAULT_EMBEDDER, load_embedder
 from lab.serve import anthropic_protocol as ap
 from lab.serve import openai_protocol as op
 from lab.serve.errors import APIError, UnsupportedField, bad_request
@@ -166,7 +166,7 @@ class Embedders:
         self._aliases: dict[str, str] = {}
         for name in self.names:
             self._aliases[name] = name
-            for spec in EMBEDDED.values():  # the embedded embedder answers to its key and its hub id
+            for spec in models.EMBEDDED.values():  # the embedded embedder answers to its key and its hub id
                 if name in (spec.key, spec.hub_id):
                     self._aliases.setdefault(spec.key, name)
                     self._aliases.setdefault(spec.hub_id, name)
