@@ -515,32 +515,25 @@ def findings(cfg: Config, ctx: RunContext, levels: list[dict], timing: Timing) -
         ctx.failure_mode(f"{dups} duplicate side effects despite idempotency keys")
 
 
+TINY = {  # a toy deck for tests and the a100 smoke: seconds, same code path
+    "fault_rates": [0.0, 0.5],
+    "requests": 4,
+    "max_tokens": 2,
+    "retry_after_s": 0.2,
+    "client_timeout_s": 2.0,
+    "slow_s": 0.2,
+    "reset_timeout_s": 1.0,
+    "visibility_x_timeout": 1.5,
+}
+
 EXERCISE = Exercise(
     id="phase15.resilience",
     title="Bare, retry, retry + breaker and + fallback clients on one fault deck at 0-50% injected faults",
     run=run,
     config_cls=Config,
     profiles={"cpu": {}, "a100": {"requests": 200, "llm": A100_LLM}},
-    tiny={
-        "fault_rates": [0.0, 0.5],
-        "requests": 4,
-        "max_tokens": 2,
-        "retry_after_s": 0.2,
-        "client_timeout_s": 2.0,
-        "slow_s": 0.2,
-        "reset_timeout_s": 1.0,
-        "visibility_x_timeout": 1.5,
-    },
-    smoke={
-        "fault_rates": [0.0, 0.5],
-        "requests": 4,
-        "max_tokens": 2,
-        "retry_after_s": 0.2,
-        "client_timeout_s": 2.0,
-        "slow_s": 0.2,
-        "reset_timeout_s": 1.0,
-        "visibility_x_timeout": 1.5,
-    },
+    tiny=TINY,
+    smoke=TINY,  # the a100 profile's smoke runs the same toy deck
     summary_metrics=(
         "completion_rate_bare_50pct",
         "completion_rate_fallback_50pct",
