@@ -30,8 +30,7 @@ def build_judge(spec: str, rubric: Rubric) -> Judge:
     """A Judge on ``spec`` ("" = --llm / LAB_LLM / SmolLM2); local models use choice_probs, hosted json."""
 
     llm = from_spec(spec or None)
-    if hasattr(llm, "reset_prefix_cache"):  # local: count this judge's prefix-cache saving from zero
-        llm.reset_prefix_cache()
+    llm.reset_prefix_cache()  # a local model counts this judge's prefix-cache saving from zero
     return Judge(llm, rubric, method="auto")
 
 
@@ -77,5 +76,5 @@ def failures_note(results: Sequence[Verdict | JudgeFailure]) -> str | None:
 
 def local_cache_saving(judge: Judge) -> dict[str, Any] | None:
     """Tokens run vs tokens a cache-less choice_probs would have run (None for hosted judges)."""
-    stats = getattr(judge.llm, "prefix_cache_stats", None)
+    stats = judge.llm.prefix_cache_stats
     return dict(stats) if stats and stats["computed"] else None

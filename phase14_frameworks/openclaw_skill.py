@@ -260,7 +260,7 @@ def run_turns(cfg: Config, ctx: RunContext, llms: list, messages: list[str]) -> 
         ):
             runs = [(v, llm) for v in cfg.variants for llm in llms]
             for variant, llm in ctx.progress(runs, "OpenClaw configurations x models against lab serve"):
-                window = cfg.context_window or getattr(llm, "context_window", None) or HOSTED_CONTEXT_WINDOW
+                window = cfg.context_window or llm.context_window or HOSTED_CONTEXT_WINDOW
                 r = measure_configuration(
                     ctx,
                     f"{variant}_{model_slug(llm.spec)}",

@@ -190,6 +190,21 @@ class LLM(ABC):
         """Fields for ``ctx.model(...)`` provenance."""
         return {"id": self.spec}
 
+    @property
+    def context_window(self) -> int | None:
+        """Tokens the model attends over (prompt + reply) where this client knows it (a local model); None
+        for a hosted model, whose window its provider documents."""
+        return None
+
+    @property
+    def prefix_cache_stats(self) -> dict[str, int] | None:
+        """Prompt tokens computed vs requested since the last ``reset_prefix_cache``, for a model that reuses
+        a cached prompt prefix (a local model); None for one that does not."""
+        return None
+
+    def reset_prefix_cache(self) -> None:  # noqa: B027 (a hook: a model without a prefix cache has nothing to reset)
+        """Count ``prefix_cache_stats`` from zero."""
+
     def choice_probs(
         self,
         messages: list[dict[str, Any]],

@@ -69,6 +69,17 @@ class LLMWrapper(LLM):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    @property
+    def context_window(self) -> int | None:
+        return self.inner.context_window
+
+    @property
+    def prefix_cache_stats(self) -> dict[str, int] | None:
+        return self.inner.prefix_cache_stats
+
+    def reset_prefix_cache(self) -> None:
+        self.inner.reset_prefix_cache()
+
     def choice_probs(
         self,
         messages: list[dict[str, Any]],
