@@ -299,7 +299,10 @@ def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
     versions = dict(tables["toolchain"]["rows"])
     assert versions["openclaw"].startswith("OpenClaw 2026.") and versions["node"].startswith("v")
     configs = {row[0]: dict(zip(tables["configurations"]["columns"], row)) for row in tables["configurations"]["rows"]}
-    assert configs["default"]["first request tokens"] >= configs["default"]["window declared"] == 8192
+    # the default prompt sits right at the window and varies by ~20 tokens (OpenClaw writes a random temp
+    # path into it about ten times), so which request of the turn crosses 8,192 is left to the outcome below
+    assert configs["default"]["window declared"] == 8192
+    assert configs["default"]["first request tokens"] > configs["narrow"]["first request tokens"]
     assert m["context_overflow_default_agent"] == 1 and m["skill_use_default_agent_n"] == 0
     # the narrowed agent's first request fits; a later one in the turn (history grown by tool results) may
     # not, and then the turn is counted as an overflow too: every turn lands in exactly one place
