@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lab import paths
 from lab.schema import upgrade, validate
 
 HISTORY_KEEP = 10
@@ -36,8 +37,16 @@ _TOKEN_LIKE = re.compile(
 REDACTED = "***"
 
 
+def redact_text(text: str) -> str:
+    """Free text as a result may keep it: URL passwords and token-looking strings blanked, and this
+    checkout's absolute path made repo-relative (a result names files by repo path, never by machine)."""
+    text = text.replace(f"{paths.REPO_ROOT}{os.sep}", "")
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}:{REDACTED}@", text)
+    return _TOKEN_LIKE.sub(REDACTED, text)
+
+
 def redact(value: Any, key: str = "") -> Any:
-    """Blank secrets: values under secret-looking keys, URL passwords and token-looking strings."""
+    """Blank secrets (values under secret-looking keys, and ``redact_text`` on every string)."""
     if isinstance(value, dict):
         return {k: redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
@@ -45,8 +54,7 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         if key and _SECRET_KEY.search(key) and value:
             return REDACTED
-        value = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}:{REDACTED}@", value)
-        return _TOKEN_LIKE.sub(REDACTED, value)
+        return redact_text(value)
     return value
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lab import Exercise, ExerciseConfig, RunContext
+from lab.results import redact_text
 from lab.serve import openai_protocol as op
 from lab.serve.background import serving
 from lab.stats import record_rate
@@ -203,7 +204,7 @@ def measure_configuration(
     first = rows[0] if rows else {}
     if recorder.exchanges:
         prompt = recorder.exchanges[0].system_prompt.replace(str(setup.root), "<root>")
-        ctx.artifact(f"system_prompt_{name}.txt").write_text(prompt, encoding="utf-8")
+        ctx.artifact(f"system_prompt_{name}.txt").write_text(redact_text(prompt), encoding="utf-8")
     return {
         "name": name,
         "turns": turns,

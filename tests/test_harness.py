@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from lab import ConfigError, Exercise, ExerciseConfig, Reference, RunContext, report, results, runner
+from lab import ConfigError, Exercise, ExerciseConfig, Reference, RunContext, paths, report, results, runner
 from lab.provenance import git_info
 from lab.registry import Phase, phases
 from lab.runner import execute
@@ -289,3 +289,10 @@ def test_every_registered_exercise_declares_a_method_per_profile():
         f"{ex.id}:{p}" for phase in phases() for ex in phase.exercises for p in ex.profiles if p not in ex.methods
     ]
     assert undeclared == []
+
+
+def test_results_name_files_by_repo_path_never_by_machine_path():
+    """A path inside this checkout (an agent's reply quoting its workspace) is made repo-relative in every
+    string a result keeps; a secret beside it is still blanked."""
+    doc = {"reply": f"ran {paths.REPO_ROOT}/explicit/abc with sk-abcdefghijkl", "nested": [f"{paths.REPO_ROOT}/x.md"]}
+    assert results.redact(doc) == {"reply": "ran explicit/abc with ***", "nested": ["x.md"]}
