@@ -130,7 +130,11 @@ def openclaw_config(
         "agents": {"defaults": defaults},
     }
     if narrow:
-        config["tools"] = {"allow": list(NARROW_TOOLS)}
+        # toolSearch off: OpenClaw's structured Tool Search (on by default for a local model) would add its
+        # meta-tools tool_search / tool_describe / tool_call beside the allowed ones (docs/tools/tool-search.md)
+        # loopDetection on: OpenClaw's own guard stops a turn that repeats calls without progress (off by
+        # default; docs/tools/loop-detection.md) — a small model otherwise loops until the window overflows
+        config["tools"] = {"allow": list(NARROW_TOOLS), "toolSearch": False, "loopDetection": {"enabled": True}}
         defaults["skills"] = list(skills)
     return config
 

@@ -19,7 +19,9 @@ in ``llms`` (the tool-tuned agent model first, the base SmolLM2 beside it):
 
 - ``default``: OpenClaw's own defaults for a headless run (the ``coding`` tool profile, every
   eligible bundled skill in the catalog) — what you get out of the box;
-- ``narrow``: tool policy ``tools.allow: [read, exec]`` and the skill allowlist
+- ``narrow``: tool policy ``tools.allow: [read, exec]`` with Tool Search off (``tools.toolSearch:
+  false``: no ``tool_search``/``tool_describe``/``tool_call`` meta-tools), OpenClaw's tool-loop guard on
+  (``tools.loopDetection``: a turn of repeated calls is stopped, ``loop_stopped``) and the skill allowlist
   ``agents.defaults.skills: [content-engine]`` — a single-purpose content-engine agent.
 
 OpenClaw is told the model's real window (8,192 tokens for SmolLM2). Its own estimate of a prompt is
@@ -27,7 +29,8 @@ not the model's tokenizer, and a first turn has no history to compact, so the de
 first request can still be larger than the window: the server refuses it (413
 ``context_length_exceeded``) and that turn's outcome is ``context_overflow`` — counted per
 configuration, never read as "the model did not use the skill". Skill use is a rate over the turns
-that fit (``OUTCOMES``).
+that fit (first request inside the window, ``OUTCOMES``); a turn that fit and later outgrew the window
+— the model's own calls and their results piling up — is ``history_overflow``, one of them.
 
 And a control turn (``control``): the same path with a scripted OpenAI-wire "model" that follows
 OpenClaw's skill instructions literally (``scripted_model``), so a failure of the real model is
@@ -73,10 +76,13 @@ TOPICS = (
     "LLM judges",
     "agent checkpoints",
 )
-# What one turn came to, checked in this order: the engine API received POST /jobs; the server refused a
-# request as larger than the model's window; the turn ran out of time; OpenClaw reported another error;
-# the turn finished without starting a job.
-OUTCOMES = ("skill_ran", "context_overflow", "timeout", "error", "no_job")
+# What one turn came to, checked in this order: the engine API received POST /jobs; the server refused the
+# turn's FIRST request as larger than the model's window (the configuration does not fit); it refused a later
+# one (the turn fit, then its history — tool calls and results — grew past the window); OpenClaw's tool-loop
+# guard stopped the turn (calls repeated without progress); the turn ran out of time; OpenClaw reported another
+# error; the turn finished without starting a job.
+OUTCOMES = ("skill_ran", "context_overflow", "history_overflow", "loop_stopped", "timeout", "error", "no_job")
+LOOP_GUARD = re.compile(r"tool[- ]loop|critical loop|repeated \d+ times with identical", re.I)
 MODEL_SLUGS = {AGENT_SPEC: "agent", BASE_SPEC: "base"}
 
 
@@ -113,10 +119,14 @@ def outcome(turn, exchanges, ran: bool) -> str:
     """One turn's outcome (``OUTCOMES``) from the engine's count, the recorded requests and OpenClaw's envelope."""
     if ran:
         return "skill_ran"
+    if exchanges[:1] and exchanges[0].context_overflow:
+        return "context_overflow"
     if any(ex.context_overflow for ex in exchanges) or re.search(
         r"context.{0,20}(window|length|overflow)", turn.error or "", re.I
     ):
-        return "context_overflow"
+        return "history_overflow" if exchanges else "context_overflow"
+    if LOOP_GUARD.search(f"{turn.error or ''} {turn.reply or ''}"):
+        return "loop_stopped"
     if turn.status == "timeout" or turn.exit_code in (2, 124):
         return "timeout"
     if turn.exit_code != 0 or turn.status != "ok":
@@ -335,8 +345,16 @@ def report(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, An
             counts["context_overflow"],
             "turns",
             higher_is_better=False,
-            description=f"turns whose request the server refused as larger than the {r['context_window']}-token "
-            f"window, of {len(r['turns'])}",
+            description=f"turns whose first request the server refused as larger than the {r['context_window']}-"
+            f"token window (the configuration does not fit), of {len(r['turns'])}",
+        )
+        ctx.metric(
+            f"history_overflow_{key}",
+            counts["history_overflow"],
+            "turns",
+            higher_is_better=False,
+            description=f"turns that fit, then a later request of the turn passed the {r['context_window']}-token "
+            "window (history grown by the model's calls and their results)",
         )
         record_rate(
             ctx,
@@ -525,11 +543,31 @@ def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, 
                 "compact, so the server refused it (413 context_length_exceeded). These turns say "
                 "nothing about the model's skill use and are left out of its rate."
             )
+        if counts["history_overflow"]:
+            grown = [t for t in r["turns"] if t["outcome"] == "history_overflow"]
+            calls = Counter(c for t in grown for c in t["model_calls"])
+            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(3)) or "no tool"
+            ctx.failure_mode(
+                f"{r['name']}: history_overflow in {counts['history_overflow']} of {n} turns — the first request "
+                f"({tokens}) fit the {r['context_window']}-token window, then after a median of "
+                f"{statistics.median(t['requests'] for t in grown):.0f} model requests (calls: {made}) the "
+                "turn's history outgrew it. These turns count as skill misses: the model had the window."
+            )
         if not r["description_in_prompt"]:
             ctx.failure_mode(
                 f"{r['name']}: the skill's full description was not in the system prompt "
                 "(OpenClaw shortens skill descriptions when the prompt is large for the declared "
                 "context window)."
+            )
+        if counts["loop_stopped"]:
+            stopped = [t for t in r["turns"] if t["outcome"] == "loop_stopped"]
+            calls = Counter(c for t in stopped for c in t["model_calls"])
+            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(3)) or "no tool"
+            ctx.failure_mode(
+                f"{r['name']}: loop_stopped in {counts['loop_stopped']} of {n} turns — OpenClaw's tool-loop guard "
+                f"(tools.loopDetection) ended the turn after a median of "
+                f"{statistics.median(t['requests'] for t in stopped):.0f} model requests that repeated calls "
+                f"without progress ({made}), never the skill's command."
             )
         if counts["no_job"]:
             calls = Counter(c for t in r["turns"] if t["outcome"] == "no_job" for c in t["model_calls"])

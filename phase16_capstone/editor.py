@@ -19,7 +19,13 @@ engine's API and Telegram entry have no operator identity (anyone who can ask fo
 "approve" it), so a hold would only move the same unreviewed approval to whoever clicks first; a
 mark is honest about what happened and keeps the pipeline's other guards (the output check, the
 revision limit, the judge's REJECT/ESCALATE, which still stop a draft) in force. A team with
-operators would hold instead. The Editor also sees whose citations are whose: ``citations`` in the
+operators would hold instead.
+
+In **shadow** mode (``shadow=True``, the engine's ``--editor shadow``) the judge scores every draft as
+usual but its verdict is only recorded: every draft goes on to publishing, marked UNREVIEWED with the
+verdict it would have had. That is how a judge not yet trusted to gate is run beside a pipeline, and
+what a coordination test needs (``load``: the jobs must reach publishing for its publish-time crash
+points, with the same judge work per job as a gated run). The Editor also sees whose citations are whose: ``citations`` in the
 decision counts the markers the model wrote, the ``[n?]`` the code added, and the sentences whose
 model-written marker the cited chunk supports (``writer.model_citations``); code-added markers and
 unsupported sentences are reported in the reasons, so a REJECT's feedback names them.
@@ -88,10 +94,21 @@ def review(
     revisions_done: int,
     max_revisions: int = DEFAULT_THRESHOLDS.max_revisions,
     calibration: Calibration | None = None,
+    shadow: bool = False,
 ) -> dict[str, Any]:
     """One Editor pass: the gate's decision as a dict (``GateDecision.to_dict()`` plus the judge method,
-    ``citations`` and ``reviewed``: whether an APPROVE counts as a review — False without a passed
-    ``calibration``)."""
+    ``citations``, ``reviewed``: whether an APPROVE counts as a review — False without a passed
+    ``calibration`` — and ``action``: what the engine does, the verdict itself unless ``shadow``, where
+    it is APPROVE whatever the verdict, ``reviewed`` False)."""
+    decision = _review(judge, topic, body, evidence, revisions_done, max_revisions, calibration)
+    if not shadow:
+        return {**decision, "action": decision["verdict"]}
+    note = f"shadow mode: the Editor's {decision['verdict']} is recorded, not applied; published marked UNREVIEWED"
+    return {**decision, "action": "APPROVE", "reviewed": False, "reasons": [*decision["reasons"], note]}
+
+
+def _review(judge, topic, body, evidence, revisions_done, max_revisions, calibration) -> dict[str, Any]:
+    """The gate's own decision (``review`` without the shadow mode)."""
 
     cites = citation_check(body, evidence)
     reference = "\n\n".join(f"[{e.n}] {e.text}" for e in evidence)

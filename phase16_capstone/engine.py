@@ -106,6 +106,9 @@ def flag(default: Any, description: str, *, env: str | None = None, metavar: str
     return Field(default, description=description, json_schema_extra={"cli": cli}, **bounds)
 
 
+EDITOR_MODES = ("gate", "shadow")  # see editor.review
+
+
 def _store_default(name: str) -> Any:
     """``JobStore``'s own default for ``name``: the store defines it, the settings only read it."""
     return inspect.signature(JobStore.__init__).parameters[name].default
@@ -149,6 +152,11 @@ class EngineSettings(BaseModel):
     hyde_max_tokens: int = flag(60, "tokens of the HyDE hypothesis", ge=1)
     writer_max_tokens: int = flag(80, "tokens per Writer paragraph", ge=1)
     max_revisions: int = flag(DEFAULT_THRESHOLDS.max_revisions, "Editor: escalate after this many revisions", ge=0)
+    editor: str = flag(
+        "gate",
+        "Editor mode: gate (its verdict decides) or shadow (the verdict is recorded, every draft is "
+        "published marked UNREVIEWED: a judge on trial, or a coordination test)",
+    )
     calibration_items: int | None = flag(
         None,
         "Phase 11 calibration responses the judge scores before its approvals "
@@ -169,6 +177,14 @@ class EngineSettings(BaseModel):
     )
     poll_s: float = Field(0.5, description="idle worker's wait between claims", gt=0)
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("editor")
+    @classmethod
+    def _editor(cls, value: str) -> str:
+
+        if value not in EDITOR_MODES:
+            raise ValueError(f"unknown Editor mode {value!r}; choose from {', '.join(EDITOR_MODES)}")
+        return value
 
     @field_validator("site_url")
     @classmethod
@@ -528,9 +544,10 @@ class Engine:
             revision,
             self.settings.max_revisions,
             calibration,
+            shadow=self.settings.editor == "shadow",
         )
         verdict = decision["verdict"]
-        to_state = {"APPROVE": "publishing", "REJECT": "writing", "ESCALATE": "escalated"}[verdict]
+        to_state = {"APPROVE": "publishing", "REJECT": "writing", "ESCALATE": "escalated"}[decision["action"]]
 
         def write(conn, revisions):
             self.store.write_review(conn, job.id, revisions, decision)
@@ -538,6 +555,7 @@ class Engine:
         detail = {
             "revision": revision,
             "verdict": verdict,
+            "action": decision["action"],
             "scores": decision["scores"],
             "mean": decision["mean"],
             "judge_method": decision["method"],
@@ -545,7 +563,7 @@ class Engine:
             "judge_calibration_r": calibration.r,
             "citations": decision["citations"],
         }
-        return to_state, write, detail, 1 if verdict == "REJECT" else 0
+        return to_state, write, detail, 1 if to_state == "writing" else 0
 
     def _publish(self, job: Job):
 

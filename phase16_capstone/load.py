@@ -22,9 +22,13 @@ waits for it). What must hold, and is measured rather than assumed:
   or it could not have seen a re-execution in the first place;
 - how long jobs took (p50, and the max — p99 only from 100 jobs) from creation to terminal state.
 
-The cpu profile runs the embedded model with small token limits; the Editor's judge is not
-calibrated there (``calibration_items = 0``: this exercise measures coordination, not quality), so a
-published post is marked UNREVIEWED. The tiny config uses the scripted OpenAI-compatible server.
+The cpu profile runs the embedded model with small token limits. This exercise measures
+coordination, not quality, so the Editor runs in **shadow** (``editor = "shadow"``): the judge scores
+every draft as in a gated run (the same work per job) but its verdict is only recorded, and every
+draft that passes the output check goes on to publishing, marked UNREVIEWED. Gated, the 135M judge
+flags every draft (``engine_run``) and no job would ever reach the two publish-time crash points.
+The judge is not calibrated here either (``calibration_items = 0``). The tiny config uses the
+scripted OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +77,7 @@ class Config(ExerciseConfig):
     hyde_max_tokens: int = setting("hyde_max_tokens", 30)
     writer_max_tokens: int = setting("writer_max_tokens", 40)
     max_revisions: int = setting("max_revisions", 1)
+    editor: str = setting("editor", "shadow")  # "gate": the 135M judge's verdicts decide (no job publishes)
     timeout_s: float = 1800.0
 
     @field_validator("kill_points")
@@ -295,7 +301,11 @@ def report(
         unreviewed,
         "posts",
         None,
-        f"published on an approval by a judge not calibrated in this run (calibration_items = {cfg.calibration_items})",
+        f"Editor in shadow: its verdicts recorded, every published post unreviewed (calibration_items = "
+        f"{cfg.calibration_items})"
+        if cfg.editor == "shadow"
+        else f"published on an approval by a judge not calibrated in this run (calibration_items = "
+        f"{cfg.calibration_items})",
     )
     ctx.metric("jobs_escalated", states["escalated"], "jobs")
     ctx.metric("jobs_failed", states["failed"], "jobs", False)
@@ -421,7 +431,12 @@ def report(
         if not k["killed"]:
             ctx.failure_mode(
                 f"crash point {k['point']} was never reached: its victim finished its jobs without "
-                "passing it (e.g. every job it held escalated before publishing)"
+                "passing it (e.g. every job it held escalated before publishing"
+                + (
+                    ", which a gated Editor does with every draft the 135M judge flags)"
+                    if cfg.editor == "gate"
+                    else ")"
+                )
             )
     ctx.finding(
         f"{len(final)} jobs, {cfg.workers} surviving workers and {len(kills)} victims: {states['published']} "
@@ -433,6 +448,13 @@ def report(
         + (f" (the control, rewound, re-ran {control['reexecuted']})" if control else "")
         + f"; p50 {percentile(latencies, 50) or 0:.1f} s, {tail_name} {tail_s or 0:.1f} s from queueing to the end."
     )
+    if cfg.editor == "shadow":
+        verdicts = Counter(r["verdict"] for j in final for r in store.reviews(j.id))
+        ctx.finding(
+            "Editor in shadow: the judge's verdicts, recorded but not applied: "
+            + (", ".join(f"{v} {n}" for v, n in sorted(verdicts.items())) or "none")
+            + f"; {unreviewed} post(s) published marked UNREVIEWED."
+        )
     if lost:
         ctx.failure_mode(f"{len(lost)} job(s) never finished: {', '.join(x[:8] for x in lost)}")
         for log in sorted(workdir.glob("*.log")):

@@ -178,6 +178,28 @@ def test_recorder_reads_a_refusal_for_context_length():
     assert not too_big.context_overflow  # a body over the byte limit is not a prompt over the window
 
 
+def test_the_narrow_configuration_offers_two_tools_and_stops_loops(tmp_path):
+    """Narrow = tool policy (read, exec), Tool Search off (else its meta-tools come back beside them) and
+    OpenClaw's loop guard on; the default configuration is OpenClaw's own (none of the three)."""
+
+    def config(narrow):
+        return openclaw_runner.openclaw_config(
+            base_url="http://127.0.0.1:1",
+            api_key="k",
+            model="m",
+            context_window=8192,
+            max_tokens=64,
+            workspace=tmp_path,
+            narrow=narrow,
+            skills=("content-engine",),
+        )
+
+    narrow = config(True)
+    assert narrow["tools"] == {"allow": ["read", "exec"], "toolSearch": False, "loopDetection": {"enabled": True}}
+    assert narrow["agents"]["defaults"]["skills"] == ["content-engine"]
+    assert "tools" not in config(False) and "skills" not in config(False)["agents"]["defaults"]
+
+
 def _turn(exit_code=0, status="ok", error=None):
     return TurnRecord(exit_code, status, "", 0, [], None, None, 1.0, error=error)
 
@@ -190,6 +212,22 @@ def test_each_turn_gets_one_outcome():
         ((_turn(), [fine], True), "skill_ran"),
         ((_turn(1, "error", "LLM request failed"), [refused], False), "context_overflow"),  # not "no job"
         ((_turn(1, "error", "Context window exceeded for model"), [], False), "context_overflow"),
+        # the first request fit; the model's calls and their results grew the turn past the window
+        ((_turn(1, "error", "LLM request failed"), [fine, fine, refused], False), "history_overflow"),
+        ((_turn(1, "error", "context window exceeded after compaction"), [fine], False), "history_overflow"),
+        # OpenClaw's loop guard ended a turn of repeated calls (its words, from a recorded run)
+        (
+            (
+                _turn(
+                    1,
+                    "error",
+                    "OpenClaw stopped this run because tool-loop recovery encountered another critical loop.",
+                ),
+                [fine] * 52,
+                False,
+            ),
+            "loop_stopped",
+        ),
         ((_turn(2, "timeout"), [fine], False), "timeout"),
         ((_turn(1, "error", "connection refused"), [fine], False), "error"),
         ((_turn(), [fine], False), "no_job"),
@@ -228,7 +266,7 @@ def test_skill_use_is_a_rate_over_the_turns_that_fit():
         "variant": "default",
         "model": "local:smollm2-135m-agent",
         "slug": "agent",
-        "turns": [turn("context_overflow")] * 3 + [turn("skill_ran"), turn("no_job")],
+        "turns": [turn("context_overflow")] * 3 + [turn("skill_ran"), turn("no_job"), turn("history_overflow")],
         "context_window": 8192,
         "system_prompt_chars": 100,
         "system_prompt_tokens": 30,
@@ -243,9 +281,11 @@ def test_skill_use_is_a_rate_over_the_turns_that_fit():
     ctx = Ctx()
     oc.report(ctx, [result], None)
     m = ctx.metrics
-    assert m["context_overflow_default_agent"] == 3 and m["turns_default_agent"] == 5
-    assert m["skill_use_default_agent"] == 0.5 and m["skill_use_default_agent_n"] == 2
-    assert 0 < m["skill_use_default_agent_ci_low"] < 0.5 < m["skill_use_default_agent_ci_high"] < 1
+    assert m["context_overflow_default_agent"] == 3 and m["turns_default_agent"] == 6
+    # a turn that fit and then outgrew the window is a skill miss the model had room to avoid
+    assert m["history_overflow_default_agent"] == 1
+    assert m["skill_use_default_agent"] == pytest.approx(1 / 3) and m["skill_use_default_agent_n"] == 3
+    assert 0 < m["skill_use_default_agent_ci_low"] < 1 / 3 < m["skill_use_default_agent_ci_high"] < 1
 
 
 def test_the_agent_model_runs_first_with_the_base_beside_it(monkeypatch):
@@ -303,16 +343,17 @@ def test_tiny_run_overflow_counted_apart_and_control(tmp_path):
     # path into it about ten times), so which request of the turn crosses 8,192 is left to the outcome below
     assert configs["default"]["window declared"] == 8192
     assert configs["default"]["first request tokens"] > configs["narrow"]["first request tokens"]
-    assert m["context_overflow_default_agent"] == 1 and m["skill_use_default_agent_n"] == 0
-    # the narrowed agent's first request fits; a later one in the turn (history grown by tool results) may
-    # not, and then the turn is counted as an overflow too: every turn lands in exactly one place
+    assert m["context_overflow_default_agent"] + m["history_overflow_default_agent"] == 1
+    assert m["skill_use_default_agent_n"] == 1 - m["context_overflow_default_agent"]
+    # the narrowed agent's first request fits, so its turn counts towards skill use whatever came after
+    # (a later request may outgrow the window: history_overflow, a miss); each turn lands in one place
     assert configs["narrow"]["first request tokens"] < 8192
-    assert m["skill_use_narrow_agent_n"] + m["context_overflow_narrow_agent"] == m["turns_narrow_agent"] == 1
+    assert m["context_overflow_narrow_agent"] == 0 and m["skill_use_narrow_agent_n"] == m["turns_narrow_agent"] == 1
     assert m["skill_visible"] == 1
     offered = dict((row[0], row[1]) for row in tables["tools_offered"]["rows"])["narrow_agent"].split(", ")
-    assert {"read", "exec"} <= set(offered) and "write" not in offered  # tool policy reached the request
+    assert sorted(offered) == ["exec", "read"]  # tool policy and toolSearch off reached the request
     turns = {row[0]: dict(zip(tables["turns"]["columns"], row)) for row in tables["turns"]["rows"]}
-    assert turns["default_agent"]["outcome"] == "context_overflow"
+    assert turns["default_agent"]["outcome"] in ("context_overflow", "history_overflow")
     control = turns["control"]
     assert (
         control["outcome"] == "skill_ran" and control["read SKILL.md"] is True and m["control_skill_command_ran"] == 1

@@ -127,6 +127,23 @@ def test_failing_drafts_escalate_after_three_revisions_and_publish_nothing(store
     assert store.publication(job.id) is None and not (tmp_path / "site" / "posts").exists()
 
 
+def test_an_editor_in_shadow_records_its_verdict_and_publishes_marked_unreviewed(store, scripted, corpus, tmp_path):
+    """``--editor shadow`` (phase16.load's mode): the judge still scores the draft, its REJECT is recorded,
+    not applied — the job publishes once, with no revision, marked UNREVIEWED with the verdict named."""
+
+    engine = make_engine(store, scripted[0], corpus, tmp_path / "site", editor="shadow")
+    job, _ = store.create_job("please escalate this topic", "api", corpus=corpus)
+    engine.work(job_id=job.id)
+    detail = store.detail(job.id)
+    assert detail["state"] == "published" and detail["revisions"] == 0
+    [decision] = detail["gate_decisions"]
+    assert decision["verdict"] == "REJECT" and decision["reviewed"] is False and detail["reviewed"] is False
+    assert any("shadow mode: the Editor's REJECT is recorded, not applied" in r for r in decision["reasons"])
+    assert store.publications_count() == {job.id: 1}
+    page = (tmp_path / "site" / "posts" / f"{store.publication(job.id)['slug']}.html").read_text()
+    assert "UNREVIEWED" in page
+
+
 def test_writer_citations_are_checked_not_trusted():
 
     text, invalid, added = clean_paragraph("A fact [1]. Another fact [9]. A fragment without an end", 1, {1, 2})

@@ -27,6 +27,7 @@ FLAGS = {
     "hyde_max_tokens": "--hyde-max-tokens",
     "writer_max_tokens": "--writer-max-tokens",
     "max_revisions": "--max-revisions",
+    "editor": "--editor",
     "calibration_items": "--calibration-items",
 }
 
@@ -115,6 +116,8 @@ def test_a_bad_value_names_its_flag():
         EngineSettings.from_args(_parser().parse_args(["worker", "--k", "0"]))
     with pytest.raises(ConfigError, match="--lease-s: "):
         EngineSettings.from_args(_parser().parse_args(["worker", "--lease-s", "0"]))
+    with pytest.raises(ConfigError, match="--editor: .*unknown Editor mode 'rubber-stamp'; choose from gate, shadow"):
+        EngineSettings.from_args(_parser().parse_args(["worker", "--editor", "rubber-stamp"]))
 
 
 def test_phase16_exercise_configs_take_the_engine_fields_from_the_settings():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -189,6 +190,11 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, *args: Any):
         super().__init__(*args)
         self.connections: set[socket.socket] = set()  # open client connections, closed at the exit
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-request (OpenClaw aborting a turn) is not an error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class LoopbackServer:
