@@ -433,7 +433,7 @@ def report(
                 f"crash point {k['point']} was never reached: its victim finished its jobs without "
                 "passing it (e.g. every job it held escalated before publishing"
                 + (
-                    ", which a gated Editor does with every draft the 135M judge flags)"
+                    ", which a gated Editor does with every draft its judge flags)"
                     if cfg.editor == "gate"
                     else ")"
                 )
