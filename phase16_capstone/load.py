@@ -432,11 +432,7 @@ def report(
             ctx.failure_mode(
                 f"crash point {k['point']} was never reached: its victim finished its jobs without "
                 "passing it (e.g. every job it held escalated before publishing"
-                + (
-                    ", which a gated Editor does with every draft its judge flags)"
-                    if cfg.editor == "gate"
-                    else ")"
-                )
+                + (", which a gated Editor does with every draft its judge flags)" if cfg.editor == "gate" else ")")
             )
     ctx.finding(
         f"{len(final)} jobs, {cfg.workers} surviving workers and {len(kills)} victims: {states['published']} "
