@@ -323,6 +323,12 @@ class _given:
         return None
 
 
+def calls_made(turns: list[dict[str, Any]], top: int = 3) -> str:
+    """The tools the model called most in ``turns``: "exec x35, read x35" (or "no tool")."""
+    calls = Counter(c for t in turns for c in t["model_calls"])
+    return ", ".join(f"{name} x{k}" for name, k in calls.most_common(top)) or "no tool"
+
+
 def tally(result: dict[str, Any]) -> dict[str, int]:
     """Turns per outcome (every outcome present, zeros included)."""
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -545,8 +551,7 @@ def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, 
             )
         if counts["history_overflow"]:
             grown = [t for t in r["turns"] if t["outcome"] == "history_overflow"]
-            calls = Counter(c for t in grown for c in t["model_calls"])
-            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(3)) or "no tool"
+            made = calls_made(grown)
             ctx.failure_mode(
                 f"{r['name']}: history_overflow in {counts['history_overflow']} of {n} turns — the first request "
                 f"({tokens}) fit the {r['context_window']}-token window, then after a median of "
@@ -561,8 +566,7 @@ def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, 
             )
         if counts["loop_stopped"]:
             stopped = [t for t in r["turns"] if t["outcome"] == "loop_stopped"]
-            calls = Counter(c for t in stopped for c in t["model_calls"])
-            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(3)) or "no tool"
+            made = calls_made(stopped)
             ctx.failure_mode(
                 f"{r['name']}: loop_stopped in {counts['loop_stopped']} of {n} turns — OpenClaw's tool-loop guard "
                 f"(tools.loopDetection) ended the turn after a median of "
@@ -570,8 +574,7 @@ def findings(ctx: RunContext, results: list[dict[str, Any]], control: dict[str, 
                 f"without progress ({made}), never the skill's command."
             )
         if counts["no_job"]:
-            calls = Counter(c for t in r["turns"] if t["outcome"] == "no_job" for c in t["model_calls"])
-            made = ", ".join(f"{name} x{k}" for name, k in calls.most_common(5)) or "no tool"
+            made = calls_made([t for t in r["turns"] if t["outcome"] == "no_job"], top=5)
             ctx.failure_mode(
                 f"{r['name']}: no job in {counts['no_job']} of {n} turns that ended normally; the model "
                 f"called {made} (OpenClaw's tool-search tools included), never the skill's command."
